@@ -1,0 +1,355 @@
+/*
+ * moevk — Mixture-of-Experts layers on any Vulkan device.
+ *
+ * Conventions (the whole API follows them):
+ *  - Every fallible call returns a moevk_status; 0 is success, negative is an
+ *    error. Results are written through out-parameters, which are left
+ *    untouched (or set to NULL for handles) when the call fails.
+ *  - Handles are opaque. moevk_X_destroy(NULL) is a no-op.
+ *  - *_desc structs are read only during the call. A zero-initialised field
+ *    means "the default" documented beside it.
+ *  - A context and everything created from it must be used by one thread at
+ *    a time (external synchronisation, as in Vulkan). Distinct contexts are
+ *    independent: the library has no global mutable state.
+ *  - After an error, moevk_context_last_error() returns a message naming the
+ *    offending value; the context stays usable and nothing is leaked.
+ */
+#ifndef MOEVK_H
+#define MOEVK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(MOEVK_BUILDING_SHARED)
+#define MOEVK_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define MOEVK_API __attribute__((visibility("default")))
+#else
+#define MOEVK_API
+#endif
+
+#define MOEVK_VERSION_MAJOR 0
+#define MOEVK_VERSION_MINOR 1
+#define MOEVK_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                              */
+
+typedef enum moevk_status {
+    MOEVK_SUCCESS = 0,
+    MOEVK_ERROR_INVALID_ARGUMENT = -1,   /* a parameter is out of range/NULL */
+    MOEVK_ERROR_OUT_OF_HOST_MEMORY = -2,
+    MOEVK_ERROR_OUT_OF_DEVICE_MEMORY = -3,
+    MOEVK_ERROR_NO_VULKAN = -4,          /* no Vulkan loader could be opened */
+    MOEVK_ERROR_NO_DEVICE = -5,          /* no (matching) Vulkan device      */
+    MOEVK_ERROR_UNSUPPORTED = -6,        /* the device lacks a feature       */
+    MOEVK_ERROR_LIMIT_EXCEEDED = -7,     /* a size beyond a device limit     */
+    MOEVK_ERROR_DEVICE_LOST = -8,
+    MOEVK_ERROR_TIMEOUT = -9,            /* a GPU wait ran past its timeout  */
+    MOEVK_ERROR_VULKAN = -10,            /* any other VkResult error         */
+    MOEVK_ERROR_INTERNAL = -11,
+} moevk_status;
+
+/* A static English name for a status ("MOEVK_ERROR_INVALID_ARGUMENT"). */
+MOEVK_API const char *moevk_status_string(moevk_status status);
+
+/* ------------------------------------------------------------------------ */
+/* Host allocation hooks and logging                                         */
+
+/* Optional host allocator. alloc must return memory aligned to `align`
+ * (a power of two, at most 64) or NULL; free accepts NULL. */
+typedef struct moevk_allocator {
+    void *(*alloc)(void *user, size_t size, size_t align);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} moevk_allocator;
+
+typedef enum moevk_log_level {
+    MOEVK_LOG_ERROR = 0,
+    MOEVK_LOG_WARN = 1,
+    MOEVK_LOG_INFO = 2,
+    MOEVK_LOG_DEBUG = 3,
+} moevk_log_level;
+
+typedef void (*moevk_log_fn)(void *user, moevk_log_level level, const char *msg);
+
+/* ------------------------------------------------------------------------ */
+/* Contexts                                                                  */
+
+typedef struct moevk_context moevk_context;
+
+/* Borrow a Vulkan device owned by the host application. moevk never destroys
+ * any of these objects; they must outlive the context. The device must have
+ * been created with the queue family below and (for 16-bit weights read
+ * through 16-bit storage) may have any feature set: moevk only uses core
+ * Vulkan 1.1 features that are queried, never assumed. */
+typedef struct moevk_vulkan_import {
+    void *get_instance_proc_addr; /* PFN_vkGetInstanceProcAddr, required */
+    void *instance;               /* VkInstance, required                */
+    void *physical_device;        /* VkPhysicalDevice, required          */
+    void *device;                 /* VkDevice, required                  */
+    uint32_t queue_family_index;  /* must support compute                */
+    void *queue;                  /* VkQueue from that family, required  */
+} moevk_vulkan_import;
+
+enum moevk_context_flags {
+    /* Enable VK_LAYER_KHRONOS_validation (with synchronization validation)
+     * on a context that creates its own instance. Every message is counted
+     * (see moevk_context_validation_messages) and logged as an error. */
+    MOEVK_CONTEXT_VALIDATION = 1u << 0,
+    /* Like MOEVK_CONTEXT_VALIDATION, but GPU-assisted validation instead of
+     * synchronization validation (the layer cannot run both at once). */
+    MOEVK_CONTEXT_GPU_ASSISTED_VALIDATION = 1u << 1,
+};
+
+typedef struct moevk_context_desc {
+    /* Device choice for a context that creates its own instance: NULL or ""
+     * means the MOEVK_DEVICE environment variable if set, else the first
+     * device by type (discrete GPU, integrated, virtual, CPU). A decimal
+     * number selects that device index; any other string selects the first
+     * device whose name contains it (case-insensitive). */
+    const char *device;
+    uint32_t flags;                   /* moevk_context_flags               */
+    const moevk_vulkan_import *import; /* optional: borrow the host device */
+    const moevk_allocator *allocator; /* optional host allocation hooks    */
+    moevk_log_fn log;                 /* optional log callback             */
+    void *log_user;
+    moevk_log_level log_level;        /* messages up to this level; 0=ERROR */
+    /* Timeout for each GPU wait in milliseconds; 0 = 60000. A wait that
+     * expires returns MOEVK_ERROR_TIMEOUT. */
+    uint32_t timeout_ms;
+    /* Test knob: pretend the loader library has this file name (e.g. a name
+     * that does not exist, to exercise the "no Vulkan" path). NULL = the
+     * platform's loader. */
+    const char *loader_name;
+    /* Optional buffer that receives the error message when context creation
+     * fails (there is no context to ask then). */
+    char *error_message;
+    size_t error_message_size;
+} moevk_context_desc;
+
+/* What the device offers; filled at context creation. */
+typedef struct moevk_device_info {
+    char name[256];
+    uint32_t vendor_id, device_id;
+    uint32_t device_type;  /* VkPhysicalDeviceType */
+    uint32_t api_version;  /* VK_MAKE_API_VERSION encoding */
+    uint32_t driver_version;
+    char driver_name[256];
+    char driver_info[256];
+    uint32_t subgroup_size;
+    uint32_t min_subgroup_size, max_subgroup_size;
+    uint32_t subgroup_ops;           /* VkSubgroupFeatureFlags in compute */
+    uint32_t max_shared_memory;      /* maxComputeSharedMemorySize, bytes */
+    uint32_t max_workgroup_invocations;
+    uint32_t max_workgroup_count[3];
+    uint32_t max_push_constants;
+    uint64_t max_storage_buffer_range;
+    uint64_t max_allocation_size;    /* maxMemoryAllocationSize */
+    uint32_t max_allocation_count;
+    uint64_t device_local_bytes;     /* largest DEVICE_LOCAL heap */
+    int fp16_arith;                  /* shaderFloat16 */
+    int int8_arith;                  /* shaderInt8 */
+    int storage_16bit;               /* storageBuffer16BitAccess */
+    int storage_8bit;                /* storageBuffer8BitAccess */
+    int bf16;                        /* VK_KHR_shader_bfloat16 */
+    int cooperative_matrix;          /* VK_KHR_cooperative_matrix */
+    int timestamps;                  /* compute queue can write timestamps */
+    float timestamp_period_ns;
+    uint32_t timestamp_valid_bits;
+    int memory_budget;               /* VK_EXT_memory_budget */
+    int imported;                    /* device borrowed from the host */
+} moevk_device_info;
+
+MOEVK_API moevk_status moevk_context_create(const moevk_context_desc *desc,
+                                            moevk_context **out);
+MOEVK_API void moevk_context_destroy(moevk_context *ctx);
+MOEVK_API const moevk_device_info *moevk_context_device_info(const moevk_context *ctx);
+/* The message of the last failed call on this context ("" if none). */
+MOEVK_API const char *moevk_context_last_error(const moevk_context *ctx);
+/* The VkResult of the last failed Vulkan call (0 if none). */
+MOEVK_API int32_t moevk_context_last_vk_result(const moevk_context *ctx);
+/* Number of validation-layer messages seen so far (validation contexts). */
+MOEVK_API uint32_t moevk_context_validation_messages(const moevk_context *ctx);
+
+/* Enumerate devices without creating a context: writes up to `capacity`
+ * entries of `infos` and the total count to `*count`. */
+MOEVK_API moevk_status moevk_enumerate_devices(const moevk_context_desc *desc,
+                                               moevk_device_info *infos,
+                                               uint32_t capacity, uint32_t *count);
+
+/* ------------------------------------------------------------------------ */
+/* Buffers and tensors                                                       */
+
+typedef enum moevk_dtype {
+    MOEVK_DTYPE_F32 = 0,
+    MOEVK_DTYPE_F16 = 1,
+    MOEVK_DTYPE_BF16 = 2,
+} moevk_dtype;
+
+MOEVK_API size_t moevk_dtype_size(moevk_dtype dtype); /* 0 for an unknown dtype */
+MOEVK_API const char *moevk_dtype_name(moevk_dtype dtype);
+
+typedef struct moevk_buffer moevk_buffer;
+
+/* A device-local storage buffer of `size` bytes (> 0, at most the device's
+ * maxStorageBufferRange and maxMemoryAllocationSize). */
+MOEVK_API moevk_status moevk_buffer_create(moevk_context *ctx, uint64_t size,
+                                           moevk_buffer **out);
+/* Wrap a VkBuffer owned by the host (usage must include STORAGE_BUFFER and
+ * TRANSFER_SRC/DST). moevk never destroys it. */
+MOEVK_API moevk_status moevk_buffer_import(moevk_context *ctx, void *vk_buffer,
+                                           uint64_t size, moevk_buffer **out);
+MOEVK_API void moevk_buffer_destroy(moevk_buffer *buf);
+MOEVK_API uint64_t moevk_buffer_size(const moevk_buffer *buf);
+MOEVK_API void *moevk_buffer_vk_handle(const moevk_buffer *buf); /* VkBuffer */
+/* Staged copies between host memory and a buffer (synchronous). */
+MOEVK_API moevk_status moevk_buffer_upload(moevk_buffer *buf, uint64_t offset,
+                                           const void *src, uint64_t size);
+MOEVK_API moevk_status moevk_buffer_download(const moevk_buffer *buf, uint64_t offset,
+                                             void *dst, uint64_t size);
+MOEVK_API moevk_status moevk_buffer_fill(moevk_buffer *buf, uint64_t offset,
+                                         uint64_t size, uint32_t value);
+
+#define MOEVK_MAX_DIMS 4
+#define MOEVK_MAX_EXPERTS 1024
+#define MOEVK_MAX_TOP_K 32
+
+/* A view of a buffer as a dense row-major tensor. Offset must be a multiple
+ * of 4 bytes. Shapes are outermost first: a [T, H] tensor has ndim 2,
+ * shape {T, H}. */
+typedef struct moevk_tensor {
+    moevk_buffer *buffer;
+    uint64_t offset;
+    moevk_dtype dtype;
+    uint32_t ndim;
+    uint64_t shape[MOEVK_MAX_DIMS];
+} moevk_tensor;
+
+/* Allocate a buffer exactly large enough and describe it in `*out`. The
+ * buffer belongs to the caller (moevk_tensor_destroy or buffer_destroy). */
+MOEVK_API moevk_status moevk_tensor_create(moevk_context *ctx, moevk_dtype dtype,
+                                           uint32_t ndim, const uint64_t *shape,
+                                           moevk_tensor *out);
+MOEVK_API void moevk_tensor_destroy(moevk_tensor *t);
+/* Bytes of a tensor's data (0 when the shape or dtype is invalid). */
+MOEVK_API uint64_t moevk_tensor_bytes(const moevk_tensor *t);
+MOEVK_API moevk_status moevk_tensor_upload(moevk_tensor *t, const void *src);
+MOEVK_API moevk_status moevk_tensor_download(const moevk_tensor *t, void *dst);
+
+/* ------------------------------------------------------------------------ */
+/* Router ops (each stage is callable on its own)                            */
+
+typedef enum moevk_scoring {
+    MOEVK_SCORING_SOFTMAX = 0,
+    MOEVK_SCORING_SIGMOID = 1,
+} moevk_scoring;
+
+/* logits[T, E] (f32) = x[T, H] (f32) · w[E, H]^T (+ bias[E], f32).
+ * w may be f32, f16 or bf16. bias may be NULL. Synchronous. */
+MOEVK_API moevk_status moevk_router_logits(moevk_context *ctx, const moevk_tensor *x,
+                                           const moevk_tensor *w,
+                                           const moevk_tensor *bias,
+                                           moevk_tensor *logits);
+
+/* scores[T, E] = softmax or sigmoid of each row of logits[T, E] (both f32).
+ * Softmax is numerically stable (max-subtracted); NaN inputs propagate. */
+MOEVK_API moevk_status moevk_router_scores(moevk_context *ctx,
+                                           const moevk_tensor *logits,
+                                           moevk_scoring scoring,
+                                           moevk_tensor *scores);
+
+
+/* ------------------------------------------------------------------------ */
+/* MoE layers (the maths contract is docs/semantics.md)                      */
+
+typedef enum moevk_routing {
+    /* p = softmax(l) over all E; ids = top-k of p; w = p[ids];
+     * if norm_topk_prob: w /= sum(w). (Mixtral, Qwen-MoE, OLMoE, Switch) */
+    MOEVK_ROUTING_SOFTMAX_TOPK = 0,
+    /* ids = top-k of l; w = softmax(l[ids]) over the k. (gpt-oss) */
+    MOEVK_ROUTING_TOPK_SOFTMAX = 1,
+    /* s = sigmoid(l); c = s + correction_bias; groups of E/n_group experts
+     * scored by the sum of their two largest c; keep topk_group groups; ids =
+     * top-k of c within kept groups; w = s[ids]; optional normalisation
+     * (w /= sum(w) + 1e-20); w *= routed_scaling_factor. (DeepSeek-V3) */
+    MOEVK_ROUTING_SIGMOID_GROUPED = 2,
+} moevk_routing;
+
+typedef enum moevk_activation {
+    MOEVK_ACT_SWIGLU = 0,     /* silu(g) * u                               */
+    MOEVK_ACT_GEGLU = 1,      /* gelu_erf(g) * u                           */
+    MOEVK_ACT_GEGLU_TANH = 2, /* gelu_tanh(g) * u                          */
+    MOEVK_ACT_SWIGLU_OAI = 3, /* gpt-oss: clamped, (u + 1) * g * sigmoid(a g) */
+    MOEVK_ACT_RELU = 4,       /* non-gated: relu(u)                        */
+    MOEVK_ACT_GELU = 5,       /* non-gated: gelu_erf(u)                    */
+} moevk_activation;
+
+/* 1 for the gated activations (which use gate and up weights), else 0. */
+MOEVK_API int moevk_activation_is_gated(moevk_activation act);
+
+/* A stack of `count` FFN experts in host memory, row-major as nn.Linear
+ * ([out, in]), all in one dtype:
+ *   gate [count, ffn, hidden]  (gated activations only; NULL otherwise)
+ *   up   [count, ffn, hidden]  (for non-gated activations: the input proj.)
+ *   down [count, hidden, ffn]
+ * Each of gate/up/down is given either as one contiguous array or as an
+ * array of `count` per-expert pointers (the *_experts fields; used when the
+ * contiguous pointer is NULL). Biases are optional f32 arrays
+ * ([count, ffn], [count, ffn], [count, hidden]). Host memory is read only
+ * during moevk_layer_create. */
+typedef struct moevk_expert_weights {
+    const void *gate, *up, *down;
+    const void *const *gate_experts, *const *up_experts, *const *down_experts;
+    const float *gate_bias, *up_bias, *down_bias;
+} moevk_expert_weights;
+
+typedef struct moevk_layer_desc {
+    uint32_t hidden;        /* H, required                                 */
+    uint32_t ffn;           /* F of a routed expert, required              */
+    uint32_t num_experts;   /* E, 1..1024                                  */
+    uint32_t top_k;         /* k, 1..min(E, 32)                            */
+    moevk_routing routing;
+    moevk_activation activation;
+    int norm_topk_prob;     /* softmax_topk / sigmoid_grouped              */
+    uint32_t n_group;       /* sigmoid_grouped: 0 means 1; must divide E  */
+    uint32_t topk_group;    /* sigmoid_grouped: 0 means n_group            */
+    float routed_scaling_factor; /* 0 means 1.0                            */
+    float capacity_factor;  /* 0 = dropless; else C = ceil(cf * T * k / E) */
+    float swiglu_alpha;     /* swiglu_oai: 0 means 1.702                   */
+    float swiglu_limit;     /* swiglu_oai: 0 means 7.0                     */
+
+    moevk_dtype weight_dtype; /* dtype of expert and shared-expert weights */
+    moevk_dtype router_dtype; /* dtype of router_weight                    */
+    const void *router_weight;   /* [E, H], required                       */
+    const float *router_bias;    /* [E], optional                          */
+    const float *correction_bias; /* [E], sigmoid_grouped only, optional   */
+    moevk_expert_weights experts; /* E routed experts                      */
+
+    uint32_t num_shared;    /* shared experts run on every token; 0 = none */
+    uint32_t shared_ffn;    /* their F (0 means ffn)                       */
+    moevk_expert_weights shared; /* num_shared experts                     */
+    /* Optional [num_shared, H] gate (in router_dtype): shared expert i's
+     * output is scaled by sigmoid(x · shared_gate[i]) (Qwen2-MoE). */
+    const void *shared_gate;
+} moevk_layer_desc;
+
+/* Routing statistics of one forward pass (contract in docs/semantics.md). */
+typedef struct moevk_routing_stats {
+    /* Optional caller array of num_experts entries: admitted assignments per
+     * expert. NULL = not wanted. */
+    uint32_t *tokens_per_expert;
+    uint64_t dropped;            /* assignments over capacity              */
+    double load_balancing_loss;  /* E * sum_e f_e * P_e                    */
+    double router_z_loss;        /* mean over tokens of logsumexp(l)^2     */
+    double routing_entropy;      /* mean over tokens of -sum p log p       */
+} moevk_routing_stats;
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOEVK_H */

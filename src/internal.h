@@ -1,0 +1,165 @@
+/*
+ * Internal declarations shared by the library's translation units.
+ */
+#ifndef MOEVK_INTERNAL_H
+#define MOEVK_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#include <volk.h>
+
+#include "moevk/moevk.h"
+#include "vk/vk_functions.h"
+
+#if defined(__GNUC__)
+#define MVK_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define MVK_PRINTF(a, b)
+#endif
+
+#define MVK_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MVK_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define MVK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Per-context instance-level entry points (loader and instance). */
+typedef struct mvk_instance_table {
+    PFN_vkGetInstanceProcAddr vkGetInstanceProcAddr;
+#define MVK_X(name) PFN_##name name;
+    MOEVK_VK_GLOBAL_FUNCTIONS(MVK_X)
+    MOEVK_VK_INSTANCE_FUNCTIONS(MVK_X)
+    MOEVK_VK_DEBUG_FUNCTIONS(MVK_X)
+#undef MVK_X
+} mvk_instance_table;
+
+/* A pool chain of descriptor sets, reset as a whole. */
+typedef struct mvk_arena {
+    VkDescriptorPool *pools;
+    uint32_t count, cap, current;
+} mvk_arena;
+
+typedef struct mvk_pipeline mvk_pipeline;
+
+struct moevk_context {
+    moevk_allocator alloc;
+    moevk_log_fn log;
+    void *log_user;
+    moevk_log_level log_level;
+    char last_error[512];
+    VkResult last_vk;
+    uint32_t validation_messages;
+    uint64_t timeout_ns;
+
+    /* Test knobs (src/testing.h): fail the N-th fallible operation. */
+    int64_t fault_countdown; /* 0 = off */
+    int64_t live_objects;    /* host allocations and Vulkan objects alive */
+
+    void *loader_lib;
+    mvk_instance_table vki;
+    struct VolkDeviceTable vk;
+    VkInstance instance;
+    VkPhysicalDevice phys;
+    VkDevice device;
+    VkQueue queue;
+    uint32_t queue_family;
+    bool owns_instance, owns_device;
+    VkDebugUtilsMessengerEXT messenger;
+    VkPhysicalDeviceMemoryProperties memprops;
+    moevk_device_info info;
+
+    /* Synchronous submission. */
+    VkCommandPool cmd_pool;
+    VkCommandBuffer cmd;
+    VkFence fence;
+    bool in_flight; /* a submission timed out and may still be running */
+    mvk_arena arena;
+
+    /* Staging memory for uploads and downloads. */
+    VkBuffer staging;
+    VkDeviceMemory staging_mem;
+    void *staging_map;
+    uint64_t staging_size;
+    bool staging_coherent;
+
+    VkPipelineCache pipeline_cache;
+    mvk_pipeline **pipelines;
+    uint32_t pipeline_count, pipeline_cap;
+};
+
+struct moevk_buffer {
+    moevk_context *ctx;
+    VkBuffer buffer;
+    VkDeviceMemory memory;
+    uint64_t size;
+    bool imported;
+};
+
+/* ---- errors and logging (error.c) ---- */
+moevk_status mvk_fail(moevk_context *ctx, moevk_status st, const char *fmt, ...) MVK_PRINTF(3, 4);
+/* Map a failed VkResult to a status, record it with the name of the call. */
+moevk_status mvk_vk_fail(moevk_context *ctx, VkResult r, const char *what);
+void mvk_log(moevk_context *ctx, moevk_log_level level, const char *fmt, ...) MVK_PRINTF(3, 4);
+const char *mvk_vk_result_string(VkResult r);
+void mvk_clear_error(moevk_context *ctx);
+
+/* ---- host memory (error.c) ---- */
+void *mvk_alloc(moevk_context *ctx, size_t size);  /* zeroed; counts live objects */
+void mvk_free(moevk_context *ctx, void *p);
+/* Fault injection: true when the context's countdown reaches this call. */
+bool mvk_inject_fault(moevk_context *ctx);
+/* Wrap a VkResult-returning call so fault injection can make it fail. */
+#define MVK_VK(ctx, call) (mvk_inject_fault(ctx) ? VK_ERROR_OUT_OF_DEVICE_MEMORY : (call))
+
+/* ---- device memory (memory.c) ---- */
+moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFlags usage,
+                              VkMemoryPropertyFlags want, VkBuffer *buf, VkDeviceMemory *mem);
+void mvk_buffer_free(moevk_context *ctx, VkBuffer buf, VkDeviceMemory mem);
+void mvk_staging_release(moevk_context *ctx);
+
+/* ---- pipelines and commands (command.c, pipeline.c) ---- */
+typedef struct mvk_binding {
+    VkBuffer buffer;
+    VkDeviceSize offset, range;
+} mvk_binding;
+
+typedef struct mvk_cmd {
+    moevk_context *ctx;
+    VkCommandBuffer cb;
+    mvk_arena *arena;
+    moevk_status status; /* first error while recording; later calls no-op */
+} mvk_cmd;
+
+moevk_status mvk_pipeline_get(moevk_context *ctx, uint32_t kernel, const uint32_t *spec,
+                              uint32_t nspec, mvk_pipeline **out);
+void mvk_pipelines_destroy(moevk_context *ctx);
+
+void mvk_arena_destroy(moevk_context *ctx, mvk_arena *a);
+moevk_status mvk_arena_reset(moevk_context *ctx, mvk_arena *a);
+
+/* Wait (with the context's timeout) for a submission that timed out. */
+moevk_status mvk_wait_idle(moevk_context *ctx);
+/* Start recording into the context's own command buffer. */
+moevk_status mvk_cmd_begin(moevk_context *ctx, mvk_cmd *c);
+/* Record a dispatch of `kernel` with spec constants, bindings (count as the
+ * kernel declares), push constants and a grid. Errors stick in c->status. */
+void mvk_cmd_dispatch(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
+                      const mvk_binding *bindings, uint32_t nbind, const void *push,
+                      uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
+/* Full compute->compute/indirect/transfer memory barrier. */
+void mvk_cmd_barrier(mvk_cmd *c);
+/* End, submit and wait (finite timeout). Returns the first error. */
+moevk_status mvk_cmd_submit_wait(mvk_cmd *c);
+/* Split a 1D count of workgroups into a grid within device limits. */
+void mvk_grid_1d(const moevk_context *ctx, uint64_t groups, uint32_t *gx, uint32_t *gy);
+
+/* ---- tensors (memory.c) ---- */
+/* Check that t is a valid tensor of dtype `dtype` (or any of the dtypes in
+ * `dtype_mask` bits), of `ndim` dims, lying inside its buffer; `name` goes into
+ * the error message. */
+moevk_status mvk_check_tensor(moevk_context *ctx, const moevk_tensor *t, const char *name,
+                              uint32_t dtype_mask, uint32_t ndim);
+mvk_binding mvk_tensor_binding(const moevk_tensor *t);
+
+#endif

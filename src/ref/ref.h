@@ -1,0 +1,90 @@
+/*
+ * The CPU reference: the specification of every stage, in plain C with
+ * double accumulation. Simple and obviously right rather than fast. The
+ * Vulkan (and CUDA) paths are tested against it.
+ *
+ * Stage functions take the previous stage's output as floats, so a test can
+ * feed a GPU stage's own output into the next reference stage and compare
+ * each stage on its own.
+ */
+#ifndef MOEVK_REF_H
+#define MOEVK_REF_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "moevk/moevk.h"
+
+/* Relative gap below which two routing scores count as a near-tie. */
+#define MOEVK_REF_NEAR_TIE 1e-6
+
+/* ---- number formats ---------------------------------------------------- */
+float moevk_half_to_float(uint16_t h);
+uint16_t moevk_float_to_half(float f);  /* round to nearest even */
+float moevk_bf16_to_float(uint16_t b);
+uint16_t moevk_float_to_bf16(float f);  /* round to nearest even, NaN kept */
+/* Element i of an array of `dtype`, widened to double. */
+double moevk_ref_load(const void *data, moevk_dtype dtype, size_t i);
+
+/* ---- router -------------------------------------------------------------- */
+/* logits[t*E + e] = sum_h x[t*H + h] * w[e*H + h] (+ bias[e]), double
+ * accumulation, rounded to float at the end. bias may be NULL. */
+void moevk_ref_router_logits(const float *x, uint32_t T, uint32_t H, const void *w,
+                             moevk_dtype w_dtype, uint32_t E, const float *bias,
+                             float *logits);
+/* Row-wise softmax (max-subtracted) or sigmoid, in double, stored as float. */
+void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring scoring,
+                      float *scores);
+
+/* ---- routing (scoring + top-k + weights) -------------------------------- */
+/* For each token t: ids[t*k + j] and weights[t*k + j] for slot j = 0..k-1,
+ * slots ordered by decreasing selection score (ties: lower expert index;
+ * NaN ranks below every number). For softmax_topk the selection score is
+ * the logit (softmax is strictly monotonic, so this is the same choice
+ * without rounding). near_tie (optional, [T]) is set to 1 for a token whose
+ * k-th and (k+1)-th selection scores differ by a nonzero relative gap below
+ * MOEVK_REF_NEAR_TIE (a tiebreak that rounding may flip), else 0. Uses from
+ * desc: num_experts, top_k, routing, norm_topk_prob, n_group, topk_group,
+ * routed_scaling_factor, correction_bias. */
+void moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                     uint32_t *ids, float *weights, uint8_t *near_tie);
+
+/* ---- counting, capacity, permutation ------------------------------------- */
+/* Capacity per expert for T tokens: UINT32_MAX when capacity_factor is 0,
+ * else ceil(capacity_factor * T * k / E). */
+uint32_t moevk_ref_capacity(const moevk_layer_desc *desc, uint32_t T);
+/* Admission in priority order (all slot-0 assignments in token order, then
+ * slot 1, ...). counts[e] = admitted assignments of expert e; offsets[e] =
+ * exclusive prefix sum of counts (offsets has E+1 entries). row[t*k + j] is
+ * the admitted assignment's row in the expert-sorted order (rows of expert e
+ * are offsets[e] .. offsets[e+1]-1, ordered by token, then slot), or -1 if
+ * dropped. Returns the number of dropped assignments. */
+uint64_t moevk_ref_permute(const moevk_layer_desc *desc, uint32_t T, const uint32_t *ids,
+                           uint32_t *counts, uint32_t *offsets, int32_t *row);
+
+/* ---- experts ------------------------------------------------------------- */
+/* out[r*H + :] = FFN of expert `expert` (of the weights in w, count experts of
+ * width ffn) applied to in[r*H + :], for r = 0..rows-1; double accumulation,
+ * the hidden activation kept in double. */
+void moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expert_weights *w,
+                          uint32_t ffn, uint32_t expert, const float *in, uint32_t rows,
+                          float *out);
+
+/* ---- statistics ---------------------------------------------------------- */
+/* Fills stats (tokens_per_expert if non-NULL, dropped, the three losses)
+ * from logits [T, E] (float), the routing ids and the admission counts. */
+void moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                     const uint32_t *ids, const uint32_t *counts, uint64_t dropped,
+                     moevk_routing_stats *stats);
+
+/* ---- whole layer --------------------------------------------------------- */
+/* y [T, H] = the MoE layer on x [T, H]: router, routing, capacity, experts,
+ * combine in slot order, plus shared experts. ids/weights ([T*k]) and
+ * near_tie ([T]) and stats are optional outputs. Returns
+ * MOEVK_ERROR_OUT_OF_HOST_MEMORY if scratch cannot be allocated, else
+ * MOEVK_SUCCESS. The desc must be valid (see moevk_layer_desc_validate). */
+moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
+                                     float *y, uint32_t *ids, float *weights,
+                                     uint8_t *near_tie, moevk_routing_stats *stats);
+
+#endif

@@ -1,0 +1,251 @@
+/*
+ * CPU reference, expert side: one expert's FFN (every activation) and the
+ * whole MoE layer forward (router, routing, capacity, routed experts
+ * combined in slot order, shared experts). Double accumulation; the hidden
+ * activation and the expert outputs stay in double, and y is rounded to
+ * float once, after the shared experts are added.
+ *
+ * A weight matrix that the activation needs but the weights do not provide
+ * (an invalid desc) makes that expert's output NaN rather than crash.
+ */
+#include "ref.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static double sigmoid(double x)
+{
+    return 1.0 / (1.0 + exp(-x));
+}
+
+static double silu(double x)
+{
+    return x / (1.0 + exp(-x));
+}
+
+static double gelu_erf(double x)
+{
+    return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+}
+
+static double gelu_tanh(double x)
+{
+    const double pi = 3.14159265358979323846;
+    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / pi) * (x + 0.044715 * x * x * x)));
+}
+
+/* The reference's own copy of moevk_activation_is_gated (src/ref links
+ * against nothing else of the library). */
+static int activation_is_gated(moevk_activation act)
+{
+    return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU ||
+           act == MOEVK_ACT_GEGLU_TANH || act == MOEVK_ACT_SWIGLU_OAI;
+}
+
+/* One expert's matrix: the contiguous array at element offset
+ * expert * elems, or the expert's own pointer at offset 0. Returns NULL when
+ * neither is given. */
+static const void *expert_matrix(const void *contiguous, const void *const *per_expert,
+                                 uint32_t expert, size_t elems, size_t *offset)
+{
+    *offset = 0;
+    if (contiguous) {
+        *offset = (size_t)expert * elems;
+        return contiguous;
+    }
+    return per_expert ? per_expert[expert] : NULL;
+}
+
+/* sum_c in[c] * m[offset + c], c < n, in double */
+static double dot(const float *in, const void *m, moevk_dtype dtype, size_t offset,
+                  uint32_t n)
+{
+    double acc = 0.0;
+    for (uint32_t c = 0; c < n; c++)
+        acc += (double)in[c] * moevk_ref_load(m, dtype, offset + c);
+    return acc;
+}
+
+/* out[0..H-1] = FFN of `expert` (experts of width ffn in w) on one input row
+ * in[0..H-1]; h is scratch of ffn doubles. */
+static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights *w,
+                       uint32_t ffn, uint32_t expert, const float *in, double *h, double *out)
+{
+    uint32_t H = desc->hidden;
+    moevk_dtype dt = desc->weight_dtype;
+    moevk_activation act = desc->activation;
+    int gated = activation_is_gated(act);
+    size_t elems = (size_t)ffn * H; /* one expert's gate, up or down */
+    size_t goff, uoff, doff;
+    const void *gate = expert_matrix(w->gate, w->gate_experts, expert, elems, &goff);
+    const void *up = expert_matrix(w->up, w->up_experts, expert, elems, &uoff);
+    const void *down = expert_matrix(w->down, w->down_experts, expert, elems, &doff);
+    int known = gated || act == MOEVK_ACT_RELU || act == MOEVK_ACT_GELU;
+
+    if (!known || !up || !down || (gated && !gate)) {
+        for (uint32_t c = 0; c < H; c++)
+            out[c] = NAN;
+        return;
+    }
+
+    for (uint32_t f = 0; f < ffn; f++) {
+        double u = dot(in, up, dt, uoff + (size_t)f * H, H);
+        if (w->up_bias)
+            u += (double)w->up_bias[(size_t)expert * ffn + f];
+        if (!gated) {
+            /* written so that NaN propagates (unlike fmax) */
+            h[f] = act == MOEVK_ACT_RELU ? (u < 0.0 ? 0.0 : u) : gelu_erf(u);
+            continue;
+        }
+        double g = dot(in, gate, dt, goff + (size_t)f * H, H);
+        if (w->gate_bias)
+            g += (double)w->gate_bias[(size_t)expert * ffn + f];
+        switch (act) {
+        case MOEVK_ACT_SWIGLU:
+            h[f] = silu(g) * u;
+            break;
+        case MOEVK_ACT_GEGLU:
+            h[f] = gelu_erf(g) * u;
+            break;
+        case MOEVK_ACT_GEGLU_TANH:
+            h[f] = gelu_tanh(g) * u;
+            break;
+        default: { /* MOEVK_ACT_SWIGLU_OAI */
+            double alpha = desc->swiglu_alpha ? (double)desc->swiglu_alpha : 1.702;
+            double limit = desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0;
+            /* clamps written so that NaN propagates */
+            if (g > limit)
+                g = limit;
+            if (u > limit)
+                u = limit;
+            if (u < -limit)
+                u = -limit;
+            h[f] = (u + 1.0) * g * sigmoid(alpha * g);
+            break;
+        }
+        }
+    }
+
+    for (uint32_t c = 0; c < H; c++) {
+        double acc = 0.0;
+        for (uint32_t f = 0; f < ffn; f++)
+            acc += h[f] * moevk_ref_load(down, dt, doff + (size_t)c * ffn + f);
+        if (w->down_bias)
+            acc += (double)w->down_bias[(size_t)expert * H + c];
+        out[c] = acc;
+    }
+}
+
+void moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expert_weights *w,
+                          uint32_t ffn, uint32_t expert, const float *in, uint32_t rows,
+                          float *out)
+{
+    uint32_t H = desc->hidden;
+    double *h = malloc((ffn ? ffn : 1) * sizeof *h);
+    double *o = malloc((H ? H : 1) * sizeof *o);
+    if (!h || !o) {
+        /* ref.h gives this stage no status: poison the output instead */
+        for (size_t i = 0; i < (size_t)rows * H; i++)
+            out[i] = NAN;
+        free(h);
+        free(o);
+        return;
+    }
+    for (uint32_t r = 0; r < rows; r++) {
+        expert_row(desc, w, ffn, expert, in + (size_t)r * H, h, o);
+        for (uint32_t c = 0; c < H; c++)
+            out[(size_t)r * H + c] = (float)o[c];
+    }
+    free(h);
+    free(o);
+}
+
+moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
+                                     float *y, uint32_t *ids, float *weights,
+                                     uint8_t *near_tie, moevk_routing_stats *stats)
+{
+    uint32_t H = desc->hidden, E = desc->num_experts, k = desc->top_k;
+    uint32_t shared_ffn = desc->shared_ffn ? desc->shared_ffn : desc->ffn;
+    uint32_t max_ffn = desc->ffn;
+    if (desc->num_shared && shared_ffn > max_ffn)
+        max_ffn = shared_ffn;
+    size_t TE = (size_t)T * E, TK = (size_t)T * k;
+    moevk_status status = MOEVK_SUCCESS;
+    uint64_t dropped;
+
+    /* "+ 1" keeps every size nonzero, so NULL always means failure */
+    float *logits = malloc((TE + 1) * sizeof *logits);
+    uint32_t *r_ids = malloc((TK + 1) * sizeof *r_ids);
+    float *r_w = malloc((TK + 1) * sizeof *r_w);
+    uint32_t *counts = malloc(((size_t)E + 1) * sizeof *counts);
+    uint32_t *offsets = malloc(((size_t)E + 1) * sizeof *offsets);
+    int32_t *row = malloc((TK + 1) * sizeof *row);
+    double *h = malloc(((size_t)max_ffn + 1) * sizeof *h);
+    double *o = malloc(((size_t)H + 1) * sizeof *o);
+    double *acc = malloc(((size_t)H + 1) * sizeof *acc);
+    if (!logits || !r_ids || !r_w || !counts || !offsets || !row || !h || !o || !acc) {
+        status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+        goto done;
+    }
+
+    moevk_ref_router_logits(x, T, H, desc->router_weight, desc->router_dtype, E,
+                            desc->router_bias, logits);
+    moevk_ref_route(desc, T, logits, r_ids, r_w, near_tie);
+    if (TK && r_ids[0] == UINT32_MAX) { /* route's out-of-memory marker */
+        status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+        goto done;
+    }
+    dropped = moevk_ref_permute(desc, T, r_ids, counts, offsets, row);
+
+    for (uint32_t t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * H;
+        for (uint32_t c = 0; c < H; c++)
+            acc[c] = 0.0;
+        /* routed experts, in slot order; dropped assignments add nothing */
+        for (uint32_t j = 0; j < k; j++) {
+            size_t a = (size_t)t * k + j;
+            if (row[a] < 0)
+                continue;
+            expert_row(desc, &desc->experts, desc->ffn, r_ids[a], xt, h, o);
+            for (uint32_t c = 0; c < H; c++)
+                acc[c] += (double)r_w[a] * o[c];
+        }
+        /* shared experts, optionally gated by sigmoid(x . shared_gate[i]) */
+        for (uint32_t i = 0; i < desc->num_shared; i++) {
+            expert_row(desc, &desc->shared, shared_ffn, i, xt, h, o);
+            double gate = 1.0;
+            if (desc->shared_gate)
+                gate = sigmoid(dot(xt, desc->shared_gate, desc->router_dtype, (size_t)i * H, H));
+            for (uint32_t c = 0; c < H; c++)
+                acc[c] += gate * o[c];
+        }
+        for (uint32_t c = 0; c < H; c++)
+            y[(size_t)t * H + c] = (float)acc[c];
+    }
+
+    if (stats) {
+        moevk_ref_stats(desc, T, logits, r_ids, counts, dropped, stats);
+        if (stats->dropped == UINT64_MAX) { /* stats' out-of-memory marker */
+            status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+            goto done;
+        }
+    }
+    for (size_t a = 0; a < TK; a++) {
+        if (ids)
+            ids[a] = r_ids[a];
+        if (weights)
+            weights[a] = r_w[a];
+    }
+
+done:
+    free(logits);
+    free(r_ids);
+    free(r_w);
+    free(counts);
+    free(offsets);
+    free(row);
+    free(h);
+    free(o);
+    free(acc);
+    return status;
+}

@@ -1,0 +1,118 @@
+/*
+ * CPU reference, number formats: IEEE binary16 (f16) and bfloat16 (bf16)
+ * conversions, both directions, rounding to nearest even; and the widening
+ * load of one f32/f16/bf16 element to double.
+ *
+ * The conversions work on bit patterns (memcpy for the type pun) so they do
+ * not depend on the compiler's _Float16 support or the FPU rounding mode.
+ */
+#include "ref.h"
+
+#include <math.h>
+#include <string.h>
+
+static uint32_t float_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bits_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+float moevk_half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+
+    if (exp == 0) {
+        /* zero or subnormal: mant * 2^-24, exact in float */
+        float mag = ldexpf((float)mant, -24);
+        return sign ? -mag : mag;
+    }
+    if (exp == 31) /* infinity, or NaN with its payload kept */
+        return bits_float(sign | 0x7f800000u | (mant << 13));
+    return bits_float(sign | ((exp - 15 + 127) << 23) | (mant << 13));
+}
+
+/* Shift `m` right by `shift` (1..31) bits, rounding to nearest, ties to even. */
+static uint32_t shift_round_even(uint32_t m, uint32_t shift)
+{
+    uint32_t kept = m >> shift;
+    uint32_t rest = m & ((1u << shift) - 1u);
+    uint32_t halfway = 1u << (shift - 1);
+    if (rest > halfway || (rest == halfway && (kept & 1u)))
+        kept++;
+    return kept;
+}
+
+uint16_t moevk_float_to_half(float f)
+{
+    uint32_t u = float_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t fexp = (u >> 23) & 0xffu;
+    uint32_t fmant = u & 0x7fffffu;
+
+    if (fexp == 0xff) { /* inf, or NaN: keep the top payload bits, stay NaN */
+        if (fmant == 0)
+            return (uint16_t)(sign | 0x7c00u);
+        return (uint16_t)(sign | 0x7e00u | (fmant >> 13));
+    }
+    if (fexp == 0) /* float zero or subnormal (< 2^-126): rounds to zero */
+        return sign;
+
+    /* f = m * 2^(e - 15 - 10 - 13) with m the 24-bit significand and e the
+     * exponent rebiased for half. */
+    int32_t e = (int32_t)fexp - 127 + 15;
+    uint32_t m = fmant | 0x800000u;
+
+    if (e >= 31) /* >= 65536: beyond the largest half even before rounding */
+        return (uint16_t)(sign | 0x7c00u);
+    if (e >= 1) {
+        /* Normal half: drop 13 bits. A carry out of the mantissa bumps the
+         * exponent field, which is exactly the right encoding (up to inf). */
+        uint32_t r = shift_round_even(m, 13); /* 11 bits, or 0x800 on carry */
+        return (uint16_t)(sign | (((uint32_t)e << 10) + (r - 0x400u)));
+    }
+    /* Subnormal half: value / 2^-24 = m * 2^(e - 14). */
+    uint32_t shift = (uint32_t)(14 - e); /* >= 14 */
+    if (shift > 24) /* below 2^-25: rounds to zero */
+        return sign;
+    /* A carry to 0x400 yields the smallest normal, again the right bits. */
+    return (uint16_t)(sign | shift_round_even(m, shift));
+}
+
+float moevk_bf16_to_float(uint16_t b)
+{
+    return bits_float((uint32_t)b << 16);
+}
+
+uint16_t moevk_float_to_bf16(float f)
+{
+    uint32_t u = float_bits(f);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu) != 0)
+        return (uint16_t)((u >> 16) | 0x40u); /* NaN: quiet, sign kept */
+    /* Round to nearest even on the low 16 bits; a carry into the exponent
+     * is the right result (up to infinity). */
+    uint32_t r = u + 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(r >> 16);
+}
+
+double moevk_ref_load(const void *data, moevk_dtype dtype, size_t i)
+{
+    switch (dtype) {
+    case MOEVK_DTYPE_F32:
+        return (double)((const float *)data)[i];
+    case MOEVK_DTYPE_F16:
+        return (double)moevk_half_to_float(((const uint16_t *)data)[i]);
+    case MOEVK_DTYPE_BF16:
+        return (double)moevk_bf16_to_float(((const uint16_t *)data)[i]);
+    }
+    return NAN; /* unknown dtype: a value no comparison can pass */
+}

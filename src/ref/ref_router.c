@@ -1,0 +1,404 @@
+/*
+ * CPU reference, router side: logits, scores, routing (selection and
+ * weights, all three modes), capacity, permutation and routing statistics.
+ * Double arithmetic throughout; floats only where ref.h stores results.
+ *
+ * Non-finite values (what torch does, and what the GPU must do too):
+ *  - softmax of a row holding a NaN or a +inf logit, or whose logits are all
+ *    -inf, is NaN for the whole row (exp(x - max) turns into NaN); other rows
+ *    are unaffected. The same rows give NaN z-loss, entropy and
+ *    load-balancing loss.
+ *  - sigmoid(NaN) = NaN, sigmoid(+-inf) = 1 / 0.
+ *  - for selection NaN ranks below every number, -inf included.
+ *
+ * Stage functions that need scratch and cannot return a status (ref.h
+ * declares them void) poison their outputs when malloc fails:
+ *  - moevk_ref_route: every id is UINT32_MAX, every weight NaN, near_tie 1;
+ *  - moevk_ref_stats: dropped = UINT64_MAX and the three losses NaN.
+ * moevk_ref_layer_forward checks those markers and reports
+ * MOEVK_ERROR_OUT_OF_HOST_MEMORY.
+ */
+#include "ref.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define NO_INDEX UINT32_MAX
+
+static double sigmoid(double x)
+{
+    return 1.0 / (1.0 + exp(-x));
+}
+
+/* Max and sum of exp(l - max) of a row, for a max-subtracted softmax:
+ * p[i] = exp(l[i] - *max) / *sum. NaN logits are skipped by the max but
+ * poison the sum, so a row with a NaN gives NaN everywhere. */
+static void softmax_row(const float *l, uint32_t n, double *max, double *sum)
+{
+    double m = -INFINITY;
+    for (uint32_t i = 0; i < n; i++)
+        if ((double)l[i] > m)
+            m = (double)l[i];
+    double s = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        s += exp((double)l[i] - m);
+    *max = m;
+    *sum = s;
+}
+
+/* The ranking of every selection in the reference: whether score a of index
+ * ia ranks ahead of score b of index ib. Larger wins, equal -> lower index;
+ * NaN ranks below every number, NaNs among themselves by index. This is a
+ * strict total order on (score, index) pairs with distinct indices. */
+static int ranks_before(double a, uint32_t ia, double b, uint32_t ib)
+{
+    int na = isnan(a), nb = isnan(b);
+    if (na || nb) {
+        if (na && nb)
+            return ia < ib;
+        return nb; /* the number beats the NaN */
+    }
+    if (a != b)
+        return a > b;
+    return ia < ib;
+}
+
+/* The best index i < n with eligible[i] (all, if eligible is NULL) that
+ * ranks strictly after `prev` (any, if prev is NO_INDEX), or NO_INDEX if
+ * none. Calling it with the previous answer walks the ranking in order. */
+static uint32_t next_best(const double *score, const uint8_t *eligible, uint32_t n,
+                          uint32_t prev)
+{
+    uint32_t best = NO_INDEX;
+    for (uint32_t i = 0; i < n; i++) {
+        if (eligible && !eligible[i])
+            continue;
+        if (prev != NO_INDEX && !ranks_before(score[prev], prev, score[i], i))
+            continue;
+        if (best == NO_INDEX || ranks_before(score[i], i, score[best], best))
+            best = i;
+    }
+    return best;
+}
+
+/* 1 when a and b are both finite, differ, and their gap is at most
+ * MOEVK_REF_NEAR_TIE relative to the larger magnitude. */
+static int near_tie_pair(double a, double b)
+{
+    if (!isfinite(a) || !isfinite(b) || a == b)
+        return 0;
+    return fabs(a - b) <= MOEVK_REF_NEAR_TIE * fmax(fabs(a), fabs(b));
+}
+
+void moevk_ref_router_logits(const float *x, uint32_t T, uint32_t H, const void *w,
+                             moevk_dtype w_dtype, uint32_t E, const float *bias,
+                             float *logits)
+{
+    for (uint32_t t = 0; t < T; t++) {
+        for (uint32_t e = 0; e < E; e++) {
+            double acc = 0.0;
+            for (uint32_t h = 0; h < H; h++)
+                acc += (double)x[(size_t)t * H + h] *
+                       moevk_ref_load(w, w_dtype, (size_t)e * H + h);
+            if (bias)
+                acc += (double)bias[e];
+            logits[(size_t)t * E + e] = (float)acc;
+        }
+    }
+}
+
+void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring scoring,
+                      float *scores)
+{
+    for (uint32_t t = 0; t < T; t++) {
+        const float *l = logits + (size_t)t * E;
+        float *s = scores + (size_t)t * E;
+        if (scoring == MOEVK_SCORING_SIGMOID) {
+            for (uint32_t e = 0; e < E; e++)
+                s[e] = (float)sigmoid((double)l[e]);
+        } else {
+            double max, sum;
+            softmax_row(l, E, &max, &sum);
+            for (uint32_t e = 0; e < E; e++)
+                s[e] = (float)(exp((double)l[e] - max) / sum);
+        }
+    }
+}
+
+/* ---- routing ------------------------------------------------------------- */
+
+/* Group selection of sigmoid_grouped for one token: marks eligible[e] = 1
+ * for the experts of the kept groups, 0 for the others. Returns 1 when the
+ * last kept group and the best dropped one are a near-tie. */
+static int keep_groups(const moevk_layer_desc *desc, const double *c, double *gscore,
+                       uint8_t *eligible)
+{
+    uint32_t E = desc->num_experts;
+    uint32_t n_group = desc->n_group ? desc->n_group : 1;
+    uint32_t topk_group = desc->topk_group ? desc->topk_group : n_group;
+    if (topk_group > n_group)
+        topk_group = n_group;
+    uint32_t size = E / n_group; /* contiguous groups of `size` experts */
+
+    for (uint32_t g = 0; g < n_group; g++) {
+        /* the two largest c of the group (in the selection order, so NaN
+         * counts only when the group has fewer than two numbers) */
+        const double *cg = c + (size_t)g * size;
+        uint32_t first = next_best(cg, NULL, size, NO_INDEX);
+        uint32_t second = first == NO_INDEX ? NO_INDEX : next_best(cg, NULL, size, first);
+        if (first == NO_INDEX)
+            gscore[g] = NAN; /* empty group (invalid desc): never kept first */
+        else if (second == NO_INDEX)
+            gscore[g] = cg[first];
+        else
+            gscore[g] = cg[first] + cg[second];
+    }
+
+    for (uint32_t e = 0; e < E; e++)
+        eligible[e] = 0;
+    uint32_t g = NO_INDEX;
+    for (uint32_t i = 0; i < topk_group; i++) {
+        g = next_best(gscore, NULL, n_group, g);
+        for (uint32_t e = g * size; e < (g + 1) * size; e++)
+            eligible[e] = 1;
+    }
+    uint32_t next = g == NO_INDEX ? NO_INDEX : next_best(gscore, NULL, n_group, g);
+    return next != NO_INDEX && near_tie_pair(gscore[g], gscore[next]);
+}
+
+void moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                     uint32_t *ids, float *weights, uint8_t *near_tie)
+{
+    uint32_t E = desc->num_experts, k = desc->top_k;
+    uint32_t n_group = desc->n_group ? desc->n_group : 1;
+    int grouped = desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED;
+
+    /* score: the selection score of each expert; gscore: group scores;
+     * eligible: experts of the kept groups (grouped routing only) */
+    double *score = malloc((E ? E : 1) * sizeof *score);
+    double *gscore = malloc(n_group * sizeof *gscore);
+    uint8_t *eligible = malloc(E ? E : 1);
+    if (!score || !gscore || !eligible) {
+        for (size_t i = 0; i < (size_t)T * k; i++) {
+            ids[i] = NO_INDEX;
+            weights[i] = NAN;
+        }
+        for (uint32_t t = 0; near_tie && t < T; t++)
+            near_tie[t] = 1;
+        free(score);
+        free(gscore);
+        free(eligible);
+        return;
+    }
+
+    for (uint32_t t = 0; t < T; t++) {
+        const float *l = logits + (size_t)t * E;
+        uint32_t *tid = ids + (size_t)t * k;
+        float *tw = weights + (size_t)t * k;
+        int tie = 0;
+
+        for (uint32_t e = 0; e < E; e++) {
+            if (grouped) {
+                double bias = desc->correction_bias ? (double)desc->correction_bias[e] : 0.0;
+                score[e] = sigmoid((double)l[e]) + bias;
+            } else {
+                score[e] = (double)l[e];
+            }
+        }
+        if (grouped)
+            tie |= keep_groups(desc, score, gscore, eligible);
+
+        /* top-k in ranking order; a slot with no candidate left (only for
+         * an invalid desc) gets NO_INDEX */
+        uint32_t prev = NO_INDEX;
+        int complete = 1;
+        for (uint32_t j = 0; j < k; j++) {
+            uint32_t id = complete ? next_best(score, grouped ? eligible : NULL, E, prev)
+                                   : NO_INDEX;
+            if (id == NO_INDEX)
+                complete = 0;
+            tid[j] = id;
+            prev = id;
+        }
+        if (complete && k > 0) {
+            uint32_t next = next_best(score, grouped ? eligible : NULL, E, prev);
+            if (next != NO_INDEX)
+                tie |= near_tie_pair(score[prev], score[next]);
+        }
+        if (near_tie)
+            near_tie[t] = (uint8_t)tie;
+
+        if (!complete) {
+            for (uint32_t j = 0; j < k; j++)
+                tw[j] = NAN;
+            continue;
+        }
+
+        /* weights */
+        if (desc->routing == MOEVK_ROUTING_TOPK_SOFTMAX) {
+            /* softmax over the k selected logits */
+            double max = -INFINITY, sum = 0.0;
+            for (uint32_t j = 0; j < k; j++)
+                if ((double)l[tid[j]] > max)
+                    max = (double)l[tid[j]];
+            for (uint32_t j = 0; j < k; j++)
+                sum += exp((double)l[tid[j]] - max);
+            for (uint32_t j = 0; j < k; j++)
+                tw[j] = (float)(exp((double)l[tid[j]] - max) / sum);
+        } else if (grouped) {
+            /* w = s (without the correction bias), optional normalisation,
+             * then the routed scaling factor */
+            double sum = 0.0;
+            double scale = desc->routed_scaling_factor ? (double)desc->routed_scaling_factor
+                                                       : 1.0;
+            for (uint32_t j = 0; j < k; j++)
+                sum += sigmoid((double)l[tid[j]]);
+            for (uint32_t j = 0; j < k; j++) {
+                double wj = sigmoid((double)l[tid[j]]);
+                if (desc->norm_topk_prob)
+                    wj /= sum + 1e-20;
+                tw[j] = (float)(wj * scale);
+            }
+        } else {
+            /* softmax_topk: the probability over all E, optionally
+             * renormalised over the k */
+            double max, sum, ksum = 0.0;
+            softmax_row(l, E, &max, &sum);
+            for (uint32_t j = 0; j < k; j++)
+                ksum += exp((double)l[tid[j]] - max) / sum;
+            for (uint32_t j = 0; j < k; j++) {
+                double p = exp((double)l[tid[j]] - max) / sum;
+                tw[j] = (float)(desc->norm_topk_prob ? p / ksum : p);
+            }
+        }
+    }
+    free(score);
+    free(gscore);
+    free(eligible);
+}
+
+/* ---- capacity and permutation ------------------------------------------- */
+
+uint32_t moevk_ref_capacity(const moevk_layer_desc *desc, uint32_t T)
+{
+    if (desc->capacity_factor == 0.0f)
+        return UINT32_MAX;
+    double c = ceil((double)desc->capacity_factor * T * desc->top_k / desc->num_experts);
+    if (!(c < (double)UINT32_MAX)) /* huge, or NaN from an invalid factor */
+        return UINT32_MAX;
+    if (c < 0.0)
+        return 0;
+    return (uint32_t)c;
+}
+
+uint64_t moevk_ref_permute(const moevk_layer_desc *desc, uint32_t T, const uint32_t *ids,
+                           uint32_t *counts, uint32_t *offsets, int32_t *row)
+{
+    uint32_t E = desc->num_experts, k = desc->top_k;
+    uint32_t capacity = moevk_ref_capacity(desc, T);
+    uint64_t dropped = 0;
+
+    /* Admission in priority order: slot 0 of every token, then slot 1, ...
+     * row[] temporarily holds 0 for admitted, -1 for dropped. An id out of
+     * range (only from a broken stage under test) counts as dropped. */
+    for (uint32_t e = 0; e < E; e++)
+        counts[e] = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        for (uint32_t t = 0; t < T; t++) {
+            size_t a = (size_t)t * k + j;
+            uint32_t e = ids[a];
+            if (e < E && counts[e] < capacity) {
+                counts[e]++;
+                row[a] = 0;
+            } else {
+                row[a] = -1;
+                dropped++;
+            }
+        }
+    }
+
+    offsets[0] = 0;
+    for (uint32_t e = 0; e < E; e++)
+        offsets[e + 1] = offsets[e] + counts[e];
+
+    /* Rows within an expert's segment go by token, then slot (not by
+     * admission order). counts[] is the fill cursor and ends where it began. */
+    for (uint32_t e = 0; e < E; e++)
+        counts[e] = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        for (uint32_t j = 0; j < k; j++) {
+            size_t a = (size_t)t * k + j;
+            if (row[a] < 0)
+                continue;
+            uint32_t e = ids[a];
+            row[a] = (int32_t)(offsets[e] + counts[e]);
+            counts[e]++;
+        }
+    }
+    return dropped;
+}
+
+/* ---- statistics ---------------------------------------------------------- */
+
+void moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                     const uint32_t *ids, const uint32_t *counts, uint64_t dropped,
+                     moevk_routing_stats *stats)
+{
+    uint32_t E = desc->num_experts, k = desc->top_k;
+
+    if (stats->tokens_per_expert)
+        for (uint32_t e = 0; e < E; e++)
+            stats->tokens_per_expert[e] = counts[e];
+    stats->dropped = dropped;
+    stats->load_balancing_loss = 0.0;
+    stats->router_z_loss = 0.0;
+    stats->routing_entropy = 0.0;
+    if (T == 0 || E == 0)
+        return;
+
+    /* chosen[e]: assignments (before dropping) that chose e;
+     * prob[e]: sum over tokens of the full softmax probability of e */
+    double *chosen = calloc(E, sizeof *chosen);
+    double *prob = calloc(E, sizeof *prob);
+    if (!chosen || !prob) {
+        free(chosen);
+        free(prob);
+        stats->dropped = UINT64_MAX;
+        stats->load_balancing_loss = NAN;
+        stats->router_z_loss = NAN;
+        stats->routing_entropy = NAN;
+        return;
+    }
+
+    for (size_t a = 0; a < (size_t)T * k; a++)
+        if (ids[a] < E)
+            chosen[ids[a]] += 1.0;
+
+    double z = 0.0, entropy = 0.0;
+    for (uint32_t t = 0; t < T; t++) {
+        const float *l = logits + (size_t)t * E;
+        double max, sum, h = 0.0;
+        softmax_row(l, E, &max, &sum);
+        for (uint32_t e = 0; e < E; e++) {
+            double p = exp((double)l[e] - max) / sum;
+            prob[e] += p;
+            if (p != 0.0) /* 0 log 0 = 0; NaN stays */
+                h -= p * log(p);
+        }
+        double lse = max + log(sum);
+        z += lse * lse;
+        entropy += h;
+    }
+
+    double lb = 0.0;
+    for (uint32_t e = 0; e < E; e++) {
+        double f = chosen[e] / ((double)T * k);
+        double P = prob[e] / T;
+        lb += f * P;
+    }
+    stats->load_balancing_loss = E * lb;
+    stats->router_z_loss = z / T;
+    stats->routing_entropy = entropy / T;
+    free(chosen);
+    free(prob);
+}

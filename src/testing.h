@@ -1,0 +1,18 @@
+/*
+ * Test knobs, linked only by the tests (through the static library).
+ */
+#ifndef MOEVK_TESTING_H
+#define MOEVK_TESTING_H
+
+#include <stdint.h>
+
+#include "moevk/moevk.h"
+
+/* Make the n-th following fallible operation of this context fail (a host
+ * allocation returns NULL, a Vulkan call returns OUT_OF_DEVICE_MEMORY);
+ * 0 disables. */
+void moevk_testing_fail_after(moevk_context *ctx, int64_t n);
+/* Host allocations plus device buffers currently alive in the context. */
+int64_t moevk_testing_live_objects(const moevk_context *ctx);
+
+#endif
