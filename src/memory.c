@@ -83,7 +83,9 @@ moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFl
     else
         *mem = VK_NULL_HANDLE;
     if (r != VK_SUCCESS) {
-        mvk_buffer_free(ctx, *buf, *mem);
+        ctx->vk.vkDestroyBuffer(ctx->device, *buf, NULL);
+        if (*mem)
+            ctx->vk.vkFreeMemory(ctx->device, *mem, NULL);
         *buf = VK_NULL_HANDLE;
         *mem = VK_NULL_HANDLE;
         moevk_status st = mvk_vk_fail(ctx, r, "vkAllocateMemory/vkBindBufferMemory");
@@ -96,15 +98,14 @@ moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFl
     return MOEVK_SUCCESS;
 }
 
+/* Frees a buffer made by mvk_buffer_alloc (both handles, or neither). */
 void mvk_buffer_free(moevk_context *ctx, VkBuffer buf, VkDeviceMemory mem)
 {
-    if (buf)
-        ctx->vk.vkDestroyBuffer(ctx->device, buf, NULL);
-    if (mem) {
-        ctx->vk.vkFreeMemory(ctx->device, mem, NULL);
-    }
-    if (buf && mem)
-        ctx->live_objects--;
+    if (!buf)
+        return;
+    ctx->vk.vkDestroyBuffer(ctx->device, buf, NULL);
+    ctx->vk.vkFreeMemory(ctx->device, mem, NULL);
+    ctx->live_objects--;
 }
 
 void mvk_staging_release(moevk_context *ctx)

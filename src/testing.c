@@ -14,3 +14,16 @@ int64_t moevk_testing_live_objects(const moevk_context *ctx)
 {
     return ctx ? ctx->live_objects : 0;
 }
+
+void moevk_testing_provoke_validation(moevk_context *ctx)
+{
+    /* A zero-sized buffer is invalid usage (VUID-VkBufferCreateInfo-size-00912). */
+    VkBufferCreateInfo bci = {
+        .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+        .size = 0,
+        .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT,
+    };
+    VkBuffer b = VK_NULL_HANDLE;
+    if (ctx->vk.vkCreateBuffer(ctx->device, &bci, NULL, &b) == VK_SUCCESS && b)
+        ctx->vk.vkDestroyBuffer(ctx->device, b, NULL);
+}

@@ -15,4 +15,7 @@ void moevk_testing_fail_after(moevk_context *ctx, int64_t n);
 /* Host allocations plus device buffers currently alive in the context. */
 int64_t moevk_testing_live_objects(const moevk_context *ctx);
 
+/* Make one invalid Vulkan call, to show that validation messages are seen. */
+void moevk_testing_provoke_validation(moevk_context *ctx);
+
 #endif

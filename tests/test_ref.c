@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "ref.h"
+#include "../src/ref/ref.h" /* relative: builds with -Isrc or -Isrc/ref */
 
 static float f_from_bits(uint32_t u)
 {
@@ -190,11 +190,11 @@ Test(router, logits_with_bias_and_dtypes)
 {
     /* x [2, 3], w [2, 3]: logits = x w^T + b, by hand:
      * t0: [1*1 + 2*0 + 3*(-1), 1*2 + 2*2 + 3*2] + [0.5, -1] = [-1.5, 11]
-     * t1: [-1*1 + 0 + 4*(-1), -1*2 + 0 + 4*2] + [0.5, -1] = [-4.5, 5] */
+     * t1: [-1*1 + 0.5*0 + 4*(-1), -1*2 + 0.5*2 + 4*2] + [0.5, -1] = [-4.5, 6] */
     const float x[] = {1, 2, 3, -1, 0.5f, 4};
     const float w[] = {1, 0, -1, 2, 2, 2};
     const float b[] = {0.5f, -1};
-    const float expect[] = {-1.5f, 11, -4.5f, 5};
+    const float expect[] = {-1.5f, 11, -4.5f, 6};
     uint16_t w16[6], wb[6];
     for (int i = 0; i < 6; i++) {
         w16[i] = moevk_float_to_half(w[i]);
@@ -225,26 +225,30 @@ Test(router, logits_round_once)
 
 Test(router, softmax_scores)
 {
-    /* row 0: [0, ln 3] -> [1/4, 3/4]; row 1 sums to 1; row 2 has a NaN */
-    const float l[] = {0, (float)log(3.0), 0, 1.0f, -2.0f, 50.0f, 0, NAN, 1};
-    float s[9];
-    moevk_ref_scores(l, 1, 2, MOEVK_SCORING_SOFTMAX, s);
+    /* [0, ln 3] -> [1/4, 3/4] */
+    const float l2[] = {0, (float)log(3.0)};
+    float s[3];
+    moevk_ref_scores(l2, 1, 2, MOEVK_SCORING_SOFTMAX, s);
     cr_assert_float_eq(s[0], 0.25f, 1e-7);
     cr_assert_float_eq(s[1], 0.75f, 1e-7);
 
-    moevk_ref_scores(l + 2, 2, 3, MOEVK_SCORING_SOFTMAX, s);
-    double sum = (double)s[0] + s[1] + s[2];
-    cr_assert_float_eq(sum, 1.0, 1e-6);
-    /* the max-subtraction keeps a large logit finite: softmax([-2, 50, 0]) */
-    cr_assert_float_eq(s[1], 1.0 / (1.0 + exp(-52.0) + exp(-50.0)), 1e-7);
-    cr_assert(s[0] > 0.0f);
-    cr_assert(isnan(s[3]) && isnan(s[4]) && isnan(s[5]));
+    /* row 0 sums to 1 and the max-subtraction keeps a large logit finite;
+     * row 1 holds a NaN: the whole row is NaN, row 0 unaffected */
+    const float l[] = {-2.0f, 50.0f, 0.0f, 0.0f, NAN, 1.0f};
+    float p[6];
+    moevk_ref_scores(l, 2, 3, MOEVK_SCORING_SOFTMAX, p);
+    cr_assert_float_eq((double)p[0] + p[1] + p[2], 1.0, 1e-6);
+    cr_assert_float_eq(p[1], 1.0 / (1.0 + exp(-52.0) + exp(-50.0)), 1e-7);
+    cr_assert_float_eq(p[0], exp(-52.0), 1e-30);
+    cr_assert(p[0] > 0.0f);
+    cr_assert(isnan(p[3]) && isnan(p[4]) && isnan(p[5]));
 
     /* identical logits: exactly uniform */
     const float u[] = {7, 7, 7, 7};
-    moevk_ref_scores(u, 1, 4, MOEVK_SCORING_SOFTMAX, s);
+    float q[4];
+    moevk_ref_scores(u, 1, 4, MOEVK_SCORING_SOFTMAX, q);
     for (int e = 0; e < 4; e++)
-        cr_assert_eq(s[e], 0.25f);
+        cr_assert_eq(q[e], 0.25f);
 }
 
 Test(router, sigmoid_scores)
@@ -463,27 +467,29 @@ Test(route, sigmoid_grouped_hand_example)
 
 Test(route, sigmoid_grouped_group_near_tie)
 {
-    /* E = 4, groups {0,1} and {2,3}, keep 1. Both groups score 2*s with
-     * logits a hair apart, so the group choice is a near-tie even though
-     * the experts inside the kept group are far from tied with outsiders
-     * (the outsiders are not candidates). */
+    /* E = 4, groups {0,1} and {2,3}, keep 1, k = 1. Group 0 = {0, 0} scores
+     * s(0) + s(0) = 1 exactly. Group 1 = {2, -2 + d}, d one float ulp of 2:
+     * s(2) + s(-2) = 1, so group 1 scores 1 + s'(-2) d ~ 1 + 2.5e-8 and wins
+     * by a near-tie. Inside group 1 the experts are far apart (.88 vs .12),
+     * so the flag comes from the group choice alone. */
     moevk_layer_desc d = route_desc(MOEVK_ROUTING_SIGMOID_GROUPED, 4, 1);
     d.n_group = 2;
     d.topk_group = 1;
-    float a = 1.0f, b = nextafterf(1.0f, 2.0f);
-    const float l[] = {a, a, b, -5};
+    const float l[] = {0, 0, 2, nextafterf(-2.0f, 0.0f)};
     uint32_t ids[1];
     float w[1];
     uint8_t tie = 0;
-    /* group 0: 2 s(1) ; group 1: s(1+) + s(-5): clearly smaller */
     moevk_ref_route(&d, 1, l, ids, w, &tie);
-    cr_assert_eq(ids[0], 0);
-    cr_assert_eq(tie, 0); /* 0 vs 1: an exact tie inside the group */
-    const float l2[] = {a, a, b, a};
-    /* group 0: 2 s(1); group 1: s(1+) + s(1): larger by a hair -> kept */
-    moevk_ref_route(&d, 1, l2, ids, w, &tie);
     cr_assert_eq(ids[0], 2);
     cr_assert_eq(tie, 1);
+
+    /* group 1 = {2, -1}: 1.15, clearly ahead; within group 0 nothing is
+     * close either -> not flagged */
+    const float l2[] = {0, 0, 2, -1};
+    tie = 1;
+    moevk_ref_route(&d, 1, l2, ids, w, &tie);
+    cr_assert_eq(ids[0], 2);
+    cr_assert_eq(tie, 0);
 }
 
 Test(route, ids_never_repeat_and_sorted)
@@ -648,10 +654,11 @@ Test(experts, relu_integer_exact)
     const float x[2 * TH] = {1, -2, 3, 0, 1, 1};
     float out[2 * TH];
     /* by hand, expert 1, row 0: u = [2+4+3+0, 0-6-3+3] = [9, -6] -> h [9, 0];
-     * out = [2*9, -9, 0] + [1, -1, 2] = [19, -10, 2] */
+     * down rows [2, 0], [1, -1], [0, 1]: out = [18, 9, 0] + [1, -1, 2]
+     * = [19, 8, 2] */
     moevk_ref_expert_ffn(&d, &w, TF, 1, x, 2, out);
     cr_assert_eq(out[0], 19.0f);
-    cr_assert_eq(out[1], -10.0f);
+    cr_assert_eq(out[1], 8.0f);
     cr_assert_eq(out[2], 2.0f);
     for (uint32_t e = 0; e < TE; e++) {
         moevk_ref_expert_ffn(&d, &w, TF, e, x, 2, out);
@@ -664,17 +671,18 @@ Test(experts, relu_integer_exact)
     }
 
     /* f16 and bf16 hold these integers exactly, and per-expert pointers
-     * address the same matrices: same results */
+     * address the same matrices as the contiguous arrays: same results */
     uint16_t up16[TE * TF * TH], down16[TE * TH * TF];
+    uint16_t upb16[TE * TF * TH], downb16[TE * TH * TF];
     for (int i = 0; i < TE * TF * TH; i++) {
         up16[i] = moevk_float_to_half(t_up[i]);
-        down16[i] = moevk_float_to_bf16(t_down[i]); /* reused below as bf16 */
-    }
-    float out2[2 * TH];
-    moevk_ref_expert_ffn(&d, &w, TF, 1, x, 2, out);
-    d.weight_dtype = MOEVK_DTYPE_F16;
-    for (int i = 0; i < TE * TH * TF; i++)
+        upb16[i] = moevk_float_to_bf16(t_up[i]);
         down16[i] = moevk_float_to_half(t_down[i]);
+        downb16[i] = moevk_float_to_bf16(t_down[i]);
+    }
+    float ref[2 * TH], out2[2 * TH];
+    moevk_ref_expert_ffn(&d, &w, TF, 1, x, 2, ref);
+
     const void *ups[TE] = {up16, up16 + TF * TH};
     const void *downs[TE] = {down16, down16 + TH * TF};
     moevk_expert_weights w16 = {0};
@@ -682,8 +690,20 @@ Test(experts, relu_integer_exact)
     w16.down_experts = downs;
     w16.up_bias = t_upb;
     w16.down_bias = t_downb;
+    d.weight_dtype = MOEVK_DTYPE_F16;
+    memset(out2, 0, sizeof out2);
     moevk_ref_expert_ffn(&d, &w16, TF, 1, x, 2, out2);
-    cr_assert_arr_eq(out, out2, sizeof out);
+    cr_assert_arr_eq(ref, out2, sizeof ref);
+
+    moevk_expert_weights wb = {0};
+    wb.up = upb16;
+    wb.down = downb16;
+    wb.up_bias = t_upb;
+    wb.down_bias = t_downb;
+    d.weight_dtype = MOEVK_DTYPE_BF16;
+    memset(out2, 0, sizeof out2);
+    moevk_ref_expert_ffn(&d, &wb, TF, 1, x, 2, out2);
+    cr_assert_arr_eq(ref, out2, sizeof ref);
 }
 
 Test(experts, gated_activations_match_formulas)

@@ -1,0 +1,45 @@
+/*
+ * Shared test helpers: validated contexts, seeded random data, poisoned
+ * outputs and error norms.
+ *
+ * Every GPU test creates its context with the Khronos validation layer and
+ * synchronization validation; mvkt_context_end() fails the test on any
+ * validation message. A test skips only when no Vulkan device exists at all
+ * (and never when MOEVK_REQUIRE_DEVICE=1, as in CI).
+ */
+#ifndef MOEVK_TESTS_COMMON_H
+#define MOEVK_TESTS_COMMON_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "moevk/moevk.h"
+
+typedef struct mvkt_rng { uint64_t s; } mvkt_rng;
+
+/* The run's base seed: MOEVK_TEST_SEED if set, else from the clock. Each
+ * test derives its own from it and prints it on failure. */
+uint64_t mvkt_base_seed(void);
+mvkt_rng mvkt_rng_make(uint64_t seed);
+uint64_t mvkt_next(mvkt_rng *r);
+uint32_t mvkt_range(mvkt_rng *r, uint32_t lo, uint32_t hi); /* inclusive */
+float mvkt_uniform(mvkt_rng *r, float lo, float hi);
+
+/* A validated context on the default device (or NULL after cr_skip when no
+ * device exists). */
+moevk_context *mvkt_context(void);
+moevk_context *mvkt_context_flags(uint32_t flags, uint32_t timeout_ms);
+/* Assert no validation message was seen, then destroy. */
+void mvkt_context_end(moevk_context *ctx);
+
+/* Fill n floats with NaN on the host, or a device tensor with NaN. */
+void mvkt_poison(float *p, size_t n);
+void mvkt_poison_tensor(moevk_tensor *t);
+
+/* Relative L2 error ||a - ref|| / ||ref|| (NaN if any NaN appears). */
+double mvkt_rel_l2(const float *a, const float *ref, size_t n);
+
+/* Random weights of a dtype: values uniform in [-scale, scale], rounded. */
+void *mvkt_random_weights(mvkt_rng *r, moevk_dtype dt, size_t n, float scale);
+
+#endif

@@ -1,0 +1,51 @@
+#!/bin/sh
+# moevk quick start: installs what is missing (Debian packages), builds, and
+#   main  - runs the main job on the best available device (lavapipe when
+#           there is no GPU)
+#   test  - runs the whole test suite (validation layers on, no device = fail)
+# usage: sh tools/quickstart.sh main|test [extra meson test args]
+set -eu
+cd "$(dirname "$0")/.."
+what=${1:-main}
+[ $# -gt 0 ] && shift
+
+packages="build-essential pkg-config meson ninja-build python3 glslang-tools spirv-tools
+libvulkan-dev libvulkan-volk-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
+libcriterion-dev"
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "quickstart: installing$missing"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+build=${MOEVK_BUILD_DIR:-build}
+if [ ! -f "$build/build.ninja" ]; then
+    meson setup "$build" -Dwerror=true -Drequire_device=true
+fi
+meson compile -C "$build"
+
+case "$what" in
+main)
+    "$build/src/moevk" info
+    echo
+    exec "$build/src/moevk" router --tokens 64 --hidden 4096 --experts 8 --dtype bf16 "$@"
+    ;;
+test)
+    status=0
+    meson test -C "$build" --print-errorlogs "$@" || status=$?
+    python3 tools/test_summary.py "$build/meson-logs/testlog.json"
+    exit $status
+    ;;
+*)
+    echo "usage: sh tools/quickstart.sh main|test" >&2
+    exit 2
+    ;;
+esac

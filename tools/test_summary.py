@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Print the closing line of a test run from meson's testlog.json.
+
+Counts the Criterion test cases inside each test program (from its
+"Synthesis" line) as well as the non-Criterion tests, and prints
+`N passed, M failed, K skipped`.
+"""
+import json
+import re
+import sys
+
+passed = failed = skipped = 0
+synth = re.compile(r"Synthesis: Tested: (\d+) \| Passing: (\d+) \| Failing: (\d+) \| Crashing: (\d+)")
+with open(sys.argv[1]) as f:
+    for line in f:
+        t = json.loads(line)
+        out = (t.get("stdout") or "") + (t.get("stderr") or "")
+        m = synth.search(out)
+        skips = len(re.findall(r"^\[SKIP\]", out, re.M))
+        if m:
+            tested, passing, failing, crashing = map(int, m.groups())
+            passed += passing - skips if passing >= skips else passing
+            skipped += skips
+            failed += failing + crashing
+            if t["result"] not in ("OK", "SKIP") and failing + crashing == 0:
+                failed += 1  # the program itself failed (timeout, crash at exit)
+        elif t["result"] == "OK":
+            passed += 1
+        elif t["result"] == "SKIP":
+            skipped += 1
+        else:
+            failed += 1
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
