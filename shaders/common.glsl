@@ -37,3 +37,63 @@ bool ranks_before(float a, uint ia, float b, uint ib)
         return a > b;
     return ia < ib;
 }
+
+// erf with fractional error below 1.2e-7 everywhere (Chebyshev fit of erfc,
+// Numerical Recipes 6.2); GLSL has no built-in erf.
+float erf_approx(float x)
+{
+    float z = abs(x);
+    float t = 1.0 / (1.0 + 0.5 * z);
+    float r = t * exp(-z * z - 1.26551223 +
+                      t * (1.00002368 +
+                      t * (0.37409196 +
+                      t * (0.09678418 +
+                      t * (-0.18628806 +
+                      t * (0.27886807 +
+                      t * (-1.13520398 +
+                      t * (1.48851587 +
+                      t * (-0.82215223 +
+                      t * 0.17087277)))))))));
+    float e = 1.0 - r;
+    return x >= 0.0 ? e : (isnan(x) ? x : -e);
+}
+
+float sigmoid(float x) { return 1.0 / (1.0 + exp(-x)); }
+
+#define ACT_NONE 0u
+#define ACT_SWIGLU 1u
+#define ACT_GEGLU 2u
+#define ACT_GEGLU_TANH 3u
+#define ACT_SWIGLU_OAI 4u
+#define ACT_RELU 5u
+#define ACT_GELU 6u
+
+float gelu_erf(float x) { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)); }
+
+float gelu_tanh(float x)
+{
+    float y = 0.79788456080286536 * (x + 0.044715 * x * x * x);
+    return 0.5 * x * (1.0 + tanh(clamp(y, -15.0, 15.0)));
+}
+
+// The expert activation h = act(g, u); g is unused by non-gated ones.
+// Clamps let NaN through, as the reference does.
+float activate(uint act, float g, float u, float alpha, float limit)
+{
+    if (act == ACT_SWIGLU)
+        return g * sigmoid(g) * u;
+    if (act == ACT_GEGLU)
+        return gelu_erf(g) * u;
+    if (act == ACT_GEGLU_TANH)
+        return gelu_tanh(g) * u;
+    if (act == ACT_SWIGLU_OAI) {
+        float gc = isnan(g) ? g : min(g, limit);
+        float uc = isnan(u) ? u : clamp(u, -limit, limit);
+        return (uc + 1.0) * gc * sigmoid(alpha * gc);
+    }
+    if (act == ACT_RELU)
+        return (u > 0.0 || isnan(u)) ? u : 0.0;
+    if (act == ACT_GELU)
+        return gelu_erf(u);
+    return u;
+}

@@ -276,27 +276,19 @@ moevk_status mvk_cmd_begin(moevk_context *ctx, mvk_cmd *c)
     return MOEVK_SUCCESS;
 }
 
-void mvk_cmd_dispatch(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
-                      const mvk_binding *bindings, uint32_t nbind, const void *push,
-                      uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz)
+/* Bind kernel, descriptor set and push constants; false on error. */
+static bool cmd_bind(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
+                     const mvk_binding *bindings, uint32_t nbind, const void *push,
+                     uint32_t push_size)
 {
-    if (c->status || gx == 0 || gy == 0 || gz == 0)
-        return;
     moevk_context *ctx = c->ctx;
     mvk_kernel_info ki;
     const mvk_kernel_info *k = mvk_kernel_get(kernel, &ki) ? &ki : NULL;
     if (!k || nbind != k->bindings || push_size != k->push_size) {
         c->status = mvk_fail(ctx, MOEVK_ERROR_INTERNAL,
-                             "kernel %u dispatched with %u bindings / %u push bytes", kernel,
-                             nbind, push_size);
-        return;
-    }
-    if (gx > ctx->info.max_workgroup_count[0] || gy > ctx->info.max_workgroup_count[1] ||
-        gz > ctx->info.max_workgroup_count[2]) {
-        c->status = mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
-                             "%s: grid %ux%ux%u exceeds the device's workgroup count limits",
-                             k->name, gx, gy, gz);
-        return;
+                             "kernel %u used with %u bindings / %u push bytes", kernel, nbind,
+                             push_size);
+        return false;
     }
     mvk_pipeline *p;
     moevk_status st = mvk_pipeline_get(ctx, kernel, spec, nspec, &p);
@@ -305,7 +297,7 @@ void mvk_cmd_dispatch(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_
         st = arena_alloc(ctx, c->arena, p->set_layout, &set);
     if (st) {
         c->status = st;
-        return;
+        return false;
     }
     VkDescriptorBufferInfo info[MVK_MAX_BINDINGS];
     VkWriteDescriptorSet w[MVK_MAX_BINDINGS];
@@ -328,7 +320,52 @@ void mvk_cmd_dispatch(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_
     if (push_size)
         ctx->vk.vkCmdPushConstants(c->cb, p->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size,
                                    push);
-    ctx->vk.vkCmdDispatch(c->cb, gx, gy, gz);
+    return true;
+}
+
+void mvk_cmd_dispatch(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
+                      const mvk_binding *bindings, uint32_t nbind, const void *push,
+                      uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz)
+{
+    if (c->status || gx == 0 || gy == 0 || gz == 0)
+        return;
+    const uint32_t *lim = c->ctx->info.max_workgroup_count;
+    if (gx > lim[0] || gy > lim[1] || gz > lim[2]) {
+        c->status = mvk_fail(c->ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
+                             "kernel %u: grid %ux%ux%u exceeds the device's workgroup count "
+                             "limits", kernel, gx, gy, gz);
+        return;
+    }
+    if (cmd_bind(c, kernel, spec, nspec, bindings, nbind, push, push_size))
+        c->ctx->vk.vkCmdDispatch(c->cb, gx, gy, gz);
+}
+
+void mvk_cmd_dispatch_indirect(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
+                               const mvk_binding *bindings, uint32_t nbind, const void *push,
+                               uint32_t push_size, VkBuffer args, VkDeviceSize offset)
+{
+    if (c->status)
+        return;
+    if (cmd_bind(c, kernel, spec, nspec, bindings, nbind, push, push_size))
+        c->ctx->vk.vkCmdDispatchIndirect(c->cb, args, offset);
+}
+
+void mvk_cmd_fill(mvk_cmd *c, VkBuffer buf, VkDeviceSize offset, VkDeviceSize size, uint32_t v)
+{
+    if (!c->status)
+        c->ctx->vk.vkCmdFillBuffer(c->cb, buf, offset, size, v);
+}
+
+void mvk_cmd_timestamp(mvk_cmd *c, VkQueryPool pool, uint32_t query)
+{
+    if (!c->status && pool)
+        c->ctx->vk.vkCmdWriteTimestamp(c->cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, pool, query);
+}
+
+void mvk_cmd_reset_queries(mvk_cmd *c, VkQueryPool pool, uint32_t count)
+{
+    if (!c->status && pool)
+        c->ctx->vk.vkCmdResetQueryPool(c->cb, pool, 0, count);
 }
 
 void mvk_cmd_barrier(mvk_cmd *c)

@@ -55,6 +55,7 @@ struct moevk_context {
     /* Test knobs (src/testing.h): fail the N-th fallible operation. */
     int64_t fault_countdown; /* 0 = off */
     int64_t live_objects;    /* host allocations and Vulkan objects alive */
+    uint64_t testing_max_range; /* 0, or a lower storage-buffer range for layers */
 
     void *loader_lib;
     mvk_instance_table vki;
@@ -147,6 +148,12 @@ moevk_status mvk_cmd_begin(moevk_context *ctx, mvk_cmd *c);
 void mvk_cmd_dispatch(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
                       const mvk_binding *bindings, uint32_t nbind, const void *push,
                       uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
+void mvk_cmd_dispatch_indirect(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
+                               const mvk_binding *bindings, uint32_t nbind, const void *push,
+                               uint32_t push_size, VkBuffer args, VkDeviceSize offset);
+void mvk_cmd_fill(mvk_cmd *c, VkBuffer buf, VkDeviceSize offset, VkDeviceSize size, uint32_t v);
+void mvk_cmd_timestamp(mvk_cmd *c, VkQueryPool pool, uint32_t query);
+void mvk_cmd_reset_queries(mvk_cmd *c, VkQueryPool pool, uint32_t count);
 /* Full compute->compute/indirect/transfer memory barrier. */
 void mvk_cmd_barrier(mvk_cmd *c);
 /* End, submit and wait (finite timeout). Returns the first error. */

@@ -6,7 +6,12 @@
 
 #define MVK_KERNELS(K)                                                                  \
     K(MVK_K_ROUTER_LOGITS, router_logits, 4, 20)                                        \
-    K(MVK_K_ROUTER_SCORES, router_scores, 2, 12)
+    K(MVK_K_ROUTER_SCORES, router_scores, 2, 12)                                        \
+    K(MVK_K_ROUTE, route, 5, 32)                                                        \
+    K(MVK_K_PERMUTE, permute, 8, 32)                                                    \
+    K(MVK_K_EXPERT_GEMM, expert_gemm, 9, 44)                                            \
+    K(MVK_K_COMBINE, combine, 6, 24)                                                    \
+    K(MVK_K_STATS, stats, 5, 12)
 
 #define MVK_SPV(ID, NAME, BINDINGS, PUSH)                                               \
     extern const uint32_t mvk_spv_##NAME[];                                             \

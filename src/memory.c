@@ -15,7 +15,8 @@
 size_t moevk_dtype_size(moevk_dtype dtype)
 {
     switch (dtype) {
-    case MOEVK_DTYPE_F32: return 4;
+    case MOEVK_DTYPE_F32:
+    case MOEVK_DTYPE_I32: return 4;
     case MOEVK_DTYPE_F16:
     case MOEVK_DTYPE_BF16: return 2;
     }
@@ -28,6 +29,7 @@ const char *moevk_dtype_name(moevk_dtype dtype)
     case MOEVK_DTYPE_F32: return "f32";
     case MOEVK_DTYPE_F16: return "f16";
     case MOEVK_DTYPE_BF16: return "bf16";
+    case MOEVK_DTYPE_I32: return "i32";
     }
     return "unknown";
 }
@@ -416,7 +418,7 @@ moevk_status moevk_tensor_upload(moevk_tensor *t, const void *src)
 {
     if (!t || !t->buffer)
         return MOEVK_ERROR_INVALID_ARGUMENT;
-    moevk_status st = mvk_check_tensor(t->buffer->ctx, t, "tensor", 0x7, t->ndim);
+    moevk_status st = mvk_check_tensor(t->buffer->ctx, t, "tensor", 0xf, t->ndim);
     if (st)
         return st;
     return moevk_buffer_upload(t->buffer, t->offset, src, moevk_tensor_bytes(t));
@@ -426,7 +428,7 @@ moevk_status moevk_tensor_download(const moevk_tensor *t, void *dst)
 {
     if (!t || !t->buffer)
         return MOEVK_ERROR_INVALID_ARGUMENT;
-    moevk_status st = mvk_check_tensor(t->buffer->ctx, t, "tensor", 0x7, t->ndim);
+    moevk_status st = mvk_check_tensor(t->buffer->ctx, t, "tensor", 0xf, t->ndim);
     if (st)
         return st;
     return moevk_buffer_download(t->buffer, t->offset, dst, moevk_tensor_bytes(t));

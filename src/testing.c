@@ -27,3 +27,9 @@ void moevk_testing_provoke_validation(moevk_context *ctx)
     if (ctx->vk.vkCreateBuffer(ctx->device, &bci, NULL, &b) == VK_SUCCESS && b)
         ctx->vk.vkDestroyBuffer(ctx->device, b, NULL);
 }
+
+void moevk_testing_set_max_buffer_range(moevk_context *ctx, uint64_t bytes)
+{
+    if (ctx)
+        ctx->testing_max_range = bytes;
+}

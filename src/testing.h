@@ -18,4 +18,8 @@ int64_t moevk_testing_live_objects(const moevk_context *ctx);
 /* Make one invalid Vulkan call, to show that validation messages are seen. */
 void moevk_testing_provoke_validation(moevk_context *ctx);
 
+/* Pretend storage buffers hold at most `bytes` (0 = the device's limit), so
+ * small layers exercise weight chunking. Affects layers created afterwards. */
+void moevk_testing_set_max_buffer_range(moevk_context *ctx, uint64_t bytes);
+
 #endif

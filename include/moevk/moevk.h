@@ -189,6 +189,7 @@ typedef enum moevk_dtype {
     MOEVK_DTYPE_F32 = 0,
     MOEVK_DTYPE_F16 = 1,
     MOEVK_DTYPE_BF16 = 2,
+    MOEVK_DTYPE_I32 = 3, /* indices and counts (routing ids, rows) */
 } moevk_dtype;
 
 MOEVK_API size_t moevk_dtype_size(moevk_dtype dtype); /* 0 for an unknown dtype */
@@ -218,6 +219,7 @@ MOEVK_API moevk_status moevk_buffer_fill(moevk_buffer *buf, uint64_t offset,
 #define MOEVK_MAX_DIMS 4
 #define MOEVK_MAX_EXPERTS 1024
 #define MOEVK_MAX_TOP_K 32
+#define MOEVK_MAX_SHARED 16
 
 /* A view of a buffer as a dense row-major tensor. Offset must be a multiple
  * of 4 bytes. Shapes are outermost first: a [T, H] tensor has ndim 2,
@@ -348,6 +350,81 @@ typedef struct moevk_routing_stats {
     double router_z_loss;        /* mean over tokens of logsumexp(l)^2     */
     double routing_entropy;      /* mean over tokens of -sum p log p       */
 } moevk_routing_stats;
+
+typedef struct moevk_layer moevk_layer;
+
+/* Check a layer description without creating anything. ctx may be NULL;
+ * with a context, the message (naming the offending field) is kept as its
+ * last error. */
+MOEVK_API moevk_status moevk_layer_desc_validate(moevk_context *ctx,
+                                                 const moevk_layer_desc *desc);
+
+/* Validate desc, upload every weight to device buffers (split into chunks
+ * within the device's maxStorageBufferRange), and build the pipelines. */
+MOEVK_API moevk_status moevk_layer_create(moevk_context *ctx, const moevk_layer_desc *desc,
+                                          moevk_layer **out);
+MOEVK_API void moevk_layer_destroy(moevk_layer *layer);
+MOEVK_API const moevk_layer_desc *moevk_layer_get_desc(const moevk_layer *layer);
+
+/* Size the layer's scratch buffers for up to max_tokens tokens per pass
+ * (moevk_layer_forward does this itself; moevk_layer_record requires it). */
+MOEVK_API moevk_status moevk_layer_reserve(moevk_layer *layer, uint32_t max_tokens);
+/* Bytes of device memory the layer holds: weights, and scratch for the
+ * tokens reserved so far. Either pointer may be NULL. */
+MOEVK_API void moevk_layer_memory(const moevk_layer *layer, uint64_t *weight_bytes,
+                                  uint64_t *scratch_bytes);
+
+/* y [T, H] (f32) = the MoE layer applied to x [T, H] (f32), T >= 1.
+ * Synchronous: returns when y is written. stats may be NULL. */
+MOEVK_API moevk_status moevk_layer_forward(moevk_layer *layer, const moevk_tensor *x,
+                                           moevk_tensor *y, moevk_routing_stats *stats);
+
+/* Record the forward pass into the caller's command buffer (a VkCommandBuffer
+ * in the recording state, from a queue family with compute, on the
+ * context's device). Barrier contract:
+ *  - before: the caller makes its writes of x visible to compute-shader
+ *    reads (and finishes its reads/writes of y) with a barrier whose
+ *    destination is VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT;
+ *  - inside: moevk inserts every barrier between its own dispatches, and
+ *    binds its own pipelines/descriptor sets (the caller's compute bindings
+ *    and push constants are disturbed);
+ *  - after: y is written by compute shaders; the caller adds a barrier from
+ *    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT / SHADER_WRITE before using y.
+ * The layer's scratch must be reserved for T tokens (moevk_layer_reserve).
+ * A layer may be recorded into one pending command buffer at a time: do not
+ * record it again (or call forward) until that submission has completed. */
+MOEVK_API moevk_status moevk_layer_record(moevk_layer *layer, void *vk_command_buffer,
+                                          const moevk_tensor *x, moevk_tensor *y);
+
+/* Statistics of the last completed pass (forward, or a recorded one whose
+ * submission has completed). */
+MOEVK_API moevk_status moevk_layer_read_stats(moevk_layer *layer, moevk_routing_stats *stats);
+
+/* The routing decisions of the last completed pass: ids [T*k] (expert
+ * index per token and slot) and weights [T*k]; row [T*k] is the assignment's
+ * row in the expert-sorted order, or -1 when capacity dropped it. Any pointer
+ * may be NULL; T is the last pass's token count. */
+MOEVK_API moevk_status moevk_layer_read_routing(moevk_layer *layer, uint32_t T, uint32_t *ids,
+                                                float *weights, int32_t *row);
+
+typedef enum moevk_stage {
+    MOEVK_STAGE_ROUTER = 0,   /* router logits (and the shared-expert gate) */
+    MOEVK_STAGE_ROUTE,        /* scoring, top-k, weights                  */
+    MOEVK_STAGE_PERMUTE,      /* counting, capacity, prefix sum, schedule  */
+    MOEVK_STAGE_EXPERTS_UP,   /* grouped gate/up GEMM + activation         */
+    MOEVK_STAGE_EXPERTS_DOWN, /* grouped down GEMM                         */
+    MOEVK_STAGE_SHARED,       /* shared experts                            */
+    MOEVK_STAGE_COMBINE,      /* gather + weighted combine                 */
+    MOEVK_STAGE_STATS,        /* routing statistics                        */
+    MOEVK_STAGE_COUNT
+} moevk_stage;
+
+MOEVK_API const char *moevk_stage_name(moevk_stage stage);
+
+/* GPU time per stage of the last moevk_layer_forward, in milliseconds, from
+ * timestamp queries (all zero when the device has no timestamps). */
+MOEVK_API moevk_status moevk_layer_stage_times(const moevk_layer *layer,
+                                               double ms[MOEVK_STAGE_COUNT]);
 
 #ifdef __cplusplus
 }

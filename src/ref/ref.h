@@ -45,37 +45,45 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
  * k-th and (k+1)-th selection scores differ by a nonzero relative gap below
  * MOEVK_REF_NEAR_TIE (a tiebreak that rounding may flip), else 0. Uses from
  * desc: num_experts, top_k, routing, norm_topk_prob, n_group, topk_group,
- * routed_scaling_factor, correction_bias. */
-void moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
-                     uint32_t *ids, float *weights, uint8_t *near_tie);
+ * routed_scaling_factor, correction_bias. Returns
+ * MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated (the
+ * outputs are then unspecified), else MOEVK_SUCCESS. */
+moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                             uint32_t *ids, float *weights, uint8_t *near_tie);
 
 /* ---- counting, capacity, permutation ------------------------------------- */
 /* Capacity per expert for T tokens: UINT32_MAX when capacity_factor is 0,
  * else ceil(capacity_factor * T * k / E). */
 uint32_t moevk_ref_capacity(const moevk_layer_desc *desc, uint32_t T);
 /* Admission in priority order (all slot-0 assignments in token order, then
- * slot 1, ...). counts[e] = admitted assignments of expert e; offsets[e] =
- * exclusive prefix sum of counts (offsets has E+1 entries). row[t*k + j] is
- * the admitted assignment's row in the expert-sorted order (rows of expert e
- * are offsets[e] .. offsets[e+1]-1, ordered by token, then slot), or -1 if
- * dropped. Returns the number of dropped assignments. */
+ * slot 1 in token order, ...). counts[e] = admitted assignments of expert e;
+ * offsets[e] = exclusive prefix sum of counts (offsets has E+1 entries).
+ * row[t*k + j] is the admitted assignment's row in the expert-sorted order,
+ * or -1 if dropped. The rows of expert e are offsets[e] .. offsets[e+1]-1 in
+ * ADMISSION order: its slot-0 assignments by token, then its slot-1
+ * assignments by token, ... (not token-then-slot). Returns the number of
+ * dropped assignments. */
 uint64_t moevk_ref_permute(const moevk_layer_desc *desc, uint32_t T, const uint32_t *ids,
                            uint32_t *counts, uint32_t *offsets, int32_t *row);
 
 /* ---- experts ------------------------------------------------------------- */
 /* out[r*H + :] = FFN of expert `expert` (of the weights in w, count experts of
  * width ffn) applied to in[r*H + :], for r = 0..rows-1; double accumulation,
- * the hidden activation kept in double. */
-void moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expert_weights *w,
+ * the hidden activation kept in double. Returns
+ * MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated (out is
+ * then unspecified), else MOEVK_SUCCESS. */
+moevk_status moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expert_weights *w,
                           uint32_t ffn, uint32_t expert, const float *in, uint32_t rows,
                           float *out);
 
 /* ---- statistics ---------------------------------------------------------- */
 /* Fills stats (tokens_per_expert if non-NULL, dropped, the three losses)
- * from logits [T, E] (float), the routing ids and the admission counts. */
-void moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logits,
-                     const uint32_t *ids, const uint32_t *counts, uint64_t dropped,
-                     moevk_routing_stats *stats);
+ * from logits [T, E] (float), the routing ids and the admission counts.
+ * Returns MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated
+ * (the losses are then unspecified), else MOEVK_SUCCESS. */
+moevk_status moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                             const uint32_t *ids, const uint32_t *counts, uint64_t dropped,
+                             moevk_routing_stats *stats);
 
 /* ---- whole layer --------------------------------------------------------- */
 /* y [T, H] = the MoE layer on x [T, H]: router, routing, capacity, experts,

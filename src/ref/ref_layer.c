@@ -136,20 +136,17 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
     }
 }
 
-void moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expert_weights *w,
-                          uint32_t ffn, uint32_t expert, const float *in, uint32_t rows,
-                          float *out)
+moevk_status moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expert_weights *w,
+                                  uint32_t ffn, uint32_t expert, const float *in, uint32_t rows,
+                                  float *out)
 {
     uint32_t H = desc->hidden;
     double *h = malloc((ffn ? ffn : 1) * sizeof *h);
     double *o = malloc((H ? H : 1) * sizeof *o);
     if (!h || !o) {
-        /* ref.h gives this stage no status: poison the output instead */
-        for (size_t i = 0; i < (size_t)rows * H; i++)
-            out[i] = NAN;
         free(h);
         free(o);
-        return;
+        return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
     }
     for (uint32_t r = 0; r < rows; r++) {
         expert_row(desc, w, ffn, expert, in + (size_t)r * H, h, o);
@@ -158,6 +155,7 @@ void moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expert_weigh
     }
     free(h);
     free(o);
+    return MOEVK_SUCCESS;
 }
 
 moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
@@ -190,11 +188,9 @@ moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, c
 
     moevk_ref_router_logits(x, T, H, desc->router_weight, desc->router_dtype, E,
                             desc->router_bias, logits);
-    moevk_ref_route(desc, T, logits, r_ids, r_w, near_tie);
-    if (TK && r_ids[0] == UINT32_MAX) { /* route's out-of-memory marker */
-        status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+    status = moevk_ref_route(desc, T, logits, r_ids, r_w, near_tie);
+    if (status)
         goto done;
-    }
     dropped = moevk_ref_permute(desc, T, r_ids, counts, offsets, row);
 
     for (uint32_t t = 0; t < T; t++) {
@@ -224,11 +220,9 @@ moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, c
     }
 
     if (stats) {
-        moevk_ref_stats(desc, T, logits, r_ids, counts, dropped, stats);
-        if (stats->dropped == UINT64_MAX) { /* stats' out-of-memory marker */
-            status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+        status = moevk_ref_stats(desc, T, logits, r_ids, counts, dropped, stats);
+        if (status)
             goto done;
-        }
     }
     for (size_t a = 0; a < TK; a++) {
         if (ids)

@@ -113,6 +113,8 @@ double moevk_ref_load(const void *data, moevk_dtype dtype, size_t i)
         return (double)moevk_half_to_float(((const uint16_t *)data)[i]);
     case MOEVK_DTYPE_BF16:
         return (double)moevk_bf16_to_float(((const uint16_t *)data)[i]);
+    case MOEVK_DTYPE_I32:
+        return (double)((const int32_t *)data)[i];
     }
     return NAN; /* unknown dtype: a value no comparison can pass */
 }

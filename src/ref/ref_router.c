@@ -11,12 +11,8 @@
  *  - sigmoid(NaN) = NaN, sigmoid(+-inf) = 1 / 0.
  *  - for selection NaN ranks below every number, -inf included.
  *
- * Stage functions that need scratch and cannot return a status (ref.h
- * declares them void) poison their outputs when malloc fails:
- *  - moevk_ref_route: every id is UINT32_MAX, every weight NaN, near_tie 1;
- *  - moevk_ref_stats: dropped = UINT64_MAX and the three losses NaN.
- * moevk_ref_layer_forward checks those markers and reports
- * MOEVK_ERROR_OUT_OF_HOST_MEMORY.
+ * Stage functions that need scratch (route, stats) return
+ * MOEVK_ERROR_OUT_OF_HOST_MEMORY when malloc fails, MOEVK_SUCCESS otherwise.
  */
 #include "ref.h"
 
@@ -166,8 +162,8 @@ static int keep_groups(const moevk_layer_desc *desc, const double *c, double *gs
     return next != NO_INDEX && near_tie_pair(gscore[g], gscore[next]);
 }
 
-void moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
-                     uint32_t *ids, float *weights, uint8_t *near_tie)
+moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                             uint32_t *ids, float *weights, uint8_t *near_tie)
 {
     uint32_t E = desc->num_experts, k = desc->top_k;
     uint32_t n_group = desc->n_group ? desc->n_group : 1;
@@ -179,16 +175,10 @@ void moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logi
     double *gscore = malloc(n_group * sizeof *gscore);
     uint8_t *eligible = malloc(E ? E : 1);
     if (!score || !gscore || !eligible) {
-        for (size_t i = 0; i < (size_t)T * k; i++) {
-            ids[i] = NO_INDEX;
-            weights[i] = NAN;
-        }
-        for (uint32_t t = 0; near_tie && t < T; t++)
-            near_tie[t] = 1;
         free(score);
         free(gscore);
         free(eligible);
-        return;
+        return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
     }
 
     for (uint32_t t = 0; t < T; t++) {
@@ -275,6 +265,7 @@ void moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logi
     free(score);
     free(gscore);
     free(eligible);
+    return MOEVK_SUCCESS;
 }
 
 /* ---- capacity and permutation ------------------------------------------- */
@@ -321,12 +312,13 @@ uint64_t moevk_ref_permute(const moevk_layer_desc *desc, uint32_t T, const uint3
     for (uint32_t e = 0; e < E; e++)
         offsets[e + 1] = offsets[e] + counts[e];
 
-    /* Rows within an expert's segment go by token, then slot (not by
-     * admission order). counts[] is the fill cursor and ends where it began. */
+    /* Rows within an expert's segment follow the admission order again:
+     * slot 0 by token, then slot 1 by token, ... counts[] is the fill
+     * cursor and ends where it began. */
     for (uint32_t e = 0; e < E; e++)
         counts[e] = 0;
-    for (uint32_t t = 0; t < T; t++) {
-        for (uint32_t j = 0; j < k; j++) {
+    for (uint32_t j = 0; j < k; j++) {
+        for (uint32_t t = 0; t < T; t++) {
             size_t a = (size_t)t * k + j;
             if (row[a] < 0)
                 continue;
@@ -340,9 +332,9 @@ uint64_t moevk_ref_permute(const moevk_layer_desc *desc, uint32_t T, const uint3
 
 /* ---- statistics ---------------------------------------------------------- */
 
-void moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logits,
-                     const uint32_t *ids, const uint32_t *counts, uint64_t dropped,
-                     moevk_routing_stats *stats)
+moevk_status moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                             const uint32_t *ids, const uint32_t *counts, uint64_t dropped,
+                             moevk_routing_stats *stats)
 {
     uint32_t E = desc->num_experts, k = desc->top_k;
 
@@ -354,7 +346,7 @@ void moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logi
     stats->router_z_loss = 0.0;
     stats->routing_entropy = 0.0;
     if (T == 0 || E == 0)
-        return;
+        return MOEVK_SUCCESS;
 
     /* chosen[e]: assignments (before dropping) that chose e;
      * prob[e]: sum over tokens of the full softmax probability of e */
@@ -363,11 +355,7 @@ void moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logi
     if (!chosen || !prob) {
         free(chosen);
         free(prob);
-        stats->dropped = UINT64_MAX;
-        stats->load_balancing_loss = NAN;
-        stats->router_z_loss = NAN;
-        stats->routing_entropy = NAN;
-        return;
+        return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
     }
 
     for (size_t a = 0; a < (size_t)T * k; a++)
@@ -401,4 +389,5 @@ void moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const float *logi
     stats->routing_entropy = entropy / T;
     free(chosen);
     free(prob);
+    return MOEVK_SUCCESS;
 }

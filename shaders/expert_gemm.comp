@@ -1,0 +1,142 @@
+#version 450
+// Grouped expert GEMM: out[r, n] = act(A[r, :] . B0[e, n, :] (+ bias0),
+//                                      A[r, :] . B1[e, n, :] (+ bias1))
+// for the rows r of each expert e (B as nn.Linear weights, [N, K] per
+// expert). One workgroup computes a BM x BN tile of one expert; which expert
+// and which rows come from the GPU-written tile schedule (SCHED = 1), so an
+// expert without tokens costs nothing, or from the grid (SCHED = 0: dense
+// rows 0..M-1 of one expert, for shared experts and routers).
+// Shared-memory tiling with a fixed summation order: deterministic.
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint BM = 64;
+layout(constant_id = 2) const uint BN = 64;
+layout(constant_id = 3) const uint WDTYPE = 0;
+layout(constant_id = 4) const uint GATED = 0;
+layout(constant_id = 5) const uint ACT = 0;
+layout(constant_id = 6) const uint SCHED = 1;
+layout(constant_id = 7) const uint GATHER = 1;
+const uint BK = 16;
+const uint TM = 4;
+const uint TN = 4;
+
+layout(std430, binding = 0) readonly buffer A { float a_rows[]; };
+layout(std430, binding = 1) readonly buffer RT { uint row_token[]; };
+layout(std430, binding = 2) readonly buffer SC { uvec2 schedule[]; };
+layout(std430, binding = 3) readonly buffer M { uint meta[]; };
+layout(std430, binding = 4) readonly buffer B0 { uint w0[]; };
+layout(std430, binding = 5) readonly buffer B1 { uint w1[]; };
+layout(std430, binding = 6) readonly buffer BB0 { float bias0[]; };
+layout(std430, binding = 7) readonly buffer BB1 { float bias1[]; };
+layout(std430, binding = 8) writeonly buffer O { float outv[]; };
+
+layout(push_constant) uniform P {
+    uint M, N, K, E;
+    uint e_first, e_count, has_bias, dense_expert;
+    float alpha, limit;
+    uint out_offset; // elements added to every output index
+} p;
+
+DEFINE_LOADER(load_w0, w0, WDTYPE)
+DEFINE_LOADER(load_w1, w1, WDTYPE)
+
+shared float As[BK][BM];
+shared float Bs0[BK][BN];
+shared float Bs1[BK][GATED != 0u ? BN : 1u];
+
+void main()
+{
+    const uint lid = gl_LocalInvocationID.x;
+    const uint WG = gl_WorkGroupSize.x;
+    const uint TX = BN / TN; // threads along N
+    const uint tx = lid % TX, ty = lid / TX;
+
+    uint e, row0, row_end;
+    if (SCHED != 0u) {
+        uvec2 s = schedule[gl_WorkGroupID.x];
+        e = s.x;
+        if (e < p.e_first || e >= p.e_first + p.e_count)
+            return; // another weight chunk's expert
+        uint base = meta[2u * p.E + e];
+        row0 = base + s.y * BM;
+        row_end = base + meta[p.E + e];
+    } else {
+        e = p.dense_expert;
+        row0 = gl_WorkGroupID.x * BM;
+        row_end = p.M;
+    }
+    const uint n0 = gl_WorkGroupID.y * BN;
+    const uint wbase = (e - p.e_first) * p.N * p.K;
+
+    float acc0[TM][TN], acc1[TM][TN];
+    for (uint i = 0; i < TM; i++)
+        for (uint j = 0; j < TN; j++) {
+            acc0[i][j] = 0.0;
+            acc1[i][j] = 0.0;
+        }
+
+    for (uint k0 = 0; k0 < p.K; k0 += BK) {
+        for (uint idx = lid; idx < BM * BK; idx += WG) {
+            uint r = idx / BK, kk = idx % BK;
+            uint row = row0 + r, k = k0 + kk;
+            float v = 0.0;
+            if (row < row_end && k < p.K) {
+                uint src = GATHER != 0u ? row_token[row] : row;
+                v = a_rows[src * p.K + k];
+            }
+            As[kk][r] = v;
+        }
+        for (uint idx = lid; idx < BN * BK; idx += WG) {
+            uint n = idx / BK, kk = idx % BK;
+            uint nn = n0 + n, k = k0 + kk;
+            bool ok = nn < p.N && k < p.K;
+            uint wi = wbase + nn * p.K + k;
+            Bs0[kk][n] = ok ? load_w0(wi) : 0.0;
+            if (GATED != 0u)
+                Bs1[kk][n] = ok ? load_w1(wi) : 0.0;
+        }
+        barrier();
+        for (uint kk = 0; kk < BK; kk++) {
+            float a[TM], b0[TN], b1[TN];
+            for (uint i = 0; i < TM; i++)
+                a[i] = As[kk][ty + i * (BM / TM)];
+            for (uint j = 0; j < TN; j++) {
+                b0[j] = Bs0[kk][tx + j * TX];
+                if (GATED != 0u)
+                    b1[j] = Bs1[kk][tx + j * TX];
+            }
+            for (uint i = 0; i < TM; i++)
+                for (uint j = 0; j < TN; j++) {
+                    acc0[i][j] = fma(a[i], b0[j], acc0[i][j]);
+                    if (GATED != 0u)
+                        acc1[i][j] = fma(a[i], b1[j], acc1[i][j]);
+                }
+        }
+        barrier();
+    }
+
+    for (uint i = 0; i < TM; i++) {
+        uint row = row0 + ty + i * (BM / TM);
+        if (row >= row_end)
+            continue;
+        for (uint j = 0; j < TN; j++) {
+            uint n = n0 + tx + j * TX;
+            if (n >= p.N)
+                continue;
+            float v0 = acc0[i][j], v1 = acc1[i][j];
+            if (p.has_bias != 0u) {
+                v0 += bias0[e * p.N + n];
+                if (GATED != 0u)
+                    v1 += bias1[e * p.N + n];
+            }
+            float h;
+            if (GATED != 0u)
+                h = activate(ACT, v0, v1, p.alpha, p.limit);
+            else
+                h = activate(ACT, 0.0, v0, p.alpha, p.limit);
+            outv[p.out_offset + row * p.N + n] = h;
+        }
+    }
+}

@@ -1,0 +1,231 @@
+#version 450
+// Scoring, top-k selection and routing weights, one token per workgroup.
+//
+// Selection score per mode (ROUTING specialization constant):
+//   0 softmax_topk   : the logit (softmax is strictly monotonic); w = p[id]
+//   1 topk_softmax   : the logit; w = softmax over the k selected logits
+//   2 sigmoid_grouped: c = sigmoid(l) + bias; n_group groups scored by the
+//                      sum of their two best c; keep topk_group groups;
+//                      top-k c among kept experts; w = sigmoid(l[id])
+// Ties: the larger score wins, equal scores go to the lower index, NaN ranks
+// below every number (ranks_before in common.glsl). Excluded experts (in a
+// dropped group, or already chosen) are never selected.
+// Also writes per-token softmax statistics {max, sum, entropy} over all E
+// logits for the statistics stage.
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint ROUTING = 0;
+layout(constant_id = 2) const uint NORM = 0;
+
+layout(std430, binding = 0) readonly buffer L { float logits[]; };
+layout(std430, binding = 1) readonly buffer B { float corr_bias[]; };
+layout(std430, binding = 2) writeonly buffer I { uint ids[]; };
+layout(std430, binding = 3) writeonly buffer W { float weights[]; };
+layout(std430, binding = 4) writeonly buffer S { float tokstats[]; };
+
+layout(push_constant) uniform P {
+    uint T, E, K, n_group, topk_group, has_bias, tok0;
+    float scale;
+} p;
+
+const uint MAXE = 1024;
+const uint NONE = 0xffffffffu;
+shared float sc[MAXE];       // selection score per expert
+shared float gs[MAXE];       // score per group
+shared uint live[MAXE / 32]; // selectable experts (bit set)
+shared uint glive[MAXE / 32];
+shared float red_v[gl_WorkGroupSize.x];
+shared uint red_i[gl_WorkGroupSize.x];
+shared float sel_v[32];
+shared uint sel_i[32];
+
+bool bit(uint e, bool group)
+{
+    uint w = group ? glive[e >> 5] : live[e >> 5];
+    return ((w >> (e & 31u)) & 1u) != 0u;
+}
+
+// Workgroup argmax over selectable entries 0..n-1 of sc (or gs); the winner
+// ends in red_v[0]/red_i[0] (NONE when nothing is selectable).
+void argmax(uint n, bool group)
+{
+    const uint lid = gl_LocalInvocationID.x, WG = gl_WorkGroupSize.x;
+    float bv = 0.0;
+    uint bi = NONE;
+    for (uint e = lid; e < n; e += WG) {
+        if (!bit(e, group))
+            continue;
+        float v = group ? gs[e] : sc[e];
+        if (bi == NONE || ranks_before(v, e, bv, bi)) {
+            bv = v;
+            bi = e;
+        }
+    }
+    red_v[lid] = bv;
+    red_i[lid] = bi;
+    barrier();
+    for (uint s = WG / 2; s > 0; s >>= 1) {
+        if (lid < s) {
+            uint oi = red_i[lid + s];
+            if (oi != NONE &&
+                (red_i[lid] == NONE || ranks_before(red_v[lid + s], oi, red_v[lid], red_i[lid]))) {
+                red_v[lid] = red_v[lid + s];
+                red_i[lid] = oi;
+            }
+        }
+        barrier();
+    }
+}
+
+float wg_reduce(float v, bool is_max)
+{
+    const uint lid = gl_LocalInvocationID.x, WG = gl_WorkGroupSize.x;
+    red_v[lid] = v;
+    barrier();
+    for (uint s = WG / 2; s > 0; s >>= 1) {
+        if (lid < s)
+            red_v[lid] = is_max ? max(red_v[lid], red_v[lid + s]) : red_v[lid] + red_v[lid + s];
+        barrier();
+    }
+    float r = red_v[0];
+    barrier();
+    return r;
+}
+
+void main()
+{
+    const uint t = p.tok0 + gl_WorkGroupID.x;
+    const uint lid = gl_LocalInvocationID.x, WG = gl_WorkGroupSize.x;
+    const uint E = p.E, K = p.K;
+    if (t >= p.T)
+        return;
+    const uint row = t * E;
+
+    // Softmax statistics over all E logits. The max skips NaN; a NaN logit
+    // then makes the sum (and everything derived) NaN, as in the reference.
+    float m = -1.0 / 0.0;
+    for (uint e = lid; e < E; e += WG) {
+        float l = logits[row + e];
+        m = isnan(l) ? m : max(m, l);
+    }
+    m = wg_reduce(m, true);
+    float s = 0.0;
+    for (uint e = lid; e < E; e += WG)
+        s += exp(logits[row + e] - m);
+    s = wg_reduce(s, false);
+    const float lse = m + log(s);
+    float ent = 0.0; // sum_e p_e (lse - l_e); p_e = 0 terms add nothing
+    for (uint e = lid; e < E; e += WG) {
+        float l = logits[row + e];
+        float pe = exp(l - m) / s;
+        ent += (pe == 0.0) ? 0.0 : pe * (lse - l);
+    }
+    ent = wg_reduce(ent, false);
+    if (lid == 0) {
+        tokstats[3u * t + 0u] = m;
+        tokstats[3u * t + 1u] = s;
+        tokstats[3u * t + 2u] = ent;
+    }
+
+    // Selection scores; everything selectable.
+    for (uint e = lid; e < E; e += WG) {
+        float l = logits[row + e];
+        float v = l;
+        if (ROUTING == 2u) {
+            v = 1.0 / (1.0 + exp(-l));
+            if (p.has_bias != 0u)
+                v += corr_bias[e];
+        }
+        sc[e] = v;
+    }
+    for (uint w = lid; w < MAXE / 32; w += WG) {
+        live[w] = 0u;
+        glive[w] = 0u;
+    }
+    barrier();
+    for (uint e = lid; e < E; e += WG)
+        atomicOr(live[e >> 5], 1u << (e & 31u));
+    barrier();
+
+    if (ROUTING == 2u && p.topk_group < p.n_group) {
+        // Score each group by its two best experts, keep topk_group groups.
+        const uint gsize = E / p.n_group;
+        for (uint g = lid; g < p.n_group; g += WG) {
+            uint b0 = NONE, b1 = NONE;
+            for (uint e = g * gsize; e < (g + 1u) * gsize; e++) {
+                if (b0 == NONE || ranks_before(sc[e], e, sc[b0], b0)) {
+                    b1 = b0;
+                    b0 = e;
+                } else if (b1 == NONE || ranks_before(sc[e], e, sc[b1], b1)) {
+                    b1 = e;
+                }
+            }
+            gs[g] = b1 == NONE ? sc[b0] : sc[b0] + sc[b1];
+            atomicOr(glive[g >> 5], 1u << (g & 31u));
+        }
+        barrier();
+        // Choose the kept groups; glive ends holding only them.
+        for (uint r = 0; r < p.topk_group; r++) {
+            argmax(p.n_group, true);
+            if (lid == 0) {
+                sel_i[r] = red_i[0];
+                atomicAnd(glive[red_i[0] >> 5], ~(1u << (red_i[0] & 31u)));
+            }
+            barrier();
+        }
+        for (uint w = lid; w < MAXE / 32; w += WG)
+            glive[w] = 0u;
+        barrier();
+        if (lid == 0)
+            for (uint r = 0; r < p.topk_group; r++)
+                glive[sel_i[r] >> 5] |= 1u << (sel_i[r] & 31u);
+        barrier();
+        for (uint e = lid; e < E; e += WG)
+            if (!bit(e / gsize, true))
+                atomicAnd(live[e >> 5], ~(1u << (e & 31u)));
+        barrier();
+    }
+
+    // Top-k by repeated argmax.
+    for (uint j = 0; j < K; j++) {
+        argmax(E, false);
+        if (lid == 0) {
+            uint e = red_i[0];
+            sel_i[j] = e;
+            if (e != NONE)
+                atomicAnd(live[e >> 5], ~(1u << (e & 31u)));
+        }
+        barrier();
+    }
+
+    if (lid == 0) {
+        // Weights, summed in slot order.
+        float wsum = 0.0;
+        for (uint j = 0; j < K; j++) {
+            uint e = sel_i[j];
+            float l = logits[row + e];
+            float w;
+            if (ROUTING == 0u)
+                w = exp(l - m) / s;
+            else if (ROUTING == 1u)
+                w = exp(l - logits[row + sel_i[0]]);
+            else
+                w = 1.0 / (1.0 + exp(-l));
+            sel_v[j] = w;
+            wsum += w;
+        }
+        for (uint j = 0; j < K; j++) {
+            float w = sel_v[j];
+            if (ROUTING == 1u)
+                w = w / wsum;
+            else if (NORM != 0u)
+                w = ROUTING == 2u ? w / (wsum + 1e-20) : w / wsum;
+            if (ROUTING == 2u)
+                w *= p.scale;
+            ids[t * K + j] = sel_i[j];
+            weights[t * K + j] = w;
+        }
+    }
+}

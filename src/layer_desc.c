@@ -1,0 +1,145 @@
+/*
+ * Layer description checks and defaults. Every rejection names the field.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+#include "layer.h"
+
+int moevk_activation_is_gated(moevk_activation act)
+{
+    return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU || act == MOEVK_ACT_GEGLU_TANH ||
+           act == MOEVK_ACT_SWIGLU_OAI;
+}
+
+const char *moevk_stage_name(moevk_stage stage)
+{
+    static const char *const names[MOEVK_STAGE_COUNT] = {
+        "router", "route", "permute", "experts_up", "experts_down", "shared", "combine", "stats",
+    };
+    return (unsigned)stage < MOEVK_STAGE_COUNT ? names[stage] : "unknown";
+}
+
+static bool dtype_ok(moevk_dtype d)
+{
+    return d == MOEVK_DTYPE_F32 || d == MOEVK_DTYPE_F16 || d == MOEVK_DTYPE_BF16;
+}
+
+static moevk_status check_weights(moevk_context *ctx, const moevk_expert_weights *w,
+                                  const char *set, bool gated)
+{
+    if (gated && !w->gate && !w->gate_experts)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "%s.gate is NULL (and %s.gate_experts too): a gated activation needs "
+                        "gate weights", set, set);
+    if (!w->up && !w->up_experts)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "%s.up is NULL (and %s.up_experts too)", set, set);
+    if (!w->down && !w->down_experts)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "%s.down is NULL (and %s.down_experts too)", set, set);
+    return MOEVK_SUCCESS;
+}
+
+/* Normalise zero-means-default fields into *out (host pointers kept). */
+void mvk_layer_desc_defaults(const moevk_layer_desc *in, moevk_layer_desc *out)
+{
+    *out = *in;
+    if (!out->n_group)
+        out->n_group = 1;
+    if (!out->topk_group)
+        out->topk_group = out->n_group;
+    if (out->routed_scaling_factor == 0.0f)
+        out->routed_scaling_factor = 1.0f;
+    if (out->swiglu_alpha == 0.0f)
+        out->swiglu_alpha = 1.702f;
+    if (out->swiglu_limit == 0.0f)
+        out->swiglu_limit = 7.0f;
+    if (out->num_shared && !out->shared_ffn)
+        out->shared_ffn = out->ffn;
+}
+
+moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_desc *desc_in)
+{
+    if (!desc_in)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "desc is NULL");
+    moevk_layer_desc d;
+    mvk_layer_desc_defaults(desc_in, &d);
+    const moevk_status bad = MOEVK_ERROR_INVALID_ARGUMENT;
+    if (d.hidden == 0)
+        return mvk_fail(ctx, bad, "hidden (H) is 0");
+    if (d.ffn == 0)
+        return mvk_fail(ctx, bad, "ffn (F) is 0");
+    if (d.num_experts == 0 || d.num_experts > MOEVK_MAX_EXPERTS)
+        return mvk_fail(ctx, bad, "num_experts (E) = %u is not in 1..%d", d.num_experts,
+                        MOEVK_MAX_EXPERTS);
+    if (d.top_k == 0 || d.top_k > d.num_experts || d.top_k > MOEVK_MAX_TOP_K)
+        return mvk_fail(ctx, bad, "top_k (k) = %u is not in 1..min(num_experts = %u, %d)",
+                        d.top_k, d.num_experts, MOEVK_MAX_TOP_K);
+    if ((unsigned)d.routing > MOEVK_ROUTING_SIGMOID_GROUPED)
+        return mvk_fail(ctx, bad, "routing = %d is not a moevk_routing value", (int)d.routing);
+    if ((unsigned)d.activation > MOEVK_ACT_GELU)
+        return mvk_fail(ctx, bad, "activation = %d is not a moevk_activation value",
+                        (int)d.activation);
+    if (!dtype_ok(d.weight_dtype))
+        return mvk_fail(ctx, bad, "weight_dtype = %d is not f32, f16 or bf16",
+                        (int)d.weight_dtype);
+    if (!dtype_ok(d.router_dtype))
+        return mvk_fail(ctx, bad, "router_dtype = %d is not f32, f16 or bf16",
+                        (int)d.router_dtype);
+    if (d.routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+        if (d.num_experts % d.n_group)
+            return mvk_fail(ctx, bad, "n_group = %u does not divide num_experts = %u", d.n_group,
+                            d.num_experts);
+        if (d.topk_group > d.n_group)
+            return mvk_fail(ctx, bad, "topk_group = %u exceeds n_group = %u", d.topk_group,
+                            d.n_group);
+        if ((uint64_t)d.topk_group * (d.num_experts / d.n_group) < d.top_k)
+            return mvk_fail(ctx, bad,
+                            "top_k = %u exceeds the experts of the kept groups "
+                            "(topk_group %u x %u per group)",
+                            d.top_k, d.topk_group, d.num_experts / d.n_group);
+    } else {
+        if (desc_in->n_group > 1 || desc_in->topk_group > 1)
+            return mvk_fail(ctx, bad, "n_group/topk_group are only for sigmoid_grouped routing");
+        if (d.correction_bias)
+            return mvk_fail(ctx, bad, "correction_bias is only for sigmoid_grouped routing");
+    }
+    if (!isfinite(d.routed_scaling_factor))
+        return mvk_fail(ctx, bad, "routed_scaling_factor is not finite");
+    if (!(d.capacity_factor >= 0.0f) || !isfinite(d.capacity_factor))
+        return mvk_fail(ctx, bad, "capacity_factor = %g must be 0 (dropless) or positive",
+                        (double)d.capacity_factor);
+    if (!isfinite(d.swiglu_alpha) || !(d.swiglu_limit > 0.0f))
+        return mvk_fail(ctx, bad, "swiglu_alpha / swiglu_limit must be finite and limit > 0");
+    if (!d.router_weight)
+        return mvk_fail(ctx, bad, "router_weight is NULL");
+    bool gated = moevk_activation_is_gated(d.activation);
+    moevk_status st = check_weights(ctx, &d.experts, "experts", gated);
+    if (st)
+        return st;
+    if (d.num_shared) {
+        if (d.num_shared > MOEVK_MAX_SHARED)
+            return mvk_fail(ctx, bad, "num_shared = %u exceeds %d", d.num_shared,
+                            MOEVK_MAX_SHARED);
+        if ((st = check_weights(ctx, &d.shared, "shared", gated)))
+            return st;
+    } else if (d.shared_gate) {
+        return mvk_fail(ctx, bad, "shared_gate is set but num_shared is 0");
+    }
+    /* Sizes: a whole matrix stack must be addressable (no 64-bit overflow). */
+    uint64_t per_expert = (uint64_t)d.hidden * d.ffn;
+    if (per_expert > (UINT64_MAX / 4) / d.num_experts)
+        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
+                        "hidden x ffn x num_experts = %u x %u x %u overflows", d.hidden, d.ffn,
+                        d.num_experts);
+    if (per_expert > UINT32_MAX)
+        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
+                        "hidden x ffn = %llu elements per expert matrix exceed 32-bit indexing",
+                        (unsigned long long)per_expert);
+    if (d.num_shared && (uint64_t)d.hidden * d.shared_ffn > UINT32_MAX)
+        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
+                        "hidden x shared_ffn exceeds 32-bit indexing");
+    return MOEVK_SUCCESS;
+}
