@@ -36,7 +36,7 @@ case "$what" in
 main)
     "$build/src/moevk" info
     echo
-    exec "$build/src/moevk" router --tokens 64 --hidden 4096 --experts 8 --dtype bf16 "$@"
+    exec "$build/src/moevk" demo --preset mixtral-8x7b --scale 8 --tokens 64 --dtype bf16 "$@"
     ;;
 test)
     status=0

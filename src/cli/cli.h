@@ -11,6 +11,10 @@
 
 int cli_info(int argc, char **argv);
 int cli_router(int argc, char **argv);
+int cli_demo(int argc, char **argv);
+
+#define MVK_CLI_MAX(a, b) ((a) > (b) ? (a) : (b))
+#include <stdbool.h>
 
 /* Create a context on the device named by --device (or MOEVK_DEVICE), with
  * validation when `validate`; prints the error and returns NULL on failure. */

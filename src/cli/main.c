@@ -13,6 +13,8 @@ static void usage(FILE *f)
             "usage: moevk COMMAND [options]\n"
             "\n"
             "commands:\n"
+            "  demo [options]       run a real-shaped MoE layer, check it against the CPU\n"
+            "                       reference and time every stage (the main job)\n"
             "  info                 list every Vulkan device and its capabilities\n"
             "  router [options]     run the router stage (logits + scores) on random input\n"
             "                       and compare it with the CPU reference\n"
@@ -28,6 +30,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "demo"))
+        return cli_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "info"))
         return cli_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "router"))

@@ -1,0 +1,130 @@
+/*
+ * Presets: shapes and routing of published MoE models (from their
+ * Hugging Face config.json files).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "presets.h"
+#include "ref/ref.h"
+
+static const cli_preset presets[] = {
+    /* name              H     F      E    k  routing                        activation */
+    {"mixtral-8x7b", 4096, 14336, 8, 2, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_SWIGLU, 1},
+    {"mixtral-8x22b", 6144, 16384, 8, 2, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_SWIGLU, 1},
+    {"qwen3-30b-a3b", 2048, 768, 128, 8, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_SWIGLU, 1},
+    {"qwen3-235b-a22b", 4096, 1536, 128, 8, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_SWIGLU, 1},
+    {"deepseek-v3", 7168, 2048, 256, 8, MOEVK_ROUTING_SIGMOID_GROUPED, MOEVK_ACT_SWIGLU, 1,
+     .n_group = 8, .topk_group = 4, .routed_scaling_factor = 2.5f, .num_shared = 1,
+     .shared_ffn = 2048, .correction_bias = 1},
+    {"olmoe-1b-7b", 2048, 1024, 64, 8, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_SWIGLU, 0},
+    {"gpt-oss-20b", 2880, 2880, 32, 4, MOEVK_ROUTING_TOPK_SOFTMAX, MOEVK_ACT_SWIGLU_OAI, 0,
+     .router_bias = 1, .expert_bias = 1},
+    {"gpt-oss-120b", 2880, 2880, 128, 4, MOEVK_ROUTING_TOPK_SOFTMAX, MOEVK_ACT_SWIGLU_OAI, 0,
+     .router_bias = 1, .expert_bias = 1},
+    {"switch-base-128", 768, 3072, 128, 1, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_RELU, 0,
+     .capacity_factor = 1.25f},
+    {"qwen1.5-moe-a2.7b", 2048, 1408, 60, 4, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_SWIGLU, 0,
+     .num_shared = 1, .shared_ffn = 5632, .shared_gate = 1},
+};
+
+const cli_preset *cli_preset_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
+        if (!strcmp(presets[i].name, name))
+            return &presets[i];
+    return NULL;
+}
+
+const cli_preset *cli_preset_at(uint32_t i)
+{
+    return i < sizeof(presets) / sizeof(presets[0]) ? &presets[i] : NULL;
+}
+
+static void *random_array(cli_rng *r, moevk_dtype dt, size_t n, float scale)
+{
+    size_t es = moevk_dtype_size(dt);
+    uint8_t *p = malloc(es * (n ? n : 1));
+    if (!p)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        float v = cli_rng_uniform(r, -scale, scale);
+        if (dt == MOEVK_DTYPE_F32)
+            ((float *)p)[i] = v;
+        else if (dt == MOEVK_DTYPE_F16)
+            ((uint16_t *)p)[i] = moevk_float_to_half(v);
+        else
+            ((uint16_t *)p)[i] = moevk_float_to_bf16(v);
+    }
+    return p;
+}
+
+void cli_weights_free(cli_layer_weights *w)
+{
+    free(w->router), free(w->gate), free(w->up), free(w->down);
+    free(w->sgate), free(w->sup), free(w->sdown), free(w->shared_gate);
+    free(w->router_bias), free(w->corr_bias), free(w->gate_bias), free(w->up_bias),
+        free(w->down_bias);
+    memset(w, 0, sizeof(*w));
+}
+
+int cli_weights_make(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
+                     cli_layer_weights *w)
+{
+    memset(w, 0, sizeof(*w));
+    if (scale < 1)
+        scale = 1;
+    const uint32_t H = MVK_CLI_MAX(p->hidden / scale, 1u), F = MVK_CLI_MAX(p->ffn / scale, 1u);
+    const uint32_t FS = MVK_CLI_MAX(p->shared_ffn / scale, 1u);
+    const uint32_t E = p->experts;
+    cli_rng r = {seed * 0x9e3779b97f4a7c15ull + 7};
+    const float sh = 1.0f / sqrtf((float)H), sf = 1.0f / sqrtf((float)F);
+    const bool gated = moevk_activation_is_gated(p->activation);
+    size_t ef = (size_t)E * F * H;
+    w->router = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * H, 2.0f * sh);
+    w->gate = gated ? random_array(&r, dt, ef, sh) : NULL;
+    w->up = random_array(&r, dt, ef, sh);
+    w->down = random_array(&r, dt, ef, sf);
+    bool ok = w->router && w->up && w->down && (!gated || w->gate);
+    if (p->num_shared) {
+        size_t sfh = (size_t)p->num_shared * FS * H;
+        w->sgate = gated ? random_array(&r, dt, sfh, sh) : NULL;
+        w->sup = random_array(&r, dt, sfh, sh);
+        w->sdown = random_array(&r, dt, sfh, 1.0f / sqrtf((float)FS));
+        ok = ok && w->sup && w->sdown && (!gated || w->sgate);
+        if (p->shared_gate)
+            ok = ok && (w->shared_gate = random_array(&r, MOEVK_DTYPE_F32,
+                                                      (size_t)p->num_shared * H, sh));
+    }
+    if (p->router_bias)
+        ok = ok && (w->router_bias = random_array(&r, MOEVK_DTYPE_F32, E, 0.1f));
+    if (p->correction_bias)
+        ok = ok && (w->corr_bias = random_array(&r, MOEVK_DTYPE_F32, E, 0.05f));
+    if (p->expert_bias) {
+        ok = ok && (w->gate_bias = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * F, 0.1f));
+        ok = ok && (w->up_bias = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * F, 0.1f));
+        ok = ok && (w->down_bias = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * H, 0.1f));
+    }
+    if (!ok) {
+        cli_weights_free(w);
+        return -1;
+    }
+    w->desc = (moevk_layer_desc){
+        .hidden = H, .ffn = F, .num_experts = E, .top_k = p->top_k,
+        .routing = p->routing, .activation = p->activation,
+        .norm_topk_prob = p->norm_topk_prob, .n_group = p->n_group,
+        .topk_group = p->topk_group, .routed_scaling_factor = p->routed_scaling_factor,
+        .capacity_factor = p->capacity_factor,
+        .weight_dtype = dt, .router_dtype = MOEVK_DTYPE_F32,
+        .router_weight = w->router, .router_bias = w->router_bias,
+        .correction_bias = w->corr_bias,
+        .experts = {.gate = w->gate, .up = w->up, .down = w->down, .gate_bias = w->gate_bias,
+                    .up_bias = w->up_bias, .down_bias = w->down_bias},
+        .num_shared = p->num_shared, .shared_ffn = FS,
+        .shared = {.gate = w->sgate, .up = w->sup, .down = w->sdown},
+        .shared_gate = w->shared_gate,
+    };
+    return 0;
+}

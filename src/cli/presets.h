@@ -1,0 +1,38 @@
+/*
+ * MoE layer shapes of real models (the routed-expert block of one layer).
+ */
+#ifndef MOEVK_CLI_PRESETS_H
+#define MOEVK_CLI_PRESETS_H
+
+#include <stdint.h>
+
+#include "moevk/moevk.h"
+
+typedef struct cli_preset {
+    const char *name;
+    uint32_t hidden, ffn, experts, top_k;
+    moevk_routing routing;
+    moevk_activation activation;
+    int norm_topk_prob;
+    uint32_t n_group, topk_group;
+    float routed_scaling_factor, capacity_factor;
+    uint32_t num_shared, shared_ffn;
+    int shared_gate, router_bias, expert_bias, correction_bias;
+} cli_preset;
+
+const cli_preset *cli_preset_find(const char *name);
+const cli_preset *cli_preset_at(uint32_t i); /* NULL past the end */
+
+/* Host weights for a preset, random, in weight dtype `dt` (router in f32),
+ * with H and F divided by `scale` (>= 1). Owns every array. */
+typedef struct cli_layer_weights {
+    moevk_layer_desc desc;
+    void *router, *gate, *up, *down, *sgate, *sup, *sdown, *shared_gate;
+    float *router_bias, *corr_bias, *gate_bias, *up_bias, *down_bias;
+} cli_layer_weights;
+
+int cli_weights_make(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
+                     cli_layer_weights *out);
+void cli_weights_free(cli_layer_weights *w);
+
+#endif
