@@ -356,6 +356,15 @@ void mvk_cmd_fill(mvk_cmd *c, VkBuffer buf, VkDeviceSize offset, VkDeviceSize si
         c->ctx->vk.vkCmdFillBuffer(c->cb, buf, offset, size, v);
 }
 
+void mvk_cmd_copy(mvk_cmd *c, VkBuffer src, VkDeviceSize src_off, VkBuffer dst,
+                  VkDeviceSize dst_off, VkDeviceSize size)
+{
+    if (c->status)
+        return;
+    VkBufferCopy region = {src_off, dst_off, size};
+    c->ctx->vk.vkCmdCopyBuffer(c->cb, src, dst, 1, &region);
+}
+
 void mvk_cmd_timestamp(mvk_cmd *c, VkQueryPool pool, uint32_t query)
 {
     if (!c->status && pool)

@@ -55,6 +55,9 @@ struct moevk_layer {
 
     uint32_t reserved_tokens;
     moevk_buffer *s[MVK_S_COUNT];
+    /* Caller tensors standing in for scratch slots during a standalone stage
+     * call (buffer == VK_NULL_HANDLE: use the scratch). */
+    mvk_binding bind[MVK_S_COUNT];
     uint64_t weight_bytes, scratch_bytes;
 
     mvk_arena arena; /* descriptor sets of moevk_layer_record */

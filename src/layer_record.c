@@ -29,8 +29,12 @@ static mvk_binding whole(const moevk_buffer *b)
     return (mvk_binding){b->buffer, 0, VK_WHOLE_SIZE};
 }
 
+/* The buffer a stage reads or writes for scratch slot i: the layer's own
+ * scratch, unless a standalone stage call bound a caller tensor there. */
 static mvk_binding scratch(const moevk_layer *L, int i)
 {
+    if (L->bind[i].buffer)
+        return L->bind[i];
     return whole(L->s[i] ? L->s[i] : L->dummy);
 }
 
@@ -90,7 +94,7 @@ static void record_gemm(moevk_layer *L, mvk_cmd *c, const mvk_expert_set *set,
     }
 }
 
-static void record_router(moevk_layer *L, mvk_cmd *c, mvk_binding x, uint32_t T)
+void mvk_record_router(moevk_layer *L, mvk_cmd *c, mvk_binding x, uint32_t T)
 {
     const moevk_layer_desc *d = &L->desc;
     mvk_router_args a = {
@@ -112,7 +116,7 @@ static void record_router(moevk_layer *L, mvk_cmd *c, mvk_binding x, uint32_t T)
     }
 }
 
-static void record_route(moevk_layer *L, mvk_cmd *c, uint32_t T)
+void mvk_record_route(moevk_layer *L, mvk_cmd *c, uint32_t T)
 {
     const moevk_layer_desc *d = &L->desc;
     const uint32_t spec[3] = {ROUTE_WG, (uint32_t)d->routing, d->norm_topk_prob ? 1u : 0u};
@@ -140,7 +144,7 @@ static uint32_t capacity(const moevk_layer_desc *d, uint32_t T)
     return cc >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)cc;
 }
 
-static void record_permute(moevk_layer *L, mvk_cmd *c, uint32_t T)
+void mvk_record_permute(moevk_layer *L, mvk_cmd *c, uint32_t T)
 {
     const moevk_layer_desc *d = &L->desc;
     const uint32_t A = T * d->top_k;
@@ -163,7 +167,8 @@ static void record_permute(moevk_layer *L, mvk_cmd *c, uint32_t T)
     }
 }
 
-static void record_combine(moevk_layer *L, mvk_cmd *c, mvk_binding y, uint32_t T)
+void mvk_record_combine(moevk_layer *L, mvk_cmd *c, mvk_binding y, uint32_t T, uint32_t K,
+                        uint32_t n_shared)
 {
     const moevk_layer_desc *d = &L->desc;
     const uint64_t n = (uint64_t)T * d->hidden;
@@ -176,14 +181,14 @@ static void record_combine(moevk_layer *L, mvk_cmd *c, mvk_binding y, uint32_t T
     for (uint64_t e0 = 0; e0 < n; e0 += per) {
         uint64_t cnt = MVK_MIN(per, n - e0);
         struct { uint32_t T, H, K, n_shared, has_gate, elem0; } p = {
-            T, d->hidden, d->top_k, d->num_shared, L->shared_gate != NULL, (uint32_t)e0,
+            T, d->hidden, K, n_shared, L->shared_gate != NULL, (uint32_t)e0,
         };
         mvk_cmd_dispatch(c, MVK_K_COMBINE, spec, 1, b, 6, &p, sizeof(p),
                          (uint32_t)((cnt + ELEM_WG - 1) / ELEM_WG), 1, 1);
     }
 }
 
-static void record_stats(moevk_layer *L, mvk_cmd *c, uint32_t T)
+void mvk_record_stats(moevk_layer *L, mvk_cmd *c, uint32_t T)
 {
     const moevk_layer_desc *d = &L->desc;
     struct { uint32_t T, E, K; } p = {T, d->num_experts, d->top_k};
@@ -195,6 +200,39 @@ static void record_stats(moevk_layer *L, mvk_cmd *c, uint32_t T)
     mvk_cmd_dispatch(c, MVK_K_STATS, s0, 2, b, 5, &p, sizeof(p), d->num_experts, 1, 1);
     mvk_cmd_barrier(c);
     mvk_cmd_dispatch(c, MVK_K_STATS, s1, 2, b, 5, &p, sizeof(p), 1, 1, 1);
+}
+
+void mvk_record_experts(moevk_layer *L, mvk_cmd *c, mvk_binding xb, VkQueryPool ts, uint32_t *q)
+{
+    for (uint32_t i = 0; i < L->routed.nchunks; i++)
+        record_gemm(L, c, &L->routed, &L->routed.chunks[i], GEMM_UP, false, xb,
+                    scratch(L, MVK_S_H), 0, 0, 0);
+    mvk_cmd_barrier(c);
+    if (q)
+        mvk_cmd_timestamp(c, ts, (*q)++);
+    for (uint32_t i = 0; i < L->routed.nchunks; i++)
+        record_gemm(L, c, &L->routed, &L->routed.chunks[i], GEMM_DOWN, false,
+                    scratch(L, MVK_S_H), scratch(L, MVK_S_O), 0, 0, 0);
+    mvk_cmd_barrier(c);
+    if (q)
+        mvk_cmd_timestamp(c, ts, (*q)++);
+}
+
+void mvk_record_shared(moevk_layer *L, mvk_cmd *c, mvk_binding xb, uint32_t T)
+{
+    const moevk_layer_desc *d = &L->desc;
+    for (uint32_t s = 0; s < d->num_shared; s++) {
+        const mvk_chunk *ch = NULL;
+        for (uint32_t i = 0; i < L->shared.nchunks; i++)
+            if (s >= L->shared.chunks[i].first &&
+                s < L->shared.chunks[i].first + L->shared.chunks[i].count)
+                ch = &L->shared.chunks[i];
+        record_gemm(L, c, &L->shared, ch, GEMM_UP, true, xb, scratch(L, MVK_S_HS), T, s, 0);
+        mvk_cmd_barrier(c);
+        record_gemm(L, c, &L->shared, ch, GEMM_DOWN, true, scratch(L, MVK_S_HS),
+                    scratch(L, MVK_S_OS), T, s, s * T * d->hidden);
+        mvk_cmd_barrier(c);
+    }
 }
 
 void mvk_layer_record_pass(moevk_layer *L, mvk_cmd *c, const moevk_tensor *x, moevk_tensor *y,
@@ -211,48 +249,26 @@ void mvk_layer_record_pass(moevk_layer *L, mvk_cmd *c, const moevk_tensor *x, mo
     mvk_cmd_fill(c, L->s[MVK_S_TILE_COUNT]->buffer, 0, (uint64_t)ntiles * d->num_experts * 4, 0);
     mvk_cmd_timestamp(c, ts, q++);
 
-    record_router(L, c, xb, T);
+    mvk_record_router(L, c, xb, T);
     mvk_cmd_barrier(c);
     mvk_cmd_timestamp(c, ts, q++);
 
-    record_route(L, c, T);
+    mvk_record_route(L, c, T);
     mvk_cmd_barrier(c);
     mvk_cmd_timestamp(c, ts, q++);
 
-    record_permute(L, c, T); /* ends with a barrier */
+    mvk_record_permute(L, c, T); /* ends with a barrier */
     mvk_cmd_timestamp(c, ts, q++);
 
-    for (uint32_t i = 0; i < L->routed.nchunks; i++)
-        record_gemm(L, c, &L->routed, &L->routed.chunks[i], GEMM_UP, false, xb,
-                    scratch(L, MVK_S_H), 0, 0, 0);
+    mvk_record_experts(L, c, xb, ts, &q);
+    mvk_record_shared(L, c, xb, T);
+    mvk_cmd_timestamp(c, ts, q++);
+
+    mvk_record_combine(L, c, yb, T, d->top_k, d->num_shared);
     mvk_cmd_barrier(c);
     mvk_cmd_timestamp(c, ts, q++);
 
-    for (uint32_t i = 0; i < L->routed.nchunks; i++)
-        record_gemm(L, c, &L->routed, &L->routed.chunks[i], GEMM_DOWN, false,
-                    scratch(L, MVK_S_H), scratch(L, MVK_S_O), 0, 0, 0);
-    mvk_cmd_barrier(c);
-    mvk_cmd_timestamp(c, ts, q++);
-
-    for (uint32_t s = 0; s < d->num_shared; s++) {
-        const mvk_chunk *ch = NULL;
-        for (uint32_t i = 0; i < L->shared.nchunks; i++)
-            if (s >= L->shared.chunks[i].first &&
-                s < L->shared.chunks[i].first + L->shared.chunks[i].count)
-                ch = &L->shared.chunks[i];
-        record_gemm(L, c, &L->shared, ch, GEMM_UP, true, xb, scratch(L, MVK_S_HS), T, s, 0);
-        mvk_cmd_barrier(c);
-        record_gemm(L, c, &L->shared, ch, GEMM_DOWN, true, scratch(L, MVK_S_HS),
-                    scratch(L, MVK_S_OS), T, s, s * T * d->hidden);
-        mvk_cmd_barrier(c);
-    }
-    mvk_cmd_timestamp(c, ts, q++);
-
-    record_combine(L, c, yb, T);
-    mvk_cmd_barrier(c);
-    mvk_cmd_timestamp(c, ts, q++);
-
-    record_stats(L, c, T);
+    mvk_record_stats(L, c, T);
     mvk_cmd_barrier(c);
     mvk_cmd_timestamp(c, ts, q++);
 }

@@ -426,6 +426,36 @@ MOEVK_API const char *moevk_stage_name(moevk_stage stage);
 MOEVK_API moevk_status moevk_layer_stage_times(const moevk_layer *layer,
                                                double ms[MOEVK_STAGE_COUNT]);
 
+/* ---- Stages on their own --------------------------------------------------
+ * For engines that fuse differently: each call runs one part of the forward
+ * pass synchronously on caller tensors, with the layer's weights (and its
+ * scratch for intermediate results). Index tensors are MOEVK_DTYPE_I32.
+ * Routing decisions given by the caller (ids) are checked on the host: each
+ * id must be in 0..E-1 and distinct within its token. */
+
+/* x [T, H] f32 -> ids [T, k] i32, weights [T, k] f32 (router + routing). */
+MOEVK_API moevk_status moevk_layer_route(moevk_layer *layer, const moevk_tensor *x,
+                                         moevk_tensor *ids, moevk_tensor *weights);
+/* ids [T, k] -> row_of [T, k] i32 (the assignment's row in expert-sorted
+ * order, -1 when capacity drops it) and counts [E] i32 (admitted rows per
+ * expert; expert e's rows follow those of experts 0..e-1). */
+MOEVK_API moevk_status moevk_layer_permute(moevk_layer *layer, const moevk_tensor *ids,
+                                           moevk_tensor *row_of, moevk_tensor *counts);
+/* Expert FFNs: expert_out [T*k, H] f32, row r holding the routed expert's
+ * output for the assignment whose row_of is r (rows past the admitted total
+ * are left untouched). */
+MOEVK_API moevk_status moevk_layer_experts(moevk_layer *layer, const moevk_tensor *x,
+                                           const moevk_tensor *ids, moevk_tensor *expert_out);
+/* y [T, H] = sum_j weights[t, j] * expert_out[row_of[t, j]] in slot order
+ * (rows of -1 skipped). Shared experts are not included. */
+MOEVK_API moevk_status moevk_layer_combine(moevk_layer *layer, const moevk_tensor *expert_out,
+                                           const moevk_tensor *row_of,
+                                           const moevk_tensor *weights, moevk_tensor *y);
+/* y [T, H] = the sum of the shared experts' outputs (gated when the layer
+ * has a shared gate); zeros when the layer has none. */
+MOEVK_API moevk_status moevk_layer_shared_experts(moevk_layer *layer, const moevk_tensor *x,
+                                                  moevk_tensor *y);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,157 @@
+/*
+ * The stages called on their own (route, permute, experts, combine, shared
+ * experts) compose to the same result as the whole forward pass, and reject
+ * bad routing input from the caller.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "ref/ref.h"
+
+typedef struct stage_layer {
+    moevk_layer_desc d;
+    float *router, *sgate_w;
+    void *w[6];
+} stage_layer;
+
+static void make_layer(mvkt_rng *r, stage_layer *s, uint32_t H, uint32_t F, uint32_t E,
+                       uint32_t K, uint32_t ns, float cf)
+{
+    memset(s, 0, sizeof(*s));
+    s->router = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)E * H, 1.0f);
+    s->sgate_w = ns ? mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)ns * H, 0.3f) : NULL;
+    float sc = 1.0f / sqrtf((float)H);
+    for (int i = 0; i < 3; i++)
+        s->w[i] = mvkt_random_weights(r, MOEVK_DTYPE_F16, (size_t)E * F * H, sc);
+    for (int i = 3; i < 6; i++)
+        s->w[i] = ns ? mvkt_random_weights(r, MOEVK_DTYPE_F16, (size_t)ns * F * H, sc) : NULL;
+    s->d = (moevk_layer_desc){
+        .hidden = H, .ffn = F, .num_experts = E, .top_k = K,
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .activation = MOEVK_ACT_SWIGLU,
+        .norm_topk_prob = 1, .capacity_factor = cf, .weight_dtype = MOEVK_DTYPE_F16,
+        .router_weight = s->router,
+        .experts = {.gate = s->w[0], .up = s->w[1], .down = s->w[2]},
+        .num_shared = ns,
+        .shared = {.gate = s->w[3], .up = s->w[4], .down = s->w[5]},
+        .shared_gate = s->sgate_w,
+    };
+}
+
+static void free_layer(stage_layer *s)
+{
+    free(s->router);
+    free(s->sgate_w);
+    for (int i = 0; i < 6; i++)
+        free(s->w[i]);
+}
+
+static moevk_tensor tensor(moevk_context *ctx, moevk_dtype dt, uint64_t a, uint64_t b)
+{
+    moevk_tensor t;
+    uint64_t shape[2] = {a, b};
+    cr_assert_eq(moevk_tensor_create(ctx, dt, b ? 2 : 1, shape, &t), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    mvkt_poison_tensor(&t);
+    return t;
+}
+
+Test(stages, compose_to_the_forward_pass)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed();
+    mvkt_rng r = mvkt_rng_make(seed);
+    const uint32_t T = 37, H = 40, F = 24, E = 6, K = 2, NS = 1;
+    stage_layer s;
+    make_layer(&r, &s, H, F, E, K, NS, 0.75f); /* capacity drops some */
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    float *x = malloc(sizeof(float) * T * H);
+    for (uint32_t i = 0; i < T * H; i++)
+        x[i] = mvkt_uniform(&r, -1, 1);
+    moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    moevk_routing_stats stats = {0};
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, &stats), MOEVK_SUCCESS);
+    cr_assert_gt(stats.dropped, 0, "seed %llu: the case should drop assignments",
+                 (unsigned long long)seed);
+    float *y = malloc(sizeof(float) * T * H);
+    uint32_t *fids = malloc(4 * T * K);
+    int32_t *frow = malloc(4 * T * K);
+    float *fw = malloc(4 * T * K);
+    cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+    cr_assert_eq(moevk_layer_read_routing(L, T, fids, fw, frow), 0);
+
+    moevk_tensor ids = tensor(ctx, MOEVK_DTYPE_I32, T, K), w = tensor(ctx, MOEVK_DTYPE_F32, T, K);
+    moevk_tensor rows = tensor(ctx, MOEVK_DTYPE_I32, T, K), cnt = tensor(ctx, MOEVK_DTYPE_I32, E, 0);
+    moevk_tensor eo = tensor(ctx, MOEVK_DTYPE_F32, (uint64_t)T * K, H);
+    moevk_tensor y1 = tensor(ctx, MOEVK_DTYPE_F32, T, H), y2 = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_layer_route(L, &tx, &ids, &w), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_permute(L, &ids, &rows, &cnt), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_experts(L, &tx, &ids, &eo), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_combine(L, &eo, &rows, &w, &y1), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_shared_experts(L, &tx, &y2), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+
+    uint32_t *sids = malloc(4 * T * K);
+    int32_t *srow = malloc(4 * T * K), *scnt = malloc(4 * E);
+    float *sw = malloc(4 * T * K), *a = malloc(4 * T * H), *b = malloc(4 * T * H);
+    cr_assert_eq(moevk_tensor_download(&ids, sids), 0);
+    cr_assert_eq(moevk_tensor_download(&w, sw), 0);
+    cr_assert_eq(moevk_tensor_download(&rows, srow), 0);
+    cr_assert_eq(moevk_tensor_download(&cnt, scnt), 0);
+    cr_assert_eq(moevk_tensor_download(&y1, a), 0);
+    cr_assert_eq(moevk_tensor_download(&y2, b), 0);
+    cr_assert(memcmp(sids, fids, 4 * T * K) == 0, "seed %llu: route ids differ from forward",
+              (unsigned long long)seed);
+    cr_assert(memcmp(sw, fw, 4 * T * K) == 0, "route weights differ from forward");
+    cr_assert(memcmp(srow, frow, 4 * T * K) == 0, "permute rows differ from forward");
+    /* counts and rows agree with the reference permutation */
+    uint32_t rc[16], ro[17];
+    int32_t rrow[256];
+    uint64_t dropped = moevk_ref_permute(&s.d, T, sids, rc, ro, rrow);
+    cr_assert_eq(dropped, stats.dropped);
+    for (uint32_t e = 0; e < E; e++)
+        cr_assert_eq((uint32_t)scnt[e], rc[e], "counts[%u]", e);
+    cr_assert(memcmp(srow, rrow, 4 * T * K) == 0, "rows differ from the reference");
+    for (uint32_t i = 0; i < T * H; i++)
+        a[i] += b[i];
+    double err = mvkt_rel_l2(a, y, T * H);
+    cr_assert_leq(err, 1e-6, "seed %llu: stages vs forward %g", (unsigned long long)seed, err);
+
+    /* bad routing input from the caller */
+    sids[3] = E; /* out of range */
+    cr_assert_eq(moevk_tensor_upload(&ids, sids), 0);
+    cr_assert_eq(moevk_layer_permute(L, &ids, &rows, &cnt), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "ids[1, 1]"), "%s",
+              moevk_context_last_error(ctx));
+    sids[3] = sids[2]; /* repeated within token 1 */
+    cr_assert_eq(moevk_tensor_upload(&ids, sids), 0);
+    cr_assert_eq(moevk_layer_experts(L, &tx, &ids, &eo), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "repeats"), "%s",
+              moevk_context_last_error(ctx));
+    srow[0] = (int32_t)(T * K);
+    cr_assert_eq(moevk_tensor_upload(&rows, srow), 0);
+    cr_assert_eq(moevk_layer_combine(L, &eo, &rows, &w, &y1), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "row_of[0, 0]"), "%s",
+              moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_combine(L, &eo, &rows, &w, &tx), MOEVK_ERROR_INVALID_ARGUMENT);
+    /* still usable */
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS);
+
+    moevk_tensor *all[] = {&tx, &ty, &ids, &w, &rows, &cnt, &eo, &y1, &y2};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        moevk_tensor_destroy(all[i]);
+    moevk_layer_destroy(L);
+    free_layer(&s);
+    free(x), free(y), free(fids), free(frow), free(fw), free(sids), free(srow), free(scnt);
+    free(sw), free(a), free(b);
+    mvkt_context_end(ctx);
+}
