@@ -22,15 +22,22 @@ static moevk_status upload_new(moevk_layer *L, const void *src, uint64_t bytes,
     return src ? moevk_buffer_upload(*out, 0, src, bytes) : MOEVK_SUCCESS;
 }
 
-/* Largest storage buffer the layer may use (a test knob can lower it). */
+/* Largest storage buffer the device allows. */
 static uint64_t max_range(const moevk_context *ctx)
 {
     uint64_t r = ctx->info.max_storage_buffer_range;
     if (ctx->info.max_allocation_size)
         r = MVK_MIN(r, ctx->info.max_allocation_size);
-    if (ctx->testing_max_range)
-        r = MVK_MIN(r, ctx->testing_max_range);
     return r & ~3ull;
+}
+
+/* Largest weight chunk (a test knob can lower it to exercise chunking). */
+static uint64_t max_weight_range(const moevk_context *ctx)
+{
+    uint64_t r = max_range(ctx);
+    if (ctx->testing_max_range)
+        r = MVK_MIN(r, ctx->testing_max_range & ~3ull);
+    return r;
 }
 
 /* Upload experts [first, first+count) of matrix m (0 gate, 1 up, 2 down) of
@@ -86,7 +93,7 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
     s->ffn = ffn;
     uint64_t elems = (uint64_t)H * ffn;
     uint64_t bytes = elems * moevk_dtype_size(L->desc.weight_dtype);
-    uint64_t range = max_range(ctx);
+    uint64_t range = max_weight_range(ctx);
     if (bytes + 4 > range)
         return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
                         "one %s expert matrix (%u x %u %s = %llu bytes) exceeds the device's "

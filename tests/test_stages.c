@@ -155,3 +155,74 @@ Test(stages, compose_to_the_forward_pass)
     free(sw), free(a), free(b);
     mvkt_context_end(ctx);
 }
+
+#include "testing.h"
+
+/* A forward pass checked against the reference, on a context of the given
+ * validation flags, optionally with weights split into chunks. */
+static void forward_vs_reference(uint32_t flags, uint64_t max_range)
+{
+    moevk_context *ctx = mvkt_context_flags(flags, 0);
+    uint64_t seed = mvkt_base_seed();
+    mvkt_rng r = mvkt_rng_make(seed);
+    const uint32_t T = 29, H = 48, F = 40, E = 7, K = 3, NS = 2;
+    stage_layer s;
+    make_layer(&r, &s, H, F, E, K, NS, 0.0f);
+    s.d.shared_ffn = 0; /* = F */
+    if (max_range)
+        moevk_testing_set_max_buffer_range(ctx, max_range);
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    float *x = malloc(sizeof(float) * T * H), *y = malloc(sizeof(float) * T * H),
+          *ref = malloc(sizeof(float) * T * H);
+    for (uint32_t i = 0; i < T * H; i++)
+        x[i] = mvkt_uniform(&r, -1, 1);
+    moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+    uint8_t near[64];
+    cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, ref, NULL, NULL, near, NULL), 0);
+    for (uint32_t t = 0; t < T; t++)
+        if (near[t])
+            for (uint32_t h = 0; h < H; h++)
+                y[t * H + h] = ref[t * H + h]; /* near-tied tokens are not compared */
+    double err = mvkt_rel_l2(y, ref, T * H);
+    cr_assert_leq(err, 1e-4, "seed %llu: error %g (max range %llu)", (unsigned long long)seed,
+                  err, (unsigned long long)max_range);
+    moevk_tensor_destroy(&tx);
+    moevk_tensor_destroy(&ty);
+    moevk_layer_destroy(L);
+    free_layer(&s);
+    free(x), free(y), free(ref);
+    mvkt_context_end(ctx);
+}
+
+/* Weight stacks larger than a storage buffer are split into chunks of
+ * experts: pretend buffers hold two experts' matrices (f16 40x48 = 3840 B). */
+Test(stages, weights_split_into_chunks)
+{
+    forward_vs_reference(MOEVK_CONTEXT_VALIDATION, 2 * 3840 + 16);
+    /* one expert matrix larger than the range is a clear error */
+    moevk_context *ctx = mvkt_context();
+    mvkt_rng r = mvkt_rng_make(1);
+    stage_layer s;
+    make_layer(&r, &s, 48, 40, 3, 1, 0, 0.0f);
+    moevk_testing_set_max_buffer_range(ctx, 1000);
+    moevk_layer *L = (moevk_layer *)0x1;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_ERROR_LIMIT_EXCEEDED);
+    cr_assert_null(L);
+    cr_assert(strstr(moevk_context_last_error(ctx), "storage buffer range"), "%s",
+              moevk_context_last_error(ctx));
+    free_layer(&s);
+    mvkt_context_end(ctx);
+}
+
+/* GPU-assisted validation (out-of-bounds buffer accesses inside shaders);
+ * it cannot run together with synchronization validation. */
+Test(stages, gpu_assisted_validation_is_clean)
+{
+    forward_vs_reference(MOEVK_CONTEXT_GPU_ASSISTED_VALIDATION, 2 * 3840 + 16);
+}
