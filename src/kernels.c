@@ -11,7 +11,8 @@
     K(MVK_K_PERMUTE, permute, 8, 32)                                                    \
     K(MVK_K_EXPERT_GEMM, expert_gemm, 9, 44)                                            \
     K(MVK_K_COMBINE, combine, 6, 24)                                                    \
-    K(MVK_K_STATS, stats, 5, 12)
+    K(MVK_K_STATS, stats, 5, 12)                                                        \
+    K(MVK_K_BANDWIDTH, bandwidth, 2, 4)
 
 #define MVK_SPV(ID, NAME, BINDINGS, PUSH)                                               \
     extern const uint32_t mvk_spv_##NAME[];                                             \

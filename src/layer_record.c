@@ -14,6 +14,7 @@
  * A memory barrier separates dependent stages; nothing returns to the host.
  */
 #include <math.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "layer_record.h"
@@ -22,7 +23,7 @@
 #define ROUTE_WG 128u
 #define ELEM_WG 256u
 #define STATS_WG 256u
-#define GEMM_BN 64u
+#define GEMM_BN MVK_GEMM_BN
 
 static mvk_binding whole(const moevk_buffer *b)
 {
@@ -41,6 +42,15 @@ static mvk_binding scratch(const moevk_layer *L, int i)
 static uint32_t gemm_bm(const moevk_context *ctx)
 {
     return ctx->info.max_workgroup_invocations >= 256 ? 64u : 32u;
+}
+
+void mvk_gemm_spec(const moevk_context *ctx, moevk_dtype wdtype, bool gated, uint32_t act,
+                   bool scheduled, bool gather, uint32_t spec[MVK_GEMM_NSPEC])
+{
+    const uint32_t bm = gemm_bm(ctx);
+    const uint32_t s[MVK_GEMM_NSPEC] = {(bm / 4) * (GEMM_BN / 4), bm, GEMM_BN, (uint32_t)wdtype,
+                                        gated, act, scheduled, gather};
+    memcpy(spec, s, sizeof(s));
 }
 
 typedef struct gemm_push {
@@ -63,8 +73,8 @@ static void record_gemm(moevk_layer *L, mvk_cmd *c, const mvk_expert_set *set,
     const bool up = which == GEMM_UP;
     const bool gated = up && L->gated;
     const uint32_t act = up ? (uint32_t)d->activation + 1u : 0u;
-    const uint32_t spec[8] = {(bm / 4) * (GEMM_BN / 4), bm, GEMM_BN, (uint32_t)d->weight_dtype,
-                              gated, act, dense ? 0u : 1u, (!dense && up) ? 1u : 0u};
+    uint32_t spec[MVK_GEMM_NSPEC];
+    mvk_gemm_spec(c->ctx, d->weight_dtype, gated, act, !dense, !dense && up, spec);
     const uint32_t N = up ? set->ffn : d->hidden, K = up ? d->hidden : set->ffn;
     gemm_push p = {
         .M = rows, .N = N, .K = K, .E = d->num_experts,

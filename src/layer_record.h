@@ -10,6 +10,13 @@
 #define MVK_GEMM_BM_MIN 32u /* smallest GEMM row tile (sizes the schedule) */
 #define MVK_GEMM_BM MVK_GEMM_BM_MIN
 
+#define MVK_GEMM_NSPEC 8
+#define MVK_GEMM_BN 64u
+/* Specialization constants of expert_gemm.comp (act: 0 none, else
+ * moevk_activation + 1). */
+void mvk_gemm_spec(const moevk_context *ctx, moevk_dtype wdtype, bool gated, uint32_t act,
+                   bool scheduled, bool gather, uint32_t spec[MVK_GEMM_NSPEC]);
+
 void mvk_layer_record_pass(moevk_layer *L, mvk_cmd *c, const moevk_tensor *x, moevk_tensor *y,
                            uint32_t T, VkQueryPool timestamps);
 /* The stages, for the standalone stage calls (layer_stages.c). Each reads

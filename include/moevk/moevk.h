@@ -456,6 +456,21 @@ MOEVK_API moevk_status moevk_layer_combine(moevk_layer *layer, const moevk_tenso
 MOEVK_API moevk_status moevk_layer_shared_experts(moevk_layer *layer, const moevk_tensor *x,
                                                   moevk_tensor *y);
 
+/* ---- Device ceilings -------------------------------------------------------
+ * Measured, not looked up: what moevk's own kernels reach on this device. */
+
+/* Read bandwidth in GB/s (1e9 bytes/s) of a streaming vec4 read kernel over
+ * a buffer of `bytes` (0 = 1 GiB on a GPU, 64 MiB on a CPU device, capped by
+ * the device's buffer range); the median of several timed runs. Needs
+ * timestamps (MOEVK_ERROR_UNSUPPORTED otherwise). */
+MOEVK_API moevk_status moevk_measure_bandwidth(moevk_context *ctx, uint64_t bytes,
+                                               double *gb_per_s);
+/* Matrix-multiply throughput in TFLOP/s of moevk's expert GEMM kernel on a
+ * dense n x n x n problem with weights of `dtype` (n = 0: 4096 on a GPU, 512
+ * on a CPU device); the median of several timed runs. */
+MOEVK_API moevk_status moevk_measure_matmul(moevk_context *ctx, moevk_dtype dtype, uint32_t n,
+                                            double *tflops);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "bench.h"
 
 static void usage(FILE *f)
 {
@@ -13,6 +14,9 @@ static void usage(FILE *f)
             "usage: moevk COMMAND [options]\n"
             "\n"
             "commands:\n"
+            "  check --against cpu  random layer cases on the GPU versus the CPU reference\n"
+            "  bench [options]      benchmark presets and custom shapes against the\n"
+            "                       device's measured ceilings\n"
             "  demo [options]       run a real-shaped MoE layer, check it against the CPU\n"
             "                       reference and time every stage (the main job)\n"
             "  info                 list every Vulkan device and its capabilities\n"
@@ -30,6 +34,10 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "check"))
+        return cli_check(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench"))
+        return cli_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "demo"))
         return cli_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "info"))

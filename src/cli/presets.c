@@ -70,8 +70,32 @@ void cli_weights_free(cli_layer_weights *w)
     memset(w, 0, sizeof(*w));
 }
 
+/* count blocks of n elements; with `repeat`, one random block copied. */
+static void *random_blocks(cli_rng *r, moevk_dtype dt, size_t count, size_t n, float scale,
+                           bool repeat)
+{
+    if (!repeat || count <= 1)
+        return random_array(r, dt, count * n, scale);
+    uint8_t *p = random_array(r, dt, n, scale);
+    size_t bytes = n * moevk_dtype_size(dt);
+    uint8_t *all = p ? realloc(p, bytes * count) : NULL;
+    if (!all) {
+        free(p);
+        return NULL;
+    }
+    for (size_t i = 1; i < count; i++)
+        memcpy(all + i * bytes, all, bytes);
+    return all;
+}
+
 int cli_weights_make(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
                      cli_layer_weights *w)
+{
+    return cli_weights_make_ex(p, scale, dt, seed, false, w);
+}
+
+int cli_weights_make_ex(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
+                        bool repeat_experts, cli_layer_weights *w)
 {
     memset(w, 0, sizeof(*w));
     if (scale < 1)
@@ -82,11 +106,12 @@ int cli_weights_make(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64
     cli_rng r = {seed * 0x9e3779b97f4a7c15ull + 7};
     const float sh = 1.0f / sqrtf((float)H), sf = 1.0f / sqrtf((float)F);
     const bool gated = moevk_activation_is_gated(p->activation);
-    size_t ef = (size_t)E * F * H;
+    const size_t fh = (size_t)F * H;
+    const bool rep = repeat_experts;
     w->router = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * H, 2.0f * sh);
-    w->gate = gated ? random_array(&r, dt, ef, sh) : NULL;
-    w->up = random_array(&r, dt, ef, sh);
-    w->down = random_array(&r, dt, ef, sf);
+    w->gate = gated ? random_blocks(&r, dt, E, fh, sh, rep) : NULL;
+    w->up = random_blocks(&r, dt, E, fh, sh, rep);
+    w->down = random_blocks(&r, dt, E, fh, sf, rep);
     bool ok = w->router && w->up && w->down && (!gated || w->gate);
     if (p->num_shared) {
         size_t sfh = (size_t)p->num_shared * FS * H;

@@ -4,6 +4,7 @@
 #ifndef MOEVK_CLI_PRESETS_H
 #define MOEVK_CLI_PRESETS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "moevk/moevk.h"
@@ -33,6 +34,10 @@ typedef struct cli_layer_weights {
 
 int cli_weights_make(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
                      cli_layer_weights *out);
+/* The same; with repeat_experts, every expert gets the first expert's
+ * random values (fast to make; for timing, where values do not matter). */
+int cli_weights_make_ex(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
+                        bool repeat_experts, cli_layer_weights *out);
 void cli_weights_free(cli_layer_weights *w);
 
 #endif

@@ -1,0 +1,638 @@
+/*
+ * moevk bench: runs MoE layers of real models' shapes and reports time,
+ * throughput and the fraction of the device's measured ceilings.
+ *
+ * Timing: GPU timestamps around every stage (Vulkan), warm-up runs first,
+ * then the median of --runs runs. Weights are rotated over several copies
+ * of the layer so that consecutive runs never find the experts in the GPU's
+ * last-level cache: enough copies that the weights touched by one pass,
+ * times the copies, exceed 256 MiB (larger than the L2 of current GPUs:
+ * 50 MB on an H100/H200, 96 MB on an RTX 4090, 256 MB Infinity Cache on an
+ * MI300X), at most 8 and as many as fit in device memory.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "cli/cli.h"
+#include "cli/presets.h"
+#include "ref/ref.h"
+
+#define MAX_LIST 16
+#define MAX_COPIES 8
+#define CACHE_DEFEAT_BYTES (256.0 * 1048576.0)
+
+const char *bench_dist_name(bench_dist d)
+{
+    static const char *const n[] = {"router", "uniform", "zipf", "one"};
+    return (unsigned)d < BENCH_DIST_COUNT ? n[d] : "?";
+}
+
+const char *bench_backend_name(bench_backend b)
+{
+    static const char *const n[] = {"vulkan", "cuda-ref", "cuda-cublas", "cpu"};
+    return (unsigned)b < BENCH_BACKEND_COUNT ? n[b] : "?";
+}
+
+typedef struct bench_opts {
+    const char *presets[MAX_LIST];
+    uint32_t npresets;
+    uint32_t tokens[MAX_LIST], ntokens;
+    moevk_dtype dtypes[3];
+    uint32_t ndtypes;
+    bench_dist dists[BENCH_DIST_COUNT];
+    uint32_t ndists;
+    bench_backend backends[BENCH_BACKEND_COUNT];
+    uint32_t nbackends;
+    cli_preset custom;
+    int have_custom;
+    uint32_t scale, runs, warmup;
+    const char *device, *json, *csv, *svg;
+    int measure;
+} bench_opts;
+
+/* ---- option parsing --------------------------------------------------------- */
+
+static int split(char *s, char **out, int max)
+{
+    int n = 0;
+    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ","))
+        out[n++] = tok;
+    return n;
+}
+
+static int parse_opts(int argc, char **argv, bench_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->scale = 1;
+    o->runs = 20;
+    o->warmup = 3;
+    o->measure = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--no-ceilings")) {
+            o->measure = 0;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "moevk bench: %s needs a value\n", a);
+            return -1;
+        }
+        char *v = argv[++i], *items[MAX_LIST];
+        int n;
+        if (!strcmp(a, "--preset")) {
+            n = split(v, items, MAX_LIST);
+            for (int j = 0; j < n; j++) {
+                if (strcmp(items[j], "all") && !cli_preset_find(items[j])) {
+                    fprintf(stderr, "moevk bench: unknown preset '%s'\n", items[j]);
+                    return -1;
+                }
+                o->presets[o->npresets++] = items[j];
+            }
+        } else if (!strcmp(a, "--tokens")) {
+            n = split(v, items, MAX_LIST);
+            for (int j = 0; j < n; j++) {
+                long t = strtol(items[j], NULL, 10);
+                if (t < 1) {
+                    fprintf(stderr, "moevk bench: token count '%s' is not >= 1\n", items[j]);
+                    return -1;
+                }
+                o->tokens[o->ntokens++] = (uint32_t)t;
+            }
+        } else if (!strcmp(a, "--dtype")) {
+            n = split(v, items, 3);
+            for (int j = 0; j < n; j++) {
+                moevk_dtype d = !strcmp(items[j], "f32") ? MOEVK_DTYPE_F32
+                                : !strcmp(items[j], "f16") ? MOEVK_DTYPE_F16
+                                : !strcmp(items[j], "bf16") ? MOEVK_DTYPE_BF16
+                                                            : (moevk_dtype)-1;
+                if ((int)d < 0) {
+                    fprintf(stderr, "moevk bench: unknown dtype '%s'\n", items[j]);
+                    return -1;
+                }
+                o->dtypes[o->ndtypes++] = d;
+            }
+        } else if (!strcmp(a, "--dist")) {
+            n = split(v, items, BENCH_DIST_COUNT);
+            for (int j = 0; j < n; j++) {
+                int d = -1;
+                for (int k = 0; k < BENCH_DIST_COUNT; k++)
+                    if (!strcmp(items[j], bench_dist_name((bench_dist)k)))
+                        d = k;
+                if (d < 0) {
+                    fprintf(stderr, "moevk bench: unknown distribution '%s'\n", items[j]);
+                    return -1;
+                }
+                o->dists[o->ndists++] = (bench_dist)d;
+            }
+        } else if (!strcmp(a, "--backend")) {
+            n = split(v, items, BENCH_BACKEND_COUNT);
+            for (int j = 0; j < n; j++) {
+                int b = -1;
+                for (int k = 0; k < BENCH_BACKEND_COUNT; k++)
+                    if (!strcmp(items[j], bench_backend_name((bench_backend)k)))
+                        b = k;
+                if (b < 0) {
+                    fprintf(stderr, "moevk bench: unknown backend '%s'\n", items[j]);
+                    return -1;
+                }
+                o->backends[o->nbackends++] = (bench_backend)b;
+            }
+        } else if (!strcmp(a, "--custom")) {
+            unsigned h, f, e, k;
+            if (sscanf(v, "%u,%u,%u,%u", &h, &f, &e, &k) != 4 || !h || !f || !e || !k) {
+                fprintf(stderr, "moevk bench: --custom wants H,F,E,k\n");
+                return -1;
+            }
+            o->custom = (cli_preset){"custom", h, f, e, k, MOEVK_ROUTING_SOFTMAX_TOPK,
+                                     MOEVK_ACT_SWIGLU, 1};
+            o->have_custom = 1;
+        } else if (!strcmp(a, "--scale")) o->scale = (uint32_t)strtoul(v, NULL, 10);
+        else if (!strcmp(a, "--runs")) o->runs = (uint32_t)strtoul(v, NULL, 10);
+        else if (!strcmp(a, "--warmup")) o->warmup = (uint32_t)strtoul(v, NULL, 10);
+        else if (!strcmp(a, "--device")) o->device = v;
+        else if (!strcmp(a, "--json")) o->json = v;
+        else if (!strcmp(a, "--csv")) o->csv = v;
+        else if (!strcmp(a, "--plot")) o->svg = v;
+        else {
+            fprintf(stderr, "moevk bench: unknown option '%s'\n", a);
+            return -1;
+        }
+    }
+    if (!o->scale || !o->runs) {
+        fprintf(stderr, "moevk bench: --scale and --runs must be >= 1\n");
+        return -1;
+    }
+    if (!o->npresets && !o->have_custom)
+        o->presets[o->npresets++] = "all";
+    if (o->npresets == 1 && !strcmp(o->presets[0], "all")) {
+        o->npresets = 0;
+        for (uint32_t i = 0; cli_preset_at(i) && o->npresets < MAX_LIST; i++)
+            o->presets[o->npresets++] = cli_preset_at(i)->name;
+    }
+    if (!o->ntokens) {
+        const uint32_t def[] = {1, 16, 128, 512, 4096};
+        for (int i = 0; i < 5; i++)
+            o->tokens[o->ntokens++] = def[i];
+    }
+    if (!o->ndtypes)
+        o->dtypes[o->ndtypes++] = MOEVK_DTYPE_BF16;
+    if (!o->ndists)
+        o->dists[o->ndists++] = BENCH_DIST_ROUTER;
+    if (!o->nbackends)
+        o->backends[o->nbackends++] = BENCH_VULKAN;
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moevk bench [options]\n"
+            "  --preset LIST     comma-separated presets, or 'all' (default)\n"
+            "  --custom H,F,E,k  a custom shape (softmax top-k, SwiGLU)\n"
+            "  --tokens LIST     token counts (default 1,16,128,512,4096)\n"
+            "  --dtype LIST      weight dtypes: f32,f16,bf16 (default bf16)\n"
+            "  --dist LIST       routing: router,uniform,zipf,one (default router)\n"
+            "  --backend LIST    vulkan,cuda-ref,cuda-cublas,cpu (default vulkan)\n"
+            "  --scale S         divide H and F by S (default 1: the real shapes)\n"
+            "  --runs N          timed runs per row, median reported (default 20)\n"
+            "  --warmup N        untimed runs first (default 3)\n"
+            "  --device D        Vulkan device by index or name\n"
+            "  --json F --csv F  machine-readable results\n"
+            "  --plot F.svg      time per stage and fraction of the floor\n"
+            "  --no-ceilings     skip measuring bandwidth and matmul ceilings\n");
+}
+
+/* ---- routing distributions --------------------------------------------------- */
+
+/* k distinct experts for one token, in decreasing preference. */
+static void draw_experts(cli_rng *r, bench_dist d, uint32_t E, uint32_t k, uint32_t *out)
+{
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t e;
+        for (;;) {
+            if (d == BENCH_DIST_ONE) {
+                e = j;
+            } else if (d == BENCH_DIST_UNIFORM) {
+                e = (uint32_t)(cli_rng_next(r) % E);
+            } else { /* Zipf(1.2) by inversion over the normalised weights */
+                double total = 0, u;
+                for (uint32_t i = 0; i < E; i++)
+                    total += pow(i + 1.0, -1.2);
+                u = cli_rng_uniform(r, 0, 1) * total;
+                for (e = 0; e + 1 < E; e++) {
+                    u -= pow(e + 1.0, -1.2);
+                    if (u <= 0)
+                        break;
+                }
+            }
+            bool dup = false;
+            for (uint32_t i = 0; i < j; i++)
+                dup |= out[i] == e;
+            if (!dup)
+                break;
+        }
+        out[j] = e;
+    }
+}
+
+/* Inputs: random for the model's router; for the synthetic distributions the
+ * router rows are unit vectors (row e selects coordinate e of x), so a token
+ * whose coordinates e_0 > e_1 > ... stand out is routed to e_0..e_{k-1}. */
+static void make_inputs(cli_rng *r, bench_dist d, const moevk_layer_desc *desc, uint32_t T,
+                        float *x)
+{
+    const uint32_t H = desc->hidden, E = desc->num_experts, k = desc->top_k;
+    uint32_t pick[MOEVK_MAX_TOP_K];
+    for (uint32_t t = 0; t < T; t++) {
+        float *xt = x + (size_t)t * H;
+        for (uint32_t h = 0; h < H; h++)
+            xt[h] = d == BENCH_DIST_ROUTER ? cli_rng_uniform(r, -1, 1)
+                                           : cli_rng_uniform(r, -0.01f, 0.01f);
+        if (d != BENCH_DIST_ROUTER) {
+            draw_experts(r, d, E, k, pick);
+            for (uint32_t j = 0; j < k; j++)
+                xt[pick[j]] = 10.0f - 0.25f * (float)j;
+        }
+    }
+}
+
+static void basis_router(float *router, uint32_t E, uint32_t H)
+{
+    memset(router, 0, sizeof(float) * E * H);
+    for (uint32_t e = 0; e < E; e++)
+        router[(size_t)e * H + e] = 1.0f;
+}
+
+/* ---- measurement ------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, uint32_t n)
+{
+    qsort(v, n, sizeof(double), cmp_double);
+    return n ? v[n / 2] : 0;
+}
+
+/* Bytes and FLOPs of one pass, from the routing it produced. */
+static void account(bench_row *row, const moevk_layer_desc *d, const uint32_t *tpe,
+                    uint64_t dropped)
+{
+    const bool gated = moevk_activation_is_gated(d->activation);
+    const double mats = gated ? 3 : 2, es = (double)moevk_dtype_size(d->weight_dtype);
+    const double H = d->hidden, F = d->ffn, T = row->tokens, E = d->num_experts;
+    const double FS = d->num_shared ? (d->shared_ffn ? d->shared_ffn : d->ffn) : 0;
+    uint32_t touched = 0;
+    for (uint32_t e = 0; e < d->num_experts; e++)
+        touched += tpe[e] > 0;
+    row->experts_touched = touched;
+    double rows = T * d->top_k - (double)dropped;
+    row->bytes = touched * mats * H * F * es + E * H * moevk_dtype_size(d->router_dtype) +
+                 d->num_shared * mats * H * FS * es + 2 * T * H * 4;
+    row->flops = 2 * rows * mats * H * F + 2 * T * E * H + 2 * T * d->num_shared * mats * H * FS;
+}
+
+double bench_floor_ms(const bench_row *r, const bench_ceilings *c)
+{
+    double t_bw = c->gb_s > 0 ? r->bytes / (c->gb_s * 1e9) : 0;
+    double peak = c->tflops[r->dtype];
+    double t_fl = peak > 0 ? r->flops / (peak * 1e12) : 0;
+    return 1e3 * (t_bw > t_fl ? t_bw : t_fl);
+}
+
+double bench_gb_s(const bench_row *r)
+{
+    return r->ms > 0 ? r->bytes / (r->ms * 1e-3) / 1e9 : 0;
+}
+
+double bench_tflops(const bench_row *r)
+{
+    return r->ms > 0 ? r->flops / (r->ms * 1e-3) / 1e12 : 0;
+}
+
+static void progress(uint32_t done, uint32_t total, const char *what)
+{
+    const int width = 30;
+    int filled = total ? (int)((uint64_t)done * width / total) : width;
+    fprintf(stderr, "\r[%.*s%*s] %u/%u %-48.48s", filled, "##############################",
+            width - filled, "", done, total, what);
+    if (done == total)
+        fprintf(stderr, "\n");
+    fflush(stderr);
+}
+
+typedef struct bench_state {
+    const bench_opts *o;
+    moevk_context *ctx;
+    bench_row *rows;
+    uint32_t nrows, cap, done, total;
+} bench_state;
+
+static bench_row *new_row(bench_state *s)
+{
+    if (s->nrows == s->cap) {
+        uint32_t cap = s->cap ? 2 * s->cap : 64;
+        bench_row *r = realloc(s->rows, sizeof(*r) * cap);
+        if (!r)
+            return NULL;
+        s->rows = r;
+        s->cap = cap;
+    }
+    bench_row *r = &s->rows[s->nrows++];
+    memset(r, 0, sizeof(*r));
+    return r;
+}
+
+/* Vulkan rows for every token count of one (preset, dtype, distribution). */
+static void run_vulkan(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
+                       bench_dist dist, bench_row *rows)
+{
+    const bench_opts *o = s->o;
+    const moevk_layer_desc *d = &w->desc;
+    moevk_context *ctx = s->ctx;
+    const moevk_device_info *info = moevk_context_device_info(ctx);
+    const uint32_t H = d->hidden, E = d->num_experts;
+    uint32_t Tmax = 0;
+    for (uint32_t i = 0; i < o->ntokens; i++)
+        Tmax = o->tokens[i] > Tmax ? o->tokens[i] : Tmax;
+
+    moevk_layer *layers[MAX_COPIES] = {0};
+    uint32_t copies = 0;
+    uint64_t wbytes = 0, sbytes = 0;
+    moevk_status st = moevk_layer_create(ctx, d, &layers[0]);
+    if (!st)
+        st = moevk_layer_reserve(layers[0], Tmax);
+    char err[160] = "";
+    if (st) {
+        snprintf(err, sizeof(err), "%s", moevk_context_last_error(ctx));
+    } else {
+        copies = 1;
+        moevk_layer_memory(layers[0], &wbytes, &sbytes);
+        /* Smallest pass (T = 1, k experts) decides how many copies defeat the cache. */
+        const double es = (double)moevk_dtype_size(d->weight_dtype);
+        const double per_expert = (moevk_activation_is_gated(d->activation) ? 3 : 2) *
+                                  (double)H * d->ffn * es;
+        double touched_min = d->top_k * per_expert + (double)E * H * 4;
+        uint32_t want = (uint32_t)ceil(CACHE_DEFEAT_BYTES / touched_min);
+        want = want < 1 ? 1 : want > MAX_COPIES ? MAX_COPIES : want;
+        double budget = 0.9 * (double)info->device_local_bytes;
+        while (copies < want && (copies + 1) * (double)wbytes + sbytes <= budget) {
+            if (moevk_layer_create(ctx, d, &layers[copies]))
+                break;
+            copies++;
+        }
+    }
+    float *x = malloc(sizeof(float) * (size_t)Tmax * H);
+    uint32_t *tpe = calloc(E, sizeof(uint32_t));
+    double *totals = malloc(sizeof(double) * o->runs);
+    double *stage = malloc(sizeof(double) * o->runs * MOEVK_STAGE_COUNT);
+    cli_rng rng = {0x5eed + dist};
+    for (uint32_t ti = 0; ti < o->ntokens; ti++) {
+        bench_row *row = &rows[ti];
+        const uint32_t T = o->tokens[ti];
+        char what[96];
+        snprintf(what, sizeof(what), "%s %s %s T=%u vulkan", p->name,
+                 moevk_dtype_name(d->weight_dtype), bench_dist_name(dist), T);
+        progress(s->done, s->total, what);
+        s->done++;
+        if (!copies) {
+            snprintf(row->note, sizeof(row->note), "does not fit: %s", err);
+            continue;
+        }
+        if (!x || !tpe || !totals || !stage) {
+            snprintf(row->note, sizeof(row->note), "out of host memory");
+            continue;
+        }
+        row->copies = copies;
+        row->weight_bytes = (double)wbytes;
+        row->scratch_bytes = (double)sbytes;
+        row->peak_bytes = (double)copies * wbytes + sbytes + 2.0 * T * H * 4;
+        make_inputs(&rng, dist, d, T, x);
+        moevk_tensor tx = {0}, ty = {0};
+        uint64_t shape[2] = {T, H};
+        moevk_routing_stats stats = {.tokens_per_expert = tpe};
+        if ((st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &tx)) ||
+            (st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &ty)) ||
+            (st = moevk_tensor_upload(&tx, x)) ||
+            (st = moevk_layer_forward(layers[0], &tx, &ty, &stats))) {
+            snprintf(row->note, sizeof(row->note), "%s", moevk_context_last_error(ctx));
+            moevk_tensor_destroy(&tx);
+            moevk_tensor_destroy(&ty);
+            continue;
+        }
+        account(row, d, tpe, stats.dropped);
+        for (uint32_t i = 0; i < o->warmup + o->runs && !st; i++) {
+            st = moevk_layer_forward(layers[i % copies], &tx, &ty, NULL);
+            if (st || i < o->warmup)
+                continue;
+            uint32_t r = i - o->warmup;
+            moevk_layer_stage_times(layers[i % copies], &stage[r * MOEVK_STAGE_COUNT]);
+            totals[r] = 0;
+            for (int k = 0; k < MOEVK_STAGE_COUNT; k++)
+                totals[r] += stage[r * MOEVK_STAGE_COUNT + k];
+        }
+        moevk_tensor_destroy(&tx);
+        moevk_tensor_destroy(&ty);
+        if (st) {
+            snprintf(row->note, sizeof(row->note), "%s", moevk_context_last_error(ctx));
+            continue;
+        }
+        row->ms = median(totals, o->runs);
+        for (int k = 0; k < MOEVK_STAGE_COUNT; k++) {
+            for (uint32_t r = 0; r < o->runs; r++)
+                totals[r] = stage[r * MOEVK_STAGE_COUNT + k];
+            row->stage_ms[k] = median(totals, o->runs);
+        }
+        row->ok = row->ms > 0;
+        if (!row->ok)
+            snprintf(row->note, sizeof(row->note), "the device has no timestamps");
+    }
+    for (uint32_t i = 0; i < copies; i++)
+        moevk_layer_destroy(layers[i]);
+    free(x), free(tpe), free(totals), free(stage);
+}
+
+/* CPU reference rows (wall clock, one run: it is the oracle, not a contender). */
+static void run_cpu(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
+                    bench_dist dist, bench_row *rows)
+{
+    const bench_opts *o = s->o;
+    const moevk_layer_desc *d = &w->desc;
+    cli_rng rng = {0x5eed + dist};
+    for (uint32_t ti = 0; ti < o->ntokens; ti++) {
+        bench_row *row = &rows[ti];
+        const uint32_t T = o->tokens[ti], H = d->hidden;
+        char what[96];
+        snprintf(what, sizeof(what), "%s %s %s T=%u cpu", p->name,
+                 moevk_dtype_name(d->weight_dtype), bench_dist_name(dist), T);
+        progress(s->done, s->total, what);
+        s->done++;
+        double est = 2.0 * T * d->top_k * 3 * (double)H * d->ffn;
+        if (est > 2e10) {
+            snprintf(row->note, sizeof(row->note),
+                     "skipped: %.0f GFLOP is too slow for the CPU reference", est / 1e9);
+            continue;
+        }
+        float *x = malloc(sizeof(float) * (size_t)T * H), *y = malloc(sizeof(float) * T * H);
+        uint32_t *tpe = calloc(d->num_experts, 4);
+        moevk_routing_stats stats = {.tokens_per_expert = tpe};
+        if (!x || !y || !tpe) {
+            snprintf(row->note, sizeof(row->note), "out of host memory");
+        } else {
+            make_inputs(&rng, dist, d, T, x);
+            double t0 = cli_now_ms();
+            moevk_status st = moevk_ref_layer_forward(d, T, x, y, NULL, NULL, NULL, &stats);
+            row->ms = cli_now_ms() - t0;
+            row->ok = st == MOEVK_SUCCESS;
+            if (row->ok)
+                account(row, d, tpe, stats.dropped);
+        }
+        free(x), free(y), free(tpe);
+    }
+}
+
+static void run_unavailable(bench_state *s, const char *why, bench_row *rows)
+{
+    for (uint32_t ti = 0; ti < s->o->ntokens; ti++) {
+        snprintf(rows[ti].note, sizeof(rows[ti].note), "%s", why);
+        s->done++;
+    }
+}
+
+/* Device bytes one copy of a layer needs: weights, plus scratch for Tmax. */
+static double layer_bytes(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint32_t Tmax)
+{
+    const double H = p->hidden / scale ? p->hidden / scale : 1;
+    const double F = p->ffn / scale ? p->ffn / scale : 1;
+    const double FS = p->shared_ffn / scale ? p->shared_ffn / scale : 1;
+    const double mats = moevk_activation_is_gated(p->activation) ? 3 : 2;
+    const double es = (double)moevk_dtype_size(dt), E = p->experts, A = (double)Tmax * p->top_k;
+    double weights = E * mats * H * F * es + E * H * 4 + p->num_shared * mats * H * FS * es;
+    double scratch = A * (F + H) * 4 + (double)Tmax * E * 4 * 3 + p->num_shared * Tmax * (H + FS) * 4;
+    return weights + scratch;
+}
+
+int cli_bench(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        }
+    bench_opts o;
+    if (parse_opts(argc, argv, &o)) {
+        usage(stderr);
+        return 2;
+    }
+    bench_state s = {.o = &o};
+    s.ctx = cli_context(o.device, 0);
+    if (!s.ctx)
+        return 1;
+    bench_ceilings c = {0};
+    const moevk_device_info *info = moevk_context_device_info(s.ctx);
+    snprintf(c.device, sizeof(c.device), "%s", info->name);
+    snprintf(c.driver, sizeof(c.driver), "%s %s", info->driver_name, info->driver_info);
+    if (o.measure) {
+        fprintf(stderr, "measuring the device's ceilings...\n");
+        if (moevk_measure_bandwidth(s.ctx, 0, &c.gb_s))
+            fprintf(stderr, "bandwidth: %s\n", moevk_context_last_error(s.ctx));
+        for (uint32_t i = 0; i < o.ndtypes; i++)
+            if (moevk_measure_matmul(s.ctx, o.dtypes[i], 0, &c.tflops[o.dtypes[i]]))
+                fprintf(stderr, "matmul: %s\n", moevk_context_last_error(s.ctx));
+    }
+    uint32_t nshapes = o.npresets + (o.have_custom ? 1 : 0);
+    s.total = nshapes * o.ndtypes * o.ndists * o.nbackends * o.ntokens;
+    int rc = 0;
+    for (uint32_t pi = 0; pi < nshapes; pi++) {
+        const cli_preset *p = pi < o.npresets ? cli_preset_find(o.presets[pi]) : &o.custom;
+        for (uint32_t di = 0; di < o.ndtypes; di++)
+            for (uint32_t ri = 0; ri < o.ndists; ri++) {
+                uint32_t Tmax = 0;
+                for (uint32_t i = 0; i < o.ntokens; i++)
+                    Tmax = o.tokens[i] > Tmax ? o.tokens[i] : Tmax;
+                const double need = layer_bytes(p, o.scale, o.dtypes[di], Tmax);
+                if (need > (double)info->device_local_bytes) {
+                    /* Say so without making the weights at all. */
+                    for (uint32_t bi = 0; bi < o.nbackends * o.ntokens; bi++) {
+                        bench_row *r = new_row(&s);
+                        if (!r)
+                            break;
+                        snprintf(r->preset, sizeof(r->preset), "%s", p->name);
+                        r->backend = o.backends[bi / o.ntokens];
+                        r->dtype = o.dtypes[di];
+                        r->dist = o.dists[ri];
+                        r->tokens = o.tokens[bi % o.ntokens];
+                        r->H = p->hidden / o.scale, r->F = p->ffn / o.scale;
+                        r->E = p->experts, r->k = p->top_k;
+                        snprintf(r->note, sizeof(r->note),
+                                 "does not fit: needs %.2f GiB, the device has %.2f GiB",
+                                 need / 1073741824.0,
+                                 (double)info->device_local_bytes / 1073741824.0);
+                        s.done++;
+                    }
+                    continue;
+                }
+                cli_layer_weights w;
+                if (cli_weights_make_ex(p, o.scale, o.dtypes[di], 42, true, &w)) {
+                    fprintf(stderr, "\nmoevk bench: out of host memory for %s\n", p->name);
+                    rc = 1;
+                    continue;
+                }
+                const bench_dist dist = o.dists[ri];
+                bool synthetic_ok = dist == BENCH_DIST_ROUTER ||
+                                    w.desc.num_experts <= w.desc.hidden;
+                if (dist != BENCH_DIST_ROUTER && synthetic_ok)
+                    basis_router(w.router, w.desc.num_experts, w.desc.hidden);
+                for (uint32_t bi = 0; bi < o.nbackends; bi++) {
+                    bench_row *first = NULL;
+                    for (uint32_t ti = 0; ti < o.ntokens; ti++) {
+                        bench_row *r = new_row(&s);
+                        if (!r) {
+                            fprintf(stderr, "moevk bench: out of host memory\n");
+                            cli_weights_free(&w);
+                            moevk_context_destroy(s.ctx);
+                            free(s.rows);
+                            return 1;
+                        }
+                        snprintf(r->preset, sizeof(r->preset), "%s", p->name);
+                        r->backend = o.backends[bi];
+                        r->dtype = o.dtypes[di];
+                        r->dist = dist;
+                        r->tokens = o.tokens[ti];
+                        r->H = w.desc.hidden, r->F = w.desc.ffn, r->E = w.desc.num_experts;
+                        r->k = w.desc.top_k;
+                        if (!first)
+                            first = r;
+                    }
+                    bench_row *rows = &s.rows[s.nrows - o.ntokens];
+                    if (!synthetic_ok)
+                        run_unavailable(&s, "distribution needs E <= H", rows);
+                    else if (o.backends[bi] == BENCH_VULKAN)
+                        run_vulkan(&s, p, &w, dist, rows);
+                    else if (o.backends[bi] == BENCH_CPU)
+                        run_cpu(&s, p, &w, dist, rows);
+                    else
+                        run_unavailable(&s, "the CUDA backends are not built in", rows);
+                    (void)first;
+                }
+                cli_weights_free(&w);
+            }
+    }
+    progress(s.total, s.total, "done");
+    bench_print_table(stdout, s.rows, s.nrows, &c);
+    if (o.json && bench_write_json(o.json, s.rows, s.nrows, &c))
+        rc = 1;
+    if (o.csv && bench_write_csv(o.csv, s.rows, s.nrows, &c))
+        rc = 1;
+    if (o.svg && bench_write_svg(o.svg, s.rows, s.nrows, &c))
+        rc = 1;
+    moevk_context_destroy(s.ctx);
+    free(s.rows);
+    return rc;
+}

@@ -1,0 +1,71 @@
+/*
+ * moevk bench: the benchmark harness (presets x token counts x dtypes x
+ * routing distributions x backends), measured against the device's own
+ * ceilings.
+ */
+#ifndef MOEVK_BENCH_H
+#define MOEVK_BENCH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "moevk/moevk.h"
+
+typedef enum bench_dist {
+    BENCH_DIST_ROUTER = 0, /* the model's router (random weights) on random inputs */
+    BENCH_DIST_UNIFORM,    /* each token's k experts uniform without replacement */
+    BENCH_DIST_ZIPF,       /* experts drawn by a Zipf(1.2) law: a few hot experts */
+    BENCH_DIST_ONE,        /* every token to experts 0..k-1 */
+    BENCH_DIST_COUNT
+} bench_dist;
+
+typedef enum bench_backend {
+    BENCH_VULKAN = 0,
+    BENCH_CUDA_REF,
+    BENCH_CUDA_CUBLAS,
+    BENCH_CPU,
+    BENCH_BACKEND_COUNT
+} bench_backend;
+
+const char *bench_dist_name(bench_dist d);
+const char *bench_backend_name(bench_backend b);
+
+/* One measured configuration. */
+typedef struct bench_row {
+    char preset[32];
+    bench_backend backend;
+    moevk_dtype dtype;
+    bench_dist dist;
+    uint32_t tokens;
+    uint32_t H, F, E, k;
+    int ok;               /* measured; else `note` says why not */
+    char note[160];
+    double ms;            /* median time of the whole layer */
+    double stage_ms[MOEVK_STAGE_COUNT];
+    double bytes;         /* bytes that must be read: touched experts once, router, x, y */
+    double flops;
+    uint32_t experts_touched;
+    uint32_t copies;      /* weight copies rotated to defeat the cache */
+    double weight_bytes, scratch_bytes, peak_bytes;
+} bench_row;
+
+typedef struct bench_ceilings {
+    double gb_s;                  /* measured read bandwidth */
+    double tflops[3];             /* measured matmul, per weight dtype */
+    char device[256];
+    char driver[520];
+} bench_ceilings;
+
+/* Derived figures of a row. */
+double bench_floor_ms(const bench_row *r, const bench_ceilings *c);
+double bench_gb_s(const bench_row *r);
+double bench_tflops(const bench_row *r);
+
+void bench_print_table(FILE *f, const bench_row *rows, uint32_t n, const bench_ceilings *c);
+int bench_write_json(const char *path, const bench_row *rows, uint32_t n, const bench_ceilings *c);
+int bench_write_csv(const char *path, const bench_row *rows, uint32_t n, const bench_ceilings *c);
+int bench_write_svg(const char *path, const bench_row *rows, uint32_t n, const bench_ceilings *c);
+
+int cli_bench(int argc, char **argv);
+
+#endif
