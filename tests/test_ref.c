@@ -284,7 +284,7 @@ Test(route, softmax_topk_ties_and_weights)
     uint32_t ids[6];
     float w[6];
     uint8_t tie[3];
-    moevk_ref_route(&d, 3, l, ids, w, tie);
+    cr_assert_eq(moevk_ref_route(&d, 3, l, ids, w, tie), MOEVK_SUCCESS);
     const uint32_t expect[] = {1, 2, 0, 1, 3, 2};
     cr_assert_arr_eq(ids, expect, sizeof expect);
     /* t0: p = e^3 / (2 e^3 + e^1 + e^0) for each of the two */
@@ -303,7 +303,7 @@ Test(route, softmax_topk_ties_and_weights)
     /* with normalisation the two weights sum to 1: t0 -> 1/2 each;
      * t2 -> e^4 / (e^4 + 1), 1 / (e^4 + 1) */
     d.norm_topk_prob = 1;
-    moevk_ref_route(&d, 3, l, ids, w, NULL);
+    cr_assert_eq(moevk_ref_route(&d, 3, l, ids, w, NULL), MOEVK_SUCCESS);
     cr_assert_float_eq(w[0], 0.5f, 1e-7);
     cr_assert_float_eq(w[1], 0.5f, 1e-7);
     cr_assert_float_eq(w[4], exp(4.0) / (exp(4.0) + 1), 1e-7);
@@ -321,7 +321,7 @@ Test(route, nan_ranks_last)
                        NAN, NAN,       NAN, NAN, NAN, NAN,       NAN, -3};
     uint32_t ids[8];
     float w[8];
-    moevk_ref_route(&d, 4, l, ids, w, NULL);
+    cr_assert_eq(moevk_ref_route(&d, 4, l, ids, w, NULL), MOEVK_SUCCESS);
     const uint32_t expect[] = {1, 3, 1, 3, 0, 1, 3, 0};
     cr_assert_arr_eq(ids, expect, sizeof expect);
     /* softmax([1, 0]) over the two chosen */
@@ -337,7 +337,7 @@ Test(route, k_equals_e_gives_every_expert)
     uint32_t ids[5];
     float w[5];
     uint8_t tie = 7;
-    moevk_ref_route(&d, 1, l, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, &tie), MOEVK_SUCCESS);
     const uint32_t expect[] = {1, 3, 2, 4, 0};
     cr_assert_arr_eq(ids, expect, sizeof expect);
     double sum = 0;
@@ -351,7 +351,7 @@ Test(route, k_equals_e_gives_every_expert)
 
     /* E = 1, k = 1 */
     d = route_desc(MOEVK_ROUTING_TOPK_SOFTMAX, 1, 1);
-    moevk_ref_route(&d, 1, l, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, &tie), MOEVK_SUCCESS);
     cr_assert_eq(ids[0], 0);
     cr_assert_eq(w[0], 1.0f);
 }
@@ -363,7 +363,7 @@ Test(route, topk_softmax_weights)
     const float l[] = {1, 2, 0, 2 + (float)log(3.0)};
     uint32_t ids[2];
     float w[2];
-    moevk_ref_route(&d, 1, l, ids, w, NULL);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
     cr_assert_eq(ids[0], 3);
     cr_assert_eq(ids[1], 1);
     cr_assert_float_eq(w[0], 0.75f, 1e-6);
@@ -384,7 +384,7 @@ Test(route, near_tie_flag)
     uint32_t ids[5];
     float w[5];
     uint8_t tie[5];
-    moevk_ref_route(&d, 5, l, ids, w, tie);
+    cr_assert_eq(moevk_ref_route(&d, 5, l, ids, w, tie), MOEVK_SUCCESS);
     cr_assert_eq(tie[0], 1);
     cr_assert_eq(tie[1], 0);
     cr_assert_eq(tie[2], 0);
@@ -420,7 +420,7 @@ Test(route, sigmoid_grouped_hand_example)
     uint32_t ids[3];
     float w[3];
     uint8_t tie;
-    moevk_ref_route(&d, 1, l, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, &tie), MOEVK_SUCCESS);
     const uint32_t expect[] = {6, 2, 3};
     cr_assert_arr_eq(ids, expect, sizeof expect);
     cr_assert_eq(tie, 0);
@@ -431,7 +431,7 @@ Test(route, sigmoid_grouped_hand_example)
 
     d.norm_topk_prob = 1;
     d.routed_scaling_factor = 2.5f;
-    moevk_ref_route(&d, 1, l, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, &tie), MOEVK_SUCCESS);
     double sum = 0.5 + 2 * s1;
     cr_assert_float_eq(w[0], 2.5 * 0.5 / sum, 1e-6);
     cr_assert_float_eq(w[1], 2.5 * s1 / sum, 1e-6);
@@ -440,7 +440,7 @@ Test(route, sigmoid_grouped_hand_example)
     /* topk_group = 0 means all groups: then c alone decides: 6 (1.0),
      * 0 (.9526), 4 (.8808) */
     d.topk_group = 0;
-    moevk_ref_route(&d, 1, l, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, &tie), MOEVK_SUCCESS);
     const uint32_t all[] = {6, 0, 4};
     cr_assert_arr_eq(ids, all, sizeof all);
 
@@ -449,7 +449,7 @@ Test(route, sigmoid_grouped_hand_example)
     d.n_group = 8;
     d.topk_group = 2;
     d.top_k = 2;
-    moevk_ref_route(&d, 1, l, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, &tie), MOEVK_SUCCESS);
     cr_assert_eq(ids[0], 6);
     cr_assert_eq(ids[1], 0);
 
@@ -459,7 +459,7 @@ Test(route, sigmoid_grouped_hand_example)
     d.topk_group = 1;
     d.correction_bias = NULL;
     d.routed_scaling_factor = 0; /* means 1 */
-    moevk_ref_route(&d, 1, l, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, &tie), MOEVK_SUCCESS);
     cr_assert_eq(ids[0], 2);
     cr_assert_eq(ids[1], 3);
     cr_assert_float_eq(w[0], 0.5f, 1e-7); /* normalised: equal halves */
@@ -479,7 +479,7 @@ Test(route, sigmoid_grouped_group_near_tie)
     uint32_t ids[1];
     float w[1];
     uint8_t tie = 0;
-    moevk_ref_route(&d, 1, l, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, &tie), MOEVK_SUCCESS);
     cr_assert_eq(ids[0], 2);
     cr_assert_eq(tie, 1);
 
@@ -487,7 +487,7 @@ Test(route, sigmoid_grouped_group_near_tie)
      * close either -> not flagged */
     const float l2[] = {0, 0, 2, -1};
     tie = 1;
-    moevk_ref_route(&d, 1, l2, ids, w, &tie);
+    cr_assert_eq(moevk_ref_route(&d, 1, l2, ids, w, &tie), MOEVK_SUCCESS);
     cr_assert_eq(ids[0], 2);
     cr_assert_eq(tie, 0);
 }
@@ -507,7 +507,7 @@ Test(route, ids_never_repeat_and_sorted)
                 l[e] = (float)((state >> 20) % 7); /* many ties */
             }
             moevk_layer_desc d = route_desc(MOEVK_ROUTING_SOFTMAX_TOPK, E, k);
-            moevk_ref_route(&d, 1, l, ids, w, NULL);
+            cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
             for (uint32_t j = 0; j < k; j++) {
                 cr_assert(ids[j] < E);
                 for (uint32_t i = 0; i < j; i++)
@@ -565,19 +565,36 @@ Test(permute, capacity_drops_the_expected_assignment)
     cr_assert_arr_eq(row, er, sizeof er);
 }
 
-Test(permute, priority_is_by_slot_rows_by_token)
+Test(permute, priority_and_rows_follow_admission_order)
 {
     /* Dropless, T = 2, k = 2, E = 2: t0 -> [1, 0], t1 -> [0, 1].
-     * Admission order of expert 0 is (t1, slot 0) then (t0, slot 1), but its
-     * rows go by token: (t0, s1) -> row 0, (t1, s0) -> row 1. Expert 1:
-     * (t0, s0) -> 2, (t1, s1) -> 3. */
+     * Admission order: (t0, s0) -> e1, (t1, s0) -> e0, (t0, s1) -> e0,
+     * (t1, s1) -> e1. Rows of an expert follow that order (slot 0 by token,
+     * then slot 1 by token), not token-then-slot: expert 0 gets
+     * (t1, s0) -> row 0 and (t0, s1) -> row 1; expert 1 (offset 2) gets
+     * (t0, s0) -> 2 and (t1, s1) -> 3. */
     moevk_layer_desc d = route_desc(MOEVK_ROUTING_SOFTMAX_TOPK, 2, 2);
     const uint32_t ids[] = {1, 0, 0, 1};
     uint32_t counts[2], offsets[3];
     int32_t row[4];
     cr_assert_eq(moevk_ref_permute(&d, 2, ids, counts, offsets, row), 0);
-    const int32_t er[] = {2, 0, 1, 3};
+    const int32_t er[] = {2, 1, 0, 3};
     cr_assert_arr_eq(row, er, sizeof er);
+
+    /* T = 3, k = 2, E = 2: t0 [0, 1], t1 [1, 0], t2 [0, 1].
+     * Slot 0: t0 -> e0, t1 -> e1, t2 -> e0; slot 1: t0 -> e1, t1 -> e0,
+     * t2 -> e1. Expert 0 rows: (t0,s0) 0, (t2,s0) 1, (t1,s1) 2; expert 1
+     * (offset 3): (t1,s0) 3, (t0,s1) 4, (t2,s1) 5. Token-then-slot order
+     * would have given expert 0: t0, t1, t2 -> 0, 1, 2 instead. */
+    const uint32_t ids3[] = {0, 1, 1, 0, 0, 1};
+    int32_t row3[6];
+    cr_assert_eq(moevk_ref_permute(&d, 3, ids3, counts, offsets, row3), 0);
+    const int32_t er3[] = {0, 4, 3, 2, 1, 5};
+    cr_assert_arr_eq(row3, er3, sizeof er3);
+    cr_assert_eq(counts[0], 3);
+    cr_assert_eq(counts[1], 3);
+    const uint32_t eo3[] = {0, 3, 6};
+    cr_assert_arr_eq(offsets, eo3, sizeof eo3);
 
     /* With capacity the slot priority decides who stays: T = 4, k = 2,
      * E = 2, cf 0.5 -> C = 2. ids t0 [1,0], t1 [0,1], t2 [0,1], t3 [1,0].
@@ -592,6 +609,65 @@ Test(permute, priority_is_by_slot_rows_by_token)
     cr_assert_eq(counts[0], 2);
     cr_assert_eq(counts[1], 2);
     cr_assert_eq(offsets[2], 4);
+
+    /* capacity 3 of 4 per expert (cf 0.75, T = 4, k = 2, E = 2 -> C = 3),
+     * same ids: slot 0 admits e0: t1, t2 (rows 0, 1); e1: t0, t3 (rows
+     * 3, 4). Slot 1 by token: t0 -> e0 admitted (row 2, e0 full), t1 -> e1
+     * admitted (row 5, e1 full), t2 -> e1 dropped, t3 -> e0 dropped. */
+    d.capacity_factor = 0.75f;
+    cr_assert_eq(moevk_ref_permute(&d, 4, ids2, counts, offsets, row2), 2);
+    const int32_t er4[] = {3, 2, 0, 5, 1, -1, 4, -1};
+    cr_assert_arr_eq(row2, er4, sizeof er4);
+}
+
+/* Rows are a bijection onto 0..admitted-1, each expert's rows are its
+ * segment, and within a segment the admission order (slot, then token) is
+ * increasing; checked on pseudo-random routings with and without capacity. */
+Test(permute, rows_are_admission_ordered_segments)
+{
+    uint32_t state = 7;
+    enum { MAXT = 40, MAXK = 4, MAXE = 9 };
+    for (int iter = 0; iter < 200; iter++) {
+        state = state * 1664525u + 1013904223u;
+        uint32_t T = 1 + (state >> 8) % MAXT;
+        uint32_t E = 1 + (state >> 16) % MAXE;
+        uint32_t k = 1 + (state >> 24) % (E < MAXK ? E : MAXK);
+        moevk_layer_desc d = route_desc(MOEVK_ROUTING_SOFTMAX_TOPK, E, k);
+        d.capacity_factor = iter % 2 ? 0.0f : 0.25f * (float)(1 + iter % 7);
+        uint32_t ids[MAXT * MAXK];
+        for (uint32_t a = 0; a < T * k; a++) {
+            state = state * 1664525u + 1013904223u;
+            ids[a] = (state >> 12) % E; /* repeats within a token are fine here */
+        }
+        uint32_t counts[MAXE], offsets[MAXE + 1];
+        int32_t row[MAXT * MAXK];
+        uint64_t dropped = moevk_ref_permute(&d, T, ids, counts, offsets, row);
+        uint32_t cap = moevk_ref_capacity(&d, T);
+        uint32_t admitted = 0;
+        uint8_t seen[MAXT * MAXK] = {0};
+        for (uint32_t e = 0; e < E; e++) {
+            cr_assert_leq(counts[e], cap);
+            admitted += counts[e];
+        }
+        cr_assert_eq(dropped + admitted, (uint64_t)T * k);
+        int32_t last[MAXE];
+        for (uint32_t e = 0; e < E; e++)
+            last[e] = -1;
+        for (uint32_t j = 0; j < k; j++) {
+            for (uint32_t t = 0; t < T; t++) {
+                int32_t r = row[t * k + j];
+                if (r < 0)
+                    continue;
+                uint32_t e = ids[t * k + j];
+                cr_assert((uint32_t)r >= offsets[e] && (uint32_t)r < offsets[e + 1]);
+                cr_assert_gt(r, last[e], "iter %d: rows of expert %u not in admission order",
+                             iter, e);
+                last[e] = r;
+                cr_assert(!seen[r]);
+                seen[r] = 1;
+            }
+        }
+    }
 }
 
 Test(permute, experts_with_no_token)
@@ -656,12 +732,12 @@ Test(experts, relu_integer_exact)
     /* by hand, expert 1, row 0: u = [2+4+3+0, 0-6-3+3] = [9, -6] -> h [9, 0];
      * down rows [2, 0], [1, -1], [0, 1]: out = [18, 9, 0] + [1, -1, 2]
      * = [19, 8, 2] */
-    moevk_ref_expert_ffn(&d, &w, TF, 1, x, 2, out);
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, TF, 1, x, 2, out), MOEVK_SUCCESS);
     cr_assert_eq(out[0], 19.0f);
     cr_assert_eq(out[1], 8.0f);
     cr_assert_eq(out[2], 2.0f);
     for (uint32_t e = 0; e < TE; e++) {
-        moevk_ref_expert_ffn(&d, &w, TF, e, x, 2, out);
+        cr_assert_eq(moevk_ref_expert_ffn(&d, &w, TF, e, x, 2, out), MOEVK_SUCCESS);
         for (int r = 0; r < 2; r++) {
             double ex[TH];
             naive_relu_ffn(e, x + r * TH, ex);
@@ -681,7 +757,7 @@ Test(experts, relu_integer_exact)
         downb16[i] = moevk_float_to_bf16(t_down[i]);
     }
     float ref[2 * TH], out2[2 * TH];
-    moevk_ref_expert_ffn(&d, &w, TF, 1, x, 2, ref);
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, TF, 1, x, 2, ref), MOEVK_SUCCESS);
 
     const void *ups[TE] = {up16, up16 + TF * TH};
     const void *downs[TE] = {down16, down16 + TH * TF};
@@ -692,7 +768,7 @@ Test(experts, relu_integer_exact)
     w16.down_bias = t_downb;
     d.weight_dtype = MOEVK_DTYPE_F16;
     memset(out2, 0, sizeof out2);
-    moevk_ref_expert_ffn(&d, &w16, TF, 1, x, 2, out2);
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w16, TF, 1, x, 2, out2), MOEVK_SUCCESS);
     cr_assert_arr_eq(ref, out2, sizeof ref);
 
     moevk_expert_weights wb = {0};
@@ -702,7 +778,7 @@ Test(experts, relu_integer_exact)
     wb.down_bias = t_downb;
     d.weight_dtype = MOEVK_DTYPE_BF16;
     memset(out2, 0, sizeof out2);
-    moevk_ref_expert_ffn(&d, &wb, TF, 1, x, 2, out2);
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &wb, TF, 1, x, 2, out2), MOEVK_SUCCESS);
     cr_assert_arr_eq(ref, out2, sizeof ref);
 }
 
@@ -749,7 +825,7 @@ Test(experts, gated_activations_match_formulas)
                 }
             }
             float out[TH];
-            moevk_ref_expert_ffn(&d, &w, TF, e, x, 1, out);
+            cr_assert_eq(moevk_ref_expert_ffn(&d, &w, TF, e, x, 1, out), MOEVK_SUCCESS);
             for (int c = 0; c < TH; c++) {
                 double ex = h[0] * t_down[e * TH * TF + c * TF] +
                             h[1] * t_down[e * TH * TF + c * TF + 1];
@@ -778,13 +854,13 @@ Test(experts, swiglu_oai_clamps)
     w.down = &dw;
     const float x[2] = {1, -1};
     float out[2];
-    moevk_ref_expert_ffn(&d, &w, 1, 0, x, 2, out);
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, 1, 0, x, 2, out), MOEVK_SUCCESS);
     cr_assert_float_eq(out[0], 8.0 * 7.0 / (1 + exp(-1.702 * 7)), 1e-5);
     cr_assert_float_eq(out[1], 60.0 / (1 + exp(17.02)), 1e-9);
     /* custom alpha and limit */
     d.swiglu_alpha = 1.0f;
     d.swiglu_limit = 2.0f;
-    moevk_ref_expert_ffn(&d, &w, 1, 0, x, 1, out);
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, 1, 0, x, 1, out), MOEVK_SUCCESS);
     cr_assert_float_eq(out[0], 3.0 * 2.0 / (1 + exp(-2.0)), 1e-6);
 }
 
@@ -801,7 +877,7 @@ Test(experts, missing_weights_give_nan)
     w.down = t_down;
     const float x[TH] = {1, 1, 1};
     float out[TH] = {0};
-    moevk_ref_expert_ffn(&d, &w, TF, 0, x, 1, out);
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, TF, 0, x, 1, out), MOEVK_SUCCESS);
     cr_assert(isnan(out[0]) && isnan(out[2]));
 }
 
@@ -819,7 +895,7 @@ Test(stats, uniform_balanced)
     const uint32_t counts[] = {1, 1, 1, 1};
     uint32_t tpe[4] = {0};
     moevk_routing_stats s = {.tokens_per_expert = tpe};
-    moevk_ref_stats(&d, 4, l, ids, counts, 3, &s);
+    cr_assert_eq(moevk_ref_stats(&d, 4, l, ids, counts, 3, &s), MOEVK_SUCCESS);
     cr_assert_float_eq(s.load_balancing_loss, 1.0, 1e-12);
     cr_assert_float_eq(s.routing_entropy, log(4.0), 1e-12);
     cr_assert_float_eq(s.router_z_loss, pow(2 + log(4.0), 2), 1e-12);
@@ -838,7 +914,7 @@ Test(stats, skewed)
     const uint32_t ids[] = {0, 0};
     const uint32_t counts[] = {2, 0};
     moevk_routing_stats s = {0};
-    moevk_ref_stats(&d, 2, l, ids, counts, 0, &s);
+    cr_assert_eq(moevk_ref_stats(&d, 2, l, ids, counts, 0, &s), MOEVK_SUCCESS);
     double q = exp((double)l3) / (exp((double)l3) + 1);
     cr_assert_float_eq(s.load_balancing_loss, 2 * q, 1e-12);
     cr_assert_float_eq(s.load_balancing_loss, 1.5, 1e-6);
@@ -847,7 +923,7 @@ Test(stats, skewed)
 
     /* a probability that underflows to 0 adds 0 to the entropy, not NaN */
     const float l2[] = {0, -2000.0f};
-    moevk_ref_stats(&d, 1, l2, ids, counts, 0, &s);
+    cr_assert_eq(moevk_ref_stats(&d, 1, l2, ids, counts, 0, &s), MOEVK_SUCCESS);
     cr_assert_eq(s.routing_entropy, 0.0);
     cr_assert_float_eq(s.load_balancing_loss, 2.0, 1e-12);
 }
