@@ -402,7 +402,7 @@ static void run_vulkan(bench_state *s, const cli_preset *p, const cli_layer_weig
         progress(s->done, s->total, what);
         s->done++;
         if (!copies) {
-            snprintf(row->note, sizeof(row->note), "does not fit: %s", err);
+            snprintf(row->note, sizeof(row->note), "does not fit: %.140s", err);
             continue;
         }
         if (!x || !tpe || !totals || !stage) {

@@ -41,7 +41,15 @@ main)
 test)
     status=0
     meson test -C "$build" --print-errorlogs "$@" || status=$?
-    python3 tools/test_summary.py "$build/meson-logs/testlog.json"
+    summary=$(python3 tools/test_summary.py "$build/meson-logs/testlog.json")
+    if [ -z "${MOEVK_SKIP_SANITIZERS:-}" ]; then
+        echo "quickstart: the suite again under ASan + UBSan"
+        sanitizer=0
+        sh tools/sanitize.sh || sanitizer=$?
+        [ $sanitizer -eq 0 ] || status=$sanitizer
+        echo "sanitizers: $(python3 tools/test_summary.py build-asan/meson-logs/testlog.json)"
+    fi
+    echo "$summary"
     exit $status
     ;;
 *)
