@@ -367,7 +367,8 @@ MOEVK_API void moevk_layer_destroy(moevk_layer *layer);
 MOEVK_API const moevk_layer_desc *moevk_layer_get_desc(const moevk_layer *layer);
 
 /* Size the layer's scratch buffers for up to max_tokens tokens per pass
- * (moevk_layer_forward does this itself; moevk_layer_record requires it). */
+ * (moevk_layer_forward does this itself; moevk_layer_record requires it).
+ * Growing replaces the scratch: not while a recorded pass is pending. */
 MOEVK_API moevk_status moevk_layer_reserve(moevk_layer *layer, uint32_t max_tokens);
 /* Bytes of device memory the layer holds: weights, and scratch for the
  * tokens reserved so far. Either pointer may be NULL. */

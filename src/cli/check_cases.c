@@ -1130,6 +1130,28 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_gpu *gpu, m
         }
     }
     rep->y_err = den > 0 ? sqrt(num / den) : sqrt(num);
+    /* A localized error (one token wrong) can hide in the global norm of
+     * many tokens: each token's error must also stay within 100x the
+     * tolerance, relative to its own norm plus the average token norm
+     * (so a token whose output nearly cancels is not over-judged). */
+    double avg = rep->compared ? sqrt(den / rep->compared) : 0.0;
+    for (uint32_t t = 0; t < T && rep->pass; t++) {
+        if (excluded[t])
+            continue;
+        const float *g = gpu->y + (size_t)t * H, *r = yref + (size_t)t * H;
+        if (any_nonfinite(g, H) || any_nonfinite(r, H))
+            continue;
+        double tn = 0, td = 0;
+        for (uint32_t h = 0; h < H; h++) {
+            double e = (double)g[h] - r[h];
+            tn += e * e;
+            td += (double)r[h] * r[h];
+        }
+        if (sqrt(tn) > 100 * rep->y_tol * (sqrt(td) + avg))
+            fail(rep, "y: token %u has error %.3g (norm %.3g, average token norm %.3g) "
+                      "beyond 100x the tolerance",
+                 t, sqrt(tn), sqrt(td), avg);
+    }
     if (!(rep->y_err <= rep->y_tol)) {
         const float *g = gpu->y + (size_t)worst_t * H, *r = yref + (size_t)worst_t * H;
         uint32_t wh = 0;

@@ -12,6 +12,9 @@
  *    weights and 1e-4 for f16/bf16 weights (looser than f32 only to leave
  *    room for GPU paths that round activations to 16 bits, e.g. matrix
  *    units), over the tokens that are neither near-tied nor non-finite.
+ *    Each such token's own error must also stay below 100x that tolerance
+ *    relative to (its norm + the average token norm), so that one wrong
+ *    token cannot hide in the norm of a thousand right ones.
  *  - Tokens whose y holds a NaN or Inf must be exactly the reference's
  *    (inputs with NaN/Inf); they are left out of the norm.
  *  - Routing ids must equal the reference's exactly, except for near-ties:
