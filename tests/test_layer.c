@@ -1,0 +1,1136 @@
+/*
+ * The whole MoE layer on the GPU against the CPU reference:
+ *  - random configurations from the shared generator (src/cli/check_cases.c,
+ *    the same cases as `moevk check --against cpu --seed S`), compared under
+ *    its tolerance policy;
+ *  - directed cases: T = 1, 7, 129, 1000; E not a power of two; k = 1 and
+ *    k = E; idle experts; all tokens to one expert; capacity drops; exact
+ *    score ties (lower index wins); NaN and Inf inputs;
+ *  - bitwise determinism over 100 runs;
+ *  - moevk_layer_record into the caller's command buffer on an imported
+ *    device, bitwise equal to moevk_layer_forward;
+ *  - bad descriptions and tensors: the right status, a message naming the
+ *    field, nothing leaked, the context still usable.
+ *
+ * Seeds derive from mvkt_base_seed() (MOEVK_TEST_SEED to replay); every
+ * failure message carries the case seed and the command that reproduces it.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VK_NO_PROTOTYPES
+#include <vulkan/vulkan.h>
+#include <dlfcn.h>
+
+#include "../src/cli/check_cases.h"
+#include "common.h"
+#include "ref/ref.h"
+#include "testing.h"
+
+/* ---- running one case ------------------------------------------------------ */
+
+typedef struct run {
+    mvkc_case c;
+    mvkc_ref ref;
+    mvkc_gpu gpu;
+    mvkc_report rep;
+    char desc[384];
+} run;
+
+/* Build the case of `seed`, run it on the GPU, compare with the reference
+ * and assert that it passes. */
+static void run_case(moevk_context *ctx, uint64_t seed, const mvkc_limits *lim, run *r)
+{
+    memset(r, 0, sizeof *r);
+    cr_assert_eq(mvkc_case_random(seed, lim, &r->c), MOEVK_SUCCESS, "seed %llu: out of memory",
+                 (unsigned long long)seed);
+    mvkc_case_describe(&r->c, r->desc, sizeof r->desc);
+    char what[512] = "";
+    moevk_status st = mvkc_gpu_run(ctx, &r->c, &r->gpu, what, sizeof what);
+    cr_assert_eq(st, MOEVK_SUCCESS, "seed %llu [%s]: %s", (unsigned long long)seed, r->desc, what);
+    cr_assert_eq(mvkc_reference(&r->c, &r->ref), MOEVK_SUCCESS);
+    int ok = mvkc_compare(&r->c, &r->ref, &r->gpu, &r->rep);
+    cr_assert(ok, "seed %llu (moevk check --against cpu --seed %llu --cases 1) [%s]: %s",
+              (unsigned long long)seed, (unsigned long long)seed, r->desc, r->rep.reason);
+}
+
+static void run_free(run *r)
+{
+    mvkc_gpu_free(&r->gpu);
+    mvkc_ref_free(&r->ref);
+    mvkc_case_free(&r->c);
+}
+
+static void check_seed(moevk_context *ctx, uint64_t seed, const mvkc_limits *lim)
+{
+    run r;
+    run_case(ctx, seed, lim, &r);
+    run_free(&r);
+}
+
+/* ---- random configurations ----------------------------------------------------- */
+
+#define RANDOM_PER_TEST 60
+
+static void random_block(int block)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t base = mvkt_base_seed() + 100000ull * (uint64_t)block;
+    for (int i = 0; i < RANDOM_PER_TEST; i++)
+        check_seed(ctx, base + (uint64_t)i, NULL);
+    mvkt_context_end(ctx);
+}
+
+Test(layer_random, block_0, .timeout = 600) { random_block(0); }
+Test(layer_random, block_1, .timeout = 600) { random_block(1); }
+Test(layer_random, block_2, .timeout = 600) { random_block(2); }
+Test(layer_random, block_3, .timeout = 600) { random_block(3); }
+Test(layer_random, block_4, .timeout = 600) { random_block(4); }
+
+/* ---- directed cases ------------------------------------------------------------ */
+
+static mvkc_limits limits(void)
+{
+    mvkc_limits l;
+    memset(&l, 0, sizeof l);
+    return l;
+}
+
+Test(layer, token_counts_and_odd_expert_counts)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed() ^ 0x1000;
+    static const uint32_t Ts[] = {1, 7, 129, 1000};
+    static const uint32_t Es[] = {3, 60, 100, 257};
+    for (int i = 0; i < 4; i++) {
+        for (uint32_t routing = 0; routing < 3; routing++) {
+            mvkc_limits l = limits();
+            l.tokens = Ts[i];
+            l.experts = Es[(i + routing) % 4];
+            l.routing = MVKC_PICK(routing);
+            l.scenarios_off = MVKC_SC_ALL;
+            run r;
+            run_case(ctx, seed + 10 * i + routing, &l, &r);
+            cr_assert_eq(r.c.T, Ts[i]);
+            cr_assert_eq(r.rep.compared + r.rep.near_ties, Ts[i],
+                         "seed %llu: every token is compared or a near-tie",
+                         (unsigned long long)r.c.seed);
+            run_free(&r);
+        }
+    }
+    mvkt_context_end(ctx);
+}
+
+Test(layer, k_one_and_k_equal_to_e)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed() ^ 0x2000;
+    static const uint32_t Es[] = {1, 2, 3, 7, 24, 32};
+    for (int i = 0; i < 6; i++) {
+        for (int all = 0; all < 2; all++) {
+            mvkc_limits l = limits();
+            l.experts = Es[i];
+            l.top_k = all ? MVKC_K_ALL : 1;
+            l.tokens = 1 + 37 * (uint32_t)i;
+            l.routing = MVKC_PICK((i + all) % 3);
+            l.scenarios_off = MVKC_SC_NONFINITE; /* covered by nan_and_inf_inputs */
+            run r;
+            run_case(ctx, seed + 2 * i + all, &l, &r);
+            cr_assert_eq(r.c.desc.top_k, all ? Es[i] : 1u);
+            /* k = E: every token uses every expert, in score order */
+            if (all && !r.c.desc.capacity_factor)
+                for (uint32_t e = 0; e < Es[i]; e++)
+                    cr_assert_eq(r.gpu.tpe[e], r.c.T, "seed %llu: expert %u",
+                                 (unsigned long long)r.c.seed, e);
+            run_free(&r);
+        }
+    }
+    /* larger E with k = 32 (the maximum) */
+    mvkc_limits l = limits();
+    l.experts = 600;
+    l.top_k = MVKC_K_ALL;
+    l.tokens = 40;
+    l.scenarios_off = MVKC_SC_NONFINITE;
+    check_seed(ctx, seed + 100, &l);
+    mvkt_context_end(ctx);
+}
+
+Test(layer, experts_without_tokens)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed() ^ 0x3000;
+    for (int i = 0; i < 6; i++) {
+        mvkc_limits l = limits();
+        l.scenarios_on = MVKC_SC_IDLE;
+        l.scenarios_off = MVKC_SC_NONFINITE;
+        l.routing = MVKC_PICK(i % 3);
+        run r;
+        run_case(ctx, seed + i, &l, &r);
+        uint32_t E = r.c.desc.num_experts, idle = 0;
+        for (uint32_t e = 0; e < E; e++)
+            idle += r.gpu.tpe[e] == 0;
+        cr_assert_geq(idle, E - r.c.T * r.c.desc.top_k, "seed %llu", (unsigned long long)r.c.seed);
+        cr_assert_gt(idle, 0);
+        run_free(&r);
+    }
+    mvkt_context_end(ctx);
+}
+
+Test(layer, all_tokens_to_one_expert)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed() ^ 0x4000;
+    for (int i = 0; i < 6; i++) {
+        mvkc_limits l = limits();
+        l.scenarios_on = MVKC_SC_ONE_EXPERT;
+        l.scenarios_off = MVKC_SC_TIES | MVKC_SC_NONFINITE;
+        l.capacity_factor = -1;
+        l.routing = MVKC_PICK(i % 3);
+        l.tokens = i < 3 ? 129 : 1000;
+        run r;
+        run_case(ctx, seed + i, &l, &r);
+        cr_assert_eq(r.gpu.tpe[r.c.dominant], r.c.T, "seed %llu: expert %u got %u of %u tokens",
+                     (unsigned long long)r.c.seed, r.c.dominant, r.gpu.tpe[r.c.dominant], r.c.T);
+        for (uint32_t t = 0; t < r.c.T; t++)
+            cr_assert_eq(r.gpu.ids[(size_t)t * r.c.desc.top_k], r.c.dominant);
+        run_free(&r);
+    }
+    mvkt_context_end(ctx);
+}
+
+Test(layer, capacity_drops)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed() ^ 0x5000;
+    for (int i = 0; i < 8; i++) {
+        mvkc_limits l = limits();
+        /* one dominant expert overflows any capacity; Switch-style top-1
+         * with 1.25; GShard-style top-2 with 0.5; and random factors */
+        if (i < 3) {
+            /* C = ceil(cf * T * k / E) < T for the dominant expert */
+            l.scenarios_on = MVKC_SC_ONE_EXPERT;
+            l.capacity_factor = 1.0f + 0.5f * (float)i;
+            l.routing = MVKC_PICK(i % 3);
+            l.top_k = 1 + (uint32_t)i % 2;
+            l.experts = 16 + 7 * (uint32_t)i;
+        } else if (i < 5) {
+            l.top_k = 1;
+            l.capacity_factor = 1.25f;
+            l.experts = i == 3 ? 8 : 61;
+            l.tokens = 1000;
+        } else {
+            l.top_k = 2;
+            l.capacity_factor = 0.5f;
+            l.experts = 5 + 11 * (uint32_t)i;
+        }
+        l.scenarios_off |= MVKC_SC_NONFINITE;
+        if (!l.tokens)
+            l.tokens = 129 + (uint32_t)i;
+        run r;
+        run_case(ctx, seed + i, &l, &r);
+        if (r.c.capacity_removed) { /* no tie-free input found: nothing to drop */
+            run_free(&r);
+            continue;
+        }
+        cr_assert_gt(r.gpu.stats.dropped, 0, "seed %llu [%s]: nothing dropped",
+                     (unsigned long long)r.c.seed, r.desc);
+        if (!r.rep.swapped)
+            cr_assert_eq(r.gpu.stats.dropped, r.ref.stats.dropped);
+        uint64_t minus = 0;
+        for (size_t a = 0; a < (size_t)r.c.T * r.c.desc.top_k; a++)
+            minus += r.gpu.rows[a] < 0;
+        cr_assert_eq(minus, r.gpu.stats.dropped, "rows of -1 must be the dropped ones");
+        uint32_t cap = moevk_ref_capacity(&r.c.desc, r.c.T);
+        for (uint32_t e = 0; e < r.c.desc.num_experts; e++)
+            cr_assert_leq(r.gpu.tpe[e], cap);
+        run_free(&r);
+    }
+    mvkt_context_end(ctx);
+}
+
+/* Copy expert a's router row and bias onto expert b (bitwise-equal logits). */
+static void make_tie(mvkc_case *c, uint32_t a, uint32_t b)
+{
+    size_t rs = moevk_dtype_size(c->desc.router_dtype) * c->desc.hidden;
+    memcpy((char *)c->router + b * rs, (char *)c->router + a * rs, rs);
+    if (c->router_bias)
+        c->router_bias[b] = c->router_bias[a];
+    if (c->correction_bias)
+        c->correction_bias[b] = c->correction_bias[a];
+}
+
+Test(layer, exact_ties_lower_index_wins)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed() ^ 0x6000;
+    for (int i = 0; i < 9; i++) {
+        mvkc_limits l = limits();
+        l.scenarios_on = MVKC_SC_ONE_EXPERT;
+        l.scenarios_off = MVKC_SC_NONFINITE | MVKC_SC_TIES;
+        l.routing = MVKC_PICK(i % 3);
+        l.experts = 2 + 13 * (uint32_t)i;
+        l.top_k = 1 + (uint32_t)i % 3;
+        l.tokens = 64;
+        l.capacity_factor = -1;
+        run r;
+        memset(&r, 0, sizeof r);
+        cr_assert_eq(mvkc_case_random(seed + i, &l, &r.c), MOEVK_SUCCESS);
+        if (r.c.desc.routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+            r.c.desc.n_group = 0; /* one group: the pair competes directly */
+            r.c.desc.topk_group = 0;
+        }
+        /* the dominant expert and a twin: both at the top of every token */
+        uint32_t E = r.c.desc.num_experts, dom = r.c.dominant;
+        uint32_t twin = (dom + E / 2) % E;
+        make_tie(&r.c, dom, twin);
+        uint32_t lo = dom < twin ? dom : twin, hi = dom < twin ? twin : dom;
+        mvkc_case_describe(&r.c, r.desc, sizeof r.desc);
+        char what[512] = "";
+        cr_assert_eq(mvkc_gpu_run(ctx, &r.c, &r.gpu, what, sizeof what), MOEVK_SUCCESS, "%s",
+                     what);
+        cr_assert_eq(mvkc_reference(&r.c, &r.ref), MOEVK_SUCCESS);
+        cr_assert(mvkc_compare(&r.c, &r.ref, &r.gpu, &r.rep), "seed %llu [%s]: %s",
+                  (unsigned long long)r.c.seed, r.desc, r.rep.reason);
+        uint32_t k = r.c.desc.top_k;
+        for (uint32_t t = 0; t < r.c.T; t++) {
+            const uint32_t *g = r.gpu.ids + (size_t)t * k;
+            /* exact ids: no tolerance for a bitwise tie */
+            cr_assert_arr_eq(g, r.ref.ids + (size_t)t * k, sizeof(uint32_t) * k,
+                             "seed %llu token %u: ids differ from the reference at a tie",
+                             (unsigned long long)r.c.seed, t);
+            cr_assert_eq(g[0], lo, "seed %llu token %u: slot 0 is %u, the lower twin is %u",
+                         (unsigned long long)r.c.seed, t, g[0], lo);
+            if (k > 1) {
+                cr_assert_eq(g[1], hi);
+                float *w = r.gpu.weights + (size_t)t * k;
+                cr_assert_eq(memcmp(&w[0], &w[1], sizeof(float)), 0,
+                             "token %u: tied experts got weights %.9g and %.9g", t, w[0], w[1]);
+            }
+        }
+        run_free(&r);
+    }
+    /* random cases with duplicated rows anywhere in the ranking */
+    for (int i = 0; i < 6; i++) {
+        mvkc_limits l = limits();
+        l.scenarios_on = MVKC_SC_TIES;
+        l.routing = MVKC_PICK(i % 3);
+        check_seed(ctx, seed + 100 + i, &l);
+    }
+    mvkt_context_end(ctx);
+}
+
+Test(layer, nan_and_inf_inputs)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed() ^ 0x7000;
+    for (int i = 0; i < 9; i++) {
+        mvkc_limits l = limits();
+        l.scenarios_on = MVKC_SC_NONFINITE | (i % 2 ? MVKC_SC_TINY : 0);
+        l.routing = MVKC_PICK(i % 3);
+        l.activation = MVKC_PICK(i % 6);
+        run r;
+        run_case(ctx, seed + i, &l, &r);
+        cr_assert_gt(r.rep.nonfinite, 0, "seed %llu [%s]: no non-finite token",
+                     (unsigned long long)r.c.seed, r.desc);
+        run_free(&r);
+    }
+    mvkt_context_end(ctx);
+}
+
+/* ---- determinism ------------------------------------------------------------------ */
+
+Test(layer, bitwise_deterministic, .timeout = 600)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed() ^ 0x8000;
+    mvkc_limits l = limits();
+    l.tokens = 129;
+    l.experts = 60;
+    l.top_k = 4;
+    l.num_shared = MVKC_PICK(1);
+    l.capacity_factor = 1.0f;
+    l.scenarios_off = MVKC_SC_NONFINITE;
+    mvkc_case c;
+    cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
+    uint32_t T = c.T, H = c.desc.hidden, E = c.desc.num_experts, k = c.desc.top_k;
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &c.desc, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_tensor tx, ty;
+    uint64_t shape[2] = {T, H};
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &tx), 0);
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &ty), 0);
+    cr_assert_eq(moevk_tensor_upload(&tx, c.x), 0);
+    size_t TH = (size_t)T * H, TK = (size_t)T * k;
+    float *y0 = malloc(sizeof(float) * TH), *y = malloc(sizeof(float) * TH);
+    uint32_t *tpe0 = malloc(sizeof(uint32_t) * E), *tpe = malloc(sizeof(uint32_t) * E);
+    uint32_t *ids0 = malloc(4 * TK), *ids = malloc(4 * TK);
+    int32_t *rows0 = malloc(4 * TK), *rows = malloc(4 * TK);
+    float *w0 = malloc(4 * TK), *w = malloc(4 * TK);
+    moevk_routing_stats s0 = {.tokens_per_expert = tpe0}, s = {.tokens_per_expert = tpe};
+    for (int run_i = 0; run_i < 100; run_i++) {
+        int first = run_i == 0;
+        mvkt_poison_tensor(&ty);
+        moevk_routing_stats *sp = first ? &s0 : &s;
+        cr_assert_eq(moevk_layer_forward(L, &tx, &ty, sp), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_tensor_download(&ty, first ? y0 : y), 0);
+        cr_assert_eq(moevk_layer_read_routing(L, T, first ? ids0 : ids, first ? w0 : w,
+                                              first ? rows0 : rows), 0);
+        if (first)
+            continue;
+        cr_assert(memcmp(y0, y, sizeof(float) * TH) == 0, "seed %llu: run %d: y differs bitwise",
+                  (unsigned long long)seed, run_i);
+        cr_assert(memcmp(tpe0, tpe, sizeof(uint32_t) * E) == 0, "run %d: counts differ", run_i);
+        cr_assert(memcmp(ids0, ids, 4 * TK) == 0, "run %d: ids differ", run_i);
+        cr_assert(memcmp(rows0, rows, 4 * TK) == 0, "run %d: rows differ", run_i);
+        cr_assert(memcmp(w0, w, 4 * TK) == 0, "run %d: weights differ", run_i);
+        cr_assert_eq(s.dropped, s0.dropped);
+        cr_assert(memcmp(&s.load_balancing_loss, &s0.load_balancing_loss, sizeof(double)) == 0 &&
+                      memcmp(&s.router_z_loss, &s0.router_z_loss, sizeof(double)) == 0 &&
+                      memcmp(&s.routing_entropy, &s0.routing_entropy, sizeof(double)) == 0,
+                  "run %d: losses differ bitwise", run_i);
+    }
+    /* and the first run was right */
+    mvkc_ref ref;
+    mvkc_gpu g;
+    mvkc_report rep;
+    cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
+    cr_assert_eq(mvkc_gpu_alloc(&c, &g), MOEVK_SUCCESS);
+    memcpy(g.y, y0, sizeof(float) * TH);
+    memcpy(g.ids, ids0, 4 * TK);
+    memcpy(g.weights, w0, 4 * TK);
+    memcpy(g.rows, rows0, 4 * TK);
+    memcpy(g.tpe, tpe0, 4 * E);
+    memcpy(g.tpe_read, tpe0, 4 * E);
+    g.stats = s0;
+    g.stats.tokens_per_expert = g.tpe;
+    g.stats_read = s0;
+    g.stats_read.tokens_per_expert = g.tpe_read;
+    cr_assert(mvkc_compare(&c, &ref, &g, &rep), "seed %llu: %s", (unsigned long long)seed,
+              rep.reason);
+    mvkc_gpu_free(&g);
+    mvkc_ref_free(&ref);
+    free(y0), free(y), free(tpe0), free(tpe), free(ids0), free(ids), free(rows0), free(rows);
+    free(w0), free(w);
+    moevk_tensor_destroy(&tx);
+    moevk_tensor_destroy(&ty);
+    moevk_layer_destroy(L);
+    mvkc_case_free(&c);
+    mvkt_context_end(ctx);
+}
+
+/* ---- recording into the caller's command buffer ----------------------------------- */
+
+static uint32_t host_messages;
+
+static VKAPI_ATTR VkBool32 VKAPI_CALL host_debug(VkDebugUtilsMessageSeverityFlagBitsEXT sev,
+                                                 VkDebugUtilsMessageTypeFlagsEXT types,
+                                                 const VkDebugUtilsMessengerCallbackDataEXT *data,
+                                                 void *user)
+{
+    (void)sev, (void)types, (void)user;
+    host_messages++;
+    fprintf(stderr, "[host validation] %s\n", data && data->pMessage ? data->pMessage : "?");
+    return VK_FALSE;
+}
+
+/* The host application: its own instance (validation + synchronization
+ * validation), device and queue; moevk borrows them. */
+typedef struct host_app {
+    void *lib;
+    PFN_vkGetInstanceProcAddr gipa;
+    VkInstance inst;
+    VkDebugUtilsMessengerEXT messenger;
+    VkPhysicalDevice pd;
+    VkDevice dev;
+    VkQueue queue;
+    uint32_t fam;
+    PFN_vkDestroyInstance DestroyInstance;
+    PFN_vkDestroyDebugUtilsMessengerEXT DestroyMessenger;
+    PFN_vkDestroyDevice DestroyDevice;
+    PFN_vkDeviceWaitIdle DeviceWaitIdle;
+    PFN_vkCreateCommandPool CreateCommandPool;
+    PFN_vkDestroyCommandPool DestroyCommandPool;
+    PFN_vkAllocateCommandBuffers AllocateCommandBuffers;
+    PFN_vkBeginCommandBuffer BeginCommandBuffer;
+    PFN_vkEndCommandBuffer EndCommandBuffer;
+    PFN_vkResetCommandBuffer ResetCommandBuffer;
+    PFN_vkCmdPipelineBarrier CmdPipelineBarrier;
+    PFN_vkQueueSubmit QueueSubmit;
+    PFN_vkCreateFence CreateFence;
+    PFN_vkDestroyFence DestroyFence;
+    PFN_vkWaitForFences WaitForFences;
+    PFN_vkResetFences ResetFences;
+} host_app;
+
+static void host_create(host_app *h)
+{
+    memset(h, 0, sizeof *h);
+    host_messages = 0;
+    h->lib = dlopen("libvulkan.so.1", RTLD_NOW | RTLD_LOCAL);
+    cr_assert_not_null(h->lib);
+    *(void **)&h->gipa = dlsym(h->lib, "vkGetInstanceProcAddr");
+    PFN_vkCreateInstance create_instance =
+        (PFN_vkCreateInstance)h->gipa(NULL, "vkCreateInstance");
+    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+                             .apiVersion = VK_API_VERSION_1_1};
+    const char *layers[] = {"VK_LAYER_KHRONOS_validation"};
+    const char *exts[] = {VK_EXT_DEBUG_UTILS_EXTENSION_NAME};
+    VkDebugUtilsMessengerCreateInfoEXT mci = {
+        .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
+        .messageSeverity = VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT |
+                           VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT,
+        .messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT |
+                       VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT,
+        .pfnUserCallback = host_debug,
+    };
+    VkValidationFeatureEnableEXT enables[] = {
+        VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT};
+    VkValidationFeaturesEXT features = {
+        .sType = VK_STRUCTURE_TYPE_VALIDATION_FEATURES_EXT,
+        .pNext = &mci,
+        .enabledValidationFeatureCount = 1,
+        .pEnabledValidationFeatures = enables,
+    };
+    VkInstanceCreateInfo ici = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
+                                .pNext = &features,
+                                .pApplicationInfo = &app,
+                                .enabledLayerCount = 1,
+                                .ppEnabledLayerNames = layers,
+                                .enabledExtensionCount = 1,
+                                .ppEnabledExtensionNames = exts};
+    cr_assert_eq(create_instance(&ici, NULL, &h->inst), VK_SUCCESS);
+#define ILOAD(name) PFN_##name name = (PFN_##name)h->gipa(h->inst, #name)
+    ILOAD(vkEnumeratePhysicalDevices);
+    ILOAD(vkGetPhysicalDeviceQueueFamilyProperties);
+    ILOAD(vkCreateDevice);
+    ILOAD(vkGetDeviceProcAddr);
+    ILOAD(vkCreateDebugUtilsMessengerEXT);
+#undef ILOAD
+    h->DestroyInstance = (PFN_vkDestroyInstance)h->gipa(h->inst, "vkDestroyInstance");
+    h->DestroyMessenger = (PFN_vkDestroyDebugUtilsMessengerEXT)h->gipa(
+        h->inst, "vkDestroyDebugUtilsMessengerEXT");
+    cr_assert_not_null(vkCreateDebugUtilsMessengerEXT);
+    cr_assert_eq(vkCreateDebugUtilsMessengerEXT(h->inst, &mci, NULL, &h->messenger), VK_SUCCESS);
+
+    uint32_t n = 1;
+    cr_assert_geq(vkEnumeratePhysicalDevices(h->inst, &n, &h->pd), 0);
+    VkQueueFamilyProperties qf[16];
+    uint32_t nq = 16;
+    vkGetPhysicalDeviceQueueFamilyProperties(h->pd, &nq, qf);
+    h->fam = 0;
+    while (h->fam < nq && !(qf[h->fam].queueFlags & VK_QUEUE_COMPUTE_BIT))
+        h->fam++;
+    cr_assert_lt(h->fam, nq);
+    float prio = 1;
+    VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                   .queueFamilyIndex = h->fam,
+                                   .queueCount = 1,
+                                   .pQueuePriorities = &prio};
+    /* no optional features: moevk must cope with a bare device */
+    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                              .queueCreateInfoCount = 1,
+                              .pQueueCreateInfos = &qci};
+    cr_assert_eq(vkCreateDevice(h->pd, &dci, NULL, &h->dev), VK_SUCCESS);
+#define DLOAD(field, name) h->field = (PFN_##name)vkGetDeviceProcAddr(h->dev, #name)
+    DLOAD(DestroyDevice, vkDestroyDevice);
+    DLOAD(DeviceWaitIdle, vkDeviceWaitIdle);
+    DLOAD(CreateCommandPool, vkCreateCommandPool);
+    DLOAD(DestroyCommandPool, vkDestroyCommandPool);
+    DLOAD(AllocateCommandBuffers, vkAllocateCommandBuffers);
+    DLOAD(BeginCommandBuffer, vkBeginCommandBuffer);
+    DLOAD(EndCommandBuffer, vkEndCommandBuffer);
+    DLOAD(ResetCommandBuffer, vkResetCommandBuffer);
+    DLOAD(CmdPipelineBarrier, vkCmdPipelineBarrier);
+    DLOAD(QueueSubmit, vkQueueSubmit);
+    DLOAD(CreateFence, vkCreateFence);
+    DLOAD(DestroyFence, vkDestroyFence);
+    DLOAD(WaitForFences, vkWaitForFences);
+    DLOAD(ResetFences, vkResetFences);
+#undef DLOAD
+    PFN_vkGetDeviceQueue get_queue =
+        (PFN_vkGetDeviceQueue)vkGetDeviceProcAddr(h->dev, "vkGetDeviceQueue");
+    get_queue(h->dev, h->fam, 0, &h->queue);
+}
+
+static void host_destroy(host_app *h)
+{
+    cr_assert_eq(h->DeviceWaitIdle(h->dev), VK_SUCCESS);
+    h->DestroyDevice(h->dev, NULL);
+    h->DestroyMessenger(h->inst, h->messenger, NULL);
+    h->DestroyInstance(h->inst, NULL);
+    dlclose(h->lib);
+}
+
+static void barrier(host_app *h, VkCommandBuffer cb, VkPipelineStageFlags src,
+                    VkAccessFlags src_access, VkPipelineStageFlags dst, VkAccessFlags dst_access)
+{
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = src_access,
+                          .dstAccessMask = dst_access};
+    h->CmdPipelineBarrier(cb, src, dst, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+/* Record the layer into the host's command buffer, submit it on the host's
+ * queue, wait; then y, routing and stats must equal moevk_layer_forward's
+ * bitwise, and be right against the reference. */
+static void record_case(host_app *h, moevk_context *ctx, uint64_t seed, const mvkc_limits *l)
+{
+    run r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(mvkc_case_random(seed, l, &r.c), MOEVK_SUCCESS);
+    mvkc_case_describe(&r.c, r.desc, sizeof r.desc);
+    uint32_t T = r.c.T, H = r.c.desc.hidden, E = r.c.desc.num_experts, k = r.c.desc.top_k;
+    size_t TH = (size_t)T * H, TK = (size_t)T * k;
+
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &r.c.desc, &L), MOEVK_SUCCESS, "seed %llu [%s]: %s",
+                 (unsigned long long)seed, r.desc, moevk_context_last_error(ctx));
+    moevk_tensor tx, ty;
+    uint64_t shape[2] = {T, H};
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &tx), 0);
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &ty), 0);
+    cr_assert_eq(moevk_tensor_upload(&tx, r.c.x), 0);
+
+    /* recording requires reserved scratch */
+    moevk_status st = moevk_layer_record(L, (void *)(uintptr_t)1, &tx, &ty);
+    cr_assert_neq(st, MOEVK_SUCCESS, "recording without moevk_layer_reserve must fail");
+    cr_assert(strstr(moevk_context_last_error(ctx), "reserve"), "message: %s",
+              moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_reserve(L, T), MOEVK_SUCCESS, "%s", moevk_context_last_error(ctx));
+
+    VkCommandPoolCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                   .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                   .queueFamilyIndex = h->fam};
+    VkCommandPool pool;
+    cr_assert_eq(h->CreateCommandPool(h->dev, &pci, NULL, &pool), VK_SUCCESS);
+    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                      .commandPool = pool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                      .commandBufferCount = 1};
+    VkCommandBuffer cb;
+    cr_assert_eq(h->AllocateCommandBuffers(h->dev, &ai, &cb), VK_SUCCESS);
+    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    VkFence fence;
+    cr_assert_eq(h->CreateFence(h->dev, &fci, NULL, &fence), VK_SUCCESS);
+
+    cr_assert_eq(r.gpu.y == NULL, 1);
+    cr_assert_eq(mvkc_gpu_alloc(&r.c, &r.gpu), MOEVK_SUCCESS);
+    float *y_rec = malloc(sizeof(float) * TH);
+    uint32_t *ids_rec = malloc(4 * TK);
+    float *w_rec = malloc(4 * TK);
+    int32_t *rows_rec = malloc(4 * TK);
+    uint32_t *tpe_rec = malloc(4 * (size_t)E);
+    moevk_routing_stats s_rec = {.tokens_per_expert = tpe_rec};
+
+    /* twice: the second recording reuses the layer after its submission
+     * completed, into a re-recorded command buffer */
+    for (int pass = 0; pass < 2; pass++) {
+        mvkt_poison_tensor(&ty);
+        VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                       .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+        cr_assert_eq(h->ResetCommandBuffer(cb, 0), VK_SUCCESS);
+        cr_assert_eq(h->BeginCommandBuffer(cb, &bi), VK_SUCCESS);
+        /* before: x's upload and y's poisoning (transfers) visible to compute */
+        barrier(h, cb, VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+        st = moevk_layer_record(L, cb, &tx, &ty);
+        cr_assert_eq(st, MOEVK_SUCCESS, "seed %llu: %s", (unsigned long long)seed,
+                     moevk_context_last_error(ctx));
+        /* after: y (and moevk's results) written by compute shaders */
+        barrier(h, cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_HOST_BIT |
+                    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_HOST_READ_BIT |
+                    VK_ACCESS_SHADER_READ_BIT);
+        cr_assert_eq(h->EndCommandBuffer(cb), VK_SUCCESS);
+        VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+                           .commandBufferCount = 1,
+                           .pCommandBuffers = &cb};
+        cr_assert_eq(h->ResetFences(h->dev, 1, &fence), VK_SUCCESS);
+        cr_assert_eq(h->QueueSubmit(h->queue, 1, &si, fence), VK_SUCCESS);
+        cr_assert_eq(h->WaitForFences(h->dev, 1, &fence, VK_TRUE, 60ull * 1000000000ull),
+                     VK_SUCCESS);
+        cr_assert_eq(moevk_tensor_download(&ty, y_rec), 0);
+        cr_assert_eq(moevk_layer_read_routing(L, T, ids_rec, w_rec, rows_rec), 0, "%s",
+                     moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_layer_read_stats(L, &s_rec), 0);
+        if (pass == 0) {
+            memcpy(r.gpu.y, y_rec, sizeof(float) * TH);
+            memcpy(r.gpu.ids, ids_rec, 4 * TK);
+            memcpy(r.gpu.weights, w_rec, 4 * TK);
+            memcpy(r.gpu.rows, rows_rec, 4 * TK);
+            memcpy(r.gpu.tpe, tpe_rec, 4 * (size_t)E);
+            r.gpu.stats = s_rec;
+            r.gpu.stats.tokens_per_expert = r.gpu.tpe;
+        } else {
+            cr_assert(memcmp(r.gpu.y, y_rec, sizeof(float) * TH) == 0,
+                      "second recording: y differs");
+        }
+    }
+
+    /* the same layer through moevk_layer_forward: bitwise equal */
+    mvkt_poison_tensor(&ty);
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, &r.gpu.stats_read), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_tensor_download(&ty, y_rec), 0);
+    cr_assert_eq(moevk_layer_read_routing(L, T, ids_rec, w_rec, rows_rec), 0);
+    cr_assert(memcmp(r.gpu.y, y_rec, sizeof(float) * TH) == 0,
+              "seed %llu [%s]: recorded y differs from moevk_layer_forward's",
+              (unsigned long long)seed, r.desc);
+    cr_assert(memcmp(r.gpu.ids, ids_rec, 4 * TK) == 0, "recorded ids differ");
+    cr_assert(memcmp(r.gpu.weights, w_rec, 4 * TK) == 0, "recorded weights differ");
+    cr_assert(memcmp(r.gpu.rows, rows_rec, 4 * TK) == 0, "recorded rows differ");
+
+    /* stats of the recorded pass vs the forward's (compare() checks the
+     * two are identical) and everything vs the reference */
+    cr_assert_eq(mvkc_reference(&r.c, &r.ref), MOEVK_SUCCESS);
+    cr_assert(mvkc_compare(&r.c, &r.ref, &r.gpu, &r.rep), "seed %llu [%s]: %s",
+              (unsigned long long)seed, r.desc, r.rep.reason);
+
+    free(y_rec), free(ids_rec), free(w_rec), free(rows_rec), free(tpe_rec);
+    h->DestroyFence(h->dev, fence, NULL);
+    h->DestroyCommandPool(h->dev, pool, NULL);
+    moevk_tensor_destroy(&tx);
+    moevk_tensor_destroy(&ty);
+    moevk_layer_destroy(L);
+    run_free(&r);
+}
+
+Test(layer, record_into_host_command_buffer, .timeout = 600)
+{
+    moevk_context *probe = mvkt_context(); /* skips when there is no device */
+    mvkt_context_end(probe);
+    host_app h;
+    host_create(&h);
+    moevk_vulkan_import im = {
+        .get_instance_proc_addr = *(void **)&h.gipa,
+        .instance = h.inst,
+        .physical_device = h.pd,
+        .device = h.dev,
+        .queue_family_index = h.fam,
+        .queue = h.queue,
+    };
+    moevk_context_desc d = {.import = &im};
+    moevk_context *ctx = NULL;
+    cr_assert_eq(moevk_context_create(&d, &ctx), MOEVK_SUCCESS);
+
+    uint64_t seed = mvkt_base_seed() ^ 0x9000;
+    for (int i = 0; i < 4; i++) {
+        mvkc_limits l = limits();
+        l.weight_dtype = MVKC_PICK(i % 3); /* f16/bf16 on a device without 16-bit features */
+        l.router_dtype = MVKC_PICK((i + 1) % 3);
+        l.routing = MVKC_PICK(i % 3);
+        l.capacity_factor = i == 3 ? 0.75f : -1.0f;
+        l.num_shared = MVKC_PICK(i % 2);
+        l.tokens = i == 0 ? 1 : 50 + 40 * (uint32_t)i;
+        l.scenarios_off = MVKC_SC_NONFINITE;
+        record_case(&h, ctx, seed + i, &l);
+    }
+    moevk_context_destroy(ctx);
+    host_destroy(&h);
+    cr_assert_eq(host_messages, 0, "%u validation messages on the host's instance",
+                 host_messages);
+}
+
+/* ---- bad input ------------------------------------------------------------------ */
+
+/* A small valid description over static weights (E = 4, H = 8, F = 6). */
+enum { BH = 8, BF = 6, BE = 4 };
+static float b_router[BE * BH], b_gate[BE * BF * BH], b_up[BE * BF * BH], b_down[BE * BH * BF];
+
+static moevk_layer_desc good_desc(void)
+{
+    for (int i = 0; i < BE * BH; i++)
+        b_router[i] = (float)((i * 37) % 11) / 11.0f - 0.5f;
+    for (int i = 0; i < BE * BF * BH; i++) {
+        b_gate[i] = (float)((i * 13) % 7) / 7.0f - 0.5f;
+        b_up[i] = (float)((i * 17) % 5) / 5.0f - 0.5f;
+        b_down[i] = (float)((i * 19) % 9) / 9.0f - 0.5f;
+    }
+    moevk_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.hidden = BH;
+    d.ffn = BF;
+    d.num_experts = BE;
+    d.top_k = 2;
+    d.routing = MOEVK_ROUTING_SOFTMAX_TOPK;
+    d.activation = MOEVK_ACT_SWIGLU;
+    d.router_weight = b_router;
+    d.experts.gate = b_gate;
+    d.experts.up = b_up;
+    d.experts.down = b_down;
+    return d;
+}
+
+/* desc must be rejected by moevk_layer_create with `want` and a message
+ * containing `field`, leaking nothing. */
+static void expect_bad(moevk_context *ctx, const moevk_layer_desc *d, moevk_status want,
+                       const char *field, const char *what)
+{
+    int64_t live = moevk_testing_live_objects(ctx);
+    moevk_layer *L = (moevk_layer *)(uintptr_t)0x1;
+    moevk_status st = moevk_layer_create(ctx, d, &L);
+    const char *msg = moevk_context_last_error(ctx);
+    cr_assert_eq(st, want, "%s: status %s, expected %s (message: %s)", what,
+                 moevk_status_string(st), moevk_status_string(want), msg);
+    cr_assert_null(L, "%s: the out handle must be NULL after a failure", what);
+    cr_assert(strstr(msg, field), "%s: message '%s' should name '%s'", what, msg, field);
+    cr_assert_eq(moevk_testing_live_objects(ctx), live, "%s: leaked %lld objects", what,
+                 (long long)(moevk_testing_live_objects(ctx) - live));
+    /* the validator alone agrees */
+    cr_assert_eq(moevk_layer_desc_validate(NULL, d), want, "%s: moevk_layer_desc_validate", what);
+}
+
+/* the context still runs a valid layer (checked against the reference) */
+static void still_works(moevk_context *ctx)
+{
+    mvkc_limits l = limits();
+    l.tokens = 9;
+    l.experts = 12;
+    l.hidden = 24;
+    l.ffn = 20;
+    check_seed(ctx, mvkt_base_seed() ^ 0xa000, &l);
+}
+
+Test(layer_bad, descriptions_name_the_field)
+{
+    moevk_context *ctx = mvkt_context();
+    moevk_layer_desc d;
+#define BAD(mutation, want, field)                                                              \
+    do {                                                                                        \
+        d = good_desc();                                                                        \
+        mutation;                                                                               \
+        expect_bad(ctx, &d, want, field, #mutation);                                            \
+    } while (0)
+    const moevk_status INV = MOEVK_ERROR_INVALID_ARGUMENT;
+    BAD(d.top_k = 5, INV, "top_k");               /* k > E */
+    BAD(d.top_k = 0, INV, "top_k");
+    BAD((d.num_experts = 40, d.top_k = 33), INV, "top_k"); /* k > 32 */
+    BAD(d.hidden = 0, INV, "hidden");
+    BAD(d.ffn = 0, INV, "ffn");
+    BAD(d.num_experts = 0, INV, "num_experts");
+    BAD(d.num_experts = 1025, INV, "num_experts");
+    BAD((d.routing = MOEVK_ROUTING_SIGMOID_GROUPED, d.n_group = 3), INV, "n_group");
+    BAD((d.routing = MOEVK_ROUTING_SIGMOID_GROUPED, d.n_group = 2, d.topk_group = 3), INV,
+        "topk_group");
+    BAD((d.routing = MOEVK_ROUTING_SIGMOID_GROUPED, d.n_group = 4, d.topk_group = 1), INV,
+        "top_k"); /* one kept group of 1 expert cannot hold k = 2 */
+    BAD(d.routing = (moevk_routing)3, INV, "routing");
+    BAD(d.routing = (moevk_routing)-1, INV, "routing");
+    BAD(d.activation = (moevk_activation)6, INV, "activation");
+    BAD(d.weight_dtype = (moevk_dtype)7, INV, "weight_dtype");
+    BAD(d.weight_dtype = MOEVK_DTYPE_I32, INV, "weight_dtype");
+    BAD(d.router_dtype = (moevk_dtype)9, INV, "router_dtype");
+    BAD(d.router_weight = NULL, INV, "router_weight");
+    BAD(d.experts.gate = NULL, INV, "gate");
+    BAD(d.experts.up = NULL, INV, "up");
+    BAD(d.experts.down = NULL, INV, "down");
+    BAD((d.activation = MOEVK_ACT_RELU, d.experts.up = NULL), INV, "up");
+    BAD((d.activation = MOEVK_ACT_GELU, d.experts.down = NULL), INV, "down");
+    BAD((d.num_shared = 1, d.shared.up = b_up, d.shared.down = b_down), INV, "gate");
+    BAD(d.capacity_factor = -1.0f, INV, "capacity_factor");
+    BAD(d.capacity_factor = NAN, INV, "capacity_factor");
+    /* sizes whose buffers overflow 64 bits or pass the device's limits (the
+     * weights are never read: validation comes first) */
+    BAD((d.hidden = 1u << 31, d.ffn = 1u << 31, d.num_experts = 1024), MOEVK_ERROR_LIMIT_EXCEEDED,
+        "hidden");
+    BAD((d.hidden = 1u << 20, d.ffn = 1u << 14), MOEVK_ERROR_LIMIT_EXCEEDED, "hidden");
+#undef BAD
+
+    /* a non-gated activation needs no gate */
+    d = good_desc();
+    d.activation = MOEVK_ACT_RELU;
+    d.experts.gate = NULL;
+    moevk_layer *L = NULL;
+    cr_assert_eq(moevk_layer_create(ctx, &d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_layer_destroy(L);
+    /* (that first upload also created the context's staging buffer, which
+     * it keeps: live-object counts below start after it) */
+
+    /* one expert matrix beyond the device's maxStorageBufferRange: a valid
+     * description the device cannot hold (only the router array, uploaded
+     * first, is read) */
+    const moevk_device_info *info = moevk_context_device_info(ctx);
+    uint32_t bigH = 4096;
+    uint64_t bigF = info->max_storage_buffer_range / (4ull * bigH) + 1;
+    if (bigF * bigH <= UINT32_MAX) {
+        float *router = calloc(bigH, sizeof(float));
+        cr_assert_not_null(router);
+        d = good_desc();
+        d.hidden = bigH;
+        d.ffn = (uint32_t)bigF;
+        d.num_experts = 1;
+        d.top_k = 1;
+        d.router_weight = router;
+        cr_assert_eq(moevk_layer_desc_validate(NULL, &d), MOEVK_SUCCESS);
+        int64_t live0 = moevk_testing_live_objects(ctx);
+        L = (moevk_layer *)(uintptr_t)0x1;
+        moevk_status st = moevk_layer_create(ctx, &d, &L);
+        cr_assert_eq(st, MOEVK_ERROR_LIMIT_EXCEEDED, "%s: %s", moevk_status_string(st),
+                     moevk_context_last_error(ctx));
+        cr_assert_null(L);
+        cr_assert(strstr(moevk_context_last_error(ctx), "storage buffer range"), "message: %s",
+                  moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_testing_live_objects(ctx), live0, "leaked %lld objects after LIMIT_EXCEEDED",
+                     (long long)(moevk_testing_live_objects(ctx) - live0));
+        free(router);
+    }
+
+    /* NULL pointers */
+    int64_t live = moevk_testing_live_objects(ctx);
+    d = good_desc();
+    L = NULL;
+    cr_assert_eq(moevk_layer_create(NULL, &d, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_null(L);
+    cr_assert_eq(moevk_layer_create(ctx, NULL, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "desc"));
+    cr_assert_eq(moevk_layer_create(ctx, &d, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "out"));
+    cr_assert_eq(moevk_layer_desc_validate(NULL, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    moevk_layer_destroy(NULL);
+    cr_assert_eq(moevk_testing_live_objects(ctx), live);
+
+    still_works(ctx);
+    mvkt_context_end(ctx);
+}
+
+Test(layer_bad, tensors_and_calls)
+{
+    moevk_context *ctx = mvkt_context();
+    moevk_layer_desc d = good_desc();
+    moevk_layer *L = NULL;
+    cr_assert_eq(moevk_layer_create(ctx, &d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    enum { T = 5 };
+    moevk_tensor x, y, y_short, x_wide, y_wide, x16;
+    uint64_t s[2] = {T, BH}, s_short[2] = {T - 1, BH}, s_wide[2] = {T, BH + 1};
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, s, &x), 0);
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, s, &y), 0);
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, s_short, &y_short), 0);
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, s_wide, &x_wide), 0);
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, s_wide, &y_wide), 0);
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F16, 2, s, &x16), 0);
+    float xv[T * BH];
+    for (int i = 0; i < T * BH; i++)
+        xv[i] = (float)(i % 7) / 7.0f - 0.4f;
+    cr_assert_eq(moevk_tensor_upload(&x, xv), 0);
+
+    /* reading before any pass */
+    moevk_routing_stats st = {0};
+    cr_assert_eq(moevk_layer_read_stats(L, &st), MOEVK_ERROR_INVALID_ARGUMENT);
+    uint32_t ids[T * 2];
+    cr_assert_eq(moevk_layer_read_routing(L, T, ids, NULL, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+
+    int64_t live = moevk_testing_live_objects(ctx);
+    struct {
+        const moevk_tensor *x, *y;
+        const char *field;
+    } bad[] = {
+        {&x_wide, &y_wide, "hidden"}, /* H mismatch */
+        {&x, &y_short, "y shape"},    /* T mismatch between x and y */
+        {&x, &y_wide, "y shape"},     /* y's H mismatch */
+        {&x16, &y, "x.dtype"},        /* f16 x */
+        {&x, &x16, "y.dtype"},        /* f16 y */
+        {&x, &x, "overlap"},          /* in place */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        moevk_status r = moevk_layer_forward(L, bad[i].x, (moevk_tensor *)bad[i].y, NULL);
+        cr_assert_eq(r, MOEVK_ERROR_INVALID_ARGUMENT, "case %zu: %s", i,
+                     moevk_status_string(r));
+        cr_assert(strstr(moevk_context_last_error(ctx), bad[i].field),
+                  "case %zu: message '%s' should name '%s'", i, moevk_context_last_error(ctx),
+                  bad[i].field);
+    }
+    moevk_tensor x3 = x;
+    x3.ndim = 3;
+    cr_assert_eq(moevk_layer_forward(L, &x3, &y, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "x"));
+    moevk_tensor xnb = x;
+    xnb.buffer = NULL;
+    cr_assert_eq(moevk_layer_forward(L, &xnb, &y, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_forward(L, NULL, &y, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_forward(L, &x, NULL, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_forward(NULL, &x, &y, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_record(NULL, (void *)(uintptr_t)1, &x, &y),
+                 MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_record(L, NULL, &x, &y), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "vk_command_buffer"));
+    cr_assert_eq(moevk_layer_reserve(L, 0), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_reserve(NULL, 4), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_read_stats(NULL, &st), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_read_stats(L, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_read_routing(NULL, T, ids, NULL, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    double ms[MOEVK_STAGE_COUNT];
+    cr_assert_eq(moevk_layer_stage_times(NULL, ms), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_stage_times(L, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_null(moevk_layer_get_desc(NULL));
+    cr_assert_eq(moevk_testing_live_objects(ctx), live, "failed calls leaked objects");
+
+    /* the layer still runs, and a wrong T for read_routing is refused */
+    mvkt_poison_tensor(&y);
+    cr_assert_eq(moevk_layer_forward(L, &x, &y, &st), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_read_routing(L, T + 1, ids, NULL, NULL), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_eq(moevk_layer_read_routing(L, T, ids, NULL, NULL), MOEVK_SUCCESS);
+    float yv[T * BH], yr[T * BH];
+    cr_assert_eq(moevk_tensor_download(&y, yv), 0);
+    cr_assert_eq(moevk_ref_layer_forward(&d, T, xv, yr, NULL, NULL, NULL, NULL), MOEVK_SUCCESS);
+    cr_assert_leq(mvkt_rel_l2(yv, yr, T * BH), 1e-5);
+    /* the desc returned has its defaults filled and no host pointers */
+    const moevk_layer_desc *gd = moevk_layer_get_desc(L);
+    cr_assert_not_null(gd);
+    cr_assert_eq(gd->hidden, BH);
+    cr_assert_eq(gd->top_k, 2);
+
+    moevk_tensor_destroy(&x);
+    moevk_tensor_destroy(&y);
+    moevk_tensor_destroy(&y_short);
+    moevk_tensor_destroy(&x_wide);
+    moevk_tensor_destroy(&y_wide);
+    moevk_tensor_destroy(&x16);
+    moevk_layer_destroy(L);
+    still_works(ctx);
+    mvkt_context_end(ctx);
+}
+
+/* ---- the comparison itself (CPU only) ---------------------------------------------- */
+
+/* A "GPU result" that is the reference itself. */
+static void result_from_ref(const mvkc_case *c, const mvkc_ref *ref, mvkc_gpu *g)
+{
+    size_t TH = (size_t)c->T * c->desc.hidden, TK = (size_t)c->T * c->desc.top_k;
+    uint32_t E = c->desc.num_experts;
+    cr_assert_eq(mvkc_gpu_alloc(c, g), MOEVK_SUCCESS);
+    memcpy(g->y, ref->y, sizeof(float) * TH);
+    memcpy(g->ids, ref->ids, 4 * TK);
+    memcpy(g->weights, ref->weights, 4 * TK);
+    memcpy(g->rows, ref->rows, 4 * TK);
+    memcpy(g->tpe, ref->tpe, 4 * (size_t)E);
+    memcpy(g->tpe_read, ref->tpe, 4 * (size_t)E);
+    g->stats = ref->stats;
+    g->stats.tokens_per_expert = g->tpe;
+    g->stats_read = ref->stats;
+    g->stats_read.tokens_per_expert = g->tpe_read;
+}
+
+/* The comparison must catch each kind of error (a checker that cannot fail
+ * proves nothing), and accept what the policy allows. */
+Test(layer_compare, catches_every_kind_of_error)
+{
+    mvkc_limits l = limits();
+    l.tokens = 50;
+    l.experts = 12;
+    l.top_k = 3;
+    l.capacity_factor = 0.75f;
+    l.scenarios_off = MVKC_SC_ALL;
+    l.routing = MVKC_PICK(MOEVK_ROUTING_SOFTMAX_TOPK);
+    mvkc_case c;
+    mvkc_ref ref;
+    mvkc_gpu g;
+    mvkc_report rep;
+    uint64_t seed = mvkt_base_seed();
+    cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
+    cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
+    cr_assert_gt(ref.dropped, 0, "seed %llu: the case should drop", (unsigned long long)seed);
+    uint32_t k = c.desc.top_k, H = c.desc.hidden;
+    /* a token that is not a near-tie */
+    uint32_t t = 0;
+    while (ref.near_tie[t])
+        t++;
+
+    result_from_ref(&c, &ref, &g);
+    cr_assert(mvkc_compare(&c, &ref, &g, &rep), "identical result rejected: %s", rep.reason);
+    cr_assert_eq(rep.compared + rep.near_ties, c.T);
+    mvkc_gpu_free(&g);
+
+#define MUTANT(mutation, prefix)                                                                \
+    do {                                                                                       \
+        result_from_ref(&c, &ref, &g);                                                         \
+        mutation;                                                                              \
+        cr_assert(!mvkc_compare(&c, &ref, &g, &rep), "seed %llu: '%s' passed",                 \
+                  (unsigned long long)seed, #mutation);                                        \
+        cr_assert(strncmp(rep.reason, prefix, strlen(prefix)) == 0,                            \
+                  "'%s': reason '%s' should start with '%s'", #mutation, rep.reason, prefix);  \
+        mvkc_gpu_free(&g);                                                                     \
+    } while (0)
+    /* slot order of a clear ranking swapped; a wrong expert */
+    MUTANT((g.ids[t * k] = ref.ids[t * k + 1], g.ids[t * k + 1] = ref.ids[t * k]), "route:");
+    MUTANT(g.ids[t * k + 2] = (ref.ids[t * k + 2] + 1) % c.desc.num_experts, "route:");
+    MUTANT(g.weights[t * k + 1] *= 1.001f, "route:");
+    MUTANT(g.weights[t * k] = NAN, "route:");
+    MUTANT((g.rows[0] = ref.rows[1], g.rows[1] = ref.rows[0]), "permute:");
+    MUTANT(g.rows[t * k] = -1, "permute:");
+    MUTANT(g.tpe[3] += 1, "stats:");
+    MUTANT(g.tpe_read[2] += 1, "stats:");
+    MUTANT(g.stats.dropped += 1, "stats:");
+    MUTANT(g.stats.load_balancing_loss *= 1.001, "stats:");
+    MUTANT(g.stats.router_z_loss = NAN, "stats:");
+    MUTANT(g.stats.routing_entropy += 1e-3, "stats:");
+    MUTANT(g.y[t * H + H / 2] += 1.0f, "y:");
+    MUTANT(for (uint32_t h = 0; h < H; h++) g.y[t * H + h] *= 1.05f, "y:"); /* one token */
+    MUTANT(g.y[(c.T - 1) * H] = NAN, "y:");
+    MUTANT(g.y[t * H] = INFINITY, "y:");
+    MUTANT(for (uint32_t i = 0; i < c.T * H; i++) g.y[i] *= 1.0f + 1e-4f, "y:");
+#undef MUTANT
+    /* relative 1e-6 everywhere is within the f32 tolerance */
+    result_from_ref(&c, &ref, &g);
+    for (uint32_t i = 0; i < c.T * H; i++)
+        g.y[i] *= 1.0f + 1e-6f;
+    cr_assert(mvkc_compare(&c, &ref, &g, &rep), "1e-6 relative rejected: %s", rep.reason);
+    mvkc_gpu_free(&g);
+    mvkc_ref_free(&ref);
+    mvkc_case_free(&c);
+}
+
+/* Two experts with bitwise-equal router rows: the GPU putting the higher
+ * index first is a tolerated swap (its fp32 logits may differ by rounding);
+ * under capacity, y is then checked against the reference recomputed with
+ * the GPU's admissions. */
+Test(layer_compare, tolerated_swap_under_capacity)
+{
+    mvkc_limits l = limits();
+    l.tokens = 40;
+    l.experts = 10;
+    l.top_k = 2;
+    l.capacity_factor = 8.0f; /* C = 32: the dominant pair never overflows */
+    l.scenarios_on = MVKC_SC_ONE_EXPERT;
+    l.scenarios_off = MVKC_SC_ALL & ~(uint32_t)MVKC_SC_ONE_EXPERT;
+    l.routing = MVKC_PICK(MOEVK_ROUTING_SOFTMAX_TOPK);
+    mvkc_case c;
+    mvkc_ref ref;
+    mvkc_gpu g;
+    mvkc_report rep;
+    cr_assert_eq(mvkc_case_random(mvkt_base_seed(), &l, &c), MOEVK_SUCCESS);
+    uint32_t dom = c.dominant, twin = (dom + 5) % 10, k = 2;
+    make_tie(&c, dom, twin);
+    cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
+    uint32_t lo = dom < twin ? dom : twin, hi = dom ^ twin ^ lo;
+    cr_assert_eq(ref.ids[0], lo);
+    cr_assert_eq(ref.ids[1], hi);
+
+    result_from_ref(&c, &ref, &g);
+    uint32_t t = 3;
+    g.ids[t * k] = hi;
+    g.ids[t * k + 1] = lo;
+    uint32_t counts[10], offsets[11];
+    moevk_ref_permute(&c.desc, c.T, g.ids, counts, offsets, g.rows);
+    cr_assert(mvkc_compare(&c, &ref, &g, &rep), "tolerated swap rejected: %s", rep.reason);
+    cr_assert_eq(rep.swapped, 1);
+    cr_assert_eq(rep.near_ties, 1);
+    cr_assert_eq(rep.compared, c.T - 1);
+    /* ... but the rows must follow the GPU's own ids */
+    memcpy(g.rows, ref.rows, sizeof(int32_t) * c.T * k);
+    cr_assert(!mvkc_compare(&c, &ref, &g, &rep));
+    cr_assert(strncmp(rep.reason, "permute:", 8) == 0, "%s", rep.reason);
+    mvkc_gpu_free(&g);
+    mvkc_ref_free(&ref);
+    mvkc_case_free(&c);
+}
