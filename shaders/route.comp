@@ -203,6 +203,13 @@ void main()
     if (lid == 0) {
         // Weights, summed in slot order.
         float wsum = 0.0;
+        // topk_softmax: a NaN among the chosen logits, or a +inf/-inf top
+        // logit, makes the k-way softmax NaN (as max-subtraction does in the
+        // reference); written out because compilers fold l - l to 0.
+        const float top = logits[row + sel_i[0]];
+        bool bad = isinf(top);
+        for (uint j = 0; j < K; j++)
+            bad = bad || isnan(logits[row + sel_i[j]]);
         for (uint j = 0; j < K; j++) {
             uint e = sel_i[j];
             float l = logits[row + e];
@@ -219,7 +226,7 @@ void main()
         for (uint j = 0; j < K; j++) {
             float w = sel_v[j];
             if (ROUTING == 1u)
-                w = w / wsum;
+                w = bad ? (0.0 / 0.0) : w / wsum;
             else if (NORM != 0u)
                 w = ROUTING == 2u ? w / (wsum + 1e-20) : w / wsum;
             if (ROUTING == 2u)

@@ -11,7 +11,7 @@ what=${1:-main}
 
 packages="build-essential pkg-config meson ninja-build python3 glslang-tools spirv-tools
 libvulkan-dev libvulkan-volk-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
-libcriterion-dev"
+libcriterion-dev libcjson-dev"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -13,6 +13,7 @@ int cli_info(int argc, char **argv);
 int cli_router(int argc, char **argv);
 int cli_demo(int argc, char **argv);
 int cli_check(int argc, char **argv);
+int cli_run(int argc, char **argv);
 
 #define MVK_CLI_MAX(a, b) ((a) > (b) ? (a) : (b))
 #include <stdbool.h>

@@ -96,9 +96,13 @@ int cli_check(int argc, char **argv)
         return 1;
     const moevk_device_info *info = moevk_context_device_info(ctx);
     printf("device: %s (%s)\n", info->name, info->driver_name);
-    printf("checking %llu case%s, seeds %llu..%llu, against the CPU reference\n",
-           (unsigned long long)cases, cases == 1 ? "" : "s", (unsigned long long)seed,
-           (unsigned long long)(seed + cases - (cases ? 1 : 0)));
+    if (cases == 1)
+        printf("checking 1 case, seed %llu, against the CPU reference\n",
+               (unsigned long long)seed);
+    else
+        printf("checking %llu cases, seeds %llu..%llu, against the CPU reference\n",
+               (unsigned long long)cases, (unsigned long long)seed,
+               (unsigned long long)(seed + cases - (cases ? 1 : 0)));
     fflush(stdout);
 
     mvkc_limits lim;

@@ -22,6 +22,8 @@ static void usage(FILE *f)
             "  info                 list every Vulkan device and its capabilities\n"
             "  router [options]     run the router stage (logits + scores) on random input\n"
             "                       and compare it with the CPU reference\n"
+            "  run --model DIR --layer N --input X --output Y\n"
+            "                       run one MoE layer of a Hugging Face checkpoint\n"
             "  help                 this text\n"
             "\n"
             "Run `moevk COMMAND --help` for a command's options.\n");
@@ -44,6 +46,8 @@ int main(int argc, char **argv)
         return cli_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "router"))
         return cli_router(argc - 1, argv + 1);
+    if (!strcmp(cmd, "run"))
+        return cli_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         usage(stdout);
         return 0;

@@ -1,0 +1,698 @@
+/*
+ * moevk run: one MoE layer of a Hugging Face checkpoint (config.json +
+ * safetensors) applied to an input tensor from a safetensors file, on the
+ * Vulkan device, the CPU reference or (when built) CUDA.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "model/hf_config.h"
+#include "model/model_layer.h"
+#include "model/model_util.h"
+#include "model/safetensors.h"
+#include "ref/ref.h"
+#ifdef MOEVK_HAVE_CUDA
+#include "cuda/moevk_cuda.h"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moevk run --model DIR --layer N [--decoder]\n"
+            "                 --input X.safetensors [--output Y.safetensors] [--stats S.json]\n"
+            "                 [--backend vulkan|cpu|cuda] [--device D] [--validate] [--check]\n"
+            "       moevk run --config CONFIG.json --weights FILE.safetensors [--weights ...]\n"
+            "                 --prefix P --input X.safetensors [...]\n"
+            "  Runs one MoE block of a Hugging Face checkpoint. DIR holds config.json and\n"
+            "  model.safetensors, or shards listed in model.safetensors.index.json. With\n"
+            "  --config/--weights the block's tensors are named P followed by the usual\n"
+            "  suffixes (gate.weight, experts.0.w1.weight, ...). model_type: mixtral,\n"
+            "  qwen2_moe, qwen3_moe, deepseek_v3, olmoe, gpt_oss, switch_transformers.\n"
+            "  --input    tensor 'x', [T, H] or [B, S, H], f32/f16/bf16\n"
+            "  --output   tensor 'y', the same shape, f32\n"
+            "  --stats    routing statistics as JSON\n"
+            "  --decoder  switch_transformers: a decoder block (default: encoder)\n"
+            "  --dropped-passthrough  switch_transformers as transformers 4 computed it: a\n"
+            "             token over expert_capacity outputs p * x (transformers 5: 0)\n"
+            "  --check    also run the CPU reference and compare (relative L2, routing)\n"
+            "  --backend  vulkan (default), cpu (the double-precision reference), cuda\n"
+            "  --cuda-impl ref|cublas|cublas-f32  which CUDA implementation (default ref)\n");
+}
+
+typedef struct run_opts {
+    const char *model, *config, *prefix, *input, *output, *stats, *backend, *device;
+    const char *cuda_impl;
+    const char *weights[64];
+    int nweights;
+    long layer;
+    int decoder, validate, check, passthrough;
+} run_opts;
+
+/* Everything one forward pass set produces, for T tokens in `passes`
+ * passes of S tokens. */
+typedef struct run_out {
+    float *y;
+    uint32_t *ids;
+    float *w;
+    int32_t *row;
+    uint32_t *tpe;
+    moevk_routing_stats stats;
+    char device[520];
+    double create_ms, forward_ms;
+} run_out;
+
+static int run_out_alloc(run_out *o, uint32_t T, uint32_t H, uint32_t K, uint32_t E)
+{
+    memset(o, 0, sizeof(*o));
+    o->y = malloc(sizeof(float) * T * H);
+    o->ids = malloc(4ull * T * K);
+    o->w = malloc(4ull * T * K);
+    o->row = malloc(4ull * T * K);
+    o->tpe = calloc(E, 4);
+    return o->y && o->ids && o->w && o->row && o->tpe ? 0 : -1;
+}
+
+static void run_out_free(run_out *o)
+{
+    free(o->y);
+    free(o->ids);
+    free(o->w);
+    free(o->row);
+    free(o->tpe);
+}
+
+/* Statistics over all passes: counts and drops add up; the losses are
+ * recomputed over every token from host router logits (one pass: the
+ * backend's own values are kept). */
+static int merge_stats(const moevk_layer_desc *d, const float *x, uint32_t T, uint32_t passes,
+                       run_out *o)
+{
+    if (passes == 1)
+        return 0;
+    float *logits = malloc(sizeof(float) * T * d->num_experts);
+    if (!logits)
+        return -1;
+    moevk_ref_router_logits(x, T, d->hidden, d->router_weight, d->router_dtype, d->num_experts,
+                            d->router_bias, logits);
+    moevk_routing_stats s = {.tokens_per_expert = o->tpe};
+    moevk_status st = moevk_ref_stats(d, T, logits, o->ids, o->tpe, o->stats.dropped, &s);
+    free(logits);
+    if (st)
+        return -1;
+    o->stats.load_balancing_loss = s.load_balancing_loss;
+    o->stats.router_z_loss = s.router_z_loss;
+    o->stats.routing_entropy = s.routing_entropy;
+    return 0;
+}
+
+static int run_cpu(const moevk_layer_desc *d, const float *x, uint32_t passes, uint32_t S,
+                   run_out *o)
+{
+    const uint32_t H = d->hidden, K = d->top_k, E = d->num_experts;
+    uint32_t *counts = malloc(4ull * (E + 1)), *offsets = malloc(4ull * (E + 1)),
+             *tpe = calloc(E, 4);
+    int rc = 0;
+    if (!counts || !offsets || !tpe) {
+        fprintf(stderr, "moevk run: out of host memory\n");
+        rc = 1;
+        goto done;
+    }
+    snprintf(o->device, sizeof o->device, "CPU reference (double precision)");
+    double t0 = cli_now_ms();
+    for (uint32_t p = 0; p < passes; p++) {
+        size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
+        moevk_routing_stats st = {.tokens_per_expert = tpe};
+        if (moevk_ref_layer_forward(d, S, x + xo, o->y + xo, o->ids + ko, o->w + ko, NULL,
+                                    &st)) {
+            fprintf(stderr, "moevk run: out of host memory in the CPU reference\n");
+            rc = 1;
+            goto done;
+        }
+        moevk_ref_permute(d, S, o->ids + ko, counts, offsets, o->row + ko);
+        for (uint32_t e = 0; e < E; e++)
+            o->tpe[e] += tpe[e];
+        o->stats.dropped += st.dropped;
+        o->stats.load_balancing_loss = st.load_balancing_loss;
+        o->stats.router_z_loss = st.router_z_loss;
+        o->stats.routing_entropy = st.routing_entropy;
+    }
+    o->forward_ms = cli_now_ms() - t0;
+done:
+    free(counts);
+    free(offsets);
+    free(tpe);
+    return rc;
+}
+
+static int run_vulkan(const run_opts *opt, const moevk_layer_desc *d, const float *x,
+                      uint32_t passes, uint32_t S, run_out *o)
+{
+    const uint32_t H = d->hidden, K = d->top_k, E = d->num_experts;
+    moevk_context *ctx = cli_context(opt->device, opt->validate);
+    if (!ctx)
+        return 1;
+    const moevk_device_info *info = moevk_context_device_info(ctx);
+    snprintf(o->device, sizeof o->device, "%s (%s)", info->name, info->driver_name);
+    int rc = 1;
+    moevk_layer *L = NULL;
+    moevk_tensor tx = {0}, ty = {0};
+    uint32_t *tpe = calloc(E, 4);
+    moevk_status st;
+    if (!tpe) {
+        fprintf(stderr, "moevk run: out of host memory\n");
+        goto done;
+    }
+    double t0 = cli_now_ms();
+    if ((st = moevk_layer_create(ctx, d, &L)))
+        goto vk_error;
+    o->create_ms = cli_now_ms() - t0;
+    uint64_t shape[2] = {S, H};
+    if ((st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &tx)) ||
+        (st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &ty)))
+        goto vk_error;
+    t0 = cli_now_ms();
+    for (uint32_t p = 0; p < passes; p++) {
+        size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
+        moevk_routing_stats s = {.tokens_per_expert = tpe};
+        if ((st = moevk_tensor_upload(&tx, x + xo)) ||
+            (st = moevk_buffer_fill(ty.buffer, ty.offset, moevk_tensor_bytes(&ty), 0x7fc00000u)) ||
+            (st = moevk_layer_forward(L, &tx, &ty, &s)) ||
+            (st = moevk_tensor_download(&ty, o->y + xo)) ||
+            (st = moevk_layer_read_routing(L, S, o->ids + ko, o->w + ko, o->row + ko)))
+            goto vk_error;
+        for (uint32_t e = 0; e < E; e++)
+            o->tpe[e] += tpe[e];
+        o->stats.dropped += s.dropped;
+        o->stats.load_balancing_loss = s.load_balancing_loss;
+        o->stats.router_z_loss = s.router_z_loss;
+        o->stats.routing_entropy = s.routing_entropy;
+    }
+    o->forward_ms = cli_now_ms() - t0;
+    if (opt->validate && moevk_context_validation_messages(ctx)) {
+        fprintf(stderr, "moevk run: %u validation messages\n",
+                moevk_context_validation_messages(ctx));
+        goto done;
+    }
+    rc = 0;
+    goto done;
+vk_error:
+    fprintf(stderr, "moevk run: %s: %s\n", moevk_status_string(st), moevk_context_last_error(ctx));
+done:
+    moevk_tensor_destroy(&tx);
+    moevk_tensor_destroy(&ty);
+    moevk_layer_destroy(L);
+    moevk_context_destroy(ctx);
+    free(tpe);
+    return rc;
+}
+
+#ifdef MOEVK_HAVE_CUDA
+static int run_cuda(const run_opts *opt, const moevk_layer_desc *d, const float *x,
+                    uint32_t passes, uint32_t S, run_out *o)
+{
+    const uint32_t H = d->hidden, K = d->top_k, E = d->num_experts;
+    mvk_cuda_backend impl = MVK_CUDA_REF;
+    if (opt->cuda_impl && !strcmp(opt->cuda_impl, "cublas"))
+        impl = MVK_CUDA_CUBLAS;
+    else if (opt->cuda_impl && !strcmp(opt->cuda_impl, "cublas-f32"))
+        impl = MVK_CUDA_CUBLAS_F32;
+    char msg[512] = "";
+    if (!mvk_cuda_device_available(msg, sizeof msg)) {
+        fprintf(stderr, "moevk run: no usable CUDA device: %s\n", msg);
+        return 1;
+    }
+    snprintf(o->device, sizeof o->device, "%s [%s]", msg, mvk_cuda_backend_name(impl));
+    uint32_t *tpe = calloc(E, 4);
+    mvk_cuda_layer *L = NULL;
+    int rc = 1;
+    if (!tpe) {
+        fprintf(stderr, "moevk run: out of host memory\n");
+        return 1;
+    }
+    double t0 = cli_now_ms();
+    moevk_status st = mvk_cuda_layer_create(d, impl, &L, msg, sizeof msg);
+    if (st)
+        goto cuda_error;
+    o->create_ms = cli_now_ms() - t0;
+    t0 = cli_now_ms();
+    for (uint32_t p = 0; p < passes; p++) {
+        size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
+        moevk_routing_stats s = {.tokens_per_expert = tpe};
+        st = mvk_cuda_layer_forward(L, S, x + xo, o->y + xo, o->ids + ko, o->w + ko, o->row + ko,
+                                    &s, NULL, NULL, msg, sizeof msg);
+        if (st)
+            goto cuda_error;
+        for (uint32_t e = 0; e < E; e++)
+            o->tpe[e] += tpe[e];
+        o->stats.dropped += s.dropped;
+        o->stats.load_balancing_loss = s.load_balancing_loss;
+        o->stats.router_z_loss = s.router_z_loss;
+        o->stats.routing_entropy = s.routing_entropy;
+    }
+    o->forward_ms = cli_now_ms() - t0;
+    rc = 0;
+    goto done;
+cuda_error:
+    fprintf(stderr, "moevk run: CUDA: %s: %s\n", moevk_status_string(st), msg);
+done:
+    mvk_cuda_layer_destroy(L);
+    free(tpe);
+    return rc;
+}
+#endif
+
+/* switch_transformers in transformers 4 kept a dropped token's hidden
+ * state, scaled by its routing probability: y_t += w * x_t for each dropped
+ * slot (transformers 5 outputs 0 for it, as moevk does). */
+static void dropped_passthrough(const moevk_layer_desc *d, const float *x, uint32_t T,
+                                run_out *o)
+{
+    const uint32_t H = d->hidden, K = d->top_k;
+    for (uint32_t t = 0; t < T; t++)
+        for (uint32_t j = 0; j < K; j++) {
+            size_t a = (size_t)t * K + j;
+            if (o->row[a] >= 0)
+                continue;
+            for (uint32_t c = 0; c < H; c++)
+                o->y[(size_t)t * H + c] += o->w[a] * x[(size_t)t * H + c];
+        }
+}
+
+static int write_stats(const char *path, const run_opts *opt, const mvk_model_layer *ml,
+                       uint32_t T, uint32_t passes, const run_out *o)
+{
+    const moevk_layer_desc *d = &ml->desc;
+    cJSON *j = cJSON_CreateObject();
+    if (!j || !cJSON_AddStringToObject(j, "model_type", mvk_arch_name(ml->arch)))
+        goto oom;
+    cJSON_AddStringToObject(j, "prefix", ml->prefix);
+    cJSON_AddStringToObject(j, "backend", opt->backend);
+    cJSON_AddNumberToObject(j, "tokens", T);
+    cJSON_AddNumberToObject(j, "passes", passes);
+    cJSON_AddNumberToObject(j, "num_experts", d->num_experts);
+    cJSON_AddNumberToObject(j, "top_k", d->top_k);
+    cJSON *tpe = cJSON_AddArrayToObject(j, "tokens_per_expert");
+    if (!tpe)
+        goto oom;
+    for (uint32_t e = 0; e < d->num_experts; e++)
+        cJSON_AddItemToArray(tpe, cJSON_CreateNumber(o->tpe[e]));
+    cJSON_AddNumberToObject(j, "dropped", (double)o->stats.dropped);
+    cJSON_AddNumberToObject(j, "load_balancing_loss", o->stats.load_balancing_loss);
+    cJSON_AddNumberToObject(j, "router_z_loss", o->stats.router_z_loss);
+    cJSON_AddNumberToObject(j, "routing_entropy", o->stats.routing_entropy);
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!text)
+        goto oom;
+    FILE *f = fopen(path, "w");
+    int ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    if (f && fclose(f))
+        ok = 0;
+    free(text);
+    if (!ok) {
+        fprintf(stderr, "moevk run: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    return 0;
+oom:
+    cJSON_Delete(j);
+    fprintf(stderr, "moevk run: out of host memory\n");
+    return 1;
+}
+
+/* Compare with the CPU reference; tokens at a routing near-tie are left
+ * out (docs/semantics.md, Tolerances). */
+static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t T,
+                             uint32_t passes, uint32_t S, const run_out *o)
+{
+    const moevk_layer_desc *d = &ml->desc;
+    const uint32_t H = d->hidden, K = d->top_k;
+    run_out r;
+    uint8_t *near = malloc(T);
+    if (run_out_alloc(&r, T, H, K, d->num_experts) || !near) {
+        run_out_free(&r);
+        free(near);
+        fprintf(stderr, "moevk run: out of host memory for --check\n");
+        return 1;
+    }
+    int rc = 1;
+    for (uint32_t p = 0; p < passes; p++) {
+        size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
+        if (moevk_ref_layer_forward(d, S, x + xo, r.y + xo, r.ids + ko, r.w + ko, near + p * S,
+                                    NULL)) {
+            fprintf(stderr, "moevk run: out of host memory in the CPU reference\n");
+            goto done;
+        }
+    }
+    uint32_t *counts = malloc(4ull * (d->num_experts + 1)),
+             *offsets = malloc(4ull * (d->num_experts + 1));
+    if (!counts || !offsets) {
+        free(counts);
+        free(offsets);
+        goto done;
+    }
+    for (uint32_t p = 0; p < passes; p++)
+        moevk_ref_permute(d, S, r.ids + (size_t)p * S * K, counts, offsets,
+                          r.row + (size_t)p * S * K);
+    free(counts);
+    free(offsets);
+    if (ml->dropped_passthrough)
+        dropped_passthrough(d, x, T, &r);
+    double num = 0, den = 0;
+    uint32_t excluded = 0, mismatched = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        if (near[t]) {
+            excluded++;
+            continue;
+        }
+        for (uint32_t j = 0; j < K; j++)
+            if (o->ids[(size_t)t * K + j] != r.ids[(size_t)t * K + j]) {
+                mismatched++;
+                break;
+            }
+        for (uint32_t c = 0; c < H; c++) {
+            double a = o->y[(size_t)t * H + c], b = r.y[(size_t)t * H + c];
+            num += (a - b) * (a - b);
+            den += b * b;
+        }
+    }
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    double tol = d->weight_dtype == MOEVK_DTYPE_F32 ? 1e-5 : 1e-4;
+    printf("check    relative L2 error %.3g vs the CPU reference (tolerance %g), %u token%s "
+           "routed differently, %u near-tie token%s excluded\n",
+           rel, tol, mismatched, mismatched == 1 ? "" : "s", excluded, excluded == 1 ? "" : "s");
+    rc = (rel <= tol && mismatched == 0) ? 0 : 1;
+    if (rc)
+        fprintf(stderr, "moevk run: the result does not match the CPU reference\n");
+done:
+    run_out_free(&r);
+    free(near);
+    return rc;
+}
+
+static int parse_opts(int argc, char **argv, run_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->layer = -1;
+    o->backend = "vulkan";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--decoder")) {
+            o->decoder = 1;
+            continue;
+        }
+        if (!strcmp(a, "--validate")) {
+            o->validate = 1;
+            continue;
+        }
+        if (!strcmp(a, "--check")) {
+            o->check = 1;
+            continue;
+        }
+        if (!strcmp(a, "--dropped-passthrough")) {
+            o->passthrough = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "moevk run: %s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--model")) o->model = v;
+        else if (!strcmp(a, "--config")) o->config = v;
+        else if (!strcmp(a, "--prefix")) o->prefix = v;
+        else if (!strcmp(a, "--input")) o->input = v;
+        else if (!strcmp(a, "--output")) o->output = v;
+        else if (!strcmp(a, "--stats")) o->stats = v;
+        else if (!strcmp(a, "--backend")) o->backend = v;
+        else if (!strcmp(a, "--device")) o->device = v;
+        else if (!strcmp(a, "--cuda-impl")) o->cuda_impl = v;
+        else if (!strcmp(a, "--weights")) {
+            if (o->nweights == (int)(sizeof o->weights / sizeof o->weights[0])) {
+                fprintf(stderr, "moevk run: too many --weights\n");
+                return 2;
+            }
+            o->weights[o->nweights++] = v;
+        } else if (!strcmp(a, "--layer")) {
+            char *end;
+            errno = 0;
+            long l = strtol(v, &end, 10);
+            if (errno || *end || end == v || l < 0 || l > 1000000) {
+                fprintf(stderr, "moevk run: --layer '%s' is not a layer index\n", v);
+                return 2;
+            }
+            o->layer = l;
+        } else {
+            fprintf(stderr, "moevk run: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    const char *why = NULL;
+    if (!o->model == !o->config)
+        why = "give either --model DIR or --config FILE with --weights";
+    else if (o->model && o->nweights)
+        why = "--weights goes with --config, not --model";
+    else if (o->model && o->layer < 0 && !o->prefix)
+        why = "--model needs --layer N (or --prefix P)";
+    else if (o->model && o->layer >= 0 && o->prefix)
+        why = "give --layer or --prefix, not both";
+    else if (o->config && !o->nweights)
+        why = "--config needs --weights FILE.safetensors";
+    else if (o->config && !o->prefix)
+        why = "--config needs --prefix P (the block's tensor-name prefix; \"\" for none)";
+    else if (o->config && o->layer >= 0)
+        why = "--layer goes with --model; with --config give --prefix";
+    else if (!o->input)
+        why = "--input X.safetensors is required";
+    else if (strcmp(o->backend, "vulkan") && strcmp(o->backend, "cpu") &&
+             strcmp(o->backend, "cuda"))
+        why = "--backend must be vulkan, cpu or cuda";
+    else if (o->cuda_impl && strcmp(o->cuda_impl, "ref") && strcmp(o->cuda_impl, "cublas") &&
+             strcmp(o->cuda_impl, "cublas-f32"))
+        why = "--cuda-impl must be ref, cublas or cublas-f32";
+    if (why) {
+        fprintf(stderr, "moevk run: %s\n", why);
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+/* The input x as f32 [T, H]; shape kept for the output. */
+static int read_input(const char *path, uint32_t H, float **x, uint32_t *ndim, uint64_t *shape,
+                      uint32_t *T)
+{
+    char err[512];
+    mvk_st_file f;
+    if (mvk_st_open(path, &f, err, sizeof err)) {
+        fprintf(stderr, "moevk run: %s\n", err);
+        return 1;
+    }
+    int rc = 1;
+    const mvk_st_tensor *t = mvk_st_find(&f, "x");
+    if (!t) {
+        fprintf(stderr, "moevk run: missing tensor 'x' in %s\n", path);
+        goto done;
+    }
+    if (t->dtype < 0) {
+        fprintf(stderr,
+                "moevk run: tensor 'x' in %s has unsupported dtype %s (F32, F16 or BF16)\n",
+                path, t->dtype_name);
+        goto done;
+    }
+    char sb[160];
+    if ((t->ndim != 2 && t->ndim != 3) || t->shape[t->ndim - 1] != H) {
+        fprintf(stderr, "moevk run: tensor 'x' in %s has shape %s; expected [T, %u] or [B, S, %u]\n",
+                path, mvk_shape_str(t->shape, t->ndim, sb, sizeof sb), H, H);
+        goto done;
+    }
+    uint64_t tokens = t->numel / H;
+    if (tokens == 0 || tokens > UINT32_MAX / 2 || tokens * H > SIZE_MAX / 8) {
+        fprintf(stderr, "moevk run: tensor 'x' in %s has %llu tokens\n", path,
+                (unsigned long long)tokens);
+        goto done;
+    }
+    *x = malloc(sizeof(float) * (size_t)t->numel);
+    if (!*x) {
+        fprintf(stderr, "moevk run: out of host memory for the input\n");
+        goto done;
+    }
+    mvk_model_to_f32(t->data, t->dtype, (size_t)t->numel, *x);
+    *ndim = t->ndim;
+    memcpy(shape, t->shape, sizeof(uint64_t) * t->ndim);
+    *T = (uint32_t)tokens;
+    rc = 0;
+done:
+    mvk_st_close(&f);
+    return rc;
+}
+
+static const char *routing_name(moevk_routing r)
+{
+    return r == MOEVK_ROUTING_TOPK_SOFTMAX     ? "topk_softmax"
+           : r == MOEVK_ROUTING_SIGMOID_GROUPED ? "sigmoid_grouped"
+                                                : "softmax_topk";
+}
+
+int cli_run(int argc, char **argv)
+{
+    run_opts opt;
+    int prc = parse_opts(argc, argv, &opt);
+    if (prc)
+        return prc == 1 ? 0 : prc;
+#ifndef MOEVK_HAVE_CUDA
+    if (!strcmp(opt.backend, "cuda")) {
+        fprintf(stderr, "moevk run: the CUDA backend is not built (no nvcc at build time)\n");
+        return 2;
+    }
+#endif
+
+    char err[1024];
+    int rc = 1;
+    char *cfg_path = NULL, *text = NULL;
+    size_t len;
+    mvk_moe_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    mvk_model_layer ml;
+    memset(&ml, 0, sizeof ml);
+    float *x = NULL;
+    run_out out;
+    memset(&out, 0, sizeof out);
+
+    cfg_path = opt.model ? mvk_strcat2(opt.model, "/config.json") : mvk_strdup(opt.config);
+    if (!cfg_path || mvk_read_text(cfg_path, &text, &len, err, sizeof err) ||
+        mvk_hf_config_parse(text, len, cfg_path, &cfg, err, sizeof err))
+        goto fail;
+
+    char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
+    int nprefix = 0;
+    if (opt.prefix) {
+        size_t pl = strlen(opt.prefix);
+        if (pl + 2 > MVK_PREFIX_LEN) {
+            snprintf(err, sizeof err, "--prefix is longer than %d characters", MVK_PREFIX_LEN - 2);
+            goto fail;
+        }
+        snprintf(prefixes[0], MVK_PREFIX_LEN, "%s%s", opt.prefix,
+                 pl && opt.prefix[pl - 1] != '.' ? "." : "");
+        nprefix = 1;
+    } else if (mvk_hf_layer_prefixes(&cfg, (uint32_t)opt.layer, opt.decoder, prefixes, &nprefix,
+                                     err, sizeof err)) {
+        goto fail;
+    }
+    if (opt.model) {
+        if (mvk_st_set_open_dir(&set, opt.model, err, sizeof err))
+            goto fail;
+    } else {
+        for (int i = 0; i < opt.nweights; i++)
+            if (mvk_st_set_add_file(&set, opt.weights[i], err, sizeof err))
+                goto fail;
+    }
+    const char *pp[MVK_MAX_PREFIXES] = {prefixes[0], prefixes[1]};
+    if (mvk_model_layer_build_any(&cfg, &set, pp, nprefix, &ml, err, sizeof err))
+        goto fail;
+    if (opt.passthrough) {
+        if (ml.arch != MVK_ARCH_SWITCH) {
+            snprintf(err, sizeof err, "--dropped-passthrough is only for switch_transformers");
+            goto fail;
+        }
+        ml.dropped_passthrough = 1;
+    }
+    moevk_layer_desc *d = &ml.desc;
+    const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
+
+    uint32_t ndim = 0, T = 0;
+    uint64_t shape[MVK_ST_MAX_DIMS] = {0};
+    if (read_input(opt.input, H, &x, &ndim, shape, &T))
+        goto done;
+    /* switch_transformers' capacity counts per sequence: one pass each */
+    uint32_t passes = 1, S = T;
+    if (ml.expert_capacity && ndim == 3 && shape[0] > 1) {
+        passes = (uint32_t)shape[0];
+        S = (uint32_t)shape[1];
+    }
+    d->capacity_factor = mvk_model_capacity_factor(&ml, S);
+
+    char sb[160];
+    printf("model    %s, %s (%s)\n", mvk_arch_name(ml.arch), ml.prefix, ml.layout);
+    printf("layer    H=%u F=%u E=%u k=%u, %s routing%s, %s, %s weights%s", H, d->ffn, E, K,
+           routing_name(d->routing), d->norm_topk_prob ? " (normalised)" : "",
+           cfg.act_name, moevk_dtype_name(d->weight_dtype),
+           ml.converted ? " (mixed in the file: converted)" : "");
+    if (d->num_shared)
+        printf(", shared expert F=%u%s", d->shared_ffn, d->shared_gate ? " (gated)" : "");
+    if (ml.expert_capacity)
+        printf(", expert_capacity %llu per sequence%s", (unsigned long long)ml.expert_capacity,
+               ml.dropped_passthrough ? " (dropped: p * x)" : "");
+    printf("\n");
+    printf("input    x %s -> %u tokens%s\n", mvk_shape_str(shape, ndim, sb, sizeof sb), T,
+           passes > 1 ? " (one pass per sequence)" : "");
+
+    if (run_out_alloc(&out, T, H, K, E)) {
+        snprintf(err, sizeof err, "out of host memory for %u tokens", T);
+        goto fail;
+    }
+    int brc;
+    if (!strcmp(opt.backend, "cpu"))
+        brc = run_cpu(d, x, passes, S, &out);
+#ifdef MOEVK_HAVE_CUDA
+    else if (!strcmp(opt.backend, "cuda"))
+        brc = run_cuda(&opt, d, x, passes, S, &out);
+#endif
+    else
+        brc = run_vulkan(&opt, d, x, passes, S, &out);
+    if (brc)
+        goto done;
+    if (ml.dropped_passthrough)
+        dropped_passthrough(d, x, T, &out);
+    if (merge_stats(d, x, T, passes, &out)) {
+        snprintf(err, sizeof err, "out of host memory for the statistics");
+        goto fail;
+    }
+    printf("backend  %s: %s\n", opt.backend, out.device);
+    if (strcmp(opt.backend, "cpu"))
+        printf("time     layer create (upload) %.1f ms, forward %.2f ms\n", out.create_ms,
+               out.forward_ms);
+    else
+        printf("time     forward %.2f ms\n", out.forward_ms);
+    printf("routing  dropped %llu, load-balancing loss %.4f, z-loss %.4f, entropy %.4f\n",
+           (unsigned long long)out.stats.dropped, out.stats.load_balancing_loss,
+           out.stats.router_z_loss, out.stats.routing_entropy);
+
+    if (opt.output) {
+        mvk_st_out o = {.name = "y", .dtype = "F32", .ndim = ndim, .data = out.y};
+        memcpy(o.shape, shape, sizeof(uint64_t) * ndim);
+        if (mvk_st_write(opt.output, &o, 1, err, sizeof err))
+            goto fail;
+        printf("output   %s: y %s f32\n", opt.output, mvk_shape_str(shape, ndim, sb, sizeof sb));
+    }
+    if (opt.stats && write_stats(opt.stats, &opt, &ml, T, passes, &out))
+        goto done;
+    if (opt.check && strcmp(opt.backend, "cpu") &&
+        check_against_cpu(&ml, x, T, passes, S, &out))
+        goto done;
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "moevk run: %s\n", err);
+done:
+    run_out_free(&out);
+    free(x);
+    mvk_model_layer_free(&ml);
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&cfg);
+    free(text);
+    free(cfg_path);
+    return rc;
+}

@@ -1,0 +1,109 @@
+/*
+ * Internal interface between the CUDA kernels (cuda_kernels.cu) and the
+ * host side of the CUDA backends (cuda_layer.cu). C++ (nvcc) only.
+ *
+ * Every launcher enqueues its kernels on `s` and returns the launch's
+ * cudaError_t (cudaGetLastError). Sizes are element counts; all arrays are
+ * device pointers unless named h_*.
+ */
+#ifndef MOEVK_CUDA_INTERNAL_H
+#define MOEVK_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "moevk/moevk.h"
+
+namespace mvkcu {
+
+/* Routing parameters (desc defaults already applied). */
+struct RouteParams {
+    uint32_t T, E, K;
+    int routing;         /* moevk_routing */
+    int norm;            /* norm_topk_prob */
+    uint32_t n_group, topk_group;
+    float scale;         /* routed_scaling_factor */
+    const float *corr;   /* [E] correction bias or NULL */
+};
+
+/* One stack of FFN experts on the device, in dtype `dt`. */
+struct FfnWeights {
+    moevk_dtype dt;
+    uint32_t H, F;       /* hidden, this stack's ffn */
+    int act;             /* moevk_activation */
+    float alpha, limit;  /* swiglu_oai */
+    const void *gate, *up, *down; /* [n, F, H], [n, F, H], [n, H, F]; gate NULL if not gated */
+    const float *bg, *bu, *bd;    /* [n, F], [n, F], [n, H] or NULL */
+};
+
+/* logits[t*E + e] = x[t] . w[e] (+ bias[e]); f32 accumulation in h order. */
+cudaError_t router_logits(cudaStream_t s, moevk_dtype wdt, const float *x, const void *w,
+                          const float *bias, uint32_t T, uint32_t H, uint32_t E, float *logits);
+
+/* One thread per token: selection, ids [T*K], weights [T*K]. score/gscore
+ * are f32 scratch [T*E], elig u8 scratch [T*E]. */
+cudaError_t route(cudaStream_t s, const RouteParams &p, const float *logits, float *score,
+                  float *gscore, uint8_t *elig, uint32_t *ids, float *weights);
+
+/* Counting, capacity (cap = UINT32_MAX: dropless) and rows in priority
+ * order: totals[E] (assignments before dropping), counts[E] (admitted),
+ * offsets[E+1], *dropped, row_of[T*K] (-1 when dropped), and per row
+ * row_token / row_expert ([T*K], entries past offsets[E] unspecified). */
+cudaError_t permute(cudaStream_t s, const uint32_t *ids, uint32_t T, uint32_t K, uint32_t E,
+                    uint32_t cap, uint32_t *totals, uint32_t *counts, uint32_t *offsets,
+                    unsigned long long *dropped, int32_t *row_of, uint32_t *row_token,
+                    uint32_t *row_expert);
+
+/* Rows of an FFN pass: either the routed rows (row_token/row_expert of the
+ * permutation, their number read on the device from *dev_rows, at most
+ * max_rows) or dense rows 0..max_rows-1 of one expert (row_token ==
+ * row_expert == dev_rows == NULL, expert `fixed_expert`, token = row). */
+struct Rows {
+    const uint32_t *row_token, *row_expert, *dev_rows;
+    uint32_t max_rows, fixed_expert;
+};
+
+/* h[r*F + n] = act(x[tok(r)] . gate[e, n] (+bg), x[tok(r)] . up[e, n] (+bu)) */
+cudaError_t ffn_up(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *x,
+                   float *h);
+
+/* o = h[r] . down[e, c] (+bd). mode 0: out[r*H + c] = o;
+ * mode 1: out = g * o; mode 2: out += g * o, with g = sigmoid(gate_logits[r *
+ * gate_stride + gate_index]) if gate_logits, else 1. */
+cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *h,
+                     float *out, int mode, const float *gate_logits, uint32_t gate_stride,
+                     uint32_t gate_index);
+
+/* y[t*H + c] = sum_j w[t, j] * o[row_of[t, j], c] (slot order, fma, rows of
+ * -1 skipped) (+ shared[t*H + c] if shared). */
+cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights, const float *o,
+                    const float *shared, uint32_t T, uint32_t H, uint32_t K, float *y);
+
+/* Statistics: tok [3T] f32 scratch, prob [E] f64 scratch, out [3] f64 =
+ * {load-balancing loss, z-loss, entropy}. */
+cudaError_t stats(cudaStream_t s, const float *logits, const uint32_t *totals, uint32_t T,
+                  uint32_t E, uint32_t K, float *tok, double *prob, double *out);
+
+/* ---- cuBLAS pipeline helpers ------------------------------------------- */
+
+/* xq[r*H + c] = x[tok(r)*H + c] converted to dt (f32/f16/bf16). */
+cudaError_t gather_convert(cudaStream_t s, moevk_dtype dt, const Rows &rows, const float *x,
+                           uint32_t H, void *xq);
+
+/* hq[r*F + n] = act(G + bg, U + bu) converted to w.dt (G unused when not
+ * gated). */
+cudaError_t activate(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *G,
+                     const float *U, void *hq);
+
+/* o[r*H + c] += bd[e(r)*H + c] over the rows. */
+cudaError_t add_row_bias(cudaStream_t s, const Rows &rows, const float *bd, uint32_t H, float *o);
+
+/* acc[t*H + c] (= if first, else +=) g * (o[t*H + c] (+ bd[c])), g as in
+ * ffn_down. */
+cudaError_t shared_accumulate(cudaStream_t s, const float *o, const float *bd, uint32_t T,
+                              uint32_t H, int first, const float *gate_logits,
+                              uint32_t gate_stride, uint32_t gate_index, float *acc);
+
+} /* namespace mvkcu */
+
+#endif

@@ -1,0 +1,716 @@
+/*
+ * CUDA kernels of the CUDA backends: every stage of docs/semantics.md in
+ * f32, written for evident correctness rather than speed.
+ *
+ * Rules every kernel follows:
+ *  - one thread per output element (or per token / per expert where a stage
+ *    is sequential by nature), loops in a fixed order, no floating-point
+ *    atomics: the same input gives bitwise the same output;
+ *  - elementwise kernels use grid-stride loops, so any size launches;
+ *  - NaN propagates as in the reference (src/ref): comparisons are written
+ *    so that NaN falls through clamps and maxima, and selection ranks NaN
+ *    below every number.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_internal.h"
+
+namespace mvkcu {
+namespace {
+
+constexpr uint32_t NONE = 0xffffffffu;
+constexpr int BLOCK = 256;
+constexpr size_t MAX_BLOCKS = 1u << 20;
+
+/* Blocks of BLOCK threads for n elements (grid-stride loops do the rest). */
+unsigned blocks_for(size_t n)
+{
+    size_t b = (n + BLOCK - 1) / BLOCK;
+    if (b == 0)
+        b = 1;
+    return (unsigned)(b < MAX_BLOCKS ? b : MAX_BLOCKS);
+}
+
+#define GRID_STRIDE(i, n)                                                                     \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                  \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* ---- number formats (bit conversions, exact like src/ref/ref_numbers.c) -- */
+
+__device__ __forceinline__ float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0) { /* zero or subnormal: mant * 2^-24, exact */
+        float mag = (float)mant * 5.9604644775390625e-8f;
+        return sign ? -mag : mag;
+    }
+    if (exp == 31) /* inf or NaN, payload kept */
+        return __uint_as_float(sign | 0x7f800000u | (mant << 13));
+    return __uint_as_float(sign | ((exp - 15u + 127u) << 23) | (mant << 13));
+}
+
+__device__ __forceinline__ float bf16_to_float(uint16_t b)
+{
+    return __uint_as_float((uint32_t)b << 16);
+}
+
+/* Element i of an array of dtype DT (0 f32, 1 f16, 2 bf16), as float. */
+template <int DT> __device__ __forceinline__ float load(const void *p, size_t i)
+{
+    if (DT == MOEVK_DTYPE_F32)
+        return ((const float *)p)[i];
+    if (DT == MOEVK_DTYPE_F16)
+        return half_to_float(((const uint16_t *)p)[i]);
+    return bf16_to_float(((const uint16_t *)p)[i]);
+}
+
+/* Store v rounded to nearest even in dtype DT. */
+template <int DT> __device__ __forceinline__ void store(void *p, size_t i, float v)
+{
+    if (DT == MOEVK_DTYPE_F32)
+        ((float *)p)[i] = v;
+    else if (DT == MOEVK_DTYPE_F16)
+        ((__half *)p)[i] = __float2half_rn(v);
+    else
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+}
+
+/* ---- activations (the formulas of src/ref/ref_layer.c, in f32) ---------- */
+
+__device__ __forceinline__ float sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
+__device__ __forceinline__ float gelu_erf(float x)
+{
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+__device__ __forceinline__ float gelu_tanh(float x)
+{
+    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+
+__device__ __forceinline__ bool is_gated(int act)
+{
+    return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU || act == MOEVK_ACT_GEGLU_TANH ||
+           act == MOEVK_ACT_SWIGLU_OAI;
+}
+
+/* h = act(g, u); g unused by the non-gated activations. */
+__device__ float activation(int act, float g, float u, float alpha, float limit)
+{
+    switch (act) {
+    case MOEVK_ACT_SWIGLU:
+        return g / (1.0f + expf(-g)) * u; /* silu(g) * u */
+    case MOEVK_ACT_GEGLU:
+        return gelu_erf(g) * u;
+    case MOEVK_ACT_GEGLU_TANH:
+        return gelu_tanh(g) * u;
+    case MOEVK_ACT_SWIGLU_OAI:
+        /* clamps written so that NaN passes through */
+        if (g > limit)
+            g = limit;
+        if (u > limit)
+            u = limit;
+        if (u < -limit)
+            u = -limit;
+        return (u + 1.0f) * g * sigmoid(alpha * g);
+    case MOEVK_ACT_RELU:
+        return u < 0.0f ? 0.0f : u; /* NaN passes */
+    case MOEVK_ACT_GELU:
+        return gelu_erf(u);
+    default:
+        return __int_as_float(0x7fc00000); /* unknown activation: NaN */
+    }
+}
+
+/* ---- router ------------------------------------------------------------- */
+
+template <int DT>
+__global__ void k_router_logits(const float *x, const void *w, const float *bias, uint32_t T,
+                                uint32_t H, uint32_t E, float *logits)
+{
+    GRID_STRIDE(i, (size_t)T * E)
+    {
+        uint32_t t = (uint32_t)(i / E), e = (uint32_t)(i % E);
+        const float *xr = x + (size_t)t * H;
+        size_t wo = (size_t)e * H;
+        float acc = 0.0f;
+        for (uint32_t h = 0; h < H; h++)
+            acc = fmaf(xr[h], load<DT>(w, wo + h), acc);
+        if (bias)
+            acc += bias[e];
+        logits[i] = acc;
+    }
+}
+
+/* ---- routing -------------------------------------------------------------- */
+
+/* Whether score a of index ia ranks ahead of score b of index ib: larger
+ * wins, equal -> lower index, NaN below every number (NaNs by index). */
+__device__ __forceinline__ bool ranks_before(float a, uint32_t ia, float b, uint32_t ib)
+{
+    bool na = isnan(a), nb = isnan(b);
+    if (na || nb) {
+        if (na && nb)
+            return ia < ib;
+        return nb;
+    }
+    if (a != b)
+        return a > b;
+    return ia < ib;
+}
+
+/* The best index i < n (with elig[i], if elig) ranking strictly after prev
+ * (any, if prev == NONE); NONE if none. Walks the ranking in order. */
+__device__ uint32_t next_best(const float *score, const uint8_t *elig, uint32_t n, uint32_t prev)
+{
+    uint32_t best = NONE;
+    for (uint32_t i = 0; i < n; i++) {
+        if (elig && !elig[i])
+            continue;
+        if (prev != NONE && !ranks_before(score[prev], prev, score[i], i))
+            continue;
+        if (best == NONE || ranks_before(score[i], i, score[best], best))
+            best = i;
+    }
+    return best;
+}
+
+__global__ void k_route(RouteParams p, const float *logits, float *score_all, float *gscore_all,
+                        uint8_t *elig_all, uint32_t *ids, float *weights)
+{
+    const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= p.T)
+        return;
+    const uint32_t E = p.E, K = p.K;
+    const bool grouped = p.routing == MOEVK_ROUTING_SIGMOID_GROUPED;
+    const float *l = logits + (size_t)t * E;
+    float *score = score_all + (size_t)t * E;
+    float *gscore = gscore_all + (size_t)t * E;
+    uint8_t *elig = elig_all + (size_t)t * E;
+    uint32_t *tid = ids + (size_t)t * K;
+    float *tw = weights + (size_t)t * K;
+
+    for (uint32_t e = 0; e < E; e++)
+        score[e] = grouped ? sigmoid(l[e]) + (p.corr ? p.corr[e] : 0.0f) : l[e];
+
+    if (grouped) {
+        /* groups of `size` contiguous experts, scored by their two best */
+        const uint32_t size = E / p.n_group;
+        for (uint32_t g = 0; g < p.n_group; g++) {
+            const float *cg = score + (size_t)g * size;
+            uint32_t first = next_best(cg, nullptr, size, NONE);
+            uint32_t second = first == NONE ? NONE : next_best(cg, nullptr, size, first);
+            if (first == NONE)
+                gscore[g] = __int_as_float(0x7fc00000);
+            else if (second == NONE)
+                gscore[g] = cg[first];
+            else
+                gscore[g] = cg[first] + cg[second];
+        }
+        for (uint32_t e = 0; e < E; e++)
+            elig[e] = 0;
+        uint32_t g = NONE;
+        for (uint32_t i = 0; i < p.topk_group; i++) {
+            g = next_best(gscore, nullptr, p.n_group, g);
+            if (g == NONE)
+                break;
+            for (uint32_t e = g * size; e < (g + 1) * size; e++)
+                elig[e] = 1;
+        }
+    }
+
+    /* top-k in ranking order */
+    uint32_t prev = NONE;
+    bool complete = true;
+    for (uint32_t j = 0; j < K; j++) {
+        uint32_t id = complete ? next_best(score, grouped ? elig : nullptr, E, prev) : NONE;
+        if (id == NONE)
+            complete = false;
+        tid[j] = id;
+        prev = id;
+    }
+    if (!complete) { /* only for an invalid desc */
+        for (uint32_t j = 0; j < K; j++)
+            tw[j] = __int_as_float(0x7fc00000);
+        return;
+    }
+
+    if (p.routing == MOEVK_ROUTING_TOPK_SOFTMAX) {
+        /* softmax over the k selected logits */
+        float m = -INFINITY, s = 0.0f;
+        for (uint32_t j = 0; j < K; j++)
+            if (l[tid[j]] > m)
+                m = l[tid[j]];
+        for (uint32_t j = 0; j < K; j++)
+            s += expf(l[tid[j]] - m);
+        for (uint32_t j = 0; j < K; j++)
+            tw[j] = expf(l[tid[j]] - m) / s;
+    } else if (grouped) {
+        float s = 0.0f;
+        for (uint32_t j = 0; j < K; j++)
+            s += sigmoid(l[tid[j]]);
+        for (uint32_t j = 0; j < K; j++) {
+            float w = sigmoid(l[tid[j]]);
+            if (p.norm)
+                w /= s + 1e-20f;
+            tw[j] = w * p.scale;
+        }
+    } else {
+        /* softmax over all E (max skips NaN; a NaN then poisons the sum),
+         * optionally renormalised over the k */
+        float m = -INFINITY, s = 0.0f, ks = 0.0f;
+        for (uint32_t e = 0; e < E; e++)
+            if (l[e] > m)
+                m = l[e];
+        for (uint32_t e = 0; e < E; e++)
+            s += expf(l[e] - m);
+        for (uint32_t j = 0; j < K; j++)
+            ks += expf(l[tid[j]] - m) / s;
+        for (uint32_t j = 0; j < K; j++) {
+            float pj = expf(l[tid[j]] - m) / s;
+            tw[j] = p.norm ? pj / ks : pj;
+        }
+    }
+}
+
+/* ---- permutation ------------------------------------------------------------
+ * Priority order: index q = j*T + t is assignment a = t*K + j (all slot-0
+ * choices by token, then slot 1, ...). One block per expert. */
+
+__global__ void k_count(const uint32_t *ids, uint32_t T, uint32_t K, uint32_t cap,
+                        uint32_t *totals, uint32_t *counts)
+{
+    __shared__ uint32_t part[BLOCK];
+    const uint32_t e = blockIdx.x;
+    const size_t A = (size_t)T * K;
+    uint32_t n = 0;
+    for (size_t a = threadIdx.x; a < A; a += blockDim.x)
+        n += ids[a] == e ? 1u : 0u;
+    part[threadIdx.x] = n;
+    __syncthreads();
+    for (uint32_t s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s)
+            part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        totals[e] = part[0];
+        counts[e] = part[0] < cap ? part[0] : cap;
+    }
+}
+
+__global__ void k_offsets(const uint32_t *counts, uint32_t E, uint64_t A, uint32_t *offsets,
+                          unsigned long long *dropped)
+{
+    uint32_t run = 0;
+    for (uint32_t e = 0; e < E; e++) {
+        offsets[e] = run;
+        run += counts[e];
+    }
+    offsets[E] = run;
+    /* over capacity, or an id out of range (never admitted) */
+    *dropped = (unsigned long long)(A - run);
+}
+
+/* Rank of each assignment of expert e among its earlier ones (priority
+ * order), by chunks of blockDim.x with warp ballots: admitted when rank <
+ * cap, at row offsets[e] + rank. row_of was preset to -1. */
+__global__ void k_assign(const uint32_t *ids, uint32_t T, uint32_t K, uint32_t cap,
+                         const uint32_t *offsets, int32_t *row_of, uint32_t *row_token,
+                         uint32_t *row_expert)
+{
+    __shared__ uint32_t wcount[BLOCK / 32];
+    const uint32_t e = blockIdx.x;
+    const uint32_t lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const uint32_t nwarps = blockDim.x >> 5;
+    const size_t A = (size_t)T * K;
+    const uint32_t off = offsets[e];
+    uint32_t base = 0; /* assignments of e before this chunk (same in every thread) */
+    for (size_t q0 = 0; q0 < A; q0 += blockDim.x) {
+        const size_t q = q0 + threadIdx.x;
+        bool mine = false;
+        size_t a = 0;
+        uint32_t t = 0;
+        if (q < A) {
+            uint32_t j = (uint32_t)(q / T);
+            t = (uint32_t)(q - (size_t)j * T);
+            a = (size_t)t * K + j;
+            mine = ids[a] == e;
+        }
+        const unsigned bal = __ballot_sync(0xffffffffu, mine);
+        if (lane == 0)
+            wcount[warp] = (uint32_t)__popc(bal);
+        __syncthreads();
+        uint32_t rank = base, chunk = 0;
+        for (uint32_t w = 0; w < nwarps; w++) {
+            if (w < warp)
+                rank += wcount[w];
+            chunk += wcount[w];
+        }
+        rank += (uint32_t)__popc(bal & ((1u << lane) - 1u));
+        if (mine) {
+            if (rank < cap) {
+                uint32_t row = off + rank;
+                row_of[a] = (int32_t)row;
+                row_token[row] = t;
+                row_expert[row] = e;
+            } else {
+                row_of[a] = -1;
+            }
+        }
+        base += chunk;
+        __syncthreads(); /* wcount is rewritten by the next chunk */
+    }
+}
+
+/* ---- experts ---------------------------------------------------------------- */
+
+__device__ __forceinline__ uint32_t rows_of(const Rows &r)
+{
+    if (!r.dev_rows)
+        return r.max_rows;
+    uint32_t n = *r.dev_rows;
+    return n < r.max_rows ? n : r.max_rows;
+}
+
+template <int DT> __global__ void k_ffn_up(FfnWeights w, Rows rows, const float *x, float *h)
+{
+    const uint32_t nrows = rows_of(rows);
+    const bool gated = is_gated(w.act);
+    GRID_STRIDE(i, (size_t)nrows * w.F)
+    {
+        uint32_t r = (uint32_t)(i / w.F), f = (uint32_t)(i % w.F);
+        uint32_t tok = rows.row_token ? rows.row_token[r] : r;
+        uint32_t e = rows.row_expert ? rows.row_expert[r] : rows.fixed_expert;
+        const float *xr = x + (size_t)tok * w.H;
+        size_t wo = ((size_t)e * w.F + f) * w.H;
+        float u = 0.0f, g = 0.0f;
+        for (uint32_t c = 0; c < w.H; c++)
+            u = fmaf(xr[c], load<DT>(w.up, wo + c), u);
+        if (w.bu)
+            u += w.bu[(size_t)e * w.F + f];
+        if (gated) {
+            for (uint32_t c = 0; c < w.H; c++)
+                g = fmaf(xr[c], load<DT>(w.gate, wo + c), g);
+            if (w.bg)
+                g += w.bg[(size_t)e * w.F + f];
+        }
+        h[i] = activation(w.act, g, u, w.alpha, w.limit);
+    }
+}
+
+template <int DT>
+__global__ void k_ffn_down(FfnWeights w, Rows rows, const float *h, float *out, int mode,
+                           const float *gate_logits, uint32_t gate_stride, uint32_t gate_index)
+{
+    const uint32_t nrows = rows_of(rows);
+    GRID_STRIDE(i, (size_t)nrows * w.H)
+    {
+        uint32_t r = (uint32_t)(i / w.H), c = (uint32_t)(i % w.H);
+        uint32_t e = rows.row_expert ? rows.row_expert[r] : rows.fixed_expert;
+        const float *hr = h + (size_t)r * w.F;
+        size_t wo = ((size_t)e * w.H + c) * w.F;
+        float o = 0.0f;
+        for (uint32_t f = 0; f < w.F; f++)
+            o = fmaf(hr[f], load<DT>(w.down, wo + f), o);
+        if (w.bd)
+            o += w.bd[(size_t)e * w.H + c];
+        if (mode == 0) {
+            out[i] = o;
+        } else {
+            float g = gate_logits ? sigmoid(gate_logits[(size_t)r * gate_stride + gate_index])
+                                  : 1.0f;
+            out[i] = mode == 1 ? g * o : out[i] + g * o;
+        }
+    }
+}
+
+/* ---- combine ------------------------------------------------------------------ */
+
+__global__ void k_combine(const int32_t *row_of, const float *weights, const float *o,
+                          const float *shared, uint32_t T, uint32_t H, uint32_t K, float *y)
+{
+    GRID_STRIDE(i, (size_t)T * H)
+    {
+        uint32_t t = (uint32_t)(i / H), c = (uint32_t)(i % H);
+        float acc = 0.0f;
+        for (uint32_t j = 0; j < K; j++) {
+            int32_t r = row_of[(size_t)t * K + j];
+            if (r >= 0)
+                acc = fmaf(weights[(size_t)t * K + j], o[(size_t)r * H + c], acc);
+        }
+        if (shared)
+            acc += shared[i];
+        y[i] = acc;
+    }
+}
+
+/* ---- statistics ---------------------------------------------------------------- */
+
+/* Per token: max (NaN skipped), sum of exp(l - max), entropy. */
+__global__ void k_token_stats(const float *logits, uint32_t T, uint32_t E, float *tok)
+{
+    const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T)
+        return;
+    const float *l = logits + (size_t)t * E;
+    float m = -INFINITY, s = 0.0f, h = 0.0f;
+    for (uint32_t e = 0; e < E; e++)
+        if (l[e] > m)
+            m = l[e];
+    for (uint32_t e = 0; e < E; e++)
+        s += expf(l[e] - m);
+    for (uint32_t e = 0; e < E; e++) {
+        float p = expf(l[e] - m) / s;
+        if (p != 0.0f) /* 0 log 0 = 0; NaN stays */
+            h -= p * logf(p);
+    }
+    tok[3u * t + 0u] = m;
+    tok[3u * t + 1u] = s;
+    tok[3u * t + 2u] = h;
+}
+
+/* Fixed-shape tree sum of part[0..BLOCK) into part[0] (deterministic). */
+__device__ void tree_sum(double *part)
+{
+    __syncthreads();
+    for (uint32_t s = BLOCK / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s)
+            part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+}
+
+/* prob[e] = sum_t softmax(l_t)[e], one block per expert. */
+__global__ void k_expert_prob(const float *logits, const float *tok, uint32_t T, uint32_t E,
+                              double *prob)
+{
+    __shared__ double part[BLOCK];
+    const uint32_t e = blockIdx.x;
+    double acc = 0.0;
+    for (uint32_t t = threadIdx.x; t < T; t += BLOCK)
+        acc += (double)(expf(logits[(size_t)t * E + e] - tok[3u * t]) / tok[3u * t + 1u]);
+    part[threadIdx.x] = acc;
+    tree_sum(part);
+    if (threadIdx.x == 0)
+        prob[e] = part[0];
+}
+
+__global__ void k_stats_final(const float *tok, const double *prob, const uint32_t *totals,
+                              uint32_t T, uint32_t E, uint32_t K, double *out)
+{
+    __shared__ double part[BLOCK];
+    const double TK = (double)T * K;
+    double lb = 0.0, z = 0.0, ent = 0.0;
+    for (uint32_t e = threadIdx.x; e < E; e += BLOCK)
+        lb += ((double)totals[e] / TK) * (prob[e] / T);
+    for (uint32_t t = threadIdx.x; t < T; t += BLOCK) {
+        double lse = (double)tok[3u * t] + log((double)tok[3u * t + 1u]);
+        z += lse * lse;
+        ent += (double)tok[3u * t + 2u];
+    }
+    part[threadIdx.x] = lb;
+    tree_sum(part);
+    if (threadIdx.x == 0)
+        out[0] = (double)E * part[0];
+    __syncthreads();
+    part[threadIdx.x] = z;
+    tree_sum(part);
+    if (threadIdx.x == 0)
+        out[1] = part[0] / T;
+    __syncthreads();
+    part[threadIdx.x] = ent;
+    tree_sum(part);
+    if (threadIdx.x == 0)
+        out[2] = part[0] / T;
+}
+
+/* ---- cuBLAS pipeline helpers ------------------------------------------------- */
+
+template <int DT>
+__global__ void k_gather_convert(Rows rows, const float *x, uint32_t H, void *xq)
+{
+    const uint32_t nrows = rows_of(rows);
+    GRID_STRIDE(i, (size_t)nrows * H)
+    {
+        uint32_t r = (uint32_t)(i / H), c = (uint32_t)(i % H);
+        uint32_t tok = rows.row_token ? rows.row_token[r] : r;
+        store<DT>(xq, i, x[(size_t)tok * H + c]);
+    }
+}
+
+template <int DT>
+__global__ void k_activate(FfnWeights w, Rows rows, const float *G, const float *U, void *hq)
+{
+    const uint32_t nrows = rows_of(rows);
+    const bool gated = is_gated(w.act);
+    GRID_STRIDE(i, (size_t)nrows * w.F)
+    {
+        uint32_t r = (uint32_t)(i / w.F), f = (uint32_t)(i % w.F);
+        uint32_t e = rows.row_expert ? rows.row_expert[r] : rows.fixed_expert;
+        float u = U[i], g = 0.0f;
+        if (w.bu)
+            u += w.bu[(size_t)e * w.F + f];
+        if (gated) {
+            g = G[i];
+            if (w.bg)
+                g += w.bg[(size_t)e * w.F + f];
+        }
+        store<DT>(hq, i, activation(w.act, g, u, w.alpha, w.limit));
+    }
+}
+
+__global__ void k_add_row_bias(Rows rows, const float *bd, uint32_t H, float *o)
+{
+    const uint32_t nrows = rows_of(rows);
+    GRID_STRIDE(i, (size_t)nrows * H)
+    {
+        uint32_t r = (uint32_t)(i / H), c = (uint32_t)(i % H);
+        uint32_t e = rows.row_expert ? rows.row_expert[r] : rows.fixed_expert;
+        o[i] += bd[(size_t)e * H + c];
+    }
+}
+
+__global__ void k_shared_accumulate(const float *o, const float *bd, uint32_t T, uint32_t H,
+                                    int first, const float *gate_logits, uint32_t gate_stride,
+                                    uint32_t gate_index, float *acc)
+{
+    GRID_STRIDE(i, (size_t)T * H)
+    {
+        uint32_t t = (uint32_t)(i / H), c = (uint32_t)(i % H);
+        float v = o[i];
+        if (bd)
+            v += bd[c];
+        float g = gate_logits ? sigmoid(gate_logits[(size_t)t * gate_stride + gate_index]) : 1.0f;
+        acc[i] = first ? g * v : acc[i] + g * v;
+    }
+}
+
+} /* namespace */
+
+/* ---- launchers ---------------------------------------------------------------- */
+
+/* kernel<<<grid, block, 0, stream>>>(args); the CPU emulation of the tests
+ * (src/cuda/emu) defines its own LAUNCH. */
+#ifndef LAUNCH
+#define LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
+#endif
+
+/* LAUNCH(kernel<dt>, ...) for a runtime weight dtype. */
+#define DISPATCH_DT(dt, KERNEL, ...)                                                          \
+    do {                                                                                      \
+        switch (dt) {                                                                         \
+        case MOEVK_DTYPE_F32: LAUNCH(KERNEL<MOEVK_DTYPE_F32>, __VA_ARGS__); break;            \
+        case MOEVK_DTYPE_F16: LAUNCH(KERNEL<MOEVK_DTYPE_F16>, __VA_ARGS__); break;            \
+        case MOEVK_DTYPE_BF16: LAUNCH(KERNEL<MOEVK_DTYPE_BF16>, __VA_ARGS__); break;          \
+        default: return cudaErrorInvalidValue;                                                \
+        }                                                                                     \
+    } while (0)
+
+cudaError_t router_logits(cudaStream_t s, moevk_dtype wdt, const float *x, const void *w,
+                          const float *bias, uint32_t T, uint32_t H, uint32_t E, float *logits)
+{
+    unsigned g = blocks_for((size_t)T * E);
+    DISPATCH_DT(wdt, k_router_logits, g, BLOCK, s, x, w, bias, T, H, E, logits);
+    return cudaGetLastError();
+}
+
+cudaError_t route(cudaStream_t s, const RouteParams &p, const float *logits, float *score,
+                  float *gscore, uint8_t *elig, uint32_t *ids, float *weights)
+{
+    const unsigned tb = 64; /* one thread per token, each doing O(k E) work */
+    LAUNCH(k_route, (p.T + tb - 1) / tb, tb, s, p, logits, score, gscore, elig, ids, weights);
+    return cudaGetLastError();
+}
+
+cudaError_t permute(cudaStream_t s, const uint32_t *ids, uint32_t T, uint32_t K, uint32_t E,
+                    uint32_t cap, uint32_t *totals, uint32_t *counts, uint32_t *offsets,
+                    unsigned long long *dropped, int32_t *row_of, uint32_t *row_token,
+                    uint32_t *row_expert)
+{
+    cudaError_t err = cudaMemsetAsync(row_of, 0xff, sizeof(int32_t) * (size_t)T * K, s);
+    if (err != cudaSuccess)
+        return err;
+    LAUNCH(k_count, E, BLOCK, s, ids, T, K, cap, totals, counts);
+    LAUNCH(k_offsets, 1, 1, s, counts, E, (uint64_t)T * K, offsets, dropped);
+    LAUNCH(k_assign, E, BLOCK, s, ids, T, K, cap, offsets, row_of, row_token, row_expert);
+    return cudaGetLastError();
+}
+
+cudaError_t ffn_up(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *x,
+                   float *h)
+{
+    unsigned g = blocks_for((size_t)rows.max_rows * w.F);
+    DISPATCH_DT(w.dt, k_ffn_up, g, BLOCK, s, w, rows, x, h);
+    return cudaGetLastError();
+}
+
+cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *h,
+                     float *out, int mode, const float *gate_logits, uint32_t gate_stride,
+                     uint32_t gate_index)
+{
+    unsigned g = blocks_for((size_t)rows.max_rows * w.H);
+    DISPATCH_DT(w.dt, k_ffn_down, g, BLOCK, s, w, rows, h, out, mode, gate_logits, gate_stride,
+                gate_index);
+    return cudaGetLastError();
+}
+
+cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights, const float *o,
+                    const float *shared, uint32_t T, uint32_t H, uint32_t K, float *y)
+{
+    LAUNCH(k_combine, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, o, shared, T, H, K,
+           y);
+    return cudaGetLastError();
+}
+
+cudaError_t stats(cudaStream_t s, const float *logits, const uint32_t *totals, uint32_t T,
+                  uint32_t E, uint32_t K, float *tok, double *prob, double *out)
+{
+    LAUNCH(k_token_stats, (T + 127) / 128, 128, s, logits, T, E, tok);
+    LAUNCH(k_expert_prob, E, BLOCK, s, logits, tok, T, E, prob);
+    LAUNCH(k_stats_final, 1, BLOCK, s, tok, prob, totals, T, E, K, out);
+    return cudaGetLastError();
+}
+
+cudaError_t gather_convert(cudaStream_t s, moevk_dtype dt, const Rows &rows, const float *x,
+                           uint32_t H, void *xq)
+{
+    unsigned g = blocks_for((size_t)rows.max_rows * H);
+    DISPATCH_DT(dt, k_gather_convert, g, BLOCK, s, rows, x, H, xq);
+    return cudaGetLastError();
+}
+
+cudaError_t activate(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *G,
+                     const float *U, void *hq)
+{
+    unsigned g = blocks_for((size_t)rows.max_rows * w.F);
+    DISPATCH_DT(w.dt, k_activate, g, BLOCK, s, w, rows, G, U, hq);
+    return cudaGetLastError();
+}
+
+cudaError_t add_row_bias(cudaStream_t s, const Rows &rows, const float *bd, uint32_t H, float *o)
+{
+    LAUNCH(k_add_row_bias, blocks_for((size_t)rows.max_rows * H), BLOCK, s, rows, bd, H, o);
+    return cudaGetLastError();
+}
+
+cudaError_t shared_accumulate(cudaStream_t s, const float *o, const float *bd, uint32_t T,
+                              uint32_t H, int first, const float *gate_logits,
+                              uint32_t gate_stride, uint32_t gate_index, float *acc)
+{
+    LAUNCH(k_shared_accumulate, blocks_for((size_t)T * H), BLOCK, s, o, bd, T, H, first,
+           gate_logits, gate_stride, gate_index, acc);
+    return cudaGetLastError();
+}
+
+} /* namespace mvkcu */

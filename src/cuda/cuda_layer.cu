@@ -1,0 +1,1004 @@
+/*
+ * Host side of the CUDA backends (API in moevk_cuda.h): device checks,
+ * weight upload, scratch, the stage sequence of one pass with CUDA-event
+ * timings, and the cuBLAS expert GEMMs.
+ *
+ * cuBLAS is not a link-time dependency: cublas_v2.h is included for its
+ * types only and the few functions used are looked up with dlsym in a
+ * libcublas opened at run time (see load_cublas).
+ *
+ * The CUDA runtime is linked statically (libcudart_static.a), so a binary
+ * built with CUDA starts everywhere; without a driver or device, the first
+ * runtime call fails and every entry point returns MOEVK_ERROR_NO_DEVICE.
+ */
+#include <cublas_v2.h> /* types only: nothing of libcublas is linked */
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+#include "moevk_cuda.h"
+
+using namespace mvkcu;
+
+/* ---- messages and status codes ----------------------------------------- */
+
+static void set_err(char *err, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t n, const char *fmt, ...)
+{
+    if (!err || n == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, n, fmt, ap);
+    va_end(ap);
+}
+
+static bool is_no_device_error(cudaError_t e)
+{
+    switch (e) {
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorStubLibrary:
+    case cudaErrorCallRequiresNewerDriver:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorInvalidDevice:
+    case cudaErrorSystemDriverMismatch:
+    case cudaErrorCompatNotSupportedOnDevice:
+    case cudaErrorInitializationError:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static moevk_status status_of(cudaError_t e)
+{
+    if (is_no_device_error(e))
+        return MOEVK_ERROR_NO_DEVICE;
+    switch (e) {
+    case cudaErrorMemoryAllocation:
+        return MOEVK_ERROR_OUT_OF_DEVICE_MEMORY;
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorUnsupportedPtxVersion:
+    case cudaErrorInvalidPtx:
+        return MOEVK_ERROR_UNSUPPORTED;
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorAssert:
+        return MOEVK_ERROR_DEVICE_LOST;
+    default:
+        return MOEVK_ERROR_INTERNAL;
+    }
+}
+
+static moevk_status cuda_fail(char *err, size_t n, cudaError_t e, const char *what)
+{
+    set_err(err, n, "%s failed: %s (%s)", what, cudaGetErrorName(e), cudaGetErrorString(e));
+    return status_of(e);
+}
+
+/* Evaluate a CUDA call; on error return its moevk_status with a message
+ * naming the call (the enclosing function has err/err_size). */
+#define CK(call)                                                                              \
+    do {                                                                                      \
+        cudaError_t ck_e_ = (call);                                                           \
+        if (ck_e_ != cudaSuccess)                                                             \
+            return cuda_fail(err, err_size, ck_e_, #call);                                    \
+    } while (0)
+
+/* A moevk_status-returning call. */
+#define CKS(call)                                                                             \
+    do {                                                                                      \
+        moevk_status cks_s_ = (call);                                                         \
+        if (cks_s_ != MOEVK_SUCCESS)                                                          \
+            return cks_s_;                                                                    \
+    } while (0)
+
+/* ---- device --------------------------------------------------------------- */
+
+/* The device to use (0, or MOEVK_CUDA_DEVICE), checked: a driver, a
+ * device, and compute capability >= 9.0 (the kernels are sm_90 SASS and
+ * compute_90 PTX). desc (optional) receives its description. */
+static moevk_status pick_device(int *dev_out, char *err, size_t err_size, char *desc,
+                                size_t desc_size)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        int drv = 0, rt = 0;
+        cudaDriverGetVersion(&drv);
+        cudaRuntimeGetVersion(&rt);
+        char hint[160] = "";
+        if (drv == 0)
+            snprintf(hint, sizeof hint, "; no NVIDIA driver found (libcuda.so.1)");
+        else if (drv < rt)
+            snprintf(hint, sizeof hint,
+                     "; the NVIDIA driver supports CUDA %d.%d, this build's runtime is %d.%d",
+                     drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+        set_err(err, err_size, "no CUDA device: cudaGetDeviceCount: %s (%s)%s",
+                cudaGetErrorName(e), cudaGetErrorString(e), hint);
+        cudaGetLastError(); /* clear a non-sticky error */
+        return is_no_device_error(e) ? MOEVK_ERROR_NO_DEVICE : status_of(e);
+    }
+    if (count <= 0) {
+        set_err(err, err_size, "no CUDA device: the driver reports 0 devices");
+        return MOEVK_ERROR_NO_DEVICE;
+    }
+    int dev = 0;
+    const char *env = getenv("MOEVK_CUDA_DEVICE");
+    if (env && *env) {
+        char *end = NULL;
+        long v = strtol(env, &end, 10);
+        if (*end || v < 0 || v >= count) {
+            set_err(err, err_size, "no CUDA device: MOEVK_CUDA_DEVICE=%s is not a device index "
+                    "(0..%d)", env, count - 1);
+            return MOEVK_ERROR_NO_DEVICE;
+        }
+        dev = (int)v;
+    }
+    cudaDeviceProp prop;
+    e = cudaGetDeviceProperties(&prop, dev);
+    if (e != cudaSuccess)
+        return cuda_fail(err, err_size, e, "cudaGetDeviceProperties");
+    if (prop.major < 9) {
+        set_err(err, err_size,
+                "CUDA device %d (%s) has compute capability %d.%d; this build's kernels need "
+                "9.0 or newer (sm_90 + compute_90 PTX)", dev, prop.name, prop.major,
+                prop.minor);
+        return MOEVK_ERROR_UNSUPPORTED;
+    }
+    if (desc && desc_size) {
+        int drv = 0;
+        cudaDriverGetVersion(&drv);
+        snprintf(desc, desc_size, "%s (sm_%d%d, %d SMs, %.1f GiB), CUDA driver %d.%d",
+                 prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+                 (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), drv / 1000,
+                 drv % 1000 / 10);
+    }
+    *dev_out = dev;
+    return MOEVK_SUCCESS;
+}
+
+extern "C" int mvk_cuda_device_available(char *msg, size_t msg_size)
+{
+    int dev = 0;
+    return pick_device(&dev, msg, msg_size, msg, msg_size) == MOEVK_SUCCESS;
+}
+
+extern "C" const char *mvk_cuda_backend_name(mvk_cuda_backend backend)
+{
+    switch (backend) {
+    case MVK_CUDA_REF: return "ref";
+    case MVK_CUDA_CUBLAS: return "cublas";
+    case MVK_CUDA_CUBLAS_F32: return "cublas-f32";
+    }
+    return "unknown";
+}
+
+/* ---- cuBLAS, loaded at run time ------------------------------------------- */
+
+typedef cublasStatus_t (*pfn_create)(cublasHandle_t *);
+typedef cublasStatus_t (*pfn_destroy)(cublasHandle_t);
+typedef cublasStatus_t (*pfn_set_stream)(cublasHandle_t, cudaStream_t);
+typedef cublasStatus_t (*pfn_gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
+                                      int, int, const void *, const void *, cudaDataType, int,
+                                      const void *, cudaDataType, int, const void *, void *,
+                                      cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+typedef const char *(*pfn_status_string)(cublasStatus_t);
+
+struct cublas_api {
+    void *lib;
+    pfn_create create;
+    pfn_destroy destroy;
+    pfn_set_stream set_stream;
+    pfn_gemm_ex gemm_ex;
+    pfn_status_string status_string; /* optional */
+};
+
+static moevk_status load_cublas(cublas_api *api, char *err, size_t err_size)
+{
+    static const char *const names[] = {
+        "libcublas.so.13",
+        "libcublas.so.12",
+        "libcublas.so",
+        "/usr/local/cuda/lib64/libcublas.so.13",
+        "/usr/local/cuda/lib64/libcublas.so.12",
+        "/usr/local/cuda/lib64/libcublas.so",
+    };
+    memset(api, 0, sizeof *api);
+    /* RTLD_NODELETE: the (large) library stays loaded after the last layer
+     * closes it, so creating layers one after another stays cheap */
+    const int flags = RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE;
+    const char *env = getenv("MOEVK_CUBLAS"); /* a path to try first */
+    char last[256] = "";
+    if (env && *env) {
+        api->lib = dlopen(env, flags);
+        if (!api->lib)
+            snprintf(last, sizeof last, "%s", dlerror());
+    }
+    for (size_t i = 0; !api->lib && i < sizeof names / sizeof names[0]; i++) {
+        api->lib = dlopen(names[i], flags);
+        if (!api->lib)
+            snprintf(last, sizeof last, "%s", dlerror());
+    }
+    if (!api->lib) {
+        set_err(err, err_size,
+                "cuBLAS not found: tried $MOEVK_CUBLAS, libcublas.so.13, libcublas.so.12, "
+                "libcublas.so and /usr/local/cuda/lib64 (last error: %s)", last);
+        return MOEVK_ERROR_UNSUPPORTED;
+    }
+    api->create = (pfn_create)dlsym(api->lib, "cublasCreate_v2");
+    api->destroy = (pfn_destroy)dlsym(api->lib, "cublasDestroy_v2");
+    api->set_stream = (pfn_set_stream)dlsym(api->lib, "cublasSetStream_v2");
+    api->gemm_ex = (pfn_gemm_ex)dlsym(api->lib, "cublasGemmEx");
+    api->status_string = (pfn_status_string)dlsym(api->lib, "cublasGetStatusString");
+    if (!api->create || !api->destroy || !api->set_stream || !api->gemm_ex) {
+        set_err(err, err_size, "cuBLAS library lacks cublasCreate_v2, cublasDestroy_v2, "
+                "cublasSetStream_v2 or cublasGemmEx");
+        dlclose(api->lib);
+        api->lib = NULL;
+        return MOEVK_ERROR_UNSUPPORTED;
+    }
+    return MOEVK_SUCCESS;
+}
+
+/* ---- the layer -------------------------------------------------------------- */
+
+struct dev_ffn {
+    void *gate, *up, *down;
+    float *bg, *bu, *bd;
+};
+
+struct mvk_cuda_layer {
+    moevk_layer_desc d;     /* defaults applied; host pointers cleared */
+    mvk_cuda_backend backend;
+    int device;
+    int cublas;             /* a cuBLAS backend */
+    uint32_t shared_ffn;    /* 0 without shared experts */
+    moevk_dtype store_dt;   /* dtype of the expert weights on the device */
+    cudaDataType cuda_dt;   /* the same, for cuBLAS */
+    cudaStream_t stream;
+    cudaEvent_t ev[MOEVK_STAGE_COUNT + 1];
+    int events;             /* created events */
+
+    /* weights */
+    void *router_w, *sgate_w;
+    float *router_b, *corr_b;
+    dev_ffn ex, sh;
+    uint64_t weight_bytes;
+
+    /* scratch, for up to cap_T tokens */
+    uint32_t cap_T;
+    uint64_t scratch_bytes;
+    float *x, *y, *logits, *sg_logits, *wts, *score, *gscore, *tok;
+    uint8_t *elig;
+    uint32_t *ids, *totals, *counts, *offsets, *row_token, *row_expert;
+    int32_t *row_of;
+    unsigned long long *dropped;
+    double *prob, *loss;
+    float *hbuf, *ubuf, *obuf, *sh_o, *sh_acc;
+    void *xq, *hq;
+    uint32_t *h_offsets; /* pinned host, E + 1 */
+
+    cublas_api cb;
+    cublasHandle_t handle;
+};
+
+static size_t dt_size(moevk_dtype dt)
+{
+    return dt == MOEVK_DTYPE_F32 ? 4 : 2;
+}
+
+static float host_half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, u;
+    if (exp == 0) {
+        float mag = ldexpf((float)mant, -24);
+        return sign ? -mag : mag;
+    }
+    if (exp == 31)
+        u = sign | 0x7f800000u | (mant << 13);
+    else
+        u = sign | ((exp - 15u + 127u) << 23) | (mant << 13);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static float host_load(const void *p, moevk_dtype dt, size_t i)
+{
+    if (dt == MOEVK_DTYPE_F32)
+        return ((const float *)p)[i];
+    uint16_t b = ((const uint16_t *)p)[i];
+    if (dt == MOEVK_DTYPE_F16)
+        return host_half_to_float(b);
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static moevk_status dev_alloc(void **p, size_t bytes, uint64_t *counter, const char *what,
+                              char *err, size_t err_size)
+{
+    *p = NULL;
+    if (bytes == 0)
+        return MOEVK_SUCCESS;
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        set_err(err, err_size, "cudaMalloc of %zu bytes (%s) failed: %s", bytes, what,
+                cudaGetErrorString(e));
+        return status_of(e);
+    }
+    *counter += bytes;
+    return MOEVK_SUCCESS;
+}
+
+/* Upload `count` matrices of `elems` elements, given contiguously or as
+ * per-expert pointers, converting src -> dst dtype (only f16/bf16 -> f32). */
+static moevk_status upload_stack(mvk_cuda_layer *L, const void *contig, const void *const *per,
+                                 uint32_t count, size_t elems, moevk_dtype src, moevk_dtype dst,
+                                 void **out, const char *what, char *err, size_t err_size)
+{
+    size_t ssz = dt_size(src), dsz = dt_size(dst);
+    CKS(dev_alloc(out, (size_t)count * elems * dsz, &L->weight_bytes, what, err, err_size));
+    float *tmp = NULL;
+    if (src != dst) {
+        tmp = (float *)malloc(elems * sizeof(float) + 1);
+        if (!tmp) {
+            set_err(err, err_size, "out of host memory converting %s", what);
+            return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+        }
+    }
+    moevk_status st = MOEVK_SUCCESS;
+    for (uint32_t e = 0; e < count && st == MOEVK_SUCCESS; e++) {
+        const void *sp = contig ? (const void *)((const char *)contig + (size_t)e * elems * ssz)
+                                : (per ? per[e] : NULL);
+        if (!sp) {
+            set_err(err, err_size, "%s of expert %u is NULL", what, e);
+            st = MOEVK_ERROR_INVALID_ARGUMENT;
+            break;
+        }
+        if (tmp) {
+            for (size_t i = 0; i < elems; i++)
+                tmp[i] = host_load(sp, src, i);
+            sp = tmp;
+        }
+        cudaError_t ce = cudaMemcpy((char *)*out + (size_t)e * elems * dsz, sp, elems * dsz,
+                                    cudaMemcpyHostToDevice);
+        if (ce != cudaSuccess)
+            st = cuda_fail(err, err_size, ce, "cudaMemcpy (weights)");
+    }
+    free(tmp);
+    return st;
+}
+
+static moevk_status upload_raw(mvk_cuda_layer *L, const void *src, size_t bytes, void **out,
+                               const char *what, char *err, size_t err_size)
+{
+    *out = NULL;
+    if (!src)
+        return MOEVK_SUCCESS;
+    CKS(dev_alloc(out, bytes, &L->weight_bytes, what, err, err_size));
+    CK(cudaMemcpy(*out, src, bytes, cudaMemcpyHostToDevice));
+    return MOEVK_SUCCESS;
+}
+
+static moevk_status upload_ffn(mvk_cuda_layer *L, const moevk_expert_weights *w, uint32_t count,
+                               uint32_t ffn, dev_ffn *out, const char *set, char *err,
+                               size_t err_size)
+{
+    const uint32_t H = L->d.hidden;
+    const size_t elems = (size_t)ffn * H;
+    const moevk_dtype src = L->d.weight_dtype, dst = L->store_dt;
+    char what[64];
+    if (moevk_activation_is_gated(L->d.activation)) {
+        snprintf(what, sizeof what, "%s.gate", set);
+        CKS(upload_stack(L, w->gate, w->gate_experts, count, elems, src, dst, &out->gate, what,
+                         err, err_size));
+    }
+    snprintf(what, sizeof what, "%s.up", set);
+    CKS(upload_stack(L, w->up, w->up_experts, count, elems, src, dst, &out->up, what, err,
+                     err_size));
+    snprintf(what, sizeof what, "%s.down", set);
+    CKS(upload_stack(L, w->down, w->down_experts, count, elems, src, dst, &out->down, what, err,
+                     err_size));
+    if (moevk_activation_is_gated(L->d.activation))
+        CKS(upload_raw(L, w->gate_bias, sizeof(float) * count * ffn, (void **)&out->bg,
+                       "gate bias", err, err_size));
+    CKS(upload_raw(L, w->up_bias, sizeof(float) * count * ffn, (void **)&out->bu, "up bias", err,
+                   err_size));
+    CKS(upload_raw(L, w->down_bias, sizeof(float) * count * H, (void **)&out->bd, "down bias",
+                   err, err_size));
+    return MOEVK_SUCCESS;
+}
+
+static void free_ffn(dev_ffn *f)
+{
+    cudaFree(f->gate);
+    cudaFree(f->up);
+    cudaFree(f->down);
+    cudaFree(f->bg);
+    cudaFree(f->bu);
+    cudaFree(f->bd);
+    memset(f, 0, sizeof *f);
+}
+
+/* The scratch pointers, for allocation and release in one place. */
+#define SCRATCH_LIST(X)                                                                       \
+    X(x) X(y) X(logits) X(sg_logits) X(wts) X(score) X(gscore) X(tok) X(elig) X(ids)          \
+    X(totals) X(counts) X(offsets) X(row_token) X(row_expert) X(row_of) X(dropped) X(prob)    \
+    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xq) X(hq)
+
+static void free_scratch(mvk_cuda_layer *L)
+{
+#define FREE_ONE(name)                                                                        \
+    cudaFree((void *)L->name);                                                                \
+    L->name = NULL;
+    SCRATCH_LIST(FREE_ONE)
+#undef FREE_ONE
+    L->cap_T = 0;
+    L->scratch_bytes = 0;
+}
+
+static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err_size)
+{
+    if (T <= L->cap_T)
+        return MOEVK_SUCCESS;
+    const moevk_layer_desc *d = &L->d;
+    const size_t H = d->hidden, E = d->num_experts, K = d->top_k, F = d->ffn;
+    const size_t NS = d->num_shared, Fs = L->shared_ffn;
+    if ((uint64_t)T * K > (L->cublas ? (uint64_t)INT_MAX : (uint64_t)UINT32_MAX)) {
+        set_err(err, err_size, "T x top_k = %u x %zu assignments exceed the %s", T, K,
+                L->cublas ? "int range of cuBLAS" : "32-bit row indexing");
+        return MOEVK_ERROR_LIMIT_EXCEEDED;
+    }
+    free_scratch(L);
+    const size_t TH = (size_t)T * H, TE = (size_t)T * E, TK = (size_t)T * K;
+    size_t rowsF = TK * F;
+    if (NS && (size_t)T * Fs > rowsF)
+        rowsF = (size_t)T * Fs;
+    const size_t gsz = dt_size(L->store_dt);
+    const bool cb = L->cublas != 0;
+    struct { void **p; size_t bytes; const char *name; } want[] = {
+        {(void **)&L->x, TH * 4, "x"},
+        {(void **)&L->y, TH * 4, "y"},
+        {(void **)&L->logits, TE * 4, "logits"},
+        {(void **)&L->sg_logits, (size_t)T * NS * 4, "shared gate logits"},
+        {(void **)&L->wts, TK * 4, "weights"},
+        {(void **)&L->score, TE * 4, "route scores"},
+        {(void **)&L->gscore, TE * 4, "group scores"},
+        {(void **)&L->tok, (size_t)T * 3 * 4, "token stats"},
+        {(void **)&L->elig, TE, "eligibility"},
+        {(void **)&L->ids, TK * 4, "ids"},
+        {(void **)&L->totals, E * 4, "totals"},
+        {(void **)&L->counts, E * 4, "counts"},
+        {(void **)&L->offsets, (E + 1) * 4, "offsets"},
+        {(void **)&L->row_token, TK * 4, "row tokens"},
+        {(void **)&L->row_expert, TK * 4, "row experts"},
+        {(void **)&L->row_of, TK * 4, "rows"},
+        {(void **)&L->dropped, 8, "dropped"},
+        {(void **)&L->prob, E * 8, "expert probabilities"},
+        {(void **)&L->loss, 3 * 8, "losses"},
+        {(void **)&L->hbuf, rowsF * 4, "hidden activations"},
+        {(void **)&L->ubuf, cb ? rowsF * 4 : 0, "up projections"},
+        {(void **)&L->obuf, TK * H * 4, "expert outputs"},
+        {(void **)&L->sh_o, cb && NS ? TH * 4 : 0, "shared expert output"},
+        {(void **)&L->sh_acc, NS ? TH * 4 : 0, "shared expert sum"},
+        {(void **)&L->xq, cb ? TK * H * gsz : 0, "gathered rows"},
+        {(void **)&L->hq, cb ? rowsF * gsz : 0, "hidden activations (GEMM dtype)"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        moevk_status st = dev_alloc(want[i].p, want[i].bytes, &L->scratch_bytes, want[i].name,
+                                    err, err_size);
+        if (st != MOEVK_SUCCESS) {
+            free_scratch(L);
+            return st;
+        }
+    }
+    L->cap_T = T;
+    return MOEVK_SUCCESS;
+}
+
+extern "C" void mvk_cuda_layer_destroy(mvk_cuda_layer *L)
+{
+    if (!L)
+        return;
+    cudaSetDevice(L->device);
+    if (L->stream)
+        cudaStreamSynchronize(L->stream);
+    if (L->handle && L->cb.destroy)
+        L->cb.destroy(L->handle);
+    free_scratch(L);
+    free_ffn(&L->ex);
+    free_ffn(&L->sh);
+    cudaFree(L->router_w);
+    cudaFree(L->sgate_w);
+    cudaFree(L->router_b);
+    cudaFree(L->corr_b);
+    if (L->h_offsets)
+        cudaFreeHost(L->h_offsets);
+    for (int i = 0; i < L->events; i++)
+        cudaEventDestroy(L->ev[i]);
+    if (L->stream)
+        cudaStreamDestroy(L->stream);
+    if (L->cb.lib)
+        dlclose(L->cb.lib);
+    cudaGetLastError(); /* leave no error behind */
+    free(L);
+}
+
+static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backend,
+                           mvk_cuda_layer *L, char *err, size_t err_size)
+{
+    CKS(pick_device(&L->device, err, err_size, NULL, 0));
+    CK(cudaSetDevice(L->device));
+    if (L->cublas)
+        CKS(load_cublas(&L->cb, err, err_size));
+
+    moevk_layer_desc *d = &L->d;
+    *d = *desc;
+    if (!d->n_group)
+        d->n_group = 1;
+    if (!d->topk_group)
+        d->topk_group = d->n_group;
+    if (d->topk_group > d->n_group)
+        d->topk_group = d->n_group;
+    if (d->routed_scaling_factor == 0.0f)
+        d->routed_scaling_factor = 1.0f;
+    if (d->swiglu_alpha == 0.0f)
+        d->swiglu_alpha = 1.702f;
+    if (d->swiglu_limit == 0.0f)
+        d->swiglu_limit = 7.0f;
+    L->shared_ffn = d->num_shared ? (d->shared_ffn ? d->shared_ffn : d->ffn) : 0;
+    d->shared_ffn = L->shared_ffn;
+    L->store_dt = backend == MVK_CUDA_CUBLAS_F32 ? MOEVK_DTYPE_F32 : d->weight_dtype;
+    L->cuda_dt = L->store_dt == MOEVK_DTYPE_F16    ? CUDA_R_16F
+                 : L->store_dt == MOEVK_DTYPE_BF16 ? CUDA_R_16BF
+                                                   : CUDA_R_32F;
+
+    CK(cudaStreamCreateWithFlags(&L->stream, cudaStreamNonBlocking));
+    for (; L->events < MOEVK_STAGE_COUNT + 1; L->events++)
+        CK(cudaEventCreate(&L->ev[L->events]));
+    CK(cudaMallocHost((void **)&L->h_offsets, sizeof(uint32_t) * (d->num_experts + 1)));
+
+    const size_t E = d->num_experts, H = d->hidden;
+    CKS(upload_raw(L, desc->router_weight, E * H * dt_size(d->router_dtype), &L->router_w,
+                   "router_weight", err, err_size));
+    CKS(upload_raw(L, desc->router_bias, E * 4, (void **)&L->router_b, "router_bias", err,
+                   err_size));
+    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED)
+        CKS(upload_raw(L, desc->correction_bias, E * 4, (void **)&L->corr_b, "correction_bias",
+                       err, err_size));
+    CKS(upload_ffn(L, &desc->experts, d->num_experts, d->ffn, &L->ex, "experts", err,
+                   err_size));
+    if (d->num_shared) {
+        CKS(upload_ffn(L, &desc->shared, d->num_shared, L->shared_ffn, &L->sh, "shared", err,
+                       err_size));
+        CKS(upload_raw(L, desc->shared_gate, (size_t)d->num_shared * H *
+                       dt_size(d->router_dtype), &L->sgate_w, "shared_gate", err, err_size));
+    }
+    /* the host arrays are not ours to keep */
+    d->router_weight = NULL;
+    d->router_bias = d->correction_bias = NULL;
+    d->shared_gate = NULL;
+    memset(&d->experts, 0, sizeof d->experts);
+    memset(&d->shared, 0, sizeof d->shared);
+
+    if (L->cublas) {
+        cublasStatus_t cs = L->cb.create(&L->handle);
+        if (cs != CUBLAS_STATUS_SUCCESS) {
+            L->handle = NULL;
+            set_err(err, err_size, "cublasCreate failed: %s (status %d)",
+                    L->cb.status_string ? L->cb.status_string(cs) : "?", (int)cs);
+            return cs == CUBLAS_STATUS_ALLOC_FAILED ? MOEVK_ERROR_OUT_OF_DEVICE_MEMORY
+                                                    : MOEVK_ERROR_INTERNAL;
+        }
+        cs = L->cb.set_stream(L->handle, L->stream);
+        if (cs != CUBLAS_STATUS_SUCCESS) {
+            set_err(err, err_size, "cublasSetStream failed (status %d)", (int)cs);
+            return MOEVK_ERROR_INTERNAL;
+        }
+    }
+    CK(cudaDeviceSynchronize());
+    return MOEVK_SUCCESS;
+}
+
+extern "C" moevk_status mvk_cuda_layer_create(const moevk_layer_desc *desc,
+                                              mvk_cuda_backend backend, mvk_cuda_layer **out,
+                                              char *err, size_t err_size)
+{
+    set_err(err, err_size, "%s", "");
+    if (!out) {
+        set_err(err, err_size, "out is NULL");
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    }
+    *out = NULL;
+    if (!desc) {
+        set_err(err, err_size, "desc is NULL");
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    }
+    moevk_status st = moevk_layer_desc_validate(NULL, desc);
+    if (st != MOEVK_SUCCESS) {
+        set_err(err, err_size, "invalid layer description: moevk_layer_desc_validate returned "
+                "%s (validate with a moevk context for the message naming the field)",
+                moevk_status_string(st));
+        return st;
+    }
+    if ((unsigned)backend >= MVK_CUDA_BACKEND_COUNT) {
+        set_err(err, err_size, "backend = %d is not a mvk_cuda_backend value", (int)backend);
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    }
+    const uint32_t sf = desc->num_shared ? (desc->shared_ffn ? desc->shared_ffn : desc->ffn) : 0;
+    if (backend != MVK_CUDA_REF &&
+        (desc->hidden > INT_MAX || desc->ffn > INT_MAX || sf > INT_MAX)) {
+        set_err(err, err_size, "hidden/ffn beyond the int range of cuBLAS");
+        return MOEVK_ERROR_LIMIT_EXCEEDED;
+    }
+    mvk_cuda_layer *L = (mvk_cuda_layer *)calloc(1, sizeof *L);
+    if (!L) {
+        set_err(err, err_size, "out of host memory");
+        return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+    }
+    L->backend = backend;
+    L->cublas = backend != MVK_CUDA_REF;
+    st = create(desc, backend, L, err, err_size);
+    if (st != MOEVK_SUCCESS) {
+        mvk_cuda_layer_destroy(L);
+        return st;
+    }
+    *out = L;
+    return MOEVK_SUCCESS;
+}
+
+extern "C" void mvk_cuda_layer_memory(const mvk_cuda_layer *L, uint64_t *weight_bytes,
+                                      uint64_t *scratch_bytes)
+{
+    if (weight_bytes)
+        *weight_bytes = L ? L->weight_bytes : 0;
+    if (scratch_bytes)
+        *scratch_bytes = L ? L->scratch_bytes : 0;
+}
+
+/* ---- one pass ------------------------------------------------------------- */
+
+/* C[n, m] (row-major, ldc) = B[n, k] . A[m, k]^T, both row-major in the
+ * layer's GEMM dtype with leading dimensions lda, ldb; f32 output and
+ * accumulation. In cuBLAS's column-major terms: C^T = op(A)^T B^T, i.e.
+ * transa = T (A is k x m column-major), transb = N. */
+static moevk_status gemm(mvk_cuda_layer *L, int m, int n, int k, const void *A, int lda,
+                         const void *B, int ldb, float *C, int ldc, const char *what, char *err,
+                         size_t err_size)
+{
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t cs = L->cb.gemm_ex(L->handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A,
+                                      L->cuda_dt, lda, B, L->cuda_dt, ldb, &zero, C, CUDA_R_32F,
+                                      ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (cs != CUBLAS_STATUS_SUCCESS) {
+        set_err(err, err_size, "cublasGemmEx (%s, m=%d n=%d k=%d) failed: %s (status %d)",
+                what, m, n, k, L->cb.status_string ? L->cb.status_string(cs) : "?", (int)cs);
+        return cs == CUBLAS_STATUS_ALLOC_FAILED ? MOEVK_ERROR_OUT_OF_DEVICE_MEMORY
+                                                : MOEVK_ERROR_INTERNAL;
+    }
+    return MOEVK_SUCCESS;
+}
+
+static FfnWeights ffn_weights(const mvk_cuda_layer *L, const dev_ffn *f, uint32_t F)
+{
+    FfnWeights w;
+    w.dt = L->store_dt;
+    w.H = L->d.hidden;
+    w.F = F;
+    w.act = (int)L->d.activation;
+    w.alpha = L->d.swiglu_alpha;
+    w.limit = L->d.swiglu_limit;
+    w.gate = f->gate;
+    w.up = f->up;
+    w.down = f->down;
+    w.bg = f->bg;
+    w.bu = f->bu;
+    w.bd = f->bd;
+    return w;
+}
+
+static uint32_t capacity(const moevk_layer_desc *d, uint32_t T)
+{
+    /* as moevk_ref_capacity */
+    if (d->capacity_factor == 0.0f)
+        return UINT32_MAX;
+    double c = ceil((double)d->capacity_factor * T * d->top_k / d->num_experts);
+    if (!(c < (double)UINT32_MAX))
+        return UINT32_MAX;
+    if (c < 0.0)
+        return 0;
+    return (uint32_t)c;
+}
+
+/* The cuBLAS expert GEMMs of one stack over per-expert row ranges given on
+ * the host (h_off, count+1 entries; NULL = one range 0..dense_rows of
+ * expert `dense_expert`). which: 0 = gate/up (B = xq -> hbuf/ubuf),
+ * 1 = down (B = hq -> out). */
+static moevk_status expert_gemms(mvk_cuda_layer *L, const dev_ffn *f, uint32_t F,
+                                 const uint32_t *h_off, uint32_t count, uint32_t dense_rows,
+                                 uint32_t dense_expert, int which, float *out, char *err,
+                                 size_t err_size)
+{
+    const int H = (int)L->d.hidden;
+    const size_t gsz = dt_size(L->store_dt);
+    const size_t mat = (size_t)F * H * gsz; /* bytes of one expert's matrix */
+    const bool gated = moevk_activation_is_gated(L->d.activation) != 0;
+    uint32_t e0 = h_off ? 0 : dense_expert, e1 = h_off ? count : dense_expert + 1;
+    for (uint32_t e = e0; e < e1; e++) {
+        uint32_t r0 = h_off ? h_off[e] : 0;
+        uint32_t n = h_off ? h_off[e + 1] - h_off[e] : dense_rows;
+        if (n == 0)
+            continue;
+        if (which == 0) {
+            const char *xb = (const char *)L->xq + (size_t)r0 * H * gsz;
+            if (gated)
+                CKS(gemm(L, (int)F, (int)n, H, (const char *)f->gate + e * mat, H, xb, H,
+                         L->hbuf + (size_t)r0 * F, (int)F, "gate", err, err_size));
+            CKS(gemm(L, (int)F, (int)n, H, (const char *)f->up + e * mat, H, xb, H,
+                     L->ubuf + (size_t)r0 * F, (int)F, "up", err, err_size));
+        } else {
+            const char *hb = (const char *)L->hq + (size_t)r0 * F * gsz;
+            CKS(gemm(L, H, (int)n, (int)F, (const char *)f->down + e * mat, (int)F, hb, (int)F,
+                     out + (size_t)r0 * H, H, "down", err, err_size));
+        }
+    }
+    return MOEVK_SUCCESS;
+}
+
+/* Enqueue one forward pass on L->x for T tokens (scratch reserved), with an
+ * event before the first stage and after each stage. */
+static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t err_size)
+{
+    const moevk_layer_desc *d = &L->d;
+    const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k, NS = d->num_shared;
+    const uint32_t Fs = L->shared_ffn;
+    cudaStream_t s = L->stream;
+    const FfnWeights exw = ffn_weights(L, &L->ex, d->ffn);
+    const FfnWeights shw = ffn_weights(L, &L->sh, Fs);
+    Rows routed;
+    routed.row_token = L->row_token;
+    routed.row_expert = L->row_expert;
+    routed.dev_rows = L->offsets + E;
+    routed.max_rows = T * K;
+    routed.fixed_expert = 0;
+
+    CK(cudaEventRecord(L->ev[0], s));
+
+    /* router logits, and the shared-expert gate's */
+    CK(router_logits(s, d->router_dtype, L->x, L->router_w, L->router_b, T, H, E, L->logits));
+    if (NS && L->sgate_w)
+        CK(router_logits(s, d->router_dtype, L->x, L->sgate_w, NULL, T, H, NS, L->sg_logits));
+    CK(cudaEventRecord(L->ev[MOEVK_STAGE_ROUTER + 1], s));
+
+    RouteParams rp;
+    rp.T = T;
+    rp.E = E;
+    rp.K = K;
+    rp.routing = (int)d->routing;
+    rp.norm = d->norm_topk_prob;
+    rp.n_group = d->n_group;
+    rp.topk_group = d->topk_group;
+    rp.scale = d->routed_scaling_factor;
+    rp.corr = L->corr_b;
+    CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
+    CK(cudaEventRecord(L->ev[MOEVK_STAGE_ROUTE + 1], s));
+
+    CK(permute(s, L->ids, T, K, E, capacity(d, T), L->totals, L->counts, L->offsets,
+               L->dropped, L->row_of, L->row_token, L->row_expert));
+    if (L->cublas) {
+        /* Per-expert cuBLAS calls need each expert's row range on the host:
+         * this vendor baseline copies the offsets back and waits (a
+         * synchronisation inside the pass, counted in the permute stage). */
+        CK(cudaMemcpyAsync(L->h_offsets, L->offsets, sizeof(uint32_t) * (E + 1),
+                           cudaMemcpyDeviceToHost, s));
+        CK(cudaStreamSynchronize(s));
+    }
+    CK(cudaEventRecord(L->ev[MOEVK_STAGE_PERMUTE + 1], s));
+
+    if (!L->cublas) {
+        CK(ffn_up(s, exw, routed, L->x, L->hbuf));
+        CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_UP + 1], s));
+        CK(ffn_down(s, exw, routed, L->hbuf, L->obuf, 0, NULL, 0, 0));
+        CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_DOWN + 1], s));
+    } else {
+        CK(gather_convert(s, L->store_dt, routed, L->x, H, L->xq));
+        CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 0, NULL, err, err_size));
+        CK(activate(s, exw, routed, L->hbuf, L->ubuf, L->hq));
+        CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_UP + 1], s));
+        CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 1, L->obuf, err, err_size));
+        if (L->ex.bd)
+            CK(add_row_bias(s, routed, L->ex.bd, H, L->obuf));
+        CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_DOWN + 1], s));
+    }
+
+    /* shared experts: sh_acc = sum_i gate_i * expert_i(x), in i order */
+    if (NS) {
+        const float *gl = L->sgate_w ? L->sg_logits : NULL;
+        if (L->cublas) {
+            Rows dense = {NULL, NULL, NULL, T, 0};
+            CK(gather_convert(s, L->store_dt, dense, L->x, H, L->xq));
+            for (uint32_t i = 0; i < NS; i++) {
+                dense.fixed_expert = i;
+                CKS(expert_gemms(L, &L->sh, Fs, NULL, NS, T, i, 0, NULL, err, err_size));
+                CK(activate(s, shw, dense, L->hbuf, L->ubuf, L->hq));
+                CKS(expert_gemms(L, &L->sh, Fs, NULL, NS, T, i, 1, L->sh_o, err, err_size));
+                CK(shared_accumulate(s, L->sh_o, L->sh.bd ? L->sh.bd + (size_t)i * H : NULL, T,
+                                     H, i == 0, gl, NS, i, L->sh_acc));
+            }
+        } else {
+            for (uint32_t i = 0; i < NS; i++) {
+                Rows dense = {NULL, NULL, NULL, T, i};
+                CK(ffn_up(s, shw, dense, L->x, L->hbuf));
+                CK(ffn_down(s, shw, dense, L->hbuf, L->sh_acc, i == 0 ? 1 : 2, gl, NS, i));
+            }
+        }
+    }
+    CK(cudaEventRecord(L->ev[MOEVK_STAGE_SHARED + 1], s));
+
+    CK(combine(s, L->row_of, L->wts, L->obuf, NS ? L->sh_acc : NULL, T, H, K, L->y));
+    CK(cudaEventRecord(L->ev[MOEVK_STAGE_COMBINE + 1], s));
+
+    CK(stats(s, L->logits, L->totals, T, E, K, L->tok, L->prob, L->loss));
+    CK(cudaEventRecord(L->ev[MOEVK_STAGE_STATS + 1], s));
+    return MOEVK_SUCCESS;
+}
+
+/* Stage times of the last completed pass (its last event has completed). */
+static moevk_status read_times(mvk_cuda_layer *L, double *stage_ms, double *total_ms, char *err,
+                               size_t err_size)
+{
+    float ms;
+    for (int i = 0; stage_ms && i < MOEVK_STAGE_COUNT; i++) {
+        CK(cudaEventElapsedTime(&ms, L->ev[i], L->ev[i + 1]));
+        stage_ms[i] = ms;
+    }
+    if (total_ms) {
+        CK(cudaEventElapsedTime(&ms, L->ev[0], L->ev[MOEVK_STAGE_COUNT]));
+        *total_ms = ms;
+    }
+    return MOEVK_SUCCESS;
+}
+
+static moevk_status begin_call(mvk_cuda_layer *L, uint32_t T, const float *x, char *err,
+                               size_t err_size)
+{
+    set_err(err, err_size, "%s", "");
+    if (!L) {
+        set_err(err, err_size, "layer is NULL");
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    }
+    if (T == 0 || !x) {
+        set_err(err, err_size, T == 0 ? "T is 0" : "x is NULL");
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    }
+    CK(cudaSetDevice(L->device));
+    CKS(reserve(L, T, err, err_size));
+    CK(cudaMemcpyAsync(L->x, x, sizeof(float) * T * L->d.hidden, cudaMemcpyHostToDevice,
+                       L->stream));
+    return MOEVK_SUCCESS;
+}
+
+extern "C" moevk_status mvk_cuda_layer_forward(mvk_cuda_layer *L, uint32_t T, const float *x,
+                                               float *y, uint32_t *ids, float *weights,
+                                               int32_t *rows, moevk_routing_stats *stats_out,
+                                               double *stage_ms, double *total_ms, char *err,
+                                               size_t err_size)
+{
+    if (!y) {
+        set_err(err, err_size, "y is NULL");
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    }
+    CKS(begin_call(L, T, x, err, err_size));
+    CKS(run_pass(L, T, err, err_size));
+    cudaStream_t s = L->stream;
+    const size_t TK = (size_t)T * L->d.top_k;
+    const uint32_t E = L->d.num_experts;
+    unsigned long long dropped = 0;
+    double loss[3] = {0, 0, 0};
+    CK(cudaMemcpyAsync(y, L->y, sizeof(float) * T * L->d.hidden, cudaMemcpyDeviceToHost, s));
+    if (ids)
+        CK(cudaMemcpyAsync(ids, L->ids, 4 * TK, cudaMemcpyDeviceToHost, s));
+    if (weights)
+        CK(cudaMemcpyAsync(weights, L->wts, 4 * TK, cudaMemcpyDeviceToHost, s));
+    if (rows)
+        CK(cudaMemcpyAsync(rows, L->row_of, 4 * TK, cudaMemcpyDeviceToHost, s));
+    if (stats_out) {
+        if (stats_out->tokens_per_expert)
+            CK(cudaMemcpyAsync(stats_out->tokens_per_expert, L->counts, 4 * (size_t)E,
+                               cudaMemcpyDeviceToHost, s));
+        CK(cudaMemcpyAsync(&dropped, L->dropped, sizeof dropped, cudaMemcpyDeviceToHost, s));
+        CK(cudaMemcpyAsync(loss, L->loss, sizeof loss, cudaMemcpyDeviceToHost, s));
+    }
+    CK(cudaStreamSynchronize(s));
+    CK(cudaGetLastError());
+    if (stats_out) {
+        stats_out->dropped = dropped;
+        stats_out->load_balancing_loss = loss[0];
+        stats_out->router_z_loss = loss[1];
+        stats_out->routing_entropy = loss[2];
+    }
+    return read_times(L, stage_ms, total_ms, err, err_size);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y ? 1 : 0;
+}
+
+static double median(double *v, uint32_t n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+extern "C" moevk_status mvk_cuda_layer_bench(mvk_cuda_layer *L, uint32_t T, const float *x,
+                                             uint32_t warmup, uint32_t iters,
+                                             double *stage_ms_median, double *total_ms_median,
+                                             char *err, size_t err_size)
+{
+    if (iters == 0) {
+        set_err(err, err_size, "iters is 0");
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    }
+    CKS(begin_call(L, T, x, err, err_size));
+    CK(cudaStreamSynchronize(L->stream));
+    for (uint32_t i = 0; i < warmup; i++)
+        CKS(run_pass(L, T, err, err_size));
+    CK(cudaStreamSynchronize(L->stream));
+
+    const uint32_t N = MOEVK_STAGE_COUNT + 1; /* the stages, then the total */
+    double *t = (double *)malloc(sizeof(double) * N * iters);
+    double *col = (double *)malloc(sizeof(double) * iters);
+    if (!t || !col) {
+        free(t);
+        free(col);
+        set_err(err, err_size, "out of host memory");
+        return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+    }
+    moevk_status st = MOEVK_SUCCESS;
+    for (uint32_t it = 0; it < iters && st == MOEVK_SUCCESS; it++) {
+        st = run_pass(L, T, err, err_size);
+        if (st == MOEVK_SUCCESS) {
+            cudaError_t e = cudaEventSynchronize(L->ev[MOEVK_STAGE_COUNT]);
+            if (e != cudaSuccess)
+                st = cuda_fail(err, err_size, e, "cudaEventSynchronize");
+        }
+        if (st == MOEVK_SUCCESS)
+            st = read_times(L, t + (size_t)it * N, t + (size_t)it * N + MOEVK_STAGE_COUNT, err,
+                            err_size);
+    }
+    for (uint32_t c = 0; c < N && st == MOEVK_SUCCESS; c++) {
+        for (uint32_t it = 0; it < iters; it++)
+            col[it] = t[(size_t)it * N + c];
+        double m = median(col, iters);
+        if (c < MOEVK_STAGE_COUNT && stage_ms_median)
+            stage_ms_median[c] = m;
+        if (c == MOEVK_STAGE_COUNT && total_ms_median)
+            *total_ms_median = m;
+    }
+    free(t);
+    free(col);
+    return st;
+}

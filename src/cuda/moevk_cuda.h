@@ -1,0 +1,103 @@
+/*
+ * moevk CUDA backends: the MoE layer of docs/semantics.md on an NVIDIA GPU,
+ * for cross-checking the Vulkan path and as a vendor baseline to benchmark
+ * against. Not part of the installed moevk API (the CLI and tests link it
+ * when the build found nvcc; they see MOEVK_HAVE_CUDA=1).
+ *
+ * Backends:
+ *  - MVK_CUDA_REF: every stage as simple CUDA kernels in f32 (one thread per
+ *    output element, loops in a fixed order, no atomics): deterministic,
+ *    written for evident correctness, not speed.
+ *  - MVK_CUDA_CUBLAS: routing, permutation, combine and statistics as in
+ *    MVK_CUDA_REF; the expert (and shared-expert) GEMMs by cuBLAS with
+ *    inputs in the weight dtype and f32 accumulation (CUBLAS_COMPUTE_32F).
+ *    With f16/bf16 weights the activations (gathered x rows and the hidden
+ *    activation) are rounded to that dtype, as a bf16/f16 model does, so the
+ *    result is NOT within the contract tolerance of docs/semantics.md (which
+ *    assumes f32 activations): expect a relative error of a few 2^-11 (f16)
+ *    or 2^-8 (bf16). This is the realistic vendor baseline.
+ *  - MVK_CUDA_CUBLAS_F32: the same cuBLAS pipeline on f32 inputs (16-bit
+ *    weights widened to f32 once at create; no TF32): within the contract
+ *    tolerance; checks the pipeline rather than the rounding.
+ * cuBLAS is loaded at run time (dlopen of libcublas.so.13/.12/.so), never
+ * linked: without it the cuBLAS backends return MOEVK_ERROR_UNSUPPORTED.
+ *
+ * Every function is safe to call on a machine without an NVIDIA driver or
+ * device: it returns MOEVK_ERROR_NO_DEVICE (a device too old for the sm_90
+ * kernels of this build: MOEVK_ERROR_UNSUPPORTED) with a message.
+ *
+ * Error messages go to the caller's (err, err_size) buffer when given.
+ * A layer belongs to the thread using it (no internal locking); it uses
+ * CUDA device 0, or the device MOEVK_CUDA_DEVICE (a decimal index) names.
+ */
+#ifndef MOEVK_CUDA_H
+#define MOEVK_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moevk/moevk.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mvk_cuda_layer mvk_cuda_layer;
+
+typedef enum mvk_cuda_backend {
+    MVK_CUDA_REF = 0,
+    MVK_CUDA_CUBLAS = 1,
+    MVK_CUDA_CUBLAS_F32 = 2,
+} mvk_cuda_backend;
+
+#define MVK_CUDA_BACKEND_COUNT 3
+
+/* "ref", "cublas", "cublas-f32" ("unknown" otherwise). */
+const char *mvk_cuda_backend_name(mvk_cuda_backend backend);
+
+/* 1 when a CUDA device usable by this build exists; msg (optional) gets its
+ * description ("NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.2 GiB), CUDA
+ * driver 13.0"). 0 otherwise, msg getting the reason. */
+int mvk_cuda_device_available(char *msg, size_t msg_size);
+
+/* Validate desc (moevk_layer_desc_validate), check the device (and cuBLAS
+ * for the cuBLAS backends), and upload every weight to device memory. The
+ * desc's host arrays are read only during the call. *out is set to NULL on
+ * failure. */
+moevk_status mvk_cuda_layer_create(const moevk_layer_desc *desc, mvk_cuda_backend backend,
+                                   mvk_cuda_layer **out, char *err, size_t err_size);
+/* NULL is a no-op. */
+void mvk_cuda_layer_destroy(mvk_cuda_layer *layer);
+
+/* Device bytes of the weights and of the scratch reserved so far (the
+ * largest T seen). Either pointer may be NULL. */
+void mvk_cuda_layer_memory(const mvk_cuda_layer *layer, uint64_t *weight_bytes,
+                           uint64_t *scratch_bytes);
+
+/* One forward pass, synchronous: x and y are host arrays [T*H] (T >= 1).
+ * Optional outputs (NULL = not wanted): ids/weights/rows [T*k] (expert id,
+ * routing weight, row in expert-sorted order or -1 when dropped, as
+ * moevk_layer_read_routing), stats (tokens_per_expert may be NULL),
+ * stage_ms [MOEVK_STAGE_COUNT] (GPU time per moevk_stage, from CUDA events)
+ * and total_ms (first stage start to last stage end; host<->device copies
+ * of x, y and the outputs are outside both). */
+moevk_status mvk_cuda_layer_forward(mvk_cuda_layer *layer, uint32_t T, const float *x, float *y,
+                                    uint32_t *ids, float *weights, int32_t *rows,
+                                    moevk_routing_stats *stats, double *stage_ms,
+                                    double *total_ms, char *err, size_t err_size);
+
+/* Benchmark: uploads x [T*H] once, runs `warmup` untimed passes and then
+ * `iters` (>= 1) timed passes with x, y and all scratch resident on the
+ * device, and reports the median GPU time per stage (stage_ms_median
+ * [MOEVK_STAGE_COUNT], optional) and of the whole pass (total_ms_median,
+ * optional). The cuBLAS backends copy the per-expert row counts to the host
+ * in every pass (a synchronisation, included in the timings as it happens
+ * between stages). */
+moevk_status mvk_cuda_layer_bench(mvk_cuda_layer *layer, uint32_t T, const float *x,
+                                  uint32_t warmup, uint32_t iters, double *stage_ms_median,
+                                  double *total_ms_median, char *err, size_t err_size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOEVK_CUDA_H */

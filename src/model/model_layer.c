@@ -1,0 +1,592 @@
+/*
+ * A checkpoint's MoE block described as a moevk_layer_desc (layouts and
+ * conversions: model_layer.h).
+ */
+#include "model_layer.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_util.h"
+#include "ref/ref.h"
+
+/* ---- element conversion ------------------------------------------------- */
+
+static float load_f32(const uint8_t *p, int dtype)
+{
+    uint16_t h;
+    float f;
+    switch (dtype) {
+    case MOEVK_DTYPE_F32:
+        memcpy(&f, p, 4);
+        return f;
+    case MOEVK_DTYPE_F16:
+        memcpy(&h, p, 2);
+        return moevk_half_to_float(h);
+    case MOEVK_DTYPE_BF16:
+        memcpy(&h, p, 2);
+        return moevk_bf16_to_float(h);
+    default:
+        return NAN;
+    }
+}
+
+void mvk_model_to_f32(const void *src, int dtype, size_t n, float *dst)
+{
+    const uint8_t *s = src;
+    size_t es = moevk_dtype_size((moevk_dtype)dtype);
+    if (dtype == MOEVK_DTYPE_F32) {
+        memcpy(dst, src, n * 4);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        dst[i] = load_f32(s + i * es, dtype);
+}
+
+/* dst[di] (of dtype dt) = src element si (of dtype sdt); dt is sdt or f32. */
+static inline void put(uint8_t *dst, size_t di, int dt, const uint8_t *src, size_t si, int sdt)
+{
+    if (dt == sdt) {
+        size_t es = moevk_dtype_size((moevk_dtype)dt);
+        memcpy(dst + di * es, src + si * es, es);
+    } else {
+        float f = load_f32(src + si * moevk_dtype_size((moevk_dtype)sdt), sdt);
+        memcpy(dst + di * 4, &f, 4);
+    }
+}
+
+/* ---- building ------------------------------------------------------------ */
+
+typedef enum view_kind {
+    V_DIRECT,   /* rows x cols contiguous from element `off` of t           */
+    V_OSS_GATE, /* gpt-oss [E, H, 2F]: out[f][h] = t[e][h][2f]              */
+    V_OSS_UP,   /*                      out[f][h] = t[e][h][2f + 1]         */
+    V_OSS_DOWN, /* gpt-oss [E, F, H]:   out[h][f] = t[e][f][h]              */
+} view_kind;
+
+typedef struct mview {
+    const mvk_st_tensor *t;
+    view_kind kind;
+    uint64_t off;
+    uint32_t expert;
+} mview;
+
+typedef struct bctx {
+    mvk_st_set *set;
+    const char *prefix;
+    const mvk_moe_config *c;
+    mvk_model_layer *L;
+    char *err;
+    size_t errsz;
+} bctx;
+
+static void *own(mvk_model_layer *L, size_t size)
+{
+    if (L->nowned == L->capowned) {
+        size_t cap = L->capowned ? L->capowned * 2 : 16;
+        void **n = realloc(L->owned, cap * sizeof(*n));
+        if (!n)
+            return NULL;
+        L->owned = n;
+        L->capowned = cap;
+    }
+    void *p = malloc(size ? size : 1);
+    if (p)
+        L->owned[L->nowned++] = p;
+    return p;
+}
+
+static int oom(bctx *b)
+{
+    return mvk_errf(b->err, b->errsz, "out of host memory building the layer");
+}
+
+static int has(bctx *b, const char *suffix)
+{
+    char name[512];
+    snprintf(name, sizeof name, "%s%s", b->prefix, suffix);
+    return mvk_st_set_has(b->set, name);
+}
+
+/* The tensor prefix+suffix, of a float dtype and the expected shape (ndim
+ * dims of `want`, described as `dims`, e.g. "[E, H]"). */
+static const mvk_st_tensor *need(bctx *b, const char *suffix, uint32_t ndim,
+                                 const uint64_t *want, const char *dims)
+{
+    char name[512];
+    snprintf(name, sizeof name, "%s%s", b->prefix, suffix);
+    const mvk_st_tensor *t = mvk_st_set_find(b->set, name, b->err, b->errsz);
+    if (!t)
+        return NULL;
+    if (t->dtype < 0) {
+        mvk_errf(b->err, b->errsz,
+                 "tensor '%s' has unsupported dtype %s (moevk reads F32, F16 and BF16)", name,
+                 t->dtype_name);
+        return NULL;
+    }
+    int ok = t->ndim == ndim;
+    for (uint32_t i = 0; ok && i < ndim; i++)
+        ok = t->shape[i] == want[i];
+    if (!ok) {
+        char got[160], exp[160];
+        mvk_errf(b->err, b->errsz,
+                 "tensor '%s' has shape %s, expected %s = %s from config.json (E experts, H "
+                 "hidden size, F expert intermediate size)",
+                 name, mvk_shape_str(t->shape, t->ndim, got, sizeof got), dims,
+                 mvk_shape_str(want, ndim, exp, sizeof exp));
+        return NULL;
+    }
+    return t;
+}
+
+#define SHAPE(...) ((const uint64_t[]){__VA_ARGS__})
+
+/* An f32 copy of a whole (small) tensor: biases. */
+static float *f32_copy(bctx *b, const mvk_st_tensor *t)
+{
+    float *p = own(b->L, (size_t)t->numel * 4);
+    if (!p) {
+        oom(b);
+        return NULL;
+    }
+    mvk_model_to_f32(t->data, t->dtype, (size_t)t->numel, p);
+    return p;
+}
+
+/* A canonical [rows, cols] matrix of dtype `dt` for a view: a pointer into
+ * the map when possible, else an owned copy. */
+static const void *materialize(bctx *b, const mview *v, uint64_t rows, uint64_t cols, int dt)
+{
+    const mvk_st_tensor *t = v->t;
+    size_t es = moevk_dtype_size((moevk_dtype)dt), ses = moevk_dtype_size((moevk_dtype)t->dtype);
+    size_t n = (size_t)(rows * cols);
+    if (v->kind == V_DIRECT) {
+        const uint8_t *src = t->data + v->off * ses;
+        if (t->dtype == dt && ((uintptr_t)src % es) == 0)
+            return src;
+        uint8_t *dst = own(b->L, n * es);
+        if (!dst) {
+            oom(b);
+            return NULL;
+        }
+        if (t->dtype == dt)
+            memcpy(dst, src, n * es);
+        else
+            for (size_t i = 0; i < n; i++)
+                put(dst, i, dt, src, i, t->dtype);
+        return dst;
+    }
+    uint8_t *dst = own(b->L, n * es);
+    if (!dst) {
+        oom(b);
+        return NULL;
+    }
+    const uint64_t E = t->shape[0];
+    (void)E;
+    const size_t B = 64;
+    if (v->kind == V_OSS_DOWN) {
+        /* t [E, F, H] -> out [H, F]: out[h][f] = t[e][f][h]; rows = H, cols = F */
+        const uint64_t H = rows, F = cols;
+        const uint8_t *src = t->data + (size_t)v->expert * F * H * ses;
+        for (size_t f0 = 0; f0 < F; f0 += B)
+            for (size_t h0 = 0; h0 < H; h0 += B)
+                for (size_t f = f0; f < f0 + B && f < F; f++)
+                    for (size_t h = h0; h < h0 + B && h < H; h++)
+                        put(dst, h * F + f, dt, src, f * H + h, t->dtype);
+        return dst;
+    }
+    /* t [E, H, 2F] -> out [F, H]: out[f][h] = t[e][h][2f + parity] */
+    const uint64_t F = rows, H = cols;
+    const size_t parity = v->kind == V_OSS_UP;
+    const uint8_t *src = t->data + (size_t)v->expert * H * 2 * F * ses;
+    for (size_t h0 = 0; h0 < H; h0 += B)
+        for (size_t f0 = 0; f0 < F; f0 += B)
+            for (size_t h = h0; h < h0 + B && h < H; h++)
+                for (size_t f = f0; f < f0 + B && f < F; f++)
+                    put(dst, f * H + h, dt, src, h * 2 * F + 2 * f + parity, t->dtype);
+    return dst;
+}
+
+static const void **ptr_array(bctx *b, uint32_t n)
+{
+    const void **p = own(b->L, (size_t)n * sizeof(void *));
+    if (!p)
+        oom(b);
+    return p;
+}
+
+typedef struct expert_views {
+    mview *gate, *up, *down; /* count each; gate NULL for non-gated */
+    uint32_t count;
+    uint64_t ffn;
+} expert_views;
+
+/* Fill desc weights (pointer arrays) for a set of views. */
+static int emit(bctx *b, const expert_views *ev, int dt, moevk_expert_weights *w)
+{
+    const uint64_t H = b->c->hidden, F = ev->ffn;
+    const void **g = NULL, **u = ptr_array(b, ev->count), **d = ptr_array(b, ev->count);
+    if (ev->gate && !(g = ptr_array(b, ev->count)))
+        return -1;
+    if (!u || !d)
+        return -1;
+    for (uint32_t i = 0; i < ev->count; i++) {
+        if (ev->gate && !(g[i] = materialize(b, &ev->gate[i], F, H, dt)))
+            return -1;
+        if (!(u[i] = materialize(b, &ev->up[i], F, H, dt)))
+            return -1;
+        if (!(d[i] = materialize(b, &ev->down[i], H, F, dt)))
+            return -1;
+    }
+    w->gate_experts = g;
+    w->up_experts = u;
+    w->down_experts = d;
+    return 0;
+}
+
+static mview *views(bctx *b, uint32_t n)
+{
+    mview *v = own(b->L, (size_t)n * sizeof(mview));
+    if (!v)
+        oom(b);
+    else
+        memset(v, 0, (size_t)n * sizeof(mview));
+    return v;
+}
+
+/* Per-expert tensors named experts.{i}.<g|u|d>.weight (g NULL: non-gated). */
+static int per_expert(bctx *b, const char *fmt_g, const char *fmt_u, const char *fmt_d,
+                      expert_views *ev)
+{
+    const uint32_t E = b->c->num_experts;
+    const uint64_t H = b->c->hidden, F = b->c->ffn;
+    ev->count = E;
+    ev->ffn = F;
+    ev->up = views(b, E);
+    ev->down = views(b, E);
+    ev->gate = fmt_g ? views(b, E) : NULL;
+    if (!ev->up || !ev->down || (fmt_g && !ev->gate))
+        return -1;
+    char s[256];
+    for (uint32_t i = 0; i < E; i++) {
+        if (fmt_g) {
+            snprintf(s, sizeof s, fmt_g, i);
+            if (!(ev->gate[i].t = need(b, s, 2, SHAPE(F, H), "[F, H]")))
+                return -1;
+        }
+        snprintf(s, sizeof s, fmt_u, i);
+        if (!(ev->up[i].t = need(b, s, 2, SHAPE(F, H), "[F, H]")))
+            return -1;
+        snprintf(s, sizeof s, fmt_d, i);
+        if (!(ev->down[i].t = need(b, s, 2, SHAPE(H, F), "[H, F]")))
+            return -1;
+    }
+    return 0;
+}
+
+/* One shared expert named <base>.gate_proj/up_proj/down_proj.weight. */
+static int shared_expert(bctx *b, const char *base, expert_views *ev)
+{
+    const uint64_t H = b->c->hidden, F = b->c->shared_ffn;
+    char s[256];
+    ev->count = 1;
+    ev->ffn = F;
+    ev->gate = views(b, 1);
+    ev->up = views(b, 1);
+    ev->down = views(b, 1);
+    if (!ev->gate || !ev->up || !ev->down)
+        return -1;
+    snprintf(s, sizeof s, "%s.gate_proj.weight", base);
+    if (!(ev->gate[0].t = need(b, s, 2, SHAPE(F, H), "[shared F, H]")))
+        return -1;
+    snprintf(s, sizeof s, "%s.up_proj.weight", base);
+    if (!(ev->up[0].t = need(b, s, 2, SHAPE(F, H), "[shared F, H]")))
+        return -1;
+    snprintf(s, sizeof s, "%s.down_proj.weight", base);
+    if (!(ev->down[0].t = need(b, s, 2, SHAPE(H, F), "[H, shared F]")))
+        return -1;
+    return 0;
+}
+
+static int routed_experts(bctx *b, expert_views *ev)
+{
+    const mvk_moe_config *c = b->c;
+    const uint32_t E = c->num_experts;
+    const uint64_t H = c->hidden, F = c->ffn;
+    mvk_model_layer *L = b->L;
+    if (c->arch == MVK_ARCH_SWITCH) {
+        L->layout = "per-expert experts.expert_{i}.wi/wo";
+        return per_expert(b, NULL, "experts.expert_%u.wi.weight", "experts.expert_%u.wo.weight",
+                          ev);
+    }
+    if (c->arch == MVK_ARCH_GPT_OSS) {
+        if (!has(b, "experts.gate_up_proj") && has(b, "experts.gate_up_proj_blocks")) {
+            char name[512];
+            snprintf(name, sizeof name, "%sexperts.gate_up_proj_blocks", b->prefix);
+            const mvk_st_tensor *t = mvk_st_set_find(b->set, name, NULL, 0);
+            return mvk_errf(b->err, b->errsz,
+                            "tensor '%s' has unsupported dtype %s: the experts are "
+                            "MXFP4-quantized (_blocks/_scales); use a checkpoint dequantized "
+                            "to bf16",
+                            name, t ? t->dtype_name : "U8");
+        }
+        L->layout = "stacked gpt-oss experts.gate_up_proj [E, H, 2F] (interleaved)";
+        const mvk_st_tensor *gu = need(b, "experts.gate_up_proj", 3, SHAPE(E, H, 2 * F),
+                                       "[E, H, 2F]");
+        const mvk_st_tensor *dn =
+            gu ? need(b, "experts.down_proj", 3, SHAPE(E, F, H), "[E, F, H]") : NULL;
+        if (!dn)
+            return -1;
+        ev->count = E;
+        ev->ffn = F;
+        ev->gate = views(b, E);
+        ev->up = views(b, E);
+        ev->down = views(b, E);
+        if (!ev->gate || !ev->up || !ev->down)
+            return -1;
+        for (uint32_t i = 0; i < E; i++) {
+            ev->gate[i] = (mview){gu, V_OSS_GATE, 0, i};
+            ev->up[i] = (mview){gu, V_OSS_UP, 0, i};
+            ev->down[i] = (mview){dn, V_OSS_DOWN, 0, i};
+        }
+        return 0;
+    }
+    if (has(b, "experts.gate_up_proj")) {
+        L->layout = "stacked experts.gate_up_proj [E, 2F, H] + experts.down_proj [E, H, F]";
+        const mvk_st_tensor *gu = need(b, "experts.gate_up_proj", 3, SHAPE(E, 2 * F, H),
+                                       "[E, 2F, H]");
+        const mvk_st_tensor *dn =
+            gu ? need(b, "experts.down_proj", 3, SHAPE(E, H, F), "[E, H, F]") : NULL;
+        if (!dn)
+            return -1;
+        ev->count = E;
+        ev->ffn = F;
+        ev->gate = views(b, E);
+        ev->up = views(b, E);
+        ev->down = views(b, E);
+        if (!ev->gate || !ev->up || !ev->down)
+            return -1;
+        for (uint32_t i = 0; i < E; i++) {
+            ev->gate[i] = (mview){gu, V_DIRECT, (uint64_t)i * 2 * F * H, i};
+            ev->up[i] = (mview){gu, V_DIRECT, ((uint64_t)i * 2 * F + F) * H, i};
+            ev->down[i] = (mview){dn, V_DIRECT, (uint64_t)i * H * F, i};
+        }
+        return 0;
+    }
+    if (has(b, "experts.0.w1.weight")) {
+        L->layout = "per-expert experts.{i}.w1/w3/w2";
+        return per_expert(b, "experts.%u.w1.weight", "experts.%u.w3.weight",
+                          "experts.%u.w2.weight", ev);
+    }
+    if (has(b, "experts.0.gate_proj.weight") || c->arch != MVK_ARCH_MIXTRAL) {
+        L->layout = "per-expert experts.{i}.gate_proj/up_proj/down_proj";
+        if (!has(b, "experts.0.gate_proj.weight"))
+            return mvk_errf(b->err, b->errsz,
+                            "missing tensor '%sexperts.0.gate_proj.weight' (nor the stacked "
+                            "'%sexperts.gate_up_proj')",
+                            b->prefix, b->prefix);
+        return per_expert(b, "experts.%u.gate_proj.weight", "experts.%u.up_proj.weight",
+                          "experts.%u.down_proj.weight", ev);
+    }
+    return mvk_errf(b->err, b->errsz,
+                    "missing tensor '%sexperts.0.w1.weight' (nor '%sexperts.0.gate_proj.weight' "
+                    "or the stacked '%sexperts.gate_up_proj')",
+                    b->prefix, b->prefix, b->prefix);
+}
+
+static int view_dtype(const expert_views *ev, uint32_t i, int which)
+{
+    const mview *v = which == 0 ? ev->gate : which == 1 ? ev->up : ev->down;
+    return v ? v[i].t->dtype : -2;
+}
+
+int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *prefix,
+                          mvk_model_layer *out, char *err, size_t errsz)
+{
+    memset(out, 0, sizeof(*out));
+    mvk_model_layer *L = out;
+    bctx bb = {set, prefix ? prefix : "", c, L, err, errsz}, *b = &bb;
+    snprintf(L->prefix, sizeof L->prefix, "%s", bb.prefix);
+    bb.prefix = L->prefix;
+    L->arch = c->arch;
+    const uint32_t E = c->num_experts;
+    const uint64_t H = c->hidden, F = c->ffn;
+    moevk_layer_desc *d = &L->desc;
+    *d = (moevk_layer_desc){
+        .hidden = c->hidden,
+        .ffn = c->ffn,
+        .num_experts = E,
+        .top_k = c->top_k,
+        .routing = c->routing,
+        .activation = c->activation,
+        .norm_topk_prob = c->norm_topk_prob,
+    };
+    if (c->arch == MVK_ARCH_DEEPSEEK_V3) {
+        d->n_group = c->n_group;
+        d->topk_group = c->topk_group;
+        d->routed_scaling_factor = c->routed_scaling_factor;
+    }
+    if (c->arch == MVK_ARCH_GPT_OSS) {
+        d->swiglu_alpha = c->swiglu_alpha;
+        d->swiglu_limit = c->swiglu_limit;
+    }
+    if (c->arch == MVK_ARCH_SWITCH) {
+        L->expert_capacity = c->expert_capacity;
+    }
+
+    /* router */
+    const char *rname = c->arch == MVK_ARCH_GPT_OSS ? "router.weight"
+                        : c->arch == MVK_ARCH_SWITCH ? "router.classifier.weight"
+                                                      : "gate.weight";
+    const mvk_st_tensor *rt = need(b, rname, 2, SHAPE(E, H), "[E, H]");
+    if (!rt)
+        goto fail;
+    const mvk_st_tensor *rb = NULL, *cb = NULL, *sg = NULL;
+    if (c->arch == MVK_ARCH_GPT_OSS && !(rb = need(b, "router.bias", 1, SHAPE(E), "[E]")))
+        goto fail;
+    if (c->arch == MVK_ARCH_SWITCH && c->router_bias &&
+        !(rb = need(b, "router.classifier.bias", 1, SHAPE(E), "[E]")))
+        goto fail;
+    if (c->correction_bias &&
+        !(cb = need(b, "gate.e_score_correction_bias", 1, SHAPE(E), "[E]")))
+        goto fail;
+
+    /* experts */
+    expert_views routed = {0}, shared = {0};
+    if (routed_experts(b, &routed))
+        goto fail;
+    if (c->shared_ffn) {
+        const char *base = c->arch == MVK_ARCH_DEEPSEEK_V3 ? "shared_experts" : "shared_expert";
+        if (shared_expert(b, base, &shared))
+            goto fail;
+        if (c->shared_gate && !(sg = need(b, "shared_expert_gate.weight", 2, SHAPE(1, H),
+                                          "[1, H]")))
+            goto fail;
+    }
+
+    /* one dtype for every expert weight: the file's, or f32 when mixed */
+    int dt = -1, mixed = 0;
+    const expert_views *sets[2] = {&routed, &shared};
+    for (int s = 0; s < 2; s++)
+        for (uint32_t i = 0; i < sets[s]->count; i++)
+            for (int w = 0; w < 3; w++) {
+                int x = view_dtype(sets[s], i, w);
+                if (x == -2)
+                    continue;
+                if (dt < 0)
+                    dt = x;
+                else if (x != dt)
+                    mixed = 1;
+            }
+    L->file_dtype = (moevk_dtype)dt;
+    if (mixed) {
+        dt = MOEVK_DTYPE_F32;
+        L->converted = 1;
+    }
+    d->weight_dtype = (moevk_dtype)dt;
+    if (emit(b, &routed, dt, &d->experts))
+        goto fail;
+    if (c->shared_ffn) {
+        d->num_shared = 1;
+        d->shared_ffn = c->shared_ffn;
+        if (emit(b, &shared, dt, &d->shared))
+            goto fail;
+    }
+
+    /* router and shared gate: one dtype (f32 when they differ) */
+    int rdt = rt->dtype;
+    if (sg && sg->dtype != rdt)
+        rdt = MOEVK_DTYPE_F32;
+    d->router_dtype = (moevk_dtype)rdt;
+    mview rv = {rt, V_DIRECT, 0, 0};
+    if (!(d->router_weight = materialize(b, &rv, E, H, rdt)))
+        goto fail;
+    if (sg) {
+        mview gv = {sg, V_DIRECT, 0, 0};
+        if (!(d->shared_gate = materialize(b, &gv, 1, H, rdt)))
+            goto fail;
+    }
+    if (rb && !(d->router_bias = f32_copy(b, rb)))
+        goto fail;
+    if (cb && !(d->correction_bias = f32_copy(b, cb)))
+        goto fail;
+
+    if (c->expert_bias) {
+        /* gpt-oss: gate_up_proj_bias [E, 2F] interleaved, down_proj_bias [E, H] */
+        const mvk_st_tensor *gub = need(b, "experts.gate_up_proj_bias", 2, SHAPE(E, 2 * F),
+                                        "[E, 2F]");
+        const mvk_st_tensor *dnb =
+            gub ? need(b, "experts.down_proj_bias", 2, SHAPE(E, H), "[E, H]") : NULL;
+        if (!dnb)
+            goto fail;
+        float *all = f32_copy(b, gub), *gbias = own(L, (size_t)E * F * 4),
+              *ubias = own(L, (size_t)E * F * 4);
+        if (!all || !gbias || !ubias) {
+            oom(b);
+            goto fail;
+        }
+        for (size_t i = 0; i < (size_t)E * F; i++) {
+            gbias[i] = all[2 * i];
+            ubias[i] = all[2 * i + 1];
+        }
+        d->experts.gate_bias = gbias;
+        d->experts.up_bias = ubias;
+        if (!(d->experts.down_bias = f32_copy(b, dnb)))
+            goto fail;
+    }
+
+    moevk_status st = moevk_layer_desc_validate(NULL, d);
+    if (st) {
+        mvk_errf(err, errsz, "the layer built from %s is not valid for moevk (%s)", L->prefix,
+                 moevk_status_string(st));
+        goto fail;
+    }
+    return 0;
+fail:
+    mvk_model_layer_free(L);
+    return -1;
+}
+
+int mvk_model_layer_build_any(const mvk_moe_config *cfg, mvk_st_set *set,
+                              const char *const *prefixes, int nprefix, mvk_model_layer *out,
+                              char *err, size_t errsz)
+{
+    const char *rname = cfg->arch == MVK_ARCH_GPT_OSS ? "router.weight"
+                        : cfg->arch == MVK_ARCH_SWITCH ? "router.classifier.weight"
+                                                        : "gate.weight";
+    for (int i = 0; i < nprefix; i++) {
+        char name[512];
+        snprintf(name, sizeof name, "%s%s", prefixes[i], rname);
+        if (mvk_st_set_has(set, name))
+            return mvk_model_layer_build(cfg, set, prefixes[i], out, err, errsz);
+    }
+    if (nprefix > 1) {
+        memset(out, 0, sizeof(*out));
+        return mvk_errf(err, errsz, "missing tensor '%s%s' (nor '%s%s')", prefixes[0], rname,
+                        prefixes[1], rname);
+    }
+    return mvk_model_layer_build(cfg, set, nprefix ? prefixes[0] : "", out, err, errsz);
+}
+
+void mvk_model_layer_free(mvk_model_layer *L)
+{
+    if (!L)
+        return;
+    for (size_t i = 0; i < L->nowned; i++)
+        free(L->owned[i]);
+    free(L->owned);
+    memset(L, 0, sizeof(*L));
+}
+
+float mvk_model_capacity_factor(const mvk_model_layer *L, uint32_t T)
+{
+    uint64_t cap = L->expert_capacity;
+    if (!cap || cap >= T) /* an expert gets at most T rows: the cap cannot bind */
+        return 0.0f;
+    /* ceil(cf * T * k / E) with cf = (cap - 0.5) * E / (T * k) is cap, with room for
+     * rounding */
+    return (float)(((double)cap - 0.5) * L->desc.num_experts / ((double)T * L->desc.top_k));
+}

@@ -1,0 +1,69 @@
+/*
+ * One checkpoint MoE block -> a moevk_layer_desc.
+ *
+ * Finds the block's tensors under a name prefix in every layout the
+ * supported architectures are published in, checks their shapes against
+ * config.json, and describes them in moevk's canonical layout (gate/up
+ * [E, F, H], down [E, H, F], router [E, H], f32 biases):
+ *  - per-expert tensors (experts.{i}.w1/w3/w2, experts.{i}.gate_proj/up_proj/
+ *    down_proj, experts.expert_{i}.wi/wo) are passed zero-copy through the
+ *    desc's per-expert pointer arrays, pointing into the memory map;
+ *  - transformers-5 stacked experts.gate_up_proj [E, 2F, H] (gate rows first)
+ *    and experts.down_proj [E, H, F] are passed zero-copy too (expert i's
+ *    gate is rows i*2F .. i*2F+F-1, its up the next F rows);
+ *  - gpt-oss experts.gate_up_proj [E, H, 2F] (gate and up interleaved along
+ *    the last axis) and experts.down_proj [E, F, H] are transposed into
+ *    owned copies.
+ * A tensor whose data is not aligned to its element size in the file is
+ * copied. All expert weights (routed and shared) share one dtype: when the
+ * file mixes dtypes, every expert weight is converted to f32; the router
+ * and the shared-expert gate likewise (f32 if they differ). Biases are
+ * converted to f32.
+ */
+#ifndef MOEVK_MODEL_LAYER_H
+#define MOEVK_MODEL_LAYER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hf_config.h"
+#include "moevk/moevk.h"
+#include "safetensors.h"
+
+typedef struct mvk_model_layer {
+    moevk_layer_desc desc;      /* capacity_factor is left 0: see below   */
+    mvk_arch arch;
+    char prefix[MVK_PREFIX_LEN];
+    const char *layout;         /* a description of the layout found     */
+    int converted;              /* expert weights converted to f32       */
+    moevk_dtype file_dtype;     /* expert weights' dtype in the file (if one) */
+    /* switch_transformers: at most expert_capacity tokens per expert per
+     * sequence (a dropped token's output is 0, as in transformers 5; the
+     * caller may set dropped_passthrough for transformers 4, which returned
+     * the routing probability times the unchanged input). */
+    uint64_t expert_capacity;
+    int dropped_passthrough;
+    /* owned memory */
+    void **owned;
+    size_t nowned, capowned;
+} mvk_model_layer;
+
+/* Build the layer from the tensors named prefix + suffix. On failure the
+ * message names the missing or offending tensor. */
+int mvk_model_layer_build(const mvk_moe_config *cfg, mvk_st_set *set, const char *prefix,
+                          mvk_model_layer *out, char *err, size_t errsz);
+/* The same, trying each prefix in turn: the first whose router tensor
+ * exists is used. */
+int mvk_model_layer_build_any(const mvk_moe_config *cfg, mvk_st_set *set,
+                              const char *const *prefixes, int nprefix, mvk_model_layer *out,
+                              char *err, size_t errsz);
+void mvk_model_layer_free(mvk_model_layer *L);
+
+/* The capacity factor that makes moevk's C = ceil(cf * T * k / E) equal
+ * expert_capacity for a pass of T tokens (0 = dropless when it cannot bind). */
+float mvk_model_capacity_factor(const mvk_model_layer *L, uint32_t T);
+
+/* Convert n elements of a file dtype (F32/F16/BF16, any alignment) to f32. */
+void mvk_model_to_f32(const void *src, int dtype, size_t n, float *dst);
+
+#endif

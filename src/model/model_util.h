@@ -1,0 +1,28 @@
+/*
+ * Small helpers shared by the checkpoint loader's files.
+ */
+#ifndef MOEVK_MODEL_UTIL_H
+#define MOEVK_MODEL_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define MVK_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define MVK_PRINTF(a, b)
+#endif
+
+/* snprintf into err (if non-NULL) and return -1. */
+int mvk_errf(char *err, size_t errsz, const char *fmt, ...) MVK_PRINTF(3, 4);
+
+/* malloc'd copy of s (NULL on failure or for NULL). */
+char *mvk_strdup(const char *s);
+/* malloc'd "a" + "b" (NULL on failure). */
+char *mvk_strcat2(const char *a, const char *b);
+/* Read a whole file into a NUL-terminated malloc'd buffer. */
+int mvk_read_text(const char *path, char **text, size_t *len, char *err, size_t errsz);
+/* "[a, b, c]" of a shape into buf. */
+const char *mvk_shape_str(const uint64_t *shape, uint32_t ndim, char *buf, size_t bufsz);
+
+#endif

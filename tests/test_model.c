@@ -1,0 +1,1389 @@
+/*
+ * Hugging Face checkpoints: the safetensors reader (one bad file per rule),
+ * config.json of every supported architecture (fields and defaults), and
+ * `moevk run` end to end: small checkpoints written here from known weights
+ * in every supported layout, run on every backend and compared with the CPU
+ * reference computed from the same weights.
+ */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "model/hf_config.h"
+#include "model/model_layer.h"
+#include "model/model_util.h"
+#include "model/safetensors.h"
+#include "ref/ref.h"
+
+/* ---- files ------------------------------------------------------------- */
+
+static void dir_make(char *buf, size_t n)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, n, "%s/moevk-model-XXXXXX", t && *t ? t : "/tmp");
+    cr_assert_not_null(mkdtemp(buf), "mkdtemp %s", buf);
+}
+
+static void dir_remove(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char p[512];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    rmdir(dir);
+}
+
+static const char *join(char *buf, size_t n, const char *dir, const char *name)
+{
+    snprintf(buf, n, "%s/%s", dir, name);
+    return buf;
+}
+
+static void write_bytes(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "cannot create %s", path);
+    cr_assert_eq(fwrite(data, 1, n, f), n);
+    cr_assert_eq(fclose(f), 0);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    write_bytes(path, text, strlen(text));
+}
+
+/* ---- tensors to write ---------------------------------------------------- */
+
+#define TL_MAX 600
+
+typedef struct tlist {
+    mvk_st_out t[TL_MAX];
+    void *buf[TL_MAX];
+    char name[TL_MAX][160];
+    size_t n;
+} tlist;
+
+static tlist *tl_new(void)
+{
+    tlist *l = calloc(1, sizeof(tlist));
+    cr_assert_not_null(l);
+    return l;
+}
+
+static const char *st_dtype(moevk_dtype dt)
+{
+    return dt == MOEVK_DTYPE_F32 ? "F32" : dt == MOEVK_DTYPE_F16 ? "F16" : "BF16";
+}
+
+/* Encode n floats (already representable in dt) into a new buffer. */
+static void *encode(moevk_dtype dt, const float *v, size_t n)
+{
+    void *p = malloc(n * moevk_dtype_size(dt) + 1);
+    cr_assert_not_null(p);
+    for (size_t i = 0; i < n; i++) {
+        if (dt == MOEVK_DTYPE_F32)
+            ((float *)p)[i] = v[i];
+        else if (dt == MOEVK_DTYPE_F16)
+            ((uint16_t *)p)[i] = moevk_float_to_half(v[i]);
+        else
+            ((uint16_t *)p)[i] = moevk_float_to_bf16(v[i]);
+    }
+    return p;
+}
+
+static void tl_raw(tlist *l, const char *name, const char *dtype, uint32_t ndim,
+                   const uint64_t *shape, void *owned_data)
+{
+    cr_assert_lt(l->n, TL_MAX);
+    size_t i = l->n++;
+    snprintf(l->name[i], sizeof l->name[i], "%s", name);
+    l->buf[i] = owned_data;
+    l->t[i] = (mvk_st_out){.name = l->name[i], .dtype = dtype, .ndim = ndim, .data = owned_data};
+    memcpy(l->t[i].shape, shape, ndim * sizeof(uint64_t));
+}
+
+static void tl_add(tlist *l, moevk_dtype dt, uint32_t ndim, const uint64_t *shape,
+                   const float *v, const char *fmt, ...)
+{
+    char name[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    size_t n = 1;
+    for (uint32_t i = 0; i < ndim; i++)
+        n *= shape[i];
+    tl_raw(l, name, st_dtype(dt), ndim, shape, encode(dt, v, n));
+}
+
+static void tl_write(const tlist *l, const char *path, size_t from, size_t to)
+{
+    char err[512];
+    cr_assert_eq(mvk_st_write(path, l->t + from, to - from, err, sizeof err), 0, "%s", err);
+}
+
+static void tl_free(tlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->buf[i]);
+    free(l);
+}
+
+#define SH(...) ((const uint64_t[]){__VA_ARGS__})
+
+/* ---- known weights ------------------------------------------------------- */
+
+static float round_to(moevk_dtype dt, float v)
+{
+    if (dt == MOEVK_DTYPE_F16)
+        return moevk_half_to_float(moevk_float_to_half(v));
+    if (dt == MOEVK_DTYPE_BF16)
+        return moevk_bf16_to_float(moevk_float_to_bf16(v));
+    return v;
+}
+
+static float *rnd(mvkt_rng *r, moevk_dtype dt, size_t n, float scale)
+{
+    float *p = malloc(n * sizeof(float) + 4);
+    cr_assert_not_null(p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = round_to(dt, mvkt_uniform(r, -scale, scale));
+    return p;
+}
+
+/* One MoE block in moevk's canonical layout, every value representable in
+ * the dtype it is written in. */
+typedef struct canon {
+    uint32_t H, F, E, K, SF;
+    moevk_dtype wdt, sdt, rdt, bdt;
+    float *router, *rbias, *cbias;
+    float *gate, *up, *down;      /* [E, F, H], [E, F, H], [E, H, F] */
+    float *gbias, *ubias, *dbias; /* [E, F], [E, F], [E, H]          */
+    float *sgate, *sup, *sdown;   /* [SF, H], [SF, H], [H, SF]        */
+    float *sg;                    /* [1, H]                           */
+} canon;
+
+enum { WITH_RBIAS = 1, WITH_CBIAS = 2, WITH_EBIAS = 4, WITH_SHARED_GATE = 8, NON_GATED = 16 };
+
+static void canon_make(canon *c, mvkt_rng *r, uint32_t H, uint32_t F, uint32_t E, uint32_t K,
+                       uint32_t SF, moevk_dtype wdt, moevk_dtype sdt, moevk_dtype rdt,
+                       unsigned flags)
+{
+    memset(c, 0, sizeof(*c));
+    *c = (canon){.H = H, .F = F, .E = E, .K = K, .SF = SF, .wdt = wdt, .sdt = sdt, .rdt = rdt,
+                 .bdt = MOEVK_DTYPE_BF16};
+    float s = 2.0f / sqrtf((float)H), sf = 2.0f / sqrtf((float)F);
+    c->router = rnd(r, rdt, (size_t)E * H, 1.0f);
+    if (!(flags & NON_GATED))
+        c->gate = rnd(r, wdt, (size_t)E * F * H, s);
+    c->up = rnd(r, wdt, (size_t)E * F * H, s);
+    c->down = rnd(r, wdt, (size_t)E * H * F, sf);
+    if (flags & WITH_RBIAS)
+        c->rbias = rnd(r, c->bdt, E, 0.5f);
+    if (flags & WITH_CBIAS)
+        c->cbias = rnd(r, MOEVK_DTYPE_F32, E, 0.2f);
+    if (flags & WITH_EBIAS) {
+        c->gbias = rnd(r, c->bdt, (size_t)E * F, 0.3f);
+        c->ubias = rnd(r, c->bdt, (size_t)E * F, 0.3f);
+        c->dbias = rnd(r, c->bdt, (size_t)E * H, 0.3f);
+    }
+    if (SF) {
+        float ssf = 2.0f / sqrtf((float)SF);
+        c->sgate = rnd(r, sdt, (size_t)SF * H, s);
+        c->sup = rnd(r, sdt, (size_t)SF * H, s);
+        c->sdown = rnd(r, sdt, (size_t)H * SF, ssf);
+        if (flags & WITH_SHARED_GATE)
+            c->sg = rnd(r, rdt, H, 0.5f);
+    }
+}
+
+static void canon_free(canon *c)
+{
+    float *all[] = {c->router, c->rbias, c->cbias, c->gate,  c->up,  c->down, c->gbias,
+                    c->ubias,  c->dbias, c->sgate, c->sup, c->sdown, c->sg};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        free(all[i]);
+}
+
+/* The reference description of the same block (f32 arrays); routing
+ * fields are set by the caller from what transformers does. */
+static moevk_layer_desc canon_desc(const canon *c)
+{
+    return (moevk_layer_desc){
+        .hidden = c->H, .ffn = c->F, .num_experts = c->E, .top_k = c->K,
+        .weight_dtype = MOEVK_DTYPE_F32, .router_dtype = MOEVK_DTYPE_F32,
+        .router_weight = c->router, .router_bias = c->rbias, .correction_bias = c->cbias,
+        .experts = {.gate = c->gate, .up = c->up, .down = c->down, .gate_bias = c->gbias,
+                    .up_bias = c->ubias, .down_bias = c->dbias},
+        .num_shared = c->SF ? 1 : 0, .shared_ffn = c->SF,
+        .shared = {.gate = c->sgate, .up = c->sup, .down = c->sdown},
+        .shared_gate = c->sg,
+    };
+}
+
+typedef enum layout {
+    LAY_W123,    /* experts.{i}.w1/w3/w2.weight (Mixtral)                 */
+    LAY_PROJ,    /* experts.{i}.gate_proj/up_proj/down_proj.weight         */
+    LAY_STACKED, /* experts.gate_up_proj [E, 2F, H], experts.down_proj     */
+    LAY_OSS,     /* gpt-oss [E, H, 2F] interleaved, [E, F, H], biases      */
+    LAY_SWITCH,  /* experts.expert_{i}.wi/wo.weight                        */
+} layout;
+
+enum { SHARED_NONE, SHARED_QWEN2, SHARED_DEEPSEEK };
+
+/* Write the block's tensors named P + the layout's suffixes. */
+static void add_block(tlist *l, const canon *c, const char *P, layout lay, int shared)
+{
+    const uint64_t H = c->H, F = c->F, E = c->E;
+    const size_t fh = (size_t)F * H;
+    if (lay == LAY_OSS) {
+        tl_add(l, c->rdt, 2, SH(E, H), c->router, "%srouter.weight", P);
+        tl_add(l, c->bdt, 1, SH(E), c->rbias, "%srouter.bias", P);
+    } else if (lay == LAY_SWITCH) {
+        tl_add(l, c->rdt, 2, SH(E, H), c->router, "%srouter.classifier.weight", P);
+        if (c->rbias)
+            tl_add(l, c->bdt, 1, SH(E), c->rbias, "%srouter.classifier.bias", P);
+    } else {
+        tl_add(l, c->rdt, 2, SH(E, H), c->router, "%sgate.weight", P);
+    }
+    if (c->cbias)
+        tl_add(l, MOEVK_DTYPE_F32, 1, SH(E), c->cbias, "%sgate.e_score_correction_bias", P);
+    switch (lay) {
+    case LAY_W123:
+    case LAY_PROJ:
+        for (uint32_t i = 0; i < E; i++) {
+            const char *g = lay == LAY_W123 ? "w1" : "gate_proj";
+            const char *u = lay == LAY_W123 ? "w3" : "up_proj";
+            const char *d = lay == LAY_W123 ? "w2" : "down_proj";
+            tl_add(l, c->wdt, 2, SH(F, H), c->gate + i * fh, "%sexperts.%u.%s.weight", P, i, g);
+            tl_add(l, c->wdt, 2, SH(F, H), c->up + i * fh, "%sexperts.%u.%s.weight", P, i, u);
+            tl_add(l, c->wdt, 2, SH(H, F), c->down + i * fh, "%sexperts.%u.%s.weight", P, i, d);
+        }
+        break;
+    case LAY_STACKED: {
+        float *gu = malloc(sizeof(float) * E * 2 * fh);
+        for (uint32_t i = 0; i < E; i++) {
+            memcpy(gu + (size_t)i * 2 * fh, c->gate + i * fh, sizeof(float) * fh);
+            memcpy(gu + (size_t)i * 2 * fh + fh, c->up + i * fh, sizeof(float) * fh);
+        }
+        tl_add(l, c->wdt, 3, SH(E, 2 * F, H), gu, "%sexperts.gate_up_proj", P);
+        tl_add(l, c->wdt, 3, SH(E, H, F), c->down, "%sexperts.down_proj", P);
+        free(gu);
+        break;
+    }
+    case LAY_OSS: {
+        float *gu = malloc(sizeof(float) * E * 2 * fh), *dn = malloc(sizeof(float) * E * fh);
+        float *gub = malloc(sizeof(float) * E * 2 * F);
+        for (uint64_t e = 0; e < E; e++)
+            for (uint64_t f = 0; f < F; f++) {
+                for (uint64_t h = 0; h < H; h++) {
+                    gu[(e * H + h) * 2 * F + 2 * f] = c->gate[(e * F + f) * H + h];
+                    gu[(e * H + h) * 2 * F + 2 * f + 1] = c->up[(e * F + f) * H + h];
+                    dn[(e * F + f) * H + h] = c->down[(e * H + h) * F + f];
+                }
+                gub[e * 2 * F + 2 * f] = c->gbias[e * F + f];
+                gub[e * 2 * F + 2 * f + 1] = c->ubias[e * F + f];
+            }
+        tl_add(l, c->wdt, 3, SH(E, H, 2 * F), gu, "%sexperts.gate_up_proj", P);
+        tl_add(l, c->bdt, 2, SH(E, 2 * F), gub, "%sexperts.gate_up_proj_bias", P);
+        tl_add(l, c->wdt, 3, SH(E, F, H), dn, "%sexperts.down_proj", P);
+        tl_add(l, c->bdt, 2, SH(E, H), c->dbias, "%sexperts.down_proj_bias", P);
+        free(gu);
+        free(dn);
+        free(gub);
+        break;
+    }
+    case LAY_SWITCH:
+        for (uint32_t i = 0; i < E; i++) {
+            tl_add(l, c->wdt, 2, SH(F, H), c->up + i * fh, "%sexperts.expert_%u.wi.weight", P, i);
+            tl_add(l, c->wdt, 2, SH(H, F), c->down + i * fh, "%sexperts.expert_%u.wo.weight", P,
+                   i);
+        }
+        break;
+    }
+    if (shared) {
+        const uint64_t SF = c->SF;
+        const char *base = shared == SHARED_QWEN2 ? "shared_expert" : "shared_experts";
+        tl_add(l, c->sdt, 2, SH(SF, H), c->sgate, "%s%s.gate_proj.weight", P, base);
+        tl_add(l, c->sdt, 2, SH(SF, H), c->sup, "%s%s.up_proj.weight", P, base);
+        tl_add(l, c->sdt, 2, SH(H, SF), c->sdown, "%s%s.down_proj.weight", P, base);
+        if (c->sg)
+            tl_add(l, c->rdt, 2, SH(1, H), c->sg, "%sshared_expert_gate.weight", P);
+    }
+}
+
+/* ---- running the tool ------------------------------------------------------ */
+
+static const char *moevk_exe(void)
+{
+    const char *e = getenv("MOEVK_EXE");
+    cr_assert(e && *e, "MOEVK_EXE (the moevk binary) is not set");
+    return e;
+}
+
+/* Run `moevk args...`; returns the exit status (-1 if it did not exit),
+ * stdout and stderr together in out. */
+static int run_cli_env(char *out, size_t outsz, const char *const *args, int vulkan);
+
+static int run_cli(char *out, size_t outsz, const char *const *args)
+{
+    return run_cli_env(out, outsz, args, 0);
+}
+
+/* With `vulkan`, LeakSanitizer (in a -Db_sanitize build) is off in the
+ * child: the Vulkan loader unloads the driver before exit, so the driver's
+ * own leaks can no longer be attributed (tools/lsan.supp cannot match them).
+ * The CPU-backend runs keep leak checking for moevk's code. */
+static int run_cli_env(char *out, size_t outsz, const char *const *args, int vulkan)
+{
+    const char *exe = moevk_exe(); /* before fork: asserts only in the test process */
+    int fd[2];
+    cr_assert_eq(pipe(fd), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        dup2(fd[1], 2);
+        close(fd[0]);
+        close(fd[1]);
+        if (vulkan) {
+            const char *a = getenv("ASAN_OPTIONS");
+            char opts[1024];
+            snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", a ? a : "", a && *a ? ":" : "");
+            setenv("ASAN_OPTIONS", opts, 1);
+        }
+        const char *argv[64];
+        size_t n = 0;
+        argv[n++] = exe;
+        for (; *args && n < 63; args++)
+            argv[n++] = *args;
+        argv[n] = NULL;
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t len = 0;
+    ssize_t r;
+    char sink[4096];
+    while ((r = read(fd[0], len + 1 < outsz ? out + len : sink,
+                     len + 1 < outsz ? outsz - 1 - len : sizeof sink)) > 0)
+        if (len + 1 < outsz)
+            len += (size_t)r;
+    out[len] = 0;
+    close(fd[0]);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A failed Vulkan run that found no device at all: skipped unless
+ * MOEVK_REQUIRE_DEVICE=1 (as in CI). */
+static int no_vulkan_device(const char *out)
+{
+    if (!strstr(out, "MOEVK_ERROR_NO_DEVICE") && !strstr(out, "MOEVK_ERROR_NO_VULKAN"))
+        return 0;
+    const char *req = getenv("MOEVK_REQUIRE_DEVICE");
+    cr_assert(!(req && *req && strcmp(req, "0")), "no Vulkan device:\n%s", out);
+    cr_log_warn("no Vulkan device: the vulkan backend is not checked");
+    return 1;
+}
+
+/* Write x (values rounded to dt) as tensor 'x'. */
+static float *write_x(mvkt_rng *r, const char *path, moevk_dtype dt, uint32_t ndim,
+                      const uint64_t *shape)
+{
+    size_t n = 1;
+    for (uint32_t i = 0; i < ndim; i++)
+        n *= shape[i];
+    float *x = rnd(r, dt, n, 1.0f);
+    tlist *l = tl_new();
+    tl_add(l, dt, ndim, shape, x, "x");
+    tl_write(l, path, 0, l->n);
+    tl_free(l);
+    return x;
+}
+
+/* Relative L2 error of y (from a `moevk run` output file) against expect,
+ * tokens flagged in skip left out. */
+static double y_error(const char *path, const float *expect, const uint8_t *skip, uint32_t T,
+                      uint32_t H, uint32_t ndim, const uint64_t *shape)
+{
+    char err[512];
+    mvk_st_file f;
+    cr_assert_eq(mvk_st_open(path, &f, err, sizeof err), 0, "%s", err);
+    const mvk_st_tensor *t = mvk_st_find(&f, "y");
+    cr_assert_not_null(t, "no tensor y in %s", path);
+    cr_assert_eq(f.count, 1);
+    cr_assert_str_eq(t->dtype_name, "F32");
+    cr_assert_eq(t->ndim, ndim);
+    for (uint32_t i = 0; i < ndim; i++)
+        cr_assert_eq(t->shape[i], shape[i]);
+    double num = 0, den = 0;
+    for (uint32_t tok = 0; tok < T; tok++) {
+        if (skip && skip[tok])
+            continue;
+        for (uint32_t c = 0; c < H; c++) {
+            float v;
+            memcpy(&v, t->data + ((size_t)tok * H + c) * 4, 4);
+            double e = expect[(size_t)tok * H + c];
+            cr_assert(!isnan(v), "NaN in y at token %u", tok);
+            num += (v - e) * (v - e);
+            den += e * e;
+        }
+    }
+    mvk_st_close(&f);
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* Run `moevk run <sel> --input xpath` on the CPU reference, on Vulkan (with
+ * validation) and on CUDA (which must either match or fail cleanly), and
+ * compare each output with expect. */
+static void run_backends(const char *dir, const char *const *sel, const char *xpath,
+                         const float *expect, const uint8_t *skip, uint32_t T, uint32_t H,
+                         uint32_t ndim, const uint64_t *shape, double tol)
+{
+    static const char *const backends[] = {"cpu", "vulkan", "cuda"};
+    for (int b = 0; b < 3; b++) {
+        char ypath[512], out[16384];
+        snprintf(ypath, sizeof ypath, "%s/y_%s.safetensors", dir, backends[b]);
+        const char *args[48];
+        size_t n = 0;
+        args[n++] = "run";
+        for (const char *const *s = sel; *s; s++)
+            args[n++] = *s;
+        args[n++] = "--input";
+        args[n++] = xpath;
+        args[n++] = "--output";
+        args[n++] = ypath;
+        args[n++] = "--backend";
+        args[n++] = backends[b];
+        if (b == 1)
+            args[n++] = "--validate";
+        args[n] = NULL;
+        int st = run_cli_env(out, sizeof out, args, b != 0);
+        if (b == 1 && st != 0 && no_vulkan_device(out))
+            continue;
+        if (b == 2 && st != 0) {
+            /* no CUDA build or device: a clean error, not a crash */
+            cr_assert(st == 1 || st == 2, "cuda: exit %d\n%s", st, out);
+            cr_assert(strstr(out, "CUDA"), "cuda: unclear message:\n%s", out);
+            continue;
+        }
+        cr_assert_eq(st, 0, "moevk run --backend %s failed (%d):\n%s", backends[b], st, out);
+        double e = y_error(ypath, expect, skip, T, H, ndim, shape);
+        double lim = b == 0 ? 1e-6 : tol;
+        cr_assert(e <= lim, "%s: relative L2 error %g > %g\n%s", backends[b], e, lim, out);
+        cr_log_info("%s: relative L2 error %.3g", backends[b], e);
+    }
+}
+
+/* The expected output from the CPU reference on the canonical desc. */
+static float *expect_ref(const moevk_layer_desc *d, const float *x, uint32_t T, uint8_t **near)
+{
+    float *y = malloc(sizeof(float) * T * d->hidden);
+    *near = malloc(T);
+    cr_assert(y && *near);
+    cr_assert_eq(moevk_layer_desc_validate(NULL, d), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_ref_layer_forward(d, T, x, y, NULL, NULL, *near, NULL), MOEVK_SUCCESS);
+    return y;
+}
+
+/* ---- safetensors: good and bad files ------------------------------------ */
+
+/* A file from a header string and data bytes; the header length may be
+ * given wrong on purpose (hdr_len_override != 0). */
+static void raw_file(const char *path, const char *hdr, uint64_t hdr_len_override,
+                     size_t data_bytes)
+{
+    size_t hl = strlen(hdr);
+    uint64_t n = hdr_len_override ? hdr_len_override : hl;
+    size_t total = 8 + hl + data_bytes;
+    uint8_t *b = calloc(1, total);
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(n >> (8 * i));
+    memcpy(b + 8, hdr, hl);
+    for (size_t i = 0; i < data_bytes; i++)
+        b[8 + hl + i] = (uint8_t)i;
+    write_bytes(path, b, total);
+    free(b);
+}
+
+static void expect_bad(const char *hdr, uint64_t hdr_len, size_t data_bytes, const char *msg)
+{
+    char dir[256], path[512], err[512] = "";
+    dir_make(dir, sizeof dir);
+    join(path, sizeof path, dir, "bad.safetensors");
+    raw_file(path, hdr, hdr_len, data_bytes);
+    mvk_st_file f;
+    int rc = mvk_st_open(path, &f, err, sizeof err);
+    dir_remove(dir);
+    cr_assert_eq(rc, -1, "the file was accepted: %s", hdr);
+    cr_assert(strstr(err, msg), "message '%s' does not say '%s'", err, msg);
+    cr_assert(strstr(err, "bad.safetensors"), "message '%s' does not name the file", err);
+}
+
+Test(model, safetensors_round_trip)
+{
+    char dir[256], path[512], err[512];
+    dir_make(dir, sizeof dir);
+    join(path, sizeof path, dir, "t.safetensors");
+    tlist *l = tl_new();
+    float v[6] = {1, -2, 3.5f, 0.25f, -0.5f, 8};
+    tl_add(l, MOEVK_DTYPE_BF16, 3, SH(1, 1, 3), v, "odd.bf16");
+    tl_add(l, MOEVK_DTYPE_F32, 2, SH(2, 3), v, "a.f32");
+    tl_add(l, MOEVK_DTYPE_F16, 1, SH(6), v, "b \"quoted\" name");
+    tl_raw(l, "empty", "I64", 2, SH(0, 4), malloc(1));
+    tl_write(l, path, 0, l->n);
+    mvk_st_file f;
+    cr_assert_eq(mvk_st_open(path, &f, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(f.count, 4);
+    const mvk_st_tensor *a = mvk_st_find(&f, "a.f32"), *b = mvk_st_find(&f, "b \"quoted\" name");
+    cr_assert(a && b && mvk_st_find(&f, "odd.bf16") && mvk_st_find(&f, "empty"));
+    cr_assert_eq(a->dtype, MOEVK_DTYPE_F32);
+    cr_assert_eq(a->ndim, 2);
+    cr_assert_eq(a->shape[1], 3);
+    float got[6];
+    mvk_model_to_f32(a->data, a->dtype, 6, got); /* a->data is 2-byte aligned: unaligned read */
+    cr_assert_arr_eq(got, v, sizeof v);
+    mvk_model_to_f32(b->data, b->dtype, 6, got);
+    cr_assert_arr_eq(got, v, sizeof v);
+    cr_assert_eq(mvk_st_find(&f, "empty")->numel, 0);
+    cr_assert_null(mvk_st_find(&f, "nope"));
+    mvk_st_close(&f);
+    tl_free(l);
+    dir_remove(dir);
+}
+
+Test(model, bad_file_too_short)
+{
+    char dir[256], path[512], err[512] = "";
+    dir_make(dir, sizeof dir);
+    write_bytes(join(path, sizeof path, dir, "bad.safetensors"), "\x02\0\0\0\0", 5);
+    mvk_st_file f;
+    int rc = mvk_st_open(path, &f, err, sizeof err);
+    dir_remove(dir);
+    cr_assert_eq(rc, -1);
+    cr_assert(strstr(err, "too short") && strstr(err, "bad.safetensors"), "%s", err);
+}
+
+Test(model, bad_header_length_beyond_file)
+{
+    expect_bad("{}", 4096, 0, "goes beyond the end of the file");
+}
+
+Test(model, bad_header_not_json)
+{
+    expect_bad("{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]", 0, 4,
+               "not valid JSON");
+    expect_bad("[1, 2, 3]", 0, 0, "not a JSON object");
+    expect_bad("{} trailing", 0, 0, "bytes after its JSON object");
+}
+
+Test(model, bad_offsets_outside_file)
+{
+    expect_bad("{\"w\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}", 0, 12,
+               "lie outside the file");
+}
+
+Test(model, bad_overlapping_offsets)
+{
+    expect_bad("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
+               " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}",
+               0, 12, "overlap");
+}
+
+Test(model, bad_reversed_offsets)
+{
+    expect_bad("{\"w\": {\"dtype\": \"U8\", \"shape\": [0], \"data_offsets\": [8, 4]}}", 0, 8,
+               "reversed");
+}
+
+Test(model, bad_shape_dtype_length)
+{
+    expect_bad("{\"w\": {\"dtype\": \"BF16\", \"shape\": [3, 2], \"data_offsets\": [0, 8]}}", 0,
+               12, "is 12 bytes but data_offsets span 8 bytes");
+}
+
+Test(model, bad_shape_product_overflow)
+{
+    expect_bad("{\"w\": {\"dtype\": \"F32\", \"shape\": [4294967296, 4294967296, 2],"
+               " \"data_offsets\": [0, 0]}}",
+               0, 0, "overflows 64 bits");
+    expect_bad("{\"w\": {\"dtype\": \"F32\", \"shape\": [1e300], \"data_offsets\": [0, 0]}}", 0,
+               0, "not an integer");
+    expect_bad("{\"w\": {\"dtype\": \"F32\", \"shape\": [-1], \"data_offsets\": [0, 0]}}", 0, 0,
+               "not an integer");
+}
+
+Test(model, bad_unknown_dtype_and_fields)
+{
+    expect_bad("{\"w\": {\"dtype\": \"Q4_K\", \"shape\": [1], \"data_offsets\": [0, 1]}}", 0, 1,
+               "unknown dtype 'Q4_K'");
+    expect_bad("{\"w\": {\"shape\": [1], \"data_offsets\": [0, 1]}}", 0, 1, "\"dtype\"");
+    expect_bad("{\"w\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0]}}", 0, 1,
+               "data_offsets");
+    expect_bad("{\"w\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]},"
+               " \"w\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [1, 2]}}",
+               0, 2, "appears twice");
+    expect_bad("{\"__metadata__\": {\"format\": 3}}", 0, 0, "__metadata__");
+}
+
+/* A tiny mixtral block written with one tensor replaced or left out. */
+static int build_with(const char *dir, const char *drop, const char *bad_dtype_name,
+                      char *err, size_t errsz)
+{
+    mvkt_rng r = mvkt_rng_make(7);
+    canon c;
+    canon_make(&c, &r, 8, 4, 2, 1, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, 0);
+    tlist *l = tl_new(), *k = tl_new();
+    add_block(l, &c, "", LAY_W123, SHARED_NONE);
+    for (size_t i = 0; i < l->n; i++) {
+        if (drop && !strcmp(l->name[i], drop))
+            continue;
+        if (bad_dtype_name && !strcmp(l->name[i], "experts.1.w3.weight")) {
+            /* same bytes per element as BF16, another dtype */
+            size_t bytes = 4 * 8 * 2;
+            void *p = calloc(1, bytes);
+            tl_raw(k, l->name[i], bad_dtype_name, 2, SH(4, 8),
+                   p);
+            if (strcmp(bad_dtype_name, "I16") && strcmp(bad_dtype_name, "F16")) {
+                /* 1-byte types: half the bytes */
+                k->t[k->n - 1].shape[1] = 16;
+            }
+            continue;
+        }
+        tl_raw(k, l->name[i], l->t[i].dtype, l->t[i].ndim, l->t[i].shape, l->buf[i]);
+        l->buf[i] = NULL;
+    }
+    char path[512];
+    join(path, sizeof path, dir, "w.safetensors");
+    tl_write(k, path, 0, k->n);
+    tl_free(l);
+    tl_free(k);
+    canon_free(&c);
+    mvk_moe_config cfg;
+    const char *json = "{\"model_type\": \"mixtral\", \"hidden_size\": 8, \"intermediate_size\": 4,"
+                       " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}";
+    cr_assert_eq(mvk_hf_config_parse(json, strlen(json), "config.json", &cfg, err, errsz), 0,
+                 "%s", err);
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    mvk_model_layer L;
+    int rc = mvk_st_set_add_file(&set, path, err, errsz);
+    if (!rc)
+        rc = mvk_model_layer_build(&cfg, &set, "", &L, err, errsz);
+    if (!rc)
+        mvk_model_layer_free(&L);
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&cfg);
+    return rc;
+}
+
+Test(model, unsupported_dtype_names_the_tensor)
+{
+    char dir[256], err[512];
+    dir_make(dir, sizeof dir);
+    cr_assert_eq(build_with(dir, NULL, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(build_with(dir, NULL, "I16", err, sizeof err), -1);
+    cr_assert(strstr(err, "unsupported dtype I16") && strstr(err, "experts.1.w3.weight"), "%s",
+              err);
+    cr_assert_eq(build_with(dir, NULL, "F8_E4M3", err, sizeof err), -1);
+    cr_assert(strstr(err, "unsupported dtype F8_E4M3") && strstr(err, "experts.1.w3.weight"),
+              "%s", err);
+    dir_remove(dir);
+}
+
+Test(model, missing_tensor_names_the_tensor)
+{
+    char dir[256], err[512];
+    dir_make(dir, sizeof dir);
+    cr_assert_eq(build_with(dir, "experts.1.w2.weight", NULL, err, sizeof err), -1);
+    cr_assert(strstr(err, "missing tensor 'experts.1.w2.weight'"), "%s", err);
+    cr_assert_eq(build_with(dir, "gate.weight", NULL, err, sizeof err), -1);
+    cr_assert(strstr(err, "missing tensor 'gate.weight'"), "%s", err);
+    dir_remove(dir);
+}
+
+Test(model, wrong_shape_names_the_tensor)
+{
+    char dir[256], path[512], err[512];
+    dir_make(dir, sizeof dir);
+    tlist *l = tl_new();
+    float z[128] = {0};
+    tl_add(l, MOEVK_DTYPE_F32, 2, SH(2, 8), z, "gate.weight");
+    tl_add(l, MOEVK_DTYPE_F32, 3, SH(2, 8, 8), z, "experts.gate_up_proj"); /* 2F = 8: F = 4 */
+    tl_add(l, MOEVK_DTYPE_F32, 3, SH(2, 8, 3), z, "experts.down_proj");   /* wrong: F = 3 */
+    tl_write(l, join(path, sizeof path, dir, "w.safetensors"), 0, l->n);
+    tl_free(l);
+    const char *json = "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 8,"
+                       " \"moe_intermediate_size\": 4, \"num_experts\": 2,"
+                       " \"num_experts_per_tok\": 1}";
+    mvk_moe_config cfg;
+    cr_assert_eq(mvk_hf_config_parse(json, strlen(json), "c", &cfg, err, sizeof err), 0);
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    cr_assert_eq(mvk_st_set_add_file(&set, path, err, sizeof err), 0);
+    mvk_model_layer L;
+    cr_assert_eq(mvk_model_layer_build(&cfg, &set, "", &L, err, sizeof err), -1);
+    cr_assert(strstr(err, "'experts.down_proj' has shape [2, 8, 3], expected [E, H, F] = [2, 8, 4]"),
+              "%s", err);
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&cfg);
+    dir_remove(dir);
+}
+
+/* ---- config.json ------------------------------------------------------------ */
+
+static mvk_moe_config parse_ok(const char *json)
+{
+    char err[512];
+    mvk_moe_config c;
+    cr_assert_eq(mvk_hf_config_parse(json, strlen(json), "config.json", &c, err, sizeof err), 0,
+                 "%s: %s", json, err);
+    return c;
+}
+
+static void parse_bad(const char *json, const char *msg)
+{
+    char err[512] = "";
+    mvk_moe_config c;
+    cr_assert_eq(mvk_hf_config_parse(json, strlen(json), "config.json", &c, err, sizeof err), -1,
+                 "accepted: %s", json);
+    cr_assert(strstr(err, msg), "'%s' does not say '%s'", err, msg);
+}
+
+Test(model, config_defaults_follow_transformers)
+{
+    mvk_moe_config c = parse_ok("{\"model_type\": \"mixtral\"}");
+    cr_assert(c.hidden == 4096 && c.ffn == 14336 && c.num_experts == 8 && c.top_k == 2);
+    cr_assert(c.norm_topk_prob && c.activation == MOEVK_ACT_SWIGLU && !c.shared_ffn);
+    c = parse_ok("{\"model_type\": \"mixtral\", \"norm_topk_prob\": false}");
+    cr_assert(c.norm_topk_prob, "Mixtral always renormalises");
+
+    c = parse_ok("{\"model_type\": \"qwen2_moe\"}");
+    cr_assert(c.hidden == 2048 && c.ffn == 1408 && c.num_experts == 60 && c.top_k == 4);
+    cr_assert(!c.norm_topk_prob && c.shared_ffn == 5632 && c.shared_gate);
+    mvk_hf_config_free(&c);
+
+    c = parse_ok("{\"model_type\": \"qwen3_moe\"}");
+    cr_assert(c.ffn == 768 && c.num_experts == 128 && c.top_k == 8 && !c.shared_ffn);
+    cr_assert(!c.norm_topk_prob, "Qwen3MoeConfig's default is norm_topk_prob=False");
+    mvk_hf_config_free(&c);
+    c = parse_ok("{\"model_type\": \"qwen3_moe\", \"norm_topk_prob\": true, \"num_experts\": 16}");
+    cr_assert(c.norm_topk_prob && c.num_experts == 16);
+    mvk_hf_config_free(&c);
+
+    c = parse_ok("{\"model_type\": \"deepseek_v3\"}");
+    cr_assert(c.hidden == 7168 && c.ffn == 2048 && c.num_experts == 256 && c.top_k == 8);
+    cr_assert(c.n_group == 8 && c.topk_group == 4 && c.routed_scaling_factor == 2.5f);
+    cr_assert(c.norm_topk_prob && c.shared_ffn == 2048 && c.correction_bias);
+    cr_assert(c.routing == MOEVK_ROUTING_SIGMOID_GROUPED && c.first_k_dense_replace == 3);
+    c = parse_ok("{\"model_type\": \"deepseek_v3\", \"n_shared_experts\": 2, "
+                 "\"moe_intermediate_size\": 100, \"n_routed_experts\": 64, \"n_group\": 1,"
+                 " \"topk_group\": 1, \"routed_scaling_factor\": 1.5}");
+    cr_assert(c.shared_ffn == 200 && c.num_experts == 64 && c.routed_scaling_factor == 1.5f);
+
+    c = parse_ok("{\"model_type\": \"olmoe\"}");
+    cr_assert(c.ffn == 2048 && c.num_experts == 64 && c.top_k == 8 && !c.norm_topk_prob);
+
+    c = parse_ok("{\"model_type\": \"gpt_oss\"}");
+    cr_assert(c.hidden == 2880 && c.ffn == 2880 && c.num_experts == 128 && c.top_k == 4);
+    cr_assert(c.swiglu_limit == 7.0f && c.swiglu_alpha == 1.702f && c.router_bias &&
+              c.expert_bias && c.routing == MOEVK_ROUTING_TOPK_SOFTMAX &&
+              c.activation == MOEVK_ACT_SWIGLU_OAI);
+    c = parse_ok("{\"model_type\": \"gpt_oss\", \"swiglu_limit\": 3.5, \"experts_per_token\": 2}");
+    cr_assert(c.swiglu_limit == 3.5f && c.top_k == 2);
+
+    c = parse_ok("{\"model_type\": \"switch_transformers\"}");
+    cr_assert(c.hidden == 768 && c.ffn == 2048 && c.num_experts == 8 && c.top_k == 1);
+    cr_assert(c.expert_capacity == 64 && !c.router_bias && c.activation == MOEVK_ACT_RELU);
+    cr_assert(c.encoder_sparse_step == 4 && c.decoder_sparse_step_sw == 4); /* 12 // 3 */
+    c = parse_ok("{\"model_type\": \"switch_transformers\", \"d_model\": 16, \"num_layers\": 12,"
+                 " \"num_sparse_encoder_layers\": 6, \"encoder_sparse_step\": 2,"
+                 " \"dense_act_fn\": \"gelu\", \"router_bias\": true, \"expert_capacity\": 5}");
+    cr_assert(c.hidden == 16 && c.encoder_sparse_step == 2 && c.activation == MOEVK_ACT_GELU &&
+              c.router_bias && c.expert_capacity == 5);
+}
+
+Test(model, config_errors_name_the_field)
+{
+    parse_bad("{\"model_type\": \"llama\"}", "model_type \"llama\" is not supported");
+    parse_bad("{\"hidden_size\": 8}", "no \"model_type\"");
+    parse_bad("not json", "not valid JSON");
+    parse_bad("{\"model_type\": \"mixtral\", \"num_local_experts\": 2.5}", "\"num_local_experts\"");
+    parse_bad("{\"model_type\": \"mixtral\", \"hidden_size\": \"big\"}", "\"hidden_size\"");
+    parse_bad("{\"model_type\": \"mixtral\", \"hidden_act\": \"tanh\"}", "\"hidden_act\"");
+    parse_bad("{\"model_type\": \"qwen3_moe\", \"norm_topk_prob\": \"yes\"}", "norm_topk_prob");
+    parse_bad("{\"model_type\": \"mixtral\", \"num_experts_per_tok\": 9}", "num_experts_per_tok");
+    parse_bad("{\"model_type\": \"deepseek_v3\", \"n_group\": 3}", "n_group");
+    parse_bad("{\"model_type\": \"switch_transformers\", \"dense_act_fn\": \"gated-gelu\"}",
+              "dense_act_fn");
+    parse_bad("{\"model_type\": \"qwen2_moe\", \"mlp_only_layers\": [1, -2]}", "mlp_only_layers");
+}
+
+static void layer_ok(const mvk_moe_config *c, uint32_t layer, int dec, const char *prefix)
+{
+    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], err[512];
+    int n;
+    cr_assert_eq(mvk_hf_layer_prefixes(c, layer, dec, p, &n, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(p[0], prefix);
+}
+
+static void layer_bad(const mvk_moe_config *c, uint32_t layer, int dec, const char *msg)
+{
+    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], err[512];
+    int n;
+    cr_assert_eq(mvk_hf_layer_prefixes(c, layer, dec, p, &n, err, sizeof err), -1);
+    cr_assert(strstr(err, msg), "'%s' does not say '%s'", err, msg);
+}
+
+Test(model, moe_layers_as_transformers_builds_them)
+{
+    mvk_moe_config c = parse_ok("{\"model_type\": \"mixtral\", \"num_hidden_layers\": 4}");
+    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], err[256];
+    int n;
+    cr_assert_eq(mvk_hf_layer_prefixes(&c, 3, 0, p, &n, err, sizeof err), 0);
+    cr_assert(n == 2 && !strcmp(p[0], "model.layers.3.block_sparse_moe.") &&
+              !strcmp(p[1], "model.layers.3.mlp."));
+    layer_bad(&c, 4, 0, "out of range");
+    layer_bad(&c, 0, 1, "only for switch");
+
+    c = parse_ok("{\"model_type\": \"deepseek_v3\", \"first_k_dense_replace\": 2}");
+    layer_bad(&c, 1, 0, "first_k_dense_replace = 2");
+    layer_ok(&c, 2, 0, "model.layers.2.mlp.");
+
+    c = parse_ok("{\"model_type\": \"qwen2_moe\", \"decoder_sparse_step\": 2,"
+                 " \"mlp_only_layers\": [3]}");
+    layer_bad(&c, 0, 0, "decoder_sparse_step = 2");
+    layer_ok(&c, 1, 0, "model.layers.1.mlp.");
+    layer_bad(&c, 3, 0, "mlp_only_layers");
+    layer_ok(&c, 5, 0, "model.layers.5.mlp.");
+    mvk_hf_config_free(&c);
+
+    c = parse_ok("{\"model_type\": \"switch_transformers\", \"num_layers\": 12,"
+                 " \"num_sparse_encoder_layers\": 6, \"num_decoder_layers\": 4,"
+                 " \"num_sparse_decoder_layers\": 4}");
+    layer_bad(&c, 0, 0, "dense layer");
+    layer_ok(&c, 1, 0, "encoder.block.1.layer.1.mlp.");
+    layer_ok(&c, 3, 0, "encoder.block.3.layer.1.mlp.");
+    layer_ok(&c, 0, 1, "decoder.block.0.layer.2.mlp."); /* step 1: every block */
+    layer_bad(&c, 4, 1, "out of range");
+}
+
+Test(model, capacity_factor_gives_expert_capacity)
+{
+    mvk_model_layer L = {.desc = {.num_experts = 8, .top_k = 1}, .expert_capacity = 3};
+    for (uint32_t T = 1; T < 2000; T += 7) {
+        L.desc.capacity_factor = mvk_model_capacity_factor(&L, T);
+        uint32_t c = moevk_ref_capacity(&L.desc, T);
+        cr_assert(T <= 3 ? c == UINT32_MAX : c == 3, "T %u: capacity %u", T, c);
+    }
+    L.expert_capacity = 1000003;
+    L.desc.num_experts = 1000;
+    L.desc.capacity_factor = mvk_model_capacity_factor(&L, 4000000);
+    cr_assert_eq(moevk_ref_capacity(&L.desc, 4000000), 1000003);
+}
+
+/* ---- moevk run end to end ---------------------------------------------------- */
+
+typedef struct e2e {
+    char dir[256], cfg[512], x[512];
+    mvkt_rng rng;
+} e2e;
+
+static void e2e_begin(e2e *t, uint64_t salt)
+{
+    dir_make(t->dir, sizeof t->dir);
+    uint64_t seed = mvkt_base_seed() ^ salt;
+    t->rng = mvkt_rng_make(seed);
+    cr_log_info("seed %llu", (unsigned long long)seed);
+    join(t->cfg, sizeof t->cfg, t->dir, "config.json");
+    join(t->x, sizeof t->x, t->dir, "x.safetensors");
+}
+
+Test(model, mixtral_per_expert_sharded)
+{
+    e2e t;
+    e2e_begin(&t, 1);
+    const uint32_t H = 40, F = 24, E = 8, K = 2, T = 37;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16,
+               0);
+    canon other;
+    canon_make(&other, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16,
+               MOEVK_DTYPE_BF16, 0);
+    tlist *l = tl_new();
+    add_block(l, &other, "model.layers.0.block_sparse_moe.", LAY_W123, SHARED_NONE);
+    size_t half = l->n;
+    add_block(l, &c, "model.layers.1.block_sparse_moe.", LAY_W123, SHARED_NONE);
+    /* two shards, the layer split across them, and an index */
+    char p1[512], p2[512];
+    size_t cut = half + (l->n - half) / 2;
+    tl_write(l, join(p1, sizeof p1, t.dir, "model-00001-of-00002.safetensors"), 0, cut);
+    tl_write(l, join(p2, sizeof p2, t.dir, "model-00002-of-00002.safetensors"), cut, l->n);
+    cJSON *idx = cJSON_CreateObject(), *wm = cJSON_AddObjectToObject(idx, "weight_map");
+    cJSON_AddObjectToObject(idx, "metadata");
+    for (size_t i = 0; i < l->n; i++)
+        cJSON_AddStringToObject(wm, l->name[i], i < cut ? "model-00001-of-00002.safetensors"
+                                                        : "model-00002-of-00002.safetensors");
+    char *s = cJSON_Print(idx), ip[512];
+    write_text(join(ip, sizeof ip, t.dir, "model.safetensors.index.json"), s);
+    free(s);
+    cJSON_Delete(idx);
+    tl_free(l);
+    write_text(t.cfg, "{\"architectures\": [\"MixtralForCausalLM\"], \"model_type\": \"mixtral\","
+                      " \"hidden_size\": 40, \"intermediate_size\": 24, \"num_local_experts\": 8,"
+                      " \"num_experts_per_tok\": 2, \"num_hidden_layers\": 2,"
+                      " \"hidden_act\": \"silu\", \"torch_dtype\": \"bfloat16\"}");
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(T, H));
+    moevk_layer_desc d = canon_desc(&c);
+    d.routing = MOEVK_ROUTING_SOFTMAX_TOPK;
+    d.activation = MOEVK_ACT_SWIGLU;
+    d.norm_topk_prob = 1;
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    const char *sel[] = {"--model", t.dir, "--layer", "1", NULL};
+    run_backends(t.dir, sel, t.x, y, near, T, H, 2, SH(T, H), 1e-4);
+
+    /* the other layer is a different block */
+    char out[8192], yp[512];
+    const char *args[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x, "--output",
+                          join(yp, sizeof yp, t.dir, "y0.safetensors"), "--backend", "cpu",
+                          NULL};
+    cr_assert_eq(run_cli(out, sizeof out, args), 0, "%s", out);
+    cr_assert_gt(y_error(yp, y, NULL, T, H, 2, SH(T, H)), 0.1);
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    canon_free(&other);
+    dir_remove(t.dir);
+}
+
+Test(model, mixtral_transformers5_stacked_f32_misaligned)
+{
+    e2e t;
+    e2e_begin(&t, 2);
+    const uint32_t H = 32, F = 20, E = 4, K = 2, T = 29;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, 0);
+    tlist *l = tl_new();
+    float odd[3] = {1, 2, 3};
+    /* 6 bytes first: every f32 tensor after it is only 2-byte aligned */
+    tl_add(l, MOEVK_DTYPE_BF16, 1, SH(3), odd, "model.embed_tokens.weight");
+    add_block(l, &c, "model.layers.0.mlp.", LAY_STACKED, SHARED_NONE);
+    char p[512];
+    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
+    tl_free(l);
+    write_text(t.cfg, "{\"model_type\": \"mixtral\", \"hidden_size\": 32, \"intermediate_size\": 20,"
+                      " \"num_local_experts\": 4, \"num_experts_per_tok\": 2,"
+                      " \"num_hidden_layers\": 1}");
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_BF16, 3, SH(1, T, H));
+    moevk_layer_desc d = canon_desc(&c);
+    d.norm_topk_prob = 1;
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    const char *sel[] = {"--model", t.dir, "--layer", "0", NULL};
+    run_backends(t.dir, sel, t.x, y, near, T, H, 3, SH(1, T, H), 1e-5);
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
+
+Test(model, qwen2_moe_shared_expert_and_gate)
+{
+    e2e t;
+    e2e_begin(&t, 3);
+    const uint32_t H = 48, F = 16, E = 12, K = 4, SF = 40, T = 41;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, K, SF, MOEVK_DTYPE_F16, MOEVK_DTYPE_F16, MOEVK_DTYPE_F16,
+               WITH_SHARED_GATE);
+    tlist *l = tl_new();
+    add_block(l, &c, "model.layers.1.mlp.", LAY_PROJ, SHARED_QWEN2);
+    char p[512];
+    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
+    tl_free(l);
+    /* norm_topk_prob absent: Qwen2MoeConfig's default (False) */
+    write_text(t.cfg, "{\"model_type\": \"qwen2_moe\", \"hidden_size\": 48,"
+                      " \"moe_intermediate_size\": 16, \"shared_expert_intermediate_size\": 40,"
+                      " \"num_experts\": 12, \"num_experts_per_tok\": 4,"
+                      " \"num_hidden_layers\": 2, \"decoder_sparse_step\": 1,"
+                      " \"mlp_only_layers\": [0], \"intermediate_size\": 5632}");
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F16, 2, SH(T, H));
+    moevk_layer_desc d = canon_desc(&c);
+    d.norm_topk_prob = 0;
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    const char *sel[] = {"--model", t.dir, "--layer", "1", NULL};
+    run_backends(t.dir, sel, t.x, y, near, T, H, 2, SH(T, H), 1e-4);
+    /* layer 0 is dense (mlp_only_layers) */
+    char out[8192];
+    const char *args[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x, NULL};
+    cr_assert_eq(run_cli(out, sizeof out, args), 1, "%s", out);
+    cr_assert(strstr(out, "not a MoE layer"), "%s", out);
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
+
+Test(model, qwen3_moe_stacked_with_prefix_and_stats)
+{
+    e2e t;
+    e2e_begin(&t, 4);
+    const uint32_t H = 40, F = 24, E = 16, K = 4, T = 50;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, MOEVK_DTYPE_F32, 0);
+    tlist *l = tl_new();
+    add_block(l, &c, "blk.", LAY_STACKED, SHARED_NONE);
+    char w[512];
+    tl_write(l, join(w, sizeof w, t.dir, "weights.safetensors"), 0, l->n);
+    tl_free(l);
+    write_text(t.cfg, "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 40,"
+                      " \"moe_intermediate_size\": 24, \"num_experts\": 16,"
+                      " \"num_experts_per_tok\": 4, \"norm_topk_prob\": true}");
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(T, H));
+    moevk_layer_desc d = canon_desc(&c);
+    d.norm_topk_prob = 1;
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    const char *sel[] = {"--config", t.cfg, "--weights", w, "--prefix", "blk", NULL};
+    run_backends(t.dir, sel, t.x, y, near, T, H, 2, SH(T, H), 1e-4);
+
+    /* --stats against the reference's statistics */
+    uint32_t tpe[16];
+    moevk_routing_stats rs = {.tokens_per_expert = tpe};
+    float *yy = malloc(sizeof(float) * T * H);
+    cr_assert_eq(moevk_ref_layer_forward(&d, T, x, yy, NULL, NULL, NULL, &rs), 0);
+    free(yy);
+    char out[8192], sp[512], *text;
+    size_t len;
+    const char *args[] = {"run", "--config", t.cfg, "--weights", w, "--prefix", "blk.",
+                          "--input", t.x, "--stats", join(sp, sizeof sp, t.dir, "s.json"),
+                          "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, args), 0, "%s", out);
+    cr_assert_eq(mvk_read_text(sp, &text, &len, out, sizeof out), 0);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    cr_assert_not_null(j);
+    cJSON *arr = cJSON_GetObjectItem(j, "tokens_per_expert");
+    cr_assert_eq(cJSON_GetArraySize(arr), (int)E);
+    for (uint32_t e = 0; e < E; e++)
+        cr_assert_eq((uint32_t)cJSON_GetArrayItem(arr, (int)e)->valuedouble, tpe[e]);
+    cr_assert_eq(cJSON_GetObjectItem(j, "dropped")->valuedouble, 0);
+    cr_assert_float_eq(cJSON_GetObjectItem(j, "load_balancing_loss")->valuedouble,
+                       rs.load_balancing_loss, 1e-9);
+    cr_assert_float_eq(cJSON_GetObjectItem(j, "router_z_loss")->valuedouble, rs.router_z_loss,
+                       1e-9);
+    cr_assert_float_eq(cJSON_GetObjectItem(j, "routing_entropy")->valuedouble,
+                       rs.routing_entropy, 1e-9);
+    cr_assert_str_eq(cJSON_GetObjectItem(j, "model_type")->valuestring, "qwen3_moe");
+    cJSON_Delete(j);
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
+
+Test(model, deepseek_v3_grouped_shared_mixed_dtypes)
+{
+    e2e t;
+    e2e_begin(&t, 5);
+    const uint32_t H = 32, F = 12, E = 16, K = 4, T = 45;
+    canon c;
+    /* routed bf16, shared f16: mixed, so moevk converts the experts to f32 */
+    canon_make(&c, &t.rng, H, F, E, K, 2 * F, MOEVK_DTYPE_BF16, MOEVK_DTYPE_F16,
+               MOEVK_DTYPE_BF16, WITH_CBIAS);
+    tlist *l = tl_new();
+    add_block(l, &c, "model.layers.3.mlp.", LAY_PROJ, SHARED_DEEPSEEK);
+    char p[512];
+    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
+    tl_free(l);
+    write_text(t.cfg, "{\"model_type\": \"deepseek_v3\", \"hidden_size\": 32,"
+                      " \"moe_intermediate_size\": 12, \"n_routed_experts\": 16,"
+                      " \"num_experts_per_tok\": 4, \"n_group\": 4, \"topk_group\": 2,"
+                      " \"n_shared_experts\": 2, \"routed_scaling_factor\": 2.5,"
+                      " \"norm_topk_prob\": true, \"num_hidden_layers\": 4,"
+                      " \"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\"}");
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(T, H));
+    moevk_layer_desc d = canon_desc(&c);
+    d.routing = MOEVK_ROUTING_SIGMOID_GROUPED;
+    d.n_group = 4;
+    d.topk_group = 2;
+    d.routed_scaling_factor = 2.5f;
+    d.norm_topk_prob = 1;
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    const char *sel[] = {"--model", t.dir, "--layer", "3", NULL};
+    run_backends(t.dir, sel, t.x, y, near, T, H, 2, SH(T, H), 1e-5);
+    char out[8192];
+    const char *args[] = {"run", "--model", t.dir, "--layer", "2", "--input", t.x, NULL};
+    cr_assert_eq(run_cli(out, sizeof out, args), 1, "%s", out);
+    cr_assert(strstr(out, "first_k_dense_replace"), "%s", out);
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
+
+Test(model, olmoe_per_expert_f32)
+{
+    e2e t;
+    e2e_begin(&t, 6);
+    const uint32_t H = 24, F = 32, E = 16, K = 8, T = 33;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, 0);
+    tlist *l = tl_new();
+    add_block(l, &c, "model.layers.0.mlp.", LAY_PROJ, SHARED_NONE);
+    char p[512];
+    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
+    tl_free(l);
+    write_text(t.cfg, "{\"model_type\": \"olmoe\", \"hidden_size\": 24, \"intermediate_size\": 32,"
+                      " \"num_experts\": 16, \"num_experts_per_tok\": 8,"
+                      " \"num_hidden_layers\": 1, \"norm_topk_prob\": false}");
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 3, SH(3, 11, H));
+    moevk_layer_desc d = canon_desc(&c);
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    const char *sel[] = {"--model", t.dir, "--layer", "0", NULL};
+    run_backends(t.dir, sel, t.x, y, near, T, H, 3, SH(3, 11, H), 1e-5);
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
+
+Test(model, gpt_oss_interleaved_with_biases)
+{
+    e2e t;
+    e2e_begin(&t, 7);
+    const uint32_t H = 36, F = 20, E = 8, K = 4, T = 31;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16,
+               WITH_RBIAS | WITH_EBIAS);
+    tlist *l = tl_new();
+    add_block(l, &c, "model.layers.0.mlp.", LAY_OSS, SHARED_NONE);
+    char p[512];
+    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
+    tl_free(l);
+    write_text(t.cfg, "{\"model_type\": \"gpt_oss\", \"hidden_size\": 36, \"intermediate_size\": 20,"
+                      " \"num_local_experts\": 8, \"num_experts_per_tok\": 4,"
+                      " \"experts_per_token\": 4, \"swiglu_limit\": 0.6,"
+                      " \"num_hidden_layers\": 1}");
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_BF16, 3, SH(1, T, H));
+    moevk_layer_desc d = canon_desc(&c);
+    d.routing = MOEVK_ROUTING_TOPK_SOFTMAX;
+    d.activation = MOEVK_ACT_SWIGLU_OAI;
+    d.swiglu_alpha = 1.702f;
+    d.swiglu_limit = 0.6f;
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    const char *sel[] = {"--model", t.dir, "--layer", "0", NULL};
+    run_backends(t.dir, sel, t.x, y, near, T, H, 3, SH(1, T, H), 1e-4);
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
+
+/* Switch Transformers' sparse MLP as transformers computes it, written out
+ * independently: top-1 of softmax(x Wr^T + b), at most expert_capacity
+ * tokens per expert in each sequence (in token order), y = p * ReLU-FFN(x)
+ * for admitted tokens; a dropped token gives 0 (transformers 5) or p * x
+ * (transformers 4: `passthrough`). */
+static float *switch_naive(const canon *c, const float *x, uint32_t B, uint32_t S,
+                           uint64_t cap, int passthrough, uint8_t *near, uint32_t *dropped)
+{
+    const uint32_t H = c->H, F = c->F, E = c->E;
+    float *y = malloc(sizeof(float) * B * S * H);
+    double *l = malloc(sizeof(double) * E), *h = malloc(sizeof(double) * F);
+    uint32_t *count = malloc(4 * E);
+    *dropped = 0;
+    for (uint32_t b = 0; b < B; b++) {
+        memset(count, 0, 4 * E);
+        for (uint32_t s = 0; s < S; s++) {
+            size_t t = (size_t)b * S + s;
+            const float *xt = x + t * H;
+            double mx = -INFINITY, sum = 0, second = -INFINITY;
+            uint32_t best = 0;
+            for (uint32_t e = 0; e < E; e++) {
+                double a = c->rbias ? c->rbias[e] : 0;
+                for (uint32_t i = 0; i < H; i++)
+                    a += (double)xt[i] * c->router[(size_t)e * H + i];
+                l[e] = a;
+                if (a > mx) {
+                    second = mx;
+                    mx = a;
+                    best = e;
+                } else if (a > second) {
+                    second = a;
+                }
+            }
+            near[t] = (mx - second) <= 1e-6 * fabs(mx);
+            for (uint32_t e = 0; e < E; e++)
+                sum += exp(l[e] - mx);
+            double p = 1.0 / sum;
+            int admitted = ++count[best] <= cap;
+            for (uint32_t i = 0; i < H; i++)
+                y[t * H + i] = passthrough ? (float)(p * xt[i]) : 0.0f;
+            if (!admitted) {
+                (*dropped)++;
+                continue;
+            }
+            for (uint32_t f = 0; f < F; f++) {
+                double a = 0;
+                for (uint32_t i = 0; i < H; i++)
+                    a += (double)xt[i] * c->up[((size_t)best * F + f) * H + i];
+                h[f] = a > 0 ? a : 0;
+            }
+            for (uint32_t i = 0; i < H; i++) {
+                double a = 0;
+                for (uint32_t f = 0; f < F; f++)
+                    a += h[f] * c->down[((size_t)best * H + i) * F + f];
+                y[t * H + i] = (float)(p * a);
+            }
+        }
+    }
+    free(l);
+    free(h);
+    free(count);
+    return y;
+}
+
+Test(model, switch_transformers_capacity_per_sequence)
+{
+    e2e t;
+    e2e_begin(&t, 8);
+    const uint32_t H = 32, F = 48, E = 4, B = 3, S = 14, T = B * S;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, 1, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32,
+               NON_GATED | WITH_RBIAS);
+    c.bdt = MOEVK_DTYPE_F32;
+    tlist *l = tl_new();
+    add_block(l, &c, "encoder.block.1.layer.1.mlp.", LAY_SWITCH, SHARED_NONE);
+    char p[512];
+    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
+    tl_free(l);
+    write_text(t.cfg, "{\"model_type\": \"switch_transformers\", \"d_model\": 32, \"d_ff\": 48,"
+                      " \"num_experts\": 4, \"expert_capacity\": 3, \"router_bias\": true,"
+                      " \"num_layers\": 4, \"num_sparse_encoder_layers\": 2,"
+                      " \"num_decoder_layers\": 4, \"num_sparse_decoder_layers\": 2,"
+                      " \"encoder_sparse_step\": 2, \"decoder_sparse_step\": 2,"
+                      " \"dense_act_fn\": \"relu\", \"router_jitter_noise\": 0.01}");
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 3, SH(B, S, H));
+    uint8_t *near = malloc(T);
+    uint32_t dropped;
+    float *y = switch_naive(&c, x, B, S, 3, 0, near, &dropped);
+    cr_assert_gt(dropped, 0, "the case should drop tokens");
+    const char *sel[] = {"--model", t.dir, "--layer", "1", NULL};
+    run_backends(t.dir, sel, t.x, y, near, T, H, 3, SH(B, S, H), 1e-5);
+
+    /* the same sequences as one [T, H] input: one sequence, more drops; and
+     * transformers 4's output for dropped tokens */
+    float *y1 = switch_naive(&c, x, 1, T, 3, 1, near, &dropped);
+    char x2[512];
+    tlist *xl = tl_new();
+    tl_add(xl, MOEVK_DTYPE_F32, 2, SH(T, H), x, "x");
+    tl_write(xl, join(x2, sizeof x2, t.dir, "x2.safetensors"), 0, 1);
+    tl_free(xl);
+    const char *sel4[] = {"--model", t.dir, "--layer", "1", "--dropped-passthrough", NULL};
+    run_backends(t.dir, sel4, x2, y1, near, T, H, 2, SH(T, H), 1e-5);
+    char out[8192];
+    const char *args[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x, NULL};
+    cr_assert_eq(run_cli(out, sizeof out, args), 1, "%s", out);
+    cr_assert(strstr(out, "dense layer"), "%s", out);
+    free(y1);
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
+
+Test(model, run_reports_bad_input_cleanly)
+{
+    e2e t;
+    e2e_begin(&t, 9);
+    canon c;
+    canon_make(&c, &t.rng, 8, 4, 2, 1, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16,
+               0);
+    tlist *l = tl_new();
+    add_block(l, &c, "model.layers.0.block_sparse_moe.", LAY_W123, SHARED_NONE);
+    char p[512];
+    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
+    write_text(t.cfg, "{\"model_type\": \"mixtral\", \"hidden_size\": 8, \"intermediate_size\": 4,"
+                      " \"num_local_experts\": 2, \"num_experts_per_tok\": 1,"
+                      " \"num_hidden_layers\": 1}");
+    char out[8192], bad[512];
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(3, 8));
+    const char *a1[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x, "--backend",
+                        "cpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a1), 0, "%s", out);
+    /* no tensor x */
+    const char *a0[] = {"run", "--model", t.dir, "--layer", "0", "--input", p, NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a0), 1, "%s", out);
+    cr_assert(strstr(out, "missing tensor 'x'"), "%s", out);
+    /* wrong hidden size in x */
+    char x7[512];
+    free(write_x(&t.rng, join(x7, sizeof x7, t.dir, "x7.safetensors"), MOEVK_DTYPE_F32, 2,
+                 SH(3, 7)));
+    const char *a5[] = {"run", "--model", t.dir, "--layer", "0", "--input", x7, NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a5), 1, "%s", out);
+    cr_assert(strstr(out, "expected [T, 8]"), "%s", out);
+    /* an input of another dtype */
+    tlist *xl = tl_new();
+    tl_raw(xl, "x", "I32", 2, SH(3, 8), calloc(3 * 8, 4));
+    tl_write(xl, join(bad, sizeof bad, t.dir, "xi.safetensors"), 0, 1);
+    tl_free(xl);
+    const char *a2[] = {"run", "--model", t.dir, "--layer", "0", "--input", bad, NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a2), 1, "%s", out);
+    cr_assert(strstr(out, "unsupported dtype I32"), "%s", out);
+    /* expert 1's w2 left out */
+    for (size_t i = 0; i < l->n; i++)
+        if (strstr(l->name[i], "experts.1.w2")) {
+            memmove(&l->t[i], &l->t[i + 1], (l->n - i - 1) * sizeof(l->t[0]));
+            break;
+        }
+    tl_write(l, p, 0, l->n - 1);
+    tl_free(l);
+    cr_assert_eq(run_cli(out, sizeof out, a1), 1, "%s", out);
+    cr_assert(strstr(out, "missing tensor 'model.layers.0.block_sparse_moe.experts.1.w2.weight'"),
+              "%s", out);
+    /* usage errors */
+    const char *a3[] = {"run", "--model", t.dir, "--input", t.x, NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a3), 2, "%s", out);
+    cr_assert(strstr(out, "--layer"), "%s", out);
+    const char *a4[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x, "--backend",
+                        "tpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a4), 2, "%s", out);
+    /* a bad checkpoint file through the tool */
+    write_bytes(p, "\x10\x00\x00\x00\x00\x00\x00\x00{}", 10);
+    cr_assert_eq(run_cli(out, sizeof out, a1), 1, "%s", out);
+    cr_assert(strstr(out, "goes beyond the end of the file"), "%s", out);
+    free(x);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
