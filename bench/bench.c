@@ -19,6 +19,9 @@
 #include "cli/cli.h"
 #include "cli/presets.h"
 #include "ref/ref.h"
+#ifdef MOEVK_HAVE_CUDA
+#include "cuda/moevk_cuda.h"
+#endif
 
 #define MAX_LIST 16
 #define MAX_COPIES 8
@@ -268,17 +271,6 @@ static void basis_router(float *router, uint32_t E, uint32_t H)
 
 /* ---- measurement ------------------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, uint32_t n)
-{
-    qsort(v, n, sizeof(double), cmp_double);
-    return n ? v[n / 2] : 0;
-}
 
 /* Bytes and FLOPs of one pass, from the routing it produced. */
 static void account(bench_row *row, const moevk_layer_desc *d, const uint32_t *tpe,
@@ -443,12 +435,24 @@ static void run_vulkan(bench_state *s, const cli_preset *p, const cli_layer_weig
             snprintf(row->note, sizeof(row->note), "%s", moevk_context_last_error(ctx));
             continue;
         }
-        row->ms = median(totals, o->runs);
-        for (int k = 0; k < MOEVK_STAGE_COUNT; k++) {
+        /* The median run, with its own stage breakdown (so stages add up). */
+        uint32_t *order = malloc(sizeof(uint32_t) * o->runs);
+        uint32_t mid = 0;
+        if (order) {
             for (uint32_t r = 0; r < o->runs; r++)
-                totals[r] = stage[r * MOEVK_STAGE_COUNT + k];
-            row->stage_ms[k] = median(totals, o->runs);
+                order[r] = r;
+            for (uint32_t a = 1; a < o->runs; a++) /* insertion sort by total */
+                for (uint32_t b = a; b > 0 && totals[order[b]] < totals[order[b - 1]]; b--) {
+                    uint32_t t = order[b];
+                    order[b] = order[b - 1];
+                    order[b - 1] = t;
+                }
+            mid = order[o->runs / 2];
+            free(order);
         }
+        row->ms = totals[mid];
+        for (int k = 0; k < MOEVK_STAGE_COUNT; k++)
+            row->stage_ms[k] = stage[mid * MOEVK_STAGE_COUNT + k];
         row->ok = row->ms > 0;
         if (!row->ok)
             snprintf(row->note, sizeof(row->note), "the device has no timestamps");
@@ -497,10 +501,70 @@ static void run_cpu(bench_state *s, const cli_preset *p, const cli_layer_weights
     }
 }
 
+#ifdef MOEVK_HAVE_CUDA
+/* CUDA rows (CUDA events; x and all scratch resident on the device). The
+ * CUDA layer is created once for all token counts; weights are not rotated
+ * (one copy), so small decode passes may be served partly from L2. */
+static void run_cuda(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
+                     bench_dist dist, bench_backend b, bench_row *rows)
+{
+    const bench_opts *o = s->o;
+    const moevk_layer_desc *d = &w->desc;
+    char err[256] = "";
+    mvk_cuda_layer *layer = NULL;
+    moevk_status st = mvk_cuda_layer_create(d, b == BENCH_CUDA_REF ? MVK_CUDA_REF
+                                                                   : MVK_CUDA_CUBLAS,
+                                            &layer, err, sizeof err);
+    cli_rng rng = {0x5eed + dist};
+    uint32_t *tpe = calloc(d->num_experts, 4);
+    for (uint32_t ti = 0; ti < o->ntokens; ti++) {
+        bench_row *row = &rows[ti];
+        const uint32_t T = o->tokens[ti], H = d->hidden;
+        char what[96];
+        snprintf(what, sizeof(what), "%s %s %s T=%u %s", p->name,
+                 moevk_dtype_name(d->weight_dtype), bench_dist_name(dist), T,
+                 bench_backend_name(b));
+        progress(s->done, s->total, what);
+        s->done++;
+        if (st || !tpe) {
+            snprintf(row->note, sizeof(row->note), "%.150s", st ? err : "out of host memory");
+            continue;
+        }
+        float *x = malloc(sizeof(float) * (size_t)T * H), *y = malloc(sizeof(float) * T * H);
+        moevk_routing_stats stats = {.tokens_per_expert = tpe};
+        if (!x || !y) {
+            snprintf(row->note, sizeof(row->note), "out of host memory");
+        } else {
+            make_inputs(&rng, dist, d, T, x);
+            moevk_status r = mvk_cuda_layer_forward(layer, T, x, y, NULL, NULL, NULL, &stats,
+                                                    NULL, NULL, err, sizeof err);
+            if (!r)
+                r = mvk_cuda_layer_bench(layer, T, x, o->warmup, o->runs, row->stage_ms, &row->ms,
+                                         err, sizeof err);
+            if (r) {
+                snprintf(row->note, sizeof(row->note), "%.150s", err);
+            } else {
+                uint64_t wb = 0, sb = 0;
+                mvk_cuda_layer_memory(layer, &wb, &sb);
+                account(row, d, tpe, stats.dropped);
+                row->copies = 1;
+                row->weight_bytes = (double)wb;
+                row->scratch_bytes = (double)sb;
+                row->peak_bytes = (double)wb + sb;
+                row->ok = row->ms > 0;
+            }
+        }
+        free(x), free(y);
+    }
+    free(tpe);
+    mvk_cuda_layer_destroy(layer);
+}
+#endif
+
 static void run_unavailable(bench_state *s, const char *why, bench_row *rows)
 {
     for (uint32_t ti = 0; ti < s->o->ntokens; ti++) {
-        snprintf(rows[ti].note, sizeof(rows[ti].note), "%s", why);
+        snprintf(rows[ti].note, sizeof(rows[ti].note), "%.150s", why);
         s->done++;
     }
 }
@@ -617,8 +681,17 @@ int cli_bench(int argc, char **argv)
                         run_vulkan(&s, p, &w, dist, rows);
                     else if (o.backends[bi] == BENCH_CPU)
                         run_cpu(&s, p, &w, dist, rows);
-                    else
+                    else {
+#ifdef MOEVK_HAVE_CUDA
+                        char why[200];
+                        if (mvk_cuda_device_available(why, sizeof why))
+                            run_cuda(&s, p, &w, dist, o.backends[bi], rows);
+                        else
+                            run_unavailable(&s, why, rows);
+#else
                         run_unavailable(&s, "the CUDA backends are not built in", rows);
+#endif
+                    }
                     (void)first;
                 }
                 cli_weights_free(&w);

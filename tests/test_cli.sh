@@ -1,0 +1,51 @@
+#!/bin/sh
+# The command-line tool end to end: check, demo, bench (every output format,
+# and a preset that does not fit), with the validation layer where offered.
+# usage: test_cli.sh MOEVK_BINARY
+set -eu
+moevk=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+out=$("$moevk" check --against cpu --cases 12 --seed 77 --validate) || fail "check: $out"
+echo "$out" | tail -n 1 | grep -qx "12 passed, 0 failed" || fail "check summary: $out"
+
+out=$("$moevk" check --against cuda --cases 2) || fail "check --against cuda: $out"
+echo "$out" | grep -Eq "^(2 passed, 0 failed|0 passed, 0 failed, 2 skipped)$" ||
+    fail "check --against cuda summary: $out"
+
+out=$("$moevk" demo --preset qwen3-30b-a3b --scale 16 --tokens 9 --runs 2 --validate) ||
+    fail "demo: $out"
+echo "$out" | grep -q "^OK$" || fail "demo: $out"
+echo "$out" | grep -q "experts_up" || fail "demo prints no stage times: $out"
+
+"$moevk" bench --custom 64,48,8,2 --preset switch-base-128 --scale 8 --tokens 1,7 --runs 2 \
+    --warmup 1 --dist router,uniform,one --backend vulkan,cpu \
+    --json "$tmp/b.json" --csv "$tmp/b.csv" --plot "$tmp/b.svg" >"$tmp/table" 2>"$tmp/err" ||
+    fail "bench: $(cat "$tmp/err")"
+python3 - "$tmp/b.json" <<'PY' || fail "bench JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+rows = d["rows"]
+ok = [r for r in rows if r["ok"]]
+assert len(rows) == 2 * 3 * 2 * 2, len(rows)
+assert len(ok) >= 8, [r.get("note") for r in rows if not r["ok"]]
+for r in ok:
+    assert r["ms"] > 0 and r["bytes"] > 0 and r["flops"] > 0, r
+    if r["backend"] == "vulkan":
+        assert abs(sum(r["stage_ms"].values()) - r["ms"]) <= 1e-3 * r["ms"] + 1e-3, r
+    if r["routing"] == "one":
+        assert r["experts_touched"] == r["k"], r
+PY
+[ "$(wc -l <"$tmp/b.csv")" -eq 25 ] || fail "bench CSV rows"
+grep -q "</svg>" "$tmp/b.svg" || fail "bench SVG"
+grep -q "Fraction of the floor" "$tmp/b.svg" || fail "bench SVG content"
+
+out=$("$moevk" bench --preset deepseek-v3 --tokens 1 --no-ceilings 2>/dev/null)
+echo "$out" | grep -q "does not fit: needs .* GiB, the device has .* GiB" ||
+    fail "a preset too large for the device: $out"
+
+"$moevk" bench --tokens 0 >/dev/null 2>&1 && fail "bench accepted --tokens 0"
+"$moevk" check --against gpu >/dev/null 2>&1 && fail "check accepted --against gpu"
+echo "ok"
