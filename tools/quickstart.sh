@@ -2,7 +2,9 @@
 # moevk quick start: installs what is missing (Debian packages), builds, and
 #   main  - runs the main job on the best available device (lavapipe when
 #           there is no GPU)
-#   test  - runs the whole test suite (validation layers on, no device = fail)
+#   test  - runs the whole test suite (validation layers on, no device = fail),
+#           then again under ASan + UBSan, then a bounded fuzz run of the
+#           checkpoint parsers; the last line is "N passed, M failed, K skipped"
 # usage: sh tools/quickstart.sh main|test [extra meson test args]
 set -eu
 cd "$(dirname "$0")/.."
@@ -48,6 +50,12 @@ test)
         sh tools/sanitize.sh || sanitizer=$?
         [ $sanitizer -eq 0 ] || status=$sanitizer
         echo "sanitizers: $(python3 tools/test_summary.py build-asan/meson-logs/testlog.json)"
+    fi
+    if [ -z "${MOEVK_SKIP_FUZZ:-}" ]; then
+        echo "quickstart: bounded libFuzzer run of the checkpoint parsers"
+        fuzz=0
+        sh fuzz/run.sh "${MOEVK_FUZZ_SECONDS:-60}" || fuzz=$?
+        [ $fuzz -eq 0 ] || { status=$fuzz; echo "fuzz: FAILED"; }
     fi
     echo "$summary"
     exit $status
