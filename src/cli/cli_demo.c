@@ -212,6 +212,9 @@ int cli_demo(int argc, char **argv)
            wall_first);
     if (!info->timestamps)
         printf("  (this device has no timestamps: times are zero)\n");
+    if (info->device_type == 4 /* VK_PHYSICAL_DEVICE_TYPE_CPU */)
+        printf("  (a CPU implementation of Vulkan: these times are not GPU performance "
+               "figures)\n");
 
     rc = (err <= tol && id_mismatch == 0 && count_mismatch == 0) ? 0 : 1;
     if (validate && moevk_context_validation_messages(ctx)) {
