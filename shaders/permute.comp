@@ -41,6 +41,7 @@ const uint WG = gl_WorkGroupSize.x;
 shared uint sh_e[gl_WorkGroupSize.x];
 shared uint sh_tiles[1024];
 shared uint sh_start[1024];
+shared uint sh_total[1024];
 
 uint expert_of(uint a)
 {
@@ -80,6 +81,7 @@ void main()
             uint admitted = min(run, p.capacity);
             meta[e] = run;
             meta[E + e] = admitted;
+            sh_total[e] = run;
             sh_tiles[e] = (admitted + p.tile_m - 1u) / p.tile_m;
             sh_start[e] = admitted; // rows, replaced by the row offset below
         }
@@ -90,7 +92,7 @@ void main()
                 uint admitted = sh_start[e];
                 meta[2u * E + e] = rows;
                 rows += admitted;
-                dropped += meta[e] - admitted;
+                dropped += sh_total[e] - admitted;
                 uint nt = sh_tiles[e];
                 sh_start[e] = tiles;
                 tiles += nt;

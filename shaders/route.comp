@@ -36,6 +36,7 @@ shared float sc[MAXE];       // selection score per expert
 shared float gs[MAXE];       // score per group
 shared uint live[MAXE / 32]; // selectable experts (bit set)
 shared uint glive[MAXE / 32];
+shared uint gkeep[MAXE / 32]; // groups chosen so far
 shared float red_v[gl_WorkGroupSize.x];
 shared uint red_i[gl_WorkGroupSize.x];
 shared float sel_v[32];
@@ -166,21 +167,22 @@ void main()
             atomicOr(glive[g >> 5], 1u << (g & 31u));
         }
         barrier();
-        // Choose the kept groups; glive ends holding only them.
+        // Choose the kept groups (any number, as a bitmask); glive ends
+        // holding only them.
+        for (uint w = lid; w < MAXE / 32; w += WG)
+            gkeep[w] = 0u;
+        barrier();
         for (uint r = 0; r < p.topk_group; r++) {
             argmax(p.n_group, true);
             if (lid == 0) {
-                sel_i[r] = red_i[0];
-                atomicAnd(glive[red_i[0] >> 5], ~(1u << (red_i[0] & 31u)));
+                uint g = red_i[0];
+                atomicAnd(glive[g >> 5], ~(1u << (g & 31u)));
+                gkeep[g >> 5] |= 1u << (g & 31u);
             }
             barrier();
         }
         for (uint w = lid; w < MAXE / 32; w += WG)
-            glive[w] = 0u;
-        barrier();
-        if (lid == 0)
-            for (uint r = 0; r < p.topk_group; r++)
-                glive[sel_i[r] >> 5] |= 1u << (sel_i[r] & 31u);
+            glive[w] = gkeep[w];
         barrier();
         for (uint e = lid; e < E; e += WG)
             if (!bit(e / gsize, true))

@@ -251,6 +251,18 @@ moevk_status mvk_wait_idle(moevk_context *ctx)
     return MOEVK_SUCCESS;
 }
 
+void mvk_wait_before_free(moevk_context *ctx)
+{
+    if (!ctx->in_flight || mvk_wait_idle(ctx) == MOEVK_SUCCESS)
+        return;
+    /* Freeing cannot fail and must not free what the GPU still uses: after
+     * a second timeout, wait for the queue without a bound (device loss
+     * ends this wait too). */
+    ctx->vk.vkQueueWaitIdle(ctx->queue);
+    ctx->vk.vkResetFences(ctx->device, 1, &ctx->fence);
+    ctx->in_flight = false;
+}
+
 moevk_status mvk_cmd_begin(moevk_context *ctx, mvk_cmd *c)
 {
     memset(c, 0, sizeof(*c));

@@ -557,7 +557,7 @@ static void context_teardown(moevk_context *ctx)
         /* Our own submissions are always waited for, except one that timed
          * out: give it one more timeout before freeing what it uses. */
         if (ctx->in_flight)
-            mvk_wait_idle(ctx);
+            mvk_wait_before_free(ctx);
         mvk_pipelines_destroy(ctx);
         mvk_arena_destroy(ctx, &ctx->arena);
         mvk_staging_release(ctx);

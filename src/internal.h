@@ -141,6 +141,8 @@ moevk_status mvk_arena_reset(moevk_context *ctx, mvk_arena *a);
 
 /* Wait (with the context's timeout) for a submission that timed out. */
 moevk_status mvk_wait_idle(moevk_context *ctx);
+/* Before freeing resources: make sure no timed-out submission still runs. */
+void mvk_wait_before_free(moevk_context *ctx);
 /* Start recording into the context's own command buffer. */
 moevk_status mvk_cmd_begin(moevk_context *ctx, mvk_cmd *c);
 /* Record a dispatch of `kernel` with spec constants, bindings (count as the

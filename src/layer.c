@@ -135,6 +135,7 @@ static void scratch_release(moevk_layer *L)
     }
     L->scratch_bytes = 0;
     L->reserved_tokens = 0;
+    L->last_tokens = 0; /* nothing left to read back */
 }
 
 moevk_status moevk_layer_reserve(moevk_layer *L, uint32_t T)
@@ -221,7 +222,7 @@ void moevk_layer_destroy(moevk_layer *L)
     if (!L)
         return;
     moevk_context *ctx = L->ctx;
-    mvk_wait_idle(ctx);
+    mvk_wait_before_free(ctx);
     scratch_release(L);
     set_destroy(L, &L->routed);
     set_destroy(L, &L->shared);
@@ -236,6 +237,27 @@ void moevk_layer_destroy(moevk_layer *L)
     mvk_free(ctx, L);
 }
 
+/* Limits of the device that the layer's grids depend on. */
+static moevk_status check_device_limits(moevk_context *ctx, const moevk_layer_desc *d)
+{
+    const moevk_device_info *info = &ctx->info;
+    if (info->max_workgroup_invocations < 256)
+        return mvk_fail(ctx, MOEVK_ERROR_UNSUPPORTED,
+                        "the device runs at most %u invocations per workgroup; moevk needs 256",
+                        info->max_workgroup_invocations);
+    const uint32_t maxy = info->max_workgroup_count[1];
+    const struct { const char *name; uint32_t v; } dims[] = {
+        {"hidden", d->hidden}, {"ffn", d->ffn}, {"shared_ffn", d->num_shared ? d->shared_ffn : 0},
+    };
+    for (size_t i = 0; i < sizeof(dims) / sizeof(dims[0]); i++)
+        if ((dims[i].v + MVK_GEMM_BN - 1) / MVK_GEMM_BN > maxy)
+            return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
+                            "%s = %u needs %u workgroups along y, beyond the device's %u",
+                            dims[i].name, dims[i].v, (dims[i].v + MVK_GEMM_BN - 1) / MVK_GEMM_BN,
+                            maxy);
+    return MOEVK_SUCCESS;
+}
+
 moevk_status moevk_layer_create(moevk_context *ctx, const moevk_layer_desc *desc,
                                 moevk_layer **out)
 {
@@ -247,6 +269,8 @@ moevk_status moevk_layer_create(moevk_context *ctx, const moevk_layer_desc *desc
     *out = NULL;
     moevk_status st = moevk_layer_desc_validate(ctx, desc);
     if (st)
+        return st;
+    if ((st = check_device_limits(ctx, desc)))
         return st;
     moevk_layer *L = mvk_alloc(ctx, sizeof(*L));
     if (!L)

@@ -217,6 +217,7 @@ void moevk_buffer_destroy(moevk_buffer *b)
     if (!b)
         return;
     moevk_context *ctx = b->ctx;
+    mvk_wait_before_free(ctx);
     if (!b->imported)
         mvk_buffer_free(ctx, b->buffer, b->memory);
     mvk_free(ctx, b);
@@ -279,8 +280,8 @@ moevk_status moevk_buffer_upload(moevk_buffer *b, uint64_t offset, const void *s
     moevk_status st = check_range(ctx, b, offset, size, "upload");
     if (st || size == 0)
         return st;
-    if ((st = staging_ensure(ctx)))
-        return st;
+    if ((st = mvk_wait_idle(ctx)) || (st = staging_ensure(ctx)))
+        return st; /* (a timed-out copy may still read the staging memory) */
     const uint8_t *p = src;
     while (size) {
         uint64_t n = MVK_MIN(size, ctx->staging_size);
@@ -447,7 +448,7 @@ moevk_status mvk_check_tensor(moevk_context *ctx, const moevk_tensor *t, const c
     if (!moevk_dtype_size(t->dtype) || !(dtype_mask & (1u << t->dtype)))
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "%s.dtype %s (%d) is not accepted here",
                         name, moevk_dtype_name(t->dtype), (int)t->dtype);
-    if (t->ndim != ndim)
+    if (t->ndim != ndim || ndim == 0 || ndim > MOEVK_MAX_DIMS)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "%s.ndim is %u, expected %u", name,
                         t->ndim, ndim);
     for (uint32_t i = 0; i < t->ndim; i++)

@@ -116,3 +116,18 @@ Test(buffer, limits_and_bad_arguments)
     moevk_buffer_destroy(b);
     mvkt_context_end(ctx);
 }
+
+Test(buffer, tensor_ndim_out_of_range)
+{
+    moevk_context *ctx = mvkt_context();
+    moevk_tensor t;
+    uint64_t shape[1] = {16};
+    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 1, shape, &t), 0);
+    float tmp[16] = {0};
+    moevk_tensor bad = t;
+    bad.ndim = 1000;
+    cr_assert_eq(moevk_tensor_upload(&bad, tmp), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "ndim"), "%s", moevk_context_last_error(ctx));
+    moevk_tensor_destroy(&t);
+    mvkt_context_end(ctx);
+}

@@ -226,3 +226,65 @@ Test(stages, gpu_assisted_validation_is_clean)
 {
     forward_vs_reference(MOEVK_CONTEXT_GPU_ASSISTED_VALIDATION, 2 * 3840 + 16);
 }
+
+/* Grouped routing keeping more than 32 groups (a bitmask of groups, no
+ * fixed-size list), against the reference. */
+Test(stages, many_kept_groups)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed();
+    mvkt_rng r = mvkt_rng_make(seed);
+    const uint32_t T = 19, H = 24, F = 8, E = 128, K = 8;
+    stage_layer s;
+    make_layer(&r, &s, H, F, E, K, 0, 0.0f);
+    s.d.routing = MOEVK_ROUTING_SIGMOID_GROUPED;
+    s.d.n_group = 64;
+    s.d.topk_group = 40;
+    s.d.routed_scaling_factor = 2.5f;
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    float *x = malloc(sizeof(float) * T * H);
+    for (uint32_t i = 0; i < T * H; i++)
+        x[i] = mvkt_uniform(&r, -1, 1);
+    moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS);
+    uint32_t ids[T * K], rids[T * K];
+    uint8_t near[T];
+    float *ref = malloc(sizeof(float) * T * H);
+    cr_assert_eq(moevk_layer_read_routing(L, T, ids, NULL, NULL), 0);
+    cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, ref, rids, NULL, near, NULL), 0);
+    for (uint32_t t = 0; t < T; t++)
+        if (!near[t])
+            for (uint32_t j = 0; j < K; j++)
+                cr_assert_eq(ids[t * K + j], rids[t * K + j], "seed %llu token %u slot %u",
+                             (unsigned long long)seed, t, j);
+    moevk_tensor_destroy(&tx);
+    moevk_tensor_destroy(&ty);
+    moevk_layer_destroy(L);
+    free_layer(&s);
+    free(x), free(ref);
+    mvkt_context_end(ctx);
+}
+
+/* Grids that would pass the device's workgroup-count limit are refused
+ * before any weight is read. */
+Test(stages, grid_limits)
+{
+    moevk_context *ctx = mvkt_context();
+    static const float dummy[4];
+    moevk_layer_desc d = {
+        .hidden = 64, .ffn = 4500000, .num_experts = 1, .top_k = 1,
+        .router_weight = dummy, .experts = {.gate = dummy, .up = dummy, .down = dummy},
+    };
+    moevk_layer *L = NULL;
+    moevk_status st = moevk_layer_create(ctx, &d, &L);
+    if (moevk_context_device_info(ctx)->max_workgroup_count[1] < 4500000 / 64) {
+        cr_assert_eq(st, MOEVK_ERROR_LIMIT_EXCEEDED, "%s", moevk_context_last_error(ctx));
+        cr_assert(strstr(moevk_context_last_error(ctx), "ffn"), "%s",
+                  moevk_context_last_error(ctx));
+    }
+    cr_assert_null(L);
+    mvkt_context_end(ctx);
+}
