@@ -143,3 +143,16 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         "hidden x shared_ffn exceeds 32-bit indexing");
     return MOEVK_SUCCESS;
 }
+
+moevk_status moevk_layer_desc_check(const moevk_layer_desc *desc, char *msg, size_t n)
+{
+    moevk_context scratch = {0}; /* only its message buffer is used */
+    moevk_status st = moevk_layer_desc_validate(&scratch, desc);
+    if (msg && n) {
+        size_t len = strlen(scratch.last_error);
+        len = len < n - 1 ? len : n - 1;
+        memcpy(msg, scratch.last_error, len);
+        msg[len] = '\0';
+    }
+    return st;
+}

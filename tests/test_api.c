@@ -133,3 +133,17 @@ Test(api, allocator_hooks_balance)
     cr_assert_gt(s.calls, 0, "the allocator hooks were never called");
     cr_assert_eq(s.live, 0, "%ld allocations leaked", s.live);
 }
+
+Test(api, desc_check_without_a_context)
+{
+    static const float w[4];
+    moevk_layer_desc d = {.hidden = 4, .ffn = 4, .num_experts = 3, .top_k = 4,
+                          .router_weight = w, .experts = {.gate = w, .up = w, .down = w}};
+    char msg[256] = "x";
+    cr_assert_eq(moevk_layer_desc_check(&d, msg, sizeof msg), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(msg, "top_k"), "message: %s", msg);
+    d.top_k = 2;
+    cr_assert_eq(moevk_layer_desc_check(&d, msg, sizeof msg), MOEVK_SUCCESS);
+    cr_assert_str_eq(msg, "");
+    cr_assert_eq(moevk_layer_desc_check(NULL, NULL, 0), MOEVK_ERROR_INVALID_ARGUMENT);
+}

@@ -358,6 +358,10 @@ typedef struct moevk_layer moevk_layer;
  * last error. */
 MOEVK_API moevk_status moevk_layer_desc_validate(moevk_context *ctx,
                                                  const moevk_layer_desc *desc);
+/* The same without a context: the message goes to msg (optional, n bytes;
+ * "" when the desc is valid). */
+MOEVK_API moevk_status moevk_layer_desc_check(const moevk_layer_desc *desc, char *msg,
+                                              size_t n);
 
 /* Validate desc, upload every weight to device buffers (split into chunks
  * within the device's maxStorageBufferRange), and build the pipelines. */

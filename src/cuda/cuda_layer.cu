@@ -635,11 +635,11 @@ extern "C" moevk_status mvk_cuda_layer_create(const moevk_layer_desc *desc,
         set_err(err, err_size, "desc is NULL");
         return MOEVK_ERROR_INVALID_ARGUMENT;
     }
-    moevk_status st = moevk_layer_desc_validate(NULL, desc);
+    char why[512];
+    moevk_status st = moevk_layer_desc_check(desc, why, sizeof why);
     if (st != MOEVK_SUCCESS) {
-        set_err(err, err_size, "invalid layer description: moevk_layer_desc_validate returned "
-                "%s (validate with a moevk context for the message naming the field)",
-                moevk_status_string(st));
+        set_err(err, err_size, "invalid layer description: %s: %s", moevk_status_string(st),
+                why);
         return st;
     }
     if ((unsigned)backend >= MVK_CUDA_BACKEND_COUNT) {

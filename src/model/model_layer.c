@@ -538,10 +538,11 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
             goto fail;
     }
 
-    moevk_status st = moevk_layer_desc_validate(NULL, d);
+    char why[384];
+    moevk_status st = moevk_layer_desc_check(d, why, sizeof why);
     if (st) {
-        mvk_errf(err, errsz, "the layer built from %s is not valid for moevk (%s)", L->prefix,
-                 moevk_status_string(st));
+        mvk_errf(err, errsz, "the layer built from %s is not valid for moevk (%s: %s)", L->prefix,
+                 moevk_status_string(st), why);
         goto fail;
     }
     return 0;
