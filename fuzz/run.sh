@@ -7,19 +7,7 @@ set -eu
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 
-missing=""
-for p in clang libclang-rt-dev libcjson-dev; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "fuzz: installing$missing"
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    # shellcheck disable=SC2086
-    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+sh tools/ensure_packages.sh fuzz clang libclang-rt-dev libcjson-dev
 
 build=${MOEVK_FUZZ_BUILD_DIR:-build-fuzz}
 if [ ! -f "$build/build.ninja" ]; then

@@ -10,7 +10,7 @@
 // expert are its admitted assignments in priority order.
 //
 // PASS 0 (one workgroup per tile of WG assignments): in-tile rank of each
-//   assignment, and per-tile expert counts (tile_counts zero-filled before).
+//   assignment, and the tile's count of every expert (its whole row).
 // PASS 1 (one workgroup): per-expert prefix over tiles, totals, admitted
 //   counts, offsets, dropped count, the GEMM tile schedule and the indirect
 //   dispatch arguments of the two expert GEMMs.
@@ -59,18 +59,21 @@ void main()
         const uint a = tile * WG + lid;
         sh_e[lid] = a < A ? expert_of(a) : 0xffffffffu;
         barrier();
+        // Every expert's count in this tile, zeros included, so the row
+        // needs no clearing beforehand.
+        for (uint e = lid; e < E; e += WG) {
+            uint count = 0;
+            for (uint i = 0; i < WG; i++)
+                count += sh_e[i] == e ? 1u : 0u;
+            tile_counts[tile * E + e] = count;
+        }
         if (a >= A)
             return;
         const uint e = sh_e[lid];
-        uint rank = 0, total = 0;
-        for (uint i = 0; i < WG; i++) {
-            bool same = sh_e[i] == e;
-            rank += (same && i < lid) ? 1u : 0u;
-            total += same ? 1u : 0u;
-        }
+        uint rank = 0;
+        for (uint i = 0; i < lid; i++)
+            rank += sh_e[i] == e ? 1u : 0u;
         tile_rank[a] = rank;
-        if (rank == 0u)
-            tile_counts[tile * E + e] = total;
     } else if (PASS == 1u) {
         for (uint e = lid; e < E; e += WG) {
             uint run = 0;

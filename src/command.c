@@ -362,12 +362,6 @@ void mvk_cmd_dispatch_indirect(mvk_cmd *c, uint32_t kernel, const uint32_t *spec
         c->ctx->vk.vkCmdDispatchIndirect(c->cb, args, offset);
 }
 
-void mvk_cmd_fill(mvk_cmd *c, VkBuffer buf, VkDeviceSize offset, VkDeviceSize size, uint32_t v)
-{
-    if (!c->status)
-        c->ctx->vk.vkCmdFillBuffer(c->cb, buf, offset, size, v);
-}
-
 void mvk_cmd_copy(mvk_cmd *c, VkBuffer src, VkDeviceSize src_off, VkBuffer dst,
                   VkDeviceSize dst_off, VkDeviceSize size)
 {

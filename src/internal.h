@@ -153,7 +153,6 @@ void mvk_cmd_dispatch(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_
 void mvk_cmd_dispatch_indirect(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
                                const mvk_binding *bindings, uint32_t nbind, const void *push,
                                uint32_t push_size, VkBuffer args, VkDeviceSize offset);
-void mvk_cmd_fill(mvk_cmd *c, VkBuffer buf, VkDeviceSize offset, VkDeviceSize size, uint32_t v);
 void mvk_cmd_copy(mvk_cmd *c, VkBuffer src, VkDeviceSize src_off, VkBuffer dst,
                   VkDeviceSize dst_off, VkDeviceSize size);
 void mvk_cmd_timestamp(mvk_cmd *c, VkQueryPool pool, uint32_t query);

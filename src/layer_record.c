@@ -250,13 +250,10 @@ void mvk_layer_record_pass(moevk_layer *L, mvk_cmd *c, const moevk_tensor *x, mo
 {
     const moevk_layer_desc *d = &L->desc;
     const mvk_binding xb = mvk_tensor_binding(x), yb = mvk_tensor_binding(y);
-    const uint32_t A = T * d->top_k;
-    const uint32_t ntiles = (A + MVK_PERMUTE_WG - 1) / MVK_PERMUTE_WG;
     uint32_t q = 0;
 
     mvk_cmd_reset_queries(c, ts, MOEVK_STAGE_COUNT + 1);
     mvk_cmd_barrier(c); /* the previous pass's use of the scratch */
-    mvk_cmd_fill(c, L->s[MVK_S_TILE_COUNT]->buffer, 0, (uint64_t)ntiles * d->num_experts * 4, 0);
     mvk_cmd_timestamp(c, ts, q++);
 
     mvk_record_router(L, c, xb, T);

@@ -24,21 +24,30 @@ static moevk_status check_shape2(moevk_context *ctx, const moevk_tensor *t, cons
     return MOEVK_SUCCESS;
 }
 
+/* T from the first dimension of a 2-D tensor (of dtype bit mask `dt`). */
+static moevk_status tokens_of(moevk_layer *L, const moevk_tensor *t, const char *name,
+                              uint32_t dt, uint32_t *T)
+{
+    moevk_context *ctx = L->ctx;
+    moevk_status st = mvk_check_tensor(ctx, t, name, dt, 2);
+    if (st)
+        return st;
+    if (t->shape[0] > UINT32_MAX / MOEVK_MAX_TOP_K)
+        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED, "%s has too many tokens (%llu)", name,
+                        (unsigned long long)t->shape[0]);
+    *T = (uint32_t)t->shape[0];
+    return MOEVK_SUCCESS;
+}
+
 /* T from x [T, H] (f32). */
 static moevk_status tokens_of_x(moevk_layer *L, const moevk_tensor *x, uint32_t *T)
 {
-    moevk_context *ctx = L->ctx;
-    moevk_status st = mvk_check_tensor(ctx, x, "x", DT(F32), 2);
-    if (st)
-        return st;
-    if (x->shape[1] != L->desc.hidden)
-        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+    moevk_status st = tokens_of(L, x, "x", DT(F32), T);
+    if (!st && x->shape[1] != L->desc.hidden)
+        return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT,
                         "x.shape[1] = %llu differs from the layer's hidden = %u",
                         (unsigned long long)x->shape[1], L->desc.hidden);
-    if (x->shape[0] > UINT32_MAX / MOEVK_MAX_TOP_K)
-        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED, "x has too many tokens");
-    *T = (uint32_t)x->shape[0];
-    return MOEVK_SUCCESS;
+    return st;
 }
 
 /* Caller routing ids are untrusted: range and uniqueness per token. */
@@ -108,13 +117,6 @@ static moevk_status stage_end(moevk_layer *L, mvk_cmd *c)
     return st;
 }
 
-static void fill_tile_counts(moevk_layer *L, mvk_cmd *c, uint32_t T)
-{
-    uint64_t ntiles = ((uint64_t)T * L->desc.top_k + MVK_PERMUTE_WG - 1) / MVK_PERMUTE_WG;
-    mvk_cmd_fill(c, L->s[MVK_S_TILE_COUNT]->buffer, 0, ntiles * L->desc.num_experts * 4, 0);
-    mvk_cmd_barrier(c);
-}
-
 moevk_status moevk_layer_route(moevk_layer *L, const moevk_tensor *x, moevk_tensor *ids,
                                moevk_tensor *weights)
 {
@@ -122,7 +124,7 @@ moevk_status moevk_layer_route(moevk_layer *L, const moevk_tensor *x, moevk_tens
         return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
     mvk_clear_error(ctx);
-    uint32_t T;
+    uint32_t T = 0;
     moevk_status st;
     if ((st = tokens_of_x(L, x, &T)) ||
         (st = check_shape2(ctx, ids, "ids", MOEVK_DTYPE_I32, T, L->desc.top_k)) ||
@@ -146,13 +148,10 @@ moevk_status moevk_layer_permute(moevk_layer *L, const moevk_tensor *ids, moevk_
         return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
     mvk_clear_error(ctx);
-    moevk_status st = mvk_check_tensor(ctx, ids, "ids", DT(I32), 2);
-    if (st)
-        return st;
-    if (ids->shape[0] > UINT32_MAX / MOEVK_MAX_TOP_K)
-        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED, "ids has too many tokens");
-    const uint32_t T = (uint32_t)ids->shape[0], E = L->desc.num_experts;
-    if ((st = check_ids(L, ids, T)) ||
+    const uint32_t E = L->desc.num_experts;
+    uint32_t T = 0;
+    moevk_status st;
+    if ((st = tokens_of(L, ids, "ids", DT(I32), &T)) || (st = check_ids(L, ids, T)) ||
         (st = check_shape2(ctx, row_of, "row_of", MOEVK_DTYPE_I32, T, L->desc.top_k)) ||
         (st = check_shape2(ctx, counts, "counts", MOEVK_DTYPE_I32, E, 0)))
         return st;
@@ -161,7 +160,6 @@ moevk_status moevk_layer_permute(moevk_layer *L, const moevk_tensor *ids, moevk_
         return st;
     L->bind[MVK_S_IDS] = mvk_tensor_binding(ids);
     L->bind[MVK_S_ROW_OF] = mvk_tensor_binding(row_of);
-    fill_tile_counts(L, &c, T);
     mvk_record_permute(L, &c, T);
     mvk_cmd_copy(&c, L->s[MVK_S_META]->buffer, (uint64_t)E * 4, counts->buffer->buffer,
                  counts->offset, (uint64_t)E * 4);
@@ -175,7 +173,7 @@ moevk_status moevk_layer_experts(moevk_layer *L, const moevk_tensor *x, const mo
         return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
     mvk_clear_error(ctx);
-    uint32_t T;
+    uint32_t T = 0;
     moevk_status st;
     if ((st = tokens_of_x(L, x, &T)) || (st = check_ids(L, ids, T)) ||
         (st = check_shape2(ctx, expert_out, "expert_out", MOEVK_DTYPE_F32,
@@ -186,7 +184,6 @@ moevk_status moevk_layer_experts(moevk_layer *L, const moevk_tensor *x, const mo
         return st;
     L->bind[MVK_S_IDS] = mvk_tensor_binding(ids);
     L->bind[MVK_S_O] = mvk_tensor_binding(expert_out);
-    fill_tile_counts(L, &c, T);
     mvk_record_permute(L, &c, T);
     mvk_record_experts(L, &c, mvk_tensor_binding(x), VK_NULL_HANDLE, NULL);
     return stage_end(L, &c);
@@ -200,13 +197,11 @@ moevk_status moevk_layer_combine(moevk_layer *L, const moevk_tensor *expert_out,
         return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
     mvk_clear_error(ctx);
-    moevk_status st = mvk_check_tensor(ctx, y, "y", DT(F32), 2);
-    if (st)
-        return st;
-    if (y->shape[0] > UINT32_MAX / MOEVK_MAX_TOP_K)
-        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED, "y has too many tokens");
-    const uint32_t T = (uint32_t)y->shape[0], K = L->desc.top_k, H = L->desc.hidden;
-    if ((st = check_shape2(ctx, y, "y", MOEVK_DTYPE_F32, T, H)) ||
+    const uint32_t K = L->desc.top_k, H = L->desc.hidden;
+    uint32_t T = 0;
+    moevk_status st;
+    if ((st = tokens_of(L, y, "y", DT(F32), &T)) ||
+        (st = check_shape2(ctx, y, "y", MOEVK_DTYPE_F32, T, H)) ||
         (st = check_shape2(ctx, expert_out, "expert_out", MOEVK_DTYPE_F32, (uint64_t)T * K, H)) ||
         (st = check_shape2(ctx, weights, "weights", MOEVK_DTYPE_F32, T, K)) ||
         (st = check_rows(L, row_of, T)))
@@ -227,7 +222,7 @@ moevk_status moevk_layer_shared_experts(moevk_layer *L, const moevk_tensor *x, m
         return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
     mvk_clear_error(ctx);
-    uint32_t T;
+    uint32_t T = 0;
     moevk_status st;
     if ((st = tokens_of_x(L, x, &T)) ||
         (st = check_shape2(ctx, y, "y", MOEVK_DTYPE_F32, T, L->desc.hidden)))

@@ -11,22 +11,9 @@ cd "$(dirname "$0")/.."
 what=${1:-main}
 [ $# -gt 0 ] && shift
 
-packages="build-essential pkg-config meson ninja-build python3 glslang-tools spirv-tools
-libvulkan-dev libvulkan-volk-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
-libcriterion-dev libcjson-dev"
-missing=""
-for p in $packages; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "quickstart: installing$missing"
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    # shellcheck disable=SC2086
-    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+sh tools/ensure_packages.sh quickstart build-essential pkg-config meson ninja-build python3 glslang-tools spirv-tools \
+    libvulkan-dev libvulkan-volk-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools \
+    libcriterion-dev libcjson-dev
 
 build=${MOEVK_BUILD_DIR:-build}
 if [ ! -f "$build/build.ninja" ]; then
