@@ -235,6 +235,18 @@ static moevk_status arena_alloc(moevk_context *ctx, mvk_arena *a, VkDescriptorSe
 
 /* ---- recording ---------------------------------------------------------------- */
 
+void mvk_queue_lock(moevk_context *ctx)
+{
+    if (ctx->lock_queue)
+        ctx->lock_queue(ctx->queue_lock_user, ctx->queue_family, ctx->queue_index);
+}
+
+void mvk_queue_unlock(moevk_context *ctx)
+{
+    if (ctx->unlock_queue)
+        ctx->unlock_queue(ctx->queue_lock_user, ctx->queue_family, ctx->queue_index);
+}
+
 moevk_status mvk_wait_idle(moevk_context *ctx)
 {
     if (!ctx->in_flight)
@@ -258,7 +270,9 @@ void mvk_wait_before_free(moevk_context *ctx)
     /* Freeing cannot fail and must not free what the GPU still uses: after
      * a second timeout, wait for the queue without a bound (device loss
      * ends this wait too). */
+    mvk_queue_lock(ctx);
     ctx->vk.vkQueueWaitIdle(ctx->queue);
+    mvk_queue_unlock(ctx);
     ctx->vk.vkResetFences(ctx->device, 1, &ctx->fence);
     ctx->in_flight = false;
 }
@@ -414,7 +428,9 @@ moevk_status mvk_cmd_submit_wait(mvk_cmd *c)
         .commandBufferCount = 1,
         .pCommandBuffers = &c->cb,
     };
+    mvk_queue_lock(ctx);
     r = MVK_VK(ctx, ctx->vk.vkQueueSubmit(ctx->queue, 1, &si, ctx->fence));
+    mvk_queue_unlock(ctx);
     if (r != VK_SUCCESS)
         return mvk_vk_fail(ctx, r, "vkQueueSubmit");
     r = ctx->vk.vkWaitForFences(ctx->device, 1, &ctx->fence, VK_TRUE, ctx->timeout_ns);

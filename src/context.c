@@ -487,8 +487,17 @@ static moevk_status import_device(moevk_context *ctx, const moevk_vulkan_import 
     ctx->instance = (VkInstance)im->instance;
     ctx->phys = (VkPhysicalDevice)im->physical_device;
     ctx->device = (VkDevice)im->device;
+    if (!im->lock_queue != !im->unlock_queue)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "import: lock_queue and unlock_queue must be given together (%s is "
+                        "NULL)",
+                        im->lock_queue ? "unlock_queue" : "lock_queue");
     ctx->queue = (VkQueue)im->queue;
     ctx->queue_family = im->queue_family_index;
+    ctx->queue_index = im->queue_index;
+    ctx->lock_queue = im->lock_queue;
+    ctx->unlock_queue = im->unlock_queue;
+    ctx->queue_lock_user = im->queue_lock_user;
     moevk_status st = load_instance_functions(ctx);
     if (st)
         return st;

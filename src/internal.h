@@ -64,7 +64,11 @@ struct moevk_context {
     VkPhysicalDevice phys;
     VkDevice device;
     VkQueue queue;
-    uint32_t queue_family;
+    uint32_t queue_family, queue_index;
+    /* The host's queue lock (imported devices; NULL otherwise). */
+    void (*lock_queue)(void *user, uint32_t family, uint32_t index);
+    void (*unlock_queue)(void *user, uint32_t family, uint32_t index);
+    void *queue_lock_user;
     bool owns_instance, owns_device;
     VkDebugUtilsMessengerEXT messenger;
     VkPhysicalDeviceMemoryProperties memprops;
@@ -139,6 +143,10 @@ void mvk_pipelines_destroy(moevk_context *ctx);
 void mvk_arena_destroy(moevk_context *ctx, mvk_arena *a);
 moevk_status mvk_arena_reset(moevk_context *ctx, mvk_arena *a);
 
+/* Every operation of moevk on the context's queue goes between these two
+ * (the host's queue lock of an imported device). */
+void mvk_queue_lock(moevk_context *ctx);
+void mvk_queue_unlock(moevk_context *ctx);
 /* Wait (with the context's timeout) for a submission that timed out. */
 moevk_status mvk_wait_idle(moevk_context *ctx);
 /* Before freeing resources: make sure no timed-out submission still runs. */

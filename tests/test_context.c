@@ -4,15 +4,15 @@
  */
 #define _DEFAULT_SOURCE
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define VK_NO_PROTOTYPES
-#include <vulkan/vulkan.h>
-#include <dlfcn.h>
 
 #include "common.h"
+#include "host_app.h"
 #include "ref/ref.h"
 
 Test(context, lifecycle_and_capabilities)
@@ -98,73 +98,13 @@ Test(context, two_contexts_are_independent)
     mvkt_context_end(b);
 }
 
-/* The host application owns instance and device; moevk borrows them, runs
- * work, and leaves them alive. */
-Test(context, import_host_device)
+/* A small router on ctx, checked against the reference. */
+static void router_work(moevk_context *ctx, mvkt_rng *r)
 {
-    moevk_context *probe = mvkt_context(); /* skips when there is no device */
-    mvkt_context_end(probe);
-
-    void *lib = dlopen("libvulkan.so.1", RTLD_NOW | RTLD_LOCAL);
-    cr_assert_not_null(lib);
-    PFN_vkGetInstanceProcAddr gipa;
-    *(void **)&gipa = dlsym(lib, "vkGetInstanceProcAddr");
-    PFN_vkCreateInstance create_instance = (PFN_vkCreateInstance)gipa(NULL, "vkCreateInstance");
-    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
-                             .apiVersion = VK_API_VERSION_1_1};
-    const char *layers[] = {"VK_LAYER_KHRONOS_validation"};
-    VkInstanceCreateInfo ici = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
-                                .pApplicationInfo = &app,
-                                .enabledLayerCount = 1,
-                                .ppEnabledLayerNames = layers};
-    VkInstance inst;
-    cr_assert_eq(create_instance(&ici, NULL, &inst), VK_SUCCESS);
-#define LOAD(name) PFN_##name name = (PFN_##name)gipa(inst, #name)
-    LOAD(vkEnumeratePhysicalDevices);
-    LOAD(vkGetPhysicalDeviceQueueFamilyProperties);
-    LOAD(vkCreateDevice);
-    LOAD(vkGetDeviceProcAddr);
-    LOAD(vkDestroyInstance);
-    uint32_t n = 1;
-    VkPhysicalDevice pd;
-    cr_assert_geq(vkEnumeratePhysicalDevices(inst, &n, &pd), 0);
-    VkQueueFamilyProperties qf[16];
-    uint32_t nq = 16;
-    vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, qf);
-    uint32_t fam = 0;
-    while (fam < nq && !(qf[fam].queueFlags & VK_QUEUE_COMPUTE_BIT))
-        fam++;
-    cr_assert_lt(fam, nq);
-    float prio = 1;
-    VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
-                                   .queueFamilyIndex = fam, .queueCount = 1,
-                                   .pQueuePriorities = &prio};
-    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci};
-    VkDevice dev;
-    cr_assert_eq(vkCreateDevice(pd, &dci, NULL, &dev), VK_SUCCESS);
-    PFN_vkGetDeviceQueue get_queue = (PFN_vkGetDeviceQueue)vkGetDeviceProcAddr(dev, "vkGetDeviceQueue");
-    PFN_vkDeviceWaitIdle wait_idle = (PFN_vkDeviceWaitIdle)vkGetDeviceProcAddr(dev, "vkDeviceWaitIdle");
-    PFN_vkDestroyDevice destroy_device = (PFN_vkDestroyDevice)vkGetDeviceProcAddr(dev, "vkDestroyDevice");
-    VkQueue q;
-    get_queue(dev, fam, 0, &q);
-
-    moevk_vulkan_import im = {
-        .get_instance_proc_addr = *(void **)&gipa,
-        .instance = inst, .physical_device = pd, .device = dev,
-        .queue_family_index = fam, .queue = q,
-    };
-    moevk_context_desc d = {.import = &im};
-    moevk_context *ctx = NULL;
-    cr_assert_eq(moevk_context_create(&d, &ctx), MOEVK_SUCCESS);
-    cr_assert_eq(moevk_context_device_info(ctx)->imported, 1);
-
-    /* Real work on the borrowed device: a small router, checked. */
-    mvkt_rng r = mvkt_rng_make(mvkt_base_seed());
     enum { T = 5, H = 33, E = 6 };
     float x[T * H], w[E * H], out[T * E], ref[T * E];
-    for (int i = 0; i < T * H; i++) x[i] = mvkt_uniform(&r, -1, 1);
-    for (int i = 0; i < E * H; i++) w[i] = mvkt_uniform(&r, -1, 1);
+    for (int i = 0; i < T * H; i++) x[i] = mvkt_uniform(r, -1, 1);
+    for (int i = 0; i < E * H; i++) w[i] = mvkt_uniform(r, -1, 1);
     moevk_tensor tx, tw, tl;
     uint64_t sx[2] = {T, H}, sw[2] = {E, H}, sl[2] = {T, E};
     cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, sx, &tx), 0);
@@ -180,13 +120,150 @@ Test(context, import_host_device)
     moevk_tensor_destroy(&tx);
     moevk_tensor_destroy(&tw);
     moevk_tensor_destroy(&tl);
+}
+
+/* The host application owns instance and device; moevk borrows them, runs
+ * work, and leaves them alive. */
+Test(context, import_host_device)
+{
+    moevk_context *probe = mvkt_context(); /* skips when there is no device */
+    mvkt_context_end(probe);
+    host_app h;
+    host_create(&h);
+    moevk_vulkan_import im = host_import(&h);
+    moevk_context_desc d = {.import = &im};
+    moevk_context *ctx = NULL;
+    cr_assert_eq(moevk_context_create(&d, &ctx), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_context_device_info(ctx)->imported, 1);
+    mvkt_rng r = mvkt_rng_make(mvkt_base_seed());
+    router_work(ctx, &r);
+    moevk_context_destroy(ctx);
+    /* The host's device is still alive and usable. */
+    host_destroy(&h);
+    cr_assert_eq(atomic_load(&h.messages), 0u);
+}
+
+/* ---- a queue shared with a host thread --------------------------------------- */
+
+typedef struct queue_share {
+    host_app *h;
+    pthread_mutex_t lock;
+    atomic_int stop;
+    atomic_uint host_submits, locks, unlocks;
+    atomic_int holder_is_host; /* who holds the lock: 1 host, 0 moevk, -1 nobody */
+    atomic_uint overlaps;      /* a second holder seen: the lock is broken */
+} queue_share;
+
+static void share_lock(void *user, uint32_t family, uint32_t index)
+{
+    queue_share *s = user;
+    cr_assert_eq(family, s->h->fam);
+    cr_assert_eq(index, 0u);
+    pthread_mutex_lock(&s->lock);
+    if (atomic_exchange(&s->holder_is_host, 0) != -1)
+        atomic_fetch_add(&s->overlaps, 1u);
+    atomic_fetch_add(&s->locks, 1u);
+}
+
+static void share_unlock(void *user, uint32_t family, uint32_t index)
+{
+    queue_share *s = user;
+    (void)family, (void)index;
+    atomic_store(&s->holder_is_host, -1);
+    atomic_fetch_add(&s->unlocks, 1u);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The host's render thread: submits empty batches to the same queue, under
+ * the same lock, as fast as it can (a fence every 64th, waited for). */
+static void *host_thread(void *arg)
+{
+    queue_share *s = arg;
+    host_app *h = s->h;
+    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    VkFence fence;
+    if (h->CreateFence(h->dev, &fci, NULL, &fence) != VK_SUCCESS)
+        return NULL;
+    for (unsigned i = 1; !atomic_load(&s->stop); i++) {
+        VkFence f = i % 64 == 0 ? fence : VK_NULL_HANDLE;
+        pthread_mutex_lock(&s->lock);
+        atomic_store(&s->holder_is_host, 1);
+        VkResult r = h->QueueSubmit(h->queue, 0, NULL, f);
+        atomic_store(&s->holder_is_host, -1);
+        pthread_mutex_unlock(&s->lock);
+        if (r != VK_SUCCESS)
+            break;
+        atomic_fetch_add(&s->host_submits, 1u);
+        if (f) {
+            h->WaitForFences(h->dev, 1, &fence, VK_TRUE, UINT64_MAX);
+            h->ResetFences(h->dev, 1, &fence);
+        }
+    }
+    h->DestroyFence(h->dev, fence, NULL);
+    return NULL;
+}
+
+/* moevk's synchronous calls and a host thread submit to one queue; with the
+ * import's queue lock, validation (which checks external synchronisation of
+ * queues) stays silent and every moevk submission took the lock. */
+Test(context, borrowed_queue_shared_with_a_host_thread, .timeout = 300)
+{
+    moevk_context *probe = mvkt_context();
+    mvkt_context_end(probe);
+    host_app h;
+    host_create(&h);
+    queue_share s = {.h = &h};
+    pthread_mutex_init(&s.lock, NULL);
+    atomic_init(&s.stop, 0);
+    atomic_init(&s.host_submits, 0u);
+    atomic_init(&s.locks, 0u);
+    atomic_init(&s.unlocks, 0u);
+    atomic_init(&s.holder_is_host, -1);
+    atomic_init(&s.overlaps, 0u);
+
+    moevk_vulkan_import im = host_import(&h);
+    im.lock_queue = share_lock;
+    im.unlock_queue = share_unlock;
+    im.queue_lock_user = &s;
+    moevk_context_desc d = {.import = &im};
+    moevk_context *ctx = NULL;
+    cr_assert_eq(moevk_context_create(&d, &ctx), MOEVK_SUCCESS);
+
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, host_thread, &s), 0);
+    mvkt_rng r = mvkt_rng_make(mvkt_base_seed());
+    for (int i = 0; i < 30; i++)
+        router_work(ctx, &r); /* 2 uploads, a dispatch, a download: 4 submissions */
+    atomic_store(&s.stop, 1);
+    pthread_join(thread, NULL);
     moevk_context_destroy(ctx);
 
-    /* The host's device is still alive and usable. */
-    cr_assert_eq(wait_idle(dev), VK_SUCCESS);
-    destroy_device(dev, NULL);
-    vkDestroyInstance(inst, NULL);
-    dlclose(lib);
+    cr_assert_geq(atomic_load(&s.locks), 120u, "moevk submitted without taking the lock");
+    cr_assert_eq(atomic_load(&s.locks), atomic_load(&s.unlocks));
+    cr_assert_eq(atomic_load(&s.overlaps), 0u);
+    cr_assert_gt(atomic_load(&s.host_submits), 0u, "the host thread never submitted");
+    host_destroy(&h);
+    unsigned msgs = atomic_load(&h.messages);
+    cr_assert_eq(msgs, 0u, "%u validation messages on the host's instance", msgs);
+    pthread_mutex_destroy(&s.lock);
+}
+
+Test(context, queue_lock_needs_both_callbacks)
+{
+    moevk_context *probe = mvkt_context();
+    mvkt_context_end(probe);
+    host_app h;
+    host_create(&h);
+    moevk_vulkan_import im = host_import(&h);
+    im.lock_queue = share_lock;
+    char err[256] = "";
+    moevk_context_desc d = {.import = &im, .error_message = err,
+                            .error_message_size = sizeof err};
+    moevk_context *ctx = NULL;
+    cr_assert_eq(moevk_context_create(&d, &ctx), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert_null(ctx);
+    cr_assert(strstr(err, "unlock_queue"), "message: %s", err);
+    host_destroy(&h);
 }
 
 Test(context, timeout_is_reported_and_recovers)

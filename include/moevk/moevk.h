@@ -86,7 +86,21 @@ typedef struct moevk_context moevk_context;
  * any of these objects; they must outlive the context. The device must have
  * been created with the queue family below and (for 16-bit weights read
  * through 16-bit storage) may have any feature set: moevk only uses core
- * Vulkan 1.1 features that are queried, never assumed. */
+ * Vulkan 1.1 features that are queried, never assumed.
+ *
+ * The queue. moevk's synchronous calls (uploads, downloads, fills,
+ * moevk_layer_forward, the standalone stages, measurements) submit their own
+ * command buffers to `queue` with vkQueueSubmit, and after a timed-out wait
+ * may call vkQueueWaitIdle on it before freeing memory. Vulkan requires a
+ * queue to be externally synchronised: if any other thread of the host
+ * submits to the same queue while a moevk call runs, give lock_queue and
+ * unlock_queue. moevk calls lock_queue(user, family, index) immediately
+ * before each of its operations on the queue and unlock_queue(...) right
+ * after it, from the thread making the moevk call; it never holds the lock
+ * while waiting for a fence, and never calls back into the host while
+ * holding it. Both must be given, or neither (then the host promises not to
+ * touch the queue during moevk calls). moevk_layer_record never touches the
+ * queue. */
 typedef struct moevk_vulkan_import {
     void *get_instance_proc_addr; /* PFN_vkGetInstanceProcAddr, required */
     void *instance;               /* VkInstance, required                */
@@ -94,6 +108,11 @@ typedef struct moevk_vulkan_import {
     void *device;                 /* VkDevice, required                  */
     uint32_t queue_family_index;  /* must support compute                */
     void *queue;                  /* VkQueue from that family, required  */
+    /* Optional queue lock (see above); the index is passed back as given. */
+    void (*lock_queue)(void *user, uint32_t queue_family, uint32_t queue_index);
+    void (*unlock_queue)(void *user, uint32_t queue_family, uint32_t queue_index);
+    void *queue_lock_user;
+    uint32_t queue_index;         /* index of `queue` in its family; 0 default */
 } moevk_vulkan_import;
 
 enum moevk_context_flags {
