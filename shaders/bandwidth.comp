@@ -3,14 +3,14 @@
 // buffer with a grid-sized stride and writes one sum per workgroup (so the
 // reads cannot be optimised away). Bytes read / time is the ceiling that
 // memory-bound stages are measured against.
-layout(local_size_x_id = 0) in;
+#extension GL_GOOGLE_include_directive : require
+#define MVK_KERNEL_BANDWIDTH
+#include "interface.h"
 
-layout(std430, binding = 0) readonly buffer S { vec4 src[]; };
-layout(std430, binding = 1) writeonly buffer D { float sums[]; };
+layout(local_size_x_id = MVK_SPEC_WG) in;
 
-layout(push_constant) uniform P {
-    uint n_vec4;
-} p;
+layout(std430, binding = MVK_BANDWIDTH_BIND_SRC) readonly buffer S { vec4 src[]; };
+layout(std430, binding = MVK_BANDWIDTH_BIND_SUMS) writeonly buffer D { float sums[]; };
 
 shared float red[gl_WorkGroupSize.x];
 

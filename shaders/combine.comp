@@ -2,24 +2,24 @@
 // Gather and weighted combine, one thread per output element:
 //   y[t, h] = sum_{j = 0..k-1} w[t, j] * o[row(t, j), h]   (slot order,
 //             dropped assignments skipped)
+// for the T tokens tok0 .. tok0 + T - 1: y and the weights are indexed by
+// token, row_of, the shared outputs and their gate logits by token - tok0.
 //           + sum_i gate_i(t) * shared_out[i, t, h]        (shared experts)
 // with gate_i(t) = sigmoid(shared_gate_logit[t, i]) when the layer has a
 // shared-expert gate, else 1. No atomics: deterministic.
 #extension GL_GOOGLE_include_directive : require
+#define MVK_KERNEL_COMBINE
+#include "interface.h"
 #include "common.glsl"
 
-layout(local_size_x_id = 0) in;
+layout(local_size_x_id = MVK_SPEC_WG) in;
 
-layout(std430, binding = 0) readonly buffer O { float o_rows[]; };
-layout(std430, binding = 1) readonly buffer R { int row_of[]; };
-layout(std430, binding = 2) readonly buffer W { float weights[]; };
-layout(std430, binding = 3) readonly buffer SO { float shared_out[]; };
-layout(std430, binding = 4) readonly buffer SG { float shared_gate[]; };
-layout(std430, binding = 5) writeonly buffer Y { float y[]; };
-
-layout(push_constant) uniform P {
-    uint T, H, K, n_shared, has_gate, elem0;
-} p;
+layout(std430, binding = MVK_COMBINE_BIND_O) readonly buffer O { float o_rows[]; };
+layout(std430, binding = MVK_COMBINE_BIND_ROW_OF) readonly buffer R { int row_of[]; };
+layout(std430, binding = MVK_COMBINE_BIND_WEIGHTS) readonly buffer W { float weights[]; };
+layout(std430, binding = MVK_COMBINE_BIND_SHARED_OUT) readonly buffer SO { float shared_out[]; };
+layout(std430, binding = MVK_COMBINE_BIND_SHARED_GATE) readonly buffer SG { float shared_gate[]; };
+layout(std430, binding = MVK_COMBINE_BIND_Y) writeonly buffer Y { float y[]; };
 
 void main()
 {
@@ -32,7 +32,7 @@ void main()
     for (uint j = 0; j < p.K; j++) {
         int r = row_of[t * p.K + j];
         if (r >= 0)
-            acc = fma(weights[t * p.K + j], o_rows[uint(r) * p.H + h], acc);
+            acc = fma(weights[(p.tok0 + t) * p.K + j], o_rows[uint(r) * p.H + h], acc);
     }
     for (uint s = 0; s < p.n_shared; s++) {
         float v = shared_out[(s * p.T + t) * p.H + h];
@@ -40,5 +40,5 @@ void main()
             v *= sigmoid(shared_gate[t * p.n_shared + s]);
         acc += v;
     }
-    y[i] = acc;
+    y[p.tok0 * p.H + i] = acc;
 }

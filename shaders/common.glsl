@@ -1,30 +1,4 @@
-// Shared helpers for all moevk kernels.
-//
-// Weights of any dtype are bound as arrays of 32-bit words: f32 is one word
-// per element, f16 and bf16 pack two elements per word (element i in the low
-// half of word i/2 when i is even). This reads 16-bit data on every Vulkan
-// 1.1 device, with or without 16-bit storage features.
-
-#define DTYPE_F32 0u
-#define DTYPE_F16 1u
-#define DTYPE_BF16 2u
-
-float unpack_elem(uint word, uint half_index, uint dtype)
-{
-    uint h = half_index != 0u ? (word >> 16) : (word & 0xffffu);
-    if (dtype == DTYPE_F16)
-        return unpackHalf2x16(h).x;
-    return uintBitsToFloat(h << 16);
-}
-
-// Declares `float NAME(uint i)` reading element i of word array BUF in DTYPE.
-#define DEFINE_LOADER(NAME, BUF, DTYPE)                                       \
-    float NAME(uint i)                                                         \
-    {                                                                          \
-        if (DTYPE == DTYPE_F32)                                                \
-            return uintBitsToFloat(BUF[i]);                                    \
-        return unpack_elem(BUF[i >> 1], i & 1u, DTYPE);                        \
-    }
+// Shared helpers for all moevk kernels (interface.h comes first).
 
 // NaN-aware ordering used by every selection: larger wins, NaN ranks below
 // every number, equal scores go to the lower index.
@@ -60,14 +34,6 @@ float erf_approx(float x)
 
 float sigmoid(float x) { return 1.0 / (1.0 + exp(-x)); }
 
-#define ACT_NONE 0u
-#define ACT_SWIGLU 1u
-#define ACT_GEGLU 2u
-#define ACT_GEGLU_TANH 3u
-#define ACT_SWIGLU_OAI 4u
-#define ACT_RELU 5u
-#define ACT_GELU 6u
-
 float gelu_erf(float x) { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)); }
 
 float gelu_tanh(float x)
@@ -80,20 +46,20 @@ float gelu_tanh(float x)
 // Clamps let NaN through, as the reference does.
 float activate(uint act, float g, float u, float alpha, float limit)
 {
-    if (act == ACT_SWIGLU)
+    if (act == MVK_ACT_SWIGLU)
         return g * sigmoid(g) * u;
-    if (act == ACT_GEGLU)
+    if (act == MVK_ACT_GEGLU)
         return gelu_erf(g) * u;
-    if (act == ACT_GEGLU_TANH)
+    if (act == MVK_ACT_GEGLU_TANH)
         return gelu_tanh(g) * u;
-    if (act == ACT_SWIGLU_OAI) {
+    if (act == MVK_ACT_SWIGLU_OAI) {
         float gc = isnan(g) ? g : min(g, limit);
         float uc = isnan(u) ? u : clamp(u, -limit, limit);
         return (uc + 1.0) * gc * sigmoid(alpha * gc);
     }
-    if (act == ACT_RELU)
+    if (act == MVK_ACT_RELU)
         return (u > 0.0 || isnan(u)) ? u : 0.0;
-    if (act == ACT_GELU)
+    if (act == MVK_ACT_GELU)
         return gelu_erf(u);
     return u;
 }

@@ -8,36 +8,32 @@
 // rows 0..M-1 of one expert, for shared experts and routers).
 // Shared-memory tiling with a fixed summation order: deterministic.
 #extension GL_GOOGLE_include_directive : require
+#define MVK_KERNEL_EXPERT_GEMM
+#include "interface.h"
 #include "common.glsl"
+#include "formats.glsl"
 
-layout(local_size_x_id = 0) in;
-layout(constant_id = 1) const uint BM = 64;
-layout(constant_id = 2) const uint BN = 64;
-layout(constant_id = 3) const uint WDTYPE = 0;
-layout(constant_id = 4) const uint GATED = 0;
-layout(constant_id = 5) const uint ACT = 0;
-layout(constant_id = 6) const uint SCHED = 1;
-layout(constant_id = 7) const uint GATHER = 1;
+layout(local_size_x_id = MVK_SPEC_WG) in;
+layout(constant_id = MVK_GEMM_SPEC_BM) const uint BM = 64;
+layout(constant_id = MVK_GEMM_SPEC_BN) const uint BN = MVK_GEMM_BN;
+layout(constant_id = MVK_GEMM_SPEC_WFMT) const uint WDTYPE = MVK_WFMT_F32;
+layout(constant_id = MVK_GEMM_SPEC_GATED) const uint GATED = 0;
+layout(constant_id = MVK_GEMM_SPEC_ACT) const uint ACT = MVK_ACT_NONE;
+layout(constant_id = MVK_GEMM_SPEC_SCHED) const uint SCHED = 1;
+layout(constant_id = MVK_GEMM_SPEC_GATHER) const uint GATHER = 1;
 const uint BK = 16;
-const uint TM = 4;
-const uint TN = 4;
+const uint TM = MVK_GEMM_TM;
+const uint TN = MVK_GEMM_TN;
 
-layout(std430, binding = 0) readonly buffer A { float a_rows[]; };
-layout(std430, binding = 1) readonly buffer RT { uint row_token[]; };
-layout(std430, binding = 2) readonly buffer SC { uvec2 schedule[]; };
-layout(std430, binding = 3) readonly buffer M { uint meta[]; };
-layout(std430, binding = 4) readonly buffer B0 { uint w0[]; };
-layout(std430, binding = 5) readonly buffer B1 { uint w1[]; };
-layout(std430, binding = 6) readonly buffer BB0 { float bias0[]; };
-layout(std430, binding = 7) readonly buffer BB1 { float bias1[]; };
-layout(std430, binding = 8) writeonly buffer O { float outv[]; };
-
-layout(push_constant) uniform P {
-    uint M, N, K, E;
-    uint e_first, e_count, has_bias, dense_expert;
-    float alpha, limit;
-    uint out_offset; // elements added to every output index
-} p;
+layout(std430, binding = MVK_GEMM_BIND_A) readonly buffer A { float a_rows[]; };
+layout(std430, binding = MVK_GEMM_BIND_ROW_TOKEN) readonly buffer RT { uint row_token[]; };
+layout(std430, binding = MVK_GEMM_BIND_SCHEDULE) readonly buffer SC { uvec2 schedule[]; };
+layout(std430, binding = MVK_GEMM_BIND_META) readonly buffer M { uint meta[]; };
+layout(std430, binding = MVK_GEMM_BIND_W0) readonly buffer B0 { uint w0[]; };
+layout(std430, binding = MVK_GEMM_BIND_W1) readonly buffer B1 { uint w1[]; };
+layout(std430, binding = MVK_GEMM_BIND_BIAS0) readonly buffer BB0 { float bias0[]; };
+layout(std430, binding = MVK_GEMM_BIND_BIAS1) readonly buffer BB1 { float bias1[]; };
+layout(std430, binding = MVK_GEMM_BIND_OUT) writeonly buffer O { float outv[]; };
 
 DEFINE_LOADER(load_w0, w0, WDTYPE)
 DEFINE_LOADER(load_w1, w1, WDTYPE)
@@ -59,9 +55,9 @@ void main()
         e = s.x;
         if (e < p.e_first || e >= p.e_first + p.e_count)
             return; // another weight chunk's expert
-        uint base = meta[2u * p.E + e];
+        uint base = meta[MVK_META_OFFSETS(p.E) + e];
         row0 = base + s.y * BM;
-        row_end = base + meta[p.E + e];
+        row_end = base + meta[MVK_META_COUNTS(p.E) + e];
     } else {
         e = p.dense_expert;
         row0 = gl_WorkGroupID.x * BM;
@@ -83,7 +79,7 @@ void main()
             uint row = row0 + r, k = k0 + kk;
             float v = 0.0;
             if (row < row_end && k < p.K) {
-                uint src = GATHER != 0u ? row_token[row] : row;
+                uint src = GATHER != 0u ? row_token[row] : (SCHED != 0u ? row : p.a_row0 + row);
                 v = a_rows[src * p.K + k];
             }
             As[kk][r] = v;

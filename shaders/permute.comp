@@ -9,44 +9,57 @@
 // rank < capacity, and its row is offsets[e] + rank, so the rows of an
 // expert are its admitted assignments in priority order.
 //
-// PASS 0 (one workgroup per tile of WG assignments): in-tile rank of each
-//   assignment, and the tile's count of every expert (its whole row).
+// PASS 0 (one workgroup per tile of tile_len assignments, in sub-tiles of
+//   WG): rank of each assignment within its tile, and the tile's count of
+//   every expert (its whole row, zeros included).
 // PASS 1 (one workgroup): per-expert prefix over tiles, totals, admitted
 //   counts, offsets, dropped count, the GEMM tile schedule and the indirect
-//   dispatch arguments of the two expert GEMMs.
+//   dispatch arguments of the two expert GEMMs (interface.h, MVK_META_*).
 // PASS 2 (one thread per assignment): row of each assignment (-1 when
 //   dropped) and the token of each row.
+//
+// Masked (a chunk of a larger pass, see interface.h): assignments that an
+// admission over all tokens dropped (mask entry -1) are left out entirely.
 #extension GL_GOOGLE_include_directive : require
+#define MVK_KERNEL_PERMUTE
+#include "interface.h"
 #include "common.glsl"
 
-layout(local_size_x_id = 0) in;
-layout(constant_id = 1) const uint PASS = 0;
+layout(local_size_x_id = MVK_SPEC_WG) in;
+layout(constant_id = MVK_PERMUTE_SPEC_PASS) const uint PASS = 0;
 
-layout(std430, binding = 0) readonly buffer I { uint ids[]; };
-layout(std430, binding = 1) buffer TR { uint tile_rank[]; };
-layout(std430, binding = 2) buffer TC { uint tile_counts[]; };   // [ntiles][E]
-layout(std430, binding = 3) buffer TO { uint tile_offsets[]; };  // [ntiles][E]
-// meta: [0..E) totals, [E..2E) admitted counts, [2E..3E+1) offsets,
-//       then dropped, then indirect args up {x,y,z}, down {x,y,z}
-layout(std430, binding = 4) buffer M { uint meta[]; };
-layout(std430, binding = 5) buffer SC { uvec2 schedule[]; };     // (expert, m tile)
-layout(std430, binding = 6) buffer RO { int row_of[]; };         // [T*K]
-layout(std430, binding = 7) buffer RT { uint row_token[]; };     // [rows]
-
-layout(push_constant) uniform P {
-    uint T, K, E, capacity, ntiles, tile_m, n_up, n_down;
-} p;
+layout(std430, binding = MVK_PERMUTE_BIND_IDS) readonly buffer I { uint ids[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_TILE_RANK) buffer TR { uint tile_rank[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_TILE_COUNT) buffer TC { uint tile_counts[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_TILE_OFF) buffer TO { uint tile_offsets[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_META) buffer M { uint meta[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_SCHEDULE) buffer SC { uvec2 schedule[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_ROW_OF) buffer RO { int row_of[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_ROW_TOKEN) buffer RT { uint row_token[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_MASK) readonly buffer MK { int mask_row_of[]; };
 
 const uint WG = gl_WorkGroupSize.x;
+const uint MAXE = MVK_PERMUTE_MAX_EXPERTS;
+const uint NONE = 0xffffffffu;
 shared uint sh_e[gl_WorkGroupSize.x];
-shared uint sh_tiles[1024];
-shared uint sh_start[1024];
-shared uint sh_total[1024];
+shared uint sh_run[MAXE];
+shared uint sh_tiles[MAXE];
+shared uint sh_start[MAXE];
+shared uint sh_total[MAXE];
 
+// Expert of assignment a (NONE when masked out).
 uint expert_of(uint a)
 {
     uint j = a / p.T, t = a - j * p.T;
-    return ids[t * p.K + j];
+    uint i = (p.tok0 + t) * p.K + j;
+    if (p.masked != 0u && mask_row_of[i] < 0)
+        return NONE;
+    return ids[i];
+}
+
+uint group_index()
+{
+    return gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
 }
 
 void main()
@@ -55,25 +68,34 @@ void main()
     const uint A = p.T * p.K;
     const uint E = p.E;
     if (PASS == 0u) {
-        const uint tile = gl_WorkGroupID.x;
-        const uint a = tile * WG + lid;
-        sh_e[lid] = a < A ? expert_of(a) : 0xffffffffu;
-        barrier();
-        // Every expert's count in this tile, zeros included, so the row
-        // needs no clearing beforehand.
-        for (uint e = lid; e < E; e += WG) {
-            uint count = 0;
-            for (uint i = 0; i < WG; i++)
-                count += sh_e[i] == e ? 1u : 0u;
-            tile_counts[tile * E + e] = count;
-        }
-        if (a >= A)
+        const uint tile = group_index();
+        if (tile >= p.ntiles)
             return;
-        const uint e = sh_e[lid];
-        uint rank = 0;
-        for (uint i = 0; i < lid; i++)
-            rank += sh_e[i] == e ? 1u : 0u;
-        tile_rank[a] = rank;
+        for (uint e = lid; e < E; e += WG)
+            sh_run[e] = 0u;
+        for (uint sub = 0u; sub < p.tile_len; sub += WG) {
+            const uint a = tile * p.tile_len + sub + lid;
+            barrier();
+            sh_e[lid] = a < A ? expert_of(a) : NONE;
+            barrier();
+            const uint e = sh_e[lid];
+            if (e != NONE) {
+                uint rank = sh_run[e];
+                for (uint i = 0; i < lid; i++)
+                    rank += sh_e[i] == e ? 1u : 0u;
+                tile_rank[a] = rank;
+            }
+            barrier();
+            for (uint x = lid; x < E; x += WG) {
+                uint count = 0u;
+                for (uint i = 0; i < WG; i++)
+                    count += sh_e[i] == x ? 1u : 0u;
+                sh_run[x] += count;
+            }
+        }
+        barrier();
+        for (uint e = lid; e < E; e += WG)
+            tile_counts[tile * E + e] = sh_run[e];
     } else if (PASS == 1u) {
         for (uint e = lid; e < E; e += WG) {
             uint run = 0;
@@ -82,8 +104,8 @@ void main()
                 run += tile_counts[tile * E + e];
             }
             uint admitted = min(run, p.capacity);
-            meta[e] = run;
-            meta[E + e] = admitted;
+            meta[MVK_META_TOTALS(E) + e] = run;
+            meta[MVK_META_COUNTS(E) + e] = admitted;
             sh_total[e] = run;
             sh_tiles[e] = (admitted + p.tile_m - 1u) / p.tile_m;
             sh_start[e] = admitted; // rows, replaced by the row offset below
@@ -93,21 +115,21 @@ void main()
             uint rows = 0, tiles = 0, dropped = 0;
             for (uint e = 0; e < E; e++) {
                 uint admitted = sh_start[e];
-                meta[2u * E + e] = rows;
+                meta[MVK_META_OFFSETS(E) + e] = rows;
                 rows += admitted;
                 dropped += sh_total[e] - admitted;
                 uint nt = sh_tiles[e];
                 sh_start[e] = tiles;
                 tiles += nt;
             }
-            meta[3u * E] = rows;
-            meta[3u * E + 1u] = dropped;
-            meta[3u * E + 2u] = tiles;
-            meta[3u * E + 3u] = p.n_up;
-            meta[3u * E + 4u] = 1u;
-            meta[3u * E + 5u] = tiles;
-            meta[3u * E + 6u] = p.n_down;
-            meta[3u * E + 7u] = 1u;
+            meta[MVK_META_ROWS(E)] = rows;
+            meta[MVK_META_DROPPED(E)] = dropped;
+            meta[MVK_META_ARGS_UP(E) + 0u] = tiles;
+            meta[MVK_META_ARGS_UP(E) + 1u] = p.n_up;
+            meta[MVK_META_ARGS_UP(E) + 2u] = 1u;
+            meta[MVK_META_ARGS_DOWN(E) + 0u] = tiles;
+            meta[MVK_META_ARGS_DOWN(E) + 1u] = p.n_down;
+            meta[MVK_META_ARGS_DOWN(E) + 2u] = 1u;
         }
         barrier();
         for (uint e = lid; e < E; e += WG) {
@@ -116,16 +138,20 @@ void main()
                 schedule[s0 + m] = uvec2(e, m);
         }
     } else {
-        const uint a = gl_WorkGroupID.x * WG + lid;
+        const uint a = group_index() * WG + lid;
         if (a >= A)
             return;
         const uint j = a / p.T, t = a - j * p.T;
-        const uint e = ids[t * p.K + j];
-        const uint rank = tile_offsets[(a / WG) * E + e] + tile_rank[a];
+        const uint e = expert_of(a);
+        if (e == NONE) {
+            row_of[t * p.K + j] = -1;
+            return;
+        }
+        const uint rank = tile_offsets[(a / p.tile_len) * E + e] + tile_rank[a];
         if (rank < p.capacity) {
-            uint row = meta[2u * E + e] + rank;
+            uint row = meta[MVK_META_OFFSETS(E) + e] + rank;
             row_of[t * p.K + j] = int(row);
-            row_token[row] = t;
+            row_token[row] = p.tok0 + t;
         } else {
             row_of[t * p.K + j] = -1;
         }

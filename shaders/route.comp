@@ -13,24 +13,21 @@
 // Also writes per-token softmax statistics {max, sum, entropy} over all E
 // logits for the statistics stage.
 #extension GL_GOOGLE_include_directive : require
+#define MVK_KERNEL_ROUTE
+#include "interface.h"
 #include "common.glsl"
 
-layout(local_size_x_id = 0) in;
-layout(constant_id = 1) const uint ROUTING = 0;
-layout(constant_id = 2) const uint NORM = 0;
+layout(local_size_x_id = MVK_SPEC_WG) in;
+layout(constant_id = MVK_ROUTE_SPEC_ROUTING) const uint ROUTING = 0;
+layout(constant_id = MVK_ROUTE_SPEC_NORM) const uint NORM = 0;
 
-layout(std430, binding = 0) readonly buffer L { float logits[]; };
-layout(std430, binding = 1) readonly buffer B { float corr_bias[]; };
-layout(std430, binding = 2) writeonly buffer I { uint ids[]; };
-layout(std430, binding = 3) writeonly buffer W { float weights[]; };
-layout(std430, binding = 4) writeonly buffer S { float tokstats[]; };
+layout(std430, binding = MVK_ROUTE_BIND_LOGITS) readonly buffer L { float logits[]; };
+layout(std430, binding = MVK_ROUTE_BIND_CORR_BIAS) readonly buffer B { float corr_bias[]; };
+layout(std430, binding = MVK_ROUTE_BIND_IDS) writeonly buffer I { uint ids[]; };
+layout(std430, binding = MVK_ROUTE_BIND_WEIGHTS) writeonly buffer W { float weights[]; };
+layout(std430, binding = MVK_ROUTE_BIND_TOKSTATS) writeonly buffer S { float tokstats[]; };
 
-layout(push_constant) uniform P {
-    uint T, E, K, n_group, topk_group, has_bias, tok0;
-    float scale;
-} p;
-
-const uint MAXE = 1024;
+const uint MAXE = MVK_ROUTE_MAX_EXPERTS;
 const uint NONE = 0xffffffffu;
 shared float sc[MAXE];       // selection score per expert
 shared float gs[MAXE];       // score per group
@@ -102,7 +99,7 @@ void main()
     const uint E = p.E, K = p.K;
     if (t >= p.T)
         return;
-    const uint row = t * E;
+    const uint row = (t - p.logit_tok0) * E;
 
     // Softmax statistics over all E logits. The max skips NaN; a NaN logit
     // then makes the sum (and everything derived) NaN, as in the reference.
@@ -134,7 +131,7 @@ void main()
     for (uint e = lid; e < E; e += WG) {
         float l = logits[row + e];
         float v = l;
-        if (ROUTING == 2u) {
+        if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED) {
             v = 1.0 / (1.0 + exp(-l));
             if (p.has_bias != 0u)
                 v += corr_bias[e];
@@ -150,7 +147,7 @@ void main()
         atomicOr(live[e >> 5], 1u << (e & 31u));
     barrier();
 
-    if (ROUTING == 2u && p.topk_group < p.n_group) {
+    if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED && p.topk_group < p.n_group) {
         // Score each group by its two best experts, keep topk_group groups.
         const uint gsize = E / p.n_group;
         for (uint g = lid; g < p.n_group; g += WG) {
@@ -216,9 +213,9 @@ void main()
             uint e = sel_i[j];
             float l = logits[row + e];
             float w;
-            if (ROUTING == 0u)
+            if (ROUTING == MVK_ROUTING_SOFTMAX_TOPK)
                 w = exp(l - m) / s;
-            else if (ROUTING == 1u)
+            else if (ROUTING == MVK_ROUTING_TOPK_SOFTMAX)
                 w = exp(l - logits[row + sel_i[0]]);
             else
                 w = 1.0 / (1.0 + exp(-l));
@@ -227,11 +224,11 @@ void main()
         }
         for (uint j = 0; j < K; j++) {
             float w = sel_v[j];
-            if (ROUTING == 1u)
+            if (ROUTING == MVK_ROUTING_TOPK_SOFTMAX)
                 w = bad ? (0.0 / 0.0) : w / wsum;
             else if (NORM != 0u)
-                w = ROUTING == 2u ? w / (wsum + 1e-20) : w / wsum;
-            if (ROUTING == 2u)
+                w = ROUTING == MVK_ROUTING_SIGMOID_GROUPED ? w / (wsum + 1e-20) : w / wsum;
+            if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED)
                 w *= p.scale;
             ids[t * K + j] = sel_i[j];
             weights[t * K + j] = w;

@@ -1,22 +1,21 @@
 #version 450
-// Router logits: logits[t, e] = x[t, :] . w[e, :] (+ bias[e]).
+// Router logits: logits[t - out_tok0, e] = x[t, :] . w[e, :] (+ bias[e]).
 // One workgroup per (expert, tile of TOKENS tokens); threads stride over H and
 // reduce in shared memory in a fixed tree order (deterministic).
 #extension GL_GOOGLE_include_directive : require
+#define MVK_KERNEL_ROUTER_LOGITS
+#include "interface.h"
 #include "common.glsl"
+#include "formats.glsl"
 
-layout(local_size_x_id = 0) in;
-layout(constant_id = 1) const uint WDTYPE = 0;
-const uint TOKENS = 4;
+layout(local_size_x_id = MVK_SPEC_WG) in;
+layout(constant_id = MVK_ROUTER_SPEC_WFMT) const uint WDTYPE = 0;
+const uint TOKENS = MVK_ROUTER_TOKENS;
 
-layout(std430, binding = 0) readonly buffer X { float x[]; };
-layout(std430, binding = 1) readonly buffer W { uint w[]; };
-layout(std430, binding = 2) readonly buffer B { float bias[]; };
-layout(std430, binding = 3) writeonly buffer L { float logits[]; };
-
-layout(push_constant) uniform P {
-    uint T, H, E, has_bias, tok0;
-} p;
+layout(std430, binding = MVK_ROUTER_BIND_X) readonly buffer X { float x[]; };
+layout(std430, binding = MVK_ROUTER_BIND_W) readonly buffer W { uint w[]; };
+layout(std430, binding = MVK_ROUTER_BIND_BIAS) readonly buffer B { float bias[]; };
+layout(std430, binding = MVK_ROUTER_BIND_LOGITS) writeonly buffer L { float logits[]; };
 
 shared float red[TOKENS][gl_WorkGroupSize.x];
 
@@ -51,6 +50,6 @@ void main()
         float v = red[lid][0];
         if (p.has_bias != 0u)
             v += bias[e];
-        logits[(t0 + lid) * p.E + e] = v;
+        logits[(t0 + lid - p.out_tok0) * p.E + e] = v;
     }
 }

@@ -3,17 +3,15 @@
 // One workgroup per token row; reductions in shared memory, fixed order.
 // A row holding a NaN gets NaN softmax scores throughout.
 #extension GL_GOOGLE_include_directive : require
+#define MVK_KERNEL_ROUTER_SCORES
+#include "interface.h"
 #include "common.glsl"
 
-layout(local_size_x_id = 0) in;
-layout(constant_id = 1) const uint SCORING = 0; // 0 softmax, 1 sigmoid
+layout(local_size_x_id = MVK_SPEC_WG) in;
+layout(constant_id = MVK_SCORES_SPEC_SCORING) const uint SCORING = MVK_SCORING_SOFTMAX;
 
-layout(std430, binding = 0) readonly buffer L { float logits[]; };
-layout(std430, binding = 1) writeonly buffer S { float scores[]; };
-
-layout(push_constant) uniform P {
-    uint T, E, tok0;
-} p;
+layout(std430, binding = MVK_SCORES_BIND_LOGITS) readonly buffer L { float logits[]; };
+layout(std430, binding = MVK_SCORES_BIND_SCORES) writeonly buffer S { float scores[]; };
 
 shared float red[gl_WorkGroupSize.x];
 shared uint nan_seen;
@@ -26,7 +24,7 @@ void main()
     if (t >= p.T)
         return;
     const uint row = t * p.E;
-    if (SCORING == 1u) {
+    if (SCORING == MVK_SCORING_SIGMOID) {
         for (uint e = lid; e < p.E; e += WG)
             scores[row + e] = 1.0 / (1.0 + exp(-logits[row + e]));
         return;

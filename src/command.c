@@ -8,7 +8,6 @@
 #include "kernels.h"
 
 #define MVK_MAX_SPEC 8
-#define MVK_MAX_BINDINGS 16
 #define MVK_ARENA_SETS 128
 
 struct mvk_pipeline {
@@ -54,6 +53,7 @@ static moevk_status pipeline_build(moevk_context *ctx, const mvk_kernel_info *k,
         };
     VkDescriptorSetLayoutCreateInfo dci = {
         .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+        .flags = ctx->push_descriptors ? VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR : 0,
         .bindingCount = k->bindings,
         .pBindings = b,
     };
@@ -120,7 +120,7 @@ moevk_status mvk_pipeline_get(moevk_context *ctx, uint32_t kernel, const uint32_
 {
     mvk_kernel_info ki;
     const mvk_kernel_info *k = mvk_kernel_get(kernel, &ki) ? &ki : NULL;
-    if (!k || nspec > MVK_MAX_SPEC || k->bindings > MVK_MAX_BINDINGS)
+    if (!k || nspec != k->nspec || nspec > MVK_MAX_SPEC || k->bindings > MVK_MAX_BINDINGS)
         return mvk_fail(ctx, MOEVK_ERROR_INTERNAL, "bad kernel %u or %u spec constants", kernel,
                         nspec);
     for (uint32_t i = 0; i < ctx->pipeline_count; i++) {
@@ -233,6 +233,61 @@ static moevk_status arena_alloc(moevk_context *ctx, mvk_arena *a, VkDescriptorSe
     }
 }
 
+/* ---- the descriptor cache of recorded passes ----------------------------------- */
+
+void mvk_desc_cache_clear(moevk_context *ctx, mvk_desc_cache *cache)
+{
+    mvk_arena_destroy(ctx, &cache->arena);
+    mvk_free(ctx, cache->entries);
+    memset(cache, 0, sizeof(*cache));
+}
+
+static bool same_bindings(const mvk_desc_entry *e, VkDescriptorSetLayout layout,
+                          const mvk_binding *b, uint32_t n)
+{
+    if (e->layout != layout || e->nbind != n)
+        return false;
+    for (uint32_t i = 0; i < n; i++)
+        if (e->b[i].buffer != b[i].buffer || e->b[i].offset != b[i].offset ||
+            e->b[i].range != b[i].range)
+            return false;
+    return true;
+}
+
+/* A set holding these bindings: found, or allocated and written once. */
+static moevk_status cache_get(moevk_context *ctx, mvk_desc_cache *cache,
+                              VkDescriptorSetLayout layout, const mvk_binding *b, uint32_t n,
+                              VkDescriptorSet *set, bool *fresh)
+{
+    for (uint32_t i = 0; i < cache->count; i++)
+        if (same_bindings(&cache->entries[i], layout, b, n)) {
+            *set = cache->entries[i].set;
+            *fresh = false;
+            return MOEVK_SUCCESS;
+        }
+    if (cache->count == cache->cap) {
+        uint32_t cap = cache->cap ? cache->cap * 2 : 64;
+        mvk_desc_entry *e = mvk_alloc(ctx, sizeof(*e) * cap);
+        if (!e)
+            return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "descriptor cache");
+        if (cache->entries)
+            memcpy(e, cache->entries, sizeof(*e) * cache->count);
+        mvk_free(ctx, cache->entries);
+        cache->entries = e;
+        cache->cap = cap;
+    }
+    moevk_status st = arena_alloc(ctx, &cache->arena, layout, set);
+    if (st)
+        return st;
+    mvk_desc_entry *e = &cache->entries[cache->count++];
+    e->layout = layout;
+    e->nbind = n;
+    memcpy(e->b, b, sizeof(*b) * n);
+    e->set = *set;
+    *fresh = true;
+    return MOEVK_SUCCESS;
+}
+
 /* ---- recording ---------------------------------------------------------------- */
 
 void mvk_queue_lock(moevk_context *ctx)
@@ -277,6 +332,14 @@ void mvk_wait_before_free(moevk_context *ctx)
     ctx->in_flight = false;
 }
 
+void mvk_cmd_external(moevk_context *ctx, VkCommandBuffer cb, mvk_desc_cache *cache, mvk_cmd *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->ctx = ctx;
+    c->cb = cb;
+    c->cache = cache;
+}
+
 moevk_status mvk_cmd_begin(moevk_context *ctx, mvk_cmd *c)
 {
     memset(c, 0, sizeof(*c));
@@ -310,7 +373,7 @@ static bool cmd_bind(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t
     moevk_context *ctx = c->ctx;
     mvk_kernel_info ki;
     const mvk_kernel_info *k = mvk_kernel_get(kernel, &ki) ? &ki : NULL;
-    if (!k || nbind != k->bindings || push_size != k->push_size) {
+    if (!k || nbind != k->bindings || push_size != k->push_size || nbind > MVK_MAX_BINDINGS) {
         c->status = mvk_fail(ctx, MOEVK_ERROR_INTERNAL,
                              "kernel %u used with %u bindings / %u push bytes", kernel, nbind,
                              push_size);
@@ -318,18 +381,28 @@ static bool cmd_bind(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t
     }
     mvk_pipeline *p;
     moevk_status st = mvk_pipeline_get(ctx, kernel, spec, nspec, &p);
-    VkDescriptorSet set = VK_NULL_HANDLE;
-    if (!st)
-        st = arena_alloc(ctx, c->arena, p->set_layout, &set);
     if (st) {
         c->status = st;
         return false;
     }
+    /* unused inputs read the dummy buffer */
+    mvk_binding b[MVK_MAX_BINDINGS];
+    for (uint32_t i = 0; i < nbind; i++)
+        b[i] = bindings[i].buffer ? bindings[i] : (mvk_binding){ctx->dummy, 0, VK_WHOLE_SIZE};
+    VkDescriptorSet set = VK_NULL_HANDLE;
+    bool write = true;
+    if (!ctx->push_descriptors) {
+        st = c->cache ? cache_get(ctx, c->cache, p->set_layout, b, nbind, &set, &write)
+                      : arena_alloc(ctx, c->arena, p->set_layout, &set);
+        if (st) {
+            c->status = st;
+            return false;
+        }
+    }
     VkDescriptorBufferInfo info[MVK_MAX_BINDINGS];
     VkWriteDescriptorSet w[MVK_MAX_BINDINGS];
     for (uint32_t i = 0; i < nbind; i++) {
-        info[i] = (VkDescriptorBufferInfo){bindings[i].buffer, bindings[i].offset,
-                                           bindings[i].range};
+        info[i] = (VkDescriptorBufferInfo){b[i].buffer, b[i].offset, b[i].range};
         w[i] = (VkWriteDescriptorSet){
             .sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
             .dstSet = set,
@@ -339,10 +412,16 @@ static bool cmd_bind(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t
             .pBufferInfo = &info[i],
         };
     }
-    ctx->vk.vkUpdateDescriptorSets(ctx->device, nbind, w, 0, NULL);
     ctx->vk.vkCmdBindPipeline(c->cb, VK_PIPELINE_BIND_POINT_COMPUTE, p->pipeline);
-    ctx->vk.vkCmdBindDescriptorSets(c->cb, VK_PIPELINE_BIND_POINT_COMPUTE, p->layout, 0, 1, &set,
-                                    0, NULL);
+    if (ctx->push_descriptors) {
+        ctx->vk.vkCmdPushDescriptorSetKHR(c->cb, VK_PIPELINE_BIND_POINT_COMPUTE, p->layout, 0,
+                                          nbind, w);
+    } else {
+        if (write)
+            ctx->vk.vkUpdateDescriptorSets(ctx->device, nbind, w, 0, NULL);
+        ctx->vk.vkCmdBindDescriptorSets(c->cb, VK_PIPELINE_BIND_POINT_COMPUTE, p->layout, 0, 1,
+                                        &set, 0, NULL);
+    }
     if (push_size)
         ctx->vk.vkCmdPushConstants(c->cb, p->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size,
                                    push);
@@ -445,6 +524,30 @@ moevk_status mvk_cmd_submit_wait(mvk_cmd *c)
     if (r != VK_SUCCESS)
         return mvk_vk_fail(ctx, r, "vkWaitForFences");
     return MOEVK_SUCCESS;
+}
+
+static uint64_t device_range(const moevk_context *ctx)
+{
+    uint64_t r = ctx->info.max_storage_buffer_range;
+    if (ctx->info.max_allocation_size)
+        r = MVK_MIN(r, ctx->info.max_allocation_size);
+    return r;
+}
+
+uint64_t mvk_max_range(const moevk_context *ctx)
+{
+    uint64_t r = device_range(ctx);
+    if (ctx->testing_scratch_range)
+        r = MVK_MIN(r, ctx->testing_scratch_range);
+    return r & ~3ull;
+}
+
+uint64_t mvk_weight_range(const moevk_context *ctx)
+{
+    uint64_t r = device_range(ctx);
+    if (ctx->testing_max_range)
+        r = MVK_MIN(r, ctx->testing_max_range);
+    return r & ~3ull;
 }
 
 void mvk_grid_1d(const moevk_context *ctx, uint64_t groups, uint32_t *gx, uint32_t *gy)

@@ -67,6 +67,13 @@ static moevk_status load_device_functions(moevk_context *ctx)
         return mvk_fail(ctx, MOEVK_ERROR_UNSUPPORTED, "device function %s missing", #name);
     MOEVK_VK_DEVICE_FUNCTIONS(MVK_X)
 #undef MVK_X
+    if (ctx->info.push_descriptor) {
+        ctx->vk.vkCmdPushDescriptorSetKHR =
+            (PFN_vkCmdPushDescriptorSetKHR)gdpa(ctx->device, "vkCmdPushDescriptorSetKHR");
+        if (!ctx->vk.vkCmdPushDescriptorSetKHR)
+            ctx->info.push_descriptor = 0;
+    }
+    ctx->push_descriptors = ctx->info.push_descriptor != 0;
     return MOEVK_SUCCESS;
 }
 
@@ -306,6 +313,7 @@ static moevk_status query_device(moevk_context *ctx, VkPhysicalDevice pd, moevk_
     info->bf16 = ext_in(exts, next, "VK_KHR_shader_bfloat16");
     info->cooperative_matrix = ext_in(exts, next, "VK_KHR_cooperative_matrix");
     info->memory_budget = ext_in(exts, next, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
+    info->push_descriptor = ext_in(exts, next, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
     info->timestamp_period_ns = base.limits.timestampPeriod;
     info->timestamps = base.limits.timestampComputeAndGraphics != 0;
     mvk_free(ctx, exts);
@@ -452,10 +460,12 @@ static moevk_status create_device(moevk_context *ctx)
         .queueCount = 1,
         .pQueuePriorities = &prio,
     };
-    const char *exts[1];
+    const char *exts[2];
     uint32_t n_ext = 0;
     if (ctx->info.memory_budget)
         exts[n_ext++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
+    if (ctx->info.push_descriptor)
+        exts[n_ext++] = VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME;
     VkDeviceCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
         .queueCreateInfoCount = 1,
@@ -517,6 +527,14 @@ static moevk_status import_device(moevk_context *ctx, const moevk_vulkan_import 
     if (ctx->info.timestamp_valid_bits == 0)
         ctx->info.timestamps = 0;
     ctx->info.imported = 1;
+    /* Extensions are the host's choice: use only those it says it enabled. */
+    int push = 0;
+    for (uint32_t i = 0; i < im->num_device_extensions; i++)
+        if (im->device_extensions && im->device_extensions[i] &&
+            strcmp(im->device_extensions[i], VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME) == 0)
+            push = 1;
+    ctx->info.push_descriptor = ctx->info.push_descriptor && push;
+    ctx->info.memory_budget = 0; /* not known to be enabled */
     return load_device_functions(ctx);
 }
 
@@ -555,7 +573,9 @@ static moevk_status create_submission(moevk_context *ctx)
         ctx->pipeline_cache = VK_NULL_HANDLE;
         return mvk_vk_fail(ctx, r, "vkCreatePipelineCache");
     }
-    return MOEVK_SUCCESS;
+    /* bound wherever a kernel's input is unused */
+    return mvk_buffer_alloc(ctx, 256, VK_BUFFER_USAGE_STORAGE_BUFFER_BIT,
+                            VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, &ctx->dummy, &ctx->dummy_mem);
 }
 
 /* ---- public ------------------------------------------------------------ */
@@ -567,6 +587,9 @@ static void context_teardown(moevk_context *ctx)
          * out: give it one more timeout before freeing what it uses. */
         if (ctx->in_flight)
             mvk_wait_before_free(ctx);
+        moevk_workspace_destroy(ctx->workspace);
+        ctx->workspace = NULL;
+        mvk_buffer_free(ctx, ctx->dummy, ctx->dummy_mem);
         mvk_pipelines_destroy(ctx);
         mvk_arena_destroy(ctx, &ctx->arena);
         mvk_staging_release(ctx);

@@ -23,6 +23,7 @@ const char *moevk_status_string(moevk_status status)
     case MOEVK_ERROR_TIMEOUT: return "MOEVK_ERROR_TIMEOUT";
     case MOEVK_ERROR_VULKAN: return "MOEVK_ERROR_VULKAN";
     case MOEVK_ERROR_INTERNAL: return "MOEVK_ERROR_INTERNAL";
+    case MOEVK_ERROR_BUSY: return "MOEVK_ERROR_BUSY";
     }
     return "unknown moevk_status";
 }
@@ -154,4 +155,35 @@ int32_t moevk_context_last_vk_result(const moevk_context *ctx)
 uint32_t moevk_context_validation_messages(const moevk_context *ctx)
 {
     return ctx ? ctx->validation_messages : 0;
+}
+
+/* ---- one thread at a time ------------------------------------------------- */
+
+/* A token naming the calling thread: the address of a thread-local object,
+ * distinct for every live thread (and never 0). The object is never
+ * written: this is not mutable state. */
+static uintptr_t mvk_thread_token(void)
+{
+    static _Thread_local const char token = 0;
+    return (uintptr_t)&token;
+}
+
+moevk_status mvk_enter(moevk_context *ctx)
+{
+    uintptr_t me = mvk_thread_token(), expected = 0;
+    if (atomic_compare_exchange_strong(&ctx->owner, &expected, me)) {
+        ctx->depth = 1;
+        return MOEVK_SUCCESS;
+    }
+    if (expected == me) {
+        ctx->depth++;
+        return MOEVK_SUCCESS;
+    }
+    return MOEVK_ERROR_BUSY;
+}
+
+void mvk_leave(moevk_context *ctx)
+{
+    if (--ctx->depth == 0)
+        atomic_store(&ctx->owner, (uintptr_t)0);
 }

@@ -5,6 +5,7 @@
 #define MOEVK_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -40,6 +41,30 @@ typedef struct mvk_arena {
     uint32_t count, cap, current;
 } mvk_arena;
 
+#define MVK_MAX_BINDINGS 16
+
+typedef struct mvk_binding {
+    VkBuffer buffer;
+    VkDeviceSize offset, range;
+} mvk_binding;
+
+/* Descriptor sets that are written once and never updated or freed until
+ * the cache is cleared, so they may be bound in any number of pending
+ * command buffers: what a recorded pass uses on a device without push
+ * descriptors. Keyed by set layout and bindings. */
+typedef struct mvk_desc_entry {
+    VkDescriptorSetLayout layout;
+    uint32_t nbind;
+    mvk_binding b[MVK_MAX_BINDINGS];
+    VkDescriptorSet set;
+} mvk_desc_entry;
+
+typedef struct mvk_desc_cache {
+    mvk_arena arena; /* never reset while entries live */
+    mvk_desc_entry *entries;
+    uint32_t count, cap;
+} mvk_desc_cache;
+
 typedef struct mvk_pipeline mvk_pipeline;
 
 struct moevk_context {
@@ -55,7 +80,13 @@ struct moevk_context {
     /* Test knobs (src/testing.h): fail the N-th fallible operation. */
     int64_t fault_countdown; /* 0 = off */
     int64_t live_objects;    /* host allocations and Vulkan objects alive */
-    uint64_t testing_max_range; /* 0, or a lower storage-buffer range for layers */
+    uint64_t testing_max_range; /* 0, or a lower storage-buffer range for weights */
+    uint64_t testing_scratch_range; /* 0, or a lower range for per-pass buffers */
+
+    /* One thread at a time: the thread inside a public call (its token,
+     * mvk_thread_token) and the nesting depth of public calls on it. */
+    atomic_uintptr_t owner;
+    uint32_t depth;
 
     void *loader_lib;
     mvk_instance_table vki;
@@ -91,6 +122,13 @@ struct moevk_context {
     VkPipelineCache pipeline_cache;
     mvk_pipeline **pipelines;
     uint32_t pipeline_count, pipeline_cap;
+    /* Descriptors pushed into the command buffer (VK_KHR_push_descriptor):
+     * pipelines are built for it and no descriptor set is allocated. */
+    bool push_descriptors;
+
+    VkBuffer dummy; /* bound for unused kernel inputs */
+    VkDeviceMemory dummy_mem;
+    moevk_workspace *workspace; /* the layers' default workspace (lazy) */
 };
 
 struct moevk_buffer {
@@ -123,16 +161,15 @@ moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFl
 void mvk_buffer_free(moevk_context *ctx, VkBuffer buf, VkDeviceMemory mem);
 void mvk_staging_release(moevk_context *ctx);
 
-/* ---- pipelines and commands (command.c, pipeline.c) ---- */
-typedef struct mvk_binding {
-    VkBuffer buffer;
-    VkDeviceSize offset, range;
-} mvk_binding;
-
+/* ---- pipelines and commands (command.c) ---- */
 typedef struct mvk_cmd {
     moevk_context *ctx;
     VkCommandBuffer cb;
+    /* Where descriptor sets come from without push descriptors: the
+     * context's arena (its own command buffer, reset per submission), or a
+     * cache whose sets outlive the recording (a caller's command buffer). */
     mvk_arena *arena;
+    mvk_desc_cache *cache;
     moevk_status status; /* first error while recording; later calls no-op */
 } mvk_cmd;
 
@@ -142,6 +179,9 @@ void mvk_pipelines_destroy(moevk_context *ctx);
 
 void mvk_arena_destroy(moevk_context *ctx, mvk_arena *a);
 moevk_status mvk_arena_reset(moevk_context *ctx, mvk_arena *a);
+void mvk_desc_cache_clear(moevk_context *ctx, mvk_desc_cache *cache);
+/* Start recording into a caller's command buffer (already recording). */
+void mvk_cmd_external(moevk_context *ctx, VkCommandBuffer cb, mvk_desc_cache *cache, mvk_cmd *c);
 
 /* Every operation of moevk on the context's queue goes between these two
  * (the host's queue lock of an imported device). */
@@ -171,6 +211,38 @@ void mvk_cmd_barrier(mvk_cmd *c);
 moevk_status mvk_cmd_submit_wait(mvk_cmd *c);
 /* Split a 1D count of workgroups into a grid within device limits. */
 void mvk_grid_1d(const moevk_context *ctx, uint64_t groups, uint32_t *gx, uint32_t *gy);
+
+/* Largest storage buffer a kernel may bind (maxStorageBufferRange, capped
+ * by maxMemoryAllocationSize), a multiple of 4: for scratch (lowered by
+ * the scratch test knob) and for weight chunks (by the weight knob). */
+uint64_t mvk_max_range(const moevk_context *ctx);
+uint64_t mvk_weight_range(const moevk_context *ctx);
+
+/* ---- one thread at a time (error.c) ---- */
+/* Enter a public call on ctx: MOEVK_ERROR_BUSY when another thread is
+ * inside a call on the same context (nothing is written then, not even the
+ * error message); nested calls on the owning thread are fine. */
+moevk_status mvk_enter(moevk_context *ctx);
+void mvk_leave(moevk_context *ctx);
+
+/* Define public function NAME(PARAMS) returning moevk_status that runs
+ * CALL (an expression) inside mvk_enter/mvk_leave of context CTX (an
+ * expression of the parameters; NULL gives MOEVK_ERROR_INVALID_ARGUMENT),
+ * with the context's last error cleared first. */
+#define MVK_PUBLIC_CTX(NAME, PARAMS, CTX, CALL)                                        \
+    moevk_status NAME PARAMS                                                            \
+    {                                                                                   \
+        moevk_context *mvk_ctx_ = (CTX);                                                \
+        if (!mvk_ctx_)                                                                  \
+            return MOEVK_ERROR_INVALID_ARGUMENT;                                        \
+        moevk_status mvk_st_ = mvk_enter(mvk_ctx_);                                     \
+        if (mvk_st_)                                                                    \
+            return mvk_st_;                                                             \
+        mvk_clear_error(mvk_ctx_);                                                      \
+        mvk_st_ = (CALL);                                                               \
+        mvk_leave(mvk_ctx_);                                                            \
+        return mvk_st_;                                                                 \
+    }
 
 /* ---- tensors (memory.c) ---- */
 /* Check that t is a valid tensor of dtype `dtype` (or any of the dtypes in

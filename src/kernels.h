@@ -3,7 +3,8 @@
  * module compiled from shaders/ at build time; variants of one source come
  * from specialization constants (constant_id 0 is always the workgroup
  * size) and, where the code differs structurally, from -D defines in
- * shaders/meson.build.
+ * shaders/meson.build. Their interface (push blocks, bindings, constants)
+ * is shaders/interface.h.
  */
 #ifndef MOEVK_KERNELS_H
 #define MOEVK_KERNELS_H
@@ -30,6 +31,7 @@ typedef struct mvk_kernel_info {
     size_t code_size; /* bytes */
     uint32_t bindings;  /* storage buffers at set 0, bindings 0..n-1 */
     uint32_t push_size; /* bytes of push constants */
+    uint32_t nspec;     /* specialization constants, ids 0..nspec-1 */
 } mvk_kernel_info;
 
 /* Describe kernel `id`; false for an unknown id. */

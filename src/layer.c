@@ -1,14 +1,15 @@
 /*
- * MoE layers: weight upload (chunked within device limits), scratch, and the
- * forward pass recorded stage by stage (src/layer_record.c). One pass has no
- * host round trip: sizes only the GPU knows (per-expert counts) reach the
- * expert GEMMs through a GPU-written tile schedule and indirect dispatches.
+ * MoE layers: weight upload (chunked within device limits), the workspace
+ * a layer's passes use, and the public pass calls (forward, record, and
+ * reading back results). The pass itself is src/pass.c.
  */
 #include <string.h>
 
-#include "kernels.h"
+#include "formats.h"
+#include "interface.h"
 #include "layer.h"
-#include "layer_record.h"
+#include "pass.h"
+#include "workspace.h"
 
 /* ---- weights ------------------------------------------------------------ */
 
@@ -22,34 +23,14 @@ static moevk_status upload_new(moevk_layer *L, const void *src, uint64_t bytes,
     return src ? moevk_buffer_upload(*out, 0, src, bytes) : MOEVK_SUCCESS;
 }
 
-/* Largest storage buffer the device allows. */
-static uint64_t max_range(const moevk_context *ctx)
-{
-    uint64_t r = ctx->info.max_storage_buffer_range;
-    if (ctx->info.max_allocation_size)
-        r = MVK_MIN(r, ctx->info.max_allocation_size);
-    return r & ~3ull;
-}
-
-/* Largest weight chunk (a test knob can lower it to exercise chunking). */
-static uint64_t max_weight_range(const moevk_context *ctx)
-{
-    uint64_t r = max_range(ctx);
-    if (ctx->testing_max_range)
-        r = MVK_MIN(r, ctx->testing_max_range & ~3ull);
-    return r;
-}
-
 /* Upload experts [first, first+count) of matrix m (0 gate, 1 up, 2 down) of
  * a weight stack into one buffer. */
 static moevk_status upload_matrix(moevk_layer *L, const moevk_expert_weights *w, int m,
-                                  uint64_t expert_elems, uint32_t first, uint32_t count,
+                                  uint64_t expert_bytes, uint32_t first, uint32_t count,
                                   moevk_buffer **out)
 {
     const void *whole = m == 0 ? w->gate : m == 1 ? w->up : w->down;
     const void *const *per = m == 0 ? w->gate_experts : m == 1 ? w->up_experts : w->down_experts;
-    size_t es = moevk_dtype_size(L->desc.weight_dtype);
-    uint64_t expert_bytes = expert_elems * es;
     if (whole)
         return upload_new(L, (const uint8_t *)whole + first * expert_bytes, count * expert_bytes,
                           out);
@@ -89,18 +70,22 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
 {
     moevk_context *ctx = L->ctx;
     const uint32_t H = L->desc.hidden;
+    const moevk_dtype dt = L->desc.weight_dtype;
     s->count = count;
     s->ffn = ffn;
-    uint64_t elems = (uint64_t)H * ffn;
-    uint64_t bytes = elems * moevk_dtype_size(L->desc.weight_dtype);
-    uint64_t range = max_weight_range(ctx);
-    if (bytes + 4 > range)
+    /* every matrix of an expert (gate/up [ffn, H], down [H, ffn]) has the
+     * same bytes for element-wise formats; a block format may differ */
+    uint64_t bytes_up = ffn * mvk_format_row_bytes(dt, H);
+    uint64_t bytes_down = H * mvk_format_row_bytes(dt, ffn);
+    uint64_t bytes = MVK_MAX(bytes_up, bytes_down);
+    uint64_t range = mvk_weight_range(ctx);
+    if (bytes > range)
         return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
                         "one %s expert matrix (%u x %u %s = %llu bytes) exceeds the device's "
                         "storage buffer range of %llu bytes",
-                        name, ffn, H, moevk_dtype_name(L->desc.weight_dtype),
-                        (unsigned long long)bytes, (unsigned long long)range);
-    uint32_t per_chunk = (uint32_t)MVK_MIN((uint64_t)count, (range - 4) / bytes);
+                        name, ffn, H, moevk_dtype_name(dt), (unsigned long long)bytes,
+                        (unsigned long long)range);
+    uint32_t per_chunk = (uint32_t)MVK_MIN((uint64_t)count, range / bytes);
     s->nchunks = (count + per_chunk - 1) / per_chunk;
     s->chunks = mvk_alloc(ctx, sizeof(*s->chunks) * s->nchunks);
     if (!s->chunks)
@@ -111,7 +96,8 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
         ch->first = c * per_chunk;
         ch->count = MVK_MIN(per_chunk, count - ch->first);
         for (int m = L->gated ? 0 : 1; m < 3 && !st; m++)
-            st = upload_matrix(L, w, m, elems, ch->first, ch->count, &ch->w[m]);
+            st = upload_matrix(L, w, m, m == 2 ? bytes_down : bytes_up, ch->first, ch->count,
+                               &ch->w[m]);
     }
     if (st)
         return st;
@@ -125,116 +111,36 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
     return MOEVK_SUCCESS;
 }
 
-/* ---- scratch ------------------------------------------------------------- */
-
-static void scratch_release(moevk_layer *L)
-{
-    for (int i = 0; i < MVK_S_COUNT; i++) {
-        moevk_buffer_destroy(L->s[i]);
-        L->s[i] = NULL;
-    }
-    L->scratch_bytes = 0;
-    L->reserved_tokens = 0;
-    L->last_tokens = 0; /* nothing left to read back */
-}
-
-moevk_status moevk_layer_reserve(moevk_layer *L, uint32_t T)
-{
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
-    moevk_context *ctx = L->ctx;
-    if (T == 0)
-        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "max_tokens is 0");
-    if (T <= L->reserved_tokens)
-        return MOEVK_SUCCESS;
-    moevk_status st = mvk_wait_idle(ctx);
-    if (st)
-        return st;
-    const moevk_layer_desc *d = &L->desc;
-    const uint64_t E = d->num_experts, K = d->top_k, H = d->hidden, F = d->ffn;
-    const uint64_t A = (uint64_t)T * K;
-    const uint64_t ntiles = (A + MVK_PERMUTE_WG - 1) / MVK_PERMUTE_WG;
-    const uint64_t ns = d->num_shared, FS = d->shared_ffn;
-    uint64_t size[MVK_S_COUNT] = {
-        [MVK_S_LOGITS] = T * E * 4,
-        [MVK_S_IDS] = A * 4,
-        [MVK_S_WEIGHTS] = A * 4,
-        [MVK_S_TOKSTATS] = T * 12ull,
-        [MVK_S_TILE_RANK] = A * 4,
-        [MVK_S_TILE_COUNT] = ntiles * E * 4,
-        [MVK_S_TILE_OFF] = ntiles * E * 4,
-        [MVK_S_META] = (3 * E + 8) * 4,
-        [MVK_S_SCHEDULE] = (A / MVK_GEMM_BM + E + 1) * 8,
-        [MVK_S_ROW_OF] = A * 4,
-        [MVK_S_ROW_TOKEN] = A * 4,
-        [MVK_S_H] = A * F * 4,
-        [MVK_S_O] = A * H * 4,
-        [MVK_S_SG_LOGITS] = L->shared_gate ? T * ns * 4 : 0,
-        [MVK_S_HS] = T * FS * 4,
-        [MVK_S_OS] = ns * T * H * 4,
-        [MVK_S_PE] = E * 4,
-        [MVK_S_STATS] = 16,
-    };
-    /* Everything is indexed with 32-bit element indices in the shaders. */
-    static const char *const names[MVK_S_COUNT] = {
-        "router logits", "ids", "weights", "token statistics", "tile ranks", "tile counts",
-        "tile offsets", "counts", "tile schedule", "rows", "row tokens",
-        "expert hidden activations [T*k, F]", "expert outputs [T*k, H]", "shared gate logits",
-        "shared hidden activations", "shared outputs", "expert probabilities", "statistics",
-    };
-    uint64_t range = max_range(ctx);
-    for (int i = 0; i < MVK_S_COUNT; i++)
-        if (size[i] > range || size[i] / 4 > UINT32_MAX)
-            return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
-                            "%u tokens need %llu bytes of %s, beyond the device's storage "
-                            "buffer range of %llu bytes; run fewer tokens per pass",
-                            T, (unsigned long long)size[i], names[i],
-                            (unsigned long long)range);
-    if (A / MVK_GEMM_BM + E > ctx->info.max_workgroup_count[0])
-        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
-                        "%u tokens give more expert tiles than the device's workgroup count", T);
-    scratch_release(L);
-    for (int i = 0; i < MVK_S_COUNT; i++) {
-        if (!size[i])
-            continue;
-        if ((st = moevk_buffer_create(ctx, size[i], &L->s[i]))) {
-            scratch_release(L);
-            return st;
-        }
-        L->scratch_bytes += size[i];
-    }
-    L->reserved_tokens = T;
-    return MOEVK_SUCCESS;
-}
-
-void moevk_layer_memory(const moevk_layer *L, uint64_t *weight_bytes, uint64_t *scratch_bytes)
-{
-    if (weight_bytes)
-        *weight_bytes = L ? L->weight_bytes : 0;
-    if (scratch_bytes)
-        *scratch_bytes = L ? L->scratch_bytes : 0;
-}
-
 /* ---- create / destroy ------------------------------------------------------- */
 
-void moevk_layer_destroy(moevk_layer *L)
+static void layer_free(moevk_layer *L)
 {
-    if (!L)
-        return;
     moevk_context *ctx = L->ctx;
     mvk_wait_before_free(ctx);
-    scratch_release(L);
     set_destroy(L, &L->routed);
     set_destroy(L, &L->shared);
     moevk_buffer_destroy(L->router_w);
     moevk_buffer_destroy(L->router_b);
     moevk_buffer_destroy(L->corr_b);
     moevk_buffer_destroy(L->shared_gate);
-    moevk_buffer_destroy(L->dummy);
-    mvk_arena_destroy(ctx, &L->arena);
-    if (L->timestamps)
-        ctx->vk.vkDestroyQueryPool(ctx->device, L->timestamps, NULL);
+    moevk_buffer_destroy(L->results);
+    if (L->ws) {
+        if (L->ws->last_layer == L)
+            L->ws->last_layer = NULL;
+        mvk_workspace_unref(L->ws);
+    }
     mvk_free(ctx, L);
+}
+
+void moevk_layer_destroy(moevk_layer *L)
+{
+    if (!L)
+        return;
+    moevk_context *ctx = L->ctx;
+    if (mvk_enter(ctx))
+        return; /* another thread is inside a call: a misuse; nothing is touched */
+    layer_free(L);
+    mvk_leave(ctx);
 }
 
 /* Limits of the device that the layer's grids depend on. */
@@ -258,12 +164,9 @@ static moevk_status check_device_limits(moevk_context *ctx, const moevk_layer_de
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_layer_create(moevk_context *ctx, const moevk_layer_desc *desc,
-                                moevk_layer **out)
+static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *desc,
+                                 moevk_layer **out)
 {
-    if (!ctx)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
-    mvk_clear_error(ctx);
     if (!out)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "out is NULL");
     *out = NULL;
@@ -272,63 +175,93 @@ moevk_status moevk_layer_create(moevk_context *ctx, const moevk_layer_desc *desc
         return st;
     if ((st = check_device_limits(ctx, desc)))
         return st;
+    if (desc->workspace && desc->workspace->ctx != ctx)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "workspace belongs to another context");
+    moevk_workspace *ws = desc->workspace;
+    if (!ws && (st = mvk_context_workspace(ctx, &ws)))
+        return st;
     moevk_layer *L = mvk_alloc(ctx, sizeof(*L));
     if (!L)
         return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "layer allocation");
     L->ctx = ctx;
+    L->ws = ws;
+    mvk_workspace_ref(ws);
     mvk_layer_desc_defaults(desc, &L->desc);
     L->gated = moevk_activation_is_gated(L->desc.activation);
     const moevk_layer_desc *d = &L->desc;
+    L->w_fmt = mvk_format_get(d->weight_dtype)->shader_fmt;
+    L->r_fmt = mvk_format_get(d->router_dtype)->shader_fmt;
     const uint64_t E = d->num_experts, H = d->hidden;
-    size_t rs = moevk_dtype_size(d->router_dtype);
+    const uint64_t router_row = mvk_format_row_bytes(d->router_dtype, H);
 
-    st = upload_new(L, d->router_weight, E * H * rs, &L->router_w);
+    st = upload_new(L, d->router_weight, E * router_row, &L->router_w);
     if (!st && d->router_bias)
         st = upload_new(L, d->router_bias, E * 4, &L->router_b);
     if (!st && d->correction_bias)
         st = upload_new(L, d->correction_bias, E * 4, &L->corr_b);
     if (!st && d->shared_gate)
-        st = upload_new(L, d->shared_gate, (uint64_t)d->num_shared * H * rs, &L->shared_gate);
-    if (!st)
-        st = upload_new(L, NULL, 16, &L->dummy);
+        st = upload_new(L, d->shared_gate, (uint64_t)d->num_shared * router_row, &L->shared_gate);
     if (!st)
         st = set_create(L, &d->experts, d->num_experts, d->ffn, "routed", &L->routed);
     if (!st && d->num_shared)
         st = set_create(L, &d->shared, d->num_shared, d->shared_ffn, "shared", &L->shared);
-    if (!st && ctx->info.timestamps) {
-        VkQueryPoolCreateInfo qci = {
-            .sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
-            .queryType = VK_QUERY_TYPE_TIMESTAMP,
-            .queryCount = MOEVK_STAGE_COUNT + 1,
-        };
-        VkResult r = MVK_VK(ctx, ctx->vk.vkCreateQueryPool(ctx->device, &qci, NULL,
-                                                            &L->timestamps));
-        if (r != VK_SUCCESS) {
-            L->timestamps = VK_NULL_HANDLE;
-            st = mvk_vk_fail(ctx, r, "vkCreateQueryPool");
-        }
+    if (!st) {
+        st = moevk_buffer_create(ctx, (uint64_t)MVK_RESULTS_WORDS(E) * 4, &L->results);
+        if (st)
+            L->results = NULL;
     }
     /* Host pointers are only valid during this call. */
     memset(&L->desc.experts, 0, sizeof(L->desc.experts));
     memset(&L->desc.shared, 0, sizeof(L->desc.shared));
-    L->desc.router_weight = L->desc.router_bias = NULL;
-    L->desc.correction_bias = NULL;
+    L->desc.router_weight = NULL;
     L->desc.router_bias = NULL;
+    L->desc.correction_bias = NULL;
     L->desc.shared_gate = NULL;
     if (st) {
-        moevk_layer_destroy(L);
+        layer_free(L);
         return st;
     }
     *out = L;
     return MOEVK_SUCCESS;
 }
 
+MVK_PUBLIC_CTX(moevk_layer_create,
+               (moevk_context *ctx, const moevk_layer_desc *desc, moevk_layer **out), ctx,
+               layer_create(ctx, desc, out))
+
 const moevk_layer_desc *moevk_layer_get_desc(const moevk_layer *L)
 {
     return L ? &L->desc : NULL;
 }
 
+MVK_PUBLIC_CTX(moevk_layer_reserve, (moevk_layer *L, uint32_t max_tokens), L ? L->ctx : NULL,
+               moevk_workspace_reserve(L->ws, L, max_tokens))
+
+void moevk_layer_memory(const moevk_layer *L, uint64_t *weight_bytes, uint64_t *scratch_bytes)
+{
+    if (weight_bytes)
+        *weight_bytes = L ? L->weight_bytes : 0;
+    if (scratch_bytes)
+        *scratch_bytes = L ? L->ws->bytes : 0;
+}
+
+moevk_workspace *moevk_layer_workspace(const moevk_layer *L)
+{
+    return L ? L->ws : NULL;
+}
+
 /* ---- passes ------------------------------------------------------------------ */
+
+moevk_status mvk_tokens_of(moevk_context *ctx, const moevk_tensor *t, const char *name,
+                           uint32_t *T)
+{
+    if (t->shape[0] > UINT32_MAX / MOEVK_MAX_TOP_K)
+        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED, "%s has too many tokens (%llu)", name,
+                        (unsigned long long)t->shape[0]);
+    *T = (uint32_t)t->shape[0];
+    return MOEVK_SUCCESS;
+}
 
 static moevk_status check_io(moevk_layer *L, const moevk_tensor *x, const moevk_tensor *y,
                              uint32_t *T)
@@ -347,114 +280,152 @@ static moevk_status check_io(moevk_layer *L, const moevk_tensor *x, const moevk_
                         "y shape [%llu, %llu] differs from x shape [%llu, %llu]",
                         (unsigned long long)y->shape[0], (unsigned long long)y->shape[1],
                         (unsigned long long)x->shape[0], (unsigned long long)x->shape[1]);
-    if (x->shape[0] > UINT32_MAX / MOEVK_MAX_TOP_K)
-        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED, "x.shape[0] = %llu tokens is too many",
-                        (unsigned long long)x->shape[0]);
     if (x->buffer == y->buffer && x->offset < y->offset + moevk_tensor_bytes(y) &&
         y->offset < x->offset + moevk_tensor_bytes(x))
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "x and y overlap");
-    *T = (uint32_t)x->shape[0];
-    return MOEVK_SUCCESS;
+    return mvk_tokens_of(ctx, x, "x", T);
 }
 
-moevk_status moevk_layer_forward(moevk_layer *L, const moevk_tensor *x, moevk_tensor *y,
-                                 moevk_routing_stats *stats)
+static mvk_pass_io full_pass(const moevk_tensor *x, const moevk_tensor *y)
 {
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
+    return (mvk_pass_io){
+        .x = mvk_tensor_binding(x), .y = mvk_tensor_binding(y),
+        .route = true, .permute = true, .experts = true, .shared = true, .combine = true,
+        .stats = true,
+    };
+}
+
+static moevk_status layer_forward(moevk_layer *L, const moevk_tensor *x, moevk_tensor *y,
+                                  moevk_routing_stats *stats)
+{
     moevk_context *ctx = L->ctx;
-    mvk_clear_error(ctx);
     uint32_t T;
-    moevk_status st = check_io(L, x, y, &T);
-    if (!st)
-        st = moevk_layer_reserve(L, T);
+    mvk_pass_geometry g;
+    moevk_status st;
+    if ((st = check_io(L, x, y, &T)) || (st = mvk_pass_geometry_of(L, L->ws, T, &g)) ||
+        (st = mvk_workspace_fit(L->ws, &g)))
+        return st;
+    mvk_pass_timer tm = {0};
+    if (ctx->info.timestamps) {
+        uint32_t q = mvk_pass_queries(&g);
+        if ((st = mvk_workspace_timestamps(L->ws, q)))
+            return st;
+        tm.pool = L->ws->timestamps;
+        tm.cap = q;
+        if (!(tm.stage_of_pair = mvk_alloc(ctx, q / 2 + 1)))
+            return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "timestamp table");
+    }
+    mvk_cmd c;
+    if (!(st = mvk_cmd_begin(ctx, &c))) {
+        const mvk_pass_io io = full_pass(x, y);
+        L->has_results = false;
+        mvk_pass_record(L, &c, &g, &io, tm.pool ? &tm : NULL);
+        st = mvk_cmd_submit_wait(&c);
+    }
+    if (!st) {
+        L->has_results = true;
+        mvk_pass_timer_read(ctx, &tm, L->stage_ms);
+    } else {
+        L->ws->last_layer = NULL;
+    }
+    mvk_free(ctx, tm.stage_of_pair);
     if (st)
         return st;
-    mvk_cmd c;
-    if ((st = mvk_cmd_begin(ctx, &c)))
-        return st;
-    mvk_layer_record_pass(L, &c, x, y, T, L->timestamps);
-    if ((st = mvk_cmd_submit_wait(&c)))
-        return st;
-    L->last_tokens = T;
-    mvk_layer_read_timestamps(L);
     return stats ? moevk_layer_read_stats(L, stats) : MOEVK_SUCCESS;
 }
 
-moevk_status moevk_layer_record(moevk_layer *L, void *vk_command_buffer, const moevk_tensor *x,
-                                moevk_tensor *y)
+MVK_PUBLIC_CTX(moevk_layer_forward,
+               (moevk_layer *L, const moevk_tensor *x, moevk_tensor *y,
+                moevk_routing_stats *stats),
+               L ? L->ctx : NULL, layer_forward(L, x, y, stats))
+
+static moevk_status layer_record(moevk_layer *L, void *vk_command_buffer, const moevk_tensor *x,
+                                 moevk_tensor *y)
 {
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
-    mvk_clear_error(ctx);
     if (!vk_command_buffer)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "vk_command_buffer is NULL");
     uint32_t T;
-    moevk_status st = check_io(L, x, y, &T);
-    if (st)
+    mvk_pass_geometry g;
+    moevk_status st;
+    if ((st = check_io(L, x, y, &T)) || (st = mvk_pass_geometry_of(L, L->ws, T, &g)))
         return st;
-    if (T > L->reserved_tokens)
+    if (!mvk_workspace_fits(L->ws, &g))
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
-                        "x has %u tokens but the layer reserved scratch for %u: call "
-                        "moevk_layer_reserve first",
-                        T, L->reserved_tokens);
-    if ((st = mvk_arena_reset(ctx, &L->arena)))
-        return st;
-    mvk_cmd c = {.ctx = ctx, .cb = (VkCommandBuffer)vk_command_buffer, .arena = &L->arena};
-    mvk_layer_record_pass(L, &c, x, y, T, VK_NULL_HANDLE);
-    if (c.status)
+                        "x has %u tokens but the layer's workspace is not reserved for that "
+                        "many: call moevk_layer_reserve (or moevk_workspace_reserve) first",
+                        T);
+    mvk_cmd c;
+    mvk_cmd_external(ctx, (VkCommandBuffer)vk_command_buffer, &L->ws->cache, &c);
+    const mvk_pass_io io = full_pass(x, y);
+    mvk_pass_record(L, &c, &g, &io, NULL);
+    if (c.status) {
+        L->ws->last_layer = NULL;
         return c.status;
-    L->last_tokens = T;
+    }
+    L->has_results = true; /* valid once the caller's submission completed */
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_layer_read_stats(moevk_layer *L, moevk_routing_stats *stats)
+MVK_PUBLIC_CTX(moevk_layer_record,
+               (moevk_layer *L, void *vk_command_buffer, const moevk_tensor *x, moevk_tensor *y),
+               L ? L->ctx : NULL, layer_record(L, vk_command_buffer, x, y))
+
+static moevk_status read_stats(moevk_layer *L, moevk_routing_stats *stats)
 {
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
     if (!stats)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "stats is NULL");
-    if (!L->last_tokens)
+    if (!L->has_results)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "the layer has not run yet");
     const uint32_t E = L->desc.num_experts;
-    uint32_t meta_tail[2];
-    float f[3];
-    moevk_status st;
-    if ((st = moevk_buffer_download(L->s[MVK_S_META], (3ull * E + 1) * 4, meta_tail, 4)) ||
-        (st = moevk_buffer_download(L->s[MVK_S_STATS], 0, f, sizeof(f))))
+    uint32_t tail[4];
+    moevk_status st =
+        moevk_buffer_download(L->results, MVK_RESULTS_DROPPED(E) * 4ull, tail, sizeof(tail));
+    if (st)
         return st;
     if (stats->tokens_per_expert &&
-        (st = moevk_buffer_download(L->s[MVK_S_META], (uint64_t)E * 4, stats->tokens_per_expert,
-                                    (uint64_t)E * 4)))
+        (st = moevk_buffer_download(L->results, MVK_RESULTS_COUNTS(E) * 4ull,
+                                    stats->tokens_per_expert, (uint64_t)E * 4)))
         return st;
-    stats->dropped = meta_tail[0];
+    float f[3];
+    memcpy(f, tail + 1, sizeof(f));
+    stats->dropped = tail[0];
     stats->load_balancing_loss = f[0];
     stats->router_z_loss = f[1];
     stats->routing_entropy = f[2];
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_layer_read_routing(moevk_layer *L, uint32_t T, uint32_t *ids, float *weights,
-                                      int32_t *row)
+MVK_PUBLIC_CTX(moevk_layer_read_stats, (moevk_layer *L, moevk_routing_stats *stats),
+               L ? L->ctx : NULL, read_stats(L, stats))
+
+static moevk_status read_routing(moevk_layer *L, uint32_t T, uint32_t *ids, float *weights,
+                                 int32_t *row)
 {
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
-    if (T == 0 || T != L->last_tokens)
+    const moevk_workspace *ws = L->ws;
+    if (ws->last_layer != L)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
-                        "T = %u differs from the last pass's %u tokens", T, L->last_tokens);
+                        "the layer's workspace holds no routing of this layer: it has not run, "
+                        "or another layer ran through the same workspace since");
+    if (T == 0 || T != ws->last_tokens)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "T = %u differs from the last pass's %u tokens", T, ws->last_tokens);
     uint64_t bytes = (uint64_t)T * L->desc.top_k * 4;
     moevk_status st = MOEVK_SUCCESS;
     if (ids)
-        st = moevk_buffer_download(L->s[MVK_S_IDS], 0, ids, bytes);
+        st = moevk_buffer_download(ws->s[MVK_WS_IDS], 0, ids, bytes);
     if (!st && weights)
-        st = moevk_buffer_download(L->s[MVK_S_WEIGHTS], 0, weights, bytes);
+        st = moevk_buffer_download(ws->s[MVK_WS_WEIGHTS], 0, weights, bytes);
     if (!st && row)
-        st = moevk_buffer_download(L->s[MVK_S_ROW_OF], 0, row, bytes);
+        st = moevk_buffer_download(ws->s[MVK_WS_ROW_OF], 0, row, bytes);
     return st;
 }
+
+MVK_PUBLIC_CTX(moevk_layer_read_routing,
+               (moevk_layer *L, uint32_t T, uint32_t *ids, float *weights, int32_t *row),
+               L ? L->ctx : NULL, read_routing(L, T, ids, weights, row))
 
 moevk_status moevk_layer_stage_times(const moevk_layer *L, double ms[MOEVK_STAGE_COUNT])
 {

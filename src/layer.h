@@ -1,6 +1,9 @@
 /*
- * Internal layout of a layer: device weights (split into chunks within the
- * device's buffer range) and the scratch of a forward pass.
+ * A layer: its description and its device weights (split into chunks of
+ * consecutive experts within the device's buffer range), nothing that a
+ * pass changes except its results (statistics of its last pass and stage
+ * times). Per-pass buffers live in the workspace the layer uses
+ * (src/workspace.h); the pass itself is src/pass.c.
  */
 #ifndef MOEVK_LAYER_H
 #define MOEVK_LAYER_H
@@ -22,50 +25,27 @@ typedef struct mvk_expert_set {
     moevk_buffer *bias[3]; /* all NULL, or all set (zeros where absent) */
 } mvk_expert_set;
 
-/* Scratch buffers of a forward pass, sized for `tokens` tokens. */
-enum mvk_scratch {
-    MVK_S_LOGITS,     /* [T, E] f32 */
-    MVK_S_IDS,        /* [T, k] u32 */
-    MVK_S_WEIGHTS,    /* [T, k] f32 */
-    MVK_S_TOKSTATS,   /* [T, 3] f32: softmax max, sum, entropy */
-    MVK_S_TILE_RANK,  /* [T*k] u32 */
-    MVK_S_TILE_COUNT, /* [ntiles, E] u32 */
-    MVK_S_TILE_OFF,   /* [ntiles, E] u32 */
-    MVK_S_META,       /* totals, counts, offsets, dropped, indirect args */
-    MVK_S_SCHEDULE,   /* [T*k/BM + E] uvec2 */
-    MVK_S_ROW_OF,     /* [T*k] i32 */
-    MVK_S_ROW_TOKEN,  /* [T*k] u32 */
-    MVK_S_H,          /* [T*k, F] f32 */
-    MVK_S_O,          /* [T*k, H] f32 */
-    MVK_S_SG_LOGITS,  /* [T, n_shared] f32 */
-    MVK_S_HS,         /* [T, shared F] f32 */
-    MVK_S_OS,         /* [n_shared, T, H] f32 */
-    MVK_S_PE,         /* [E] f32 */
-    MVK_S_STATS,      /* 4 f32 */
-    MVK_S_COUNT
-};
-
 struct moevk_layer {
     moevk_context *ctx;
     moevk_layer_desc desc; /* defaults applied; host pointers cleared */
     bool gated;
+    uint32_t w_fmt, r_fmt; /* MVK_WFMT_* of expert and router weights */
     moevk_buffer *router_w, *router_b, *corr_b, *shared_gate;
     mvk_expert_set routed, shared;
-    moevk_buffer *dummy;
+    uint64_t weight_bytes;
+    moevk_workspace *ws; /* per-pass buffers (a reference held) */
 
-    uint32_t reserved_tokens;
-    moevk_buffer *s[MVK_S_COUNT];
-    /* Caller tensors standing in for scratch slots during a standalone stage
-     * call (buffer == VK_NULL_HANDLE: use the scratch). */
-    mvk_binding bind[MVK_S_COUNT];
-    uint64_t weight_bytes, scratch_bytes;
-
-    mvk_arena arena; /* descriptor sets of moevk_layer_record */
-    VkQueryPool timestamps;
+    /* Results of the last pass: MVK_RESULTS_* words written on the GPU,
+     * valid once that pass has completed. */
+    moevk_buffer *results;
+    bool has_results;
     double stage_ms[MOEVK_STAGE_COUNT];
-    uint32_t last_tokens;
 };
 
 void mvk_layer_desc_defaults(const moevk_layer_desc *in, moevk_layer_desc *out);
+
+/* Tokens of a [T, ...] tensor's first dimension, range-checked. */
+moevk_status mvk_tokens_of(moevk_context *ctx, const moevk_tensor *t, const char *name,
+                           uint32_t *T);
 
 #endif

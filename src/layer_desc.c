@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "formats.h"
 #include "internal.h"
 #include "layer.h"
 
@@ -21,9 +22,10 @@ const char *moevk_stage_name(moevk_stage stage)
     return (unsigned)stage < MOEVK_STAGE_COUNT ? names[stage] : "unknown";
 }
 
-static bool dtype_ok(moevk_dtype d)
+static bool format_ok(moevk_dtype d, uint32_t use)
 {
-    return d == MOEVK_DTYPE_F32 || d == MOEVK_DTYPE_F16 || d == MOEVK_DTYPE_BF16;
+    const mvk_format *f = mvk_format_get(d);
+    return f && (f->uses & use);
 }
 
 static moevk_status check_weights(moevk_context *ctx, const moevk_expert_weights *w,
@@ -82,12 +84,12 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     if ((unsigned)d.activation > MOEVK_ACT_GELU)
         return mvk_fail(ctx, bad, "activation = %d is not a moevk_activation value",
                         (int)d.activation);
-    if (!dtype_ok(d.weight_dtype))
-        return mvk_fail(ctx, bad, "weight_dtype = %d is not f32, f16 or bf16",
-                        (int)d.weight_dtype);
-    if (!dtype_ok(d.router_dtype))
-        return mvk_fail(ctx, bad, "router_dtype = %d is not f32, f16 or bf16",
-                        (int)d.router_dtype);
+    if (!format_ok(d.weight_dtype, MVK_FORMAT_EXPERT))
+        return mvk_fail(ctx, bad, "weight_dtype = %d (%s) is not an expert weight format",
+                        (int)d.weight_dtype, moevk_dtype_name(d.weight_dtype));
+    if (!format_ok(d.router_dtype, MVK_FORMAT_ROUTER))
+        return mvk_fail(ctx, bad, "router_dtype = %d (%s) is not a router weight format",
+                        (int)d.router_dtype, moevk_dtype_name(d.router_dtype));
     if (d.routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
         if (d.num_experts % d.n_group)
             return mvk_fail(ctx, bad, "n_group = %u does not divide num_experts = %u", d.n_group,

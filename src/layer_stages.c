@@ -1,11 +1,12 @@
 /*
  * The stages of the forward pass as standalone synchronous calls on caller
- * tensors. They record the same stage code as moevk_layer_forward, with the
- * caller's tensors bound in place of the layer's scratch slots.
+ * tensors: the same pass recorder (src/pass.c) with the caller's tensors
+ * standing in for workspace slots, or one op on caller tensors.
  */
 #include <string.h>
 
-#include "layer_record.h"
+#include "ops/ops.h"
+#include "pass.h"
 
 #define DT(x) (1u << MOEVK_DTYPE_##x)
 
@@ -28,15 +29,8 @@ static moevk_status check_shape2(moevk_context *ctx, const moevk_tensor *t, cons
 static moevk_status tokens_of(moevk_layer *L, const moevk_tensor *t, const char *name,
                               uint32_t dt, uint32_t *T)
 {
-    moevk_context *ctx = L->ctx;
-    moevk_status st = mvk_check_tensor(ctx, t, name, dt, 2);
-    if (st)
-        return st;
-    if (t->shape[0] > UINT32_MAX / MOEVK_MAX_TOP_K)
-        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED, "%s has too many tokens (%llu)", name,
-                        (unsigned long long)t->shape[0]);
-    *T = (uint32_t)t->shape[0];
-    return MOEVK_SUCCESS;
+    moevk_status st = mvk_check_tensor(L->ctx, t, name, dt, 2);
+    return st ? st : mvk_tokens_of(L->ctx, t, name, T);
 }
 
 /* T from x [T, H] (f32). */
@@ -98,105 +92,115 @@ static moevk_status check_rows(moevk_layer *L, const moevk_tensor *row_of, uint3
     return st;
 }
 
-static moevk_status stage_begin(moevk_layer *L, uint32_t T, mvk_cmd *c)
+/* Record the parts of a pass that io names, on T tokens, and run it. */
+static moevk_status run_parts(moevk_layer *L, uint32_t T, const mvk_pass_io *io,
+                              bool one_chunk)
 {
-    memset(L->bind, 0, sizeof(L->bind));
-    moevk_status st = moevk_layer_reserve(L, T);
-    if (!st)
-        st = mvk_cmd_begin(L->ctx, c);
-    if (!st)
-        mvk_cmd_barrier(c);
-    return st;
-}
-
-static moevk_status stage_end(moevk_layer *L, mvk_cmd *c)
-{
-    mvk_cmd_barrier(c);
-    moevk_status st = mvk_cmd_submit_wait(c);
-    memset(L->bind, 0, sizeof(L->bind));
-    return st;
-}
-
-moevk_status moevk_layer_route(moevk_layer *L, const moevk_tensor *x, moevk_tensor *ids,
-                               moevk_tensor *weights)
-{
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
-    mvk_clear_error(ctx);
+    mvk_pass_geometry g;
+    moevk_status st;
+    if ((st = mvk_pass_geometry_of(L, L->ws, T, &g)))
+        return st;
+    if (one_chunk && g.nexpert > 1)
+        return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
+                        "moevk_layer_experts writes all %u tokens' expert rows at once, but "
+                        "their activations exceed the device's buffers: call it with at most "
+                        "%u tokens",
+                        T, g.expert_chunk);
+    if ((st = mvk_workspace_fit(L->ws, &g)))
+        return st;
+    mvk_cmd c;
+    if ((st = mvk_cmd_begin(ctx, &c)))
+        return st;
+    mvk_pass_record(L, &c, &g, io, NULL);
+    mvk_cmd_barrier(&c);
+    st = mvk_cmd_submit_wait(&c);
+    /* the workspace does not hold a whole pass's routing of this layer */
+    L->ws->last_layer = NULL;
+    return st;
+}
+
+static moevk_status layer_route(moevk_layer *L, const moevk_tensor *x, moevk_tensor *ids,
+                                moevk_tensor *weights)
+{
+    moevk_context *ctx = L->ctx;
     uint32_t T = 0;
     moevk_status st;
     if ((st = tokens_of_x(L, x, &T)) ||
         (st = check_shape2(ctx, ids, "ids", MOEVK_DTYPE_I32, T, L->desc.top_k)) ||
         (st = check_shape2(ctx, weights, "weights", MOEVK_DTYPE_F32, T, L->desc.top_k)))
         return st;
-    mvk_cmd c;
-    if ((st = stage_begin(L, T, &c)))
-        return st;
-    L->bind[MVK_S_IDS] = mvk_tensor_binding(ids);
-    L->bind[MVK_S_WEIGHTS] = mvk_tensor_binding(weights);
-    mvk_record_router(L, &c, mvk_tensor_binding(x), T);
-    mvk_cmd_barrier(&c);
-    mvk_record_route(L, &c, T);
-    return stage_end(L, &c);
+    mvk_pass_io io = {
+        .x = mvk_tensor_binding(x), .route = true,
+        .ids = mvk_tensor_binding(ids), .weights = mvk_tensor_binding(weights),
+    };
+    return run_parts(L, T, &io, false);
 }
 
-moevk_status moevk_layer_permute(moevk_layer *L, const moevk_tensor *ids, moevk_tensor *row_of,
-                                 moevk_tensor *counts)
+MVK_PUBLIC_CTX(moevk_layer_route,
+               (moevk_layer *L, const moevk_tensor *x, moevk_tensor *ids, moevk_tensor *weights),
+               L ? L->ctx : NULL, layer_route(L, x, ids, weights))
+
+static moevk_status layer_permute(moevk_layer *L, const moevk_tensor *ids, moevk_tensor *row_of,
+                                  moevk_tensor *counts)
 {
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
-    mvk_clear_error(ctx);
     const uint32_t E = L->desc.num_experts;
     uint32_t T = 0;
+    mvk_pass_geometry g;
     moevk_status st;
     if ((st = tokens_of(L, ids, "ids", DT(I32), &T)) || (st = check_ids(L, ids, T)) ||
         (st = check_shape2(ctx, row_of, "row_of", MOEVK_DTYPE_I32, T, L->desc.top_k)) ||
-        (st = check_shape2(ctx, counts, "counts", MOEVK_DTYPE_I32, E, 0)))
+        (st = check_shape2(ctx, counts, "counts", MOEVK_DTYPE_I32, E, 0)) ||
+        (st = mvk_pass_geometry_of(L, L->ws, T, &g)) || (st = mvk_workspace_fit(L->ws, &g)))
         return st;
+    mvk_pass_io io = {
+        .permute = true, .ids = mvk_tensor_binding(ids), .row_of = mvk_tensor_binding(row_of),
+    };
     mvk_cmd c;
-    if ((st = stage_begin(L, T, &c)))
+    if ((st = mvk_cmd_begin(ctx, &c)))
         return st;
-    L->bind[MVK_S_IDS] = mvk_tensor_binding(ids);
-    L->bind[MVK_S_ROW_OF] = mvk_tensor_binding(row_of);
-    mvk_record_permute(L, &c, T);
-    mvk_cmd_copy(&c, L->s[MVK_S_META]->buffer, (uint64_t)E * 4, counts->buffer->buffer,
-                 counts->offset, (uint64_t)E * 4);
-    return stage_end(L, &c);
+    mvk_pass_record(L, &c, &g, &io, NULL);
+    mvk_cmd_copy(&c, L->ws->s[MVK_WS_META]->buffer, MVK_META_COUNTS(E) * 4ull,
+                 counts->buffer->buffer, counts->offset, (uint64_t)E * 4);
+    mvk_cmd_barrier(&c);
+    st = mvk_cmd_submit_wait(&c);
+    L->ws->last_layer = NULL;
+    return st;
 }
 
-moevk_status moevk_layer_experts(moevk_layer *L, const moevk_tensor *x, const moevk_tensor *ids,
-                                 moevk_tensor *expert_out)
+MVK_PUBLIC_CTX(moevk_layer_permute,
+               (moevk_layer *L, const moevk_tensor *ids, moevk_tensor *row_of,
+                moevk_tensor *counts),
+               L ? L->ctx : NULL, layer_permute(L, ids, row_of, counts))
+
+static moevk_status layer_experts(moevk_layer *L, const moevk_tensor *x, const moevk_tensor *ids,
+                                  moevk_tensor *expert_out)
 {
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
-    mvk_clear_error(ctx);
     uint32_t T = 0;
     moevk_status st;
     if ((st = tokens_of_x(L, x, &T)) || (st = check_ids(L, ids, T)) ||
         (st = check_shape2(ctx, expert_out, "expert_out", MOEVK_DTYPE_F32,
                            (uint64_t)T * L->desc.top_k, L->desc.hidden)))
         return st;
-    mvk_cmd c;
-    if ((st = stage_begin(L, T, &c)))
-        return st;
-    L->bind[MVK_S_IDS] = mvk_tensor_binding(ids);
-    L->bind[MVK_S_O] = mvk_tensor_binding(expert_out);
-    mvk_record_permute(L, &c, T);
-    mvk_record_experts(L, &c, mvk_tensor_binding(x), VK_NULL_HANDLE, NULL);
-    return stage_end(L, &c);
+    mvk_pass_io io = {
+        .x = mvk_tensor_binding(x), .permute = true, .experts = true,
+        .ids = mvk_tensor_binding(ids), .expert_out = mvk_tensor_binding(expert_out),
+    };
+    return run_parts(L, T, &io, true);
 }
 
-moevk_status moevk_layer_combine(moevk_layer *L, const moevk_tensor *expert_out,
-                                 const moevk_tensor *row_of, const moevk_tensor *weights,
-                                 moevk_tensor *y)
+MVK_PUBLIC_CTX(moevk_layer_experts,
+               (moevk_layer *L, const moevk_tensor *x, const moevk_tensor *ids,
+                moevk_tensor *expert_out),
+               L ? L->ctx : NULL, layer_experts(L, x, ids, expert_out))
+
+static moevk_status layer_combine(moevk_layer *L, const moevk_tensor *expert_out,
+                                  const moevk_tensor *row_of, const moevk_tensor *weights,
+                                  moevk_tensor *y)
 {
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
-    mvk_clear_error(ctx);
     const uint32_t K = L->desc.top_k, H = L->desc.hidden;
     uint32_t T = 0;
     moevk_status st;
@@ -206,34 +210,38 @@ moevk_status moevk_layer_combine(moevk_layer *L, const moevk_tensor *expert_out,
         (st = check_shape2(ctx, weights, "weights", MOEVK_DTYPE_F32, T, K)) ||
         (st = check_rows(L, row_of, T)))
         return st;
+    mvk_combine_args ca = {
+        .o = mvk_tensor_binding(expert_out), .row_of = mvk_tensor_binding(row_of),
+        .weights = mvk_tensor_binding(weights), .y = mvk_tensor_binding(y),
+        .T = T, .H = H, .K = K,
+    };
     mvk_cmd c;
-    if ((st = stage_begin(L, T, &c)))
+    if ((st = mvk_cmd_begin(ctx, &c)))
         return st;
-    L->bind[MVK_S_O] = mvk_tensor_binding(expert_out);
-    L->bind[MVK_S_ROW_OF] = mvk_tensor_binding(row_of);
-    L->bind[MVK_S_WEIGHTS] = mvk_tensor_binding(weights);
-    mvk_record_combine(L, &c, mvk_tensor_binding(y), T, K, 0);
-    return stage_end(L, &c);
+    mvk_cmd_barrier(&c);
+    mvk_op_combine(&c, &ca);
+    mvk_cmd_barrier(&c);
+    return mvk_cmd_submit_wait(&c);
 }
 
-moevk_status moevk_layer_shared_experts(moevk_layer *L, const moevk_tensor *x, moevk_tensor *y)
+MVK_PUBLIC_CTX(moevk_layer_combine,
+               (moevk_layer *L, const moevk_tensor *expert_out, const moevk_tensor *row_of,
+                const moevk_tensor *weights, moevk_tensor *y),
+               L ? L->ctx : NULL, layer_combine(L, expert_out, row_of, weights, y))
+
+static moevk_status layer_shared(moevk_layer *L, const moevk_tensor *x, moevk_tensor *y)
 {
-    if (!L)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = L->ctx;
-    mvk_clear_error(ctx);
     uint32_t T = 0;
     moevk_status st;
     if ((st = tokens_of_x(L, x, &T)) ||
         (st = check_shape2(ctx, y, "y", MOEVK_DTYPE_F32, T, L->desc.hidden)))
         return st;
-    mvk_cmd c;
-    if ((st = stage_begin(L, T, &c)))
-        return st;
-    const mvk_binding xb = mvk_tensor_binding(x);
-    mvk_record_router(L, &c, xb, T); /* for the shared gate's logits */
-    mvk_cmd_barrier(&c);
-    mvk_record_shared(L, &c, xb, T);
-    mvk_record_combine(L, &c, mvk_tensor_binding(y), T, 0, L->desc.num_shared);
-    return stage_end(L, &c);
+    mvk_pass_io io = {
+        .x = mvk_tensor_binding(x), .y = mvk_tensor_binding(y), .shared = true, .combine = true,
+    };
+    return run_parts(L, T, &io, false);
 }
+
+MVK_PUBLIC_CTX(moevk_layer_shared_experts, (moevk_layer *L, const moevk_tensor *x, moevk_tensor *y),
+               L ? L->ctx : NULL, layer_shared(L, x, y))

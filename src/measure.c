@@ -6,8 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats.h"
 #include "kernels.h"
-#include "layer_record.h"
+#include "ops/ops.h"
 
 #define RUNS 7
 
@@ -22,11 +23,10 @@ static bool is_cpu(const moevk_context *ctx)
     return ctx->info.device_type == VK_PHYSICAL_DEVICE_TYPE_CPU;
 }
 
-/* Times `RUNS` submissions of one dispatch; median milliseconds in *ms. */
-static moevk_status time_dispatch(moevk_context *ctx, uint32_t kernel, const uint32_t *spec,
-                                  uint32_t nspec, const mvk_binding *b, uint32_t nb,
-                                  const void *push, uint32_t push_size, uint32_t gx, uint32_t gy,
-                                  double *ms)
+/* Times `RUNS` submissions of what `record` records; median milliseconds
+ * in *ms. */
+static moevk_status time_dispatch(moevk_context *ctx, void (*record)(mvk_cmd *, const void *),
+                                  const void *arg, double *ms)
 {
     if (!ctx->info.timestamps)
         return mvk_fail(ctx, MOEVK_ERROR_UNSUPPORTED, "the device has no timestamp queries");
@@ -48,7 +48,7 @@ static moevk_status time_dispatch(moevk_context *ctx, uint32_t kernel, const uin
         mvk_cmd_reset_queries(&c, pool, 2);
         mvk_cmd_barrier(&c);
         mvk_cmd_timestamp(&c, pool, 0);
-        mvk_cmd_dispatch(&c, kernel, spec, nspec, b, nb, push, push_size, gx, gy, 1);
+        record(&c, arg);
         mvk_cmd_barrier(&c);
         mvk_cmd_timestamp(&c, pool, 1);
         if ((st = mvk_cmd_submit_wait(&c)))
@@ -73,11 +73,27 @@ static moevk_status time_dispatch(moevk_context *ctx, uint32_t kernel, const uin
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_measure_bandwidth(moevk_context *ctx, uint64_t bytes, double *gb_per_s)
+typedef struct bandwidth_args {
+    mvk_binding b[MVK_BANDWIDTH_BINDINGS];
+    uint32_t n_vec4, groups;
+} bandwidth_args;
+
+static void record_bandwidth(mvk_cmd *c, const void *arg)
 {
-    if (!ctx)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
-    mvk_clear_error(ctx);
+    const bandwidth_args *a = arg;
+    const uint32_t spec[MVK_BANDWIDTH_NSPEC] = {256};
+    mvk_bandwidth_push p = {.n_vec4 = a->n_vec4};
+    mvk_cmd_dispatch(c, MVK_K_BANDWIDTH, spec, MVK_BANDWIDTH_NSPEC, a->b, MVK_BANDWIDTH_BINDINGS,
+                     &p, sizeof(p), a->groups, 1, 1);
+}
+
+static void record_gemm(mvk_cmd *c, const void *arg)
+{
+    mvk_op_expert_gemm(c, arg);
+}
+
+static moevk_status measure_bandwidth(moevk_context *ctx, uint64_t bytes, double *gb_per_s)
+{
     if (!gb_per_s)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "gb_per_s is NULL");
     if (!bytes)
@@ -89,7 +105,7 @@ moevk_status moevk_measure_bandwidth(moevk_context *ctx, uint64_t bytes, double 
     if (bytes < 16 || bytes / 16 > UINT32_MAX)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "bytes = %llu is not usable",
                         (unsigned long long)bytes);
-    const uint32_t wg = 256, groups = is_cpu(ctx) ? 64 : 2048;
+    const uint32_t groups = is_cpu(ctx) ? 64 : 2048;
     moevk_buffer *src = NULL, *sums = NULL;
     moevk_status st;
     if ((st = moevk_buffer_create(ctx, bytes, &src)) ||
@@ -99,10 +115,12 @@ moevk_status moevk_measure_bandwidth(moevk_context *ctx, uint64_t bytes, double 
         moevk_buffer_destroy(sums);
         return st;
     }
-    mvk_binding b[2] = {{src->buffer, 0, VK_WHOLE_SIZE}, {sums->buffer, 0, VK_WHOLE_SIZE}};
-    uint32_t n_vec4 = (uint32_t)(bytes / 16), spec[1] = {wg};
+    bandwidth_args a = {
+        .b = {{src->buffer, 0, VK_WHOLE_SIZE}, {sums->buffer, 0, VK_WHOLE_SIZE}},
+        .n_vec4 = (uint32_t)(bytes / 16), .groups = groups,
+    };
     double ms = 0;
-    st = time_dispatch(ctx, MVK_K_BANDWIDTH, spec, 1, b, 2, &n_vec4, 4, groups, 1, &ms);
+    st = time_dispatch(ctx, record_bandwidth, &a, &ms);
     moevk_buffer_destroy(src);
     moevk_buffer_destroy(sums);
     if (st)
@@ -111,14 +129,16 @@ moevk_status moevk_measure_bandwidth(moevk_context *ctx, uint64_t bytes, double 
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_measure_matmul(moevk_context *ctx, moevk_dtype dtype, uint32_t n, double *tflops)
+MVK_PUBLIC_CTX(moevk_measure_bandwidth, (moevk_context *ctx, uint64_t bytes, double *gb_per_s),
+               ctx, measure_bandwidth(ctx, bytes, gb_per_s))
+
+static moevk_status measure_matmul(moevk_context *ctx, moevk_dtype dtype, uint32_t n,
+                                   double *tflops)
 {
-    if (!ctx)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
-    mvk_clear_error(ctx);
     if (!tflops)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "tflops is NULL");
-    if (dtype != MOEVK_DTYPE_F32 && dtype != MOEVK_DTYPE_F16 && dtype != MOEVK_DTYPE_BF16)
+    const mvk_format *fmt = mvk_format_get(dtype);
+    if (!fmt || !(fmt->uses & MVK_FORMAT_EXPERT) || fmt->block_elems != 1)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "dtype %d is not a weight dtype",
                         (int)dtype);
     if (!n) {
@@ -129,7 +149,7 @@ moevk_status moevk_measure_matmul(moevk_context *ctx, moevk_dtype dtype, uint32_
         double best = 0;
         for (uint32_t i = 0; i < count; i++) {
             double t = 0;
-            moevk_status st = moevk_measure_matmul(ctx, dtype, sz[i], &t);
+            moevk_status st = measure_matmul(ctx, dtype, sz[i], &t);
             if (st)
                 return st;
             best = t > best ? t : best;
@@ -140,35 +160,32 @@ moevk_status moevk_measure_matmul(moevk_context *ctx, moevk_dtype dtype, uint32_
     if (n > 16384)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "n = %u is above 16384", n);
     const uint64_t nn = (uint64_t)n * n;
-    moevk_buffer *a = NULL, *w = NULL, *out = NULL, *dummy = NULL;
+    moevk_buffer *a = NULL, *w = NULL, *out = NULL;
+    const uint64_t wbytes = n * mvk_format_row_bytes(dtype, n);
     moevk_status st;
     if ((st = moevk_buffer_create(ctx, nn * 4, &a)) ||
-        (st = moevk_buffer_create(ctx, nn * moevk_dtype_size(dtype), &w)) ||
+        (st = moevk_buffer_create(ctx, wbytes, &w)) ||
         (st = moevk_buffer_create(ctx, nn * 4, &out)) ||
-        (st = moevk_buffer_create(ctx, 64, &dummy)) ||
         (st = moevk_buffer_fill(a, 0, nn * 4, 0x3c000000u)) ||
-        (st = moevk_buffer_fill(w, 0, (nn * moevk_dtype_size(dtype) + 3) & ~3ull, 0x3c003c00u)))
+        (st = moevk_buffer_fill(w, 0, (wbytes + 3) & ~3ull, 0x3c003c00u)))
         goto done;
-    uint32_t spec[MVK_GEMM_NSPEC];
-    mvk_gemm_spec(ctx, dtype, false, 0, false, false, spec);
-    const uint32_t bm = spec[1];
-    mvk_binding d = {dummy->buffer, 0, VK_WHOLE_SIZE};
-    mvk_binding b[9] = {{a->buffer, 0, VK_WHOLE_SIZE}, d, d, d, {w->buffer, 0, VK_WHOLE_SIZE},
-                        {w->buffer, 0, VK_WHOLE_SIZE}, d, d, {out->buffer, 0, VK_WHOLE_SIZE}};
-    struct {
-        uint32_t M, N, K, E, e_first, e_count, has_bias, dense_expert;
-        float alpha, limit;
-        uint32_t out_offset;
-    } push = {n, n, n, 1, 0, 1, 0, 0, 1.0f, 7.0f, 0};
+    mvk_gemm_args ga = {
+        .a = {a->buffer, 0, VK_WHOLE_SIZE}, .w0 = {w->buffer, 0, VK_WHOLE_SIZE},
+        .out = {out->buffer, 0, VK_WHOLE_SIZE},
+        .M = n, .N = n, .K = n, .E = 1, .e_first = 0, .e_count = 1,
+        .alpha = 1.0f, .limit = 7.0f, .w_fmt = fmt->shader_fmt, .act = MVK_ACT_NONE,
+    };
     double ms = 0;
-    st = time_dispatch(ctx, MVK_K_EXPERT_GEMM, spec, MVK_GEMM_NSPEC, b, 9, &push, sizeof(push),
-                       (n + bm - 1) / bm, (n + MVK_GEMM_BN - 1) / MVK_GEMM_BN, &ms);
+    st = time_dispatch(ctx, record_gemm, &ga, &ms);
     if (!st)
         *tflops = ms > 0 ? 2.0 * (double)nn * n / (ms * 1e-3) / 1e12 : 0;
 done:
     moevk_buffer_destroy(a);
     moevk_buffer_destroy(w);
     moevk_buffer_destroy(out);
-    moevk_buffer_destroy(dummy);
     return st;
 }
+
+MVK_PUBLIC_CTX(moevk_measure_matmul,
+               (moevk_context *ctx, moevk_dtype dtype, uint32_t n, double *tflops), ctx,
+               measure_matmul(ctx, dtype, n, tflops))

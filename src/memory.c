@@ -12,28 +12,6 @@
 
 #define MVK_STAGING_BYTES (16ull << 20)
 
-size_t moevk_dtype_size(moevk_dtype dtype)
-{
-    switch (dtype) {
-    case MOEVK_DTYPE_F32:
-    case MOEVK_DTYPE_I32: return 4;
-    case MOEVK_DTYPE_F16:
-    case MOEVK_DTYPE_BF16: return 2;
-    }
-    return 0;
-}
-
-const char *moevk_dtype_name(moevk_dtype dtype)
-{
-    switch (dtype) {
-    case MOEVK_DTYPE_F32: return "f32";
-    case MOEVK_DTYPE_F16: return "f16";
-    case MOEVK_DTYPE_BF16: return "bf16";
-    case MOEVK_DTYPE_I32: return "i32";
-    }
-    return "unknown";
-}
-
 static int find_memory_type(const moevk_context *ctx, uint32_t bits, VkMemoryPropertyFlags want)
 {
     const VkPhysicalDeviceMemoryProperties *mp = &ctx->memprops;

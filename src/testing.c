@@ -33,3 +33,34 @@ void moevk_testing_set_max_buffer_range(moevk_context *ctx, uint64_t bytes)
     if (ctx)
         ctx->testing_max_range = bytes;
 }
+
+void moevk_testing_set_scratch_range(moevk_context *ctx, uint64_t bytes)
+{
+    if (ctx)
+        ctx->testing_scratch_range = bytes;
+}
+
+moevk_status moevk_testing_set_push_descriptors(moevk_context *ctx, int on)
+{
+    if (!ctx)
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    if (on && !ctx->info.push_descriptor)
+        return MOEVK_ERROR_UNSUPPORTED;
+    moevk_status st = mvk_wait_idle(ctx);
+    if (st)
+        return st;
+    /* pipelines were built for one mode or the other */
+    mvk_pipelines_destroy(ctx);
+    ctx->push_descriptors = on != 0;
+    return MOEVK_SUCCESS;
+}
+
+int moevk_testing_hold_context(moevk_context *ctx, int hold)
+{
+    if (!ctx)
+        return 0;
+    if (hold)
+        return mvk_enter(ctx) == MOEVK_SUCCESS;
+    mvk_leave(ctx);
+    return 1;
+}

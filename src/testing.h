@@ -22,4 +22,17 @@ void moevk_testing_provoke_validation(moevk_context *ctx);
  * small layers exercise weight chunking. Affects layers created afterwards. */
 void moevk_testing_set_max_buffer_range(moevk_context *ctx, uint64_t bytes);
 
+/* Pretend per-pass buffers (a workspace's) hold at most `bytes` (0 = the
+ * device's limit), so small passes exercise the token chunking that large
+ * ones need. Affects workspaces sized afterwards. */
+void moevk_testing_set_scratch_range(moevk_context *ctx, uint64_t bytes);
+
+/* Use push descriptors (on = 1, where the device has them) or descriptor
+ * sets (on = 0) from now on. */
+moevk_status moevk_testing_set_push_descriptors(moevk_context *ctx, int on);
+
+/* Enter (hold = 1) or leave (hold = 0) the context as a public call does,
+ * to test the detection of a second thread. Returns 1 on success. */
+int moevk_testing_hold_context(moevk_context *ctx, int hold);
+
 #endif

@@ -3,8 +3,9 @@
 
 usage: compile_shader.py GLSLANG SPIRV_VAL INPUT OUTPUT DEPFILE [-DNAME=VALUE ...]
 
-Runs glslangValidator (Vulkan 1.1 target), then spirv-val on the result; any
-error fails the build. Writes a Makefile-style depfile listing the includes.
+Runs glslangValidator (Vulkan 1.1 target, MVK_GLSL defined for interface.h),
+then spirv-val on the result; any error fails the build. Writes a
+Makefile-style depfile listing the includes.
 """
 import os
 import subprocess
@@ -14,7 +15,8 @@ import sys
 def main():
     glslang, spirv_val, src, out, depfile, *defines = sys.argv[1:]
     inc = os.path.dirname(os.path.abspath(src))
-    cmd = [glslang, "--target-env", "vulkan1.1", "-V", "-I" + inc, *defines, src, "-o", out]
+    cmd = [glslang, "--target-env", "vulkan1.1", "-V", "-I" + inc, "-DMVK_GLSL=1", *defines, src,
+           "-o", out]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.stderr.write(r.stdout + r.stderr)
@@ -24,7 +26,7 @@ def main():
         sys.stderr.write(r.stdout + r.stderr)
         os.unlink(out)
         sys.exit(f"spirv-val rejected {out}")
-    deps = [os.path.join(inc, f) for f in sorted(os.listdir(inc)) if f.endswith(".glsl")]
+    deps = [os.path.join(inc, f) for f in sorted(os.listdir(inc)) if f.endswith((".glsl", ".h"))]
     with open(depfile, "w") as f:
         f.write(out.replace(" ", "\\ ") + ": " + " ".join(d.replace(" ", "\\ ") for d in deps) + "\n")
 

@@ -52,6 +52,10 @@ typedef enum moevk_status {
     MOEVK_ERROR_TIMEOUT = -9,            /* a GPU wait ran past its timeout  */
     MOEVK_ERROR_VULKAN = -10,            /* any other VkResult error         */
     MOEVK_ERROR_INTERNAL = -11,
+    /* Another thread is inside a call on the same context (a misuse: a
+     * context is used by one thread at a time). Nothing was done and, as
+     * the other thread owns it, the context's last error is not written. */
+    MOEVK_ERROR_BUSY = -12,
 } moevk_status;
 
 /* A static English name for a status ("MOEVK_ERROR_INVALID_ARGUMENT"). */
@@ -113,6 +117,12 @@ typedef struct moevk_vulkan_import {
     void (*unlock_queue)(void *user, uint32_t queue_family, uint32_t queue_index);
     void *queue_lock_user;
     uint32_t queue_index;         /* index of `queue` in its family; 0 default */
+    /* Optional: the device extensions the host enabled. moevk uses only
+     * extensions listed here on a borrowed device (today
+     * VK_KHR_push_descriptor, which lets one layer be recorded into any
+     * number of pending command buffers without descriptor sets). */
+    const char *const *device_extensions;
+    uint32_t num_device_extensions;
 } moevk_vulkan_import;
 
 enum moevk_context_flags {
@@ -182,6 +192,7 @@ typedef struct moevk_device_info {
     uint32_t timestamp_valid_bits;
     int memory_budget;               /* VK_EXT_memory_budget */
     int imported;                    /* device borrowed from the host */
+    int push_descriptor;             /* VK_KHR_push_descriptor in use */
 } moevk_device_info;
 
 MOEVK_API moevk_status moevk_context_create(const moevk_context_desc *desc,
@@ -313,6 +324,52 @@ typedef enum moevk_activation {
 /* 1 for the gated activations (which use gate and up weights), else 0. */
 MOEVK_API int moevk_activation_is_gated(moevk_activation act);
 
+typedef struct moevk_layer moevk_layer;
+
+/* ---- Workspaces -------------------------------------------------------------
+ * The per-pass buffers of forward passes (routing ids and weights, counts,
+ * the tile schedule, expert activations, ...). Any number of layers share
+ * one workspace: each of its buffers is sized for the largest need among
+ * the layers and token counts it was reserved for, so the N layers of a
+ * model need one workspace's memory, not N. A layer uses the workspace
+ * given in its desc, or else its context's default workspace.
+ *
+ * Passes through one workspace run one after another: moevk_layer_forward
+ * waits for its pass; moevk_layer_record starts each recorded pass with a
+ * barrier that orders it after the previous pass recorded or submitted on
+ * the same queue (layers may be recorded back to back into one command
+ * buffer, or into several submitted in order on one queue). Passes that
+ * must run concurrently (on different queues) need different workspaces.
+ *
+ * A pass of any number of tokens runs: where its buffers would exceed the
+ * device's storage buffer range (or grids its workgroup counts) the expert
+ * stages run in chunks of tokens, with the same results bit for bit. */
+typedef struct moevk_workspace moevk_workspace;
+
+typedef struct moevk_workspace_desc {
+    /* Tokens per chunk of the expert stages: caps the activation buffers
+     * ([chunk * k, max(F, H)] floats) at the cost of more dispatches.
+     * 0 = as many as the device's limits allow. */
+    uint32_t chunk_tokens;
+} moevk_workspace_desc;
+
+/* desc may be NULL (defaults). The workspace starts empty. */
+MOEVK_API moevk_status moevk_workspace_create(moevk_context *ctx,
+                                              const moevk_workspace_desc *desc,
+                                              moevk_workspace **out);
+/* Releases the caller's reference: the buffers go when no layer created
+ * with this workspace remains. Not while a recorded pass using it is
+ * pending. NULL is a no-op. */
+MOEVK_API void moevk_workspace_destroy(moevk_workspace *ws);
+/* Grow the workspace so that passes of `layer` over up to max_tokens
+ * tokens fit (moevk_layer_forward does this itself; moevk_layer_record
+ * requires it). Growing replaces buffers: not while a recorded pass using
+ * the workspace is pending. */
+MOEVK_API moevk_status moevk_workspace_reserve(moevk_workspace *ws, const moevk_layer *layer,
+                                               uint32_t max_tokens);
+/* Bytes of device memory the workspace holds. */
+MOEVK_API uint64_t moevk_workspace_bytes(const moevk_workspace *ws);
+
 /* A stack of `count` FFN experts in host memory, row-major as nn.Linear
  * ([out, in]), all in one dtype:
  *   gate [count, ffn, hidden]  (gated activations only; NULL otherwise)
@@ -357,6 +414,11 @@ typedef struct moevk_layer_desc {
     /* Optional [num_shared, H] gate (in router_dtype): shared expert i's
      * output is scaled by sigmoid(x · shared_gate[i]) (Qwen2-MoE). */
     const void *shared_gate;
+
+    /* Optional: the workspace the layer's passes use (it must belong to the
+     * same context; the layer keeps it alive). NULL = the context's
+     * default workspace, shared by all layers created without one. */
+    moevk_workspace *workspace;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */
@@ -369,8 +431,6 @@ typedef struct moevk_routing_stats {
     double router_z_loss;        /* mean over tokens of logsumexp(l)^2     */
     double routing_entropy;      /* mean over tokens of -sum p log p       */
 } moevk_routing_stats;
-
-typedef struct moevk_layer moevk_layer;
 
 /* Check a layer description without creating anything. ctx may be NULL;
  * with a context, the message (naming the offending field) is kept as its
@@ -389,14 +449,15 @@ MOEVK_API moevk_status moevk_layer_create(moevk_context *ctx, const moevk_layer_
 MOEVK_API void moevk_layer_destroy(moevk_layer *layer);
 MOEVK_API const moevk_layer_desc *moevk_layer_get_desc(const moevk_layer *layer);
 
-/* Size the layer's scratch buffers for up to max_tokens tokens per pass
- * (moevk_layer_forward does this itself; moevk_layer_record requires it).
- * Growing replaces the scratch: not while a recorded pass is pending. */
+/* moevk_workspace_reserve(the layer's workspace, layer, max_tokens). */
 MOEVK_API moevk_status moevk_layer_reserve(moevk_layer *layer, uint32_t max_tokens);
-/* Bytes of device memory the layer holds: weights, and scratch for the
- * tokens reserved so far. Either pointer may be NULL. */
+/* Bytes of device memory of the layer's weights, and of the workspace it
+ * uses (shared with the other layers using it). Either pointer may be
+ * NULL. */
 MOEVK_API void moevk_layer_memory(const moevk_layer *layer, uint64_t *weight_bytes,
                                   uint64_t *scratch_bytes);
+/* The workspace the layer's passes use. */
+MOEVK_API moevk_workspace *moevk_layer_workspace(const moevk_layer *layer);
 
 /* y [T, H] (f32) = the MoE layer applied to x [T, H] (f32), T >= 1.
  * Synchronous: returns when y is written. stats may be NULL. */
@@ -414,20 +475,24 @@ MOEVK_API moevk_status moevk_layer_forward(moevk_layer *layer, const moevk_tenso
  *    and push constants are disturbed);
  *  - after: y is written by compute shaders; the caller adds a barrier from
  *    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT / SHADER_WRITE before using y.
- * The layer's scratch must be reserved for T tokens (moevk_layer_reserve).
- * A layer may be recorded into one pending command buffer at a time: do not
- * record it again (or call forward) until that submission has completed. */
+ * The layer's workspace must be reserved for T tokens (moevk_layer_reserve).
+ * A layer may be recorded any number of times, into one command buffer or
+ * several pending ones, under the workspace rules above (passes through one
+ * workspace are ordered on one queue). moevk never submits or waits for a
+ * recorded pass; moevk_layer_read_stats and moevk_layer_read_routing read
+ * its results after the caller's submission has completed. */
 MOEVK_API moevk_status moevk_layer_record(moevk_layer *layer, void *vk_command_buffer,
                                           const moevk_tensor *x, moevk_tensor *y);
 
-/* Statistics of the last completed pass (forward, or a recorded one whose
- * submission has completed). */
+/* Statistics of the layer's last pass (forward, or a recorded one whose
+ * submission has completed); kept by the layer, whatever ran since. */
 MOEVK_API moevk_status moevk_layer_read_stats(moevk_layer *layer, moevk_routing_stats *stats);
 
 /* The routing decisions of the last completed pass: ids [T*k] (expert
  * index per token and slot) and weights [T*k]; row [T*k] is the assignment's
  * row in the expert-sorted order, or -1 when capacity dropped it. Any pointer
- * may be NULL; T is the last pass's token count. */
+ * may be NULL; T is the last pass's token count. They live in the
+ * workspace: an error once another layer has run through it. */
 MOEVK_API moevk_status moevk_layer_read_routing(moevk_layer *layer, uint32_t T, uint32_t *ids,
                                                 float *weights, int32_t *row);
 

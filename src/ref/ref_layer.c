@@ -9,6 +9,7 @@
  * (an invalid desc) makes that expert's output NaN rather than crash.
  */
 #include "ref.h"
+#include "formats.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -42,54 +43,58 @@ static int activation_is_gated(moevk_activation act)
            act == MOEVK_ACT_GEGLU_TANH || act == MOEVK_ACT_SWIGLU_OAI;
 }
 
-/* One expert's matrix: the contiguous array at element offset
- * expert * elems, or the expert's own pointer at offset 0. Returns NULL when
- * neither is given. */
-static const void *expert_matrix(const void *contiguous, const void *const *per_expert,
-                                 uint32_t expert, size_t elems, size_t *offset)
+/* One expert's matrix (rows of `row_bytes`, `rows` of them): inside the
+ * contiguous array, or the expert's own pointer. NULL when neither is
+ * given. */
+static const uint8_t *expert_matrix(const void *contiguous, const void *const *per_expert,
+                                    uint32_t expert, size_t rows, uint64_t row_bytes)
 {
-    *offset = 0;
-    if (contiguous) {
-        *offset = (size_t)expert * elems;
-        return contiguous;
-    }
+    if (contiguous)
+        return (const uint8_t *)contiguous + (size_t)expert * rows * row_bytes;
     return per_expert ? per_expert[expert] : NULL;
 }
 
-/* sum_c in[c] * m[offset + c], c < n, in double */
-static double dot(const float *in, const void *m, moevk_dtype dtype, size_t offset,
-                  uint32_t n)
+/* Row r of a matrix of `cols` columns in `dtype`, decoded into row[]. */
+static const float *decode_row(const uint8_t *m, moevk_dtype dtype, size_t r, uint32_t cols,
+                               float *row)
+{
+    mvk_format_decode(dtype, m + r * mvk_format_row_bytes(dtype, cols), 0, cols, row);
+    return row;
+}
+
+/* sum_c in[c] * w[c], c < n, in double */
+static double dot(const float *in, const float *w, uint32_t n)
 {
     double acc = 0.0;
     for (uint32_t c = 0; c < n; c++)
-        acc += (double)in[c] * moevk_ref_load(m, dtype, offset + c);
+        acc += (double)in[c] * (double)w[c];
     return acc;
 }
 
 /* out[0..H-1] = FFN of `expert` (experts of width ffn in w) on one input row
- * in[0..H-1]; h is scratch of ffn doubles. */
+ * in[0..H-1]; h is scratch of ffn doubles, row of max(H, ffn) floats. */
 static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights *w,
-                       uint32_t ffn, uint32_t expert, const float *in, double *h, double *out)
+                       uint32_t ffn, uint32_t expert, const float *in, double *h, float *row,
+                       double *out)
 {
     uint32_t H = desc->hidden;
     moevk_dtype dt = desc->weight_dtype;
     moevk_activation act = desc->activation;
     int gated = activation_is_gated(act);
-    size_t elems = (size_t)ffn * H; /* one expert's gate, up or down */
-    size_t goff, uoff, doff;
-    const void *gate = expert_matrix(w->gate, w->gate_experts, expert, elems, &goff);
-    const void *up = expert_matrix(w->up, w->up_experts, expert, elems, &uoff);
-    const void *down = expert_matrix(w->down, w->down_experts, expert, elems, &doff);
+    uint64_t rb_h = mvk_format_row_bytes(dt, H), rb_f = mvk_format_row_bytes(dt, ffn);
+    const uint8_t *gate = expert_matrix(w->gate, w->gate_experts, expert, ffn, rb_h);
+    const uint8_t *up = expert_matrix(w->up, w->up_experts, expert, ffn, rb_h);
+    const uint8_t *down = expert_matrix(w->down, w->down_experts, expert, H, rb_f);
     int known = gated || act == MOEVK_ACT_RELU || act == MOEVK_ACT_GELU;
 
-    if (!known || !up || !down || (gated && !gate)) {
+    if (!known || !up || !down || (gated && !gate) || !rb_h || !rb_f) {
         for (uint32_t c = 0; c < H; c++)
             out[c] = NAN;
         return;
     }
 
     for (uint32_t f = 0; f < ffn; f++) {
-        double u = dot(in, up, dt, uoff + (size_t)f * H, H);
+        double u = dot(in, decode_row(up, dt, f, H, row), H);
         if (w->up_bias)
             u += (double)w->up_bias[(size_t)expert * ffn + f];
         if (!gated) {
@@ -97,7 +102,7 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
             h[f] = act == MOEVK_ACT_RELU ? (u < 0.0 ? 0.0 : u) : gelu_erf(u);
             continue;
         }
-        double g = dot(in, gate, dt, goff + (size_t)f * H, H);
+        double g = dot(in, decode_row(gate, dt, f, H, row), H);
         if (w->gate_bias)
             g += (double)w->gate_bias[(size_t)expert * ffn + f];
         switch (act) {
@@ -127,9 +132,10 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
     }
 
     for (uint32_t c = 0; c < H; c++) {
+        const float *d = decode_row(down, dt, c, ffn, row);
         double acc = 0.0;
         for (uint32_t f = 0; f < ffn; f++)
-            acc += h[f] * moevk_ref_load(down, dt, doff + (size_t)c * ffn + f);
+            acc += h[f] * (double)d[f];
         if (w->down_bias)
             acc += (double)w->down_bias[(size_t)expert * H + c];
         out[c] = acc;
@@ -143,18 +149,21 @@ moevk_status moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expe
     uint32_t H = desc->hidden;
     double *h = malloc((ffn ? ffn : 1) * sizeof *h);
     double *o = malloc((H ? H : 1) * sizeof *o);
-    if (!h || !o) {
+    float *row = malloc(((size_t)(H > ffn ? H : ffn) + 1) * sizeof *row);
+    if (!h || !o || !row) {
         free(h);
         free(o);
+        free(row);
         return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
     }
     for (uint32_t r = 0; r < rows; r++) {
-        expert_row(desc, w, ffn, expert, in + (size_t)r * H, h, o);
+        expert_row(desc, w, ffn, expert, in + (size_t)r * H, h, row, o);
         for (uint32_t c = 0; c < H; c++)
             out[(size_t)r * H + c] = (float)o[c];
     }
     free(h);
     free(o);
+    free(row);
     return MOEVK_SUCCESS;
 }
 
@@ -181,7 +190,8 @@ moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, c
     double *h = malloc(((size_t)max_ffn + 1) * sizeof *h);
     double *o = malloc(((size_t)H + 1) * sizeof *o);
     double *acc = malloc(((size_t)H + 1) * sizeof *acc);
-    if (!logits || !r_ids || !r_w || !counts || !offsets || !row || !h || !o || !acc) {
+    float *wrow = malloc(((size_t)(H > max_ffn ? H : max_ffn) + 1) * sizeof *wrow);
+    if (!logits || !r_ids || !r_w || !counts || !offsets || !row || !h || !o || !acc || !wrow) {
         status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
         goto done;
     }
@@ -202,16 +212,18 @@ moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, c
             size_t a = (size_t)t * k + j;
             if (row[a] < 0)
                 continue;
-            expert_row(desc, &desc->experts, desc->ffn, r_ids[a], xt, h, o);
+            expert_row(desc, &desc->experts, desc->ffn, r_ids[a], xt, h, wrow, o);
             for (uint32_t c = 0; c < H; c++)
                 acc[c] += (double)r_w[a] * o[c];
         }
         /* shared experts, optionally gated by sigmoid(x . shared_gate[i]) */
         for (uint32_t i = 0; i < desc->num_shared; i++) {
-            expert_row(desc, &desc->shared, shared_ffn, i, xt, h, o);
+            expert_row(desc, &desc->shared, shared_ffn, i, xt, h, wrow, o);
             double gate = 1.0;
             if (desc->shared_gate)
-                gate = sigmoid(dot(xt, desc->shared_gate, desc->router_dtype, (size_t)i * H, H));
+                gate = sigmoid(dot(xt, decode_row(desc->shared_gate, desc->router_dtype, i, H,
+                                                  wrow),
+                                   H));
             for (uint32_t c = 0; c < H; c++)
                 acc[c] += gate * o[c];
         }
@@ -241,5 +253,6 @@ done:
     free(h);
     free(o);
     free(acc);
+    free(wrow);
     return status;
 }

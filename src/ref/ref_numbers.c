@@ -1,12 +1,13 @@
 /*
  * CPU reference, number formats: IEEE binary16 (f16) and bfloat16 (bf16)
  * conversions, both directions, rounding to nearest even; and the widening
- * load of one f32/f16/bf16 element to double.
+ * load of one element of any weight format (src/formats.h) to double.
  *
  * The conversions work on bit patterns (memcpy for the type pun) so they do
  * not depend on the compiler's _Float16 support or the FPU rounding mode.
  */
 #include "ref.h"
+#include "formats.h"
 
 #include <math.h>
 #include <string.h>
@@ -106,15 +107,15 @@ uint16_t moevk_float_to_bf16(float f)
 
 double moevk_ref_load(const void *data, moevk_dtype dtype, size_t i)
 {
-    switch (dtype) {
-    case MOEVK_DTYPE_F32:
-        return (double)((const float *)data)[i];
-    case MOEVK_DTYPE_F16:
-        return (double)moevk_half_to_float(((const uint16_t *)data)[i]);
-    case MOEVK_DTYPE_BF16:
-        return (double)moevk_bf16_to_float(((const uint16_t *)data)[i]);
-    case MOEVK_DTYPE_I32:
+    const mvk_format *f = mvk_format_get(dtype);
+    if (!f || !data)
+        return NAN; /* unknown dtype: a value no comparison can pass */
+    if (dtype == MOEVK_DTYPE_I32)
         return (double)((const int32_t *)data)[i];
-    }
-    return NAN; /* unknown dtype: a value no comparison can pass */
+    float block[256];
+    size_t b = i / f->block_elems;
+    if (f->block_elems > sizeof(block) / sizeof(block[0]))
+        return NAN;
+    f->decode((const uint8_t *)data + b * f->block_bytes, 1, block);
+    return (double)block[i % f->block_elems];
 }

@@ -1,0 +1,257 @@
+/*
+ * The interface between moevk's C recorders and its GLSL kernels, in one
+ * place: push-constant blocks, binding indices and counts, specialization-
+ * constant ids, enum values the shaders switch on, and the layout of the
+ * permute stage's META buffer. Included by the kernels (`#include
+ * "interface.h"`, MVK_GLSL defined by tools/compile_shader.py) and by C
+ * (src/ops/, src/kernels.c), where every push block also gets its size and
+ * member offsets checked by static assertions.
+ *
+ * A test (tests/test_kernels.c) reflects every embedded SPIR-V module and
+ * compares its push-constant block size, its bindings and its
+ * specialization-constant ids with what the kernel table derives from this
+ * header, so a shader and its recorder cannot drift apart silently.
+ *
+ * A kernel defines MVK_KERNEL_<NAME> before including this header, so that
+ * in GLSL it declares its own push-constant block (named p) and no other.
+ *
+ * Rules: push-block members are 32-bit scalars only (no vectors, no
+ * padding), so the GLSL std430/push layout and the C struct agree by
+ * construction; constant_id 0 is always the workgroup size.
+ */
+#ifndef MVK_INTERFACE_H
+#define MVK_INTERFACE_H
+
+#ifdef MVK_GLSL
+#define MVK_U32 uint
+#define MVK_F32 float
+#define MVK_PUSH_BEGIN(name) layout(push_constant) uniform name {
+#define MVK_PUSH_END(name) } p;
+#else
+#include <stdint.h>
+#define MVK_U32 uint32_t
+#define MVK_F32 float
+#define MVK_PUSH_BEGIN(name) typedef struct name {
+#define MVK_PUSH_END(name) } name;
+#endif
+
+/* ---- weight formats (the WFMT specialization constant; src/formats.c maps
+ * each moevk_dtype to one of these) ---------------------------------------- */
+#define MVK_WFMT_F32 0u
+#define MVK_WFMT_F16 1u
+#define MVK_WFMT_BF16 2u
+
+/* ---- activations (the ACT specialization constant of expert_gemm) -------
+ * MVK_ACT_NONE is a plain linear output (the down projection); the others
+ * are moevk_activation + 1 (checked in src/ops/expert_gemm.c). */
+#define MVK_ACT_NONE 0u
+#define MVK_ACT_SWIGLU 1u
+#define MVK_ACT_GEGLU 2u
+#define MVK_ACT_GEGLU_TANH 3u
+#define MVK_ACT_SWIGLU_OAI 4u
+#define MVK_ACT_RELU 5u
+#define MVK_ACT_GELU 6u
+
+/* ---- routing modes (the ROUTING constant of route); = moevk_routing ---- */
+#define MVK_ROUTING_SOFTMAX_TOPK 0u
+#define MVK_ROUTING_TOPK_SOFTMAX 1u
+#define MVK_ROUTING_SIGMOID_GROUPED 2u
+
+/* ---- scoring (router_scores); = moevk_scoring --------------------------- */
+#define MVK_SCORING_SOFTMAX 0u
+#define MVK_SCORING_SIGMOID 1u
+
+#define MVK_SPEC_WG 0 /* constant_id 0 of every kernel: workgroup size */
+
+/* ---- router_logits: logits[t - out_tok0, e] = x[t, :] . w[e, :] (+ b[e]),
+ * for tokens tok0 + 4 * gl_WorkGroupID.y + 0..3 below T ------------------- */
+#define MVK_ROUTER_TOKENS 4u /* tokens per workgroup */
+#define MVK_ROUTER_BIND_X 0
+#define MVK_ROUTER_BIND_W 1
+#define MVK_ROUTER_BIND_BIAS 2
+#define MVK_ROUTER_BIND_LOGITS 3
+#define MVK_ROUTER_BINDINGS 4
+#define MVK_ROUTER_SPEC_WFMT 1
+#define MVK_ROUTER_NSPEC 2
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_ROUTER_LOGITS)
+MVK_PUSH_BEGIN(mvk_router_push)
+    MVK_U32 T, H, E, has_bias, tok0;
+    MVK_U32 out_tok0; /* logits row of token t is t - out_tok0 */
+MVK_PUSH_END(mvk_router_push)
+#endif
+
+/* ---- router_scores: row-wise softmax or sigmoid ------------------------- */
+#define MVK_SCORES_BIND_LOGITS 0
+#define MVK_SCORES_BIND_SCORES 1
+#define MVK_SCORES_BINDINGS 2
+#define MVK_SCORES_SPEC_SCORING 1
+#define MVK_SCORES_NSPEC 2
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_ROUTER_SCORES)
+MVK_PUSH_BEGIN(mvk_scores_push)
+    MVK_U32 T, E, tok0;
+MVK_PUSH_END(mvk_scores_push)
+#endif
+
+/* ---- route: scoring, top-k and weights, one token per workgroup --------- */
+#define MVK_ROUTE_BIND_LOGITS 0
+#define MVK_ROUTE_BIND_CORR_BIAS 1
+#define MVK_ROUTE_BIND_IDS 2
+#define MVK_ROUTE_BIND_WEIGHTS 3
+#define MVK_ROUTE_BIND_TOKSTATS 4 /* [T, 3]: softmax max, sum, entropy */
+#define MVK_ROUTE_BINDINGS 5
+#define MVK_ROUTE_SPEC_ROUTING 1
+#define MVK_ROUTE_SPEC_NORM 2
+#define MVK_ROUTE_NSPEC 3
+#define MVK_ROUTE_MAX_EXPERTS 1024u
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_ROUTE)
+MVK_PUSH_BEGIN(mvk_route_push)
+    MVK_U32 T, E, K, n_group, topk_group, has_bias;
+    MVK_U32 tok0;      /* token of workgroup 0 */
+    MVK_F32 scale;     /* routed_scaling_factor */
+    MVK_U32 logit_tok0; /* logits row of token t is t - logit_tok0 */
+MVK_PUSH_END(mvk_route_push)
+#endif
+
+/* ---- permute: counting, capacity, prefix sums, the tile schedule --------
+ * Assignments in priority order a = j * T + t. Tiles of tile_len
+ * assignments (a multiple of the workgroup size), one workgroup each. With
+ * `masked`, assignments whose mask_row_of entry is -1 (dropped by an earlier
+ * admission over more tokens) take part in nothing; ids, mask_row_of and
+ * row_of are then indexed from token tok0 (T tokens tok0 .. tok0 + T - 1),
+ * and row_token holds tok0 + the local token. */
+#define MVK_PERMUTE_WG 256u /* workgroup size */
+#define MVK_PERMUTE_BIND_IDS 0
+#define MVK_PERMUTE_BIND_TILE_RANK 1   /* [A] */
+#define MVK_PERMUTE_BIND_TILE_COUNT 2  /* [ntiles, E] */
+#define MVK_PERMUTE_BIND_TILE_OFF 3    /* [ntiles, E] */
+#define MVK_PERMUTE_BIND_META 4        /* MVK_META_* */
+#define MVK_PERMUTE_BIND_SCHEDULE 5    /* [tiles] uvec2 (expert, m tile) */
+#define MVK_PERMUTE_BIND_ROW_OF 6      /* [T, K] int: row, or -1 dropped */
+#define MVK_PERMUTE_BIND_ROW_TOKEN 7   /* [rows] token of each row */
+#define MVK_PERMUTE_BIND_MASK 8        /* [T, K] int (masked only) */
+#define MVK_PERMUTE_BINDINGS 9
+#define MVK_PERMUTE_SPEC_PASS 1
+#define MVK_PERMUTE_NSPEC 2
+#define MVK_PERMUTE_MAX_EXPERTS 1024u
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_PERMUTE)
+MVK_PUSH_BEGIN(mvk_permute_push)
+    MVK_U32 T, K, E, capacity, ntiles;
+    MVK_U32 tile_m;          /* GEMM row tile of the schedule */
+    MVK_U32 n_up, n_down;    /* GEMM column tiles (indirect args y) */
+    MVK_U32 tile_len;        /* assignments per counting tile */
+    MVK_U32 masked, tok0;
+MVK_PUSH_END(mvk_permute_push)
+#endif
+
+/* META buffer (uint words), written by permute pass 1, read by the expert
+ * GEMMs, the statistics and the host:
+ *   [0, E)        total assignments per expert (before capacity)
+ *   [E, 2E)       admitted rows per expert
+ *   [2E, 3E]      row offset of each expert (3E holds the total rows)
+ *   3E + 1        dropped assignments
+ *   3E + 2 ..+4   VkDispatchIndirectCommand of the up GEMM
+ *   3E + 5 ..+7   VkDispatchIndirectCommand of the down GEMM */
+#define MVK_META_TOTALS(E) 0u
+#define MVK_META_COUNTS(E) (E)
+#define MVK_META_OFFSETS(E) (2u * (E))
+#define MVK_META_ROWS(E) (3u * (E))
+#define MVK_META_DROPPED(E) (3u * (E) + 1u)
+#define MVK_META_ARGS_UP(E) (3u * (E) + 2u)
+#define MVK_META_ARGS_DOWN(E) (3u * (E) + 5u)
+#define MVK_META_WORDS(E) (3u * (E) + 8u)
+
+/* ---- expert_gemm: out = act(A B0^T (+ bias0), A B1^T (+ bias1)) ---------
+ * Scheduled (SCHED = 1): tiles from the schedule, rows of expert e are
+ * META offsets[e] ... + counts[e], A rows gathered by row_token (GATHER).
+ * Dense (SCHED = 0): rows 0..M-1 of expert dense_expert, reading A rows
+ * a_row0 .. a_row0 + M - 1. */
+#define MVK_GEMM_BIND_A 0
+#define MVK_GEMM_BIND_ROW_TOKEN 1
+#define MVK_GEMM_BIND_SCHEDULE 2
+#define MVK_GEMM_BIND_META 3
+#define MVK_GEMM_BIND_W0 4
+#define MVK_GEMM_BIND_W1 5
+#define MVK_GEMM_BIND_BIAS0 6
+#define MVK_GEMM_BIND_BIAS1 7
+#define MVK_GEMM_BIND_OUT 8
+#define MVK_GEMM_BINDINGS 9
+#define MVK_GEMM_SPEC_BM 1
+#define MVK_GEMM_SPEC_BN 2
+#define MVK_GEMM_SPEC_WFMT 3
+#define MVK_GEMM_SPEC_GATED 4
+#define MVK_GEMM_SPEC_ACT 5
+#define MVK_GEMM_SPEC_SCHED 6
+#define MVK_GEMM_SPEC_GATHER 7
+#define MVK_GEMM_NSPEC 8
+#define MVK_GEMM_BN 64u /* column tile */
+#define MVK_GEMM_TM 4u  /* rows per thread */
+#define MVK_GEMM_TN 4u  /* columns per thread */
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_EXPERT_GEMM)
+MVK_PUSH_BEGIN(mvk_gemm_push)
+    MVK_U32 M, N, K, E;
+    MVK_U32 e_first, e_count; /* experts in the bound weight chunk */
+    MVK_U32 has_bias, dense_expert;
+    MVK_F32 alpha, limit;     /* swiglu_oai */
+    MVK_U32 out_offset;       /* elements added to every output index */
+    MVK_U32 a_row0;           /* dense: A row of output row r is a_row0 + r */
+MVK_PUSH_END(mvk_gemm_push)
+#endif
+
+/* ---- combine: y[t] = sum_j w[t, j] o[row(t, j)] + shared outputs ------- */
+#define MVK_COMBINE_WG 256u
+#define MVK_COMBINE_BIND_O 0
+#define MVK_COMBINE_BIND_ROW_OF 1
+#define MVK_COMBINE_BIND_WEIGHTS 2
+#define MVK_COMBINE_BIND_SHARED_OUT 3
+#define MVK_COMBINE_BIND_SHARED_GATE 4
+#define MVK_COMBINE_BIND_Y 5
+#define MVK_COMBINE_BINDINGS 6
+#define MVK_COMBINE_NSPEC 1
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_COMBINE)
+MVK_PUSH_BEGIN(mvk_combine_push)
+    MVK_U32 T, H, K, n_shared, has_gate, elem0;
+    MVK_U32 tok0; /* weights row of local token t is tok0 + t */
+MVK_PUSH_END(mvk_combine_push)
+#endif
+
+/* ---- stats: routing statistics ------------------------------------------
+ * PASS 0, one workgroup per (expert, block of MVK_STATS_BLOCK tokens):
+ *   part[block, e] = sum over the block's tokens of softmax(l_t)[e].
+ * PASS 1, one workgroup: P[e] = sum of part[., e] in block order, then
+ *   results = {counts[E], dropped, load-balancing loss, z-loss, entropy}. */
+#define MVK_STATS_WG 256u
+#define MVK_STATS_BLOCK 1024u
+#define MVK_STATS_BIND_LOGITS 0
+#define MVK_STATS_BIND_TOKSTATS 1
+#define MVK_STATS_BIND_META 2
+#define MVK_STATS_BIND_PART 3
+#define MVK_STATS_BIND_RESULTS 4
+#define MVK_STATS_BINDINGS 5
+#define MVK_STATS_SPEC_PASS 1
+#define MVK_STATS_NSPEC 2
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_STATS)
+MVK_PUSH_BEGIN(mvk_stats_push)
+    MVK_U32 T, E, K;
+    MVK_U32 tok0;       /* PASS 0: first token of block 0 of this dispatch */
+    MVK_U32 logit_tok0; /* logits row of token t is t - logit_tok0 */
+MVK_PUSH_END(mvk_stats_push)
+#endif
+
+/* Layer results (uint/float words), written by stats pass 1 */
+#define MVK_RESULTS_COUNTS(E) 0u
+#define MVK_RESULTS_DROPPED(E) (E)
+#define MVK_RESULTS_LOSSES(E) ((E) + 1u) /* lb, z, entropy as float bits */
+#define MVK_RESULTS_WORDS(E) ((E) + 4u)
+
+/* ---- bandwidth: streaming vec4 reads ------------------------------------ */
+#define MVK_BANDWIDTH_BIND_SRC 0
+#define MVK_BANDWIDTH_BIND_SUMS 1
+#define MVK_BANDWIDTH_BINDINGS 2
+#define MVK_BANDWIDTH_NSPEC 1
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_BANDWIDTH)
+MVK_PUSH_BEGIN(mvk_bandwidth_push)
+    MVK_U32 n_vec4;
+MVK_PUSH_END(mvk_bandwidth_push)
+#endif
+
+#endif

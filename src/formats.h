@@ -1,0 +1,48 @@
+/*
+ * Weight formats as data: one row per moevk_dtype that can hold weights,
+ * with its block geometry, its name, the kernels' loader (the MVK_WFMT_*
+ * specialization constant of shaders/formats.glsl) and the reference
+ * decoder. Sizes, uploads and weight chunking (src/layer.c), validation
+ * (src/layer_desc.c), the CPU reference (src/ref/) and the kernels' loader
+ * choice all read this table; adding a format is one row here, its decoder
+ * in C (src/formats.c), in GLSL (shaders/formats.glsl) and in CUDA.
+ */
+#ifndef MOEVK_FORMATS_H
+#define MOEVK_FORMATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moevk/moevk.h"
+
+enum mvk_format_use {
+    MVK_FORMAT_EXPERT = 1u << 0, /* routed and shared expert matrices */
+    MVK_FORMAT_ROUTER = 1u << 1, /* router and shared-gate rows */
+    MVK_FORMAT_INDEX = 1u << 2,  /* index tensors (not a weight) */
+};
+
+typedef struct mvk_format {
+    moevk_dtype dtype;
+    const char *name;       /* as moevk_dtype_name prints it */
+    uint32_t block_elems;   /* elements per block (1 for plain types) */
+    uint32_t block_bytes;   /* bytes per block */
+    uint32_t uses;          /* mvk_format_use bits */
+    uint32_t shader_fmt;    /* MVK_WFMT_* (weights only) */
+    /* Reference decoder: n blocks from src into n * block_elems floats
+     * (NULL for index types). */
+    void (*decode)(const void *src, size_t nblocks, float *dst);
+} mvk_format;
+
+/* The row of a dtype, or NULL for an unknown one. */
+const mvk_format *mvk_format_get(moevk_dtype dtype);
+/* Bit mask (1 << dtype) of the formats with any of `uses`. */
+uint32_t mvk_formats_mask(uint32_t uses);
+/* Bytes of a row of `elems` elements (0 if elems is not a whole number of
+ * blocks or the dtype is unknown). */
+uint64_t mvk_format_row_bytes(moevk_dtype dtype, uint64_t elems);
+/* Decode `elems` elements (a whole number of blocks) starting at element
+ * `first` (a multiple of the block) of `src` into floats. */
+void mvk_format_decode(moevk_dtype dtype, const void *src, uint64_t first, uint64_t elems,
+                       float *dst);
+
+#endif

@@ -1,0 +1,30 @@
+/*
+ * Combine op: y = sum_j w_j o[row_j] in slot order, plus the (gated) shared
+ * expert outputs; one thread per output element.
+ */
+#include "ops.h"
+#include "kernels.h"
+
+void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a)
+{
+    const uint64_t n = (uint64_t)a->T * a->H;
+    const uint32_t spec[MVK_COMBINE_NSPEC] = {MVK_COMBINE_WG};
+    mvk_binding b[MVK_COMBINE_BINDINGS];
+    b[MVK_COMBINE_BIND_O] = a->o;
+    b[MVK_COMBINE_BIND_ROW_OF] = a->row_of;
+    b[MVK_COMBINE_BIND_WEIGHTS] = a->weights;
+    b[MVK_COMBINE_BIND_SHARED_OUT] = a->shared_out;
+    b[MVK_COMBINE_BIND_SHARED_GATE] = a->shared_gate;
+    b[MVK_COMBINE_BIND_Y] = a->y;
+    const uint64_t per = (uint64_t)c->ctx->info.max_workgroup_count[0] * MVK_COMBINE_WG;
+    for (uint64_t e0 = 0; e0 < n; e0 += per) {
+        uint64_t cnt = MVK_MIN(per, n - e0);
+        mvk_combine_push p = {
+            .T = a->T, .H = a->H, .K = a->K, .n_shared = a->n_shared, .has_gate = a->has_gate,
+            .elem0 = (uint32_t)e0, .tok0 = a->tok0,
+        };
+        mvk_cmd_dispatch(c, MVK_K_COMBINE, spec, MVK_COMBINE_NSPEC, b, MVK_COMBINE_BINDINGS, &p,
+                         sizeof(p), (uint32_t)((cnt + MVK_COMBINE_WG - 1) / MVK_COMBINE_WG), 1,
+                         1);
+    }
+}

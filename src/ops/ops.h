@@ -1,0 +1,106 @@
+/*
+ * The ops: one recorder per kernel family, each taking explicit bindings
+ * and sizes (no layer, no scratch). The layer's forward pass (src/pass.c),
+ * the standalone stage calls (src/layer_stages.c), the router ops and the
+ * measurements compose them. A binding whose buffer is VK_NULL_HANDLE is
+ * an unused input: the context's dummy buffer is bound there.
+ *
+ * Every recorder checks the device limits it depends on (grid sizes) and
+ * leaves an error in c->status instead of recording an invalid dispatch.
+ * Push blocks, binding indices and constants come from shaders/interface.h.
+ */
+#ifndef MOEVK_OPS_H
+#define MOEVK_OPS_H
+
+#include "internal.h"
+#include "interface.h"
+
+/* ---- router (src/ops/router.c) ------------------------------------------ */
+typedef struct mvk_router_args {
+    mvk_binding x, w, bias, logits;
+    uint32_t tok0, T;  /* tokens tok0 .. T-1 of x */
+    uint32_t out_tok0; /* logits row of token t is t - out_tok0 */
+    uint32_t H, E;
+    uint32_t w_fmt;    /* MVK_WFMT_* of w */
+} mvk_router_args;
+void mvk_op_router_logits(mvk_cmd *c, const mvk_router_args *a);
+
+typedef struct mvk_scores_args {
+    mvk_binding logits, scores;
+    uint32_t T, E;
+    uint32_t scoring; /* MVK_SCORING_* */
+} mvk_scores_args;
+void mvk_op_router_scores(mvk_cmd *c, const mvk_scores_args *a);
+
+/* ---- route (src/ops/route.c) -------------------------------------------- */
+typedef struct mvk_route_args {
+    mvk_binding logits, corr_bias, ids, weights, tokstats;
+    uint32_t tok0, T;    /* tokens tok0 .. T-1 */
+    uint32_t logit_tok0; /* logits row of token t is t - logit_tok0 */
+    uint32_t E, K, routing, norm, n_group, topk_group;
+    float scale;
+} mvk_route_args;
+void mvk_op_route(mvk_cmd *c, const mvk_route_args *a);
+
+/* ---- permute (src/ops/permute.c) ---------------------------------------- */
+/* Counting-tile geometry for A assignments over E experts: the tile length
+ * (a multiple of MVK_PERMUTE_WG) is the smallest for which the per-tile
+ * count arrays ([ntiles, E] words) fit max_bytes. */
+void mvk_permute_geometry(uint64_t A, uint32_t E, uint64_t max_bytes, uint32_t *tile_len,
+                          uint32_t *ntiles);
+typedef struct mvk_permute_args {
+    mvk_binding ids, tile_rank, tile_count, tile_off, meta, schedule, row_of, row_token;
+    mvk_binding mask;  /* masked only: row_of of the admission over all tokens */
+    uint32_t T, K, E;
+    uint32_t tok0;     /* masked only: first token of ids/mask */
+    uint32_t capacity; /* UINT32_MAX: no capacity */
+    uint32_t tile_m;   /* the GEMM row tile the schedule is made for */
+    uint32_t n_up, n_down;
+    bool masked;
+} mvk_permute_args;
+/* The three passes, each followed by a barrier. The tile geometry is
+ * mvk_permute_geometry(T * K, E, mvk_max_range(ctx)). */
+void mvk_op_permute(mvk_cmd *c, const mvk_permute_args *a);
+
+/* ---- expert GEMM (src/ops/expert_gemm.c) -------------------------------- */
+/* Row tile of the expert GEMM on this device (the schedule's tile_m). */
+uint32_t mvk_gemm_bm(const moevk_context *ctx);
+typedef struct mvk_gemm_args {
+    mvk_binding a, row_token, schedule, meta, w0, w1, bias0, bias1, out;
+    uint32_t M, N, K, E;
+    uint32_t e_first, e_count; /* experts held by w0/w1 */
+    uint32_t dense_expert;     /* dense only */
+    uint32_t a_row0;           /* dense only: first A row */
+    uint32_t out_offset;
+    float alpha, limit;
+    uint32_t w_fmt;   /* MVK_WFMT_* */
+    uint32_t act;     /* MVK_ACT_* */
+    bool gated, has_bias;
+    bool scheduled;   /* tiles from the schedule, grid from META's args */
+    bool gather;      /* A rows by row_token (scheduled only) */
+    VkBuffer args;    /* scheduled: the buffer holding the indirect args */
+    VkDeviceSize args_offset;
+} mvk_gemm_args;
+void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a);
+
+/* ---- combine (src/ops/combine.c) ---------------------------------------- */
+typedef struct mvk_combine_args {
+    mvk_binding o, row_of, weights, shared_out, shared_gate, y;
+    uint32_t tok0, T; /* tokens tok0 .. tok0 + T - 1 */
+    uint32_t H, K, n_shared;
+    bool has_gate;
+} mvk_combine_args;
+void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a);
+
+/* ---- statistics (src/ops/stats.c) --------------------------------------- */
+typedef struct mvk_stats_args {
+    mvk_binding logits, tokstats, meta, part, results;
+    uint32_t T, E, K;
+} mvk_stats_args;
+/* Pass 0 over tokens tok0 .. tok1-1 (tok0 a multiple of MVK_STATS_BLOCK),
+ * logits row of token t being t - logit_tok0. */
+void mvk_op_stats_partial(mvk_cmd *c, const mvk_stats_args *a, uint32_t tok0, uint32_t tok1,
+                          uint32_t logit_tok0);
+void mvk_op_stats_final(mvk_cmd *c, const mvk_stats_args *a);
+
+#endif

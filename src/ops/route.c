@@ -1,0 +1,35 @@
+/*
+ * Route op: per token, scoring, top-k ids and routing weights, and the
+ * softmax statistics {max, sum, entropy} of its logits.
+ */
+#include "ops.h"
+#include "kernels.h"
+
+#define ROUTE_WG 128u
+
+_Static_assert(MOEVK_ROUTING_SOFTMAX_TOPK == MVK_ROUTING_SOFTMAX_TOPK &&
+                   MOEVK_ROUTING_TOPK_SOFTMAX == MVK_ROUTING_TOPK_SOFTMAX &&
+                   MOEVK_ROUTING_SIGMOID_GROUPED == MVK_ROUTING_SIGMOID_GROUPED,
+               "moevk_routing mirrors interface.h");
+_Static_assert(MOEVK_MAX_EXPERTS <= MVK_ROUTE_MAX_EXPERTS, "route.comp holds every expert");
+
+void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
+{
+    const uint32_t spec[MVK_ROUTE_NSPEC] = {ROUTE_WG, a->routing, a->norm ? 1u : 0u};
+    const uint32_t per = c->ctx->info.max_workgroup_count[0];
+    mvk_binding b[MVK_ROUTE_BINDINGS];
+    b[MVK_ROUTE_BIND_LOGITS] = a->logits;
+    b[MVK_ROUTE_BIND_CORR_BIAS] = a->corr_bias;
+    b[MVK_ROUTE_BIND_IDS] = a->ids;
+    b[MVK_ROUTE_BIND_WEIGHTS] = a->weights;
+    b[MVK_ROUTE_BIND_TOKSTATS] = a->tokstats;
+    for (uint32_t t0 = a->tok0; t0 < a->T; t0 += per) {
+        mvk_route_push p = {
+            .T = a->T, .E = a->E, .K = a->K, .n_group = a->n_group, .topk_group = a->topk_group,
+            .has_bias = a->corr_bias.buffer != VK_NULL_HANDLE, .tok0 = t0, .scale = a->scale,
+            .logit_tok0 = a->logit_tok0,
+        };
+        mvk_cmd_dispatch(c, MVK_K_ROUTE, spec, MVK_ROUTE_NSPEC, b, MVK_ROUTE_BINDINGS, &p,
+                         sizeof(p), MVK_MIN(per, a->T - t0), 1, 1);
+    }
+}
