@@ -8,11 +8,13 @@
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +34,8 @@ static void dir_make(char *buf, size_t n)
     cr_assert_not_null(mkdtemp(buf), "mkdtemp %s", buf);
 }
 
+/* Remove dir and everything in it (subdirectories too; links are removed,
+ * not followed). */
 static void dir_remove(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -39,10 +43,14 @@ static void dir_remove(const char *dir)
         return;
     struct dirent *e;
     char p[512];
+    struct stat st;
     while ((e = readdir(d)))
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
             snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
+            if (!lstat(p, &st) && S_ISDIR(st.st_mode))
+                dir_remove(p);
+            else
+                unlink(p);
         }
     closedir(d);
     rmdir(dir);
@@ -50,7 +58,8 @@ static void dir_remove(const char *dir)
 
 static const char *join(char *buf, size_t n, const char *dir, const char *name)
 {
-    snprintf(buf, n, "%s/%s", dir, name);
+    int len = snprintf(buf, n, "%s/%s", dir, name);
+    cr_assert(len > 0 && (size_t)len < n, "path too long: %s/%s", dir, name);
     return buf;
 }
 
@@ -337,8 +346,16 @@ static const char *moevk_exe(void)
 }
 
 /* Run `moevk args...`; returns the exit status (-1 if it did not exit),
- * stdout and stderr together in out. */
-static int run_cli_env(char *out, size_t outsz, const char *const *args, int vulkan);
+ * stdout and stderr together in out (stderr alone with `stderr_only`). With
+ * `limit_s`, the tool is killed (status -1) after that many seconds: a hang
+ * fails the test instead of blocking it. */
+static int run_cli_ex(char *out, size_t outsz, const char *const *args, int vulkan,
+                      unsigned limit_s, int stderr_only);
+
+static int run_cli_env(char *out, size_t outsz, const char *const *args, int vulkan)
+{
+    return run_cli_ex(out, outsz, args, vulkan, 0, 0);
+}
 
 static int run_cli(char *out, size_t outsz, const char *const *args)
 {
@@ -349,7 +366,8 @@ static int run_cli(char *out, size_t outsz, const char *const *args)
  * child: the Vulkan loader unloads the driver before exit, so the driver's
  * own leaks can no longer be attributed (tools/lsan.supp cannot match them).
  * The CPU-backend runs keep leak checking for moevk's code. */
-static int run_cli_env(char *out, size_t outsz, const char *const *args, int vulkan)
+static int run_cli_ex(char *out, size_t outsz, const char *const *args, int vulkan,
+                      unsigned limit_s, int stderr_only)
 {
     const char *exe = moevk_exe(); /* before fork: asserts only in the test process */
     int fd[2];
@@ -358,7 +376,13 @@ static int run_cli_env(char *out, size_t outsz, const char *const *args, int vul
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
-        dup2(fd[1], 1);
+        if (stderr_only) {
+            int devnull = open("/dev/null", O_WRONLY);
+            dup2(devnull, 1);
+            close(devnull);
+        } else {
+            dup2(fd[1], 1);
+        }
         dup2(fd[1], 2);
         close(fd[0]);
         close(fd[1]);
@@ -368,6 +392,8 @@ static int run_cli_env(char *out, size_t outsz, const char *const *args, int vul
             snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", a ? a : "", a && *a ? ":" : "");
             setenv("ASAN_OPTIONS", opts, 1);
         }
+        if (limit_s)
+            alarm(limit_s); /* survives exec: SIGALRM ends a hung tool */
         const char *argv[64];
         size_t n = 0;
         argv[n++] = exe;
@@ -1386,4 +1412,121 @@ Test(model, run_reports_bad_input_cleanly)
     free(x);
     canon_free(&c);
     dir_remove(t.dir);
+}
+
+/* ---- input hygiene: FIFOs, outputs over inputs, strict JSON, messages ------- */
+
+#define TINY_CONFIG                                                                      \
+    "{\"model_type\": \"mixtral\", \"hidden_size\": 8, \"intermediate_size\": 4,"        \
+    " \"num_local_experts\": 2, \"num_experts_per_tok\": 1, \"num_hidden_layers\": 1}"
+#define TINY_PREFIX "model.layers.0.block_sparse_moe."
+
+/* A tiny mixtral checkpoint in dir (H 8, F 4, E 2, k 1, f32 weights):
+ * config.json and model.safetensors, or with `sharded` shard-1/shard-2
+ * listed in model.safetensors.index.json; and x.safetensors ([3, 8]). */
+static void tiny_model(const char *dir, uint64_t seed, int sharded)
+{
+    mvkt_rng r = mvkt_rng_make(seed);
+    canon c;
+    canon_make(&c, &r, 8, 4, 2, 1, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, 0);
+    tlist *l = tl_new();
+    add_block(l, &c, TINY_PREFIX, LAY_W123, SHARED_NONE);
+    char p[512];
+    if (!sharded) {
+        tl_write(l, join(p, sizeof p, dir, "model.safetensors"), 0, l->n);
+    } else {
+        size_t cut = l->n / 2;
+        tl_write(l, join(p, sizeof p, dir, "shard-1.safetensors"), 0, cut);
+        tl_write(l, join(p, sizeof p, dir, "shard-2.safetensors"), cut, l->n);
+        cJSON *idx = cJSON_CreateObject(), *wm = cJSON_AddObjectToObject(idx, "weight_map");
+        for (size_t i = 0; i < l->n; i++)
+            cJSON_AddStringToObject(wm, l->name[i],
+                                    i < cut ? "shard-1.safetensors" : "shard-2.safetensors");
+        char *s = cJSON_Print(idx);
+        write_text(join(p, sizeof p, dir, "model.safetensors.index.json"), s);
+        free(s);
+        cJSON_Delete(idx);
+    }
+    tl_free(l);
+    write_text(join(p, sizeof p, dir, "config.json"), TINY_CONFIG);
+    free(write_x(&r, join(p, sizeof p, dir, "x.safetensors"), MOEVK_DTYPE_F32, 2, SH(3, 8)));
+    canon_free(&c);
+}
+
+static void subdir_make(char *buf, size_t n, const char *dir, const char *name)
+{
+    join(buf, n, dir, name);
+    cr_assert_eq(mkdir(buf, 0700), 0, "mkdir %s", buf);
+}
+
+/* Replace path by a FIFO (no writer ever opens it). */
+static void make_fifo(const char *path)
+{
+    unlink(path);
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo %s", path);
+}
+
+/* The tool given a FIFO: refused at once with a message naming it. A hang
+ * is killed after 20 s (status -1) and fails. */
+static void run_refuses_fifo(const char *const *args, const char *fifo)
+{
+    char out[8192];
+    int st = run_cli_ex(out, sizeof out, args, 0, 20, 0);
+    cr_assert_eq(st, 1, "exit %d (-1: killed, it hung) for the FIFO %s:\n%s", st, fifo, out);
+    cr_assert(strstr(out, fifo) && strstr(out, "not a regular file"), "%s", out);
+}
+
+Test(model, fifo_is_refused_not_waited_for, .timeout = 60)
+{
+    char dir[256], fifo[512], err[512] = "", out[8192], *text = NULL;
+    size_t len;
+    dir_make(dir, sizeof dir);
+    make_fifo(join(fifo, sizeof fifo, dir, "fifo"));
+    mvk_st_file f;
+    cr_assert_eq(mvk_st_open(fifo, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, fifo) && strstr(err, "not a regular file (a FIFO)"), "%s", err);
+    cr_assert_eq(mvk_read_text(fifo, &text, &len, err, sizeof err), -1);
+    cr_assert(strstr(err, fifo) && strstr(err, "not a regular file (a FIFO)"), "%s", err);
+    cr_assert_eq(mvk_read_text(dir, &text, &len, err, sizeof err), -1);
+    cr_assert(strstr(err, "not a regular file (a directory)"), "%s", err);
+
+    /* through the tool: the FIFO as x, as config.json, as a weights file */
+    char m[512], x[512], cfg[512], w[512];
+    subdir_make(m, sizeof m, dir, "m");
+    tiny_model(m, 1, 0);
+    join(x, sizeof x, m, "x.safetensors");
+    join(cfg, sizeof cfg, m, "config.json");
+    join(w, sizeof w, m, "model.safetensors");
+    const char *ok[] = {"run", "--model", m, "--layer", "0", "--input", x, "--backend", "cpu",
+                        NULL};
+    cr_assert_eq(run_cli(out, sizeof out, ok), 0, "%s", out);
+    const char *a1[] = {"run", "--model", m, "--layer", "0", "--input", fifo, "--backend", "cpu",
+                        NULL};
+    run_refuses_fifo(a1, fifo);
+    const char *a2[] = {"run", "--config", fifo, "--weights", w, "--prefix", TINY_PREFIX,
+                        "--input", x, "--backend", "cpu", NULL};
+    run_refuses_fifo(a2, fifo);
+    const char *a3[] = {"run", "--config", cfg, "--weights", fifo, "--prefix", TINY_PREFIX,
+                        "--input", x, "--backend", "cpu", NULL};
+    run_refuses_fifo(a3, fifo);
+    /* each file of a model directory in turn */
+    make_fifo(cfg);
+    run_refuses_fifo(ok, cfg);
+    unlink(cfg);
+    write_text(cfg, TINY_CONFIG);
+    make_fifo(w);
+    run_refuses_fifo(ok, w);
+
+    /* a sharded checkpoint: a shard, then the index */
+    char s[512], sx[512], shard[512], idx[512];
+    subdir_make(s, sizeof s, dir, "s");
+    tiny_model(s, 2, 1);
+    const char *ok2[] = {"run", "--model", s, "--layer", "0", "--input",
+                         join(sx, sizeof sx, s, "x.safetensors"), "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, ok2), 0, "%s", out);
+    make_fifo(join(shard, sizeof shard, s, "shard-2.safetensors"));
+    run_refuses_fifo(ok2, shard);
+    make_fifo(join(idx, sizeof idx, s, "model.safetensors.index.json"));
+    run_refuses_fifo(ok2, idx);
+    dir_remove(dir);
 }

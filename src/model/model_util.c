@@ -1,10 +1,13 @@
 #include "model_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int mvk_errf(char *err, size_t errsz, const char *fmt, ...)
 {
@@ -39,11 +42,53 @@ char *mvk_strcat2(const char *a, const char *b)
     return d;
 }
 
+static const char *file_kind(mode_t m)
+{
+    return S_ISDIR(m)    ? "a directory"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a file";
+}
+
+int mvk_open_regular(const char *path, int *fd_out, uint64_t *size, char *err, size_t errsz)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return mvk_errf(err, errsz, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st)) {
+        int e = errno;
+        close(fd);
+        return mvk_errf(err, errsz, "cannot stat %s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return mvk_errf(err, errsz, "%s is not a regular file (%s)", path, file_kind(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK)) {
+        int e = errno;
+        close(fd);
+        return mvk_errf(err, errsz, "cannot read %s: %s", path, strerror(e));
+    }
+    *fd_out = fd;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
 int mvk_read_text(const char *path, char **text, size_t *len, char *err, size_t errsz)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return mvk_errf(err, errsz, "cannot open %s: %s", path, strerror(errno));
+    int fd;
+    uint64_t size;
+    if (mvk_open_regular(path, &fd, &size, err, errsz))
+        return -1;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return mvk_errf(err, errsz, "out of host memory reading %s", path);
+    }
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
     while (buf) {

@@ -20,7 +20,13 @@ int mvk_errf(char *err, size_t errsz, const char *fmt, ...) MVK_PRINTF(3, 4);
 char *mvk_strdup(const char *s);
 /* malloc'd "a" + "b" (NULL on failure). */
 char *mvk_strcat2(const char *a, const char *b);
-/* Read a whole file into a NUL-terminated malloc'd buffer. */
+/* Open a file for reading, refusing anything but a regular file with a
+ * message naming it and its kind ("... is not a regular file (a FIFO)"):
+ * the open never waits (O_NONBLOCK, so a FIFO without a writer cannot hang
+ * it), the type is taken from the opened descriptor (fstat). Returns 0 with
+ * *fd (blocking again) and *size, or -1 with a message. */
+int mvk_open_regular(const char *path, int *fd, uint64_t *size, char *err, size_t errsz);
+/* Read a whole regular file into a NUL-terminated malloc'd buffer. */
 int mvk_read_text(const char *path, char **text, size_t *len, char *err, size_t errsz);
 /* "[a, b, c]" of a shape into buf. */
 const char *mvk_shape_str(const uint64_t *shape, uint32_t ndim, char *buf, size_t bufsz);

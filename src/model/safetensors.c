@@ -301,16 +301,12 @@ done:
 int mvk_st_open(const char *path, mvk_st_file *out, char *err, size_t errsz)
 {
     memset(out, 0, sizeof(*out));
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return mvk_errf(err, errsz, "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return mvk_errf(err, errsz, "%s is not a regular file", path);
-    }
-    size_t size = (size_t)st.st_size;
-    if ((off_t)size != st.st_size) {
+    int fd;
+    uint64_t fsize;
+    if (mvk_open_regular(path, &fd, &fsize, err, errsz))
+        return -1;
+    size_t size = (size_t)fsize;
+    if ((uint64_t)size != fsize) {
         close(fd);
         return mvk_errf(err, errsz, "%s is too large to map", path);
     }
