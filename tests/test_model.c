@@ -1530,3 +1530,85 @@ Test(model, fifo_is_refused_not_waited_for, .timeout = 60)
     run_refuses_fifo(ok2, idx);
     dir_remove(dir);
 }
+
+/* A file's bytes (for "unchanged" checks); *len set. */
+static char *slurp(const char *path, size_t *len)
+{
+    char *text, err[512];
+    cr_assert_eq(mvk_read_text(path, &text, len, err, sizeof err), 0, "%s", err);
+    return text;
+}
+
+/* `moevk run ... <opt> <target>` is refused (exit 2) before anything is
+ * written, naming the option and the input; `victim` keeps its bytes. */
+static void run_refuses_overwrite(const char *const *sel, const char *x, const char *opt,
+                                  const char *target, const char *victim, const char *backend)
+{
+    size_t n0, n1;
+    char *before = slurp(victim, &n0), out[8192];
+    const char *args[24];
+    size_t n = 0;
+    args[n++] = "run";
+    for (; *sel; sel++)
+        args[n++] = *sel;
+    const char *tail[] = {"--input", x, opt, target, "--backend", backend, "--check", NULL};
+    for (const char *const *t = tail; *t; t++)
+        args[n++] = *t;
+    args[n] = NULL;
+    int st = run_cli_ex(out, sizeof out, args, strcmp(backend, "cpu") != 0, 60, 0);
+    char *after = slurp(victim, &n1);
+    cr_assert_eq(st, 2, "%s %s over %s: exit %d (-1: a signal)\n%s", opt, target, victim, st,
+                 out);
+    cr_assert(strstr(out, opt) && strstr(out, target) && strstr(out, "is the same file as"),
+              "%s", out);
+    cr_assert(n0 == n1 && !memcmp(before, after, n0), "%s %s changed %s", opt, target, victim);
+    free(before);
+    free(after);
+}
+
+Test(model, output_naming_an_input_is_refused, .timeout = 120)
+{
+    char dir[256], m[512], x[512], w[512], cfg[512], p[512], out[8192];
+    dir_make(dir, sizeof dir);
+    subdir_make(m, sizeof m, dir, "m");
+    tiny_model(m, 3, 0);
+    join(x, sizeof x, m, "x.safetensors");
+    join(w, sizeof w, m, "model.safetensors");
+    join(cfg, sizeof cfg, m, "config.json");
+    const char *sel[] = {"--model", m, "--layer", "0", NULL};
+    /* the case that crashed: --check reads the mapped weights after y is written */
+    run_refuses_overwrite(sel, x, "--output", w, w, "vulkan");
+    join(p, sizeof p, m, "./model.safetensors");
+    run_refuses_overwrite(sel, x, "--output", p, w, "cpu");
+    cr_assert_eq(symlink("model.safetensors", join(p, sizeof p, m, "sym")), 0);
+    run_refuses_overwrite(sel, x, "--output", p, w, "cpu");
+    cr_assert_eq(link(w, join(p, sizeof p, m, "hard")), 0);
+    run_refuses_overwrite(sel, x, "--output", p, w, "cpu");
+    run_refuses_overwrite(sel, x, "--stats", p, w, "cpu");
+    run_refuses_overwrite(sel, x, "--output", x, x, "cpu");
+    run_refuses_overwrite(sel, x, "--output", cfg, cfg, "cpu");
+    const char *sel2[] = {"--config", cfg, "--weights", w, "--prefix", TINY_PREFIX, NULL};
+    run_refuses_overwrite(sel2, x, "--output", w, w, "cpu");
+    /* --output and --stats naming one file */
+    const char *both[] = {"run", "--model", m, "--layer", "0", "--input", x, "--output",
+                          join(p, sizeof p, dir, "y"), "--stats", p, "--backend", "cpu", NULL};
+    write_text(p, "old");
+    cr_assert_eq(run_cli(out, sizeof out, both), 2, "%s", out);
+    cr_assert(strstr(out, "--stats") && strstr(out, "same file as --output"), "%s", out);
+
+    /* sharded: a shard (opened lazily) and the index */
+    char s[512], sx[512];
+    subdir_make(s, sizeof s, dir, "s");
+    tiny_model(s, 4, 1);
+    join(sx, sizeof sx, s, "x.safetensors");
+    const char *sel3[] = {"--model", s, "--layer", "0", NULL};
+    run_refuses_overwrite(sel3, sx, "--output", join(p, sizeof p, s, "shard-2.safetensors"), p,
+                          "cpu");
+    run_refuses_overwrite(sel3, sx, "--output",
+                          join(p, sizeof p, s, "model.safetensors.index.json"), p, "cpu");
+    /* a new file is fine */
+    const char *fresh[] = {"run", "--model", s, "--layer", "0", "--input", sx, "--output",
+                           join(p, sizeof p, s, "y.safetensors"), "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, fresh), 0, "%s", out);
+    dir_remove(dir);
+}

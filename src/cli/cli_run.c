@@ -488,6 +488,54 @@ static int parse_opts(int argc, char **argv, run_opts *o)
     return 0;
 }
 
+/* Which input of the run the file `id` is, with its path in buf; NULL if
+ * none. */
+static const char *input_named(const mvk_file_id *id, const run_opts *o, const char *cfg_path,
+                               const mvk_st_set *set, char *buf, size_t bufsz)
+{
+    if (mvk_file_is(o->input, id)) {
+        snprintf(buf, bufsz, "%s", o->input);
+        return "the input x";
+    }
+    if (mvk_file_is(cfg_path, id)) {
+        snprintf(buf, bufsz, "%s", cfg_path);
+        return "the config";
+    }
+    if (mvk_st_set_holds_file(set, id, buf, bufsz))
+        return "the checkpoint's";
+    return NULL;
+}
+
+/* --output and --stats may not name an input (compared as files, by device
+ * and inode: any spelling, symlinks and hard links): the weights are
+ * memory-mapped and read again by --check, and nothing given to read is
+ * overwritten. Nor may they name one file. Checked before anything is
+ * written. */
+static int outputs_are_not_inputs(const run_opts *o, const char *cfg_path, const mvk_st_set *set,
+                                  char *err, size_t errsz)
+{
+    const char *opt[2] = {"--output", "--stats"}, *path[2] = {o->output, o->stats};
+    for (int i = 0; i < 2; i++) {
+        mvk_file_id id;
+        char in[1024];
+        if (!path[i] || mvk_file_id_of(path[i], &id))
+            continue; /* not there yet: a new file */
+        const char *what = input_named(&id, o, cfg_path, set, in, sizeof in);
+        if (what)
+            return mvk_errf(err, errsz,
+                            "%s %s is the same file as %s %s: moevk run does not overwrite "
+                            "its inputs",
+                            opt[i], path[i], what, in);
+    }
+    mvk_file_id id;
+    if (o->output && o->stats &&
+        (!strcmp(o->output, o->stats) ||
+         (!mvk_file_id_of(o->stats, &id) && mvk_file_is(o->output, &id))))
+        return mvk_errf(err, errsz, "--stats %s is the same file as --output %s", o->stats,
+                        o->output);
+    return 0;
+}
+
 /* The input x as f32 [T, H]; shape kept for the output. */
 static int read_input(const char *path, uint32_t H, float **x, uint32_t *ndim, uint64_t *shape,
                       uint32_t *T)
@@ -598,6 +646,11 @@ int cli_run(int argc, char **argv)
         for (int i = 0; i < opt.nweights; i++)
             if (mvk_st_set_add_file(&set, opt.weights[i], err, sizeof err))
                 goto fail;
+    }
+    if (outputs_are_not_inputs(&opt, cfg_path, &set, err, sizeof err)) {
+        fprintf(stderr, "moevk run: %s\n", err);
+        rc = 2;
+        goto done;
     }
     const char *pp[MVK_MAX_PREFIXES] = {prefixes[0], prefixes[1]};
     if (mvk_model_layer_build_any(&cfg, &set, pp, nprefix, &ml, err, sizeof err))

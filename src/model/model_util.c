@@ -78,6 +78,22 @@ int mvk_open_regular(const char *path, int *fd_out, uint64_t *size, char *err, s
     return 0;
 }
 
+int mvk_file_id_of(const char *path, mvk_file_id *id)
+{
+    struct stat st;
+    if (!path || stat(path, &st))
+        return -1;
+    id->dev = (uint64_t)st.st_dev;
+    id->ino = (uint64_t)st.st_ino;
+    return 0;
+}
+
+int mvk_file_is(const char *path, const mvk_file_id *id)
+{
+    mvk_file_id other;
+    return !mvk_file_id_of(path, &other) && other.dev == id->dev && other.ino == id->ino;
+}
+
 int mvk_read_text(const char *path, char **text, size_t *len, char *err, size_t errsz)
 {
     int fd;

@@ -26,6 +26,16 @@ char *mvk_strcat2(const char *a, const char *b);
  * it), the type is taken from the opened descriptor (fstat). Returns 0 with
  * *fd (blocking again) and *size, or -1 with a message. */
 int mvk_open_regular(const char *path, int *fd, uint64_t *size, char *err, size_t errsz);
+/* A file's identity: device and inode (the same for every spelling of its
+ * path, through symlinks and hard links). */
+typedef struct mvk_file_id {
+    uint64_t dev, ino;
+} mvk_file_id;
+/* The identity of the file path names (symlinks followed): 0, or -1 when it
+ * does not exist or cannot be reached. */
+int mvk_file_id_of(const char *path, mvk_file_id *id);
+/* 1 when path names the file `id`, else 0 (also when path is NULL). */
+int mvk_file_is(const char *path, const mvk_file_id *id);
 /* Read a whole regular file into a NUL-terminated malloc'd buffer. */
 int mvk_read_text(const char *path, char **text, size_t *len, char *err, size_t errsz);
 /* "[a, b, c]" of a shape into buf. */

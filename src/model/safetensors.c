@@ -595,6 +595,31 @@ const mvk_st_tensor *mvk_st_set_find(mvk_st_set *s, const char *name, char *err,
     return NULL;
 }
 
+int mvk_st_set_holds_file(const mvk_st_set *s, const mvk_file_id *id, char *buf, size_t bufsz)
+{
+    const char *hit = mvk_file_is(s->index_path, id) ? s->index_path : NULL;
+    for (size_t i = 0; i < s->nfiles && !hit; i++)
+        if (mvk_file_is(s->files[i].path, id))
+            hit = s->files[i].path;
+    if (hit) {
+        snprintf(buf, bufsz, "%s", hit);
+        return 1;
+    }
+    for (size_t i = 0; i < s->map_count; i++) {
+        if (i && !strcmp(s->map_files[i], s->map_files[i - 1]))
+            continue; /* consecutive tensors of one shard: stat it once */
+        char *p1 = mvk_strcat2(s->dir, "/"), *path = p1 ? mvk_strcat2(p1, s->map_files[i]) : NULL;
+        int same = path && mvk_file_is(path, id);
+        if (same)
+            snprintf(buf, bufsz, "%s", path);
+        free(p1);
+        free(path);
+        if (same)
+            return 1;
+    }
+    return 0;
+}
+
 void mvk_st_set_free(mvk_st_set *s)
 {
     for (size_t i = 0; i < s->nfiles; i++)
