@@ -618,7 +618,7 @@ Test(model, bad_header_not_json)
     expect_bad("{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]", 0, 4,
                "not valid JSON");
     expect_bad("[1, 2, 3]", 0, 0, "not a JSON object");
-    expect_bad("{} trailing", 0, 0, "bytes after its JSON object");
+    expect_bad("{} trailing", 0, 0, "header has bytes after its JSON value (at byte 3)");
 }
 
 Test(model, bad_offsets_outside_file)
@@ -666,7 +666,7 @@ Test(model, bad_unknown_dtype_and_fields)
                "data_offsets");
     expect_bad("{\"w\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]},"
                " \"w\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [1, 2]}}",
-               0, 2, "appears twice");
+               0, 2, "the header has the key \"w\" twice in the top-level object");
     expect_bad("{\"__metadata__\": {\"format\": 3}}", 0, 0, "__metadata__");
 }
 
@@ -785,13 +785,18 @@ static mvk_moe_config parse_ok(const char *json)
     return c;
 }
 
-static void parse_bad(const char *json, const char *msg)
+static void parse_bad_n(const char *json, size_t len, const char *msg)
 {
     char err[512] = "";
     mvk_moe_config c;
-    cr_assert_eq(mvk_hf_config_parse(json, strlen(json), "config.json", &c, err, sizeof err), -1,
+    cr_assert_eq(mvk_hf_config_parse(json, len, "config.json", &c, err, sizeof err), -1,
                  "accepted: %s", json);
     cr_assert(strstr(err, msg), "'%s' does not say '%s'", err, msg);
+}
+
+static void parse_bad(const char *json, const char *msg)
+{
+    parse_bad_n(json, strlen(json), msg);
 }
 
 Test(model, config_defaults_follow_transformers)
@@ -1611,4 +1616,85 @@ Test(model, output_naming_an_input_is_refused, .timeout = 120)
                            join(p, sizeof p, s, "y.safetensors"), "--backend", "cpu", NULL};
     cr_assert_eq(run_cli(out, sizeof out, fresh), 0, "%s", out);
     dir_remove(dir);
+}
+
+/* ---- strict JSON: config.json, the index, safetensors headers ---------------- */
+
+static void index_parse(const char *json, size_t len, int want_ok, const char *msg)
+{
+    mvk_st_set s;
+    mvk_st_set_init(&s);
+    char err[512] = "";
+    if (len == (size_t)-1)
+        len = strlen(json);
+    int rc = mvk_st_set_parse_index(&s, json, len, "/d", "idx.json", err, sizeof err);
+    mvk_st_set_free(&s);
+    if (want_ok) {
+        cr_assert_eq(rc, 0, "%s: %s", json, err);
+        return;
+    }
+    cr_assert_eq(rc, -1, "accepted: %s", json);
+    cr_assert(strstr(err, msg) && strstr(err, "idx.json"), "'%s' does not say '%s'", err, msg);
+}
+
+Test(model, json_trailing_bytes_are_refused)
+{
+    mvk_moe_config c = parse_ok("{\"model_type\": \"mixtral\"} \n\r\t");
+    (void)c;
+    parse_bad("{\"model_type\": \"mixtral\"} x", "config.json has bytes after its JSON value");
+    parse_bad("{\"model_type\": \"mixtral\"}{\"model_type\": \"olmoe\"}", "bytes after");
+    parse_bad_n("{\"model_type\": \"mixtral\"}\0", 26, "bytes after its JSON value (at byte 25)");
+    index_parse("{\"weight_map\": {\"a\": \"s.safetensors\"}}\n", 39, 1, NULL);
+    index_parse("{\"weight_map\": {}} ,", 20, 0, "bytes after its JSON value");
+    /* safetensors: "{} trailing" in bad_header_not_json */
+}
+
+Test(model, json_duplicate_keys_are_refused)
+{
+    parse_bad("{\"model_type\": \"mixtral\", \"hidden_size\": 8, \"hidden_size\": 16}",
+              "config.json has the key \"hidden_size\" twice in the top-level object");
+    parse_bad("{\"model_type\": \"mixtral\", \"rope_scaling\": {\"type\": \"a\", \"factor\": 2,"
+              " \"type\": \"b\"}}",
+              "key \"type\" twice in object \"rope_scaling\"");
+    parse_bad("{\"model_type\": \"mixtral\", \"l\": [1, [{\"a\": 1, \"b\": {}, \"a\": 2}]]}",
+              "key \"a\" twice in an object in an array");
+    /* the same key spelled with an escape */
+    parse_bad("{\"model_type\": \"mixtral\", \"model_typ\\u0065\": \"olmoe\"}",
+              "key \"model_type\" twice");
+    /* many keys (sorted, not pairwise): one repeated far apart, and none */
+    char big[2048];
+    size_t o = (size_t)snprintf(big, sizeof big, "{\"model_type\": \"mixtral\"");
+    for (int i = 0; i < 60; i++)
+        o += (size_t)snprintf(big + o, sizeof big - o, ", \"k%d\": %d", i, i);
+    snprintf(big + o, sizeof big - o, "}");
+    mvk_moe_config c = parse_ok(big);
+    (void)c;
+    snprintf(big + o, sizeof big - o, ", \"k3\": 0}");
+    parse_bad(big, "key \"k3\" twice in the top-level object");
+
+    index_parse("{\"weight_map\": {\"t\": \"a.safetensors\", \"u\": \"a.safetensors\","
+                " \"t\": \"b.safetensors\"}}",
+                (size_t)-1, 0, "key \"t\" twice in object \"weight_map\"");
+    index_parse("{\"metadata\": {\"total_size\": 1, \"total_size\": 2}, \"weight_map\": {}}",
+                (size_t)-1, 0, "key \"total_size\" twice in object \"metadata\"");
+
+    expect_bad("{\"w\": {\"dtype\": \"U8\", \"shape\": [1], \"dtype\": \"F32\","
+               " \"data_offsets\": [0, 1]}}",
+               0, 1, "header has the key \"dtype\" twice in object \"w\"");
+    expect_bad("{\"__metadata__\": {\"format\": \"pt\", \"format\": \"np\"}}", 0, 0,
+               "key \"format\" twice in object \"__metadata__\"");
+}
+
+Test(model, json_nul_and_raw_control_characters_are_refused)
+{
+    parse_bad("{\"model_type\": \"mixtral\\u0000x\"}", "NUL character in a string (\\u0000 at byte 23)");
+    parse_bad("{\"model_type\": \"mixtral\", \"a\\u0000b\": 1, \"a\\u0000c\": 2}", "NUL");
+    parse_bad_n("{\"model_type\": \"mix\0tral\"}", 26, "NUL character");
+    parse_bad("{\"model_type\": \"mix\ttral\"}", "control character 0x09 in a string");
+    parse_bad("{\x01\"model_type\": \"mixtral\"}", "control character 0x01 outside a string");
+    /* an escaped backslash before "u0000" is no NUL */
+    mvk_moe_config c = parse_ok("{\"model_type\": \"mixtral\", \"n\": \"a\\\\u0000\\\\\"}");
+    (void)c;
+    expect_bad("{\"w\\u0000x\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]}}",
+               0, 1, "NUL");
 }

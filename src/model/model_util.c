@@ -1,5 +1,6 @@
 #include "model_util.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -155,4 +156,135 @@ const char *mvk_shape_str(const uint64_t *shape, uint32_t ndim, char *buf, size_
     if (o < bufsz)
         snprintf(buf + o, bufsz - o, "]");
     return buf;
+}
+
+/* ---- strict JSON ------------------------------------------------------------ */
+
+static int json_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* What cJSON lets through that JSON does not, or cannot represent: NUL in
+ * a string, raw control characters in strings, and control characters
+ * other than whitespace between tokens (cJSON skips every byte <= 32). */
+static int json_chars_ok(const char *text, size_t len, const char *what, char *err, size_t errsz)
+{
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (!in_string) {
+            if (c == '"')
+                in_string = 1;
+            else if (c < 0x20 && !json_space(c))
+                return mvk_errf(err, errsz,
+                                "%s has the control character 0x%02x outside a string (at byte "
+                                "%zu)",
+                                what, c, i);
+        } else if (c == '"') {
+            in_string = 0;
+        } else if (c == '\\') {
+            if (i + 6 <= len && !memcmp(text + i + 1, "u0000", 5))
+                return mvk_errf(err, errsz,
+                                "%s has a NUL character in a string (\\u0000 at byte %zu), which "
+                                "moevk cannot read",
+                                what, i);
+            i++; /* the escaped character ('"', '\\', 'u', ...) */
+        } else if (c == 0) {
+            return mvk_errf(err, errsz,
+                            "%s has a NUL character in a string (a 0 byte at byte %zu), which "
+                            "moevk cannot read",
+                            what, i);
+        } else if (c < 0x20) {
+            return mvk_errf(err, errsz,
+                            "%s has the raw control character 0x%02x in a string (at byte %zu; "
+                            "JSON needs it escaped)",
+                            what, c, i);
+        }
+    }
+    return 0;
+}
+
+static int cmp_cstr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A key that appears twice among obj's members (*dup, NULL if none):
+ * pairwise for a few members, sorted for many. -1 when out of memory. */
+static int json_dup_key(const cJSON *obj, const char **dup)
+{
+    size_t n = 0;
+    *dup = NULL;
+    for (const cJSON *e = obj->child; e; e = e->next)
+        n++;
+    if (n <= 16) {
+        for (const cJSON *a = obj->child; a && !*dup; a = a->next)
+            for (const cJSON *b = a->next; b && !*dup; b = b->next)
+                if (!strcmp(a->string ? a->string : "", b->string ? b->string : ""))
+                    *dup = a->string ? a->string : "";
+        return 0;
+    }
+    const char **keys = malloc(n * sizeof(*keys));
+    if (!keys)
+        return -1;
+    size_t k = 0;
+    for (const cJSON *e = obj->child; e; e = e->next)
+        keys[k++] = e->string ? e->string : "";
+    qsort(keys, n, sizeof(*keys), cmp_cstr);
+    for (size_t i = 1; i < n && !*dup; i++)
+        if (!strcmp(keys[i - 1], keys[i]))
+            *dup = keys[i];
+    free(keys);
+    return 0;
+}
+
+/* No object in v (v itself or nested, to cJSON's nesting limit) has a key
+ * twice. */
+static int json_keys_unique(const cJSON *v, int top, const char *what, char *err, size_t errsz)
+{
+    if (cJSON_IsObject(v)) {
+        const char *dup;
+        if (json_dup_key(v, &dup))
+            return mvk_errf(err, errsz, "out of host memory reading %s", what);
+        if (dup && top)
+            return mvk_errf(err, errsz, "%s has the key \"%s\" twice in the top-level object",
+                            what, dup);
+        if (dup && v->string)
+            return mvk_errf(err, errsz, "%s has the key \"%s\" twice in object \"%s\"", what, dup,
+                            v->string);
+        if (dup)
+            return mvk_errf(err, errsz, "%s has the key \"%s\" twice in an object in an array",
+                            what, dup);
+    }
+    if (cJSON_IsObject(v) || cJSON_IsArray(v))
+        for (const cJSON *e = v->child; e; e = e->next)
+            if (json_keys_unique(e, 0, what, err, errsz))
+                return -1;
+    return 0;
+}
+
+int mvk_json_parse(const char *text, size_t len, const char *what, cJSON **out, char *err,
+                   size_t errsz)
+{
+    *out = NULL;
+    const char *end = NULL;
+    cJSON *root = text ? cJSON_ParseWithLengthOpts(text, len, &end, 0) : NULL;
+    if (!root)
+        return mvk_errf(err, errsz, "%s is not valid JSON (at byte %zu)", what,
+                        text && end ? (size_t)(end - text) : 0);
+    size_t used = (size_t)(end - text);
+    for (size_t i = used; i < len; i++)
+        if (!json_space((unsigned char)text[i])) {
+            cJSON_Delete(root);
+            return mvk_errf(err, errsz, "%s has bytes after its JSON value (at byte %zu)", what,
+                            i);
+        }
+    if (json_chars_ok(text, used, what, err, errsz) ||
+        json_keys_unique(root, 1, what, err, errsz)) {
+        cJSON_Delete(root);
+        return -1;
+    }
+    *out = root;
+    return 0;
 }

@@ -38,6 +38,18 @@ int mvk_file_id_of(const char *path, mvk_file_id *id);
 int mvk_file_is(const char *path, const mvk_file_id *id);
 /* Read a whole regular file into a NUL-terminated malloc'd buffer. */
 int mvk_read_text(const char *path, char **text, size_t *len, char *err, size_t errsz);
+struct cJSON;
+/* Parse JSON text the way every reader of these files agrees on, refusing
+ * what cJSON alone would accept or read differently: bytes other than
+ * whitespace after the value; a key twice in one object, at any depth
+ * (Python's json and transformers take the last, cJSON the first); a NUL
+ * character in a string (\u0000 or a raw 0 byte: cJSON would cut the
+ * string there); a raw control character in a string, or one other than
+ * space, tab, CR and LF between tokens. `what` names the text in messages
+ * (with the byte offset, and the key). Returns 0 with *out (cJSON_Delete
+ * it), or -1 with a message. */
+int mvk_json_parse(const char *text, size_t len, const char *what, struct cJSON **out, char *err,
+                   size_t errsz);
 /* "[a, b, c]" of a shape into buf. */
 const char *mvk_shape_str(const uint64_t *shape, uint32_t ndim, char *buf, size_t bufsz);
 

@@ -8,11 +8,13 @@
  * offsets relative to the data section.
  *
  * The reader checks everything before any data is touched: the header length
- * fits in the file (and is at most 100 MB), the header is a JSON object,
+ * fits in the file (and is at most 100 MB), the header is one JSON object
+ * and nothing but whitespace after it, with no key twice in any object (nor
+ * NUL or raw control characters: mvk_json_parse),
  * every tensor has a known dtype, a shape of non-negative integers whose
  * element count does not overflow, offsets in order (begin <= end) inside the
- * data section, shape x dtype size == end - begin, no two tensors overlap and
- * no name appears twice. Every error message names the file and the tensor.
+ * data section, shape x dtype size == end - begin and no two tensors
+ * overlap. Every error message names the file and the tensor.
  * Data gaps between tensors are allowed; the host must be little-endian.
  */
 #ifndef MOEVK_MODEL_SAFETENSORS_H
