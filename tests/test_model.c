@@ -1698,3 +1698,100 @@ Test(model, json_nul_and_raw_control_characters_are_refused)
     expect_bad("{\"w\\u0000x\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]}}",
                0, 1, "NUL");
 }
+
+/* ---- messages: bytes from files are escaped ---------------------------------- */
+
+/* 1 when s is printable ASCII and newlines only (what an escaped message
+ * built from ASCII text and arbitrary bytes must be). */
+static int printable_ascii(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p < 0x20 && *p != '\n') || *p > 0x7e)
+            return 0;
+    return 1;
+}
+
+static void esc_is(const char *in, size_t bufsz, const char *want)
+{
+    char buf[256], twice[256];
+    cr_assert_leq(bufsz, sizeof buf);
+    cr_assert_str_eq(mvk_esc(in, buf, bufsz), want);
+    cr_assert_str_eq(mvk_esc(buf, twice, sizeof twice), buf, "escaping twice changes it");
+}
+
+Test(model, escape_helper)
+{
+    esc_is("plain text, 'quotes' and \\backslash", 256, "plain text, 'quotes' and \\backslash");
+    esc_is("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 256, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    esc_is("a\x1b[31mb\n\t\x7f", 256, "a\\x1b[31mb\\x0a\\x09\\x7f");
+    esc_is("\xc2\x9b" "2J", 256, "\\xc2\\x9b2J");                   /* C1 control (CSI) */
+    esc_is("\xff\xfe" "x", 256, "\\xff\\xfex");                     /* never UTF-8 */
+    esc_is("\xc3(", 256, "\\xc3(");                                 /* cut sequence */
+    esc_is("end\xe2\x82", 256, "end\\xe2\\x82");
+    esc_is("\xc0\xaf\xe0\x80\xaf", 256, "\\xc0\\xaf\\xe0\\x80\\xaf"); /* overlong */
+    esc_is("\xed\xa0\x80", 256, "\\xed\\xa0\\x80");                 /* surrogate */
+    esc_is("\xf4\x90\x80\x80", 256, "\\xf4\\x90\\x80\\x80");        /* > U+10FFFF */
+    /* truncation never splits an escape or a character */
+    esc_is("abc\x01", 7, "abc");
+    esc_is("abc\x01", 8, "abc\\x01");
+    esc_is("a\xc3\xa9", 3, "a");
+    char one[1];
+    cr_assert_str_eq(mvk_esc("x", one, 1), "");
+}
+
+Test(model, messages_escape_bytes_from_files)
+{
+    /* a tensor name and a dtype with terminal controls and a non-UTF-8 byte */
+    char dir[256], path[512], err[512] = "";
+    dir_make(dir, sizeof dir);
+    join(path, sizeof path, dir, "bad.safetensors");
+    raw_file(path, "{\"w\\u001b[2J\xff\": {\"dtype\": \"Q\\u0007\", \"shape\": [1],"
+                   " \"data_offsets\": [0, 1]}}", 0, 1);
+    mvk_st_file f;
+    cr_assert_eq(mvk_st_open(path, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "tensor 'w\\x1b[2J\\xff': unknown dtype 'Q\\x07'"), "%s", err);
+    cr_assert(printable_ascii(err), "raw bytes in: %s", err);
+    /* config.json */
+    parse_bad("{\"model_type\": \"\\u001b]0;title\\u0007\xc3\"}",
+              "model_type \"\\x1b]0;title\\x07\\xc3\" is not supported");
+    parse_bad("{\"model_type\": \"mixtral\", \"\\u009b\": 1, \"\\u009b\": 2}",
+              "has the key \"\\xc2\\x9b\" twice");
+
+    /* through the tool: a path, and a shard name taken from the index */
+    char m[512], x[512], bad[512], out[8192];
+    subdir_make(m, sizeof m, dir, "m");
+    tiny_model(m, 5, 0);
+    join(x, sizeof x, m, "x.safetensors");
+    join(bad, sizeof bad, m, "y\x1b[2J\xff.safetensors");
+    const char *a1[] = {"run", "--model", m, "--layer", "0", "--input", bad, "--backend", "cpu",
+                        NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a1), 1, "%s", out);
+    cr_assert(strstr(out, "y\\x1b[2J\\xff.safetensors") && printable_ascii(out), "%s", out);
+    /* an existing input at that path without a tensor 'x' */
+    char w[512];
+    join(w, sizeof w, m, "model.safetensors");
+    size_t n;
+    char *bytes = slurp(w, &n);
+    write_bytes(bad, bytes, n);
+    free(bytes);
+    cr_assert_eq(run_cli(out, sizeof out, a1), 1, "%s", out);
+    cr_assert(strstr(out, "missing tensor 'x' in") && strstr(out, "y\\x1b[2J\\xff") &&
+                  printable_ascii(out),
+              "%s", out);
+    /* the shard named by the index, and --output echoed back */
+    char idx[512];
+    write_text(join(idx, sizeof idx, m, "model.safetensors.index.json"),
+               "{\"weight_map\": {\"" TINY_PREFIX "gate.weight\": \"sh\\u001bard\xfe\"}}");
+    const char *a2[] = {"run", "--model", m, "--layer", "0", "--input", x, "--backend", "cpu",
+                        NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a2), 1, "%s", out);
+    cr_assert(strstr(out, "sh\\x1bard\\xfe") && printable_ascii(out), "%s", out);
+    unlink(idx);
+    char y[512];
+    join(y, sizeof y, m, "y\x07.safetensors");
+    const char *a3[] = {"run", "--model", m, "--layer", "0", "--input", x, "--output", y,
+                        "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a3), 0, "%s", out);
+    cr_assert(strstr(out, "y\\x07.safetensors") && printable_ascii(out), "%s", out);
+    dir_remove(dir);
+}

@@ -315,7 +315,9 @@ static int write_stats(const char *path, const run_opts *opt, const mvk_model_la
         ok = 0;
     free(text);
     if (!ok) {
-        fprintf(stderr, "moevk run: cannot write %s: %s\n", path, strerror(errno));
+        char msg[1024];
+        mvk_errf(msg, sizeof msg, "cannot write %s: %s", path, strerror(errno));
+        fprintf(stderr, "moevk run: %s\n", msg);
         return 1;
     }
     return 0;
@@ -538,49 +540,35 @@ static int outputs_are_not_inputs(const run_opts *o, const char *cfg_path, const
 
 /* The input x as f32 [T, H]; shape kept for the output. */
 static int read_input(const char *path, uint32_t H, float **x, uint32_t *ndim, uint64_t *shape,
-                      uint32_t *T)
+                      uint32_t *T, char *err, size_t errsz)
 {
-    char err[512];
     mvk_st_file f;
-    if (mvk_st_open(path, &f, err, sizeof err)) {
-        fprintf(stderr, "moevk run: %s\n", err);
-        return 1;
-    }
-    int rc = 1;
-    const mvk_st_tensor *t = mvk_st_find(&f, "x");
-    if (!t) {
-        fprintf(stderr, "moevk run: missing tensor 'x' in %s\n", path);
-        goto done;
-    }
-    if (t->dtype < 0) {
-        fprintf(stderr,
-                "moevk run: tensor 'x' in %s has unsupported dtype %s (F32, F16 or BF16)\n",
-                path, t->dtype_name);
-        goto done;
-    }
+    if (mvk_st_open(path, &f, err, errsz))
+        return -1;
+    int rc = -1;
     char sb[160];
-    if ((t->ndim != 2 && t->ndim != 3) || t->shape[t->ndim - 1] != H) {
-        fprintf(stderr, "moevk run: tensor 'x' in %s has shape %s; expected [T, %u] or [B, S, %u]\n",
-                path, mvk_shape_str(t->shape, t->ndim, sb, sizeof sb), H, H);
-        goto done;
+    const mvk_st_tensor *t = mvk_st_find(&f, "x");
+    const uint64_t tokens = t ? t->numel / H : 0;
+    if (!t)
+        mvk_errf(err, errsz, "missing tensor 'x' in %s", path);
+    else if (t->dtype < 0)
+        mvk_errf(err, errsz, "tensor 'x' in %s has unsupported dtype %s (F32, F16 or BF16)", path,
+                 t->dtype_name);
+    else if ((t->ndim != 2 && t->ndim != 3) || t->shape[t->ndim - 1] != H)
+        mvk_errf(err, errsz, "tensor 'x' in %s has shape %s; expected [T, %u] or [B, S, %u]",
+                 path, mvk_shape_str(t->shape, t->ndim, sb, sizeof sb), H, H);
+    else if (tokens == 0 || tokens > UINT32_MAX / 2 || tokens * H > SIZE_MAX / 8)
+        mvk_errf(err, errsz, "tensor 'x' in %s has %llu tokens", path,
+                 (unsigned long long)tokens);
+    else if (!(*x = malloc(sizeof(float) * (size_t)t->numel)))
+        mvk_errf(err, errsz, "out of host memory for the input");
+    else {
+        mvk_model_to_f32(t->data, t->dtype, (size_t)t->numel, *x);
+        *ndim = t->ndim;
+        memcpy(shape, t->shape, sizeof(uint64_t) * t->ndim);
+        *T = (uint32_t)tokens;
+        rc = 0;
     }
-    uint64_t tokens = t->numel / H;
-    if (tokens == 0 || tokens > UINT32_MAX / 2 || tokens * H > SIZE_MAX / 8) {
-        fprintf(stderr, "moevk run: tensor 'x' in %s has %llu tokens\n", path,
-                (unsigned long long)tokens);
-        goto done;
-    }
-    *x = malloc(sizeof(float) * (size_t)t->numel);
-    if (!*x) {
-        fprintf(stderr, "moevk run: out of host memory for the input\n");
-        goto done;
-    }
-    mvk_model_to_f32(t->data, t->dtype, (size_t)t->numel, *x);
-    *ndim = t->ndim;
-    memcpy(shape, t->shape, sizeof(uint64_t) * t->ndim);
-    *T = (uint32_t)tokens;
-    rc = 0;
-done:
     mvk_st_close(&f);
     return rc;
 }
@@ -667,8 +655,8 @@ int cli_run(int argc, char **argv)
 
     uint32_t ndim = 0, T = 0;
     uint64_t shape[MVK_ST_MAX_DIMS] = {0};
-    if (read_input(opt.input, H, &x, &ndim, shape, &T))
-        goto done;
+    if (read_input(opt.input, H, &x, &ndim, shape, &T, err, sizeof err))
+        goto fail;
     /* switch_transformers' capacity counts per sequence: one pass each */
     uint32_t passes = 1, S = T;
     if (ml.expert_capacity && ndim == 3 && shape[0] > 1) {
@@ -677,8 +665,9 @@ int cli_run(int argc, char **argv)
     }
     d->capacity_factor = mvk_model_capacity_factor(&ml, S);
 
-    char sb[160];
-    printf("model    %s, %s (%s)\n", mvk_arch_name(ml.arch), ml.prefix, ml.layout);
+    char sb[160], esc[1024];
+    printf("model    %s, %s (%s)\n", mvk_arch_name(ml.arch),
+           mvk_esc(ml.prefix, esc, sizeof esc), ml.layout);
     printf("layer    H=%u F=%u E=%u k=%u, %s routing%s, %s, %s weights%s", H, d->ffn, E, K,
            routing_name(d->routing), d->norm_topk_prob ? " (normalised)" : "",
            cfg.act_name, moevk_dtype_name(d->weight_dtype),
@@ -728,7 +717,8 @@ int cli_run(int argc, char **argv)
         memcpy(o.shape, shape, sizeof(uint64_t) * ndim);
         if (mvk_st_write(opt.output, &o, 1, err, sizeof err))
             goto fail;
-        printf("output   %s: y %s f32\n", opt.output, mvk_shape_str(shape, ndim, sb, sizeof sb));
+        printf("output   %s: y %s f32\n", mvk_esc(opt.output, esc, sizeof esc),
+               mvk_shape_str(shape, ndim, sb, sizeof sb));
     }
     if (opt.stats && write_stats(opt.stats, &opt, &ml, T, passes, &out))
         goto done;

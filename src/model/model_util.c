@@ -13,12 +13,63 @@
 int mvk_errf(char *err, size_t errsz, const char *fmt, ...)
 {
     if (err && errsz) {
+        char raw[2048];
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err, errsz, fmt, ap);
+        vsnprintf(raw, sizeof raw, fmt, ap);
         va_end(ap);
+        mvk_esc(raw, err, errsz);
     }
     return -1;
+}
+
+/* Length of the printable UTF-8 character at p (1..4), or 0 when its first
+ * byte must be escaped. */
+static size_t utf8_printable(const unsigned char *p)
+{
+    const unsigned c = p[0];
+    if (c >= 0x20 && c < 0x7f)
+        return 1;
+    if (c < 0xc2 || c > 0xf4) /* C0, DEL, continuation, overlong pair, beyond U+10FFFF */
+        return 0;
+    const size_t n = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+    uint32_t cp = c & (0x7fu >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80) /* the NUL terminator stops here too */
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3fu);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp < 0xa0))
+        return 0; /* overlong, beyond Unicode, surrogate, C1 control */
+    return n;
+}
+
+const char *mvk_esc(const char *s, char *buf, size_t bufsz)
+{
+    if (!bufsz)
+        return buf;
+    size_t o = 0;
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    while (*p) {
+        const size_t n = utf8_printable(p);
+        if (o + (n ? n : 4) >= bufsz)
+            break;
+        if (n) {
+            memcpy(buf + o, p, n);
+            o += n;
+            p += n;
+        } else {
+            static const char hex[] = "0123456789abcdef";
+            buf[o++] = '\\';
+            buf[o++] = 'x';
+            buf[o++] = hex[*p >> 4];
+            buf[o++] = hex[*p & 15];
+            p++;
+        }
+    }
+    buf[o] = 0;
+    return buf;
 }
 
 char *mvk_strdup(const char *s)

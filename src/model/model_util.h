@@ -13,8 +13,16 @@
 #define MVK_PRINTF(a, b)
 #endif
 
-/* snprintf into err (if non-NULL) and return -1. */
+/* snprintf into err (if non-NULL) and return -1. The message is escaped
+ * (mvk_esc): names, keys, dtypes and paths taken from files enter it raw. */
 int mvk_errf(char *err, size_t errsz, const char *fmt, ...) MVK_PRINTF(3, 4);
+/* s made safe to print, into buf: printable ASCII and valid UTF-8 are kept;
+ * control characters (C0, DEL, C1) and bytes that are not valid UTF-8
+ * (overlong, surrogates, cut sequences, > U+10FFFF) become \xNN, one per
+ * byte. Backslashes are kept, so escaping twice changes nothing. Truncated
+ * to bufsz without splitting an escape or a character. Returns buf. Every
+ * message built from file content goes through it (mvk_errf does). */
+const char *mvk_esc(const char *s, char *buf, size_t bufsz);
 
 /* malloc'd copy of s (NULL on failure or for NULL). */
 char *mvk_strdup(const char *s);
