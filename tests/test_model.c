@@ -1795,3 +1795,91 @@ Test(model, messages_escape_bytes_from_files)
     cr_assert(strstr(out, "y\\x07.safetensors") && printable_ascii(out), "%s", out);
     dir_remove(dir);
 }
+
+/* ---- non-finite values: warned about, and compared by class ----------------- */
+
+/* The number after `label` in out (NAN when absent). */
+static double number_after(const char *out, const char *label)
+{
+    const char *p = strstr(out, label);
+    double v;
+    return p && sscanf(p + strlen(label), "%lf", &v) == 1 ? v : NAN;
+}
+
+Test(model, non_finite_values_are_reported_and_compared_by_class)
+{
+    e2e t;
+    e2e_begin(&t, 11);
+    const uint32_t H = 8, F = 4, E = 2, K = 1, T = 12;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, 0);
+    tlist *l = tl_new();
+    add_block(l, &c, TINY_PREFIX, LAY_W123, SHARED_NONE);
+    char w[512], out[16384];
+    tl_write(l, join(w, sizeof w, t.dir, "model.safetensors"), 0, l->n);
+    tl_free(l);
+    write_text(t.cfg, TINY_CONFIG);
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(T, H));
+    const char *run_cpu[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x,
+                             "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli_ex(out, sizeof out, run_cpu, 0, 60, 1), 0, "%s", out);
+    cr_assert_null(strstr(out, "non-finite"), "finite inputs: %s", out);
+
+    /* a NaN in x; an Inf in expert 0's up matrix, a NaN in expert 1's down */
+    x[3] = NAN;
+    c.up[5] = INFINITY;                   /* expert 0, row f = 0, column h = 5 */
+    c.down[((size_t)1 * H + 2) * F + 1] = NAN; /* expert 1, row h = 2, column f = 1 */
+    l = tl_new();
+    add_block(l, &c, TINY_PREFIX, LAY_W123, SHARED_NONE);
+    tl_write(l, w, 0, l->n);
+    tl_free(l);
+    l = tl_new();
+    tl_add(l, MOEVK_DTYPE_F32, 2, SH(T, H), x, "x");
+    tl_write(l, t.x, 0, 1);
+    tl_free(l);
+    moevk_layer_desc d = canon_desc(&c);
+    d.norm_topk_prob = 1;
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    unsigned long long ny = 0, ny_compared = 0;
+    for (size_t i = 0; i < (size_t)T * H; i++) {
+        ny += !isfinite(y[i]);
+        ny_compared += !isfinite(y[i]) && !near[i / H];
+    }
+    cr_assert_gt(ny, H, "the planted values should reach more than one token");
+
+    cr_assert_eq(run_cli_ex(out, sizeof out, run_cpu, 0, 60, 1), 0, "%s", out);
+    char want[256];
+    cr_assert(strstr(out, "warning: x holds 1 non-finite value (NaN or Inf) in 1 of 12 tokens"),
+              "%s", out);
+    cr_assert(strstr(out, "warning: the weights hold 2 non-finite values (NaN or Inf), the "
+                          "first in the up matrix of expert 0"),
+              "%s", out);
+    snprintf(want, sizeof want, "warning: y holds %llu non-finite values (NaN or Inf)", ny);
+    cr_assert(strstr(out, want), "want '%s':\n%s", want, out);
+
+    /* --check: NaN/Inf positions must agree, the L2 error is over the rest */
+    const char *run_vk[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x,
+                            "--check", "--validate", NULL};
+    int st = run_cli_env(out, sizeof out, run_vk, 1);
+    if (!(st != 0 && no_vulkan_device(out))) {
+        cr_assert_eq(st, 0, "%s", out);
+        snprintf(want, sizeof want,
+                 "non-finite values: %llu in the reference, 0 positions where the result "
+                 "differs",
+                 ny_compared);
+        cr_assert(strstr(out, want), "want '%s':\n%s", want, out);
+        double rel = number_after(out, "relative L2 error ");
+        cr_assert(rel <= 1e-5, "relative L2 error %g over the finite values:\n%s", rel, out);
+        unsigned long long kept = 0;
+        for (uint32_t i = 0; i < T; i++)
+            kept += !near[i];
+        snprintf(want, sizeof want, "over %llu values finite in both", kept * H - ny_compared);
+        cr_assert(strstr(out, want), "want '%s':\n%s", want, out);
+    }
+    free(x);
+    free(y);
+    free(near);
+    canon_free(&c);
+    dir_remove(t.dir);
+}

@@ -327,6 +327,60 @@ oom:
     return 1;
 }
 
+/* 0 finite, 1 NaN, 2 +Inf, 3 -Inf */
+static int value_class(float v)
+{
+    return isnan(v) ? 1 : isinf(v) ? (v > 0 ? 2 : 3) : 0;
+}
+
+typedef struct y_compare {
+    double rel;             /* relative L2 error over the values finite in both */
+    uint64_t finite;        /* how many they are */
+    uint64_t ref_nonfinite; /* values the reference has as NaN or Inf */
+    uint64_t differ;        /* values whose class (NaN, +Inf, -Inf, finite) differs */
+} y_compare;
+
+/* y against the reference ref, tokens flagged in skip left out: where
+ * either is NaN or Inf the classes must agree; the L2 error is over the
+ * values finite in both. */
+static void compare_y(const float *y, const float *ref, const uint8_t *skip, uint32_t T,
+                      uint32_t H, y_compare *c)
+{
+    double num = 0, den = 0;
+    memset(c, 0, sizeof(*c));
+    for (uint32_t t = 0; t < T; t++)
+        for (uint32_t h = 0; h < H && !skip[t]; h++) {
+            const float a = y[(size_t)t * H + h], b = ref[(size_t)t * H + h];
+            const int ca = value_class(a), cb = value_class(b);
+            c->ref_nonfinite += cb != 0;
+            c->differ += ca != cb;
+            if (ca || cb)
+                continue;
+            c->finite++;
+            num += ((double)a - b) * ((double)a - b);
+            den += (double)b * b;
+        }
+    c->rel = den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Warn (stderr) when v [T, H] holds NaN or Inf: how many, in how many
+ * tokens. */
+static void warn_nonfinite(const char *name, const float *v, uint32_t T, uint32_t H)
+{
+    uint64_t n = 0;
+    uint32_t tokens = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        uint64_t c = mvk_model_count_nonfinite(v + (size_t)t * H, MOEVK_DTYPE_F32, H);
+        n += c;
+        tokens += c > 0;
+    }
+    if (n)
+        fprintf(stderr,
+                "moevk run: warning: %s holds %llu non-finite value%s (NaN or Inf) in %u of %u "
+                "token%s\n",
+                name, (unsigned long long)n, n == 1 ? "" : "s", tokens, T, T == 1 ? "" : "s");
+}
+
 /* Compare with the CPU reference; tokens at a routing near-tie are left
  * out (docs/semantics.md, Tolerances). */
 static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t T,
@@ -356,6 +410,7 @@ static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t
     if (!counts || !offsets) {
         free(counts);
         free(offsets);
+        fprintf(stderr, "moevk run: out of host memory for --check\n");
         goto done;
     }
     for (uint32_t p = 0; p < passes; p++)
@@ -365,30 +420,25 @@ static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t
     free(offsets);
     if (ml->dropped_passthrough)
         dropped_passthrough(d, x, T, &r);
-    double num = 0, den = 0;
     uint32_t excluded = 0, mismatched = 0;
     for (uint32_t t = 0; t < T; t++) {
-        if (near[t]) {
-            excluded++;
-            continue;
-        }
-        for (uint32_t j = 0; j < K; j++)
-            if (o->ids[(size_t)t * K + j] != r.ids[(size_t)t * K + j]) {
-                mismatched++;
-                break;
-            }
-        for (uint32_t c = 0; c < H; c++) {
-            double a = o->y[(size_t)t * H + c], b = r.y[(size_t)t * H + c];
-            num += (a - b) * (a - b);
-            den += b * b;
-        }
+        excluded += near[t] != 0;
+        if (!near[t] && memcmp(o->ids + (size_t)t * K, r.ids + (size_t)t * K, 4ull * K))
+            mismatched++;
     }
-    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    y_compare c;
+    compare_y(o->y, r.y, near, T, H, &c);
     double tol = d->weight_dtype == MOEVK_DTYPE_F32 ? 1e-5 : 1e-4;
-    printf("check    relative L2 error %.3g vs the CPU reference (tolerance %g), %u token%s "
-           "routed differently, %u near-tie token%s excluded\n",
-           rel, tol, mismatched, mismatched == 1 ? "" : "s", excluded, excluded == 1 ? "" : "s");
-    rc = (rel <= tol && mismatched == 0) ? 0 : 1;
+    printf("check    relative L2 error %.3g over %llu values finite in both, vs the CPU "
+           "reference (tolerance %g), %u token%s routed differently, %u near-tie token%s "
+           "excluded\n",
+           c.rel, (unsigned long long)c.finite, tol, mismatched, mismatched == 1 ? "" : "s",
+           excluded, excluded == 1 ? "" : "s");
+    printf("check    non-finite values: %llu in the reference, %llu position%s where the result "
+           "differs (NaN, +Inf, -Inf or finite)\n",
+           (unsigned long long)c.ref_nonfinite, (unsigned long long)c.differ,
+           c.differ == 1 ? "" : "s");
+    rc = (c.rel <= tol && mismatched == 0 && c.differ == 0) ? 0 : 1;
     if (rc)
         fprintf(stderr, "moevk run: the result does not match the CPU reference\n");
 done:
@@ -652,11 +702,19 @@ int cli_run(int argc, char **argv)
     }
     moevk_layer_desc *d = &ml.desc;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
+    char where[160];
+    uint64_t bad_weights = mvk_model_layer_nonfinite(&ml, where, sizeof where);
+    if (bad_weights)
+        fprintf(stderr,
+                "moevk run: warning: the weights hold %llu non-finite value%s (NaN or Inf), the "
+                "first in %s\n",
+                (unsigned long long)bad_weights, bad_weights == 1 ? "" : "s", where);
 
     uint32_t ndim = 0, T = 0;
     uint64_t shape[MVK_ST_MAX_DIMS] = {0};
     if (read_input(opt.input, H, &x, &ndim, shape, &T, err, sizeof err))
         goto fail;
+    warn_nonfinite("x", x, T, H);
     /* switch_transformers' capacity counts per sequence: one pass each */
     uint32_t passes = 1, S = T;
     if (ml.expert_capacity && ndim == 3 && shape[0] > 1) {
@@ -698,6 +756,7 @@ int cli_run(int argc, char **argv)
         goto done;
     if (ml.dropped_passthrough)
         dropped_passthrough(d, x, T, &out);
+    warn_nonfinite("y", out.y, T, H);
     if (merge_stats(d, x, T, passes, &out)) {
         snprintf(err, sizeof err, "out of host memory for the statistics");
         goto fail;
