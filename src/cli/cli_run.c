@@ -39,7 +39,8 @@ static void usage(FILE *f)
             "  --decoder  switch_transformers: a decoder block (default: encoder)\n"
             "  --dropped-passthrough  switch_transformers as transformers 4 computed it: a\n"
             "             token over expert_capacity outputs p * x (transformers 5: 0)\n"
-            "  --check    also run the CPU reference and compare (relative L2, routing)\n"
+            "  --check    also run the CPU reference and compare: NaN/Inf where it has\n"
+            "             them, relative L2 over the finite values, routing\n"
             "  --backend  vulkan (default), cpu (the double-precision reference), cuda\n"
             "  --cuda-impl ref|cublas|cublas-f32  which CUDA implementation (default ref)\n");
 }
