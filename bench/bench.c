@@ -176,8 +176,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         } else if (!strcmp(a, "--device-memory")) {
             if (parse_gib(a, v, &o->device_gib))
                 return -1;
-        }
-        else if (!strcmp(a, "--device")) o->device = v;
+        } else if (!strcmp(a, "--device")) o->device = v;
         else if (!strcmp(a, "--json")) o->json = v;
         else if (!strcmp(a, "--csv")) o->csv = v;
         else if (!strcmp(a, "--plot")) o->svg = v;

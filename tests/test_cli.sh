@@ -77,5 +77,7 @@ PY
 fi
 
 "$moevk" bench --tokens 0 >/dev/null 2>&1 && fail "bench accepted --tokens 0"
+"$moevk" bench --host-memory 0 >/dev/null 2>&1 && fail "bench accepted --host-memory 0"
+"$moevk" bench --device-memory 2x >/dev/null 2>&1 && fail "bench accepted --device-memory 2x"
 "$moevk" check --against gpu >/dev/null 2>&1 && fail "check accepted --against gpu"
 echo "ok"
