@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "cli/cli.h"
@@ -54,6 +55,7 @@ typedef struct bench_opts {
     uint32_t scale, runs, warmup;
     const char *device, *json, *csv, *svg;
     int measure;
+    double host_gib, device_gib; /* memory assumed by the fit check (0: as reported) */
 } bench_opts;
 
 /* ---- option parsing --------------------------------------------------------- */
@@ -64,6 +66,19 @@ static int split(char *s, char **out, int max)
     for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ","))
         out[n++] = tok;
     return n;
+}
+
+/* A memory size in GiB: a number > 0. */
+static int parse_gib(const char *opt, const char *v, double *out)
+{
+    char *end;
+    double g = strtod(v, &end);
+    if (end == v || *end || !(g > 0) || g > 1e9) {
+        fprintf(stderr, "moevk bench: %s '%s' is not a size in GiB (> 0)\n", opt, v);
+        return -1;
+    }
+    *out = g;
+    return 0;
 }
 
 static int parse_opts(int argc, char **argv, bench_opts *o)
@@ -155,7 +170,13 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         } else if (!strcmp(a, "--scale")) o->scale = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--runs")) o->runs = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--warmup")) o->warmup = (uint32_t)strtoul(v, NULL, 10);
-        else if (!strcmp(a, "--device")) o->device = v;
+        else if (!strcmp(a, "--host-memory")) {
+            if (parse_gib(a, v, &o->host_gib))
+                return -1;
+        } else if (!strcmp(a, "--device-memory")) {
+            if (parse_gib(a, v, &o->device_gib))
+                return -1;
+        } else if (!strcmp(a, "--device")) o->device = v;
         else if (!strcmp(a, "--json")) o->json = v;
         else if (!strcmp(a, "--csv")) o->csv = v;
         else if (!strcmp(a, "--plot")) o->svg = v;
@@ -205,7 +226,10 @@ static void usage(FILE *f)
             "  --device D        Vulkan device by index or name\n"
             "  --json F --csv F  machine-readable results\n"
             "  --plot F.svg      time per stage and fraction of the floor\n"
-            "  --no-ceilings     skip measuring bandwidth and matmul ceilings\n");
+            "  --no-ceilings     skip measuring bandwidth and matmul ceilings\n"
+            "  --host-memory G   assume G GiB of available system RAM (default: MemAvailable)\n"
+            "  --device-memory G assume G GiB of device memory (default: the largest\n"
+            "                    device-local heap); both only steer the fit check\n");
 }
 
 /* ---- routing distributions --------------------------------------------------- */
@@ -319,8 +343,17 @@ static void progress(uint32_t done, uint32_t total, const char *what)
     fflush(stderr);
 }
 
+/* The memory the fit check assumes (bytes). */
+typedef struct bench_memory {
+    double host;        /* available system RAM; 0 = unknown (not checked) */
+    double device;      /* device memory: the largest device-local heap */
+    const char *shared; /* "a CPU device", "an integrated GPU": its memory is
+                           system RAM, which the host copy uses too; else NULL */
+} bench_memory;
+
 typedef struct bench_state {
     const bench_opts *o;
+    bench_memory mem;
     moevk_context *ctx;
     bench_row *rows;
     uint32_t nrows, cap, done, total;
@@ -343,12 +376,11 @@ static bench_row *new_row(bench_state *s)
 
 /* Vulkan rows for every token count of one (preset, dtype, distribution). */
 static void run_vulkan(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
-                       bench_dist dist, bench_row *rows)
+                       bench_dist dist, uint32_t max_copies, bench_row *rows)
 {
     const bench_opts *o = s->o;
     const moevk_layer_desc *d = &w->desc;
     moevk_context *ctx = s->ctx;
-    const moevk_device_info *info = moevk_context_device_info(ctx);
     const uint32_t H = d->hidden, E = d->num_experts;
     uint32_t Tmax = 0;
     for (uint32_t i = 0; i < o->ntokens; i++)
@@ -372,8 +404,8 @@ static void run_vulkan(bench_state *s, const cli_preset *p, const cli_layer_weig
                                   (double)H * d->ffn * es;
         double touched_min = d->top_k * per_expert + (double)E * H * 4;
         uint32_t want = (uint32_t)ceil(CACHE_DEFEAT_BYTES / touched_min);
-        want = want < 1 ? 1 : want > MAX_COPIES ? MAX_COPIES : want;
-        double budget = 0.9 * (double)info->device_local_bytes;
+        want = want < 1 ? 1 : want > max_copies ? max_copies : want;
+        double budget = 0.9 * s->mem.device;
         while (copies < want && (copies + 1) * (double)wbytes + sbytes <= budget) {
             if (moevk_layer_create(ctx, d, &layers[copies]))
                 break;
@@ -569,17 +601,190 @@ static void run_unavailable(bench_state *s, const char *why, bench_row *rows)
     }
 }
 
-/* Device bytes one copy of a layer needs: weights, plus scratch for Tmax. */
-static double layer_bytes(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint32_t Tmax)
+/* Bytes of one copy of a layer: its weights (the host copy made here is the
+ * same size) and the device scratch for Tmax tokens. */
+typedef struct layer_size {
+    double weights, scratch;
+} layer_size;
+
+static layer_size layer_bytes(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint32_t Tmax)
 {
     const double H = p->hidden / scale ? p->hidden / scale : 1;
     const double F = p->ffn / scale ? p->ffn / scale : 1;
     const double FS = p->shared_ffn / scale ? p->shared_ffn / scale : 1;
     const double mats = moevk_activation_is_gated(p->activation) ? 3 : 2;
     const double es = (double)moevk_dtype_size(dt), E = p->experts, A = (double)Tmax * p->top_k;
-    double weights = E * mats * H * F * es + E * H * 4 + p->num_shared * mats * H * FS * es;
-    double scratch = A * (F + H) * 4 + (double)Tmax * E * 4 * 3 + p->num_shared * Tmax * (H + FS) * 4;
-    return weights + scratch;
+    layer_size ls;
+    ls.weights = E * mats * H * F * es + E * H * 4 + p->num_shared * mats * H * FS * es;
+    ls.scratch = A * (F + H) * 4 + (double)Tmax * E * 4 * 3 + p->num_shared * Tmax * (H + FS) * 4;
+    return ls;
+}
+
+#define GIB 1073741824.0
+
+/* Available system RAM in bytes: MemAvailable from /proc/meminfo, else the
+ * free pages sysconf reports; 0 when neither says. */
+static double host_available_bytes(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
+    if (f)
+        fclose(f);
+    if (found)
+        return (double)kb * 1024.0;
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+}
+
+/* The memory the fit check assumes: --host-memory / --device-memory, else
+ * what the system and the device report. A CPU device's or an integrated
+ * GPU's memory is system RAM (VkPhysicalDeviceType 4 and 1). */
+static bench_memory bench_memory_of(const bench_opts *o, const moevk_device_info *info)
+{
+    bench_memory m;
+    m.host = o->host_gib > 0 ? o->host_gib * GIB : host_available_bytes();
+    m.device = o->device_gib > 0 ? o->device_gib * GIB : (double)info->device_local_bytes;
+    m.shared = info->device_type == 4   ? "a CPU device"
+               : info->device_type == 1 ? "an integrated GPU"
+                                        : NULL;
+    return m;
+}
+
+/* Every backend needs the host copy of the weights in system RAM: 0 when
+ * it does not fit, with the reason in note. */
+static int host_copy_fits(const bench_memory *m, const layer_size *ls, char *note, size_t n)
+{
+    if (m->host <= 0 || ls->weights <= m->host)
+        return 1;
+    snprintf(note, n,
+             "does not fit: needs %.2f GiB of system RAM for the host copy of the weights, "
+             "%.2f GiB available",
+             ls->weights / GIB, m->host / GIB);
+    return 0;
+}
+
+/* How many device copies of the layer the Vulkan rows may make (at most
+ * MAX_COPIES, 90% of the memory for more than one); 0 when not even one
+ * fits, with the reason in note. On a device whose memory is system RAM,
+ * the copies share it with the host copy of the weights. */
+static uint32_t vulkan_copies_fit(const bench_memory *m, const layer_size *ls, char *note,
+                                  size_t n)
+{
+    const double one = ls->weights + ls->scratch;
+    if (one > m->device) {
+        snprintf(note, n, "does not fit: needs %.2f GiB of device memory, the device has %.2f GiB",
+                 one / GIB, m->device / GIB);
+        return 0;
+    }
+    const int shared = m->shared && m->host > 0;
+    if (shared && ls->weights + one > m->host) {
+        snprintf(note, n,
+                 "does not fit: needs %.2f GiB of system RAM (host copy %.2f + device copy %.2f "
+                 "GiB: %s shares it), %.2f GiB available",
+                 (ls->weights + one) / GIB, ls->weights / GIB, one / GIB, m->shared,
+                 m->host / GIB);
+        return 0;
+    }
+    double copies = floor((0.9 * m->device - ls->scratch) / ls->weights);
+    if (shared)
+        copies = fmin(copies, floor((0.9 * m->host - ls->weights - ls->scratch) / ls->weights));
+    return copies >= MAX_COPIES ? MAX_COPIES : copies >= 1 ? (uint32_t)copies : 1;
+}
+
+/* ntokens rows of one (shape, dtype, distribution, backend), described. */
+static bench_row *add_rows(bench_state *s, const cli_preset *p, moevk_dtype dt, bench_dist dist,
+                           bench_backend b)
+{
+    const bench_opts *o = s->o;
+    for (uint32_t ti = 0; ti < o->ntokens; ti++) {
+        bench_row *r = new_row(s);
+        if (!r)
+            return NULL;
+        snprintf(r->preset, sizeof(r->preset), "%s", p->name);
+        r->backend = b;
+        r->dtype = dt;
+        r->dist = dist;
+        r->tokens = o->tokens[ti];
+        r->H = MVK_CLI_MAX(p->hidden / o->scale, 1u);
+        r->F = MVK_CLI_MAX(p->ffn / o->scale, 1u);
+        r->E = p->experts;
+        r->k = p->top_k;
+    }
+    return &s->rows[s->nrows - o->ntokens];
+}
+
+static void run_backend(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
+                        bench_dist dist, bench_backend b, uint32_t vk_copies, const char *vk_note,
+                        bench_row *rows)
+{
+    if (dist != BENCH_DIST_ROUTER && w->desc.num_experts > w->desc.hidden)
+        run_unavailable(s, "distribution needs E <= H", rows);
+    else if (b == BENCH_VULKAN && !vk_copies)
+        run_unavailable(s, vk_note, rows);
+    else if (b == BENCH_VULKAN)
+        run_vulkan(s, p, w, dist, vk_copies, rows);
+    else if (b == BENCH_CPU)
+        run_cpu(s, p, w, dist, rows);
+    else {
+#ifdef MOEVK_HAVE_CUDA
+        char why[200];
+        if (mvk_cuda_device_available(why, sizeof why))
+            run_cuda(s, p, w, dist, b, rows);
+        else
+            run_unavailable(s, why, rows);
+#else
+        run_unavailable(s, "the CUDA backends are not built in", rows);
+#endif
+    }
+}
+
+/* Every row of one (shape, dtype, distribution). What does not fit in
+ * memory says so before anything is allocated for it. Returns -1 when out
+ * of host memory for the rows themselves, 1 when the weights could not be
+ * made, else 0. */
+static int bench_shape(bench_state *s, const cli_preset *p, moevk_dtype dt, bench_dist dist)
+{
+    const bench_opts *o = s->o;
+    uint32_t Tmax = 0;
+    for (uint32_t i = 0; i < o->ntokens; i++)
+        Tmax = o->tokens[i] > Tmax ? o->tokens[i] : Tmax;
+    const layer_size ls = layer_bytes(p, o->scale, dt, Tmax);
+    char host_note[160] = "", vk_note[160] = "";
+    const int host_ok = host_copy_fits(&s->mem, &ls, host_note, sizeof host_note);
+    const uint32_t vk_copies = vulkan_copies_fit(&s->mem, &ls, vk_note, sizeof vk_note);
+    int runnable = 0;
+    for (uint32_t bi = 0; bi < o->nbackends; bi++)
+        runnable |= host_ok && (o->backends[bi] != BENCH_VULKAN || vk_copies);
+    if (!runnable) { /* say so without making the weights at all */
+        for (uint32_t bi = 0; bi < o->nbackends; bi++) {
+            bench_row *rows = add_rows(s, p, dt, dist, o->backends[bi]);
+            if (!rows)
+                return -1;
+            run_unavailable(s, host_ok ? vk_note : host_note, rows);
+        }
+        return 0;
+    }
+    cli_layer_weights w;
+    if (cli_weights_make_ex(p, o->scale, dt, 42, true, &w)) {
+        fprintf(stderr, "\nmoevk bench: out of host memory for %s\n", p->name);
+        return 1;
+    }
+    if (dist != BENCH_DIST_ROUTER && w.desc.num_experts <= w.desc.hidden)
+        basis_router(w.router, w.desc.num_experts, w.desc.hidden);
+    int rc = 0;
+    for (uint32_t bi = 0; bi < o->nbackends && !rc; bi++) {
+        bench_row *rows = add_rows(s, p, dt, dist, o->backends[bi]);
+        if (!rows)
+            rc = -1;
+        else
+            run_backend(s, p, &w, dist, o->backends[bi], vk_copies, vk_note, rows);
+    }
+    cli_weights_free(&w);
+    return rc;
 }
 
 int cli_bench(int argc, char **argv)
@@ -600,6 +805,7 @@ int cli_bench(int argc, char **argv)
         return 1;
     bench_ceilings c = {0};
     const moevk_device_info *info = moevk_context_device_info(s.ctx);
+    s.mem = bench_memory_of(&o, info);
     snprintf(c.device, sizeof(c.device), "%s", info->name);
     snprintf(c.driver, sizeof(c.driver), "%s %s", info->driver_name, info->driver_info);
     if (o.measure) {
@@ -617,84 +823,15 @@ int cli_bench(int argc, char **argv)
         const cli_preset *p = pi < o.npresets ? cli_preset_find(o.presets[pi]) : &o.custom;
         for (uint32_t di = 0; di < o.ndtypes; di++)
             for (uint32_t ri = 0; ri < o.ndists; ri++) {
-                uint32_t Tmax = 0;
-                for (uint32_t i = 0; i < o.ntokens; i++)
-                    Tmax = o.tokens[i] > Tmax ? o.tokens[i] : Tmax;
-                const double need = layer_bytes(p, o.scale, o.dtypes[di], Tmax);
-                if (need > (double)info->device_local_bytes) {
-                    /* Say so without making the weights at all. */
-                    for (uint32_t bi = 0; bi < o.nbackends * o.ntokens; bi++) {
-                        bench_row *r = new_row(&s);
-                        if (!r)
-                            break;
-                        snprintf(r->preset, sizeof(r->preset), "%s", p->name);
-                        r->backend = o.backends[bi / o.ntokens];
-                        r->dtype = o.dtypes[di];
-                        r->dist = o.dists[ri];
-                        r->tokens = o.tokens[bi % o.ntokens];
-                        r->H = p->hidden / o.scale, r->F = p->ffn / o.scale;
-                        r->E = p->experts, r->k = p->top_k;
-                        snprintf(r->note, sizeof(r->note),
-                                 "does not fit: needs %.2f GiB, the device has %.2f GiB",
-                                 need / 1073741824.0,
-                                 (double)info->device_local_bytes / 1073741824.0);
-                        s.done++;
-                    }
-                    continue;
+                int src = bench_shape(&s, p, o.dtypes[di], o.dists[ri]);
+                if (src < 0) {
+                    fprintf(stderr, "moevk bench: out of host memory\n");
+                    moevk_context_destroy(s.ctx);
+                    free(s.rows);
+                    return 1;
                 }
-                cli_layer_weights w;
-                if (cli_weights_make_ex(p, o.scale, o.dtypes[di], 42, true, &w)) {
-                    fprintf(stderr, "\nmoevk bench: out of host memory for %s\n", p->name);
+                if (src)
                     rc = 1;
-                    continue;
-                }
-                const bench_dist dist = o.dists[ri];
-                bool synthetic_ok = dist == BENCH_DIST_ROUTER ||
-                                    w.desc.num_experts <= w.desc.hidden;
-                if (dist != BENCH_DIST_ROUTER && synthetic_ok)
-                    basis_router(w.router, w.desc.num_experts, w.desc.hidden);
-                for (uint32_t bi = 0; bi < o.nbackends; bi++) {
-                    bench_row *first = NULL;
-                    for (uint32_t ti = 0; ti < o.ntokens; ti++) {
-                        bench_row *r = new_row(&s);
-                        if (!r) {
-                            fprintf(stderr, "moevk bench: out of host memory\n");
-                            cli_weights_free(&w);
-                            moevk_context_destroy(s.ctx);
-                            free(s.rows);
-                            return 1;
-                        }
-                        snprintf(r->preset, sizeof(r->preset), "%s", p->name);
-                        r->backend = o.backends[bi];
-                        r->dtype = o.dtypes[di];
-                        r->dist = dist;
-                        r->tokens = o.tokens[ti];
-                        r->H = w.desc.hidden, r->F = w.desc.ffn, r->E = w.desc.num_experts;
-                        r->k = w.desc.top_k;
-                        if (!first)
-                            first = r;
-                    }
-                    bench_row *rows = &s.rows[s.nrows - o.ntokens];
-                    if (!synthetic_ok)
-                        run_unavailable(&s, "distribution needs E <= H", rows);
-                    else if (o.backends[bi] == BENCH_VULKAN)
-                        run_vulkan(&s, p, &w, dist, rows);
-                    else if (o.backends[bi] == BENCH_CPU)
-                        run_cpu(&s, p, &w, dist, rows);
-                    else {
-#ifdef MOEVK_HAVE_CUDA
-                        char why[200];
-                        if (mvk_cuda_device_available(why, sizeof why))
-                            run_cuda(&s, p, &w, dist, o.backends[bi], rows);
-                        else
-                            run_unavailable(&s, why, rows);
-#else
-                        run_unavailable(&s, "the CUDA backends are not built in", rows);
-#endif
-                    }
-                    (void)first;
-                }
-                cli_weights_free(&w);
             }
     }
     progress(s.total, s.total, "done");

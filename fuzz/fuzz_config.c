@@ -1,7 +1,8 @@
 /*
  * libFuzzer target: config.json parsing (every architecture's fields and
  * defaults, then which layers hold a MoE block) and the
- * model.safetensors.index.json parser. Inputs are not NUL-terminated.
+ * model.safetensors.index.json parser. Inputs are not NUL-terminated;
+ * failure messages must be escaped (no control character).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +12,14 @@
 #include "model/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* A message is escaped: no control character reaches the terminal. */
+static void message_is_clean(const char *err)
+{
+    for (const unsigned char *p = (const unsigned char *)err; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            abort();
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -28,6 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     abort();
             }
         mvk_hf_config_free(&c);
+    } else {
+        message_is_clean(err);
     }
     mvk_st_set s;
     mvk_st_set_init(&s);
@@ -39,7 +50,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             /* the shard cannot be opened: a clean error */
             if (i < 4 && mvk_st_set_find(&s, s.map_names[i], err, sizeof err))
                 abort();
+            if (i < 4)
+                message_is_clean(err);
         }
+    } else {
+        message_is_clean(err);
     }
     mvk_st_set_free(&s);
     return 0;

@@ -2,8 +2,9 @@
  * libFuzzer target: the safetensors reader, then the layer builder of a few
  * tiny architectures on whatever tensors the input declares, then the CPU
  * reference on the built layer (so every pointer the builder hands out is
- * read). ASan/UBSan turn any out-of-bounds read or undefined behaviour into
- * a crash.
+ * read, and counted for NaN/Inf). Failure messages must be escaped (no
+ * control character). ASan/UBSan turn any out-of-bounds read or undefined
+ * behaviour into a crash.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,12 +31,22 @@ static const char *const configs[] = {
     " \"expert_capacity\": 1, \"router_bias\": true}",
 };
 
+/* A message is escaped: no control character reaches the terminal. */
+static void message_is_clean(const char *err)
+{
+    for (const unsigned char *p = (const unsigned char *)err; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char err[512];
     mvk_st_file f;
-    if (mvk_st_parse(data, size, "fuzz", &f, err, sizeof err))
+    if (mvk_st_parse(data, size, "fuzz", &f, err, sizeof err)) {
+        message_is_clean(err);
         return 0;
+    }
     /* every tensor's bytes lie inside the input */
     uint64_t acc = 0;
     for (size_t i = 0; i < f.count; i++) {
@@ -56,8 +67,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mvk_hf_config_parse(configs[c], strlen(configs[c]), "cfg", &cfg, err, sizeof err))
             abort();
         mvk_model_layer L;
-        if (!mvk_model_layer_build(&cfg, &set, "", &L, err, sizeof err)) {
+        if (mvk_model_layer_build(&cfg, &set, "", &L, err, sizeof err)) {
+            message_is_clean(err);
+        } else {
             float x[2 * 2] = {0.5f, -1.0f, 2.0f, 0.25f}, y[2 * 2];
+            char where[160];
+            if (mvk_model_layer_nonfinite(&L, where, sizeof where) && !where[0])
+                abort(); /* reads every weight pointer the desc holds */
             L.desc.capacity_factor = mvk_model_capacity_factor(&L, 2);
             if (moevk_ref_layer_forward(&L.desc, 2, x, y, NULL, NULL, NULL, NULL))
                 abort();

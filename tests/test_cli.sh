@@ -42,10 +42,42 @@ PY
 grep -q "</svg>" "$tmp/b.svg" || fail "bench SVG"
 grep -q "Fraction of the floor" "$tmp/b.svg" || fail "bench SVG content"
 
-out=$("$moevk" bench --preset deepseek-v3 --tokens 1 --no-ceilings 2>/dev/null)
-echo "$out" | grep -q "does not fit: needs .* GiB, the device has .* GiB" ||
+# The fit check, with the memory sizes given (so that no answer depends on
+# this machine): deepseek-v3's routed experts are 21.0 GiB in bf16, for the
+# host copy of the weights and again for the device copy.
+bench_fit() {
+    "$moevk" bench --preset deepseek-v3 --tokens 1 --no-ceilings --runs 1 --warmup 0 "$@" \
+        2>"$tmp/err"
+}
+out=$(bench_fit --host-memory 16 --device-memory 1000) || fail "bench: $(cat "$tmp/err")"
+echo "$out" | grep -Eq "does not fit: needs 21\.[0-9]+ GiB of system RAM for the host copy of the weights, 16\.00 GiB available" ||
+    fail "the host copy of a preset too large for system RAM: $out"
+out=$(bench_fit --host-memory 1000 --device-memory 16) || fail "bench: $(cat "$tmp/err")"
+echo "$out" | grep -Eq "does not fit: needs 21\.[0-9]+ GiB of device memory, the device has 16\.00 GiB" ||
     fail "a preset too large for the device: $out"
+# 30 GiB holds one copy but not two: a device whose memory is system RAM
+# (lavapipe, an integrated GPU) cannot take it; any other device could, so
+# that case is left to a CPU device (0.1 GiB of weights: it would run).
+type=$("$moevk" info | sed -n 's/^  type  *//p' | head -n 1)
+if [ "$type" = CPU ] || [ "$type" = "integrated GPU" ]; then
+    out=$(bench_fit --host-memory 30 --device-memory 1000 --device 0) ||
+        fail "bench: $(cat "$tmp/err")"
+    echo "$out" | grep -Eq "does not fit: needs 42\.[0-9]+ GiB of system RAM \(host copy 21\.[0-9]+ \+ device copy 21\.[0-9]+ GiB: (a CPU device|an integrated GPU) shares it\), 30\.00 GiB available" ||
+        fail "host and device copies on a device sharing system RAM: $out"
+    # copies for the cache are bounded by system RAM too: 0.1 GiB each,
+    # 0.45 GiB assumed = 1 host + at most 3 device copies (90%)
+    "$moevk" bench --custom 1024,1024,16,2 --tokens 1 --runs 1 --warmup 0 --no-ceilings \
+        --device 0 --host-memory 0.45 --device-memory 1000 --json "$tmp/c.json" \
+        >/dev/null 2>"$tmp/err" || fail "bench: $(cat "$tmp/err")"
+    python3 - "$tmp/c.json" <<'PY' || fail "weight copies on a CPU device"
+import json, sys
+r = json.load(open(sys.argv[1]))["rows"][0]
+assert r["ok"] and r["copies"] == 3, r
+PY
+fi
 
 "$moevk" bench --tokens 0 >/dev/null 2>&1 && fail "bench accepted --tokens 0"
+"$moevk" bench --host-memory 0 >/dev/null 2>&1 && fail "bench accepted --host-memory 0"
+"$moevk" bench --device-memory 2x >/dev/null 2>&1 && fail "bench accepted --device-memory 2x"
 "$moevk" check --against gpu >/dev/null 2>&1 && fail "check accepted --against gpu"
 echo "ok"

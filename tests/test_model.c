@@ -8,11 +8,13 @@
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +34,8 @@ static void dir_make(char *buf, size_t n)
     cr_assert_not_null(mkdtemp(buf), "mkdtemp %s", buf);
 }
 
+/* Remove dir and everything in it (subdirectories too; links are removed,
+ * not followed). */
 static void dir_remove(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -39,10 +43,14 @@ static void dir_remove(const char *dir)
         return;
     struct dirent *e;
     char p[512];
+    struct stat st;
     while ((e = readdir(d)))
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
             snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
+            if (!lstat(p, &st) && S_ISDIR(st.st_mode))
+                dir_remove(p);
+            else
+                unlink(p);
         }
     closedir(d);
     rmdir(dir);
@@ -50,7 +58,8 @@ static void dir_remove(const char *dir)
 
 static const char *join(char *buf, size_t n, const char *dir, const char *name)
 {
-    snprintf(buf, n, "%s/%s", dir, name);
+    int len = snprintf(buf, n, "%s/%s", dir, name);
+    cr_assert(len > 0 && (size_t)len < n, "path too long: %s/%s", dir, name);
     return buf;
 }
 
@@ -337,8 +346,16 @@ static const char *moevk_exe(void)
 }
 
 /* Run `moevk args...`; returns the exit status (-1 if it did not exit),
- * stdout and stderr together in out. */
-static int run_cli_env(char *out, size_t outsz, const char *const *args, int vulkan);
+ * stdout and stderr together in out (stderr alone with `stderr_only`). With
+ * `limit_s`, the tool is killed (status -1) after that many seconds: a hang
+ * fails the test instead of blocking it. */
+static int run_cli_ex(char *out, size_t outsz, const char *const *args, int vulkan,
+                      unsigned limit_s, int stderr_only);
+
+static int run_cli_env(char *out, size_t outsz, const char *const *args, int vulkan)
+{
+    return run_cli_ex(out, outsz, args, vulkan, 0, 0);
+}
 
 static int run_cli(char *out, size_t outsz, const char *const *args)
 {
@@ -349,7 +366,8 @@ static int run_cli(char *out, size_t outsz, const char *const *args)
  * child: the Vulkan loader unloads the driver before exit, so the driver's
  * own leaks can no longer be attributed (tools/lsan.supp cannot match them).
  * The CPU-backend runs keep leak checking for moevk's code. */
-static int run_cli_env(char *out, size_t outsz, const char *const *args, int vulkan)
+static int run_cli_ex(char *out, size_t outsz, const char *const *args, int vulkan,
+                      unsigned limit_s, int stderr_only)
 {
     const char *exe = moevk_exe(); /* before fork: asserts only in the test process */
     int fd[2];
@@ -358,7 +376,13 @@ static int run_cli_env(char *out, size_t outsz, const char *const *args, int vul
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
-        dup2(fd[1], 1);
+        if (stderr_only) {
+            int devnull = open("/dev/null", O_WRONLY);
+            dup2(devnull, 1);
+            close(devnull);
+        } else {
+            dup2(fd[1], 1);
+        }
         dup2(fd[1], 2);
         close(fd[0]);
         close(fd[1]);
@@ -368,6 +392,8 @@ static int run_cli_env(char *out, size_t outsz, const char *const *args, int vul
             snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", a ? a : "", a && *a ? ":" : "");
             setenv("ASAN_OPTIONS", opts, 1);
         }
+        if (limit_s)
+            alarm(limit_s); /* survives exec: SIGALRM ends a hung tool */
         const char *argv[64];
         size_t n = 0;
         argv[n++] = exe;
@@ -592,7 +618,7 @@ Test(model, bad_header_not_json)
     expect_bad("{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]", 0, 4,
                "not valid JSON");
     expect_bad("[1, 2, 3]", 0, 0, "not a JSON object");
-    expect_bad("{} trailing", 0, 0, "bytes after its JSON object");
+    expect_bad("{} trailing", 0, 0, "header has bytes after its JSON value (at byte 3)");
 }
 
 Test(model, bad_offsets_outside_file)
@@ -640,7 +666,7 @@ Test(model, bad_unknown_dtype_and_fields)
                "data_offsets");
     expect_bad("{\"w\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]},"
                " \"w\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [1, 2]}}",
-               0, 2, "appears twice");
+               0, 2, "the header has the key \"w\" twice in the top-level object");
     expect_bad("{\"__metadata__\": {\"format\": 3}}", 0, 0, "__metadata__");
 }
 
@@ -759,13 +785,18 @@ static mvk_moe_config parse_ok(const char *json)
     return c;
 }
 
-static void parse_bad(const char *json, const char *msg)
+static void parse_bad_n(const char *json, size_t len, const char *msg)
 {
     char err[512] = "";
     mvk_moe_config c;
-    cr_assert_eq(mvk_hf_config_parse(json, strlen(json), "config.json", &c, err, sizeof err), -1,
+    cr_assert_eq(mvk_hf_config_parse(json, len, "config.json", &c, err, sizeof err), -1,
                  "accepted: %s", json);
     cr_assert(strstr(err, msg), "'%s' does not say '%s'", err, msg);
+}
+
+static void parse_bad(const char *json, const char *msg)
+{
+    parse_bad_n(json, strlen(json), msg);
 }
 
 Test(model, config_defaults_follow_transformers)
@@ -1384,6 +1415,471 @@ Test(model, run_reports_bad_input_cleanly)
     cr_assert_eq(run_cli(out, sizeof out, a1), 1, "%s", out);
     cr_assert(strstr(out, "goes beyond the end of the file"), "%s", out);
     free(x);
+    canon_free(&c);
+    dir_remove(t.dir);
+}
+
+/* ---- input hygiene: FIFOs, outputs over inputs, strict JSON, messages ------- */
+
+#define TINY_CONFIG                                                                      \
+    "{\"model_type\": \"mixtral\", \"hidden_size\": 8, \"intermediate_size\": 4,"        \
+    " \"num_local_experts\": 2, \"num_experts_per_tok\": 1, \"num_hidden_layers\": 1}"
+#define TINY_PREFIX "model.layers.0.block_sparse_moe."
+
+/* A tiny mixtral checkpoint in dir (H 8, F 4, E 2, k 1, f32 weights):
+ * config.json and model.safetensors, or with `sharded` shard-1/shard-2
+ * listed in model.safetensors.index.json; and x.safetensors ([3, 8]). */
+static void tiny_model(const char *dir, uint64_t seed, int sharded)
+{
+    mvkt_rng r = mvkt_rng_make(seed);
+    canon c;
+    canon_make(&c, &r, 8, 4, 2, 1, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, 0);
+    tlist *l = tl_new();
+    add_block(l, &c, TINY_PREFIX, LAY_W123, SHARED_NONE);
+    char p[512];
+    if (!sharded) {
+        tl_write(l, join(p, sizeof p, dir, "model.safetensors"), 0, l->n);
+    } else {
+        size_t cut = l->n / 2;
+        tl_write(l, join(p, sizeof p, dir, "shard-1.safetensors"), 0, cut);
+        tl_write(l, join(p, sizeof p, dir, "shard-2.safetensors"), cut, l->n);
+        cJSON *idx = cJSON_CreateObject(), *wm = cJSON_AddObjectToObject(idx, "weight_map");
+        for (size_t i = 0; i < l->n; i++)
+            cJSON_AddStringToObject(wm, l->name[i],
+                                    i < cut ? "shard-1.safetensors" : "shard-2.safetensors");
+        char *s = cJSON_Print(idx);
+        write_text(join(p, sizeof p, dir, "model.safetensors.index.json"), s);
+        free(s);
+        cJSON_Delete(idx);
+    }
+    tl_free(l);
+    write_text(join(p, sizeof p, dir, "config.json"), TINY_CONFIG);
+    free(write_x(&r, join(p, sizeof p, dir, "x.safetensors"), MOEVK_DTYPE_F32, 2, SH(3, 8)));
+    canon_free(&c);
+}
+
+static void subdir_make(char *buf, size_t n, const char *dir, const char *name)
+{
+    join(buf, n, dir, name);
+    cr_assert_eq(mkdir(buf, 0700), 0, "mkdir %s", buf);
+}
+
+/* Replace path by a FIFO (no writer ever opens it). */
+static void make_fifo(const char *path)
+{
+    unlink(path);
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo %s", path);
+}
+
+/* The tool given a FIFO: refused at once with a message naming it. A hang
+ * is killed after 20 s (status -1) and fails. */
+static void run_refuses_fifo(const char *const *args, const char *fifo)
+{
+    char out[8192];
+    int st = run_cli_ex(out, sizeof out, args, 0, 20, 0);
+    cr_assert_eq(st, 1, "exit %d (-1: killed, it hung) for the FIFO %s:\n%s", st, fifo, out);
+    cr_assert(strstr(out, fifo) && strstr(out, "not a regular file"), "%s", out);
+}
+
+Test(model, fifo_is_refused_not_waited_for, .timeout = 60)
+{
+    char dir[256], fifo[512], err[512] = "", out[8192], *text = NULL;
+    size_t len;
+    dir_make(dir, sizeof dir);
+    make_fifo(join(fifo, sizeof fifo, dir, "fifo"));
+    mvk_st_file f;
+    cr_assert_eq(mvk_st_open(fifo, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, fifo) && strstr(err, "not a regular file (a FIFO)"), "%s", err);
+    cr_assert_eq(mvk_read_text(fifo, &text, &len, err, sizeof err), -1);
+    cr_assert(strstr(err, fifo) && strstr(err, "not a regular file (a FIFO)"), "%s", err);
+    cr_assert_eq(mvk_read_text(dir, &text, &len, err, sizeof err), -1);
+    cr_assert(strstr(err, "not a regular file (a directory)"), "%s", err);
+
+    /* through the tool: the FIFO as x, as config.json, as a weights file */
+    char m[512], x[512], cfg[512], w[512];
+    subdir_make(m, sizeof m, dir, "m");
+    tiny_model(m, 1, 0);
+    join(x, sizeof x, m, "x.safetensors");
+    join(cfg, sizeof cfg, m, "config.json");
+    join(w, sizeof w, m, "model.safetensors");
+    const char *ok[] = {"run", "--model", m, "--layer", "0", "--input", x, "--backend", "cpu",
+                        NULL};
+    cr_assert_eq(run_cli(out, sizeof out, ok), 0, "%s", out);
+    const char *a1[] = {"run", "--model", m, "--layer", "0", "--input", fifo, "--backend", "cpu",
+                        NULL};
+    run_refuses_fifo(a1, fifo);
+    const char *a2[] = {"run", "--config", fifo, "--weights", w, "--prefix", TINY_PREFIX,
+                        "--input", x, "--backend", "cpu", NULL};
+    run_refuses_fifo(a2, fifo);
+    const char *a3[] = {"run", "--config", cfg, "--weights", fifo, "--prefix", TINY_PREFIX,
+                        "--input", x, "--backend", "cpu", NULL};
+    run_refuses_fifo(a3, fifo);
+    /* each file of a model directory in turn */
+    make_fifo(cfg);
+    run_refuses_fifo(ok, cfg);
+    unlink(cfg);
+    write_text(cfg, TINY_CONFIG);
+    make_fifo(w);
+    run_refuses_fifo(ok, w);
+
+    /* a sharded checkpoint: a shard, then the index */
+    char s[512], sx[512], shard[512], idx[512];
+    subdir_make(s, sizeof s, dir, "s");
+    tiny_model(s, 2, 1);
+    const char *ok2[] = {"run", "--model", s, "--layer", "0", "--input",
+                         join(sx, sizeof sx, s, "x.safetensors"), "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, ok2), 0, "%s", out);
+    make_fifo(join(shard, sizeof shard, s, "shard-2.safetensors"));
+    run_refuses_fifo(ok2, shard);
+    make_fifo(join(idx, sizeof idx, s, "model.safetensors.index.json"));
+    run_refuses_fifo(ok2, idx);
+    dir_remove(dir);
+}
+
+/* A file's bytes (for "unchanged" checks); *len set. */
+static char *slurp(const char *path, size_t *len)
+{
+    char *text, err[512];
+    cr_assert_eq(mvk_read_text(path, &text, len, err, sizeof err), 0, "%s", err);
+    return text;
+}
+
+/* `moevk run ... <opt> <target>` is refused (exit 2) before anything is
+ * written, naming the option and the input; `victim` keeps its bytes. */
+static void run_refuses_overwrite(const char *const *sel, const char *x, const char *opt,
+                                  const char *target, const char *victim, const char *backend)
+{
+    size_t n0, n1;
+    char *before = slurp(victim, &n0), out[8192];
+    const char *args[24];
+    size_t n = 0;
+    args[n++] = "run";
+    for (; *sel; sel++)
+        args[n++] = *sel;
+    const char *tail[] = {"--input", x, opt, target, "--backend", backend, "--check", NULL};
+    for (const char *const *t = tail; *t; t++)
+        args[n++] = *t;
+    args[n] = NULL;
+    int st = run_cli_ex(out, sizeof out, args, strcmp(backend, "cpu") != 0, 60, 0);
+    char *after = slurp(victim, &n1);
+    cr_assert_eq(st, 2, "%s %s over %s: exit %d (-1: a signal)\n%s", opt, target, victim, st,
+                 out);
+    cr_assert(strstr(out, opt) && strstr(out, target) && strstr(out, "is the same file as"),
+              "%s", out);
+    cr_assert(n0 == n1 && !memcmp(before, after, n0), "%s %s changed %s", opt, target, victim);
+    free(before);
+    free(after);
+}
+
+Test(model, output_naming_an_input_is_refused, .timeout = 120)
+{
+    char dir[256], m[512], x[512], w[512], cfg[512], p[512], out[8192];
+    dir_make(dir, sizeof dir);
+    subdir_make(m, sizeof m, dir, "m");
+    tiny_model(m, 3, 0);
+    join(x, sizeof x, m, "x.safetensors");
+    join(w, sizeof w, m, "model.safetensors");
+    join(cfg, sizeof cfg, m, "config.json");
+    const char *sel[] = {"--model", m, "--layer", "0", NULL};
+    /* the case that crashed: --check reads the mapped weights after y is written */
+    run_refuses_overwrite(sel, x, "--output", w, w, "vulkan");
+    join(p, sizeof p, m, "./model.safetensors");
+    run_refuses_overwrite(sel, x, "--output", p, w, "cpu");
+    cr_assert_eq(symlink("model.safetensors", join(p, sizeof p, m, "sym")), 0);
+    run_refuses_overwrite(sel, x, "--output", p, w, "cpu");
+    cr_assert_eq(link(w, join(p, sizeof p, m, "hard")), 0);
+    run_refuses_overwrite(sel, x, "--output", p, w, "cpu");
+    run_refuses_overwrite(sel, x, "--stats", p, w, "cpu");
+    run_refuses_overwrite(sel, x, "--output", x, x, "cpu");
+    run_refuses_overwrite(sel, x, "--output", cfg, cfg, "cpu");
+    const char *sel2[] = {"--config", cfg, "--weights", w, "--prefix", TINY_PREFIX, NULL};
+    run_refuses_overwrite(sel2, x, "--output", w, w, "cpu");
+    /* --output and --stats naming one file */
+    const char *both[] = {"run", "--model", m, "--layer", "0", "--input", x, "--output",
+                          join(p, sizeof p, dir, "y"), "--stats", p, "--backend", "cpu", NULL};
+    write_text(p, "old");
+    cr_assert_eq(run_cli(out, sizeof out, both), 2, "%s", out);
+    cr_assert(strstr(out, "--stats") && strstr(out, "same file as --output"), "%s", out);
+
+    /* sharded: a shard (opened lazily) and the index */
+    char s[512], sx[512];
+    subdir_make(s, sizeof s, dir, "s");
+    tiny_model(s, 4, 1);
+    join(sx, sizeof sx, s, "x.safetensors");
+    const char *sel3[] = {"--model", s, "--layer", "0", NULL};
+    run_refuses_overwrite(sel3, sx, "--output", join(p, sizeof p, s, "shard-2.safetensors"), p,
+                          "cpu");
+    run_refuses_overwrite(sel3, sx, "--output",
+                          join(p, sizeof p, s, "model.safetensors.index.json"), p, "cpu");
+    /* a new file is fine */
+    const char *fresh[] = {"run", "--model", s, "--layer", "0", "--input", sx, "--output",
+                           join(p, sizeof p, s, "y.safetensors"), "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, fresh), 0, "%s", out);
+    dir_remove(dir);
+}
+
+/* ---- strict JSON: config.json, the index, safetensors headers ---------------- */
+
+static void index_parse(const char *json, size_t len, int want_ok, const char *msg)
+{
+    mvk_st_set s;
+    mvk_st_set_init(&s);
+    char err[512] = "";
+    if (len == (size_t)-1)
+        len = strlen(json);
+    int rc = mvk_st_set_parse_index(&s, json, len, "/d", "idx.json", err, sizeof err);
+    mvk_st_set_free(&s);
+    if (want_ok) {
+        cr_assert_eq(rc, 0, "%s: %s", json, err);
+        return;
+    }
+    cr_assert_eq(rc, -1, "accepted: %s", json);
+    cr_assert(strstr(err, msg) && strstr(err, "idx.json"), "'%s' does not say '%s'", err, msg);
+}
+
+Test(model, json_trailing_bytes_are_refused)
+{
+    mvk_moe_config c = parse_ok("{\"model_type\": \"mixtral\"} \n\r\t");
+    (void)c;
+    parse_bad("{\"model_type\": \"mixtral\"} x", "config.json has bytes after its JSON value");
+    parse_bad("{\"model_type\": \"mixtral\"}{\"model_type\": \"olmoe\"}", "bytes after");
+    parse_bad_n("{\"model_type\": \"mixtral\"}\0", 26, "bytes after its JSON value (at byte 25)");
+    index_parse("{\"weight_map\": {\"a\": \"s.safetensors\"}}\n", 39, 1, NULL);
+    index_parse("{\"weight_map\": {}} ,", 20, 0, "bytes after its JSON value");
+    /* safetensors: "{} trailing" in bad_header_not_json */
+}
+
+Test(model, json_duplicate_keys_are_refused)
+{
+    parse_bad("{\"model_type\": \"mixtral\", \"hidden_size\": 8, \"hidden_size\": 16}",
+              "config.json has the key \"hidden_size\" twice in the top-level object");
+    parse_bad("{\"model_type\": \"mixtral\", \"rope_scaling\": {\"type\": \"a\", \"factor\": 2,"
+              " \"type\": \"b\"}}",
+              "key \"type\" twice in object \"rope_scaling\"");
+    parse_bad("{\"model_type\": \"mixtral\", \"l\": [1, [{\"a\": 1, \"b\": {}, \"a\": 2}]]}",
+              "key \"a\" twice in an object in an array");
+    /* the same key spelled with an escape */
+    parse_bad("{\"model_type\": \"mixtral\", \"model_typ\\u0065\": \"olmoe\"}",
+              "key \"model_type\" twice");
+    /* many keys (sorted, not pairwise): one repeated far apart, and none */
+    char big[2048];
+    size_t o = (size_t)snprintf(big, sizeof big, "{\"model_type\": \"mixtral\"");
+    for (int i = 0; i < 60; i++)
+        o += (size_t)snprintf(big + o, sizeof big - o, ", \"k%d\": %d", i, i);
+    snprintf(big + o, sizeof big - o, "}");
+    mvk_moe_config c = parse_ok(big);
+    (void)c;
+    snprintf(big + o, sizeof big - o, ", \"k3\": 0}");
+    parse_bad(big, "key \"k3\" twice in the top-level object");
+
+    index_parse("{\"weight_map\": {\"t\": \"a.safetensors\", \"u\": \"a.safetensors\","
+                " \"t\": \"b.safetensors\"}}",
+                (size_t)-1, 0, "key \"t\" twice in object \"weight_map\"");
+    index_parse("{\"metadata\": {\"total_size\": 1, \"total_size\": 2}, \"weight_map\": {}}",
+                (size_t)-1, 0, "key \"total_size\" twice in object \"metadata\"");
+
+    expect_bad("{\"w\": {\"dtype\": \"U8\", \"shape\": [1], \"dtype\": \"F32\","
+               " \"data_offsets\": [0, 1]}}",
+               0, 1, "header has the key \"dtype\" twice in object \"w\"");
+    expect_bad("{\"__metadata__\": {\"format\": \"pt\", \"format\": \"np\"}}", 0, 0,
+               "key \"format\" twice in object \"__metadata__\"");
+}
+
+Test(model, json_nul_and_raw_control_characters_are_refused)
+{
+    parse_bad("{\"model_type\": \"mixtral\\u0000x\"}", "NUL character in a string (\\u0000 at byte 23)");
+    parse_bad("{\"model_type\": \"mixtral\", \"a\\u0000b\": 1, \"a\\u0000c\": 2}", "NUL");
+    parse_bad_n("{\"model_type\": \"mix\0tral\"}", 26, "NUL character");
+    parse_bad("{\"model_type\": \"mix\ttral\"}", "control character 0x09 in a string");
+    parse_bad("{\x01\"model_type\": \"mixtral\"}", "control character 0x01 outside a string");
+    /* an escaped backslash before "u0000" is no NUL */
+    mvk_moe_config c = parse_ok("{\"model_type\": \"mixtral\", \"n\": \"a\\\\u0000\\\\\"}");
+    (void)c;
+    expect_bad("{\"w\\u0000x\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]}}",
+               0, 1, "NUL");
+}
+
+/* ---- messages: bytes from files are escaped ---------------------------------- */
+
+/* 1 when s is printable ASCII and newlines only (what an escaped message
+ * built from ASCII text and arbitrary bytes must be). */
+static int printable_ascii(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p < 0x20 && *p != '\n') || *p > 0x7e)
+            return 0;
+    return 1;
+}
+
+static void esc_is(const char *in, size_t bufsz, const char *want)
+{
+    char buf[256], twice[256];
+    cr_assert_leq(bufsz, sizeof buf);
+    cr_assert_str_eq(mvk_esc(in, buf, bufsz), want);
+    cr_assert_str_eq(mvk_esc(buf, twice, sizeof twice), buf, "escaping twice changes it");
+}
+
+Test(model, escape_helper)
+{
+    esc_is("plain text, 'quotes' and \\backslash", 256, "plain text, 'quotes' and \\backslash");
+    esc_is("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 256, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    esc_is("a\x1b[31mb\n\t\x7f", 256, "a\\x1b[31mb\\x0a\\x09\\x7f");
+    esc_is("\xc2\x9b" "2J", 256, "\\xc2\\x9b2J");                   /* C1 control (CSI) */
+    esc_is("\xff\xfe" "x", 256, "\\xff\\xfex");                     /* never UTF-8 */
+    esc_is("\xc3(", 256, "\\xc3(");                                 /* cut sequence */
+    esc_is("end\xe2\x82", 256, "end\\xe2\\x82");
+    esc_is("\xc0\xaf\xe0\x80\xaf", 256, "\\xc0\\xaf\\xe0\\x80\\xaf"); /* overlong */
+    esc_is("\xed\xa0\x80", 256, "\\xed\\xa0\\x80");                 /* surrogate */
+    esc_is("\xf4\x90\x80\x80", 256, "\\xf4\\x90\\x80\\x80");        /* > U+10FFFF */
+    /* truncation never splits an escape or a character */
+    esc_is("abc\x01", 7, "abc");
+    esc_is("abc\x01", 8, "abc\\x01");
+    esc_is("a\xc3\xa9", 3, "a");
+    char one[1];
+    cr_assert_str_eq(mvk_esc("x", one, 1), "");
+}
+
+Test(model, messages_escape_bytes_from_files)
+{
+    /* a tensor name and a dtype with terminal controls and a non-UTF-8 byte */
+    char dir[256], path[512], err[512] = "";
+    dir_make(dir, sizeof dir);
+    join(path, sizeof path, dir, "bad.safetensors");
+    raw_file(path, "{\"w\\u001b[2J\xff\": {\"dtype\": \"Q\\u0007\", \"shape\": [1],"
+                   " \"data_offsets\": [0, 1]}}", 0, 1);
+    mvk_st_file f;
+    cr_assert_eq(mvk_st_open(path, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "tensor 'w\\x1b[2J\\xff': unknown dtype 'Q\\x07'"), "%s", err);
+    cr_assert(printable_ascii(err), "raw bytes in: %s", err);
+    /* config.json */
+    parse_bad("{\"model_type\": \"\\u001b]0;title\\u0007\xc3\"}",
+              "model_type \"\\x1b]0;title\\x07\\xc3\" is not supported");
+    parse_bad("{\"model_type\": \"mixtral\", \"\\u009b\": 1, \"\\u009b\": 2}",
+              "has the key \"\\xc2\\x9b\" twice");
+
+    /* through the tool: a path, and a shard name taken from the index */
+    char m[512], x[512], bad[512], out[8192];
+    subdir_make(m, sizeof m, dir, "m");
+    tiny_model(m, 5, 0);
+    join(x, sizeof x, m, "x.safetensors");
+    join(bad, sizeof bad, m, "y\x1b[2J\xff.safetensors");
+    const char *a1[] = {"run", "--model", m, "--layer", "0", "--input", bad, "--backend", "cpu",
+                        NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a1), 1, "%s", out);
+    cr_assert(strstr(out, "y\\x1b[2J\\xff.safetensors") && printable_ascii(out), "%s", out);
+    /* an existing input at that path without a tensor 'x' */
+    char w[512];
+    join(w, sizeof w, m, "model.safetensors");
+    size_t n;
+    char *bytes = slurp(w, &n);
+    write_bytes(bad, bytes, n);
+    free(bytes);
+    cr_assert_eq(run_cli(out, sizeof out, a1), 1, "%s", out);
+    cr_assert(strstr(out, "missing tensor 'x' in") && strstr(out, "y\\x1b[2J\\xff") &&
+                  printable_ascii(out),
+              "%s", out);
+    /* the shard named by the index, and --output echoed back */
+    char idx[512];
+    write_text(join(idx, sizeof idx, m, "model.safetensors.index.json"),
+               "{\"weight_map\": {\"" TINY_PREFIX "gate.weight\": \"sh\\u001bard\xfe\"}}");
+    const char *a2[] = {"run", "--model", m, "--layer", "0", "--input", x, "--backend", "cpu",
+                        NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a2), 1, "%s", out);
+    cr_assert(strstr(out, "sh\\x1bard\\xfe") && printable_ascii(out), "%s", out);
+    unlink(idx);
+    char y[512];
+    join(y, sizeof y, m, "y\x07.safetensors");
+    const char *a3[] = {"run", "--model", m, "--layer", "0", "--input", x, "--output", y,
+                        "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli(out, sizeof out, a3), 0, "%s", out);
+    cr_assert(strstr(out, "y\\x07.safetensors") && printable_ascii(out), "%s", out);
+    dir_remove(dir);
+}
+
+/* ---- non-finite values: warned about, and compared by class ----------------- */
+
+/* The number after `label` in out (NAN when absent). */
+static double number_after(const char *out, const char *label)
+{
+    const char *p = strstr(out, label);
+    double v;
+    return p && sscanf(p + strlen(label), "%lf", &v) == 1 ? v : NAN;
+}
+
+Test(model, non_finite_values_are_reported_and_compared_by_class)
+{
+    e2e t;
+    e2e_begin(&t, 11);
+    const uint32_t H = 8, F = 4, E = 2, K = 1, T = 12;
+    canon c;
+    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, 0);
+    tlist *l = tl_new();
+    add_block(l, &c, TINY_PREFIX, LAY_W123, SHARED_NONE);
+    char w[512], out[16384];
+    tl_write(l, join(w, sizeof w, t.dir, "model.safetensors"), 0, l->n);
+    tl_free(l);
+    write_text(t.cfg, TINY_CONFIG);
+    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(T, H));
+    const char *run_cpu[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x,
+                             "--backend", "cpu", NULL};
+    cr_assert_eq(run_cli_ex(out, sizeof out, run_cpu, 0, 60, 1), 0, "%s", out);
+    cr_assert_null(strstr(out, "non-finite"), "finite inputs: %s", out);
+
+    /* a NaN in x; an Inf in expert 0's up matrix, a NaN in expert 1's down */
+    x[3] = NAN;
+    c.up[5] = INFINITY;                   /* expert 0, row f = 0, column h = 5 */
+    c.down[((size_t)1 * H + 2) * F + 1] = NAN; /* expert 1, row h = 2, column f = 1 */
+    l = tl_new();
+    add_block(l, &c, TINY_PREFIX, LAY_W123, SHARED_NONE);
+    tl_write(l, w, 0, l->n);
+    tl_free(l);
+    l = tl_new();
+    tl_add(l, MOEVK_DTYPE_F32, 2, SH(T, H), x, "x");
+    tl_write(l, t.x, 0, 1);
+    tl_free(l);
+    moevk_layer_desc d = canon_desc(&c);
+    d.norm_topk_prob = 1;
+    uint8_t *near;
+    float *y = expect_ref(&d, x, T, &near);
+    unsigned long long ny = 0, ny_compared = 0;
+    for (size_t i = 0; i < (size_t)T * H; i++) {
+        ny += !isfinite(y[i]);
+        ny_compared += !isfinite(y[i]) && !near[i / H];
+    }
+    cr_assert_gt(ny, H, "the planted values should reach more than one token");
+
+    cr_assert_eq(run_cli_ex(out, sizeof out, run_cpu, 0, 60, 1), 0, "%s", out);
+    char want[256];
+    cr_assert(strstr(out, "warning: x holds 1 non-finite value (NaN or Inf) in 1 of 12 tokens"),
+              "%s", out);
+    cr_assert(strstr(out, "warning: the weights hold 2 non-finite values (NaN or Inf), the "
+                          "first in the up matrix of expert 0"),
+              "%s", out);
+    snprintf(want, sizeof want, "warning: y holds %llu non-finite values (NaN or Inf)", ny);
+    cr_assert(strstr(out, want), "want '%s':\n%s", want, out);
+
+    /* --check: NaN/Inf positions must agree, the L2 error is over the rest */
+    const char *run_vk[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x,
+                            "--check", "--validate", NULL};
+    int st = run_cli_env(out, sizeof out, run_vk, 1);
+    if (!(st != 0 && no_vulkan_device(out))) {
+        cr_assert_eq(st, 0, "%s", out);
+        snprintf(want, sizeof want,
+                 "non-finite values: %llu in the reference, 0 positions where the result "
+                 "differs",
+                 ny_compared);
+        cr_assert(strstr(out, want), "want '%s':\n%s", want, out);
+        double rel = number_after(out, "relative L2 error ");
+        cr_assert(rel <= 1e-5, "relative L2 error %g over the finite values:\n%s", rel, out);
+        unsigned long long kept = 0;
+        for (uint32_t i = 0; i < T; i++)
+            kept += !near[i];
+        snprintf(want, sizeof want, "over %llu values finite in both", kept * H - ny_compared);
+        cr_assert(strstr(out, want), "want '%s':\n%s", want, out);
+    }
+    free(x);
+    free(y);
+    free(near);
     canon_free(&c);
     dir_remove(t.dir);
 }

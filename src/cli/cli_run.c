@@ -39,7 +39,8 @@ static void usage(FILE *f)
             "  --decoder  switch_transformers: a decoder block (default: encoder)\n"
             "  --dropped-passthrough  switch_transformers as transformers 4 computed it: a\n"
             "             token over expert_capacity outputs p * x (transformers 5: 0)\n"
-            "  --check    also run the CPU reference and compare (relative L2, routing)\n"
+            "  --check    also run the CPU reference and compare: NaN/Inf where it has\n"
+            "             them, relative L2 over the finite values, routing\n"
             "  --backend  vulkan (default), cpu (the double-precision reference), cuda\n"
             "  --cuda-impl ref|cublas|cublas-f32  which CUDA implementation (default ref)\n");
 }
@@ -315,7 +316,9 @@ static int write_stats(const char *path, const run_opts *opt, const mvk_model_la
         ok = 0;
     free(text);
     if (!ok) {
-        fprintf(stderr, "moevk run: cannot write %s: %s\n", path, strerror(errno));
+        char msg[1024];
+        mvk_errf(msg, sizeof msg, "cannot write %s: %s", path, strerror(errno));
+        fprintf(stderr, "moevk run: %s\n", msg);
         return 1;
     }
     return 0;
@@ -323,6 +326,60 @@ oom:
     cJSON_Delete(j);
     fprintf(stderr, "moevk run: out of host memory\n");
     return 1;
+}
+
+/* 0 finite, 1 NaN, 2 +Inf, 3 -Inf */
+static int value_class(float v)
+{
+    return isnan(v) ? 1 : isinf(v) ? (v > 0 ? 2 : 3) : 0;
+}
+
+typedef struct y_compare {
+    double rel;             /* relative L2 error over the values finite in both */
+    uint64_t finite;        /* how many they are */
+    uint64_t ref_nonfinite; /* values the reference has as NaN or Inf */
+    uint64_t differ;        /* values whose class (NaN, +Inf, -Inf, finite) differs */
+} y_compare;
+
+/* y against the reference ref, tokens flagged in skip left out: where
+ * either is NaN or Inf the classes must agree; the L2 error is over the
+ * values finite in both. */
+static void compare_y(const float *y, const float *ref, const uint8_t *skip, uint32_t T,
+                      uint32_t H, y_compare *c)
+{
+    double num = 0, den = 0;
+    memset(c, 0, sizeof(*c));
+    for (uint32_t t = 0; t < T; t++)
+        for (uint32_t h = 0; h < H && !skip[t]; h++) {
+            const float a = y[(size_t)t * H + h], b = ref[(size_t)t * H + h];
+            const int ca = value_class(a), cb = value_class(b);
+            c->ref_nonfinite += cb != 0;
+            c->differ += ca != cb;
+            if (ca || cb)
+                continue;
+            c->finite++;
+            num += ((double)a - b) * ((double)a - b);
+            den += (double)b * b;
+        }
+    c->rel = den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Warn (stderr) when v [T, H] holds NaN or Inf: how many, in how many
+ * tokens. */
+static void warn_nonfinite(const char *name, const float *v, uint32_t T, uint32_t H)
+{
+    uint64_t n = 0;
+    uint32_t tokens = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        uint64_t c = mvk_model_count_nonfinite(v + (size_t)t * H, MOEVK_DTYPE_F32, H);
+        n += c;
+        tokens += c > 0;
+    }
+    if (n)
+        fprintf(stderr,
+                "moevk run: warning: %s holds %llu non-finite value%s (NaN or Inf) in %u of %u "
+                "token%s\n",
+                name, (unsigned long long)n, n == 1 ? "" : "s", tokens, T, T == 1 ? "" : "s");
 }
 
 /* Compare with the CPU reference; tokens at a routing near-tie are left
@@ -354,6 +411,7 @@ static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t
     if (!counts || !offsets) {
         free(counts);
         free(offsets);
+        fprintf(stderr, "moevk run: out of host memory for --check\n");
         goto done;
     }
     for (uint32_t p = 0; p < passes; p++)
@@ -363,30 +421,25 @@ static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t
     free(offsets);
     if (ml->dropped_passthrough)
         dropped_passthrough(d, x, T, &r);
-    double num = 0, den = 0;
     uint32_t excluded = 0, mismatched = 0;
     for (uint32_t t = 0; t < T; t++) {
-        if (near[t]) {
-            excluded++;
-            continue;
-        }
-        for (uint32_t j = 0; j < K; j++)
-            if (o->ids[(size_t)t * K + j] != r.ids[(size_t)t * K + j]) {
-                mismatched++;
-                break;
-            }
-        for (uint32_t c = 0; c < H; c++) {
-            double a = o->y[(size_t)t * H + c], b = r.y[(size_t)t * H + c];
-            num += (a - b) * (a - b);
-            den += b * b;
-        }
+        excluded += near[t] != 0;
+        if (!near[t] && memcmp(o->ids + (size_t)t * K, r.ids + (size_t)t * K, 4ull * K))
+            mismatched++;
     }
-    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    y_compare c;
+    compare_y(o->y, r.y, near, T, H, &c);
     double tol = d->weight_dtype == MOEVK_DTYPE_F32 ? 1e-5 : 1e-4;
-    printf("check    relative L2 error %.3g vs the CPU reference (tolerance %g), %u token%s "
-           "routed differently, %u near-tie token%s excluded\n",
-           rel, tol, mismatched, mismatched == 1 ? "" : "s", excluded, excluded == 1 ? "" : "s");
-    rc = (rel <= tol && mismatched == 0) ? 0 : 1;
+    printf("check    relative L2 error %.3g over %llu values finite in both, vs the CPU "
+           "reference (tolerance %g), %u token%s routed differently, %u near-tie token%s "
+           "excluded\n",
+           c.rel, (unsigned long long)c.finite, tol, mismatched, mismatched == 1 ? "" : "s",
+           excluded, excluded == 1 ? "" : "s");
+    printf("check    non-finite values: %llu in the reference, %llu position%s where the result "
+           "differs (NaN, +Inf, -Inf or finite)\n",
+           (unsigned long long)c.ref_nonfinite, (unsigned long long)c.differ,
+           c.differ == 1 ? "" : "s");
+    rc = (c.rel <= tol && mismatched == 0 && c.differ == 0) ? 0 : 1;
     if (rc)
         fprintf(stderr, "moevk run: the result does not match the CPU reference\n");
 done:
@@ -488,51 +541,85 @@ static int parse_opts(int argc, char **argv, run_opts *o)
     return 0;
 }
 
+/* Which input of the run the file `id` is, with its path in buf; NULL if
+ * none. */
+static const char *input_named(const mvk_file_id *id, const run_opts *o, const char *cfg_path,
+                               const mvk_st_set *set, char *buf, size_t bufsz)
+{
+    if (mvk_file_is(o->input, id)) {
+        snprintf(buf, bufsz, "%s", o->input);
+        return "the input x";
+    }
+    if (mvk_file_is(cfg_path, id)) {
+        snprintf(buf, bufsz, "%s", cfg_path);
+        return "the config";
+    }
+    if (mvk_st_set_holds_file(set, id, buf, bufsz))
+        return "the checkpoint's";
+    return NULL;
+}
+
+/* --output and --stats may not name an input (compared as files, by device
+ * and inode: any spelling, symlinks and hard links): the weights are
+ * memory-mapped and read again by --check, and nothing given to read is
+ * overwritten. Nor may they name one file. Checked before anything is
+ * written. */
+static int outputs_are_not_inputs(const run_opts *o, const char *cfg_path, const mvk_st_set *set,
+                                  char *err, size_t errsz)
+{
+    const char *opt[2] = {"--output", "--stats"}, *path[2] = {o->output, o->stats};
+    for (int i = 0; i < 2; i++) {
+        mvk_file_id id;
+        char in[1024];
+        if (!path[i] || mvk_file_id_of(path[i], &id))
+            continue; /* not there yet: a new file */
+        const char *what = input_named(&id, o, cfg_path, set, in, sizeof in);
+        if (what)
+            return mvk_errf(err, errsz,
+                            "%s %s is the same file as %s %s: moevk run does not overwrite "
+                            "its inputs",
+                            opt[i], path[i], what, in);
+    }
+    mvk_file_id id;
+    if (o->output && o->stats &&
+        (!strcmp(o->output, o->stats) ||
+         (!mvk_file_id_of(o->stats, &id) && mvk_file_is(o->output, &id))))
+        return mvk_errf(err, errsz, "--stats %s is the same file as --output %s", o->stats,
+                        o->output);
+    return 0;
+}
+
 /* The input x as f32 [T, H]; shape kept for the output. */
 static int read_input(const char *path, uint32_t H, float **x, uint32_t *ndim, uint64_t *shape,
-                      uint32_t *T)
+                      uint32_t *T, char *err, size_t errsz)
 {
-    char err[512];
     mvk_st_file f;
-    if (mvk_st_open(path, &f, err, sizeof err)) {
-        fprintf(stderr, "moevk run: %s\n", err);
-        return 1;
-    }
-    int rc = 1;
-    const mvk_st_tensor *t = mvk_st_find(&f, "x");
-    if (!t) {
-        fprintf(stderr, "moevk run: missing tensor 'x' in %s\n", path);
-        goto done;
-    }
-    if (t->dtype < 0) {
-        fprintf(stderr,
-                "moevk run: tensor 'x' in %s has unsupported dtype %s (F32, F16 or BF16)\n",
-                path, t->dtype_name);
-        goto done;
-    }
+    if (mvk_st_open(path, &f, err, errsz))
+        return -1;
+    int rc = -1;
     char sb[160];
-    if ((t->ndim != 2 && t->ndim != 3) || t->shape[t->ndim - 1] != H) {
-        fprintf(stderr, "moevk run: tensor 'x' in %s has shape %s; expected [T, %u] or [B, S, %u]\n",
-                path, mvk_shape_str(t->shape, t->ndim, sb, sizeof sb), H, H);
-        goto done;
+    const mvk_st_tensor *t = mvk_st_find(&f, "x");
+    const uint64_t tokens = t ? t->numel / H : 0;
+    if (!t)
+        mvk_errf(err, errsz, "missing tensor 'x' in %s", path);
+    else if (t->dtype < 0)
+        mvk_errf(err, errsz, "tensor 'x' in %s has unsupported dtype %s (F32, F16 or BF16)", path,
+                 t->dtype_name);
+    else if ((t->ndim != 2 && t->ndim != 3) || t->shape[t->ndim - 1] != H)
+        mvk_errf(err, errsz, "tensor 'x' in %s has shape %s; expected [T, %u] or [B, S, %u]",
+                 path, mvk_shape_str(t->shape, t->ndim, sb, sizeof sb), H, H);
+    else if (tokens == 0 || tokens > UINT32_MAX / 2 || tokens * H > SIZE_MAX / 8)
+        mvk_errf(err, errsz, "tensor 'x' in %s has %llu tokens", path,
+                 (unsigned long long)tokens);
+    else if (!(*x = malloc(sizeof(float) * (size_t)t->numel)))
+        mvk_errf(err, errsz, "out of host memory for the input");
+    else {
+        mvk_model_to_f32(t->data, t->dtype, (size_t)t->numel, *x);
+        *ndim = t->ndim;
+        memcpy(shape, t->shape, sizeof(uint64_t) * t->ndim);
+        *T = (uint32_t)tokens;
+        rc = 0;
     }
-    uint64_t tokens = t->numel / H;
-    if (tokens == 0 || tokens > UINT32_MAX / 2 || tokens * H > SIZE_MAX / 8) {
-        fprintf(stderr, "moevk run: tensor 'x' in %s has %llu tokens\n", path,
-                (unsigned long long)tokens);
-        goto done;
-    }
-    *x = malloc(sizeof(float) * (size_t)t->numel);
-    if (!*x) {
-        fprintf(stderr, "moevk run: out of host memory for the input\n");
-        goto done;
-    }
-    mvk_model_to_f32(t->data, t->dtype, (size_t)t->numel, *x);
-    *ndim = t->ndim;
-    memcpy(shape, t->shape, sizeof(uint64_t) * t->ndim);
-    *T = (uint32_t)tokens;
-    rc = 0;
-done:
     mvk_st_close(&f);
     return rc;
 }
@@ -599,6 +686,11 @@ int cli_run(int argc, char **argv)
             if (mvk_st_set_add_file(&set, opt.weights[i], err, sizeof err))
                 goto fail;
     }
+    if (outputs_are_not_inputs(&opt, cfg_path, &set, err, sizeof err)) {
+        fprintf(stderr, "moevk run: %s\n", err);
+        rc = 2;
+        goto done;
+    }
     const char *pp[MVK_MAX_PREFIXES] = {prefixes[0], prefixes[1]};
     if (mvk_model_layer_build_any(&cfg, &set, pp, nprefix, &ml, err, sizeof err))
         goto fail;
@@ -611,11 +703,19 @@ int cli_run(int argc, char **argv)
     }
     moevk_layer_desc *d = &ml.desc;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
+    char where[160];
+    uint64_t bad_weights = mvk_model_layer_nonfinite(&ml, where, sizeof where);
+    if (bad_weights)
+        fprintf(stderr,
+                "moevk run: warning: the weights hold %llu non-finite value%s (NaN or Inf), the "
+                "first in %s\n",
+                (unsigned long long)bad_weights, bad_weights == 1 ? "" : "s", where);
 
     uint32_t ndim = 0, T = 0;
     uint64_t shape[MVK_ST_MAX_DIMS] = {0};
-    if (read_input(opt.input, H, &x, &ndim, shape, &T))
-        goto done;
+    if (read_input(opt.input, H, &x, &ndim, shape, &T, err, sizeof err))
+        goto fail;
+    warn_nonfinite("x", x, T, H);
     /* switch_transformers' capacity counts per sequence: one pass each */
     uint32_t passes = 1, S = T;
     if (ml.expert_capacity && ndim == 3 && shape[0] > 1) {
@@ -624,8 +724,9 @@ int cli_run(int argc, char **argv)
     }
     d->capacity_factor = mvk_model_capacity_factor(&ml, S);
 
-    char sb[160];
-    printf("model    %s, %s (%s)\n", mvk_arch_name(ml.arch), ml.prefix, ml.layout);
+    char sb[160], esc[1024];
+    printf("model    %s, %s (%s)\n", mvk_arch_name(ml.arch),
+           mvk_esc(ml.prefix, esc, sizeof esc), ml.layout);
     printf("layer    H=%u F=%u E=%u k=%u, %s routing%s, %s, %s weights%s", H, d->ffn, E, K,
            routing_name(d->routing), d->norm_topk_prob ? " (normalised)" : "",
            cfg.act_name, moevk_dtype_name(d->weight_dtype),
@@ -656,6 +757,7 @@ int cli_run(int argc, char **argv)
         goto done;
     if (ml.dropped_passthrough)
         dropped_passthrough(d, x, T, &out);
+    warn_nonfinite("y", out.y, T, H);
     if (merge_stats(d, x, T, passes, &out)) {
         snprintf(err, sizeof err, "out of host memory for the statistics");
         goto fail;
@@ -675,7 +777,8 @@ int cli_run(int argc, char **argv)
         memcpy(o.shape, shape, sizeof(uint64_t) * ndim);
         if (mvk_st_write(opt.output, &o, 1, err, sizeof err))
             goto fail;
-        printf("output   %s: y %s f32\n", opt.output, mvk_shape_str(shape, ndim, sb, sizeof sb));
+        printf("output   %s: y %s f32\n", mvk_esc(opt.output, esc, sizeof esc),
+               mvk_shape_str(shape, ndim, sb, sizeof sb));
     }
     if (opt.stats && write_stats(opt.stats, &opt, &ml, T, passes, &out))
         goto done;

@@ -337,9 +337,9 @@ int mvk_hf_config_parse(const char *text, size_t len, const char *what, mvk_moe_
     memset(out, 0, sizeof(*out));
     if (!what)
         what = "config.json";
-    cJSON *root = text ? cJSON_ParseWithLength(text, len) : NULL;
-    if (!root)
-        return mvk_errf(err, errsz, "%s is not valid JSON", what);
+    cJSON *root;
+    if (mvk_json_parse(text, len, what, &root, err, errsz))
+        return -1;
     cfg_reader r = {root, what, err, errsz, 0};
     int rc = 0;
     if (!cJSON_IsObject(root)) {

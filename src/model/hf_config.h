@@ -51,7 +51,8 @@ typedef struct mvk_moe_config {
     uint32_t num_decoder_layers, encoder_sparse_step, decoder_sparse_step_sw;
 } mvk_moe_config;
 
-/* Parse config.json text. `what` names it in messages. */
+/* Parse config.json text (strict JSON: nothing after the value, no key
+ * twice in an object; mvk_json_parse). `what` names it in messages. */
 int mvk_hf_config_parse(const char *text, size_t len, const char *what, mvk_moe_config *out,
                         char *err, size_t errsz);
 void mvk_hf_config_free(mvk_moe_config *c);

@@ -46,6 +46,27 @@ void mvk_model_to_f32(const void *src, int dtype, size_t n, float *dst)
         dst[i] = load_f32(s + i * es, dtype);
 }
 
+uint64_t mvk_model_count_nonfinite(const void *src, int dtype, size_t n)
+{
+    const uint8_t *p = src;
+    uint64_t c = 0;
+    if (dtype == MOEVK_DTYPE_F32) {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            c += (u & 0x7f800000u) == 0x7f800000u; /* exponent all ones */
+        }
+        return c;
+    }
+    const uint16_t mask = dtype == MOEVK_DTYPE_F16 ? 0x7c00u : 0x7f80u;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        c += (h & mask) == mask;
+    }
+    return c;
+}
+
 /* dst[di] (of dtype dt) = src element si (of dtype sdt); dt is sdt or f32. */
 static inline void put(uint8_t *dst, size_t di, int dt, const uint8_t *src, size_t si, int sdt)
 {
@@ -590,4 +611,71 @@ float mvk_model_capacity_factor(const mvk_model_layer *L, uint32_t T)
     /* ceil(cf * T * k / E) with cf = (cap - 0.5) * E / (T * k) is cap, with room for
      * rounding */
     return (float)(((double)cap - 0.5) * L->desc.num_experts / ((double)T * L->desc.top_k));
+}
+
+/* ---- non-finite weights ---------------------------------------------------- */
+
+typedef struct nf_walk {
+    uint64_t total;
+    char *first;
+    size_t firstsz;
+} nf_walk;
+
+/* Count one array (NULL: absent); the first one found names the place. */
+static void nf_count(nf_walk *w, const void *p, int dtype, size_t n, const char *what,
+                     const char *kind, int64_t index)
+{
+    if (!p || !n)
+        return;
+    uint64_t c = mvk_model_count_nonfinite(p, dtype, n);
+    if (c && !w->total && w->first && w->firstsz) {
+        if (index >= 0)
+            snprintf(w->first, w->firstsz, "the %s of %s %lld", what, kind, (long long)index);
+        else
+            snprintf(w->first, w->firstsz, "the %s", what);
+    }
+    w->total += c;
+}
+
+/* count experts of rows x H matrices (gate, up: [F, H]; down: [H, F]) and
+ * their f32 biases, contiguous or per-expert. */
+static void nf_experts(nf_walk *w, const moevk_expert_weights *ew, uint32_t count, size_t F,
+                       size_t H, int dt, const char *kind)
+{
+    const size_t fh = F * H, es = moevk_dtype_size((moevk_dtype)dt);
+    const void *const base[3] = {ew->gate, ew->up, ew->down};
+    const void *const *per[3] = {ew->gate_experts, ew->up_experts, ew->down_experts};
+    static const char *const names[3] = {"gate matrix", "up matrix", "down matrix"};
+    for (uint32_t e = 0; e < count; e++) {
+        for (int i = 0; i < 3; i++) {
+            const void *m = per[i]  ? per[i][e]
+                            : base[i] ? (const uint8_t *)base[i] + (size_t)e * fh * es
+                                      : NULL;
+            nf_count(w, m, dt, fh, names[i], kind, e);
+        }
+        nf_count(w, ew->gate_bias ? ew->gate_bias + e * F : NULL, MOEVK_DTYPE_F32, F,
+                 "gate bias", kind, e);
+        nf_count(w, ew->up_bias ? ew->up_bias + e * F : NULL, MOEVK_DTYPE_F32, F, "up bias",
+                 kind, e);
+        nf_count(w, ew->down_bias ? ew->down_bias + e * H : NULL, MOEVK_DTYPE_F32, H,
+                 "down bias", kind, e);
+    }
+}
+
+uint64_t mvk_model_layer_nonfinite(const mvk_model_layer *L, char *first, size_t firstsz)
+{
+    const moevk_layer_desc *d = &L->desc;
+    const size_t H = d->hidden, E = d->num_experts;
+    nf_walk w = {0, first, firstsz};
+    if (first && firstsz)
+        first[0] = 0;
+    nf_count(&w, d->router_weight, d->router_dtype, E * H, "router", NULL, -1);
+    nf_count(&w, d->router_bias, MOEVK_DTYPE_F32, E, "router bias", NULL, -1);
+    nf_count(&w, d->correction_bias, MOEVK_DTYPE_F32, E, "score correction bias", NULL, -1);
+    nf_experts(&w, &d->experts, d->num_experts, d->ffn, H, d->weight_dtype, "expert");
+    nf_experts(&w, &d->shared, d->num_shared, d->shared_ffn ? d->shared_ffn : d->ffn, H,
+               d->weight_dtype, "shared expert");
+    nf_count(&w, d->shared_gate, d->router_dtype, (size_t)d->num_shared * H, "shared-expert gate",
+             NULL, -1);
+    return w.total;
 }

@@ -65,5 +65,12 @@ float mvk_model_capacity_factor(const mvk_model_layer *L, uint32_t T);
 
 /* Convert n elements of a file dtype (F32/F16/BF16, any alignment) to f32. */
 void mvk_model_to_f32(const void *src, int dtype, size_t n, float *dst);
+/* NaN and +-Inf among n elements of dtype (F32/F16/BF16, any alignment). */
+uint64_t mvk_model_count_nonfinite(const void *src, int dtype, size_t n);
+/* NaN and +-Inf among every weight the layer's desc hands to moevk (router,
+ * biases, routed and shared experts, shared gate): the count, and where the
+ * first is ("the up matrix of expert 3") in `first` when there is one. One
+ * pass over the weights. */
+uint64_t mvk_model_layer_nonfinite(const mvk_model_layer *L, char *first, size_t firstsz);
 
 #endif

@@ -191,20 +191,15 @@ int mvk_st_parse(const uint8_t *bytes, size_t size, const char *what, mvk_st_fil
     if (n > MVK_ST_MAX_HEADER)
         return mvk_errf(err, errsz, "%s: header length %llu exceeds the 100 MB limit", what,
                         (unsigned long long)n);
-    const char *hdr = (const char *)bytes + 8;
-    const char *end = NULL;
-    cJSON *root = n ? cJSON_ParseWithLengthOpts(hdr, (size_t)n, &end, 0) : NULL;
-    if (!root)
-        return mvk_errf(err, errsz, "%s: the header (%llu bytes) is not valid JSON", what,
-                        (unsigned long long)n);
-    for (const char *p = end; p < hdr + n; p++) {
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            cJSON_Delete(root);
-            return mvk_errf(err, errsz,
-                            "%s: the header has bytes after its JSON object (at offset %lld)",
-                            what, (long long)(p - (const char *)bytes));
-        }
-    }
+    /* the header's JSON, as strict as config.json's: one value (padded with
+     * whitespace), no key twice in an object at any depth (safetensors'
+     * own reader refuses a field twice in a tensor's entry; a tensor name
+     * twice it would resolve to the last, so it is refused too) */
+    char hwhat[1100];
+    snprintf(hwhat, sizeof hwhat, "%.1000s: the header", what);
+    cJSON *root;
+    if (mvk_json_parse((const char *)bytes + 8, (size_t)n, hwhat, &root, err, errsz))
+        return -1;
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return mvk_errf(err, errsz, "%s: the header is not a JSON object", what);
@@ -249,13 +244,7 @@ int mvk_st_parse(const uint8_t *bytes, size_t size, const char *what, mvk_st_fil
         if ((rc = parse_entry(e, what, data, dsize, &ts[k - 1], err, errsz)))
             goto done;
     }
-    qsort(ts, count, sizeof(*ts), cmp_tensor_name);
-    for (size_t i = 1; i < count; i++)
-        if (!strcmp(ts[i - 1].name, ts[i].name)) {
-            rc = mvk_errf(err, errsz, "%s: tensor '%s' appears twice in the header", what,
-                          ts[i].name);
-            goto done;
-        }
+    qsort(ts, count, sizeof(*ts), cmp_tensor_name); /* names are unique: mvk_json_parse */
     for (size_t i = 0; i < count; i++)
         order[i] = (span){ts[i].begin, ts[i].end, i};
     qsort(order, count, sizeof(*order), cmp_span);
@@ -301,16 +290,12 @@ done:
 int mvk_st_open(const char *path, mvk_st_file *out, char *err, size_t errsz)
 {
     memset(out, 0, sizeof(*out));
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return mvk_errf(err, errsz, "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return mvk_errf(err, errsz, "%s is not a regular file", path);
-    }
-    size_t size = (size_t)st.st_size;
-    if ((off_t)size != st.st_size) {
+    int fd;
+    uint64_t fsize;
+    if (mvk_open_regular(path, &fd, &fsize, err, errsz))
+        return -1;
+    size_t size = (size_t)fsize;
+    if ((uint64_t)size != fsize) {
         close(fd);
         return mvk_errf(err, errsz, "%s is too large to map", path);
     }
@@ -402,9 +387,9 @@ static int shard_name_ok(const char *f)
 int mvk_st_set_parse_index(mvk_st_set *s, const char *text, size_t len, const char *dir,
                            const char *what, char *err, size_t errsz)
 {
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    if (!root)
-        return mvk_errf(err, errsz, "%s is not valid JSON", what);
+    cJSON *root;
+    if (mvk_json_parse(text, len, what, &root, err, errsz))
+        return -1;
     int rc = 0;
     map_entry *m = NULL;
     size_t n = 0;
@@ -432,13 +417,7 @@ int mvk_st_set_parse_index(mvk_st_set *s, const char *text, size_t len, const ch
         m[k].name = e->string ? e->string : "";
         m[k].file = e->valuestring;
     }
-    qsort(m, n, sizeof(*m), cmp_map_entry);
-    for (size_t i = 1; i < n; i++)
-        if (!strcmp(m[i - 1].name, m[i].name)) {
-            rc = mvk_errf(err, errsz, "%s: tensor '%.200s' appears twice in weight_map", what,
-                          m[i].name);
-            goto done;
-        }
+    qsort(m, n, sizeof(*m), cmp_map_entry); /* names are unique: mvk_json_parse */
     s->map_names = calloc(n ? n : 1, sizeof(char *));
     s->map_files = calloc(n ? n : 1, sizeof(char *));
     s->dir = mvk_strdup(dir ? dir : ".");
@@ -597,6 +576,31 @@ const mvk_st_tensor *mvk_st_set_find(mvk_st_set *s, const char *name, char *err,
         mvk_errf(err, errsz, "missing tensor '%s' (not in any of the %zu safetensors files)",
                  name, s->nfiles);
     return NULL;
+}
+
+int mvk_st_set_holds_file(const mvk_st_set *s, const mvk_file_id *id, char *buf, size_t bufsz)
+{
+    const char *hit = mvk_file_is(s->index_path, id) ? s->index_path : NULL;
+    for (size_t i = 0; i < s->nfiles && !hit; i++)
+        if (mvk_file_is(s->files[i].path, id))
+            hit = s->files[i].path;
+    if (hit) {
+        snprintf(buf, bufsz, "%s", hit);
+        return 1;
+    }
+    for (size_t i = 0; i < s->map_count; i++) {
+        if (i && !strcmp(s->map_files[i], s->map_files[i - 1]))
+            continue; /* consecutive tensors of one shard: stat it once */
+        char *p1 = mvk_strcat2(s->dir, "/"), *path = p1 ? mvk_strcat2(p1, s->map_files[i]) : NULL;
+        int same = path && mvk_file_is(path, id);
+        if (same)
+            snprintf(buf, bufsz, "%s", path);
+        free(p1);
+        free(path);
+        if (same)
+            return 1;
+    }
+    return 0;
 }
 
 void mvk_st_set_free(mvk_st_set *s)

@@ -8,11 +8,13 @@
  * offsets relative to the data section.
  *
  * The reader checks everything before any data is touched: the header length
- * fits in the file (and is at most 100 MB), the header is a JSON object,
+ * fits in the file (and is at most 100 MB), the header is one JSON object
+ * and nothing but whitespace after it, with no key twice in any object (nor
+ * NUL or raw control characters: mvk_json_parse),
  * every tensor has a known dtype, a shape of non-negative integers whose
  * element count does not overflow, offsets in order (begin <= end) inside the
- * data section, shape x dtype size == end - begin, no two tensors overlap and
- * no name appears twice. Every error message names the file and the tensor.
+ * data section, shape x dtype size == end - begin and no two tensors
+ * overlap. Every error message names the file and the tensor.
  * Data gaps between tensors are allowed; the host must be little-endian.
  */
 #ifndef MOEVK_MODEL_SAFETENSORS_H
@@ -20,6 +22,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "model_util.h"
 
 #define MVK_ST_MAX_DIMS 8
 #define MVK_ST_MAX_HEADER (100u * 1000u * 1000u)
@@ -87,6 +91,10 @@ int mvk_st_set_parse_index(mvk_st_set *s, const char *text, size_t len, const ch
 const mvk_st_tensor *mvk_st_set_find(mvk_st_set *s, const char *name, char *err, size_t errsz);
 /* 1 if the checkpoint has a tensor of that name (opens no shard in index mode). */
 int mvk_st_set_has(mvk_st_set *s, const char *name);
+/* 1 when one of the checkpoint's files is the file `id` (the index, an
+ * opened file, or a shard the index lists, opened or not), with its path in
+ * buf; else 0. */
+int mvk_st_set_holds_file(const mvk_st_set *s, const mvk_file_id *id, char *buf, size_t bufsz);
 void mvk_st_set_free(mvk_st_set *s);
 
 /* ---- writer ----------------------------------------------------------- */
