@@ -680,6 +680,13 @@ moevk_status moevk_context_create(const moevk_context_desc *desc, moevk_context 
     ctx->timeout_ns = (uint64_t)(d.timeout_ms ? d.timeout_ms : MVK_DEFAULT_TIMEOUT_MS) * 1000000ull;
 
     moevk_status st = context_init(ctx, &d);
+    /* GPU-assisted validation (layer 1.3.239) does not track pushed
+     * descriptors: it reports them uninitialized and stops the shaders.
+     * Bind descriptor sets under it. */
+    if (d.flags & MOEVK_CONTEXT_GPU_ASSISTED_VALIDATION) {
+        ctx->push_descriptors = false;
+        ctx->info.push_descriptor = 0;
+    }
     if (st == MOEVK_SUCCESS)
         st = create_submission(ctx);
     if (st != MOEVK_SUCCESS) {
@@ -698,6 +705,11 @@ moevk_status moevk_context_create(const moevk_context_desc *desc, moevk_context 
 void moevk_context_destroy(moevk_context *ctx)
 {
     if (!ctx)
+        return;
+    /* Destroying a context another thread is inside would free what that
+     * thread uses: refuse (a misuse; the context stays, and is freed by a
+     * later destroy). */
+    if (mvk_enter(ctx))
         return;
     context_teardown(ctx);
     moevk_context proto = *ctx;

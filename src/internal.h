@@ -227,9 +227,10 @@ void mvk_leave(moevk_context *ctx);
 
 /* Define public function NAME(PARAMS) returning moevk_status that runs
  * CALL (an expression) inside mvk_enter/mvk_leave of context CTX (an
- * expression of the parameters; NULL gives MOEVK_ERROR_INVALID_ARGUMENT),
- * with the context's last error cleared first. */
-#define MVK_PUBLIC_CTX(NAME, PARAMS, CTX, CALL)                                        \
+ * expression of the parameters; NULL gives MOEVK_ERROR_INVALID_ARGUMENT).
+ * MVK_PUBLIC_CTX clears the context's last error first (the layer and op
+ * calls); MVK_GUARDED leaves it (buffer and tensor calls). */
+#define MVK_GUARDED_(NAME, PARAMS, CTX, CALL, CLEAR)                                   \
     moevk_status NAME PARAMS                                                            \
     {                                                                                   \
         moevk_context *mvk_ctx_ = (CTX);                                                \
@@ -238,11 +239,14 @@ void mvk_leave(moevk_context *ctx);
         moevk_status mvk_st_ = mvk_enter(mvk_ctx_);                                     \
         if (mvk_st_)                                                                    \
             return mvk_st_;                                                             \
-        mvk_clear_error(mvk_ctx_);                                                      \
+        if (CLEAR)                                                                      \
+            mvk_clear_error(mvk_ctx_);                                                  \
         mvk_st_ = (CALL);                                                               \
         mvk_leave(mvk_ctx_);                                                            \
         return mvk_st_;                                                                 \
     }
+#define MVK_PUBLIC_CTX(NAME, PARAMS, CTX, CALL) MVK_GUARDED_(NAME, PARAMS, CTX, CALL, 1)
+#define MVK_GUARDED(NAME, PARAMS, CTX, CALL) MVK_GUARDED_(NAME, PARAMS, CTX, CALL, 0)
 
 /* ---- tensors (memory.c) ---- */
 /* Check that t is a valid tensor of dtype `dtype` (or any of the dtypes in

@@ -141,9 +141,9 @@ static moevk_status check_buffer_size(moevk_context *ctx, uint64_t size)
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer **out)
+static moevk_status buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer **out)
 {
-    if (!ctx || !out)
+    if (!out)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "buffer_create: %s is NULL",
                         ctx ? "out" : "ctx");
     *out = NULL;
@@ -169,10 +169,10 @@ moevk_status moevk_buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_buffer_import(moevk_context *ctx, void *vk_buffer, uint64_t size,
-                                 moevk_buffer **out)
+static moevk_status buffer_import(moevk_context *ctx, void *vk_buffer, uint64_t size,
+                                  moevk_buffer **out)
 {
-    if (!ctx || !out || !vk_buffer)
+    if (!out || !vk_buffer)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "buffer_import: %s is NULL",
                         !ctx ? "ctx" : !out ? "out" : "vk_buffer");
     *out = NULL;
@@ -195,10 +195,13 @@ void moevk_buffer_destroy(moevk_buffer *b)
     if (!b)
         return;
     moevk_context *ctx = b->ctx;
+    if (mvk_enter(ctx))
+        return; /* another thread is inside a call: a misuse; nothing is touched */
     mvk_wait_before_free(ctx);
     if (!b->imported)
         mvk_buffer_free(ctx, b->buffer, b->memory);
     mvk_free(ctx, b);
+    mvk_leave(ctx);
 }
 
 uint64_t moevk_buffer_size(const moevk_buffer *b)
@@ -248,10 +251,9 @@ static moevk_status staged_copy(moevk_context *ctx, VkBuffer dst, uint64_t dst_o
     return mvk_cmd_submit_wait(&c);
 }
 
-moevk_status moevk_buffer_upload(moevk_buffer *b, uint64_t offset, const void *src, uint64_t size)
+static moevk_status buffer_upload(moevk_buffer *b, uint64_t offset, const void *src,
+                                  uint64_t size)
 {
-    if (!b)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = b->ctx;
     if (!src && size)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "upload: src is NULL");
@@ -273,11 +275,9 @@ moevk_status moevk_buffer_upload(moevk_buffer *b, uint64_t offset, const void *s
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_buffer_download(const moevk_buffer *b, uint64_t offset, void *dst,
-                                   uint64_t size)
+static moevk_status buffer_download(const moevk_buffer *b, uint64_t offset, void *dst,
+                                    uint64_t size)
 {
-    if (!b)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = b->ctx;
     if (!dst && size)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "download: dst is NULL");
@@ -299,10 +299,8 @@ moevk_status moevk_buffer_download(const moevk_buffer *b, uint64_t offset, void 
     return MOEVK_SUCCESS;
 }
 
-moevk_status moevk_buffer_fill(moevk_buffer *b, uint64_t offset, uint64_t size, uint32_t value)
+static moevk_status buffer_fill(moevk_buffer *b, uint64_t offset, uint64_t size, uint32_t value)
 {
-    if (!b)
-        return MOEVK_ERROR_INVALID_ARGUMENT;
     moevk_context *ctx = b->ctx;
     moevk_status st = check_range(ctx, b, offset, size, "fill");
     if (st)
@@ -356,10 +354,10 @@ uint64_t moevk_tensor_bytes(const moevk_tensor *t)
     return n * moevk_dtype_size(t->dtype);
 }
 
-moevk_status moevk_tensor_create(moevk_context *ctx, moevk_dtype dtype, uint32_t ndim,
-                                 const uint64_t *shape, moevk_tensor *out)
+static moevk_status tensor_create(moevk_context *ctx, moevk_dtype dtype, uint32_t ndim,
+                                  const uint64_t *shape, moevk_tensor *out)
 {
-    if (!ctx || !out || !shape)
+    if (!out || !shape)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "tensor_create: %s is NULL",
                         !ctx ? "ctx" : !out ? "out" : "shape");
     memset(out, 0, sizeof(*out));
@@ -454,3 +452,25 @@ mvk_binding mvk_tensor_binding(const moevk_tensor *t)
     uint64_t bytes = (moevk_tensor_bytes(t) + 3) & ~3ull;
     return (mvk_binding){t->buffer->buffer, t->offset, bytes};
 }
+
+MVK_GUARDED(moevk_buffer_create, (moevk_context *ctx, uint64_t size, moevk_buffer **out), ctx,
+            buffer_create(ctx, size, out))
+
+MVK_GUARDED(moevk_buffer_import,
+            (moevk_context *ctx, void *vk_buffer, uint64_t size, moevk_buffer **out), ctx,
+            buffer_import(ctx, vk_buffer, size, out))
+
+MVK_GUARDED(moevk_buffer_upload, (moevk_buffer *b, uint64_t offset, const void *src, uint64_t size),
+            b ? b->ctx : NULL, buffer_upload(b, offset, src, size))
+
+MVK_GUARDED(moevk_buffer_download,
+            (const moevk_buffer *b, uint64_t offset, void *dst, uint64_t size),
+            b ? b->ctx : NULL, buffer_download(b, offset, dst, size))
+
+MVK_GUARDED(moevk_buffer_fill, (moevk_buffer *b, uint64_t offset, uint64_t size, uint32_t value),
+            b ? b->ctx : NULL, buffer_fill(b, offset, size, value))
+
+MVK_GUARDED(moevk_tensor_create,
+            (moevk_context *ctx, moevk_dtype dtype, uint32_t ndim, const uint64_t *shape,
+             moevk_tensor *out),
+            ctx, tensor_create(ctx, dtype, ndim, shape, out))
