@@ -24,6 +24,11 @@ static VKAPI_ATTR VkBool32 VKAPI_CALL host_debug(VkDebugUtilsMessageSeverityFlag
 
 void host_create(host_app *h)
 {
+    host_create_ext(h, 0);
+}
+
+void host_create_ext(host_app *h, int push_descriptor)
+{
     memset(h, 0, sizeof *h);
     atomic_init(&h->messages, 0u);
     h->lib = dlopen("libvulkan.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -91,6 +96,11 @@ void host_create(host_app *h)
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                               .queueCreateInfoCount = 1,
                               .pQueueCreateInfos = &qci};
+    if (push_descriptor) {
+        h->device_exts[h->n_device_exts++] = VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME;
+        dci.enabledExtensionCount = h->n_device_exts;
+        dci.ppEnabledExtensionNames = h->device_exts;
+    }
     cr_assert_eq(vkCreateDevice(h->pd, &dci, NULL, &h->dev), VK_SUCCESS);
 #define DLOAD(field, name) h->field = (PFN_##name)vkGetDeviceProcAddr(h->dev, #name)
     DLOAD(DestroyDevice, vkDestroyDevice);
@@ -131,6 +141,8 @@ moevk_vulkan_import host_import(const host_app *h)
         .device = h->dev,
         .queue_family_index = h->fam,
         .queue = h->queue,
+        .device_extensions = h->device_exts,
+        .num_device_extensions = h->n_device_exts,
     };
 }
 

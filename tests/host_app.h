@@ -24,6 +24,8 @@ typedef struct host_app {
     VkQueue queue;
     uint32_t fam;
     atomic_uint messages; /* validation messages on the host's instance */
+    const char *device_exts[1];
+    uint32_t n_device_exts;
     PFN_vkDestroyInstance DestroyInstance;
     PFN_vkDestroyDebugUtilsMessengerEXT DestroyMessenger;
     PFN_vkDestroyDevice DestroyDevice;
@@ -44,8 +46,12 @@ typedef struct host_app {
 
 /* Create (asserting success) and destroy the host's objects. */
 void host_create(host_app *h);
+/* The same, with VK_KHR_push_descriptor enabled on the device when
+ * push_descriptor is set. */
+void host_create_ext(host_app *h, int push_descriptor);
 void host_destroy(host_app *h);
-/* The import description of h's device and queue (no queue lock). */
+/* The import description of h's device, queue and enabled extensions (no
+ * queue lock). */
 moevk_vulkan_import host_import(const host_app *h);
 /* Record a full memory barrier between the given stages/accesses. */
 void host_barrier(host_app *h, VkCommandBuffer cb, VkPipelineStageFlags src,
