@@ -6,7 +6,9 @@
 // and which rows come from the GPU-written tile schedule (SCHED = 1), so an
 // expert without tokens costs nothing, or from the grid (SCHED = 0: dense
 // rows 0..M-1 of one expert, for shared experts and routers).
-// Shared-memory tiling with a fixed summation order: deterministic.
+// Shared-memory tiling, each output accumulated in the canonical order of
+// interface.h (k chunks of MVK_KCHUNK): deterministic and the same bits as
+// the skinny kernel (expert_gemv.comp) for the same row.
 #extension GL_GOOGLE_include_directive : require
 #define MVK_KERNEL_EXPERT_GEMM
 #include "interface.h"
@@ -37,6 +39,7 @@ layout(std430, binding = MVK_GEMM_BIND_OUT) writeonly buffer O { float outv[]; }
 
 DEFINE_LOADER(load_w0, w0, WDTYPE)
 DEFINE_LOADER(load_w1, w1, WDTYPE)
+#include "expert_output.glsl"
 
 shared float As[BK][BM];
 shared float Bs0[BK][BN];
@@ -51,7 +54,7 @@ void main()
 
     uint e, row0, row_end;
     if (SCHED != 0u) {
-        uvec2 s = schedule[gl_WorkGroupID.x];
+        uvec2 s = schedule[meta[MVK_META_SCHED_BASE(p.E, p.path)] + gl_WorkGroupID.x];
         e = s.x;
         if (e < p.e_first || e >= p.e_first + p.e_count)
             return; // another weight chunk's expert
@@ -66,11 +69,15 @@ void main()
     const uint n0 = gl_WorkGroupID.y * BN;
     const uint wbase = (e - p.e_first) * p.N * p.K;
 
-    float acc0[TM][TN], acc1[TM][TN];
+    // The canonical order (interface.h): a chunk's fma chain in acc*, the
+    // chunk partials added in order into sum*.
+    float acc0[TM][TN], acc1[TM][TN], sum0[TM][TN], sum1[TM][TN];
     for (uint i = 0; i < TM; i++)
         for (uint j = 0; j < TN; j++) {
             acc0[i][j] = 0.0;
             acc1[i][j] = 0.0;
+            sum0[i][j] = 0.0;
+            sum1[i][j] = 0.0;
         }
 
     for (uint k0 = 0; k0 < p.K; k0 += BK) {
@@ -111,6 +118,17 @@ void main()
                 }
         }
         barrier();
+        if ((k0 + BK) % MVK_KCHUNK == 0u || k0 + BK >= p.K) {
+            for (uint i = 0; i < TM; i++)
+                for (uint j = 0; j < TN; j++) {
+                    sum0[i][j] += acc0[i][j];
+                    acc0[i][j] = 0.0;
+                    if (GATED != 0u) {
+                        sum1[i][j] += acc1[i][j];
+                        acc1[i][j] = 0.0;
+                    }
+                }
+        }
     }
 
     for (uint i = 0; i < TM; i++) {
@@ -121,18 +139,7 @@ void main()
             uint n = n0 + tx + j * TX;
             if (n >= p.N)
                 continue;
-            float v0 = acc0[i][j], v1 = acc1[i][j];
-            if (p.has_bias != 0u) {
-                v0 += bias0[e * p.N + n];
-                if (GATED != 0u)
-                    v1 += bias1[e * p.N + n];
-            }
-            float h;
-            if (GATED != 0u)
-                h = activate(ACT, v0, v1, p.alpha, p.limit);
-            else
-                h = activate(ACT, 0.0, v0, p.alpha, p.limit);
-            outv[p.out_offset + row * p.N + n] = h;
+            outv[p.out_offset + row * p.N + n] = expert_output(e, n, sum0[i][j], sum1[i][j]);
         }
     }
 }

@@ -23,3 +23,35 @@ float unpack_half_word(uint word, uint half_index, uint wfmt)
             return uintBitsToFloat(BUF[i]);                                    \
         return unpack_half_word(BUF[i >> 1], i & 1u, WFMT);                    \
     }
+
+// Elements in one 128-bit (uvec4) load of a format.
+#define VEC_ELEMS(WFMT) ((WFMT) == MVK_WFMT_F32 ? 4u : 8u)
+
+// Declares `void NAME(uint i, out float v[8])` loading elements i ..
+// i + VEC_ELEMS - 1 (i a multiple of VEC_ELEMS) of uvec4 array BUFV in one
+// 128-bit load; v[VEC_ELEMS..7] are left 0.
+#define DEFINE_VEC_LOADER(NAME, BUFV, WFMT)                                   \
+    void NAME(uint i, out float v[8])                                          \
+    {                                                                          \
+        if (WFMT == MVK_WFMT_F32) {                                            \
+            uvec4 q = BUFV[i >> 2];                                            \
+            v[0] = uintBitsToFloat(q.x);                                       \
+            v[1] = uintBitsToFloat(q.y);                                       \
+            v[2] = uintBitsToFloat(q.z);                                       \
+            v[3] = uintBitsToFloat(q.w);                                       \
+            v[4] = 0.0;                                                        \
+            v[5] = 0.0;                                                        \
+            v[6] = 0.0;                                                        \
+            v[7] = 0.0;                                                        \
+        } else {                                                               \
+            uvec4 q = BUFV[i >> 3];                                            \
+            v[0] = unpack_half_word(q.x, 0u, WFMT);                            \
+            v[1] = unpack_half_word(q.x, 1u, WFMT);                            \
+            v[2] = unpack_half_word(q.y, 0u, WFMT);                            \
+            v[3] = unpack_half_word(q.y, 1u, WFMT);                            \
+            v[4] = unpack_half_word(q.z, 0u, WFMT);                            \
+            v[5] = unpack_half_word(q.z, 1u, WFMT);                            \
+            v[6] = unpack_half_word(q.w, 0u, WFMT);                            \
+            v[7] = unpack_half_word(q.w, 1u, WFMT);                            \
+        }                                                                      \
+    }

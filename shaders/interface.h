@@ -136,29 +136,59 @@ MVK_PUSH_END(mvk_route_push)
 #if !defined(MVK_GLSL) || defined(MVK_KERNEL_PERMUTE)
 MVK_PUSH_BEGIN(mvk_permute_push)
     MVK_U32 T, K, E, capacity, ntiles;
-    MVK_U32 tile_m;          /* GEMM row tile of the schedule */
-    MVK_U32 n_up, n_down;    /* GEMM column tiles (indirect args y) */
     MVK_U32 tile_len;        /* assignments per counting tile */
     MVK_U32 masked, tok0;
+    /* column groups of the up and down projections (indirect args y) of
+     * the skinny kernel and of the tiled ones */
+    MVK_U32 skinny_up, skinny_down, tiled_up, tiled_down;
+    MVK_U32 force_path;      /* 0: by row count; 1 + p: every expert to path p */
 MVK_PUSH_END(mvk_permute_push)
 #endif
 
+/* ---- expert kernel paths ----------------------------------------------------
+ * Each expert's admitted rows go to one path, chosen on the GPU by permute
+ * pass 1 from its row count: the skinny kernel (expert_gemv.comp: every
+ * weight read once, the rows in registers) for at most MVK_SKINNY_ROWS
+ * rows, 16-row tiles up to MVK_SMALL_TILE_MAX_ROWS rows, 64-row tiles
+ * beyond. Every path accumulates each output's dot product in the same
+ * canonical order: k cut into chunks of MVK_KCHUNK (the last may be
+ * shorter), each chunk a sequential fma chain from 0, the chunk partials
+ * added in chunk order to a sum that starts at 0. So a row's result does
+ * not depend on the path its expert took, nor on the other rows. */
+#define MVK_PATH_SKINNY 0u
+#define MVK_PATH_SMALL 1u
+#define MVK_PATH_LARGE 2u
+#define MVK_PATHS 3u
+#define MVK_KCHUNK 64u
+#define MVK_SKINNY_ROWS 8u          /* rows of a skinny workgroup */
+#define MVK_SMALL_TILE 16u          /* rows of a small tile */
+#define MVK_LARGE_TILE 64u          /* rows of a large tile */
+#define MVK_SMALL_TILE_MAX_ROWS 64u /* experts with more rows take large tiles */
+
 /* META buffer (uint words), written by permute pass 1, read by the expert
- * GEMMs, the statistics and the host:
+ * kernels, the statistics and the host:
  *   [0, E)        total assignments per expert (before capacity)
  *   [E, 2E)       admitted rows per expert
  *   [2E, 3E]      row offset of each expert (3E holds the total rows)
  *   3E + 1        dropped assignments
- *   3E + 2 ..+4   VkDispatchIndirectCommand of the up GEMM
- *   3E + 5 ..+7   VkDispatchIndirectCommand of the down GEMM */
+ *   ARGS(E, p, d) VkDispatchIndirectCommand of path p, projection d (0 up,
+ *                 1 down): {tiles of path p, column groups, 1}
+ *   SCHED_BASE(E, p)  first schedule entry of path p
+ *   TILES(E, p)       schedule entries (row tiles) of path p
+ * The schedule holds (expert, row tile) pairs, path by path. */
 #define MVK_META_TOTALS(E) 0u
 #define MVK_META_COUNTS(E) (E)
 #define MVK_META_OFFSETS(E) (2u * (E))
 #define MVK_META_ROWS(E) (3u * (E))
 #define MVK_META_DROPPED(E) (3u * (E) + 1u)
-#define MVK_META_ARGS_UP(E) (3u * (E) + 2u)
-#define MVK_META_ARGS_DOWN(E) (3u * (E) + 5u)
-#define MVK_META_WORDS(E) (3u * (E) + 8u)
+#define MVK_META_ARGS(E, p, d) (3u * (E) + 2u + 3u * (2u * (p) + (d)))
+#define MVK_META_SCHED_BASE(E, p) (3u * (E) + 20u + (p))
+#define MVK_META_TILES(E, p) (3u * (E) + 23u + (p))
+#define MVK_META_WORDS(E) (3u * (E) + 26u)
+/* Schedule entries for A assignments over E experts: path p has at most
+ * A / height_p + E row tiles. */
+#define MVK_SCHEDULE_ENTRIES(A, E) \
+    ((A) / MVK_SKINNY_ROWS + (A) / MVK_SMALL_TILE + (A) / MVK_LARGE_TILE + 3u * (E))
 
 /* ---- expert_gemm: out = act(A B0^T (+ bias0), A B1^T (+ bias1)) ---------
  * Scheduled (SCHED = 1): tiles from the schedule, rows of expert e are
@@ -186,7 +216,7 @@ MVK_PUSH_END(mvk_permute_push)
 #define MVK_GEMM_BN 64u /* column tile */
 #define MVK_GEMM_TM 4u  /* rows per thread */
 #define MVK_GEMM_TN 4u  /* columns per thread */
-#if !defined(MVK_GLSL) || defined(MVK_KERNEL_EXPERT_GEMM)
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_EXPERT_GEMM) || defined(MVK_KERNEL_EXPERT_GEMV)
 MVK_PUSH_BEGIN(mvk_gemm_push)
     MVK_U32 M, N, K, E;
     MVK_U32 e_first, e_count; /* experts in the bound weight chunk */
@@ -194,8 +224,24 @@ MVK_PUSH_BEGIN(mvk_gemm_push)
     MVK_F32 alpha, limit;     /* swiglu_oai */
     MVK_U32 out_offset;       /* elements added to every output index */
     MVK_U32 a_row0;           /* dense: A row of output row r is a_row0 + r */
+    MVK_U32 path;             /* scheduled: the MVK_PATH_* whose tiles to run */
 MVK_PUSH_END(mvk_gemm_push)
 #endif
+
+/* ---- expert_gemv: the skinny path, the same bindings and push block as
+ * expert_gemm (MVK_GEMM_BIND_*, mvk_gemm_push); workgroup = MVK_GEMV_COLS
+ * output columns x (WG / MVK_GEMV_COLS) chunk lanes, up to MVK_SKINNY_ROWS
+ * rows of one expert. Scheduled: the skinny tiles; dense: rows a_row0 +
+ * 8 * gl_WorkGroupID.x ... of expert dense_expert. */
+#define MVK_GEMV_SPEC_COLS 1
+#define MVK_GEMV_SPEC_WFMT 2
+#define MVK_GEMV_SPEC_GATED 3
+#define MVK_GEMV_SPEC_ACT 4
+#define MVK_GEMV_SPEC_SCHED 5
+#define MVK_GEMV_SPEC_GATHER 6
+#define MVK_GEMV_NSPEC 7
+#define MVK_GEMV_WG 256u
+#define MVK_GEMV_COLS 64u /* output columns per workgroup (default) */
 
 /* ---- combine: y[t] = sum_j w[t, j] o[row(t, j)] + shared outputs ------- */
 #define MVK_COMBINE_WG 256u

@@ -13,8 +13,9 @@
 //   WG): rank of each assignment within its tile, and the tile's count of
 //   every expert (its whole row, zeros included).
 // PASS 1 (one workgroup): per-expert prefix over tiles, totals, admitted
-//   counts, offsets, dropped count, the GEMM tile schedule and the indirect
-//   dispatch arguments of the two expert GEMMs (interface.h, MVK_META_*).
+//   counts, offsets, dropped count; each expert's kernel path by its row
+//   count; the schedule of row tiles path by path and the indirect dispatch
+//   arguments of every path's up and down kernels (interface.h, MVK_META_*).
 // PASS 2 (one thread per assignment): row of each assignment (-1 when
 //   dropped) and the token of each row.
 //
@@ -46,6 +47,21 @@ shared uint sh_run[MAXE];
 shared uint sh_tiles[MAXE];
 shared uint sh_start[MAXE];
 shared uint sh_total[MAXE];
+shared uint sh_path[MAXE];
+
+uint path_height(uint q)
+{
+    return q == MVK_PATH_SKINNY ? MVK_SKINNY_ROWS
+                                : (q == MVK_PATH_SMALL ? MVK_SMALL_TILE : MVK_LARGE_TILE);
+}
+
+// The path of an expert with `rows` admitted rows (see interface.h).
+uint path_of(uint rows)
+{
+    if (rows <= MVK_SKINNY_ROWS)
+        return MVK_PATH_SKINNY;
+    return rows <= MVK_SMALL_TILE_MAX_ROWS ? MVK_PATH_SMALL : MVK_PATH_LARGE;
+}
 
 // Expert of assignment a (NONE when masked out).
 uint expert_of(uint a)
@@ -107,29 +123,48 @@ void main()
             meta[MVK_META_TOTALS(E) + e] = run;
             meta[MVK_META_COUNTS(E) + e] = admitted;
             sh_total[e] = run;
-            sh_tiles[e] = (admitted + p.tile_m - 1u) / p.tile_m;
-            sh_start[e] = admitted; // rows, replaced by the row offset below
+            uint path = p.force_path != 0u ? p.force_path - 1u : path_of(admitted);
+            sh_path[e] = admitted == 0u ? NONE : path;
+            sh_tiles[e] = (admitted + path_height(path) - 1u) / path_height(path);
+            sh_start[e] = admitted; // rows, replaced by the tile start below
         }
         barrier();
         if (lid == 0) {
-            uint rows = 0, tiles = 0, dropped = 0;
+            // Schedule segments, path by path (room for A / height + E each).
+            uint base[MVK_PATHS], tiles[MVK_PATHS];
+            uint at = 0u;
+            for (uint q = 0u; q < MVK_PATHS; q++) {
+                base[q] = at;
+                tiles[q] = 0u;
+                at += A / path_height(q) + E;
+            }
+            uint rows = 0, dropped = 0;
             for (uint e = 0; e < E; e++) {
                 uint admitted = sh_start[e];
                 meta[MVK_META_OFFSETS(E) + e] = rows;
                 rows += admitted;
                 dropped += sh_total[e] - admitted;
-                uint nt = sh_tiles[e];
-                sh_start[e] = tiles;
-                tiles += nt;
+                uint q = sh_path[e];
+                if (q != NONE) {
+                    sh_start[e] = base[q] + tiles[q];
+                    tiles[q] += sh_tiles[e];
+                } else {
+                    sh_tiles[e] = 0u;
+                }
             }
             meta[MVK_META_ROWS(E)] = rows;
             meta[MVK_META_DROPPED(E)] = dropped;
-            meta[MVK_META_ARGS_UP(E) + 0u] = tiles;
-            meta[MVK_META_ARGS_UP(E) + 1u] = p.n_up;
-            meta[MVK_META_ARGS_UP(E) + 2u] = 1u;
-            meta[MVK_META_ARGS_DOWN(E) + 0u] = tiles;
-            meta[MVK_META_ARGS_DOWN(E) + 1u] = p.n_down;
-            meta[MVK_META_ARGS_DOWN(E) + 2u] = 1u;
+            for (uint q = 0u; q < MVK_PATHS; q++) {
+                const bool skinny = q == MVK_PATH_SKINNY;
+                meta[MVK_META_ARGS(E, q, 0u) + 0u] = tiles[q];
+                meta[MVK_META_ARGS(E, q, 0u) + 1u] = skinny ? p.skinny_up : p.tiled_up;
+                meta[MVK_META_ARGS(E, q, 0u) + 2u] = 1u;
+                meta[MVK_META_ARGS(E, q, 1u) + 0u] = tiles[q];
+                meta[MVK_META_ARGS(E, q, 1u) + 1u] = skinny ? p.skinny_down : p.tiled_down;
+                meta[MVK_META_ARGS(E, q, 1u) + 2u] = 1u;
+                meta[MVK_META_SCHED_BASE(E, q)] = base[q];
+                meta[MVK_META_TILES(E, q)] = tiles[q];
+            }
         }
         barrier();
         for (uint e = lid; e < E; e += WG) {

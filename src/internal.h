@@ -82,6 +82,7 @@ struct moevk_context {
     int64_t live_objects;    /* host allocations and Vulkan objects alive */
     uint64_t testing_max_range; /* 0, or a lower storage-buffer range for weights */
     uint64_t testing_scratch_range; /* 0, or a lower range for per-pass buffers */
+    uint32_t testing_force_path;    /* 0, or 1 + the MVK_PATH_* of every expert */
 
     /* One thread at a time: the thread inside a public call (its token,
      * mvk_thread_token) and the nesting depth of public calls on it. */

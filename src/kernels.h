@@ -19,6 +19,7 @@ enum mvk_kernel_id {
     MVK_K_ROUTE,
     MVK_K_PERMUTE,
     MVK_K_EXPERT_GEMM,
+    MVK_K_EXPERT_GEMV,
     MVK_K_COMBINE,
     MVK_K_STATS,
     MVK_K_BANDWIDTH,

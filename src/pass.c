@@ -151,10 +151,7 @@ static void permute_into(moevk_layer *L, mvk_cmd *c, uint32_t T, uint32_t tok0, 
         .meta = mvk_ws_binding(ws, slot[3]), .schedule = mvk_ws_binding(ws, slot[4]),
         .row_of = row_of, .row_token = mvk_ws_binding(ws, slot[5]), .mask = mask,
         .T = T, .K = d->top_k, .E = d->num_experts, .tok0 = tok0, .capacity = capacity,
-        .tile_m = mvk_gemm_bm(c->ctx),
-        .n_up = (d->ffn + MVK_GEMM_BN - 1) / MVK_GEMM_BN,
-        .n_down = (d->hidden + MVK_GEMM_BN - 1) / MVK_GEMM_BN,
-        .masked = masked,
+        .ffn = d->ffn, .hidden = d->hidden, .masked = masked,
     };
     mvk_op_permute(c, &pa); /* ends with a barrier */
 }
@@ -197,7 +194,7 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
                 .scheduled = true, .gather = !down,
                 .args = cr->meta_buffer,
-                .args_offset = 4ull * (down ? MVK_META_ARGS_DOWN(E) : MVK_META_ARGS_UP(E)),
+                .args_offset = 4ull * MVK_META_ARGS(E, 0, down ? 1u : 0u),
             };
             mvk_op_expert_gemm(c, &ga);
         }

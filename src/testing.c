@@ -3,6 +3,7 @@
  */
 #include "testing.h"
 #include "internal.h"
+#include "interface.h"
 
 void moevk_testing_fail_after(moevk_context *ctx, int64_t n)
 {
@@ -63,4 +64,12 @@ int moevk_testing_hold_context(moevk_context *ctx, int hold)
         return mvk_enter(ctx) == MOEVK_SUCCESS;
     mvk_leave(ctx);
     return 1;
+}
+
+moevk_status moevk_testing_force_path(moevk_context *ctx, int path)
+{
+    if (!ctx || path < -1 || path >= (int)MVK_PATHS)
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    ctx->testing_force_path = (uint32_t)(path + 1);
+    return MOEVK_SUCCESS;
 }

@@ -35,4 +35,9 @@ moevk_status moevk_testing_set_push_descriptors(moevk_context *ctx, int on);
  * to test the detection of a second thread. Returns 1 on success. */
 int moevk_testing_hold_context(moevk_context *ctx, int hold);
 
+/* Run every expert (routed and shared) on kernel path `path` (0 skinny,
+ * 1 small tiles, 2 large tiles; shaders/interface.h MVK_PATH_*), or choose
+ * by row count as usual (-1). The results must not change. */
+moevk_status moevk_testing_force_path(moevk_context *ctx, int path);
+
 #endif

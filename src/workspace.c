@@ -45,7 +45,8 @@ static void permute_sizes(const moevk_context *ctx, uint64_t A, uint32_t E, uint
     *rank = A * 4;
     *tiles = (uint64_t)ntiles * E * 4;
     *meta = (uint64_t)MVK_META_WORDS(E) * 4;
-    *schedule = (A / mvk_gemm_bm(ctx) + E + 1) * 8;
+    (void)ctx;
+    *schedule = ((uint64_t)MVK_SCHEDULE_ENTRIES(A, E) + 1) * 8;
 }
 
 /* Largest expert chunk whose buffers and grids fit; 0 when not one token. */
@@ -58,10 +59,11 @@ static uint64_t max_expert_chunk(const moevk_layer *L, uint64_t range)
     per = MVK_MAX(per, MVK_MAX(FS, ns * d->hidden));
     per = MVK_MAX(per, MVK_MAX(ns, K)) * 4;
     uint64_t tc = range / per;
-    /* the chunk's GEMM schedule: one workgroup per row tile along x */
+    /* the chunk's schedule: one workgroup per row tile along x, the
+     * skinny path's 8-row tiles the most numerous */
     uint64_t maxx = ctx->info.max_workgroup_count[0];
     uint64_t tiles = maxx > d->num_experts + 1 ? maxx - d->num_experts - 1 : 0;
-    tc = MVK_MIN(tc, tiles * mvk_gemm_bm(ctx) / K);
+    tc = MVK_MIN(tc, tiles * MVK_SKINNY_ROWS / K);
     return tc;
 }
 

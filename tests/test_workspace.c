@@ -23,138 +23,9 @@
 
 #include "common.h"
 #include "host_app.h"
+#include "random_layer.h"
 #include "ref/ref.h"
 #include "testing.h"
-
-/* ---- a random layer ---------------------------------------------------------- */
-
-typedef struct rlayer {
-    moevk_layer_desc d;
-    float *router, *gate, *up, *down, *sg, *sgate, *sup, *sdown, *corr;
-} rlayer;
-
-static void rlayer_make(mvkt_rng *r, rlayer *l, uint32_t H, uint32_t F, uint32_t E, uint32_t K,
-                        moevk_routing routing, float cf, uint32_t shared)
-{
-    memset(l, 0, sizeof *l);
-    l->router = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)E * H, 1.0f);
-    l->gate = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)E * F * H, 0.5f);
-    l->up = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)E * F * H, 0.5f);
-    l->down = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)E * H * F, 0.5f);
-    moevk_layer_desc *d = &l->d;
-    d->hidden = H;
-    d->ffn = F;
-    d->num_experts = E;
-    d->top_k = K;
-    d->routing = routing;
-    d->norm_topk_prob = 1;
-    d->capacity_factor = cf;
-    d->router_weight = l->router;
-    d->experts.gate = l->gate;
-    d->experts.up = l->up;
-    d->experts.down = l->down;
-    if (routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
-        d->n_group = E % 4 == 0 ? 4 : 1;
-        d->topk_group = d->n_group > 1 ? 2 : 1;
-        d->routed_scaling_factor = 2.5f;
-        l->corr = mvkt_random_weights(r, MOEVK_DTYPE_F32, E, 0.1f);
-        d->correction_bias = l->corr;
-    }
-    if (shared) {
-        d->num_shared = shared;
-        d->shared_ffn = F + 3;
-        l->sgate = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)shared * (F + 3) * H, 0.5f);
-        l->sup = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)shared * (F + 3) * H, 0.5f);
-        l->sdown = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)shared * H * (F + 3), 0.5f);
-        l->sg = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)shared * H, 1.0f);
-        d->shared.gate = l->sgate;
-        d->shared.up = l->sup;
-        d->shared.down = l->sdown;
-        d->shared_gate = l->sg;
-    }
-}
-
-static void rlayer_free(rlayer *l)
-{
-    free(l->router), free(l->gate), free(l->up), free(l->down);
-    free(l->sg), free(l->sgate), free(l->sup), free(l->sdown), free(l->corr);
-}
-
-static float *random_x(mvkt_rng *r, uint32_t T, uint32_t H)
-{
-    float *x = malloc(sizeof(float) * T * H);
-    cr_assert_not_null(x);
-    for (size_t i = 0; i < (size_t)T * H; i++)
-        x[i] = mvkt_uniform(r, -1, 1);
-    return x;
-}
-
-static moevk_tensor tensor2(moevk_context *ctx, uint64_t rows, uint64_t cols)
-{
-    moevk_tensor t;
-    uint64_t s[2] = {rows, cols};
-    cr_assert_eq(moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, s, &t), MOEVK_SUCCESS, "%s",
-                 moevk_context_last_error(ctx));
-    return t;
-}
-
-typedef struct pass_out {
-    float *y;
-    uint32_t *ids, *tpe;
-    float *w;
-    int32_t *rows;
-    moevk_routing_stats stats;
-} pass_out;
-
-/* One forward of L on x (y poisoned first); routing and stats read back. */
-static void forward(moevk_context *ctx, moevk_layer *L, const float *x, uint32_t T, pass_out *o)
-{
-    const moevk_layer_desc *d = moevk_layer_get_desc(L);
-    const uint32_t H = d->hidden, TK = T * d->top_k;
-    o->y = malloc(sizeof(float) * T * H);
-    o->ids = malloc(4 * TK);
-    o->w = malloc(4 * TK);
-    o->rows = malloc(4 * TK);
-    o->tpe = malloc(4 * d->num_experts);
-    memset(&o->stats, 0, sizeof o->stats);
-    o->stats.tokens_per_expert = o->tpe;
-    moevk_tensor tx = tensor2(ctx, T, H), ty = tensor2(ctx, T, H);
-    mvkt_poison_tensor(&ty);
-    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
-    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, &o->stats), MOEVK_SUCCESS, "%s",
-                 moevk_context_last_error(ctx));
-    cr_assert_eq(moevk_tensor_download(&ty, o->y), 0);
-    cr_assert_eq(moevk_layer_read_routing(L, T, o->ids, o->w, o->rows), MOEVK_SUCCESS, "%s",
-                 moevk_context_last_error(ctx));
-    moevk_tensor_destroy(&tx);
-    moevk_tensor_destroy(&ty);
-}
-
-static void pass_free(pass_out *o)
-{
-    free(o->y), free(o->ids), free(o->w), free(o->rows), free(o->tpe);
-}
-
-static void assert_same(const pass_out *a, const pass_out *b, uint32_t T,
-                        const moevk_layer_desc *d, const char *what, uint64_t seed)
-{
-    const size_t TK = (size_t)T * d->top_k;
-    cr_assert(memcmp(a->y, b->y, sizeof(float) * T * d->hidden) == 0, "seed %llu: %s: y differs",
-              (unsigned long long)seed, what);
-    cr_assert(memcmp(a->ids, b->ids, 4 * TK) == 0, "seed %llu: %s: ids differ",
-              (unsigned long long)seed, what);
-    cr_assert(memcmp(a->w, b->w, 4 * TK) == 0, "seed %llu: %s: weights differ",
-              (unsigned long long)seed, what);
-    cr_assert(memcmp(a->rows, b->rows, 4 * TK) == 0, "seed %llu: %s: rows differ",
-              (unsigned long long)seed, what);
-    cr_assert(memcmp(a->tpe, b->tpe, 4 * d->num_experts) == 0,
-              "seed %llu: %s: tokens per expert differ", (unsigned long long)seed, what);
-    cr_assert_eq(a->stats.dropped, b->stats.dropped, "%s", what);
-    cr_assert(memcmp(&a->stats.load_balancing_loss, &b->stats.load_balancing_loss, 8) == 0 &&
-                  memcmp(&a->stats.router_z_loss, &b->stats.router_z_loss, 8) == 0 &&
-                  memcmp(&a->stats.routing_entropy, &b->stats.routing_entropy, 8) == 0,
-              "seed %llu: %s: losses differ", (unsigned long long)seed, what);
-}
 
 /* ---- one workspace for many layers ---------------------------------------------- */
 
@@ -165,8 +36,8 @@ Test(workspace, eight_layers_need_one_layers_scratch, .timeout = 300)
     mvkt_rng r = mvkt_rng_make(seed);
     rlayer rl[N];
     for (int i = 0; i < N; i++)
-        rlayer_make(&r, &rl[i], H, F, E, K, MOEVK_ROUTING_SOFTMAX_TOPK, i % 2 ? 1.0f : 0.0f,
-                    i % 3 == 0);
+        rlayer_make(&r, &rl[i], &(rlayer_spec){H, F, E, K, .cf = i % 2 ? 1.0f : 0.0f,
+                                                .shared = i % 3 == 0});
     float *x = random_x(&r, T, H);
 
     /* one layer alone: its scratch */
@@ -232,7 +103,7 @@ Test(workspace, explicit_workspace_and_its_lifetime)
     enum { T = 9, H = 16, F = 8, E = 4, K = 2 };
     mvkt_rng r = mvkt_rng_make(mvkt_base_seed() ^ 0x77);
     rlayer rl;
-    rlayer_make(&r, &rl, H, F, E, K, MOEVK_ROUTING_SOFTMAX_TOPK, 0, 0);
+    rlayer_make(&r, &rl, &(rlayer_spec){H, F, E, K});
     moevk_context *ctx = mvkt_context();
     float *x = random_x(&r, T, H);
     /* a first pass makes what the context keeps (staging, pipelines, its
@@ -312,8 +183,9 @@ Test(workspace, chunked_passes_are_bitwise_the_uncut_pass, .timeout = 600)
         const uint32_t T = 2500 + 37 * routing, H = 24, F = 16, E = 8, K = 2;
         rlayer rl;
         /* capacity on the first two: admission over all tokens must hold */
-        rlayer_make(&r, &rl, H, F, E, K, (moevk_routing)routing, routing < 2 ? 1.1f : 0.0f,
-                    routing == 1);
+        rlayer_make(&r, &rl, &(rlayer_spec){H, F, E, K, .routing = (moevk_routing)routing,
+                                            .cf = routing < 2 ? 1.1f : 0.0f,
+                                            .shared = routing == 1});
         float *x = random_x(&r, T, H);
         pass_out whole, chunked, tiny;
         chunked_forward(&rl, x, T, 0, 0, &whole);
@@ -351,7 +223,7 @@ Test(workspace, a_pass_beyond_the_buffer_range_runs, .timeout = 600)
     const uint64_t seed = mvkt_base_seed() ^ 0x7000;
     mvkt_rng r = mvkt_rng_make(seed);
     rlayer rl;
-    rlayer_make(&r, &rl, H, F, E, K, MOEVK_ROUTING_SOFTMAX_TOPK, 0, 0);
+    rlayer_make(&r, &rl, &(rlayer_spec){H, F, E, K});
     float *x = random_x(&r, T, H);
     moevk_context *ctx = mvkt_context();
     const moevk_device_info *info = moevk_context_device_info(ctx);
@@ -394,7 +266,7 @@ Test(workspace, an_expert_matrix_of_exactly_the_range_is_accepted)
     enum { T = 13, H = 32, F = 16, E = 5, K = 2 };
     mvkt_rng r = mvkt_rng_make(mvkt_base_seed() ^ 0x4444);
     rlayer rl;
-    rlayer_make(&r, &rl, H, F, E, K, MOEVK_ROUTING_SOFTMAX_TOPK, 0, 0);
+    rlayer_make(&r, &rl, &(rlayer_spec){H, F, E, K});
     moevk_context *ctx = mvkt_context();
     moevk_testing_set_max_buffer_range(ctx, (uint64_t)H * F * 4); /* one expert per buffer */
     moevk_layer *L;
@@ -504,7 +376,8 @@ static void record_through_one_workspace(int push_descriptors)
     pass_out want[N];
     moevk_tensor tx[N], ty[N];
     for (int i = 0; i < N; i++) {
-        rlayer_make(&r, &rl[i], H, F, E, K, (moevk_routing)i, i == 1 ? 0.8f : 0.0f, i == 2);
+        rlayer_make(&r, &rl[i], &(rlayer_spec){H, F, E, K, .routing = (moevk_routing)i,
+                                                .cf = i == 1 ? 0.8f : 0.0f, .shared = i == 2});
         cr_assert_eq(moevk_layer_create(ctx, &rl[i].d, &L[i]), MOEVK_SUCCESS, "%s",
                      moevk_context_last_error(ctx));
         x[i] = random_x(&r, T, H);

@@ -1,7 +1,10 @@
 /*
- * Expert GEMM op: a grouped GEMM over the experts of one weight chunk,
- * scheduled from the GPU-written tile schedule (indirect dispatch), or a
- * dense GEMM of one expert over M rows (shared experts, measurements).
+ * Expert GEMM op: the kernels of one projection over the experts of one
+ * weight chunk. Scheduled: one indirect dispatch per kernel path (skinny
+ * GEMV, 16-row tiles, 64-row tiles) with the grid the permute stage wrote
+ * from the experts' row counts. Dense (shared experts, measurements): the
+ * skinny kernel for at most MVK_SKINNY_ROWS rows, else 64-row tiles.
+ * All paths accumulate in the canonical order of shaders/interface.h.
  */
 #include "ops.h"
 #include "kernels.h"
@@ -11,25 +14,66 @@ _Static_assert(MOEVK_ACT_SWIGLU + 1u == MVK_ACT_SWIGLU && MOEVK_ACT_GEGLU + 1u =
                    MOEVK_ACT_SWIGLU_OAI + 1u == MVK_ACT_SWIGLU_OAI &&
                    MOEVK_ACT_RELU + 1u == MVK_ACT_RELU && MOEVK_ACT_GELU + 1u == MVK_ACT_GELU,
                "interface.h's MVK_ACT_* are moevk_activation + 1");
+_Static_assert(MVK_GEMV_WG % MVK_GEMV_COLS == 0, "the skinny kernel's lanes are whole");
 
-uint32_t mvk_gemm_bm(const moevk_context *ctx)
+uint32_t mvk_path_height(uint32_t path)
 {
-    return ctx->info.max_workgroup_invocations >= 256 ? 64u : 32u;
+    return path == MVK_PATH_SKINNY ? MVK_SKINNY_ROWS
+                                   : path == MVK_PATH_SMALL ? MVK_SMALL_TILE : MVK_LARGE_TILE;
 }
 
-void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
+uint32_t mvk_path_columns(uint32_t path)
 {
-    const uint32_t bm = mvk_gemm_bm(c->ctx);
-    const uint32_t wg = (bm / MVK_GEMM_TM) * (MVK_GEMM_BN / MVK_GEMM_TN);
+    return path == MVK_PATH_SKINNY ? MVK_GEMV_COLS : MVK_GEMM_BN;
+}
+
+static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
+                          const mvk_binding *b, const mvk_gemm_push *push)
+{
+    mvk_gemm_push p = *push;
+    p.path = path;
+    const bool scheduled = a->scheduled;
+    if (path == MVK_PATH_SKINNY) {
+        uint32_t spec[MVK_GEMV_NSPEC];
+        spec[MVK_SPEC_WG] = MVK_GEMV_WG;
+        spec[MVK_GEMV_SPEC_COLS] = MVK_GEMV_COLS;
+        spec[MVK_GEMV_SPEC_WFMT] = a->w_fmt;
+        spec[MVK_GEMV_SPEC_GATED] = a->gated;
+        spec[MVK_GEMV_SPEC_ACT] = a->act;
+        spec[MVK_GEMV_SPEC_SCHED] = scheduled;
+        spec[MVK_GEMV_SPEC_GATHER] = scheduled && a->gather;
+        if (scheduled)
+            mvk_cmd_dispatch_indirect(c, MVK_K_EXPERT_GEMV, spec, MVK_GEMV_NSPEC, b,
+                                      MVK_GEMM_BINDINGS, &p, sizeof(p), a->args,
+                                      a->args_offset + 12ull * 2u * path);
+        else
+            mvk_cmd_dispatch(c, MVK_K_EXPERT_GEMV, spec, MVK_GEMV_NSPEC, b, MVK_GEMM_BINDINGS,
+                             &p, sizeof(p), (a->M + MVK_SKINNY_ROWS - 1) / MVK_SKINNY_ROWS,
+                             (a->N + MVK_GEMV_COLS - 1) / MVK_GEMV_COLS, 1);
+        return;
+    }
+    const uint32_t bm = mvk_path_height(path);
     uint32_t spec[MVK_GEMM_NSPEC];
-    spec[MVK_SPEC_WG] = wg;
+    spec[MVK_SPEC_WG] = (bm / MVK_GEMM_TM) * (MVK_GEMM_BN / MVK_GEMM_TN);
     spec[MVK_GEMM_SPEC_BM] = bm;
     spec[MVK_GEMM_SPEC_BN] = MVK_GEMM_BN;
     spec[MVK_GEMM_SPEC_WFMT] = a->w_fmt;
     spec[MVK_GEMM_SPEC_GATED] = a->gated;
     spec[MVK_GEMM_SPEC_ACT] = a->act;
-    spec[MVK_GEMM_SPEC_SCHED] = a->scheduled;
-    spec[MVK_GEMM_SPEC_GATHER] = a->scheduled && a->gather;
+    spec[MVK_GEMM_SPEC_SCHED] = scheduled;
+    spec[MVK_GEMM_SPEC_GATHER] = scheduled && a->gather;
+    if (scheduled)
+        mvk_cmd_dispatch_indirect(c, MVK_K_EXPERT_GEMM, spec, MVK_GEMM_NSPEC, b,
+                                  MVK_GEMM_BINDINGS, &p, sizeof(p), a->args,
+                                  a->args_offset + 12ull * 2u * path);
+    else
+        mvk_cmd_dispatch(c, MVK_K_EXPERT_GEMM, spec, MVK_GEMM_NSPEC, b, MVK_GEMM_BINDINGS, &p,
+                         sizeof(p), (a->M + bm - 1) / bm, (a->N + MVK_GEMM_BN - 1) / MVK_GEMM_BN,
+                         1);
+}
+
+void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
+{
     mvk_gemm_push p = {
         .M = a->M, .N = a->N, .K = a->K, .E = a->E,
         .e_first = a->e_first, .e_count = a->e_count,
@@ -47,11 +91,17 @@ void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
     b[MVK_GEMM_BIND_BIAS0] = a->bias0;
     b[MVK_GEMM_BIND_BIAS1] = a->bias1;
     b[MVK_GEMM_BIND_OUT] = a->out;
-    if (a->scheduled)
-        mvk_cmd_dispatch_indirect(c, MVK_K_EXPERT_GEMM, spec, MVK_GEMM_NSPEC, b,
-                                  MVK_GEMM_BINDINGS, &p, sizeof(p), a->args, a->args_offset);
-    else
-        mvk_cmd_dispatch(c, MVK_K_EXPERT_GEMM, spec, MVK_GEMM_NSPEC, b, MVK_GEMM_BINDINGS, &p,
-                         sizeof(p), (a->M + bm - 1) / bm, (a->N + MVK_GEMM_BN - 1) / MVK_GEMM_BN,
-                         1);
+    const uint32_t force = c->ctx->testing_force_path;
+    if (a->scheduled) {
+        /* every path's grid is in META; a path without tiles dispatches an
+         * empty grid */
+        for (uint32_t path = 0; path < MVK_PATHS; path++)
+            if (!force || force == path + 1)
+                dispatch_path(c, a, path, b, &p);
+        return;
+    }
+    uint32_t path = a->M <= MVK_SKINNY_ROWS ? MVK_PATH_SKINNY : MVK_PATH_LARGE;
+    if (force)
+        path = force - 1;
+    dispatch_path(c, a, path, b, &p);
 }

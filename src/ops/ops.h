@@ -54,8 +54,7 @@ typedef struct mvk_permute_args {
     uint32_t T, K, E;
     uint32_t tok0;     /* masked only: first token of ids/mask */
     uint32_t capacity; /* UINT32_MAX: no capacity */
-    uint32_t tile_m;   /* the GEMM row tile the schedule is made for */
-    uint32_t n_up, n_down;
+    uint32_t ffn, hidden; /* the expert GEMMs' N (column groups per path) */
     bool masked;
 } mvk_permute_args;
 /* The three passes, each followed by a barrier. The tile geometry is
@@ -63,8 +62,10 @@ typedef struct mvk_permute_args {
 void mvk_op_permute(mvk_cmd *c, const mvk_permute_args *a);
 
 /* ---- expert GEMM (src/ops/expert_gemm.c) -------------------------------- */
-/* Row tile of the expert GEMM on this device (the schedule's tile_m). */
-uint32_t mvk_gemm_bm(const moevk_context *ctx);
+/* Rows of a row tile of a kernel path (MVK_PATH_*), and its output
+ * columns per workgroup. */
+uint32_t mvk_path_height(uint32_t path);
+uint32_t mvk_path_columns(uint32_t path);
 typedef struct mvk_gemm_args {
     mvk_binding a, row_token, schedule, meta, w0, w1, bias0, bias1, out;
     uint32_t M, N, K, E;
@@ -76,10 +77,10 @@ typedef struct mvk_gemm_args {
     uint32_t w_fmt;   /* MVK_WFMT_* */
     uint32_t act;     /* MVK_ACT_* */
     bool gated, has_bias;
-    bool scheduled;   /* tiles from the schedule, grid from META's args */
+    bool scheduled;   /* tiles from the schedule, grids from META's args */
     bool gather;      /* A rows by row_token (scheduled only) */
-    VkBuffer args;    /* scheduled: the buffer holding the indirect args */
-    VkDeviceSize args_offset;
+    VkBuffer args;    /* scheduled: the META buffer */
+    VkDeviceSize args_offset; /* bytes to MVK_META_ARGS(E, 0, projection) */
 } mvk_gemm_args;
 void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a);
 

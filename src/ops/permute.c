@@ -26,10 +26,13 @@ void mvk_op_permute(mvk_cmd *c, const mvk_permute_args *a)
     const uint64_t A = (uint64_t)a->T * a->K;
     uint32_t tile_len, ntiles;
     mvk_permute_geometry(A, a->E, mvk_max_range(c->ctx), &tile_len, &ntiles);
+    const uint32_t sc = mvk_path_columns(MVK_PATH_SKINNY), tc = mvk_path_columns(MVK_PATH_LARGE);
     mvk_permute_push p = {
         .T = a->T, .K = a->K, .E = a->E, .capacity = a->capacity, .ntiles = ntiles,
-        .tile_m = a->tile_m, .n_up = a->n_up, .n_down = a->n_down, .tile_len = tile_len,
-        .masked = a->masked, .tok0 = a->tok0,
+        .tile_len = tile_len, .masked = a->masked, .tok0 = a->tok0,
+        .skinny_up = (a->ffn + sc - 1) / sc, .skinny_down = (a->hidden + sc - 1) / sc,
+        .tiled_up = (a->ffn + tc - 1) / tc, .tiled_down = (a->hidden + tc - 1) / tc,
+        .force_path = c->ctx->testing_force_path,
     };
     mvk_binding b[MVK_PERMUTE_BINDINGS];
     b[MVK_PERMUTE_BIND_IDS] = a->ids;

@@ -1,0 +1,120 @@
+/*
+ * The expert kernel paths (skinny GEMV, 16-row tiles, 64-row tiles) and
+ * batch invariance:
+ *  - a token's output is bitwise the same alone as inside a batch of
+ *    T = 7, 64, 513 (every routing mode, activation and weight dtype,
+ *    shared experts and biases, capacity off), whichever path its experts
+ *    took in either run;
+ *  - forcing every expert onto one path gives bitwise the result of the
+ *    path chosen by row count, for each path, and the result is right
+ *    against the reference.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "random_layer.h"
+#include "ref/ref.h"
+#include "testing.h"
+
+static const char *const path_names[3] = {"skinny", "16-row tiles", "64-row tiles"};
+
+Test(paths, a_token_alone_is_bitwise_the_token_in_a_batch, .timeout = 900)
+{
+    static const uint32_t Ts[] = {7, 64, 513};
+    const uint64_t base = mvkt_base_seed() ^ 0xba7c;
+    moevk_context *ctx = mvkt_context();
+    int cases = 0;
+    for (uint32_t i = 0; i < 18; i++) {
+        const uint64_t seed = base + i;
+        mvkt_rng r = mvkt_rng_make(seed);
+        const uint32_t T = Ts[i % 3];
+        rlayer_spec sp = {
+            .H = 24 + (uint32_t)(mvkt_next(&r) % 40), .F = 8 + (uint32_t)(mvkt_next(&r) % 90),
+            .E = 4 + i % 5, .K = 1 + i % 3,
+            .routing = (moevk_routing)(i % 3),
+            .activation = (moevk_activation)(i % 6),
+            .dtype = (moevk_dtype)((i / 3) % 3),
+            .shared = i % 4 == 1 ? 1 : 0,
+            .biases = i % 5 == 2,
+        };
+        rlayer rl;
+        rlayer_make(&r, &rl, &sp);
+        moevk_layer *L;
+        cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        float *x = random_x(&r, T, sp.H);
+        pass_out batch;
+        forward(ctx, L, x, T, &batch);
+        const uint32_t step = T > 40 ? T / 19 : 1;
+        for (uint32_t t = 0; t < T; t += step) {
+            pass_out solo;
+            forward(ctx, L, x + (size_t)t * sp.H, 1, &solo);
+            cr_assert(memcmp(solo.y, batch.y + (size_t)t * sp.H, sizeof(float) * sp.H) == 0,
+                      "seed %llu: token %u of %u (routing %d, activation %d, %s weights): y "
+                      "alone differs from y in the batch",
+                      (unsigned long long)seed, t, T, (int)sp.routing, (int)sp.activation,
+                      moevk_dtype_name(sp.dtype));
+            cr_assert(memcmp(solo.ids, batch.ids + (size_t)t * sp.K, 4 * sp.K) == 0);
+            cr_assert(memcmp(solo.w, batch.w + (size_t)t * sp.K, 4 * sp.K) == 0);
+            pass_free(&solo);
+        }
+        pass_free(&batch);
+        moevk_layer_destroy(L);
+        rlayer_free(&rl);
+        free(x);
+        cases++;
+    }
+    cr_assert_eq(cases, 18);
+    mvkt_context_end(ctx);
+}
+
+Test(paths, every_path_gives_the_same_bits, .timeout = 900)
+{
+    static const uint32_t Ts[] = {1, 5, 40, 300};
+    const uint64_t base = mvkt_base_seed() ^ 0x9a75;
+    moevk_context *ctx = mvkt_context();
+    for (uint32_t i = 0; i < 8; i++) {
+        const uint64_t seed = base + i;
+        mvkt_rng r = mvkt_rng_make(seed);
+        const uint32_t T = Ts[i % 4];
+        rlayer_spec sp = {
+            /* K and F off the chunk and tile sizes: remainders everywhere */
+            .H = 20 + 67 * (i % 3), .F = 9 + 50 * (i % 4), .E = 3 + i % 4, .K = 1 + i % 2,
+            .routing = (moevk_routing)(i % 3), .activation = (moevk_activation)(i % 6),
+            .dtype = (moevk_dtype)(i % 3), .cf = i % 4 == 3 ? 1.0f : 0.0f,
+            .shared = i % 2, .biases = i % 3 == 1,
+        };
+        rlayer rl;
+        rlayer_make(&r, &rl, &sp);
+        float *x = random_x(&r, T, sp.H), *ref = malloc(sizeof(float) * T * sp.H);
+        moevk_layer *L;
+        cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        pass_out autop;
+        cr_assert_eq(moevk_testing_force_path(ctx, -1), MOEVK_SUCCESS);
+        forward(ctx, L, x, T, &autop);
+        cr_assert_eq(moevk_ref_layer_forward(&rl.d, T, x, ref, NULL, NULL, NULL, NULL), 0);
+        double tol = sp.dtype == MOEVK_DTYPE_F32 ? 1e-5 : 1e-4;
+        double err = mvkt_rel_l2(autop.y, ref, (size_t)T * sp.H);
+        cr_assert_leq(err, tol, "seed %llu: rel. error %g", (unsigned long long)seed, err);
+        for (int path = 0; path < 3; path++) {
+            pass_out forced;
+            cr_assert_eq(moevk_testing_force_path(ctx, path), MOEVK_SUCCESS);
+            forward(ctx, L, x, T, &forced);
+            char what[96];
+            snprintf(what, sizeof what, "T = %u, every expert on %s", T, path_names[path]);
+            assert_same(&autop, &forced, T, &rl.d, what, seed);
+            pass_free(&forced);
+        }
+        cr_assert_eq(moevk_testing_force_path(ctx, -1), MOEVK_SUCCESS);
+        pass_free(&autop);
+        moevk_layer_destroy(L);
+        rlayer_free(&rl);
+        free(x);
+        free(ref);
+    }
+    cr_assert_eq(moevk_testing_force_path(ctx, 3), MOEVK_ERROR_INVALID_ARGUMENT);
+    mvkt_context_end(ctx);
+}
