@@ -66,6 +66,7 @@
 /* ---- router_logits: logits[t - out_tok0, e] = x[t, :] . w[e, :] (+ b[e]),
  * for tokens tok0 + 4 * gl_WorkGroupID.y + 0..3 below T ------------------- */
 #define MVK_ROUTER_TOKENS 4u /* tokens per workgroup */
+#define MVK_ROUTER_WG 128u    /* its size (route.comp FUSED depends on it) */
 #define MVK_ROUTER_BIND_X 0
 #define MVK_ROUTER_BIND_W 1
 #define MVK_ROUTER_BIND_BIAS 2
@@ -92,23 +93,34 @@ MVK_PUSH_BEGIN(mvk_scores_push)
 MVK_PUSH_END(mvk_scores_push)
 #endif
 
-/* ---- route: scoring, top-k and weights, one token per workgroup --------- */
+/* ---- route: scoring, top-k and weights, one token per workgroup ---------
+ * FUSED: the workgroup computes its token's router logits itself (and
+ * writes them), in exactly router_logits' order (the same workgroup size,
+ * the same strided chains and reduction tree), so fusing changes no bit. */
+#define MVK_ROUTE_WG 128u /* = the router's workgroup, for FUSED */
 #define MVK_ROUTE_BIND_LOGITS 0
 #define MVK_ROUTE_BIND_CORR_BIAS 1
 #define MVK_ROUTE_BIND_IDS 2
 #define MVK_ROUTE_BIND_WEIGHTS 3
 #define MVK_ROUTE_BIND_TOKSTATS 4 /* [T, 3]: softmax max, sum, entropy */
-#define MVK_ROUTE_BINDINGS 5
+#define MVK_ROUTE_BIND_X 5        /* FUSED: x, router weight and bias */
+#define MVK_ROUTE_BIND_ROUTER_W 6
+#define MVK_ROUTE_BIND_ROUTER_B 7
+#define MVK_ROUTE_BINDINGS 8
 #define MVK_ROUTE_SPEC_ROUTING 1
 #define MVK_ROUTE_SPEC_NORM 2
-#define MVK_ROUTE_NSPEC 3
+#define MVK_ROUTE_SPEC_FUSED 3
+#define MVK_ROUTE_SPEC_WFMT 4 /* FUSED: the router weight's format */
+#define MVK_ROUTE_NSPEC 5
 #define MVK_ROUTE_MAX_EXPERTS 1024u
+#define MVK_ROUTE_FUSED_MAX_TOKENS 16u /* passes of at most this many fuse */
 #if !defined(MVK_GLSL) || defined(MVK_KERNEL_ROUTE)
 MVK_PUSH_BEGIN(mvk_route_push)
     MVK_U32 T, E, K, n_group, topk_group, has_bias;
     MVK_U32 tok0;      /* token of workgroup 0 */
     MVK_F32 scale;     /* routed_scaling_factor */
     MVK_U32 logit_tok0; /* logits row of token t is t - logit_tok0 */
+    MVK_U32 H, has_router_bias; /* FUSED */
 MVK_PUSH_END(mvk_route_push)
 #endif
 

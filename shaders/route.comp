@@ -16,19 +16,28 @@
 #define MVK_KERNEL_ROUTE
 #include "interface.h"
 #include "common.glsl"
+#include "formats.glsl"
 
 layout(local_size_x_id = MVK_SPEC_WG) in;
 layout(constant_id = MVK_ROUTE_SPEC_ROUTING) const uint ROUTING = 0;
 layout(constant_id = MVK_ROUTE_SPEC_NORM) const uint NORM = 0;
+layout(constant_id = MVK_ROUTE_SPEC_FUSED) const uint FUSED = 0;
+layout(constant_id = MVK_ROUTE_SPEC_WFMT) const uint WDTYPE = MVK_WFMT_F32;
 
-layout(std430, binding = MVK_ROUTE_BIND_LOGITS) readonly buffer L { float logits[]; };
+layout(std430, binding = MVK_ROUTE_BIND_LOGITS) buffer L { float logits[]; };
 layout(std430, binding = MVK_ROUTE_BIND_CORR_BIAS) readonly buffer B { float corr_bias[]; };
 layout(std430, binding = MVK_ROUTE_BIND_IDS) writeonly buffer I { uint ids[]; };
 layout(std430, binding = MVK_ROUTE_BIND_WEIGHTS) writeonly buffer W { float weights[]; };
 layout(std430, binding = MVK_ROUTE_BIND_TOKSTATS) writeonly buffer S { float tokstats[]; };
+layout(std430, binding = MVK_ROUTE_BIND_X) readonly buffer X { float x[]; };
+layout(std430, binding = MVK_ROUTE_BIND_ROUTER_W) readonly buffer RW { uint rw[]; };
+layout(std430, binding = MVK_ROUTE_BIND_ROUTER_B) readonly buffer RB { float rbias[]; };
+
+DEFINE_LOADER(load_rw, rw, WDTYPE)
 
 const uint MAXE = MVK_ROUTE_MAX_EXPERTS;
 const uint NONE = 0xffffffffu;
+shared float lg[MAXE];       // the token's logits
 shared float sc[MAXE];       // selection score per expert
 shared float gs[MAXE];       // score per group
 shared uint live[MAXE / 32]; // selectable experts (bit set)
@@ -101,22 +110,60 @@ void main()
         return;
     const uint row = (t - p.logit_tok0) * E;
 
+    // The token's logits into lg: computed here (FUSED, router_logits'
+    // order: lane l's chain over h = l, l + WG, ..., then the same tree; 8
+    // experts at a time, gs as the reduction buffer) or read.
+    if (FUSED != 0u) {
+        for (uint e0 = 0; e0 < E; e0 += 8u) {
+            float acc[8];
+            for (uint j = 0; j < 8u; j++)
+                acc[j] = 0.0;
+            for (uint h = lid; h < p.H; h += WG) {
+                float xv = x[t * p.H + h];
+                for (uint j = 0; j < 8u; j++)
+                    if (e0 + j < E)
+                        acc[j] = fma(xv, load_rw((e0 + j) * p.H + h), acc[j]);
+            }
+            for (uint j = 0; j < 8u; j++)
+                gs[j * WG + lid] = acc[j];
+            barrier();
+            for (uint s = WG / 2; s > 0; s >>= 1) {
+                if (lid < s)
+                    for (uint j = 0; j < 8u; j++)
+                        gs[j * WG + lid] += gs[j * WG + lid + s];
+                barrier();
+            }
+            if (lid < 8u && e0 + lid < E) {
+                float v = gs[lid * WG];
+                if (p.has_router_bias != 0u)
+                    v += rbias[e0 + lid];
+                lg[e0 + lid] = v;
+                logits[row + e0 + lid] = v; // for the statistics
+            }
+            barrier();
+        }
+    } else {
+        for (uint e = lid; e < E; e += WG)
+            lg[e] = logits[row + e];
+        barrier();
+    }
+
     // Softmax statistics over all E logits. The max skips NaN; a NaN logit
     // then makes the sum (and everything derived) NaN, as in the reference.
     float m = -1.0 / 0.0;
     for (uint e = lid; e < E; e += WG) {
-        float l = logits[row + e];
+        float l = lg[e];
         m = isnan(l) ? m : max(m, l);
     }
     m = wg_reduce(m, true);
     float s = 0.0;
     for (uint e = lid; e < E; e += WG)
-        s += exp(logits[row + e] - m);
+        s += exp(lg[e] - m);
     s = wg_reduce(s, false);
     const float lse = m + log(s);
     float ent = 0.0; // sum_e p_e (lse - l_e); p_e = 0 terms add nothing
     for (uint e = lid; e < E; e += WG) {
-        float l = logits[row + e];
+        float l = lg[e];
         float pe = exp(l - m) / s;
         ent += (pe == 0.0) ? 0.0 : pe * (lse - l);
     }
@@ -129,7 +176,7 @@ void main()
 
     // Selection scores; everything selectable.
     for (uint e = lid; e < E; e += WG) {
-        float l = logits[row + e];
+        float l = lg[e];
         float v = l;
         if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED) {
             v = 1.0 / (1.0 + exp(-l));
@@ -205,18 +252,18 @@ void main()
         // topk_softmax: a NaN among the chosen logits, or a +inf/-inf top
         // logit, makes the k-way softmax NaN (as max-subtraction does in the
         // reference); written out because compilers fold l - l to 0.
-        const float top = logits[row + sel_i[0]];
+        const float top = lg[sel_i[0]];
         bool bad = isinf(top);
         for (uint j = 0; j < K; j++)
-            bad = bad || isnan(logits[row + sel_i[j]]);
+            bad = bad || isnan(lg[sel_i[j]]);
         for (uint j = 0; j < K; j++) {
             uint e = sel_i[j];
-            float l = logits[row + e];
+            float l = lg[e];
             float w;
             if (ROUTING == MVK_ROUTING_SOFTMAX_TOPK)
                 w = exp(l - m) / s;
             else if (ROUTING == MVK_ROUTING_TOPK_SOFTMAX)
-                w = exp(l - logits[row + sel_i[0]]);
+                w = exp(l - lg[sel_i[0]]);
             else
                 w = 1.0 / (1.0 + exp(-l));
             sel_v[j] = w;

@@ -104,17 +104,21 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
         .meta = mvk_ws_binding(ws, MVK_WS_META), .part = mvk_ws_binding(ws, MVK_WS_STATS_PART),
         .results = whole(L->results), .T = g->T, .E = d->num_experts, .K = d->top_k,
     };
+    /* a small pass computes its logits in the route dispatch (same bits) */
+    const bool fused = g->T <= MVK_ROUTE_FUSED_MAX_TOKENS;
     for (uint32_t t0 = 0; t0 < g->T; t0 += g->route_chunk) {
         const uint32_t t1 = (uint32_t)MVK_MIN((uint64_t)t0 + g->route_chunk, (uint64_t)g->T);
-        timer_begin(c, tm);
-        mvk_router_args ra = {
-            .x = io->x, .w = whole(L->router_w), .bias = whole(L->router_b), .logits = logits,
-            .tok0 = t0, .T = t1, .out_tok0 = t0, .H = d->hidden, .E = d->num_experts,
-            .w_fmt = L->r_fmt,
-        };
-        mvk_op_router_logits(c, &ra);
-        mvk_cmd_barrier(c);
-        timer_end(c, tm, MOEVK_STAGE_ROUTER);
+        if (!fused) {
+            timer_begin(c, tm);
+            mvk_router_args ra = {
+                .x = io->x, .w = whole(L->router_w), .bias = whole(L->router_b),
+                .logits = logits, .tok0 = t0, .T = t1, .out_tok0 = t0, .H = d->hidden,
+                .E = d->num_experts, .w_fmt = L->r_fmt,
+            };
+            mvk_op_router_logits(c, &ra);
+            mvk_cmd_barrier(c);
+            timer_end(c, tm, MOEVK_STAGE_ROUTER);
+        }
         timer_begin(c, tm);
         mvk_route_args ro = {
             .logits = logits, .corr_bias = whole(L->corr_b),
@@ -125,6 +129,8 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .routing = (uint32_t)d->routing, .norm = d->norm_topk_prob != 0,
             .n_group = d->n_group, .topk_group = d->topk_group,
             .scale = d->routed_scaling_factor,
+            .fused = fused, .x = io->x, .router_w = whole(L->router_w),
+            .router_b = whole(L->router_b), .H = d->hidden, .w_fmt = L->r_fmt,
         };
         mvk_op_route(c, &ro);
         mvk_cmd_barrier(c);

@@ -39,6 +39,11 @@ typedef struct mvk_route_args {
     uint32_t logit_tok0; /* logits row of token t is t - logit_tok0 */
     uint32_t E, K, routing, norm, n_group, topk_group;
     float scale;
+    /* fused: the router logits computed in the same dispatch (written to
+     * logits too), from x [T, H] and the router weight/bias */
+    bool fused;
+    mvk_binding x, router_w, router_b;
+    uint32_t H, w_fmt;
 } mvk_route_args;
 void mvk_op_route(mvk_cmd *c, const mvk_route_args *a);
 

@@ -5,17 +5,19 @@
 #include "ops.h"
 #include "kernels.h"
 
-#define ROUTE_WG 128u
 
 _Static_assert(MOEVK_ROUTING_SOFTMAX_TOPK == MVK_ROUTING_SOFTMAX_TOPK &&
                    MOEVK_ROUTING_TOPK_SOFTMAX == MVK_ROUTING_TOPK_SOFTMAX &&
                    MOEVK_ROUTING_SIGMOID_GROUPED == MVK_ROUTING_SIGMOID_GROUPED,
                "moevk_routing mirrors interface.h");
 _Static_assert(MOEVK_MAX_EXPERTS <= MVK_ROUTE_MAX_EXPERTS, "route.comp holds every expert");
+_Static_assert(MVK_ROUTE_WG == MVK_ROUTER_WG, "a fused route computes logits as the router does");
+_Static_assert(8u * MVK_ROUTE_WG <= MVK_ROUTE_MAX_EXPERTS, "route.comp reduces 8 logits in gs");
 
 void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
 {
-    const uint32_t spec[MVK_ROUTE_NSPEC] = {ROUTE_WG, a->routing, a->norm ? 1u : 0u};
+    const uint32_t spec[MVK_ROUTE_NSPEC] = {MVK_ROUTE_WG, a->routing, a->norm ? 1u : 0u,
+                                            a->fused, a->fused ? a->w_fmt : 0u};
     const uint32_t per = c->ctx->info.max_workgroup_count[0];
     mvk_binding b[MVK_ROUTE_BINDINGS];
     b[MVK_ROUTE_BIND_LOGITS] = a->logits;
@@ -23,11 +25,15 @@ void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
     b[MVK_ROUTE_BIND_IDS] = a->ids;
     b[MVK_ROUTE_BIND_WEIGHTS] = a->weights;
     b[MVK_ROUTE_BIND_TOKSTATS] = a->tokstats;
+    b[MVK_ROUTE_BIND_X] = a->fused ? a->x : (mvk_binding){0};
+    b[MVK_ROUTE_BIND_ROUTER_W] = a->fused ? a->router_w : (mvk_binding){0};
+    b[MVK_ROUTE_BIND_ROUTER_B] = a->fused ? a->router_b : (mvk_binding){0};
     for (uint32_t t0 = a->tok0; t0 < a->T; t0 += per) {
         mvk_route_push p = {
             .T = a->T, .E = a->E, .K = a->K, .n_group = a->n_group, .topk_group = a->topk_group,
             .has_bias = a->corr_bias.buffer != VK_NULL_HANDLE, .tok0 = t0, .scale = a->scale,
-            .logit_tok0 = a->logit_tok0,
+            .logit_tok0 = a->logit_tok0, .H = a->H,
+            .has_router_bias = a->fused && a->router_b.buffer != VK_NULL_HANDLE,
         };
         mvk_cmd_dispatch(c, MVK_K_ROUTE, spec, MVK_ROUTE_NSPEC, b, MVK_ROUTE_BINDINGS, &p,
                          sizeof(p), MVK_MIN(per, a->T - t0), 1, 1);

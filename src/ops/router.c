@@ -6,7 +6,6 @@
 #include "formats.h"
 #include "kernels.h"
 
-#define ROUTER_WG 128u
 #define SCORES_WG 128u
 
 void mvk_op_router_logits(mvk_cmd *c, const mvk_router_args *a)
@@ -18,7 +17,7 @@ void mvk_op_router_logits(mvk_cmd *c, const mvk_router_args *a)
                                  "router: E = %u exceeds the device's workgroup count", a->E);
         return;
     }
-    const uint32_t spec[MVK_ROUTER_NSPEC] = {ROUTER_WG, a->w_fmt};
+    const uint32_t spec[MVK_ROUTER_NSPEC] = {MVK_ROUTER_WG, a->w_fmt};
     /* tokens per dispatch so that the grid's y stays within the limit */
     const uint64_t per = (uint64_t)MVK_MIN(ctx->info.max_workgroup_count[1], 65535u) *
                          MVK_ROUTER_TOKENS;
