@@ -1346,7 +1346,7 @@ static void expect_values(const void *p, moevk_dtype dt, const float *want, size
     free(got);
 }
 
-/* count experts of a moevk_expert_weights against canonical [E, F, H] gate/up,
+/* `count` experts of a moevk_expert_weights against canonical [E, F, H] gate/up,
  * [E, H, F] down and [E, F], [E, F], [E, H] biases. */
 static void expect_experts(const arch_row *r, const mvk_st_set *set, const moevk_expert_weights *w,
                            moevk_dtype dt, uint32_t count, size_t F, size_t H,
@@ -1362,7 +1362,7 @@ static void expect_experts(const arch_row *r, const mvk_st_set *set, const moevk
             const void *m = per[i]    ? per[i][e]
                             : base[i] ? (const uint8_t *)base[i] + (size_t)e * F * H * es
                                       : NULL;
-            snprintf(label, sizeof label, "%s %s of", kind, what[i]);
+            snprintf(label, sizeof label, "%s of %s", what[i], kind);
             expect_values(m, dt, want[i] ? want[i] + (size_t)e * F * H : NULL, F * H, r->name,
                           label, e);
             if (m)
