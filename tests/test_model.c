@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "model/arch.h"
 #include "model/hf_config.h"
 #include "model/model_layer.h"
 #include "model/model_util.h"
@@ -1657,6 +1658,318 @@ ParameterizedTest(const size_t *index, model, architecture, .timeout = 120)
     canon_free(&c);
     canon_free(&other);
     dir_remove(t.dir);
+}
+
+/* ---- the descriptor table, and a descriptor outside it ----------------------- */
+
+/* Whether pattern names a tensor per expert ("{i}" in it). */
+static int per_expert_name(const char *pattern)
+{
+    return pattern && strstr(pattern, "{i}");
+}
+
+/* What every descriptor must hold (the checklist in src/model/arch.c). */
+Test(model, descriptors_are_complete)
+{
+    size_t n = 0;
+    for (const mvk_arch *a; (a = mvk_arch_get(n)); n++) {
+        const char *name = mvk_arch_name(a);
+        for (size_t i = 0; i < MVK_ARCH_NAMES && a->model_types[i]; i++)
+            cr_expect_eq(mvk_arch_find(a->model_types[i]), a, "%s: model_type %s", name,
+                         a->model_types[i]);
+        static const mvk_cfg_field needed[] = {MVK_CFG_HIDDEN, MVK_CFG_FFN, MVK_CFG_EXPERTS,
+                                               MVK_CFG_TOP_K, MVK_CFG_NUM_LAYERS};
+        for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++)
+            cr_expect_not_null(mvk_arch_key_of(a, needed[i]), "%s: no key for field %d", name,
+                               (int)needed[i]);
+        size_t nkeys = 0;
+        while (nkeys < MVK_ARCH_KEYS && a->keys[nkeys].field != MVK_CFG_END)
+            nkeys++;
+        cr_expect_lt(nkeys, MVK_ARCH_KEYS, "%s: the key list has no end", name);
+        for (size_t i = 0; i < nkeys; i++)
+            for (size_t j = i + 1; j < nkeys; j++)
+                cr_expect_neq(a->keys[i].field, a->keys[j].field, "%s: field %d read twice",
+                              name, (int)a->keys[i].field);
+        cr_expect(a->act.key ? a->act.names && a->act.names[0].name : a->act.def != NULL,
+                  "%s: activation", name);
+        cr_expect(a->layer_prefixes[0] && strstr(a->layer_prefixes[0], "{N}"),
+                  "%s: layer prefix", name);
+        cr_expect_eq(a->sparse == MVK_SPARSE_ENCODER_DECODER,
+                     a->decoder_prefix && mvk_arch_key_of(a, MVK_CFG_NUM_DECODER_LAYERS),
+                     "%s: a decoder stack needs decoder_prefix and num_decoder_layers", name);
+        cr_expect_not_null(a->router, "%s: router", name);
+        int readable = 0;
+        for (size_t i = 0; i < MVK_ARCH_LAYOUTS && a->layouts[i]; i++) {
+            const mvk_arch_layout *l = a->layouts[i];
+            const int per = l->kind == MVK_LAYOUT_PER_EXPERT;
+            if (l->kind == MVK_LAYOUT_REFUSED) {
+                cr_expect(l->gate && l->why, "%s: a refused layout needs gate and why", name);
+                continue;
+            }
+            readable++;
+            cr_expect_not_null(l->what, "%s: layout %zu is not described", name, i);
+            /* per-expert: up and down (and gate) per expert; stacked: gate_up and down */
+            cr_expect(per ? per_expert_name(l->up) && per_expert_name(l->down) &&
+                                (!l->gate || per_expert_name(l->gate))
+                          : l->gate && l->down && !l->up && !per_expert_name(l->gate) &&
+                                !per_expert_name(l->down),
+                      "%s: layout %s names", name, l->what);
+            cr_expect_eq(!l->gate_bias, !l->down_bias, "%s: layout %s biases", name, l->what);
+        }
+        cr_expect_gt(readable, 0, "%s: no readable layout", name);
+        if (mvk_arch_key_of(a, MVK_CFG_SHARED_FFN) || mvk_arch_key_of(a, MVK_CFG_SHARED_EXPERTS))
+            cr_expect(a->shared[0] && a->shared[1] && a->shared[2], "%s: shared names", name);
+        else
+            cr_expect(!a->shared[0] && !a->shared_gate, "%s: shared names without a size", name);
+        /* the defaults make a valid config, and the listed message names it */
+        char json[128], list[256];
+        snprintf(json, sizeof json, "{\"model_type\": \"%s\"}", name);
+        mvk_moe_config c = parse_ok(json);
+        cr_expect_eq(c.arch, a);
+        mvk_hf_config_free(&c);
+        cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
+    }
+    cr_assert_eq(n, 7, "the table has %zu architectures", n);
+    cr_expect_null(mvk_arch_find("llama"));
+    cr_expect_null(mvk_arch_find(NULL));
+    char list[256];
+    cr_expect_str_eq(mvk_arch_list(list, sizeof list, mvk_arch_has_decoder),
+                     "switch_transformers");
+    cr_expect_str_eq(mvk_arch_list(list, sizeof list, mvk_arch_has_capacity),
+                     "switch_transformers");
+    char small[12];
+    cr_expect_str_eq(mvk_arch_list(small, sizeof small, NULL), "mixtral"); /* cut at a name */
+}
+
+Test(model, name_patterns_expand)
+{
+    char buf[64], tiny[8];
+    cr_assert_eq(mvk_arch_expand(buf, sizeof buf, "m.", "experts.{i}.w1", 12), 0);
+    cr_expect_str_eq(buf, "m.experts.12.w1");
+    cr_assert_eq(mvk_arch_expand(buf, sizeof buf, "", "model.layers.{N}.mlp.", 4294967295u), 0);
+    cr_expect_str_eq(buf, "model.layers.4294967295.mlp.");
+    /* a prefix is taken as it is */
+    cr_assert_eq(mvk_arch_expand(buf, sizeof buf, "a{N}{i}.", "{x}gate", 3), 0);
+    cr_expect_str_eq(buf, "a{N}{i}.{x}gate");
+    cr_expect_eq(mvk_arch_expand(tiny, sizeof tiny, "", "abcd{i}", 1234), -1);
+    cr_expect_str_eq(tiny, "");
+    cr_assert_eq(mvk_arch_expand(tiny, sizeof tiny, "", "abc{i}", 123), 0);
+    cr_expect_str_eq(tiny, "abc123");
+}
+
+/* A descriptor the table does not have, with names of its own: the generic
+ * reader and loader handle it like the table's. */
+static const mvk_act_name toy_acts[] = {{"swish", MOEVK_ACT_SWIGLU},
+                                        {"gelu", MOEVK_ACT_GEGLU},
+                                        {NULL, MOEVK_ACT_SWIGLU}};
+static const mvk_arch_layout toy_layout = {
+    .kind = MVK_LAYOUT_PER_EXPERT,
+    .what = "toy fc1/fc3/fc2",
+    .gate = "ffn.fc1.{i}",
+    .up = "ffn.fc3.{i}",
+    .down = "ffn.fc2.{i}",
+};
+static const mvk_arch toy_arch = {
+    .model_types = {"toy_moe"},
+    .keys = {{.field = MVK_CFG_HIDDEN, .names = {"d_embed"}, .required = 1},
+             {.field = MVK_CFG_FFN, .names = {"d_expert"}, .def = 8},
+             {.field = MVK_CFG_EXPERTS, .names = {"n_experts", "experts"}, .def = 4},
+             {.field = MVK_CFG_TOP_K, .names = {"k"}, .def = 2},
+             {.field = MVK_CFG_NORM_TOPK, .def = 1},
+             {.field = MVK_CFG_NUM_LAYERS, .names = {"n_layers"}, .def = 4},
+             {.field = MVK_CFG_FIRST_K_DENSE, .names = {"dense_first"}, .def = 1}},
+    .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+    .act = {.key = "act", .def = "swish", .names = toy_acts},
+    .sparse = MVK_SPARSE_DECODER,
+    .layer_prefixes = {"blocks.{N}.moe."},
+    .router = "route.w",
+    .router_bias = "route.b",
+    .layouts = {&toy_layout},
+};
+
+static mvk_moe_config toy_parse(const char *json)
+{
+    char err[512];
+    mvk_moe_config c;
+    cr_assert_eq(mvk_hf_config_parse_as(&toy_arch, json, strlen(json), "toy.json", &c, err,
+                                        sizeof err),
+                 0, "%s: %s", json, err);
+    return c;
+}
+
+Test(model, a_new_architecture_is_one_descriptor)
+{
+    char err[512] = "";
+    mvk_moe_config c;
+    const char *no_h = "{\"d_expert\": 4}";
+    cr_assert_eq(mvk_hf_config_parse_as(&toy_arch, no_h, strlen(no_h), "toy.json", &c, err,
+                                        sizeof err),
+                 -1);
+    cr_expect(strstr(err, "toy.json: \"d_embed\" is required (toy_moe has no default for it)"),
+              "%s", err);
+    const char *bad_act = "{\"d_embed\": 8, \"act\": \"silu\"}";
+    cr_assert_eq(mvk_hf_config_parse_as(&toy_arch, bad_act, strlen(bad_act), "toy.json", &c,
+                                        err, sizeof err),
+                 -1);
+    cr_expect(strstr(err, "\"act\" = \"silu\" is not supported (swish, gelu)"), "%s", err);
+    c = toy_parse("{\"d_embed\": 16, \"experts\": 3, \"act\": \"gelu\"}");
+    cr_expect(c.hidden == 16 && c.ffn == 8 && c.num_experts == 3 && c.top_k == 2 &&
+                  c.norm_topk_prob == 1 && c.activation == MOEVK_ACT_GEGLU &&
+                  c.router_bias && !c.correction_bias && c.first_k_dense_replace == 1,
+              "H %u F %u E %u k %u", c.hidden, c.ffn, c.num_experts, c.top_k);
+    cr_expect_str_eq(mvk_arch_name(c.arch), "toy_moe");
+
+    /* its layers and prefixes */
+    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
+    int n;
+    cr_assert_eq(mvk_hf_layer_prefixes(&c, 3, 0, p, &n, err, sizeof err), 0, "%s", err);
+    cr_expect(n == 1 && !strcmp(p[0], "blocks.3.moe."), "%d %s", n, p[0]);
+    cr_expect_eq(mvk_hf_layer_prefixes(&c, 0, 0, p, &n, err, sizeof err), -1);
+    cr_expect(strstr(err, "layer 0 is a dense MLP layer (dense_first = 1)"), "%s", err);
+    cr_expect_eq(mvk_hf_layer_prefixes(&c, 4, 0, p, &n, err, sizeof err), -1);
+    cr_expect(strstr(err, "layer 4 is out of range: toy_moe has n_layers = 4"), "%s", err);
+    cr_expect_eq(mvk_hf_layer_prefixes(&c, 1, 1, p, &n, err, sizeof err), -1);
+    cr_expect(strstr(err, "--decoder is only for switch_transformers"), "%s", err);
+
+    /* a block under its names, loaded and compared as the table's rows are */
+    char dir[256], w[512];
+    dir_make(dir, sizeof dir);
+    mvkt_rng rng = mvkt_rng_make(17);
+    canon k;
+    canon_make(&k, &rng, 16, 8, 3, 2, 0, BF16, BF16, F32, WITH_RBIAS);
+    tlist *l = tl_new();
+    const char *P = "blocks.3.moe.";
+    tl_add(l, F32, 2, SH(3, 16), k.router, "%sroute.w", P);
+    tl_add(l, k.bdt, 1, SH(3), k.rbias, "%sroute.b", P);
+    for (uint32_t i = 0; i < 3; i++) {
+        tl_add(l, BF16, 2, SH(8, 16), k.gate + i * 128, "%sffn.fc1.%u", P, i);
+        tl_add(l, BF16, 2, SH(8, 16), k.up + i * 128, "%sffn.fc3.%u", P, i);
+        tl_add(l, BF16, 2, SH(16, 8), k.down + i * 128, "%sffn.fc2.%u", P, i);
+    }
+    tl_write(l, join(w, sizeof w, dir, "toy.safetensors"), 0, l->n);
+    tl_free(l);
+    const arch_row r = {.name = "toy_moe", .model_type = "toy_moe", .H = 16, .F = 8, .E = 3,
+                        .K = 2, .wdt = BF16, .prefix = "blocks.3.moe.",
+                        .want = {.activation = MOEVK_ACT_GEGLU, .norm_topk_prob = 1,
+                                 .weight_dtype = BF16, .router_dtype = F32},
+                        .want_layout = "toy fc1/fc3/fc2", .want_mapped = 1};
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    cr_assert_eq(mvk_st_set_add_file(&set, w, err, sizeof err), 0, "%s", err);
+    mvk_model_layer L;
+    const char *pp[] = {p[0]};
+    cr_assert_eq(mvk_model_layer_build_any(&c, &set, pp, 1, &L, err, sizeof err), 0, "%s", err);
+    expect_layer(&r, &L, &set, &k);
+    mvk_model_layer_free(&L);
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&c);
+    canon_free(&k);
+    dir_remove(dir);
+}
+
+/* ---- which layout, and what is missing ----------------------------------------- */
+
+typedef struct st_decl {
+    const char *name, *dtype;
+    uint32_t ndim;
+    uint64_t shape[3];
+} st_decl;
+
+/* The loader given config.json `json` and zero-filled tensors `t` (ended by
+ * a NULL name) under prefix "" fails, saying msg. */
+static void build_refused(const char *json, const st_decl *t, const char *msg)
+{
+    char dir[256], path[512], err[1024] = "";
+    dir_make(dir, sizeof dir);
+    tlist *l = tl_new();
+    for (; t->name; t++) {
+        uint64_t n = 1;
+        for (uint32_t i = 0; i < t->ndim; i++)
+            n *= t->shape[i];
+        tl_raw(l, t->name, t->dtype, t->ndim, t->shape, calloc(n * 4 + 1, 1));
+    }
+    tl_write(l, join(path, sizeof path, dir, "w.safetensors"), 0, l->n);
+    tl_free(l);
+    mvk_moe_config c = parse_ok(json);
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    cr_assert_eq(mvk_st_set_add_file(&set, path, err, sizeof err), 0, "%s", err);
+    mvk_model_layer L;
+    cr_expect_eq(mvk_model_layer_build(&c, &set, "", &L, err, sizeof err), -1, "%s: built",
+                 json);
+    cr_expect(strstr(err, msg), "%s: '%s' does not say '%s'", json, err, msg);
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&c);
+    dir_remove(dir);
+}
+
+#define TINY(mt, f) "{\"model_type\": \"" mt "\", \"hidden_size\": 4, \"" f "\": 2,"
+#define TINY_MIXTRAL TINY("mixtral", "intermediate_size") " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_QWEN3 TINY("qwen3_moe", "moe_intermediate_size") " \"num_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_OSS TINY("gpt_oss", "intermediate_size") " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_SWITCH                                                                             \
+    "{\"model_type\": \"switch_transformers\", \"d_model\": 4, \"d_ff\": 2,"                   \
+    " \"num_experts\": 2, \"router_bias\": true}"
+
+Test(model, layout_choice_and_missing_tensors)
+{
+    const st_decl gate[] = {{"gate.weight", "F32", 2, {2, 4}}, {NULL}};
+    build_refused(TINY_MIXTRAL, gate,
+                  "missing tensor 'experts.0.w1.weight' (nor 'experts.0.gate_proj.weight' or "
+                  "the stacked 'experts.gate_up_proj')");
+    build_refused(TINY_QWEN3, gate,
+                  "missing tensor 'experts.0.w1.weight' (nor 'experts.0.gate_proj.weight' or "
+                  "the stacked 'experts.gate_up_proj')");
+    /* a stacked gate_up without its down */
+    const st_decl half[] = {{"gate.weight", "F32", 2, {2, 4}},
+                            {"experts.gate_up_proj", "F32", 3, {2, 4, 4}},
+                            {NULL}};
+    build_refused(TINY_QWEN3, half, "missing tensor 'experts.down_proj'");
+    /* one layout: its first missing tensor */
+    const st_decl router[] = {{"router.classifier.weight", "F32", 2, {2, 4}},
+                              {"router.classifier.bias", "F32", 1, {2}},
+                              {NULL}};
+    build_refused(TINY_SWITCH, router, "missing tensor 'experts.expert_0.wi.weight'");
+    const st_decl no_bias[] = {{"router.classifier.weight", "F32", 2, {2, 4}}, {NULL}};
+    build_refused(TINY_SWITCH, no_bias, "missing tensor 'router.classifier.bias'");
+    const st_decl oss_router[] = {{"router.weight", "F32", 2, {2, 4}},
+                                  {"router.bias", "F32", 1, {2}},
+                                  {NULL}};
+    build_refused(TINY_OSS, oss_router, "missing tensor 'experts.gate_up_proj'");
+    /* MXFP4 experts: refused, naming the tensor and its dtype */
+    const st_decl mxfp4[] = {{"router.weight", "F32", 2, {2, 4}},
+                             {"router.bias", "F32", 1, {2}},
+                             {"experts.gate_up_proj_blocks", "U8", 3, {2, 4, 2}},
+                             {"experts.gate_up_proj_scales", "U8", 2, {2, 4}},
+                             {NULL}};
+    build_refused(TINY_OSS, mxfp4,
+                  "tensor 'experts.gate_up_proj_blocks' has unsupported dtype U8: the experts "
+                  "are MXFP4-quantized");
+    /* gpt-oss' expert biases are required */
+    const st_decl oss[] = {{"router.weight", "F32", 2, {2, 4}},
+                           {"router.bias", "F32", 1, {2}},
+                           {"experts.gate_up_proj", "F32", 3, {2, 4, 4}},
+                           {"experts.gate_up_proj_bias", "F32", 2, {2, 4}},
+                           {"experts.down_proj", "F32", 3, {2, 2, 4}},
+                           {NULL}};
+    build_refused(TINY_OSS, oss, "missing tensor 'experts.down_proj_bias'");
+    /* deepseek_v3's correction bias; qwen2_moe's shared-expert gate */
+    const st_decl ds[] = {{"gate.weight", "F32", 2, {2, 4}}, {NULL}};
+    build_refused("{\"model_type\": \"deepseek_v3\", \"hidden_size\": 4, \"moe_intermediate_size\": 2,"
+                  " \"n_routed_experts\": 2, \"num_experts_per_tok\": 1, \"n_group\": 1,"
+                  " \"topk_group\": 1}",
+                  ds, "missing tensor 'gate.e_score_correction_bias'");
+    const st_decl q2[] = {{"gate.weight", "F32", 2, {2, 4}},
+                          {"experts.gate_up_proj", "F32", 3, {2, 4, 4}},
+                          {"experts.down_proj", "F32", 3, {2, 4, 2}},
+                          {"shared_expert.gate_proj.weight", "F32", 2, {2, 4}},
+                          {"shared_expert.up_proj.weight", "F32", 2, {2, 4}},
+                          {"shared_expert.down_proj.weight", "F32", 2, {4, 2}},
+                          {NULL}};
+    build_refused("{\"model_type\": \"qwen2_moe\", \"hidden_size\": 4, \"moe_intermediate_size\": 2,"
+                  " \"num_experts\": 2, \"num_experts_per_tok\": 1,"
+                  " \"shared_expert_intermediate_size\": 2}",
+                  q2, "missing tensor 'shared_expert_gate.weight'");
 }
 
 Test(model, run_reports_bad_input_cleanly)
