@@ -804,6 +804,11 @@ static void parse_bad(const char *json, const char *msg)
 /* One config.json per row and every field the parser derives from it:
  * transformers' class defaults where a key is absent, the aliases, the
  * fields an architecture fixes whatever the file says. */
+/* The routing fields mvk_moe_config and moevk_layer_desc share. */
+#define ROUTING_FIELDS(X)                                                                       \
+    X(routing) X(activation) X(norm_topk_prob) X(n_group) X(topk_group)                         \
+    X(routed_scaling_factor) X(swiglu_alpha) X(swiglu_limit)
+
 typedef struct config_row {
     const char *json;
     const char *model_type;
@@ -912,32 +917,25 @@ Test(model, config_fields_and_defaults_follow_transformers)
         cr_expect_str_eq(g.act_name, w->act_name, "%s", r->json);
 #define SAME(f)                                                                                \
     cr_expect_eq(g.f, w->f, "%s: " #f " is %.9g, expected %.9g", r->json, (double)g.f,         \
-                 (double)w->f)
-        SAME(hidden);
-        SAME(ffn);
-        SAME(num_experts);
-        SAME(top_k);
-        SAME(routing);
-        SAME(activation);
-        SAME(norm_topk_prob);
-        SAME(n_group);
-        SAME(topk_group);
-        SAME(routed_scaling_factor);
-        SAME(swiglu_alpha);
-        SAME(swiglu_limit);
-        SAME(shared_ffn);
-        SAME(shared_gate);
-        SAME(router_bias);
-        SAME(correction_bias);
-        SAME(expert_bias);
-        SAME(num_layers);
-        SAME(decoder_sparse_step);
-        SAME(n_mlp_only_layers);
-        SAME(first_k_dense_replace);
-        SAME(expert_capacity);
-        SAME(num_decoder_layers);
-        SAME(encoder_sparse_step);
-        SAME(decoder_sparse_step_sw);
+                 (double)w->f);
+        SAME(hidden)
+        SAME(ffn)
+        SAME(num_experts)
+        SAME(top_k)
+        ROUTING_FIELDS(SAME)
+        SAME(shared_ffn)
+        SAME(shared_gate)
+        SAME(router_bias)
+        SAME(correction_bias)
+        SAME(expert_bias)
+        SAME(num_layers)
+        SAME(decoder_sparse_step)
+        SAME(n_mlp_only_layers)
+        SAME(first_k_dense_replace)
+        SAME(expert_capacity)
+        SAME(num_decoder_layers)
+        SAME(encoder_sparse_step)
+        SAME(decoder_sparse_step_sw)
 #undef SAME
         for (uint32_t k = 0; k < g.n_mlp_only_layers && k < 2; k++)
             cr_expect_eq(g.mlp_only_layers[k], r->want_mlp_only[k], "%s", r->json);
@@ -1390,23 +1388,16 @@ static void expect_layer(const arch_row *r, const mvk_model_layer *L, const mvk_
     cr_expect_str_eq(L->prefix, r->prefix, "%s", r->name);
 #define SAME(f)                                                                                \
     cr_expect_eq(d->f, w->f, "%s: desc." #f " is %.9g, expected %.9g", r->name, (double)d->f,  \
-                 (double)w->f)
+                 (double)w->f);
     cr_expect(d->hidden == r->H && d->ffn == r->F && d->num_experts == r->E &&
                   d->top_k == r->K,
               "%s: H %u F %u E %u k %u", r->name, d->hidden, d->ffn, d->num_experts, d->top_k);
-    SAME(routing);
-    SAME(activation);
-    SAME(norm_topk_prob);
-    SAME(n_group);
-    SAME(topk_group);
-    SAME(routed_scaling_factor);
-    SAME(capacity_factor);
-    SAME(swiglu_alpha);
-    SAME(swiglu_limit);
-    SAME(weight_dtype);
-    SAME(router_dtype);
-    SAME(num_shared);
-    SAME(shared_ffn);
+    ROUTING_FIELDS(SAME)
+    SAME(capacity_factor)
+    SAME(weight_dtype)
+    SAME(router_dtype)
+    SAME(num_shared)
+    SAME(shared_ffn)
 #undef SAME
     cr_expect_null(d->workspace, "%s", r->name);
     const size_t H = r->H, E = r->E;

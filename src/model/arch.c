@@ -15,16 +15,20 @@
  *     (Mixtral's NORM_TOPK 1). A default computed from other fields is a
  *     def_of function (switch_transformers' sparse steps); keys it reads
  *     come before it.
- *  3. routing and act: the routing mode; the activation key, its default
- *     and its names (gated_acts, ffn_acts, or a new list), or `fixed`.
+ *  3. routing, and act: the activation key, its default and its names
+ *     (gated_acts, ffn_acts, or a new list), or `fixed`.
  *  4. sparse, layer_prefixes (and decoder_prefix): which layers are MoE
  *     blocks and where their tensors are ("model.layers.{N}.mlp.").
  *  5. router (and router_bias, correction_bias): names under the prefix.
  *  6. layouts, in the order they are probed (a layout is chosen by its
- *     first tensor: expert 0's gate, or up when not gated): reuse
+ *     first tensor: expert 0's gate, or up when not gated; none there: the
+ *     only readable one, else an error naming each): reuse
  *     per_expert_w123, per_expert_proj, stacked, or write a new
  *     mvk_arch_layout of one of the kinds; a form that is recognised but
  *     not readable is a MVK_LAYOUT_REFUSED entry saying why.
+ *     A decoder-only block in transformers' usual form (router
+ *     "gate.weight", those three layouts, hidden_act) is HF_DECODER_BLOCK
+ *     for 3 to 6, less the routing and the layer prefixes.
  *  7. shared and shared_gate when a SHARED_FFN or SHARED_EXPERTS key can
  *     make shared_ffn > 0.
  *  8. Tests (tests/test_model.c): a config_rows row (fields and defaults),
@@ -143,6 +147,12 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
 
 #define DECODER_LAYER "model.layers.{N}.mlp."
 
+/* What the decoder-only blocks share: the "gate" router, the published
+ * layouts (transformers 5 stacked first), hidden_act, one layer stack. */
+#define HF_DECODER_BLOCK                                                                        \
+    .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",                  \
+    .layouts = {&stacked, &per_expert_w123, &per_expert_proj}
+
 static const mvk_arch archs[] = {
     {
         .model_types = {"mixtral"},
@@ -151,12 +161,9 @@ static const mvk_arch archs[] = {
                  KEY(NUM_LAYERS, 32, "num_hidden_layers"),
                  FIXED(NORM_TOPK, 1) /* MixtralSparseMoeBlock always renormalises */},
         .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
-        .act = HIDDEN_ACT,
-        .sparse = MVK_SPARSE_DECODER,
+        HF_DECODER_BLOCK,
         /* published checkpoints (transformers 4), then transformers 5 naming */
         .layer_prefixes = {"model.layers.{N}.block_sparse_moe.", DECODER_LAYER},
-        .router = "gate.weight",
-        .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
     },
     {
         .model_types = {"qwen2_moe"},
@@ -167,11 +174,8 @@ static const mvk_arch archs[] = {
                  KEY(NUM_LAYERS, 24, "num_hidden_layers"),
                  KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
         .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
-        .act = HIDDEN_ACT,
-        .sparse = MVK_SPARSE_DECODER,
+        HF_DECODER_BLOCK,
         .layer_prefixes = {DECODER_LAYER},
-        .router = "gate.weight",
-        .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
         .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
                    "shared_expert.down_proj.weight"},
         .shared_gate = "shared_expert_gate.weight",
@@ -184,11 +188,8 @@ static const mvk_arch archs[] = {
                  KEY(NUM_LAYERS, 24, "num_hidden_layers"),
                  KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
         .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
-        .act = HIDDEN_ACT,
-        .sparse = MVK_SPARSE_DECODER,
+        HF_DECODER_BLOCK,
         .layer_prefixes = {DECODER_LAYER},
-        .router = "gate.weight",
-        .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
     },
     {
         .model_types = {"deepseek_v3"},
@@ -201,12 +202,9 @@ static const mvk_arch archs[] = {
                  KEY(FIRST_K_DENSE, 3, "first_k_dense_replace"),
                  KEY(NUM_LAYERS, 61, "num_hidden_layers")},
         .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
-        .act = HIDDEN_ACT,
-        .sparse = MVK_SPARSE_DECODER,
+        HF_DECODER_BLOCK,
         .layer_prefixes = {DECODER_LAYER},
-        .router = "gate.weight",
         .correction_bias = "gate.e_score_correction_bias",
-        .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
         .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",
                    "shared_experts.down_proj.weight"},
     },
@@ -217,11 +215,8 @@ static const mvk_arch archs[] = {
                  KEY(TOP_K, 8, "num_experts_per_tok"), KEY(NORM_TOPK, 0, "norm_topk_prob"),
                  KEY(NUM_LAYERS, 16, "num_hidden_layers")},
         .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
-        .act = HIDDEN_ACT,
-        .sparse = MVK_SPARSE_DECODER,
+        HF_DECODER_BLOCK,
         .layer_prefixes = {DECODER_LAYER},
-        .router = "gate.weight",
-        .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
     },
     {
         .model_types = {"gpt_oss"},
