@@ -1895,9 +1895,12 @@ static void build_refused(const char *json, const st_decl *t, const char *msg)
 }
 
 #define TINY(mt, f) "{\"model_type\": \"" mt "\", \"hidden_size\": 4, \"" f "\": 2,"
-#define TINY_MIXTRAL TINY("mixtral", "intermediate_size") " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}"
-#define TINY_QWEN3 TINY("qwen3_moe", "moe_intermediate_size") " \"num_experts\": 2, \"num_experts_per_tok\": 1}"
-#define TINY_OSS TINY("gpt_oss", "intermediate_size") " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_MIXTRAL                                                                            \
+    TINY("mixtral", "intermediate_size") " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_QWEN3                                                                              \
+    TINY("qwen3_moe", "moe_intermediate_size") " \"num_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_OSS                                                                                \
+    TINY("gpt_oss", "intermediate_size") " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}"
 #define TINY_SWITCH                                                                             \
     "{\"model_type\": \"switch_transformers\", \"d_model\": 4, \"d_ff\": 2,"                   \
     " \"num_experts\": 2, \"router_bias\": true}"
@@ -1946,7 +1949,8 @@ Test(model, layout_choice_and_missing_tensors)
     build_refused(TINY_OSS, oss, "missing tensor 'experts.down_proj_bias'");
     /* deepseek_v3's correction bias; qwen2_moe's shared-expert gate */
     const st_decl ds[] = {{"gate.weight", "F32", 2, {2, 4}}, {NULL}};
-    build_refused("{\"model_type\": \"deepseek_v3\", \"hidden_size\": 4, \"moe_intermediate_size\": 2,"
+    build_refused("{\"model_type\": \"deepseek_v3\", \"hidden_size\": 4,"
+                  " \"moe_intermediate_size\": 2,"
                   " \"n_routed_experts\": 2, \"num_experts_per_tok\": 1, \"n_group\": 1,"
                   " \"topk_group\": 1}",
                   ds, "missing tensor 'gate.e_score_correction_bias'");
@@ -1957,7 +1961,8 @@ Test(model, layout_choice_and_missing_tensors)
                           {"shared_expert.up_proj.weight", "F32", 2, {2, 4}},
                           {"shared_expert.down_proj.weight", "F32", 2, {4, 2}},
                           {NULL}};
-    build_refused("{\"model_type\": \"qwen2_moe\", \"hidden_size\": 4, \"moe_intermediate_size\": 2,"
+    build_refused("{\"model_type\": \"qwen2_moe\", \"hidden_size\": 4,"
+                  " \"moe_intermediate_size\": 2,"
                   " \"num_experts\": 2, \"num_experts_per_tok\": 1,"
                   " \"shared_expert_intermediate_size\": 2}",
                   q2, "missing tensor 'shared_expert_gate.weight'");

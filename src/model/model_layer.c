@@ -358,7 +358,10 @@ static int missing_layout(bctx *b)
     char msg[1536], name[512];
     size_t o = 0;
     for (size_t i = 0; i < n && o < sizeof msg; i++) {
-        const char *sep = i == 0 ? "missing tensor " : i == 1 ? " (nor " : i + 1 == n ? " or " : ", ";
+        const char *sep = i == 0       ? "missing tensor "
+                          : i == 1     ? " (nor "
+                          : i + 1 == n ? " or "
+                                       : ", ";
         o += (size_t)snprintf(msg + o, sizeof msg - o, "%s%s'%s'", sep,
                               lays[i]->kind == MVK_LAYOUT_PER_EXPERT ? "" : "the stacked ",
                               tensor_name(b, layout_probe(lays[i]), 0, name, sizeof name));
