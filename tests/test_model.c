@@ -6,6 +6,7 @@
  * reference computed from the same weights.
  */
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "model/arch.h"
 #include "model/hf_config.h"
 #include "model/model_layer.h"
 #include "model/model_util.h"
@@ -799,57 +801,146 @@ static void parse_bad(const char *json, const char *msg)
     parse_bad_n(json, strlen(json), msg);
 }
 
-Test(model, config_defaults_follow_transformers)
+/* One config.json per row and every field the parser derives from it:
+ * transformers' class defaults where a key is absent, the aliases, the
+ * fields an architecture fixes whatever the file says. */
+/* The routing fields mvk_moe_config and moevk_layer_desc share. */
+#define ROUTING_FIELDS(X)                                                                       \
+    X(routing) X(activation) X(norm_topk_prob) X(n_group) X(topk_group)                         \
+    X(routed_scaling_factor) X(swiglu_alpha) X(swiglu_limit)
+
+typedef struct config_row {
+    const char *json;
+    const char *model_type;
+    mvk_moe_config want; /* .arch and .mlp_only_layers are compared apart */
+    uint32_t want_mlp_only[2];
+} config_row;
+
+#define SILU .activation = MOEVK_ACT_SWIGLU, .act_name = "silu"
+
+static const config_row config_rows[] = {
+    {"{\"model_type\": \"mixtral\"}", "mixtral",
+     {.hidden = 4096, .ffn = 14336, .num_experts = 8, .top_k = 2, .norm_topk_prob = 1, SILU,
+      .num_layers = 32, .decoder_sparse_step = 1}},
+    /* MixtralSparseMoeBlock always renormalises: norm_topk_prob is not read */
+    {"{\"model_type\": \"mixtral\", \"norm_topk_prob\": false, \"num_local_experts\": 4,"
+     " \"num_experts_per_tok\": 1, \"hidden_act\": \"gelu_pytorch_tanh\"}",
+     "mixtral",
+     {.hidden = 4096, .ffn = 14336, .num_experts = 4, .top_k = 1, .norm_topk_prob = 1,
+      .activation = MOEVK_ACT_GEGLU_TANH, .act_name = "gelu_pytorch_tanh", .num_layers = 32,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"qwen2_moe\"}", "qwen2_moe",
+     {.hidden = 2048, .ffn = 1408, .num_experts = 60, .top_k = 4, SILU, .shared_ffn = 5632,
+      .shared_gate = 1, .num_layers = 24, .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"qwen2_moe\", \"shared_expert_intermediate_size\": 0,"
+     " \"decoder_sparse_step\": 2, \"mlp_only_layers\": [3, 5], \"hidden_act\": \"gelu\","
+     " \"intermediate_size\": 99}",
+     "qwen2_moe",
+     {.hidden = 2048, .ffn = 1408, .num_experts = 60, .top_k = 4,
+      .activation = MOEVK_ACT_GEGLU, .act_name = "gelu", .num_layers = 24,
+      .decoder_sparse_step = 2, .n_mlp_only_layers = 2},
+     {3, 5}},
+    {"{\"model_type\": \"qwen3_moe\"}", "qwen3_moe",
+     {.hidden = 2048, .ffn = 768, .num_experts = 128, .top_k = 8, SILU, .num_layers = 24,
+      .decoder_sparse_step = 1}},
+    /* num_experts wins over num_local_experts */
+    {"{\"model_type\": \"qwen3_moe\", \"norm_topk_prob\": true, \"num_experts\": 16,"
+     " \"num_local_experts\": 32}",
+     "qwen3_moe",
+     {.hidden = 2048, .ffn = 768, .num_experts = 16, .top_k = 8, .norm_topk_prob = 1, SILU,
+      .num_layers = 24, .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"deepseek_v3\"}", "deepseek_v3",
+     {.hidden = 7168, .ffn = 2048, .num_experts = 256, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1, SILU, .n_group = 8,
+      .topk_group = 4, .routed_scaling_factor = 2.5f, .shared_ffn = 2048,
+      .correction_bias = 1, .num_layers = 61, .decoder_sparse_step = 1,
+      .first_k_dense_replace = 3}},
+    /* shared_ffn = n_shared_experts x moe_intermediate_size */
+    {"{\"model_type\": \"deepseek_v3\", \"n_shared_experts\": 2, \"moe_intermediate_size\": 100,"
+     " \"n_routed_experts\": 64, \"n_group\": 1, \"topk_group\": 1,"
+     " \"routed_scaling_factor\": 1.5, \"hidden_act\": \"swish\", \"norm_topk_prob\": false,"
+     " \"first_k_dense_replace\": 0}",
+     "deepseek_v3",
+     {.hidden = 7168, .ffn = 100, .num_experts = 64, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU,
+      .act_name = "swish", .n_group = 1, .topk_group = 1, .routed_scaling_factor = 1.5f,
+      .shared_ffn = 200, .correction_bias = 1, .num_layers = 61, .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"olmoe\"}", "olmoe",
+     {.hidden = 2048, .ffn = 2048, .num_experts = 64, .top_k = 8, SILU, .num_layers = 16,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"olmoe\", \"num_local_experts\": 32, \"norm_topk_prob\": true}", "olmoe",
+     {.hidden = 2048, .ffn = 2048, .num_experts = 32, .top_k = 8, .norm_topk_prob = 1, SILU,
+      .num_layers = 16, .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"gpt_oss\"}", "gpt_oss",
+     {.hidden = 2880, .ffn = 2880, .num_experts = 128, .top_k = 4,
+      .routing = MOEVK_ROUTING_TOPK_SOFTMAX, .activation = MOEVK_ACT_SWIGLU_OAI,
+      .act_name = "swiglu_oai", .swiglu_alpha = 1.702f, .swiglu_limit = 7.0f,
+      .router_bias = 1, .expert_bias = 1, .num_layers = 36, .decoder_sparse_step = 1}},
+    /* the aliases; hidden_act is not read (gpt-oss' activation is fixed) */
+    {"{\"model_type\": \"gpt_oss\", \"swiglu_limit\": 3.5, \"experts_per_token\": 2,"
+     " \"num_experts\": 64, \"hidden_act\": \"gelu\", \"swiglu_alpha\": 1.5}",
+     "gpt_oss",
+     {.hidden = 2880, .ffn = 2880, .num_experts = 64, .top_k = 2,
+      .routing = MOEVK_ROUTING_TOPK_SOFTMAX, .activation = MOEVK_ACT_SWIGLU_OAI,
+      .act_name = "swiglu_oai", .swiglu_alpha = 1.5f, .swiglu_limit = 3.5f, .router_bias = 1,
+      .expert_bias = 1, .num_layers = 36, .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"switch_transformers\"}", "switch_transformers",
+     {.hidden = 768, .ffn = 2048, .num_experts = 8, .top_k = 1, .activation = MOEVK_ACT_RELU,
+      .act_name = "relu", .expert_capacity = 64, .num_layers = 12, .num_decoder_layers = 12,
+      .encoder_sparse_step = 4, .decoder_sparse_step_sw = 4, /* 12 // 3 */
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"switch_transformers\", \"d_model\": 16, \"num_layers\": 12,"
+     " \"num_sparse_encoder_layers\": 6, \"encoder_sparse_step\": 2,"
+     " \"dense_act_fn\": \"gelu\", \"router_bias\": true, \"expert_capacity\": 5}",
+     "switch_transformers",
+     {.hidden = 16, .ffn = 2048, .num_experts = 8, .top_k = 1, .activation = MOEVK_ACT_GELU,
+      .act_name = "gelu", .router_bias = 1, .expert_capacity = 5, .num_layers = 12,
+      .num_decoder_layers = 12, .encoder_sparse_step = 2, .decoder_sparse_step_sw = 4,
+      .decoder_sparse_step = 1}},
+    /* the steps derived from the sparse layer counts; top-1 whatever the file says */
+    {"{\"model_type\": \"switch_transformers\", \"hidden_size\": 24, \"num_hidden_layers\": 6,"
+     " \"num_decoder_layers\": 8, \"num_sparse_encoder_layers\": 0,"
+     " \"num_sparse_decoder_layers\": 2, \"num_experts_per_tok\": 2, \"d_ff\": 32}",
+     "switch_transformers",
+     {.hidden = 24, .ffn = 32, .num_experts = 8, .top_k = 1, .activation = MOEVK_ACT_RELU,
+      .act_name = "relu", .expert_capacity = 64, .num_layers = 6, .num_decoder_layers = 8,
+      .encoder_sparse_step = 0, .decoder_sparse_step_sw = 4, .decoder_sparse_step = 1}},
+};
+
+Test(model, config_fields_and_defaults_follow_transformers)
 {
-    mvk_moe_config c = parse_ok("{\"model_type\": \"mixtral\"}");
-    cr_assert(c.hidden == 4096 && c.ffn == 14336 && c.num_experts == 8 && c.top_k == 2);
-    cr_assert(c.norm_topk_prob && c.activation == MOEVK_ACT_SWIGLU && !c.shared_ffn);
-    c = parse_ok("{\"model_type\": \"mixtral\", \"norm_topk_prob\": false}");
-    cr_assert(c.norm_topk_prob, "Mixtral always renormalises");
-
-    c = parse_ok("{\"model_type\": \"qwen2_moe\"}");
-    cr_assert(c.hidden == 2048 && c.ffn == 1408 && c.num_experts == 60 && c.top_k == 4);
-    cr_assert(!c.norm_topk_prob && c.shared_ffn == 5632 && c.shared_gate);
-    mvk_hf_config_free(&c);
-
-    c = parse_ok("{\"model_type\": \"qwen3_moe\"}");
-    cr_assert(c.ffn == 768 && c.num_experts == 128 && c.top_k == 8 && !c.shared_ffn);
-    cr_assert(!c.norm_topk_prob, "Qwen3MoeConfig's default is norm_topk_prob=False");
-    mvk_hf_config_free(&c);
-    c = parse_ok("{\"model_type\": \"qwen3_moe\", \"norm_topk_prob\": true, \"num_experts\": 16}");
-    cr_assert(c.norm_topk_prob && c.num_experts == 16);
-    mvk_hf_config_free(&c);
-
-    c = parse_ok("{\"model_type\": \"deepseek_v3\"}");
-    cr_assert(c.hidden == 7168 && c.ffn == 2048 && c.num_experts == 256 && c.top_k == 8);
-    cr_assert(c.n_group == 8 && c.topk_group == 4 && c.routed_scaling_factor == 2.5f);
-    cr_assert(c.norm_topk_prob && c.shared_ffn == 2048 && c.correction_bias);
-    cr_assert(c.routing == MOEVK_ROUTING_SIGMOID_GROUPED && c.first_k_dense_replace == 3);
-    c = parse_ok("{\"model_type\": \"deepseek_v3\", \"n_shared_experts\": 2, "
-                 "\"moe_intermediate_size\": 100, \"n_routed_experts\": 64, \"n_group\": 1,"
-                 " \"topk_group\": 1, \"routed_scaling_factor\": 1.5}");
-    cr_assert(c.shared_ffn == 200 && c.num_experts == 64 && c.routed_scaling_factor == 1.5f);
-
-    c = parse_ok("{\"model_type\": \"olmoe\"}");
-    cr_assert(c.ffn == 2048 && c.num_experts == 64 && c.top_k == 8 && !c.norm_topk_prob);
-
-    c = parse_ok("{\"model_type\": \"gpt_oss\"}");
-    cr_assert(c.hidden == 2880 && c.ffn == 2880 && c.num_experts == 128 && c.top_k == 4);
-    cr_assert(c.swiglu_limit == 7.0f && c.swiglu_alpha == 1.702f && c.router_bias &&
-              c.expert_bias && c.routing == MOEVK_ROUTING_TOPK_SOFTMAX &&
-              c.activation == MOEVK_ACT_SWIGLU_OAI);
-    c = parse_ok("{\"model_type\": \"gpt_oss\", \"swiglu_limit\": 3.5, \"experts_per_token\": 2}");
-    cr_assert(c.swiglu_limit == 3.5f && c.top_k == 2);
-
-    c = parse_ok("{\"model_type\": \"switch_transformers\"}");
-    cr_assert(c.hidden == 768 && c.ffn == 2048 && c.num_experts == 8 && c.top_k == 1);
-    cr_assert(c.expert_capacity == 64 && !c.router_bias && c.activation == MOEVK_ACT_RELU);
-    cr_assert(c.encoder_sparse_step == 4 && c.decoder_sparse_step_sw == 4); /* 12 // 3 */
-    c = parse_ok("{\"model_type\": \"switch_transformers\", \"d_model\": 16, \"num_layers\": 12,"
-                 " \"num_sparse_encoder_layers\": 6, \"encoder_sparse_step\": 2,"
-                 " \"dense_act_fn\": \"gelu\", \"router_bias\": true, \"expert_capacity\": 5}");
-    cr_assert(c.hidden == 16 && c.encoder_sparse_step == 2 && c.activation == MOEVK_ACT_GELU &&
-              c.router_bias && c.expert_capacity == 5);
+    for (size_t i = 0; i < sizeof config_rows / sizeof config_rows[0]; i++) {
+        const config_row *r = &config_rows[i];
+        const mvk_moe_config *w = &r->want;
+        mvk_moe_config g = parse_ok(r->json);
+        cr_expect_str_eq(mvk_arch_name(g.arch), r->model_type, "%s", r->json);
+        cr_expect_str_eq(g.act_name, w->act_name, "%s", r->json);
+#define SAME(f)                                                                                \
+    cr_expect_eq(g.f, w->f, "%s: " #f " is %.9g, expected %.9g", r->json, (double)g.f,         \
+                 (double)w->f);
+        SAME(hidden)
+        SAME(ffn)
+        SAME(num_experts)
+        SAME(top_k)
+        ROUTING_FIELDS(SAME)
+        SAME(shared_ffn)
+        SAME(shared_gate)
+        SAME(router_bias)
+        SAME(correction_bias)
+        SAME(expert_bias)
+        SAME(num_layers)
+        SAME(decoder_sparse_step)
+        SAME(n_mlp_only_layers)
+        SAME(first_k_dense_replace)
+        SAME(expert_capacity)
+        SAME(num_decoder_layers)
+        SAME(encoder_sparse_step)
+        SAME(decoder_sparse_step_sw)
+#undef SAME
+        for (uint32_t k = 0; k < g.n_mlp_only_layers && k < 2; k++)
+            cr_expect_eq(g.mlp_only_layers[k], r->want_mlp_only[k], "%s", r->json);
+        mvk_hf_config_free(&g);
+    }
 }
 
 Test(model, config_errors_name_the_field)
@@ -866,55 +957,84 @@ Test(model, config_errors_name_the_field)
     parse_bad("{\"model_type\": \"switch_transformers\", \"dense_act_fn\": \"gated-gelu\"}",
               "dense_act_fn");
     parse_bad("{\"model_type\": \"qwen2_moe\", \"mlp_only_layers\": [1, -2]}", "mlp_only_layers");
+    parse_bad("{\"model_type\": \"switch_transformers\", \"d_model\": 0}", "\"d_model\" is 0");
+    parse_bad("{\"model_type\": \"qwen3_moe\", \"moe_intermediate_size\": 0}",
+              "\"moe_intermediate_size\" is 0");
+    parse_bad("{\"model_type\": \"qwen3_moe\", \"decoder_sparse_step\": 0}",
+              "\"decoder_sparse_step\" is 0");
+    parse_bad("{\"model_type\": \"gpt_oss\", \"swiglu_limit\": 0}",
+              "\"swiglu_limit\" must be positive");
+    parse_bad("{\"model_type\": \"switch_transformers\", \"expert_capacity\": 0}",
+              "\"expert_capacity\" = 0 drops every token");
+    parse_bad("{\"model_type\": \"deepseek_v3\", \"n_shared_experts\": 4294967295}",
+              "n_shared_experts x moe_intermediate_size overflows");
+    parse_bad("{\"model_type\": \"mixtral\", \"swiglu_limit\": \"x\", \"num_local_experts\": 0}",
+              "0 experts is not in 1..");
 }
 
-static void layer_ok(const mvk_moe_config *c, uint32_t layer, int dec, const char *prefix)
-{
-    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], err[512];
-    int n;
-    cr_assert_eq(mvk_hf_layer_prefixes(c, layer, dec, p, &n, err, sizeof err), 0, "%s", err);
-    cr_assert_str_eq(p[0], prefix);
-}
+/* Which layers hold a MoE block, and under which tensor-name prefixes. */
+typedef struct layer_row {
+    const char *json;
+    uint32_t layer;
+    int decoder;
+    const char *want[MVK_MAX_PREFIXES]; /* the prefixes; want[0] NULL: refused */
+    const char *msg;                    /* what the refusal says */
+} layer_row;
 
-static void layer_bad(const mvk_moe_config *c, uint32_t layer, int dec, const char *msg)
-{
-    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], err[512];
-    int n;
-    cr_assert_eq(mvk_hf_layer_prefixes(c, layer, dec, p, &n, err, sizeof err), -1);
-    cr_assert(strstr(err, msg), "'%s' does not say '%s'", err, msg);
-}
+#define MIXTRAL4 "{\"model_type\": \"mixtral\", \"num_hidden_layers\": 4}"
+#define DEEPSEEK2 "{\"model_type\": \"deepseek_v3\", \"first_k_dense_replace\": 2}"
+#define QWEN2STEP                                                                               \
+    "{\"model_type\": \"qwen2_moe\", \"decoder_sparse_step\": 2, \"mlp_only_layers\": [3]}"
+#define SWITCH12                                                                                \
+    "{\"model_type\": \"switch_transformers\", \"num_layers\": 12,"                            \
+    " \"num_sparse_encoder_layers\": 6, \"num_decoder_layers\": 4,"                            \
+    " \"num_sparse_decoder_layers\": 4}"
+
+static const layer_row layer_rows[] = {
+    /* published checkpoints (transformers 4), then transformers 5 naming */
+    {MIXTRAL4, 3, 0, {"model.layers.3.block_sparse_moe.", "model.layers.3.mlp."}, NULL},
+    {MIXTRAL4, 4, 0, {NULL}, "layer 4 is out of range: mixtral has num_hidden_layers = 4"},
+    {MIXTRAL4, 0, 1, {NULL}, "only for switch"},
+    {DEEPSEEK2, 1, 0, {NULL}, "first_k_dense_replace = 2"},
+    {DEEPSEEK2, 2, 0, {"model.layers.2.mlp."}, NULL},
+    {QWEN2STEP, 0, 0, {NULL}, "decoder_sparse_step = 2"},
+    {QWEN2STEP, 1, 0, {"model.layers.1.mlp."}, NULL},
+    {QWEN2STEP, 3, 0, {NULL}, "mlp_only_layers"},
+    {QWEN2STEP, 5, 0, {"model.layers.5.mlp."}, NULL},
+    {"{\"model_type\": \"qwen3_moe\"}", 23, 0, {"model.layers.23.mlp."}, NULL},
+    {"{\"model_type\": \"qwen3_moe\"}", 24, 0, {NULL}, "qwen3_moe has num_hidden_layers = 24"},
+    {"{\"model_type\": \"olmoe\"}", 15, 0, {"model.layers.15.mlp."}, NULL},
+    {"{\"model_type\": \"gpt_oss\"}", 35, 0, {"model.layers.35.mlp."}, NULL},
+    {"{\"model_type\": \"gpt_oss\"}", 0, 1, {NULL}, "only for switch"},
+    {SWITCH12, 0, 0, {NULL}, "encoder block 0 is a dense layer"},
+    {SWITCH12, 1, 0, {"encoder.block.1.layer.1.mlp."}, NULL},
+    {SWITCH12, 3, 0, {"encoder.block.3.layer.1.mlp."}, NULL},
+    {SWITCH12, 12, 0, {NULL}, "encoder layer 12 is out of range: the encoder has 12 blocks"},
+    {SWITCH12, 0, 1, {"decoder.block.0.layer.2.mlp."}, NULL}, /* step 1: every block */
+    {SWITCH12, 4, 1, {NULL}, "decoder layer 4 is out of range"},
+};
 
 Test(model, moe_layers_as_transformers_builds_them)
 {
-    mvk_moe_config c = parse_ok("{\"model_type\": \"mixtral\", \"num_hidden_layers\": 4}");
-    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], err[256];
-    int n;
-    cr_assert_eq(mvk_hf_layer_prefixes(&c, 3, 0, p, &n, err, sizeof err), 0);
-    cr_assert(n == 2 && !strcmp(p[0], "model.layers.3.block_sparse_moe.") &&
-              !strcmp(p[1], "model.layers.3.mlp."));
-    layer_bad(&c, 4, 0, "out of range");
-    layer_bad(&c, 0, 1, "only for switch");
-
-    c = parse_ok("{\"model_type\": \"deepseek_v3\", \"first_k_dense_replace\": 2}");
-    layer_bad(&c, 1, 0, "first_k_dense_replace = 2");
-    layer_ok(&c, 2, 0, "model.layers.2.mlp.");
-
-    c = parse_ok("{\"model_type\": \"qwen2_moe\", \"decoder_sparse_step\": 2,"
-                 " \"mlp_only_layers\": [3]}");
-    layer_bad(&c, 0, 0, "decoder_sparse_step = 2");
-    layer_ok(&c, 1, 0, "model.layers.1.mlp.");
-    layer_bad(&c, 3, 0, "mlp_only_layers");
-    layer_ok(&c, 5, 0, "model.layers.5.mlp.");
-    mvk_hf_config_free(&c);
-
-    c = parse_ok("{\"model_type\": \"switch_transformers\", \"num_layers\": 12,"
-                 " \"num_sparse_encoder_layers\": 6, \"num_decoder_layers\": 4,"
-                 " \"num_sparse_decoder_layers\": 4}");
-    layer_bad(&c, 0, 0, "dense layer");
-    layer_ok(&c, 1, 0, "encoder.block.1.layer.1.mlp.");
-    layer_ok(&c, 3, 0, "encoder.block.3.layer.1.mlp.");
-    layer_ok(&c, 0, 1, "decoder.block.0.layer.2.mlp."); /* step 1: every block */
-    layer_bad(&c, 4, 1, "out of range");
+    for (size_t i = 0; i < sizeof layer_rows / sizeof layer_rows[0]; i++) {
+        const layer_row *r = &layer_rows[i];
+        mvk_moe_config c = parse_ok(r->json);
+        char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], err[512] = "";
+        int n = -1;
+        int rc = mvk_hf_layer_prefixes(&c, r->layer, r->decoder, p, &n, err, sizeof err);
+        if (!r->want[0]) {
+            cr_expect_eq(rc, -1, "%s layer %u: accepted", r->json, r->layer);
+            cr_expect(strstr(err, r->msg), "%s layer %u: '%s' does not say '%s'", r->json,
+                      r->layer, err, r->msg);
+        } else {
+            int want_n = r->want[1] ? 2 : 1;
+            cr_expect_eq(rc, 0, "%s layer %u: %s", r->json, r->layer, err);
+            cr_expect_eq(n, want_n, "%s layer %u: %d prefixes", r->json, r->layer, n);
+            for (int k = 0; k < want_n && k < n && !rc; k++)
+                cr_expect_str_eq(p[k], r->want[k], "%s layer %u", r->json, r->layer);
+        }
+        mvk_hf_config_free(&c);
+    }
 }
 
 Test(model, capacity_factor_gives_expert_capacity)
@@ -946,298 +1066,6 @@ static void e2e_begin(e2e *t, uint64_t salt)
     cr_log_info("seed %llu", (unsigned long long)seed);
     join(t->cfg, sizeof t->cfg, t->dir, "config.json");
     join(t->x, sizeof t->x, t->dir, "x.safetensors");
-}
-
-Test(model, mixtral_per_expert_sharded)
-{
-    e2e t;
-    e2e_begin(&t, 1);
-    const uint32_t H = 40, F = 24, E = 8, K = 2, T = 37;
-    canon c;
-    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16,
-               0);
-    canon other;
-    canon_make(&other, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16,
-               MOEVK_DTYPE_BF16, 0);
-    tlist *l = tl_new();
-    add_block(l, &other, "model.layers.0.block_sparse_moe.", LAY_W123, SHARED_NONE);
-    size_t half = l->n;
-    add_block(l, &c, "model.layers.1.block_sparse_moe.", LAY_W123, SHARED_NONE);
-    /* two shards, the layer split across them, and an index */
-    char p1[512], p2[512];
-    size_t cut = half + (l->n - half) / 2;
-    tl_write(l, join(p1, sizeof p1, t.dir, "model-00001-of-00002.safetensors"), 0, cut);
-    tl_write(l, join(p2, sizeof p2, t.dir, "model-00002-of-00002.safetensors"), cut, l->n);
-    cJSON *idx = cJSON_CreateObject(), *wm = cJSON_AddObjectToObject(idx, "weight_map");
-    cJSON_AddObjectToObject(idx, "metadata");
-    for (size_t i = 0; i < l->n; i++)
-        cJSON_AddStringToObject(wm, l->name[i], i < cut ? "model-00001-of-00002.safetensors"
-                                                        : "model-00002-of-00002.safetensors");
-    char *s = cJSON_Print(idx), ip[512];
-    write_text(join(ip, sizeof ip, t.dir, "model.safetensors.index.json"), s);
-    free(s);
-    cJSON_Delete(idx);
-    tl_free(l);
-    write_text(t.cfg, "{\"architectures\": [\"MixtralForCausalLM\"], \"model_type\": \"mixtral\","
-                      " \"hidden_size\": 40, \"intermediate_size\": 24, \"num_local_experts\": 8,"
-                      " \"num_experts_per_tok\": 2, \"num_hidden_layers\": 2,"
-                      " \"hidden_act\": \"silu\", \"torch_dtype\": \"bfloat16\"}");
-    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(T, H));
-    moevk_layer_desc d = canon_desc(&c);
-    d.routing = MOEVK_ROUTING_SOFTMAX_TOPK;
-    d.activation = MOEVK_ACT_SWIGLU;
-    d.norm_topk_prob = 1;
-    uint8_t *near;
-    float *y = expect_ref(&d, x, T, &near);
-    const char *sel[] = {"--model", t.dir, "--layer", "1", NULL};
-    run_backends(t.dir, sel, t.x, y, near, T, H, 2, SH(T, H), 1e-4);
-
-    /* the other layer is a different block */
-    char out[8192], yp[512];
-    const char *args[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x, "--output",
-                          join(yp, sizeof yp, t.dir, "y0.safetensors"), "--backend", "cpu",
-                          NULL};
-    cr_assert_eq(run_cli(out, sizeof out, args), 0, "%s", out);
-    cr_assert_gt(y_error(yp, y, NULL, T, H, 2, SH(T, H)), 0.1);
-    free(x);
-    free(y);
-    free(near);
-    canon_free(&c);
-    canon_free(&other);
-    dir_remove(t.dir);
-}
-
-Test(model, mixtral_transformers5_stacked_f32_misaligned)
-{
-    e2e t;
-    e2e_begin(&t, 2);
-    const uint32_t H = 32, F = 20, E = 4, K = 2, T = 29;
-    canon c;
-    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, 0);
-    tlist *l = tl_new();
-    float odd[3] = {1, 2, 3};
-    /* 6 bytes first: every f32 tensor after it is only 2-byte aligned */
-    tl_add(l, MOEVK_DTYPE_BF16, 1, SH(3), odd, "model.embed_tokens.weight");
-    add_block(l, &c, "model.layers.0.mlp.", LAY_STACKED, SHARED_NONE);
-    char p[512];
-    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
-    tl_free(l);
-    write_text(t.cfg, "{\"model_type\": \"mixtral\", \"hidden_size\": 32, \"intermediate_size\": 20,"
-                      " \"num_local_experts\": 4, \"num_experts_per_tok\": 2,"
-                      " \"num_hidden_layers\": 1}");
-    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_BF16, 3, SH(1, T, H));
-    moevk_layer_desc d = canon_desc(&c);
-    d.norm_topk_prob = 1;
-    uint8_t *near;
-    float *y = expect_ref(&d, x, T, &near);
-    const char *sel[] = {"--model", t.dir, "--layer", "0", NULL};
-    run_backends(t.dir, sel, t.x, y, near, T, H, 3, SH(1, T, H), 1e-5);
-    free(x);
-    free(y);
-    free(near);
-    canon_free(&c);
-    dir_remove(t.dir);
-}
-
-Test(model, qwen2_moe_shared_expert_and_gate)
-{
-    e2e t;
-    e2e_begin(&t, 3);
-    const uint32_t H = 48, F = 16, E = 12, K = 4, SF = 40, T = 41;
-    canon c;
-    canon_make(&c, &t.rng, H, F, E, K, SF, MOEVK_DTYPE_F16, MOEVK_DTYPE_F16, MOEVK_DTYPE_F16,
-               WITH_SHARED_GATE);
-    tlist *l = tl_new();
-    add_block(l, &c, "model.layers.1.mlp.", LAY_PROJ, SHARED_QWEN2);
-    char p[512];
-    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
-    tl_free(l);
-    /* norm_topk_prob absent: Qwen2MoeConfig's default (False) */
-    write_text(t.cfg, "{\"model_type\": \"qwen2_moe\", \"hidden_size\": 48,"
-                      " \"moe_intermediate_size\": 16, \"shared_expert_intermediate_size\": 40,"
-                      " \"num_experts\": 12, \"num_experts_per_tok\": 4,"
-                      " \"num_hidden_layers\": 2, \"decoder_sparse_step\": 1,"
-                      " \"mlp_only_layers\": [0], \"intermediate_size\": 5632}");
-    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F16, 2, SH(T, H));
-    moevk_layer_desc d = canon_desc(&c);
-    d.norm_topk_prob = 0;
-    uint8_t *near;
-    float *y = expect_ref(&d, x, T, &near);
-    const char *sel[] = {"--model", t.dir, "--layer", "1", NULL};
-    run_backends(t.dir, sel, t.x, y, near, T, H, 2, SH(T, H), 1e-4);
-    /* layer 0 is dense (mlp_only_layers) */
-    char out[8192];
-    const char *args[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x, NULL};
-    cr_assert_eq(run_cli(out, sizeof out, args), 1, "%s", out);
-    cr_assert(strstr(out, "not a MoE layer"), "%s", out);
-    free(x);
-    free(y);
-    free(near);
-    canon_free(&c);
-    dir_remove(t.dir);
-}
-
-Test(model, qwen3_moe_stacked_with_prefix_and_stats)
-{
-    e2e t;
-    e2e_begin(&t, 4);
-    const uint32_t H = 40, F = 24, E = 16, K = 4, T = 50;
-    canon c;
-    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, MOEVK_DTYPE_F32, 0);
-    tlist *l = tl_new();
-    add_block(l, &c, "blk.", LAY_STACKED, SHARED_NONE);
-    char w[512];
-    tl_write(l, join(w, sizeof w, t.dir, "weights.safetensors"), 0, l->n);
-    tl_free(l);
-    write_text(t.cfg, "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 40,"
-                      " \"moe_intermediate_size\": 24, \"num_experts\": 16,"
-                      " \"num_experts_per_tok\": 4, \"norm_topk_prob\": true}");
-    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(T, H));
-    moevk_layer_desc d = canon_desc(&c);
-    d.norm_topk_prob = 1;
-    uint8_t *near;
-    float *y = expect_ref(&d, x, T, &near);
-    const char *sel[] = {"--config", t.cfg, "--weights", w, "--prefix", "blk", NULL};
-    run_backends(t.dir, sel, t.x, y, near, T, H, 2, SH(T, H), 1e-4);
-
-    /* --stats against the reference's statistics */
-    uint32_t tpe[16];
-    moevk_routing_stats rs = {.tokens_per_expert = tpe};
-    float *yy = malloc(sizeof(float) * T * H);
-    cr_assert_eq(moevk_ref_layer_forward(&d, T, x, yy, NULL, NULL, NULL, &rs), 0);
-    free(yy);
-    char out[8192], sp[512], *text;
-    size_t len;
-    const char *args[] = {"run", "--config", t.cfg, "--weights", w, "--prefix", "blk.",
-                          "--input", t.x, "--stats", join(sp, sizeof sp, t.dir, "s.json"),
-                          "--backend", "cpu", NULL};
-    cr_assert_eq(run_cli(out, sizeof out, args), 0, "%s", out);
-    cr_assert_eq(mvk_read_text(sp, &text, &len, out, sizeof out), 0);
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    cr_assert_not_null(j);
-    cJSON *arr = cJSON_GetObjectItem(j, "tokens_per_expert");
-    cr_assert_eq(cJSON_GetArraySize(arr), (int)E);
-    for (uint32_t e = 0; e < E; e++)
-        cr_assert_eq((uint32_t)cJSON_GetArrayItem(arr, (int)e)->valuedouble, tpe[e]);
-    cr_assert_eq(cJSON_GetObjectItem(j, "dropped")->valuedouble, 0);
-    cr_assert_float_eq(cJSON_GetObjectItem(j, "load_balancing_loss")->valuedouble,
-                       rs.load_balancing_loss, 1e-9);
-    cr_assert_float_eq(cJSON_GetObjectItem(j, "router_z_loss")->valuedouble, rs.router_z_loss,
-                       1e-9);
-    cr_assert_float_eq(cJSON_GetObjectItem(j, "routing_entropy")->valuedouble,
-                       rs.routing_entropy, 1e-9);
-    cr_assert_str_eq(cJSON_GetObjectItem(j, "model_type")->valuestring, "qwen3_moe");
-    cJSON_Delete(j);
-    free(x);
-    free(y);
-    free(near);
-    canon_free(&c);
-    dir_remove(t.dir);
-}
-
-Test(model, deepseek_v3_grouped_shared_mixed_dtypes)
-{
-    e2e t;
-    e2e_begin(&t, 5);
-    const uint32_t H = 32, F = 12, E = 16, K = 4, T = 45;
-    canon c;
-    /* routed bf16, shared f16: mixed, so moevk converts the experts to f32 */
-    canon_make(&c, &t.rng, H, F, E, K, 2 * F, MOEVK_DTYPE_BF16, MOEVK_DTYPE_F16,
-               MOEVK_DTYPE_BF16, WITH_CBIAS);
-    tlist *l = tl_new();
-    add_block(l, &c, "model.layers.3.mlp.", LAY_PROJ, SHARED_DEEPSEEK);
-    char p[512];
-    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
-    tl_free(l);
-    write_text(t.cfg, "{\"model_type\": \"deepseek_v3\", \"hidden_size\": 32,"
-                      " \"moe_intermediate_size\": 12, \"n_routed_experts\": 16,"
-                      " \"num_experts_per_tok\": 4, \"n_group\": 4, \"topk_group\": 2,"
-                      " \"n_shared_experts\": 2, \"routed_scaling_factor\": 2.5,"
-                      " \"norm_topk_prob\": true, \"num_hidden_layers\": 4,"
-                      " \"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\"}");
-    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 2, SH(T, H));
-    moevk_layer_desc d = canon_desc(&c);
-    d.routing = MOEVK_ROUTING_SIGMOID_GROUPED;
-    d.n_group = 4;
-    d.topk_group = 2;
-    d.routed_scaling_factor = 2.5f;
-    d.norm_topk_prob = 1;
-    uint8_t *near;
-    float *y = expect_ref(&d, x, T, &near);
-    const char *sel[] = {"--model", t.dir, "--layer", "3", NULL};
-    run_backends(t.dir, sel, t.x, y, near, T, H, 2, SH(T, H), 1e-5);
-    char out[8192];
-    const char *args[] = {"run", "--model", t.dir, "--layer", "2", "--input", t.x, NULL};
-    cr_assert_eq(run_cli(out, sizeof out, args), 1, "%s", out);
-    cr_assert(strstr(out, "first_k_dense_replace"), "%s", out);
-    free(x);
-    free(y);
-    free(near);
-    canon_free(&c);
-    dir_remove(t.dir);
-}
-
-Test(model, olmoe_per_expert_f32)
-{
-    e2e t;
-    e2e_begin(&t, 6);
-    const uint32_t H = 24, F = 32, E = 16, K = 8, T = 33;
-    canon c;
-    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, 0);
-    tlist *l = tl_new();
-    add_block(l, &c, "model.layers.0.mlp.", LAY_PROJ, SHARED_NONE);
-    char p[512];
-    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
-    tl_free(l);
-    write_text(t.cfg, "{\"model_type\": \"olmoe\", \"hidden_size\": 24, \"intermediate_size\": 32,"
-                      " \"num_experts\": 16, \"num_experts_per_tok\": 8,"
-                      " \"num_hidden_layers\": 1, \"norm_topk_prob\": false}");
-    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 3, SH(3, 11, H));
-    moevk_layer_desc d = canon_desc(&c);
-    uint8_t *near;
-    float *y = expect_ref(&d, x, T, &near);
-    const char *sel[] = {"--model", t.dir, "--layer", "0", NULL};
-    run_backends(t.dir, sel, t.x, y, near, T, H, 3, SH(3, 11, H), 1e-5);
-    free(x);
-    free(y);
-    free(near);
-    canon_free(&c);
-    dir_remove(t.dir);
-}
-
-Test(model, gpt_oss_interleaved_with_biases)
-{
-    e2e t;
-    e2e_begin(&t, 7);
-    const uint32_t H = 36, F = 20, E = 8, K = 4, T = 31;
-    canon c;
-    canon_make(&c, &t.rng, H, F, E, K, 0, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16, MOEVK_DTYPE_BF16,
-               WITH_RBIAS | WITH_EBIAS);
-    tlist *l = tl_new();
-    add_block(l, &c, "model.layers.0.mlp.", LAY_OSS, SHARED_NONE);
-    char p[512];
-    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
-    tl_free(l);
-    write_text(t.cfg, "{\"model_type\": \"gpt_oss\", \"hidden_size\": 36, \"intermediate_size\": 20,"
-                      " \"num_local_experts\": 8, \"num_experts_per_tok\": 4,"
-                      " \"experts_per_token\": 4, \"swiglu_limit\": 0.6,"
-                      " \"num_hidden_layers\": 1}");
-    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_BF16, 3, SH(1, T, H));
-    moevk_layer_desc d = canon_desc(&c);
-    d.routing = MOEVK_ROUTING_TOPK_SOFTMAX;
-    d.activation = MOEVK_ACT_SWIGLU_OAI;
-    d.swiglu_alpha = 1.702f;
-    d.swiglu_limit = 0.6f;
-    uint8_t *near;
-    float *y = expect_ref(&d, x, T, &near);
-    const char *sel[] = {"--model", t.dir, "--layer", "0", NULL};
-    run_backends(t.dir, sel, t.x, y, near, T, H, 3, SH(1, T, H), 1e-4);
-    free(x);
-    free(y);
-    free(near);
-    canon_free(&c);
-    dir_remove(t.dir);
 }
 
 /* Switch Transformers' sparse MLP as transformers computes it, written out
@@ -1304,54 +1132,840 @@ static float *switch_naive(const canon *c, const float *x, uint32_t B, uint32_t 
     return y;
 }
 
-Test(model, switch_transformers_capacity_per_sequence)
-{
-    e2e t;
-    e2e_begin(&t, 8);
-    const uint32_t H = 32, F = 48, E = 4, B = 3, S = 14, T = B * S;
-    canon c;
-    canon_make(&c, &t.rng, H, F, E, 1, 0, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32, MOEVK_DTYPE_F32,
-               NON_GATED | WITH_RBIAS);
-    c.bdt = MOEVK_DTYPE_F32;
-    tlist *l = tl_new();
-    add_block(l, &c, "encoder.block.1.layer.1.mlp.", LAY_SWITCH, SHARED_NONE);
-    char p[512];
-    tl_write(l, join(p, sizeof p, t.dir, "model.safetensors"), 0, l->n);
-    tl_free(l);
-    write_text(t.cfg, "{\"model_type\": \"switch_transformers\", \"d_model\": 32, \"d_ff\": 48,"
-                      " \"num_experts\": 4, \"expert_capacity\": 3, \"router_bias\": true,"
-                      " \"num_layers\": 4, \"num_sparse_encoder_layers\": 2,"
-                      " \"num_decoder_layers\": 4, \"num_sparse_decoder_layers\": 2,"
-                      " \"encoder_sparse_step\": 2, \"decoder_sparse_step\": 2,"
-                      " \"dense_act_fn\": \"relu\", \"router_jitter_noise\": 0.01}");
-    float *x = write_x(&t.rng, t.x, MOEVK_DTYPE_F32, 3, SH(B, S, H));
-    uint8_t *near = malloc(T);
-    uint32_t dropped;
-    float *y = switch_naive(&c, x, B, S, 3, 0, near, &dropped);
-    cr_assert_gt(dropped, 0, "the case should drop tokens");
-    const char *sel[] = {"--model", t.dir, "--layer", "1", NULL};
-    run_backends(t.dir, sel, t.x, y, near, T, H, 3, SH(B, S, H), 1e-5);
+/* ---- every architecture and layout: the desc, then `moevk run` ------------- */
 
-    /* the same sequences as one [T, H] input: one sequence, more drops; and
-     * transformers 4's output for dropped tokens */
-    float *y1 = switch_naive(&c, x, 1, T, 3, 1, near, &dropped);
-    char x2[512];
-    tlist *xl = tl_new();
-    tl_add(xl, MOEVK_DTYPE_F32, 2, SH(T, H), x, "x");
-    tl_write(xl, join(x2, sizeof x2, t.dir, "x2.safetensors"), 0, 1);
-    tl_free(xl);
-    const char *sel4[] = {"--model", t.dir, "--layer", "1", "--dropped-passthrough", NULL};
-    run_backends(t.dir, sel4, x2, y1, near, T, H, 2, SH(T, H), 1e-5);
+enum { F32_BIASES = 64 };                 /* a row's canon flag: biases written as F32 */
+enum { FILE_SHARDED = 1, FILE_MISALIGNED = 2 };
+
+/* One MoE block of a small checkpoint in one architecture and layout, and
+ * what the loader must make of it. */
+typedef struct arch_row {
+    const char *name;
+    const char *model_type;
+    const char *config;        /* config.json                                   */
+    uint32_t H, F, E, K, SF;   /* SF: the shared expert's width (0: none)       */
+    moevk_dtype wdt, sdt, rdt; /* routed experts, shared expert, router in the file */
+    unsigned flags;            /* canon_make's WITH_* / NON_GATED, F32_BIASES   */
+    layout lay;
+    int shared;                /* SHARED_*: the shared expert's names           */
+    const char *prefix;        /* the block's tensor-name prefix                */
+    const char *layer;         /* --layer; NULL: --config/--weights/--prefix    */
+    const char *other_prefix;  /* another block (other weights) at other_layer  */
+    const char *other_layer;
+    unsigned files;            /* FILE_*                                        */
+    moevk_dtype xdt;
+    uint32_t xdims;
+    uint64_t xshape[3];
+    double tol;                /* vulkan and cuda: relative L2 error limit      */
+    /* what the loader makes of it: routing fields, dtypes (sizes from above) */
+    moevk_layer_desc want;
+    const char *want_layout;
+    int want_converted;        /* expert weights converted to f32 (mixed dtypes) */
+    int want_mapped;           /* expert matrices point into the memory map     */
+    uint64_t capacity;         /* expert_capacity (switch_transformers)         */
+    const char *dense_layer, *dense_msg; /* a layer that is not a MoE block     */
+    int stats;                 /* --stats against the reference's statistics    */
+} arch_row;
+
+#define BF16 MOEVK_DTYPE_BF16
+#define F16 MOEVK_DTYPE_F16
+#define F32 MOEVK_DTYPE_F32
+#define WANT_W123 "per-expert experts.{i}.w1/w3/w2"
+#define WANT_PROJ "per-expert experts.{i}.gate_proj/up_proj/down_proj"
+#define WANT_STACKED "stacked experts.gate_up_proj [E, 2F, H] + experts.down_proj [E, H, F]"
+
+static const arch_row arch_rows[] = {
+    {.name = "mixtral, per-expert w1/w3/w2, sharded with an index, two layers",
+     .model_type = "mixtral",
+     .config = "{\"architectures\": [\"MixtralForCausalLM\"], \"model_type\": \"mixtral\","
+               " \"hidden_size\": 40, \"intermediate_size\": 24, \"num_local_experts\": 8,"
+               " \"num_experts_per_tok\": 2, \"num_hidden_layers\": 2,"
+               " \"hidden_act\": \"silu\", \"torch_dtype\": \"bfloat16\"}",
+     .H = 40, .F = 24, .E = 8, .K = 2, .wdt = BF16, .sdt = BF16, .rdt = BF16,
+     .lay = LAY_W123, .prefix = "model.layers.1.block_sparse_moe.", .layer = "1",
+     .other_prefix = "model.layers.0.block_sparse_moe.", .other_layer = "0",
+     .files = FILE_SHARDED, .xdt = F32, .xdims = 2, .xshape = {37, 40}, .tol = 1e-4,
+     .want = {.norm_topk_prob = 1, .weight_dtype = BF16, .router_dtype = BF16},
+     .want_layout = WANT_W123, .want_mapped = 1},
+    {.name = "mixtral, transformers 5 stacked f32, misaligned in the file",
+     .model_type = "mixtral",
+     .config = "{\"model_type\": \"mixtral\", \"hidden_size\": 32, \"intermediate_size\": 20,"
+               " \"num_local_experts\": 4, \"num_experts_per_tok\": 2,"
+               " \"num_hidden_layers\": 1}",
+     .H = 32, .F = 20, .E = 4, .K = 2, .wdt = F32, .sdt = F32, .rdt = F32,
+     .lay = LAY_STACKED, .prefix = "model.layers.0.mlp.", .layer = "0",
+     .files = FILE_MISALIGNED, .xdt = BF16, .xdims = 3, .xshape = {1, 29, 32}, .tol = 1e-5,
+     .want = {.norm_topk_prob = 1, .weight_dtype = F32, .router_dtype = F32},
+     .want_layout = WANT_STACKED, .want_mapped = 0 /* 2-byte aligned: copied */},
+    {.name = "mixtral, per-expert gate_proj/up_proj/down_proj under mlp",
+     .model_type = "mixtral",
+     .config = "{\"model_type\": \"mixtral\", \"hidden_size\": 16, \"intermediate_size\": 8,"
+               " \"num_local_experts\": 4, \"num_experts_per_tok\": 2,"
+               " \"num_hidden_layers\": 1}",
+     .H = 16, .F = 8, .E = 4, .K = 2, .wdt = BF16, .sdt = BF16, .rdt = BF16,
+     .lay = LAY_PROJ, .prefix = "model.layers.0.mlp.", .layer = "0", .xdt = F32, .xdims = 2,
+     .xshape = {9, 16}, .tol = 1e-4,
+     .want = {.norm_topk_prob = 1, .weight_dtype = BF16, .router_dtype = BF16},
+     .want_layout = WANT_PROJ, .want_mapped = 1},
+    {.name = "qwen2_moe, per-expert, shared expert and its gate, f16",
+     .model_type = "qwen2_moe",
+     /* norm_topk_prob absent: Qwen2MoeConfig's default (False) */
+     .config = "{\"model_type\": \"qwen2_moe\", \"hidden_size\": 48,"
+               " \"moe_intermediate_size\": 16, \"shared_expert_intermediate_size\": 40,"
+               " \"num_experts\": 12, \"num_experts_per_tok\": 4,"
+               " \"num_hidden_layers\": 2, \"decoder_sparse_step\": 1,"
+               " \"mlp_only_layers\": [0], \"intermediate_size\": 5632}",
+     .H = 48, .F = 16, .E = 12, .K = 4, .SF = 40, .wdt = F16, .sdt = F16, .rdt = F16,
+     .flags = WITH_SHARED_GATE, .lay = LAY_PROJ, .shared = SHARED_QWEN2,
+     .prefix = "model.layers.1.mlp.", .layer = "1", .xdt = F16, .xdims = 2, .xshape = {41, 48},
+     .tol = 1e-4,
+     .want = {.norm_topk_prob = 0, .weight_dtype = F16, .router_dtype = F16, .num_shared = 1,
+              .shared_ffn = 40},
+     .want_layout = WANT_PROJ, .want_mapped = 1, .dense_layer = "0",
+     .dense_msg = "not a MoE layer"},
+    {.name = "qwen3_moe, stacked, --config/--weights/--prefix, f32 router, --stats",
+     .model_type = "qwen3_moe",
+     .config = "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 40,"
+               " \"moe_intermediate_size\": 24, \"num_experts\": 16,"
+               " \"num_experts_per_tok\": 4, \"norm_topk_prob\": true}",
+     .H = 40, .F = 24, .E = 16, .K = 4, .wdt = BF16, .sdt = BF16, .rdt = F32,
+     .lay = LAY_STACKED, .prefix = "blk.", .xdt = F32, .xdims = 2, .xshape = {50, 40},
+     .tol = 1e-4, .want = {.norm_topk_prob = 1, .weight_dtype = BF16, .router_dtype = F32},
+     .want_layout = WANT_STACKED, .want_mapped = 1, .stats = 1},
+    {.name = "qwen3_moe, per-expert gate_proj/up_proj/down_proj",
+     .model_type = "qwen3_moe",
+     .config = "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 24,"
+               " \"moe_intermediate_size\": 16, \"num_experts\": 8,"
+               " \"num_experts_per_tok\": 2, \"num_hidden_layers\": 1}",
+     .H = 24, .F = 16, .E = 8, .K = 2, .wdt = BF16, .sdt = BF16, .rdt = BF16,
+     .lay = LAY_PROJ, .prefix = "model.layers.0.mlp.", .layer = "0", .xdt = BF16, .xdims = 2,
+     .xshape = {19, 24}, .tol = 1e-4,
+     .want = {.norm_topk_prob = 0, .weight_dtype = BF16, .router_dtype = BF16},
+     .want_layout = WANT_PROJ, .want_mapped = 1},
+    {.name = "deepseek_v3, grouped sigmoid, shared experts, mixed dtypes",
+     .model_type = "deepseek_v3",
+     .config = "{\"model_type\": \"deepseek_v3\", \"hidden_size\": 32,"
+               " \"moe_intermediate_size\": 12, \"n_routed_experts\": 16,"
+               " \"num_experts_per_tok\": 4, \"n_group\": 4, \"topk_group\": 2,"
+               " \"n_shared_experts\": 2, \"routed_scaling_factor\": 2.5,"
+               " \"norm_topk_prob\": true, \"num_hidden_layers\": 4,"
+               " \"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\"}",
+     /* routed bf16, shared f16: mixed, so moevk converts the experts to f32 */
+     .H = 32, .F = 12, .E = 16, .K = 4, .SF = 24, .wdt = BF16, .sdt = F16, .rdt = BF16,
+     .flags = WITH_CBIAS, .lay = LAY_PROJ, .shared = SHARED_DEEPSEEK,
+     .prefix = "model.layers.3.mlp.", .layer = "3", .xdt = F32, .xdims = 2, .xshape = {45, 32},
+     .tol = 1e-5,
+     .want = {.routing = MOEVK_ROUTING_SIGMOID_GROUPED, .n_group = 4, .topk_group = 2,
+              .routed_scaling_factor = 2.5f, .norm_topk_prob = 1, .weight_dtype = F32,
+              .router_dtype = BF16, .num_shared = 1, .shared_ffn = 24},
+     .want_layout = WANT_PROJ, .want_converted = 1, .want_mapped = 0, .dense_layer = "2",
+     .dense_msg = "first_k_dense_replace"},
+    {.name = "deepseek_v3, transformers 5 stacked, one shared expert",
+     .model_type = "deepseek_v3",
+     .config = "{\"model_type\": \"deepseek_v3\", \"hidden_size\": 32,"
+               " \"moe_intermediate_size\": 8, \"n_routed_experts\": 8,"
+               " \"num_experts_per_tok\": 2, \"n_group\": 2, \"topk_group\": 1,"
+               " \"n_shared_experts\": 1, \"num_hidden_layers\": 1,"
+               " \"first_k_dense_replace\": 0}",
+     .H = 32, .F = 8, .E = 8, .K = 2, .SF = 8, .wdt = BF16, .sdt = BF16, .rdt = BF16,
+     .flags = WITH_CBIAS, .lay = LAY_STACKED, .shared = SHARED_DEEPSEEK,
+     .prefix = "model.layers.0.mlp.", .layer = "0", .xdt = F32, .xdims = 2, .xshape = {21, 32},
+     .tol = 1e-4,
+     .want = {.routing = MOEVK_ROUTING_SIGMOID_GROUPED, .n_group = 2, .topk_group = 1,
+              .routed_scaling_factor = 2.5f, .norm_topk_prob = 1, .weight_dtype = BF16,
+              .router_dtype = BF16, .num_shared = 1, .shared_ffn = 8},
+     .want_layout = WANT_STACKED, .want_mapped = 1},
+    {.name = "olmoe, per-expert f32, [B, S, H] input",
+     .model_type = "olmoe",
+     .config = "{\"model_type\": \"olmoe\", \"hidden_size\": 24, \"intermediate_size\": 32,"
+               " \"num_experts\": 16, \"num_experts_per_tok\": 8,"
+               " \"num_hidden_layers\": 1, \"norm_topk_prob\": false}",
+     .H = 24, .F = 32, .E = 16, .K = 8, .wdt = F32, .sdt = F32, .rdt = F32,
+     .lay = LAY_PROJ, .prefix = "model.layers.0.mlp.", .layer = "0", .xdt = F32, .xdims = 3,
+     .xshape = {3, 11, 24}, .tol = 1e-5,
+     .want = {.norm_topk_prob = 0, .weight_dtype = F32, .router_dtype = F32},
+     .want_layout = WANT_PROJ, .want_mapped = 1},
+    {.name = "gpt_oss, interleaved gate/up with biases",
+     .model_type = "gpt_oss",
+     .config = "{\"model_type\": \"gpt_oss\", \"hidden_size\": 36, \"intermediate_size\": 20,"
+               " \"num_local_experts\": 8, \"num_experts_per_tok\": 4,"
+               " \"experts_per_token\": 4, \"swiglu_limit\": 0.6,"
+               " \"num_hidden_layers\": 1}",
+     .H = 36, .F = 20, .E = 8, .K = 4, .wdt = BF16, .sdt = BF16, .rdt = BF16,
+     .flags = WITH_RBIAS | WITH_EBIAS, .lay = LAY_OSS, .prefix = "model.layers.0.mlp.",
+     .layer = "0", .xdt = BF16, .xdims = 3, .xshape = {1, 31, 36}, .tol = 1e-4,
+     .want = {.routing = MOEVK_ROUTING_TOPK_SOFTMAX, .activation = MOEVK_ACT_SWIGLU_OAI,
+              .swiglu_alpha = 1.702f, .swiglu_limit = 0.6f, .weight_dtype = BF16,
+              .router_dtype = BF16},
+     .want_layout = "stacked gpt-oss experts.gate_up_proj [E, H, 2F] (interleaved)",
+     .want_mapped = 0 /* transposed copies */},
+    {.name = "switch_transformers, wi/wo, capacity per sequence",
+     .model_type = "switch_transformers",
+     .config = "{\"model_type\": \"switch_transformers\", \"d_model\": 32, \"d_ff\": 48,"
+               " \"num_experts\": 4, \"expert_capacity\": 3, \"router_bias\": true,"
+               " \"num_layers\": 4, \"num_sparse_encoder_layers\": 2,"
+               " \"num_decoder_layers\": 4, \"num_sparse_decoder_layers\": 2,"
+               " \"encoder_sparse_step\": 2, \"decoder_sparse_step\": 2,"
+               " \"dense_act_fn\": \"relu\", \"router_jitter_noise\": 0.01}",
+     .H = 32, .F = 48, .E = 4, .K = 1, .wdt = F32, .sdt = F32, .rdt = F32,
+     .flags = NON_GATED | WITH_RBIAS | F32_BIASES, .lay = LAY_SWITCH,
+     .prefix = "encoder.block.1.layer.1.mlp.", .layer = "1", .xdt = F32, .xdims = 3,
+     .xshape = {3, 14, 32}, .tol = 1e-5,
+     .want = {.activation = MOEVK_ACT_RELU, .weight_dtype = F32, .router_dtype = F32},
+     .want_layout = "per-expert experts.expert_{i}.wi/wo", .want_mapped = 1, .capacity = 3,
+     .dense_layer = "0", .dense_msg = "dense layer"},
+};
+
+#define N_ARCH_ROWS (sizeof arch_rows / sizeof arch_rows[0])
+
+/* Whether p points into one of the checkpoint's mapped files. */
+static int in_map(const mvk_st_set *s, const void *p)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < s->nfiles; i++)
+        if (b >= s->files[i].bytes && b < s->files[i].bytes + s->files[i].size)
+            return 1;
+    return 0;
+}
+
+/* n elements of dtype dt at p, as f32, equal to want (bitwise); p and want
+ * both NULL is equal too. */
+static void expect_values(const void *p, moevk_dtype dt, const float *want, size_t n,
+                          const char *row, const char *what, int64_t index)
+{
+    cr_expect_eq(p == NULL, want == NULL, "%s: %s %lld is %s", row, what, (long long)index,
+                 p ? "present" : "absent");
+    if (!p || !want)
+        return;
+    float *got = malloc(n * sizeof(float) + 4);
+    cr_assert_not_null(got);
+    mvk_model_to_f32(p, dt, n, got);
+    cr_expect(!memcmp(got, want, n * sizeof(float)), "%s: %s %lld differs", row, what,
+              (long long)index);
+    free(got);
+}
+
+/* `count` experts of a moevk_expert_weights against canonical [E, F, H] gate/up,
+ * [E, H, F] down and [E, F], [E, F], [E, H] biases. */
+static void expect_experts(const arch_row *r, const mvk_st_set *set, const moevk_expert_weights *w,
+                           moevk_dtype dt, uint32_t count, size_t F, size_t H,
+                           const float *const want[6], const char *kind)
+{
+    static const char *const what[3] = {"gate matrix", "up matrix", "down matrix"};
+    const void *const base[3] = {w->gate, w->up, w->down};
+    const void *const *per[3] = {w->gate_experts, w->up_experts, w->down_experts};
+    const size_t es = moevk_dtype_size(dt);
+    char label[64];
+    for (uint32_t e = 0; e < count; e++)
+        for (int i = 0; i < 3; i++) {
+            const void *m = per[i]    ? per[i][e]
+                            : base[i] ? (const uint8_t *)base[i] + (size_t)e * F * H * es
+                                      : NULL;
+            snprintf(label, sizeof label, "%s of %s", what[i], kind);
+            expect_values(m, dt, want[i] ? want[i] + (size_t)e * F * H : NULL, F * H, r->name,
+                          label, e);
+            if (m)
+                cr_expect_eq(in_map(set, m), r->want_mapped, "%s: %s %u %s the map", r->name,
+                             label, e, r->want_mapped ? "is not in" : "points into");
+        }
+    expect_values(w->gate_bias, F32, want[3], (size_t)count * F, r->name, "gate biases", -1);
+    expect_values(w->up_bias, F32, want[4], (size_t)count * F, r->name, "up biases", -1);
+    expect_values(w->down_bias, F32, want[5], (size_t)count * H, r->name, "down biases", -1);
+}
+
+/* The layer the loader builds from the row's checkpoint: every desc field
+ * and every weight. */
+static void expect_layer(const arch_row *r, const mvk_model_layer *L, const mvk_st_set *set,
+                         const canon *c)
+{
+    const moevk_layer_desc *d = &L->desc, *w = &r->want;
+    cr_expect_str_eq(mvk_arch_name(L->arch), r->model_type, "%s", r->name);
+    cr_expect_str_eq(L->layout, r->want_layout, "%s", r->name);
+    cr_expect_eq(L->converted, r->want_converted, "%s: converted", r->name);
+    cr_expect_eq(L->file_dtype, r->wdt, "%s: file dtype", r->name);
+    cr_expect_eq(L->expert_capacity, r->capacity, "%s: expert_capacity", r->name);
+    cr_expect_eq(L->dropped_passthrough, 0, "%s", r->name);
+    cr_expect_str_eq(L->prefix, r->prefix, "%s", r->name);
+#define SAME(f)                                                                                \
+    cr_expect_eq(d->f, w->f, "%s: desc." #f " is %.9g, expected %.9g", r->name, (double)d->f,  \
+                 (double)w->f);
+    cr_expect(d->hidden == r->H && d->ffn == r->F && d->num_experts == r->E &&
+                  d->top_k == r->K,
+              "%s: H %u F %u E %u k %u", r->name, d->hidden, d->ffn, d->num_experts, d->top_k);
+    ROUTING_FIELDS(SAME)
+    SAME(capacity_factor)
+    SAME(weight_dtype)
+    SAME(router_dtype)
+    SAME(num_shared)
+    SAME(shared_ffn)
+#undef SAME
+    cr_expect_null(d->workspace, "%s", r->name);
+    const size_t H = r->H, E = r->E;
+    expect_values(d->router_weight, d->router_dtype, c->router, E * H, r->name, "router", -1);
+    expect_values(d->router_bias, F32, c->rbias, E, r->name, "router bias", -1);
+    expect_values(d->correction_bias, F32, c->cbias, E, r->name, "correction bias", -1);
+    const float *const routed[6] = {c->gate, c->up, c->down, c->gbias, c->ubias, c->dbias};
+    expect_experts(r, set, &d->experts, d->weight_dtype, r->E, r->F, H, routed, "expert");
+    const float *const shared[6] = {c->sgate, c->sup, c->sdown, NULL, NULL, NULL};
+    expect_experts(r, set, &d->shared, d->weight_dtype, d->num_shared, r->SF, H, shared,
+                   "shared expert");
+    expect_values(d->shared_gate, d->router_dtype, c->sg, H, r->name, "shared-expert gate", -1);
+    char why[384];
+    cr_expect_eq(moevk_layer_desc_check(d, why, sizeof why), MOEVK_SUCCESS, "%s: %s", r->name,
+                 why);
+}
+
+/* Write the row's checkpoint into dir: config.json, the block (and the
+ * other block) in one file, two shards with an index, or `weights`. */
+static void write_checkpoint(const arch_row *r, const char *dir, const canon *c,
+                             const canon *other, char *weights, size_t wsz)
+{
+    tlist *l = tl_new();
+    char p[512];
+    if (r->files & FILE_MISALIGNED) {
+        float odd[3] = {1, 2, 3};
+        /* 6 bytes first: every f32 tensor after it is only 2-byte aligned */
+        tl_add(l, BF16, 1, SH(3), odd, "model.embed_tokens.weight");
+    }
+    if (r->other_prefix)
+        add_block(l, other, r->other_prefix, r->lay, r->shared);
+    size_t first = l->n;
+    add_block(l, c, r->prefix, r->lay, r->shared);
+    join(weights, wsz, dir, r->layer ? "model.safetensors" : "weights.safetensors");
+    if (r->files & FILE_SHARDED) {
+        /* two shards, the layer split across them, and an index */
+        static const char *const shard[2] = {"model-00001-of-00002.safetensors",
+                                             "model-00002-of-00002.safetensors"};
+        size_t cut = first + (l->n - first) / 2;
+        tl_write(l, join(p, sizeof p, dir, shard[0]), 0, cut);
+        tl_write(l, join(p, sizeof p, dir, shard[1]), cut, l->n);
+        cJSON *idx = cJSON_CreateObject(), *wm = cJSON_AddObjectToObject(idx, "weight_map");
+        cJSON_AddObjectToObject(idx, "metadata");
+        for (size_t i = 0; i < l->n; i++)
+            cJSON_AddStringToObject(wm, l->name[i], shard[i >= cut]);
+        char *s = cJSON_Print(idx);
+        write_text(join(p, sizeof p, dir, "model.safetensors.index.json"), s);
+        free(s);
+        cJSON_Delete(idx);
+    } else {
+        tl_write(l, weights, 0, l->n);
+    }
+    tl_free(l);
+    write_text(join(p, sizeof p, dir, "config.json"), r->config);
+}
+
+/* Parse the row's config.json, open its checkpoint as `moevk run` does and
+ * build the layer. */
+static void build_row(const arch_row *r, const char *dir, const char *weights, mvk_moe_config *cfg,
+                      mvk_st_set *set, mvk_model_layer *L)
+{
+    char err[1024], p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
+    int n = 1;
+    *cfg = parse_ok(r->config);
+    if (r->layer)
+        cr_assert_eq(mvk_hf_layer_prefixes(cfg, (uint32_t)atoi(r->layer), 0, p, &n, err,
+                                           sizeof err),
+                     0, "%s: %s", r->name, err);
+    else
+        snprintf(p[0], sizeof p[0], "%s", r->prefix);
+    mvk_st_set_init(set);
+    if (r->layer)
+        cr_assert_eq(mvk_st_set_open_dir(set, dir, err, sizeof err), 0, "%s: %s", r->name, err);
+    else
+        cr_assert_eq(mvk_st_set_add_file(set, weights, err, sizeof err), 0, "%s: %s", r->name,
+                     err);
+    const char *pp[MVK_MAX_PREFIXES] = {p[0], p[1]};
+    cr_assert_eq(mvk_model_layer_build_any(cfg, set, pp, n, L, err, sizeof err), 0, "%s: %s",
+                 r->name, err);
+}
+
+/* `moevk run --stats` on the CPU against the reference's statistics. */
+static void expect_stats(const arch_row *r, const char *dir, const char *const *sel,
+                         const char *xpath, const moevk_layer_desc *d, const float *x, uint32_t T)
+{
+    uint32_t tpe[64];
+    cr_assert_leq(r->E, 64);
+    moevk_routing_stats rs = {.tokens_per_expert = tpe};
+    float *yy = malloc(sizeof(float) * T * r->H);
+    cr_assert_eq(moevk_ref_layer_forward(d, T, x, yy, NULL, NULL, NULL, &rs), 0);
+    free(yy);
+    char out[8192], sp[512], *text;
+    size_t len;
+    const char *args[24];
+    size_t n = 0;
+    args[n++] = "run";
+    for (const char *const *s = sel; *s; s++)
+        args[n++] = *s;
+    const char *tail[] = {"--input", xpath, "--stats", join(sp, sizeof sp, dir, "s.json"),
+                          "--backend", "cpu", NULL};
+    for (const char *const *s = tail; *s; s++)
+        args[n++] = *s;
+    args[n] = NULL;
+    cr_assert_eq(run_cli(out, sizeof out, args), 0, "%s", out);
+    cr_assert_eq(mvk_read_text(sp, &text, &len, out, sizeof out), 0);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    cr_assert_not_null(j);
+    cJSON *arr = cJSON_GetObjectItem(j, "tokens_per_expert");
+    cr_assert_eq(cJSON_GetArraySize(arr), (int)r->E);
+    for (uint32_t e = 0; e < r->E; e++)
+        cr_assert_eq((uint32_t)cJSON_GetArrayItem(arr, (int)e)->valuedouble, tpe[e]);
+    cr_assert_eq(cJSON_GetObjectItem(j, "dropped")->valuedouble, 0);
+    cr_assert_float_eq(cJSON_GetObjectItem(j, "load_balancing_loss")->valuedouble,
+                       rs.load_balancing_loss, 1e-9);
+    cr_assert_float_eq(cJSON_GetObjectItem(j, "router_z_loss")->valuedouble, rs.router_z_loss,
+                       1e-9);
+    cr_assert_float_eq(cJSON_GetObjectItem(j, "routing_entropy")->valuedouble,
+                       rs.routing_entropy, 1e-9);
+    cr_assert_str_eq(cJSON_GetObjectItem(j, "model_type")->valuestring, r->model_type);
+    cJSON_Delete(j);
+}
+
+/* `moevk run <sel> <extra> --input x` on the CPU fails with exit 1 and a
+ * message that says msg. */
+static void expect_run_fails(const char *const *sel, const char *extra, const char *xpath,
+                             const char *msg)
+{
     char out[8192];
-    const char *args[] = {"run", "--model", t.dir, "--layer", "0", "--input", t.x, NULL};
+    const char *args[24];
+    size_t n = 0;
+    args[n++] = "run";
+    for (const char *const *s = sel; *s; s++)
+        args[n++] = *s;
+    if (extra)
+        args[n++] = extra;
+    const char *tail[] = {"--input", xpath, "--backend", "cpu", NULL};
+    for (const char *const *s = tail; *s; s++)
+        args[n++] = *s;
+    args[n] = NULL;
     cr_assert_eq(run_cli(out, sizeof out, args), 1, "%s", out);
-    cr_assert(strstr(out, "dense layer"), "%s", out);
-    free(y1);
+    cr_assert(strstr(out, msg), "'%s' does not say '%s'", out, msg);
+}
+
+ParameterizedTestParameters(model, architecture)
+{
+    static size_t rows[N_ARCH_ROWS];
+    for (size_t i = 0; i < N_ARCH_ROWS; i++)
+        rows[i] = i;
+    return cr_make_param_array(size_t, rows, N_ARCH_ROWS);
+}
+
+/* One row: the loader's desc and weights, then `moevk run` on every backend
+ * against the CPU reference (switch_transformers: against switch_naive),
+ * and the row's other layers. */
+ParameterizedTest(const size_t *index, model, architecture, .timeout = 120)
+{
+    const arch_row *r = &arch_rows[*index];
+    cr_log_info("%s", r->name);
+    e2e t;
+    e2e_begin(&t, 100 + *index);
+    canon c, other;
+    unsigned flags = r->flags;
+    canon_make(&c, &t.rng, r->H, r->F, r->E, r->K, r->SF, r->wdt, r->sdt, r->rdt, flags);
+    canon_make(&other, &t.rng, r->H, r->F, r->E, r->K, r->SF, r->wdt, r->sdt, r->rdt, flags);
+    if (flags & F32_BIASES)
+        c.bdt = other.bdt = F32;
+    char w[512];
+    write_checkpoint(r, t.dir, &c, &other, w, sizeof w);
+
+    mvk_moe_config cfg;
+    mvk_st_set set;
+    mvk_model_layer L;
+    build_row(r, t.dir, w, &cfg, &set, &L);
+    expect_layer(r, &L, &set, &c);
+    mvk_model_layer_free(&L);
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&cfg);
+
+    const uint32_t H = r->H;
+    uint32_t T = 1;
+    for (uint32_t i = 0; i + 1 < r->xdims; i++)
+        T *= (uint32_t)r->xshape[i];
+    float *x = write_x(&t.rng, t.x, r->xdt, r->xdims, r->xshape);
+    moevk_layer_desc d = canon_desc(&c);
+    d.routing = r->want.routing;
+    d.activation = r->want.activation;
+    d.norm_topk_prob = r->want.norm_topk_prob;
+    d.n_group = r->want.n_group;
+    d.topk_group = r->want.topk_group;
+    d.routed_scaling_factor = r->want.routed_scaling_factor;
+    d.swiglu_alpha = r->want.swiglu_alpha;
+    d.swiglu_limit = r->want.swiglu_limit;
+    uint8_t *near = NULL;
+    float *y;
+    uint32_t dropped = 0;
+    if (r->capacity) {
+        /* B sequences of S tokens ([B, S, H]), capacity per sequence */
+        near = malloc(T);
+        y = switch_naive(&c, x, (uint32_t)r->xshape[0], (uint32_t)r->xshape[1], r->capacity,
+                         0, near, &dropped);
+        cr_assert_gt(dropped, 0, "the case should drop tokens");
+    } else {
+        y = expect_ref(&d, x, T, &near);
+    }
+    char prefix_arg[MVK_PREFIX_LEN];
+    snprintf(prefix_arg, sizeof prefix_arg, "%s", r->prefix);
+    if (!r->layer) /* --prefix without its final dot: moevk adds it */
+        prefix_arg[strlen(prefix_arg) - 1] = 0;
+    const char *sel_model[] = {"--model", t.dir, "--layer", r->layer, NULL};
+    const char *sel_files[] = {"--config", t.cfg, "--weights", w, "--prefix", prefix_arg, NULL};
+    const char *const *sel = r->layer ? sel_model : sel_files;
+    run_backends(t.dir, sel, t.x, y, near, T, H, r->xdims, r->xshape, r->tol);
+
+    if (r->capacity) {
+        /* the same sequences as one [T, H] input: one sequence, more drops;
+         * and transformers 4's output for dropped tokens */
+        float *y1 = switch_naive(&c, x, 1, T, r->capacity, 1, near, &dropped);
+        char x2[512];
+        tlist *xl = tl_new();
+        tl_add(xl, F32, 2, SH(T, H), x, "x");
+        tl_write(xl, join(x2, sizeof x2, t.dir, "x2.safetensors"), 0, 1);
+        tl_free(xl);
+        const char *sel4[] = {"--model", t.dir, "--layer", r->layer, "--dropped-passthrough",
+                              NULL};
+        run_backends(t.dir, sel4, x2, y1, near, T, H, 2, SH(T, H), r->tol);
+        free(y1);
+    } else {
+        expect_run_fails(sel, "--dropped-passthrough", t.x, "only for switch_transformers");
+    }
+    if (r->stats)
+        expect_stats(r, t.dir, sel, t.x, &d, x, T);
+    if (r->other_layer) {
+        /* the other layer is a different block */
+        char out[8192], yp[512];
+        const char *args[] = {"run", "--model", t.dir, "--layer", r->other_layer, "--input",
+                              t.x, "--output", join(yp, sizeof yp, t.dir, "y0.safetensors"),
+                              "--backend", "cpu", NULL};
+        cr_assert_eq(run_cli(out, sizeof out, args), 0, "%s", out);
+        cr_assert_gt(y_error(yp, y, NULL, T, H, r->xdims, r->xshape), 0.1);
+    }
+    if (r->dense_layer) {
+        const char *dense[] = {"--model", t.dir, "--layer", r->dense_layer, NULL};
+        expect_run_fails(dense, NULL, t.x, r->dense_msg);
+    }
     free(x);
     free(y);
     free(near);
     canon_free(&c);
+    canon_free(&other);
     dir_remove(t.dir);
+}
+
+/* ---- the descriptor table, and a descriptor outside it ----------------------- */
+
+/* Whether pattern names a tensor per expert ("{i}" in it). */
+static int per_expert_name(const char *pattern)
+{
+    return pattern && strstr(pattern, "{i}");
+}
+
+/* What every descriptor must hold (the checklist in src/model/arch.c). */
+Test(model, descriptors_are_complete)
+{
+    size_t n = 0;
+    for (const mvk_arch *a; (a = mvk_arch_get(n)); n++) {
+        const char *name = mvk_arch_name(a);
+        for (size_t i = 0; i < MVK_ARCH_NAMES && a->model_types[i]; i++)
+            cr_expect_eq(mvk_arch_find(a->model_types[i]), a, "%s: model_type %s", name,
+                         a->model_types[i]);
+        static const mvk_cfg_field needed[] = {MVK_CFG_HIDDEN, MVK_CFG_FFN, MVK_CFG_EXPERTS,
+                                               MVK_CFG_TOP_K, MVK_CFG_NUM_LAYERS};
+        for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++)
+            cr_expect_not_null(mvk_arch_key_of(a, needed[i]), "%s: no key for field %d", name,
+                               (int)needed[i]);
+        size_t nkeys = 0;
+        while (nkeys < MVK_ARCH_KEYS && a->keys[nkeys].field != MVK_CFG_END)
+            nkeys++;
+        cr_expect_lt(nkeys, MVK_ARCH_KEYS, "%s: the key list has no end", name);
+        for (size_t i = 0; i < nkeys; i++)
+            for (size_t j = i + 1; j < nkeys; j++)
+                cr_expect_neq(a->keys[i].field, a->keys[j].field, "%s: field %d read twice",
+                              name, (int)a->keys[i].field);
+        cr_expect(a->act.key ? a->act.names && a->act.names[0].name : a->act.def != NULL,
+                  "%s: activation", name);
+        cr_expect(a->layer_prefixes[0] && strstr(a->layer_prefixes[0], "{N}"),
+                  "%s: layer prefix", name);
+        cr_expect_eq(a->sparse == MVK_SPARSE_ENCODER_DECODER,
+                     a->decoder_prefix && mvk_arch_key_of(a, MVK_CFG_NUM_DECODER_LAYERS),
+                     "%s: a decoder stack needs decoder_prefix and num_decoder_layers", name);
+        cr_expect_not_null(a->router, "%s: router", name);
+        int readable = 0;
+        for (size_t i = 0; i < MVK_ARCH_LAYOUTS && a->layouts[i]; i++) {
+            const mvk_arch_layout *l = a->layouts[i];
+            const int per = l->kind == MVK_LAYOUT_PER_EXPERT;
+            if (l->kind == MVK_LAYOUT_REFUSED) {
+                cr_expect(l->gate && l->why, "%s: a refused layout needs gate and why", name);
+                continue;
+            }
+            readable++;
+            cr_expect_not_null(l->what, "%s: layout %zu is not described", name, i);
+            /* per-expert: up and down (and gate) per expert; stacked: gate_up and down */
+            cr_expect(per ? per_expert_name(l->up) && per_expert_name(l->down) &&
+                                (!l->gate || per_expert_name(l->gate))
+                          : l->gate && l->down && !l->up && !per_expert_name(l->gate) &&
+                                !per_expert_name(l->down),
+                      "%s: layout %s names", name, l->what);
+            cr_expect_eq(!l->gate_bias, !l->down_bias, "%s: layout %s biases", name, l->what);
+        }
+        cr_expect_gt(readable, 0, "%s: no readable layout", name);
+        if (mvk_arch_key_of(a, MVK_CFG_SHARED_FFN) || mvk_arch_key_of(a, MVK_CFG_SHARED_EXPERTS))
+            cr_expect(a->shared[0] && a->shared[1] && a->shared[2], "%s: shared names", name);
+        else
+            cr_expect(!a->shared[0] && !a->shared_gate, "%s: shared names without a size", name);
+        /* the defaults make a valid config, and the listed message names it */
+        char json[128], list[256];
+        snprintf(json, sizeof json, "{\"model_type\": \"%s\"}", name);
+        mvk_moe_config c = parse_ok(json);
+        cr_expect_eq(c.arch, a);
+        mvk_hf_config_free(&c);
+        cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
+    }
+    cr_assert_eq(n, 7, "the table has %zu architectures", n);
+    cr_expect_null(mvk_arch_find("llama"));
+    cr_expect_null(mvk_arch_find(NULL));
+    char list[256];
+    cr_expect_str_eq(mvk_arch_list(list, sizeof list, mvk_arch_has_decoder),
+                     "switch_transformers");
+    cr_expect_str_eq(mvk_arch_list(list, sizeof list, mvk_arch_has_capacity),
+                     "switch_transformers");
+    char small[12];
+    cr_expect_str_eq(mvk_arch_list(small, sizeof small, NULL), "mixtral"); /* cut at a name */
+}
+
+Test(model, name_patterns_expand)
+{
+    char buf[64], tiny[8];
+    cr_assert_eq(mvk_arch_expand(buf, sizeof buf, "m.", "experts.{i}.w1", 12), 0);
+    cr_expect_str_eq(buf, "m.experts.12.w1");
+    cr_assert_eq(mvk_arch_expand(buf, sizeof buf, "", "model.layers.{N}.mlp.", 4294967295u), 0);
+    cr_expect_str_eq(buf, "model.layers.4294967295.mlp.");
+    /* a prefix is taken as it is */
+    cr_assert_eq(mvk_arch_expand(buf, sizeof buf, "a{N}{i}.", "{x}gate", 3), 0);
+    cr_expect_str_eq(buf, "a{N}{i}.{x}gate");
+    cr_expect_eq(mvk_arch_expand(tiny, sizeof tiny, "", "abcd{i}", 1234), -1);
+    cr_expect_str_eq(tiny, "");
+    cr_assert_eq(mvk_arch_expand(tiny, sizeof tiny, "", "abc{i}", 123), 0);
+    cr_expect_str_eq(tiny, "abc123");
+}
+
+/* A descriptor the table does not have, with names of its own: the generic
+ * reader and loader handle it like the table's. */
+static const mvk_act_name toy_acts[] = {{"swish", MOEVK_ACT_SWIGLU},
+                                        {"gelu", MOEVK_ACT_GEGLU},
+                                        {NULL, MOEVK_ACT_SWIGLU}};
+static const mvk_arch_layout toy_layout = {
+    .kind = MVK_LAYOUT_PER_EXPERT,
+    .what = "toy fc1/fc3/fc2",
+    .gate = "ffn.fc1.{i}",
+    .up = "ffn.fc3.{i}",
+    .down = "ffn.fc2.{i}",
+};
+static const mvk_arch toy_arch = {
+    .model_types = {"toy_moe"},
+    .keys = {{.field = MVK_CFG_HIDDEN, .names = {"d_embed"}, .required = 1},
+             {.field = MVK_CFG_FFN, .names = {"d_expert"}, .def = 8},
+             {.field = MVK_CFG_EXPERTS, .names = {"n_experts", "experts"}, .def = 4},
+             {.field = MVK_CFG_TOP_K, .names = {"k"}, .def = 2},
+             {.field = MVK_CFG_NORM_TOPK, .def = 1},
+             {.field = MVK_CFG_NUM_LAYERS, .names = {"n_layers"}, .def = 4},
+             {.field = MVK_CFG_FIRST_K_DENSE, .names = {"dense_first"}, .def = 1}},
+    .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+    .act = {.key = "act", .def = "swish", .names = toy_acts},
+    .sparse = MVK_SPARSE_DECODER,
+    .layer_prefixes = {"blocks.{N}.moe."},
+    .router = "route.w",
+    .router_bias = "route.b",
+    .layouts = {&toy_layout},
+};
+
+static mvk_moe_config toy_parse(const char *json)
+{
+    char err[512];
+    mvk_moe_config c;
+    cr_assert_eq(mvk_hf_config_parse_as(&toy_arch, json, strlen(json), "toy.json", &c, err,
+                                        sizeof err),
+                 0, "%s: %s", json, err);
+    return c;
+}
+
+Test(model, a_new_architecture_is_one_descriptor)
+{
+    char err[512] = "";
+    mvk_moe_config c;
+    const char *no_h = "{\"d_expert\": 4}";
+    cr_assert_eq(mvk_hf_config_parse_as(&toy_arch, no_h, strlen(no_h), "toy.json", &c, err,
+                                        sizeof err),
+                 -1);
+    cr_expect(strstr(err, "toy.json: \"d_embed\" is required (toy_moe has no default for it)"),
+              "%s", err);
+    const char *bad_act = "{\"d_embed\": 8, \"act\": \"silu\"}";
+    cr_assert_eq(mvk_hf_config_parse_as(&toy_arch, bad_act, strlen(bad_act), "toy.json", &c,
+                                        err, sizeof err),
+                 -1);
+    cr_expect(strstr(err, "\"act\" = \"silu\" is not supported (swish, gelu)"), "%s", err);
+    c = toy_parse("{\"d_embed\": 16, \"experts\": 3, \"act\": \"gelu\"}");
+    cr_expect(c.hidden == 16 && c.ffn == 8 && c.num_experts == 3 && c.top_k == 2 &&
+                  c.norm_topk_prob == 1 && c.activation == MOEVK_ACT_GEGLU &&
+                  c.router_bias && !c.correction_bias && c.first_k_dense_replace == 1,
+              "H %u F %u E %u k %u", c.hidden, c.ffn, c.num_experts, c.top_k);
+    cr_expect_str_eq(mvk_arch_name(c.arch), "toy_moe");
+
+    /* its layers and prefixes */
+    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
+    int n;
+    cr_assert_eq(mvk_hf_layer_prefixes(&c, 3, 0, p, &n, err, sizeof err), 0, "%s", err);
+    cr_expect(n == 1 && !strcmp(p[0], "blocks.3.moe."), "%d %s", n, p[0]);
+    cr_expect_eq(mvk_hf_layer_prefixes(&c, 0, 0, p, &n, err, sizeof err), -1);
+    cr_expect(strstr(err, "layer 0 is a dense MLP layer (dense_first = 1)"), "%s", err);
+    cr_expect_eq(mvk_hf_layer_prefixes(&c, 4, 0, p, &n, err, sizeof err), -1);
+    cr_expect(strstr(err, "layer 4 is out of range: toy_moe has n_layers = 4"), "%s", err);
+    cr_expect_eq(mvk_hf_layer_prefixes(&c, 1, 1, p, &n, err, sizeof err), -1);
+    cr_expect(strstr(err, "--decoder is only for switch_transformers"), "%s", err);
+
+    /* a block under its names, loaded and compared as the table's rows are */
+    char dir[256], w[512];
+    dir_make(dir, sizeof dir);
+    mvkt_rng rng = mvkt_rng_make(17);
+    canon k;
+    canon_make(&k, &rng, 16, 8, 3, 2, 0, BF16, BF16, F32, WITH_RBIAS);
+    tlist *l = tl_new();
+    const char *P = "blocks.3.moe.";
+    tl_add(l, F32, 2, SH(3, 16), k.router, "%sroute.w", P);
+    tl_add(l, k.bdt, 1, SH(3), k.rbias, "%sroute.b", P);
+    for (uint32_t i = 0; i < 3; i++) {
+        tl_add(l, BF16, 2, SH(8, 16), k.gate + i * 128, "%sffn.fc1.%u", P, i);
+        tl_add(l, BF16, 2, SH(8, 16), k.up + i * 128, "%sffn.fc3.%u", P, i);
+        tl_add(l, BF16, 2, SH(16, 8), k.down + i * 128, "%sffn.fc2.%u", P, i);
+    }
+    tl_write(l, join(w, sizeof w, dir, "toy.safetensors"), 0, l->n);
+    tl_free(l);
+    const arch_row r = {.name = "toy_moe", .model_type = "toy_moe", .H = 16, .F = 8, .E = 3,
+                        .K = 2, .wdt = BF16, .prefix = "blocks.3.moe.",
+                        .want = {.activation = MOEVK_ACT_GEGLU, .norm_topk_prob = 1,
+                                 .weight_dtype = BF16, .router_dtype = F32},
+                        .want_layout = "toy fc1/fc3/fc2", .want_mapped = 1};
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    cr_assert_eq(mvk_st_set_add_file(&set, w, err, sizeof err), 0, "%s", err);
+    mvk_model_layer L;
+    const char *pp[] = {p[0]};
+    cr_assert_eq(mvk_model_layer_build_any(&c, &set, pp, 1, &L, err, sizeof err), 0, "%s", err);
+    expect_layer(&r, &L, &set, &k);
+    mvk_model_layer_free(&L);
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&c);
+    canon_free(&k);
+    dir_remove(dir);
+}
+
+/* ---- which layout, and what is missing ----------------------------------------- */
+
+typedef struct st_decl {
+    const char *name, *dtype;
+    uint32_t ndim;
+    uint64_t shape[3];
+} st_decl;
+
+/* The loader given config.json `json` and zero-filled tensors `t` (ended by
+ * a NULL name) under prefix "" fails, saying msg. */
+static void build_refused(const char *json, const st_decl *t, const char *msg)
+{
+    char dir[256], path[512], err[1024] = "";
+    dir_make(dir, sizeof dir);
+    tlist *l = tl_new();
+    for (; t->name; t++) {
+        uint64_t n = 1;
+        for (uint32_t i = 0; i < t->ndim; i++)
+            n *= t->shape[i];
+        tl_raw(l, t->name, t->dtype, t->ndim, t->shape, calloc(n * 4 + 1, 1));
+    }
+    tl_write(l, join(path, sizeof path, dir, "w.safetensors"), 0, l->n);
+    tl_free(l);
+    mvk_moe_config c = parse_ok(json);
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    cr_assert_eq(mvk_st_set_add_file(&set, path, err, sizeof err), 0, "%s", err);
+    mvk_model_layer L;
+    cr_expect_eq(mvk_model_layer_build(&c, &set, "", &L, err, sizeof err), -1, "%s: built",
+                 json);
+    cr_expect(strstr(err, msg), "%s: '%s' does not say '%s'", json, err, msg);
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&c);
+    dir_remove(dir);
+}
+
+#define TINY(mt, f) "{\"model_type\": \"" mt "\", \"hidden_size\": 4, \"" f "\": 2,"
+#define TINY_MIXTRAL                                                                            \
+    TINY("mixtral", "intermediate_size") " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_QWEN3                                                                              \
+    TINY("qwen3_moe", "moe_intermediate_size") " \"num_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_OSS                                                                                \
+    TINY("gpt_oss", "intermediate_size") " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}"
+#define TINY_SWITCH                                                                             \
+    "{\"model_type\": \"switch_transformers\", \"d_model\": 4, \"d_ff\": 2,"                   \
+    " \"num_experts\": 2, \"router_bias\": true}"
+
+Test(model, layout_choice_and_missing_tensors)
+{
+    const st_decl gate[] = {{"gate.weight", "F32", 2, {2, 4}}, {NULL}};
+    build_refused(TINY_MIXTRAL, gate,
+                  "missing tensor 'experts.0.w1.weight' (nor 'experts.0.gate_proj.weight' or "
+                  "the stacked 'experts.gate_up_proj')");
+    build_refused(TINY_QWEN3, gate,
+                  "missing tensor 'experts.0.w1.weight' (nor 'experts.0.gate_proj.weight' or "
+                  "the stacked 'experts.gate_up_proj')");
+    /* a stacked gate_up without its down */
+    const st_decl half[] = {{"gate.weight", "F32", 2, {2, 4}},
+                            {"experts.gate_up_proj", "F32", 3, {2, 4, 4}},
+                            {NULL}};
+    build_refused(TINY_QWEN3, half, "missing tensor 'experts.down_proj'");
+    /* one layout: its first missing tensor */
+    const st_decl router[] = {{"router.classifier.weight", "F32", 2, {2, 4}},
+                              {"router.classifier.bias", "F32", 1, {2}},
+                              {NULL}};
+    build_refused(TINY_SWITCH, router, "missing tensor 'experts.expert_0.wi.weight'");
+    const st_decl no_bias[] = {{"router.classifier.weight", "F32", 2, {2, 4}}, {NULL}};
+    build_refused(TINY_SWITCH, no_bias, "missing tensor 'router.classifier.bias'");
+    const st_decl oss_router[] = {{"router.weight", "F32", 2, {2, 4}},
+                                  {"router.bias", "F32", 1, {2}},
+                                  {NULL}};
+    build_refused(TINY_OSS, oss_router, "missing tensor 'experts.gate_up_proj'");
+    /* MXFP4 experts: refused, naming the tensor and its dtype */
+    const st_decl mxfp4[] = {{"router.weight", "F32", 2, {2, 4}},
+                             {"router.bias", "F32", 1, {2}},
+                             {"experts.gate_up_proj_blocks", "U8", 3, {2, 4, 2}},
+                             {"experts.gate_up_proj_scales", "U8", 2, {2, 4}},
+                             {NULL}};
+    build_refused(TINY_OSS, mxfp4,
+                  "tensor 'experts.gate_up_proj_blocks' has unsupported dtype U8: the experts "
+                  "are MXFP4-quantized");
+    /* gpt-oss' expert biases are required */
+    const st_decl oss[] = {{"router.weight", "F32", 2, {2, 4}},
+                           {"router.bias", "F32", 1, {2}},
+                           {"experts.gate_up_proj", "F32", 3, {2, 4, 4}},
+                           {"experts.gate_up_proj_bias", "F32", 2, {2, 4}},
+                           {"experts.down_proj", "F32", 3, {2, 2, 4}},
+                           {NULL}};
+    build_refused(TINY_OSS, oss, "missing tensor 'experts.down_proj_bias'");
+    /* deepseek_v3's correction bias; qwen2_moe's shared-expert gate */
+    const st_decl ds[] = {{"gate.weight", "F32", 2, {2, 4}}, {NULL}};
+    build_refused("{\"model_type\": \"deepseek_v3\", \"hidden_size\": 4,"
+                  " \"moe_intermediate_size\": 2,"
+                  " \"n_routed_experts\": 2, \"num_experts_per_tok\": 1, \"n_group\": 1,"
+                  " \"topk_group\": 1}",
+                  ds, "missing tensor 'gate.e_score_correction_bias'");
+    const st_decl q2[] = {{"gate.weight", "F32", 2, {2, 4}},
+                          {"experts.gate_up_proj", "F32", 3, {2, 4, 4}},
+                          {"experts.down_proj", "F32", 3, {2, 4, 2}},
+                          {"shared_expert.gate_proj.weight", "F32", 2, {2, 4}},
+                          {"shared_expert.up_proj.weight", "F32", 2, {2, 4}},
+                          {"shared_expert.down_proj.weight", "F32", 2, {4, 2}},
+                          {NULL}};
+    build_refused("{\"model_type\": \"qwen2_moe\", \"hidden_size\": 4,"
+                  " \"moe_intermediate_size\": 2,"
+                  " \"num_experts\": 2, \"num_experts_per_tok\": 1,"
+                  " \"shared_expert_intermediate_size\": 2}",
+                  q2, "missing tensor 'shared_expert_gate.weight'");
 }
 
 Test(model, run_reports_bad_input_cleanly)

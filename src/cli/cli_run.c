@@ -695,8 +695,10 @@ int cli_run(int argc, char **argv)
     if (mvk_model_layer_build_any(&cfg, &set, pp, nprefix, &ml, err, sizeof err))
         goto fail;
     if (opt.passthrough) {
-        if (ml.arch != MVK_ARCH_SWITCH) {
-            snprintf(err, sizeof err, "--dropped-passthrough is only for switch_transformers");
+        if (!mvk_arch_has_capacity(ml.arch)) {
+            char list[256];
+            snprintf(err, sizeof err, "--dropped-passthrough is only for %s",
+                     mvk_arch_list(list, sizeof list, mvk_arch_has_capacity));
             goto fail;
         }
         ml.dropped_passthrough = 1;

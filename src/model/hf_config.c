@@ -1,149 +1,135 @@
 /*
- * config.json of the supported Hugging Face MoE architectures.
- *
- * Field names and defaults follow transformers' configuration classes
- * (MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig, DeepseekV3Config,
- * OlmoeConfig, GptOssConfig, SwitchTransformersConfig). A field that is
- * absent or null takes the class default; a field of the wrong type is an
- * error naming it.
+ * config.json of the supported Hugging Face MoE architectures, read as each
+ * architecture's descriptor says (arch.c): its keys in order, each into its
+ * field, with the descriptor's default when a key is absent or null; a key
+ * of the wrong type is an error naming it.
  */
 #include "hf_config.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model_util.h"
 
-static const char *const arch_names[MVK_ARCH_COUNT] = {
-    "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "olmoe", "gpt_oss", "switch_transformers",
+/* ---- fields -------------------------------------------------------------- */
+
+typedef enum value_type {
+    V_U32,       /* an integer in 0..UINT32_MAX into a uint32_t                  */
+    V_U64,       /* the same into a uint64_t                                     */
+    V_BOOL,      /* true/false (or 0/1) into an int                              */
+    V_F32,       /* a finite number into a float                                 */
+    V_LIST,      /* a list of layer indices: mlp_only_layers                     */
+    V_TIMES_FFN, /* an integer n: the uint32_t field = n x ffn                   */
+} value_type;
+
+typedef struct field_info {
+    value_type type;
+    size_t offset;     /* in mvk_moe_config */
+    const char *label; /* named in messages when the architecture has no key for it */
+} field_info;
+
+#define AT(f) offsetof(mvk_moe_config, f)
+
+static const field_info fields[MVK_CFG_FIELD_COUNT] = {
+    [MVK_CFG_HIDDEN] = {V_U32, AT(hidden), "hidden_size"},
+    [MVK_CFG_FFN] = {V_U32, AT(ffn), "intermediate_size"},
+    [MVK_CFG_EXPERTS] = {V_U32, AT(num_experts), "num_experts"},
+    [MVK_CFG_TOP_K] = {V_U32, AT(top_k), "num_experts_per_tok"},
+    [MVK_CFG_NORM_TOPK] = {V_BOOL, AT(norm_topk_prob), "norm_topk_prob"},
+    [MVK_CFG_N_GROUP] = {V_U32, AT(n_group), "n_group"},
+    [MVK_CFG_TOPK_GROUP] = {V_U32, AT(topk_group), "topk_group"},
+    [MVK_CFG_SCALING] = {V_F32, AT(routed_scaling_factor), "routed_scaling_factor"},
+    [MVK_CFG_SHARED_FFN] = {V_U32, AT(shared_ffn), "shared_expert_intermediate_size"},
+    [MVK_CFG_SHARED_EXPERTS] = {V_TIMES_FFN, AT(shared_ffn), "n_shared_experts"},
+    [MVK_CFG_CAPACITY] = {V_U64, AT(expert_capacity), "expert_capacity"},
+    [MVK_CFG_ROUTER_BIAS] = {V_BOOL, AT(router_bias), "router_bias"},
+    [MVK_CFG_SWIGLU_ALPHA] = {V_F32, AT(swiglu_alpha), "swiglu_alpha"},
+    [MVK_CFG_SWIGLU_LIMIT] = {V_F32, AT(swiglu_limit), "swiglu_limit"},
+    [MVK_CFG_NUM_LAYERS] = {V_U32, AT(num_layers), "num_hidden_layers"},
+    [MVK_CFG_SPARSE_STEP] = {V_U32, AT(decoder_sparse_step), "decoder_sparse_step"},
+    [MVK_CFG_MLP_ONLY] = {V_LIST, AT(mlp_only_layers), "mlp_only_layers"},
+    [MVK_CFG_FIRST_K_DENSE] = {V_U32, AT(first_k_dense_replace), "first_k_dense_replace"},
+    [MVK_CFG_NUM_DECODER_LAYERS] = {V_U32, AT(num_decoder_layers), "num_decoder_layers"},
+    [MVK_CFG_SPARSE_ENCODER_LAYERS] = {V_U32, AT(num_sparse_encoder_layers),
+                                       "num_sparse_encoder_layers"},
+    [MVK_CFG_SPARSE_DECODER_LAYERS] = {V_U32, AT(num_sparse_decoder_layers),
+                                       "num_sparse_decoder_layers"},
+    [MVK_CFG_ENCODER_STEP] = {V_U32, AT(encoder_sparse_step), "encoder_sparse_step"},
+    [MVK_CFG_DECODER_STEP] = {V_U32, AT(decoder_sparse_step_sw), "decoder_sparse_step"},
 };
 
-const char *mvk_arch_name(mvk_arch a)
+/* The name messages give a field: its key's, else the field's label. */
+static const char *key_name(const mvk_arch *a, mvk_cfg_field f)
 {
-    return (unsigned)a < MVK_ARCH_COUNT ? arch_names[a] : "unknown";
+    const mvk_arch_key *k = mvk_arch_key_of(a, f);
+    return k && k->names[0] ? k->names[0] : fields[f].label;
 }
+
+/* ---- reading values ---------------------------------------------------------- */
 
 typedef struct cfg_reader {
     const cJSON *root;
     const char *what;
     char *err;
     size_t errsz;
-    int failed;
 } cfg_reader;
 
-/* The first of the names present with a non-null value, or NULL. */
-static const cJSON *field(cfg_reader *r, const char *const *names, const char **found)
+/* The first of the names present with a non-null value (its name in
+ * *found), or NULL. */
+static const cJSON *lookup(const cfg_reader *r, const char *const *names, size_t n,
+                           const char **found)
 {
-    for (; *names; names++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, *names);
+    for (size_t i = 0; i < n && names[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, names[i]);
         if (v && !cJSON_IsNull(v)) {
-            *found = *names;
+            *found = names[i];
             return v;
         }
     }
     return NULL;
 }
 
-#define NAMES(...) ((const char *const[]){__VA_ARGS__, NULL})
-
-static uint64_t get_uint(cfg_reader *r, const char *const *names, uint64_t def, uint64_t max)
+static int uint_value(const cfg_reader *r, const cJSON *v, const char *name, uint64_t max,
+                      uint64_t *out)
 {
-    const char *name = NULL;
-    const cJSON *v = field(r, names, &name);
-    if (!v || r->failed)
-        return def;
     double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
     if (!(d >= 0) || d > (double)max || d != floor(d)) {
         if (cJSON_IsNumber(v))
-            mvk_errf(r->err, r->errsz, "%s: \"%s\" = %g is not an integer in 0..%llu", r->what,
-                     name, d, (unsigned long long)max);
-        else
-            mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a number", r->what, name);
-        r->failed = 1;
-        return def;
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %g is not an integer in 0..%llu",
+                            r->what, name, d, (unsigned long long)max);
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a number", r->what, name);
     }
-    return (uint64_t)d;
-}
-
-static uint32_t get_u32(cfg_reader *r, const char *const *names, uint32_t def)
-{
-    return (uint32_t)get_uint(r, names, def, UINT32_MAX);
-}
-
-static int get_bool(cfg_reader *r, const char *name, int def)
-{
-    const char *found;
-    const cJSON *v = field(r, NAMES(name), &found);
-    if (!v || r->failed)
-        return def;
-    if (cJSON_IsBool(v))
-        return cJSON_IsTrue(v);
-    if (cJSON_IsNumber(v) && (v->valuedouble == 0 || v->valuedouble == 1))
-        return v->valuedouble != 0;
-    mvk_errf(r->err, r->errsz, "%s: \"%s\" is not true or false", r->what, name);
-    r->failed = 1;
-    return def;
-}
-
-static float get_float(cfg_reader *r, const char *name, float def)
-{
-    const char *found;
-    const cJSON *v = field(r, NAMES(name), &found);
-    if (!v || r->failed)
-        return def;
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > 3e38) {
-        mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a finite number", r->what, name);
-        r->failed = 1;
-        return def;
-    }
-    return (float)v->valuedouble;
-}
-
-static const char *get_str(cfg_reader *r, const char *name, const char *def)
-{
-    const char *found;
-    const cJSON *v = field(r, NAMES(name), &found);
-    if (!v || r->failed)
-        return def;
-    if (!cJSON_IsString(v) || !v->valuestring) {
-        mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a string", r->what, name);
-        r->failed = 1;
-        return def;
-    }
-    return v->valuestring;
-}
-
-static int gated_act(cfg_reader *r, const char *name, const char *def, mvk_moe_config *c)
-{
-    const char *a = get_str(r, name, def);
-    if (r->failed)
-        return -1;
-    snprintf(c->act_name, sizeof c->act_name, "%s", a);
-    if (!strcmp(a, "silu") || !strcmp(a, "swish"))
-        c->activation = MOEVK_ACT_SWIGLU;
-    else if (!strcmp(a, "gelu"))
-        c->activation = MOEVK_ACT_GEGLU;
-    else if (!strcmp(a, "gelu_pytorch_tanh") || !strcmp(a, "gelu_new") || !strcmp(a, "gelu_fast"))
-        c->activation = MOEVK_ACT_GEGLU_TANH;
-    else
-        return mvk_errf(r->err, r->errsz,
-                        "%s: \"%s\" = \"%.32s\" is not supported (silu, gelu, gelu_new, "
-                        "gelu_pytorch_tanh)",
-                        r->what, name, a);
+    *out = (uint64_t)d;
     return 0;
 }
 
-static int parse_mlp_only(cfg_reader *r, mvk_moe_config *c)
+static int bool_value(const cfg_reader *r, const cJSON *v, const char *name, int *out)
 {
-    const char *found;
-    const cJSON *v = field(r, NAMES("mlp_only_layers"), &found);
-    if (!v)
-        return 0;
+    if (cJSON_IsBool(v))
+        *out = cJSON_IsTrue(v);
+    else if (cJSON_IsNumber(v) && (v->valuedouble == 0 || v->valuedouble == 1))
+        *out = v->valuedouble != 0;
+    else
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not true or false", r->what, name);
+    return 0;
+}
+
+static int float_value(const cfg_reader *r, const cJSON *v, const char *name, float *out)
+{
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > 3e38)
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a finite number", r->what, name);
+    *out = (float)v->valuedouble;
+    return 0;
+}
+
+static int list_value(const cfg_reader *r, const cJSON *v, const char *name, mvk_moe_config *c)
+{
     if (!cJSON_IsArray(v))
-        return mvk_errf(r->err, r->errsz, "%s: \"mlp_only_layers\" is not a list", r->what);
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a list", r->what, name);
     int n = cJSON_GetArraySize(v);
     c->mlp_only_layers = calloc(n ? (size_t)n : 1, sizeof(uint32_t));
     if (!c->mlp_only_layers)
@@ -152,146 +138,98 @@ static int parse_mlp_only(cfg_reader *r, mvk_moe_config *c)
         const cJSON *e = cJSON_GetArrayItem(v, i);
         double d = cJSON_IsNumber(e) ? e->valuedouble : -1;
         if (!(d >= 0) || d > UINT32_MAX || d != floor(d))
-            return mvk_errf(r->err, r->errsz,
-                            "%s: \"mlp_only_layers\"[%d] is not a layer index", r->what, i);
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not a layer index", r->what,
+                            name, i);
         c->mlp_only_layers[i] = (uint32_t)d;
     }
     c->n_mlp_only_layers = (uint32_t)n;
     return 0;
 }
 
-static int parse_arch(cfg_reader *r, mvk_moe_config *c)
+/* One key of the descriptor into its field: the value, or the default. */
+static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *k,
+                    mvk_moe_config *c)
 {
-    /* defaults shared by the softmax-routed decoders */
-    c->routing = MOEVK_ROUTING_SOFTMAX_TOPK;
-    c->decoder_sparse_step = 1;
-    switch (c->arch) {
-    case MVK_ARCH_MIXTRAL:
-        c->hidden = get_u32(r, NAMES("hidden_size"), 4096);
-        c->ffn = get_u32(r, NAMES("intermediate_size"), 14336);
-        c->num_experts = get_u32(r, NAMES("num_local_experts"), 8);
-        c->top_k = get_u32(r, NAMES("num_experts_per_tok"), 2);
-        c->num_layers = get_u32(r, NAMES("num_hidden_layers"), 32);
-        c->norm_topk_prob = 1; /* MixtralSparseMoeBlock always renormalises */
-        return gated_act(r, "hidden_act", "silu", c);
-    case MVK_ARCH_QWEN2_MOE:
-        c->hidden = get_u32(r, NAMES("hidden_size"), 2048);
-        c->ffn = get_u32(r, NAMES("moe_intermediate_size"), 1408);
-        c->num_experts = get_u32(r, NAMES("num_experts", "num_local_experts"), 60);
-        c->top_k = get_u32(r, NAMES("num_experts_per_tok"), 4);
-        c->norm_topk_prob = get_bool(r, "norm_topk_prob", 0);
-        c->shared_ffn = get_u32(r, NAMES("shared_expert_intermediate_size"), 5632);
-        c->shared_gate = c->shared_ffn != 0;
-        c->num_layers = get_u32(r, NAMES("num_hidden_layers"), 24);
-        c->decoder_sparse_step = get_u32(r, NAMES("decoder_sparse_step"), 1);
-        if (parse_mlp_only(r, c))
+    const field_info *fi = &fields[k->field];
+    void *dst = (char *)c + fi->offset;
+    const char *name = k->names[0] ? k->names[0] : fi->label;
+    const cJSON *v = lookup(r, k->names, MVK_KEY_NAMES, &name);
+    if (!v && k->required)
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is required (%s has no default for it)",
+                        r->what, name, mvk_arch_name(a));
+    const double def = k->def_of ? (double)k->def_of(c) : k->def;
+    uint64_t u = (uint64_t)def;
+    int b = def != 0;
+    float f = (float)def;
+    switch (fi->type) {
+    case V_U32:
+    case V_U64:
+    case V_TIMES_FFN:
+        if (v && uint_value(r, v, name, UINT32_MAX, &u))
             return -1;
-        return gated_act(r, "hidden_act", "silu", c);
-    case MVK_ARCH_QWEN3_MOE:
-        c->hidden = get_u32(r, NAMES("hidden_size"), 2048);
-        c->ffn = get_u32(r, NAMES("moe_intermediate_size"), 768);
-        c->num_experts = get_u32(r, NAMES("num_experts", "num_local_experts"), 128);
-        c->top_k = get_u32(r, NAMES("num_experts_per_tok"), 8);
-        c->norm_topk_prob = get_bool(r, "norm_topk_prob", 0);
-        c->num_layers = get_u32(r, NAMES("num_hidden_layers"), 24);
-        c->decoder_sparse_step = get_u32(r, NAMES("decoder_sparse_step"), 1);
-        if (parse_mlp_only(r, c))
-            return -1;
-        return gated_act(r, "hidden_act", "silu", c);
-    case MVK_ARCH_DEEPSEEK_V3: {
-        c->routing = MOEVK_ROUTING_SIGMOID_GROUPED;
-        c->hidden = get_u32(r, NAMES("hidden_size"), 7168);
-        c->ffn = get_u32(r, NAMES("moe_intermediate_size"), 2048);
-        c->num_experts = get_u32(r, NAMES("n_routed_experts", "num_local_experts"), 256);
-        c->top_k = get_u32(r, NAMES("num_experts_per_tok"), 8);
-        c->n_group = get_u32(r, NAMES("n_group"), 8);
-        c->topk_group = get_u32(r, NAMES("topk_group"), 4);
-        c->routed_scaling_factor = get_float(r, "routed_scaling_factor", 2.5f);
-        c->norm_topk_prob = get_bool(r, "norm_topk_prob", 1);
-        uint32_t ns = get_u32(r, NAMES("n_shared_experts"), 1);
-        uint64_t sf = (uint64_t)ns * c->ffn;
-        if (sf > UINT32_MAX)
-            return mvk_errf(r->err, r->errsz,
-                            "%s: n_shared_experts x moe_intermediate_size overflows", r->what);
-        c->shared_ffn = (uint32_t)sf;
-        c->correction_bias = 1;
-        c->first_k_dense_replace = get_u32(r, NAMES("first_k_dense_replace"), 3);
-        c->num_layers = get_u32(r, NAMES("num_hidden_layers"), 61);
-        return gated_act(r, "hidden_act", "silu", c);
-    }
-    case MVK_ARCH_OLMOE:
-        c->hidden = get_u32(r, NAMES("hidden_size"), 2048);
-        c->ffn = get_u32(r, NAMES("intermediate_size"), 2048);
-        c->num_experts = get_u32(r, NAMES("num_experts", "num_local_experts"), 64);
-        c->top_k = get_u32(r, NAMES("num_experts_per_tok"), 8);
-        c->norm_topk_prob = get_bool(r, "norm_topk_prob", 0);
-        c->num_layers = get_u32(r, NAMES("num_hidden_layers"), 16);
-        return gated_act(r, "hidden_act", "silu", c);
-    case MVK_ARCH_GPT_OSS:
-        c->routing = MOEVK_ROUTING_TOPK_SOFTMAX;
-        c->activation = MOEVK_ACT_SWIGLU_OAI;
-        snprintf(c->act_name, sizeof c->act_name, "swiglu_oai");
-        c->hidden = get_u32(r, NAMES("hidden_size"), 2880);
-        c->ffn = get_u32(r, NAMES("intermediate_size"), 2880);
-        c->num_experts = get_u32(r, NAMES("num_local_experts", "num_experts"), 128);
-        c->top_k = get_u32(r, NAMES("num_experts_per_tok", "experts_per_token"), 4);
-        c->swiglu_limit = get_float(r, "swiglu_limit", 7.0f);
-        c->swiglu_alpha = get_float(r, "swiglu_alpha", 1.702f);
-        c->router_bias = 1;
-        c->expert_bias = 1;
-        c->num_layers = get_u32(r, NAMES("num_hidden_layers"), 36);
-        if (!r->failed && !(c->swiglu_limit > 0))
-            return mvk_errf(r->err, r->errsz, "%s: \"swiglu_limit\" must be positive", r->what);
+        if (fi->type == V_TIMES_FFN) {
+            u *= c->ffn;
+            if (u > UINT32_MAX)
+                return mvk_errf(r->err, r->errsz, "%s: %s x %s overflows", r->what, name,
+                                key_name(a, MVK_CFG_FFN));
+        }
+        if (fi->type == V_U64) {
+            memcpy(dst, &u, sizeof u);
+        } else {
+            uint32_t u32 = (uint32_t)u;
+            memcpy(dst, &u32, sizeof u32);
+        }
         return 0;
-    case MVK_ARCH_SWITCH: {
-        c->hidden = get_u32(r, NAMES("d_model", "hidden_size"), 768);
-        c->ffn = get_u32(r, NAMES("d_ff"), 2048);
-        c->num_experts = get_u32(r, NAMES("num_experts"), 8);
-        c->top_k = 1;
-        c->norm_topk_prob = 0;
-        c->expert_capacity = get_uint(r, NAMES("expert_capacity"), 64, UINT32_MAX);
-        c->router_bias = get_bool(r, "router_bias", 0);
-        c->num_layers = get_u32(r, NAMES("num_layers", "num_hidden_layers"), 12);
-        c->num_decoder_layers = get_u32(r, NAMES("num_decoder_layers"), c->num_layers);
-        uint32_t se = get_u32(r, NAMES("num_sparse_encoder_layers"), 3);
-        uint32_t sd = get_u32(r, NAMES("num_sparse_decoder_layers"), 3);
-        /* SwitchTransformersConfig derives the steps, then stored values win */
-        c->encoder_sparse_step = se ? c->num_layers / se : 0;
-        c->decoder_sparse_step_sw = sd ? c->num_decoder_layers / sd : 0;
-        c->encoder_sparse_step = get_u32(r, NAMES("encoder_sparse_step"), c->encoder_sparse_step);
-        c->decoder_sparse_step_sw =
-            get_u32(r, NAMES("decoder_sparse_step"), c->decoder_sparse_step_sw);
-        const char *a = get_str(r, "dense_act_fn", "relu");
-        if (r->failed)
+    case V_BOOL:
+        if (v && bool_value(r, v, name, &b))
             return -1;
-        snprintf(c->act_name, sizeof c->act_name, "%s", a);
-        if (!strcmp(a, "relu"))
-            c->activation = MOEVK_ACT_RELU;
-        else if (!strcmp(a, "gelu"))
-            c->activation = MOEVK_ACT_GELU;
-        else
-            return mvk_errf(r->err, r->errsz,
-                            "%s: \"dense_act_fn\" = \"%.32s\" is not supported (relu, gelu)",
-                            r->what, a);
-        if (c->expert_capacity == 0)
-            return mvk_errf(r->err, r->errsz,
-                            "%s: \"expert_capacity\" = 0 drops every token; not supported",
-                            r->what);
+        memcpy(dst, &b, sizeof b);
         return 0;
+    case V_F32:
+        if (v && float_value(r, v, name, &f))
+            return -1;
+        memcpy(dst, &f, sizeof f);
+        return 0;
+    case V_LIST:
+        return v ? list_value(r, v, name, c) : 0;
     }
-    default:
-        return -1;
-    }
+    return mvk_errf(r->err, r->errsz, "%s: key \"%s\" has an unknown field type", r->what, name);
 }
 
-static int check_sizes(cfg_reader *r, const mvk_moe_config *c)
+/* The activation: the descriptor's key looked up in its names, or fixed. */
+static int read_act(const cfg_reader *r, const mvk_arch_act *act, mvk_moe_config *c)
 {
-    const char *hn = c->arch == MVK_ARCH_SWITCH ? "d_model" : "hidden_size";
-    const char *fn = c->arch == MVK_ARCH_SWITCH ? "d_ff"
-                     : (c->arch == MVK_ARCH_QWEN2_MOE || c->arch == MVK_ARCH_QWEN3_MOE ||
-                        c->arch == MVK_ARCH_DEEPSEEK_V3)
-                         ? "moe_intermediate_size"
-                         : "intermediate_size";
+    if (!act->key) {
+        c->activation = act->fixed;
+        snprintf(c->act_name, sizeof c->act_name, "%s", act->def);
+        return 0;
+    }
+    const char *found, *a = act->def;
+    const cJSON *v = lookup(r, &act->key, 1, &found);
+    if (v && (!cJSON_IsString(v) || !v->valuestring))
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a string", r->what, act->key);
+    if (v)
+        a = v->valuestring;
+    snprintf(c->act_name, sizeof c->act_name, "%s", a);
+    for (const mvk_act_name *n = act->names; n->name; n++)
+        if (!strcmp(a, n->name)) {
+            c->activation = n->activation;
+            return 0;
+        }
+    char list[256];
+    size_t o = 0;
+    list[0] = 0;
+    for (const mvk_act_name *n = act->names; n->name && o < sizeof list; n++)
+        o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", o ? ", " : "", n->name);
+    return mvk_errf(r->err, r->errsz, "%s: \"%s\" = \"%.32s\" is not supported (%s)", r->what,
+                    act->key, a, list);
+}
+
+/* What moevk and the layer rules need of the values read. */
+static int check_values(const cfg_reader *r, const mvk_moe_config *c)
+{
+    const mvk_arch *a = c->arch;
+    const char *hn = key_name(a, MVK_CFG_HIDDEN), *fn = key_name(a, MVK_CFG_FFN);
     if (c->hidden == 0)
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" is 0", r->what, hn);
     if (c->ffn == 0)
@@ -300,39 +238,68 @@ static int check_sizes(cfg_reader *r, const mvk_moe_config *c)
         return mvk_errf(r->err, r->errsz, "%s: %u experts is not in 1..%d", r->what,
                         c->num_experts, MOEVK_MAX_EXPERTS);
     if (c->top_k == 0 || c->top_k > c->num_experts || c->top_k > MOEVK_MAX_TOP_K)
-        return mvk_errf(r->err, r->errsz,
-                        "%s: \"num_experts_per_tok\" = %u is not in 1..min(%u experts, %d)",
-                        r->what, c->top_k, c->num_experts, MOEVK_MAX_TOP_K);
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %u is not in 1..min(%u experts, %d)",
+                        r->what, key_name(a, MVK_CFG_TOP_K), c->top_k, c->num_experts,
+                        MOEVK_MAX_TOP_K);
     if ((uint64_t)c->hidden * c->ffn > UINT32_MAX ||
         (uint64_t)c->hidden * (c->shared_ffn ? c->shared_ffn : 1) > UINT32_MAX)
         return mvk_errf(r->err, r->errsz, "%s: %s x %s is too large for one expert matrix",
                         r->what, hn, fn);
-    if (c->arch == MVK_ARCH_DEEPSEEK_V3) {
+    if (mvk_arch_key_of(a, MVK_CFG_N_GROUP)) {
+        const char *gn = key_name(a, MVK_CFG_N_GROUP), *tn = key_name(a, MVK_CFG_TOPK_GROUP);
         if (c->n_group == 0 || c->num_experts % c->n_group)
-            return mvk_errf(r->err, r->errsz, "%s: \"n_group\" = %u does not divide %u experts",
-                            r->what, c->n_group, c->num_experts);
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %u does not divide %u experts",
+                            r->what, gn, c->n_group, c->num_experts);
         if (c->topk_group == 0 || c->topk_group > c->n_group)
-            return mvk_errf(r->err, r->errsz, "%s: \"topk_group\" = %u is not in 1..n_group",
-                            r->what, c->topk_group);
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %u is not in 1..%s", r->what, tn,
+                            c->topk_group, gn);
         if ((uint64_t)c->topk_group * (c->num_experts / c->n_group) < c->top_k)
             return mvk_errf(r->err, r->errsz,
-                            "%s: \"num_experts_per_tok\" = %u exceeds the experts of the "
-                            "topk_group kept groups",
-                            r->what, c->top_k);
+                            "%s: \"%s\" = %u exceeds the experts of the %s kept groups", r->what,
+                            key_name(a, MVK_CFG_TOP_K), c->top_k, tn);
         if (c->num_experts / c->n_group < 2)
             return mvk_errf(r->err, r->errsz,
-                            "%s: groups of one expert (n_group = %u): transformers scores a "
-                            "group by its top-2 experts",
-                            r->what, c->n_group);
+                            "%s: groups of one expert (%s = %u): transformers scores a group by "
+                            "its top-2 experts",
+                            r->what, gn, c->n_group);
     }
-    if ((c->arch == MVK_ARCH_QWEN2_MOE || c->arch == MVK_ARCH_QWEN3_MOE) &&
-        c->decoder_sparse_step == 0)
-        return mvk_errf(r->err, r->errsz, "%s: \"decoder_sparse_step\" is 0", r->what);
+    if (c->decoder_sparse_step == 0)
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is 0", r->what,
+                        key_name(a, MVK_CFG_SPARSE_STEP));
+    if (mvk_arch_has_capacity(a) && c->expert_capacity == 0)
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" = 0 drops every token; not supported",
+                        r->what, key_name(a, MVK_CFG_CAPACITY));
+    if (mvk_arch_key_of(a, MVK_CFG_SWIGLU_LIMIT) && !(c->swiglu_limit > 0))
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" must be positive", r->what,
+                        key_name(a, MVK_CFG_SWIGLU_LIMIT));
     return 0;
 }
 
-int mvk_hf_config_parse(const char *text, size_t len, const char *what, mvk_moe_config *out,
-                        char *err, size_t errsz)
+static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c)
+{
+    c->arch = a;
+    c->routing = a->routing;
+    c->decoder_sparse_step = 1;
+    /* named biases are there unless a key says otherwise */
+    c->router_bias = a->router_bias != NULL;
+    c->correction_bias = a->correction_bias != NULL;
+    for (size_t i = 0; i < MVK_ARCH_LAYOUTS && a->layouts[i]; i++)
+        if (a->layouts[i]->gate_bias)
+            c->expert_bias = 1;
+    for (size_t i = 0; i < MVK_ARCH_KEYS && a->keys[i].field != MVK_CFG_END; i++)
+        if (read_key(r, a, &a->keys[i], c))
+            return -1;
+    if (read_act(r, &a->act, c))
+        return -1;
+    c->shared_gate = a->shared_gate != NULL && c->shared_ffn != 0;
+    return check_values(r, c);
+}
+
+/* ---- entry points ----------------------------------------------------------- */
+
+/* arch NULL: the one config.json's model_type names. */
+static int parse(const mvk_arch *arch, const char *text, size_t len, const char *what,
+                 mvk_moe_config *out, char *err, size_t errsz)
 {
     memset(out, 0, sizeof(*out));
     if (!what)
@@ -340,39 +307,47 @@ int mvk_hf_config_parse(const char *text, size_t len, const char *what, mvk_moe_
     cJSON *root;
     if (mvk_json_parse(text, len, what, &root, err, errsz))
         return -1;
-    cfg_reader r = {root, what, err, errsz, 0};
+    cfg_reader r = {root, what, err, errsz};
     int rc = 0;
     if (!cJSON_IsObject(root)) {
         rc = mvk_errf(err, errsz, "%s is not a JSON object", what);
         goto done;
     }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (!cJSON_IsString(mt) || !mt->valuestring) {
-        rc = mvk_errf(err, errsz, "%s has no \"model_type\" string", what);
-        goto done;
+    if (!arch) {
+        const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+        if (!cJSON_IsString(mt) || !mt->valuestring) {
+            rc = mvk_errf(err, errsz, "%s has no \"model_type\" string", what);
+            goto done;
+        }
+        if (!(arch = mvk_arch_find(mt->valuestring))) {
+            char list[256];
+            rc = mvk_errf(err, errsz, "%s: model_type \"%.64s\" is not supported (%s)", what,
+                          mt->valuestring, mvk_arch_list(list, sizeof list, NULL));
+            goto done;
+        }
     }
-    int a = -1;
-    for (int i = 0; i < MVK_ARCH_COUNT; i++)
-        if (!strcmp(mt->valuestring, arch_names[i]))
-            a = i;
-    if (a < 0) {
-        rc = mvk_errf(err, errsz,
-                      "%s: model_type \"%.64s\" is not supported (mixtral, qwen2_moe, qwen3_moe, "
-                      "deepseek_v3, olmoe, gpt_oss, switch_transformers)",
-                      what, mt->valuestring);
-        goto done;
-    }
-    out->arch = (mvk_arch)a;
-    rc = parse_arch(&r, out);
-    if (r.failed)
-        rc = -1;
-    if (!rc)
-        rc = check_sizes(&r, out);
+    rc = read_config(&r, arch, out);
 done:
     cJSON_Delete(root);
     if (rc)
         mvk_hf_config_free(out);
     return rc;
+}
+
+int mvk_hf_config_parse(const char *text, size_t len, const char *what, mvk_moe_config *out,
+                        char *err, size_t errsz)
+{
+    return parse(NULL, text, len, what, out, err, errsz);
+}
+
+int mvk_hf_config_parse_as(const mvk_arch *arch, const char *text, size_t len, const char *what,
+                           mvk_moe_config *out, char *err, size_t errsz)
+{
+    if (!arch) {
+        memset(out, 0, sizeof(*out));
+        return mvk_errf(err, errsz, "no architecture to read %s as", what ? what : "config.json");
+    }
+    return parse(arch, text, len, what, out, err, errsz);
 }
 
 void mvk_hf_config_free(mvk_moe_config *c)
@@ -384,15 +359,21 @@ void mvk_hf_config_free(mvk_moe_config *c)
     c->n_mlp_only_layers = 0;
 }
 
+/* ---- which layers hold a MoE block ---------------------------------------------- */
+
 int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
                           char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], int *count,
                           char *err, size_t errsz)
 {
     *count = 0;
-    const char *arch = mvk_arch_name(c->arch);
-    if (decoder && c->arch != MVK_ARCH_SWITCH)
-        return mvk_errf(err, errsz, "--decoder is only for switch_transformers");
-    if (c->arch == MVK_ARCH_SWITCH) {
+    const mvk_arch *a = c->arch;
+    const char *arch = mvk_arch_name(a);
+    char list[256];
+    if (decoder && !mvk_arch_has_decoder(a))
+        return mvk_errf(err, errsz, "--decoder is only for %s",
+                        mvk_arch_list(list, sizeof list, mvk_arch_has_decoder));
+    const char *pattern[MVK_MAX_PREFIXES] = {a->layer_prefixes[0], a->layer_prefixes[1]};
+    if (a->sparse == MVK_SPARSE_ENCODER_DECODER) {
         uint32_t n = decoder ? c->num_decoder_layers : c->num_layers;
         uint32_t step = decoder ? c->decoder_sparse_step_sw : c->encoder_sparse_step;
         const char *stack = decoder ? "decoder" : "encoder";
@@ -405,40 +386,38 @@ int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
                             "%s block %u is a dense layer, not a MoE layer (sparse step %u: "
                             "blocks 1, 1 + %u, ... are sparse)",
                             stack, layer, step, step);
-        snprintf(prefixes[0], MVK_PREFIX_LEN, "%s.block.%u.layer.%u.mlp.", stack, layer,
-                 decoder ? 2u : 1u);
-        *count = 1;
-        return 0;
-    }
-    if (layer >= c->num_layers)
-        return mvk_errf(err, errsz, "layer %u is out of range: %s has num_hidden_layers = %u",
-                        layer, arch, c->num_layers);
-    if (c->arch == MVK_ARCH_QWEN2_MOE || c->arch == MVK_ARCH_QWEN3_MOE) {
+        if (decoder) {
+            pattern[0] = a->decoder_prefix;
+            pattern[1] = NULL;
+        }
+    } else {
+        if (layer >= c->num_layers)
+            return mvk_errf(err, errsz, "layer %u is out of range: %s has %s = %u", layer, arch,
+                            key_name(a, MVK_CFG_NUM_LAYERS), c->num_layers);
         for (uint32_t i = 0; i < c->n_mlp_only_layers; i++)
             if (c->mlp_only_layers[i] == layer)
                 return mvk_errf(err, errsz,
-                                "layer %u is a dense MLP layer (listed in mlp_only_layers), not "
-                                "a MoE layer",
-                                layer);
+                                "layer %u is a dense MLP layer (listed in %s), not a MoE layer",
+                                layer, key_name(a, MVK_CFG_MLP_ONLY));
         if ((layer + 1) % c->decoder_sparse_step)
             return mvk_errf(err, errsz,
-                            "layer %u is a dense MLP layer (decoder_sparse_step = %u: layers "
-                            "with (N + 1) %% %u == 0 are MoE)",
-                            layer, c->decoder_sparse_step, c->decoder_sparse_step);
+                            "layer %u is a dense MLP layer (%s = %u: layers with (N + 1) %% %u "
+                            "== 0 are MoE)",
+                            layer, key_name(a, MVK_CFG_SPARSE_STEP), c->decoder_sparse_step,
+                            c->decoder_sparse_step);
+        if (layer < c->first_k_dense_replace)
+            return mvk_errf(err, errsz, "layer %u is a dense MLP layer (%s = %u), not a MoE layer",
+                            layer, key_name(a, MVK_CFG_FIRST_K_DENSE), c->first_k_dense_replace);
     }
-    if (c->arch == MVK_ARCH_DEEPSEEK_V3 && layer < c->first_k_dense_replace)
-        return mvk_errf(err, errsz,
-                        "layer %u is a dense MLP layer (first_k_dense_replace = %u), not a MoE "
-                        "layer",
-                        layer, c->first_k_dense_replace);
-    if (c->arch == MVK_ARCH_MIXTRAL) {
-        /* published checkpoints (transformers 4), then transformers 5 naming */
-        snprintf(prefixes[0], MVK_PREFIX_LEN, "model.layers.%u.block_sparse_moe.", layer);
-        snprintf(prefixes[1], MVK_PREFIX_LEN, "model.layers.%u.mlp.", layer);
-        *count = 2;
-        return 0;
+    for (int i = 0; i < MVK_MAX_PREFIXES && pattern[i]; i++) {
+        if (mvk_arch_expand(prefixes[i], MVK_PREFIX_LEN, "", pattern[i], layer)) {
+            *count = 0;
+            return mvk_errf(err, errsz, "%s: the tensor-name prefix of layer %u is too long",
+                            arch, layer);
+        }
+        *count = i + 1;
     }
-    snprintf(prefixes[0], MVK_PREFIX_LEN, "model.layers.%u.mlp.", layer);
-    *count = 1;
+    if (!*count)
+        return mvk_errf(err, errsz, "%s has no layer prefix", arch);
     return 0;
 }

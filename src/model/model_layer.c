@@ -125,20 +125,28 @@ static int oom(bctx *b)
     return mvk_errf(b->err, b->errsz, "out of host memory building the layer");
 }
 
-static int has(bctx *b, const char *suffix)
+/* The tensor name prefix + pattern, "{i}" in it replaced by i. */
+static const char *tensor_name(const bctx *b, const char *pattern, uint32_t i, char *name,
+                               size_t namesz)
 {
-    char name[512];
-    snprintf(name, sizeof name, "%s%s", b->prefix, suffix);
-    return mvk_st_set_has(b->set, name);
+    if (mvk_arch_expand(name, namesz, b->prefix, pattern, i))
+        snprintf(name, namesz, "%s%s", b->prefix, pattern ? pattern : ""); /* too long */
+    return name;
 }
 
-/* The tensor prefix+suffix, of a float dtype and the expected shape (ndim
- * dims of `want`, described as `dims`, e.g. "[E, H]"). */
-static const mvk_st_tensor *need(bctx *b, const char *suffix, uint32_t ndim,
+static int has(bctx *b, const char *pattern, uint32_t i)
+{
+    char name[512];
+    return mvk_st_set_has(b->set, tensor_name(b, pattern, i, name, sizeof name));
+}
+
+/* The tensor prefix + pattern (expert i), of a float dtype and the expected
+ * shape (ndim dims of `want`, described as `dims`, e.g. "[E, H]"). */
+static const mvk_st_tensor *need(bctx *b, const char *pattern, uint32_t i, uint32_t ndim,
                                  const uint64_t *want, const char *dims)
 {
     char name[512];
-    snprintf(name, sizeof name, "%s%s", b->prefix, suffix);
+    tensor_name(b, pattern, i, name, sizeof name);
     const mvk_st_tensor *t = mvk_st_set_find(b->set, name, b->err, b->errsz);
     if (!t)
         return NULL;
@@ -149,8 +157,8 @@ static const mvk_st_tensor *need(bctx *b, const char *suffix, uint32_t ndim,
         return NULL;
     }
     int ok = t->ndim == ndim;
-    for (uint32_t i = 0; ok && i < ndim; i++)
-        ok = t->shape[i] == want[i];
+    for (uint32_t k = 0; ok && k < ndim; k++)
+        ok = t->shape[k] == want[k];
     if (!ok) {
         char got[160], exp[160];
         mvk_errf(b->err, b->errsz,
@@ -278,9 +286,9 @@ static mview *views(bctx *b, uint32_t n)
     return v;
 }
 
-/* Per-expert tensors named experts.{i}.<g|u|d>.weight (g NULL: non-gated). */
-static int per_expert(bctx *b, const char *fmt_g, const char *fmt_u, const char *fmt_d,
-                      expert_views *ev)
+/* Per-expert tensors: the layout's gate, up and down patterns (gate NULL:
+ * non-gated). */
+static int per_expert(bctx *b, const mvk_arch_layout *lay, expert_views *ev)
 {
     const uint32_t E = b->c->num_experts;
     const uint64_t H = b->c->hidden, F = b->c->ffn;
@@ -288,31 +296,24 @@ static int per_expert(bctx *b, const char *fmt_g, const char *fmt_u, const char 
     ev->ffn = F;
     ev->up = views(b, E);
     ev->down = views(b, E);
-    ev->gate = fmt_g ? views(b, E) : NULL;
-    if (!ev->up || !ev->down || (fmt_g && !ev->gate))
+    ev->gate = lay->gate ? views(b, E) : NULL;
+    if (!ev->up || !ev->down || (lay->gate && !ev->gate))
         return -1;
-    char s[256];
     for (uint32_t i = 0; i < E; i++) {
-        if (fmt_g) {
-            snprintf(s, sizeof s, fmt_g, i);
-            if (!(ev->gate[i].t = need(b, s, 2, SHAPE(F, H), "[F, H]")))
-                return -1;
-        }
-        snprintf(s, sizeof s, fmt_u, i);
-        if (!(ev->up[i].t = need(b, s, 2, SHAPE(F, H), "[F, H]")))
+        if (lay->gate && !(ev->gate[i].t = need(b, lay->gate, i, 2, SHAPE(F, H), "[F, H]")))
             return -1;
-        snprintf(s, sizeof s, fmt_d, i);
-        if (!(ev->down[i].t = need(b, s, 2, SHAPE(H, F), "[H, F]")))
+        if (!(ev->up[i].t = need(b, lay->up, i, 2, SHAPE(F, H), "[F, H]")))
+            return -1;
+        if (!(ev->down[i].t = need(b, lay->down, i, 2, SHAPE(H, F), "[H, F]")))
             return -1;
     }
     return 0;
 }
 
-/* One shared expert named <base>.gate_proj/up_proj/down_proj.weight. */
-static int shared_expert(bctx *b, const char *base, expert_views *ev)
+/* One shared expert: the architecture's shared gate, up and down names. */
+static int shared_expert(bctx *b, const char *const names[3], expert_views *ev)
 {
     const uint64_t H = b->c->hidden, F = b->c->shared_ffn;
-    char s[256];
     ev->count = 1;
     ev->ffn = F;
     ev->gate = views(b, 1);
@@ -320,45 +321,104 @@ static int shared_expert(bctx *b, const char *base, expert_views *ev)
     ev->down = views(b, 1);
     if (!ev->gate || !ev->up || !ev->down)
         return -1;
-    snprintf(s, sizeof s, "%s.gate_proj.weight", base);
-    if (!(ev->gate[0].t = need(b, s, 2, SHAPE(F, H), "[shared F, H]")))
+    if (!names[0] || !names[1] || !names[2])
+        return mvk_errf(b->err, b->errsz, "%s has a shared expert but no names for its tensors",
+                        mvk_arch_name(b->c->arch));
+    if (!(ev->gate[0].t = need(b, names[0], 0, 2, SHAPE(F, H), "[shared F, H]")))
         return -1;
-    snprintf(s, sizeof s, "%s.up_proj.weight", base);
-    if (!(ev->up[0].t = need(b, s, 2, SHAPE(F, H), "[shared F, H]")))
+    if (!(ev->up[0].t = need(b, names[1], 0, 2, SHAPE(F, H), "[shared F, H]")))
         return -1;
-    snprintf(s, sizeof s, "%s.down_proj.weight", base);
-    if (!(ev->down[0].t = need(b, s, 2, SHAPE(H, F), "[H, shared F]")))
+    if (!(ev->down[0].t = need(b, names[2], 0, 2, SHAPE(H, F), "[H, shared F]")))
         return -1;
     return 0;
 }
 
-static int routed_experts(bctx *b, expert_views *ev)
+/* The tensor whose presence selects a layout: expert 0's gate (up when not
+ * gated), or the stacked gate_up. */
+static const char *layout_probe(const mvk_arch_layout *lay)
+{
+    return lay->gate ? lay->gate : lay->up;
+}
+
+/* No layout's first tensor is there: name each readable layout's, the
+ * per-expert ones first ("missing tensor 'P.experts.0.w1.weight' (nor
+ * 'P.experts.0.gate_proj.weight' or the stacked 'P.experts.gate_up_proj')"). */
+static int missing_layout(bctx *b)
+{
+    const mvk_arch *a = b->c->arch;
+    const mvk_arch_layout *lays[MVK_ARCH_LAYOUTS];
+    size_t n = 0;
+    for (int stacked = 0; stacked < 2; stacked++)
+        for (size_t i = 0; i < MVK_ARCH_LAYOUTS && a->layouts[i]; i++)
+            if (a->layouts[i]->kind != MVK_LAYOUT_REFUSED &&
+                (a->layouts[i]->kind != MVK_LAYOUT_PER_EXPERT) == stacked)
+                lays[n++] = a->layouts[i];
+    if (!n)
+        return mvk_errf(b->err, b->errsz, "%s has no expert layout", mvk_arch_name(a));
+    char msg[1536], name[512];
+    size_t o = 0;
+    for (size_t i = 0; i < n && o < sizeof msg; i++) {
+        const char *sep = i == 0       ? "missing tensor "
+                          : i == 1     ? " (nor "
+                          : i + 1 == n ? " or "
+                                       : ", ";
+        o += (size_t)snprintf(msg + o, sizeof msg - o, "%s%s'%s'", sep,
+                              lays[i]->kind == MVK_LAYOUT_PER_EXPERT ? "" : "the stacked ",
+                              tensor_name(b, layout_probe(lays[i]), 0, name, sizeof name));
+    }
+    if (n > 1 && o < sizeof msg)
+        snprintf(msg + o, sizeof msg - o, ")");
+    return mvk_errf(b->err, b->errsz, "%s", msg);
+}
+
+/* The routed experts in the first of the architecture's layouts whose first
+ * tensor is there. When none is: the only readable layout (its missing
+ * tensors are named as they are looked up), or a message naming the first
+ * tensor of each. */
+static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **used)
 {
     const mvk_moe_config *c = b->c;
+    const mvk_arch *a = c->arch;
     const uint32_t E = c->num_experts;
     const uint64_t H = c->hidden, F = c->ffn;
-    mvk_model_layer *L = b->L;
-    if (c->arch == MVK_ARCH_SWITCH) {
-        L->layout = "per-expert experts.expert_{i}.wi/wo";
-        return per_expert(b, NULL, "experts.expert_%u.wi.weight", "experts.expert_%u.wo.weight",
-                          ev);
-    }
-    if (c->arch == MVK_ARCH_GPT_OSS) {
-        if (!has(b, "experts.gate_up_proj") && has(b, "experts.gate_up_proj_blocks")) {
-            char name[512];
-            snprintf(name, sizeof name, "%sexperts.gate_up_proj_blocks", b->prefix);
-            const mvk_st_tensor *t = mvk_st_set_find(b->set, name, NULL, 0);
-            return mvk_errf(b->err, b->errsz,
-                            "tensor '%s' has unsupported dtype %s: the experts are "
-                            "MXFP4-quantized (_blocks/_scales); use a checkpoint dequantized "
-                            "to bf16",
-                            name, t ? t->dtype_name : "U8");
+    const mvk_arch_layout *lay = NULL, *only = NULL;
+    int readable = 0;
+    for (size_t i = 0; i < MVK_ARCH_LAYOUTS && a->layouts[i] && !lay; i++) {
+        const mvk_arch_layout *l = a->layouts[i];
+        if (has(b, layout_probe(l), 0)) {
+            lay = l;
+        } else if (l->kind != MVK_LAYOUT_REFUSED) {
+            readable++;
+            only = l;
         }
-        L->layout = "stacked gpt-oss experts.gate_up_proj [E, H, 2F] (interleaved)";
-        const mvk_st_tensor *gu = need(b, "experts.gate_up_proj", 3, SHAPE(E, H, 2 * F),
-                                       "[E, H, 2F]");
+    }
+    if (!lay && readable == 1)
+        lay = only;
+    if (!lay)
+        return missing_layout(b);
+    *used = lay;
+    b->L->layout = lay->what;
+    const int interleaved = lay->kind == MVK_LAYOUT_INTERLEAVED;
+    switch (lay->kind) {
+    case MVK_LAYOUT_REFUSED: {
+        char name[512];
+        tensor_name(b, lay->gate, 0, name, sizeof name);
+        const mvk_st_tensor *t = mvk_st_set_find(b->set, name, NULL, 0);
+        return mvk_errf(b->err, b->errsz, "tensor '%s' has unsupported dtype %s: %s", name,
+                        t ? t->dtype_name : "unknown", lay->why);
+    }
+    case MVK_LAYOUT_PER_EXPERT:
+        return per_expert(b, lay, ev);
+    case MVK_LAYOUT_STACKED:
+    case MVK_LAYOUT_INTERLEAVED: {
+        /* stacked [E, 2F, H] + [E, H, F]; gpt-oss [E, H, 2F] + [E, F, H] */
+        const mvk_st_tensor *gu =
+            interleaved ? need(b, lay->gate, 0, 3, SHAPE(E, H, 2 * F), "[E, H, 2F]")
+                        : need(b, lay->gate, 0, 3, SHAPE(E, 2 * F, H), "[E, 2F, H]");
         const mvk_st_tensor *dn =
-            gu ? need(b, "experts.down_proj", 3, SHAPE(E, F, H), "[E, F, H]") : NULL;
+            !gu           ? NULL
+            : interleaved ? need(b, lay->down, 0, 3, SHAPE(E, F, H), "[E, F, H]")
+                          : need(b, lay->down, 0, 3, SHAPE(E, H, F), "[E, H, F]");
         if (!dn)
             return -1;
         ev->count = E;
@@ -369,53 +429,21 @@ static int routed_experts(bctx *b, expert_views *ev)
         if (!ev->gate || !ev->up || !ev->down)
             return -1;
         for (uint32_t i = 0; i < E; i++) {
-            ev->gate[i] = (mview){gu, V_OSS_GATE, 0, i};
-            ev->up[i] = (mview){gu, V_OSS_UP, 0, i};
-            ev->down[i] = (mview){dn, V_OSS_DOWN, 0, i};
+            if (interleaved) {
+                ev->gate[i] = (mview){gu, V_OSS_GATE, 0, i};
+                ev->up[i] = (mview){gu, V_OSS_UP, 0, i};
+                ev->down[i] = (mview){dn, V_OSS_DOWN, 0, i};
+            } else {
+                ev->gate[i] = (mview){gu, V_DIRECT, (uint64_t)i * 2 * F * H, i};
+                ev->up[i] = (mview){gu, V_DIRECT, ((uint64_t)i * 2 * F + F) * H, i};
+                ev->down[i] = (mview){dn, V_DIRECT, (uint64_t)i * H * F, i};
+            }
         }
         return 0;
     }
-    if (has(b, "experts.gate_up_proj")) {
-        L->layout = "stacked experts.gate_up_proj [E, 2F, H] + experts.down_proj [E, H, F]";
-        const mvk_st_tensor *gu = need(b, "experts.gate_up_proj", 3, SHAPE(E, 2 * F, H),
-                                       "[E, 2F, H]");
-        const mvk_st_tensor *dn =
-            gu ? need(b, "experts.down_proj", 3, SHAPE(E, H, F), "[E, H, F]") : NULL;
-        if (!dn)
-            return -1;
-        ev->count = E;
-        ev->ffn = F;
-        ev->gate = views(b, E);
-        ev->up = views(b, E);
-        ev->down = views(b, E);
-        if (!ev->gate || !ev->up || !ev->down)
-            return -1;
-        for (uint32_t i = 0; i < E; i++) {
-            ev->gate[i] = (mview){gu, V_DIRECT, (uint64_t)i * 2 * F * H, i};
-            ev->up[i] = (mview){gu, V_DIRECT, ((uint64_t)i * 2 * F + F) * H, i};
-            ev->down[i] = (mview){dn, V_DIRECT, (uint64_t)i * H * F, i};
-        }
-        return 0;
     }
-    if (has(b, "experts.0.w1.weight")) {
-        L->layout = "per-expert experts.{i}.w1/w3/w2";
-        return per_expert(b, "experts.%u.w1.weight", "experts.%u.w3.weight",
-                          "experts.%u.w2.weight", ev);
-    }
-    if (has(b, "experts.0.gate_proj.weight") || c->arch != MVK_ARCH_MIXTRAL) {
-        L->layout = "per-expert experts.{i}.gate_proj/up_proj/down_proj";
-        if (!has(b, "experts.0.gate_proj.weight"))
-            return mvk_errf(b->err, b->errsz,
-                            "missing tensor '%sexperts.0.gate_proj.weight' (nor the stacked "
-                            "'%sexperts.gate_up_proj')",
-                            b->prefix, b->prefix);
-        return per_expert(b, "experts.%u.gate_proj.weight", "experts.%u.up_proj.weight",
-                          "experts.%u.down_proj.weight", ev);
-    }
-    return mvk_errf(b->err, b->errsz,
-                    "missing tensor '%sexperts.0.w1.weight' (nor '%sexperts.0.gate_proj.weight' "
-                    "or the stacked '%sexperts.gate_up_proj')",
-                    b->prefix, b->prefix, b->prefix);
+    return mvk_errf(b->err, b->errsz, "%s: unknown layout kind %d", mvk_arch_name(a),
+                    (int)lay->kind);
 }
 
 static int view_dtype(const expert_views *ev, uint32_t i, int which)
@@ -433,6 +461,7 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     snprintf(L->prefix, sizeof L->prefix, "%s", bb.prefix);
     bb.prefix = L->prefix;
     L->arch = c->arch;
+    const mvk_arch *a = c->arch;
     const uint32_t E = c->num_experts;
     const uint64_t H = c->hidden, F = c->ffn;
     moevk_layer_desc *d = &L->desc;
@@ -444,47 +473,37 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         .routing = c->routing,
         .activation = c->activation,
         .norm_topk_prob = c->norm_topk_prob,
+        /* 0 unless the architecture reads them */
+        .n_group = c->n_group,
+        .topk_group = c->topk_group,
+        .routed_scaling_factor = c->routed_scaling_factor,
+        .swiglu_alpha = c->swiglu_alpha,
+        .swiglu_limit = c->swiglu_limit,
     };
-    if (c->arch == MVK_ARCH_DEEPSEEK_V3) {
-        d->n_group = c->n_group;
-        d->topk_group = c->topk_group;
-        d->routed_scaling_factor = c->routed_scaling_factor;
-    }
-    if (c->arch == MVK_ARCH_GPT_OSS) {
-        d->swiglu_alpha = c->swiglu_alpha;
-        d->swiglu_limit = c->swiglu_limit;
-    }
-    if (c->arch == MVK_ARCH_SWITCH) {
-        L->expert_capacity = c->expert_capacity;
-    }
+    L->expert_capacity = c->expert_capacity;
 
     /* router */
-    const char *rname = c->arch == MVK_ARCH_GPT_OSS ? "router.weight"
-                        : c->arch == MVK_ARCH_SWITCH ? "router.classifier.weight"
-                                                      : "gate.weight";
-    const mvk_st_tensor *rt = need(b, rname, 2, SHAPE(E, H), "[E, H]");
+    const mvk_st_tensor *rt = need(b, a->router, 0, 2, SHAPE(E, H), "[E, H]");
     if (!rt)
         goto fail;
     const mvk_st_tensor *rb = NULL, *cb = NULL, *sg = NULL;
-    if (c->arch == MVK_ARCH_GPT_OSS && !(rb = need(b, "router.bias", 1, SHAPE(E), "[E]")))
+    if (c->router_bias && a->router_bias &&
+        !(rb = need(b, a->router_bias, 0, 1, SHAPE(E), "[E]")))
         goto fail;
-    if (c->arch == MVK_ARCH_SWITCH && c->router_bias &&
-        !(rb = need(b, "router.classifier.bias", 1, SHAPE(E), "[E]")))
-        goto fail;
-    if (c->correction_bias &&
-        !(cb = need(b, "gate.e_score_correction_bias", 1, SHAPE(E), "[E]")))
+    if (c->correction_bias && a->correction_bias &&
+        !(cb = need(b, a->correction_bias, 0, 1, SHAPE(E), "[E]")))
         goto fail;
 
     /* experts */
     expert_views routed = {0}, shared = {0};
-    if (routed_experts(b, &routed))
+    const mvk_arch_layout *lay = NULL;
+    if (routed_experts(b, &routed, &lay))
         goto fail;
     if (c->shared_ffn) {
-        const char *base = c->arch == MVK_ARCH_DEEPSEEK_V3 ? "shared_experts" : "shared_expert";
-        if (shared_expert(b, base, &shared))
+        if (shared_expert(b, a->shared, &shared))
             goto fail;
-        if (c->shared_gate && !(sg = need(b, "shared_expert_gate.weight", 2, SHAPE(1, H),
-                                          "[1, H]")))
+        if (c->shared_gate && a->shared_gate &&
+            !(sg = need(b, a->shared_gate, 0, 2, SHAPE(1, H), "[1, H]")))
             goto fail;
     }
 
@@ -535,12 +554,11 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     if (cb && !(d->correction_bias = f32_copy(b, cb)))
         goto fail;
 
-    if (c->expert_bias) {
+    if (lay->gate_bias) {
         /* gpt-oss: gate_up_proj_bias [E, 2F] interleaved, down_proj_bias [E, H] */
-        const mvk_st_tensor *gub = need(b, "experts.gate_up_proj_bias", 2, SHAPE(E, 2 * F),
-                                        "[E, 2F]");
+        const mvk_st_tensor *gub = need(b, lay->gate_bias, 0, 2, SHAPE(E, 2 * F), "[E, 2F]");
         const mvk_st_tensor *dnb =
-            gub ? need(b, "experts.down_proj_bias", 2, SHAPE(E, H), "[E, H]") : NULL;
+            gub ? need(b, lay->down_bias, 0, 2, SHAPE(E, H), "[E, H]") : NULL;
         if (!dnb)
             goto fail;
         float *all = f32_copy(b, gub), *gbias = own(L, (size_t)E * F * 4),
@@ -576,9 +594,7 @@ int mvk_model_layer_build_any(const mvk_moe_config *cfg, mvk_st_set *set,
                               const char *const *prefixes, int nprefix, mvk_model_layer *out,
                               char *err, size_t errsz)
 {
-    const char *rname = cfg->arch == MVK_ARCH_GPT_OSS ? "router.weight"
-                        : cfg->arch == MVK_ARCH_SWITCH ? "router.classifier.weight"
-                                                        : "gate.weight";
+    const char *rname = cfg->arch->router;
     for (int i = 0; i < nprefix; i++) {
         char name[512];
         snprintf(name, sizeof name, "%s%s", prefixes[i], rname);

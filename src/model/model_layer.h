@@ -1,10 +1,11 @@
 /*
  * One checkpoint MoE block -> a moevk_layer_desc.
  *
- * Finds the block's tensors under a name prefix in every layout the
- * supported architectures are published in, checks their shapes against
+ * Finds the block's tensors under a name prefix, by the names its
+ * architecture's descriptor gives (arch.h: router, biases, the layouts
+ * probed in order, shared expert and gate), checks their shapes against
  * config.json, and describes them in moevk's canonical layout (gate/up
- * [E, F, H], down [E, H, F], router [E, H], f32 biases):
+ * [E, F, H], down [E, H, F], router [E, H], f32 biases). By layout kind:
  *  - per-expert tensors (experts.{i}.w1/w3/w2, experts.{i}.gate_proj/up_proj/
  *    down_proj, experts.expert_{i}.wi/wo) are passed zero-copy through the
  *    desc's per-expert pointer arrays, pointing into the memory map;
@@ -13,7 +14,7 @@
  *    gate is rows i*2F .. i*2F+F-1, its up the next F rows);
  *  - gpt-oss experts.gate_up_proj [E, H, 2F] (gate and up interleaved along
  *    the last axis) and experts.down_proj [E, F, H] are transposed into
- *    owned copies.
+ *    owned copies, their biases de-interleaved.
  * A tensor whose data is not aligned to its element size in the file is
  * copied. All expert weights (routed and shared) share one dtype: when the
  * file mixes dtypes, every expert weight is converted to f32; the router
@@ -32,7 +33,7 @@
 
 typedef struct mvk_model_layer {
     moevk_layer_desc desc;      /* capacity_factor is left 0: see below   */
-    mvk_arch arch;
+    const mvk_arch *arch;
     char prefix[MVK_PREFIX_LEN];
     const char *layout;         /* a description of the layout found     */
     int converted;              /* expert weights converted to f32       */

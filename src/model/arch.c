@@ -1,0 +1,343 @@
+/*
+ * The supported Hugging Face MoE architectures: one descriptor each.
+ *
+ * Keys, names and defaults follow transformers' configuration classes
+ * (MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig, DeepseekV3Config,
+ * OlmoeConfig, GptOssConfig, SwitchTransformersConfig) and modeling files
+ * (the tensor names of each published layout). The types are in arch.h.
+ *
+ * Adding an architecture (one descriptor here, plus tests):
+ *  1. model_types: config.json's model_type, then any alias.
+ *  2. keys, in the order transformers' config class reads them: at least
+ *     HIDDEN, FFN (the routed expert's width: moe_intermediate_size where
+ *     the config has both), EXPERTS, TOP_K and NUM_LAYERS, each with the
+ *     class default; a value the model fixes is a key without names
+ *     (Mixtral's NORM_TOPK 1). A default computed from other fields is a
+ *     def_of function (switch_transformers' sparse steps); keys it reads
+ *     come before it.
+ *  3. routing, and act: the activation key, its default and its names
+ *     (gated_acts, ffn_acts, or a new list), or `fixed`.
+ *  4. sparse, layer_prefixes (and decoder_prefix): which layers are MoE
+ *     blocks and where their tensors are ("model.layers.{N}.mlp.").
+ *  5. router (and router_bias, correction_bias): names under the prefix.
+ *  6. layouts, in the order they are probed (a layout is chosen by its
+ *     first tensor: expert 0's gate, or up when not gated; none there: the
+ *     only readable one, else an error naming each): reuse
+ *     per_expert_w123, per_expert_proj, stacked, or write a new
+ *     mvk_arch_layout of one of the kinds; a form that is recognised but
+ *     not readable is a MVK_LAYOUT_REFUSED entry saying why.
+ *     A decoder-only block in transformers' usual form (router
+ *     "gate.weight", those three layouts, hidden_act) is HF_DECODER_BLOCK
+ *     for 3 to 6, less the routing and the layer prefixes.
+ *  7. shared and shared_gate when a SHARED_FFN or SHARED_EXPERTS key can
+ *     make shared_ffn > 0.
+ *  8. Tests (tests/test_model.c): a config_rows row (fields and defaults),
+ *     layer_rows rows (which layers, which prefixes), an arch_rows row per
+ *     layout (the desc and every weight, then `moevk run` on every
+ *     backend); descriptors_are_complete checks the table itself. Then the
+ *     architecture list in README.md.
+ * A layout that none of the kinds describes is a new mvk_layout_kind and
+ * one case in model_layer.c's routed_experts(); a new way of choosing the
+ * MoE layers is a new mvk_sparse_rule in mvk_hf_layer_prefixes().
+ */
+#include "arch.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "hf_config.h"
+
+/* ---- activations -------------------------------------------------------- */
+
+/* hidden_act of the gated (SwiGLU-family) experts */
+static const mvk_act_name gated_acts[] = {
+    {"silu", MOEVK_ACT_SWIGLU},
+    {"swish", MOEVK_ACT_SWIGLU},
+    {"gelu", MOEVK_ACT_GEGLU},
+    {"gelu_pytorch_tanh", MOEVK_ACT_GEGLU_TANH},
+    {"gelu_new", MOEVK_ACT_GEGLU_TANH},
+    {"gelu_fast", MOEVK_ACT_GEGLU_TANH},
+    {NULL, MOEVK_ACT_SWIGLU},
+};
+
+/* dense_act_fn of non-gated experts */
+static const mvk_act_name ffn_acts[] = {
+    {"relu", MOEVK_ACT_RELU},
+    {"gelu", MOEVK_ACT_GELU},
+    {NULL, MOEVK_ACT_RELU},
+};
+
+#define HIDDEN_ACT {.key = "hidden_act", .def = "silu", .names = gated_acts}
+
+/* ---- expert layouts --------------------------------------------------------- */
+
+static const mvk_arch_layout per_expert_w123 = {
+    .kind = MVK_LAYOUT_PER_EXPERT,
+    .what = "per-expert experts.{i}.w1/w3/w2",
+    .gate = "experts.{i}.w1.weight",
+    .up = "experts.{i}.w3.weight",
+    .down = "experts.{i}.w2.weight",
+};
+
+static const mvk_arch_layout per_expert_proj = {
+    .kind = MVK_LAYOUT_PER_EXPERT,
+    .what = "per-expert experts.{i}.gate_proj/up_proj/down_proj",
+    .gate = "experts.{i}.gate_proj.weight",
+    .up = "experts.{i}.up_proj.weight",
+    .down = "experts.{i}.down_proj.weight",
+};
+
+/* transformers 5 */
+static const mvk_arch_layout stacked = {
+    .kind = MVK_LAYOUT_STACKED,
+    .what = "stacked experts.gate_up_proj [E, 2F, H] + experts.down_proj [E, H, F]",
+    .gate = "experts.gate_up_proj",
+    .down = "experts.down_proj",
+};
+
+static const mvk_arch_layout gpt_oss_interleaved = {
+    .kind = MVK_LAYOUT_INTERLEAVED,
+    .what = "stacked gpt-oss experts.gate_up_proj [E, H, 2F] (interleaved)",
+    .gate = "experts.gate_up_proj",
+    .down = "experts.down_proj",
+    .gate_bias = "experts.gate_up_proj_bias",
+    .down_bias = "experts.down_proj_bias",
+};
+
+static const mvk_arch_layout gpt_oss_mxfp4 = {
+    .kind = MVK_LAYOUT_REFUSED,
+    .gate = "experts.gate_up_proj_blocks",
+    .why = "the experts are MXFP4-quantized (_blocks/_scales); use a checkpoint dequantized "
+           "to bf16",
+};
+
+static const mvk_arch_layout switch_wi_wo = {
+    .kind = MVK_LAYOUT_PER_EXPERT,
+    .what = "per-expert experts.expert_{i}.wi/wo",
+    .up = "experts.expert_{i}.wi.weight",
+    .down = "experts.expert_{i}.wo.weight",
+};
+
+/* ---- switch_transformers' derived defaults ---------------------------------- */
+
+/* SwitchTransformersConfig: num_decoder_layers defaults to num_layers, and
+ * each stack's sparse step to its layers // its sparse layers (0 when there
+ * are none); stored values win. */
+static uint64_t switch_decoder_layers(const mvk_moe_config *c)
+{
+    return c->num_layers;
+}
+
+static uint64_t switch_encoder_step(const mvk_moe_config *c)
+{
+    return c->num_sparse_encoder_layers ? c->num_layers / c->num_sparse_encoder_layers : 0;
+}
+
+static uint64_t switch_decoder_step(const mvk_moe_config *c)
+{
+    return c->num_sparse_decoder_layers ? c->num_decoder_layers / c->num_sparse_decoder_layers
+                                        : 0;
+}
+
+/* ---- the table ----------------------------------------------------------- */
+
+#define KEY(f, d, ...) {.field = MVK_CFG_##f, .def = (d), .names = {__VA_ARGS__}}
+#define FIXED(f, d) {.field = MVK_CFG_##f, .def = (d)}
+#define DERIVED(f, fn, ...) {.field = MVK_CFG_##f, .def_of = (fn), .names = {__VA_ARGS__}}
+
+#define DECODER_LAYER "model.layers.{N}.mlp."
+
+/* What the decoder-only blocks share: the "gate" router, the published
+ * layouts (transformers 5 stacked first), hidden_act, one layer stack. */
+#define HF_DECODER_BLOCK                                                                        \
+    .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",                  \
+    .layouts = {&stacked, &per_expert_w123, &per_expert_proj}
+
+static const mvk_arch archs[] = {
+    {
+        .model_types = {"mixtral"},
+        .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 14336, "intermediate_size"),
+                 KEY(EXPERTS, 8, "num_local_experts"), KEY(TOP_K, 2, "num_experts_per_tok"),
+                 KEY(NUM_LAYERS, 32, "num_hidden_layers"),
+                 FIXED(NORM_TOPK, 1) /* MixtralSparseMoeBlock always renormalises */},
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+        HF_DECODER_BLOCK,
+        /* published checkpoints (transformers 4), then transformers 5 naming */
+        .layer_prefixes = {"model.layers.{N}.block_sparse_moe.", DECODER_LAYER},
+    },
+    {
+        .model_types = {"qwen2_moe"},
+        .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 1408, "moe_intermediate_size"),
+                 KEY(EXPERTS, 60, "num_experts", "num_local_experts"),
+                 KEY(TOP_K, 4, "num_experts_per_tok"), KEY(NORM_TOPK, 0, "norm_topk_prob"),
+                 KEY(SHARED_FFN, 5632, "shared_expert_intermediate_size"),
+                 KEY(NUM_LAYERS, 24, "num_hidden_layers"),
+                 KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+        HF_DECODER_BLOCK,
+        .layer_prefixes = {DECODER_LAYER},
+        .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
+                   "shared_expert.down_proj.weight"},
+        .shared_gate = "shared_expert_gate.weight",
+    },
+    {
+        .model_types = {"qwen3_moe"},
+        .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 768, "moe_intermediate_size"),
+                 KEY(EXPERTS, 128, "num_experts", "num_local_experts"),
+                 KEY(TOP_K, 8, "num_experts_per_tok"), KEY(NORM_TOPK, 0, "norm_topk_prob"),
+                 KEY(NUM_LAYERS, 24, "num_hidden_layers"),
+                 KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+        HF_DECODER_BLOCK,
+        .layer_prefixes = {DECODER_LAYER},
+    },
+    {
+        .model_types = {"deepseek_v3"},
+        .keys = {KEY(HIDDEN, 7168, "hidden_size"), KEY(FFN, 2048, "moe_intermediate_size"),
+                 KEY(EXPERTS, 256, "n_routed_experts", "num_local_experts"),
+                 KEY(TOP_K, 8, "num_experts_per_tok"), KEY(N_GROUP, 8, "n_group"),
+                 KEY(TOPK_GROUP, 4, "topk_group"),
+                 KEY(SCALING, 2.5f, "routed_scaling_factor"), KEY(NORM_TOPK, 1, "norm_topk_prob"),
+                 KEY(SHARED_EXPERTS, 1, "n_shared_experts"),
+                 KEY(FIRST_K_DENSE, 3, "first_k_dense_replace"),
+                 KEY(NUM_LAYERS, 61, "num_hidden_layers")},
+        .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
+        HF_DECODER_BLOCK,
+        .layer_prefixes = {DECODER_LAYER},
+        .correction_bias = "gate.e_score_correction_bias",
+        .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",
+                   "shared_experts.down_proj.weight"},
+    },
+    {
+        .model_types = {"olmoe"},
+        .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 2048, "intermediate_size"),
+                 KEY(EXPERTS, 64, "num_experts", "num_local_experts"),
+                 KEY(TOP_K, 8, "num_experts_per_tok"), KEY(NORM_TOPK, 0, "norm_topk_prob"),
+                 KEY(NUM_LAYERS, 16, "num_hidden_layers")},
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+        HF_DECODER_BLOCK,
+        .layer_prefixes = {DECODER_LAYER},
+    },
+    {
+        .model_types = {"gpt_oss"},
+        .keys = {KEY(HIDDEN, 2880, "hidden_size"), KEY(FFN, 2880, "intermediate_size"),
+                 KEY(EXPERTS, 128, "num_local_experts", "num_experts"),
+                 KEY(TOP_K, 4, "num_experts_per_tok", "experts_per_token"),
+                 KEY(SWIGLU_LIMIT, 7.0f, "swiglu_limit"), KEY(SWIGLU_ALPHA, 1.702f, "swiglu_alpha"),
+                 KEY(NUM_LAYERS, 36, "num_hidden_layers")},
+        .routing = MOEVK_ROUTING_TOPK_SOFTMAX,
+        .act = {.def = "swiglu_oai", .fixed = MOEVK_ACT_SWIGLU_OAI},
+        .sparse = MVK_SPARSE_DECODER,
+        .layer_prefixes = {DECODER_LAYER},
+        .router = "router.weight",
+        .router_bias = "router.bias",
+        .layouts = {&gpt_oss_interleaved, &gpt_oss_mxfp4},
+    },
+    {
+        .model_types = {"switch_transformers"},
+        .keys = {KEY(HIDDEN, 768, "d_model", "hidden_size"), KEY(FFN, 2048, "d_ff"),
+                 KEY(EXPERTS, 8, "num_experts"), FIXED(TOP_K, 1),
+                 KEY(CAPACITY, 64, "expert_capacity"), KEY(ROUTER_BIAS, 0, "router_bias"),
+                 KEY(NUM_LAYERS, 12, "num_layers", "num_hidden_layers"),
+                 DERIVED(NUM_DECODER_LAYERS, switch_decoder_layers, "num_decoder_layers"),
+                 KEY(SPARSE_ENCODER_LAYERS, 3, "num_sparse_encoder_layers"),
+                 KEY(SPARSE_DECODER_LAYERS, 3, "num_sparse_decoder_layers"),
+                 DERIVED(ENCODER_STEP, switch_encoder_step, "encoder_sparse_step"),
+                 DERIVED(DECODER_STEP, switch_decoder_step, "decoder_sparse_step")},
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+        .act = {.key = "dense_act_fn", .def = "relu", .names = ffn_acts},
+        .sparse = MVK_SPARSE_ENCODER_DECODER,
+        .layer_prefixes = {"encoder.block.{N}.layer.1.mlp."},
+        .decoder_prefix = "decoder.block.{N}.layer.2.mlp.",
+        .router = "router.classifier.weight",
+        .router_bias = "router.classifier.bias",
+        .layouts = {&switch_wi_wo},
+    },
+};
+
+#define N_ARCHS (sizeof archs / sizeof archs[0])
+
+/* ---- lookups ---------------------------------------------------------------- */
+
+const mvk_arch *mvk_arch_find(const char *model_type)
+{
+    for (size_t i = 0; model_type && i < N_ARCHS; i++)
+        for (size_t n = 0; n < MVK_ARCH_NAMES && archs[i].model_types[n]; n++)
+            if (!strcmp(model_type, archs[i].model_types[n]))
+                return &archs[i];
+    return NULL;
+}
+
+const mvk_arch *mvk_arch_get(size_t i)
+{
+    return i < N_ARCHS ? &archs[i] : NULL;
+}
+
+const char *mvk_arch_name(const mvk_arch *a)
+{
+    return a && a->model_types[0] ? a->model_types[0] : "unknown";
+}
+
+const mvk_arch_key *mvk_arch_key_of(const mvk_arch *a, mvk_cfg_field field)
+{
+    for (size_t i = 0; i < MVK_ARCH_KEYS && a->keys[i].field != MVK_CFG_END; i++)
+        if (a->keys[i].field == field)
+            return &a->keys[i];
+    return NULL;
+}
+
+int mvk_arch_has_decoder(const mvk_arch *a)
+{
+    return a->decoder_prefix != NULL;
+}
+
+int mvk_arch_has_capacity(const mvk_arch *a)
+{
+    return mvk_arch_key_of(a, MVK_CFG_CAPACITY) != NULL;
+}
+
+const char *mvk_arch_list(char *buf, size_t bufsz, int (*has)(const mvk_arch *a))
+{
+    size_t o = 0;
+    if (!bufsz)
+        return buf;
+    buf[0] = 0;
+    for (size_t i = 0; i < N_ARCHS; i++) {
+        if (has && !has(&archs[i]))
+            continue;
+        int n = snprintf(buf + o, bufsz - o, "%s%s", o ? ", " : "", mvk_arch_name(&archs[i]));
+        if (n < 0 || (size_t)n >= bufsz - o) {
+            buf[o] = 0; /* whole names only */
+            break;
+        }
+        o += (size_t)n;
+    }
+    return buf;
+}
+
+int mvk_arch_expand(char *buf, size_t bufsz, const char *prefix, const char *pattern,
+                    uint32_t v)
+{
+    char num[16];
+    const size_t nl = (size_t)snprintf(num, sizeof num, "%u", v);
+    size_t o = 0;
+    for (int part = 0; part < 2; part++)
+        for (const char *p = part ? pattern : prefix; p && *p;) {
+            /* the prefix is taken as it is: only the pattern has variables */
+            const int var = part && p[0] == '{' && (p[1] == 'N' || p[1] == 'i') && p[2] == '}';
+            const char *src = var ? num : p;
+            const size_t n = var ? nl : 1;
+            if (o + n >= bufsz) {
+                if (bufsz)
+                    buf[0] = 0;
+                return -1;
+            }
+            memcpy(buf + o, src, n);
+            o += n;
+            p += var ? 3 : 1;
+        }
+    if (!bufsz)
+        return -1;
+    buf[o] = 0;
+    return 0;
+}

@@ -1,0 +1,171 @@
+/*
+ * Hugging Face MoE architectures as data: one descriptor (mvk_arch) per
+ * config.json `model_type`, in one const table (arch.c). A descriptor says
+ * which config keys hold which hyperparameter (and their defaults), how the
+ * block routes and which activation it uses, which layers hold a MoE block
+ * and under which tensor-name prefix, and the tensor names of every layout
+ * the architecture is published in. One generic reader (hf_config.c) and
+ * one generic loader (model_layer.c) handle every descriptor; nothing else
+ * knows an architecture by name. The checklist for adding one is in arch.c.
+ *
+ * Name patterns: "{N}" in a layer prefix is the layer index, "{i}" in an
+ * expert tensor name the expert index. Tensor names are relative to the
+ * layer prefix ("model.layers.{N}.mlp." + "gate.weight").
+ */
+#ifndef MOEVK_MODEL_ARCH_H
+#define MOEVK_MODEL_ARCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moevk/moevk.h"
+
+#define MVK_MAX_PREFIXES 2  /* layer prefixes tried in turn               */
+#define MVK_PREFIX_LEN 160
+#define MVK_ARCH_NAMES 4    /* model_type and its aliases                  */
+#define MVK_ARCH_KEYS 16    /* config keys of one architecture             */
+#define MVK_ARCH_LAYOUTS 4  /* tensor layouts of one architecture          */
+#define MVK_KEY_NAMES 3     /* a key and its aliases, NULL-terminated       */
+
+struct mvk_moe_config;
+
+/* The mvk_moe_config field a config key sets; its JSON type follows from
+ * the field (see the table in hf_config.c). MVK_CFG_END ends a key list. */
+typedef enum mvk_cfg_field {
+    MVK_CFG_END = 0,
+    MVK_CFG_HIDDEN,           /* hidden: H                                   */
+    MVK_CFG_FFN,              /* ffn: F of a routed expert                   */
+    MVK_CFG_EXPERTS,          /* num_experts: E                              */
+    MVK_CFG_TOP_K,            /* top_k                                       */
+    MVK_CFG_NORM_TOPK,        /* norm_topk_prob (true/false)                 */
+    MVK_CFG_N_GROUP,          /* n_group: expert groups (grouped routing)    */
+    MVK_CFG_TOPK_GROUP,       /* topk_group: groups kept                     */
+    MVK_CFG_SCALING,          /* routed_scaling_factor (a number)            */
+    MVK_CFG_SHARED_FFN,       /* shared_ffn: the shared expert's F           */
+    MVK_CFG_SHARED_EXPERTS,   /* a count n: shared_ffn = n x ffn (DeepSeek's
+                                 n shared experts run as one n x F wide)     */
+    MVK_CFG_CAPACITY,         /* expert_capacity: tokens per expert per
+                                 sequence (0 is refused)                    */
+    MVK_CFG_ROUTER_BIAS,      /* router_bias (true/false): the router bias
+                                 tensor is there                            */
+    MVK_CFG_SWIGLU_ALPHA,     /* swiglu_alpha (a number)                     */
+    MVK_CFG_SWIGLU_LIMIT,     /* swiglu_limit (a positive number)            */
+    MVK_CFG_NUM_LAYERS,       /* num_layers: decoder layers (the encoder's
+                                 for MVK_SPARSE_ENCODER_DECODER)            */
+    MVK_CFG_SPARSE_STEP,      /* decoder_sparse_step (0 is refused)          */
+    MVK_CFG_MLP_ONLY,         /* mlp_only_layers (a list of layer indices)   */
+    MVK_CFG_FIRST_K_DENSE,    /* first_k_dense_replace                       */
+    MVK_CFG_NUM_DECODER_LAYERS,
+    MVK_CFG_SPARSE_ENCODER_LAYERS, /* num_sparse_encoder_layers              */
+    MVK_CFG_SPARSE_DECODER_LAYERS, /* num_sparse_decoder_layers              */
+    MVK_CFG_ENCODER_STEP,     /* encoder_sparse_step                         */
+    MVK_CFG_DECODER_STEP,     /* decoder_sparse_step of the decoder stack    */
+    MVK_CFG_FIELD_COUNT
+} mvk_cfg_field;
+
+/* One config key: the first of `names` present with a non-null value is
+ * read; absent (or null) it takes the default: def_of(config so far) when
+ * set, else def. No names: the field is always the default (a value the
+ * architecture fixes). `required`: absent is an error. Defaults of float
+ * fields are written as float literals (1.702f) so that they convert
+ * exactly. */
+typedef struct mvk_arch_key {
+    mvk_cfg_field field;
+    const char *names[MVK_KEY_NAMES];
+    double def;
+    uint64_t (*def_of)(const struct mvk_moe_config *c);
+    int required;
+} mvk_arch_key;
+
+/* An activation function's name in config.json and moevk's activation. */
+typedef struct mvk_act_name {
+    const char *name;
+    moevk_activation activation;
+} mvk_act_name;
+
+/* The activation: read from `key` (default `def`) and looked up in `names`
+ * (ended by {NULL}); without a key it is always `fixed`, named `def`. */
+typedef struct mvk_arch_act {
+    const char *key;
+    const char *def;
+    const mvk_act_name *names;
+    moevk_activation fixed;
+} mvk_arch_act;
+
+/* How the experts' tensors are stored. */
+typedef enum mvk_layout_kind {
+    /* gate [F, H], up [F, H], down [H, F] per expert: patterns with {i};
+     * gate NULL for a non-gated FFN. Passed zero-copy. */
+    MVK_LAYOUT_PER_EXPERT,
+    /* gate = the stacked gate_up [E, 2F, H] (expert i: F gate rows, then
+     * F up rows), down [E, H, F]. Passed zero-copy. */
+    MVK_LAYOUT_STACKED,
+    /* gpt-oss: gate = gate_up [E, H, 2F] (gate and up interleaved along the
+     * last axis), down [E, F, H]; transposed into owned copies. With
+     * gate_bias ([E, 2F], interleaved) and down_bias ([E, H]). */
+    MVK_LAYOUT_INTERLEAVED,
+    /* gate names a tensor that marks a form moevk cannot read: refused
+     * with "tensor '<it>' has unsupported dtype <its dtype>: <why>". */
+    MVK_LAYOUT_REFUSED,
+} mvk_layout_kind;
+
+typedef struct mvk_arch_layout {
+    mvk_layout_kind kind;
+    const char *what;              /* described in `moevk run`'s output    */
+    const char *gate, *up, *down;  /* tensor names (see the kinds)          */
+    const char *gate_bias, *down_bias; /* MVK_LAYOUT_INTERLEAVED            */
+    const char *why;               /* MVK_LAYOUT_REFUSED                    */
+} mvk_arch_layout;
+
+/* Which layers hold a MoE block. */
+typedef enum mvk_sparse_rule {
+    /* layers 0 .. num_layers - 1 of one stack, less the first
+     * first_k_dense_replace, those in mlp_only_layers and those with
+     * (N + 1) % decoder_sparse_step != 0 (each a no-op when not read) */
+    MVK_SPARSE_DECODER,
+    /* an encoder (num_layers, encoder_sparse_step) and a decoder stack
+     * (num_decoder_layers, decoder step): block N of a stack with step s is
+     * sparse when s == 1 or N % s == 1 (s == 0: none) */
+    MVK_SPARSE_ENCODER_DECODER,
+} mvk_sparse_rule;
+
+typedef struct mvk_arch {
+    const char *model_types[MVK_ARCH_NAMES]; /* [0] is its name, then aliases */
+    /* config.json: read in this order, each into its field */
+    mvk_arch_key keys[MVK_ARCH_KEYS];
+    moevk_routing routing;
+    mvk_arch_act act;
+    /* layers */
+    mvk_sparse_rule sparse;
+    const char *layer_prefixes[MVK_MAX_PREFIXES]; /* tried in order: the first
+                                                     holding `router` is used */
+    const char *decoder_prefix;                   /* MVK_SPARSE_ENCODER_DECODER */
+    /* tensors, relative to the layer prefix. router_bias and
+     * correction_bias are required when named (a MVK_CFG_ROUTER_BIAS key
+     * may say the router has none). */
+    const char *router, *router_bias, *correction_bias;
+    const mvk_arch_layout *layouts[MVK_ARCH_LAYOUTS]; /* probed in order */
+    const char *shared[3];   /* the shared expert's gate, up, down          */
+    const char *shared_gate; /* its [1, H] sigmoid gate (when shared_ffn > 0) */
+} mvk_arch;
+
+/* The architecture whose model_type (or alias) is `model_type`, or NULL. */
+const mvk_arch *mvk_arch_find(const char *model_type);
+/* The i-th architecture of the table, NULL past its end. */
+const mvk_arch *mvk_arch_get(size_t i);
+/* Its name: model_types[0] ("unknown" for NULL). */
+const char *mvk_arch_name(const mvk_arch *a);
+/* The key that sets `field` (NULL when the architecture reads none). */
+const mvk_arch_key *mvk_arch_key_of(const mvk_arch *a, mvk_cfg_field field);
+/* Features a message may list the architectures of. */
+int mvk_arch_has_decoder(const mvk_arch *a);  /* a decoder stack (--decoder) */
+int mvk_arch_has_capacity(const mvk_arch *a); /* an expert_capacity          */
+/* "mixtral, qwen2_moe, ...": the names of the architectures `has` holds
+ * for (NULL: all), into buf. Returns buf. */
+const char *mvk_arch_list(char *buf, size_t bufsz, int (*has)(const mvk_arch *a));
+/* prefix + pattern into buf with "{N}" and "{i}" replaced by v; -1 when it
+ * does not fit. */
+int mvk_arch_expand(char *buf, size_t bufsz, const char *prefix, const char *pattern,
+                    uint32_t v);
+
+#endif
