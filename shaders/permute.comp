@@ -18,6 +18,8 @@
 //   arguments of every path's up and down kernels (interface.h, MVK_META_*).
 // PASS 2 (one thread per assignment): row of each assignment (-1 when
 //   dropped) and the token of each row.
+// PASS 3: all three in one workgroup, for at most WG assignments (small
+//   passes: one dispatch and no barrier between the passes).
 //
 // Masked (a chunk of a larger pass, see interface.h): assignments that an
 // admission over all tokens dropped (mask entry -1) are left out entirely.
@@ -30,13 +32,13 @@ layout(local_size_x_id = MVK_SPEC_WG) in;
 layout(constant_id = MVK_PERMUTE_SPEC_PASS) const uint PASS = 0;
 
 layout(std430, binding = MVK_PERMUTE_BIND_IDS) readonly buffer I { uint ids[]; };
-layout(std430, binding = MVK_PERMUTE_BIND_TILE_RANK) buffer TR { uint tile_rank[]; };
-layout(std430, binding = MVK_PERMUTE_BIND_TILE_COUNT) buffer TC { uint tile_counts[]; };
-layout(std430, binding = MVK_PERMUTE_BIND_TILE_OFF) buffer TO { uint tile_offsets[]; };
-layout(std430, binding = MVK_PERMUTE_BIND_META) buffer M { uint meta[]; };
-layout(std430, binding = MVK_PERMUTE_BIND_SCHEDULE) buffer SC { uvec2 schedule[]; };
-layout(std430, binding = MVK_PERMUTE_BIND_ROW_OF) buffer RO { int row_of[]; };
-layout(std430, binding = MVK_PERMUTE_BIND_ROW_TOKEN) buffer RT { uint row_token[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_TILE_RANK) coherent buffer TR { uint tile_rank[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_TILE_COUNT) coherent buffer TC { uint tile_counts[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_TILE_OFF) coherent buffer TO { uint tile_offsets[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_META) coherent buffer M { uint meta[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_SCHEDULE) coherent buffer SC { uvec2 schedule[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_ROW_OF) coherent buffer RO { int row_of[]; };
+layout(std430, binding = MVK_PERMUTE_BIND_ROW_TOKEN) coherent buffer RT { uint row_token[]; };
 layout(std430, binding = MVK_PERMUTE_BIND_MASK) readonly buffer MK { int mask_row_of[]; };
 
 const uint WG = gl_WorkGroupSize.x;
@@ -78,117 +80,142 @@ uint group_index()
     return gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
 }
 
-void main()
+void pass0(uint tile)
 {
     const uint lid = gl_LocalInvocationID.x;
-    const uint A = p.T * p.K;
-    const uint E = p.E;
+    const uint A = p.T * p.K, E = p.E;
+    for (uint e = lid; e < E; e += WG)
+        sh_run[e] = 0u;
+    for (uint sub = 0u; sub < p.tile_len; sub += WG) {
+        const uint a = tile * p.tile_len + sub + lid;
+        barrier();
+        sh_e[lid] = a < A ? expert_of(a) : NONE;
+        barrier();
+        const uint e = sh_e[lid];
+        if (e != NONE) {
+            uint rank = sh_run[e];
+            for (uint i = 0; i < lid; i++)
+                rank += sh_e[i] == e ? 1u : 0u;
+            tile_rank[a] = rank;
+        }
+        barrier();
+        for (uint x = lid; x < E; x += WG) {
+            uint count = 0u;
+            for (uint i = 0; i < WG; i++)
+                count += sh_e[i] == x ? 1u : 0u;
+            sh_run[x] += count;
+        }
+    }
+    barrier();
+    for (uint e = lid; e < E; e += WG)
+        tile_counts[tile * E + e] = sh_run[e];
+}
+
+void pass1()
+{
+    const uint lid = gl_LocalInvocationID.x;
+    const uint A = p.T * p.K, E = p.E;
+    for (uint e = lid; e < E; e += WG) {
+        uint run = 0;
+        for (uint tile = 0; tile < p.ntiles; tile++) {
+            tile_offsets[tile * E + e] = run;
+            run += tile_counts[tile * E + e];
+        }
+        uint admitted = min(run, p.capacity);
+        meta[MVK_META_TOTALS(E) + e] = run;
+        meta[MVK_META_COUNTS(E) + e] = admitted;
+        sh_total[e] = run;
+        uint path = p.force_path != 0u ? p.force_path - 1u : path_of(admitted);
+        sh_path[e] = admitted == 0u ? NONE : path;
+        sh_tiles[e] = (admitted + path_height(path) - 1u) / path_height(path);
+        sh_start[e] = admitted; // rows, replaced by the tile start below
+    }
+    barrier();
+    if (lid == 0) {
+        // Schedule segments, path by path (room for A / height + E each).
+        uint base[MVK_PATHS], tiles[MVK_PATHS];
+        uint at = 0u;
+        for (uint q = 0u; q < MVK_PATHS; q++) {
+            base[q] = at;
+            tiles[q] = 0u;
+            at += A / path_height(q) + E;
+        }
+        uint rows = 0, dropped = 0;
+        for (uint e = 0; e < E; e++) {
+            uint admitted = sh_start[e];
+            meta[MVK_META_OFFSETS(E) + e] = rows;
+            rows += admitted;
+            dropped += sh_total[e] - admitted;
+            uint q = sh_path[e];
+            if (q != NONE) {
+                sh_start[e] = base[q] + tiles[q];
+                tiles[q] += sh_tiles[e];
+            } else {
+                sh_tiles[e] = 0u;
+            }
+        }
+        meta[MVK_META_ROWS(E)] = rows;
+        meta[MVK_META_DROPPED(E)] = dropped;
+        for (uint q = 0u; q < MVK_PATHS; q++) {
+            const bool skinny = q == MVK_PATH_SKINNY;
+            meta[MVK_META_ARGS(E, q, 0u) + 0u] = tiles[q];
+            meta[MVK_META_ARGS(E, q, 0u) + 1u] = skinny ? p.skinny_up : p.tiled_up;
+            meta[MVK_META_ARGS(E, q, 0u) + 2u] = 1u;
+            meta[MVK_META_ARGS(E, q, 1u) + 0u] = tiles[q];
+            meta[MVK_META_ARGS(E, q, 1u) + 1u] = skinny ? p.skinny_down : p.tiled_down;
+            meta[MVK_META_ARGS(E, q, 1u) + 2u] = 1u;
+            meta[MVK_META_SCHED_BASE(E, q)] = base[q];
+            meta[MVK_META_TILES(E, q)] = tiles[q];
+        }
+    }
+    barrier();
+    for (uint e = lid; e < E; e += WG) {
+        uint s0 = sh_start[e];
+        for (uint m = 0; m < sh_tiles[e]; m++)
+            schedule[s0 + m] = uvec2(e, m);
+    }
+}
+
+void pass2(uint a)
+{
+    const uint A = p.T * p.K, E = p.E;
+    if (a >= A)
+        return;
+    const uint j = a / p.T, t = a - j * p.T;
+    const uint e = expert_of(a);
+    if (e == NONE) {
+        row_of[t * p.K + j] = -1;
+        return;
+    }
+    const uint rank = tile_offsets[(a / p.tile_len) * E + e] + tile_rank[a];
+    if (rank < p.capacity) {
+        uint row = meta[MVK_META_OFFSETS(E) + e] + rank;
+        row_of[t * p.K + j] = int(row);
+        row_token[row] = p.tok0 + t;
+    } else {
+        row_of[t * p.K + j] = -1;
+    }
+}
+
+void main()
+{
     if (PASS == 0u) {
         const uint tile = group_index();
-        if (tile >= p.ntiles)
-            return;
-        for (uint e = lid; e < E; e += WG)
-            sh_run[e] = 0u;
-        for (uint sub = 0u; sub < p.tile_len; sub += WG) {
-            const uint a = tile * p.tile_len + sub + lid;
-            barrier();
-            sh_e[lid] = a < A ? expert_of(a) : NONE;
-            barrier();
-            const uint e = sh_e[lid];
-            if (e != NONE) {
-                uint rank = sh_run[e];
-                for (uint i = 0; i < lid; i++)
-                    rank += sh_e[i] == e ? 1u : 0u;
-                tile_rank[a] = rank;
-            }
-            barrier();
-            for (uint x = lid; x < E; x += WG) {
-                uint count = 0u;
-                for (uint i = 0; i < WG; i++)
-                    count += sh_e[i] == x ? 1u : 0u;
-                sh_run[x] += count;
-            }
-        }
-        barrier();
-        for (uint e = lid; e < E; e += WG)
-            tile_counts[tile * E + e] = sh_run[e];
+        if (tile < p.ntiles)
+            pass0(tile);
     } else if (PASS == 1u) {
-        for (uint e = lid; e < E; e += WG) {
-            uint run = 0;
-            for (uint tile = 0; tile < p.ntiles; tile++) {
-                tile_offsets[tile * E + e] = run;
-                run += tile_counts[tile * E + e];
-            }
-            uint admitted = min(run, p.capacity);
-            meta[MVK_META_TOTALS(E) + e] = run;
-            meta[MVK_META_COUNTS(E) + e] = admitted;
-            sh_total[e] = run;
-            uint path = p.force_path != 0u ? p.force_path - 1u : path_of(admitted);
-            sh_path[e] = admitted == 0u ? NONE : path;
-            sh_tiles[e] = (admitted + path_height(path) - 1u) / path_height(path);
-            sh_start[e] = admitted; // rows, replaced by the tile start below
-        }
-        barrier();
-        if (lid == 0) {
-            // Schedule segments, path by path (room for A / height + E each).
-            uint base[MVK_PATHS], tiles[MVK_PATHS];
-            uint at = 0u;
-            for (uint q = 0u; q < MVK_PATHS; q++) {
-                base[q] = at;
-                tiles[q] = 0u;
-                at += A / path_height(q) + E;
-            }
-            uint rows = 0, dropped = 0;
-            for (uint e = 0; e < E; e++) {
-                uint admitted = sh_start[e];
-                meta[MVK_META_OFFSETS(E) + e] = rows;
-                rows += admitted;
-                dropped += sh_total[e] - admitted;
-                uint q = sh_path[e];
-                if (q != NONE) {
-                    sh_start[e] = base[q] + tiles[q];
-                    tiles[q] += sh_tiles[e];
-                } else {
-                    sh_tiles[e] = 0u;
-                }
-            }
-            meta[MVK_META_ROWS(E)] = rows;
-            meta[MVK_META_DROPPED(E)] = dropped;
-            for (uint q = 0u; q < MVK_PATHS; q++) {
-                const bool skinny = q == MVK_PATH_SKINNY;
-                meta[MVK_META_ARGS(E, q, 0u) + 0u] = tiles[q];
-                meta[MVK_META_ARGS(E, q, 0u) + 1u] = skinny ? p.skinny_up : p.tiled_up;
-                meta[MVK_META_ARGS(E, q, 0u) + 2u] = 1u;
-                meta[MVK_META_ARGS(E, q, 1u) + 0u] = tiles[q];
-                meta[MVK_META_ARGS(E, q, 1u) + 1u] = skinny ? p.skinny_down : p.tiled_down;
-                meta[MVK_META_ARGS(E, q, 1u) + 2u] = 1u;
-                meta[MVK_META_SCHED_BASE(E, q)] = base[q];
-                meta[MVK_META_TILES(E, q)] = tiles[q];
-            }
-        }
-        barrier();
-        for (uint e = lid; e < E; e += WG) {
-            uint s0 = sh_start[e];
-            for (uint m = 0; m < sh_tiles[e]; m++)
-                schedule[s0 + m] = uvec2(e, m);
-        }
+        pass1();
+    } else if (PASS == 2u) {
+        pass2(group_index() * WG + gl_LocalInvocationID.x);
     } else {
-        const uint a = group_index() * WG + lid;
-        if (a >= A)
-            return;
-        const uint j = a / p.T, t = a - j * p.T;
-        const uint e = expert_of(a);
-        if (e == NONE) {
-            row_of[t * p.K + j] = -1;
-            return;
-        }
-        const uint rank = tile_offsets[(a / p.tile_len) * E + e] + tile_rank[a];
-        if (rank < p.capacity) {
-            uint row = meta[MVK_META_OFFSETS(E) + e] + rank;
-            row_of[t * p.K + j] = int(row);
-            row_token[row] = p.tok0 + t;
-        } else {
-            row_of[t * p.K + j] = -1;
-        }
+        // One workgroup, at most WG assignments (one counting tile): the
+        // three passes in one dispatch, buffer writes made visible between.
+        pass0(0u);
+        memoryBarrierBuffer();
+        barrier();
+        pass1();
+        memoryBarrierBuffer();
+        barrier();
+        pass2(gl_LocalInvocationID.x);
     }
 }

@@ -441,8 +441,10 @@ void mvk_cmd_dispatch(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_
                              "limits", kernel, gx, gy, gz);
         return;
     }
-    if (cmd_bind(c, kernel, spec, nspec, bindings, nbind, push, push_size))
+    if (cmd_bind(c, kernel, spec, nspec, bindings, nbind, push, push_size)) {
         c->ctx->vk.vkCmdDispatch(c->cb, gx, gy, gz);
+        c->dispatches++;
+    }
 }
 
 void mvk_cmd_dispatch_indirect(mvk_cmd *c, uint32_t kernel, const uint32_t *spec, uint32_t nspec,
@@ -451,8 +453,10 @@ void mvk_cmd_dispatch_indirect(mvk_cmd *c, uint32_t kernel, const uint32_t *spec
 {
     if (c->status)
         return;
-    if (cmd_bind(c, kernel, spec, nspec, bindings, nbind, push, push_size))
+    if (cmd_bind(c, kernel, spec, nspec, bindings, nbind, push, push_size)) {
         c->ctx->vk.vkCmdDispatchIndirect(c->cb, args, offset);
+        c->dispatches++;
+    }
 }
 
 void mvk_cmd_copy(mvk_cmd *c, VkBuffer src, VkDeviceSize src_off, VkBuffer dst,
@@ -480,6 +484,7 @@ void mvk_cmd_barrier(mvk_cmd *c)
 {
     if (c->status)
         return;
+    c->barriers++;
     VkMemoryBarrier mb = {
         .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
         .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,

@@ -172,6 +172,7 @@ typedef struct mvk_cmd {
     mvk_arena *arena;
     mvk_desc_cache *cache;
     moevk_status status; /* first error while recording; later calls no-op */
+    uint32_t dispatches, barriers; /* recorded so far */
 } mvk_cmd;
 
 moevk_status mvk_pipeline_get(moevk_context *ctx, uint32_t kernel, const uint32_t *spec,

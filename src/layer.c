@@ -286,12 +286,12 @@ static moevk_status check_io(moevk_layer *L, const moevk_tensor *x, const moevk_
     return mvk_tokens_of(ctx, x, "x", T);
 }
 
-static mvk_pass_io full_pass(const moevk_tensor *x, const moevk_tensor *y)
+static mvk_pass_io full_pass(const moevk_tensor *x, const moevk_tensor *y, bool stats)
 {
     return (mvk_pass_io){
         .x = mvk_tensor_binding(x), .y = mvk_tensor_binding(y),
         .route = true, .permute = true, .experts = true, .shared = true, .combine = true,
-        .stats = true,
+        .stats = stats,
     };
 }
 
@@ -317,13 +317,13 @@ static moevk_status layer_forward(moevk_layer *L, const moevk_tensor *x, moevk_t
     }
     mvk_cmd c;
     if (!(st = mvk_cmd_begin(ctx, &c))) {
-        const mvk_pass_io io = full_pass(x, y);
+        const mvk_pass_io io = full_pass(x, y, stats != NULL);
         L->has_results = false;
         mvk_pass_record(L, &c, &g, &io, tm.pool ? &tm : NULL);
         st = mvk_cmd_submit_wait(&c);
     }
     if (!st) {
-        L->has_results = true;
+        L->has_results = stats != NULL;
         mvk_pass_timer_read(ctx, &tm, L->stage_ms);
     } else {
         L->ws->last_layer = NULL;
@@ -357,13 +357,14 @@ static moevk_status layer_record(moevk_layer *L, void *vk_command_buffer, const 
                         T);
     mvk_cmd c;
     mvk_cmd_external(ctx, (VkCommandBuffer)vk_command_buffer, &L->ws->cache, &c);
-    const mvk_pass_io io = full_pass(x, y);
+    const bool stats = !(L->desc.flags & MOEVK_LAYER_RECORD_NO_STATS);
+    const mvk_pass_io io = full_pass(x, y, stats);
     mvk_pass_record(L, &c, &g, &io, NULL);
     if (c.status) {
         L->ws->last_layer = NULL;
         return c.status;
     }
-    L->has_results = true; /* valid once the caller's submission completed */
+    L->has_results = stats; /* valid once the caller's submission completed */
     return MOEVK_SUCCESS;
 }
 
@@ -377,7 +378,10 @@ static moevk_status read_stats(moevk_layer *L, moevk_routing_stats *stats)
     if (!stats)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "stats is NULL");
     if (!L->has_results)
-        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "the layer has not run yet");
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "the layer's last pass computed no statistics (it has not run, or ran "
+                        "without: moevk_layer_forward with stats NULL, or a recorded pass with "
+                        "MOEVK_LAYER_RECORD_NO_STATS)");
     const uint32_t E = L->desc.num_experts;
     uint32_t tail[4];
     moevk_status st =

@@ -40,6 +40,10 @@ struct moevk_layer {
     moevk_buffer *results;
     bool has_results;
     double stage_ms[MOEVK_STAGE_COUNT];
+    /* how the last pass was recorded (moevk_layer_pass_info) */
+    uint32_t last_route_chunks, last_expert_chunks, last_expert_chunk_tokens;
+    uint32_t last_dispatches, last_barriers, last_force_path;
+    bool last_fused_route;
 };
 
 void mvk_layer_desc_defaults(const moevk_layer_desc *in, moevk_layer_desc *out);

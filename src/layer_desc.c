@@ -117,6 +117,8 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
         return mvk_fail(ctx, bad, "swiglu_alpha / swiglu_limit must be finite and limit > 0");
     if (!d.router_weight)
         return mvk_fail(ctx, bad, "router_weight is NULL");
+    if (d.flags & ~(uint32_t)(MOEVK_LAYER_BATCH_INVARIANT | MOEVK_LAYER_RECORD_NO_STATS))
+        return mvk_fail(ctx, bad, "flags 0x%x has unknown bits", d.flags);
     bool gated = moevk_activation_is_gated(d.activation);
     moevk_status st = check_weights(ctx, &d.experts, "experts", gated);
     if (st)

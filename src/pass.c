@@ -174,7 +174,8 @@ typedef struct chunk_rows {
 } chunk_rows;
 
 static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
-                          const chunk_rows *cr, mvk_binding o, mvk_pass_timer *tm)
+                          const chunk_rows *cr, mvk_binding o, uint32_t tokens,
+                          mvk_pass_timer *tm)
 {
     const moevk_layer_desc *d = &L->desc;
     const mvk_expert_set *set = &L->routed;
@@ -199,6 +200,7 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
                 .w_fmt = L->w_fmt, .act = down ? MVK_ACT_NONE : (uint32_t)d->activation + 1u,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
                 .scheduled = true, .gather = !down,
+                .max_rows = tokens, /* an expert has at most one row per token */
                 .args = cr->meta_buffer,
                 .args_offset = 4ull * MVK_META_ARGS(E, 0, down ? 1u : 0u),
             };
@@ -252,8 +254,6 @@ static void shared_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io, uint
             mvk_cmd_barrier(c);
         }
     }
-    if (!d->num_shared)
-        mvk_cmd_barrier(c);
     timer_end(c, tm, MOEVK_STAGE_SHARED);
 }
 
@@ -262,6 +262,7 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
 {
     const moevk_layer_desc *d = &L->desc;
     moevk_workspace *ws = L->ws;
+    c->dispatches = c->barriers = 0; /* counted for moevk_layer_pass_info */
     if (tm && tm->pool)
         mvk_cmd_reset_queries(c, tm->pool, tm->cap);
     mvk_cmd_barrier(c); /* the previous pass's use of the workspace */
@@ -300,8 +301,8 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             }
             const mvk_binding o = or_slot(ws, io->expert_out, MVK_WS_O);
             if (io->experts)
-                experts_chunk(L, c, io, &cr, o, tm);
-            if (io->shared)
+                experts_chunk(L, c, io, &cr, o, n, tm);
+            if (io->shared && d->num_shared)
                 shared_chunk(L, c, io, t0, n, tm);
             if (io->combine) {
                 timer_begin(c, tm);
@@ -336,4 +337,11 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
     }
     ws->last_layer = L;
     ws->last_tokens = g->T;
+    L->last_route_chunks = io->route ? g->nroute : 0;
+    L->last_expert_chunks = g->nexpert;
+    L->last_expert_chunk_tokens = g->expert_chunk;
+    L->last_fused_route = io->route && g->T <= MVK_ROUTE_FUSED_MAX_TOKENS;
+    L->last_dispatches = c->dispatches;
+    L->last_barriers = c->barriers;
+    L->last_force_path = c->ctx->testing_force_path;
 }

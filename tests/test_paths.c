@@ -118,3 +118,79 @@ Test(paths, every_path_gives_the_same_bits, .timeout = 900)
     cr_assert_eq(moevk_testing_force_path(ctx, 3), MOEVK_ERROR_INVALID_ARGUMENT);
     mvkt_context_end(ctx);
 }
+
+/* The structure of small passes on a Mixtral-shaped layer (H and F scaled
+ * by 1/8): how many dispatches and barriers, and the multiply-adds and
+ * weight bytes launched against those the routing needs. With at most 16
+ * tokens no expert has more than 16 rows, so one row tile at most: the
+ * bounds below hold for any routing. */
+Test(paths, small_passes_launch_what_they_need, .timeout = 300)
+{
+    const uint64_t seed = mvkt_base_seed() ^ 0x5ca1e;
+    mvkt_rng r = mvkt_rng_make(seed);
+    rlayer_spec sp = {.H = 512, .F = 1792, .E = 8, .K = 2, .dtype = MOEVK_DTYPE_BF16};
+    rlayer rl;
+    rlayer_make(&r, &rl, &sp);
+    moevk_context *ctx = mvkt_context();
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS);
+    static const uint32_t Ts[] = {1, 16};
+    static const double max_macs[] = {1.25, 2.0};
+    for (int i = 0; i < 2; i++) {
+        const uint32_t T = Ts[i];
+        float *x = random_x(&r, T, sp.H);
+        moevk_tensor tx = tensor2(ctx, T, sp.H), ty = tensor2(ctx, T, sp.H);
+        cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+        for (int stats = 0; stats < 2; stats++) {
+            moevk_routing_stats st = {0};
+            cr_assert_eq(moevk_layer_forward(L, &tx, &ty, stats ? &st : NULL), MOEVK_SUCCESS);
+            moevk_pass_info in;
+            cr_assert_eq(moevk_layer_pass_info(L, &in), MOEVK_SUCCESS, "%s",
+                         moevk_context_last_error(ctx));
+            cr_assert_eq(in.tokens, T);
+            cr_assert_eq(in.route_chunks, 1);
+            cr_assert_eq(in.expert_chunks, 1);
+            /* route (fused router), permute (one dispatch), up and down per
+             * possible path (T = 1: the skinny one; 16: + 16-row tiles),
+             * combine; statistics: 2 more */
+            const uint32_t paths = T <= 8 ? 1 : 2;
+            cr_assert_eq(in.dispatches, 1 + 1 + 2 * paths + 1 + (stats ? 2 : 0),
+                         "T = %u, stats %d: %u dispatches", T, stats, in.dispatches);
+            cr_assert_leq(in.barriers, in.dispatches + 1, "T = %u: %u barriers", T, in.barriers);
+            for (int s = MOEVK_STAGE_EXPERTS_UP; s <= MOEVK_STAGE_EXPERTS_DOWN; s++) {
+                double macs = in.macs_launched[s] / in.macs_useful[s];
+                double bytes = in.weight_bytes_fetched[s] / in.weight_bytes_needed[s];
+                cr_assert_leq(macs, max_macs[i], "seed %llu T = %u %s: %.3fx the useful MACs",
+                              (unsigned long long)seed, T, moevk_stage_name(s), macs);
+                cr_assert_leq(bytes, 1.05, "seed %llu T = %u %s: %.3fx the needed bytes",
+                              (unsigned long long)seed, T, moevk_stage_name(s), bytes);
+            }
+            if (T == 1) {
+                cr_assert_eq(in.experts_per_path[0], sp.K, "one row each: the skinny path");
+                cr_assert_eq(in.macs_launched[MOEVK_STAGE_EXPERTS_UP],
+                             in.macs_useful[MOEVK_STAGE_EXPERTS_UP]);
+                cr_assert_eq(in.macs_useful[MOEVK_STAGE_EXPERTS_UP],
+                             (double)sp.K * sp.F * sp.H * 2, "k rows x F x H x (gate + up)");
+                cr_assert_eq(in.weight_bytes_needed[MOEVK_STAGE_EXPERTS_DOWN],
+                             (double)sp.K * sp.H * sp.F * 2, "k bf16 down matrices");
+            }
+        }
+        /* every path forced: the GPU's schedule agrees with the count */
+        for (int path = 0; path < 3; path++) {
+            cr_assert_eq(moevk_testing_force_path(ctx, path), 0);
+            cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS);
+            moevk_pass_info in;
+            cr_assert_eq(moevk_layer_pass_info(L, &in), MOEVK_SUCCESS, "%s",
+                         moevk_context_last_error(ctx));
+            uint32_t n = in.experts_per_path[0] + in.experts_per_path[1] + in.experts_per_path[2];
+            cr_assert_eq(in.experts_per_path[path], n, "forced path %d", path);
+        }
+        cr_assert_eq(moevk_testing_force_path(ctx, -1), 0);
+        moevk_tensor_destroy(&tx);
+        moevk_tensor_destroy(&ty);
+        free(x);
+    }
+    moevk_layer_destroy(L);
+    rlayer_free(&rl);
+    mvkt_context_end(ctx);
+}

@@ -386,6 +386,18 @@ typedef struct moevk_expert_weights {
     const float *gate_bias, *up_bias, *down_bias;
 } moevk_expert_weights;
 
+enum moevk_layer_flags {
+    /* Use only kernel paths whose results for a token are bitwise the same
+     * whatever the other tokens of the pass (the portable paths all are;
+     * a faster path that is not, such as cooperative matrices, is then
+     * left out). */
+    MOEVK_LAYER_BATCH_INVARIANT = 1u << 0,
+    /* Recorded passes (moevk_layer_record) leave the routing statistics
+     * out; moevk_layer_read_stats then fails after them. Synchronous
+     * passes compute them when moevk_layer_forward's stats is non-NULL. */
+    MOEVK_LAYER_RECORD_NO_STATS = 1u << 1,
+};
+
 typedef struct moevk_layer_desc {
     uint32_t hidden;        /* H, required                                 */
     uint32_t ffn;           /* F of a routed expert, required              */
@@ -419,6 +431,7 @@ typedef struct moevk_layer_desc {
      * same context; the layer keeps it alive). NULL = the context's
      * default workspace, shared by all layers created without one. */
     moevk_workspace *workspace;
+    uint32_t flags;         /* moevk_layer_flags                           */
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */
@@ -460,7 +473,8 @@ MOEVK_API void moevk_layer_memory(const moevk_layer *layer, uint64_t *weight_byt
 MOEVK_API moevk_workspace *moevk_layer_workspace(const moevk_layer *layer);
 
 /* y [T, H] (f32) = the MoE layer applied to x [T, H] (f32), T >= 1.
- * Synchronous: returns when y is written. stats may be NULL. */
+ * Synchronous: returns when y is written. stats may be NULL: the pass then
+ * skips the statistics stage (and moevk_layer_read_stats fails after it). */
 MOEVK_API moevk_status moevk_layer_forward(moevk_layer *layer, const moevk_tensor *x,
                                            moevk_tensor *y, moevk_routing_stats *stats);
 
@@ -514,6 +528,29 @@ MOEVK_API const char *moevk_stage_name(moevk_stage stage);
  * timestamp queries (all zero when the device has no timestamps). */
 MOEVK_API moevk_status moevk_layer_stage_times(const moevk_layer *layer,
                                                double ms[MOEVK_STAGE_COUNT]);
+
+/* What the last pass of a layer launched, from its geometry and its
+ * GPU-written routing (read back here, after the pass): for comparing
+ * kernels on any device, lavapipe included, where times mean little.
+ * "useful" multiply-adds are those of the rows the experts received;
+ * "launched" include the padding of row and column tiles; weight bytes
+ * "needed" are those of the experts (and router) the pass used, once;
+ * "fetched" count each read the kernels' tile geometry makes. */
+typedef struct moevk_pass_info {
+    uint32_t tokens;
+    uint32_t route_chunks, expert_chunks; /* 1 and 1 unless beyond limits */
+    uint32_t dispatches, barriers;        /* recorded by the pass */
+    /* routed experts (per expert chunk) that ran on each kernel path:
+     * skinny GEMV, 16-row tiles, 64-row tiles */
+    uint32_t experts_per_path[3];
+    double macs_useful[MOEVK_STAGE_COUNT], macs_launched[MOEVK_STAGE_COUNT];
+    double weight_bytes_needed[MOEVK_STAGE_COUNT], weight_bytes_fetched[MOEVK_STAGE_COUNT];
+} moevk_pass_info;
+
+/* The pass info of the layer's last pass (forward or, after its
+ * submission completed, a recorded one); fails once another layer has run
+ * through the same workspace. */
+MOEVK_API moevk_status moevk_layer_pass_info(moevk_layer *layer, moevk_pass_info *info);
 
 /* ---- Stages on their own --------------------------------------------------
  * For engines that fuse differently: each call runs one part of the forward

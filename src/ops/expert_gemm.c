@@ -95,9 +95,13 @@ void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
     if (a->scheduled) {
         /* every path's grid is in META; a path without tiles dispatches an
          * empty grid */
-        for (uint32_t path = 0; path < MVK_PATHS; path++)
-            if (!force || force == path + 1)
+        for (uint32_t path = 0; path < MVK_PATHS; path++) {
+            const uint32_t min_rows = path == MVK_PATH_SKINNY ? 1
+                                      : path == MVK_PATH_SMALL ? MVK_SKINNY_ROWS + 1
+                                                               : MVK_SMALL_TILE_MAX_ROWS + 1;
+            if (force ? force == path + 1 : a->max_rows >= min_rows)
                 dispatch_path(c, a, path, b, &p);
+        }
         return;
     }
     uint32_t path = a->M <= MVK_SKINNY_ROWS ? MVK_PATH_SKINNY : MVK_PATH_LARGE;

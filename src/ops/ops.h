@@ -62,7 +62,8 @@ typedef struct mvk_permute_args {
     uint32_t ffn, hidden; /* the expert GEMMs' N (column groups per path) */
     bool masked;
 } mvk_permute_args;
-/* The three passes, each followed by a barrier. The tile geometry is
+/* The three passes, each followed by a barrier (one dispatch for at most
+ * MVK_PERMUTE_WG assignments). The tile geometry is
  * mvk_permute_geometry(T * K, E, mvk_max_range(ctx)). */
 void mvk_op_permute(mvk_cmd *c, const mvk_permute_args *a);
 
@@ -84,6 +85,8 @@ typedef struct mvk_gemm_args {
     bool gated, has_bias;
     bool scheduled;   /* tiles from the schedule, grids from META's args */
     bool gather;      /* A rows by row_token (scheduled only) */
+    uint32_t max_rows; /* scheduled: an upper bound on any expert's rows,
+                          so that paths no expert can take are not dispatched */
     VkBuffer args;    /* scheduled: the META buffer */
     VkDeviceSize args_offset; /* bytes to MVK_META_ARGS(E, 0, projection) */
 } mvk_gemm_args;

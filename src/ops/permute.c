@@ -44,6 +44,13 @@ void mvk_op_permute(mvk_cmd *c, const mvk_permute_args *a)
     b[MVK_PERMUTE_BIND_ROW_OF] = a->row_of;
     b[MVK_PERMUTE_BIND_ROW_TOKEN] = a->row_token;
     b[MVK_PERMUTE_BIND_MASK] = a->mask;
+    if (A <= MVK_PERMUTE_WG) { /* one workgroup runs the three passes */
+        const uint32_t spec[MVK_PERMUTE_NSPEC] = {MVK_PERMUTE_WG, 3};
+        mvk_cmd_dispatch(c, MVK_K_PERMUTE, spec, MVK_PERMUTE_NSPEC, b, MVK_PERMUTE_BINDINGS, &p,
+                         sizeof(p), 1, 1, 1);
+        mvk_cmd_barrier(c);
+        return;
+    }
     const uint64_t groups[3] = {ntiles, 1, (A + MVK_PERMUTE_WG - 1) / MVK_PERMUTE_WG};
     for (uint32_t pass = 0; pass < 3; pass++) {
         const uint32_t spec[MVK_PERMUTE_NSPEC] = {MVK_PERMUTE_WG, pass};
