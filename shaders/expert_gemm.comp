@@ -6,14 +6,40 @@
 // and which rows come from the GPU-written tile schedule (SCHED = 1), so an
 // expert without tokens costs nothing, or from the grid (SCHED = 0: dense
 // rows 0..M-1 of one expert, for shared experts and routers).
-// Shared-memory tiling, each output accumulated in the canonical order of
-// interface.h (k chunks of MVK_KCHUNK): deterministic and the same bits as
-// the skinny kernel (expert_gemv.comp) for the same row.
+//
+// The portable kernel: shared-memory tiling, each output accumulated in the
+// canonical order of interface.h (k chunks of MVK_KCHUNK): deterministic
+// and the same bits as the skinny kernel (expert_gemv.comp) for the same
+// row.
+//
+// Matrix-unit variants (BM = BN = 64, 256 invocations), the same source with
+// the same staging, edge handling, epilogue and stores; only the inner
+// product differs:
+//   MVK_COOPMAT          VK_KHR_cooperative_matrix, f16 x f16 -> f32
+//                        16x16x16 (a glslang that knows the extension)
+//   MVK_COOPMAT_EMULATE  the three intrinsics (load, multiply-add, store)
+//                        emulated with plain shared-memory loops, for the
+//                        tests on devices without matrix units
+// The 4 x 4 blocks of 16 x 16 of a tile are split among the subgroups (the
+// emulation: 8 virtual subgroups of 32 invocations); accumulators are
+// stored to shared memory at the end and read back in the portable
+// kernel's thread layout, so the epilogue is the same code. These variants
+// accumulate in the matrix units' order: not batch invariant.
 #extension GL_GOOGLE_include_directive : require
+#if defined(MVK_COOPMAT)
+#extension GL_KHR_cooperative_matrix : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#endif
 #define MVK_KERNEL_EXPERT_GEMM
 #include "interface.h"
 #include "common.glsl"
 #include "formats.glsl"
+
+#if defined(MVK_COOPMAT) || defined(MVK_COOPMAT_EMULATE)
+#define MATRIX_UNITS 1
+#endif
 
 layout(local_size_x_id = MVK_SPEC_WG) in;
 layout(constant_id = MVK_GEMM_SPEC_BM) const uint BM = 64;
@@ -41,9 +67,71 @@ DEFINE_LOADER(load_w0, w0, WDTYPE)
 DEFINE_LOADER(load_w1, w1, WDTYPE)
 #include "expert_output.glsl"
 
-shared float As[BK][BM];
-shared float Bs0[BK][BN];
-shared float Bs1[BK][GATED != 0u ? BN : 1u];
+// Staging element type: f16 for the matrix units, else f32.
+#if defined(MVK_COOPMAT)
+#define ST float16_t
+#else
+#define ST float
+#endif
+
+// The k x rows tile of A and the k x columns tiles of B0/B1, k-major.
+shared ST As[BK * BM];
+shared ST Bs0[BK * BN];
+shared ST Bs1[BK * (GATED != 0u ? BN : 1u)];
+#define AS(kk, r) As[(kk) * BM + (r)]
+#define BS0(kk, n) Bs0[(kk) * BN + (n)]
+#define BS1(kk, n) Bs1[(kk) * BN + (n)]
+
+#if defined(MATRIX_UNITS)
+const uint FRAG = 16;                    // fragment edge
+const uint BLOCKS = (BM / FRAG) * (BN / FRAG); // fragments of a tile (16)
+const uint MAXF = 4;                     // fragments per subgroup at most
+shared float Cs[BM * BN];                // one accumulator tile at a time
+
+#if defined(MVK_COOPMAT)
+#define FRAG_A coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA>
+#define FRAG_B coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB>
+#define FRAG_C coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
+uint subgroup_id() { return gl_SubgroupID; }
+uint subgroups() { return gl_NumSubgroups; }
+#else
+// Emulation. A and B "fragments" are views of the staging tiles; an
+// accumulator holds 8 of the 16 x 16 elements in each of 32 invocations
+// (element lane + 32 i: row lane / 16 + 2 i, column lane % 16).
+struct FRAG_A { uint off; };  // As index of (k = 0, row 0)
+struct FRAG_B { uint off; };  // Bs index of (k = 0, column 0)
+struct FRAG_C { float v[8]; };
+uint subgroup_id() { return gl_LocalInvocationID.x / 32u; }
+uint subgroups() { return gl_WorkGroupSize.x / 32u; }
+uint lane() { return gl_LocalInvocationID.x % 32u; }
+FRAG_C emu_zero()
+{
+    FRAG_C c;
+    for (uint i = 0; i < 8u; i++)
+        c.v[i] = 0.0;
+    return c;
+}
+// c += a (16 rows x 16 k of As) * b (16 k x 16 columns of Bs0 or Bs1)
+FRAG_C emu_muladd(FRAG_A a, FRAG_B b, FRAG_C c, bool second)
+{
+    for (uint i = 0; i < 8u; i++) {
+        uint r = lane() / 16u + 2u * i, col = lane() % 16u;
+        float acc = c.v[i];
+        for (uint kk = 0; kk < FRAG; kk++) {
+            float bv = second ? Bs1[b.off + kk * BN + col] : Bs0[b.off + kk * BN + col];
+            acc = fma(As[a.off + kk * BM + r], bv, acc);
+        }
+        c.v[i] = acc;
+    }
+    return c;
+}
+void emu_store(FRAG_C c, uint off)
+{
+    for (uint i = 0; i < 8u; i++)
+        Cs[off + (lane() / 16u + 2u * i) * BN + lane() % 16u] = c.v[i];
+}
+#endif
+#endif
 
 void main()
 {
@@ -69,8 +157,8 @@ void main()
     const uint n0 = gl_WorkGroupID.y * BN;
     const uint wbase = (e - p.e_first) * p.N * p.K;
 
-    // The canonical order (interface.h): a chunk's fma chain in acc*, the
-    // chunk partials added in order into sum*.
+    // The portable order (interface.h): a chunk's fma chain in acc*, the
+    // chunk partials added in order into sum*, which end as the outputs.
     float acc0[TM][TN], acc1[TM][TN], sum0[TM][TN], sum1[TM][TN];
     for (uint i = 0; i < TM; i++)
         for (uint j = 0; j < TN; j++) {
@@ -79,6 +167,19 @@ void main()
             sum0[i][j] = 0.0;
             sum1[i][j] = 0.0;
         }
+#if defined(MATRIX_UNITS)
+    const uint nfrag = BLOCKS / subgroups(), sg = subgroup_id();
+    FRAG_C c0[MAXF], c1[MAXF];
+    for (uint f = 0; f < MAXF; f++) {
+#if defined(MVK_COOPMAT)
+        c0[f] = FRAG_C(0.0);
+        c1[f] = FRAG_C(0.0);
+#else
+        c0[f] = emu_zero();
+        c1[f] = emu_zero();
+#endif
+    }
+#endif
 
     for (uint k0 = 0; k0 < p.K; k0 += BK) {
         for (uint idx = lid; idx < BM * BK; idx += WG) {
@@ -89,26 +190,49 @@ void main()
                 uint src = GATHER != 0u ? row_token[row] : (SCHED != 0u ? row : p.a_row0 + row);
                 v = a_rows[src * p.K + k];
             }
-            As[kk][r] = v;
+            AS(kk, r) = ST(v);
         }
         for (uint idx = lid; idx < BN * BK; idx += WG) {
             uint n = idx / BK, kk = idx % BK;
             uint nn = n0 + n, k = k0 + kk;
             bool ok = nn < p.N && k < p.K;
             uint wi = wbase + nn * p.K + k;
-            Bs0[kk][n] = ok ? load_w0(wi) : 0.0;
+            BS0(kk, n) = ST(ok ? load_w0(wi) : 0.0);
             if (GATED != 0u)
-                Bs1[kk][n] = ok ? load_w1(wi) : 0.0;
+                BS1(kk, n) = ST(ok ? load_w1(wi) : 0.0);
         }
         barrier();
+#if defined(MATRIX_UNITS)
+        for (uint f = 0; f < MAXF; f++) {
+            if (f >= nfrag)
+                break;
+            const uint blk = sg * nfrag + f;
+            const uint br = (blk / (BN / FRAG)) * FRAG, bc = (blk % (BN / FRAG)) * FRAG;
+#if defined(MVK_COOPMAT)
+            FRAG_A fa;
+            FRAG_B fb;
+            coopMatLoad(fa, As, br, BM, gl_CooperativeMatrixLayoutColumnMajor);
+            coopMatLoad(fb, Bs0, bc, BN, gl_CooperativeMatrixLayoutRowMajor);
+            c0[f] = coopMatMulAdd(fa, fb, c0[f]);
+            if (GATED != 0u) {
+                coopMatLoad(fb, Bs1, bc, BN, gl_CooperativeMatrixLayoutRowMajor);
+                c1[f] = coopMatMulAdd(fa, fb, c1[f]);
+            }
+#else
+            c0[f] = emu_muladd(FRAG_A(br), FRAG_B(bc), c0[f], false);
+            if (GATED != 0u)
+                c1[f] = emu_muladd(FRAG_A(br), FRAG_B(bc), c1[f], true);
+#endif
+        }
+#else
         for (uint kk = 0; kk < BK; kk++) {
             float a[TM], b0[TN], b1[TN];
             for (uint i = 0; i < TM; i++)
-                a[i] = As[kk][ty + i * (BM / TM)];
+                a[i] = AS(kk, ty + i * (BM / TM));
             for (uint j = 0; j < TN; j++) {
-                b0[j] = Bs0[kk][tx + j * TX];
+                b0[j] = BS0(kk, tx + j * TX);
                 if (GATED != 0u)
-                    b1[j] = Bs1[kk][tx + j * TX];
+                    b1[j] = BS1(kk, tx + j * TX);
             }
             for (uint i = 0; i < TM; i++)
                 for (uint j = 0; j < TN; j++) {
@@ -117,7 +241,9 @@ void main()
                         acc1[i][j] = fma(a[i], b1[j], acc1[i][j]);
                 }
         }
+#endif
         barrier();
+#if !defined(MATRIX_UNITS)
         if ((k0 + BK) % MVK_KCHUNK == 0u || k0 + BK >= p.K) {
             for (uint i = 0; i < TM; i++)
                 for (uint j = 0; j < TN; j++) {
@@ -129,7 +255,35 @@ void main()
                     }
                 }
         }
+#endif
     }
+
+#if defined(MATRIX_UNITS)
+    // The accumulators through shared memory into the portable layout.
+    for (uint m = 0; m < (GATED != 0u ? 2u : 1u); m++) {
+        for (uint f = 0; f < MAXF; f++) {
+            if (f >= nfrag)
+                break;
+            const uint blk = sg * nfrag + f;
+            const uint off = (blk / (BN / FRAG)) * FRAG * BN + (blk % (BN / FRAG)) * FRAG;
+#if defined(MVK_COOPMAT)
+            coopMatStore(m == 0u ? c0[f] : c1[f], Cs, off, BN, gl_CooperativeMatrixLayoutRowMajor);
+#else
+            emu_store(m == 0u ? c0[f] : c1[f], off);
+#endif
+        }
+        barrier();
+        for (uint i = 0; i < TM; i++)
+            for (uint j = 0; j < TN; j++) {
+                float v = Cs[(ty + i * (BM / TM)) * BN + tx + j * TX];
+                if (m == 0u)
+                    sum0[i][j] = v;
+                else
+                    sum1[i][j] = v;
+            }
+        barrier();
+    }
+#endif
 
     for (uint i = 0; i < TM; i++) {
         uint row = row0 + ty + i * (BM / TM);

@@ -127,6 +127,12 @@ struct moevk_context {
      * pipelines are built for it and no descriptor set is allocated. */
     bool push_descriptors;
 
+    /* Matrix units (src/matrix.c): the MVK_K_* of the matrix-unit expert
+     * GEMM (0 = none), and its self-check: 0 not run, 1 passed, -1 failed. */
+    uint32_t mu_kernel;
+    int mu_state;
+    bool testing_mu_fail; /* test knob: the self-check reports a mismatch */
+
     VkBuffer dummy; /* bound for unused kernel inputs */
     VkDeviceMemory dummy_mem;
     moevk_workspace *workspace; /* the layers' default workspace (lazy) */
@@ -249,6 +255,10 @@ void mvk_leave(moevk_context *ctx);
     }
 #define MVK_PUBLIC_CTX(NAME, PARAMS, CTX, CALL) MVK_GUARDED_(NAME, PARAMS, CTX, CALL, 1)
 #define MVK_GUARDED(NAME, PARAMS, CTX, CALL) MVK_GUARDED_(NAME, PARAMS, CTX, CALL, 0)
+
+/* ---- matrix units (matrix.c) ---- */
+/* Run the matrix-unit self-check once, if the context has such a kernel. */
+moevk_status mvk_matrix_units_prepare(moevk_context *ctx);
 
 /* ---- tensors (memory.c) ---- */
 /* Check that t is a valid tensor of dtype `dtype` (or any of the dtypes in

@@ -181,6 +181,8 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
     moevk_workspace *ws = desc->workspace;
     if (!ws && (st = mvk_context_workspace(ctx, &ws)))
         return st;
+    if (!(desc->flags & MOEVK_LAYER_BATCH_INVARIANT) && (st = mvk_matrix_units_prepare(ctx)))
+        return st;
     moevk_layer *L = mvk_alloc(ctx, sizeof(*L));
     if (!L)
         return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "layer allocation");

@@ -199,6 +199,7 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
                 .alpha = d->swiglu_alpha, .limit = d->swiglu_limit,
                 .w_fmt = L->w_fmt, .act = down ? MVK_ACT_NONE : (uint32_t)d->activation + 1u,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
+                .batch_invariant = (d->flags & MOEVK_LAYER_BATCH_INVARIANT) != 0,
                 .scheduled = true, .gather = !down,
                 .max_rows = tokens, /* an expert has at most one row per token */
                 .args = cr->meta_buffer,
@@ -249,6 +250,7 @@ static void shared_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io, uint
                 .alpha = d->swiglu_alpha, .limit = d->swiglu_limit,
                 .w_fmt = L->w_fmt, .act = down ? MVK_ACT_NONE : (uint32_t)d->activation + 1u,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
+                .batch_invariant = (d->flags & MOEVK_LAYER_BATCH_INVARIANT) != 0,
             };
             mvk_op_expert_gemm(c, &ga);
             mvk_cmd_barrier(c);

@@ -4,6 +4,7 @@
 #include "testing.h"
 #include "internal.h"
 #include "interface.h"
+#include "kernels.h"
 
 void moevk_testing_fail_after(moevk_context *ctx, int64_t n)
 {
@@ -72,4 +73,15 @@ moevk_status moevk_testing_force_path(moevk_context *ctx, int path)
         return MOEVK_ERROR_INVALID_ARGUMENT;
     ctx->testing_force_path = (uint32_t)(path + 1);
     return MOEVK_SUCCESS;
+}
+
+moevk_status moevk_testing_matrix_units(moevk_context *ctx, int mode)
+{
+    if (!ctx || mode < 0 || mode > 2)
+        return MOEVK_ERROR_INVALID_ARGUMENT;
+    ctx->mu_kernel = mode ? MVK_K_EXPERT_GEMM_MU_EMU : 0;
+    ctx->mu_state = 0;
+    ctx->info.matrix_units = 0;
+    ctx->testing_mu_fail = mode == 2;
+    return mode ? mvk_matrix_units_prepare(ctx) : MOEVK_SUCCESS;
 }

@@ -40,4 +40,9 @@ int moevk_testing_hold_context(moevk_context *ctx, int hold);
  * by row count as usual (-1). The results must not change. */
 moevk_status moevk_testing_force_path(moevk_context *ctx, int path);
 
+/* Matrix units for the 64-row tiles: 0 none (as the device has), 1 the
+ * emulated kernel (src/matrix.c; its self-check runs now), 2 the same
+ * with a planted self-check failure (the portable kernel stays). */
+moevk_status moevk_testing_matrix_units(moevk_context *ctx, int mode);
+
 #endif

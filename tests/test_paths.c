@@ -194,3 +194,88 @@ Test(paths, small_passes_launch_what_they_need, .timeout = 300)
     rlayer_free(&rl);
     mvkt_context_end(ctx);
 }
+
+/* The matrix-unit variant of the 64-row tiles, with its intrinsics
+ * emulated: right against the reference (remainders in every dimension,
+ * every dtype, gated and not), its self-check passing, a planted self-check
+ * failure falling back to the portable kernel, and batch-invariant layers
+ * never using it. */
+Test(paths, emulated_matrix_units, .timeout = 600)
+{
+    const uint64_t base = mvkt_base_seed() ^ 0xc0e1;
+    moevk_context *ctx = mvkt_context();
+    cr_assert_eq(moevk_context_device_info(ctx)->matrix_units, 0, "lavapipe has none");
+    int differ = 0; /* cases where the matrix-unit order changed bits */
+    for (uint32_t i = 0; i < 6; i++) {
+        const uint64_t seed = base + i;
+        mvkt_rng r = mvkt_rng_make(seed);
+        const uint32_t T = 230 + 31 * i;
+        rlayer_spec sp = {
+            .H = 77 + 16 * i, .F = 70 + 9 * i, .E = 3, .K = 2,
+            .routing = (moevk_routing)(i % 3), .activation = (moevk_activation)(i % 6),
+            .dtype = (moevk_dtype)(i % 3), .shared = i % 2, .biases = i == 4,
+        };
+        rlayer rl;
+        rlayer_make(&r, &rl, &sp);
+        float *x = random_x(&r, T, sp.H), *ref = malloc(sizeof(float) * T * sp.H);
+        cr_assert_eq(moevk_ref_layer_forward(&rl.d, T, x, ref, NULL, NULL, NULL, NULL), 0);
+
+        /* portable */
+        cr_assert_eq(moevk_testing_matrix_units(ctx, 0), MOEVK_SUCCESS);
+        moevk_layer *L;
+        cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS);
+        pass_out portable;
+        forward(ctx, L, x, T, &portable);
+        moevk_pass_info in;
+        cr_assert_eq(moevk_layer_pass_info(L, &in), MOEVK_SUCCESS);
+        cr_assert_gt(in.experts_per_path[2], 0, "seed %llu: no expert on 64-row tiles",
+                     (unsigned long long)seed);
+        moevk_layer_destroy(L);
+
+        /* emulated matrix units */
+        cr_assert_eq(moevk_testing_matrix_units(ctx, 1), MOEVK_SUCCESS);
+        cr_assert_eq(moevk_context_device_info(ctx)->matrix_units, 1, "self-check passed");
+        cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS);
+        pass_out mu;
+        forward(ctx, L, x, T, &mu);
+        double tol = sp.dtype == MOEVK_DTYPE_F32 ? 1e-5 : 1e-4;
+        double err = mvkt_rel_l2(mu.y, ref, (size_t)T * sp.H);
+        cr_assert_leq(err, tol, "seed %llu: emulated matrix units, rel. error %g",
+                      (unsigned long long)seed, err);
+        cr_assert(memcmp(mu.ids, portable.ids, 4 * T * sp.K) == 0, "routing is not theirs");
+        differ += memcmp(mu.y, portable.y, sizeof(float) * T * sp.H) != 0;
+        moevk_layer_destroy(L);
+
+        /* a batch-invariant layer keeps the portable kernel */
+        moevk_layer_desc d = rl.d;
+        d.flags = MOEVK_LAYER_BATCH_INVARIANT;
+        cr_assert_eq(moevk_layer_create(ctx, &d, &L), MOEVK_SUCCESS);
+        pass_out inv;
+        forward(ctx, L, x, T, &inv);
+        assert_same(&portable, &inv, T, &rl.d, "batch-invariant layer beside matrix units",
+                    seed);
+        moevk_layer_destroy(L);
+
+        /* a failing self-check: the portable kernel, bit for bit */
+        cr_assert_eq(moevk_testing_matrix_units(ctx, 2), MOEVK_SUCCESS);
+        cr_assert_eq(moevk_context_device_info(ctx)->matrix_units, -1);
+        cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS);
+        pass_out fallback;
+        forward(ctx, L, x, T, &fallback);
+        assert_same(&portable, &fallback, T, &rl.d, "after a failed self-check", seed);
+        moevk_layer_destroy(L);
+
+        pass_free(&portable);
+        pass_free(&mu);
+        pass_free(&inv);
+        pass_free(&fallback);
+        rlayer_free(&rl);
+        free(x);
+        free(ref);
+    }
+    /* the emulated kernel ran: it sums k in its own order (not the
+     * portable chunks), which changes low bits of long dot products */
+    cr_assert_gt(differ, 0, "the matrix-unit kernel never ran");
+    cr_assert_eq(moevk_testing_matrix_units(ctx, 0), MOEVK_SUCCESS);
+    mvkt_context_end(ctx);
+}

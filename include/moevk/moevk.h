@@ -193,6 +193,12 @@ typedef struct moevk_device_info {
     int memory_budget;               /* VK_EXT_memory_budget */
     int imported;                    /* device borrowed from the host */
     int push_descriptor;             /* VK_KHR_push_descriptor in use */
+    /* Matrix units for the expert GEMMs: 1 in use (cooperative matrices,
+     * self-check passed), 0 none, -1 present but disabled because the
+     * self-check disagreed with the portable kernel. Known once a layer
+     * that could use them was created (moevk info creates none and shows
+     * the result of a check it runs). */
+    int matrix_units;
 } moevk_device_info;
 
 MOEVK_API moevk_status moevk_context_create(const moevk_context_desc *desc,

@@ -53,6 +53,11 @@ static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
         return;
     }
     const uint32_t bm = mvk_path_height(path);
+    uint32_t kernel = path == MVK_PATH_LARGE && !a->batch_invariant
+                          ? mvk_matrix_unit_kernel(c->ctx, a->w_fmt)
+                          : MVK_K_EXPERT_GEMM;
+    if (a->kernel_override && path == MVK_PATH_LARGE)
+        kernel = a->kernel_override;
     uint32_t spec[MVK_GEMM_NSPEC];
     spec[MVK_SPEC_WG] = (bm / MVK_GEMM_TM) * (MVK_GEMM_BN / MVK_GEMM_TN);
     spec[MVK_GEMM_SPEC_BM] = bm;
@@ -63,11 +68,10 @@ static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
     spec[MVK_GEMM_SPEC_SCHED] = scheduled;
     spec[MVK_GEMM_SPEC_GATHER] = scheduled && a->gather;
     if (scheduled)
-        mvk_cmd_dispatch_indirect(c, MVK_K_EXPERT_GEMM, spec, MVK_GEMM_NSPEC, b,
-                                  MVK_GEMM_BINDINGS, &p, sizeof(p), a->args,
-                                  a->args_offset + 12ull * 2u * path);
+        mvk_cmd_dispatch_indirect(c, kernel, spec, MVK_GEMM_NSPEC, b, MVK_GEMM_BINDINGS, &p,
+                                  sizeof(p), a->args, a->args_offset + 12ull * 2u * path);
     else
-        mvk_cmd_dispatch(c, MVK_K_EXPERT_GEMM, spec, MVK_GEMM_NSPEC, b, MVK_GEMM_BINDINGS, &p,
+        mvk_cmd_dispatch(c, kernel, spec, MVK_GEMM_NSPEC, b, MVK_GEMM_BINDINGS, &p,
                          sizeof(p), (a->M + bm - 1) / bm, (a->N + MVK_GEMM_BN - 1) / MVK_GEMM_BN,
                          1);
 }
@@ -105,7 +109,7 @@ void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
         return;
     }
     uint32_t path = a->M <= MVK_SKINNY_ROWS ? MVK_PATH_SKINNY : MVK_PATH_LARGE;
-    if (force)
+    if (force && !a->kernel_override)
         path = force - 1;
     dispatch_path(c, a, path, b, &p);
 }

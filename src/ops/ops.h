@@ -83,6 +83,8 @@ typedef struct mvk_gemm_args {
     uint32_t w_fmt;   /* MVK_WFMT_* */
     uint32_t act;     /* MVK_ACT_* */
     bool gated, has_bias;
+    bool batch_invariant; /* no matrix-unit kernel (MOEVK_LAYER_BATCH_INVARIANT) */
+    uint32_t kernel_override; /* 64-row tiles: this MVK_K_* (0 = choose) */
     bool scheduled;   /* tiles from the schedule, grids from META's args */
     bool gather;      /* A rows by row_token (scheduled only) */
     uint32_t max_rows; /* scheduled: an upper bound on any expert's rows,
@@ -91,6 +93,10 @@ typedef struct mvk_gemm_args {
     VkDeviceSize args_offset; /* bytes to MVK_META_ARGS(E, 0, projection) */
 } mvk_gemm_args;
 void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a);
+
+/* The matrix-unit kernel the 64-row tiles of weights in format w_fmt use
+ * on this context, or MVK_K_EXPERT_GEMM (the portable kernel). */
+uint32_t mvk_matrix_unit_kernel(const moevk_context *ctx, uint32_t w_fmt);
 
 /* ---- combine (src/ops/combine.c) ---------------------------------------- */
 typedef struct mvk_combine_args {
