@@ -20,8 +20,9 @@
 //   MVK_COOPMAT_EMULATE  the three intrinsics (load, multiply-add, store)
 //                        emulated with plain shared-memory loops, for the
 //                        tests on devices without matrix units
-// The 4 x 4 blocks of 16 x 16 of a tile are split among the subgroups (the
-// emulation: 8 virtual subgroups of 32 invocations); accumulators are
+// The 4 x 4 blocks of 16 x 16 of a tile are split among the 8 subgroups of
+// 32 invocations, two each (the emulation: 8 virtual subgroups of 32
+// invocations); accumulators are
 // stored to shared memory at the end and read back in the portable
 // kernel's thread layout, so the epilogue is the same code. These variants
 // accumulate in the matrix units' order: not batch invariant.
@@ -84,8 +85,6 @@ shared ST Bs1[BK * (GATED != 0u ? BN : 1u)];
 
 #if defined(MATRIX_UNITS)
 const uint FRAG = 16;                    // fragment edge
-const uint BLOCKS = (BM / FRAG) * (BN / FRAG); // fragments of a tile (16)
-const uint MAXF = 4;                     // fragments per subgroup at most
 shared float Cs[BM * BN];                // one accumulator tile at a time
 
 #if defined(MVK_COOPMAT)
@@ -93,7 +92,6 @@ shared float Cs[BM * BN];                // one accumulator tile at a time
 #define FRAG_B coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB>
 #define FRAG_C coopmat<float, gl_ScopeSubgroup, 16, 16, gl_MatrixUseAccumulator>
 uint subgroup_id() { return gl_SubgroupID; }
-uint subgroups() { return gl_NumSubgroups; }
 #else
 // Emulation. A and B "fragments" are views of the staging tiles; an
 // accumulator holds 8 of the 16 x 16 elements in each of 32 invocations
@@ -102,7 +100,6 @@ struct FRAG_A { uint off; };  // As index of (k = 0, row 0)
 struct FRAG_B { uint off; };  // Bs index of (k = 0, column 0)
 struct FRAG_C { float v[8]; };
 uint subgroup_id() { return gl_LocalInvocationID.x / 32u; }
-uint subgroups() { return gl_WorkGroupSize.x / 32u; }
 uint lane() { return gl_LocalInvocationID.x % 32u; }
 FRAG_C emu_zero()
 {
@@ -168,17 +165,22 @@ void main()
             sum1[i][j] = 0.0;
         }
 #if defined(MATRIX_UNITS)
-    const uint nfrag = BLOCKS / subgroups(), sg = subgroup_id();
-    FRAG_C c0[MAXF], c1[MAXF];
-    for (uint f = 0; f < MAXF; f++) {
+    // Two fragments per subgroup: 8 subgroups (32 invocations each; the
+    // host requires that subgroup size for the hardware variant). Named
+    // variables, one per declaration: glslang 13 drops the matrix use of
+    // arrays and of further declarators.
+    const uint sg = subgroup_id();
 #if defined(MVK_COOPMAT)
-        c0[f] = FRAG_C(0.0);
-        c1[f] = FRAG_C(0.0);
+    FRAG_C c0a = FRAG_C(0.0);
+    FRAG_C c0b = FRAG_C(0.0);
+    FRAG_C c1a = FRAG_C(0.0);
+    FRAG_C c1b = FRAG_C(0.0);
 #else
-        c0[f] = emu_zero();
-        c1[f] = emu_zero();
+    FRAG_C c0a = emu_zero();
+    FRAG_C c0b = emu_zero();
+    FRAG_C c1a = emu_zero();
+    FRAG_C c1b = emu_zero();
 #endif
-    }
 #endif
 
     for (uint k0 = 0; k0 < p.K; k0 += BK) {
@@ -203,25 +205,35 @@ void main()
         }
         barrier();
 #if defined(MATRIX_UNITS)
-        for (uint f = 0; f < MAXF; f++) {
-            if (f >= nfrag)
-                break;
-            const uint blk = sg * nfrag + f;
-            const uint br = (blk / (BN / FRAG)) * FRAG, bc = (blk % (BN / FRAG)) * FRAG;
+        {
+            // subgroup sg: blocks 2 sg and 2 sg + 1 (row-major over the 4 x 4)
+            const uint ba = 2u * sg, bb = 2u * sg + 1u;
+            const uint ra = (ba / (BN / FRAG)) * FRAG, ca = (ba % (BN / FRAG)) * FRAG;
+            const uint rb = (bb / (BN / FRAG)) * FRAG, cb = (bb % (BN / FRAG)) * FRAG;
 #if defined(MVK_COOPMAT)
             FRAG_A fa;
             FRAG_B fb;
-            coopMatLoad(fa, As, br, BM, gl_CooperativeMatrixLayoutColumnMajor);
-            coopMatLoad(fb, Bs0, bc, BN, gl_CooperativeMatrixLayoutRowMajor);
-            c0[f] = coopMatMulAdd(fa, fb, c0[f]);
+            coopMatLoad(fa, As, ra, BM, gl_CooperativeMatrixLayoutColumnMajor);
+            coopMatLoad(fb, Bs0, ca, BN, gl_CooperativeMatrixLayoutRowMajor);
+            c0a = coopMatMulAdd(fa, fb, c0a);
             if (GATED != 0u) {
-                coopMatLoad(fb, Bs1, bc, BN, gl_CooperativeMatrixLayoutRowMajor);
-                c1[f] = coopMatMulAdd(fa, fb, c1[f]);
+                coopMatLoad(fb, Bs1, ca, BN, gl_CooperativeMatrixLayoutRowMajor);
+                c1a = coopMatMulAdd(fa, fb, c1a);
+            }
+            coopMatLoad(fa, As, rb, BM, gl_CooperativeMatrixLayoutColumnMajor);
+            coopMatLoad(fb, Bs0, cb, BN, gl_CooperativeMatrixLayoutRowMajor);
+            c0b = coopMatMulAdd(fa, fb, c0b);
+            if (GATED != 0u) {
+                coopMatLoad(fb, Bs1, cb, BN, gl_CooperativeMatrixLayoutRowMajor);
+                c1b = coopMatMulAdd(fa, fb, c1b);
             }
 #else
-            c0[f] = emu_muladd(FRAG_A(br), FRAG_B(bc), c0[f], false);
-            if (GATED != 0u)
-                c1[f] = emu_muladd(FRAG_A(br), FRAG_B(bc), c1[f], true);
+            c0a = emu_muladd(FRAG_A(ra), FRAG_B(ca), c0a, false);
+            c0b = emu_muladd(FRAG_A(rb), FRAG_B(cb), c0b, false);
+            if (GATED != 0u) {
+                c1a = emu_muladd(FRAG_A(ra), FRAG_B(ca), c1a, true);
+                c1b = emu_muladd(FRAG_A(rb), FRAG_B(cb), c1b, true);
+            }
 #endif
         }
 #else
@@ -261,17 +273,21 @@ void main()
 #if defined(MATRIX_UNITS)
     // The accumulators through shared memory into the portable layout.
     for (uint m = 0; m < (GATED != 0u ? 2u : 1u); m++) {
-        for (uint f = 0; f < MAXF; f++) {
-            if (f >= nfrag)
-                break;
-            const uint blk = sg * nfrag + f;
-            const uint off = (blk / (BN / FRAG)) * FRAG * BN + (blk % (BN / FRAG)) * FRAG;
+        const uint ba = 2u * sg, bb = 2u * sg + 1u;
+        const uint oa = (ba / (BN / FRAG)) * FRAG * BN + (ba % (BN / FRAG)) * FRAG;
+        const uint ob = (bb / (BN / FRAG)) * FRAG * BN + (bb % (BN / FRAG)) * FRAG;
 #if defined(MVK_COOPMAT)
-            coopMatStore(m == 0u ? c0[f] : c1[f], Cs, off, BN, gl_CooperativeMatrixLayoutRowMajor);
-#else
-            emu_store(m == 0u ? c0[f] : c1[f], off);
-#endif
+        if (m == 0u) { // (no select of matrix values: not a SPIR-V operand type)
+            coopMatStore(c0a, Cs, oa, BN, gl_CooperativeMatrixLayoutRowMajor);
+            coopMatStore(c0b, Cs, ob, BN, gl_CooperativeMatrixLayoutRowMajor);
+        } else {
+            coopMatStore(c1a, Cs, oa, BN, gl_CooperativeMatrixLayoutRowMajor);
+            coopMatStore(c1b, Cs, ob, BN, gl_CooperativeMatrixLayoutRowMajor);
         }
+#else
+        emu_store(m == 0u ? c0a : c1a, oa);
+        emu_store(m == 0u ? c0b : c1b, ob);
+#endif
         barrier();
         for (uint i = 0; i < TM; i++)
             for (uint j = 0; j < TN; j++) {

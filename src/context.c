@@ -14,6 +14,8 @@
 #include <string.h>
 
 #include "internal.h"
+#include "kernels.h"
+#include "vk/vk_coopmat.h"
 
 #define MVK_DEFAULT_TIMEOUT_MS 60000u
 
@@ -320,6 +322,75 @@ static moevk_status query_device(moevk_context *ctx, VkPhysicalDevice pd, moevk_
     return MOEVK_SUCCESS;
 }
 
+/* ---- matrix units --------------------------------------------------------- */
+
+/* Whether moevk's cooperative-matrix kernel can run on pd: the extension
+ * with a 16x16x16 f16 x f16 -> f32 subgroup shape, cooperativeMatrix,
+ * shaderFloat16 and vulkanMemoryModel (Vulkan 1.3: the module is SPIR-V
+ * 1.6), and subgroups of exactly 32 invocations (the kernel's layout). */
+static bool matrix_units_possible(moevk_context *ctx, VkPhysicalDevice pd,
+                                  const moevk_device_info *info)
+{
+    if (!MOEVK_HAVE_COOPMAT || !info->cooperative_matrix ||
+        info->api_version < VK_API_VERSION_1_3 || info->min_subgroup_size != 32 ||
+        info->max_subgroup_size != 32)
+        return false;
+    VkPhysicalDeviceCooperativeMatrixFeaturesKHR cm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR};
+    VkPhysicalDeviceVulkan12Features v12 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &cm};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                    .pNext = &v12};
+    ctx->vki.vkGetPhysicalDeviceFeatures2(pd, &f2);
+    if (!cm.cooperativeMatrix || !v12.shaderFloat16 || !v12.vulkanMemoryModel)
+        return false;
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR props =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR)ctx->vki.vkGetInstanceProcAddr(
+            ctx->instance, "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR");
+    uint32_t n = 0;
+    if (!props || props(pd, &n, NULL) != VK_SUCCESS || n == 0 || n > 256)
+        return false;
+    VkCooperativeMatrixPropertiesKHR p[256];
+    for (uint32_t i = 0; i < n; i++)
+        p[i] = (VkCooperativeMatrixPropertiesKHR){
+            .sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR};
+    if (props(pd, &n, p) < 0)
+        return false;
+    for (uint32_t i = 0; i < n; i++)
+        if (p[i].MSize == 16 && p[i].NSize == 16 && p[i].KSize == 16 &&
+            p[i].AType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
+            p[i].BType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
+            p[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
+            p[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR && p[i].scope == VK_SCOPE_SUBGROUP_KHR)
+            return true;
+    return false;
+}
+
+/* Whether the host's enabled-features chain turns on what the kernel
+ * needs (an imported device: moevk enables nothing itself). */
+static bool host_enabled_matrix_units(const moevk_vulkan_import *im)
+{
+    bool ext = false, cm = false, f16 = false, vmm = false;
+    for (uint32_t i = 0; i < im->num_device_extensions; i++)
+        if (im->device_extensions && im->device_extensions[i] &&
+            strcmp(im->device_extensions[i], VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME) == 0)
+            ext = true;
+    for (const VkBaseInStructure *b = im->enabled_features; b; b = b->pNext) {
+        if (b->sType == VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR)
+            cm = ((const VkPhysicalDeviceCooperativeMatrixFeaturesKHR *)b)->cooperativeMatrix;
+        if (b->sType == VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES) {
+            f16 = f16 || ((const VkPhysicalDeviceVulkan12Features *)b)->shaderFloat16;
+            vmm = vmm || ((const VkPhysicalDeviceVulkan12Features *)b)->vulkanMemoryModel;
+        }
+        if (b->sType == VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES)
+            f16 = f16 || ((const VkPhysicalDeviceShaderFloat16Int8Features *)b)->shaderFloat16;
+        if (b->sType == VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES)
+            vmm = vmm ||
+                  ((const VkPhysicalDeviceVulkanMemoryModelFeatures *)b)->vulkanMemoryModel;
+    }
+    return ext && cm && f16 && vmm;
+}
+
 /* A queue family with compute; prefer one with timestamps. */
 static bool pick_queue_family(moevk_context *ctx, VkPhysicalDevice pd, uint32_t *family,
                               uint32_t *ts_bits)
@@ -460,14 +531,25 @@ static moevk_status create_device(moevk_context *ctx)
         .queueCount = 1,
         .pQueuePriorities = &prio,
     };
-    const char *exts[2];
+    const char *exts[3];
     uint32_t n_ext = 0;
     if (ctx->info.memory_budget)
         exts[n_ext++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
     if (ctx->info.push_descriptor)
         exts[n_ext++] = VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME;
+    /* matrix units: the extension and the features its kernel needs */
+    const bool mu = matrix_units_possible(ctx, ctx->phys, &ctx->info);
+    VkPhysicalDeviceCooperativeMatrixFeaturesKHR cm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR,
+        .cooperativeMatrix = VK_TRUE};
+    VkPhysicalDeviceVulkan12Features v12 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &cm,
+        .shaderFloat16 = VK_TRUE, .vulkanMemoryModel = VK_TRUE};
+    if (mu)
+        exts[n_ext++] = VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME;
     VkDeviceCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+        .pNext = mu ? &v12 : NULL,
         .queueCreateInfoCount = 1,
         .pQueueCreateInfos = &qci,
         .enabledExtensionCount = n_ext,
@@ -478,6 +560,8 @@ static moevk_status create_device(moevk_context *ctx)
         ctx->device = VK_NULL_HANDLE;
         return mvk_vk_fail(ctx, r, "vkCreateDevice");
     }
+    if (mu)
+        ctx->mu_kernel = MVK_K_EXPERT_GEMM_MU;
     ctx->owns_device = true;
     moevk_status st = load_device_functions(ctx);
     if (st)
@@ -535,6 +619,8 @@ static moevk_status import_device(moevk_context *ctx, const moevk_vulkan_import 
             push = 1;
     ctx->info.push_descriptor = ctx->info.push_descriptor && push;
     ctx->info.memory_budget = 0; /* not known to be enabled */
+    if (matrix_units_possible(ctx, ctx->phys, &ctx->info) && host_enabled_matrix_units(im))
+        ctx->mu_kernel = MVK_K_EXPERT_GEMM_MU;
     return load_device_functions(ctx);
 }
 

@@ -21,10 +21,20 @@
     K(MVK_K_STATS, stats, MVK_STATS_BINDINGS, mvk_stats_push, MVK_STATS_NSPEC)                  \
     K(MVK_K_BANDWIDTH, bandwidth, MVK_BANDWIDTH_BINDINGS, mvk_bandwidth_push, MVK_BANDWIDTH_NSPEC)
 
+/* Built when the configure-time probe found a glslang that compiles
+ * GL_KHR_cooperative_matrix (shaders/meson.build). */
+#if MOEVK_HAVE_COOPMAT
+#define MVK_KERNELS_OPTIONAL(K)                                                                 \
+    K(MVK_K_EXPERT_GEMM_MU, expert_gemm_mu, MVK_GEMM_BINDINGS, mvk_gemm_push, MVK_GEMM_NSPEC)
+#else
+#define MVK_KERNELS_OPTIONAL(K)
+#endif
+
 #define MVK_SPV(ID, NAME, BINDINGS, PUSH, NSPEC)                                                \
     extern const uint32_t mvk_spv_##NAME[];                                                     \
     extern const size_t mvk_spv_##NAME##_size;
 MVK_KERNELS(MVK_SPV)
+MVK_KERNELS_OPTIONAL(MVK_SPV)
 #undef MVK_SPV
 
 /* Push blocks hold 32-bit scalars only: no padding, the same in C and GLSL. */
@@ -43,6 +53,7 @@ bool mvk_kernel_get(uint32_t id, mvk_kernel_info *out)
                                  (uint32_t)sizeof(PUSH), NSPEC};                                \
         return true;
         MVK_KERNELS(MVK_CASE)
+        MVK_KERNELS_OPTIONAL(MVK_CASE)
 #undef MVK_CASE
     }
     return false;

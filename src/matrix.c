@@ -127,3 +127,5 @@ moevk_status mvk_matrix_units_prepare(moevk_context *ctx)
     }
     return MOEVK_SUCCESS;
 }
+
+MVK_PUBLIC_CTX(moevk_context_self_check, (moevk_context *ctx), ctx, mvk_matrix_units_prepare(ctx))

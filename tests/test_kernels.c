@@ -88,7 +88,13 @@ Test(kernels, modules_match_the_interface_header)
     int n = 0;
     for (uint32_t id = 0; id < MVK_K_COUNT; id++) {
         mvk_kernel_info k;
-        cr_assert(mvk_kernel_get(id, &k), "kernel %u has no table entry", id);
+        if (!mvk_kernel_get(id, &k)) {
+            /* only the cooperative-matrix variant is optional (built when
+             * the compiler knows the extension) */
+            cr_assert_eq(id, MVK_K_EXPERT_GEMM_MU, "kernel %u has no table entry", id);
+            n++;
+            continue;
+        }
         reflection r;
         reflect(k.code, k.code_size / 4, &r);
         uint32_t want_bindings = k.bindings >= 32 ? ~0u : (1u << k.bindings) - 1;

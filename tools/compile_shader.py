@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compile one GLSL compute shader to SPIR-V and validate it.
 
-usage: compile_shader.py GLSLANG SPIRV_VAL INPUT OUTPUT DEPFILE [-DNAME=VALUE ...]
+usage: compile_shader.py GLSLANG SPIRV_VAL INPUT OUTPUT DEPFILE [-DNAME=VALUE ...] [--vulkan1.3]
 
 Runs glslangValidator (Vulkan 1.1 target, MVK_GLSL defined for interface.h),
 then spirv-val on the result; any error fails the build. Writes a
@@ -14,14 +14,18 @@ import sys
 
 def main():
     glslang, spirv_val, src, out, depfile, *defines = sys.argv[1:]
+    env = "vulkan1.1"
+    if "--vulkan1.3" in defines:  # extensions beyond 1.1 (cooperative matrices)
+        defines.remove("--vulkan1.3")
+        env = "vulkan1.3"
     inc = os.path.dirname(os.path.abspath(src))
-    cmd = [glslang, "--target-env", "vulkan1.1", "-V", "-I" + inc, "-DMVK_GLSL=1", *defines, src,
+    cmd = [glslang, "--target-env", env, "-V", "-I" + inc, "-DMVK_GLSL=1", *defines, src,
            "-o", out]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.stderr.write(r.stdout + r.stderr)
         sys.exit(f"glslangValidator failed on {src}")
-    r = subprocess.run([spirv_val, "--target-env", "vulkan1.1", out], capture_output=True, text=True)
+    r = subprocess.run([spirv_val, "--target-env", env, out], capture_output=True, text=True)
     if r.returncode != 0:
         sys.stderr.write(r.stdout + r.stderr)
         os.unlink(out)

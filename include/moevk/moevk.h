@@ -123,6 +123,13 @@ typedef struct moevk_vulkan_import {
      * number of pending command buffers without descriptor sets). */
     const char *const *device_extensions;
     uint32_t num_device_extensions;
+    /* Optional: the feature structs the host enabled (a pNext chain, e.g.
+     * VkPhysicalDeviceFeatures2 -> VkPhysicalDeviceVulkan12Features -> ...,
+     * read during moevk_context_create only). moevk uses cooperative
+     * matrices on a borrowed device only when VK_KHR_cooperative_matrix is
+     * among device_extensions and this chain enables cooperativeMatrix,
+     * shaderFloat16 and vulkanMemoryModel. */
+    const void *enabled_features;
 } moevk_vulkan_import;
 
 enum moevk_context_flags {
@@ -211,6 +218,11 @@ MOEVK_API const char *moevk_context_last_error(const moevk_context *ctx);
 MOEVK_API int32_t moevk_context_last_vk_result(const moevk_context *ctx);
 /* Number of validation-layer messages seen so far (validation contexts). */
 MOEVK_API uint32_t moevk_context_validation_messages(const moevk_context *ctx);
+/* Run the built-in self-checks of the device's accelerated kernel variants
+ * now (otherwise they run before the first layer that could use them) and
+ * record the outcome in the device info (matrix_units). A disagreement is
+ * no error: the portable kernels are used then. */
+MOEVK_API moevk_status moevk_context_self_check(moevk_context *ctx);
 
 /* Enumerate devices without creating a context: writes up to `capacity`
  * entries of `infos` and the total count to `*count`. */
