@@ -46,10 +46,19 @@ PY
 grep -q "</svg>" "$tmp/b.svg" || fail "bench SVG"
 grep -q "Fraction of the floor" "$tmp/b.svg" || fail "bench SVG content"
 
-out=$("$moevk" bench --preset deepseek-v3 --tokens 1 --no-ceilings 2>"$tmp/err") ||
-    fail "bench of a preset that does not fit: $(cat "$tmp/err")"
-echo "$out" | grep -q "does not fit: needs .* GiB, the device has .* GiB" ||
-    fail "a preset too large for the device: $out"
+# A layer too large for the device: 1024 experts of 8192 x 4096 bf16 matrices
+# (192 GiB; each matrix within a 128 MiB storage buffer range). Not a preset:
+# lavapipe's device memory is the host's, and Mesa 25 reports all of it (a
+# deepseek-v3 layer, 21 GiB, "fits" a 24 GiB machine there, and then does not).
+mem=$("$moevk" info | sed -n 's/^  device-local memory *\([0-9]*\).*/\1/p' | head -n 1)
+if [ -n "$mem" ] && [ "$mem" -lt 150 ]; then
+    out=$("$moevk" bench --custom 8192,4096,1024,8 --tokens 1 --no-ceilings 2>"$tmp/err") ||
+        fail "bench of a layer that does not fit: $(cat "$tmp/err")"
+    echo "$out" | grep -q "does not fit: needs 192.03 GiB, the device has .* GiB" ||
+        fail "a layer too large for the device: $out"
+else
+    echo "skipped: the does-not-fit bench (the device reports ${mem:-no} GiB, a 192 GiB layer could fit)"
+fi
 
 # a usage error exits 2 (not 0, and not a sanitizer's status: a leak on the
 # error path fails here too)
