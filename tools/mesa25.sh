@@ -58,8 +58,9 @@ install() {
     if [ -f "$dir/ready" ] && [ -f "$dir/lvp_icd.json" ]; then
         return 0
     fi
-    command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
+    if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
         die "needs apt-get and dpkg (Debian)"
+    fi
     rm -rf "$dir/root" "$dir/debs" "$dir/lvp_icd.json"
     mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/debs" "$dir/root"
     mirror=$(debian_mirror)

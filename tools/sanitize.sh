@@ -24,16 +24,14 @@ if [ ! -f "$build/build.ninja" ]; then
 fi
 meson compile -C "$build" >/dev/null
 keep=$(pwd)/$build/lsan-keep-loaded.so
-if [ ! -f "$keep" ] || [ tools/lsan_keep_loaded.c -nt "$keep" ]; then
-    ${CC:-cc} -std=c11 -O2 -Wall -Wextra -Werror -shared -fPIC tools/lsan_keep_loaded.c -o "$keep"
-fi
+${CC:-cc} -std=c11 -O2 -Wall -Wextra -Werror -shared -fPIC tools/lsan_keep_loaded.c -o "$keep"
 # the preloaded library comes before the sanitizer runtime: allowed
 # (verify_asan_link_order=0), as it defines nothing the runtime intercepts
 export LD_PRELOAD="$keep${LD_PRELOAD:+ $LD_PRELOAD}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:verify_asan_link_order=0
-export LSAN_OPTIONS=suppressions=$(pwd)/tools/lsan.supp:print_suppressions=0:exitcode=23
+export LSAN_OPTIONS="suppressions=$(pwd)/tools/lsan.supp:print_suppressions=0:exitcode=23"
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-export MOEVK_TEST_CASES_SCALE=${MOEVK_TEST_CASES_SCALE:-0.2}
+export MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.2}"
 if [ $# -eq 0 ]; then
     set -- $(meson test -C "$build" --list 2>/dev/null | sed 's/.* \/ //' | grep -vx -e install-consumer)
 fi
