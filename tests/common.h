@@ -21,6 +21,10 @@ typedef struct mvkt_rng { uint64_t s; } mvkt_rng;
  * test derives its own from it and prints it on failure. */
 uint64_t mvkt_base_seed(void);
 mvkt_rng mvkt_rng_make(uint64_t seed);
+
+/* n scaled by MOEVK_TEST_CASES_SCALE (a factor, default 1; the sanitizer
+ * pass sets a fraction to run fewer random cases), rounded, at least min. */
+int mvkt_scaled(int n, int min);
 uint64_t mvkt_next(mvkt_rng *r);
 uint32_t mvkt_range(mvkt_rng *r, uint32_t lo, uint32_t hi); /* inclusive */
 float mvkt_uniform(mvkt_rng *r, float lo, float hi);

@@ -74,13 +74,16 @@ static void check_seed(moevk_context *ctx, uint64_t seed, const mvkc_limits *lim
 
 /* ---- random configurations ----------------------------------------------------- */
 
+/* 5 blocks of 60 cases; MOEVK_TEST_CASES_SCALE scales the 60 (the sanitizer
+ * pass runs fewer) */
 #define RANDOM_PER_TEST 60
 
 static void random_block(int block)
 {
     moevk_context *ctx = mvkt_context();
     uint64_t base = mvkt_base_seed() + 100000ull * (uint64_t)block;
-    for (int i = 0; i < RANDOM_PER_TEST; i++)
+    int n = mvkt_scaled(RANDOM_PER_TEST, 1);
+    for (int i = 0; i < n; i++)
         check_seed(ctx, base + (uint64_t)i, NULL);
     mvkt_context_end(ctx);
 }
@@ -390,7 +393,8 @@ Test(layer, bitwise_deterministic, .timeout = 600)
     int32_t *rows0 = malloc(4 * TK), *rows = malloc(4 * TK);
     float *w0 = malloc(4 * TK), *w = malloc(4 * TK);
     moevk_routing_stats s0 = {.tokens_per_expert = tpe0}, s = {.tokens_per_expert = tpe};
-    for (int run_i = 0; run_i < 100; run_i++) {
+    int runs = mvkt_scaled(100, 2); /* 100 unless MOEVK_TEST_CASES_SCALE says otherwise */
+    for (int run_i = 0; run_i < runs; run_i++) {
         int first = run_i == 0;
         mvkt_poison_tensor(&ty);
         moevk_routing_stats *sp = first ? &s0 : &s;
