@@ -36,10 +36,12 @@ float sigmoid(float x) { return 1.0 / (1.0 + exp(-x)); }
 
 float gelu_erf(float x) { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)); }
 
+// 0.5 x (1 + tanh(y)) written as x sigmoid(2y): the same function, without
+// the cancellation of 1 + tanh(y) for negative x.
 float gelu_tanh(float x)
 {
     float y = 0.79788456080286536 * (x + 0.044715 * x * x * x);
-    return 0.5 * x * (1.0 + tanh(clamp(y, -15.0, 15.0)));
+    return x / (1.0 + exp(-2.0 * y));
 }
 
 // The expert activation h = act(g, u); g is unused by non-gated ones.

@@ -22,6 +22,9 @@ sh tools/ensure_packages.sh quickstart build-essential pkg-config meson ninja-bu
     libcriterion-dev libcjson-dev
 
 build=${MOEVK_BUILD_DIR:-build}
+# the test command also builds the cooperative-matrix kernel variant (a
+# glslang from PyPI that knows the extension; left out if PyPI is not there)
+[ "$what" = test ] && sh tools/coopmat_tools.sh
 if [ ! -f "$build/build.ninja" ]; then
     meson setup "$build" -Dwerror=true -Drequire_device=true
 fi

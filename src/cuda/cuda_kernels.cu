@@ -95,7 +95,8 @@ __device__ __forceinline__ float gelu_erf(float x)
 
 __device__ __forceinline__ float gelu_tanh(float x)
 {
-    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    /* 0.5 x (1 + tanh(y)) as x sigmoid(2y): no cancellation for negative x */
+    return x / (1.0f + expf(-2.0f * 0.79788456080286536f * (x + 0.044715f * x * x * x)));
 }
 
 __device__ __forceinline__ bool is_gated(int act)
