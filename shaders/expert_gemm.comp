@@ -64,8 +64,8 @@ layout(std430, binding = MVK_GEMM_BIND_BIAS0) readonly buffer BB0 { float bias0[
 layout(std430, binding = MVK_GEMM_BIND_BIAS1) readonly buffer BB1 { float bias1[]; };
 layout(std430, binding = MVK_GEMM_BIND_OUT) writeonly buffer O { float outv[]; };
 
-DEFINE_LOADER(load_w0, w0, WDTYPE)
-DEFINE_LOADER(load_w1, w1, WDTYPE)
+DEFINE_WEIGHT_LOADER(load_w0, w0, WDTYPE)
+DEFINE_WEIGHT_LOADER(load_w1, w1, WDTYPE)
 #include "expert_output.glsl"
 
 // Staging element type: f16 for the matrix units, else f32.
@@ -152,7 +152,7 @@ void main()
         row_end = p.M;
     }
     const uint n0 = gl_WorkGroupID.y * BN;
-    const uint wbase = (e - p.e_first) * p.N * p.K;
+    const uint wrow0 = (e - p.e_first) * p.N; // the expert's first row in its chunk
 
     // The portable order (interface.h): a chunk's fma chain in acc*, the
     // chunk partials added in order into sum*, which end as the outputs.
@@ -198,10 +198,9 @@ void main()
             uint n = idx / BK, kk = idx % BK;
             uint nn = n0 + n, k = k0 + kk;
             bool ok = nn < p.N && k < p.K;
-            uint wi = wbase + nn * p.K + k;
-            BS0(kk, n) = ST(ok ? load_w0(wi) : 0.0);
+            BS0(kk, n) = ST(ok ? load_w0(wrow0 + nn, k) : 0.0);
             if (GATED != 0u)
-                BS1(kk, n) = ST(ok ? load_w1(wi) : 0.0);
+                BS1(kk, n) = ST(ok ? load_w1(wrow0 + nn, k) : 0.0);
         }
         barrier();
 #if defined(MATRIX_UNITS)

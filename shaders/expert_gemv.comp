@@ -2,7 +2,8 @@
 // The skinny expert kernel: up to MVK_SKINNY_ROWS rows of one expert,
 //   out[r, n] = act(A[r, :] . B0[e, n, :] (+ bias0), A[r, :] . B1[e, n, :] (+ bias1))
 // for COLS output columns per workgroup. Every weight element is read once
-// (with 128-bit loads where the rows allow), whatever the row count, and
+// (f32/f16/bf16 with 128-bit loads where the rows allow; block formats
+// decoded from their packed bytes), whatever the row count, and
 // all the rows accumulate in registers: a decode step is bound by the
 // weights' bytes, not by padding.
 //
@@ -41,8 +42,8 @@ layout(std430, binding = MVK_GEMM_BIND_BIAS0) readonly buffer BB0 { float bias0[
 layout(std430, binding = MVK_GEMM_BIND_BIAS1) readonly buffer BB1 { float bias1[]; };
 layout(std430, binding = MVK_GEMM_BIND_OUT) writeonly buffer O { float outv[]; };
 
-DEFINE_LOADER(load_w0, w0, WDTYPE)
-DEFINE_LOADER(load_w1, w1, WDTYPE)
+DEFINE_WEIGHT_LOADER(load_w0, w0, WDTYPE)
+DEFINE_WEIGHT_LOADER(load_w1, w1, WDTYPE)
 DEFINE_VEC_LOADER(load_w0_vec, w0v, WDTYPE)
 DEFINE_VEC_LOADER(load_w1_vec, w1v, WDTYPE)
 #include "expert_output.glsl"
@@ -73,8 +74,9 @@ void main()
         nrows = min(ROWS, p.M - row0);
     }
     const uint n = gl_WorkGroupID.y * COLS + col;
-    const uint wrow = (e - p.e_first) * p.N * p.K + n * p.K; // element of W[e, n, 0]
-    const bool vec = (p.K % VEC_ELEMS(WDTYPE)) == 0u;
+    const uint wr = (e - p.e_first) * p.N + n; // the row of W[e, n, :] in its chunk
+    const uint wrow = wr * p.K;                // its first element (plain formats)
+    const bool vec = WFMT_BLOCK_ELEMS(WDTYPE) == 1u && (p.K % VEC_ELEMS(WDTYPE)) == 0u;
 
     for (uint i = lid; i < ROWS * COLS; i += WG) {
         sum_s0[i / COLS][i % COLS] = 0.0;
@@ -123,7 +125,7 @@ void main()
                 }
             } else {
                 for (uint k = kbeg; k < kend; k++) {
-                    float wa = load_w0(wrow + k), wb = GATED != 0u ? load_w1(wrow + k) : 0.0;
+                    float wa = load_w0(wr, k), wb = GATED != 0u ? load_w1(wr, k) : 0.0;
                     for (uint r = 0; r < ROWS; r++) {
                         if (r < nrows) {
                             float xv = x_s[r][lane][k - kbeg];

@@ -40,6 +40,20 @@
 #define MVK_WFMT_F32 0u
 #define MVK_WFMT_F16 1u
 #define MVK_WFMT_BF16 2u
+/* block formats (the ggml layouts; = the moevk_dtype values) */
+#define MVK_WFMT_Q8_0 16u
+#define MVK_WFMT_Q4_0 17u
+#define MVK_WFMT_Q4_1 18u
+#define MVK_WFMT_Q5_0 19u
+#define MVK_WFMT_Q5_1 20u
+#define MVK_WFMT_Q2_K 21u
+#define MVK_WFMT_Q3_K 22u
+#define MVK_WFMT_Q4_K 23u
+#define MVK_WFMT_Q5_K 24u
+#define MVK_WFMT_Q6_K 25u
+#define MVK_WFMT_IQ4_NL 26u
+#define MVK_WFMT_IQ4_XS 27u
+#define MVK_WFMT_MXFP4 28u
 
 /* ---- activations (the ACT specialization constant of expert_gemm) -------
  * MVK_ACT_NONE is a plain linear output (the down projection); the others

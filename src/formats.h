@@ -36,7 +36,9 @@ typedef struct mvk_format {
 /* The row of a dtype, or NULL for an unknown one. */
 const mvk_format *mvk_format_get(moevk_dtype dtype);
 /* Bit mask (1 << dtype) of the formats with any of `uses`. */
-uint32_t mvk_formats_mask(uint32_t uses);
+uint64_t mvk_formats_mask(uint32_t uses);
+/* Row i of the table (NULL past the end), to list the formats. */
+const mvk_format *mvk_format_at(size_t i);
 /* Bytes of a row of `elems` elements (0 if elems is not a whole number of
  * blocks or the dtype is unknown). */
 uint64_t mvk_format_row_bytes(moevk_dtype dtype, uint64_t elems);

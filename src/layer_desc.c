@@ -132,6 +132,17 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     } else if (d.shared_gate) {
         return mvk_fail(ctx, bad, "shared_gate is set but num_shared is 0");
     }
+    /* Block formats: every row (the K inputs of an output) whole blocks. */
+    const uint32_t be = mvk_format_get(d.weight_dtype)->block_elems;
+    const struct { const char *name; uint32_t v; } rows[] = {
+        {"hidden", d.hidden}, {"ffn", d.ffn}, {"shared_ffn", d.num_shared ? d.shared_ffn : 0},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        if (rows[i].v % be)
+            return mvk_fail(ctx, bad,
+                            "%s = %u is not a whole number of %s blocks (%u elements): the rows "
+                            "of the expert matrices must be",
+                            rows[i].name, rows[i].v, moevk_dtype_name(d.weight_dtype), be);
     /* Sizes: a whole matrix stack must be addressable (no 64-bit overflow). */
     uint64_t per_expert = (uint64_t)d.hidden * d.ffn;
     if (per_expert > (UINT64_MAX / 4) / d.num_experts)

@@ -46,7 +46,8 @@ void rlayer_make(mvkt_rng *r, rlayer *l, const rlayer_spec *s)
         d->correction_bias = l->corr;
     }
     if (s->shared) {
-        const uint32_t FS = F + 3, ns = s->shared;
+        const uint32_t be = moevk_dtype_block_elems(dt);
+        const uint32_t FS = be > 1 ? F + be : F + 3, ns = s->shared; /* a width of its own */
         d->num_shared = ns;
         d->shared_ffn = FS;
         l->sgate = mvkt_random_weights(r, dt, (size_t)ns * FS * H, 0.5f);

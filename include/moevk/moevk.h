@@ -238,10 +238,39 @@ typedef enum moevk_dtype {
     MOEVK_DTYPE_F16 = 1,
     MOEVK_DTYPE_BF16 = 2,
     MOEVK_DTYPE_I32 = 3, /* indices and counts (routing ids, rows) */
+    /* Block formats of expert weights: each row (the K inputs of one output)
+     * is a whole number of blocks of the format's elements, bit for bit the
+     * ggml layout (a GGUF tensor uploads as it is). Formulas in
+     * docs/semantics.md. */
+    MOEVK_DTYPE_Q8_0 = 16,   /* 32 elements in 34 bytes */
+    MOEVK_DTYPE_Q4_0 = 17,   /* 32 in 18 */
+    MOEVK_DTYPE_Q4_1 = 18,   /* 32 in 20 */
+    MOEVK_DTYPE_Q5_0 = 19,   /* 32 in 22 */
+    MOEVK_DTYPE_Q5_1 = 20,   /* 32 in 24 */
+    MOEVK_DTYPE_Q2_K = 21,   /* 256 in 84 */
+    MOEVK_DTYPE_Q3_K = 22,   /* 256 in 110 */
+    MOEVK_DTYPE_Q4_K = 23,   /* 256 in 144 */
+    MOEVK_DTYPE_Q5_K = 24,   /* 256 in 176 */
+    MOEVK_DTYPE_Q6_K = 25,   /* 256 in 210 */
+    MOEVK_DTYPE_IQ4_NL = 26, /* 32 in 18 */
+    MOEVK_DTYPE_IQ4_XS = 27, /* 256 in 136 */
+    MOEVK_DTYPE_MXFP4 = 28,  /* 32 in 17 */
 } moevk_dtype;
 
-MOEVK_API size_t moevk_dtype_size(moevk_dtype dtype); /* 0 for an unknown dtype */
+/* Bytes of one element; 0 for a block format or an unknown dtype (see
+ * moevk_dtype_row_bytes). */
+MOEVK_API size_t moevk_dtype_size(moevk_dtype dtype);
+/* Bytes of a row of `elems` elements: elems x the element size, or the
+ * blocks' bytes for a block format; 0 when elems is not a whole number of
+ * blocks or the dtype is unknown. */
+MOEVK_API uint64_t moevk_dtype_row_bytes(moevk_dtype dtype, uint64_t elems);
+/* Elements per block (1 for f32/f16/bf16/i32; 0 for an unknown dtype). */
+MOEVK_API uint32_t moevk_dtype_block_elems(moevk_dtype dtype);
+/* The name as llama.cpp spells it, lower case ("f32", "q4_k", "iq4_xs",
+ * "mxfp4", ...), or "unknown". */
 MOEVK_API const char *moevk_dtype_name(moevk_dtype dtype);
+/* The dtype of a name (case-insensitive); -1 when none has it. */
+MOEVK_API int moevk_dtype_from_name(const char *name);
 
 typedef struct moevk_buffer moevk_buffer;
 

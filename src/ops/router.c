@@ -62,7 +62,7 @@ static moevk_status router_logits(moevk_context *ctx, const moevk_tensor *x,
 {
     moevk_status st;
     if ((st = mvk_check_tensor(ctx, x, "x", DT_F32, 2)) ||
-        (st = mvk_check_tensor(ctx, w, "w", mvk_formats_mask(MVK_FORMAT_ROUTER), 2)) ||
+        (st = mvk_check_tensor(ctx, w, "w", (uint32_t)mvk_formats_mask(MVK_FORMAT_ROUTER), 2)) ||
         (st = mvk_check_tensor(ctx, logits, "logits", DT_F32, 2)))
         return st;
     if (bias && (st = mvk_check_tensor(ctx, bias, "bias", DT_F32, 1)))
