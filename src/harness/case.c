@@ -201,6 +201,8 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
             T = token_set[mvk_rng_range(&r, 0, 3)];
         else
             T = mvk_rng_range(&r, 1, 300);
+        if (lim.max_tokens)
+            T = umin(T, lim.max_tokens);
     }
     uint32_t E = lim.experts;
     if (!E) {
@@ -213,6 +215,8 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
             E = u < 25 ? mvk_rng_range(&r, 1, 8) : u < 60 ? mvk_rng_range(&r, 9, 64)
                 : u < 80 ? mvk_rng_range(&r, 65, 256) : mvk_rng_range(&r, 257, 1024);
         }
+        if (lim.max_experts)
+            E = umin(E, lim.max_experts);
     }
     uint32_t kmax = umin(E, MOEVK_MAX_TOP_K);
     uint32_t k = lim.top_k == MVKC_K_ALL ? kmax : lim.top_k;

@@ -83,6 +83,9 @@ typedef struct mvkc_limits {
     uint64_t max_work;
     /* Weight elements of the layer (router + all experts); 0 = 4M. */
     uint64_t max_weights;
+    /* Caps of the random T and E (0 = none): drawn as usual, then capped,
+     * so every other draw of the case stays the same. */
+    uint32_t max_tokens, max_experts;
     /* Forced sizes (0 = random). top_k may be MVKC_K_ALL. */
     uint32_t tokens, hidden, ffn, experts, top_k;
     /* Forced enums, MVKC_PICK(value) (0 = random). */

@@ -178,10 +178,11 @@ void mvkc_check_free(mvkc_check *k)
 /* Whether lim forces nothing but max_work (what moevk check can say). */
 static int only_max_work(const mvkc_limits *l)
 {
-    return !l || (!l->max_weights && !l->tokens && !l->hidden && !l->ffn && !l->experts &&
-                  !l->top_k && !l->routing && !l->activation && !l->weight_dtype &&
-                  !l->router_dtype && l->capacity_factor == 0 && !l->num_shared &&
-                  !l->scenarios_on && !l->scenarios_off);
+    return !l || (!l->max_weights && !l->max_tokens && !l->max_experts && !l->tokens &&
+                  !l->hidden && !l->ffn && !l->experts && !l->top_k && !l->routing &&
+                  !l->activation && !l->weight_dtype && !l->router_dtype &&
+                  l->capacity_factor == 0 && !l->num_shared && !l->scenarios_on &&
+                  !l->scenarios_off);
 }
 
 int mvkc_repro(const mvkc_target *t, const mvkc_target *against, uint64_t seed,
