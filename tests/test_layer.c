@@ -999,3 +999,92 @@ Test(layer_compare, tolerated_swap_under_capacity)
     mvkc_ref_free(&ref);
     mvkc_case_free(&c);
 }
+
+/* ---- the runner on backends of the test's own (CPU only) --------------------------- */
+
+/* A backend of the test's own: the reference behind the backend
+ * interface, with every y value 1% off. The harness must catch it like any
+ * wrong backend. */
+typedef struct wrong_layer {
+    void *ref;
+    uint32_t H;
+} wrong_layer;
+
+static moevk_status wrong_create(void *dev, const moevk_layer_desc *d, const mvk_layer_opts *o,
+                                 void **layer, char *err, size_t n)
+{
+    wrong_layer *w = malloc(sizeof *w);
+    cr_assert_not_null(w);
+    w->H = d->hidden;
+    moevk_status st = mvk_backend_reference()->create(dev, d, o, &w->ref, err, n);
+    *layer = st ? NULL : w;
+    if (st)
+        free(w);
+    return st;
+}
+
+static void wrong_destroy(void *layer)
+{
+    wrong_layer *w = layer;
+    if (w)
+        mvk_backend_reference()->destroy(w->ref);
+    free(w);
+}
+
+static moevk_status wrong_forward(void *layer, uint32_t T, const float *x,
+                                  const mvk_backend_out *o, char *err, size_t n)
+{
+    wrong_layer *w = layer;
+    moevk_status st = mvk_backend_reference()->forward(w->ref, T, x, o, err, n);
+    for (size_t i = 0; !st && o->y && i < (size_t)T * w->H; i++)
+        o->y[i] *= 1.01f;
+    return st;
+}
+
+Test(layer_compare, a_wrong_backend_fails_with_its_reproduction)
+{
+    mvk_backend wrong = *mvk_backend_reference();
+    wrong.name = "wrong";
+    wrong.flags = 0;
+    wrong.create = wrong_create;
+    wrong.destroy = wrong_destroy;
+    wrong.forward = wrong_forward;
+    mvkc_target bad, cpu;
+    char err[256] = "";
+    cr_assert_eq(mvkc_target_open(&bad, &wrong, NULL, NULL, err, sizeof err), MOEVK_SUCCESS);
+    cr_assert_eq(mvkc_target_open(&cpu, mvk_backend_reference(), NULL, NULL, err, sizeof err),
+                 MOEVK_SUCCESS);
+    mvkc_limits l = limits();
+    l.tokens = 40;
+    l.scenarios_off = MVKC_SC_NONFINITE;
+    const uint64_t seed = mvkt_base_seed();
+    mvkc_check k;
+
+    /* the reference against itself passes, and agrees with itself exactly */
+    cr_assert(mvkc_check_seed(&cpu, &cpu, seed, &l, &k), "seed %llu: %s",
+              (unsigned long long)seed, k.rep.reason);
+    cr_assert_eq(k.cross_err, 0.0);
+    mvkc_check_free(&k);
+    /* the wrong backend fails, on y, alone or as the second backend */
+    cr_assert(!mvkc_check_seed(&bad, NULL, seed, &l, &k), "a backend 1%% off passed");
+    cr_assert(strncmp(k.rep.reason, "y:", 2) == 0, "reason: %s", k.rep.reason);
+    mvkc_check_free(&k);
+    cr_assert(!mvkc_check_seed(&cpu, &bad, seed, &l, &k), "a backend 1%% off passed");
+    cr_assert(strncmp(k.rep.reason, "wrong vs cpu: y:", 16) == 0, "reason: %s", k.rep.reason);
+    mvkc_check_free(&k);
+
+    /* the command that replays a case alone names the backends and the seed;
+     * limits the command cannot express give none */
+    char cmd[256];
+    cr_assert(mvkc_repro(&bad, NULL, 42, NULL, cmd, sizeof cmd));
+    cr_assert_str_eq(cmd, "moevk check --backend wrong --against cpu --seed 42 --cases 1");
+    mvkc_limits w = limits();
+    w.max_work = 1000;
+    cr_assert(mvkc_repro(&cpu, &bad, 7, &w, cmd, sizeof cmd));
+    cr_assert_str_eq(cmd, "moevk check --backend cpu --against wrong --seed 7 --cases 1 "
+                          "--max-work 1000");
+    cr_assert(!mvkc_repro(&bad, NULL, 42, &l, cmd, sizeof cmd));
+    cr_assert_str_eq(cmd, "");
+    mvkc_target_close(&bad);
+    mvkc_target_close(&cpu);
+}
