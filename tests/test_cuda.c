@@ -402,16 +402,23 @@ Test(cuda, capacity_drops, .timeout = 280)
     directed("capacity", capacity, something_drops);
 }
 
+/* The i-th of 9 cases with scenario sc always on, 3 per routing mode. */
+static int scenario_case(uint32_t sc, uint64_t salt_base, int b, uint32_t i, mvkc_limits *l,
+                         uint64_t *salt)
+{
+    l->routing = MVKC_PICK(i / 3);
+    l->scenarios_on = sc;
+    *salt = salt_base + 16u * (uint64_t)b + i;
+    return i < 9;
+}
+
 /* Duplicated router rows: exact score ties, decided by the tie rule (the
  * lower expert index first) identically on both sides. */
 static int ties(int b, uint32_t i, mvkc_limits *l, uint64_t *salt)
 {
-    l->routing = MVKC_PICK(i / 3);
-    l->scenarios_on = MVKC_SC_TIES;
     l->tokens = 24;
     l->experts = 4 + 2 * (i % 3);
-    *salt = 0x71e00u + 16u * (uint64_t)b + i;
-    return i < 9;
+    return scenario_case(MVKC_SC_TIES, 0x71e00u, b, i, l, salt);
 }
 
 Test(cuda, exact_ties, .timeout = 280)
@@ -424,11 +431,8 @@ Test(cuda, exact_ties, .timeout = 280)
  * other tokens are unaffected; the losses are NaN as in the reference. */
 static int nonfinite(int b, uint32_t i, mvkc_limits *l, uint64_t *salt)
 {
-    l->routing = MVKC_PICK(i / 3);
-    l->scenarios_on = MVKC_SC_NONFINITE;
     l->tokens = 9;
-    *salt = 0xbad00u + 16u * (uint64_t)b + i;
-    return i < 9;
+    return scenario_case(MVKC_SC_NONFINITE, 0xbad00u, b, i, l, salt);
 }
 
 static void some_nonfinite(int b, uint32_t i, const mvkc_report *rep)
