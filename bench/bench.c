@@ -603,7 +603,7 @@ static int bench_shape(bench_state *s, const mvk_preset *p, moevk_dtype dt, benc
         const bench_backend *be = &s->be[bi];
         copies[bi] = 0;
         if (!be->dev)
-            snprintf(notes[bi], sizeof notes[bi], "%s", be->why);
+            snprintf(notes[bi], sizeof notes[bi], "%.150s", be->why);
         else if (host_copy_fits(&be->mem, &ls, notes[bi], sizeof notes[bi]))
             copies[bi] = device_copies_fit(&be->mem, &ls, notes[bi], sizeof notes[bi]);
         runnable |= copies[bi] > 0;
