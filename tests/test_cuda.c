@@ -95,12 +95,8 @@ static mvkc_target open_backend(int b)
 
 static mvkc_limits limits(void)
 {
-    mvkc_limits l;
-    memset(&l, 0, sizeof l);
-    l.max_work = CASE_WORK;
-    l.max_tokens = CASE_TOKENS;
-    l.max_experts = CASE_EXPERTS;
-    return l;
+    return (mvkc_limits){.max_work = CASE_WORK, .max_tokens = CASE_TOKENS,
+                         .max_experts = CASE_EXPERTS};
 }
 
 static void *create_layer(const mvkc_target *t, const moevk_layer_desc *d, const char *what)
