@@ -2,13 +2,16 @@
  * moevk bench: runs MoE layers of real models' shapes and reports time,
  * throughput and the fraction of the device's measured ceilings.
  *
- * Timing: GPU timestamps around every stage (Vulkan), warm-up runs first,
- * then the median of --runs runs. Weights are rotated over several copies
- * of the layer so that consecutive runs never find the experts in the GPU's
- * last-level cache: enough copies that the weights touched by one pass,
- * times the copies, exceed 256 MiB (larger than the L2 of current GPUs:
- * 50 MB on an H100/H200, 96 MB on an RTX 4090, 256 MB Infinity Cache on an
- * MI300X), at most 8 and as many as fit in device memory.
+ * Every backend of the table runs through the same loop (mvk_backend):
+ * one forward pass for the routing it produces, then its bench entry
+ * (warm-up runs first, then the median of --runs runs; GPU timestamps or
+ * CUDA events around every stage). Weights are rotated over several copies
+ * of the layer (backends that can: vulkan) so that consecutive runs never
+ * find the experts in the GPU's last-level cache: enough copies that the
+ * weights touched by one pass, times the copies, exceed 256 MiB (larger
+ * than the L2 of current GPUs: 50 MB on an H100/H200, 96 MB on an RTX
+ * 4090, 256 MB Infinity Cache on an MI300X), at most 8 and as many as fit
+ * in device memory. The reference backend is timed by one pass.
  */
 #include <math.h>
 #include <stdio.h>
@@ -17,12 +20,9 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "cli/cli.h"
-#include "cli/presets.h"
-#include "ref/ref.h"
-#ifdef MOEVK_HAVE_CUDA
-#include "cuda/moevk_cuda.h"
-#endif
+#include "presets/presets.h"
+#include "util/rng.h"
+#include "util/tool.h"
 
 #define MAX_LIST 16
 #define MAX_COPIES 8
@@ -34,10 +34,9 @@ const char *bench_dist_name(bench_dist d)
     return (unsigned)d < BENCH_DIST_COUNT ? n[d] : "?";
 }
 
-const char *bench_backend_name(bench_backend b)
+const char *bench_backend_name(const mvk_backend *b)
 {
-    static const char *const n[] = {"vulkan", "cuda-ref", "cuda-cublas", "cpu"};
-    return (unsigned)b < BENCH_BACKEND_COUNT ? n[b] : "?";
+    return b ? b->name : "?";
 }
 
 typedef struct bench_opts {
@@ -48,9 +47,9 @@ typedef struct bench_opts {
     uint32_t ndtypes;
     bench_dist dists[BENCH_DIST_COUNT];
     uint32_t ndists;
-    bench_backend backends[BENCH_BACKEND_COUNT];
+    const mvk_backend *backends[MAX_LIST];
     uint32_t nbackends;
-    cli_preset custom;
+    mvk_preset custom;
     int have_custom;
     uint32_t scale, runs, warmup;
     const char *device, *json, *csv, *svg;
@@ -103,7 +102,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         if (!strcmp(a, "--preset")) {
             n = split(v, items, MAX_LIST);
             for (int j = 0; j < n; j++) {
-                if (strcmp(items[j], "all") && !cli_preset_find(items[j])) {
+                if (strcmp(items[j], "all") && !mvk_preset_find(items[j])) {
                     fprintf(stderr, "moevk bench: unknown preset '%s'\n", items[j]);
                     return -1;
                 }
@@ -122,15 +121,11 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         } else if (!strcmp(a, "--dtype")) {
             n = split(v, items, 3);
             for (int j = 0; j < n; j++) {
-                moevk_dtype d = !strcmp(items[j], "f32") ? MOEVK_DTYPE_F32
-                                : !strcmp(items[j], "f16") ? MOEVK_DTYPE_F16
-                                : !strcmp(items[j], "bf16") ? MOEVK_DTYPE_BF16
-                                                            : (moevk_dtype)-1;
-                if ((int)d < 0) {
+                if (mvk_dtype_parse(items[j], &o->dtypes[o->ndtypes])) {
                     fprintf(stderr, "moevk bench: unknown dtype '%s'\n", items[j]);
                     return -1;
                 }
-                o->dtypes[o->ndtypes++] = d;
+                o->ndtypes++;
             }
         } else if (!strcmp(a, "--dist")) {
             n = split(v, items, BENCH_DIST_COUNT);
@@ -146,17 +141,14 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                 o->dists[o->ndists++] = (bench_dist)d;
             }
         } else if (!strcmp(a, "--backend")) {
-            n = split(v, items, BENCH_BACKEND_COUNT);
+            n = split(v, items, MAX_LIST);
             for (int j = 0; j < n; j++) {
-                int b = -1;
-                for (int k = 0; k < BENCH_BACKEND_COUNT; k++)
-                    if (!strcmp(items[j], bench_backend_name((bench_backend)k)))
-                        b = k;
-                if (b < 0) {
+                const mvk_backend *b = mvk_backend_find(items[j]);
+                if (!b) {
                     fprintf(stderr, "moevk bench: unknown backend '%s'\n", items[j]);
                     return -1;
                 }
-                o->backends[o->nbackends++] = (bench_backend)b;
+                o->backends[o->nbackends++] = b;
             }
         } else if (!strcmp(a, "--custom")) {
             unsigned h, f, e, k;
@@ -164,7 +156,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                 fprintf(stderr, "moevk bench: --custom wants H,F,E,k\n");
                 return -1;
             }
-            o->custom = (cli_preset){"custom", h, f, e, k, MOEVK_ROUTING_SOFTMAX_TOPK,
+            o->custom = (mvk_preset){"custom", h, f, e, k, MOEVK_ROUTING_SOFTMAX_TOPK,
                                      MOEVK_ACT_SWIGLU, 1};
             o->have_custom = 1;
         } else if (!strcmp(a, "--scale")) o->scale = (uint32_t)strtoul(v, NULL, 10);
@@ -193,8 +185,8 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         o->presets[o->npresets++] = "all";
     if (o->npresets == 1 && !strcmp(o->presets[0], "all")) {
         o->npresets = 0;
-        for (uint32_t i = 0; cli_preset_at(i) && o->npresets < MAX_LIST; i++)
-            o->presets[o->npresets++] = cli_preset_at(i)->name;
+        for (uint32_t i = 0; mvk_preset_at(i) && o->npresets < MAX_LIST; i++)
+            o->presets[o->npresets++] = mvk_preset_at(i)->name;
     }
     if (!o->ntokens) {
         const uint32_t def[] = {1, 16, 128, 512, 4096};
@@ -206,7 +198,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
     if (!o->ndists)
         o->dists[o->ndists++] = BENCH_DIST_ROUTER;
     if (!o->nbackends)
-        o->backends[o->nbackends++] = BENCH_VULKAN;
+        o->backends[o->nbackends++] = mvk_backend_find("vulkan");
     return 0;
 }
 
@@ -219,7 +211,7 @@ static void usage(FILE *f)
             "  --tokens LIST     token counts (default 1,16,128,512,4096)\n"
             "  --dtype LIST      weight dtypes: f32,f16,bf16 (default bf16)\n"
             "  --dist LIST       routing: router,uniform,zipf,one (default router)\n"
-            "  --backend LIST    vulkan,cuda-ref,cuda-cublas,cpu (default vulkan)\n"
+            "  --backend LIST    %s (default vulkan)\n"
             "  --scale S         divide H and F by S (default 1: the real shapes)\n"
             "  --runs N          timed runs per row, median reported (default 20)\n"
             "  --warmup N        untimed runs first (default 3)\n"
@@ -229,13 +221,14 @@ static void usage(FILE *f)
             "  --no-ceilings     skip measuring bandwidth and matmul ceilings\n"
             "  --host-memory G   assume G GiB of available system RAM (default: MemAvailable)\n"
             "  --device-memory G assume G GiB of device memory (default: the largest\n"
-            "                    device-local heap); both only steer the fit check\n");
+            "                    device-local heap); both only steer the fit check\n",
+            mvk_backend_list(",").s);
 }
 
 /* ---- routing distributions --------------------------------------------------- */
 
 /* k distinct experts for one token, in decreasing preference. */
-static void draw_experts(cli_rng *r, bench_dist d, uint32_t E, uint32_t k, uint32_t *out)
+static void draw_experts(mvk_rng *r, bench_dist d, uint32_t E, uint32_t k, uint32_t *out)
 {
     for (uint32_t j = 0; j < k; j++) {
         uint32_t e;
@@ -243,12 +236,12 @@ static void draw_experts(cli_rng *r, bench_dist d, uint32_t E, uint32_t k, uint3
             if (d == BENCH_DIST_ONE) {
                 e = j;
             } else if (d == BENCH_DIST_UNIFORM) {
-                e = (uint32_t)(cli_rng_next(r) % E);
+                e = (uint32_t)(mvk_rng_next(r) % E);
             } else { /* Zipf(1.2) by inversion over the normalised weights */
                 double total = 0, u;
                 for (uint32_t i = 0; i < E; i++)
                     total += pow(i + 1.0, -1.2);
-                u = cli_rng_uniform(r, 0, 1) * total;
+                u = mvk_rng_uniform(r, 0, 1) * total;
                 for (e = 0; e + 1 < E; e++) {
                     u -= pow(e + 1.0, -1.2);
                     if (u <= 0)
@@ -268,7 +261,7 @@ static void draw_experts(cli_rng *r, bench_dist d, uint32_t E, uint32_t k, uint3
 /* Inputs: random for the model's router; for the synthetic distributions the
  * router rows are unit vectors (row e selects coordinate e of x), so a token
  * whose coordinates e_0 > e_1 > ... stand out is routed to e_0..e_{k-1}. */
-static void make_inputs(cli_rng *r, bench_dist d, const moevk_layer_desc *desc, uint32_t T,
+static void make_inputs(mvk_rng *r, bench_dist d, const moevk_layer_desc *desc, uint32_t T,
                         float *x)
 {
     const uint32_t H = desc->hidden, E = desc->num_experts, k = desc->top_k;
@@ -276,8 +269,8 @@ static void make_inputs(cli_rng *r, bench_dist d, const moevk_layer_desc *desc, 
     for (uint32_t t = 0; t < T; t++) {
         float *xt = x + (size_t)t * H;
         for (uint32_t h = 0; h < H; h++)
-            xt[h] = d == BENCH_DIST_ROUTER ? cli_rng_uniform(r, -1, 1)
-                                           : cli_rng_uniform(r, -0.01f, 0.01f);
+            xt[h] = d == BENCH_DIST_ROUTER ? mvk_rng_uniform(r, -1, 1)
+                                           : mvk_rng_uniform(r, -0.01f, 0.01f);
         if (d != BENCH_DIST_ROUTER) {
             draw_experts(r, d, E, k, pick);
             for (uint32_t j = 0; j < k; j++)
@@ -343,20 +336,29 @@ static void progress(uint32_t done, uint32_t total, const char *what)
     fflush(stderr);
 }
 
-/* The memory the fit check assumes (bytes). */
+/* The memory the fit check assumes for one backend (bytes). */
 typedef struct bench_memory {
     double host;        /* available system RAM; 0 = unknown (not checked) */
-    double device;      /* device memory: the largest device-local heap */
+    double device;      /* device memory the weights go to; 0 = unknown (not checked) */
     const char *shared; /* "a CPU device", "an integrated GPU": its memory is
                            system RAM, which the host copy uses too; else NULL */
+    int uploads;        /* the backend copies the weights to its device */
 } bench_memory;
+
+/* A backend of the run, opened once. */
+typedef struct bench_backend {
+    const mvk_backend *b;
+    void *dev;               /* NULL when it cannot run here (why says so) */
+    mvk_backend_info info;
+    bench_memory mem;
+    char why[200];
+} bench_backend;
 
 typedef struct bench_state {
     const bench_opts *o;
-    bench_memory mem;
-    moevk_context *ctx;
+    bench_backend be[MAX_LIST];
     bench_row *rows;
-    uint32_t nrows, cap, done, total;
+    uint32_t nrows, cap, done, total, Tmax;
 } bench_state;
 
 static bench_row *new_row(bench_state *s)
@@ -374,225 +376,6 @@ static bench_row *new_row(bench_state *s)
     return r;
 }
 
-/* Vulkan rows for every token count of one (preset, dtype, distribution). */
-static void run_vulkan(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
-                       bench_dist dist, uint32_t max_copies, bench_row *rows)
-{
-    const bench_opts *o = s->o;
-    const moevk_layer_desc *d = &w->desc;
-    moevk_context *ctx = s->ctx;
-    const uint32_t H = d->hidden, E = d->num_experts;
-    uint32_t Tmax = 0;
-    for (uint32_t i = 0; i < o->ntokens; i++)
-        Tmax = o->tokens[i] > Tmax ? o->tokens[i] : Tmax;
-
-    moevk_layer *layers[MAX_COPIES] = {0};
-    uint32_t copies = 0;
-    uint64_t wbytes = 0, sbytes = 0;
-    moevk_status st = moevk_layer_create(ctx, d, &layers[0]);
-    if (!st)
-        st = moevk_layer_reserve(layers[0], Tmax);
-    char err[160] = "";
-    if (st) {
-        snprintf(err, sizeof(err), "%s", moevk_context_last_error(ctx));
-    } else {
-        copies = 1;
-        moevk_layer_memory(layers[0], &wbytes, &sbytes);
-        /* Smallest pass (T = 1, k experts) decides how many copies defeat the cache. */
-        const double es = (double)moevk_dtype_size(d->weight_dtype);
-        const double per_expert = (moevk_activation_is_gated(d->activation) ? 3 : 2) *
-                                  (double)H * d->ffn * es;
-        double touched_min = d->top_k * per_expert + (double)E * H * 4;
-        uint32_t want = (uint32_t)ceil(CACHE_DEFEAT_BYTES / touched_min);
-        want = want < 1 ? 1 : want > max_copies ? max_copies : want;
-        double budget = 0.9 * s->mem.device;
-        while (copies < want && (copies + 1) * (double)wbytes + sbytes <= budget) {
-            if (moevk_layer_create(ctx, d, &layers[copies]))
-                break;
-            copies++;
-        }
-    }
-    float *x = malloc(sizeof(float) * (size_t)Tmax * H);
-    uint32_t *tpe = calloc(E, sizeof(uint32_t));
-    double *totals = malloc(sizeof(double) * o->runs);
-    double *stage = malloc(sizeof(double) * o->runs * MOEVK_STAGE_COUNT);
-    cli_rng rng = {0x5eed + dist};
-    for (uint32_t ti = 0; ti < o->ntokens; ti++) {
-        bench_row *row = &rows[ti];
-        const uint32_t T = o->tokens[ti];
-        char what[96];
-        snprintf(what, sizeof(what), "%s %s %s T=%u vulkan", p->name,
-                 moevk_dtype_name(d->weight_dtype), bench_dist_name(dist), T);
-        progress(s->done, s->total, what);
-        s->done++;
-        if (!copies) {
-            snprintf(row->note, sizeof(row->note), "does not fit: %.140s", err);
-            continue;
-        }
-        if (!x || !tpe || !totals || !stage) {
-            snprintf(row->note, sizeof(row->note), "out of host memory");
-            continue;
-        }
-        row->copies = copies;
-        row->weight_bytes = (double)wbytes;
-        row->scratch_bytes = (double)sbytes;
-        row->peak_bytes = (double)copies * wbytes + sbytes + 2.0 * T * H * 4;
-        make_inputs(&rng, dist, d, T, x);
-        moevk_tensor tx = {0}, ty = {0};
-        uint64_t shape[2] = {T, H};
-        moevk_routing_stats stats = {.tokens_per_expert = tpe};
-        if ((st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &tx)) ||
-            (st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &ty)) ||
-            (st = moevk_tensor_upload(&tx, x)) ||
-            (st = moevk_layer_forward(layers[0], &tx, &ty, &stats))) {
-            snprintf(row->note, sizeof(row->note), "%s", moevk_context_last_error(ctx));
-            moevk_tensor_destroy(&tx);
-            moevk_tensor_destroy(&ty);
-            continue;
-        }
-        account(row, d, tpe, stats.dropped);
-        for (uint32_t i = 0; i < o->warmup + o->runs && !st; i++) {
-            st = moevk_layer_forward(layers[i % copies], &tx, &ty, NULL);
-            if (st || i < o->warmup)
-                continue;
-            uint32_t r = i - o->warmup;
-            moevk_layer_stage_times(layers[i % copies], &stage[r * MOEVK_STAGE_COUNT]);
-            totals[r] = 0;
-            for (int k = 0; k < MOEVK_STAGE_COUNT; k++)
-                totals[r] += stage[r * MOEVK_STAGE_COUNT + k];
-        }
-        moevk_tensor_destroy(&tx);
-        moevk_tensor_destroy(&ty);
-        if (st) {
-            snprintf(row->note, sizeof(row->note), "%s", moevk_context_last_error(ctx));
-            continue;
-        }
-        /* The median run, with its own stage breakdown (so stages add up). */
-        uint32_t *order = malloc(sizeof(uint32_t) * o->runs);
-        uint32_t mid = 0;
-        if (order) {
-            for (uint32_t r = 0; r < o->runs; r++)
-                order[r] = r;
-            for (uint32_t a = 1; a < o->runs; a++) /* insertion sort by total */
-                for (uint32_t b = a; b > 0 && totals[order[b]] < totals[order[b - 1]]; b--) {
-                    uint32_t t = order[b];
-                    order[b] = order[b - 1];
-                    order[b - 1] = t;
-                }
-            mid = order[o->runs / 2];
-            free(order);
-        }
-        row->ms = totals[mid];
-        for (int k = 0; k < MOEVK_STAGE_COUNT; k++)
-            row->stage_ms[k] = stage[mid * MOEVK_STAGE_COUNT + k];
-        row->ok = row->ms > 0;
-        if (!row->ok)
-            snprintf(row->note, sizeof(row->note), "the device has no timestamps");
-    }
-    for (uint32_t i = 0; i < copies; i++)
-        moevk_layer_destroy(layers[i]);
-    free(x), free(tpe), free(totals), free(stage);
-}
-
-/* CPU reference rows (wall clock, one run: it is the oracle, not a contender). */
-static void run_cpu(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
-                    bench_dist dist, bench_row *rows)
-{
-    const bench_opts *o = s->o;
-    const moevk_layer_desc *d = &w->desc;
-    cli_rng rng = {0x5eed + dist};
-    for (uint32_t ti = 0; ti < o->ntokens; ti++) {
-        bench_row *row = &rows[ti];
-        const uint32_t T = o->tokens[ti], H = d->hidden;
-        char what[96];
-        snprintf(what, sizeof(what), "%s %s %s T=%u cpu", p->name,
-                 moevk_dtype_name(d->weight_dtype), bench_dist_name(dist), T);
-        progress(s->done, s->total, what);
-        s->done++;
-        double est = 2.0 * T * d->top_k * 3 * (double)H * d->ffn;
-        if (est > 2e10) {
-            snprintf(row->note, sizeof(row->note),
-                     "skipped: %.0f GFLOP is too slow for the CPU reference", est / 1e9);
-            continue;
-        }
-        float *x = malloc(sizeof(float) * (size_t)T * H), *y = malloc(sizeof(float) * T * H);
-        uint32_t *tpe = calloc(d->num_experts, 4);
-        moevk_routing_stats stats = {.tokens_per_expert = tpe};
-        if (!x || !y || !tpe) {
-            snprintf(row->note, sizeof(row->note), "out of host memory");
-        } else {
-            make_inputs(&rng, dist, d, T, x);
-            double t0 = cli_now_ms();
-            moevk_status st = moevk_ref_layer_forward(d, T, x, y, NULL, NULL, NULL, &stats);
-            row->ms = cli_now_ms() - t0;
-            row->ok = st == MOEVK_SUCCESS;
-            if (row->ok)
-                account(row, d, tpe, stats.dropped);
-        }
-        free(x), free(y), free(tpe);
-    }
-}
-
-#ifdef MOEVK_HAVE_CUDA
-/* CUDA rows (CUDA events; x and all scratch resident on the device). The
- * CUDA layer is created once for all token counts; weights are not rotated
- * (one copy), so small decode passes may be served partly from L2. */
-static void run_cuda(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
-                     bench_dist dist, bench_backend b, bench_row *rows)
-{
-    const bench_opts *o = s->o;
-    const moevk_layer_desc *d = &w->desc;
-    char err[256] = "";
-    mvk_cuda_layer *layer = NULL;
-    moevk_status st = mvk_cuda_layer_create(d, b == BENCH_CUDA_REF ? MVK_CUDA_REF
-                                                                   : MVK_CUDA_CUBLAS,
-                                            &layer, err, sizeof err);
-    cli_rng rng = {0x5eed + dist};
-    uint32_t *tpe = calloc(d->num_experts, 4);
-    for (uint32_t ti = 0; ti < o->ntokens; ti++) {
-        bench_row *row = &rows[ti];
-        const uint32_t T = o->tokens[ti], H = d->hidden;
-        char what[96];
-        snprintf(what, sizeof(what), "%s %s %s T=%u %s", p->name,
-                 moevk_dtype_name(d->weight_dtype), bench_dist_name(dist), T,
-                 bench_backend_name(b));
-        progress(s->done, s->total, what);
-        s->done++;
-        if (st || !tpe) {
-            snprintf(row->note, sizeof(row->note), "%.150s", st ? err : "out of host memory");
-            continue;
-        }
-        float *x = malloc(sizeof(float) * (size_t)T * H), *y = malloc(sizeof(float) * T * H);
-        moevk_routing_stats stats = {.tokens_per_expert = tpe};
-        if (!x || !y) {
-            snprintf(row->note, sizeof(row->note), "out of host memory");
-        } else {
-            make_inputs(&rng, dist, d, T, x);
-            moevk_status r = mvk_cuda_layer_forward(layer, T, x, y, NULL, NULL, NULL, &stats,
-                                                    NULL, NULL, err, sizeof err);
-            if (!r)
-                r = mvk_cuda_layer_bench(layer, T, x, o->warmup, o->runs, row->stage_ms, &row->ms,
-                                         err, sizeof err);
-            if (r) {
-                snprintf(row->note, sizeof(row->note), "%.150s", err);
-            } else {
-                uint64_t wb = 0, sb = 0;
-                mvk_cuda_layer_memory(layer, &wb, &sb);
-                account(row, d, tpe, stats.dropped);
-                row->copies = 1;
-                row->weight_bytes = (double)wb;
-                row->scratch_bytes = (double)sb;
-                row->peak_bytes = (double)wb + sb;
-                row->ok = row->ms > 0;
-            }
-        }
-        free(x), free(y);
-    }
-    free(tpe);
-    mvk_cuda_layer_destroy(layer);
-}
-#endif
-
 static void run_unavailable(bench_state *s, const char *why, bench_row *rows)
 {
     for (uint32_t ti = 0; ti < s->o->ntokens; ti++) {
@@ -601,13 +384,100 @@ static void run_unavailable(bench_state *s, const char *why, bench_row *rows)
     }
 }
 
+/* Weight copies that defeat the cache: the smallest pass (T = 1, k
+ * experts) decides, at most `fit`. */
+static uint32_t cache_copies(const moevk_layer_desc *d, uint32_t fit)
+{
+    const double es = (double)moevk_dtype_size(d->weight_dtype);
+    const double per_expert =
+        (moevk_activation_is_gated(d->activation) ? 3 : 2) * (double)d->hidden * d->ffn * es;
+    const double touched_min = d->top_k * per_expert + (double)d->num_experts * d->hidden * 4;
+    uint32_t want = (uint32_t)ceil(CACHE_DEFEAT_BYTES / touched_min);
+    return want < 1 ? 1 : want > fit ? fit : want;
+}
+
+/* The rows of every token count of one (preset, dtype, distribution) on
+ * one backend: one layer (with up to `copies` copies), then per token
+ * count a forward pass for the routing it produces and the timing. */
+static void run_rows(bench_state *s, const mvk_preset *p, const mvk_layer_weights *w,
+                     bench_dist dist, const bench_backend *be, uint32_t copies, bench_row *rows)
+{
+    const bench_opts *o = s->o;
+    const mvk_backend *b = be->b;
+    const moevk_layer_desc *d = &w->desc;
+    const uint32_t H = d->hidden, E = d->num_experts;
+    char err[512] = "";
+    const mvk_layer_opts lo = {.reserve_tokens = s->Tmax,
+                               .copies = b->bench ? cache_copies(d, copies) : 1,
+                               .copy_budget = 0.9 * be->mem.device};
+    void *layer = NULL;
+    moevk_status st = b->create(be->dev, d, &lo, &layer, err, sizeof err);
+    float *x = malloc(sizeof(float) * ((size_t)s->Tmax * H + 1));
+    float *y = malloc(sizeof(float) * ((size_t)s->Tmax * H + 1));
+    uint32_t *tpe = calloc(E, sizeof(uint32_t));
+    mvk_rng rng = mvk_rng_seed(0x5eed, dist);
+    for (uint32_t ti = 0; ti < o->ntokens; ti++) {
+        bench_row *row = &rows[ti];
+        const uint32_t T = o->tokens[ti];
+        char what[96];
+        snprintf(what, sizeof(what), "%s %s %s T=%u %s", p->name,
+                 moevk_dtype_name(d->weight_dtype), bench_dist_name(dist), T, b->name);
+        progress(s->done, s->total, what);
+        s->done++;
+        if (st) {
+            snprintf(row->note, sizeof(row->note), "%s%.140s",
+                     st == MOEVK_ERROR_OUT_OF_DEVICE_MEMORY ? "does not fit: " : "", err);
+            continue;
+        }
+        if (!x || !y || !tpe) {
+            snprintf(row->note, sizeof(row->note), "out of host memory");
+            continue;
+        }
+        const double est = 2.0 * T * d->top_k * 3 * (double)H * d->ffn;
+        if ((b->flags & MVK_BACKEND_REFERENCE) && est > 2e10) {
+            snprintf(row->note, sizeof(row->note),
+                     "skipped: %.0f GFLOP is too slow for the CPU reference", est / 1e9);
+            continue;
+        }
+        make_inputs(&rng, dist, d, T, x);
+        moevk_routing_stats stats = {.tokens_per_expert = tpe};
+        double pass_ms = 0;
+        const mvk_backend_out out = {.y = y, .stats = &stats, .total_ms = &pass_ms};
+        mvk_backend_times t = {0};
+        moevk_status r = b->forward(layer, T, x, &out, err, sizeof err);
+        if (!r && b->bench)
+            r = b->bench(layer, T, x, o->warmup, o->runs, &t, err, sizeof err);
+        else
+            t.total_ms = pass_ms; /* the reference: one pass, wall clock */
+        if (r) {
+            snprintf(row->note, sizeof(row->note), "%.150s", err);
+            continue;
+        }
+        account(row, d, tpe, stats.dropped);
+        mvk_backend_memory m;
+        b->memory(layer, T, &m);
+        row->copies = m.copies;
+        row->weight_bytes = m.weights;
+        row->scratch_bytes = m.scratch;
+        row->peak_bytes = m.peak;
+        row->ms = t.total_ms;
+        memcpy(row->stage_ms, t.stage_ms, sizeof row->stage_ms);
+        row->ok = row->ms > 0;
+        if (!row->ok)
+            snprintf(row->note, sizeof(row->note), "the device has no timestamps");
+    }
+    if (layer)
+        b->destroy(layer);
+    free(x), free(y), free(tpe);
+}
+
 /* Bytes of one copy of a layer: its weights (the host copy made here is the
  * same size) and the device scratch for Tmax tokens. */
 typedef struct layer_size {
     double weights, scratch;
 } layer_size;
 
-static layer_size layer_bytes(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint32_t Tmax)
+static layer_size layer_bytes(const mvk_preset *p, uint32_t scale, moevk_dtype dt, uint32_t Tmax)
 {
     const double H = p->hidden / scale ? p->hidden / scale : 1;
     const double F = p->ffn / scale ? p->ffn / scale : 1;
@@ -640,17 +510,15 @@ static double host_available_bytes(void)
     return pages > 0 && page > 0 ? (double)pages * (double)page : 0;
 }
 
-/* The memory the fit check assumes: --host-memory / --device-memory, else
- * what the system and the device report. A CPU device's or an integrated
- * GPU's memory is system RAM (VkPhysicalDeviceType 4 and 1). */
-static bench_memory bench_memory_of(const bench_opts *o, const moevk_device_info *info)
+/* The memory the fit check assumes for a backend: --host-memory /
+ * --device-memory, else what the system and the backend's device report. */
+static bench_memory bench_memory_of(const bench_opts *o, const mvk_backend_info *info)
 {
     bench_memory m;
     m.host = o->host_gib > 0 ? o->host_gib * GIB : host_available_bytes();
-    m.device = o->device_gib > 0 ? o->device_gib * GIB : (double)info->device_local_bytes;
-    m.shared = info->device_type == 4   ? "a CPU device"
-               : info->device_type == 1 ? "an integrated GPU"
-                                        : NULL;
+    m.device = o->device_gib > 0 ? o->device_gib * GIB : info->device_bytes;
+    m.shared = info->shares_host;
+    m.uploads = info->uploads;
     return m;
 }
 
@@ -667,13 +535,16 @@ static int host_copy_fits(const bench_memory *m, const layer_size *ls, char *not
     return 0;
 }
 
-/* How many device copies of the layer the Vulkan rows may make (at most
+/* How many device copies of the layer a backend may make (at most
  * MAX_COPIES, 90% of the memory for more than one); 0 when not even one
  * fits, with the reason in note. On a device whose memory is system RAM,
- * the copies share it with the host copy of the weights. */
-static uint32_t vulkan_copies_fit(const bench_memory *m, const layer_size *ls, char *note,
+ * the copies share it with the host copy of the weights. A backend that
+ * reads the host copy, or whose device memory is unknown, gets 1. */
+static uint32_t device_copies_fit(const bench_memory *m, const layer_size *ls, char *note,
                                   size_t n)
 {
+    if (!m->uploads || m->device <= 0)
+        return 1;
     const double one = ls->weights + ls->scratch;
     if (one > m->device) {
         snprintf(note, n, "does not fit: needs %.2f GiB of device memory, the device has %.2f GiB",
@@ -696,8 +567,8 @@ static uint32_t vulkan_copies_fit(const bench_memory *m, const layer_size *ls, c
 }
 
 /* ntokens rows of one (shape, dtype, distribution, backend), described. */
-static bench_row *add_rows(bench_state *s, const cli_preset *p, moevk_dtype dt, bench_dist dist,
-                           bench_backend b)
+static bench_row *add_rows(bench_state *s, const mvk_preset *p, moevk_dtype dt, bench_dist dist,
+                           const mvk_backend *b)
 {
     const bench_opts *o = s->o;
     for (uint32_t ti = 0; ti < o->ntokens; ti++) {
@@ -709,82 +580,117 @@ static bench_row *add_rows(bench_state *s, const cli_preset *p, moevk_dtype dt, 
         r->dtype = dt;
         r->dist = dist;
         r->tokens = o->tokens[ti];
-        r->H = MVK_CLI_MAX(p->hidden / o->scale, 1u);
-        r->F = MVK_CLI_MAX(p->ffn / o->scale, 1u);
+        r->H = MVK_MAX(p->hidden / o->scale, 1u);
+        r->F = MVK_MAX(p->ffn / o->scale, 1u);
         r->E = p->experts;
         r->k = p->top_k;
     }
     return &s->rows[s->nrows - o->ntokens];
 }
 
-static void run_backend(bench_state *s, const cli_preset *p, const cli_layer_weights *w,
-                        bench_dist dist, bench_backend b, uint32_t vk_copies, const char *vk_note,
-                        bench_row *rows)
-{
-    if (dist != BENCH_DIST_ROUTER && w->desc.num_experts > w->desc.hidden)
-        run_unavailable(s, "distribution needs E <= H", rows);
-    else if (b == BENCH_VULKAN && !vk_copies)
-        run_unavailable(s, vk_note, rows);
-    else if (b == BENCH_VULKAN)
-        run_vulkan(s, p, w, dist, vk_copies, rows);
-    else if (b == BENCH_CPU)
-        run_cpu(s, p, w, dist, rows);
-    else {
-#ifdef MOEVK_HAVE_CUDA
-        char why[200];
-        if (mvk_cuda_device_available(why, sizeof why))
-            run_cuda(s, p, w, dist, b, rows);
-        else
-            run_unavailable(s, why, rows);
-#else
-        run_unavailable(s, "the CUDA backends are not built in", rows);
-#endif
-    }
-}
-
-/* Every row of one (shape, dtype, distribution). What does not fit in
- * memory says so before anything is allocated for it. Returns -1 when out
- * of host memory for the rows themselves, 1 when the weights could not be
- * made, else 0. */
-static int bench_shape(bench_state *s, const cli_preset *p, moevk_dtype dt, bench_dist dist)
+/* Every row of one (shape, dtype, distribution). What cannot run, or does
+ * not fit in memory, says so before anything is allocated for it. Returns
+ * -1 when out of host memory for the rows themselves, 1 when the weights
+ * could not be made, else 0. */
+static int bench_shape(bench_state *s, const mvk_preset *p, moevk_dtype dt, bench_dist dist)
 {
     const bench_opts *o = s->o;
-    uint32_t Tmax = 0;
-    for (uint32_t i = 0; i < o->ntokens; i++)
-        Tmax = o->tokens[i] > Tmax ? o->tokens[i] : Tmax;
-    const layer_size ls = layer_bytes(p, o->scale, dt, Tmax);
-    char host_note[160] = "", vk_note[160] = "";
-    const int host_ok = host_copy_fits(&s->mem, &ls, host_note, sizeof host_note);
-    const uint32_t vk_copies = vulkan_copies_fit(&s->mem, &ls, vk_note, sizeof vk_note);
+    const layer_size ls = layer_bytes(p, o->scale, dt, s->Tmax);
+    char notes[MAX_LIST][160];
+    uint32_t copies[MAX_LIST];
     int runnable = 0;
-    for (uint32_t bi = 0; bi < o->nbackends; bi++)
-        runnable |= host_ok && (o->backends[bi] != BENCH_VULKAN || vk_copies);
-    if (!runnable) { /* say so without making the weights at all */
-        for (uint32_t bi = 0; bi < o->nbackends; bi++) {
-            bench_row *rows = add_rows(s, p, dt, dist, o->backends[bi]);
-            if (!rows)
-                return -1;
-            run_unavailable(s, host_ok ? vk_note : host_note, rows);
-        }
-        return 0;
+    for (uint32_t bi = 0; bi < o->nbackends; bi++) {
+        const bench_backend *be = &s->be[bi];
+        copies[bi] = 0;
+        if (!be->dev)
+            snprintf(notes[bi], sizeof notes[bi], "%.150s", be->why);
+        else if (host_copy_fits(&be->mem, &ls, notes[bi], sizeof notes[bi]))
+            copies[bi] = device_copies_fit(&be->mem, &ls, notes[bi], sizeof notes[bi]);
+        runnable |= copies[bi] > 0;
     }
-    cli_layer_weights w;
-    if (cli_weights_make_ex(p, o->scale, dt, 42, true, &w)) {
+    mvk_layer_weights w;
+    if (runnable && mvk_weights_make_ex(p, o->scale, dt, 42, true, &w)) {
         fprintf(stderr, "\nmoevk bench: out of host memory for %s\n", p->name);
         return 1;
     }
-    if (dist != BENCH_DIST_ROUTER && w.desc.num_experts <= w.desc.hidden)
+    const int basis = runnable && dist != BENCH_DIST_ROUTER && w.desc.num_experts <= w.desc.hidden;
+    if (basis)
         basis_router(w.router, w.desc.num_experts, w.desc.hidden);
     int rc = 0;
     for (uint32_t bi = 0; bi < o->nbackends && !rc; bi++) {
-        bench_row *rows = add_rows(s, p, dt, dist, o->backends[bi]);
+        bench_row *rows = add_rows(s, p, dt, dist, s->be[bi].b);
         if (!rows)
             rc = -1;
+        else if (!copies[bi])
+            run_unavailable(s, notes[bi], rows);
+        else if (dist != BENCH_DIST_ROUTER && !basis)
+            run_unavailable(s, "distribution needs E <= H", rows);
         else
-            run_backend(s, p, &w, dist, o->backends[bi], vk_copies, vk_note, rows);
+            run_rows(s, p, &w, dist, &s->be[bi], copies[bi], rows);
     }
-    cli_weights_free(&w);
+    if (runnable)
+        mvk_weights_free(&w);
     return rc;
+}
+
+/* Open every backend of the run: one that cannot run here makes rows that
+ * say why; one that fails to open is an error. */
+static int open_backends(bench_state *s)
+{
+    const bench_opts *o = s->o;
+    const mvk_backend_opts bo = {.device = o->device};
+    for (uint32_t bi = 0; bi < o->nbackends; bi++) {
+        bench_backend *be = &s->be[bi];
+        be->b = o->backends[bi];
+        if (!be->b->available(be->why, sizeof be->why))
+            continue;
+        char err[1024] = "";
+        moevk_status st = be->b->open(&bo, &be->dev, &be->info, err, sizeof err);
+        if (st) {
+            fprintf(stderr, "moevk bench: %s: %s: %s\n", be->b->name, moevk_status_string(st),
+                    err);
+            return -1;
+        }
+        be->mem = bench_memory_of(o, &be->info);
+    }
+    return 0;
+}
+
+static void close_backends(bench_state *s)
+{
+    for (uint32_t bi = 0; bi < s->o->nbackends; bi++)
+        if (s->be[bi].dev)
+            s->be[bi].b->close(s->be[bi].dev);
+    free(s->rows);
+}
+
+/* The ceilings of the first backend that measures them (vulkan), with its
+ * device; else the first open backend's device, unmeasured. */
+static void ceilings(bench_state *s, bench_ceilings *c)
+{
+    const bench_opts *o = s->o;
+    const bench_backend *first = NULL, *m = NULL;
+    for (uint32_t bi = 0; bi < o->nbackends; bi++) {
+        const bench_backend *be = &s->be[bi];
+        if (be->dev && !first)
+            first = be;
+        if (be->dev && be->b->measure && !m)
+            m = be;
+    }
+    const bench_backend *d = m ? m : first;
+    if (d) {
+        snprintf(c->device, sizeof(c->device), "%s", d->info.name);
+        snprintf(c->driver, sizeof(c->driver), "%s", d->info.driver);
+    }
+    if (!o->measure || !m)
+        return;
+    char err[512];
+    fprintf(stderr, "measuring the device's ceilings...\n");
+    if (m->b->measure(m->dev, MOEVK_DTYPE_F32, &c->gb_s, NULL, err, sizeof err))
+        fprintf(stderr, "bandwidth: %s\n", err);
+    for (uint32_t i = 0; i < o->ndtypes; i++)
+        if (m->b->measure(m->dev, o->dtypes[i], NULL, &c->tflops[o->dtypes[i]], err, sizeof err))
+            fprintf(stderr, "matmul: %s\n", err);
 }
 
 int cli_bench(int argc, char **argv)
@@ -800,34 +706,25 @@ int cli_bench(int argc, char **argv)
         return 2;
     }
     bench_state s = {.o = &o};
-    s.ctx = cli_context(o.device, 0);
-    if (!s.ctx)
+    for (uint32_t i = 0; i < o.ntokens; i++)
+        s.Tmax = MVK_MAX(s.Tmax, o.tokens[i]);
+    if (open_backends(&s)) {
+        close_backends(&s);
         return 1;
-    bench_ceilings c = {0};
-    const moevk_device_info *info = moevk_context_device_info(s.ctx);
-    s.mem = bench_memory_of(&o, info);
-    snprintf(c.device, sizeof(c.device), "%s", info->name);
-    snprintf(c.driver, sizeof(c.driver), "%s %s", info->driver_name, info->driver_info);
-    if (o.measure) {
-        fprintf(stderr, "measuring the device's ceilings...\n");
-        if (moevk_measure_bandwidth(s.ctx, 0, &c.gb_s))
-            fprintf(stderr, "bandwidth: %s\n", moevk_context_last_error(s.ctx));
-        for (uint32_t i = 0; i < o.ndtypes; i++)
-            if (moevk_measure_matmul(s.ctx, o.dtypes[i], 0, &c.tflops[o.dtypes[i]]))
-                fprintf(stderr, "matmul: %s\n", moevk_context_last_error(s.ctx));
     }
+    bench_ceilings c = {0};
+    ceilings(&s, &c);
     uint32_t nshapes = o.npresets + (o.have_custom ? 1 : 0);
     s.total = nshapes * o.ndtypes * o.ndists * o.nbackends * o.ntokens;
     int rc = 0;
     for (uint32_t pi = 0; pi < nshapes; pi++) {
-        const cli_preset *p = pi < o.npresets ? cli_preset_find(o.presets[pi]) : &o.custom;
+        const mvk_preset *p = pi < o.npresets ? mvk_preset_find(o.presets[pi]) : &o.custom;
         for (uint32_t di = 0; di < o.ndtypes; di++)
             for (uint32_t ri = 0; ri < o.ndists; ri++) {
                 int src = bench_shape(&s, p, o.dtypes[di], o.dists[ri]);
                 if (src < 0) {
                     fprintf(stderr, "moevk bench: out of host memory\n");
-                    moevk_context_destroy(s.ctx);
-                    free(s.rows);
+                    close_backends(&s);
                     return 1;
                 }
                 if (src)
@@ -842,7 +739,6 @@ int cli_bench(int argc, char **argv)
         rc = 1;
     if (o.svg && bench_write_svg(o.svg, s.rows, s.nrows, &c))
         rc = 1;
-    moevk_context_destroy(s.ctx);
-    free(s.rows);
+    close_backends(&s);
     return rc;
 }

@@ -1,7 +1,7 @@
 /*
  * moevk bench: the benchmark harness (presets x token counts x dtypes x
- * routing distributions x backends), measured against the device's own
- * ceilings.
+ * routing distributions x backends of the table), measured against the
+ * device's own ceilings.
  */
 #ifndef MOEVK_BENCH_H
 #define MOEVK_BENCH_H
@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend/backend.h"
 #include "moevk/moevk.h"
 
 typedef enum bench_dist {
@@ -19,21 +20,13 @@ typedef enum bench_dist {
     BENCH_DIST_COUNT
 } bench_dist;
 
-typedef enum bench_backend {
-    BENCH_VULKAN = 0,
-    BENCH_CUDA_REF,
-    BENCH_CUDA_CUBLAS,
-    BENCH_CPU,
-    BENCH_BACKEND_COUNT
-} bench_backend;
-
 const char *bench_dist_name(bench_dist d);
-const char *bench_backend_name(bench_backend b);
+const char *bench_backend_name(const mvk_backend *b);
 
 /* One measured configuration. */
 typedef struct bench_row {
     char preset[32];
-    bench_backend backend;
+    const mvk_backend *backend; /* an entry of the backend table */
     moevk_dtype dtype;
     bench_dist dist;
     uint32_t tokens;

@@ -54,33 +54,6 @@ int mvkt_scaled(int n, int min)
     return k < min ? min : k;
 }
 
-mvkt_rng mvkt_rng_make(uint64_t seed)
-{
-    mvkt_rng r = {seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull};
-    mvkt_next(&r);
-    return r;
-}
-
-uint64_t mvkt_next(mvkt_rng *r)
-{
-    uint64_t x = r->s ? r->s : 1;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    r->s = x;
-    return x * 0x2545f4914f6cdd1dull;
-}
-
-uint32_t mvkt_range(mvkt_rng *r, uint32_t lo, uint32_t hi)
-{
-    return lo + (uint32_t)(mvkt_next(r) % ((uint64_t)hi - lo + 1));
-}
-
-float mvkt_uniform(mvkt_rng *r, float lo, float hi)
-{
-    return lo + (hi - lo) * (float)((mvkt_next(r) >> 40) * (1.0 / 16777216.0));
-}
-
 static void test_log(void *user, moevk_log_level level, const char *msg)
 {
     (void)user;
@@ -200,17 +173,7 @@ void *mvkt_random_weights(mvkt_rng *r, moevk_dtype dt, size_t n, float scale)
         }
         return w;
     }
-    size_t es = moevk_dtype_size(dt);
-    void *w = malloc(es * (n ? n : 1));
+    void *w = mvk_rng_array(r, dt, n, scale);
     cr_assert_not_null(w);
-    for (size_t i = 0; i < n; i++) {
-        float v = mvkt_uniform(r, -scale, scale);
-        if (dt == MOEVK_DTYPE_F32)
-            ((float *)w)[i] = v;
-        else if (dt == MOEVK_DTYPE_F16)
-            ((uint16_t *)w)[i] = moevk_float_to_half(v);
-        else
-            ((uint16_t *)w)[i] = moevk_float_to_bf16(v);
-    }
     return w;
 }

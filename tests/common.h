@@ -14,20 +14,34 @@
 #include <stddef.h>
 
 #include "moevk/moevk.h"
-
-typedef struct mvkt_rng { uint64_t s; } mvkt_rng;
+#include "util/rng.h"
 
 /* The run's base seed: MOEVK_TEST_SEED if set, else from the clock. Each
  * test derives its own from it and prints it on failure. */
 uint64_t mvkt_base_seed(void);
-mvkt_rng mvkt_rng_make(uint64_t seed);
+
+/* The tree's one seeded generator (src/util/rng.h), by the suites' names. */
+typedef mvk_rng mvkt_rng;
+static inline mvkt_rng mvkt_rng_make(uint64_t seed)
+{
+    return mvk_rng_seed(seed, 0);
+}
+static inline uint64_t mvkt_next(mvkt_rng *r)
+{
+    return mvk_rng_next(r);
+}
+static inline uint32_t mvkt_range(mvkt_rng *r, uint32_t lo, uint32_t hi) /* inclusive */
+{
+    return mvk_rng_range(r, lo, hi);
+}
+static inline float mvkt_uniform(mvkt_rng *r, float lo, float hi)
+{
+    return mvk_rng_uniform(r, lo, hi);
+}
 
 /* n scaled by MOEVK_TEST_CASES_SCALE (a factor, default 1; the sanitizer
  * pass sets a fraction to run fewer random cases), rounded, at least min. */
 int mvkt_scaled(int n, int min);
-uint64_t mvkt_next(mvkt_rng *r);
-uint32_t mvkt_range(mvkt_rng *r, uint32_t lo, uint32_t hi); /* inclusive */
-float mvkt_uniform(mvkt_rng *r, float lo, float hi);
 
 /* A validated context on the default device (or NULL after cr_skip when no
  * device exists). */
@@ -43,7 +57,8 @@ void mvkt_poison_tensor(moevk_tensor *t);
 /* Relative L2 error ||a - ref|| / ||ref|| (NaN if any NaN appears). */
 double mvkt_rel_l2(const float *a, const float *ref, size_t n);
 
-/* Random weights of a dtype: values uniform in [-scale, scale], rounded. */
+/* Random values of a dtype (weights, or f32 inputs): uniform in [-scale,
+ * scale), rounded; the allocation is asserted. */
 void *mvkt_random_weights(mvkt_rng *r, moevk_dtype dt, size_t n, float scale);
 
 #endif

@@ -15,6 +15,15 @@ cases=$(awk -v f="${MOEVK_TEST_CASES_SCALE:-1}" \
 out=$("$moevk" check --against cpu --cases "$cases" --seed 77 --validate) || fail "check: $out"
 echo "$out" | tail -n 1 | grep -qx "$cases passed, 0 failed" || fail "check summary: $out"
 
+# any backend of the table goes through the same harness: the reference
+# against itself, and an unknown name refused
+out=$("$moevk" check --backend cpu --against cpu --cases 3 --seed 5) ||
+    fail "check --backend cpu: $out"
+echo "$out" | tail -n 1 | grep -qx "3 passed, 0 failed" || fail "check --backend cpu summary: $out"
+"$moevk" check --against cpu --backend nosuch >/dev/null 2>&1 &&
+    fail "check accepted an unknown backend"
+"$moevk" help | grep -q "^  cuda-cublas-f32 " || fail "moevk help lists no backends"
+
 out=$("$moevk" check --against cuda --cases 2) || fail "check --against cuda: $out"
 echo "$out" | grep -Eq "^(2 passed, 0 failed|0 passed, 0 failed, 2 skipped)$" ||
     fail "check --against cuda summary: $out"
@@ -23,6 +32,9 @@ out=$("$moevk" demo --preset qwen3-30b-a3b --scale 16 --tokens 9 --runs 2 --vali
     fail "demo: $out"
 echo "$out" | grep -q "^OK$" || fail "demo: $out"
 echo "$out" | grep -q "experts_up" || fail "demo prints no stage times: $out"
+out=$("$moevk" demo --backend cpu --preset olmoe-1b-7b --scale 32 --tokens 3 --runs 1) ||
+    fail "demo --backend cpu: $out"
+echo "$out" | grep -q "^OK$" || fail "demo --backend cpu: $out"
 
 "$moevk" bench --custom 64,48,8,2 --preset switch-base-128 --scale 8 --tokens 1,7 --runs 2 \
     --warmup 1 --dist router,uniform,one --backend vulkan,cpu \

@@ -1,8 +1,8 @@
 /*
  * The whole MoE layer on the GPU against the CPU reference:
- *  - random configurations from the shared generator (src/cli/check_cases.c,
- *    the same cases as `moevk check --against cpu --seed S`), compared under
- *    its tolerance policy;
+ *  - random configurations from the harness (src/harness: the same cases as
+ *    `moevk check --against cpu --seed S`), run on the vulkan backend of the
+ *    table and compared under the harness's tolerance policy;
  *  - directed cases: T = 1, 7, 129, 1000; E not a power of two; k = 1 and
  *    k = E; idle experts; all tokens to one expert; capacity drops; exact
  *    score ties (lower index wins); NaN and Inf inputs;
@@ -25,49 +25,47 @@
 #include <vulkan/vulkan.h>
 #include <dlfcn.h>
 
-#include "../src/cli/check_cases.h"
 #include "common.h"
+#include "harness/harness.h"
 #include "host_app.h"
 #include "ref/ref.h"
 #include "testing.h"
 
 /* ---- running one case ------------------------------------------------------ */
 
-typedef struct run {
-    mvkc_case c;
-    mvkc_ref ref;
-    mvkc_gpu gpu;
-    mvkc_report rep;
-    char desc[384];
-} run;
+/* The vulkan backend of the table on the test's (validated) context. */
+static mvkc_target vulkan_target(moevk_context *ctx)
+{
+    mvkc_target t;
+    const mvk_backend_opts o = {.native = ctx};
+    char err[512] = "";
+    moevk_status st = mvkc_target_open(&t, mvk_backend_find("vulkan"), &o, NULL, err, sizeof err);
+    cr_assert_eq(st, MOEVK_SUCCESS, "vulkan backend: %s", err);
+    return t;
+}
 
 /* Build the case of `seed`, run it on the GPU, compare with the reference
  * and assert that it passes. */
-static void run_case(moevk_context *ctx, uint64_t seed, const mvkc_limits *lim, run *r)
+static void run_case(moevk_context *ctx, uint64_t seed, const mvkc_limits *lim, mvkc_check *r)
 {
-    memset(r, 0, sizeof *r);
-    cr_assert_eq(mvkc_case_random(seed, lim, &r->c), MOEVK_SUCCESS, "seed %llu: out of memory",
-                 (unsigned long long)seed);
-    mvkc_case_describe(&r->c, r->desc, sizeof r->desc);
-    char what[512] = "";
-    moevk_status st = mvkc_gpu_run(ctx, &r->c, &r->gpu, what, sizeof what);
-    cr_assert_eq(st, MOEVK_SUCCESS, "seed %llu [%s]: %s", (unsigned long long)seed, r->desc, what);
-    cr_assert_eq(mvkc_reference(&r->c, &r->ref), MOEVK_SUCCESS);
-    int ok = mvkc_compare(&r->c, &r->ref, &r->gpu, &r->rep);
-    cr_assert(ok, "seed %llu (moevk check --against cpu --seed %llu --cases 1) [%s]: %s",
-              (unsigned long long)seed, (unsigned long long)seed, r->desc, r->rep.reason);
+    mvkc_target t = vulkan_target(ctx);
+    int ok = mvkc_check_seed(&t, NULL, seed, lim, r);
+    char repro[256];
+    if (!mvkc_repro(&t, NULL, seed, lim, repro, sizeof repro))
+        snprintf(repro, sizeof repro, "limits of this test: MOEVK_TEST_SEED replays it");
+    mvkc_target_close(&t);
+    cr_assert(ok, "seed %llu (%s) [%s]: %s", (unsigned long long)seed, repro, r->desc,
+              r->rep.reason);
 }
 
-static void run_free(run *r)
+static void run_free(mvkc_check *r)
 {
-    mvkc_gpu_free(&r->gpu);
-    mvkc_ref_free(&r->ref);
-    mvkc_case_free(&r->c);
+    mvkc_check_free(r);
 }
 
 static void check_seed(moevk_context *ctx, uint64_t seed, const mvkc_limits *lim)
 {
-    run r;
+    mvkc_check r;
     run_case(ctx, seed, lim, &r);
     run_free(&r);
 }
@@ -116,7 +114,7 @@ Test(layer, token_counts_and_odd_expert_counts)
             l.experts = Es[(i + routing) % 4];
             l.routing = MVKC_PICK(routing);
             l.scenarios_off = MVKC_SC_ALL;
-            run r;
+            mvkc_check r;
             run_case(ctx, seed + 10 * i + routing, &l, &r);
             cr_assert_eq(r.c.T, Ts[i]);
             cr_assert_eq(r.rep.compared + r.rep.near_ties, Ts[i],
@@ -141,13 +139,13 @@ Test(layer, k_one_and_k_equal_to_e)
             l.tokens = 1 + 37 * (uint32_t)i;
             l.routing = MVKC_PICK((i + all) % 3);
             l.scenarios_off = MVKC_SC_NONFINITE; /* covered by nan_and_inf_inputs */
-            run r;
+            mvkc_check r;
             run_case(ctx, seed + 2 * i + all, &l, &r);
             cr_assert_eq(r.c.desc.top_k, all ? Es[i] : 1u);
             /* k = E: every token uses every expert, in score order */
             if (all && !r.c.desc.capacity_factor)
                 for (uint32_t e = 0; e < Es[i]; e++)
-                    cr_assert_eq(r.gpu.tpe[e], r.c.T, "seed %llu: expert %u",
+                    cr_assert_eq(r.res.tpe[e], r.c.T, "seed %llu: expert %u",
                                  (unsigned long long)r.c.seed, e);
             run_free(&r);
         }
@@ -171,11 +169,11 @@ Test(layer, experts_without_tokens)
         l.scenarios_on = MVKC_SC_IDLE;
         l.scenarios_off = MVKC_SC_NONFINITE;
         l.routing = MVKC_PICK(i % 3);
-        run r;
+        mvkc_check r;
         run_case(ctx, seed + i, &l, &r);
         uint32_t E = r.c.desc.num_experts, idle = 0;
         for (uint32_t e = 0; e < E; e++)
-            idle += r.gpu.tpe[e] == 0;
+            idle += r.res.tpe[e] == 0;
         cr_assert_geq(idle, E - r.c.T * r.c.desc.top_k, "seed %llu", (unsigned long long)r.c.seed);
         cr_assert_gt(idle, 0);
         run_free(&r);
@@ -194,12 +192,12 @@ Test(layer, all_tokens_to_one_expert)
         l.capacity_factor = -1;
         l.routing = MVKC_PICK(i % 3);
         l.tokens = i < 3 ? 129 : 1000;
-        run r;
+        mvkc_check r;
         run_case(ctx, seed + i, &l, &r);
-        cr_assert_eq(r.gpu.tpe[r.c.dominant], r.c.T, "seed %llu: expert %u got %u of %u tokens",
-                     (unsigned long long)r.c.seed, r.c.dominant, r.gpu.tpe[r.c.dominant], r.c.T);
+        cr_assert_eq(r.res.tpe[r.c.dominant], r.c.T, "seed %llu: expert %u got %u of %u tokens",
+                     (unsigned long long)r.c.seed, r.c.dominant, r.res.tpe[r.c.dominant], r.c.T);
         for (uint32_t t = 0; t < r.c.T; t++)
-            cr_assert_eq(r.gpu.ids[(size_t)t * r.c.desc.top_k], r.c.dominant);
+            cr_assert_eq(r.res.ids[(size_t)t * r.c.desc.top_k], r.c.dominant);
         run_free(&r);
     }
     mvkt_context_end(ctx);
@@ -233,7 +231,7 @@ Test(layer, capacity_drops)
         l.scenarios_off |= MVKC_SC_NONFINITE;
         if (!l.tokens)
             l.tokens = 129 + (uint32_t)i;
-        run r;
+        mvkc_check r;
         run_case(ctx, seed + i, &l, &r);
         if (r.c.capacity_removed) { /* no tie-free input found: nothing to drop */
             run_free(&r);
@@ -249,25 +247,25 @@ Test(layer, capacity_drops)
         for (uint32_t e = 0; e < E; e++) {
             uint64_t load = 0;
             for (size_t a = 0; a < (size_t)r.c.T * K; a++)
-                load += r.gpu.ids[a] == e;
+                load += r.res.ids[a] == e;
             must_drop += load > cap ? load - cap : 0;
-            cr_assert_eq(r.gpu.tpe[e], load > cap ? cap : load,
+            cr_assert_eq(r.res.tpe[e], load > cap ? cap : load,
                          "seed %llu [%s]: expert %u admitted %u of %llu with C = %u",
-                         (unsigned long long)r.c.seed, r.desc, e, r.gpu.tpe[e],
+                         (unsigned long long)r.c.seed, r.desc, e, r.res.tpe[e],
                          (unsigned long long)load, cap);
         }
-        cr_assert_eq(r.gpu.stats.dropped, must_drop, "seed %llu [%s]: dropped %llu, expected %llu",
+        cr_assert_eq(r.res.stats.dropped, must_drop, "seed %llu [%s]: dropped %llu, expected %llu",
                      (unsigned long long)r.c.seed, r.desc,
-                     (unsigned long long)r.gpu.stats.dropped, (unsigned long long)must_drop);
+                     (unsigned long long)r.res.stats.dropped, (unsigned long long)must_drop);
         if (i < 3)
             cr_assert_gt(must_drop, 0, "seed %llu [%s]: the dominant expert did not overflow",
                          (unsigned long long)r.c.seed, r.desc);
         if (!r.rep.swapped)
-            cr_assert_eq(r.gpu.stats.dropped, r.ref.stats.dropped);
+            cr_assert_eq(r.res.stats.dropped, r.ref.out.stats.dropped);
         uint64_t minus = 0;
         for (size_t a = 0; a < (size_t)r.c.T * K; a++)
-            minus += r.gpu.rows[a] < 0;
-        cr_assert_eq(minus, r.gpu.stats.dropped, "rows of -1 must be the dropped ones");
+            minus += r.res.rows[a] < 0;
+        cr_assert_eq(minus, r.res.stats.dropped, "rows of -1 must be the dropped ones");
         run_free(&r);
     }
     mvkt_context_end(ctx);
@@ -297,7 +295,7 @@ Test(layer, exact_ties_lower_index_wins)
         l.top_k = 1 + (uint32_t)i % 3;
         l.tokens = 64;
         l.capacity_factor = -1;
-        run r;
+        mvkc_check r;
         memset(&r, 0, sizeof r);
         cr_assert_eq(mvkc_case_random(seed + i, &l, &r.c), MOEVK_SUCCESS);
         if (r.c.desc.routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
@@ -311,23 +309,24 @@ Test(layer, exact_ties_lower_index_wins)
         uint32_t lo = dom < twin ? dom : twin, hi = dom < twin ? twin : dom;
         mvkc_case_describe(&r.c, r.desc, sizeof r.desc);
         char what[512] = "";
-        cr_assert_eq(mvkc_gpu_run(ctx, &r.c, &r.gpu, what, sizeof what), MOEVK_SUCCESS, "%s",
-                     what);
+        mvkc_target vk = vulkan_target(ctx);
+        cr_assert_eq(mvkc_run(&vk, &r.c, &r.res, what, sizeof what), MOEVK_SUCCESS, "%s", what);
+        mvkc_target_close(&vk);
         cr_assert_eq(mvkc_reference(&r.c, &r.ref), MOEVK_SUCCESS);
-        cr_assert(mvkc_compare(&r.c, &r.ref, &r.gpu, &r.rep), "seed %llu [%s]: %s",
+        cr_assert(mvkc_compare(&r.c, &r.ref, &r.res, &r.rep), "seed %llu [%s]: %s",
                   (unsigned long long)r.c.seed, r.desc, r.rep.reason);
         uint32_t k = r.c.desc.top_k;
         for (uint32_t t = 0; t < r.c.T; t++) {
-            const uint32_t *g = r.gpu.ids + (size_t)t * k;
+            const uint32_t *g = r.res.ids + (size_t)t * k;
             /* exact ids: no tolerance for a bitwise tie */
-            cr_assert_arr_eq(g, r.ref.ids + (size_t)t * k, sizeof(uint32_t) * k,
+            cr_assert_arr_eq(g, r.ref.out.ids + (size_t)t * k, sizeof(uint32_t) * k,
                              "seed %llu token %u: ids differ from the reference at a tie",
                              (unsigned long long)r.c.seed, t);
             cr_assert_eq(g[0], lo, "seed %llu token %u: slot 0 is %u, the lower twin is %u",
                          (unsigned long long)r.c.seed, t, g[0], lo);
             if (k > 1) {
                 cr_assert_eq(g[1], hi);
-                float *w = r.gpu.weights + (size_t)t * k;
+                float *w = r.res.weights + (size_t)t * k;
                 cr_assert_eq(memcmp(&w[0], &w[1], sizeof(float)), 0,
                              "token %u: tied experts got weights %.9g and %.9g", t, w[0], w[1]);
             }
@@ -353,7 +352,7 @@ Test(layer, nan_and_inf_inputs)
         l.scenarios_on = MVKC_SC_NONFINITE | (i % 2 ? MVKC_SC_TINY : 0);
         l.routing = MVKC_PICK(i % 3);
         l.activation = MVKC_PICK(i % 6);
-        run r;
+        mvkc_check r;
         run_case(ctx, seed + i, &l, &r);
         cr_assert_gt(r.rep.nonfinite, 0, "seed %llu [%s]: no non-finite token",
                      (unsigned long long)r.c.seed, r.desc);
@@ -419,10 +418,10 @@ Test(layer, bitwise_deterministic, .timeout = 600)
     }
     /* and the first run was right */
     mvkc_ref ref;
-    mvkc_gpu g;
+    mvkc_result g;
     mvkc_report rep;
     cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
-    cr_assert_eq(mvkc_gpu_alloc(&c, &g), MOEVK_SUCCESS);
+    cr_assert_eq(mvkc_result_alloc(&c, &g), MOEVK_SUCCESS);
     memcpy(g.y, y0, sizeof(float) * TH);
     memcpy(g.ids, ids0, 4 * TK);
     memcpy(g.weights, w0, 4 * TK);
@@ -435,7 +434,7 @@ Test(layer, bitwise_deterministic, .timeout = 600)
     g.stats_read.tokens_per_expert = g.tpe_read;
     cr_assert(mvkc_compare(&c, &ref, &g, &rep), "seed %llu: %s", (unsigned long long)seed,
               rep.reason);
-    mvkc_gpu_free(&g);
+    mvkc_result_free(&g);
     mvkc_ref_free(&ref);
     free(y0), free(y), free(tpe0), free(tpe), free(ids0), free(ids), free(rows0), free(rows);
     free(w0), free(w);
@@ -454,7 +453,7 @@ Test(layer, bitwise_deterministic, .timeout = 600)
  * bitwise, and be right against the reference. */
 static void record_case(host_app *h, moevk_context *ctx, uint64_t seed, const mvkc_limits *l)
 {
-    run r;
+    mvkc_check r;
     memset(&r, 0, sizeof r);
     cr_assert_eq(mvkc_case_random(seed, l, &r.c), MOEVK_SUCCESS);
     mvkc_case_describe(&r.c, r.desc, sizeof r.desc);
@@ -492,8 +491,8 @@ static void record_case(host_app *h, moevk_context *ctx, uint64_t seed, const mv
     VkFence fence;
     cr_assert_eq(h->CreateFence(h->dev, &fci, NULL, &fence), VK_SUCCESS);
 
-    cr_assert_eq(r.gpu.y == NULL, 1);
-    cr_assert_eq(mvkc_gpu_alloc(&r.c, &r.gpu), MOEVK_SUCCESS);
+    cr_assert_eq(r.res.y == NULL, 1);
+    cr_assert_eq(mvkc_result_alloc(&r.c, &r.res), MOEVK_SUCCESS);
     float *y_rec = malloc(sizeof(float) * TH);
     uint32_t *ids_rec = malloc(4 * TK);
     float *w_rec = malloc(4 * TK);
@@ -536,36 +535,36 @@ static void record_case(host_app *h, moevk_context *ctx, uint64_t seed, const mv
                      moevk_context_last_error(ctx));
         cr_assert_eq(moevk_layer_read_stats(L, &s_rec), 0);
         if (pass == 0) {
-            memcpy(r.gpu.y, y_rec, sizeof(float) * TH);
-            memcpy(r.gpu.ids, ids_rec, 4 * TK);
-            memcpy(r.gpu.weights, w_rec, 4 * TK);
-            memcpy(r.gpu.rows, rows_rec, 4 * TK);
-            memcpy(r.gpu.tpe, tpe_rec, 4 * (size_t)E);
-            r.gpu.stats = s_rec;
-            r.gpu.stats.tokens_per_expert = r.gpu.tpe;
+            memcpy(r.res.y, y_rec, sizeof(float) * TH);
+            memcpy(r.res.ids, ids_rec, 4 * TK);
+            memcpy(r.res.weights, w_rec, 4 * TK);
+            memcpy(r.res.rows, rows_rec, 4 * TK);
+            memcpy(r.res.tpe, tpe_rec, 4 * (size_t)E);
+            r.res.stats = s_rec;
+            r.res.stats.tokens_per_expert = r.res.tpe;
         } else {
-            cr_assert(memcmp(r.gpu.y, y_rec, sizeof(float) * TH) == 0,
+            cr_assert(memcmp(r.res.y, y_rec, sizeof(float) * TH) == 0,
                       "second recording: y differs");
         }
     }
 
     /* the same layer through moevk_layer_forward: bitwise equal */
     mvkt_poison_tensor(&ty);
-    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, &r.gpu.stats_read), MOEVK_SUCCESS, "%s",
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, &r.res.stats_read), MOEVK_SUCCESS, "%s",
                  moevk_context_last_error(ctx));
     cr_assert_eq(moevk_tensor_download(&ty, y_rec), 0);
     cr_assert_eq(moevk_layer_read_routing(L, T, ids_rec, w_rec, rows_rec), 0);
-    cr_assert(memcmp(r.gpu.y, y_rec, sizeof(float) * TH) == 0,
+    cr_assert(memcmp(r.res.y, y_rec, sizeof(float) * TH) == 0,
               "seed %llu [%s]: recorded y differs from moevk_layer_forward's",
               (unsigned long long)seed, r.desc);
-    cr_assert(memcmp(r.gpu.ids, ids_rec, 4 * TK) == 0, "recorded ids differ");
-    cr_assert(memcmp(r.gpu.weights, w_rec, 4 * TK) == 0, "recorded weights differ");
-    cr_assert(memcmp(r.gpu.rows, rows_rec, 4 * TK) == 0, "recorded rows differ");
+    cr_assert(memcmp(r.res.ids, ids_rec, 4 * TK) == 0, "recorded ids differ");
+    cr_assert(memcmp(r.res.weights, w_rec, 4 * TK) == 0, "recorded weights differ");
+    cr_assert(memcmp(r.res.rows, rows_rec, 4 * TK) == 0, "recorded rows differ");
 
     /* stats of the recorded pass vs the forward's (compare() checks the
      * two are identical) and everything vs the reference */
     cr_assert_eq(mvkc_reference(&r.c, &r.ref), MOEVK_SUCCESS);
-    cr_assert(mvkc_compare(&r.c, &r.ref, &r.gpu, &r.rep), "seed %llu [%s]: %s",
+    cr_assert(mvkc_compare(&r.c, &r.ref, &r.res, &r.rep), "seed %llu [%s]: %s",
               (unsigned long long)seed, r.desc, r.rep.reason);
 
     free(y_rec), free(ids_rec), free(w_rec), free(rows_rec), free(tpe_rec);
@@ -870,22 +869,25 @@ Test(layer_bad, tensors_and_calls)
 
 /* ---- the comparison itself (CPU only) ---------------------------------------------- */
 
-/* A "GPU result" that is the reference itself. */
-static void result_from_ref(const mvkc_case *c, const mvkc_ref *ref, mvkc_gpu *g)
+/* A result that is the reference itself: the case on the cpu backend of
+ * the table (the reference behind the backend interface), which must give
+ * the reference's arrays bitwise. */
+static void result_from_ref(const mvkc_case *c, const mvkc_ref *ref, mvkc_result *g)
 {
     size_t TH = (size_t)c->T * c->desc.hidden, TK = (size_t)c->T * c->desc.top_k;
-    uint32_t E = c->desc.num_experts;
-    cr_assert_eq(mvkc_gpu_alloc(c, g), MOEVK_SUCCESS);
-    memcpy(g->y, ref->y, sizeof(float) * TH);
-    memcpy(g->ids, ref->ids, 4 * TK);
-    memcpy(g->weights, ref->weights, 4 * TK);
-    memcpy(g->rows, ref->rows, 4 * TK);
-    memcpy(g->tpe, ref->tpe, 4 * (size_t)E);
-    memcpy(g->tpe_read, ref->tpe, 4 * (size_t)E);
-    g->stats = ref->stats;
-    g->stats.tokens_per_expert = g->tpe;
-    g->stats_read = ref->stats;
-    g->stats_read.tokens_per_expert = g->tpe_read;
+    mvkc_target cpu;
+    char what[512] = "";
+    cr_assert_eq(mvkc_target_open(&cpu, mvk_backend_reference(), NULL, NULL, what, sizeof what),
+                 MOEVK_SUCCESS, "%s", what);
+    cr_assert_eq(mvkc_run(&cpu, c, g, what, sizeof what), MOEVK_SUCCESS, "%s", what);
+    mvkc_target_close(&cpu);
+    cr_assert(memcmp(g->y, ref->out.y, sizeof(float) * TH) == 0, "cpu backend: y differs");
+    cr_assert(memcmp(g->ids, ref->out.ids, 4 * TK) == 0, "cpu backend: ids differ");
+    cr_assert(memcmp(g->weights, ref->out.weights, 4 * TK) == 0, "cpu backend: weights differ");
+    cr_assert(memcmp(g->rows, ref->out.rows, 4 * TK) == 0, "cpu backend: rows differ");
+    cr_assert(memcmp(g->tpe, ref->out.tpe, 4 * (size_t)c->desc.num_experts) == 0,
+              "cpu backend: counts differ");
+    cr_assert_eq(g->stats.dropped, ref->out.stats.dropped);
 }
 
 /* The comparison must catch each kind of error (a checker that cannot fail
@@ -901,7 +903,7 @@ Test(layer_compare, catches_every_kind_of_error)
     l.routing = MVKC_PICK(MOEVK_ROUTING_SOFTMAX_TOPK);
     mvkc_case c;
     mvkc_ref ref;
-    mvkc_gpu g;
+    mvkc_result g;
     mvkc_report rep;
     uint64_t seed = mvkt_base_seed();
     cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
@@ -916,7 +918,7 @@ Test(layer_compare, catches_every_kind_of_error)
     result_from_ref(&c, &ref, &g);
     cr_assert(mvkc_compare(&c, &ref, &g, &rep), "identical result rejected: %s", rep.reason);
     cr_assert_eq(rep.compared + rep.near_ties, c.T);
-    mvkc_gpu_free(&g);
+    mvkc_result_free(&g);
 
 #define MUTANT(mutation, prefix)                                                                \
     do {                                                                                       \
@@ -926,14 +928,14 @@ Test(layer_compare, catches_every_kind_of_error)
                   (unsigned long long)seed, #mutation);                                        \
         cr_assert(strncmp(rep.reason, prefix, strlen(prefix)) == 0,                            \
                   "'%s': reason '%s' should start with '%s'", #mutation, rep.reason, prefix);  \
-        mvkc_gpu_free(&g);                                                                     \
+        mvkc_result_free(&g);                                                                     \
     } while (0)
     /* slot order of a clear ranking swapped; a wrong expert */
-    MUTANT((g.ids[t * k] = ref.ids[t * k + 1], g.ids[t * k + 1] = ref.ids[t * k]), "route:");
-    MUTANT(g.ids[t * k + 2] = (ref.ids[t * k + 2] + 1) % c.desc.num_experts, "route:");
+    MUTANT((g.ids[t * k] = ref.out.ids[t * k + 1], g.ids[t * k + 1] = ref.out.ids[t * k]), "route:");
+    MUTANT(g.ids[t * k + 2] = (ref.out.ids[t * k + 2] + 1) % c.desc.num_experts, "route:");
     MUTANT(g.weights[t * k + 1] *= 1.001f, "route:");
     MUTANT(g.weights[t * k] = NAN, "route:");
-    MUTANT((g.rows[0] = ref.rows[1], g.rows[1] = ref.rows[0]), "permute:");
+    MUTANT((g.rows[0] = ref.out.rows[1], g.rows[1] = ref.out.rows[0]), "permute:");
     MUTANT(g.rows[t * k] = -1, "permute:");
     MUTANT(g.tpe[3] += 1, "stats:");
     MUTANT(g.tpe_read[2] += 1, "stats:");
@@ -952,7 +954,7 @@ Test(layer_compare, catches_every_kind_of_error)
     for (uint32_t i = 0; i < c.T * H; i++)
         g.y[i] *= 1.0f + 1e-6f;
     cr_assert(mvkc_compare(&c, &ref, &g, &rep), "1e-6 relative rejected: %s", rep.reason);
-    mvkc_gpu_free(&g);
+    mvkc_result_free(&g);
     mvkc_ref_free(&ref);
     mvkc_case_free(&c);
 }
@@ -973,15 +975,15 @@ Test(layer_compare, tolerated_swap_under_capacity)
     l.routing = MVKC_PICK(MOEVK_ROUTING_SOFTMAX_TOPK);
     mvkc_case c;
     mvkc_ref ref;
-    mvkc_gpu g;
+    mvkc_result g;
     mvkc_report rep;
     cr_assert_eq(mvkc_case_random(mvkt_base_seed(), &l, &c), MOEVK_SUCCESS);
     uint32_t dom = c.dominant, twin = (dom + 5) % 10, k = 2;
     make_tie(&c, dom, twin);
     cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
     uint32_t lo = dom < twin ? dom : twin, hi = dom ^ twin ^ lo;
-    cr_assert_eq(ref.ids[0], lo);
-    cr_assert_eq(ref.ids[1], hi);
+    cr_assert_eq(ref.out.ids[0], lo);
+    cr_assert_eq(ref.out.ids[1], hi);
 
     result_from_ref(&c, &ref, &g);
     uint32_t t = 3;
@@ -994,10 +996,99 @@ Test(layer_compare, tolerated_swap_under_capacity)
     cr_assert_eq(rep.near_ties, 1);
     cr_assert_eq(rep.compared, c.T - 1);
     /* ... but the rows must follow the GPU's own ids */
-    memcpy(g.rows, ref.rows, sizeof(int32_t) * c.T * k);
+    memcpy(g.rows, ref.out.rows, sizeof(int32_t) * c.T * k);
     cr_assert(!mvkc_compare(&c, &ref, &g, &rep));
     cr_assert(strncmp(rep.reason, "permute:", 8) == 0, "%s", rep.reason);
-    mvkc_gpu_free(&g);
+    mvkc_result_free(&g);
     mvkc_ref_free(&ref);
     mvkc_case_free(&c);
+}
+
+/* ---- the runner on backends of the test's own (CPU only) --------------------------- */
+
+/* A backend of the test's own: the reference behind the backend
+ * interface, with every y value 1% off. The harness must catch it like any
+ * wrong backend. */
+typedef struct wrong_layer {
+    void *ref;
+    uint32_t H;
+} wrong_layer;
+
+static moevk_status wrong_create(void *dev, const moevk_layer_desc *d, const mvk_layer_opts *o,
+                                 void **layer, char *err, size_t n)
+{
+    wrong_layer *w = malloc(sizeof *w);
+    cr_assert_not_null(w);
+    w->H = d->hidden;
+    moevk_status st = mvk_backend_reference()->create(dev, d, o, &w->ref, err, n);
+    *layer = st ? NULL : w;
+    if (st)
+        free(w);
+    return st;
+}
+
+static void wrong_destroy(void *layer)
+{
+    wrong_layer *w = layer;
+    if (w)
+        mvk_backend_reference()->destroy(w->ref);
+    free(w);
+}
+
+static moevk_status wrong_forward(void *layer, uint32_t T, const float *x,
+                                  const mvk_backend_out *o, char *err, size_t n)
+{
+    wrong_layer *w = layer;
+    moevk_status st = mvk_backend_reference()->forward(w->ref, T, x, o, err, n);
+    for (size_t i = 0; !st && o->y && i < (size_t)T * w->H; i++)
+        o->y[i] *= 1.01f;
+    return st;
+}
+
+Test(layer_compare, a_wrong_backend_fails_with_its_reproduction)
+{
+    mvk_backend wrong = *mvk_backend_reference();
+    wrong.name = "wrong";
+    wrong.flags = 0;
+    wrong.create = wrong_create;
+    wrong.destroy = wrong_destroy;
+    wrong.forward = wrong_forward;
+    mvkc_target bad, cpu;
+    char err[256] = "";
+    cr_assert_eq(mvkc_target_open(&bad, &wrong, NULL, NULL, err, sizeof err), MOEVK_SUCCESS);
+    cr_assert_eq(mvkc_target_open(&cpu, mvk_backend_reference(), NULL, NULL, err, sizeof err),
+                 MOEVK_SUCCESS);
+    mvkc_limits l = limits();
+    l.tokens = 40;
+    l.scenarios_off = MVKC_SC_NONFINITE;
+    const uint64_t seed = mvkt_base_seed();
+    mvkc_check k;
+
+    /* the reference against itself passes, and agrees with itself exactly */
+    cr_assert(mvkc_check_seed(&cpu, &cpu, seed, &l, &k), "seed %llu: %s",
+              (unsigned long long)seed, k.rep.reason);
+    cr_assert_eq(k.cross_err, 0.0);
+    mvkc_check_free(&k);
+    /* the wrong backend fails, on y, alone or as the second backend */
+    cr_assert(!mvkc_check_seed(&bad, NULL, seed, &l, &k), "a backend 1%% off passed");
+    cr_assert(strncmp(k.rep.reason, "y:", 2) == 0, "reason: %s", k.rep.reason);
+    mvkc_check_free(&k);
+    cr_assert(!mvkc_check_seed(&cpu, &bad, seed, &l, &k), "a backend 1%% off passed");
+    cr_assert(strncmp(k.rep.reason, "wrong vs cpu: y:", 16) == 0, "reason: %s", k.rep.reason);
+    mvkc_check_free(&k);
+
+    /* the command that replays a case alone names the backends and the seed;
+     * limits the command cannot express give none */
+    char cmd[256];
+    cr_assert(mvkc_repro(&bad, NULL, 42, NULL, cmd, sizeof cmd));
+    cr_assert_str_eq(cmd, "moevk check --backend wrong --against cpu --seed 42 --cases 1");
+    mvkc_limits w = limits();
+    w.max_work = 1000;
+    cr_assert(mvkc_repro(&cpu, &bad, 7, &w, cmd, sizeof cmd));
+    cr_assert_str_eq(cmd, "moevk check --backend cpu --against wrong --seed 7 --cases 1 "
+                          "--max-work 1000");
+    cr_assert(!mvkc_repro(&bad, NULL, 42, &l, cmd, sizeof cmd));
+    cr_assert_str_eq(cmd, "");
+    mvkc_target_close(&bad);
+    mvkc_target_close(&cpu);
 }

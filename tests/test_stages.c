@@ -69,9 +69,7 @@ Test(stages, compose_to_the_forward_pass)
     moevk_layer *L;
     cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
                  moevk_context_last_error(ctx));
-    float *x = malloc(sizeof(float) * T * H);
-    for (uint32_t i = 0; i < T * H; i++)
-        x[i] = mvkt_uniform(&r, -1, 1);
+    float *x = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f);
     moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
     cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
     moevk_routing_stats stats = {0};
@@ -174,10 +172,8 @@ static void forward_vs_reference(uint32_t flags, uint64_t max_range)
     moevk_layer *L;
     cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
                  moevk_context_last_error(ctx));
-    float *x = malloc(sizeof(float) * T * H), *y = malloc(sizeof(float) * T * H),
-          *ref = malloc(sizeof(float) * T * H);
-    for (uint32_t i = 0; i < T * H; i++)
-        x[i] = mvkt_uniform(&r, -1, 1);
+    float *x = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f),
+          *y = malloc(sizeof(float) * T * H), *ref = malloc(sizeof(float) * T * H);
     moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
     cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
     cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS, "%s",
@@ -244,9 +240,7 @@ Test(stages, many_kept_groups)
     moevk_layer *L;
     cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
                  moevk_context_last_error(ctx));
-    float *x = malloc(sizeof(float) * T * H);
-    for (uint32_t i = 0; i < T * H; i++)
-        x[i] = mvkt_uniform(&r, -1, 1);
+    float *x = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f);
     moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
     cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
     cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS);

@@ -1,16 +1,20 @@
 /*
  * moevk demo: the main job. One real-shaped MoE layer (a preset, optionally
- * scaled down) on the chosen device: routing statistics, the error against
- * the CPU reference, and GPU time per stage.
+ * scaled down) on a backend of the table (the Vulkan device by default):
+ * routing statistics, the error against the CPU reference, and the time of
+ * every stage.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "cli.h"
-#include "presets.h"
-#include "ref/ref.h"
+#include "harness/harness.h"
+#include "presets/presets.h"
+#include "util/rng.h"
+#include "util/tool.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -22,19 +26,59 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: moevk demo [--preset NAME] [--scale S] [--tokens T] [--dtype f32|f16|bf16]\n"
-            "                  [--runs N] [--seed S] [--device D] [--validate]\n"
+            "                  [--runs N] [--seed S] [--backend B] [--device D] [--validate]\n"
             "  Runs one MoE layer of a preset model (H and F divided by S; E and k kept)\n"
             "  on random inputs, checks it against the CPU reference and times each stage.\n"
             "  Defaults: --preset mixtral-8x7b --scale 8 --tokens 64 --dtype bf16 --runs 5\n"
-            "presets:");
-    for (uint32_t i = 0; cli_preset_at(i); i++)
-        fprintf(f, " %s", cli_preset_at(i)->name);
+            "  --backend vulkan (%s)\n"
+            "presets:",
+            mvk_backend_list(", ").s);
+    for (uint32_t i = 0; mvk_preset_at(i); i++)
+        fprintf(f, " %s", mvk_preset_at(i)->name);
     fprintf(f, "\n");
+}
+
+/* One layer of desc on a backend: open, create, and the time create took. */
+typedef struct demo_run {
+    const mvk_backend *b;
+    void *dev, *layer;
+    mvk_backend_info info;
+    double create_ms;
+} demo_run;
+
+static int demo_open(demo_run *r, const mvk_backend *b, const mvk_backend_opts *o,
+                     const moevk_layer_desc *d)
+{
+    char err[1024] = "";
+    memset(r, 0, sizeof *r);
+    r->b = b;
+    moevk_status st = MOEVK_ERROR_UNSUPPORTED;
+    if (!b->available(err, sizeof err))
+        goto fail;
+    if ((st = b->open(o, &r->dev, &r->info, err, sizeof err)))
+        goto fail;
+    double t0 = mvk_now_ms();
+    if ((st = b->create(r->dev, d, NULL, &r->layer, err, sizeof err)))
+        goto fail;
+    r->create_ms = mvk_now_ms() - t0;
+    return 0;
+fail:
+    fprintf(stderr, "moevk demo: %s: %s: %s\n", b->name, moevk_status_string(st), err);
+    return -1;
+}
+
+static void demo_close(demo_run *r)
+{
+    if (r->layer)
+        r->b->destroy(r->layer);
+    if (r->dev)
+        r->b->close(r->dev);
+    memset(r, 0, sizeof *r);
 }
 
 int cli_demo(int argc, char **argv)
 {
-    const char *preset = "mixtral-8x7b", *device = NULL;
+    const char *preset = "mixtral-8x7b", *device = NULL, *backend = "vulkan";
     uint32_t scale = 8, T = 64, runs = 5;
     uint64_t seed = 1;
     moevk_dtype dt = MOEVK_DTYPE_BF16;
@@ -60,11 +104,9 @@ int cli_demo(int argc, char **argv)
         else if (!strcmp(a, "--runs")) runs = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--backend")) backend = v;
         else if (!strcmp(a, "--dtype")) {
-            if (!strcmp(v, "f32")) dt = MOEVK_DTYPE_F32;
-            else if (!strcmp(v, "f16")) dt = MOEVK_DTYPE_F16;
-            else if (!strcmp(v, "bf16")) dt = MOEVK_DTYPE_BF16;
-            else {
+            if (mvk_dtype_parse(v, &dt)) {
                 fprintf(stderr, "moevk demo: unknown dtype '%s'\n", v);
                 return 2;
             }
@@ -74,9 +116,11 @@ int cli_demo(int argc, char **argv)
             return 2;
         }
     }
-    const cli_preset *p = cli_preset_find(preset);
-    if (!p) {
-        fprintf(stderr, "moevk demo: unknown preset '%s'\n", preset);
+    const mvk_preset *p = mvk_preset_find(preset);
+    const mvk_backend *b = mvk_backend_find(backend);
+    if (!p || !b) {
+        fprintf(stderr, "moevk demo: unknown %s '%s'\n", p ? "backend" : "preset",
+                p ? backend : preset);
         usage(stderr);
         return 2;
     }
@@ -84,79 +128,75 @@ int cli_demo(int argc, char **argv)
         fprintf(stderr, "moevk demo: --tokens, --scale and --runs must be >= 1\n");
         return 2;
     }
-    cli_layer_weights w;
-    if (cli_weights_make(p, scale, dt, seed, &w)) {
+    mvk_layer_weights w;
+    if (mvk_weights_make(p, scale, dt, seed, &w)) {
         fprintf(stderr, "moevk demo: out of host memory for the weights\n");
         return 1;
     }
     const moevk_layer_desc *d = &w.desc;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
-    moevk_context *ctx = cli_context(device, validate);
-    if (!ctx) {
-        cli_weights_free(&w);
+    const mvk_backend_opts bo = {.device = device, .validate = validate};
+    demo_run run, ref;
+    memset(&ref, 0, sizeof ref);
+    if (demo_open(&run, b, &bo, d)) {
+        demo_close(&run);
+        mvk_weights_free(&w);
         return 1;
     }
-    const moevk_device_info *info = moevk_context_device_info(ctx);
-    printf("device   %s (%s)\n", info->name, info->driver_name);
+    const mvk_backend_info *info = &run.info;
+    printf("device   %s\n", info->desc);
     printf("layer    %s scaled 1/%u: H=%u F=%u E=%u k=%u, %s weights, %u shared expert%s, "
            "T=%u tokens\n",
            p->name, scale, H, d->ffn, E, K, moevk_dtype_name(dt), d->num_shared,
            d->num_shared == 1 ? "" : "s", T);
 
     int rc = 1;
-    moevk_layer *L = NULL;
-    moevk_tensor tx = {0}, ty = {0};
+    char err[1024] = "";
     float *x = malloc(sizeof(float) * T * H), *y = malloc(sizeof(float) * T * H);
     float *yr = malloc(sizeof(float) * T * H);
     uint32_t *tpe = calloc(E, 4), *rtpe = calloc(E, 4), *ids = malloc(4ull * T * K),
              *rids = malloc(4ull * T * K);
     uint8_t *near = malloc(T);
     double *ms = malloc(sizeof(double) * runs * MOEVK_STAGE_COUNT);
-    if (!x || !y || !yr || !tpe || !rtpe || !ids || !rids || !near || !ms) {
+    double *col = malloc(sizeof(double) * runs);
+    if (!x || !y || !yr || !tpe || !rtpe || !ids || !rids || !near || !ms || !col) {
         fprintf(stderr, "moevk demo: out of host memory\n");
         goto done;
     }
-    cli_rng r = {seed + 99};
-    for (size_t i = 0; i < (size_t)T * H; i++)
-        x[i] = cli_rng_uniform(&r, -1, 1);
+    mvk_rng r = mvk_rng_seed(seed, 99);
+    mvk_rng_fill(&r, MOEVK_DTYPE_F32, x, (size_t)T * H, 1.0f);
 
-    moevk_status st;
-    double t0 = cli_now_ms();
-    if ((st = moevk_layer_create(ctx, d, &L)))
-        goto vk_error;
-    double t1 = cli_now_ms();
-    uint64_t shape[2] = {T, H}, wbytes, sbytes;
-    if ((st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &tx)) ||
-        (st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &ty)) ||
-        (st = moevk_tensor_upload(&tx, x)) ||
-        (st = moevk_buffer_fill(ty.buffer, 0, moevk_tensor_bytes(&ty), 0x7fc00000u)))
-        goto vk_error;
     moevk_routing_stats stats = {.tokens_per_expert = tpe};
     double wall_first = 0;
+    moevk_status st;
     for (uint32_t i = 0; i < runs; i++) {
-        double a = cli_now_ms();
-        if ((st = moevk_layer_forward(L, &tx, &ty, &stats)))
-            goto vk_error;
+        const mvk_backend_out o = {.y = y, .ids = ids, .stats = &stats,
+                                   .stage_ms = &ms[i * MOEVK_STAGE_COUNT]};
+        double a = mvk_now_ms();
+        if ((st = b->forward(run.layer, T, x, &o, err, sizeof err))) {
+            fprintf(stderr, "moevk demo: %s: %s: %s\n", b->name, moevk_status_string(st), err);
+            goto done;
+        }
         if (i == 0)
-            wall_first = cli_now_ms() - a;
-        moevk_layer_stage_times(L, &ms[i * MOEVK_STAGE_COUNT]);
+            wall_first = mvk_now_ms() - a;
     }
-    moevk_layer_memory(L, &wbytes, &sbytes);
-    printf("memory   weights %.1f MiB, scratch %.1f MiB (upload %.0f ms)\n", wbytes / 1048576.0,
-           sbytes / 1048576.0, t1 - t0);
-    if ((st = moevk_tensor_download(&ty, y)) ||
-        (st = moevk_layer_read_routing(L, T, ids, NULL, NULL)))
-        goto vk_error;
+    mvk_backend_memory mem;
+    b->memory(run.layer, T, &mem);
+    printf("memory   weights %.1f MiB, scratch %.1f MiB (upload %.0f ms)\n",
+           mem.weights / 1048576.0, mem.scratch / 1048576.0, run.create_ms);
 
     moevk_routing_stats rstats = {.tokens_per_expert = rtpe};
-    double c0 = cli_now_ms();
-    if (moevk_ref_layer_forward(d, T, x, yr, rids, NULL, near, &rstats)) {
-        fprintf(stderr, "moevk demo: the CPU reference ran out of memory\n");
+    double ref_ms = 0;
+    const mvk_backend_out ro = {.y = yr, .ids = rids, .near_tie = near, .stats = &rstats,
+                                .total_ms = &ref_ms};
+    if (demo_open(&ref, mvk_backend_reference(), &bo, d))
+        goto done;
+    if ((st = ref.b->forward(ref.layer, T, x, &ro, err, sizeof err))) {
+        fprintf(stderr, "moevk demo: the CPU reference: %s: %s\n", moevk_status_string(st), err);
         goto done;
     }
-    double c1 = cli_now_ms();
 
-    printf("\nrouting statistics (GPU | CPU reference)\n");
+    printf("\nrouting statistics (%s | CPU reference)\n", b->name);
     printf("  tokens per expert  ");
     for (uint32_t e = 0; e < E && e < 16; e++)
         printf("%u ", tpe[e]);
@@ -186,20 +226,20 @@ int cli_demo(int argc, char **argv)
             den += (double)yr[t * H + h] * yr[t * H + h];
         }
     }
-    double err = den > 0 ? sqrt(num / den) : sqrt(num);
-    double tol = dt == MOEVK_DTYPE_F32 ? 1e-5 : 1e-4;
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    double tol = mvkc_y_tolerance(d, b->flags);
     printf("\ncheck against the CPU reference (double accumulation, same %s weights)\n",
            moevk_dtype_name(dt));
-    printf("  output rel. L2 error   %.3e (tolerance %.0e)\n", err, tol);
+    printf("  output rel. L2 error   %.3e (tolerance %.0e)\n", rel, tol);
     printf("  routing ids differing  %u of %u (near-ties excluded: %u tokens)\n", id_mismatch,
            T * K, near_ties);
     printf("  per-expert counts      %s\n", count_mismatch ? "DIFFER" : "identical");
-    printf("  CPU reference time     %.0f ms\n", c1 - c0);
+    printf("  CPU reference time     %.0f ms\n", ref_ms);
 
-    printf("\nGPU time per stage (median of %u runs, timestamps)\n", runs);
+    printf("\n%s time per stage (median of %u runs%s)\n", b->name, runs,
+           info->timestamps ? ", timestamps" : "");
     double total = 0;
-    double *col = malloc(sizeof(double) * runs);
-    for (int s = 0; s < MOEVK_STAGE_COUNT && col; s++) {
+    for (int s = 0; s < MOEVK_STAGE_COUNT; s++) {
         for (uint32_t i = 0; i < runs; i++)
             col[i] = ms[i * MOEVK_STAGE_COUNT + s];
         qsort(col, runs, sizeof(double), cmp_double);
@@ -207,30 +247,26 @@ int cli_demo(int argc, char **argv)
         total += med;
         printf("  %-14s %9.3f ms\n", moevk_stage_name((moevk_stage)s), med);
     }
-    free(col);
-    printf("  %-14s %9.3f ms   (first pass wall time incl. submit %.1f ms)\n", "total", total,
-           wall_first);
+    printf("  %-14s %9.3f ms   (first pass wall time incl. transfers %.1f ms)\n", "total",
+           total, wall_first);
     if (!info->timestamps)
         printf("  (this device has no timestamps: times are zero)\n");
-    if (info->device_type == 4 /* VK_PHYSICAL_DEVICE_TYPE_CPU */)
+    if (info->cpu_driver)
         printf("  (a CPU implementation of Vulkan: these times are not GPU performance "
                "figures)\n");
 
-    rc = (err <= tol && id_mismatch == 0 && count_mismatch == 0) ? 0 : 1;
-    if (validate && moevk_context_validation_messages(ctx)) {
-        printf("validation messages: %u\n", moevk_context_validation_messages(ctx));
+    rc = (rel <= tol && id_mismatch == 0 && count_mismatch == 0) ? 0 : 1;
+    uint32_t msgs = b->problems ? b->problems(run.dev) : 0;
+    if (validate && msgs) {
+        printf("validation messages: %u\n", msgs);
         rc = 1;
     }
     printf("\n%s\n", rc ? "FAILED" : "OK");
-    goto done;
-vk_error:
-    fprintf(stderr, "moevk demo: %s: %s\n", moevk_status_string(st), moevk_context_last_error(ctx));
 done:
-    moevk_tensor_destroy(&tx);
-    moevk_tensor_destroy(&ty);
-    moevk_layer_destroy(L);
-    moevk_context_destroy(ctx);
-    cli_weights_free(&w);
+    demo_close(&ref);
+    demo_close(&run);
+    mvk_weights_free(&w);
     free(x), free(y), free(yr), free(tpe), free(rtpe), free(ids), free(rids), free(near), free(ms);
+    free(col);
     return rc;
 }

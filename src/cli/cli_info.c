@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "util/tool.h"
 
 static const char *type_name(uint32_t t)
 {
@@ -59,7 +60,7 @@ int cli_info(int argc, char **argv)
     }
     moevk_device_info infos[16];
     uint32_t n = 0;
-    moevk_context_desc d = {.log = cli_log, .log_level = MOEVK_LOG_ERROR};
+    moevk_context_desc d = {.log = mvk_tool_log, .log_level = MOEVK_LOG_ERROR};
     moevk_status st = moevk_enumerate_devices(&d, infos, 16, &n);
     if (st) {
         fprintf(stderr, "moevk info: %s\n", moevk_status_string(st));

@@ -9,6 +9,8 @@
 
 #include "cli.h"
 #include "ref/ref.h"
+#include "util/rng.h"
+#include "util/tool.h"
 
 static double rel_l2(const float *a, const float *ref, size_t n)
 {
@@ -21,15 +23,6 @@ static double rel_l2(const float *a, const float *ref, size_t n)
     if (isnan(num))
         return NAN;
     return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static int parse_dtype(const char *s, moevk_dtype *dt)
-{
-    if (!strcmp(s, "f32")) *dt = MOEVK_DTYPE_F32;
-    else if (!strcmp(s, "f16")) *dt = MOEVK_DTYPE_F16;
-    else if (!strcmp(s, "bf16")) *dt = MOEVK_DTYPE_BF16;
-    else return -1;
-    return 0;
 }
 
 int cli_router(int argc, char **argv)
@@ -62,7 +55,7 @@ int cli_router(int argc, char **argv)
         else if (!strcmp(a, "--experts")) E = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--dtype")) {
-            if (parse_dtype(v, &dt)) {
+            if (mvk_dtype_parse(v, &dt)) {
                 fprintf(stderr, "moevk router: unknown dtype '%s'\n", v);
                 return 2;
             }
@@ -102,18 +95,10 @@ int cli_router(int argc, char **argv)
         fprintf(stderr, "moevk router: out of host memory\n");
         goto done;
     }
-    cli_rng rng = {seed * 0x9e3779b97f4a7c15ull + 1};
-    float scale = 1.0f / sqrtf((float)H);
-    for (size_t i = 0; i < (size_t)T * H; i++)
-        x[i] = cli_rng_uniform(&rng, -1, 1);
-    for (size_t i = 0; i < (size_t)E * H; i++) {
-        float v = cli_rng_uniform(&rng, -2, 2) * scale;
-        if (dt == MOEVK_DTYPE_F32) ((float *)w)[i] = v;
-        else if (dt == MOEVK_DTYPE_F16) ((uint16_t *)w)[i] = moevk_float_to_half(v);
-        else ((uint16_t *)w)[i] = moevk_float_to_bf16(v);
-    }
-    for (uint32_t e = 0; e < E; e++)
-        bias[e] = cli_rng_uniform(&rng, -0.1f, 0.1f);
+    mvk_rng rng = mvk_rng_seed(seed, 1);
+    mvk_rng_fill(&rng, MOEVK_DTYPE_F32, x, (size_t)T * H, 1.0f);
+    mvk_rng_fill(&rng, dt, w, (size_t)E * H, 2.0f / sqrtf((float)H));
+    mvk_rng_fill(&rng, MOEVK_DTYPE_F32, bias, E, 0.1f);
 
     moevk_status st;
     uint64_t sx[2] = {T, H}, sw[2] = {E, H}, sb[1] = {E}, sl[2] = {T, E};
@@ -125,13 +110,13 @@ int cli_router(int argc, char **argv)
         (st = moevk_tensor_upload(&tx, x)) || (st = moevk_tensor_upload(&tw, w)) ||
         (st = moevk_tensor_upload(&tb, bias)))
         goto vk_error;
-    double t0 = cli_now_ms();
+    double t0 = mvk_now_ms();
     if ((st = moevk_router_logits(ctx, &tx, &tw, &tb, &tl)))
         goto vk_error;
-    double t1 = cli_now_ms();
+    double t1 = mvk_now_ms();
     if ((st = moevk_router_scores(ctx, &tl, scoring, &ts)))
         goto vk_error;
-    double t2 = cli_now_ms();
+    double t2 = mvk_now_ms();
     if ((st = moevk_tensor_download(&tl, logits)) || (st = moevk_tensor_download(&ts, scores)))
         goto vk_error;
 

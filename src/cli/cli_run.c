@@ -1,7 +1,8 @@
 /*
  * moevk run: one MoE layer of a Hugging Face checkpoint (config.json +
- * safetensors) applied to an input tensor from a safetensors file, on the
- * Vulkan device, the CPU reference or (when built) CUDA.
+ * safetensors) applied to an input tensor from a safetensors file, on any
+ * backend of the table (src/backend/backend.h): the Vulkan device, the CPU
+ * reference, CUDA (when built).
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -10,22 +11,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "cli.h"
+#include "harness/harness.h"
 #include "model/hf_config.h"
 #include "model/model_layer.h"
 #include "model/model_util.h"
 #include "model/safetensors.h"
 #include "ref/ref.h"
-#ifdef MOEVK_HAVE_CUDA
-#include "cuda/moevk_cuda.h"
-#endif
+#include "util/tool.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: moevk run --model DIR --layer N [--decoder]\n"
             "                 --input X.safetensors [--output Y.safetensors] [--stats S.json]\n"
-            "                 [--backend vulkan|cpu|cuda] [--device D] [--validate] [--check]\n"
+            "                 [--backend BACKEND] [--device D] [--validate] [--check]\n"
             "       moevk run --config CONFIG.json --weights FILE.safetensors [--weights ...]\n"
             "                 --prefix P --input X.safetensors [...]\n"
             "  Runs one MoE block of a Hugging Face checkpoint. DIR holds config.json and\n"
@@ -41,8 +42,10 @@ static void usage(FILE *f)
             "             token over expert_capacity outputs p * x (transformers 5: 0)\n"
             "  --check    also run the CPU reference and compare: NaN/Inf where it has\n"
             "             them, relative L2 over the finite values, routing\n"
-            "  --backend  vulkan (default), cpu (the double-precision reference), cuda\n"
-            "  --cuda-impl ref|cublas|cublas-f32  which CUDA implementation (default ref)\n");
+            "  --backend  where it runs (default vulkan; cpu: the double-precision\n"
+            "             reference; cuda: cuda-ref): %s\n"
+            "  --cuda-impl ref|cublas|cublas-f32  with --backend cuda: cuda-IMPL\n",
+            mvk_backend_list(", ").s);
 }
 
 typedef struct run_opts {
@@ -63,7 +66,8 @@ typedef struct run_out {
     int32_t *row;
     uint32_t *tpe;
     moevk_routing_stats stats;
-    char device[520];
+    char device[800];
+    int uploads; /* the backend copies the weights (its create is timed) */
     double create_ms, forward_ms;
 } run_out;
 
@@ -111,143 +115,50 @@ static int merge_stats(const moevk_layer_desc *d, const float *x, uint32_t T, ui
     return 0;
 }
 
-static int run_cpu(const moevk_layer_desc *d, const float *x, uint32_t passes, uint32_t S,
-                   run_out *o)
+/* The passes on backend b (its device per --device/--validate): y, ids,
+ * weights, rows and (when near is not NULL: the reference) near-tie flags
+ * of every token; counts and drops add up, the losses are the last pass's
+ * (merge_stats recomputes them over all passes). */
+static int run_backend(const run_opts *opt, const mvk_backend *b, const moevk_layer_desc *d,
+                       const float *x, uint32_t passes, uint32_t S, run_out *o, uint8_t *near)
 {
     const uint32_t H = d->hidden, K = d->top_k, E = d->num_experts;
-    uint32_t *counts = malloc(4ull * (E + 1)), *offsets = malloc(4ull * (E + 1)),
-             *tpe = calloc(E, 4);
-    int rc = 0;
-    if (!counts || !offsets || !tpe) {
-        fprintf(stderr, "moevk run: out of host memory\n");
-        rc = 1;
-        goto done;
-    }
-    snprintf(o->device, sizeof o->device, "CPU reference (double precision)");
-    double t0 = cli_now_ms();
-    for (uint32_t p = 0; p < passes; p++) {
-        size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
-        moevk_routing_stats st = {.tokens_per_expert = tpe};
-        if (moevk_ref_layer_forward(d, S, x + xo, o->y + xo, o->ids + ko, o->w + ko, NULL,
-                                    &st)) {
-            fprintf(stderr, "moevk run: out of host memory in the CPU reference\n");
-            rc = 1;
-            goto done;
-        }
-        moevk_ref_permute(d, S, o->ids + ko, counts, offsets, o->row + ko);
-        for (uint32_t e = 0; e < E; e++)
-            o->tpe[e] += tpe[e];
-        o->stats.dropped += st.dropped;
-        o->stats.load_balancing_loss = st.load_balancing_loss;
-        o->stats.router_z_loss = st.router_z_loss;
-        o->stats.routing_entropy = st.routing_entropy;
-    }
-    o->forward_ms = cli_now_ms() - t0;
-done:
-    free(counts);
-    free(offsets);
-    free(tpe);
-    return rc;
-}
-
-static int run_vulkan(const run_opts *opt, const moevk_layer_desc *d, const float *x,
-                      uint32_t passes, uint32_t S, run_out *o)
-{
-    const uint32_t H = d->hidden, K = d->top_k, E = d->num_experts;
-    moevk_context *ctx = cli_context(opt->device, opt->validate);
-    if (!ctx)
-        return 1;
-    const moevk_device_info *info = moevk_context_device_info(ctx);
-    snprintf(o->device, sizeof o->device, "%s (%s)", info->name, info->driver_name);
-    int rc = 1;
-    moevk_layer *L = NULL;
-    moevk_tensor tx = {0}, ty = {0};
+    char err[1024] = "";
+    const mvk_backend_opts bo = {.device = opt->device, .validate = opt->validate};
+    mvk_backend_info info;
+    void *dev = NULL, *L = NULL;
     uint32_t *tpe = calloc(E, 4);
-    moevk_status st;
-    if (!tpe) {
-        fprintf(stderr, "moevk run: out of host memory\n");
-        goto done;
-    }
-    double t0 = cli_now_ms();
-    if ((st = moevk_layer_create(ctx, d, &L)))
-        goto vk_error;
-    o->create_ms = cli_now_ms() - t0;
-    uint64_t shape[2] = {S, H};
-    if ((st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &tx)) ||
-        (st = moevk_tensor_create(ctx, MOEVK_DTYPE_F32, 2, shape, &ty)))
-        goto vk_error;
-    t0 = cli_now_ms();
-    for (uint32_t p = 0; p < passes; p++) {
-        size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
-        moevk_routing_stats s = {.tokens_per_expert = tpe};
-        if ((st = moevk_tensor_upload(&tx, x + xo)) ||
-            (st = moevk_buffer_fill(ty.buffer, ty.offset, moevk_tensor_bytes(&ty), 0x7fc00000u)) ||
-            (st = moevk_layer_forward(L, &tx, &ty, &s)) ||
-            (st = moevk_tensor_download(&ty, o->y + xo)) ||
-            (st = moevk_layer_read_routing(L, S, o->ids + ko, o->w + ko, o->row + ko)))
-            goto vk_error;
-        for (uint32_t e = 0; e < E; e++)
-            o->tpe[e] += tpe[e];
-        o->stats.dropped += s.dropped;
-        o->stats.load_balancing_loss = s.load_balancing_loss;
-        o->stats.router_z_loss = s.router_z_loss;
-        o->stats.routing_entropy = s.routing_entropy;
-    }
-    o->forward_ms = cli_now_ms() - t0;
-    if (opt->validate && moevk_context_validation_messages(ctx)) {
-        fprintf(stderr, "moevk run: %u validation messages\n",
-                moevk_context_validation_messages(ctx));
-        goto done;
-    }
-    rc = 0;
-    goto done;
-vk_error:
-    fprintf(stderr, "moevk run: %s: %s\n", moevk_status_string(st), moevk_context_last_error(ctx));
-done:
-    moevk_tensor_destroy(&tx);
-    moevk_tensor_destroy(&ty);
-    moevk_layer_destroy(L);
-    moevk_context_destroy(ctx);
-    free(tpe);
-    return rc;
-}
-
-#ifdef MOEVK_HAVE_CUDA
-static int run_cuda(const run_opts *opt, const moevk_layer_desc *d, const float *x,
-                    uint32_t passes, uint32_t S, run_out *o)
-{
-    const uint32_t H = d->hidden, K = d->top_k, E = d->num_experts;
-    mvk_cuda_backend impl = MVK_CUDA_REF;
-    if (opt->cuda_impl && !strcmp(opt->cuda_impl, "cublas"))
-        impl = MVK_CUDA_CUBLAS;
-    else if (opt->cuda_impl && !strcmp(opt->cuda_impl, "cublas-f32"))
-        impl = MVK_CUDA_CUBLAS_F32;
-    char msg[512] = "";
-    if (!mvk_cuda_device_available(msg, sizeof msg)) {
-        fprintf(stderr, "moevk run: no usable CUDA device: %s\n", msg);
-        return 1;
-    }
-    snprintf(o->device, sizeof o->device, "%s [%s]", msg, mvk_cuda_backend_name(impl));
-    uint32_t *tpe = calloc(E, 4);
-    mvk_cuda_layer *L = NULL;
     int rc = 1;
     if (!tpe) {
         fprintf(stderr, "moevk run: out of host memory\n");
         return 1;
     }
-    double t0 = cli_now_ms();
-    moevk_status st = mvk_cuda_layer_create(d, impl, &L, msg, sizeof msg);
+    if (!b->available(err, sizeof err)) {
+        fprintf(stderr, "moevk run: backend %s cannot run here: %s\n", b->name, err);
+        free(tpe);
+        return 1;
+    }
+    moevk_status st = b->open(&bo, &dev, &info, err, sizeof err);
     if (st)
-        goto cuda_error;
-    o->create_ms = cli_now_ms() - t0;
-    t0 = cli_now_ms();
+        goto error;
+    snprintf(o->device, sizeof o->device, "%s", info.desc);
+    o->uploads = info.uploads;
+    double t0 = mvk_now_ms();
+    if ((st = b->create(dev, d, NULL, &L, err, sizeof err)))
+        goto error;
+    o->create_ms = mvk_now_ms() - t0;
+    t0 = mvk_now_ms();
     for (uint32_t p = 0; p < passes; p++) {
         size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
         moevk_routing_stats s = {.tokens_per_expert = tpe};
-        st = mvk_cuda_layer_forward(L, S, x + xo, o->y + xo, o->ids + ko, o->w + ko, o->row + ko,
-                                    &s, NULL, NULL, msg, sizeof msg);
-        if (st)
-            goto cuda_error;
+        const mvk_backend_out out = {.y = o->y + xo,
+                                     .ids = o->ids + ko,
+                                     .weights = o->w + ko,
+                                     .rows = o->row + ko,
+                                     .near_tie = near ? near + (size_t)p * S : NULL,
+                                     .stats = &s};
+        if ((st = b->forward(L, S, x + xo, &out, err, sizeof err)))
+            goto error;
         for (uint32_t e = 0; e < E; e++)
             o->tpe[e] += tpe[e];
         o->stats.dropped += s.dropped;
@@ -255,17 +166,23 @@ static int run_cuda(const run_opts *opt, const moevk_layer_desc *d, const float 
         o->stats.router_z_loss = s.router_z_loss;
         o->stats.routing_entropy = s.routing_entropy;
     }
-    o->forward_ms = cli_now_ms() - t0;
-    rc = 0;
+    o->forward_ms = mvk_now_ms() - t0;
+    uint32_t msgs = b->problems ? b->problems(dev) : 0;
+    if (opt->validate && msgs)
+        fprintf(stderr, "moevk run: %u validation messages\n", msgs);
+    else
+        rc = 0;
     goto done;
-cuda_error:
-    fprintf(stderr, "moevk run: CUDA: %s: %s\n", moevk_status_string(st), msg);
+error:
+    fprintf(stderr, "moevk run: %s: %s: %s\n", b->name, moevk_status_string(st), err);
 done:
-    mvk_cuda_layer_destroy(L);
+    if (L)
+        b->destroy(L);
+    if (dev)
+        b->close(dev);
     free(tpe);
     return rc;
 }
-#endif
 
 /* switch_transformers in transformers 4 kept a dropped token's hidden
  * state, scaled by its routing probability: y_t += w * x_t for each dropped
@@ -384,8 +301,9 @@ static void warn_nonfinite(const char *name, const float *v, uint32_t T, uint32_
 
 /* Compare with the CPU reference; tokens at a routing near-tie are left
  * out (docs/semantics.md, Tolerances). */
-static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t T,
-                             uint32_t passes, uint32_t S, const run_out *o)
+static int check_against_cpu(const run_opts *opt, uint32_t flags, const mvk_model_layer *ml,
+                             const float *x, uint32_t T, uint32_t passes, uint32_t S,
+                             const run_out *o)
 {
     const moevk_layer_desc *d = &ml->desc;
     const uint32_t H = d->hidden, K = d->top_k;
@@ -398,27 +316,8 @@ static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t
         return 1;
     }
     int rc = 1;
-    for (uint32_t p = 0; p < passes; p++) {
-        size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
-        if (moevk_ref_layer_forward(d, S, x + xo, r.y + xo, r.ids + ko, r.w + ko, near + p * S,
-                                    NULL)) {
-            fprintf(stderr, "moevk run: out of host memory in the CPU reference\n");
-            goto done;
-        }
-    }
-    uint32_t *counts = malloc(4ull * (d->num_experts + 1)),
-             *offsets = malloc(4ull * (d->num_experts + 1));
-    if (!counts || !offsets) {
-        free(counts);
-        free(offsets);
-        fprintf(stderr, "moevk run: out of host memory for --check\n");
+    if (run_backend(opt, mvk_backend_reference(), d, x, passes, S, &r, near))
         goto done;
-    }
-    for (uint32_t p = 0; p < passes; p++)
-        moevk_ref_permute(d, S, r.ids + (size_t)p * S * K, counts, offsets,
-                          r.row + (size_t)p * S * K);
-    free(counts);
-    free(offsets);
     if (ml->dropped_passthrough)
         dropped_passthrough(d, x, T, &r);
     uint32_t excluded = 0, mismatched = 0;
@@ -429,7 +328,7 @@ static int check_against_cpu(const mvk_model_layer *ml, const float *x, uint32_t
     }
     y_compare c;
     compare_y(o->y, r.y, near, T, H, &c);
-    double tol = d->weight_dtype == MOEVK_DTYPE_F32 ? 1e-5 : 1e-4;
+    double tol = mvkc_y_tolerance(d, flags);
     printf("check    relative L2 error %.3g over %llu values finite in both, vs the CPU "
            "reference (tolerance %g), %u token%s routed differently, %u near-tie token%s "
            "excluded\n",
@@ -448,6 +347,16 @@ done:
     return rc;
 }
 
+/* The backend --backend (and --cuda-impl) name, or NULL. */
+static const mvk_backend *run_backend_of(const run_opts *o)
+{
+    if (!o->cuda_impl)
+        return mvk_backend_find(o->backend);
+    char name[64];
+    snprintf(name, sizeof name, "cuda-%s", o->cuda_impl);
+    return strcmp(o->backend, "cuda") ? NULL : mvk_backend_find(name);
+}
+
 static int parse_opts(int argc, char **argv, run_opts *o)
 {
     memset(o, 0, sizeof(*o));
@@ -459,20 +368,13 @@ static int parse_opts(int argc, char **argv, run_opts *o)
             usage(stdout);
             return 1;
         }
-        if (!strcmp(a, "--decoder")) {
-            o->decoder = 1;
-            continue;
-        }
-        if (!strcmp(a, "--validate")) {
-            o->validate = 1;
-            continue;
-        }
-        if (!strcmp(a, "--check")) {
-            o->check = 1;
-            continue;
-        }
-        if (!strcmp(a, "--dropped-passthrough")) {
-            o->passthrough = 1;
+        int *flag = !strcmp(a, "--decoder")               ? &o->decoder
+                    : !strcmp(a, "--validate")            ? &o->validate
+                    : !strcmp(a, "--check")               ? &o->check
+                    : !strcmp(a, "--dropped-passthrough") ? &o->passthrough
+                                                          : NULL;
+        if (flag) {
+            *flag = 1;
             continue;
         }
         if (!v) {
@@ -527,12 +429,9 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         why = "--layer goes with --model; with --config give --prefix";
     else if (!o->input)
         why = "--input X.safetensors is required";
-    else if (strcmp(o->backend, "vulkan") && strcmp(o->backend, "cpu") &&
-             strcmp(o->backend, "cuda"))
-        why = "--backend must be vulkan, cpu or cuda";
-    else if (o->cuda_impl && strcmp(o->cuda_impl, "ref") && strcmp(o->cuda_impl, "cublas") &&
-             strcmp(o->cuda_impl, "cublas-f32"))
-        why = "--cuda-impl must be ref, cublas or cublas-f32";
+    else if (!run_backend_of(o))
+        why = o->cuda_impl ? "--cuda-impl must be ref, cublas or cublas-f32 (with --backend cuda)"
+                           : "--backend must name a backend (see moevk help)";
     if (why) {
         fprintf(stderr, "moevk run: %s\n", why);
         usage(stderr);
@@ -637,12 +536,7 @@ int cli_run(int argc, char **argv)
     int prc = parse_opts(argc, argv, &opt);
     if (prc)
         return prc == 1 ? 0 : prc;
-#ifndef MOEVK_HAVE_CUDA
-    if (!strcmp(opt.backend, "cuda")) {
-        fprintf(stderr, "moevk run: the CUDA backend is not built (no nvcc at build time)\n");
-        return 2;
-    }
-#endif
+    const mvk_backend *be = run_backend_of(&opt);
 
     char err[1024];
     int rc = 1;
@@ -746,16 +640,7 @@ int cli_run(int argc, char **argv)
         snprintf(err, sizeof err, "out of host memory for %u tokens", T);
         goto fail;
     }
-    int brc;
-    if (!strcmp(opt.backend, "cpu"))
-        brc = run_cpu(d, x, passes, S, &out);
-#ifdef MOEVK_HAVE_CUDA
-    else if (!strcmp(opt.backend, "cuda"))
-        brc = run_cuda(&opt, d, x, passes, S, &out);
-#endif
-    else
-        brc = run_vulkan(&opt, d, x, passes, S, &out);
-    if (brc)
+    if (run_backend(&opt, be, d, x, passes, S, &out, NULL))
         goto done;
     if (ml.dropped_passthrough)
         dropped_passthrough(d, x, T, &out);
@@ -765,7 +650,7 @@ int cli_run(int argc, char **argv)
         goto fail;
     }
     printf("backend  %s: %s\n", opt.backend, out.device);
-    if (strcmp(opt.backend, "cpu"))
+    if (out.uploads)
         printf("time     layer create (upload) %.1f ms, forward %.2f ms\n", out.create_ms,
                out.forward_ms);
     else
@@ -784,8 +669,8 @@ int cli_run(int argc, char **argv)
     }
     if (opt.stats && write_stats(opt.stats, &opt, &ml, T, passes, &out))
         goto done;
-    if (opt.check && strcmp(opt.backend, "cpu") &&
-        check_against_cpu(&ml, x, T, passes, S, &out))
+    if (opt.check && !(be->flags & MVK_BACKEND_REFERENCE) &&
+        check_against_cpu(&opt, be->flags, &ml, x, T, passes, S, &out))
         goto done;
     rc = 0;
     goto done;

@@ -3,30 +3,60 @@
  */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
-#include "cli.h"
+#include "backend/backend.h"
 #include "bench.h"
+#include "cli.h"
+#include "util/tool.h"
+
+typedef struct cli_command {
+    const char *name, *args, *help;
+    int (*run)(int argc, char **argv);
+} cli_command;
+
+static const cli_command commands[] = {
+    {"check", "--against cpu", "random layer cases on a backend versus the CPU reference",
+     cli_check},
+    {"bench", "[options]",
+     "benchmark presets and custom shapes against the\n"
+     "                       device's measured ceilings",
+     cli_bench},
+    {"demo", "[options]",
+     "run a real-shaped MoE layer, check it against the CPU\n"
+     "                       reference and time every stage (the main job)",
+     cli_demo},
+    {"info", "", "list every Vulkan device and its capabilities", cli_info},
+    {"router", "[options]",
+     "run the router stage (logits + scores) on random input\n"
+     "                       and compare it with the CPU reference",
+     cli_router},
+    {"run", "--model DIR --layer N --input X --output Y\n"
+            "                       run one MoE layer of a Hugging Face checkpoint",
+     NULL, cli_run},
+};
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: moevk COMMAND [options]\n"
-            "\n"
-            "commands:\n"
-            "  check --against cpu  random layer cases on the GPU versus the CPU reference\n"
-            "  bench [options]      benchmark presets and custom shapes against the\n"
-            "                       device's measured ceilings\n"
-            "  demo [options]       run a real-shaped MoE layer, check it against the CPU\n"
-            "                       reference and time every stage (the main job)\n"
-            "  info                 list every Vulkan device and its capabilities\n"
-            "  router [options]     run the router stage (logits + scores) on random input\n"
-            "                       and compare it with the CPU reference\n"
-            "  run --model DIR --layer N --input X --output Y\n"
-            "                       run one MoE layer of a Hugging Face checkpoint\n"
-            "  help                 this text\n"
-            "\n"
-            "Run `moevk COMMAND --help` for a command's options.\n");
+    fprintf(f, "usage: moevk COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        const cli_command *c = &commands[i];
+        char head[160];
+        snprintf(head, sizeof head, "%s%s%s", c->name, *c->args ? " " : "", c->args);
+        if (c->help)
+            fprintf(f, "  %-20s %s\n", head, c->help);
+        else
+            fprintf(f, "  %s\n", head);
+    }
+    fprintf(f, "  %-20s %s\n", "help", "this text");
+    fprintf(f, "\nbackends (--backend of run, check, bench, demo):\n");
+    for (uint32_t i = 0; mvk_backend_at(i); i++) {
+        const mvk_backend *b = mvk_backend_at(i);
+        char head[64];
+        snprintf(head, sizeof head, "%s%s%s%s", b->name, b->alias ? " (" : "",
+                 b->alias ? b->alias : "", b->alias ? ")" : "");
+        fprintf(f, "  %-20s %s\n", head, b->summary);
+    }
+    fprintf(f, "\nRun `moevk COMMAND --help` for a command's options.\n");
 }
 
 int main(int argc, char **argv)
@@ -36,18 +66,9 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    if (!strcmp(cmd, "check"))
-        return cli_check(argc - 1, argv + 1);
-    if (!strcmp(cmd, "bench"))
-        return cli_bench(argc - 1, argv + 1);
-    if (!strcmp(cmd, "demo"))
-        return cli_demo(argc - 1, argv + 1);
-    if (!strcmp(cmd, "info"))
-        return cli_info(argc - 1, argv + 1);
-    if (!strcmp(cmd, "router"))
-        return cli_router(argc - 1, argv + 1);
-    if (!strcmp(cmd, "run"))
-        return cli_run(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         usage(stdout);
         return 0;
@@ -57,51 +78,12 @@ int main(int argc, char **argv)
     return 2;
 }
 
-void cli_log(void *user, moevk_log_level level, const char *msg)
-{
-    (void)user;
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    fprintf(stderr, "moevk %s: %s\n", names[level <= MOEVK_LOG_DEBUG ? level : 0], msg);
-}
-
 moevk_context *cli_context(const char *device, int validate)
 {
-    char err[512];
-    moevk_context_desc d = {
-        .device = device,
-        .flags = validate ? MOEVK_CONTEXT_VALIDATION : 0,
-        .log = cli_log,
-        .log_level = MOEVK_LOG_WARN,
-        .error_message = err,
-        .error_message_size = sizeof(err),
-    };
+    char err[512] = "";
     moevk_context *ctx = NULL;
-    moevk_status st = moevk_context_create(&d, &ctx);
-    if (st) {
+    moevk_status st = mvk_tool_context(device, validate, &ctx, err, sizeof err);
+    if (st)
         fprintf(stderr, "moevk: cannot create a context: %s: %s\n", moevk_status_string(st), err);
-        return NULL;
-    }
     return ctx;
-}
-
-double cli_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-uint64_t cli_rng_next(cli_rng *r)
-{
-    uint64_t x = r->s ? r->s : 0x9e3779b97f4a7c15ull;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    r->s = x;
-    return x * 0x2545f4914f6cdd1dull;
-}
-
-float cli_rng_uniform(cli_rng *r, float lo, float hi)
-{
-    return lo + (hi - lo) * (float)((cli_rng_next(r) >> 40) * (1.0 / 16777216.0));
 }

@@ -1,8 +1,10 @@
 /*
  * moevk CUDA backends: the MoE layer of docs/semantics.md on an NVIDIA GPU,
  * for cross-checking the Vulkan path and as a vendor baseline to benchmark
- * against. Not part of the installed moevk API (the CLI and tests link it
- * when the build found nvcc; they see MOEVK_HAVE_CUDA=1).
+ * against. Not part of the installed moevk API: when the build found nvcc,
+ * cuda_backend.c puts the three backends below in the backend table
+ * (src/backend/backend.h: "cuda-ref", "cuda-cublas", "cuda-cublas-f32"),
+ * through which the tool and the tests use them.
  *
  * Backends:
  *  - MVK_CUDA_REF: every stage as simple CUDA kernels in f32 (one thread per

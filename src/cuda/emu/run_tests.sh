@@ -1,9 +1,10 @@
 #!/bin/sh
 # Run tests/test_cuda.c on the CPU emulation of the CUDA backends (emu.h):
 # the real cuda_kernels.cu / cuda_layer.cu compiled as C++ for the host, a
-# fake CUDA runtime (emu.cpp) and a fake libcublas (fake_cublas.c). Checks
-# the backends' logic (routing, permutation, FFNs, cuBLAS call layout,
-# statistics) on machines without an NVIDIA GPU.
+# fake CUDA runtime (emu.cpp) and a fake libcublas (fake_cublas.c), behind
+# the real backend table (src/backend, src/cuda/cuda_backend.c) and
+# harness (src/harness). Checks the backends' logic (routing, permutation,
+# FFNs, cuBLAS call layout, statistics) on machines without an NVIDIA GPU.
 #
 # usage: src/cuda/emu/run_tests.sh [BUILD_DIR] [criterion args...]
 #   BUILD_DIR (default: build) must hold src/libmoevk.a.
@@ -31,10 +32,17 @@ $cxx $cxxflags -include "$here/emu.h" -x c++ -c "$root/src/cuda/cuda_layer.cu" -
 $cxx $cxxflags -c "$here/emu.cpp" -o "$out/emu.o"
 $cc -std=c11 -O1 -g -Wall -Wextra -Werror -shared -fPIC "$here/fake_cublas.c" \
     -o "$out/libfakecublas.so" -lm
-$cc $cflags -c "$root/tests/test_cuda.c" -o "$out/test_cuda.o"
-$cc $cflags -c "$root/tests/common.c" -o "$out/common.o"
-$cxx $san -o "$out/test_cuda" "$out/test_cuda.o" "$out/common.o" "$out/kernels.o" \
-    "$out/layer.o" "$out/emu.o" "$build/src/libmoevk.a" -lcriterion -ldl -lm
+# the C side, with the backend table listing the CUDA entries
+objs=""
+for src in "$root"/tests/test_cuda.c "$root"/tests/common.c "$root"/src/util/*.c \
+           "$root"/src/backend/*.c "$root"/src/cuda/cuda_backend.c "$root"/src/harness/*.c; do
+    obj="$out/$(echo "${src#"$root"/}" | tr / _ | sed 's/\.c$/.o/')"
+    $cc $cflags -DMOEVK_HAVE_CUDA=1 -c "$src" -o "$obj"
+    objs="$objs $obj"
+done
+# shellcheck disable=SC2086
+$cxx $san -o "$out/test_cuda" $objs "$out/kernels.o" "$out/layer.o" "$out/emu.o" \
+    "$build/src/libmoevk.a" -lcriterion -ldl -lm
 
 # The device tests must run (not skip); the no-device test is covered below.
 echo "== emulated device"

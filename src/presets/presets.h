@@ -1,15 +1,16 @@
 /*
- * MoE layer shapes of real models (the routed-expert block of one layer).
+ * MoE layer shapes of real models (the routed-expert block of one layer),
+ * and random host weights for them (moevk demo, moevk bench).
  */
-#ifndef MOEVK_CLI_PRESETS_H
-#define MOEVK_CLI_PRESETS_H
+#ifndef MOEVK_PRESETS_H
+#define MOEVK_PRESETS_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "moevk/moevk.h"
 
-typedef struct cli_preset {
+typedef struct mvk_preset {
     const char *name;
     uint32_t hidden, ffn, experts, top_k;
     moevk_routing routing;
@@ -19,25 +20,25 @@ typedef struct cli_preset {
     float routed_scaling_factor, capacity_factor;
     uint32_t num_shared, shared_ffn;
     int shared_gate, router_bias, expert_bias, correction_bias;
-} cli_preset;
+} mvk_preset;
 
-const cli_preset *cli_preset_find(const char *name);
-const cli_preset *cli_preset_at(uint32_t i); /* NULL past the end */
+const mvk_preset *mvk_preset_find(const char *name);
+const mvk_preset *mvk_preset_at(uint32_t i); /* NULL past the end */
 
 /* Host weights for a preset, random, in weight dtype `dt` (router in f32),
  * with H and F divided by `scale` (>= 1). Owns every array. */
-typedef struct cli_layer_weights {
+typedef struct mvk_layer_weights {
     moevk_layer_desc desc;
     void *router, *gate, *up, *down, *sgate, *sup, *sdown, *shared_gate;
     float *router_bias, *corr_bias, *gate_bias, *up_bias, *down_bias;
-} cli_layer_weights;
+} mvk_layer_weights;
 
-int cli_weights_make(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
-                     cli_layer_weights *out);
+int mvk_weights_make(const mvk_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
+                     mvk_layer_weights *out);
 /* The same; with repeat_experts, every expert gets the first expert's
  * random values (fast to make; for timing, where values do not matter). */
-int cli_weights_make_ex(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
-                        bool repeat_experts, cli_layer_weights *out);
-void cli_weights_free(cli_layer_weights *w);
+int mvk_weights_make_ex(const mvk_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
+                        bool repeat_experts, mvk_layer_weights *out);
+void mvk_weights_free(mvk_layer_weights *w);
 
 #endif

@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-#include "presets.h"
-#include "ref/ref.h"
+#include "presets/presets.h"
+#include "util/rng.h"
+#include "util/tool.h"
 
-static const cli_preset presets[] = {
+static const mvk_preset presets[] = {
     /* name              H     F      E    k  routing                        activation */
     {"mixtral-8x7b", 4096, 14336, 8, 2, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_SWIGLU, 1},
     {"mixtral-8x22b", 6144, 16384, 8, 2, MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ACT_SWIGLU, 1},
@@ -30,7 +30,7 @@ static const cli_preset presets[] = {
      .num_shared = 1, .shared_ffn = 5632, .shared_gate = 1},
 };
 
-const cli_preset *cli_preset_find(const char *name)
+const mvk_preset *mvk_preset_find(const char *name)
 {
     for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
         if (!strcmp(presets[i].name, name))
@@ -38,30 +38,12 @@ const cli_preset *cli_preset_find(const char *name)
     return NULL;
 }
 
-const cli_preset *cli_preset_at(uint32_t i)
+const mvk_preset *mvk_preset_at(uint32_t i)
 {
     return i < sizeof(presets) / sizeof(presets[0]) ? &presets[i] : NULL;
 }
 
-static void *random_array(cli_rng *r, moevk_dtype dt, size_t n, float scale)
-{
-    size_t es = moevk_dtype_size(dt);
-    uint8_t *p = malloc(es * (n ? n : 1));
-    if (!p)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        float v = cli_rng_uniform(r, -scale, scale);
-        if (dt == MOEVK_DTYPE_F32)
-            ((float *)p)[i] = v;
-        else if (dt == MOEVK_DTYPE_F16)
-            ((uint16_t *)p)[i] = moevk_float_to_half(v);
-        else
-            ((uint16_t *)p)[i] = moevk_float_to_bf16(v);
-    }
-    return p;
-}
-
-void cli_weights_free(cli_layer_weights *w)
+void mvk_weights_free(mvk_layer_weights *w)
 {
     free(w->router), free(w->gate), free(w->up), free(w->down);
     free(w->sgate), free(w->sup), free(w->sdown), free(w->shared_gate);
@@ -71,12 +53,12 @@ void cli_weights_free(cli_layer_weights *w)
 }
 
 /* count blocks of n elements; with `repeat`, one random block copied. */
-static void *random_blocks(cli_rng *r, moevk_dtype dt, size_t count, size_t n, float scale,
+static void *random_blocks(mvk_rng *r, moevk_dtype dt, size_t count, size_t n, float scale,
                            bool repeat)
 {
     if (!repeat || count <= 1)
-        return random_array(r, dt, count * n, scale);
-    uint8_t *p = random_array(r, dt, n, scale);
+        return mvk_rng_array(r, dt, count * n, scale);
+    uint8_t *p = mvk_rng_array(r, dt, n, scale);
     size_t bytes = n * moevk_dtype_size(dt);
     uint8_t *all = p ? realloc(p, bytes * count) : NULL;
     if (!all) {
@@ -88,52 +70,52 @@ static void *random_blocks(cli_rng *r, moevk_dtype dt, size_t count, size_t n, f
     return all;
 }
 
-int cli_weights_make(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
-                     cli_layer_weights *w)
+int mvk_weights_make(const mvk_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
+                     mvk_layer_weights *w)
 {
-    return cli_weights_make_ex(p, scale, dt, seed, false, w);
+    return mvk_weights_make_ex(p, scale, dt, seed, false, w);
 }
 
-int cli_weights_make_ex(const cli_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
-                        bool repeat_experts, cli_layer_weights *w)
+int mvk_weights_make_ex(const mvk_preset *p, uint32_t scale, moevk_dtype dt, uint64_t seed,
+                        bool repeat_experts, mvk_layer_weights *w)
 {
     memset(w, 0, sizeof(*w));
     if (scale < 1)
         scale = 1;
-    const uint32_t H = MVK_CLI_MAX(p->hidden / scale, 1u), F = MVK_CLI_MAX(p->ffn / scale, 1u);
-    const uint32_t FS = MVK_CLI_MAX(p->shared_ffn / scale, 1u);
+    const uint32_t H = MVK_MAX(p->hidden / scale, 1u), F = MVK_MAX(p->ffn / scale, 1u);
+    const uint32_t FS = MVK_MAX(p->shared_ffn / scale, 1u);
     const uint32_t E = p->experts;
-    cli_rng r = {seed * 0x9e3779b97f4a7c15ull + 7};
+    mvk_rng r = mvk_rng_seed(seed, 7);
     const float sh = 1.0f / sqrtf((float)H), sf = 1.0f / sqrtf((float)F);
     const bool gated = moevk_activation_is_gated(p->activation);
     const size_t fh = (size_t)F * H;
     const bool rep = repeat_experts;
-    w->router = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * H, 2.0f * sh);
+    w->router = mvk_rng_array(&r, MOEVK_DTYPE_F32, (size_t)E * H, 2.0f * sh);
     w->gate = gated ? random_blocks(&r, dt, E, fh, sh, rep) : NULL;
     w->up = random_blocks(&r, dt, E, fh, sh, rep);
     w->down = random_blocks(&r, dt, E, fh, sf, rep);
     bool ok = w->router && w->up && w->down && (!gated || w->gate);
     if (p->num_shared) {
         size_t sfh = (size_t)p->num_shared * FS * H;
-        w->sgate = gated ? random_array(&r, dt, sfh, sh) : NULL;
-        w->sup = random_array(&r, dt, sfh, sh);
-        w->sdown = random_array(&r, dt, sfh, 1.0f / sqrtf((float)FS));
+        w->sgate = gated ? mvk_rng_array(&r, dt, sfh, sh) : NULL;
+        w->sup = mvk_rng_array(&r, dt, sfh, sh);
+        w->sdown = mvk_rng_array(&r, dt, sfh, 1.0f / sqrtf((float)FS));
         ok = ok && w->sup && w->sdown && (!gated || w->sgate);
         if (p->shared_gate)
-            ok = ok && (w->shared_gate = random_array(&r, MOEVK_DTYPE_F32,
+            ok = ok && (w->shared_gate = mvk_rng_array(&r, MOEVK_DTYPE_F32,
                                                       (size_t)p->num_shared * H, sh));
     }
     if (p->router_bias)
-        ok = ok && (w->router_bias = random_array(&r, MOEVK_DTYPE_F32, E, 0.1f));
+        ok = ok && (w->router_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, E, 0.1f));
     if (p->correction_bias)
-        ok = ok && (w->corr_bias = random_array(&r, MOEVK_DTYPE_F32, E, 0.05f));
+        ok = ok && (w->corr_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, E, 0.05f));
     if (p->expert_bias) {
-        ok = ok && (w->gate_bias = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * F, 0.1f));
-        ok = ok && (w->up_bias = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * F, 0.1f));
-        ok = ok && (w->down_bias = random_array(&r, MOEVK_DTYPE_F32, (size_t)E * H, 0.1f));
+        ok = ok && (w->gate_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, (size_t)E * F, 0.1f));
+        ok = ok && (w->up_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, (size_t)E * F, 0.1f));
+        ok = ok && (w->down_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, (size_t)E * H, 0.1f));
     }
     if (!ok) {
-        cli_weights_free(w);
+        mvk_weights_free(w);
         return -1;
     }
     w->desc = (moevk_layer_desc){

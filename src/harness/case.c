@@ -1,0 +1,542 @@
+/*
+ * The harness's generator (harness.h): random MoE layer cases, every
+ * routing mode, activation, dtype, capacity, shared experts and special
+ * scenarios, determined by (seed, limits).
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness/harness.h"
+#include "ref/ref.h"
+#include "util/rng.h"
+
+static uint32_t umin(uint32_t a, uint32_t b)
+{
+    return a < b ? a : b;
+}
+
+/* ---- generator ------------------------------------------------------------ */
+
+#define DEFAULT_WORK (12ull << 20)
+#define DEFAULT_WEIGHTS (4ull << 20)
+
+static uint32_t case_mats(const moevk_layer_desc *d)
+{
+    return moevk_activation_is_gated(d->activation) ? 3 : 2;
+}
+
+static uint64_t work_of(uint32_t T, uint32_t H, uint32_t F, uint32_t E, uint32_t k, uint32_t mats,
+                        uint32_t ns, uint32_t Fs, int sgate)
+{
+    return (uint64_t)T * ((uint64_t)E * H + (uint64_t)k * mats * F * H +
+                          (uint64_t)ns * ((uint64_t)mats * Fs * H + (sgate ? H : 0)));
+}
+
+static uint64_t weights_of(uint32_t H, uint32_t F, uint32_t E, uint32_t mats, uint32_t ns,
+                           uint32_t Fs)
+{
+    return (uint64_t)E * H + (uint64_t)E * mats * F * H +
+           (uint64_t)ns * (mats * (uint64_t)Fs * H + H);
+}
+
+uint64_t mvkc_case_work(const mvkc_case *c)
+{
+    const moevk_layer_desc *d = &c->desc;
+    uint32_t Fs = d->shared_ffn ? d->shared_ffn : d->ffn;
+    return work_of(c->T, d->hidden, d->ffn, d->num_experts, d->top_k, case_mats(d),
+                   d->num_shared, Fs, d->shared_gate != NULL);
+}
+
+/* x: uniform in [-1, 1], then the TINY and NONFINITE scenarios */
+static void fill_x(mvkc_case *c, mvk_rng *r)
+{
+    uint32_t T = c->T, H = c->desc.hidden;
+    for (size_t i = 0; i < (size_t)T * H; i++)
+        c->x[i] = mvk_rng_uniform(r, -1, 1);
+    if (c->scenarios & MVKC_SC_TINY) {
+        uint32_t n = mvk_rng_range(r, 1, umin(T, 4));
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t t = mvk_rng_range(r, 0, T - 1);
+            float s = powf(10.0f, -mvk_rng_uniform(r, 3, 12));
+            for (uint32_t h = 0; h < H; h++)
+                c->x[(size_t)t * H + h] *= s;
+        }
+    }
+    if (c->scenarios & MVKC_SC_NONFINITE) {
+        uint32_t n = mvk_rng_range(r, 1, umin(T, 3));
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t t = mvk_rng_range(r, 0, T - 1), h = mvk_rng_range(r, 0, H - 1);
+            uint32_t kind = mvk_rng_range(r, 0, 2);
+            c->x[(size_t)t * H + h] = kind == 0 ? NAN : kind == 1 ? INFINITY : -INFINITY;
+        }
+    }
+}
+
+/* 1 when the reference routing of the case has a near-tie (or -1 when out
+ * of memory) */
+static int has_near_tie(const mvkc_case *c)
+{
+    const moevk_layer_desc *d = &c->desc;
+    size_t TE = (size_t)c->T * d->num_experts, TK = (size_t)c->T * d->top_k;
+    float *l = malloc(sizeof(float) * (TE + 1));
+    uint32_t *ids = malloc(sizeof(uint32_t) * (TK + 1));
+    float *w = malloc(sizeof(float) * (TK + 1));
+    uint8_t *tie = malloc(c->T + 1);
+    int any = -1;
+    if (l && ids && w && tie) {
+        moevk_ref_router_logits(c->x, c->T, d->hidden, d->router_weight, d->router_dtype,
+                                d->num_experts, d->router_bias, l);
+        if (moevk_ref_route(d, c->T, l, ids, w, tie) == MOEVK_SUCCESS) {
+            any = 0;
+            for (uint32_t t = 0; t < c->T; t++)
+                any |= tie[t];
+        }
+    }
+    free(l);
+    free(ids);
+    free(w);
+    free(tie);
+    return any;
+}
+
+/* Allocate and fill the weights of one expert set (s = 0 routed, 1 shared). */
+static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_t ffn, int biases)
+{
+    moevk_layer_desc *d = &c->desc;
+    moevk_dtype dt = d->weight_dtype;
+    size_t es = moevk_dtype_size(dt);
+    uint32_t H = d->hidden;
+    int gated = moevk_activation_is_gated(d->activation);
+    int per_expert = (c->scenarios & MVKC_SC_PER_EXPERT) != 0;
+    size_t elems = (size_t)ffn * H;
+    moevk_expert_weights *w = s ? &d->shared : &d->experts;
+
+    for (int m = 0; m < 3; m++) {
+        if (m == 0 && !gated)
+            continue;
+        /* gate/up ~ U(-1,1) * 3/sqrt(H) give O(1) pre-activations; down
+         * ~ U(-1,1) * sqrt(3/F) keeps the output O(1) */
+        float scale = m < 2 ? 3.0f / sqrtf((float)H) : sqrtf(3.0f / (float)ffn);
+        void *mat = malloc(es * (count * elems + 1));
+        if (!mat)
+            return -1;
+        c->mat[s][m] = mat;
+        /* per-expert pointers: expert e's matrix stored at position
+         * count-1-e of the block, so a library that assumed contiguity
+         * would read the wrong expert */
+        for (uint32_t e = 0; e < count; e++) {
+            size_t pos = per_expert ? count - 1 - e : e;
+            for (size_t i = 0; i < elems; i++)
+                mvk_store_dtype(mat, dt, pos * elems + i, mvk_rng_uniform(r, -scale, scale));
+        }
+        if (per_expert) {
+            const void **p = malloc(sizeof(void *) * (count ? count : 1));
+            if (!p)
+                return -1;
+            c->ptrs[s][m] = p;
+            for (uint32_t e = 0; e < count; e++)
+                p[e] = (const char *)mat + (count - 1 - e) * elems * es;
+        }
+        if (biases & (1 << m)) {
+            size_t n = (size_t)count * (m < 2 ? ffn : H);
+            c->bias[s][m] = mvk_rng_array(r, MOEVK_DTYPE_F32, n, 0.5f);
+            if (!c->bias[s][m])
+                return -1;
+        }
+        const void *contig = per_expert ? NULL : mat;
+        const void *const *pe = per_expert ? c->ptrs[s][m] : NULL;
+        if (m == 0) {
+            w->gate = contig;
+            w->gate_experts = pe;
+            w->gate_bias = c->bias[s][0];
+        } else if (m == 1) {
+            w->up = contig;
+            w->up_experts = pe;
+            w->up_bias = c->bias[s][1];
+        } else {
+            w->down = contig;
+            w->down_experts = pe;
+            w->down_bias = c->bias[s][2];
+        }
+    }
+    return 0;
+}
+
+moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_case *out)
+{
+    mvkc_limits lim;
+    if (lim_in)
+        lim = *lim_in;
+    else
+        memset(&lim, 0, sizeof lim);
+    uint64_t max_work = lim.max_work ? lim.max_work : DEFAULT_WORK;
+    uint64_t max_weights = lim.max_weights ? lim.max_weights : DEFAULT_WEIGHTS;
+
+    memset(out, 0, sizeof *out);
+    out->seed = seed;
+    mvkc_case *c = out;
+    moevk_layer_desc *d = &c->desc;
+    mvk_rng r = mvk_rng_seed(seed, 1);
+
+    /* scenarios */
+    uint32_t sc = 0;
+    if (mvk_rng_chance(&r, 0.12)) sc |= MVKC_SC_ONE_EXPERT;
+    if (mvk_rng_chance(&r, 0.10)) sc |= MVKC_SC_IDLE;
+    if (mvk_rng_chance(&r, 0.15)) sc |= MVKC_SC_TIES;
+    if (mvk_rng_chance(&r, 0.10)) sc |= MVKC_SC_NONFINITE;
+    if (mvk_rng_chance(&r, 0.10)) sc |= MVKC_SC_TINY;
+    if (mvk_rng_chance(&r, 0.25)) sc |= MVKC_SC_PER_EXPERT;
+    sc = (sc | lim.scenarios_on) & ~lim.scenarios_off;
+
+    /* tokens and experts */
+    static const uint32_t token_set[] = {1, 7, 129, 1000};
+    uint32_t T = lim.tokens;
+    if (!T) {
+        if (sc & MVKC_SC_IDLE)
+            T = mvk_rng_range(&r, 1, 4);
+        else if (mvk_rng_chance(&r, 0.5))
+            T = token_set[mvk_rng_range(&r, 0, 3)];
+        else
+            T = mvk_rng_range(&r, 1, 300);
+        if (lim.max_tokens)
+            T = umin(T, lim.max_tokens);
+    }
+    uint32_t E = lim.experts;
+    if (!E) {
+        if (sc & MVKC_SC_IDLE) {
+            E = mvk_rng_range(&r, 128, 1024);
+        } else if (mvk_rng_chance(&r, 0.15)) {
+            E = 1u << mvk_rng_range(&r, 0, 10);
+        } else {
+            uint32_t u = mvk_rng_range(&r, 0, 99);
+            E = u < 25 ? mvk_rng_range(&r, 1, 8) : u < 60 ? mvk_rng_range(&r, 9, 64)
+                : u < 80 ? mvk_rng_range(&r, 65, 256) : mvk_rng_range(&r, 257, 1024);
+        }
+        if (lim.max_experts)
+            E = umin(E, lim.max_experts);
+    }
+    uint32_t kmax = umin(E, MOEVK_MAX_TOP_K);
+    uint32_t k = lim.top_k == MVKC_K_ALL ? kmax : lim.top_k;
+    if (!k) {
+        uint32_t u = mvk_rng_range(&r, 0, 99);
+        k = u < 25   ? 1
+            : u < 40 ? kmax
+            : u < 80 ? mvk_rng_range(&r, 1, umin(kmax, 8))
+                     : mvk_rng_range(&r, 1, kmax);
+        if (sc & MVKC_SC_IDLE)
+            k = umin(k, 4);
+    }
+    if (E < 2)
+        sc &= ~(uint32_t)MVKC_SC_TIES;
+
+    /* routing */
+    d->routing = lim.routing ? (moevk_routing)(lim.routing - 1)
+                             : (moevk_routing)mvk_rng_range(&r, 0, 2);
+    d->norm_topk_prob = mvk_rng_chance(&r, 0.5);
+    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+        uint32_t divs[64] = {1}, nd = 0; /* E >= 1: 1 divides it */
+        for (uint32_t g = 1; g <= E && nd < 64; g++)
+            if (E % g == 0)
+                divs[nd++] = g;
+        uint32_t n_group = divs[mvk_rng_range(&r, 0, nd - 1)];
+        uint32_t size = E / n_group;
+        uint32_t need = (k + size - 1) / size; /* kept groups must hold k experts */
+        if (need < 1)
+            need = 1;
+        uint32_t topk_group = mvk_rng_range(&r, umin(need, n_group), n_group);
+        d->n_group = n_group == 1 && mvk_rng_chance(&r, 0.3) ? 0 : n_group;
+        d->topk_group = topk_group == n_group && mvk_rng_chance(&r, 0.3) ? 0 : topk_group;
+        d->routed_scaling_factor = mvk_rng_chance(&r, 0.5) ? 0.0f : mvk_rng_uniform(&r, 0.5f, 3.0f);
+    }
+    /* capacity */
+    if (lim.capacity_factor < 0)
+        d->capacity_factor = 0;
+    else if (lim.capacity_factor > 0)
+        d->capacity_factor = lim.capacity_factor;
+    else if (mvk_rng_chance(&r, 0.6))
+        d->capacity_factor = 0;
+    else if (k == 1 && mvk_rng_chance(&r, 0.3))
+        d->capacity_factor = 1.25f; /* Switch Transformer */
+    else
+        d->capacity_factor = mvk_rng_uniform(&r, 0.25f, 2.0f);
+
+    /* activation and dtypes */
+    d->activation = lim.activation ? (moevk_activation)(lim.activation - 1)
+                                   : (moevk_activation)mvk_rng_range(&r, 0, 5);
+    if (d->activation == MOEVK_ACT_SWIGLU_OAI) {
+        d->swiglu_alpha = mvk_rng_chance(&r, 0.5) ? 0.0f : mvk_rng_uniform(&r, 1.0f, 2.5f);
+        d->swiglu_limit = mvk_rng_chance(&r, 0.4) ? 0.0f : mvk_rng_uniform(&r, 0.3f, 10.0f);
+    }
+    d->weight_dtype = lim.weight_dtype ? (moevk_dtype)(lim.weight_dtype - 1)
+                                       : (moevk_dtype)mvk_rng_range(&r, 0, 2);
+    d->router_dtype = lim.router_dtype ? (moevk_dtype)(lim.router_dtype - 1)
+                                       : (moevk_dtype)mvk_rng_range(&r, 0, 2);
+
+    /* shared experts */
+    uint32_t ns;
+    if (lim.num_shared) {
+        ns = lim.num_shared - 1;
+    } else {
+        uint32_t u = mvk_rng_range(&r, 0, 99);
+        ns = u < 50 ? 0 : u < 85 ? 1 : 2;
+    }
+    uint32_t shared_ffn = ns && mvk_rng_chance(&r, 0.5) ? mvk_rng_range(&r, 1, 300) : 0;
+    int sgate = ns && mvk_rng_chance(&r, 0.5);
+
+    /* sizes, shrunk to the budget */
+    uint32_t H = lim.hidden                  ? lim.hidden
+                 : mvk_rng_chance(&r, 0.1) ? mvk_rng_range(&r, 301, 2048)
+                                           : mvk_rng_range(&r, 1, 300);
+    uint32_t F = lim.ffn                     ? lim.ffn
+                 : mvk_rng_chance(&r, 0.1) ? mvk_rng_range(&r, 301, 2048)
+                                           : mvk_rng_range(&r, 1, 300);
+    uint32_t mats = moevk_activation_is_gated(d->activation) ? 3 : 2;
+    for (int iter = 0; iter < 1000; iter++) {
+        uint32_t Fs = shared_ffn ? shared_ffn : F;
+        if (work_of(T, H, F, E, k, mats, ns, Fs, sgate) <= max_work &&
+            weights_of(H, F, E, mats, ns, Fs) <= max_weights)
+            break;
+        uint32_t *cand[3] = {lim.hidden ? NULL : &H, lim.ffn ? NULL : &F,
+                             shared_ffn ? &shared_ffn : NULL};
+        uint32_t *big = NULL;
+        for (int i = 0; i < 3; i++)
+            if (cand[i] && *cand[i] > 8 && (!big || *cand[i] > *big))
+                big = cand[i];
+        if (!big && !lim.tokens && T > 1) {
+            T = T * 3 / 4 ? T * 3 / 4 : 1;
+            continue;
+        }
+        for (int i = 0; !big && i < 3; i++)
+            if (cand[i] && *cand[i] > 1 && (!big || *cand[i] > *big))
+                big = cand[i];
+        if (!big)
+            break; /* everything forced: accept */
+        *big = *big * 3 / 4 ? *big * 3 / 4 : 1;
+    }
+
+    c->T = T;
+    c->scenarios = sc;
+    d->hidden = H;
+    d->ffn = F;
+    d->num_experts = E;
+    d->top_k = k;
+    d->num_shared = ns;
+    d->shared_ffn = shared_ffn;
+
+    /* router */
+    c->router = mvk_rng_array(&r, d->router_dtype, (size_t)E * H, 3.0f / sqrtf((float)H));
+    if (!c->router)
+        goto oom;
+    d->router_weight = c->router;
+    if (mvk_rng_chance(&r, 0.5)) {
+        if (!(c->router_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, E, 0.5f)))
+            goto oom;
+    }
+    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED && mvk_rng_chance(&r, 0.6)) {
+        if (!(c->correction_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, E, 0.1f)))
+            goto oom;
+    }
+
+    /* experts (swiglu_oai always with biases) */
+    int biases = d->activation == MOEVK_ACT_SWIGLU_OAI ? 7 : 0;
+    for (int m = 0; m < 3; m++)
+        if (mvk_rng_chance(&r, 0.3))
+            biases |= 1 << m;
+    if (!moevk_activation_is_gated(d->activation))
+        biases &= ~1;
+    if (make_experts(c, &r, 0, E, F, biases))
+        goto oom;
+    if (ns) {
+        if (make_experts(c, &r, 1, ns, shared_ffn ? shared_ffn : F, biases))
+            goto oom;
+        if (sgate) {
+            c->shared_gate = mvk_rng_array(&r, d->router_dtype, (size_t)ns * H,
+                                           3.0f / sqrtf((float)H));
+            if (!c->shared_gate)
+                goto oom;
+            d->shared_gate = c->shared_gate;
+        }
+    }
+
+    /* one dominant expert: +20 on its logit (and +10 on its corrected
+     * score, so that its group is always kept) */
+    if (sc & MVKC_SC_ONE_EXPERT) {
+        c->dominant = mvk_rng_range(&r, 0, E - 1);
+        if (!c->router_bias && !(c->router_bias = calloc(E, sizeof(float))))
+            goto oom;
+        c->router_bias[c->dominant] += 20.0f;
+        if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+            if (!c->correction_bias && !(c->correction_bias = calloc(E, sizeof(float))))
+                goto oom;
+            c->correction_bias[c->dominant] += 10.0f;
+        }
+    }
+    /* exact ties: copy a router row (and its biases) onto another expert */
+    if (sc & MVKC_SC_TIES) {
+        uint32_t n = mvk_rng_range(&r, 1, umin(4, E / 2));
+        uint32_t used[8];
+        uint32_t nused = 0;
+        size_t rs = moevk_dtype_size(d->router_dtype) * H;
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t a, b;
+            int fresh;
+            do {
+                a = (i == 0 && (sc & MVKC_SC_ONE_EXPERT) && mvk_rng_chance(&r, 0.5))
+                        ? c->dominant
+                        : mvk_rng_range(&r, 0, E - 1);
+                b = mvk_rng_range(&r, 0, E - 1);
+                fresh = a != b;
+                for (uint32_t j = 0; j < nused; j++)
+                    fresh &= used[j] != a && used[j] != b;
+            } while (!fresh);
+            used[nused++] = a;
+            used[nused++] = b;
+            memcpy((char *)c->router + b * rs, (char *)c->router + a * rs, rs);
+            if (c->router_bias)
+                c->router_bias[b] = c->router_bias[a];
+            if (c->correction_bias)
+                c->correction_bias[b] = c->correction_bias[a];
+            c->tie[i][0] = umin(a, b);
+            c->tie[i][1] = a < b ? b : a;
+        }
+        c->n_ties = n;
+    }
+    d->router_bias = c->router_bias;
+    d->correction_bias = d->routing == MOEVK_ROUTING_SIGMOID_GROUPED ? c->correction_bias : NULL;
+
+    /* input; under capacity, redraw it (seed + 1, ...) while the reference
+     * routing has a near-tie, whose flip would cascade through admission */
+    c->x = malloc(sizeof(float) * ((size_t)T * H + 1));
+    if (!c->x)
+        goto oom;
+    mvk_rng rx = mvk_rng_seed(seed, 2);
+    fill_x(c, &rx);
+    if (d->capacity_factor > 0) {
+        for (uint32_t attempt = 1;; attempt++) {
+            int tie = has_near_tie(c);
+            if (tie < 0)
+                goto oom;
+            if (!tie)
+                break;
+            if (attempt > 10) {
+                d->capacity_factor = 0;
+                c->capacity_removed = 1;
+                break;
+            }
+            rx = mvk_rng_seed(seed + attempt, 2);
+            fill_x(c, &rx);
+            c->x_resamples = attempt;
+        }
+    }
+    return MOEVK_SUCCESS;
+oom:
+    mvkc_case_free(c);
+    return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+}
+
+void mvkc_case_free(mvkc_case *c)
+{
+    if (!c)
+        return;
+    free(c->x);
+    free(c->router);
+    free(c->shared_gate);
+    free(c->router_bias);
+    free(c->correction_bias);
+    for (int s = 0; s < 2; s++) {
+        for (int m = 0; m < 3; m++) {
+            free(c->mat[s][m]);
+            free(c->bias[s][m]);
+            free((void *)c->ptrs[s][m]);
+        }
+    }
+    memset(c, 0, sizeof *c);
+}
+
+static const char *routing_name(moevk_routing r)
+{
+    switch (r) {
+    case MOEVK_ROUTING_SOFTMAX_TOPK: return "softmax_topk";
+    case MOEVK_ROUTING_TOPK_SOFTMAX: return "topk_softmax";
+    case MOEVK_ROUTING_SIGMOID_GROUPED: return "sigmoid_grouped";
+    }
+    return "routing?";
+}
+
+static const char *act_name(moevk_activation a)
+{
+    switch (a) {
+    case MOEVK_ACT_SWIGLU: return "swiglu";
+    case MOEVK_ACT_GEGLU: return "geglu";
+    case MOEVK_ACT_GEGLU_TANH: return "geglu_tanh";
+    case MOEVK_ACT_SWIGLU_OAI: return "swiglu_oai";
+    case MOEVK_ACT_RELU: return "relu";
+    case MOEVK_ACT_GELU: return "gelu";
+    }
+    return "act?";
+}
+
+/* append to buf[n] at *pos, never overflowing */
+static void app(char *buf, size_t n, size_t *pos, const char *fmt, ...)
+{
+    if (*pos >= n)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(buf + *pos, n - *pos, fmt, ap);
+    va_end(ap);
+    if (w > 0)
+        *pos += (size_t)w;
+}
+
+void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
+{
+    const moevk_layer_desc *d = &c->desc;
+    size_t p = 0;
+    if (!n)
+        return;
+    buf[0] = 0;
+    app(buf, n, &p, "T=%u H=%u F=%u E=%u k=%u %s", c->T, d->hidden, d->ffn, d->num_experts,
+        d->top_k, routing_name(d->routing));
+    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+        app(buf, n, &p, "(g=%u/%u", d->topk_group, d->n_group);
+        if (d->routed_scaling_factor)
+            app(buf, n, &p, ",x%.3g", d->routed_scaling_factor);
+        if (d->correction_bias)
+            app(buf, n, &p, ",cb");
+        app(buf, n, &p, ")");
+    }
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_topk_prob)
+        app(buf, n, &p, "+norm");
+    app(buf, n, &p, " %s", act_name(d->activation));
+    if (d->activation == MOEVK_ACT_SWIGLU_OAI)
+        app(buf, n, &p, "(a=%.3g,l=%.3g)", d->swiglu_alpha, d->swiglu_limit);
+    app(buf, n, &p, " w=%s r=%s", moevk_dtype_name(d->weight_dtype),
+        moevk_dtype_name(d->router_dtype));
+    if (d->capacity_factor > 0)
+        app(buf, n, &p, " cf=%.3g", d->capacity_factor);
+    if (d->num_shared)
+        app(buf, n, &p, " shared=%ux%u%s", d->num_shared, d->shared_ffn ? d->shared_ffn : d->ffn,
+            d->shared_gate ? "+gate" : "");
+    if (d->router_bias || d->experts.gate_bias || d->experts.up_bias || d->experts.down_bias)
+        app(buf, n, &p, " bias=%s%s%s%s", d->router_bias ? "r" : "", d->experts.gate_bias ? "g" : "",
+            d->experts.up_bias ? "u" : "", d->experts.down_bias ? "d" : "");
+    static const char *const sc_names[] = {"one-expert", "idle", "ties", "nan/inf", "tiny",
+                                           "per-expert"};
+    int first = 1;
+    for (int i = 0; i < 6; i++) {
+        if (c->scenarios & (1u << i)) {
+            app(buf, n, &p, "%s%s", first ? " [" : ",", sc_names[i]);
+            first = 0;
+        }
+    }
+    if (!first)
+        app(buf, n, &p, "]");
+    if (c->x_resamples)
+        app(buf, n, &p, " (x redrawn %u)", c->x_resamples);
+    if (c->capacity_removed)
+        app(buf, n, &p, " (capacity removed: near-ties)");
+}

@@ -1,0 +1,539 @@
+/*
+ * The harness's comparison policy (harness.h): a backend's result against
+ * the CPU reference, and two backends against each other.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness/harness.h"
+#include "ref/ref.h"
+
+double mvkc_y_tolerance(const moevk_layer_desc *d, uint32_t flags)
+{
+    if (d->weight_dtype == MOEVK_DTYPE_F32)
+        return 1e-5;
+    if (!(flags & MVK_BACKEND_ROUNDS_ACTIVATIONS))
+        return 1e-4;
+    /* activations rounded to the weight dtype: 4 units of its rounding */
+    return d->weight_dtype == MOEVK_DTYPE_F16 ? 4.0 / 2048.0 : 4.0 / 256.0;
+}
+
+static double sigmoid(double v)
+{
+    return 1.0 / (1.0 + exp(-v));
+}
+
+/* exact reference ranking: larger first, equal -> lower index, NaN below
+ * every number */
+static int ranks_before(double a, uint32_t ia, double b, uint32_t ib)
+{
+    int na = isnan(a), nb = isnan(b);
+    if (na || nb)
+        return na && nb ? ia < ib : nb;
+    if (a != b)
+        return a > b;
+    return ia < ib;
+}
+
+/* Whether score a (index ia) may rank before score b (index ib) when both
+ * are known only to within tol. Non-finite scores carry no rounding error
+ * (they are exact on both sides), so they follow the exact rule. */
+static int may_precede(double a, uint32_t ia, double b, uint32_t ib, double tol)
+{
+    if (isfinite(a) && isfinite(b))
+        return a >= b - tol;
+    return ranks_before(a, ia, b, ib);
+}
+
+/* Whether the backend's ids g[0..k-1] of token t are a valid top-k of the
+ * reference's selection scores within the router's fp32 error: distinct, in
+ * range, in non-increasing order, nothing eligible left out that ranks
+ * clearly above a chosen one, and (grouped routing) chosen groups that may
+ * be among the topk_group best. Scratch: lf [E] floats, s [E] and gs
+ * [n_group] doubles, mark [2 E + n_group] bytes. */
+static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *lf, double *s,
+                     double *gs, uint8_t *mark)
+{
+    const moevk_layer_desc *d = &c->desc;
+    uint32_t E = d->num_experts, k = d->top_k, H = d->hidden;
+    int grouped = d->routing == MOEVK_ROUTING_SIGMOID_GROUPED;
+    const float *xt = c->x + (size_t)t * H;
+
+    uint8_t *chosen = mark, *kept = mark + E;
+    memset(chosen, 0, E);
+    for (uint32_t j = 0; j < k; j++) {
+        if (g[j] >= E || chosen[g[j]])
+            return 0;
+        chosen[g[j]] = 1;
+    }
+
+    /* the reference's logits of this token, and the bound of the fp32
+     * accumulation error: sum_h |x_h w_eh| + |b_e| (0 when x is not
+     * finite: the logits are then exactly +-inf or NaN on both sides) */
+    moevk_ref_router_logits(xt, 1, H, d->router_weight, d->router_dtype, E, d->router_bias, lf);
+    int finite = 1;
+    for (uint32_t h = 0; h < H; h++)
+        finite &= isfinite(xt[h]) != 0;
+    double bound = 0.0, maxabs = 0.0;
+    for (uint32_t e = 0; e < E; e++) {
+        if (finite) {
+            double a = d->router_bias ? fabs((double)d->router_bias[e]) : 0.0;
+            for (uint32_t h = 0; h < H; h++)
+                a += fabs((double)xt[h] * moevk_ref_load(d->router_weight, d->router_dtype,
+                                                         (size_t)e * H + h));
+            if (a > bound)
+                bound = a;
+        }
+        double cb = grouped && d->correction_bias ? (double)d->correction_bias[e] : 0.0;
+        s[e] = grouped ? sigmoid((double)lf[e]) + cb : (double)lf[e];
+        if (isfinite(s[e]) && fabs(s[e]) > maxabs)
+            maxabs = fabs(s[e]);
+    }
+    /* sigmoid' <= 1/4 */
+    double tol = (grouped ? 0.25 : 1.0) * 4e-6 * bound + 2e-6 * maxabs;
+
+    memset(kept, 1, E); /* eligible experts (reused below) */
+    if (grouped) {
+        uint32_t n_group = d->n_group ? d->n_group : 1;
+        uint32_t tkg = d->topk_group ? d->topk_group : n_group;
+        if (tkg > n_group)
+            tkg = n_group;
+        uint32_t size = E / n_group;
+        for (uint32_t q = 0; q < n_group; q++) {
+            uint32_t b1 = q * size, b2 = UINT32_MAX;
+            for (uint32_t e = q * size + 1; e < (q + 1) * size; e++)
+                if (ranks_before(s[e], e, s[b1], b1))
+                    b1 = e;
+            for (uint32_t e = q * size; e < (q + 1) * size; e++)
+                if (e != b1 && (b2 == UINT32_MAX || ranks_before(s[e], e, s[b2], b2)))
+                    b2 = e;
+            gs[q] = b2 == UINT32_MAX ? s[b1] : s[b1] + s[b2];
+        }
+        double gtol = 2 * tol;
+        uint8_t *cg = kept + E; /* [n_group], past the E eligible flags */
+        memset(cg, 0, n_group);
+        uint32_t ncg = 0;
+        for (uint32_t j = 0; j < k; j++) {
+            uint32_t q = g[j] / size;
+            if (!cg[q])
+                ncg++;
+            cg[q] = 1;
+        }
+        if (ncg > tkg)
+            return 0;
+        for (uint32_t q = 0; q < n_group; q++) {
+            /* groups that rank clearly above q / may rank above q */
+            uint32_t clearly = 0, maybe = 0;
+            for (uint32_t p = 0; p < n_group; p++) {
+                if (p == q)
+                    continue;
+                clearly += !may_precede(gs[q], q, gs[p], p, gtol);
+                maybe += may_precede(gs[p], p, gs[q], q, gtol);
+            }
+            if (cg[q] && clearly >= tkg)
+                return 0;
+            /* experts of chosen groups and of groups kept in any valid
+             * choice are eligible */
+            int certainly_kept = maybe < tkg;
+            for (uint32_t e = q * size; e < (q + 1) * size; e++)
+                kept[e] = cg[q] || certainly_kept;
+        }
+    }
+
+    for (uint32_t j = 0; j + 1 < k; j++)
+        if (!may_precede(s[g[j]], g[j], s[g[j + 1]], g[j + 1], tol))
+            return 0;
+    for (uint32_t e = 0; e < E; e++) {
+        if (chosen[e] || !kept[e])
+            continue;
+        for (uint32_t j = 0; j < k; j++)
+            if (!may_precede(s[g[j]], g[j], s[e], e, tol))
+                return 0;
+    }
+    return 1;
+}
+
+/* Squared L2 norms of one token's error g - r and of r. */
+static void token_norms(const float *g, const float *r, uint32_t H, double *err2, double *ref2)
+{
+    double tn = 0, td = 0;
+    for (uint32_t h = 0; h < H; h++) {
+        double e = (double)g[h] - r[h];
+        tn += e * e;
+        td += (double)r[h] * r[h];
+    }
+    *err2 = tn;
+    *ref2 = td;
+}
+
+static int any_nonfinite(const float *v, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return 1;
+    return 0;
+}
+
+static int fail(mvkc_report *rep, const char *fmt, ...)
+{
+    if (rep->reason[0])
+        return 0; /* keep the first reason */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rep->reason, sizeof rep->reason, fmt, ap);
+    va_end(ap);
+    rep->pass = 0;
+    return 0;
+}
+
+/* |g - r| within rel * |r| + abs, NaN exactly where r is NaN */
+static int loss_ok(double g, double r)
+{
+    if (isnan(r) || isnan(g))
+        return isnan(r) && isnan(g);
+    if (isinf(r) || isinf(g))
+        return g == r;
+    return fabs(g - r) <= 1e-4 * fabs(r) + 1e-5;
+}
+
+/* y of the non-excluded tokens from the reference's experts, with the
+ * backend's admissions (rows[a] < 0: dropped) and the reference's ids and
+ * weights. */
+static moevk_status conditional_y(const mvkc_case *c, const mvkc_ref *ref, const int32_t *rows,
+                                  const uint8_t *excluded, float *y)
+{
+    const moevk_layer_desc *d = &c->desc;
+    uint32_t H = d->hidden, k = d->top_k;
+    uint32_t Fs = d->shared_ffn ? d->shared_ffn : d->ffn;
+    float *o = malloc(sizeof(float) * (H + 1));
+    double *acc = malloc(sizeof(double) * (H + 1));
+    moevk_status st = MOEVK_SUCCESS;
+    if (!o || !acc) {
+        st = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+        goto done;
+    }
+    for (uint32_t t = 0; t < c->T; t++) {
+        const float *xt = c->x + (size_t)t * H;
+        if (excluded[t]) {
+            for (uint32_t h = 0; h < H; h++)
+                y[(size_t)t * H + h] = NAN;
+            continue;
+        }
+        for (uint32_t h = 0; h < H; h++)
+            acc[h] = 0.0;
+        for (uint32_t j = 0; j < k; j++) {
+            size_t a = (size_t)t * k + j;
+            if (rows[a] < 0)
+                continue;
+            if ((st = moevk_ref_expert_ffn(d, &d->experts, d->ffn, ref->out.ids[a], xt, 1, o)))
+                goto done;
+            for (uint32_t h = 0; h < H; h++)
+                acc[h] += (double)ref->out.weights[a] * o[h];
+        }
+        for (uint32_t i = 0; i < d->num_shared; i++) {
+            if ((st = moevk_ref_expert_ffn(d, &d->shared, Fs, i, xt, 1, o)))
+                goto done;
+            double gate = 1.0;
+            if (d->shared_gate) {
+                double z = 0.0;
+                for (uint32_t h = 0; h < H; h++)
+                    z += (double)xt[h] *
+                         moevk_ref_load(d->shared_gate, d->router_dtype, (size_t)i * H + h);
+                gate = sigmoid(z);
+            }
+            for (uint32_t h = 0; h < H; h++)
+                acc[h] += gate * o[h];
+        }
+        for (uint32_t h = 0; h < H; h++)
+            y[(size_t)t * H + h] = (float)acc[h];
+    }
+done:
+    free(o);
+    free(acc);
+    return st;
+}
+
+int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res, mvkc_report *rep)
+{
+    const moevk_layer_desc *d = &c->desc;
+    uint32_t T = c->T, H = d->hidden, E = d->num_experts, k = d->top_k;
+    size_t TK = (size_t)T * k;
+
+    memset(rep, 0, sizeof *rep);
+    rep->pass = 1;
+    rep->y_tol = mvkc_y_tolerance(d, res->flags);
+    rep->dropped = ref->dropped;
+
+    uint8_t *excluded = calloc(T + 1, 1);
+    float *lf = malloc(sizeof(float) * (E + 1));
+    double *s = malloc(sizeof(double) * (E + 1));
+    double *gs = malloc(sizeof(double) * (E + 1));
+    uint8_t *mark = malloc(3 * (size_t)E + 3);
+    uint32_t *counts = malloc(sizeof(uint32_t) * (E + 1));
+    uint32_t *offsets = malloc(sizeof(uint32_t) * (E + 2));
+    int32_t *rows = malloc(sizeof(int32_t) * (TK + 1));
+    float *ycond = NULL, *logits = NULL;
+    if (!excluded || !lf || !s || !gs || !mark || !counts || !offsets || !rows) {
+        fail(rep, "out of host memory (comparison)");
+        goto done;
+    }
+
+    /* 1. routing ids */
+    uint32_t mismatched = 0, bad = 0, bad_t = 0, bad_j = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        const uint32_t *g = res->ids + (size_t)t * k, *r = ref->out.ids + (size_t)t * k;
+        if (ref->near_tie[t])
+            excluded[t] = 1;
+        if (!memcmp(g, r, sizeof(uint32_t) * k))
+            continue;
+        mismatched++;
+        if (ref->near_tie[t] || tolerated(c, t, g, lf, s, gs, mark)) {
+            excluded[t] = 1;
+            rep->swapped++;
+            continue;
+        }
+        if (!bad++) {
+            bad_t = t;
+            while (bad_j < k && g[bad_j] == r[bad_j])
+                bad_j++;
+        }
+    }
+    if (bad)
+        fail(rep, "route: %u of %u tokens differ from the reference (not near-ties); first: "
+                  "token %u slot %u: expert %u, reference %u",
+             bad, T, bad_t, bad_j, res->ids[(size_t)bad_t * k + bad_j],
+             ref->out.ids[(size_t)bad_t * k + bad_j]);
+    for (uint32_t t = 0; t < T; t++)
+        rep->near_ties += excluded[t];
+
+    /* 2. routing weights */
+    double wnum = 0, wden = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        if (excluded[t])
+            continue;
+        for (uint32_t j = 0; j < k; j++) {
+            size_t a = (size_t)t * k + j;
+            double g = res->weights[a], r = ref->out.weights[a];
+            if (!isfinite(r) || !isfinite(g)) {
+                if (isfinite(r) != isfinite(g) || isnan(r) != isnan(g))
+                    fail(rep, "route: weight of token %u slot %u: %g, reference %g", t, j, g, r);
+                continue;
+            }
+            double scale = d->routed_scaling_factor ? fabs((double)d->routed_scaling_factor) : 1.0;
+            if (fabs(g - r) > 1e-4 * fabs(r) + 1e-7 * scale)
+                fail(rep, "route: weight of token %u slot %u (expert %u): %.9g, reference %.9g", t,
+                     j, res->ids[a], g, r);
+            wnum += (g - r) * (g - r);
+            wden += r * r;
+        }
+    }
+    rep->w_err = wden > 0 ? sqrt(wnum / wden) : sqrt(wnum);
+    if (!(rep->w_err <= 1e-5))
+        fail(rep, "route: weights rel. L2 error %.3g > 1e-5", rep->w_err);
+
+    /* 3. rows, counts and drops: what admission gives for the backend's ids */
+    uint64_t dropped = moevk_ref_permute(d, T, res->ids, counts, offsets, rows);
+    for (size_t a = 0; a < TK; a++) {
+        if (res->rows[a] != rows[a]) {
+            fail(rep, "permute: row of token %u slot %u (expert %u): %d, expected %d%s",
+                 (uint32_t)(a / k), (uint32_t)(a % k), res->ids[a], res->rows[a], rows[a],
+                 rows[a] < 0 ? " (dropped)" : "");
+            break;
+        }
+    }
+    for (uint32_t e = 0; e < E; e++) {
+        if (res->tpe[e] != counts[e]) {
+            fail(rep, "stats: tokens_per_expert[%u] = %u, expected %u", e, res->tpe[e], counts[e]);
+            break;
+        }
+    }
+    if (res->stats.dropped != dropped)
+        fail(rep, "stats: dropped = %llu, expected %llu", (unsigned long long)res->stats.dropped,
+             (unsigned long long)dropped);
+    rep->dropped = dropped;
+    if (memcmp(res->tpe, res->tpe_read, sizeof(uint32_t) * E) ||
+        res->stats.dropped != res->stats_read.dropped ||
+        memcmp(&res->stats.load_balancing_loss, &res->stats_read.load_balancing_loss,
+               sizeof(double)) ||
+        memcmp(&res->stats.router_z_loss, &res->stats_read.router_z_loss, sizeof(double)) ||
+        memcmp(&res->stats.routing_entropy, &res->stats_read.routing_entropy, sizeof(double)))
+        fail(rep, "stats: moevk_layer_read_stats differs from moevk_layer_forward's stats");
+
+    /* 4. y */
+    const float *yref = ref->out.y;
+    if (d->capacity_factor > 0 && rep->swapped) {
+        ycond = malloc(sizeof(float) * ((size_t)T * H + 1));
+        if (!ycond || conditional_y(c, ref, rows, excluded, ycond)) {
+            fail(rep, "out of host memory (comparison)");
+            goto done;
+        }
+        yref = ycond;
+    }
+    double num = 0, den = 0, worst = -1;
+    uint32_t worst_t = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        if (excluded[t])
+            continue;
+        const float *g = res->y + (size_t)t * H, *r = yref + (size_t)t * H;
+        int ng = any_nonfinite(g, H), nr = any_nonfinite(r, H);
+        if (ng || nr) {
+            if (ng != nr) {
+                uint32_t h = 0;
+                while (h < H && isfinite(g[h]) == isfinite(r[h]))
+                    h++;
+                if (h == H)
+                    h = 0;
+                fail(rep, "y: token %u is %s in the result only (y[%u] = %g, reference %g)", t,
+                     ng ? "non-finite" : "finite", h, g[h], r[h]);
+            } else {
+                rep->nonfinite++;
+            }
+            continue;
+        }
+        double tn, td;
+        token_norms(g, r, H, &tn, &td);
+        num += tn;
+        den += td;
+        rep->compared++;
+        double te = td > 0 ? sqrt(tn / td) : sqrt(tn);
+        if (te > worst) {
+            worst = te;
+            worst_t = t;
+        }
+    }
+    rep->y_err = den > 0 ? sqrt(num / den) : sqrt(num);
+    /* A localized error (one token wrong) can hide in the global norm of
+     * many tokens: each token's error must also stay within 100x the
+     * tolerance, relative to its own norm plus the average token norm
+     * (so a token whose output nearly cancels is not over-judged). */
+    double avg = rep->compared ? sqrt(den / rep->compared) : 0.0;
+    for (uint32_t t = 0; t < T && rep->pass; t++) {
+        if (excluded[t])
+            continue;
+        const float *g = res->y + (size_t)t * H, *r = yref + (size_t)t * H;
+        if (any_nonfinite(g, H) || any_nonfinite(r, H))
+            continue;
+        double tn, td;
+        token_norms(g, r, H, &tn, &td);
+        if (sqrt(tn) > 100 * rep->y_tol * (sqrt(td) + avg))
+            fail(rep, "y: token %u has error %.3g (norm %.3g, average token norm %.3g) "
+                      "beyond 100x the tolerance",
+                 t, sqrt(tn), sqrt(td), avg);
+    }
+    if (!(rep->y_err <= rep->y_tol)) {
+        const float *g = res->y + (size_t)worst_t * H, *r = yref + (size_t)worst_t * H;
+        uint32_t wh = 0;
+        for (uint32_t h = 1; h < H; h++)
+            if (fabs((double)g[h] - r[h]) > fabs((double)g[wh] - r[wh]))
+                wh = h;
+        fail(rep, "y: rel. L2 error %.3g > %.2g over %u tokens; worst token %u (%.3g): "
+                  "y[%u] = %.7g, reference %.7g",
+             rep->y_err, rep->y_tol, rep->compared, worst_t, worst, wh, g[wh], r[wh]);
+    }
+
+    /* 5. losses: the reference's, or with the backend's (near-tied) ids */
+    moevk_routing_stats want = ref->out.stats;
+    if (mismatched) {
+        logits = malloc(sizeof(float) * ((size_t)T * E + 1));
+        if (!logits) {
+            fail(rep, "out of host memory (comparison)");
+            goto done;
+        }
+        moevk_ref_router_logits(c->x, T, H, d->router_weight, d->router_dtype, E, d->router_bias,
+                                logits);
+        want.tokens_per_expert = NULL;
+        if (moevk_ref_stats(d, T, logits, res->ids, counts, dropped, &want)) {
+            fail(rep, "out of host memory (comparison)");
+            goto done;
+        }
+    }
+    if (!loss_ok(res->stats.load_balancing_loss, want.load_balancing_loss))
+        fail(rep, "stats: load_balancing_loss %.9g, reference %.9g",
+             res->stats.load_balancing_loss, want.load_balancing_loss);
+    if (!loss_ok(res->stats.router_z_loss, want.router_z_loss))
+        fail(rep, "stats: router_z_loss %.9g, reference %.9g", res->stats.router_z_loss,
+             want.router_z_loss);
+    if (!loss_ok(res->stats.routing_entropy, want.routing_entropy))
+        fail(rep, "stats: routing_entropy %.9g, reference %.9g", res->stats.routing_entropy,
+             want.routing_entropy);
+
+done:
+    free(excluded);
+    free(lf);
+    free(s);
+    free(gs);
+    free(mark);
+    free(counts);
+    free(offsets);
+    free(rows);
+    free(ycond);
+    free(logits);
+    return rep->pass;
+}
+
+int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
+               const mvkc_result *b, double *y_err, char *why, size_t n)
+{
+    const moevk_layer_desc *d = &c->desc;
+    const uint32_t T = c->T, H = d->hidden, K = d->top_k;
+    double num = 0, den = 0;
+    uint32_t near = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        bool skip = ref->near_tie[t];
+        for (uint32_t j = 0; j < K && !skip; j++)
+            skip = a->ids[t * K + j] != ref->out.ids[t * K + j] ||
+                   b->ids[t * K + j] != ref->out.ids[t * K + j];
+        if (skip) {
+            near++;
+            continue;
+        }
+        for (uint32_t h = 0; h < H; h++) {
+            double ya = a->y[t * H + h], yb = b->y[t * H + h];
+            if (!isfinite(ya) || !isfinite(yb)) {
+                if (isnan(ya) != isnan(yb) || (!isnan(ya) && ya != yb)) {
+                    snprintf(why, n, "token %u: non-finite y differs (%g vs %g)", t, ya, yb);
+                    return 0;
+                }
+                continue;
+            }
+            num += (ya - yb) * (ya - yb);
+            den += yb * yb;
+        }
+    }
+    *y_err = den > 0 ? sqrt(num / den) : sqrt(num);
+    double tol = mvkc_y_tolerance(d, a->flags) + mvkc_y_tolerance(d, b->flags);
+    if (!(*y_err <= tol)) {
+        snprintf(why, n, "y differs between the backends: rel. L2 %.3e > %.1e", *y_err, tol);
+        return 0;
+    }
+    if (!near) {
+        for (uint32_t e = 0; e < d->num_experts; e++)
+            if (a->tpe[e] != b->tpe[e]) {
+                snprintf(why, n, "tokens_per_expert[%u]: %u vs %u", e, a->tpe[e], b->tpe[e]);
+                return 0;
+            }
+        if (a->stats.dropped != b->stats.dropped) {
+            snprintf(why, n, "dropped: %llu vs %llu", (unsigned long long)a->stats.dropped,
+                     (unsigned long long)b->stats.dropped);
+            return 0;
+        }
+    }
+    const double la[3] = {a->stats.load_balancing_loss, a->stats.router_z_loss,
+                          a->stats.routing_entropy};
+    const double lb[3] = {b->stats.load_balancing_loss, b->stats.router_z_loss,
+                          b->stats.routing_entropy};
+    static const char *const names[3] = {"load-balancing loss", "z-loss", "entropy"};
+    for (int i = 0; i < 3; i++) {
+        if (isnan(la[i]) && isnan(lb[i]))
+            continue;
+        if (!(fabs(la[i] - lb[i]) <= 2e-4 * fabs(lb[i]) + 2e-5)) {
+            snprintf(why, n, "%s: %.7g vs %.7g", names[i], la[i], lb[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
