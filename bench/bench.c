@@ -462,6 +462,7 @@ static void run_rows(bench_state *s, const mvk_preset *p, const mvk_layer_weight
         row->peak_bytes = m.peak;
         row->ms = t.total_ms;
         memcpy(row->stage_ms, t.stage_ms, sizeof row->stage_ms);
+        row->work = t.work;
         row->ok = row->ms > 0;
         if (!row->ok)
             snprintf(row->note, sizeof(row->note), "the device has no timestamps");

@@ -40,7 +40,16 @@ typedef struct bench_row {
     uint32_t experts_touched;
     uint32_t copies;      /* weight copies rotated to defeat the cache */
     double weight_bytes, scratch_bytes, peak_bytes;
+    /* what a pass launched (backends that can say: work.tokens != 0):
+     * dispatches, experts per kernel path, multiply-adds launched vs
+     * useful and weight bytes fetched vs needed per stage */
+    moevk_pass_info work;
 } bench_row;
+
+/* Launched over useful multiply-adds, and fetched over needed weight bytes,
+ * of the expert stages (up and down) of a row; 0 when unknown. */
+double bench_macs_ratio(const bench_row *r);
+double bench_bytes_ratio(const bench_row *r);
 
 typedef struct bench_ceilings {
     double gb_s;                  /* measured read bandwidth */

@@ -14,15 +14,34 @@ static double frac_floor(const bench_row *r, const bench_ceilings *c)
     return r->ok && r->ms > 0 ? bench_floor_ms(r, c) / r->ms : 0;
 }
 
+static double expert_ratio(const double *num, const double *den)
+{
+    const double n = num[MOEVK_STAGE_EXPERTS_UP] + num[MOEVK_STAGE_EXPERTS_DOWN];
+    const double d = den[MOEVK_STAGE_EXPERTS_UP] + den[MOEVK_STAGE_EXPERTS_DOWN];
+    return d > 0 ? n / d : 0;
+}
+
+double bench_macs_ratio(const bench_row *r)
+{
+    return expert_ratio(r->work.macs_launched, r->work.macs_useful);
+}
+
+double bench_bytes_ratio(const bench_row *r)
+{
+    return expert_ratio(r->work.weight_bytes_fetched, r->work.weight_bytes_needed);
+}
+
 void bench_print_table(FILE *f, const bench_row *rows, uint32_t n, const bench_ceilings *c)
 {
     fprintf(f, "device: %s (%s)\n", c->device, c->driver);
     fprintf(f, "ceilings (measured): read bandwidth %.3g GB/s; matmul f32 %.3g, f16 %.3g, "
                "bf16 %.3g TFLOP/s\n",
             c->gb_s, c->tflops[0], c->tflops[1], c->tflops[2]);
-    fprintf(f, "\n%-18s %-11s %-5s %-7s %6s %10s %11s %9s %8s %8s %7s %7s %7s %9s %9s\n",
+    fprintf(f, "\n%-18s %-11s %-5s %-7s %6s %10s %11s %9s %8s %8s %7s %7s %7s %9s %9s %6s %6s "
+               "%5s\n",
             "preset", "backend", "dtype", "routing", "T", "ms", "tokens/s", "MB read",
-            "GB/s", "TFLOP/s", "%bw", "%mm", "%floor", "weights", "peak");
+            "GB/s", "TFLOP/s", "%bw", "%mm", "%floor", "weights", "peak", "xMAC", "xbytes",
+            "disp");
     for (uint32_t i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
         fprintf(f, "%-18s %-11s %-5s %-7s %6u ", r->preset, bench_backend_name(r->backend),
@@ -33,14 +52,22 @@ void bench_print_table(FILE *f, const bench_row *rows, uint32_t n, const bench_c
         }
         double bw = c->gb_s > 0 ? 100 * bench_gb_s(r) / c->gb_s : 0;
         double mm = c->tflops[r->dtype] > 0 ? 100 * bench_tflops(r) / c->tflops[r->dtype] : 0;
-        fprintf(f, "%10.3f %11.0f %9.1f %8.3g %8.3g %6.1f%% %6.1f%% %6.1f%% %8.0fM %8.0fM\n",
+        fprintf(f, "%10.3f %11.0f %9.1f %8.3g %8.3g %6.1f%% %6.1f%% %6.1f%% %8.0fM %8.0fM",
                 r->ms, r->tokens / (r->ms * 1e-3), r->bytes / 1e6, bench_gb_s(r),
                 bench_tflops(r), bw, mm, 100 * frac_floor(r, c), r->weight_bytes / 1048576.0,
                 r->peak_bytes / 1048576.0);
+        if (r->work.tokens)
+            fprintf(f, " %6.3f %6.3f %5u\n", bench_macs_ratio(r), bench_bytes_ratio(r),
+                    r->work.dispatches);
+        else
+            fprintf(f, " %6s %6s %5s\n", "-", "-", "-");
     }
     fprintf(f, "\nMB read: the experts actually touched (each once), the router and x/y. "
                "%%bw, %%mm: achieved over the measured ceilings; %%floor: max(bytes/bandwidth, "
-               "FLOPs/matmul) over the time.\n");
+               "FLOPs/matmul) over the time. xMAC: multiply-adds the expert kernels launched "
+               "over those the routed rows need; xbytes: expert weight bytes fetched over "
+               "those of the experts the pass used; disp: dispatches per pass (from the "
+               "GPU-written schedule, any device).\n");
 }
 
 int bench_write_json(const char *path, const bench_row *rows, uint32_t n, const bench_ceilings *c)
@@ -75,6 +102,23 @@ int bench_write_json(const char *path, const bench_row *rows, uint32_t n, const 
                 fprintf(f, "%s\"%s\": %.6f", s ? ", " : "", moevk_stage_name((moevk_stage)s),
                         r->stage_ms[s]);
             fprintf(f, "}");
+            if (r->work.tokens) {
+                const moevk_pass_info *w = &r->work;
+                fprintf(f, ", \"work\": {\"dispatches\": %u, \"barriers\": %u, "
+                           "\"expert_chunks\": %u, \"experts_per_path\": {\"skinny\": %u, "
+                           "\"tile16\": %u, \"tile64\": %u}, \"macs_ratio\": %.5f, "
+                           "\"bytes_ratio\": %.5f, \"stages\": {",
+                        w->dispatches, w->barriers, w->expert_chunks, w->experts_per_path[0],
+                        w->experts_per_path[1], w->experts_per_path[2], bench_macs_ratio(r),
+                        bench_bytes_ratio(r));
+                for (int s = 0; s < MOEVK_STAGE_COUNT; s++)
+                    fprintf(f, "%s\"%s\": {\"macs_useful\": %.0f, \"macs_launched\": %.0f, "
+                               "\"weight_bytes_needed\": %.0f, \"weight_bytes_fetched\": %.0f}",
+                            s ? ", " : "", moevk_stage_name((moevk_stage)s), w->macs_useful[s],
+                            w->macs_launched[s], w->weight_bytes_needed[s],
+                            w->weight_bytes_fetched[s]);
+                fprintf(f, "}}");
+            }
         } else {
             fprintf(f, ", \"note\": \"%s\"", r->note);
         }
@@ -95,6 +139,7 @@ int bench_write_csv(const char *path, const bench_row *rows, uint32_t n, const b
                "tflops,floor_ms,fraction_of_floor,weight_bytes,peak_bytes");
     for (int s = 0; s < MOEVK_STAGE_COUNT; s++)
         fprintf(f, ",%s_ms", moevk_stage_name((moevk_stage)s));
+    fprintf(f, ",dispatches,macs_ratio,bytes_ratio,skinny_experts,tile16_experts,tile64_experts");
     fprintf(f, ",note\n");
     for (uint32_t i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
@@ -106,6 +151,9 @@ int bench_write_csv(const char *path, const bench_row *rows, uint32_t n, const b
                 r->peak_bytes);
         for (int s = 0; s < MOEVK_STAGE_COUNT; s++)
             fprintf(f, ",%.6f", r->stage_ms[s]);
+        fprintf(f, ",%u,%.5f,%.5f,%u,%u,%u", r->work.dispatches, bench_macs_ratio(r),
+                bench_bytes_ratio(r), r->work.experts_per_path[0], r->work.experts_per_path[1],
+                r->work.experts_per_path[2]);
         fprintf(f, ",\"%s\"\n", r->note);
     }
     return fclose(f) ? -1 : 0;

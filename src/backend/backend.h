@@ -45,6 +45,12 @@ typedef struct mvk_backend_opts {
     /* A device of the backend's own kind to use instead of opening one;
      * close leaves it alive. vulkan: a moevk_context *. */
     void *native;
+    /* vulkan: run every expert on one kernel path (1 + the path: 1
+     * skinny, 2 16-row tiles, 3 64-row tiles; 0 by row count), and the
+     * 64-row tiles on emulated matrix units (1), as `moevk check --path`
+     * does to cover each variant. */
+    uint32_t force_path;
+    int matrix_units_emulated;
 } mvk_backend_opts;
 
 /* What open found. */
@@ -84,12 +90,16 @@ typedef struct mvk_backend_out {
     moevk_routing_stats *stats_read;
     double *stage_ms;         /* [MOEVK_STAGE_COUNT] time per moevk_stage (0 if unmeasured) */
     double *total_ms;         /* the whole pass (the stages; the reference: wall clock) */
+    /* What the pass launched (vulkan: moevk_layer_pass_info); backends
+     * that cannot say leave it zero. */
+    moevk_pass_info *pass_info;
 } mvk_backend_out;
 
 /* What bench measured. */
 typedef struct mvk_backend_times {
     double total_ms;                    /* median of the timed passes */
     double stage_ms[MOEVK_STAGE_COUNT]; /* stages of that pass (or per-stage medians) */
+    moevk_pass_info work;               /* what a pass launched (vulkan; else zero) */
 } mvk_backend_times;
 
 typedef struct mvk_backend_memory {

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "testing.h"
 #include "util/tool.h"
 
 #define MAX_COPIES 8
@@ -33,6 +34,8 @@ static int vk_available(char *msg, size_t n)
     return 1;
 }
 
+static void vk_close(void *dev);
+
 static moevk_status vk_open(const mvk_backend_opts *opts, void **dev, mvk_backend_info *info,
                             char *err, size_t n)
 {
@@ -54,6 +57,18 @@ static moevk_status vk_open(const mvk_backend_opts *opts, void **dev, mvk_backen
             return st;
         }
         v->owned = 1;
+    }
+    /* the kernel variant to cover (test knobs of the library) */
+    if (opts && (opts->force_path || opts->matrix_units_emulated)) {
+        moevk_status st = moevk_testing_force_path(v->ctx, (int)opts->force_path - 1);
+        if (!st)
+            st = moevk_testing_matrix_units(v->ctx, opts->matrix_units_emulated ? 1 : 0);
+        if (st) {
+            mvk_backend_err(err, n, "cannot force kernel path %u: %s", opts->force_path,
+                            moevk_context_last_error(v->ctx));
+            vk_close(v);
+            return st;
+        }
     }
     const moevk_device_info *d = moevk_context_device_info(v->ctx);
     memset(info, 0, sizeof *info);
@@ -208,6 +223,8 @@ static moevk_status vk_forward(void *layer, uint32_t T, const float *x, const mv
         call = "moevk_layer_read_routing";
     else if (o->stats_read && (st = moevk_layer_read_stats(L, o->stats_read)))
         call = "moevk_layer_read_stats";
+    else if (o->pass_info && (st = moevk_layer_pass_info(L, o->pass_info)))
+        call = "moevk_layer_pass_info";
     if (st) {
         mvk_backend_err(err, n, "%s: %s", call, moevk_context_last_error(l->ctx));
         return st;
@@ -263,6 +280,11 @@ static moevk_status vk_bench(void *layer, uint32_t T, const float *x, uint32_t w
     const uint32_t mid = order[iters / 2];
     t->total_ms = totals[mid];
     memcpy(t->stage_ms, &stage[mid * MOEVK_STAGE_COUNT], sizeof t->stage_ms);
+    /* the last pass's structure (every pass of one T launches the same) */
+    if ((st = moevk_layer_pass_info(l->L[(warmup + iters - 1) % l->copies], &t->work))) {
+        mvk_backend_err(err, n, "moevk_layer_pass_info: %s", moevk_context_last_error(l->ctx));
+        goto done;
+    }
 done:
     free(totals);
     free(stage);

@@ -20,7 +20,7 @@ static void check_usage(FILE *f)
     fprintf(f,
             "usage: moevk check --against cpu|BACKEND [--backend BACKEND]\n"
             "                   [--cases N] [--seed S] [--device D] [--validate]\n"
-            "                   [--verbose] [--max-work M]\n"
+            "                   [--verbose] [--max-work M] [--path P]\n"
             "\n"
             "Runs N random MoE layer cases (seeds S .. S+N-1, default N=100, S=1) on the\n"
             "backend (default vulkan) and compares each with the CPU reference: routing\n"
@@ -33,6 +33,10 @@ static void check_usage(FILE *f)
             "  --validate      enable the Vulkan validation layer; a case that triggers\n"
             "                  a validation message fails\n"
             "  --max-work M    size budget of a case in multiply-adds (default 12M)\n"
+            "  --path P        vulkan: the expert kernel path of every expert: auto (by\n"
+            "                  row count, default), skinny, small (16-row tiles), large\n"
+            "                  (64-row tiles), matrix (64-row tiles on emulated matrix\n"
+            "                  units), or all: every case on each of them in turn\n"
             "\n"
             "Backends: %s (cuda = cuda-ref).\n"
             "--against BACKEND runs the case there too: both must pass against the CPU\n"
@@ -54,9 +58,20 @@ static int parse_number(const char *opt, const char *v, uint64_t *out)
     return 0;
 }
 
+/* The kernel variants of --path: name, forced path (1 + MVK_PATH_*, 0 by
+ * row count), emulated matrix units. */
+static const struct {
+    const char *name;
+    uint32_t force_path;
+    int matrix;
+} variants[] = {
+    {"auto", 0, 0}, {"skinny", 1, 0}, {"small", 2, 0}, {"large", 3, 0}, {"matrix", 3, 1},
+};
+#define NVARIANTS (sizeof(variants) / sizeof(variants[0]))
+
 int cli_check(int argc, char **argv)
 {
-    const char *device = NULL, *against = NULL, *backend = "vulkan";
+    const char *device = NULL, *against = NULL, *backend = "vulkan", *path = "auto";
     uint64_t seed = 1, cases = 100, max_work = 0;
     int validate = 0, verbose = 0;
     for (int i = 1; i < argc; i++) {
@@ -78,6 +93,8 @@ int cli_check(int argc, char **argv)
         i++;
         if (!strcmp(a, "--device")) {
             device = v;
+        } else if (!strcmp(a, "--path")) {
+            path = v;
         } else if (!strcmp(a, "--against")) {
             against = v;
         } else if (!strcmp(a, "--backend")) {
@@ -92,6 +109,23 @@ int cli_check(int argc, char **argv)
             check_usage(stderr);
             return 2;
         }
+    }
+    size_t v0 = 0, v1 = 0; /* the variants to run: v0 .. v1 */
+    if (!strcmp(path, "all")) {
+        v1 = NVARIANTS - 1;
+    } else {
+        while (v0 < NVARIANTS && strcmp(variants[v0].name, path))
+            v0++;
+        if (v0 == NVARIANTS) {
+            fprintf(stderr, "moevk check: --path %s: auto, skinny, small, large, matrix or all\n",
+                    path);
+            return 2;
+        }
+        v1 = v0;
+    }
+    if ((v0 || v1) && strcmp(backend, "vulkan")) {
+        fprintf(stderr, "moevk check: --path is for the vulkan backend\n");
+        return 2;
     }
     const mvk_backend *b = mvk_backend_find(backend);
     const mvk_backend *vs = against && strcmp(against, "cpu") ? mvk_backend_find(against) : NULL;
@@ -122,23 +156,38 @@ int cli_check(int argc, char **argv)
             return 0;
         }
     }
-    const mvk_backend_opts bo = {.device = device, .validate = validate};
-    mvkc_target t = {0}, other = {0};
-    for (int i = 0; i < 2 && used[i]; i++) {
-        mvkc_target *tt = i ? &other : &t;
+    mvkc_target t[NVARIANTS] = {{0}}, other = {0};
+    for (size_t w = v0; w <= v1; w++) {
+        const mvk_backend_opts bo = {.device = device, .validate = validate,
+                                     .force_path = variants[w].force_path,
+                                     .matrix_units_emulated = variants[w].matrix};
         mvk_backend_info info;
         char err[1024] = "";
-        moevk_status st = mvkc_target_open(tt, used[i], &bo, &info, err, sizeof err);
+        moevk_status st = mvkc_target_open(&t[w], b, &bo, &info, err, sizeof err);
+        if (!st && w == v0)
+            printf("device: %s\n", info.desc);
+        if (!st && w == v0 && vs) {
+            const mvk_backend_opts plain = {.device = device, .validate = validate};
+            st = mvkc_target_open(&other, vs, &plain, &info, err, sizeof err);
+            if (!st)
+                printf("%s device: %s\n", vs->name, info.desc);
+        }
         if (st) {
-            fprintf(stderr, "moevk check: %s: %s: %s\n", used[i]->name, moevk_status_string(st),
-                    err);
-            mvkc_target_close(&t);
+            fprintf(stderr, "moevk check: %s: %s: %s\n", b->name, moevk_status_string(st), err);
+            mvkc_target_close(&other);
+            for (size_t u = v0; u <= w; u++)
+                mvkc_target_close(&t[u]);
             return 1;
         }
-        printf("%s%s: %s\n", i ? used[i]->name : "device", i ? " device" : "", info.desc);
     }
     printf("backend %s against %s%s\n", b->name, vs ? vs->name : "cpu",
            vs ? " (and the CPU reference)" : "");
+    if (v0 || v1) {
+        printf("kernel paths:");
+        for (size_t w = v0; w <= v1; w++)
+            printf(" %s", variants[w].name);
+        printf(" (each case on each)\n");
+    }
     if (cases == 1)
         printf("checking 1 case, seed %llu, against the CPU reference\n",
                (unsigned long long)seed);
@@ -151,13 +200,18 @@ int cli_check(int argc, char **argv)
     mvkc_limits lim;
     memset(&lim, 0, sizeof lim);
     lim.max_work = max_work;
-    uint64_t passed = 0, failed = 0;
+    uint64_t passed = 0, failed = 0, experts[3] = {0};
     const mvkc_target *vt = vs ? &other : NULL;
+    const uint64_t nv = v1 - v0 + 1;
     double t_start = mvk_now_ms();
-    for (uint64_t i = 0; i < cases; i++) {
-        const uint64_t s = seed + i;
+    for (uint64_t i = 0; i < cases * nv; i++) {
+        const uint64_t s = seed + i / nv;
+        const mvkc_target *tt = &t[v0 + i % nv];
         mvkc_check k;
-        if (mvkc_check_seed(&t, vt, s, &lim, &k)) {
+        int ok = mvkc_check_seed(tt, vt, s, &lim, &k);
+        for (int q = 0; q < 3; q++)
+            experts[q] += k.res.pass.experts_per_path[q];
+        if (ok) {
             passed++;
             if (verbose)
                 printf("ok    seed %-10llu %s | y err %.2e%s, near-ties %u (%u swapped), "
@@ -169,17 +223,25 @@ int cli_check(int argc, char **argv)
         } else {
             char repro[256];
             failed++;
-            mvkc_repro(&t, vt, s, &lim, repro, sizeof repro);
-            printf("FAIL  seed %-10llu %s | %s\n      reproduce: %s\n", (unsigned long long)s,
-                   k.desc, k.rep.reason, repro);
+            mvkc_repro(tt, vt, s, &lim, repro, sizeof repro);
+            const char *var = variants[v0 + i % nv].name;
+            const int forced = strcmp(var, "auto") != 0;
+            printf("FAIL  seed %-10llu %s | %s\n      reproduce: %s%s%s\n",
+                   (unsigned long long)s, k.desc, k.rep.reason, repro,
+                   forced ? " --path " : "", forced ? var : "");
         }
         fflush(stdout);
         mvkc_check_free(&k);
     }
     if (verbose)
         printf("(%.1f s)\n", (mvk_now_ms() - t_start) / 1e3);
+    if (experts[0] + experts[1] + experts[2])
+        printf("experts per kernel path: skinny %llu, 16-row tiles %llu, 64-row tiles %llu\n",
+               (unsigned long long)experts[0], (unsigned long long)experts[1],
+               (unsigned long long)experts[2]);
     printf("%llu passed, %llu failed\n", (unsigned long long)passed, (unsigned long long)failed);
     mvkc_target_close(&other);
-    mvkc_target_close(&t);
+    for (size_t w = v0; w <= v1; w++)
+        mvkc_target_close(&t[w]);
     return failed ? 1 : 0;
 }

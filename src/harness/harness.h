@@ -142,6 +142,7 @@ typedef struct mvkc_result {
     uint32_t *tpe_read;             /* [E], read back on their own */
     moevk_routing_stats stats_read; /* (vulkan: moevk_layer_read_stats) */
     uint32_t flags;    /* the backend's MVK_BACKEND_*: the y tolerance follows them */
+    moevk_pass_info pass; /* what the pass launched (backends that can say) */
 } mvkc_result;
 
 /* ---- reference.c ---------------------------------------------------------- */

@@ -95,7 +95,8 @@ moevk_status mvkc_run(const mvkc_target *t, const mvkc_case *c, mvkc_result *out
                                    .weights = out->weights,
                                    .rows = out->rows,
                                    .stats = &out->stats,
-                                   .stats_read = &out->stats_read};
+                                   .stats_read = &out->stats_read,
+                                   .pass_info = &out->pass};
         st = b->forward(layer, c->T, c->x, &o, err, sizeof err);
     }
     if (layer)
