@@ -27,6 +27,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: moevk demo [--preset NAME] [--scale S] [--tokens T] [--dtype f32|f16|bf16]\n"
             "                  [--runs N] [--seed S] [--backend B] [--device D] [--validate]\n"
+            "                  [--batch-invariant]\n"
             "  Runs one MoE layer of a preset model (H and F divided by S; E and k kept)\n"
             "  on random inputs, checks it against the CPU reference and times each stage.\n"
             "  Defaults: --preset mixtral-8x7b --scale 8 --tokens 64 --dtype bf16 --runs 5\n"
@@ -82,15 +83,15 @@ int cli_demo(int argc, char **argv)
     uint32_t scale = 8, T = 64, runs = 5;
     uint64_t seed = 1;
     moevk_dtype dt = MOEVK_DTYPE_BF16;
-    int validate = 0;
+    int validate = 0, batch_invariant = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             usage(stdout);
             return 0;
         }
-        if (!strcmp(a, "--validate")) {
-            validate = 1;
+        if (!strcmp(a, "--validate") || !strcmp(a, "--batch-invariant")) {
+            *(!strcmp(a, "--validate") ? &validate : &batch_invariant) = 1;
             continue;
         }
         if (!v) {
@@ -133,6 +134,8 @@ int cli_demo(int argc, char **argv)
         fprintf(stderr, "moevk demo: out of host memory for the weights\n");
         return 1;
     }
+    if (batch_invariant)
+        w.desc.flags |= MOEVK_LAYER_BATCH_INVARIANT;
     const moevk_layer_desc *d = &w.desc;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
     const mvk_backend_opts bo = {.device = device, .validate = validate};
@@ -167,11 +170,13 @@ int cli_demo(int argc, char **argv)
     mvk_rng_fill(&r, MOEVK_DTYPE_F32, x, (size_t)T * H, 1.0f);
 
     moevk_routing_stats stats = {.tokens_per_expert = tpe};
+    moevk_pass_info work;
+    memset(&work, 0, sizeof work);
     double wall_first = 0;
     moevk_status st;
     for (uint32_t i = 0; i < runs; i++) {
         const mvk_backend_out o = {.y = y, .ids = ids, .stats = &stats,
-                                   .stage_ms = &ms[i * MOEVK_STAGE_COUNT]};
+                                   .stage_ms = &ms[i * MOEVK_STAGE_COUNT], .pass_info = &work};
         double a = mvk_now_ms();
         if ((st = b->forward(run.layer, T, x, &o, err, sizeof err))) {
             fprintf(stderr, "moevk demo: %s: %s: %s\n", b->name, moevk_status_string(st), err);
@@ -184,6 +189,20 @@ int cli_demo(int argc, char **argv)
     b->memory(run.layer, T, &mem);
     printf("memory   weights %.1f MiB, scratch %.1f MiB (upload %.0f ms)\n",
            mem.weights / 1048576.0, mem.scratch / 1048576.0, run.create_ms);
+    if (work.tokens) {
+        const int up = MOEVK_STAGE_EXPERTS_UP, dn = MOEVK_STAGE_EXPERTS_DOWN;
+        double useful = work.macs_useful[up] + work.macs_useful[dn];
+        double needed = work.weight_bytes_needed[up] + work.weight_bytes_needed[dn];
+        printf("work     %u dispatches, %u barriers; experts on the skinny / 16-row / 64-row "
+               "kernels %u / %u / %u;\n         expert kernels launch %.3fx the useful "
+               "multiply-adds and fetch %.3fx the selected weights' bytes\n",
+               work.dispatches, work.barriers, work.experts_per_path[0],
+               work.experts_per_path[1], work.experts_per_path[2],
+               useful > 0 ? (work.macs_launched[up] + work.macs_launched[dn]) / useful : 0,
+               needed > 0 ? (work.weight_bytes_fetched[up] + work.weight_bytes_fetched[dn]) /
+                                needed
+                          : 0);
+    }
 
     moevk_routing_stats rstats = {.tokens_per_expert = rtpe};
     double ref_ms = 0;

@@ -40,6 +40,23 @@ static void print_device(uint32_t i, const moevk_device_info *d)
     printf("  8-bit storage             %s\n", d->storage_8bit ? "yes" : "no");
     printf("  bf16 (KHR_shader_bfloat16) %s\n", d->bf16 ? "yes" : "no");
     printf("  cooperative matrix        %s\n", d->cooperative_matrix ? "yes" : "no");
+    if (d->cooperative_matrix) {
+        /* whether moevk uses them: a context on the device runs the self-check */
+        char idx[16];
+        snprintf(idx, sizeof idx, "%u", i);
+        moevk_context_desc cd = {.device = idx, .log = mvk_tool_log,
+                                 .log_level = MOEVK_LOG_WARN};
+        moevk_context *ctx = NULL;
+        int mu = 0;
+        if (moevk_context_create(&cd, &ctx) == MOEVK_SUCCESS &&
+            moevk_context_self_check(ctx) == MOEVK_SUCCESS)
+            mu = moevk_context_device_info(ctx)->matrix_units;
+        moevk_context_destroy(ctx);
+        printf("  matrix units (experts)    %s\n",
+               mu > 0   ? "cooperative matrices, self-check passed"
+               : mu < 0 ? "off: the self-check disagreed with the portable kernel"
+                        : "not used (this build, shape, subgroup size or features)");
+    }
     printf("  memory budget ext         %s\n", d->memory_budget ? "yes" : "no");
     if (d->timestamps)
         printf("  timestamps                yes (%.3f ns/tick, %u valid bits)\n",

@@ -38,6 +38,8 @@ static void usage(FILE *f)
             "  --output   tensor 'y', the same shape, f32\n"
             "  --stats    routing statistics as JSON\n"
             "  --decoder  switch_transformers: a decoder block (default: encoder)\n"
+            "  --batch-invariant  only kernels whose result for a token does not depend\n"
+            "             on the other tokens (no matrix units)\n"
             "  --dropped-passthrough  switch_transformers as transformers 4 computed it: a\n"
             "             token over expert_capacity outputs p * x (transformers 5: 0)\n"
             "  --check    also run the CPU reference and compare: NaN/Inf where it has\n"
@@ -54,7 +56,7 @@ typedef struct run_opts {
     const char *weights[64];
     int nweights;
     long layer;
-    int decoder, validate, check, passthrough;
+    int decoder, validate, check, passthrough, batch_invariant;
 } run_opts;
 
 /* Everything one forward pass set produces, for T tokens in `passes`
@@ -372,6 +374,7 @@ static int parse_opts(int argc, char **argv, run_opts *o)
                     : !strcmp(a, "--validate")            ? &o->validate
                     : !strcmp(a, "--check")               ? &o->check
                     : !strcmp(a, "--dropped-passthrough") ? &o->passthrough
+                    : !strcmp(a, "--batch-invariant")     ? &o->batch_invariant
                                                           : NULL;
         if (flag) {
             *flag = 1;
@@ -598,6 +601,8 @@ int cli_run(int argc, char **argv)
         ml.dropped_passthrough = 1;
     }
     moevk_layer_desc *d = &ml.desc;
+    if (opt.batch_invariant)
+        d->flags |= MOEVK_LAYER_BATCH_INVARIANT;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
     char where[160];
     uint64_t bad_weights = mvk_model_layer_nonfinite(&ml, where, sizeof where);
