@@ -298,6 +298,24 @@ static const mvk_format formats[] = {
     {MOEVK_DTYPE_MXFP4, "mxfp4", 32, 17, EXPERT, MVK_WFMT_MXFP4, decode_mxfp4},
 };
 
+bool mvk_format_validate(moevk_dtype dtype, const void *blocks, uint64_t nblocks, uint64_t *bad)
+{
+    const mvk_format *f = mvk_format_get(dtype);
+    if (!f)
+        return false;
+    /* MXFP4: an E8M0 scale of 255 is NaN, refused as ggml's row check does */
+    if (dtype == MOEVK_DTYPE_MXFP4) {
+        const uint8_t *b = blocks;
+        for (uint64_t i = 0; i < nblocks; i++)
+            if (b[i * f->block_bytes] == 0xff) {
+                if (bad)
+                    *bad = i;
+                return false;
+            }
+    }
+    return true;
+}
+
 const mvk_format *mvk_format_get(moevk_dtype dtype)
 {
     for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++)

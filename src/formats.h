@@ -10,6 +10,7 @@
 #ifndef MOEVK_FORMATS_H
 #define MOEVK_FORMATS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,6 +43,10 @@ const mvk_format *mvk_format_at(size_t i);
 /* Bytes of a row of `elems` elements (0 if elems is not a whole number of
  * blocks or the dtype is unknown). */
 uint64_t mvk_format_row_bytes(moevk_dtype dtype, uint64_t elems);
+/* Whether blocks of a format are acceptable weights: MXFP4 refuses an
+ * E8M0 scale of 255 (NaN). On false, *bad (optional) is the first bad
+ * block. */
+bool mvk_format_validate(moevk_dtype dtype, const void *blocks, uint64_t nblocks, uint64_t *bad);
 /* Decode `elems` elements (a whole number of blocks) starting at element
  * `first` (a multiple of the block) of `src` into floats. */
 void mvk_format_decode(moevk_dtype dtype, const void *src, uint64_t first, uint64_t elems,

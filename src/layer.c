@@ -25,16 +25,39 @@ static moevk_status upload_new(moevk_layer *L, const void *src, uint64_t bytes,
 
 /* Upload experts [first, first+count) of matrix m (0 gate, 1 up, 2 down) of
  * a weight stack into one buffer. */
+/* Blocks of a format that no kernel may read (MXFP4's NaN scale): refused,
+ * naming the expert, the matrix and the block. */
+static moevk_status check_blocks(moevk_layer *L, const void *data, uint64_t bytes, int m,
+                                 uint32_t expert)
+{
+    const mvk_format *f = mvk_format_get(L->desc.weight_dtype);
+    uint64_t bad = 0;
+    if (f->block_elems == 1 || mvk_format_validate(f->dtype, data, bytes / f->block_bytes, &bad))
+        return MOEVK_SUCCESS;
+    return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                    "expert %u's %s matrix: %s block %llu is not valid (an E8M0 scale of 255 is "
+                    "NaN)",
+                    expert, m == 0 ? "gate" : m == 1 ? "up" : "down", f->name,
+                    (unsigned long long)bad);
+}
+
 static moevk_status upload_matrix(moevk_layer *L, const moevk_expert_weights *w, int m,
                                   uint64_t expert_bytes, uint32_t first, uint32_t count,
                                   moevk_buffer **out)
 {
     const void *whole = m == 0 ? w->gate : m == 1 ? w->up : w->down;
     const void *const *per = m == 0 ? w->gate_experts : m == 1 ? w->up_experts : w->down_experts;
+    moevk_status st;
+    for (uint32_t i = 0; i < count; i++) {
+        const void *src = whole ? (const uint8_t *)whole + (first + i) * expert_bytes
+                                : per[first + i];
+        if (src && (st = check_blocks(L, src, expert_bytes, m, first + i)))
+            return st;
+    }
     if (whole)
         return upload_new(L, (const uint8_t *)whole + first * expert_bytes, count * expert_bytes,
                           out);
-    moevk_status st = upload_new(L, NULL, count * expert_bytes, out);
+    st = upload_new(L, NULL, count * expert_bytes, out);
     for (uint32_t i = 0; !st && i < count; i++) {
         if (!per[first + i])
             return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT, "%s_experts[%u] is NULL",
