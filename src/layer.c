@@ -202,10 +202,12 @@ static void quant_begin(moevk_layer *L, const mvk_matrix_kind kind[4], mvk_quant
         if (kind[i].target != d->quantize_dtype)
             mvk_log(L->ctx, MOEVK_LOG_WARN,
                     "%s %s rows: %s = %u is not a whole number of %s blocks (%u elements); "
-                    "quantised to %s instead, as llama.cpp does",
+                    "quantised to %s instead, %s",
                     kind[i].set, down ? "down" : "gate/up", kind[i].row_name, kind[i].row,
                     moevk_dtype_name(d->quantize_dtype),
-                    moevk_dtype_block_elems(d->quantize_dtype), moevk_dtype_name(kind[i].target));
+                    moevk_dtype_block_elems(d->quantize_dtype), moevk_dtype_name(kind[i].target),
+                    moevk_dtype_block_elems(kind[i].target) > 1 ? "as llama.cpp does"
+                                                                : "as no block format fits");
     }
     mvk_quant_progress_begin(p, total);
 }

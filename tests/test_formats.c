@@ -289,7 +289,7 @@ Test(formats, quantise_at_create, .timeout = 600)
         cr_assert_eq(ld->experts.gate_up_dtype, MOEVK_DTYPE_Q4_K);
         cr_assert_eq(ld->experts.down_dtype, MOEVK_DTYPE_Q5_0);
         cr_assert_eq(ld->shared.gate_up_dtype, MOEVK_DTYPE_Q4_K);
-        /* shared_ffn = 99 divides into no block: f16, as llama.cpp does */
+        /* shared_ffn = 99 divides into no block: f16 */
         cr_assert_eq(ld->shared.down_dtype, MOEVK_DTYPE_F16, "shared_ffn = %u", FS);
         cr_assert(strstr(lc.text, "shared down rows: shared_ffn = 99 is not a whole number of "
                                   "q4_k blocks (256 elements); quantised to f16"),
