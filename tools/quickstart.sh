@@ -25,6 +25,9 @@ build=${MOEVK_BUILD_DIR:-build}
 # the test command also builds the cooperative-matrix kernel variant (a
 # glslang from PyPI that knows the extension; left out if PyPI is not there)
 [ "$what" = test ] && sh tools/coopmat_tools.sh
+# and gguf-py (PyPI gguf 0.19.0), the oracle of the format decoders and
+# quantisers (meson test formats-gguf)
+[ "$what" = test ] && sh tools/py_tools.sh
 if [ ! -f "$build/build.ninja" ]; then
     meson setup "$build" -Dwerror=true -Drequire_device=true
 fi
