@@ -343,6 +343,14 @@ Test(layer, exact_ties_lower_index_wins)
     mvkt_context_end(ctx);
 }
 
+/* Dropless: under capacity a NaN token (ids 0..k-1, its logits all NaN) can
+ * have every assignment dropped, and its y is then exactly 0. Without drops
+ * every token with a NaN or Inf in x has a non-finite reference y in the
+ * cases below: a NaN makes its logits NaN, hence its weights and y; an Inf
+ * makes every logit +-Inf (or NaN), so the softmax weights (softmax_topk,
+ * topk_softmax: i % 3 = 0, 1) are NaN; sigmoid_grouped (i = 2, 5, 8) gives
+ * finite weights, but every pre-activation of the experts is +-Inf or NaN,
+ * and its activations there (geglu_tanh, gelu) map -Inf to NaN, +Inf to Inf. */
 Test(layer, nan_and_inf_inputs)
 {
     moevk_context *ctx = mvkt_context();
@@ -352,8 +360,24 @@ Test(layer, nan_and_inf_inputs)
         l.scenarios_on = MVKC_SC_NONFINITE | (i % 2 ? MVKC_SC_TINY : 0);
         l.routing = MVKC_PICK(i % 3);
         l.activation = MVKC_PICK(i % 6);
+        l.capacity_factor = -1; /* dropless */
         mvkc_check r;
         run_case(ctx, seed + i, &l, &r);
+        /* the comparison counted exactly the compared tokens (not near-tied,
+         * the reference's ids) whose reference y is not finite */
+        const uint32_t H = r.c.desc.hidden, k = r.c.desc.top_k;
+        uint32_t want = 0;
+        for (uint32_t t = 0; t < r.c.T; t++) {
+            if (r.ref.near_tie[t] ||
+                memcmp(r.res.ids + (size_t)t * k, r.ref.out.ids + (size_t)t * k, 4 * k))
+                continue;
+            int bad = 0;
+            for (uint32_t h = 0; h < H; h++)
+                bad |= !isfinite(r.ref.out.y[(size_t)t * H + h]);
+            want += bad;
+        }
+        cr_assert_eq(r.rep.nonfinite, want, "seed %llu [%s]: %u non-finite tokens, expected %u",
+                     (unsigned long long)r.c.seed, r.desc, r.rep.nonfinite, want);
         cr_assert_gt(r.rep.nonfinite, 0, "seed %llu [%s]: no non-finite token",
                      (unsigned long long)r.c.seed, r.desc);
         run_free(&r);
