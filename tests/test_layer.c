@@ -942,10 +942,56 @@ Test(layer_compare, catches_every_kind_of_error)
     cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
     cr_assert_gt(ref.dropped, 0, "seed %llu: the case should drop", (unsigned long long)seed);
     uint32_t k = c.desc.top_k, H = c.desc.hidden;
-    /* a token that is not a near-tie */
+    /* The token of the route mutants: not a near-tie, slot 0 admitted, of the clearest
+     * ranking (largest min(l0 - l1, l2 - l3) of its sorted logits), so that
+     * swapping slots 0 and 1, or taking another expert for slot 2, is not a
+     * ranking the comparison tolerates (fp32 error ~1e-5 of the logits):
+     * the first non-near-tie token could have slots 0 and 1 that close. */
+    const uint32_t E = c.desc.num_experts;
+    float *lg = malloc(sizeof(float) * c.T * E);
+    cr_assert_not_null(lg);
+    moevk_ref_router_logits(c.x, c.T, H, c.desc.router_weight, c.desc.router_dtype, E,
+                            c.desc.router_bias, lg);
     uint32_t t = 0;
-    while (ref.near_tie[t])
-        t++;
+    double t_margin = -1;
+    for (uint32_t u = 0; u < c.T; u++) {
+        const uint32_t *r = ref.out.ids + u * k;
+        double rest = -INFINITY;
+        for (uint32_t e = 0; e < E; e++)
+            if (e != r[0] && e != r[1] && e != r[2] && lg[u * E + e] > rest)
+                rest = lg[u * E + e];
+        double m = fmin(lg[u * E + r[0]] - lg[u * E + r[1]], lg[u * E + r[2]] - rest);
+        /* slot 0 admitted, for the dropped-row mutant */
+        if (!ref.near_tie[u] && ref.out.rows[u * k] >= 0 && m > t_margin) {
+            t = u;
+            t_margin = m;
+        }
+    }
+    free(lg);
+    cr_assert_gt(t_margin, 1e-3, "seed %llu: no token with a clear ranking",
+                 (unsigned long long)seed);
+    /* the compared token of the largest ||y_t||: scaled by 1.05 its error
+     * (>= 0.0499 ||y_t||) is beyond 100x the tolerance relative to its norm
+     * plus the average token norm (<= 2e-2 ||y_t||, as that average is at
+     * most ||y_t||); a token whose y is ~0 (H = 1, a relu FFN) would not be */
+    uint32_t ty = t;
+    double ty_norm = -1;
+    for (uint32_t u = 0; u < c.T; u++) {
+        double n2 = 0;
+        for (uint32_t h = 0; h < H; h++)
+            n2 += (double)ref.out.y[u * H + h] * ref.out.y[u * H + h];
+        if (!ref.near_tie[u] && n2 > ty_norm) {
+            ty = u;
+            ty_norm = n2;
+        }
+    }
+    cr_assert_gt(ty_norm, 0, "seed %llu: every compared token's y is 0", (unsigned long long)seed);
+    /* all of y scaled by 1 + 1.5 tol: the error, 1.5 tol - 1.2e-7 relative
+     * at least (the factor's and each product's rounding), is beyond the
+     * tolerance however few the values (1 + 1e-4f with f16 weights cleared
+     * the 1e-4 tolerance by 1.7e-4 relative of it: rounding could eat that) */
+    const double tol = mvkc_y_tolerance(&c.desc, mvk_backend_reference()->flags);
+    const float over = (float)(1.0 + 1.5 * tol);
 
     result_from_ref(&c, &ref, &g);
     cr_assert(mvkc_compare(&c, &ref, &g, &rep), "identical result rejected: %s", rep.reason);
@@ -976,10 +1022,10 @@ Test(layer_compare, catches_every_kind_of_error)
     MUTANT(g.stats.router_z_loss = NAN, "stats:");
     MUTANT(g.stats.routing_entropy += 1e-3, "stats:");
     MUTANT(g.y[t * H + H / 2] += 1.0f, "y:");
-    MUTANT(for (uint32_t h = 0; h < H; h++) g.y[t * H + h] *= 1.05f, "y:"); /* one token */
+    MUTANT(for (uint32_t h = 0; h < H; h++) g.y[ty * H + h] *= 1.05f, "y:"); /* one token */
     MUTANT(g.y[(c.T - 1) * H] = NAN, "y:");
     MUTANT(g.y[t * H] = INFINITY, "y:");
-    MUTANT(for (uint32_t i = 0; i < c.T * H; i++) g.y[i] *= 1.0f + 1e-4f, "y:");
+    MUTANT(for (uint32_t i = 0; i < c.T * H; i++) g.y[i] *= over, "y:");
 #undef MUTANT
     /* relative 1e-6 everywhere is within the f32 tolerance */
     result_from_ref(&c, &ref, &g);
