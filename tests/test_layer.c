@@ -1038,43 +1038,129 @@ Test(layer_compare, catches_every_kind_of_error)
     mvkc_case_free(&c);
 }
 
-/* Two experts with bitwise-equal router rows: the GPU putting the higher
- * index first is a tolerated swap (its fp32 logits may differ by rounding);
- * under capacity, y is then checked against the reference recomputed with
- * the GPU's admissions. */
-Test(layer_compare, tolerated_swap_under_capacity)
+/* A backend that chose the ids g->ids (tolerated where they differ from the
+ * reference): its rows, counts, drops and statistics from those ids, and
+ * its y recomputed, from the reference's experts with its admissions, for
+ * every token whose ids or admissions differ from the reference's (the
+ * case has no shared experts; tied experts have equal weights). Returns
+ * the number of tokens other than those in `swapped` (T flags) whose
+ * admissions moved. */
+static uint32_t as_backend_with_ids(const mvkc_case *c, const mvkc_ref *ref, mvkc_result *g,
+                                    const uint8_t *swapped)
+{
+    const moevk_layer_desc *d = &c->desc;
+    const uint32_t T = c->T, H = d->hidden, E = d->num_experts, k = d->top_k;
+    cr_assert_eq(d->num_shared, 0);
+    uint32_t *offsets = malloc(sizeof(uint32_t) * (E + 1));
+    float *lg = malloc(sizeof(float) * T * E), *o = malloc(sizeof(float) * H);
+    double *acc = malloc(sizeof(double) * H);
+    cr_assert(offsets && lg && o && acc);
+    g->stats.dropped = moevk_ref_permute(d, T, g->ids, g->tpe, offsets, g->rows);
+    memcpy(g->tpe_read, g->tpe, sizeof(uint32_t) * E);
+    moevk_ref_router_logits(c->x, T, H, d->router_weight, d->router_dtype, E, d->router_bias, lg);
+    moevk_routing_stats st = {.tokens_per_expert = NULL};
+    cr_assert_eq(moevk_ref_stats(d, T, lg, g->ids, g->tpe, g->stats.dropped, &st), 0);
+    g->stats.load_balancing_loss = st.load_balancing_loss;
+    g->stats.router_z_loss = st.router_z_loss;
+    g->stats.routing_entropy = st.routing_entropy;
+    g->stats_read = g->stats;
+    uint32_t moved = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        int differs = 0;
+        for (uint32_t j = 0; j < k; j++) {
+            size_t a = (size_t)t * k + j;
+            differs |= g->ids[a] != ref->out.ids[a] || (g->rows[a] < 0) != (ref->out.rows[a] < 0);
+        }
+        if (!differs)
+            continue;
+        moved += !swapped[t];
+        for (uint32_t h = 0; h < H; h++)
+            acc[h] = 0.0;
+        for (uint32_t j = 0; j < k; j++) {
+            size_t a = (size_t)t * k + j;
+            if (g->rows[a] < 0)
+                continue;
+            cr_assert_eq(moevk_ref_expert_ffn(d, &d->experts, d->ffn, g->ids[a],
+                                              c->x + (size_t)t * H, 1, o), 0);
+            for (uint32_t h = 0; h < H; h++)
+                acc[h] += (double)g->weights[a] * o[h];
+        }
+        for (uint32_t h = 0; h < H; h++)
+            g->y[(size_t)t * H + h] = (float)acc[h];
+    }
+    free(offsets);
+    free(lg);
+    free(o);
+    free(acc);
+    return moved;
+}
+
+/* The tied-expert cases below: E = 10, k = 2, T = 40, the dominant expert
+ * (router bias +20) with twins, no shared experts, softmax_topk, and a
+ * capacity factor of 2.5: C = ceil(2.5 * 40 * 2 / 10) = 20 < T, so the
+ * top experts overflow. */
+static mvkc_limits tie_limits(void)
 {
     mvkc_limits l = limits();
     l.tokens = 40;
     l.experts = 10;
     l.top_k = 2;
-    l.capacity_factor = 8.0f; /* C = 32: the dominant pair never overflows */
+    l.capacity_factor = 2.5f;
+    l.num_shared = MVKC_PICK(0);
     l.scenarios_on = MVKC_SC_ONE_EXPERT;
     l.scenarios_off = MVKC_SC_ALL & ~(uint32_t)MVKC_SC_ONE_EXPERT;
     l.routing = MVKC_PICK(MOEVK_ROUTING_SOFTMAX_TOPK);
+    return l;
+}
+
+/* Two experts with bitwise-equal router rows: the GPU putting the higher
+ * index first is a tolerated swap (its fp32 logits may differ by rounding);
+ * under capacity it moves other tokens' admissions, and y is then checked
+ * against the reference recomputed with the GPU's admissions. */
+Test(layer_compare, tolerated_swap_under_capacity)
+{
+    const mvkc_limits l = tie_limits();
     mvkc_case c;
     mvkc_ref ref;
     mvkc_result g;
     mvkc_report rep;
-    cr_assert_eq(mvkc_case_random(mvkt_base_seed(), &l, &c), MOEVK_SUCCESS);
+    const uint64_t seed = mvkt_base_seed();
+    cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
     uint32_t dom = c.dominant, twin = (dom + 5) % 10, k = 2;
     make_tie(&c, dom, twin);
     cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
     uint32_t lo = dom < twin ? dom : twin, hi = dom ^ twin ^ lo;
     cr_assert_eq(ref.out.ids[0], lo);
     cr_assert_eq(ref.out.ids[1], hi);
+    cr_assert_eq(moevk_ref_capacity(&c.desc, c.T), 20);
+    cr_assert_gt(ref.dropped, 0, "seed %llu: the pair should overflow", (unsigned long long)seed);
 
     result_from_ref(&c, &ref, &g);
     uint32_t t = 3;
     g.ids[t * k] = hi;
     g.ids[t * k + 1] = lo;
-    uint32_t counts[10], offsets[11];
-    moevk_ref_permute(&c.desc, c.T, g.ids, counts, offsets, g.rows);
+    uint8_t swapped[40] = {0};
+    swapped[t] = 1;
+    uint32_t moved = as_backend_with_ids(&c, &ref, &g, swapped);
+    /* token 3's hi in slot 0 takes one of hi's places: a later token's
+     * slot 0 (lo) is admitted in its stead */
+    cr_assert_gt(moved, 0, "seed %llu: the swap moved no admission", (unsigned long long)seed);
     cr_assert(mvkc_compare(&c, &ref, &g, &rep), "tolerated swap rejected: %s", rep.reason);
     cr_assert_eq(rep.swapped, 1);
     cr_assert_eq(rep.near_ties, 1);
     cr_assert_eq(rep.compared, c.T - 1);
-    /* ... but the rows must follow the GPU's own ids */
+    cr_assert_eq(rep.dropped, g.stats.dropped);
+    /* ... y of the moved tokens must be the one with the GPU's admissions */
+    mvkc_result_free(&g);
+    result_from_ref(&c, &ref, &g);
+    g.ids[t * k] = hi;
+    g.ids[t * k + 1] = lo;
+    as_backend_with_ids(&c, &ref, &g, swapped);
+    memcpy(g.y, ref.out.y, sizeof(float) * c.T * c.desc.hidden);
+    cr_assert(!mvkc_compare(&c, &ref, &g, &rep), "y of the reference's admissions accepted");
+    cr_assert(strncmp(rep.reason, "y:", 2) == 0, "%s", rep.reason);
+    /* ... and the rows must follow the GPU's own ids */
+    as_backend_with_ids(&c, &ref, &g, swapped);
     memcpy(g.rows, ref.out.rows, sizeof(int32_t) * c.T * k);
     cr_assert(!mvkc_compare(&c, &ref, &g, &rep));
     cr_assert(strncmp(rep.reason, "permute:", 8) == 0, "%s", rep.reason);
