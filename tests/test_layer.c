@@ -1169,6 +1169,100 @@ Test(layer_compare, tolerated_swap_under_capacity)
     mvkc_case_free(&c);
 }
 
+/* Two backends that both passed the reference agree (mvkc_agree) even
+ * when one made tolerated choices under capacity: three experts with equal
+ * router rows, the reference taking the two lowest (a, b); the other
+ * backend puts b first at one token and takes c instead of b at another.
+ * Both move later tokens' admissions: those tokens' y and the counts are
+ * not compared, nor the load-balancing loss, which depends on the ids (a
+ * near-tie between experts of different mean probabilities P_b, P_c moves
+ * it by E (P_c - P_b) / (T k), 1e-2 relative here; exact twins have equal
+ * P, so the test sets it apart by hand). The rest still is compared. */
+Test(layer_compare, agreement_after_tolerated_swaps)
+{
+    const mvkc_limits l = tie_limits();
+    mvkc_case c;
+    mvkc_ref ref;
+    mvkc_result a, g;
+    mvkc_report rep;
+    const uint64_t seed = mvkt_base_seed();
+    cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
+    const uint32_t dom = c.dominant, k = 2, H = c.desc.hidden;
+    make_tie(&c, dom, (dom + 3) % 10);
+    make_tie(&c, dom, (dom + 6) % 10);
+    uint32_t tri[3] = {dom, (dom + 3) % 10, (dom + 6) % 10};
+    for (int i = 0; i < 3; i++) /* sorted */
+        for (int j = i + 1; j < 3; j++)
+            if (tri[j] < tri[i]) {
+                uint32_t v = tri[i];
+                tri[i] = tri[j];
+                tri[j] = v;
+            }
+    cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
+    cr_assert_eq(ref.out.ids[0], tri[0]);
+    cr_assert_eq(ref.out.ids[1], tri[1]);
+    cr_assert_gt(ref.dropped, 0, "seed %llu: the triple should overflow",
+                 (unsigned long long)seed);
+    char why[256] = "";
+    double err;
+
+    result_from_ref(&c, &ref, &a);
+    result_from_ref(&c, &ref, &g);
+    cr_assert(mvkc_agree(&c, &ref, &a, &g, &err, why, sizeof why), "%s", why);
+    cr_assert_eq(err, 0.0);
+    /* the other backend: b first at token 3, c instead of b at token 7 */
+    uint8_t swapped[40] = {0};
+    g.ids[3 * k] = tri[1];
+    g.ids[3 * k + 1] = tri[0];
+    g.ids[7 * k + 1] = tri[2];
+    swapped[3] = swapped[7] = 1;
+    uint32_t moved = as_backend_with_ids(&c, &ref, &g, swapped);
+    cr_assert_gt(moved, 0, "seed %llu: the swaps moved no admission", (unsigned long long)seed);
+    cr_assert(mvkc_compare(&c, &ref, &g, &rep), "tolerated swaps rejected: %s", rep.reason);
+    cr_assert_eq(rep.swapped, 2);
+    g.stats.load_balancing_loss *= 1.01;
+    cr_assert(mvkc_agree(&c, &ref, &a, &g, &err, why, sizeof why),
+              "seed %llu: backends that both passed disagree: %s", (unsigned long long)seed, why);
+    cr_assert(mvkc_agree(&c, &ref, &g, &a, &err, why, sizeof why), "%s", why);
+
+    /* what is still compared: y of a token neither moved nor swapped, ... */
+    uint32_t u = 0;
+    while (u < c.T && (swapped[u] || g.rows[u * k] != a.rows[u * k] ||
+                       g.rows[u * k + 1] != a.rows[u * k + 1]))
+        u++;
+    cr_assert_lt(u, c.T);
+    for (uint32_t h = 0; h < H; h++)
+        g.y[u * H + h] += 1.0f;
+    cr_assert(!mvkc_agree(&c, &ref, &a, &g, &err, why, sizeof why), "y off at token %u agreed",
+              u);
+    cr_assert(strncmp(why, "y differs", 9) == 0, "%s", why);
+    for (uint32_t h = 0; h < H; h++)
+        g.y[u * H + h] -= 1.0f;
+    /* ... the z-loss (logits only) whatever the ids, ... */
+    g.stats.router_z_loss *= 1.001;
+    cr_assert(!mvkc_agree(&c, &ref, &a, &g, &err, why, sizeof why), "z-loss off agreed");
+    cr_assert(strncmp(why, "z-loss", 6) == 0, "%s", why);
+    mvkc_result_free(&g);
+    /* ... and counts, drops and the load-balancing loss when the ids are
+     * the same */
+    result_from_ref(&c, &ref, &g);
+    g.tpe[tri[2]] += 1;
+    cr_assert(!mvkc_agree(&c, &ref, &a, &g, &err, why, sizeof why), "counts off agreed");
+    cr_assert(strncmp(why, "tokens_per_expert", 17) == 0, "%s", why);
+    g.tpe[tri[2]] -= 1;
+    g.stats.dropped += 1;
+    cr_assert(!mvkc_agree(&c, &ref, &a, &g, &err, why, sizeof why), "drops off agreed");
+    cr_assert(strncmp(why, "dropped", 7) == 0, "%s", why);
+    g.stats.dropped -= 1;
+    g.stats.load_balancing_loss *= 1.001;
+    cr_assert(!mvkc_agree(&c, &ref, &a, &g, &err, why, sizeof why), "loss off agreed");
+    cr_assert(strncmp(why, "load-balancing", 14) == 0, "%s", why);
+    mvkc_result_free(&g);
+    mvkc_result_free(&a);
+    mvkc_ref_free(&ref);
+    mvkc_case_free(&c);
+}
+
 /* ---- the runner on backends of the test's own (CPU only) --------------------------- */
 
 /* A backend of the test's own: the reference behind the backend
