@@ -217,9 +217,13 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
 
 /* Direct agreement of two backends on a case (both already passed the
  * reference): y within the sum of their tolerances over the tokens where
- * both chose the reference's ids (not near-ties; non-finite values
- * identical), counts and drops equal when no token was left out, losses
- * within 2e-4 relative (+2e-5). 1 when they agree; else 0 and `why`. */
+ * both chose the reference's ids and admitted the same slots (not
+ * near-ties; non-finite values identical); counts, drops and the
+ * load-balancing loss only when both chose the same ids everywhere (they
+ * follow from the ids, and each backend's were checked for its own); the
+ * z-loss and entropy (logits only) always; losses within 2e-4 relative
+ * (+2e-5), what passing one reference implies. 1 when they agree; else 0
+ * and `why`. */
 int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
                const mvkc_result *b, double *y_err, char *why, size_t n);
 
