@@ -54,6 +54,9 @@
 #define MVK_WFMT_IQ4_NL 26u
 #define MVK_WFMT_IQ4_XS 27u
 #define MVK_WFMT_MXFP4 28u
+#define MVK_WFMT_GPTQ4 29u
+#define MVK_WFMT_NF4 30u
+#define MVK_WFMT_FP8_E4M3 31u
 
 /* ---- activations (the ACT specialization constant of expert_gemm) -------
  * MVK_ACT_NONE is a plain linear output (the down projection); the others

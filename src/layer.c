@@ -25,20 +25,22 @@ static moevk_status upload_new(moevk_layer *L, const void *src, uint64_t bytes,
 
 /* Upload experts [first, first+count) of matrix m (0 gate, 1 up, 2 down) of
  * a weight stack into one buffer. */
-/* Blocks of a format that no kernel may read (MXFP4's NaN scale): refused,
- * naming the expert, the matrix and the block. */
+/* Blocks of a format that no kernel may read (mvk_format_check: MXFP4's
+ * NaN scale, a gptq4 zero point over 16, an fp8 NaN code, ...): refused,
+ * naming the expert, the matrix, the block and what is wrong with it. */
 static moevk_status check_blocks(moevk_layer *L, const void *data, uint64_t bytes, int m,
                                  uint32_t expert)
 {
     const mvk_format *f = mvk_format_get(L->desc.weight_dtype);
     uint64_t bad = 0;
-    if (f->block_elems == 1 || mvk_format_validate(f->dtype, data, bytes / f->block_bytes, &bad))
+    char why[96];
+    if (f->block_elems == 1 ||
+        mvk_format_check(f->dtype, data, bytes / f->block_bytes, &bad, why, sizeof why))
         return MOEVK_SUCCESS;
     return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT,
-                    "expert %u's %s matrix: %s block %llu is not valid (an E8M0 scale of 255 is "
-                    "NaN)",
-                    expert, m == 0 ? "gate" : m == 1 ? "up" : "down", f->name,
-                    (unsigned long long)bad);
+                    "expert %u's %s matrix: %s block %llu is not valid (%s)", expert,
+                    m == 0 ? "gate" : m == 1 ? "up" : "down", f->name, (unsigned long long)bad,
+                    why);
 }
 
 static moevk_status upload_matrix(moevk_layer *L, const moevk_expert_weights *w, int m,
