@@ -391,6 +391,10 @@ static int f16_bits(const qctx *c, const mvk_st_tensor *t, uint64_t i, uint64_t 
 {
     if (t->dtype == MOEVK_DTYPE_F16) {
         memcpy(out, t->data + 2 * i, 2);
+        if ((*out & 0x7c00u) == 0x7c00u)
+            return mvk_errf(c->err, c->errsz, "tensor '%s' element [%llu, %llu] is not finite",
+                            t->name, (unsigned long long)(i / cols),
+                            (unsigned long long)(i % cols));
         return 0;
     }
     const float f = fval(t, i);
@@ -717,6 +721,12 @@ static int bnb_open(const qctx *c, uint64_t rows, uint64_t cols, bnb_state *st)
             st->absmax[i] = v + offset;
         }
     }
+    for (uint64_t i = 0; i < nb; i++)
+        if (!isfinite(st->absmax[i])) {
+            mvk_errf(c->err, c->errsz, "'%s.weight': the absmax of block %llu is not finite",
+                     c->base, (unsigned long long)i);
+            goto done;
+        }
     st->blocksize = bs;
     st->n = n;
     rc = 0;
@@ -781,6 +791,16 @@ static int load_fp8(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint6
           : NULL;
     if (!s)
         return -1;
+    for (uint64_t i = 0; i < rows * cols; i++)
+        if ((w->data[i] & 0x7f) == 0x7f)
+            return mvk_errf(c->err, c->errsz,
+                            "tensor '%s' element [%llu, %llu] is the e4m3fn NaN code 0x%02x",
+                            w->name, (unsigned long long)(i / cols),
+                            (unsigned long long)(i % cols), w->data[i]);
+    for (uint64_t i = 0; i < sr * sc; i++)
+        if (!isfinite(fval(s, i)))
+            return mvk_errf(c->err, c->errsz, "tensor '%s' element [%llu, %llu] is not finite",
+                            s->name, (unsigned long long)(i / sc), (unsigned long long)(i % sc));
     const uint64_t nb = cols / 128, rb = nb * 132;
     uint8_t *blocks = malloc((size_t)(rows * rb) + 1);
     if (!blocks)
