@@ -87,6 +87,7 @@ static void set_destroy(moevk_layer *L, mvk_expert_set *s)
     mvk_free(L->ctx, s->chunks);
     for (int m = 0; m < 3; m++)
         moevk_buffer_destroy(s->bias[m]);
+    moevk_buffer_destroy(s->input_perm);
     memset(s, 0, sizeof(*s));
 }
 
@@ -133,6 +134,9 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
             (st = upload_bias(L, w->down_bias, (uint64_t)count * H, &s->bias[2])))
             return st;
     }
+    if (w->input_perm && (st = upload_new(L, w->input_perm, (uint64_t)count * H * 4,
+                                          &s->input_perm)))
+        return st;
     return MOEVK_SUCCESS;
 }
 

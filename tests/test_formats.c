@@ -241,3 +241,116 @@ Test(formats, hf_blocks_refused)
     }
     mvkt_context_end(ctx);
 }
+
+/* A random permutation of 0 .. n - 1 into p. */
+static void random_perm(mvkt_rng *r, uint32_t *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        p[i] = i;
+    for (uint32_t i = n - 1; i > 0; i--) {
+        uint32_t j = mvkt_range(r, 0, i), t = p[i];
+        p[i] = p[j];
+        p[j] = t;
+    }
+}
+
+/* The same experts in f32 with the gate/up columns put where input_perm
+ * reads them from (W'[r][perm[k]] = W[r][k]) and no permutation. */
+static float *unpermuted(moevk_dtype dt, const void *w, uint32_t count, uint32_t rows,
+                         uint32_t cols, const uint32_t *perm)
+{
+    float *out = malloc(sizeof(float) * count * rows * cols), *row = malloc(sizeof(float) * cols);
+    cr_assert(out && row);
+    const uint64_t rb = moevk_dtype_row_bytes(dt, cols);
+    for (uint32_t e = 0; e < count; e++)
+        for (uint32_t r = 0; r < rows; r++) {
+            mvk_format_decode(dt, (const uint8_t *)w + ((uint64_t)e * rows + r) * rb, 0, cols, row);
+            for (uint32_t k = 0; k < cols; k++)
+                out[((size_t)e * rows + r) * cols + (perm ? perm[(size_t)e * cols + k] : k)] = row[k];
+        }
+    free(row);
+    return out;
+}
+
+/* input_perm (act-order experts): every kernel path reads each expert's
+ * gate/up inputs in its order, routed and shared, against the reference;
+ * the reference itself against the same layer with the columns put back
+ * in place. A repeated index is refused, naming it. */
+Test(formats, input_permutations_on_every_path, .timeout = 300)
+{
+    const uint64_t seed = mvkt_base_seed() ^ 0x9e77;
+    mvkt_rng r = mvkt_rng_make(seed);
+    moevk_context *ctx = mvkt_context();
+    const moevk_dtype dt = MOEVK_DTYPE_GPTQ4;
+    rlayer_spec sp = {.H = 96, .F = 64, .E = 3, .K = 2, .routing = (moevk_routing)(seed % 3),
+                      .activation = (moevk_activation)(seed % 6), .dtype = dt, .shared = 1,
+                      .biases = seed % 2 == 0};
+    rlayer rl;
+    rlayer_make(&r, &rl, &sp);
+    uint32_t *pe = malloc(sizeof(uint32_t) * sp.E * sp.H), *ps = malloc(sizeof(uint32_t) * sp.H);
+    cr_assert(pe && ps);
+    for (uint32_t e = 0; e < sp.E; e++)
+        random_perm(&r, pe + e * sp.H, sp.H);
+    random_perm(&r, ps, sp.H);
+    rl.d.experts.input_perm = pe;
+    rl.d.shared.input_perm = ps;
+    /* the reference's permutation against the layer without one */
+    moevk_layer_desc eq = rl.d;
+    const int gated = moevk_activation_is_gated(sp.activation);
+    float *g = gated ? unpermuted(dt, rl.gate, sp.E, sp.F, sp.H, pe) : NULL;
+    float *u = unpermuted(dt, rl.up, sp.E, sp.F, sp.H, pe);
+    float *dn = unpermuted(dt, rl.down, sp.E, sp.H, sp.F, NULL);
+    const uint32_t FS = rl.d.shared_ffn;
+    float *sg = gated ? unpermuted(dt, rl.sgate, 1, FS, sp.H, ps) : NULL;
+    float *su = unpermuted(dt, rl.sup, 1, FS, sp.H, ps);
+    float *sd = unpermuted(dt, rl.sdown, 1, sp.H, FS, NULL);
+    eq.weight_dtype = MOEVK_DTYPE_F32;
+    eq.experts.gate = g, eq.experts.up = u, eq.experts.down = dn, eq.experts.input_perm = NULL;
+    eq.shared.gate = sg, eq.shared.up = su, eq.shared.down = sd, eq.shared.input_perm = NULL;
+    /* a few tokens, each path forced (pipelines are most of the time) */
+    {
+        const uint32_t T = 5;
+        float *x = random_x(&r, T, sp.H), *ref = malloc(sizeof(float) * T * sp.H),
+              *ref2 = malloc(sizeof(float) * T * sp.H);
+        cr_assert(ref && ref2);
+        cr_assert_eq(moevk_ref_layer_forward(&rl.d, T, x, ref, NULL, NULL, NULL, NULL), 0);
+        cr_assert_eq(moevk_ref_layer_forward(&eq, T, x, ref2, NULL, NULL, NULL, NULL), 0);
+        double e2 = mvkt_rel_l2(ref, ref2, (size_t)T * sp.H);
+        cr_assert_leq(e2, 1e-6, "seed %llu: the reference's input_perm: %g", (unsigned long long)seed,
+                      e2);
+        for (int variant = 0; variant < 4; variant++) {
+            const int path = variant < 3 ? variant : 2;
+            cr_assert_eq(moevk_testing_force_path(ctx, path), MOEVK_SUCCESS);
+            cr_assert_eq(moevk_testing_matrix_units(ctx, variant == 3), MOEVK_SUCCESS);
+            moevk_layer *L;
+            cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS, "%s",
+                         moevk_context_last_error(ctx));
+            pass_out o;
+            forward(ctx, L, x, T, &o);
+            double err = mvkt_rel_l2(o.y, ref, (size_t)T * sp.H);
+            cr_assert_leq(err, 1e-5, "seed %llu variant %d: rel. error %g",
+                          (unsigned long long)seed, variant, err);
+            pass_free(&o);
+            moevk_layer_destroy(L);
+        }
+        free(x), free(ref), free(ref2);
+    }
+    cr_assert_eq(moevk_testing_force_path(ctx, -1), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_testing_matrix_units(ctx, 0), MOEVK_SUCCESS);
+    /* not a permutation: refused naming the entry */
+    pe[1 * sp.H + 5] = pe[1 * sp.H + 6];
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "experts.input_perm[1 * hidden + 6]") &&
+                  strstr(moevk_context_last_error(ctx), "repeated"),
+              "%s", moevk_context_last_error(ctx));
+    ps[3] = sp.H;
+    rl.d.experts.input_perm = NULL;
+    cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "shared.input_perm[0 * hidden + 3] = 96") &&
+                  strstr(moevk_context_last_error(ctx), "out of range"),
+              "%s", moevk_context_last_error(ctx));
+    free(g), free(u), free(dn), free(sg), free(su), free(sd), free(pe), free(ps);
+    rlayer_free(&rl);
+    mvkt_context_end(ctx);
+}

@@ -132,10 +132,11 @@ static const fixture fixtures[] = {
 
 /* Matrix `m` (0 gate, 1 up, 2 down: [rows, cols]) in moevk's blocks,
  * decoded, against the fixture's f32 values in checkpoint order (perm:
- * the expert's intermediate order, or NULL). Returns the bits that differ. */
+ * the expert's intermediate order, xperm: its gate/up input order; NULL
+ * for the checkpoint's). Returns the bits that differ. */
 static uint64_t compare_matrix(const char *what, const void *blocks, moevk_dtype dt,
                                const mvk_st_tensor *want, uint64_t rows, uint64_t cols, int m,
-                               const uint32_t *perm)
+                               const uint32_t *perm, const uint32_t *xperm)
 {
     cr_assert_not_null(want, "%s: no expected tensor", what);
     cr_assert(want->ndim == 2 && want->shape[0] == rows && want->shape[1] == cols,
@@ -147,9 +148,10 @@ static uint64_t compare_matrix(const char *what, const void *blocks, moevk_dtype
     for (uint64_t r = 0; r < rows; r++) {
         mvk_format_decode(dt, (const uint8_t *)blocks + r * rb, 0, cols, row);
         for (uint64_t c = 0; c < cols; c++) {
-            /* canonical (r, c) is the checkpoint's (perm[r], c) for gate/up,
-             * (r, perm[c]) for down */
-            const uint64_t sr = perm && m < 2 ? perm[r] : r, sc = perm && m == 2 ? perm[c] : c;
+            /* canonical (r, c) is the checkpoint's (perm[r], xperm[c]) for
+             * gate/up, (r, perm[c]) for down */
+            const uint64_t sr = perm && m < 2 ? perm[r] : r;
+            const uint64_t sc = m == 2 ? (perm ? perm[c] : c) : (xperm ? xperm[c] : c);
             uint32_t a, b;
             float fb;
             memcpy(&a, &row[c], 4);
@@ -180,7 +182,7 @@ static void expect_bit_equal(const fixture *fx)
     cr_assert_eq(mvk_st_open(path, &ex, err, sizeof err), 0, "%s", err);
     static const char *const mats[3] = {"gate", "up", "down"};
     uint64_t differ = 0, checked = 0;
-    int permuted = 0;
+    int permuted = 0, xpermuted = 0;
     for (uint32_t s = 0; s < 2; s++) {
         const uint32_t count = s ? d->num_shared : d->num_experts;
         const uint64_t F = s ? d->shared_ffn : d->ffn, H = d->hidden;
@@ -188,12 +190,19 @@ static void expect_bit_equal(const fixture *fx)
         const void *const *per[3] = {w->gate_experts, w->up_experts, w->down_experts};
         for (uint32_t e = 0; e < count; e++) {
             const uint32_t *perm = s ? l.L.shared_ffn_perm : l.L.ffn_perm ? l.L.ffn_perm[e] : NULL;
+            const uint32_t *xperm = w->input_perm ? w->input_perm + (size_t)e * H : NULL;
             if (perm) {
                 permuted++;
                 int identity = 1;
                 for (uint64_t j = 0; j < F; j++)
                     identity &= perm[j] == j;
                 cr_assert(!identity, "%s: an identity permutation", fx->name);
+            }
+            if (xperm) {
+                int identity = 1;
+                for (uint64_t j = 0; j < H; j++)
+                    identity &= xperm[j] == j;
+                xpermuted += !identity;
             }
             for (int m = 0; m < 3; m++) {
                 char name[64];
@@ -203,7 +212,7 @@ static void expect_bit_equal(const fixture *fx)
                     snprintf(name, sizeof name, "experts.%u.%s", e, mats[m]);
                 cr_assert_not_null(per[m], "%s: %s is not per-expert", fx->name, name);
                 differ += compare_matrix(name, per[m][e], d->weight_dtype, mvk_st_find(&ex, name),
-                                         m == 2 ? H : F, m == 2 ? F : H, m, perm);
+                                         m == 2 ? H : F, m == 2 ? F : H, m, perm, xperm);
                 checked += F * H;
             }
         }
@@ -211,10 +220,17 @@ static void expect_bit_equal(const fixture *fx)
     if (fx->router_quantized) {
         cr_assert_eq(d->router_dtype, MOEVK_DTYPE_F32);
         differ += compare_matrix("router", d->router_weight, MOEVK_DTYPE_F32,
-                                 mvk_st_find(&ex, "router"), d->num_experts, d->hidden, 0, NULL);
+                                 mvk_st_find(&ex, "router"), d->num_experts, d->hidden, 0, NULL,
+                                 NULL);
         checked += (uint64_t)d->num_experts * d->hidden;
     }
     cr_assert_eq(permuted != 0, fx->act_order, "%s: %d experts reordered", fx->name, permuted);
+    cr_assert_eq(xpermuted != 0, fx->act_order, "%s: %d experts' inputs reordered", fx->name,
+                 xpermuted);
+    if (fx->act_order) /* every routed expert and the shared one, both axes */
+        cr_assert(permuted == (int)(d->num_experts + d->num_shared) && xpermuted == permuted,
+                  "%s: %d and %d of %u experts reordered", fx->name, permuted, xpermuted,
+                  d->num_experts + d->num_shared);
     cr_assert_eq(differ, 0, "%s: %llu of %llu dequantised weights differ from the fixture's",
                  fx->name, (unsigned long long)differ, (unsigned long long)checked);
     cr_log_info("%s: %llu weights bit for bit", fx->name, (unsigned long long)checked);
@@ -305,6 +321,7 @@ static moevk_layer_desc oracle_desc(const loaded *l, const mvk_st_file *ex, cons
                 arr[m][e] = t->data;
             }
         w->gate = w->up = w->down = NULL;
+        w->input_perm = NULL; /* the fixture's weights are in the checkpoint's order */
         w->gate_experts = count ? arr[0] : NULL;
         w->up_experts = count ? arr[1] : NULL;
         w->down_experts = count ? arr[2] : NULL;
@@ -541,20 +558,23 @@ Test(hfquant, bad_settings_are_refused_naming_the_value)
 Test(hfquant, bad_tensors_are_refused_naming_the_tensor)
 {
     mvk_st_file f;
-    /* GPTQ: act-order on a gate projection (expert 1's down g_idx, whose
-     * groups are permuted, as its gate's): refused, gate and up share x */
+    /* GPTQ: act-order gate and up of one expert with other groups (the
+     * up's g_idx that of the expert's down): no one input order serves
+     * both */
     const char *dg = "model.layers.0.mlp.experts.1.down_proj.g_idx";
     const mvk_st_tensor *t = fixture_tensor("gptq_v2_actorder_qwen2moe", dg, &f);
     int32_t g[64];
     cr_assert_eq(t->numel, 64);
     memcpy(g, t->data, sizeof g);
     mvk_st_close(&f);
-    const char *gi = "model.layers.0.mlp.experts.1.gate_proj.g_idx";
-    patch p = {.tensor = gi, .dtype = "I32", .ndim = 1, .shape = {64}, .data = g};
+    patch p = {.tensor = "model.layers.0.mlp.experts.1.up_proj.g_idx", .dtype = "I32", .ndim = 1,
+               .shape = {64}, .data = g};
     expect_refused("gptq_v2_actorder_qwen2moe", &p,
-                   MSGS("tensor 'model.layers.0.mlp.experts.1.gate_proj.g_idx' (act-order, "
-                        "desc_act) puts inputs",
-                        "down projections only"));
+                   MSGS("tensor 'model.layers.0.mlp.experts.1.up_proj.g_idx': in the input order "
+                        "of its expert's other projection",
+                        "different act-order groups"));
+    const char *gi = "model.layers.0.mlp.experts.1.gate_proj.g_idx";
+    p.tensor = gi;
     /* GPTQ: a group index out of range */
     int32_t bad[64];
     for (int k = 0; k < 64; k++)

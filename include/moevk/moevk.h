@@ -440,6 +440,12 @@ typedef struct moevk_expert_weights {
     const void *gate, *up, *down;
     const void *const *gate_experts, *const *up_experts, *const *down_experts;
     const float *gate_bias, *up_bias, *down_bias;
+    /* Optional [count, hidden]: each expert's order of the inputs of its
+     * gate and up projections: their input k is x[t, input_perm[e * hidden
+     * + k]] (a permutation of 0 .. hidden - 1 for each expert e). NULL: the
+     * identity. `moevk run` sets it for act-order (desc_act) GPTQ
+     * checkpoints, whose inputs it sorts by quantisation group. */
+    const uint32_t *input_perm;
 } moevk_expert_weights;
 
 enum moevk_layer_flags {

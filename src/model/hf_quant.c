@@ -470,7 +470,7 @@ static int runs_uniform(const uint32_t *grp, const uint32_t *perm, uint64_t cols
 }
 
 static int load_int4(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint64_t cols,
-                     int may_permute, mvk_hfq_matrix *out)
+                     int may_permute, const uint32_t *order, mvk_hfq_matrix *out)
 {
     const int awq = q->method == MVK_HFQ_AWQ;
     if (rows % 8 || cols % 8)
@@ -523,13 +523,24 @@ static int load_int4(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint
         grp[i] = (uint32_t)g;
     }
     uint64_t a, b;
-    if (!runs_uniform(grp, NULL, cols, &a, &b)) {
+    if (order) {
+        /* the input order of the expert's other projection */
+        if (!runs_uniform(grp, order, cols, &a, &b)) {
+            mvk_errf(c->err, c->errsz,
+                     "tensor '%s': in the input order of its expert's other projection of the "
+                     "same input (sorted by that one's groups), inputs %llu and %llu share a "
+                     "32-element block across groups %u and %u (gate and up quantised with "
+                     "different act-order groups)",
+                     gi ? gi->name : c->base, (unsigned long long)a, (unsigned long long)b,
+                     grp[a], grp[b]);
+            goto done;
+        }
+    } else if (!runs_uniform(grp, NULL, cols, &a, &b)) {
         if (!may_permute) {
             mvk_errf(c->err, c->errsz,
                      "tensor '%s' (act-order, desc_act) puts inputs %llu and %llu of one "
-                     "32-element block in groups %u and %u: moevk reorders the inputs of "
-                     "down projections only (the gate and up projections share the layer's "
-                     "input x); use a checkpoint quantised without desc_act",
+                     "32-element block in groups %u and %u, and this matrix's inputs may not "
+                     "be reordered",
                      gi ? gi->name : c->base, (unsigned long long)a, (unsigned long long)b,
                      grp[a], grp[b]);
             goto done;
@@ -569,10 +580,11 @@ static int load_int4(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint
         oom(c);
         goto done;
     }
+    const uint32_t *ord = order ? order : perm;
     for (uint64_t o = 0; o < rows; o++)
         for (uint64_t k = 0; k < nb; k++) {
             uint8_t *p = blocks + o * rb + k * 19;
-            const uint64_t g = grp[perm ? perm[32 * k] : 32 * k];
+            const uint64_t g = grp[ord ? ord[32 * k] : 32 * k];
             uint16_t d = 0;
             if (f16_bits(c, s.sc, g * rows + o, rows, &d))
                 goto done;
@@ -580,7 +592,7 @@ static int load_int4(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint
             p[2] = (uint8_t)z_of(&s, o, g);
             memset(p + 3, 0, 16);
             for (uint32_t j = 0; j < 32; j++) {
-                const uint64_t i = perm ? perm[32 * k + j] : 32 * k + j;
+                const uint64_t i = ord ? ord[32 * k + j] : 32 * k + j;
                 p[3 + (j & 15)] |= (uint8_t)(q_of(&s, o, i) << (j < 16 ? 0 : 4));
             }
         }
@@ -847,15 +859,18 @@ int mvk_hfq_is_quantized(const mvk_hfq_config *q, mvk_st_set *set, const char *b
 }
 
 int mvk_hfq_load(const mvk_hfq_config *q, mvk_st_set *set, const char *base, uint64_t rows,
-                 uint64_t cols, int may_permute, mvk_hfq_matrix *out, char *err, size_t errsz)
+                 uint64_t cols, int may_permute, const uint32_t *order, mvk_hfq_matrix *out,
+                 char *err, size_t errsz)
 {
     memset(out, 0, sizeof(*out));
     qctx c = {set, base, err, errsz};
     if (!rows || !cols)
         return mvk_errf(err, errsz, "'%s': an empty matrix", base);
+    if (order && q->method != MVK_HFQ_GPTQ)
+        return mvk_errf(err, errsz, "'%s': only GPTQ matrices take another input order", base);
     switch (q->method) {
     case MVK_HFQ_GPTQ:
-    case MVK_HFQ_AWQ: return load_int4(q, &c, rows, cols, may_permute, out);
+    case MVK_HFQ_AWQ: return load_int4(q, &c, rows, cols, may_permute, order, out);
     case MVK_HFQ_BNB4: return load_bnb(&c, rows, cols, out);
     case MVK_HFQ_FP8: return load_fp8(q, &c, rows, cols, out);
     default: return mvk_errf(err, errsz, "'%s' is not quantised", base);
@@ -886,7 +901,7 @@ int mvk_hfq_load_f32(const mvk_hfq_config *q, mvk_st_set *set, const char *base,
         return 0;
     }
     mvk_hfq_matrix m;
-    if (mvk_hfq_load(q, set, base, rows, cols, 1, &m, err, errsz)) {
+    if (mvk_hfq_load(q, set, base, rows, cols, 1, NULL, &m, err, errsz)) {
         free(f);
         return -1;
     }

@@ -14,8 +14,10 @@
  *    stored nibble + 1, so 1..16) or "gptq_v2" (zero = stored). Each
  *    32-element block of a row takes the scale and zero of its group; a
  *    g_idx that puts one block in two groups (act-order) is resolved by
- *    sorting the input axis by group (stable) when the caller may permute
- *    it (`may_permute`: the down projection), else refused. -> gptq4.
+ *    sorting the input axis by group (stable, into col_perm) when the
+ *    caller may reorder it (`may_permute`), or by the caller's `order`
+ *    (the order of the expert's other projection on the same input), else
+ *    refused. -> gptq4.
  *  - AWQ (quant_method "awq", version "gemm", 4 bits): base.qweight I32
  *    [cols, rows/8], base.qzeros I32 [cols/G, rows/8] (output 8c + j in
  *    nibble [0,4,1,5,2,6,3,7][j] of word c), base.scales F16 [cols/G,
@@ -88,9 +90,13 @@ typedef struct mvk_hfq_matrix {
     uint32_t *col_perm;
 } mvk_hfq_matrix;
 
-/* Repack the quantised matrix `base` ([rows, cols]). */
+/* Repack the quantised matrix `base` ([rows, cols]). With `order` (cols
+ * entries, GPTQ only), column j of the blocks is checkpoint column
+ * order[j] (out->col_perm stays NULL); else with may_permute the columns
+ * are sorted by group when that is needed (out->col_perm). */
 int mvk_hfq_load(const mvk_hfq_config *q, mvk_st_set *set, const char *base, uint64_t rows,
-                 uint64_t cols, int may_permute, mvk_hfq_matrix *out, char *err, size_t errsz);
+                 uint64_t cols, int may_permute, const uint32_t *order, mvk_hfq_matrix *out,
+                 char *err, size_t errsz);
 /* The same matrix dequantised to f32 [rows, cols] in the checkpoint's
  * column order (for routers and gates, which moevk keeps in a float
  * dtype): malloc'd into *out. */

@@ -239,10 +239,11 @@ static int has_matrix(bctx *b, const char *pattern, uint32_t i)
 
 /* The [rows, cols] matrix prefix + pattern (expert i): a float tensor of
  * that shape (need), or a quantised one repacked into its block format.
- * perm non-NULL: its input axis may be reordered (a down projection); the
- * order chosen, if any, goes to *perm (owned by the layer). */
+ * order non-NULL: its columns in that order (act-order GPTQ); else perm
+ * non-NULL: its input axis may be reordered, and the order chosen, if
+ * any, goes to *perm (owned by the layer). */
 static int load_matrix(bctx *b, const char *pattern, uint32_t i, uint64_t rows, uint64_t cols,
-                       const char *dims, uint32_t **perm, mview *v)
+                       const char *dims, const uint32_t *order, uint32_t **perm, mview *v)
 {
     char base[512];
     if (perm)
@@ -252,7 +253,8 @@ static int load_matrix(bctx *b, const char *pattern, uint32_t i, uint64_t rows, 
         return v->t ? 0 : -1;
     }
     mvk_hfq_matrix m;
-    if (mvk_hfq_load(&b->c->quant, b->set, base, rows, cols, perm != NULL, &m, b->err, b->errsz))
+    if (mvk_hfq_load(&b->c->quant, b->set, base, rows, cols, perm != NULL, order, &m, b->err,
+                     b->errsz))
         return -1;
     uint32_t *cp = m.col_perm;
     if (adopt(b->L, m.blocks)) {
@@ -270,11 +272,39 @@ static int load_matrix(bctx *b, const char *pattern, uint32_t i, uint64_t rows, 
     if (!b->L->quant[0]) {
         mvk_hfq_describe(&b->c->quant, b->L->quant, sizeof b->L->quant);
     }
-    if (cp && !strstr(b->L->quant, "inputs sorted")) {
-        size_t l = strlen(b->L->quant);
-        snprintf(b->L->quant + l, sizeof b->L->quant - l,
-                 "; down inputs sorted by group, gate/up rows alike");
-    }
+    return 0;
+}
+
+/* Append a note to the layer's description of its quantisation (once). */
+static void quant_note(bctx *b, const char *note)
+{
+    size_t l = strlen(b->L->quant);
+    if (!strstr(b->L->quant, note))
+        snprintf(b->L->quant + l, sizeof b->L->quant - l, "; %s", note);
+}
+
+/* The gate (NULL pattern: none) and up projections [F, H] of expert i,
+ * which read the same input: in act-order GPTQ each is repacked in the
+ * input order that sorts one of them by group (the other must fit it),
+ * returned in *xperm (NULL: the checkpoint's order). */
+static int gate_up(bctx *b, const char *gp, const char *up, uint32_t i, uint64_t F, uint64_t H,
+                   const char *dims, mview *g, mview *u, uint32_t **xperm)
+{
+    uint32_t *pg = NULL, *pu = NULL;
+    *xperm = NULL;
+    if (gp && load_matrix(b, gp, i, F, H, dims, NULL, &pg, g))
+        return -1;
+    if (load_matrix(b, up, i, F, H, dims, pg, pg ? NULL : &pu, u))
+        return -1;
+    if (pu && gp && load_matrix(b, gp, i, F, H, dims, pu, NULL, g)) /* the gate follows */
+        return -1;
+    uint32_t *x = pg ? pg : pu;
+    if (x && ((gp && g->kind != V_PACKED) || u->kind != V_PACKED))
+        return mvk_errf(b->err, b->errsz,
+                        "expert %u: one of its gate and up projections is act-order GPTQ, the "
+                        "other a float tensor: they must take one input order",
+                        i);
+    *xperm = x;
     return 0;
 }
 
@@ -463,15 +493,30 @@ static int per_expert(bctx *b, const mvk_arch_layout *lay, expert_views *ev)
             return oom(b);
         memset(perms, 0, sizeof(uint32_t *) * E);
         b->L->ffn_perm = perms;
+        uint32_t *xin = NULL; /* [E, H]: each expert's gate/up input order */
         for (uint32_t i = 0; i < E; i++) {
-            if (load_matrix(b, lay->down, i, H, F, "[H, F]", &perms[i], &ev->down[i]) ||
-                (lay->gate && load_matrix(b, lay->gate, i, F, H, "[F, H]", NULL, &ev->gate[i])) ||
-                load_matrix(b, lay->up, i, F, H, "[F, H]", NULL, &ev->up[i]))
+            uint32_t *xp;
+            if (load_matrix(b, lay->down, i, H, F, "[H, F]", NULL, &perms[i], &ev->down[i]) ||
+                gate_up(b, lay->gate, lay->up, i, F, H, "[F, H]", lay->gate ? &ev->gate[i] : NULL,
+                        &ev->up[i], &xp))
                 return -1;
             ev->up[i].row_perm = perms[i];
             if (lay->gate)
                 ev->gate[i].row_perm = perms[i];
+            if (perms[i])
+                quant_note(b, "down inputs sorted by group, gate/up rows alike");
+            if (!xp)
+                continue;
+            if (!xin) {
+                if (!(xin = own(b->L, sizeof(uint32_t) * (size_t)E * H)))
+                    return oom(b);
+                for (size_t k = 0; k < (size_t)E * H; k++)
+                    xin[k] = (uint32_t)(k % H);
+            }
+            memcpy(xin + (size_t)i * H, xp, sizeof(uint32_t) * H);
+            quant_note(b, "gate/up inputs sorted by group (input_perm)");
         }
+        b->L->desc.experts.input_perm = xin;
         return 0;
     }
     for (uint32_t i = 0; i < E; i++) {
@@ -500,12 +545,17 @@ static int shared_expert(bctx *b, const char *const names[3], expert_views *ev)
         return mvk_errf(b->err, b->errsz, "%s has a shared expert but no names for its tensors",
                         mvk_arch_name(b->c->arch));
     if (b->c->quant.method) {
-        uint32_t *perm;
-        if (load_matrix(b, names[2], 0, H, F, "[H, shared F]", &perm, &ev->down[0]) ||
-            load_matrix(b, names[0], 0, F, H, "[shared F, H]", NULL, &ev->gate[0]) ||
-            load_matrix(b, names[1], 0, F, H, "[shared F, H]", NULL, &ev->up[0]))
+        uint32_t *perm, *xp;
+        if (load_matrix(b, names[2], 0, H, F, "[H, shared F]", NULL, &perm, &ev->down[0]) ||
+            gate_up(b, names[0], names[1], 0, F, H, "[shared F, H]", &ev->gate[0], &ev->up[0],
+                    &xp))
             return -1;
         ev->gate[0].row_perm = ev->up[0].row_perm = b->L->shared_ffn_perm = perm;
+        b->L->desc.shared.input_perm = xp;
+        if (perm)
+            quant_note(b, "down inputs sorted by group, gate/up rows alike");
+        if (xp)
+            quant_note(b, "gate/up inputs sorted by group (input_perm)");
         return 0;
     }
     if (!(ev->gate[0].t = need(b, names[0], 0, 2, SHAPE(F, H), "[shared F, H]")))

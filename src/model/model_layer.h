@@ -20,9 +20,11 @@
  * AWQ, bitsandbytes NF4, FP8; hf_quant.h) are read in the per-expert
  * layouts: each quantised expert matrix is repacked into its moevk block
  * format (gptq4, nf4, fp8_e4m3) with the same dequantised values; a GPTQ
- * down projection in act-order has its input axis sorted by group, and
- * the expert's gate and up rows are reordered the same way (ffn_perm). A
- * quantised router or shared-expert gate is dequantised to f32. All expert weights (routed and shared) share one dtype: when the
+ * matrix in act-order has its input axis sorted by group: for a down
+ * projection the expert's gate and up rows are reordered the same way
+ * (ffn_perm), for gate and up (one order for both) the order is the
+ * expert's input_perm in the desc. A quantised router or shared-expert
+ * gate is dequantised to f32. All expert weights (routed and shared) share one dtype: when the
  * file mixes dtypes, every expert weight is converted to f32; the router
  * and the shared-expert gate likewise (f32 if they differ). Biases are
  * converted to f32.
