@@ -57,6 +57,12 @@ bool mvk_format_validate(moevk_dtype dtype, const void *blocks, uint64_t nblocks
  * byte (NaN for 0x7f and 0xff). */
 float mvk_nf4_value(unsigned code);
 float mvk_e4m3_value(uint8_t v);
+/* Make blk (block_bytes random bytes, as the caller filled it) a valid
+ * block of the format whose values are about +-scale: its scale fields are
+ * set from the random bits rnd, every other bit (quants, sub-scales, signs)
+ * is left as it was, so every pattern occurs. Random weights of the tool,
+ * bench and tests come from here (util/rng.c). */
+void mvk_format_shape_block(moevk_dtype dtype, uint8_t *blk, float scale, uint64_t rnd);
 /* Decode `elems` elements (a whole number of blocks) starting at element
  * `first` (a multiple of the block) of `src` into floats. */
 void mvk_format_decode(moevk_dtype dtype, const void *src, uint64_t first, uint64_t elems,

@@ -1542,6 +1542,38 @@ static void expect_run_fails(const char *const *sel, const char *extra, const ch
     cr_assert(strstr(out, msg), "'%s' does not say '%s'", out, msg);
 }
 
+/* `moevk run --quantize q8_0 --check` on Vulkan: quantised at load (said,
+ * with the formats each matrix got), the same as the CPU reference on the
+ * same quantised weights, and within q8_0's error of the unquantised y. */
+static void run_quantized(const char *dir, const char *const *sel, const char *xpath,
+                          const float *y, uint32_t T, uint32_t H, uint32_t ndim,
+                          const uint64_t *shape)
+{
+    char out[16384], ypath[512];
+    snprintf(ypath, sizeof ypath, "%s/y_q8_0.safetensors", dir);
+    const char *args[48];
+    size_t n = 0;
+    args[n++] = "run";
+    for (const char *const *s = sel; *s; s++)
+        args[n++] = *s;
+    const char *tail[] = {"--input", xpath, "--output", ypath, "--quantize", "q8_0", "--check",
+                          "--validate", NULL};
+    for (const char *const *s = tail; *s; s++)
+        args[n++] = *s;
+    args[n] = NULL;
+    int st = run_cli_env(out, sizeof out, args, 1);
+    if (st != 0 && no_vulkan_device(out))
+        return;
+    cr_assert_eq(st, 0, "moevk run --quantize q8_0 failed (%d):\n%s", st, out);
+    cr_assert(strstr(out, "\nquantise "), "no quantise line:\n%s", out);
+    cr_assert(strstr(out, "\nmemory   weights "), "no memory line:\n%s", out);
+    cr_assert(strstr(out, "\ncheck    relative L2 error "), "no check:\n%s", out);
+    const double e = y_error(ypath, y, NULL, T, H, ndim, shape);
+    cr_assert(e > 0 && e < 0.03, "q8_0 against the unquantised y: relative L2 error %g\n%s", e,
+              out);
+    cr_log_info("q8_0: relative L2 error %.3g against the unquantised layer\n%s", e, out);
+}
+
 ParameterizedTestParameters(model, architecture)
 {
     static size_t rows[N_ARCH_ROWS];
@@ -1611,6 +1643,7 @@ ParameterizedTest(const size_t *index, model, architecture, .timeout = 120)
     const char *sel_files[] = {"--config", t.cfg, "--weights", w, "--prefix", prefix_arg, NULL};
     const char *const *sel = r->layer ? sel_model : sel_files;
     run_backends(t.dir, sel, t.x, y, near, T, H, r->xdims, r->xshape, r->tol);
+    run_quantized(t.dir, sel, t.x, y, T, H, r->xdims, r->xshape);
 
     if (r->capacity) {
         /* the same sequences as one [T, H] input: one sequence, more drops;

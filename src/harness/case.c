@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats.h"
 #include "harness/harness.h"
 #include "ref/ref.h"
 #include "util/rng.h"
@@ -106,8 +107,6 @@ static int has_near_tie(const mvkc_case *c)
 static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_t ffn, int biases)
 {
     moevk_layer_desc *d = &c->desc;
-    moevk_dtype dt = d->weight_dtype;
-    size_t es = moevk_dtype_size(dt);
     uint32_t H = d->hidden;
     int gated = moevk_activation_is_gated(d->activation);
     int per_expert = (c->scenarios & MVKC_SC_PER_EXPERT) != 0;
@@ -120,16 +119,24 @@ static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_
         /* gate/up ~ U(-1,1) * 3/sqrt(H) give O(1) pre-activations; down
          * ~ U(-1,1) * sqrt(3/F) keeps the output O(1) */
         float scale = m < 2 ? 3.0f / sqrtf((float)H) : sqrtf(3.0f / (float)ffn);
-        void *mat = malloc(es * (count * elems + 1));
+        const moevk_dtype dt = (d->flags & MOEVK_LAYER_MATRIX_DTYPES)
+                                   ? (m < 2 ? w->gate_up_dtype : w->down_dtype)
+                                   : d->weight_dtype;
+        const size_t mat_bytes = m < 2 ? (size_t)ffn * moevk_dtype_row_bytes(dt, H)
+                                       : (size_t)H * moevk_dtype_row_bytes(dt, ffn);
+        uint8_t *mat = malloc(mat_bytes * count + 1);
         if (!mat)
             return -1;
         c->mat[s][m] = mat;
         /* per-expert pointers: expert e's matrix stored at position
          * count-1-e of the block, so a library that assumed contiguity
          * would read the wrong expert */
+        const size_t es = moevk_dtype_size(dt);
         for (uint32_t e = 0; e < count; e++) {
             size_t pos = per_expert ? count - 1 - e : e;
-            for (size_t i = 0; i < elems; i++)
+            if (!es) /* a block format: random valid blocks */
+                mvk_rng_fill(r, dt, mat + pos * mat_bytes, elems, scale);
+            for (size_t i = 0; es && i < elems; i++)
                 mvk_store_dtype(mat, dt, pos * elems + i, mvk_rng_uniform(r, -scale, scale));
         }
         if (per_expert) {
@@ -138,7 +145,7 @@ static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_
                 return -1;
             c->ptrs[s][m] = p;
             for (uint32_t e = 0; e < count; e++)
-                p[e] = (const char *)mat + (count - 1 - e) * elems * es;
+                p[e] = (const char *)mat + (count - 1 - e) * mat_bytes;
         }
         if (biases & (1 << m)) {
             size_t n = (size_t)count * (m < 2 ? ffn : H);
@@ -315,6 +322,37 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         if (!big)
             break; /* everything forced: accept */
         *big = *big * 3 / 4 ? *big * 3 / 4 : 1;
+    }
+
+    /* block formats, from a stream of their own so that every other case
+     * draws what it did before: a quarter of the cases hold the gate/up
+     * rows and the down rows in block formats (the same one or two), and
+     * their rows are made whole blocks */
+    mvk_rng rb = mvk_rng_seed(seed, 5);
+    const bool blocks = lim.blocks > 0 || (lim.blocks == 0 && !lim.weight_dtype &&
+                                          mvk_rng_chance(&rb, 0.25));
+    if (blocks) {
+        moevk_dtype fmts[32];
+        uint32_t nf = 0;
+        for (size_t i = 0; mvk_format_at(i) && nf < 32; i++) {
+            const mvk_format *f = mvk_format_at(i);
+            if (f->block_elems > 1 && (f->uses & MVK_FORMAT_EXPERT))
+                fmts[nf++] = f->dtype;
+        }
+        const moevk_dtype gu = fmts[mvk_rng_range(&rb, 0, nf - 1)];
+        const moevk_dtype dn = mvk_rng_chance(&rb, 0.5) ? gu : fmts[mvk_rng_range(&rb, 0, nf - 1)];
+        const uint32_t bgu = moevk_dtype_block_elems(gu), bdn = moevk_dtype_block_elems(dn);
+        if (!lim.hidden || lim.hidden % bgu == 0)
+            H = H < bgu ? bgu : H / bgu * bgu;
+        if (!lim.ffn || lim.ffn % bdn == 0)
+            F = F < bdn ? bdn : F / bdn * bdn;
+        if (shared_ffn)
+            shared_ffn = shared_ffn < bdn ? bdn : shared_ffn / bdn * bdn;
+        if (H % bgu == 0 && F % bdn == 0) {
+            d->flags |= MOEVK_LAYER_MATRIX_DTYPES;
+            d->experts.gate_up_dtype = d->shared.gate_up_dtype = gu;
+            d->experts.down_dtype = d->shared.down_dtype = dn;
+        }
     }
 
     c->T = T;
@@ -514,8 +552,12 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
     app(buf, n, &p, " %s", act_name(d->activation));
     if (d->activation == MOEVK_ACT_SWIGLU_OAI)
         app(buf, n, &p, "(a=%.3g,l=%.3g)", d->swiglu_alpha, d->swiglu_limit);
-    app(buf, n, &p, " w=%s r=%s", moevk_dtype_name(d->weight_dtype),
-        moevk_dtype_name(d->router_dtype));
+    if (d->flags & MOEVK_LAYER_MATRIX_DTYPES)
+        app(buf, n, &p, " w=%s/%s r=%s", moevk_dtype_name(d->experts.gate_up_dtype),
+            moevk_dtype_name(d->experts.down_dtype), moevk_dtype_name(d->router_dtype));
+    else
+        app(buf, n, &p, " w=%s r=%s", moevk_dtype_name(d->weight_dtype),
+            moevk_dtype_name(d->router_dtype));
     if (d->capacity_factor > 0)
         app(buf, n, &p, " cf=%.3g", d->capacity_factor);
     if (d->num_shared)

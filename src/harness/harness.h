@@ -92,6 +92,10 @@ typedef struct mvkc_limits {
     uint32_t routing, activation, weight_dtype, router_dtype;
     /* 0 = random; < 0 = dropless; > 0 = this capacity factor. */
     float capacity_factor;
+    /* Expert matrices in block formats (gate/up and down rows each in one,
+     * drawn from the format table): 0 = in a quarter of the cases unless
+     * weight_dtype is forced, < 0 = never, > 0 = always. */
+    int blocks;
     /* MVKC_PICK(number of shared experts) (0 = random 0..2). */
     uint32_t num_shared;
     uint32_t scenarios_on;  /* MVKC_SC_* always applied */

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include "formats.h"
 #include "ref/ref.h"
 
 mvk_rng mvk_rng_seed(uint64_t seed, uint64_t stream)
@@ -48,13 +49,32 @@ void mvk_store_dtype(void *dst, moevk_dtype dt, size_t i, float v)
 
 void mvk_rng_fill(mvk_rng *r, moevk_dtype dt, void *dst, size_t n, float scale)
 {
+    const uint32_t be = moevk_dtype_block_elems(dt);
+    if (be > 1) {
+        /* random bits shaped into valid blocks (formats.c) */
+        const size_t bb = (size_t)moevk_dtype_row_bytes(dt, be), nb = n / be;
+        uint8_t *p = dst;
+        for (size_t b = 0; b < nb; b++, p += bb) {
+            for (size_t i = 0; i < bb; i += 8) {
+                uint64_t v = mvk_rng_next(r);
+                for (size_t j = i; j < bb && j < i + 8; j++, v >>= 8)
+                    p[j] = (uint8_t)v;
+            }
+            mvk_format_shape_block(dt, p, scale, mvk_rng_next(r));
+        }
+        return;
+    }
     for (size_t i = 0; i < n; i++)
         mvk_store_dtype(dst, dt, i, mvk_rng_uniform(r, -scale, scale));
 }
 
 void *mvk_rng_array(mvk_rng *r, moevk_dtype dt, size_t n, float scale)
 {
-    void *p = malloc(moevk_dtype_size(dt) * (n ? n : 1));
+    const uint32_t be = moevk_dtype_block_elems(dt);
+    const size_t bytes = be > 1 ? (size_t)moevk_dtype_row_bytes(dt, n) : moevk_dtype_size(dt) * n;
+    if (be > 1 && n % be)
+        return NULL;
+    void *p = malloc(bytes ? bytes : 4);
     if (p)
         mvk_rng_fill(r, dt, p, n, scale);
     return p;
