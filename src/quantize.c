@@ -9,15 +9,20 @@
  *   - codes by truncation (Q4_0, Q4_1, Q5_0, Q5_1: v + 8.5 etc.) or by
  *     rounding half away from zero (Q8_0);
  *   - the element of largest magnitude is the first of equals (numpy's
- *     argmax, ggml's strict >), min and max by strict comparison;
+ *     argmax, ggml's strict >), min and max by strict comparison, the
+ *     first of equals as in ggml's C (numpy's vectorised min/max may keep
+ *     another of a +0/-0 pair: gguf-py's Q4_1/Q5_1 bytes then differ in
+ *     the sign of a zero d or m, never in a decoded value);
  *   - MXFP4: the exponent from floorf(log2f(amax)) (glibc's log2f and
  *     numpy's float32 log2 floor alike on every positive float), the code
  *     of least |d * k - x|, the first of equals.
- * The K-quants and IQ4 formats have no gguf-py quantiser; they follow the
- * algorithms of llama.cpp's reference quantisers (a scale fit per group by
- * weighted least squares over a few candidate scales, the group scales then
- * quantised against a super-block scale, and the codes chosen again against
- * the stored scales), written here from their description.
+ * The K-quants and IQ4 formats have no gguf-py quantiser; they implement
+ * the algorithms of llama.cpp's reference quantisers (ggml-quants.c, the
+ * paths without an importance matrix: a scale fit per group by weighted
+ * least squares over a few candidate scales, the group scales quantised
+ * against a super-block scale, the codes chosen again against the stored
+ * scales) with the same float operations in the same order, so that their
+ * bytes match ggml's too (tools/quant_error.py --compare measures it).
  */
 #include "quantize.h"
 
