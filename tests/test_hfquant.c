@@ -1,6 +1,8 @@
 /*
- * Quantised Hugging Face checkpoints (GPTQ v1 and v2 with act-order, AWQ
- * GEMM, bitsandbytes NF4 with double quantisation, FP8 with scale tiles):
+ * Quantised Hugging Face checkpoints (GPTQ v1 and v2, symmetric and
+ * asymmetric, groups 32, 64, 128 and -1, act-order; AWQ GEMM; bitsandbytes
+ * NF4 with and without double quantisation; FP8 with [64, 128] and
+ * [128, 128] scale tiles, partial edge tiles):
  * the fixtures of tests/fixtures/hf_quant (written by make_hf_quant.py,
  * their dequantised weights computed by torch and bitsandbytes, not by
  * moevk) are loaded as `moevk run` loads them, and
@@ -114,21 +116,52 @@ static void unload(loaded *l)
 
 /* ---- bit equality --------------------------------------------------------------- */
 
+/* What the zeros of a gptq4 fixture must be (beyond bit equality): */
+enum {
+    Z_ANY = 0,
+    Z_SYM8,    /* symmetric: every zero 8 (v1 stores 7) */
+    Z_HAS16,   /* asymmetric v1: some stored zero 15, read 16 (zero - 1 of a zero point 0) */
+    Z_HAS0,    /* asymmetric v2 / AWQ: some zero 0 stored as it is */
+    Z_ASYM,    /* asymmetric: zeros other than 8 */
+};
+
 typedef struct fixture {
     const char *name;
     moevk_dtype dtype;      /* the block format the experts become */
     const char *quant;      /* in the layer's description */
     int act_order;          /* down projections reordered */
     int router_quantized;   /* the router dequantised to f32 (expected "router") */
+    int zeros;              /* gptq4: Z_* */
 } fixture;
 
 static const fixture fixtures[] = {
-    {"gptq_v1_mixtral", MOEVK_DTYPE_GPTQ4, "gptq v1 (zero = stored + 1)", 0, 0},
-    {"gptq_v2_actorder_qwen2moe", MOEVK_DTYPE_GPTQ4, "gptq_v2 (zero = stored)", 1, 0},
-    {"awq_mixtral", MOEVK_DTYPE_GPTQ4, "AWQ GEMM", 0, 0},
-    {"bnb_nf4_mixtral", MOEVK_DTYPE_NF4, "double-quantised", 0, 1},
-    {"fp8_qwen3", MOEVK_DTYPE_FP8_E4M3, "[64, 128] scale tiles", 0, 0},
+    {"gptq_v1_mixtral", MOEVK_DTYPE_GPTQ4, "group 32, gptq v1 (zero = stored + 1)", 0, 0,
+     Z_HAS16},
+    {"gptq_v2_actorder_qwen2moe", MOEVK_DTYPE_GPTQ4, "group 32, gptq_v2 (zero = stored), act-order",
+     1, 0, Z_SYM8},
+    {"gptq_v1_sym_g64_actorder_mixtral", MOEVK_DTYPE_GPTQ4,
+     "group 64, gptq v1 (zero = stored + 1), act-order", 1, 0, Z_SYM8},
+    {"gptq_v2_asym_g128_qwen3", MOEVK_DTYPE_GPTQ4, "group 128, gptq_v2 (zero = stored)", 0, 0,
+     Z_ASYM},
+    {"gptq_v1_sym_gall_mixtral", MOEVK_DTYPE_GPTQ4,
+     "one group per row, gptq v1 (zero = stored + 1)", 0, 0, Z_SYM8},
+    {"awq_mixtral", MOEVK_DTYPE_GPTQ4, "AWQ GEMM 4-bit, group 32", 0, 0, Z_HAS0},
+    {"awq_g128_qwen3", MOEVK_DTYPE_GPTQ4, "AWQ GEMM 4-bit, group 128", 0, 0, Z_ASYM},
+    {"bnb_nf4_mixtral", MOEVK_DTYPE_NF4, "NF4 (double-quantised", 0, 1, Z_ANY},
+    {"bnb_nf4_nodq_qwen3", MOEVK_DTYPE_NF4, "bitsandbytes NF4, repacked", 0, 1, Z_ANY},
+    {"fp8_qwen3", MOEVK_DTYPE_FP8_E4M3, "[64, 128] scale tiles", 0, 0, Z_ANY},
+    {"fp8_deepseek_v3", MOEVK_DTYPE_FP8_E4M3, "[128, 128] scale tiles", 0, 0, Z_ANY},
 };
+
+/* The zeros of a gptq4 matrix [rows, cols]: counts of 0, 8, 16 and all. */
+static void count_zeros(const void *blocks, uint64_t rows, uint64_t cols, uint64_t n[4])
+{
+    const uint8_t *p = blocks;
+    for (uint64_t b = 0; b < rows * (cols / 32); b++) {
+        const uint8_t z = p[19 * b + 2];
+        n[0] += z == 0, n[1] += z == 8, n[2] += z == 16, n[3]++;
+    }
+}
 
 /* Matrix `m` (0 gate, 1 up, 2 down: [rows, cols]) in moevk's blocks,
  * decoded, against the fixture's f32 values in checkpoint order (perm:
@@ -181,7 +214,7 @@ static void expect_bit_equal(const fixture *fx)
     mvk_st_file ex;
     cr_assert_eq(mvk_st_open(path, &ex, err, sizeof err), 0, "%s", err);
     static const char *const mats[3] = {"gate", "up", "down"};
-    uint64_t differ = 0, checked = 0;
+    uint64_t differ = 0, checked = 0, zn[4] = {0, 0, 0, 0};
     int permuted = 0, xpermuted = 0;
     for (uint32_t s = 0; s < 2; s++) {
         const uint32_t count = s ? d->num_shared : d->num_experts;
@@ -214,6 +247,8 @@ static void expect_bit_equal(const fixture *fx)
                 differ += compare_matrix(name, per[m][e], d->weight_dtype, mvk_st_find(&ex, name),
                                          m == 2 ? H : F, m == 2 ? F : H, m, perm, xperm);
                 checked += F * H;
+                if (d->weight_dtype == MOEVK_DTYPE_GPTQ4)
+                    count_zeros(per[m][e], m == 2 ? H : F, m == 2 ? F : H, zn);
             }
         }
     }
@@ -231,6 +266,25 @@ static void expect_bit_equal(const fixture *fx)
         cr_assert(permuted == (int)(d->num_experts + d->num_shared) && xpermuted == permuted,
                   "%s: %d and %d of %u experts reordered", fx->name, permuted, xpermuted,
                   d->num_experts + d->num_shared);
+    switch (fx->zeros) {
+    case Z_SYM8:
+        cr_assert_eq(zn[1], zn[3], "%s: %llu of %llu zeros are not 8", fx->name,
+                     (unsigned long long)(zn[3] - zn[1]), (unsigned long long)zn[3]);
+        break;
+    case Z_HAS16:
+        cr_assert(zn[2] > 0 && zn[0] == 0, "%s: %llu zeros 16, %llu zeros 0", fx->name,
+                  (unsigned long long)zn[2], (unsigned long long)zn[0]);
+        break;
+    case Z_HAS0:
+        cr_assert(zn[0] > 0 && zn[2] == 0, "%s: %llu zeros 0, %llu zeros 16", fx->name,
+                  (unsigned long long)zn[0], (unsigned long long)zn[2]);
+        break;
+    case Z_ASYM:
+        cr_assert(zn[1] < zn[3] && zn[2] == 0, "%s: %llu of %llu zeros 8, %llu zeros 16",
+                  fx->name, (unsigned long long)zn[1], (unsigned long long)zn[3],
+                  (unsigned long long)zn[2]);
+        break;
+    }
     cr_assert_eq(differ, 0, "%s: %llu of %llu dequantised weights differ from the fixture's",
                  fx->name, (unsigned long long)differ, (unsigned long long)checked);
     cr_log_info("%s: %llu weights bit for bit", fx->name, (unsigned long long)checked);
@@ -547,6 +601,12 @@ Test(hfquant, bad_settings_are_refused_naming_the_value)
         {"fp8_qwen3", "weight_block_size", "[128, 64]", {"[128, 64]", "64 is not a multiple of 128"}},
         {"fp8_qwen3", "weight_block_size", "[128]", {"\"weight_block_size\" is not"}},
         {"fp8_qwen3", "fmt", "\"e5m2\"", {"\"e5m2\""}},
+        /* a group size the tensors were not written with */
+        {"gptq_v2_asym_g128_qwen3", "group_size", "64",
+         {"down_proj.qzeros' has shape [1, 32]", "[groups, out / 8] = [2, 32]"}},
+        {"gptq_v1_sym_gall_mixtral", "group_size", "32",
+         {"w2.qzeros' has shape [1, 8]", "[groups, out / 8] = [3, 8]"}},
+        {"awq_g128_qwen3", "group_size", "32", {"qzeros' has shape [1, 16]", "= [4, 16]"}},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         patch p = {.key = rows[i].key, .value = rows[i].value};
@@ -704,4 +764,73 @@ Test(hfquant, bad_tensors_are_refused_naming_the_tensor)
     p = (patch){.tensor = "model.layers.0.block_sparse_moe.experts.0.w3.weight.absmax"};
     expect_refused("bnb_nf4_mixtral", &p,
                    MSGS("missing tensor 'model.layers.0.block_sparse_moe.experts.0.w3.weight.absmax'"));
+}
+
+/* ---- FP8 tiles at the edges ------------------------------------------------------------------ */
+
+/* [128, 128] scale tiles whose last tile row is partial (a [200, 256]
+ * matrix: tiles of 128 and 72 rows; a [72, 384] one: a single tile row
+ * of 72) and [128, 256] tiles whose last row and column are partial (a
+ * [136, 384] matrix), repacked and decoded, and dequantised to f32 as a
+ * router would be: bit for bit torch's values (fixture fp8_edge_tiles),
+ * and the same after a wrong tile size (it no longer matches the scales'
+ * shape: refused naming the tensor). An input size
+ * that is not a whole number of fp8_e4m3 blocks ([64, 192]) is refused
+ * naming the matrix. */
+Test(hfquant, fp8_partial_edge_tiles_are_bitwise_the_dequantised_values)
+{
+    char dir[512], path[600], err[1024];
+    fixture_dir(dir, sizeof dir, "fp8_edge_tiles");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    size_t len;
+    char *text = slurp(path, &len);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    cr_assert_not_null(j);
+    mvk_hfq_config q;
+    cr_assert_eq(mvk_hfq_config_read(j, path, &q, err, sizeof err), 0, "%s", err);
+    cJSON_Delete(j);
+    cr_assert(q.method == MVK_HFQ_FP8 && q.fp8_block[0] == 128 && q.fp8_block[1] == 128);
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    cr_assert_eq(mvk_st_set_open_dir(&set, dir, err, sizeof err), 0, "%s", err);
+    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
+    mvk_st_file ex;
+    cr_assert_eq(mvk_st_open(path, &ex, err, sizeof err), 0, "%s", err);
+    static const char *const names[] = {"edge.rows200", "edge.rows72", "edge.tiles256"};
+    static const uint64_t shapes[][2] = {{200, 256}, {72, 384}, {136, 384}};
+    for (int k = 0; k < 3; k++) {
+        const mvk_st_tensor *want = mvk_st_find(&ex, names[k]);
+        const uint64_t rows = shapes[k][0], cols = shapes[k][1];
+        if (k == 2) /* this matrix's tiles are [128, 256] */
+            q.fp8_block[1] = 256;
+        cr_assert(mvk_hfq_is_quantized(&q, &set, names[k]), "%s", names[k]);
+        mvk_hfq_matrix m;
+        cr_assert_eq(mvk_hfq_load(&q, &set, names[k], rows, cols, 0, NULL, &m, err, sizeof err), 0,
+                     "%s", err);
+        cr_assert_eq(m.dtype, MOEVK_DTYPE_FP8_E4M3);
+        cr_assert_null(m.col_perm);
+        cr_assert_eq(compare_matrix(names[k], m.blocks, m.dtype, want, rows, cols, 0, NULL, NULL),
+                     0, "%s: repacked blocks differ", names[k]);
+        mvk_hfq_matrix_free(&m);
+        float *f;
+        cr_assert_eq(mvk_hfq_load_f32(&q, &set, names[k], rows, cols, &f, err, sizeof err), 0,
+                     "%s", err);
+        cr_assert_eq(compare_matrix(names[k], f, MOEVK_DTYPE_F32, want, rows, cols, 0, NULL, NULL),
+                     0, "%s: f32 dequantisation differs", names[k]);
+        free(f);
+    }
+    q.fp8_block[1] = 128;
+    mvk_hfq_matrix m;
+    cr_assert_neq(mvk_hfq_load(&q, &set, "edge.tiles256", 136, 384, 0, NULL, &m, err, sizeof err),
+                  0);
+    cr_assert(strstr(err, "tensor 'edge.tiles256.weight_scale_inv' has shape [2, 2], expected "),
+              "%s", err);
+    cr_assert(strstr(err, "= [2, 3]"), "%s", err);
+    cr_assert_neq(mvk_hfq_load(&q, &set, "edge.cols192", 64, 192, 0, NULL, &m, err, sizeof err), 0);
+    cr_assert(strstr(err, "'edge.cols192': 192 inputs per row are not a multiple of 128"), "%s",
+              err);
+    cr_assert_null(m.blocks);
+    mvk_st_close(&ex);
+    mvk_st_set_free(&set);
 }
