@@ -29,6 +29,20 @@ static const char *const configs[] = {
     " \"num_local_experts\": 2, \"num_experts_per_tok\": 1}",
     "{\"model_type\": \"switch_transformers\", \"d_model\": 2, \"d_ff\": 1, \"num_experts\": 2,"
     " \"expert_capacity\": 1, \"router_bias\": true}",
+    /* quantised checkpoints (hf_quant.c), the smallest shapes their blocks allow */
+    "{\"model_type\": \"mixtral\", \"hidden_size\": 32, \"intermediate_size\": 32,"
+    " \"num_local_experts\": 2, \"num_experts_per_tok\": 1, \"quantization_config\":"
+    " {\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true}}",
+    "{\"model_type\": \"mixtral\", \"hidden_size\": 32, \"intermediate_size\": 32,"
+    " \"num_local_experts\": 2, \"num_experts_per_tok\": 1, \"quantization_config\":"
+    " {\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 32, \"version\": \"gemm\"}}",
+    "{\"model_type\": \"mixtral\", \"hidden_size\": 64, \"intermediate_size\": 64,"
+    " \"num_local_experts\": 2, \"num_experts_per_tok\": 1, \"quantization_config\":"
+    " {\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true,"
+    " \"bnb_4bit_quant_type\": \"nf4\"}}",
+    "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 128, \"moe_intermediate_size\": 128,"
+    " \"num_experts\": 1, \"num_experts_per_tok\": 1, \"quantization_config\":"
+    " {\"quant_method\": \"fp8\", \"weight_block_size\": [64, 128]}}",
 };
 
 /* A message is escaped: no control character reaches the terminal. */
@@ -70,7 +84,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mvk_model_layer_build(&cfg, &set, "", &L, err, sizeof err)) {
             message_is_clean(err);
         } else {
-            float x[2 * 2] = {0.5f, -1.0f, 2.0f, 0.25f}, y[2 * 2];
+            /* two tokens of H (up to 128: the quantised configs) */
+            float x[2 * 128], y[2 * 128];
+            for (size_t k = 0; k < 2 * 128; k++)
+                x[k] = (float)((int)(k % 7) - 3) * 0.25f;
+            if (L.desc.hidden > 128)
+                abort();
             char where[160];
             if (mvk_model_layer_nonfinite(&L, where, sizeof where) && !where[0])
                 abort(); /* reads every weight pointer the desc holds */

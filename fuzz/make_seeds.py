@@ -20,6 +20,9 @@ def bf16(v):
 
 
 def tensor_bytes(dtype, values):
+    if dtype in ("I32", "U8", "F8_E4M3"):  # patterned raw bytes (no e4m3fn NaN)
+        size = 4 if dtype == "I32" else 1
+        return bytes((j * 37 + 11) % 0x7e for j in range(len(values) * size))
     if dtype == "BF16":
         return b"".join(bf16(v) for v in values)
     fmt, _ = FMT[dtype]
@@ -27,13 +30,13 @@ def tensor_bytes(dtype, values):
 
 
 def safetensors(tensors):
-    """tensors: list of (name, dtype, shape)."""
+    """tensors: list of (name, dtype, shape) or (name, "U8", shape, raw bytes)."""
     header, data = {"__metadata__": {"format": "pt"}}, b""
-    for i, (name, dtype, shape) in enumerate(tensors):
+    for i, (name, dtype, shape, *raw) in enumerate(tensors):
         n = 1
         for d in shape:
             n *= d
-        blob = tensor_bytes(dtype, [((i * 7 + j) % 5 - 2) * 0.25 for j in range(n)])
+        blob = raw[0] if raw else tensor_bytes(dtype, [((i * 7 + j) % 5 - 2) * 0.25 for j in range(n)])
         header[name] = {"dtype": dtype, "shape": shape,
                         "data_offsets": [len(data), len(data) + len(blob)]}
         data += blob
@@ -78,6 +81,42 @@ ST = {
     "empty": [],
 }
 
+
+def quantised(kind, H, F):
+    """A per-expert mixtral block (qwen3 names for fp8) as a quantiser writes it."""
+    names = ("w1", "w3", "w2") if kind != "fp8" else ("gate_proj", "up_proj", "down_proj")
+    t = [("gate.weight", "BF16", [E if kind != "fp8" else 1, H])]
+    for i in range(E if kind != "fp8" else 1):
+        for n, (rows, cols) in zip(names, ((F, H), (F, H), (H, F))):
+            b = f"experts.{i}.{n}"
+            if kind == "gptq":
+                t += [(b + ".qweight", "I32", [cols // 8, rows]),
+                      (b + ".qzeros", "I32", [cols // 32, rows // 8]),
+                      (b + ".scales", "F16", [cols // 32, rows]),
+                      (b + ".g_idx", "I32", [cols], bytes(4 * cols))]
+            elif kind == "awq":
+                t += [(b + ".qweight", "I32", [cols, rows // 8]),
+                      (b + ".qzeros", "I32", [cols // 32, rows // 8]),
+                      (b + ".scales", "F16", [cols // 32, rows])]
+            elif kind == "bnb":
+                js = json.dumps({"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16",
+                                 "shape": [rows, cols], "nested_blocksize": 256,
+                                 "nested_dtype": "float32", "nested_offset": 0.01}).encode()
+                nb = rows * cols // 64
+                t += [(b + ".weight", "U8", [rows * cols // 2, 1]),
+                      (b + ".weight.absmax", "U8", [nb]),
+                      (b + ".weight.nested_absmax", "F32", [(nb + 255) // 256]),
+                      (b + ".weight.nested_quant_map", "F32", [256]),
+                      (b + ".weight.quant_state.bitsandbytes__nf4", "U8", [len(js)], js)]
+            else:
+                t += [(b + ".weight", "F8_E4M3", [rows, cols]),
+                      (b + ".weight_scale_inv", "F32", [(rows + 63) // 64, (cols + 127) // 128])]
+    return t
+
+
+ST.update({"gptq": quantised("gptq", 32, 32), "awq": quantised("awq", 32, 32),
+           "bnb_nf4": quantised("bnb", 64, 64), "fp8": quantised("fp8", 128, 128)})
+
 CONFIGS = {
     "mixtral": {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
                 "num_local_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 32},
@@ -96,6 +135,18 @@ CONFIGS = {
                "num_experts": 8, "expert_capacity": 64, "num_layers": 12,
                "num_sparse_encoder_layers": 6, "num_decoder_layers": 12,
                "num_sparse_decoder_layers": 6, "dense_act_fn": "relu", "router_bias": False},
+    "gptq": {"model_type": "mixtral", "quantization_config": {
+        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "sym": False,
+        "checkpoint_format": "gptq_v2"}},
+    "awq": {"model_type": "mixtral", "quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+        "version": "GEMM"}},
+    "bnb": {"model_type": "qwen2_moe", "quantization_config": {
+        "quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True}},
+    "fp8": {"model_type": "deepseek_v3", "quantization_config": {
+        "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+        "weight_block_size": [128, 128]}},
     "index": {"metadata": {"total_size": 1234},
               "weight_map": {"model.layers.0.mlp.gate.weight": "model-00001-of-00002.safetensors",
                              "lm_head.weight": "model-00002-of-00002.safetensors"}},

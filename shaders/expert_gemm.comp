@@ -50,6 +50,7 @@ layout(constant_id = MVK_GEMM_SPEC_GATED) const uint GATED = 0;
 layout(constant_id = MVK_GEMM_SPEC_ACT) const uint ACT = MVK_ACT_NONE;
 layout(constant_id = MVK_GEMM_SPEC_SCHED) const uint SCHED = 1;
 layout(constant_id = MVK_GEMM_SPEC_GATHER) const uint GATHER = 1;
+layout(constant_id = MVK_GEMM_SPEC_PERM) const uint PERM = 0;
 const uint BK = 16;
 const uint TM = MVK_GEMM_TM;
 const uint TN = MVK_GEMM_TN;
@@ -63,6 +64,7 @@ layout(std430, binding = MVK_GEMM_BIND_W1) readonly buffer B1 { uint w1[]; };
 layout(std430, binding = MVK_GEMM_BIND_BIAS0) readonly buffer BB0 { float bias0[]; };
 layout(std430, binding = MVK_GEMM_BIND_BIAS1) readonly buffer BB1 { float bias1[]; };
 layout(std430, binding = MVK_GEMM_BIND_OUT) writeonly buffer O { float outv[]; };
+layout(std430, binding = MVK_GEMM_BIND_PERM) readonly buffer PM { uint perm[]; };
 
 DEFINE_WEIGHT_LOADER(load_w0, w0, WDTYPE)
 DEFINE_WEIGHT_LOADER(load_w1, w1, WDTYPE)
@@ -190,7 +192,7 @@ void main()
             float v = 0.0;
             if (row < row_end && k < p.K) {
                 uint src = GATHER != 0u ? row_token[row] : (SCHED != 0u ? row : p.a_row0 + row);
-                v = a_rows[src * p.K + k];
+                v = a_rows[src * p.K + (PERM != 0u ? perm[e * p.K + k] : k)];
             }
             AS(kk, r) = ST(v);
         }

@@ -26,6 +26,7 @@ layout(constant_id = MVK_GEMV_SPEC_GATED) const uint GATED = 0;
 layout(constant_id = MVK_GEMV_SPEC_ACT) const uint ACT = MVK_ACT_NONE;
 layout(constant_id = MVK_GEMV_SPEC_SCHED) const uint SCHED = 1;
 layout(constant_id = MVK_GEMV_SPEC_GATHER) const uint GATHER = 1;
+layout(constant_id = MVK_GEMV_SPEC_PERM) const uint PERM = 0;
 const uint ROWS = MVK_SKINNY_ROWS;
 const uint LANES = gl_WorkGroupSize.x / COLS;
 const uint KC = MVK_KCHUNK;
@@ -41,6 +42,7 @@ layout(std430, binding = MVK_GEMM_BIND_W1) readonly buffer B1V { uvec4 w1v[]; };
 layout(std430, binding = MVK_GEMM_BIND_BIAS0) readonly buffer BB0 { float bias0[]; };
 layout(std430, binding = MVK_GEMM_BIND_BIAS1) readonly buffer BB1 { float bias1[]; };
 layout(std430, binding = MVK_GEMM_BIND_OUT) writeonly buffer O { float outv[]; };
+layout(std430, binding = MVK_GEMM_BIND_PERM) readonly buffer PM { uint perm[]; };
 
 DEFINE_WEIGHT_LOADER(load_w0, w0, WDTYPE)
 DEFINE_WEIGHT_LOADER(load_w1, w1, WDTYPE)
@@ -91,7 +93,7 @@ void main()
             if (r < nrows && k < p.K) {
                 uint row = row0 + r;
                 uint src = GATHER != 0u ? row_token[row] : (SCHED != 0u ? row : p.a_row0 + row);
-                v = a_rows[src * p.K + k];
+                v = a_rows[src * p.K + (PERM != 0u ? perm[e * p.K + k] : k)];
             }
             x_s[r][kk / KC][kk % KC] = v;
         }

@@ -68,6 +68,21 @@ float half_bits(uint h) { return unpackHalf2x16(h).x; }
 const int IQ4NL_VALUES[16] = int[16](-127, -104, -83, -65, -49, -35, -22, -10,
                                      1, 13, 25, 38, 53, 69, 89, 113);
 const int E2M1_DOUBLED[16] = int[16](0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+// bitsandbytes' NF4 values (f32 bits, as src/formats.c has them)
+const uint NF4_BITS[16] = uint[16](0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u,
+                                   0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
+                                   0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au,
+                                   0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
+
+// float8 e4m3fn (bias 7, no infinities; the NaN codes are refused at layer
+// create) as f32, exactly: subnormals are m x 2^-9.
+float e4m3_value(uint v)
+{
+    uint e = (v >> 3) & 15u, m = v & 7u;
+    float f = e == 0u ? float(m) * uintBitsToFloat(0x3b000000u)
+                      : uintBitsToFloat(((e + 120u) << 23) | (m << 20));
+    return (v & 0x80u) != 0u ? -f : f;
+}
 
 // Elements and bytes per block of a format (1 element for f32/f16/bf16).
 uint WFMT_BLOCK_ELEMS(uint f)
@@ -77,6 +92,10 @@ uint WFMT_BLOCK_ELEMS(uint f)
     if (f == MVK_WFMT_Q2_K || f == MVK_WFMT_Q3_K || f == MVK_WFMT_Q4_K || f == MVK_WFMT_Q5_K ||
         f == MVK_WFMT_Q6_K || f == MVK_WFMT_IQ4_XS)
         return 256u;
+    if (f == MVK_WFMT_NF4)
+        return 64u;
+    if (f == MVK_WFMT_FP8_E4M3)
+        return 128u;
     return 32u;
 }
 
@@ -99,6 +118,9 @@ uint WFMT_BLOCK_BYTES(uint f)
     case MVK_WFMT_IQ4_NL: return 18u;
     case MVK_WFMT_IQ4_XS: return 136u;
     case MVK_WFMT_MXFP4: return 17u;
+    case MVK_WFMT_GPTQ4: return 19u;
+    case MVK_WFMT_NF4: return 36u;
+    case MVK_WFMT_FP8_E4M3: return 132u;
     }
     return 0u;
 }
@@ -155,6 +177,14 @@ uint WFMT_BLOCK_BYTES(uint f)
             uint q = (NAME##_b(bb + 1u + (j & 15u)) >> ((j >> 4) << 2)) & 15u;         \
             float d = uintBitsToFloat(e < 2u ? (0x00200000u << e) : ((e - 1u) << 23));  \
             v = d * float(E2M1_DOUBLED[q]);                                            \
+        } else if (WFMT == MVK_WFMT_GPTQ4) {                                           \
+            uint q = (NAME##_b(bb + 3u + (j & 15u)) >> ((j >> 4) << 2)) & 15u;         \
+            v = half_bits(NAME##_h(bb)) * float(int(q) - int(NAME##_b(bb + 2u)));       \
+        } else if (WFMT == MVK_WFMT_NF4) {                                             \
+            uint q = (NAME##_b(bb + 4u + (j >> 1)) >> ((~j & 1u) << 2)) & 15u;          \
+            v = uintBitsToFloat(NF4_BITS[q]) * uintBitsToFloat(NAME##_w(bb));         \
+        } else if (WFMT == MVK_WFMT_FP8_E4M3) {                                        \
+            v = e4m3_value(NAME##_b(bb + 4u + j)) * uintBitsToFloat(NAME##_w(bb));     \
         } else if (WFMT == MVK_WFMT_Q2_K) {                                            \
             uint sc = NAME##_b(bb + j / 16u);                                          \
             uint q = (NAME##_b(bb + 16u + 32u * (j / 128u) + j % 32u) >> (2u * ((j % 128u) / 32u))) & 3u; \

@@ -54,6 +54,9 @@
 #define MVK_WFMT_IQ4_NL 26u
 #define MVK_WFMT_IQ4_XS 27u
 #define MVK_WFMT_MXFP4 28u
+#define MVK_WFMT_GPTQ4 29u
+#define MVK_WFMT_NF4 30u
+#define MVK_WFMT_FP8_E4M3 31u
 
 /* ---- activations (the ACT specialization constant of expert_gemm) -------
  * MVK_ACT_NONE is a plain linear output (the down projection); the others
@@ -230,7 +233,8 @@ MVK_PUSH_END(mvk_permute_push)
 #define MVK_GEMM_BIND_BIAS0 6
 #define MVK_GEMM_BIND_BIAS1 7
 #define MVK_GEMM_BIND_OUT 8
-#define MVK_GEMM_BINDINGS 9
+#define MVK_GEMM_BIND_PERM 9 /* PERM: [experts, K] u32, A column of input k */
+#define MVK_GEMM_BINDINGS 10
 #define MVK_GEMM_SPEC_BM 1
 #define MVK_GEMM_SPEC_BN 2
 #define MVK_GEMM_SPEC_WFMT 3
@@ -238,7 +242,8 @@ MVK_PUSH_END(mvk_permute_push)
 #define MVK_GEMM_SPEC_ACT 5
 #define MVK_GEMM_SPEC_SCHED 6
 #define MVK_GEMM_SPEC_GATHER 7
-#define MVK_GEMM_NSPEC 8
+#define MVK_GEMM_SPEC_PERM 8 /* 1: input k of expert e reads A column perm[e * K + k] */
+#define MVK_GEMM_NSPEC 9
 #define MVK_GEMM_BN 64u /* column tile */
 #define MVK_GEMM_TM 4u  /* rows per thread */
 #define MVK_GEMM_TN 4u  /* columns per thread */
@@ -265,7 +270,8 @@ MVK_PUSH_END(mvk_gemm_push)
 #define MVK_GEMV_SPEC_ACT 4
 #define MVK_GEMV_SPEC_SCHED 5
 #define MVK_GEMV_SPEC_GATHER 6
-#define MVK_GEMV_NSPEC 7
+#define MVK_GEMV_SPEC_PERM 7
+#define MVK_GEMV_NSPEC 8
 #define MVK_GEMV_WG 256u
 #define MVK_GEMV_COLS 64u /* output columns per workgroup (default) */
 

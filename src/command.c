@@ -7,7 +7,7 @@
 #include "internal.h"
 #include "kernels.h"
 
-#define MVK_MAX_SPEC 8
+#define MVK_MAX_SPEC 12
 #define MVK_ARENA_SETS 128
 
 struct mvk_pipeline {

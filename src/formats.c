@@ -11,6 +11,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "interface.h"
@@ -157,6 +158,93 @@ static void decode_mxfp4(const void *src, size_t n, float *dst)
     }
 }
 
+/* ---- moevk's blocks for the Hugging Face quantised formats ----------------------
+ * Repacked at load from GPTQ/AWQ, bitsandbytes and FP8 checkpoints
+ * (src/model/hf_quant.c) so that every value is the one those libraries'
+ * dequantisers compute in f32 (docs/semantics.md). */
+
+/* gptq4: f16 d, u8 zero z (0..16), qs[16] (byte j: element j low, j + 16
+ * high); d * (q - z), exact in f32. */
+static void decode_gptq4(const void *src, size_t n, float *dst)
+{
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i++, b += 19, dst += 32) {
+        const float d = f16(b);
+        const int z = b[2];
+        for (int j = 0; j < 16; j++) {
+            dst[j] = d * (float)((b[3 + j] & 0xF) - z);
+            dst[j + 16] = d * (float)((b[3 + j] >> 4) - z);
+        }
+    }
+}
+
+static float f32le(const uint8_t *p)
+{
+    uint32_t u = u32le(p);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The 16 NF4 values of bitsandbytes (its table of f32 literals), as bits. */
+static const uint32_t nf4_bits[16] = {
+    0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu,
+    0xbdba7871u, 0x00000000u, 0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au,
+    0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u,
+};
+
+float mvk_nf4_value(unsigned code)
+{
+    float f;
+    memcpy(&f, &nf4_bits[code & 15u], sizeof f);
+    return f;
+}
+
+/* nf4: f32 absmax, qs[32] (byte j: element 2j high, 2j + 1 low, as
+ * bitsandbytes packs); NF4[q] * absmax. */
+static void decode_nf4(const void *src, size_t n, float *dst)
+{
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i++, b += 36, dst += 64) {
+        const float a = f32le(b);
+        for (int j = 0; j < 32; j++) {
+            dst[2 * j] = mvk_nf4_value(b[4 + j] >> 4) * a;
+            dst[2 * j + 1] = mvk_nf4_value(b[4 + j] & 0xF) * a;
+        }
+    }
+}
+
+float mvk_e4m3_value(uint8_t v)
+{
+    /* float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits, no
+     * infinities; 0x7f and 0xff are NaN (refused by mvk_format_check). */
+    const uint32_t s = (uint32_t)(v >> 7) << 31, e = (v >> 3) & 15u, m = v & 7u;
+    uint32_t bits;
+    if (e == 15 && m == 7)
+        bits = s | 0x7fc00000u;
+    else if (e == 0) {
+        float f = (float)m * 0.001953125f; /* m x 2^-9, exact */
+        memcpy(&bits, &f, sizeof bits);
+        bits |= s;
+    } else
+        bits = s | (e + 120u) << 23 | m << 20;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* fp8_e4m3: f32 scale, 128 e4m3fn bytes; value x scale (rounded once, in
+ * f32). */
+static void decode_fp8_e4m3(const void *src, size_t n, float *dst)
+{
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i++, b += 132, dst += 128) {
+        const float s = f32le(b);
+        for (int j = 0; j < 128; j++)
+            dst[j] = mvk_e4m3_value(b[4 + j]) * s;
+    }
+}
+
 /* ---- 256-element super-blocks (K-quants) ----------------------------------------
  * Positions: element e of a super-block has h = e / 128 (half), g = (e %
  * 128) / 32 (2-bit plane), l = e % 32. */
@@ -296,24 +384,65 @@ static const mvk_format formats[] = {
     {MOEVK_DTYPE_IQ4_NL, "iq4_nl", 32, 18, EXPERT, MVK_WFMT_IQ4_NL, decode_iq4_nl},
     {MOEVK_DTYPE_IQ4_XS, "iq4_xs", QK_K, 136, EXPERT, MVK_WFMT_IQ4_XS, decode_iq4_xs},
     {MOEVK_DTYPE_MXFP4, "mxfp4", 32, 17, EXPERT, MVK_WFMT_MXFP4, decode_mxfp4},
+    {MOEVK_DTYPE_GPTQ4, "gptq4", 32, 19, EXPERT, MVK_WFMT_GPTQ4, decode_gptq4},
+    {MOEVK_DTYPE_NF4, "nf4", 64, 36, EXPERT, MVK_WFMT_NF4, decode_nf4},
+    {MOEVK_DTYPE_FP8_E4M3, "fp8_e4m3", 128, 132, EXPERT, MVK_WFMT_FP8_E4M3, decode_fp8_e4m3},
 };
 
-bool mvk_format_validate(moevk_dtype dtype, const void *blocks, uint64_t nblocks, uint64_t *bad)
+/* Whether a 32-bit float field (little-endian) is finite. */
+static bool finite32(const uint8_t *p)
+{
+    return (u32le(p) & 0x7f800000u) != 0x7f800000u;
+}
+
+/* What is wrong with one block (into why), or false when nothing is. */
+static bool bad_block(moevk_dtype dtype, const uint8_t *p, char *why, size_t whysz)
+{
+    if (dtype == MOEVK_DTYPE_MXFP4 && p[0] == 0xff) /* as ggml's row check does */
+        return snprintf(why, whysz, "its E8M0 scale is 255 (NaN)"), true;
+    if (dtype == MOEVK_DTYPE_GPTQ4) {
+        const unsigned h = (unsigned)(p[0] | p[1] << 8);
+        if (p[2] > 16)
+            return snprintf(why, whysz, "its zero point %u is not in 0..16", p[2]), true;
+        if ((h & 0x7c00u) == 0x7c00u)
+            return snprintf(why, whysz, "its f16 scale is not finite (bits 0x%04x)", h), true;
+    }
+    if (dtype == MOEVK_DTYPE_NF4 || dtype == MOEVK_DTYPE_FP8_E4M3) {
+        if (!finite32(p))
+            return snprintf(why, whysz, "its f32 scale is not finite (bits 0x%08x)",
+                            (unsigned)u32le(p)),
+                   true;
+        for (uint32_t j = 0; dtype == MOEVK_DTYPE_FP8_E4M3 && j < 128; j++)
+            if ((p[4 + j] & 0x7f) == 0x7f)
+                return snprintf(why, whysz, "element %u is the e4m3fn NaN code 0x%02x", j,
+                                p[4 + j]),
+                       true;
+    }
+    return false;
+}
+
+bool mvk_format_check(moevk_dtype dtype, const void *blocks, uint64_t nblocks, uint64_t *bad,
+                      char *why, size_t whysz)
 {
     const mvk_format *f = mvk_format_get(dtype);
     if (!f)
         return false;
-    /* MXFP4: an E8M0 scale of 255 is NaN, refused as ggml's row check does */
-    if (dtype == MOEVK_DTYPE_MXFP4) {
-        const uint8_t *b = blocks;
-        for (uint64_t i = 0; i < nblocks; i++)
-            if (b[i * f->block_bytes] == 0xff) {
-                if (bad)
-                    *bad = i;
-                return false;
-            }
-    }
+    char scratch[1];
+    if (!why || !whysz)
+        why = scratch, whysz = sizeof scratch;
+    const uint8_t *b = blocks;
+    for (uint64_t i = 0; i < nblocks; i++)
+        if (bad_block(dtype, b + i * f->block_bytes, why, whysz)) {
+            if (bad)
+                *bad = i;
+            return false;
+        }
     return true;
+}
+
+bool mvk_format_validate(moevk_dtype dtype, const void *blocks, uint64_t nblocks, uint64_t *bad)
+{
+    return mvk_format_check(dtype, blocks, nblocks, bad, NULL, 0);
 }
 
 /* A uniform in [-1, 1) from 24 bits of r. */
@@ -353,6 +482,22 @@ void mvk_format_shape_block(moevk_dtype dtype, uint8_t *blk, float scale, uint64
         /* 2^(e - 127) about scale / 6 (E2M1 values reach 6), e within 1 */
         const int e = 127 + (int)floorf(log2f(scale / 6.0f)) + (int)(rnd % 3) - 1;
         blk[0] = (uint8_t)(e < 0 ? 0 : e > 254 ? 254 : e);
+        return;
+    }
+    case MOEVK_DTYPE_GPTQ4: /* |q - z| up to 16; zero points 0..16 */
+        f16_at[0] = 0;
+        blk[2] = (uint8_t)((rnd >> 40) % 17);
+        break;
+    case MOEVK_DTYPE_NF4: case MOEVK_DTYPE_FP8_E4M3: {
+        /* an f32 scale: NF4 values reach 1, e4m3 448 (mostly below 16) */
+        const float f = (dtype == MOEVK_DTYPE_NF4 ? scale : scale / 64.0f) * unit_from(rnd);
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        for (int i = 0; i < 4; i++)
+            blk[i] = (uint8_t)(u >> (8 * i));
+        for (uint32_t j = 0; dtype == MOEVK_DTYPE_FP8_E4M3 && j < 128; j++)
+            if ((blk[4 + j] & 0x7f) == 0x7f) /* no NaN codes */
+                blk[4 + j] ^= (uint8_t)(1u << (j % 7));
         return;
     }
     default: return;
@@ -416,6 +561,14 @@ uint32_t moevk_dtype_block_elems(moevk_dtype dtype)
     return f ? f->block_elems : 0;
 }
 
+static bool moevk_dtype_from_name_alias(const char *name)
+{
+    const char *a = "awq4";
+    while (*a && *name && tolower((unsigned char)*name) == *a)
+        a++, name++;
+    return !*a && !*name;
+}
+
 const char *moevk_dtype_name(moevk_dtype dtype)
 {
     const mvk_format *f = mvk_format_get(dtype);
@@ -426,6 +579,9 @@ int moevk_dtype_from_name(const char *name)
 {
     if (!name)
         return -1;
+    /* AWQ's 4-bit weights are repacked into the GPTQ block: one home */
+    if (moevk_dtype_from_name_alias(name))
+        return (int)MOEVK_DTYPE_GPTQ4;
     for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
         const char *a = formats[i].name, *b = name;
         while (*a && *b && tolower((unsigned char)*b) == *a)

@@ -44,9 +44,19 @@ const mvk_format *mvk_format_at(size_t i);
  * blocks or the dtype is unknown). */
 uint64_t mvk_format_row_bytes(moevk_dtype dtype, uint64_t elems);
 /* Whether blocks of a format are acceptable weights: MXFP4 refuses an
- * E8M0 scale of 255 (NaN). On false, *bad (optional) is the first bad
- * block. */
+ * E8M0 scale of 255 (NaN); gptq4 a zero point over 16 or a non-finite
+ * scale; nf4 and fp8_e4m3 a non-finite scale, fp8_e4m3 the e4m3fn NaN
+ * codes 0x7f and 0xff. On false, *bad (optional) is the first bad block
+ * and why (optional) says what is wrong with it ("its zero point 17 is not
+ * in 0..16"). */
+bool mvk_format_check(moevk_dtype dtype, const void *blocks, uint64_t nblocks, uint64_t *bad,
+                      char *why, size_t whysz);
 bool mvk_format_validate(moevk_dtype dtype, const void *blocks, uint64_t nblocks, uint64_t *bad);
+/* Element decoders shared with the checkpoint repacking: the NF4 value of
+ * a 4-bit code (bitsandbytes' table) and the f32 value of a float8 e4m3fn
+ * byte (NaN for 0x7f and 0xff). */
+float mvk_nf4_value(unsigned code);
+float mvk_e4m3_value(uint8_t v);
 /* Make blk (block_bytes random bytes, as the caller filled it) a valid
  * block of the format whose values are about +-scale: its scale fields are
  * set from the random bits rnd, every other bit (quants, sub-scales, signs)

@@ -24,20 +24,22 @@ static moevk_status upload_new(moevk_layer *L, const void *src, uint64_t bytes,
     return src ? moevk_buffer_upload(*out, 0, src, bytes) : MOEVK_SUCCESS;
 }
 
-/* Blocks of a format that no kernel may read (MXFP4's NaN scale): refused,
- * naming the expert, the matrix and the block. */
+/* Blocks of a format that no kernel may read (mvk_format_check: MXFP4's
+ * NaN scale, a gptq4 zero point over 16, an fp8 NaN code, ...): refused,
+ * naming the expert, the matrix, the block and what is wrong with it. */
 static moevk_status check_blocks(moevk_layer *L, moevk_dtype dt, const void *data,
                                  uint64_t bytes, const char *set, int m, uint32_t expert)
 {
     const mvk_format *f = mvk_format_get(dt);
     uint64_t bad = 0;
-    if (f->block_elems == 1 || mvk_format_validate(f->dtype, data, bytes / f->block_bytes, &bad))
+    char why[96];
+    if (f->block_elems == 1 ||
+        mvk_format_check(f->dtype, data, bytes / f->block_bytes, &bad, why, sizeof why))
         return MOEVK_SUCCESS;
     return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT,
-                    "%s %u's %s matrix: %s block %llu is not valid (an E8M0 scale of 255 is "
-                    "NaN)",
-                    set, expert, m == 0 ? "gate" : m == 1 ? "up" : "down", f->name,
-                    (unsigned long long)bad);
+                    "%s %u's %s matrix: %s block %llu is not valid (%s)", set, expert,
+                    m == 0 ? "gate" : m == 1 ? "up" : "down", f->name, (unsigned long long)bad,
+                    why);
 }
 
 /* How one matrix of a set goes to the device: its rows in the host format
@@ -124,6 +126,7 @@ static void set_destroy(moevk_layer *L, mvk_expert_set *s)
     mvk_free(L->ctx, s->chunks);
     for (int m = 0; m < 3; m++)
         moevk_buffer_destroy(s->bias[m]);
+    moevk_buffer_destroy(s->input_perm);
     memset(s, 0, sizeof(*s));
 }
 
@@ -181,6 +184,9 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
             (st = upload_bias(L, w->down_bias, (uint64_t)count * H, &s->bias[2])))
             return st;
     }
+    if (w->input_perm && (st = upload_new(L, w->input_perm, (uint64_t)count * H * 4,
+                                          &s->input_perm)))
+        return st;
     return MOEVK_SUCCESS;
 }
 

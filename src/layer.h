@@ -25,6 +25,7 @@ typedef struct mvk_expert_set {
     uint32_t nchunks;
     mvk_chunk *chunks;
     moevk_buffer *bias[3]; /* all NULL, or all set (zeros where absent) */
+    moevk_buffer *input_perm; /* [count, H] u32, or NULL (the identity) */
 } mvk_expert_set;
 
 struct moevk_layer {

@@ -30,6 +30,33 @@ static bool format_ok(moevk_dtype d, uint32_t use)
     return f && (f->uses & use);
 }
 
+/* Each expert's input_perm is a permutation of 0 .. H - 1. */
+static moevk_status check_input_perm(moevk_context *ctx, const moevk_expert_weights *w,
+                                     const char *set, uint32_t count, uint32_t H)
+{
+    if (!w->input_perm)
+        return MOEVK_SUCCESS;
+    uint8_t *seen = mvk_alloc(ctx, H ? H : 1);
+    if (!seen)
+        return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "checking %s.input_perm", set);
+    moevk_status st = MOEVK_SUCCESS;
+    for (uint32_t e = 0; e < count && !st; e++) {
+        memset(seen, 0, H);
+        for (uint32_t k = 0; k < H && !st; k++) {
+            const uint32_t v = w->input_perm[(size_t)e * H + k];
+            if (v >= H || seen[v])
+                st = mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                              "%s.input_perm[%u * hidden + %u] = %u: expert %u's input order is "
+                              "not a permutation of 0..%u (%s)",
+                              set, e, k, v, e, H - 1, v >= H ? "out of range" : "repeated");
+            else
+                seen[v] = 1;
+        }
+    }
+    mvk_free(ctx, seen);
+    return st;
+}
+
 static moevk_status check_weights(moevk_context *ctx, const moevk_expert_weights *w,
                                   const char *set, bool gated)
 {
@@ -193,6 +220,9 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     } else if (d.shared_gate) {
         return mvk_fail(ctx, bad, "shared_gate is set but num_shared is 0");
     }
+    if ((st = check_input_perm(ctx, &d.experts, "experts", d.num_experts, d.hidden)) ||
+        (d.num_shared && (st = check_input_perm(ctx, &d.shared, "shared", d.num_shared, d.hidden))))
+        return st;
     if ((st = check_formats(ctx, desc_in, &d)))
         return st;
     /* Sizes: a whole matrix stack must be addressable (no 64-bit overflow). */

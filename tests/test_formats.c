@@ -7,11 +7,12 @@
  * gguf-py in tests/test_formats.py.
  */
 #include <criterion/criterion.h>
-#include <stdlib.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "formats.h"
 #include "random_layer.h"
 #include "quantize.h"
 #include "ref/ref.h"
@@ -21,6 +22,7 @@ static const moevk_dtype block_formats[] = {
     MOEVK_DTYPE_Q8_0, MOEVK_DTYPE_Q4_0, MOEVK_DTYPE_Q4_1, MOEVK_DTYPE_Q5_0, MOEVK_DTYPE_Q5_1,
     MOEVK_DTYPE_Q2_K, MOEVK_DTYPE_Q3_K, MOEVK_DTYPE_Q4_K, MOEVK_DTYPE_Q5_K, MOEVK_DTYPE_Q6_K,
     MOEVK_DTYPE_IQ4_NL, MOEVK_DTYPE_IQ4_XS, MOEVK_DTYPE_MXFP4,
+    MOEVK_DTYPE_GPTQ4, MOEVK_DTYPE_NF4, MOEVK_DTYPE_FP8_E4M3,
 };
 
 #define NFORMATS (sizeof(block_formats) / sizeof(block_formats[0]))
@@ -35,7 +37,7 @@ static void check_format(moevk_context *ctx, moevk_dtype dt, uint64_t seed)
     mvkt_rng r = mvkt_rng_make(seed);
     const uint32_t be = moevk_dtype_block_elems(dt);
     rlayer_spec sp = {
-        .H = be == 256 ? 512 : 96, .F = be == 256 ? 256 : 160, .E = 3, .K = 2,
+        .H = be == 32 ? 96 : 2 * be, .F = be == 32 ? 160 : be == 64 ? 192 : be, .E = 3, .K = 2,
         .routing = (moevk_routing)(seed % 3), .activation = (moevk_activation)(seed % 6),
         .dtype = dt, .shared = 1, .biases = seed % 2 == 0,
     };
@@ -100,7 +102,8 @@ Test(formats, names_and_sizes)
         cr_assert_eq(moevk_dtype_from_name(name), (int)dt, "%s", name);
         cr_assert_eq(moevk_dtype_size(dt), 0, "%s has no element size", name);
         const uint32_t be = moevk_dtype_block_elems(dt);
-        cr_assert(be == 32 || be == 256, "%s: %u elements per block", name, be);
+        cr_assert(be == 32 || be == 64 || be == 128 || be == 256, "%s: %u elements per block",
+                  name, be);
         cr_assert_eq(moevk_dtype_row_bytes(dt, be - 1), 0, "%s: a partial block", name);
         cr_assert_eq(moevk_dtype_row_bytes(dt, 3 * (uint64_t)be),
                      3 * moevk_dtype_row_bytes(dt, be));
@@ -110,6 +113,13 @@ Test(formats, names_and_sizes)
     cr_assert_eq(moevk_dtype_row_bytes(MOEVK_DTYPE_Q4_K, 256), 144);
     cr_assert_eq(moevk_dtype_row_bytes(MOEVK_DTYPE_MXFP4, 64), 34);
     cr_assert_eq(moevk_dtype_row_bytes(MOEVK_DTYPE_Q6_K, 512), 420);
+    cr_assert_eq(moevk_dtype_row_bytes(MOEVK_DTYPE_GPTQ4, 64), 38);
+    cr_assert_eq(moevk_dtype_row_bytes(MOEVK_DTYPE_NF4, 128), 72);
+    cr_assert_eq(moevk_dtype_row_bytes(MOEVK_DTYPE_FP8_E4M3, 256), 264);
+    cr_assert_eq(moevk_dtype_from_name("awq4"), MOEVK_DTYPE_GPTQ4, "AWQ repacks into gptq4");
+    cr_assert_eq(moevk_dtype_from_name("AWQ4"), MOEVK_DTYPE_GPTQ4);
+    cr_assert_eq(moevk_dtype_from_name("awq"), -1);
+    cr_assert_str_eq(moevk_dtype_name(MOEVK_DTYPE_FP8_E4M3), "fp8_e4m3");
 }
 
 /* A block format is for expert weights only, and a row that is not whole
@@ -133,6 +143,104 @@ Test(formats, bad_uses_are_refused)
     cr_assert(strstr(moevk_context_last_error(ctx), "q4_k"), "%s", moevk_context_last_error(ctx));
     cr_assert(strstr(moevk_context_last_error(ctx), "256"), "%s", moevk_context_last_error(ctx));
     rlayer_free(&rl);
+    mvkt_context_end(ctx);
+}
+
+/* moevk's own blocks (gptq4, nf4, fp8_e4m3) decode as docs/semantics.md
+ * writes them: every e4m3fn code against its value computed in double,
+ * every NF4 code against bitsandbytes' literals, gptq4 over every
+ * quant and zero point. */
+Test(formats, hf_blocks_decode_as_specified)
+{
+    /* fp8_e4m3: scale 1 then codes 0..127; scale -2 then 128..255 */
+    uint8_t fb[2][132];
+    float fv[256];
+    for (int h = 0; h < 2; h++) {
+        float s = h ? -2.0f : 1.0f;
+        memcpy(fb[h], &s, 4);
+        for (int j = 0; j < 128; j++)
+            fb[h][4 + j] = (uint8_t)(128 * h + j);
+    }
+    mvk_format_decode(MOEVK_DTYPE_FP8_E4M3, fb, 0, 256, fv);
+    for (int c = 0; c < 256; c++) {
+        const int e = (c >> 3) & 15, m = c & 7, neg = c >> 7;
+        double want = e ? ldexp(1.0 + m / 8.0, e - 7) : ldexp(m / 8.0, -6);
+        want = (neg ? -want : want) * (c >= 128 ? -2.0 : 1.0);
+        if ((c & 0x7f) == 0x7f)
+            cr_assert(isnan(fv[c]), "code 0x%02x is NaN", c);
+        else
+            cr_assert_eq((double)fv[c], want, "e4m3 code 0x%02x: %.9g, want %.9g", c, fv[c], want);
+    }
+    cr_assert_eq(fv[0x7e], 448.0f, "the largest e4m3fn value");
+    /* nf4: absmax 3, byte j = (code 2j % 16) << 4 | (code 2j + 1) % 16 */
+    static const double nf4[16] = {-1.0, -0.6961928009986877, -0.5250730514526367,
+                                   -0.39491748809814453, -0.28444138169288635,
+                                   -0.18477343022823334, -0.09105003625154495, 0.0,
+                                   0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
+                                   0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                                   0.7229568362236023, 1.0};
+    uint8_t nb[36];
+    float nv[64], a = 3.0f;
+    memcpy(nb, &a, 4);
+    for (int j = 0; j < 32; j++)
+        nb[4 + j] = (uint8_t)(((2 * j) % 16) << 4 | (2 * j + 1) % 16);
+    mvk_format_decode(MOEVK_DTYPE_NF4, nb, 0, 64, nv);
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(nv[i], (float)nf4[i % 16] * 3.0f, "nf4 element %d", i);
+    /* gptq4: every zero point 0..16 against every quant, d = 0.75 */
+    for (int z = 0; z <= 16; z++) {
+        uint8_t gb[19];
+        float gv[32];
+        const uint16_t d = moevk_float_to_half(0.75f);
+        gb[0] = (uint8_t)d, gb[1] = (uint8_t)(d >> 8), gb[2] = (uint8_t)z;
+        for (int j = 0; j < 16; j++)
+            gb[3 + j] = (uint8_t)(j | (15 - j) << 4);
+        mvk_format_decode(MOEVK_DTYPE_GPTQ4, gb, 0, 32, gv);
+        for (int j = 0; j < 16; j++) {
+            cr_assert_eq(gv[j], 0.75f * (float)(j - z), "z %d element %d", z, j);
+            cr_assert_eq(gv[j + 16], 0.75f * (float)(15 - j - z), "z %d element %d", z, j + 16);
+        }
+    }
+}
+
+/* Blocks no kernel reads are refused at layer create, the message naming
+ * the matrix, the block and what is wrong: a gptq4 zero point over 16, an
+ * fp8 NaN code, a non-finite nf4 absmax. */
+Test(formats, hf_blocks_refused)
+{
+    static const struct {
+        moevk_dtype dt;
+        uint32_t byte; /* of block 1 of the up matrix of expert 1 */
+        uint8_t value;
+        const char *msg;
+    } bad[] = {
+        {MOEVK_DTYPE_GPTQ4, 2, 17, "zero point 17 is not in 0..16"},
+        {MOEVK_DTYPE_FP8_E4M3, 4 + 5, 0xff, "element 5 is the e4m3fn NaN code 0xff"},
+        {MOEVK_DTYPE_FP8_E4M3, 4 + 9, 0x7f, "NaN code 0x7f"},
+        {MOEVK_DTYPE_NF4, 3, 0x7f, "f32 scale is not finite"},
+    };
+    moevk_context *ctx = mvkt_context();
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        mvkt_rng r = mvkt_rng_make(11 + i);
+        rlayer rl;
+        rlayer_make(&r, &rl, &(rlayer_spec){.H = 256, .F = 128, .E = 2, .K = 1, .dtype = bad[i].dt});
+        moevk_layer *L;
+        cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        moevk_layer_destroy(L);
+        const uint64_t bb = moevk_dtype_row_bytes(bad[i].dt, moevk_dtype_block_elems(bad[i].dt));
+        uint8_t *up = (uint8_t *)rl.up + moevk_dtype_row_bytes(bad[i].dt, 256) * 128;
+        up[bb + bad[i].byte] = bad[i].value;
+        if (bad[i].dt == MOEVK_DTYPE_NF4)
+            up[bb + 2] |= 0x80; /* exponent all ones: NaN or Inf */
+        cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_ERROR_INVALID_ARGUMENT, "%s",
+                     moevk_dtype_name(bad[i].dt));
+        const char *e = moevk_context_last_error(ctx);
+        cr_assert(strstr(e, "expert 1's up matrix") && strstr(e, "block 1 ") &&
+                      strstr(e, bad[i].msg),
+                  "%s", e);
+        rlayer_free(&rl);
+    }
     mvkt_context_end(ctx);
 }
 
@@ -342,6 +450,119 @@ Test(formats, quantise_at_create, .timeout = 600)
         moevk_layer_destroy(L1), moevk_layer_destroy(L3), moevk_layer_destroy(Lp);
         rlayer_free(&rl);
     }
+    mvkt_context_end(ctx);
+}
+
+/* A random permutation of 0 .. n - 1 into p. */
+static void random_perm(mvkt_rng *r, uint32_t *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        p[i] = i;
+    for (uint32_t i = n - 1; i > 0; i--) {
+        uint32_t j = mvkt_range(r, 0, i), t = p[i];
+        p[i] = p[j];
+        p[j] = t;
+    }
+}
+
+/* The same experts in f32 with the gate/up columns put where input_perm
+ * reads them from (W'[r][perm[k]] = W[r][k]) and no permutation. */
+static float *unpermuted(moevk_dtype dt, const void *w, uint32_t count, uint32_t rows,
+                         uint32_t cols, const uint32_t *perm)
+{
+    float *out = malloc(sizeof(float) * count * rows * cols), *row = malloc(sizeof(float) * cols);
+    cr_assert(out && row);
+    const uint64_t rb = moevk_dtype_row_bytes(dt, cols);
+    for (uint32_t e = 0; e < count; e++)
+        for (uint32_t r = 0; r < rows; r++) {
+            mvk_format_decode(dt, (const uint8_t *)w + ((uint64_t)e * rows + r) * rb, 0, cols, row);
+            for (uint32_t k = 0; k < cols; k++)
+                out[((size_t)e * rows + r) * cols + (perm ? perm[(size_t)e * cols + k] : k)] = row[k];
+        }
+    free(row);
+    return out;
+}
+
+/* input_perm (act-order experts): every kernel path reads each expert's
+ * gate/up inputs in its order, routed and shared, against the reference;
+ * the reference itself against the same layer with the columns put back
+ * in place. A repeated index is refused, naming it. */
+Test(formats, input_permutations_on_every_path, .timeout = 300)
+{
+    const uint64_t seed = mvkt_base_seed() ^ 0x9e77;
+    mvkt_rng r = mvkt_rng_make(seed);
+    moevk_context *ctx = mvkt_context();
+    const moevk_dtype dt = MOEVK_DTYPE_GPTQ4;
+    rlayer_spec sp = {.H = 96, .F = 64, .E = 3, .K = 2, .routing = (moevk_routing)(seed % 3),
+                      .activation = (moevk_activation)(seed % 6), .dtype = dt, .shared = 1,
+                      .biases = seed % 2 == 0};
+    rlayer rl;
+    rlayer_make(&r, &rl, &sp);
+    uint32_t *pe = malloc(sizeof(uint32_t) * sp.E * sp.H), *ps = malloc(sizeof(uint32_t) * sp.H);
+    cr_assert(pe && ps);
+    for (uint32_t e = 0; e < sp.E; e++)
+        random_perm(&r, pe + e * sp.H, sp.H);
+    random_perm(&r, ps, sp.H);
+    rl.d.experts.input_perm = pe;
+    rl.d.shared.input_perm = ps;
+    /* the reference's permutation against the layer without one */
+    moevk_layer_desc eq = rl.d;
+    const int gated = moevk_activation_is_gated(sp.activation);
+    float *g = gated ? unpermuted(dt, rl.gate, sp.E, sp.F, sp.H, pe) : NULL;
+    float *u = unpermuted(dt, rl.up, sp.E, sp.F, sp.H, pe);
+    float *dn = unpermuted(dt, rl.down, sp.E, sp.H, sp.F, NULL);
+    const uint32_t FS = rl.d.shared_ffn;
+    float *sg = gated ? unpermuted(dt, rl.sgate, 1, FS, sp.H, ps) : NULL;
+    float *su = unpermuted(dt, rl.sup, 1, FS, sp.H, ps);
+    float *sd = unpermuted(dt, rl.sdown, 1, sp.H, FS, NULL);
+    eq.weight_dtype = MOEVK_DTYPE_F32;
+    eq.experts.gate = g, eq.experts.up = u, eq.experts.down = dn, eq.experts.input_perm = NULL;
+    eq.shared.gate = sg, eq.shared.up = su, eq.shared.down = sd, eq.shared.input_perm = NULL;
+    /* a few tokens, each path forced (pipelines are most of the time) */
+    {
+        const uint32_t T = 5;
+        float *x = random_x(&r, T, sp.H), *ref = malloc(sizeof(float) * T * sp.H),
+              *ref2 = malloc(sizeof(float) * T * sp.H);
+        cr_assert(ref && ref2);
+        cr_assert_eq(moevk_ref_layer_forward(&rl.d, T, x, ref, NULL, NULL, NULL, NULL), 0);
+        cr_assert_eq(moevk_ref_layer_forward(&eq, T, x, ref2, NULL, NULL, NULL, NULL), 0);
+        double e2 = mvkt_rel_l2(ref, ref2, (size_t)T * sp.H);
+        cr_assert_leq(e2, 1e-6, "seed %llu: the reference's input_perm: %g", (unsigned long long)seed,
+                      e2);
+        for (int variant = 0; variant < 4; variant++) {
+            const int path = variant < 3 ? variant : 2;
+            cr_assert_eq(moevk_testing_force_path(ctx, path), MOEVK_SUCCESS);
+            cr_assert_eq(moevk_testing_matrix_units(ctx, variant == 3), MOEVK_SUCCESS);
+            moevk_layer *L;
+            cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_SUCCESS, "%s",
+                         moevk_context_last_error(ctx));
+            pass_out o;
+            forward(ctx, L, x, T, &o);
+            double err = mvkt_rel_l2(o.y, ref, (size_t)T * sp.H);
+            cr_assert_leq(err, 1e-5, "seed %llu variant %d: rel. error %g",
+                          (unsigned long long)seed, variant, err);
+            pass_free(&o);
+            moevk_layer_destroy(L);
+        }
+        free(x), free(ref), free(ref2);
+    }
+    cr_assert_eq(moevk_testing_force_path(ctx, -1), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_testing_matrix_units(ctx, 0), MOEVK_SUCCESS);
+    /* not a permutation: refused naming the entry */
+    pe[1 * sp.H + 5] = pe[1 * sp.H + 6];
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "experts.input_perm[1 * hidden + 6]") &&
+                  strstr(moevk_context_last_error(ctx), "repeated"),
+              "%s", moevk_context_last_error(ctx));
+    ps[3] = sp.H;
+    rl.d.experts.input_perm = NULL;
+    cr_assert_eq(moevk_layer_create(ctx, &rl.d, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "shared.input_perm[0 * hidden + 3] = 96") &&
+                  strstr(moevk_context_last_error(ctx), "out of range"),
+              "%s", moevk_context_last_error(ctx));
+    free(g), free(u), free(dn), free(sg), free(su), free(sd), free(pe), free(ps);
+    rlayer_free(&rl);
     mvkt_context_end(ctx);
 }
 

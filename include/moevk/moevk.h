@@ -255,6 +255,13 @@ typedef enum moevk_dtype {
     MOEVK_DTYPE_IQ4_NL = 26, /* 32 in 18 */
     MOEVK_DTYPE_IQ4_XS = 27, /* 256 in 136 */
     MOEVK_DTYPE_MXFP4 = 28,  /* 32 in 17 */
+    /* Native blocks of the Hugging Face quantised checkpoints (moevk's own
+     * layouts: `moevk run` repacks GPTQ, AWQ, bitsandbytes and FP8 experts
+     * into them at load without changing a dequantised value). */
+    MOEVK_DTYPE_GPTQ4 = 29,    /* 32 in 19: f16 scale, u8 zero, 4-bit quants
+                                  (GPTQ and AWQ; "awq4" names it too) */
+    MOEVK_DTYPE_NF4 = 30,      /* 64 in 36: f32 absmax, NF4 codes (bitsandbytes) */
+    MOEVK_DTYPE_FP8_E4M3 = 31, /* 128 in 132: f32 scale, float8 e4m3fn values */
 } moevk_dtype;
 
 /* Bytes of one element; 0 for a block format or an unknown dtype (see
@@ -267,9 +274,11 @@ MOEVK_API uint64_t moevk_dtype_row_bytes(moevk_dtype dtype, uint64_t elems);
 /* Elements per block (1 for f32/f16/bf16/i32; 0 for an unknown dtype). */
 MOEVK_API uint32_t moevk_dtype_block_elems(moevk_dtype dtype);
 /* The name as llama.cpp spells it, lower case ("f32", "q4_k", "iq4_xs",
- * "mxfp4", ...), or "unknown". */
+ * "mxfp4", ...; moevk's own blocks "gptq4", "nf4", "fp8_e4m3"), or
+ * "unknown". */
 MOEVK_API const char *moevk_dtype_name(moevk_dtype dtype);
-/* The dtype of a name (case-insensitive); -1 when none has it. */
+/* The dtype of a name (case-insensitive; "awq4" is MOEVK_DTYPE_GPTQ4, the
+ * block AWQ is repacked into); -1 when none has it. */
 MOEVK_API int moevk_dtype_from_name(const char *name);
 
 typedef struct moevk_buffer moevk_buffer;
@@ -436,6 +445,12 @@ typedef struct moevk_expert_weights {
      * MOEVK_LAYER_MATRIX_DTYPES (GGUF's Q4_K_M: gate/up q4_k, down q6_k);
      * otherwise both are the layer's weight_dtype. */
     moevk_dtype gate_up_dtype, down_dtype;
+    /* Optional [count, hidden]: each expert's order of the inputs of its
+     * gate and up projections: their input k is x[t, input_perm[e * hidden
+     * + k]] (a permutation of 0 .. hidden - 1 for each expert e). NULL: the
+     * identity. `moevk run` sets it for act-order (desc_act) GPTQ
+     * checkpoints, whose inputs it sorts by quantisation group. */
+    const uint32_t *input_perm;
 } moevk_expert_weights;
 
 enum moevk_layer_flags {

@@ -658,6 +658,8 @@ int cli_run(int argc, char **argv)
         printf(", expert_capacity %llu per sequence%s", (unsigned long long)ml.expert_capacity,
                ml.dropped_passthrough ? " (dropped: p * x)" : "");
     printf("\n");
+    if (ml.quant[0])
+        printf("quant    %s\n", ml.quant);
     printf("input    x %s -> %u tokens%s\n", mvk_shape_str(shape, ndim, sb, sizeof sb), T,
            passes > 1 ? " (one pass per sequence)" : "");
     moevk_layer_desc dev_desc; /* the formats on the device */

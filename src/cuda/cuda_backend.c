@@ -79,6 +79,10 @@ static moevk_status cuda_create(void *dev, const moevk_layer_desc *desc,
 {
     (void)opts; /* one copy; the scratch grows with the largest T seen */
     *layer = NULL;
+    if (desc->experts.input_perm || desc->shared.input_perm) {
+        mvk_backend_err(err, n, "the CUDA backends do not read input_perm (act-order experts)");
+        return MOEVK_ERROR_UNSUPPORTED;
+    }
     cuda_layer *l = calloc(1, sizeof *l);
     if (!l) {
         mvk_backend_err(err, n, "out of host memory");

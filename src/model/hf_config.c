@@ -292,6 +292,8 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
     if (read_act(r, &a->act, c))
         return -1;
     c->shared_gate = a->shared_gate != NULL && c->shared_ffn != 0;
+    if (mvk_hfq_config_read(r->root, r->what, &c->quant, r->err, r->errsz))
+        return -1;
     return check_values(r, c);
 }
 

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "arch.h"
+#include "hf_quant.h"
 #include "moevk/moevk.h"
 
 typedef struct mvk_moe_config {
@@ -38,6 +39,8 @@ typedef struct mvk_moe_config {
     uint64_t expert_capacity; /* tokens per expert per sequence            */
     uint32_t num_decoder_layers, encoder_sparse_step, decoder_sparse_step_sw;
     uint32_t num_sparse_encoder_layers, num_sparse_decoder_layers;
+    /* quantization_config (method NONE when absent) */
+    mvk_hfq_config quant;
 } mvk_moe_config;
 
 /* Parse config.json text (strict JSON: nothing after the value, no key

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats.h"
+#include "hf_quant.h"
 #include "model_util.h"
 #include "ref/ref.h"
 
@@ -50,6 +52,17 @@ uint64_t mvk_model_count_nonfinite(const void *src, int dtype, size_t n)
 {
     const uint8_t *p = src;
     uint64_t c = 0;
+    const mvk_format *f = mvk_format_get((moevk_dtype)dtype);
+    if (f && f->block_elems > 1) {
+        /* block formats: decode each block (n is whole blocks) */
+        float v[256];
+        for (size_t b = 0; b < n / f->block_elems; b++) {
+            f->decode(p + b * f->block_bytes, 1, v);
+            for (uint32_t i = 0; i < f->block_elems; i++)
+                c += !isfinite(v[i]);
+        }
+        return c;
+    }
     if (dtype == MOEVK_DTYPE_F32) {
         for (size_t i = 0; i < n; i++) {
             uint32_t u;
@@ -83,6 +96,7 @@ static inline void put(uint8_t *dst, size_t di, int dt, const uint8_t *src, size
 
 typedef enum view_kind {
     V_DIRECT,   /* rows x cols contiguous from element `off` of t           */
+    V_PACKED,   /* rows of blocks repacked from a quantised matrix (packed) */
     V_OSS_GATE, /* gpt-oss [E, H, 2F]: out[f][h] = t[e][h][2f]              */
     V_OSS_UP,   /*                      out[f][h] = t[e][h][2f + 1]         */
     V_OSS_DOWN, /* gpt-oss [E, F, H]:   out[h][f] = t[e][f][h]              */
@@ -93,6 +107,9 @@ typedef struct mview {
     view_kind kind;
     uint64_t off;
     uint32_t expert;
+    const void *packed;       /* V_PACKED: rows of pdtype blocks (owned) */
+    int pdtype;
+    const uint32_t *row_perm; /* NULL, or row r is the source's row row_perm[r] */
 } mview;
 
 typedef struct bctx {
@@ -118,6 +135,25 @@ static void *own(mvk_model_layer *L, size_t size)
     if (p)
         L->owned[L->nowned++] = p;
     return p;
+}
+
+/* The layer takes over p (malloc'd); freed at once when it cannot. */
+static int adopt(mvk_model_layer *L, void *p)
+{
+    if (!p)
+        return 0;
+    if (L->nowned == L->capowned) {
+        size_t cap = L->capowned ? L->capowned * 2 : 16;
+        void **n = realloc(L->owned, cap * sizeof(*n));
+        if (!n) {
+            free(p);
+            return -1;
+        }
+        L->owned = n;
+        L->capowned = cap;
+    }
+    L->owned[L->nowned++] = p;
+    return 0;
 }
 
 static int oom(bctx *b)
@@ -171,6 +207,124 @@ static const mvk_st_tensor *need(bctx *b, const char *pattern, uint32_t i, uint3
     return t;
 }
 
+/* A checkpoint name less its ".weight" (the base of a quantised matrix's
+ * tensors); 0 when it does not end so. */
+static int quant_base(const char *name, char *base, size_t n)
+{
+    size_t l = strlen(name);
+    if (l < 7 || strcmp(name + l - 7, ".weight") || l - 7 >= n)
+        return 0;
+    memcpy(base, name, l - 7);
+    base[l - 7] = 0;
+    return 1;
+}
+
+/* Whether prefix + pattern (expert i) is a quantised matrix (with its
+ * base name in base). */
+static int is_quantized(bctx *b, const char *pattern, uint32_t i, char *base, size_t n)
+{
+    char name[512];
+    if (!b->c->quant.method)
+        return 0;
+    tensor_name(b, pattern, i, name, sizeof name);
+    return quant_base(name, base, n) && mvk_hfq_is_quantized(&b->c->quant, b->set, base);
+}
+
+/* A matrix prefix + pattern (expert i) is there: float or quantised. */
+static int has_matrix(bctx *b, const char *pattern, uint32_t i)
+{
+    char base[512];
+    return has(b, pattern, i) || is_quantized(b, pattern, i, base, sizeof base);
+}
+
+/* The [rows, cols] matrix prefix + pattern (expert i): a float tensor of
+ * that shape (need), or a quantised one repacked into its block format.
+ * order non-NULL: its columns in that order (act-order GPTQ); else perm
+ * non-NULL: its input axis may be reordered, and the order chosen, if
+ * any, goes to *perm (owned by the layer). */
+static int load_matrix(bctx *b, const char *pattern, uint32_t i, uint64_t rows, uint64_t cols,
+                       const char *dims, const uint32_t *order, uint32_t **perm, mview *v)
+{
+    char base[512];
+    if (perm)
+        *perm = NULL;
+    if (!is_quantized(b, pattern, i, base, sizeof base)) {
+        v->t = need(b, pattern, i, 2, (const uint64_t[]){rows, cols}, dims);
+        return v->t ? 0 : -1;
+    }
+    mvk_hfq_matrix m;
+    if (mvk_hfq_load(&b->c->quant, b->set, base, rows, cols, perm != NULL, order, &m, b->err,
+                     b->errsz))
+        return -1;
+    uint32_t *cp = m.col_perm;
+    if (adopt(b->L, m.blocks)) {
+        free(cp);
+        return oom(b);
+    }
+    if (adopt(b->L, cp))
+        return oom(b);
+    v->kind = V_PACKED;
+    v->t = NULL;
+    v->packed = m.blocks;
+    v->pdtype = m.dtype;
+    if (perm)
+        *perm = cp;
+    if (!b->L->quant[0]) {
+        mvk_hfq_describe(&b->c->quant, b->L->quant, sizeof b->L->quant);
+    }
+    return 0;
+}
+
+/* Append a note to the layer's description of its quantisation (once). */
+static void quant_note(bctx *b, const char *note)
+{
+    size_t l = strlen(b->L->quant);
+    if (!strstr(b->L->quant, note))
+        snprintf(b->L->quant + l, sizeof b->L->quant - l, "; %s", note);
+}
+
+/* The gate (NULL pattern: none) and up projections [F, H] of expert i,
+ * which read the same input: in act-order GPTQ each is repacked in the
+ * input order that sorts one of them by group (the other must fit it),
+ * returned in *xperm (NULL: the checkpoint's order). */
+static int gate_up(bctx *b, const char *gp, const char *up, uint32_t i, uint64_t F, uint64_t H,
+                   const char *dims, mview *g, mview *u, uint32_t **xperm)
+{
+    uint32_t *pg = NULL, *pu = NULL;
+    *xperm = NULL;
+    if (gp && load_matrix(b, gp, i, F, H, dims, NULL, &pg, g))
+        return -1;
+    if (load_matrix(b, up, i, F, H, dims, pg, pg ? NULL : &pu, u))
+        return -1;
+    if (pu && gp && load_matrix(b, gp, i, F, H, dims, pu, NULL, g)) /* the gate follows */
+        return -1;
+    uint32_t *x = pg ? pg : pu;
+    if (x && ((gp && g->kind != V_PACKED) || u->kind != V_PACKED))
+        return mvk_errf(b->err, b->errsz,
+                        "expert %u: one of its gate and up projections is act-order GPTQ, the "
+                        "other a float tensor: they must take one input order",
+                        i);
+    *xperm = x;
+    return 0;
+}
+
+/* A quantised router or gate [rows, cols] dequantised to f32 (owned), or
+ * *out NULL when the tensor is a float one. */
+static int quantized_f32(bctx *b, const char *pattern, uint64_t rows, uint64_t cols, float **out)
+{
+    char base[512];
+    *out = NULL;
+    if (!is_quantized(b, pattern, 0, base, sizeof base))
+        return 0;
+    if (mvk_hfq_load_f32(&b->c->quant, b->set, base, rows, cols, out, b->err, b->errsz))
+        return -1;
+    if (adopt(b->L, *out)) {
+        *out = NULL;
+        return oom(b);
+    }
+    return 0;
+}
+
 #define SHAPE(...) ((const uint64_t[]){__VA_ARGS__})
 
 /* An f32 copy of a whole (small) tensor: biases. */
@@ -189,9 +343,42 @@ static float *f32_copy(bctx *b, const mvk_st_tensor *t)
  * the map when possible, else an owned copy. */
 static const void *materialize(bctx *b, const mview *v, uint64_t rows, uint64_t cols, int dt)
 {
+    if (v->kind == V_PACKED) {
+        /* repacked blocks: as they are, rows reordered, or decoded to f32
+         * (a file that mixes dtypes) */
+        const size_t prb = (size_t)moevk_dtype_row_bytes((moevk_dtype)v->pdtype, cols);
+        if (dt == v->pdtype && !v->row_perm)
+            return v->packed;
+        const size_t orb = dt == v->pdtype ? prb : (size_t)cols * 4;
+        uint8_t *dst = own(b->L, (size_t)rows * orb);
+        if (!dst) {
+            oom(b);
+            return NULL;
+        }
+        for (size_t r = 0; r < rows; r++) {
+            const uint8_t *src = (const uint8_t *)v->packed + (v->row_perm ? v->row_perm[r] : r) * prb;
+            if (dt == v->pdtype)
+                memcpy(dst + r * orb, src, prb);
+            else
+                mvk_format_decode((moevk_dtype)v->pdtype, src, 0, cols, (float *)(dst + r * orb));
+        }
+        return dst;
+    }
     const mvk_st_tensor *t = v->t;
     size_t es = moevk_dtype_size((moevk_dtype)dt), ses = moevk_dtype_size((moevk_dtype)t->dtype);
     size_t n = (size_t)(rows * cols);
+    if (v->kind == V_DIRECT && v->row_perm) {
+        const uint8_t *src = t->data + v->off * ses;
+        uint8_t *dst = own(b->L, n * es);
+        if (!dst) {
+            oom(b);
+            return NULL;
+        }
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = 0; c < cols; c++)
+                put(dst, r * cols + c, dt, src, v->row_perm[r] * cols + c, t->dtype);
+        return dst;
+    }
     if (v->kind == V_DIRECT) {
         const uint8_t *src = t->data + v->off * ses;
         if (t->dtype == dt && ((uintptr_t)src % es) == 0)
@@ -299,6 +486,39 @@ static int per_expert(bctx *b, const mvk_arch_layout *lay, expert_views *ev)
     ev->gate = lay->gate ? views(b, E) : NULL;
     if (!ev->up || !ev->down || (lay->gate && !ev->gate))
         return -1;
+    if (b->c->quant.method) {
+        /* down first: an act-order down projection reorders the gate/up rows */
+        uint32_t **perms = own(b->L, sizeof(uint32_t *) * E);
+        if (!perms)
+            return oom(b);
+        memset(perms, 0, sizeof(uint32_t *) * E);
+        b->L->ffn_perm = perms;
+        uint32_t *xin = NULL; /* [E, H]: each expert's gate/up input order */
+        for (uint32_t i = 0; i < E; i++) {
+            uint32_t *xp;
+            if (load_matrix(b, lay->down, i, H, F, "[H, F]", NULL, &perms[i], &ev->down[i]) ||
+                gate_up(b, lay->gate, lay->up, i, F, H, "[F, H]", lay->gate ? &ev->gate[i] : NULL,
+                        &ev->up[i], &xp))
+                return -1;
+            ev->up[i].row_perm = perms[i];
+            if (lay->gate)
+                ev->gate[i].row_perm = perms[i];
+            if (perms[i])
+                quant_note(b, "down inputs sorted by group, gate/up rows alike");
+            if (!xp)
+                continue;
+            if (!xin) {
+                if (!(xin = own(b->L, sizeof(uint32_t) * (size_t)E * H)))
+                    return oom(b);
+                for (size_t k = 0; k < (size_t)E * H; k++)
+                    xin[k] = (uint32_t)(k % H);
+            }
+            memcpy(xin + (size_t)i * H, xp, sizeof(uint32_t) * H);
+            quant_note(b, "gate/up inputs sorted by group (input_perm)");
+        }
+        b->L->desc.experts.input_perm = xin;
+        return 0;
+    }
     for (uint32_t i = 0; i < E; i++) {
         if (lay->gate && !(ev->gate[i].t = need(b, lay->gate, i, 2, SHAPE(F, H), "[F, H]")))
             return -1;
@@ -324,6 +544,20 @@ static int shared_expert(bctx *b, const char *const names[3], expert_views *ev)
     if (!names[0] || !names[1] || !names[2])
         return mvk_errf(b->err, b->errsz, "%s has a shared expert but no names for its tensors",
                         mvk_arch_name(b->c->arch));
+    if (b->c->quant.method) {
+        uint32_t *perm, *xp;
+        if (load_matrix(b, names[2], 0, H, F, "[H, shared F]", NULL, &perm, &ev->down[0]) ||
+            gate_up(b, names[0], names[1], 0, F, H, "[shared F, H]", &ev->gate[0], &ev->up[0],
+                    &xp))
+            return -1;
+        ev->gate[0].row_perm = ev->up[0].row_perm = b->L->shared_ffn_perm = perm;
+        b->L->desc.shared.input_perm = xp;
+        if (perm)
+            quant_note(b, "down inputs sorted by group, gate/up rows alike");
+        if (xp)
+            quant_note(b, "gate/up inputs sorted by group (input_perm)");
+        return 0;
+    }
     if (!(ev->gate[0].t = need(b, names[0], 0, 2, SHAPE(F, H), "[shared F, H]")))
         return -1;
     if (!(ev->up[0].t = need(b, names[1], 0, 2, SHAPE(F, H), "[shared F, H]")))
@@ -385,7 +619,7 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
     int readable = 0;
     for (size_t i = 0; i < MVK_ARCH_LAYOUTS && a->layouts[i] && !lay; i++) {
         const mvk_arch_layout *l = a->layouts[i];
-        if (has(b, layout_probe(l), 0)) {
+        if (has_matrix(b, layout_probe(l), 0)) {
             lay = l;
         } else if (l->kind != MVK_LAYOUT_REFUSED) {
             readable++;
@@ -398,6 +632,14 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
         return missing_layout(b);
     *used = lay;
     b->L->layout = lay->what;
+    if (c->quant.method && lay->kind != MVK_LAYOUT_PER_EXPERT && lay->kind != MVK_LAYOUT_REFUSED) {
+        char name[512], q[192];
+        return mvk_errf(b->err, b->errsz,
+                        "%s: the experts are stored as '%s', but quantised checkpoints (%s) are "
+                        "read in the per-expert layouts only",
+                        mvk_arch_name(a), tensor_name(b, layout_probe(lay), 0, name, sizeof name),
+                        mvk_hfq_describe(&c->quant, q, sizeof q));
+    }
     const int interleaved = lay->kind == MVK_LAYOUT_INTERLEAVED;
     switch (lay->kind) {
     case MVK_LAYOUT_REFUSED: {
@@ -430,13 +672,13 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
             return -1;
         for (uint32_t i = 0; i < E; i++) {
             if (interleaved) {
-                ev->gate[i] = (mview){gu, V_OSS_GATE, 0, i};
-                ev->up[i] = (mview){gu, V_OSS_UP, 0, i};
-                ev->down[i] = (mview){dn, V_OSS_DOWN, 0, i};
+                ev->gate[i] = (mview){.t = gu, .kind = V_OSS_GATE, .expert = i};
+                ev->up[i] = (mview){.t = gu, .kind = V_OSS_UP, .expert = i};
+                ev->down[i] = (mview){.t = dn, .kind = V_OSS_DOWN, .expert = i};
             } else {
-                ev->gate[i] = (mview){gu, V_DIRECT, (uint64_t)i * 2 * F * H, i};
-                ev->up[i] = (mview){gu, V_DIRECT, ((uint64_t)i * 2 * F + F) * H, i};
-                ev->down[i] = (mview){dn, V_DIRECT, (uint64_t)i * H * F, i};
+                ev->gate[i] = (mview){.t = gu, .kind = V_DIRECT, .off = (uint64_t)i * 2 * F * H, .expert = i};
+                ev->up[i] = (mview){.t = gu, .kind = V_DIRECT, .off = ((uint64_t)i * 2 * F + F) * H, .expert = i};
+                ev->down[i] = (mview){.t = dn, .kind = V_DIRECT, .off = (uint64_t)i * H * F, .expert = i};
             }
         }
         return 0;
@@ -449,7 +691,7 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
 static int view_dtype(const expert_views *ev, uint32_t i, int which)
 {
     const mview *v = which == 0 ? ev->gate : which == 1 ? ev->up : ev->down;
-    return v ? v[i].t->dtype : -2;
+    return !v ? -2 : v[i].kind == V_PACKED ? v[i].pdtype : v[i].t->dtype;
 }
 
 int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *prefix,
@@ -482,9 +724,12 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     };
     L->expert_capacity = c->expert_capacity;
 
-    /* router */
-    const mvk_st_tensor *rt = need(b, a->router, 0, 2, SHAPE(E, H), "[E, H]");
-    if (!rt)
+    /* router (a quantised one dequantised to f32) */
+    float *rq = NULL, *sq = NULL;
+    if (quantized_f32(b, a->router, E, H, &rq))
+        goto fail;
+    const mvk_st_tensor *rt = rq ? NULL : need(b, a->router, 0, 2, SHAPE(E, H), "[E, H]");
+    if (!rq && !rt)
         goto fail;
     const mvk_st_tensor *rb = NULL, *cb = NULL, *sg = NULL;
     if (c->router_bias && a->router_bias &&
@@ -503,7 +748,8 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         if (shared_expert(b, a->shared, &shared))
             goto fail;
         if (c->shared_gate && a->shared_gate &&
-            !(sg = need(b, a->shared_gate, 0, 2, SHAPE(1, H), "[1, H]")))
+            (quantized_f32(b, a->shared_gate, 1, H, &sq) ||
+             (!sq && !(sg = need(b, a->shared_gate, 0, 2, SHAPE(1, H), "[1, H]")))))
             goto fail;
     }
 
@@ -537,15 +783,19 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     }
 
     /* router and shared gate: one dtype (f32 when they differ) */
-    int rdt = rt->dtype;
-    if (sg && sg->dtype != rdt)
+    int rdt = rq ? MOEVK_DTYPE_F32 : rt->dtype;
+    if ((sg && sg->dtype != rdt) || sq)
         rdt = MOEVK_DTYPE_F32;
     d->router_dtype = (moevk_dtype)rdt;
-    mview rv = {rt, V_DIRECT, 0, 0};
-    if (!(d->router_weight = materialize(b, &rv, E, H, rdt)))
+    mview rv = {.t = rt, .kind = V_DIRECT};
+    if (rq)
+        d->router_weight = rq;
+    else if (!(d->router_weight = materialize(b, &rv, E, H, rdt)))
         goto fail;
-    if (sg) {
-        mview gv = {sg, V_DIRECT, 0, 0};
+    if (sq) {
+        d->shared_gate = sq;
+    } else if (sg) {
+        mview gv = {.t = sg, .kind = V_DIRECT};
         if (!(d->shared_gate = materialize(b, &gv, 1, H, rdt)))
             goto fail;
     }
@@ -658,14 +908,14 @@ static void nf_count(nf_walk *w, const void *p, int dtype, size_t n, const char 
 static void nf_experts(nf_walk *w, const moevk_expert_weights *ew, uint32_t count, size_t F,
                        size_t H, int dt, const char *kind)
 {
-    const size_t fh = F * H, es = moevk_dtype_size((moevk_dtype)dt);
+    const size_t fh = F * H, mb = (size_t)moevk_dtype_row_bytes((moevk_dtype)dt, fh);
     const void *const base[3] = {ew->gate, ew->up, ew->down};
     const void *const *per[3] = {ew->gate_experts, ew->up_experts, ew->down_experts};
     static const char *const names[3] = {"gate matrix", "up matrix", "down matrix"};
     for (uint32_t e = 0; e < count; e++) {
         for (int i = 0; i < 3; i++) {
             const void *m = per[i]  ? per[i][e]
-                            : base[i] ? (const uint8_t *)base[i] + (size_t)e * fh * es
+                            : base[i] ? (const uint8_t *)base[i] + (size_t)e * mb
                                       : NULL;
             nf_count(w, m, dt, fh, names[i], kind, e);
         }

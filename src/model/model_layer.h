@@ -16,7 +16,15 @@
  *    the last axis) and experts.down_proj [E, F, H] are transposed into
  *    owned copies, their biases de-interleaved.
  * A tensor whose data is not aligned to its element size in the file is
- * copied. All expert weights (routed and shared) share one dtype: when the
+ * copied. Quantised checkpoints (config.json's quantization_config: GPTQ,
+ * AWQ, bitsandbytes NF4, FP8; hf_quant.h) are read in the per-expert
+ * layouts: each quantised expert matrix is repacked into its moevk block
+ * format (gptq4, nf4, fp8_e4m3) with the same dequantised values; a GPTQ
+ * matrix in act-order has its input axis sorted by group: for a down
+ * projection the expert's gate and up rows are reordered the same way
+ * (ffn_perm), for gate and up (one order for both) the order is the
+ * expert's input_perm in the desc. A quantised router or shared-expert
+ * gate is dequantised to f32. All expert weights (routed and shared) share one dtype: when the
  * file mixes dtypes, every expert weight is converted to f32; the router
  * and the shared-expert gate likewise (f32 if they differ). Biases are
  * converted to f32.
@@ -38,6 +46,13 @@ typedef struct mvk_model_layer {
     const char *layout;         /* a description of the layout found     */
     int converted;              /* expert weights converted to f32       */
     moevk_dtype file_dtype;     /* expert weights' dtype in the file (if one) */
+    char quant[192];            /* how quantised weights were repacked, or "" */
+    /* act-order GPTQ: NULL, or per routed expert NULL or F entries: the
+     * expert's canonical intermediate index j is the checkpoint's
+     * ffn_perm[e][j] (gate/up row, down column); likewise the shared
+     * expert's shared_ffn_perm */
+    uint32_t **ffn_perm;
+    uint32_t *shared_ffn_perm;
     /* switch_transformers: at most expert_capacity tokens per expert per
      * sequence (a dropped token's output is 0, as in transformers 5; the
      * caller may set dropped_passthrough for transformers 4, which returned

@@ -42,6 +42,7 @@ static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
         spec[MVK_GEMV_SPEC_ACT] = a->act;
         spec[MVK_GEMV_SPEC_SCHED] = scheduled;
         spec[MVK_GEMV_SPEC_GATHER] = scheduled && a->gather;
+        spec[MVK_GEMV_SPEC_PERM] = a->permuted;
         if (scheduled)
             mvk_cmd_dispatch_indirect(c, MVK_K_EXPERT_GEMV, spec, MVK_GEMV_NSPEC, b,
                                       MVK_GEMM_BINDINGS, &p, sizeof(p), a->args,
@@ -67,6 +68,7 @@ static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
     spec[MVK_GEMM_SPEC_ACT] = a->act;
     spec[MVK_GEMM_SPEC_SCHED] = scheduled;
     spec[MVK_GEMM_SPEC_GATHER] = scheduled && a->gather;
+    spec[MVK_GEMM_SPEC_PERM] = a->permuted;
     if (scheduled)
         mvk_cmd_dispatch_indirect(c, kernel, spec, MVK_GEMM_NSPEC, b, MVK_GEMM_BINDINGS, &p,
                                   sizeof(p), a->args, a->args_offset + 12ull * 2u * path);
@@ -95,6 +97,7 @@ void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
     b[MVK_GEMM_BIND_BIAS0] = a->bias0;
     b[MVK_GEMM_BIND_BIAS1] = a->bias1;
     b[MVK_GEMM_BIND_OUT] = a->out;
+    b[MVK_GEMM_BIND_PERM] = a->perm;
     const uint32_t force = c->ctx->testing_force_path;
     if (a->scheduled) {
         /* every path's grid is in META; a path without tiles dispatches an

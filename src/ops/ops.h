@@ -74,6 +74,7 @@ uint32_t mvk_path_height(uint32_t path);
 uint32_t mvk_path_columns(uint32_t path);
 typedef struct mvk_gemm_args {
     mvk_binding a, row_token, schedule, meta, w0, w1, bias0, bias1, out;
+    mvk_binding perm;  /* permuted: [experts, K] u32, the A column of input k */
     uint32_t M, N, K, E;
     uint32_t e_first, e_count; /* experts held by w0/w1 */
     uint32_t dense_expert;     /* dense only */
@@ -87,6 +88,7 @@ typedef struct mvk_gemm_args {
     uint32_t kernel_override; /* 64-row tiles: this MVK_K_* (0 = choose) */
     bool scheduled;   /* tiles from the schedule, grids from META's args */
     bool gather;      /* A rows by row_token (scheduled only) */
+    bool permuted;    /* A columns through perm (the gate/up of act-order experts) */
     uint32_t max_rows; /* scheduled: an upper bound on any expert's rows,
                           so that paths no expert can take are not dispatched */
     VkBuffer args;    /* scheduled: the META buffer */

@@ -73,6 +73,17 @@ static double dot(const float *in, const float *w, uint32_t n)
     return acc;
 }
 
+/* sum_c in[perm[c]] * w[c] (perm NULL: dot) */
+static double dot_perm(const float *in, const uint32_t *perm, const float *w, uint32_t n)
+{
+    if (!perm)
+        return dot(in, w, n);
+    double acc = 0.0;
+    for (uint32_t c = 0; c < n; c++)
+        acc += (double)in[perm[c]] * (double)w[c];
+    return acc;
+}
+
 /* out[0..H-1] = FFN of `expert` (experts of width ffn in w) on one input row
  * in[0..H-1]; h is scratch of ffn doubles, row of max(H, ffn) floats. */
 static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights *w,
@@ -97,8 +108,10 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
         return;
     }
 
+    /* the gate and up inputs in the expert's order (input_perm) */
+    const uint32_t *perm = w->input_perm ? w->input_perm + (size_t)expert * H : NULL;
     for (uint32_t f = 0; f < ffn; f++) {
-        double u = dot(in, decode_row(up, dt, f, H, row), H);
+        double u = dot_perm(in, perm, decode_row(up, dt, f, H, row), H);
         if (w->up_bias)
             u += (double)w->up_bias[(size_t)expert * ffn + f];
         if (!gated) {
@@ -106,7 +119,7 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
             h[f] = act == MOEVK_ACT_RELU ? (u < 0.0 ? 0.0 : u) : gelu_erf(u);
             continue;
         }
-        double g = dot(in, decode_row(gate, dt, f, H, row), H);
+        double g = dot_perm(in, perm, decode_row(gate, dt, f, H, row), H);
         if (w->gate_bias)
             g += (double)w->gate_bias[(size_t)expert * ffn + f];
         switch (act) {
