@@ -47,7 +47,6 @@ layout(constant_id = MVK_GEMM_SPEC_BM) const uint BM = 64;
 layout(constant_id = MVK_GEMM_SPEC_BN) const uint BN = MVK_GEMM_BN;
 layout(constant_id = MVK_GEMM_SPEC_WFMT) const uint WDTYPE = MVK_WFMT_F32;
 layout(constant_id = MVK_GEMM_SPEC_GATED) const uint GATED = 0;
-layout(constant_id = MVK_GEMM_SPEC_ACT) const uint ACT = MVK_ACT_NONE;
 layout(constant_id = MVK_GEMM_SPEC_SCHED) const uint SCHED = 1;
 layout(constant_id = MVK_GEMM_SPEC_GATHER) const uint GATHER = 1;
 layout(constant_id = MVK_GEMM_SPEC_PERM) const uint PERM = 0;

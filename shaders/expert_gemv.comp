@@ -23,7 +23,6 @@ layout(local_size_x_id = MVK_SPEC_WG) in;
 layout(constant_id = MVK_GEMV_SPEC_COLS) const uint COLS = MVK_GEMV_COLS;
 layout(constant_id = MVK_GEMV_SPEC_WFMT) const uint WDTYPE = MVK_WFMT_F32;
 layout(constant_id = MVK_GEMV_SPEC_GATED) const uint GATED = 0;
-layout(constant_id = MVK_GEMV_SPEC_ACT) const uint ACT = MVK_ACT_NONE;
 layout(constant_id = MVK_GEMV_SPEC_SCHED) const uint SCHED = 1;
 layout(constant_id = MVK_GEMV_SPEC_GATHER) const uint GATHER = 1;
 layout(constant_id = MVK_GEMV_SPEC_PERM) const uint PERM = 0;

@@ -1,6 +1,6 @@
 // The last step of every expert kernel path: bias, activation, the value
 // stored. Expects the push block p, the bias buffers bias0/bias1 and the
-// GATED and ACT constants of the including kernel.
+// GATED constant of the including kernel; the activation is p.act.
 float expert_output(uint e, uint n, float v0, float v1)
 {
     if (p.has_bias != 0u) {
@@ -9,6 +9,6 @@ float expert_output(uint e, uint n, float v0, float v1)
             v1 += bias1[e * p.N + n];
     }
     if (GATED != 0u)
-        return activate(ACT, v0, v1, p.alpha, p.limit);
-    return activate(ACT, 0.0, v0, p.alpha, p.limit);
+        return activate(p.act, v0, v1, p.alpha, p.limit);
+    return activate(p.act, 0.0, v0, p.alpha, p.limit);
 }

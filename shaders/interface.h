@@ -58,7 +58,7 @@
 #define MVK_WFMT_NF4 30u
 #define MVK_WFMT_FP8_E4M3 31u
 
-/* ---- activations (the ACT specialization constant of expert_gemm) -------
+/* ---- activations (mvk_gemm_push.act of expert_gemm and expert_gemv) -----
  * MVK_ACT_NONE is a plain linear output (the down projection); the others
  * are moevk_activation + 1 (checked in src/ops/expert_gemm.c). */
 #define MVK_ACT_NONE 0u
@@ -256,6 +256,11 @@ MVK_PUSH_BEGIN(mvk_gemm_push)
     MVK_U32 out_offset;       /* elements added to every output index */
     MVK_U32 a_row0;           /* dense: A row of output row r is a_row0 + r */
     MVK_U32 path;             /* scheduled: the MVK_PATH_* whose tiles to run */
+    MVK_U32 act;              /* MVK_ACT_*: a push constant, not a specialization
+                               * constant, so one pipeline serves every
+                               * activation (a uniform branch in the epilogue;
+                               * drivers that compile each variant on first use
+                               * compile a sixth as many) */
 MVK_PUSH_END(mvk_gemm_push)
 #endif
 

@@ -20,7 +20,7 @@ static void check_usage(FILE *f)
     fprintf(f,
             "usage: moevk check --against cpu|BACKEND [--backend BACKEND]\n"
             "                   [--cases N] [--seed S] [--device D] [--validate]\n"
-            "                   [--verbose] [--max-work M] [--path P]\n"
+            "                   [--verbose] [--max-work M] [--path P] [--digest]\n"
             "\n"
             "Runs N random MoE layer cases (seeds S .. S+N-1, default N=100, S=1) on the\n"
             "backend (default vulkan) and compares each with the CPU reference: routing\n"
@@ -37,6 +37,10 @@ static void check_usage(FILE *f)
             "                  row count, default), skinny, small (16-row tiles), large\n"
             "                  (64-row tiles), matrix (64-row tiles on emulated matrix\n"
             "                  units), or all: every case on each of them in turn\n"
+            "  --digest        print a 64-bit FNV-1a digest of each case's output bits\n"
+            "                  (y, ids, weights, rows, per-expert counts) and of all of\n"
+            "                  them: two builds or devices that print the same digests\n"
+            "                  gave bitwise the same results\n"
             "\n"
             "Backends: %s (cuda = cuda-ref).\n"
             "--against BACKEND runs the case there too: both must pass against the CPU\n"
@@ -44,6 +48,27 @@ static void check_usage(FILE *f)
             "near-ties, per-expert counts, drops, losses). A backend this machine cannot\n"
             "run (no CUDA device, not built) makes every case count as skipped.\n",
             mvk_backend_list(", ").s);
+}
+
+/* 64-bit FNV-1a over n bytes, continuing from h. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* The digest of a case's result: every output bit the backend produced. */
+static uint64_t result_digest(const mvkc_case *c, const mvkc_result *r)
+{
+    const size_t T = c->T, H = c->desc.hidden, K = c->desc.top_k, E = c->desc.num_experts;
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv1a(h, r->y, sizeof(float) * T * H);
+    h = fnv1a(h, r->ids, sizeof(uint32_t) * T * K);
+    h = fnv1a(h, r->weights, sizeof(float) * T * K);
+    h = fnv1a(h, r->rows, sizeof(int32_t) * T * K);
+    return fnv1a(h, r->tpe, sizeof(uint32_t) * E);
 }
 
 static int parse_number(const char *opt, const char *v, uint64_t *out)
@@ -73,7 +98,8 @@ int cli_check(int argc, char **argv)
 {
     const char *device = NULL, *against = NULL, *backend = "vulkan", *path = "auto";
     uint64_t seed = 1, cases = 100, max_work = 0;
-    int validate = 0, verbose = 0;
+    int validate = 0, verbose = 0, digest = 0;
+    uint64_t all_digest = 0xcbf29ce484222325ull;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -85,6 +111,9 @@ int cli_check(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
             verbose = 1;
+            continue;
+        } else if (!strcmp(a, "--digest")) {
+            digest = 1;
             continue;
         } else if (!v) {
             fprintf(stderr, "moevk check: %s needs a value\n", a);
@@ -230,6 +259,11 @@ int cli_check(int argc, char **argv)
                    (unsigned long long)s, k.desc, k.rep.reason, repro,
                    forced ? " --path " : "", forced ? var : "");
         }
+        if (digest && k.res.y) { /* (no result when building the case failed) */
+            const uint64_t d = result_digest(&k.c, &k.res);
+            all_digest = fnv1a(all_digest, &d, sizeof d);
+            printf("digest seed %-10llu %016llx\n", (unsigned long long)s, (unsigned long long)d);
+        }
         fflush(stdout);
         mvkc_check_free(&k);
     }
@@ -239,6 +273,8 @@ int cli_check(int argc, char **argv)
         printf("experts per kernel path: skinny %llu, 16-row tiles %llu, 64-row tiles %llu\n",
                (unsigned long long)experts[0], (unsigned long long)experts[1],
                (unsigned long long)experts[2]);
+    if (digest)
+        printf("digest of all cases: %016llx\n", (unsigned long long)all_digest);
     printf("%llu passed, %llu failed\n", (unsigned long long)passed, (unsigned long long)failed);
     mvkc_target_close(&other);
     for (size_t w = v0; w <= v1; w++)

@@ -39,7 +39,6 @@ static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
         spec[MVK_GEMV_SPEC_COLS] = MVK_GEMV_COLS;
         spec[MVK_GEMV_SPEC_WFMT] = a->w_fmt;
         spec[MVK_GEMV_SPEC_GATED] = a->gated;
-        spec[MVK_GEMV_SPEC_ACT] = a->act;
         spec[MVK_GEMV_SPEC_SCHED] = scheduled;
         spec[MVK_GEMV_SPEC_GATHER] = scheduled && a->gather;
         spec[MVK_GEMV_SPEC_PERM] = a->permuted;
@@ -65,7 +64,6 @@ static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
     spec[MVK_GEMM_SPEC_BN] = MVK_GEMM_BN;
     spec[MVK_GEMM_SPEC_WFMT] = a->w_fmt;
     spec[MVK_GEMM_SPEC_GATED] = a->gated;
-    spec[MVK_GEMM_SPEC_ACT] = a->act;
     spec[MVK_GEMM_SPEC_SCHED] = scheduled;
     spec[MVK_GEMM_SPEC_GATHER] = scheduled && a->gather;
     spec[MVK_GEMM_SPEC_PERM] = a->permuted;
@@ -85,7 +83,7 @@ void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
         .e_first = a->e_first, .e_count = a->e_count,
         .has_bias = a->has_bias, .dense_expert = a->dense_expert,
         .alpha = a->alpha, .limit = a->limit, .out_offset = a->out_offset,
-        .a_row0 = a->a_row0,
+        .a_row0 = a->a_row0, .act = a->act,
     };
     mvk_binding b[MVK_GEMM_BINDINGS];
     b[MVK_GEMM_BIND_A] = a->a;
