@@ -120,59 +120,11 @@ double mvkt_rel_l2(const float *a, const float *ref, size_t n)
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* The scale fields of a block: byte offsets of its f16 scales (-1 ends),
- * and of an E8M0 exponent (MXFP4). The rest of a block is random bits: every
- * quant pattern, signs and sub-scales occur. */
-static void block_fields(moevk_dtype dt, int f16_at[3], int *e8m0_at)
-{
-    f16_at[0] = f16_at[1] = f16_at[2] = -1;
-    *e8m0_at = -1;
-    switch (dt) {
-    case MOEVK_DTYPE_Q8_0: case MOEVK_DTYPE_Q4_0: case MOEVK_DTYPE_Q5_0:
-    case MOEVK_DTYPE_IQ4_NL: case MOEVK_DTYPE_IQ4_XS:
-        f16_at[0] = 0;
-        break;
-    case MOEVK_DTYPE_Q4_1: case MOEVK_DTYPE_Q5_1: case MOEVK_DTYPE_Q4_K: case MOEVK_DTYPE_Q5_K:
-        f16_at[0] = 0, f16_at[1] = 2;
-        break;
-    case MOEVK_DTYPE_Q2_K: f16_at[0] = 80, f16_at[1] = 82; break;
-    case MOEVK_DTYPE_Q3_K: f16_at[0] = 108; break;
-    case MOEVK_DTYPE_Q6_K: f16_at[0] = 208; break;
-    case MOEVK_DTYPE_MXFP4: *e8m0_at = 0; break;
-    default: break;
-    }
-}
-
 void *mvkt_random_weights(mvkt_rng *r, moevk_dtype dt, size_t n, float scale)
 {
     const uint32_t be = moevk_dtype_block_elems(dt);
-    if (be > 1) {
-        /* random blocks whose values are about +-scale */
-        size_t nb = n / be, bb = moevk_dtype_row_bytes(dt, be);
-        cr_assert_eq(n % be, 0, "%zu elements are not whole %s blocks", n, moevk_dtype_name(dt));
-        uint8_t *w = malloc(nb * bb + 1);
-        cr_assert_not_null(w);
-        int f16_at[3], e8m0_at;
-        block_fields(dt, f16_at, &e8m0_at);
-        /* the quant values reach about 8..127 (K-quants: scale x sub-scale
-         * up to 63 x 31): scales that keep values near +-scale */
-        const float unit = be == 256 ? scale / 400.0f : dt == MOEVK_DTYPE_Q8_0 ? scale / 127.0f
-                                                                              : scale / 12.0f;
-        for (size_t b = 0; b < nb; b++) {
-            uint8_t *p = w + b * bb;
-            for (size_t i = 0; i < bb; i++)
-                p[i] = (uint8_t)mvkt_next(r);
-            for (int f = 0; f < 3 && f16_at[f] >= 0; f++) {
-                uint16_t h = moevk_float_to_half(mvkt_uniform(r, -unit, unit));
-                p[f16_at[f]] = (uint8_t)h;
-                p[f16_at[f] + 1] = (uint8_t)(h >> 8);
-            }
-            if (e8m0_at >= 0) /* 2^(e - 127) about scale / 6 */
-                p[e8m0_at] = (uint8_t)(127 + (int)floorf(log2f(scale / 6.0f)) +
-                                       (int)(mvkt_next(r) % 3) - 1);
-        }
-        return w;
-    }
+    cr_assert(be > 0 && n % be == 0, "%zu elements are not whole %s blocks", n,
+              moevk_dtype_name(dt));
     void *w = mvk_rng_array(r, dt, n, scale);
     cr_assert_not_null(w);
     return w;

@@ -26,6 +26,7 @@
 #include <dlfcn.h>
 
 #include "common.h"
+#include "formats.h"
 #include "harness/harness.h"
 #include "host_app.h"
 #include "ref/ref.h"
@@ -1090,5 +1091,82 @@ Test(layer_compare, a_wrong_backend_fails_with_its_reproduction)
     cr_assert(!mvkc_repro(&bad, NULL, 42, &l, cmd, sizeof cmd));
     cr_assert_str_eq(cmd, "");
     mvkc_target_close(&bad);
+    mvkc_target_close(&cpu);
+}
+
+/* The generator with weight_formats: every expert format of the mask is
+ * drawn; each case is a valid layer (rows whole blocks, shared width too)
+ * within the work budget unless at one block; the reference runs it on the
+ * cpu backend of the table bit for bit; without the mask, only f32, f16 and
+ * bf16. The policy holds block formats to the 16-bit bound (f16 rounding
+ * for backends that round activations); the command line cannot replay
+ * such limits. */
+Test(layer_compare, generator_draws_block_formats, .timeout = 300)
+{
+    const uint64_t all = mvk_formats_mask(MVK_FORMAT_EXPERT);
+    const uint64_t base = mvkt_base_seed();
+    mvkc_limits l = limits();
+    l.weight_formats = all;
+    l.max_work = 1u << 20;
+    l.max_experts = 24;
+    uint64_t seen = 0;
+    mvkc_target cpu;
+    char err[256] = "";
+    cr_assert_eq(mvkc_target_open(&cpu, mvk_backend_reference(), NULL, NULL, err, sizeof err),
+                 MOEVK_SUCCESS, "%s", err);
+    for (uint32_t i = 0; i < 160; i++) {
+        const uint64_t seed = base + i;
+        mvkc_case c;
+        cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
+        const moevk_layer_desc *d = &c.desc;
+        char desc[384], why[512];
+        mvkc_case_describe(&c, desc, sizeof desc);
+        seen |= 1ull << d->weight_dtype;
+        cr_assert(all >> d->weight_dtype & 1, "seed %llu: %s: a dtype outside the mask",
+                  (unsigned long long)seed, desc);
+        const uint32_t be = moevk_dtype_block_elems(d->weight_dtype);
+        cr_assert(d->hidden % be == 0 && d->ffn % be == 0 && d->shared_ffn % be == 0,
+                  "seed %llu: %s: sizes are not whole blocks", (unsigned long long)seed, desc);
+        cr_assert_eq(moevk_layer_desc_check(d, why, sizeof why), MOEVK_SUCCESS,
+                     "seed %llu: %s: %s", (unsigned long long)seed, desc, why);
+        const int one_block = d->hidden == be && d->ffn == be &&
+                              (!d->shared_ffn || d->shared_ffn == be);
+        cr_assert(one_block || c.T == 1 || mvkc_case_work(&c) <= l.max_work,
+                  "seed %llu: %s: %llu MACs over the budget", (unsigned long long)seed, desc,
+                  (unsigned long long)mvkc_case_work(&c));
+        if (i % 8 == 0) { /* the reference through the table: the same bits */
+            mvkc_ref ref;
+            mvkc_result g;
+            cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
+            result_from_ref(&c, &ref, &g);
+            mvkc_result_free(&g);
+            mvkc_ref_free(&ref);
+        }
+        mvkc_case_free(&c);
+    }
+    cr_assert_eq(seen, all, "formats drawn 0x%llx of 0x%llx", (unsigned long long)seen,
+                 (unsigned long long)all);
+
+    l.weight_formats = 0;
+    for (uint32_t i = 0; i < 40; i++) {
+        mvkc_case c;
+        cr_assert_eq(mvkc_case_random(base + i, &l, &c), MOEVK_SUCCESS);
+        cr_assert_leq(c.desc.weight_dtype, MOEVK_DTYPE_BF16, "seed %llu",
+                      (unsigned long long)(base + i));
+        mvkc_case_free(&c);
+    }
+
+    moevk_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.weight_dtype = MOEVK_DTYPE_Q4_K;
+    cr_assert_eq(mvkc_y_tolerance(&d, 0), 1e-4);
+    cr_assert_eq(mvkc_y_tolerance(&d, MVK_BACKEND_ROUNDS_ACTIVATIONS), 4.0 / 2048.0);
+    d.weight_dtype = MOEVK_DTYPE_BF16;
+    cr_assert_eq(mvkc_y_tolerance(&d, MVK_BACKEND_ROUNDS_ACTIVATIONS), 4.0 / 256.0);
+    char cmd[256];
+    l.weight_formats = all;
+    l.max_work = 0;
+    l.max_experts = 0;
+    cr_assert(!mvkc_repro(&cpu, NULL, 1, &l, cmd, sizeof cmd), "%s", cmd);
     mvkc_target_close(&cpu);
 }

@@ -155,7 +155,8 @@ const mvk_backend mvk_backend_cuda_ref =
                  "CUDA: every stage as simple f32 kernels (NVIDIA; cross-check)");
 const mvk_backend mvk_backend_cuda_cublas =
     CUDA_BACKEND("cuda-cublas", NULL, open_cublas, MVK_BACKEND_ROUNDS_ACTIVATIONS,
-                 "CUDA + cuBLAS GEMMs in the weight dtype (the vendor baseline)");
+                 "CUDA + cuBLAS GEMMs in the weight dtype, f16 for block formats (the "
+                 "vendor baseline)");
 const mvk_backend mvk_backend_cuda_cublas_f32 =
     CUDA_BACKEND("cuda-cublas-f32", NULL, open_cublas_f32, 0,
                  "CUDA + cuBLAS GEMMs on f32 inputs (within the contract tolerance)");

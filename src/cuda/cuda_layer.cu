@@ -1,7 +1,13 @@
 /*
  * Host side of the CUDA backends (API in moevk_cuda.h): device checks,
- * weight upload, scratch, the stage sequence of one pass with CUDA-event
- * timings, and the cuBLAS expert GEMMs.
+ * weight validation and upload, scratch, the stage sequence of one pass
+ * with CUDA-event timings, and the cuBLAS expert GEMMs.
+ *
+ * Expert weights of a block format are uploaded packed, as given. The
+ * reference kernels decode them where they read them; the cuBLAS backends
+ * dequantise one expert matrix at a time into a scratch of one matrix
+ * (max(ffn, shared_ffn) x hidden elements of the GEMM dtype) just before
+ * its GEMM, never the whole layer.
  *
  * cuBLAS is not a link-time dependency: cublas_v2.h is included for its
  * types only and the few functions used are looked up with dlsym in a
@@ -22,6 +28,7 @@
 #include <string.h>
 
 #include "cuda_internal.h"
+#include "formats.h"
 #include "moevk_cuda.h"
 
 using namespace mvkcu;
@@ -270,7 +277,8 @@ struct mvk_cuda_layer {
     int device;
     int cublas;             /* a cuBLAS backend */
     uint32_t shared_ffn;    /* 0 without shared experts */
-    moevk_dtype store_dt;   /* dtype of the expert weights on the device */
+    moevk_dtype store_dt;   /* format of the expert weights on the device */
+    moevk_dtype gemm_dt;    /* cuBLAS: the GEMM inputs' dtype (f32/f16/bf16) */
     cudaDataType cuda_dt;   /* the same, for cuBLAS */
     cudaStream_t stream;
     cudaEvent_t ev[MOEVK_STAGE_COUNT + 1];
@@ -293,45 +301,29 @@ struct mvk_cuda_layer {
     double *prob, *loss;
     float *hbuf, *ubuf, *obuf, *sh_o, *sh_acc;
     void *xq, *hq;
+    void *dq;            /* cuBLAS, block formats: one matrix dequantised */
     uint32_t *h_offsets; /* pinned host, E + 1 */
 
     cublas_api cb;
     cublasHandle_t handle;
 };
 
+/* Bytes of an element of f32, f16 or bf16. */
 static size_t dt_size(moevk_dtype dt)
 {
     return dt == MOEVK_DTYPE_F32 ? 4 : 2;
 }
 
-static float host_half_to_float(uint16_t h)
+/* Bytes of `elems` elements (whole blocks) of any weight format. */
+static size_t fmt_bytes(moevk_dtype dt, size_t elems)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, u;
-    if (exp == 0) {
-        float mag = ldexpf((float)mant, -24);
-        return sign ? -mag : mag;
-    }
-    if (exp == 31)
-        u = sign | 0x7f800000u | (mant << 13);
-    else
-        u = sign | ((exp - 15u + 127u) << 23) | (mant << 13);
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    return (size_t)mvk_format_row_bytes(dt, elems);
 }
 
-static float host_load(const void *p, moevk_dtype dt, size_t i)
+static bool is_block_format(moevk_dtype dt)
 {
-    if (dt == MOEVK_DTYPE_F32)
-        return ((const float *)p)[i];
-    uint16_t b = ((const uint16_t *)p)[i];
-    if (dt == MOEVK_DTYPE_F16)
-        return host_half_to_float(b);
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    const mvk_format *f = mvk_format_get(dt);
+    return f && f->block_elems > 1;
 }
 
 static moevk_status dev_alloc(void **p, size_t bytes, uint64_t *counter, const char *what,
@@ -352,13 +344,15 @@ static moevk_status dev_alloc(void **p, size_t bytes, uint64_t *counter, const c
 }
 
 /* Upload `count` matrices of `elems` elements, given contiguously or as
- * per-expert pointers, converting src -> dst dtype (only f16/bf16 -> f32). */
+ * per-expert pointers: as they are (src == dst: any format, block formats
+ * packed) or widened from f16/bf16 to f32 (dst f32) by the reference
+ * decoder. */
 static moevk_status upload_stack(mvk_cuda_layer *L, const void *contig, const void *const *per,
                                  uint32_t count, size_t elems, moevk_dtype src, moevk_dtype dst,
                                  void **out, const char *what, char *err, size_t err_size)
 {
-    size_t ssz = dt_size(src), dsz = dt_size(dst);
-    CKS(dev_alloc(out, (size_t)count * elems * dsz, &L->weight_bytes, what, err, err_size));
+    const size_t sbytes = fmt_bytes(src, elems), dbytes = fmt_bytes(dst, elems);
+    CKS(dev_alloc(out, (size_t)count * dbytes, &L->weight_bytes, what, err, err_size));
     float *tmp = NULL;
     if (src != dst) {
         tmp = (float *)malloc(elems * sizeof(float) + 1);
@@ -369,7 +363,7 @@ static moevk_status upload_stack(mvk_cuda_layer *L, const void *contig, const vo
     }
     moevk_status st = MOEVK_SUCCESS;
     for (uint32_t e = 0; e < count && st == MOEVK_SUCCESS; e++) {
-        const void *sp = contig ? (const void *)((const char *)contig + (size_t)e * elems * ssz)
+        const void *sp = contig ? (const void *)((const char *)contig + (size_t)e * sbytes)
                                 : (per ? per[e] : NULL);
         if (!sp) {
             set_err(err, err_size, "%s of expert %u is NULL", what, e);
@@ -377,11 +371,10 @@ static moevk_status upload_stack(mvk_cuda_layer *L, const void *contig, const vo
             break;
         }
         if (tmp) {
-            for (size_t i = 0; i < elems; i++)
-                tmp[i] = host_load(sp, src, i);
+            mvk_format_decode(src, sp, 0, elems, tmp);
             sp = tmp;
         }
-        cudaError_t ce = cudaMemcpy((char *)*out + (size_t)e * elems * dsz, sp, elems * dsz,
+        cudaError_t ce = cudaMemcpy((char *)*out + (size_t)e * dbytes, sp, dbytes,
                                     cudaMemcpyHostToDevice);
         if (ce != cudaSuccess)
             st = cuda_fail(err, err_size, ce, "cudaMemcpy (weights)");
@@ -445,7 +438,7 @@ static void free_ffn(dev_ffn *f)
 #define SCRATCH_LIST(X)                                                                       \
     X(x) X(y) X(logits) X(sg_logits) X(wts) X(score) X(gscore) X(tok) X(elig) X(ids)          \
     X(totals) X(counts) X(offsets) X(row_token) X(row_expert) X(row_of) X(dropped) X(prob)    \
-    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xq) X(hq)
+    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xq) X(hq) X(dq)
 
 static void free_scratch(mvk_cuda_layer *L)
 {
@@ -475,8 +468,10 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
     size_t rowsF = TK * F;
     if (NS && (size_t)T * Fs > rowsF)
         rowsF = (size_t)T * Fs;
-    const size_t gsz = dt_size(L->store_dt);
+    const size_t gsz = dt_size(L->gemm_dt);
     const bool cb = L->cublas != 0;
+    /* one expert matrix, dequantised for its GEMM (block formats) */
+    const size_t dq = cb && L->store_dt != L->gemm_dt ? (F > Fs ? F : Fs) * H * gsz : 0;
     struct { void **p; size_t bytes; const char *name; } want[] = {
         {(void **)&L->x, TH * 4, "x"},
         {(void **)&L->y, TH * 4, "y"},
@@ -504,6 +499,7 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
         {(void **)&L->sh_acc, NS ? TH * 4 : 0, "shared expert sum"},
         {(void **)&L->xq, cb ? TK * H * gsz : 0, "gathered rows"},
         {(void **)&L->hq, cb ? rowsF * gsz : 0, "hidden activations (GEMM dtype)"},
+        {&L->dq, dq, "dequantised expert matrix"},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         moevk_status st = dev_alloc(want[i].p, want[i].bytes, &L->scratch_bytes, want[i].name,
@@ -569,10 +565,19 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
         d->swiglu_limit = 7.0f;
     L->shared_ffn = d->num_shared ? (d->shared_ffn ? d->shared_ffn : d->ffn) : 0;
     d->shared_ffn = L->shared_ffn;
-    L->store_dt = backend == MVK_CUDA_CUBLAS_F32 ? MOEVK_DTYPE_F32 : d->weight_dtype;
-    L->cuda_dt = L->store_dt == MOEVK_DTYPE_F16    ? CUDA_R_16F
-                 : L->store_dt == MOEVK_DTYPE_BF16 ? CUDA_R_16BF
-                                                   : CUDA_R_32F;
+    /* Block formats stay packed on the device. The cuBLAS GEMMs run on
+     * f32 (cublas-f32), on the weight dtype (cublas, f32/f16/bf16), or on
+     * f16 for a block format (cublas: as llama.cpp's cuBLAS path
+     * dequantises to f16), from one matrix dequantised at a time;
+     * cublas-f32 widens f16/bf16 weights to f32 once, here. */
+    const bool blocks = is_block_format(d->weight_dtype);
+    L->store_dt = backend == MVK_CUDA_CUBLAS_F32 && !blocks ? MOEVK_DTYPE_F32 : d->weight_dtype;
+    L->gemm_dt = backend == MVK_CUDA_CUBLAS_F32 ? MOEVK_DTYPE_F32
+                 : blocks                       ? MOEVK_DTYPE_F16
+                                                : d->weight_dtype;
+    L->cuda_dt = L->gemm_dt == MOEVK_DTYPE_F16    ? CUDA_R_16F
+                 : L->gemm_dt == MOEVK_DTYPE_BF16 ? CUDA_R_16BF
+                                                  : CUDA_R_32F;
 
     CK(cudaStreamCreateWithFlags(&L->stream, cudaStreamNonBlocking));
     for (; L->events < MOEVK_STAGE_COUNT + 1; L->events++)
@@ -621,6 +626,46 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
     return MOEVK_SUCCESS;
 }
 
+/* Blocks no kernel may read (mvk_format_validate: MXFP4's E8M0 scale of
+ * 255, NaN), refused before anything is uploaded, naming the matrix, the
+ * expert and the block, as the Vulkan layer does. Missing matrices are left
+ * to the upload, which names them. */
+static moevk_status check_blocks(const moevk_layer_desc *d, char *err, size_t err_size)
+{
+    const mvk_format *f = mvk_format_get(d->weight_dtype);
+    if (!f || f->block_elems == 1)
+        return MOEVK_SUCCESS;
+    const bool gated = moevk_activation_is_gated(d->activation) != 0;
+    for (int s = 0; s < 2; s++) {
+        const moevk_expert_weights *w = s ? &d->shared : &d->experts;
+        const uint32_t count = s ? d->num_shared : d->num_experts;
+        const uint32_t F = s ? (d->shared_ffn ? d->shared_ffn : d->ffn) : d->ffn;
+        const uint64_t nblocks = (uint64_t)F * d->hidden / f->block_elems;
+        const uint64_t bytes = nblocks * f->block_bytes;
+        for (int m = gated ? 0 : 1; m < 3; m++) {
+            const void *whole = m == 0 ? w->gate : m == 1 ? w->up : w->down;
+            const void *const *per = m == 0 ? w->gate_experts
+                                     : m == 1 ? w->up_experts
+                                              : w->down_experts;
+            for (uint32_t e = 0; e < count; e++) {
+                const void *p = whole ? (const void *)((const char *)whole + e * bytes)
+                                      : per ? per[e] : NULL;
+                uint64_t bad = 0;
+                if (p && !mvk_format_validate(f->dtype, p, nblocks, &bad)) {
+                    set_err(err, err_size,
+                            "%s.%s of expert %u: %s block %llu is not valid%s", s ? "shared"
+                            : "experts", m == 0 ? "gate" : m == 1 ? "up" : "down", e, f->name,
+                            (unsigned long long)bad,
+                            f->dtype == MOEVK_DTYPE_MXFP4 ? " (an E8M0 scale of 255 is NaN)"
+                                                          : "");
+                    return MOEVK_ERROR_INVALID_ARGUMENT;
+                }
+            }
+        }
+    }
+    return MOEVK_SUCCESS;
+}
+
 extern "C" moevk_status mvk_cuda_layer_create(const moevk_layer_desc *desc,
                                               mvk_cuda_backend backend, mvk_cuda_layer **out,
                                               char *err, size_t err_size)
@@ -652,6 +697,7 @@ extern "C" moevk_status mvk_cuda_layer_create(const moevk_layer_desc *desc,
         set_err(err, err_size, "hidden/ffn beyond the int range of cuBLAS");
         return MOEVK_ERROR_LIMIT_EXCEEDED;
     }
+    CKS(check_blocks(desc, err, err_size));
     mvk_cuda_layer *L = (mvk_cuda_layer *)calloc(1, sizeof *L);
     if (!L) {
         set_err(err, err_size, "out of host memory");
@@ -703,7 +749,10 @@ static moevk_status gemm(mvk_cuda_layer *L, int m, int n, int k, const void *A, 
 static FfnWeights ffn_weights(const mvk_cuda_layer *L, const dev_ffn *f, uint32_t F)
 {
     FfnWeights w;
+    const mvk_format *fmt = mvk_format_get(L->store_dt);
     w.dt = L->store_dt;
+    w.block_elems = fmt->block_elems;
+    w.block_bytes = fmt->block_bytes;
     w.H = L->d.hidden;
     w.F = F;
     w.act = (int)L->d.activation;
@@ -731,6 +780,25 @@ static uint32_t capacity(const moevk_layer_desc *d, uint32_t T)
     return (uint32_t)c;
 }
 
+/* Expert e's matrix (`elems` elements) of a stack as a GEMM operand in
+ * the GEMM dtype: in place, or (block formats) dequantised into L->dq,
+ * which holds it until the next call (stream order keeps the GEMM that
+ * reads it before the dequantisation that overwrites it). */
+static moevk_status gemm_matrix(mvk_cuda_layer *L, const void *stack, uint32_t e, size_t elems,
+                                const void **out, char *err, size_t err_size)
+{
+    const char *m = (const char *)stack + (size_t)e * fmt_bytes(L->store_dt, elems);
+    if (L->store_dt == L->gemm_dt) {
+        *out = m;
+        return MOEVK_SUCCESS;
+    }
+    const mvk_format *f = mvk_format_get(L->store_dt);
+    CK(dequantize(L->stream, L->store_dt, f->block_elems, f->block_bytes, m, elems, L->gemm_dt,
+                  L->dq));
+    *out = L->dq;
+    return MOEVK_SUCCESS;
+}
+
 /* The cuBLAS expert GEMMs of one stack over per-expert row ranges given on
  * the host (h_off, count+1 entries; NULL = one range 0..dense_rows of
  * expert `dense_expert`). which: 0 = gate/up (B = xq -> hbuf/ubuf),
@@ -741,10 +809,11 @@ static moevk_status expert_gemms(mvk_cuda_layer *L, const dev_ffn *f, uint32_t F
                                  size_t err_size)
 {
     const int H = (int)L->d.hidden;
-    const size_t gsz = dt_size(L->store_dt);
-    const size_t mat = (size_t)F * H * gsz; /* bytes of one expert's matrix */
+    const size_t gsz = dt_size(L->gemm_dt);
+    const size_t elems = (size_t)F * H; /* of one expert's matrix */
     const bool gated = moevk_activation_is_gated(L->d.activation) != 0;
     uint32_t e0 = h_off ? 0 : dense_expert, e1 = h_off ? count : dense_expert + 1;
+    const void *A = NULL;
     for (uint32_t e = e0; e < e1; e++) {
         uint32_t r0 = h_off ? h_off[e] : 0;
         uint32_t n = h_off ? h_off[e + 1] - h_off[e] : dense_rows;
@@ -752,15 +821,19 @@ static moevk_status expert_gemms(mvk_cuda_layer *L, const dev_ffn *f, uint32_t F
             continue;
         if (which == 0) {
             const char *xb = (const char *)L->xq + (size_t)r0 * H * gsz;
-            if (gated)
-                CKS(gemm(L, (int)F, (int)n, H, (const char *)f->gate + e * mat, H, xb, H,
-                         L->hbuf + (size_t)r0 * F, (int)F, "gate", err, err_size));
-            CKS(gemm(L, (int)F, (int)n, H, (const char *)f->up + e * mat, H, xb, H,
-                     L->ubuf + (size_t)r0 * F, (int)F, "up", err, err_size));
+            if (gated) {
+                CKS(gemm_matrix(L, f->gate, e, elems, &A, err, err_size));
+                CKS(gemm(L, (int)F, (int)n, H, A, H, xb, H, L->hbuf + (size_t)r0 * F, (int)F,
+                         "gate", err, err_size));
+            }
+            CKS(gemm_matrix(L, f->up, e, elems, &A, err, err_size));
+            CKS(gemm(L, (int)F, (int)n, H, A, H, xb, H, L->ubuf + (size_t)r0 * F, (int)F, "up",
+                     err, err_size));
         } else {
             const char *hb = (const char *)L->hq + (size_t)r0 * F * gsz;
-            CKS(gemm(L, H, (int)n, (int)F, (const char *)f->down + e * mat, (int)F, hb, (int)F,
-                     out + (size_t)r0 * H, H, "down", err, err_size));
+            CKS(gemm_matrix(L, f->down, e, elems, &A, err, err_size));
+            CKS(gemm(L, H, (int)n, (int)F, A, (int)F, hb, (int)F, out + (size_t)r0 * H, H,
+                     "down", err, err_size));
         }
     }
     return MOEVK_SUCCESS;
@@ -822,9 +895,9 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
         CK(ffn_down(s, exw, routed, L->hbuf, L->obuf, 0, NULL, 0, 0));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_DOWN + 1], s));
     } else {
-        CK(gather_convert(s, L->store_dt, routed, L->x, H, L->xq));
+        CK(gather_convert(s, L->gemm_dt, routed, L->x, H, L->xq));
         CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 0, NULL, err, err_size));
-        CK(activate(s, exw, routed, L->hbuf, L->ubuf, L->hq));
+        CK(activate(s, L->gemm_dt, exw, routed, L->hbuf, L->ubuf, L->hq));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_UP + 1], s));
         CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 1, L->obuf, err, err_size));
         if (L->ex.bd)
@@ -837,11 +910,11 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
         const float *gl = L->sgate_w ? L->sg_logits : NULL;
         if (L->cublas) {
             Rows dense = {NULL, NULL, NULL, T, 0};
-            CK(gather_convert(s, L->store_dt, dense, L->x, H, L->xq));
+            CK(gather_convert(s, L->gemm_dt, dense, L->x, H, L->xq));
             for (uint32_t i = 0; i < NS; i++) {
                 dense.fixed_expert = i;
                 CKS(expert_gemms(L, &L->sh, Fs, NULL, NS, T, i, 0, NULL, err, err_size));
-                CK(activate(s, shw, dense, L->hbuf, L->ubuf, L->hq));
+                CK(activate(s, L->gemm_dt, shw, dense, L->hbuf, L->ubuf, L->hq));
                 CKS(expert_gemms(L, &L->sh, Fs, NULL, NS, T, i, 1, L->sh_o, err, err_size));
                 CK(shared_accumulate(s, L->sh_o, L->sh.bd ? L->sh.bd + (size_t)i * H : NULL, T,
                                      H, i == 0, gl, NS, i, L->sh_acc));

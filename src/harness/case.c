@@ -20,6 +20,33 @@ static uint32_t umin(uint32_t a, uint32_t b)
 
 /* ---- generator ------------------------------------------------------------ */
 
+/* v rounded up to a multiple of m (m >= 1) */
+static uint32_t round_up(uint32_t v, uint32_t m)
+{
+    return (v + m - 1) / m * m;
+}
+
+/* Elements per block of a weight format (1 for f32/f16/bf16 and unknown
+ * ones). */
+static uint32_t block_of(moevk_dtype dt)
+{
+    uint32_t be = moevk_dtype_block_elems(dt);
+    return be ? be : 1;
+}
+
+/* One of the dtypes of mask (bits 1 << moevk_dtype), uniformly. */
+static moevk_dtype pick_format(mvk_rng *r, uint64_t mask)
+{
+    uint32_t n = 0;
+    for (uint32_t d = 0; d < 64; d++)
+        n += (uint32_t)((mask >> d) & 1u);
+    uint32_t k = mvk_rng_range(r, 0, n - 1);
+    for (uint32_t d = 0; d < 64; d++)
+        if ((mask >> d) & 1u && k-- == 0)
+            return (moevk_dtype)d;
+    return MOEVK_DTYPE_F32;
+}
+
 #define DEFAULT_WORK (12ull << 20)
 #define DEFAULT_WEIGHTS (4ull << 20)
 
@@ -107,11 +134,11 @@ static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_
 {
     moevk_layer_desc *d = &c->desc;
     moevk_dtype dt = d->weight_dtype;
-    size_t es = moevk_dtype_size(dt);
     uint32_t H = d->hidden;
     int gated = moevk_activation_is_gated(d->activation);
     int per_expert = (c->scenarios & MVKC_SC_PER_EXPERT) != 0;
     size_t elems = (size_t)ffn * H;
+    size_t mbytes = (size_t)moevk_dtype_row_bytes(dt, elems); /* of one matrix */
     moevk_expert_weights *w = s ? &d->shared : &d->experts;
 
     for (int m = 0; m < 3; m++) {
@@ -120,7 +147,7 @@ static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_
         /* gate/up ~ U(-1,1) * 3/sqrt(H) give O(1) pre-activations; down
          * ~ U(-1,1) * sqrt(3/F) keeps the output O(1) */
         float scale = m < 2 ? 3.0f / sqrtf((float)H) : sqrtf(3.0f / (float)ffn);
-        void *mat = malloc(es * (count * elems + 1));
+        char *mat = malloc(mbytes * count + 1);
         if (!mat)
             return -1;
         c->mat[s][m] = mat;
@@ -129,8 +156,7 @@ static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_
          * would read the wrong expert */
         for (uint32_t e = 0; e < count; e++) {
             size_t pos = per_expert ? count - 1 - e : e;
-            for (size_t i = 0; i < elems; i++)
-                mvk_store_dtype(mat, dt, pos * elems + i, mvk_rng_uniform(r, -scale, scale));
+            mvk_rng_fill(r, dt, mat + pos * mbytes, elems, scale);
         }
         if (per_expert) {
             const void **p = malloc(sizeof(void *) * (count ? count : 1));
@@ -138,7 +164,7 @@ static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_
                 return -1;
             c->ptrs[s][m] = p;
             for (uint32_t e = 0; e < count; e++)
-                p[e] = (const char *)mat + (count - 1 - e) * elems * es;
+                p[e] = mat + (count - 1 - e) * mbytes;
         }
         if (biases & (1 << m)) {
             size_t n = (size_t)count * (m < 2 ? ffn : H);
@@ -270,8 +296,9 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         d->swiglu_alpha = mvk_rng_chance(&r, 0.5) ? 0.0f : mvk_rng_uniform(&r, 1.0f, 2.5f);
         d->swiglu_limit = mvk_rng_chance(&r, 0.4) ? 0.0f : mvk_rng_uniform(&r, 0.3f, 10.0f);
     }
-    d->weight_dtype = lim.weight_dtype ? (moevk_dtype)(lim.weight_dtype - 1)
-                                       : (moevk_dtype)mvk_rng_range(&r, 0, 2);
+    d->weight_dtype = lim.weight_dtype   ? (moevk_dtype)(lim.weight_dtype - 1)
+                      : lim.weight_formats ? pick_format(&r, lim.weight_formats)
+                                           : (moevk_dtype)mvk_rng_range(&r, 0, 2);
     d->router_dtype = lim.router_dtype ? (moevk_dtype)(lim.router_dtype - 1)
                                        : (moevk_dtype)mvk_rng_range(&r, 0, 2);
 
@@ -283,16 +310,19 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         uint32_t u = mvk_rng_range(&r, 0, 99);
         ns = u < 50 ? 0 : u < 85 ? 1 : 2;
     }
-    uint32_t shared_ffn = ns && mvk_rng_chance(&r, 0.5) ? mvk_rng_range(&r, 1, 300) : 0;
+    /* sizes are whole blocks of the weight format (be = 1: any) */
+    const uint32_t be = block_of(d->weight_dtype);
+    uint32_t shared_ffn =
+        ns && mvk_rng_chance(&r, 0.5) ? round_up(mvk_rng_range(&r, 1, 300), be) : 0;
     int sgate = ns && mvk_rng_chance(&r, 0.5);
 
     /* sizes, shrunk to the budget */
     uint32_t H = lim.hidden                  ? lim.hidden
-                 : mvk_rng_chance(&r, 0.1) ? mvk_rng_range(&r, 301, 2048)
-                                           : mvk_rng_range(&r, 1, 300);
+                 : mvk_rng_chance(&r, 0.1) ? round_up(mvk_rng_range(&r, 301, 2048), be)
+                                           : round_up(mvk_rng_range(&r, 1, 300), be);
     uint32_t F = lim.ffn                     ? lim.ffn
-                 : mvk_rng_chance(&r, 0.1) ? mvk_rng_range(&r, 301, 2048)
-                                           : mvk_rng_range(&r, 1, 300);
+                 : mvk_rng_chance(&r, 0.1) ? round_up(mvk_rng_range(&r, 301, 2048), be)
+                                           : round_up(mvk_rng_range(&r, 1, 300), be);
     uint32_t mats = moevk_activation_is_gated(d->activation) ? 3 : 2;
     for (int iter = 0; iter < 1000; iter++) {
         uint32_t Fs = shared_ffn ? shared_ffn : F;
@@ -303,18 +333,20 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
                              shared_ffn ? &shared_ffn : NULL};
         uint32_t *big = NULL;
         for (int i = 0; i < 3; i++)
-            if (cand[i] && *cand[i] > 8 && (!big || *cand[i] > *big))
+            if (cand[i] && *cand[i] > 8 && *cand[i] > be && (!big || *cand[i] > *big))
                 big = cand[i];
         if (!big && !lim.tokens && T > 1) {
             T = T * 3 / 4 ? T * 3 / 4 : 1;
             continue;
         }
         for (int i = 0; !big && i < 3; i++)
-            if (cand[i] && *cand[i] > 1 && (!big || *cand[i] > *big))
+            if (cand[i] && *cand[i] > be && (!big || *cand[i] > *big))
                 big = cand[i];
         if (!big)
-            break; /* everything forced: accept */
-        *big = *big * 3 / 4 ? *big * 3 / 4 : 1;
+            break; /* everything forced (or one block): accept */
+        /* three quarters, in whole blocks, at least one */
+        uint32_t less = *big * 3 / 4 / be * be;
+        *big = less ? less : be;
     }
 
     c->T = T;

@@ -18,8 +18,9 @@ double mvkc_y_tolerance(const moevk_layer_desc *d, uint32_t flags)
         return 1e-5;
     if (!(flags & MVK_BACKEND_ROUNDS_ACTIVATIONS))
         return 1e-4;
-    /* activations rounded to the weight dtype: 4 units of its rounding */
-    return d->weight_dtype == MOEVK_DTYPE_F16 ? 4.0 / 2048.0 : 4.0 / 256.0;
+    /* activations rounded to the weight dtype (f16 for block formats): 4
+     * units of its rounding */
+    return d->weight_dtype == MOEVK_DTYPE_BF16 ? 4.0 / 256.0 : 4.0 / 2048.0;
 }
 
 static double sigmoid(double v)

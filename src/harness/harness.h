@@ -20,9 +20,12 @@
  *    for f32 weights and 1e-4 for f16/bf16 weights (looser than f32 only to
  *    leave room for GPU paths that round activations to 16 bits, e.g. matrix
  *    units), over the tokens that are neither near-tied nor non-finite.
- *    A backend flagged MVK_BACKEND_ROUNDS_ACTIVATIONS (cuBLAS in the weight
- *    dtype) gets 4 units of that dtype's rounding instead (4 * 2^-11 f16,
- *    4 * 2^-8 bf16). Each such token's own error must also stay below 100x
+ *    Block formats (Q4_K, MXFP4, ...) are held to the f16/bf16 bound: their
+ *    dequantised values are exact floats, but GPU paths may round
+ *    activations. A backend flagged MVK_BACKEND_ROUNDS_ACTIVATIONS (cuBLAS
+ *    in the weight dtype) gets 4 units of that dtype's rounding instead
+ *    (4 * 2^-11 f16, 4 * 2^-8 bf16; block formats, whose GEMMs such a
+ *    backend runs in f16, 4 * 2^-11). Each such token's own error must also stay below 100x
  *    the tolerance relative to (its norm + the average token norm), so that
  *    one wrong token cannot hide in the norm of a thousand right ones.
  *  - Tokens whose y holds a NaN or Inf must be exactly the reference's
@@ -90,6 +93,12 @@ typedef struct mvkc_limits {
     uint32_t tokens, hidden, ffn, experts, top_k;
     /* Forced enums, MVKC_PICK(value) (0 = random). */
     uint32_t routing, activation, weight_dtype, router_dtype;
+    /* The weight formats a random weight_dtype is drawn from, as a mask of
+     * 1 << moevk_dtype (any expert format of src/formats.h, block formats
+     * too); 0 = f32, f16 and bf16 (the draw of every case without it is
+     * unchanged). With a block format, random H, F and shared_ffn are whole
+     * blocks (forced ones must be). */
+    uint64_t weight_formats;
     /* 0 = random; < 0 = dropless; > 0 = this capacity factor. */
     float capacity_factor;
     /* MVKC_PICK(number of shared experts) (0 = random 0..2). */

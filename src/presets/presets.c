@@ -59,7 +59,7 @@ static void *random_blocks(mvk_rng *r, moevk_dtype dt, size_t count, size_t n, f
     if (!repeat || count <= 1)
         return mvk_rng_array(r, dt, count * n, scale);
     uint8_t *p = mvk_rng_array(r, dt, n, scale);
-    size_t bytes = n * moevk_dtype_size(dt);
+    size_t bytes = (size_t)moevk_dtype_row_bytes(dt, n);
     uint8_t *all = p ? realloc(p, bytes * count) : NULL;
     if (!all) {
         free(p);
