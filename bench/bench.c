@@ -21,6 +21,7 @@
 
 #include "bench.h"
 #include "presets/presets.h"
+#include "quantize.h"
 #include "util/rng.h"
 #include "util/tool.h"
 
@@ -43,7 +44,7 @@ typedef struct bench_opts {
     const char *presets[MAX_LIST];
     uint32_t npresets;
     uint32_t tokens[MAX_LIST], ntokens;
-    moevk_dtype dtypes[3];
+    moevk_dtype dtypes[MAX_LIST];
     uint32_t ndtypes;
     bench_dist dists[BENCH_DIST_COUNT];
     uint32_t ndists;
@@ -53,17 +54,25 @@ typedef struct bench_opts {
     int have_custom;
     uint32_t scale, runs, warmup;
     const char *device, *json, *csv, *svg;
-    int measure;
+    int measure, fit_only;
     double host_gib, device_gib; /* memory assumed by the fit check (0: as reported) */
 } bench_opts;
 
 /* ---- option parsing --------------------------------------------------------- */
 
+/* Comma-separated items of s into out; -1 (with a message) when there are
+ * more than max. */
 static int split(char *s, char **out, int max)
 {
     int n = 0;
-    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ","))
+    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+        if (n >= max) {
+            fprintf(stderr, "moevk bench: more than %d items in a list%s\n", MAX_LIST,
+                    max < MAX_LIST ? " (over all uses of the option)" : "");
+            return -1;
+        }
         out[n++] = tok;
+    }
     return n;
 }
 
@@ -93,6 +102,10 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
             o->measure = 0;
             continue;
         }
+        if (!strcmp(a, "--fit")) {
+            o->fit_only = 1;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "moevk bench: %s needs a value\n", a);
             return -1;
@@ -100,7 +113,8 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         char *v = argv[++i], *items[MAX_LIST];
         int n;
         if (!strcmp(a, "--preset")) {
-            n = split(v, items, MAX_LIST);
+            if ((n = split(v, items, MAX_LIST - (int)o->npresets)) < 0)
+                return -1;
             for (int j = 0; j < n; j++) {
                 if (strcmp(items[j], "all") && !mvk_preset_find(items[j])) {
                     fprintf(stderr, "moevk bench: unknown preset '%s'\n", items[j]);
@@ -109,7 +123,8 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                 o->presets[o->npresets++] = items[j];
             }
         } else if (!strcmp(a, "--tokens")) {
-            n = split(v, items, MAX_LIST);
+            if ((n = split(v, items, MAX_LIST - (int)o->ntokens)) < 0)
+                return -1;
             for (int j = 0; j < n; j++) {
                 long t = strtol(items[j], NULL, 10);
                 if (t < 1) {
@@ -119,16 +134,20 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                 o->tokens[o->ntokens++] = (uint32_t)t;
             }
         } else if (!strcmp(a, "--dtype")) {
-            n = split(v, items, 3);
+            if ((n = split(v, items, MAX_LIST - (int)o->ndtypes)) < 0)
+                return -1;
             for (int j = 0; j < n; j++) {
-                if (mvk_dtype_parse(items[j], &o->dtypes[o->ndtypes])) {
-                    fprintf(stderr, "moevk bench: unknown dtype '%s'\n", items[j]);
+                if (mvk_dtype_parse(items[j], 1, &o->dtypes[o->ndtypes])) {
+                    char names[512];
+                    fprintf(stderr, "moevk bench: unknown dtype '%s' (%s)\n", items[j],
+                            mvk_dtype_names(1, names, sizeof names));
                     return -1;
                 }
                 o->ndtypes++;
             }
         } else if (!strcmp(a, "--dist")) {
-            n = split(v, items, BENCH_DIST_COUNT);
+            if ((n = split(v, items, BENCH_DIST_COUNT - (int)o->ndists)) < 0)
+                return -1;
             for (int j = 0; j < n; j++) {
                 int d = -1;
                 for (int k = 0; k < BENCH_DIST_COUNT; k++)
@@ -141,7 +160,8 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                 o->dists[o->ndists++] = (bench_dist)d;
             }
         } else if (!strcmp(a, "--backend")) {
-            n = split(v, items, MAX_LIST);
+            if ((n = split(v, items, MAX_LIST - (int)o->nbackends)) < 0)
+                return -1;
             for (int j = 0; j < n; j++) {
                 const mvk_backend *b = mvk_backend_find(items[j]);
                 if (!b) {
@@ -219,6 +239,8 @@ static void usage(FILE *f)
             "  --json F --csv F  machine-readable results\n"
             "  --plot F.svg      time per stage and fraction of the floor\n"
             "  --no-ceilings     skip measuring bandwidth and matmul ceilings\n"
+            "  --fit             only print whether each shape fits the device at each format\n"
+            "                    (weights per layer, layers per device), running nothing\n"
             "  --host-memory G   assume G GiB of available system RAM (default: MemAvailable)\n"
             "  --device-memory G assume G GiB of device memory (default: the largest\n"
             "                    device-local heap); both only steer the fit check\n",
@@ -294,7 +316,7 @@ static void account(bench_row *row, const moevk_layer_desc *d, const uint32_t *t
                     uint64_t dropped)
 {
     const bool gated = moevk_activation_is_gated(d->activation);
-    const double mats = gated ? 3 : 2, es = (double)moevk_dtype_size(d->weight_dtype);
+    const double mats = gated ? 3 : 2;
     const double H = d->hidden, F = d->ffn, T = row->tokens, E = d->num_experts;
     const double FS = d->num_shared ? (d->shared_ffn ? d->shared_ffn : d->ffn) : 0;
     uint32_t touched = 0;
@@ -302,15 +324,20 @@ static void account(bench_row *row, const moevk_layer_desc *d, const uint32_t *t
         touched += tpe[e] > 0;
     row->experts_touched = touched;
     double rows = T * d->top_k - (double)dropped;
-    row->bytes = touched * mats * H * F * es + E * H * moevk_dtype_size(d->router_dtype) +
-                 d->num_shared * mats * H * FS * es + 2 * T * H * 4;
+    /* the packed bytes of the touched experts and the shared ones */
+    moevk_layer_desc routed = *d, shared = *d;
+    routed.num_shared = 0;
+    routed.num_experts = touched;
+    shared.num_experts = 0;
+    row->bytes = mvk_desc_expert_bytes(&routed) + mvk_desc_expert_bytes(&shared) +
+                 E * (double)moevk_dtype_row_bytes(d->router_dtype, d->hidden) + 2 * T * H * 4;
     row->flops = 2 * rows * mats * H * F + 2 * T * E * H + 2 * T * d->num_shared * mats * H * FS;
 }
 
 double bench_floor_ms(const bench_row *r, const bench_ceilings *c)
 {
     double t_bw = c->gb_s > 0 ? r->bytes / (c->gb_s * 1e9) : 0;
-    double peak = c->tflops[r->dtype];
+    double peak = r->dtype < BENCH_DTYPES ? c->tflops[r->dtype] : 0;
     double t_fl = peak > 0 ? r->flops / (peak * 1e12) : 0;
     return 1e3 * (t_bw > t_fl ? t_bw : t_fl);
 }
@@ -388,9 +415,10 @@ static void run_unavailable(bench_state *s, const char *why, bench_row *rows)
  * experts) decides, at most `fit`. */
 static uint32_t cache_copies(const moevk_layer_desc *d, uint32_t fit)
 {
-    const double es = (double)moevk_dtype_size(d->weight_dtype);
-    const double per_expert =
-        (moevk_activation_is_gated(d->activation) ? 3 : 2) * (double)d->hidden * d->ffn * es;
+    moevk_layer_desc one = *d;
+    one.num_experts = 1;
+    one.num_shared = 0;
+    const double per_expert = mvk_desc_expert_bytes(&one);
     const double touched_min = d->top_k * per_expert + (double)d->num_experts * d->hidden * 4;
     uint32_t want = (uint32_t)ceil(CACHE_DEFEAT_BYTES / touched_min);
     return want < 1 ? 1 : want > fit ? fit : want;
@@ -483,10 +511,17 @@ static layer_size layer_bytes(const mvk_preset *p, uint32_t scale, moevk_dtype d
     const double H = p->hidden / scale ? p->hidden / scale : 1;
     const double F = p->ffn / scale ? p->ffn / scale : 1;
     const double FS = p->shared_ffn / scale ? p->shared_ffn / scale : 1;
-    const double mats = moevk_activation_is_gated(p->activation) ? 3 : 2;
-    const double es = (double)moevk_dtype_size(dt), E = p->experts, A = (double)Tmax * p->top_k;
+    const double mats_up = moevk_activation_is_gated(p->activation) ? 2 : 1;
+    const double E = p->experts, A = (double)Tmax * p->top_k;
+    /* packed rows, in llama.cpp's fallback format where a row is not whole
+     * blocks (as the weights are made) */
+    const double gu = (double)moevk_dtype_row_bytes(mvk_quantize_fallback(dt, (uint64_t)H), (uint64_t)H);
+    const double dn = (double)moevk_dtype_row_bytes(mvk_quantize_fallback(dt, (uint64_t)F), (uint64_t)F);
+    const double sdn =
+        (double)moevk_dtype_row_bytes(mvk_quantize_fallback(dt, (uint64_t)FS), (uint64_t)FS);
     layer_size ls;
-    ls.weights = E * mats * H * F * es + E * H * 4 + p->num_shared * mats * H * FS * es;
+    ls.weights = E * (mats_up * F * gu + H * dn) + E * H * 4 +
+                 p->num_shared * (mats_up * FS * gu + H * sdn);
     ls.scratch = A * (F + H) * 4 + (double)Tmax * E * 4 * 3 + p->num_shared * Tmax * (H + FS) * 4;
     return ls;
 }
@@ -690,8 +725,58 @@ static void ceilings(bench_state *s, bench_ceilings *c)
     if (m->b->measure(m->dev, MOEVK_DTYPE_F32, &c->gb_s, NULL, err, sizeof err))
         fprintf(stderr, "bandwidth: %s\n", err);
     for (uint32_t i = 0; i < o->ndtypes; i++)
-        if (m->b->measure(m->dev, o->dtypes[i], NULL, &c->tflops[o->dtypes[i]], err, sizeof err))
+        if (o->dtypes[i] < BENCH_DTYPES &&
+            m->b->measure(m->dev, o->dtypes[i], NULL, &c->tflops[o->dtypes[i]], err, sizeof err))
             fprintf(stderr, "matmul: %s\n", err);
+}
+
+/* For each shape: one layer's expert weights and scratch at each format
+ * (the asked ones and the common ones), and how many such layers the device
+ * holds (one workspace serves them all). */
+static void print_fit(FILE *f, const bench_state *s)
+{
+    const bench_opts *o = s->o;
+    double dev = 0;
+    const char *dev_name = NULL;
+    for (uint32_t bi = 0; bi < o->nbackends && !dev; bi++)
+        if (s->be[bi].dev && s->be[bi].mem.uploads && s->be[bi].mem.device > 0) {
+            dev = s->be[bi].mem.device;
+            dev_name = s->be[bi].info.name;
+        }
+    static const moevk_dtype common[] = {
+        MOEVK_DTYPE_BF16, MOEVK_DTYPE_Q8_0, MOEVK_DTYPE_Q6_K, MOEVK_DTYPE_Q5_K,
+        MOEVK_DTYPE_Q4_K, MOEVK_DTYPE_MXFP4, MOEVK_DTYPE_Q3_K, MOEVK_DTYPE_Q2_K,
+    };
+    moevk_dtype list[MAX_LIST + 8];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < o->ndtypes + 8; i++) {
+        const moevk_dtype dt = i < o->ndtypes ? o->dtypes[i] : common[i - o->ndtypes];
+        int seen = 0;
+        for (uint32_t j = 0; j < n; j++)
+            seen |= list[j] == dt;
+        if (!seen)
+            list[n++] = dt;
+    }
+    fprintf(f, "\nfit: one layer's weights at each format (scale 1/%u, scratch for T = %u)", o->scale,
+            s->Tmax);
+    if (dev > 0)
+        fprintf(f, " and the layers that fit in %.1f GiB (%s)", dev / GIB, dev_name);
+    fprintf(f, "\n");
+    const uint32_t nshapes = o->npresets + (o->have_custom ? 1 : 0);
+    for (uint32_t pi = 0; pi < nshapes; pi++) {
+        const mvk_preset *p = pi < o->npresets ? mvk_preset_find(o->presets[pi]) : &o->custom;
+        fprintf(f, "  %-18s", p->name);
+        for (uint32_t i = 0; i < n; i++) {
+            const layer_size ls = layer_bytes(p, o->scale, list[i], s->Tmax);
+            const double layers = dev > 0 ? floor((dev - ls.scratch) / ls.weights) : -1;
+            fprintf(f, "%s %s %.2f GiB", i ? "," : "", moevk_dtype_name(list[i]), ls.weights / GIB);
+            if (layers >= 1)
+                fprintf(f, " (%.0f)", layers);
+            else if (dev > 0)
+                fprintf(f, " (does not fit)");
+        }
+        fprintf(f, "\n");
+    }
 }
 
 int cli_bench(int argc, char **argv)
@@ -712,6 +797,11 @@ int cli_bench(int argc, char **argv)
     if (open_backends(&s)) {
         close_backends(&s);
         return 1;
+    }
+    if (o.fit_only) {
+        print_fit(stdout, &s);
+        close_backends(&s);
+        return 0;
     }
     bench_ceilings c = {0};
     ceilings(&s, &c);
@@ -734,6 +824,7 @@ int cli_bench(int argc, char **argv)
     }
     progress(s.total, s.total, "done");
     bench_print_table(stdout, s.rows, s.nrows, &c);
+    print_fit(stdout, &s);
     if (o.json && bench_write_json(o.json, s.rows, s.nrows, &c))
         rc = 1;
     if (o.csv && bench_write_csv(o.csv, s.rows, s.nrows, &c))

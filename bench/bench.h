@@ -51,12 +51,18 @@ typedef struct bench_row {
 double bench_macs_ratio(const bench_row *r);
 double bench_bytes_ratio(const bench_row *r);
 
+#define BENCH_DTYPES 64 /* above every moevk_dtype value */
+
 typedef struct bench_ceilings {
     double gb_s;                  /* measured read bandwidth */
-    double tflops[3];             /* measured matmul, per weight dtype */
+    double tflops[BENCH_DTYPES];  /* measured matmul, by weight dtype (0: not measured) */
     char device[256];
     char driver[520];
 } bench_ceilings;
+
+/* The measured matmul ceilings as text: "f32 a, f16 b, bf16 c, q4_k d"
+ * (json: "\"f32\": a, ..."), f32/f16/bf16 always, others when measured. */
+const char *bench_tflops_text(const bench_ceilings *c, int json, char *buf, size_t n);
 
 /* Derived figures of a row. */
 double bench_floor_ms(const bench_row *r, const bench_ceilings *c);

@@ -31,12 +31,29 @@ double bench_bytes_ratio(const bench_row *r)
     return expert_ratio(r->work.weight_bytes_fetched, r->work.weight_bytes_needed);
 }
 
+const char *bench_tflops_text(const bench_ceilings *c, int json, char *buf, size_t n)
+{
+    size_t p = 0;
+    buf[0] = '\0';
+    for (int dt = 0; dt < BENCH_DTYPES; dt++) {
+        if (dt > MOEVK_DTYPE_BF16 && !(c->tflops[dt] > 0))
+            continue;
+        const char *name = moevk_dtype_name((moevk_dtype)dt);
+        int k = json ? snprintf(buf + p, n - p, "%s\"%s\": %.4f", p ? ", " : "", name, c->tflops[dt])
+                     : snprintf(buf + p, n - p, "%s%s %.3g", p ? ", " : "", name, c->tflops[dt]);
+        if (k < 0 || (size_t)k >= n - p)
+            break;
+        p += (size_t)k;
+    }
+    return buf;
+}
+
 void bench_print_table(FILE *f, const bench_row *rows, uint32_t n, const bench_ceilings *c)
 {
     fprintf(f, "device: %s (%s)\n", c->device, c->driver);
-    fprintf(f, "ceilings (measured): read bandwidth %.3g GB/s; matmul f32 %.3g, f16 %.3g, "
-               "bf16 %.3g TFLOP/s\n",
-            c->gb_s, c->tflops[0], c->tflops[1], c->tflops[2]);
+    char tf[1024];
+    fprintf(f, "ceilings (measured): read bandwidth %.3g GB/s; matmul %s TFLOP/s\n", c->gb_s,
+            bench_tflops_text(c, 0, tf, sizeof tf));
     fprintf(f, "\n%-18s %-11s %-5s %-7s %6s %10s %11s %9s %8s %8s %7s %7s %7s %9s %9s %6s %6s "
                "%5s\n",
             "preset", "backend", "dtype", "routing", "T", "ms", "tokens/s", "MB read",
@@ -51,7 +68,8 @@ void bench_print_table(FILE *f, const bench_row *rows, uint32_t n, const bench_c
             continue;
         }
         double bw = c->gb_s > 0 ? 100 * bench_gb_s(r) / c->gb_s : 0;
-        double mm = c->tflops[r->dtype] > 0 ? 100 * bench_tflops(r) / c->tflops[r->dtype] : 0;
+        const double peak = r->dtype < BENCH_DTYPES ? c->tflops[r->dtype] : 0;
+        double mm = peak > 0 ? 100 * bench_tflops(r) / peak : 0;
         fprintf(f, "%10.3f %11.0f %9.1f %8.3g %8.3g %6.1f%% %6.1f%% %6.1f%% %8.0fM %8.0fM",
                 r->ms, r->tokens / (r->ms * 1e-3), r->bytes / 1e6, bench_gb_s(r),
                 bench_tflops(r), bw, mm, 100 * frac_floor(r, c), r->weight_bytes / 1048576.0,
@@ -78,9 +96,9 @@ int bench_write_json(const char *path, const bench_row *rows, uint32_t n, const 
         return -1;
     }
     fprintf(f, "{\n  \"device\": \"%s\",\n  \"driver\": \"%s\",\n", c->device, c->driver);
-    fprintf(f, "  \"ceilings\": {\"read_gb_s\": %.3f, \"matmul_tflops\": {\"f32\": %.4f, "
-               "\"f16\": %.4f, \"bf16\": %.4f}},\n  \"rows\": [\n",
-            c->gb_s, c->tflops[0], c->tflops[1], c->tflops[2]);
+    char tf[1024];
+    fprintf(f, "  \"ceilings\": {\"read_gb_s\": %.3f, \"matmul_tflops\": {%s}},\n  \"rows\": [\n",
+            c->gb_s, bench_tflops_text(c, 1, tf, sizeof tf));
     for (uint32_t i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
         fprintf(f, "    {\"preset\": \"%s\", \"backend\": \"%s\", \"dtype\": \"%s\", "
@@ -199,9 +217,10 @@ int bench_write_svg(const char *path, const bench_row *rows, uint32_t n, const b
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
     fprintf(f, "<text x=\"20\" y=\"24\" font-size=\"16\" font-weight=\"bold\">moevk bench — %s"
                "</text>\n", c->device);
-    fprintf(f, "<text x=\"20\" y=\"44\">read bandwidth %.3g GB/s, matmul f32 %.3g / f16 %.3g / "
-               "bf16 %.3g TFLOP/s (measured by moevk's own kernels)</text>\n",
-            c->gb_s, c->tflops[0], c->tflops[1], c->tflops[2]);
+    char tf[1024];
+    fprintf(f, "<text x=\"20\" y=\"44\">read bandwidth %.3g GB/s, matmul %s TFLOP/s (measured by "
+               "moevk's own kernels)</text>\n",
+            c->gb_s, bench_tflops_text(c, 0, tf, sizeof tf));
 
     /* left: time per stage */
     fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" font-weight=\"bold\">Where the time goes (share of "

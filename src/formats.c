@@ -15,6 +15,7 @@
 
 #include "format_decode.h"
 #include "interface.h"
+#include "ref/ref.h"
 
 #define QK_K 256
 
@@ -109,6 +110,51 @@ bool mvk_format_validate(moevk_dtype dtype, const void *blocks, uint64_t nblocks
             }
     }
     return true;
+}
+
+/* A uniform in [-1, 1) from 24 bits of r. */
+static float unit_from(uint64_t r)
+{
+    return (float)(r & 0xffffff) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+static void put_f16(uint8_t *p, float v)
+{
+    const uint16_t h = moevk_float_to_half(v);
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
+
+void mvk_format_shape_block(moevk_dtype dtype, uint8_t *blk, float scale, uint64_t rnd)
+{
+    /* Offsets of the f16 scales (-1 ends) and the quant magnitude they
+     * multiply: K-quants reach about scale x sub-scale 63 x 31 (or 32 x 32
+     * for Q6_K), Q8_0 127, the 4/5-bit formats about 12. */
+    int f16_at[2] = {-1, -1};
+    float unit = scale / 12.0f;
+    switch (dtype) {
+    case MOEVK_DTYPE_Q8_0: f16_at[0] = 0, unit = scale / 127.0f; break;
+    case MOEVK_DTYPE_Q4_0: case MOEVK_DTYPE_Q5_0: case MOEVK_DTYPE_IQ4_NL:
+        f16_at[0] = 0, unit = dtype == MOEVK_DTYPE_IQ4_NL ? scale / 127.0f : unit;
+        break;
+    case MOEVK_DTYPE_Q4_1: case MOEVK_DTYPE_Q5_1: f16_at[0] = 0, f16_at[1] = 2; break;
+    case MOEVK_DTYPE_Q4_K: case MOEVK_DTYPE_Q5_K:
+        f16_at[0] = 0, f16_at[1] = 2, unit = scale / 400.0f;
+        break;
+    case MOEVK_DTYPE_IQ4_XS: f16_at[0] = 0, unit = scale / 2000.0f; break;
+    case MOEVK_DTYPE_Q2_K: f16_at[0] = 80, f16_at[1] = 82, unit = scale / 40.0f; break;
+    case MOEVK_DTYPE_Q3_K: f16_at[0] = 108, unit = scale / 128.0f; break;
+    case MOEVK_DTYPE_Q6_K: f16_at[0] = 208, unit = scale / 1000.0f; break;
+    case MOEVK_DTYPE_MXFP4: {
+        /* 2^(e - 127) about scale / 6 (E2M1 values reach 6), e within 1 */
+        const int e = 127 + (int)floorf(log2f(scale / 6.0f)) + (int)(rnd % 3) - 1;
+        blk[0] = (uint8_t)(e < 0 ? 0 : e > 254 ? 254 : e);
+        return;
+    }
+    default: return;
+    }
+    for (int i = 0; i < 2 && f16_at[i] >= 0; i++, rnd >>= 24)
+        put_f16(blk + f16_at[i], unit * unit_from(rnd));
 }
 
 const mvk_format *mvk_format_get(moevk_dtype dtype)

@@ -53,6 +53,12 @@ uint64_t mvk_format_row_bytes(moevk_dtype dtype, uint64_t elems);
  * E8M0 scale of 255 (NaN). On false, *bad (optional) is the first bad
  * block. */
 bool mvk_format_validate(moevk_dtype dtype, const void *blocks, uint64_t nblocks, uint64_t *bad);
+/* Make blk (block_bytes random bytes, as the caller filled it) a valid
+ * block of the format whose values are about +-scale: its scale fields are
+ * set from the random bits rnd, every other bit (quants, sub-scales, signs)
+ * is left as it was, so every pattern occurs. Random weights of the tool,
+ * bench and tests come from here (util/rng.c). */
+void mvk_format_shape_block(moevk_dtype dtype, uint8_t *blk, float scale, uint64_t rnd);
 /* Decode `elems` elements (a whole number of blocks) starting at element
  * `first` (a multiple of the block) of `src` into floats. */
 void mvk_format_decode(moevk_dtype dtype, const void *src, uint64_t first, uint64_t elems,

@@ -8,6 +8,7 @@
 #include "formats.h"
 #include "interface.h"
 #include "layer.h"
+#include "layer_quantize.h"
 #include "pass.h"
 #include "workspace.h"
 
@@ -23,47 +24,85 @@ static moevk_status upload_new(moevk_layer *L, const void *src, uint64_t bytes,
     return src ? moevk_buffer_upload(*out, 0, src, bytes) : MOEVK_SUCCESS;
 }
 
-/* Upload experts [first, first+count) of matrix m (0 gate, 1 up, 2 down) of
- * a weight stack into one buffer. */
 /* Blocks of a format that no kernel may read (MXFP4's NaN scale): refused,
  * naming the expert, the matrix and the block. */
-static moevk_status check_blocks(moevk_layer *L, const void *data, uint64_t bytes, int m,
-                                 uint32_t expert)
+static moevk_status check_blocks(moevk_layer *L, moevk_dtype dt, const void *data,
+                                 uint64_t bytes, const char *set, int m, uint32_t expert)
 {
-    const mvk_format *f = mvk_format_get(L->desc.weight_dtype);
+    const mvk_format *f = mvk_format_get(dt);
     uint64_t bad = 0;
     if (f->block_elems == 1 || mvk_format_validate(f->dtype, data, bytes / f->block_bytes, &bad))
         return MOEVK_SUCCESS;
     return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT,
-                    "expert %u's %s matrix: %s block %llu is not valid (an E8M0 scale of 255 is "
+                    "%s %u's %s matrix: %s block %llu is not valid (an E8M0 scale of 255 is "
                     "NaN)",
-                    expert, m == 0 ? "gate" : m == 1 ? "up" : "down", f->name,
+                    set, expert, m == 0 ? "gate" : m == 1 ? "up" : "down", f->name,
                     (unsigned long long)bad);
 }
 
+/* How one matrix of a set goes to the device: its rows in the host format
+ * and in the device format (the same unless quantised at create). */
+typedef struct matrix_plan {
+    const char *set, *label; /* "experts" / "shared", "expert" / "shared expert" */
+    moevk_dtype src, dst;
+    uint32_t rows, row_elems;
+    uint64_t src_bytes, dst_bytes; /* of one expert's matrix */
+} matrix_plan;
+
+/* Upload experts [first, first+count) of matrix m (0 gate, 1 up, 2 down) of
+ * a weight stack into one buffer; quantised one expert at a time when the
+ * plan says so. */
 static moevk_status upload_matrix(moevk_layer *L, const moevk_expert_weights *w, int m,
-                                  uint64_t expert_bytes, uint32_t first, uint32_t count,
-                                  moevk_buffer **out)
+                                  const matrix_plan *pl, uint32_t first, uint32_t count,
+                                  mvk_quant_progress *prog, moevk_buffer **out)
 {
+    static const char *const names[3] = {"gate", "up", "down"};
     const void *whole = m == 0 ? w->gate : m == 1 ? w->up : w->down;
     const void *const *per = m == 0 ? w->gate_experts : m == 1 ? w->up_experts : w->down_experts;
     moevk_status st;
-    for (uint32_t i = 0; i < count; i++) {
-        const void *src = whole ? (const uint8_t *)whole + (first + i) * expert_bytes
-                                : per[first + i];
-        if (src && (st = check_blocks(L, src, expert_bytes, m, first + i)))
-            return st;
-    }
-    if (whole)
-        return upload_new(L, (const uint8_t *)whole + first * expert_bytes, count * expert_bytes,
-                          out);
-    st = upload_new(L, NULL, count * expert_bytes, out);
-    for (uint32_t i = 0; !st && i < count; i++) {
+    for (uint32_t i = 0; !whole && i < count; i++)
         if (!per[first + i])
-            return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT, "%s_experts[%u] is NULL",
-                            m == 0 ? "gate" : m == 1 ? "up" : "down", first + i);
-        st = moevk_buffer_upload(*out, i * expert_bytes, per[first + i], expert_bytes);
+            return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT, "%s.%s_experts[%u] is NULL",
+                            pl->set, names[m], first + i);
+    if (pl->src == pl->dst) {
+        for (uint32_t i = 0; i < count; i++) {
+            const void *src = whole ? (const uint8_t *)whole + (first + i) * pl->dst_bytes
+                                    : per[first + i];
+            if ((st = check_blocks(L, pl->dst, src, pl->dst_bytes, pl->label, m, first + i)))
+                return st;
+        }
+        if (whole)
+            return upload_new(L, (const uint8_t *)whole + first * pl->dst_bytes,
+                              count * pl->dst_bytes, out);
+        st = upload_new(L, NULL, count * pl->dst_bytes, out);
+        for (uint32_t i = 0; !st && i < count; i++)
+            st = moevk_buffer_upload(*out, i * pl->dst_bytes, per[first + i], pl->dst_bytes);
+        return st;
     }
+    /* quantise at create: one expert's packed matrix on the host at a time */
+    if ((st = upload_new(L, NULL, count * pl->dst_bytes, out)))
+        return st;
+    uint8_t *staging = mvk_alloc(L->ctx, pl->dst_bytes);
+    if (!staging)
+        return mvk_fail(L->ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY,
+                        "%llu bytes to quantise one expert matrix into",
+                        (unsigned long long)pl->dst_bytes);
+    const mvk_quant_matrix qm = {
+        .src_dtype = pl->src, .dtype = pl->dst, .rows = pl->rows, .row_elems = pl->row_elems,
+        .threads = L->desc.quantize_threads, .set = pl->label, .matrix = names[m],
+    };
+    for (uint32_t i = 0; !st && i < count; i++) {
+        const void *src = whole ? (const uint8_t *)whole + (first + i) * pl->src_bytes
+                                : per[first + i];
+        mvk_quant_matrix q = qm;
+        q.expert = first + i;
+        st = mvk_quantize_matrix(L->ctx, prog, &q, src, staging);
+        if (!st)
+            st = check_blocks(L, pl->dst, staging, pl->dst_bytes, pl->label, m, first + i);
+        if (!st)
+            st = moevk_buffer_upload(*out, i * pl->dst_bytes, staging, pl->dst_bytes);
+    }
+    mvk_free(L->ctx, staging);
     return st;
 }
 
@@ -89,24 +128,36 @@ static void set_destroy(moevk_layer *L, mvk_expert_set *s)
 }
 
 static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, uint32_t count,
-                               uint32_t ffn, const char *name, mvk_expert_set *s)
+                               uint32_t ffn, const mvk_matrix_kind kind[2],
+                               mvk_quant_progress *prog, mvk_expert_set *s)
 {
     moevk_context *ctx = L->ctx;
     const uint32_t H = L->desc.hidden;
-    const moevk_dtype dt = L->desc.weight_dtype;
+    const char *name = kind[0].set;
+    const bool routed = !strcmp(name, "experts");
     s->count = count;
     s->ffn = ffn;
-    /* every matrix of an expert (gate/up [ffn, H], down [H, ffn]) has the
-     * same bytes for element-wise formats; a block format may differ */
-    uint64_t bytes_up = ffn * mvk_format_row_bytes(dt, H);
-    uint64_t bytes_down = H * mvk_format_row_bytes(dt, ffn);
-    uint64_t bytes = MVK_MAX(bytes_up, bytes_down);
+    matrix_plan plan[2];
+    for (int i = 0; i < 2; i++) {
+        const uint32_t rows = i ? H : ffn, elems = i ? ffn : H;
+        plan[i] = (matrix_plan){
+            .set = name, .label = routed ? "expert" : "shared expert", .src = kind[i].dtype, .dst = kind[i].target, .rows = rows,
+            .row_elems = elems, .src_bytes = rows * mvk_format_row_bytes(kind[i].dtype, elems),
+            .dst_bytes = rows * mvk_format_row_bytes(kind[i].target, elems),
+        };
+        s->dtype[i] = kind[i].target;
+        s->w_fmt[i] = mvk_format_get(kind[i].target)->shader_fmt;
+    }
+    /* the bigger of gate/up [ffn, H] and down [H, ffn] on the device */
+    const int big = plan[1].dst_bytes > plan[0].dst_bytes;
+    const uint64_t bytes = plan[big].dst_bytes;
     uint64_t range = mvk_weight_range(ctx);
     if (bytes > range)
         return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
                         "one %s expert matrix (%u x %u %s = %llu bytes) exceeds the device's "
                         "storage buffer range of %llu bytes",
-                        name, ffn, H, moevk_dtype_name(dt), (unsigned long long)bytes,
+                        routed ? "routed" : "shared", plan[big].rows, plan[big].row_elems,
+                        moevk_dtype_name(plan[big].dst), (unsigned long long)bytes,
                         (unsigned long long)range);
     uint32_t per_chunk = (uint32_t)MVK_MIN((uint64_t)count, range / bytes);
     s->nchunks = (count + per_chunk - 1) / per_chunk;
@@ -119,8 +170,7 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
         ch->first = c * per_chunk;
         ch->count = MVK_MIN(per_chunk, count - ch->first);
         for (int m = L->gated ? 0 : 1; m < 3 && !st; m++)
-            st = upload_matrix(L, w, m, m == 2 ? bytes_down : bytes_up, ch->first, ch->count,
-                               &ch->w[m]);
+            st = upload_matrix(L, w, m, &plan[m == 2], ch->first, ch->count, prog, &ch->w[m]);
     }
     if (st)
         return st;
@@ -135,6 +185,32 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
 }
 
 /* ---- create / destroy ------------------------------------------------------- */
+
+/* Quantising at create: the fallbacks said in the log, the progress total. */
+static void quant_begin(moevk_layer *L, const mvk_matrix_kind kind[4], mvk_quant_progress *p)
+{
+    const moevk_layer_desc *d = &L->desc;
+    uint64_t total = 0;
+    for (int i = 0; i < 4 && (d->flags & MOEVK_LAYER_QUANTIZE); i++) {
+        if (!kind[i].row)
+            continue;
+        const bool down = i % 2;
+        const uint64_t count = i < 2 ? d->num_experts : d->num_shared;
+        const uint64_t ffn = i < 2 ? d->ffn : d->shared_ffn;
+        total += count * (down ? 1 : L->gated ? 2 : 1) * ffn * d->hidden *
+                 moevk_dtype_size(kind[i].dtype);
+        if (kind[i].target != d->quantize_dtype)
+            mvk_log(L->ctx, MOEVK_LOG_WARN,
+                    "%s %s rows: %s = %u is not a whole number of %s blocks (%u elements); "
+                    "quantised to %s instead, %s",
+                    kind[i].set, down ? "down" : "gate/up", kind[i].row_name, kind[i].row,
+                    moevk_dtype_name(d->quantize_dtype),
+                    moevk_dtype_block_elems(d->quantize_dtype), moevk_dtype_name(kind[i].target),
+                    moevk_dtype_block_elems(kind[i].target) > 1 ? "as llama.cpp does"
+                                                                : "as no block format fits");
+    }
+    mvk_quant_progress_begin(p, total);
+}
 
 static void layer_free(moevk_layer *L)
 {
@@ -215,7 +291,6 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
     mvk_layer_desc_defaults(desc, &L->desc);
     L->gated = moevk_activation_is_gated(L->desc.activation);
     const moevk_layer_desc *d = &L->desc;
-    L->w_fmt = mvk_format_get(d->weight_dtype)->shader_fmt;
     L->r_fmt = mvk_format_get(d->router_dtype)->shader_fmt;
     const uint64_t E = d->num_experts, H = d->hidden;
     const uint64_t router_row = mvk_format_row_bytes(d->router_dtype, H);
@@ -227,10 +302,16 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
         st = upload_new(L, d->correction_bias, E * 4, &L->corr_b);
     if (!st && d->shared_gate)
         st = upload_new(L, d->shared_gate, (uint64_t)d->num_shared * router_row, &L->shared_gate);
+    mvk_matrix_kind kind[4];
+    mvk_layer_matrices(d, kind);
+    mvk_quant_progress prog;
+    quant_begin(L, kind, &prog);
     if (!st)
-        st = set_create(L, &d->experts, d->num_experts, d->ffn, "routed", &L->routed);
+        st = set_create(L, &d->experts, d->num_experts, d->ffn, kind, &prog, &L->routed);
     if (!st && d->num_shared)
-        st = set_create(L, &d->shared, d->num_shared, d->shared_ffn, "shared", &L->shared);
+        st = set_create(L, &d->shared, d->num_shared, d->shared_ffn, kind + 2, &prog,
+                        &L->shared);
+
     if (!st) {
         st = moevk_buffer_create(ctx, (uint64_t)MVK_RESULTS_WORDS(E) * 4, &L->results);
         if (st)
@@ -239,6 +320,13 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
     /* Host pointers are only valid during this call. */
     memset(&L->desc.experts, 0, sizeof(L->desc.experts));
     memset(&L->desc.shared, 0, sizeof(L->desc.shared));
+    /* the description says what is on the device */
+    L->desc.experts.gate_up_dtype = kind[0].target;
+    L->desc.experts.down_dtype = kind[1].target;
+    L->desc.shared.gate_up_dtype = kind[2].target;
+    L->desc.shared.down_dtype = kind[3].target;
+    L->desc.weight_dtype = kind[0].target;
+    L->desc.flags &= ~(uint32_t)MOEVK_LAYER_QUANTIZE;
     L->desc.router_weight = NULL;
     L->desc.router_bias = NULL;
     L->desc.correction_bias = NULL;

@@ -20,6 +20,8 @@ typedef struct mvk_chunk {
 /* A stack of experts of one width: the routed experts or the shared ones. */
 typedef struct mvk_expert_set {
     uint32_t count, ffn;
+    moevk_dtype dtype[2];  /* formats on the device: gate/up rows, down rows */
+    uint32_t w_fmt[2];     /* their MVK_WFMT_* */
     uint32_t nchunks;
     mvk_chunk *chunks;
     moevk_buffer *bias[3]; /* all NULL, or all set (zeros where absent) */
@@ -29,7 +31,7 @@ struct moevk_layer {
     moevk_context *ctx;
     moevk_layer_desc desc; /* defaults applied; host pointers cleared */
     bool gated;
-    uint32_t w_fmt, r_fmt; /* MVK_WFMT_* of expert and router weights */
+    uint32_t r_fmt;        /* MVK_WFMT_* of the router weights */
     moevk_buffer *router_w, *router_b, *corr_b, *shared_gate;
     mvk_expert_set routed, shared;
     uint64_t weight_bytes;
@@ -47,6 +49,20 @@ struct moevk_layer {
 };
 
 void mvk_layer_desc_defaults(const moevk_layer_desc *in, moevk_layer_desc *out);
+
+/* The four kinds of expert rows of a (defaulted) desc: routed gate/up
+ * (rows of hidden), routed down (rows of ffn), shared gate/up and shared
+ * down (row 0 when there are no shared experts); dtype is the host format,
+ * target the device format (the quantisation target after llama.cpp's
+ * fallback with MOEVK_LAYER_QUANTIZE, else dtype). */
+typedef struct mvk_matrix_kind {
+    const char *set, *field; /* "experts" / "shared", "gate_up_dtype" / "down_dtype" */
+    moevk_dtype dtype;
+    uint32_t row;
+    const char *row_name;
+    moevk_dtype target;
+} mvk_matrix_kind;
+void mvk_layer_matrices(const moevk_layer_desc *d, mvk_matrix_kind out[4]);
 
 /* Tokens of a [T, ...] tensor's first dimension, range-checked. */
 moevk_status mvk_tokens_of(moevk_context *ctx, const moevk_tensor *t, const char *name,

@@ -2,11 +2,13 @@
  * Layer description checks and defaults. Every rejection names the field.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "formats.h"
 #include "internal.h"
 #include "layer.h"
+#include "quantize.h"
 
 int moevk_activation_is_gated(moevk_activation act)
 {
@@ -60,6 +62,67 @@ void mvk_layer_desc_defaults(const moevk_layer_desc *in, moevk_layer_desc *out)
         out->swiglu_limit = 7.0f;
     if (out->num_shared && !out->shared_ffn)
         out->shared_ffn = out->ffn;
+    if (!(out->flags & MOEVK_LAYER_MATRIX_DTYPES)) {
+        out->experts.gate_up_dtype = out->experts.down_dtype = out->weight_dtype;
+        out->shared.gate_up_dtype = out->shared.down_dtype = out->weight_dtype;
+        out->flags |= MOEVK_LAYER_MATRIX_DTYPES;
+    }
+    if (!out->num_shared)
+        out->shared.gate_up_dtype = out->shared.down_dtype = out->experts.gate_up_dtype;
+}
+
+void mvk_layer_matrices(const moevk_layer_desc *d, mvk_matrix_kind out[4])
+{
+    const uint32_t fs = d->num_shared ? d->shared_ffn : 0;
+    const mvk_matrix_kind k[4] = {
+        {"experts", "gate_up_dtype", d->experts.gate_up_dtype, d->hidden, "hidden"},
+        {"experts", "down_dtype", d->experts.down_dtype, d->ffn, "ffn"},
+        {"shared", "gate_up_dtype", d->shared.gate_up_dtype, fs ? d->hidden : 0, "hidden"},
+        {"shared", "down_dtype", d->shared.down_dtype, fs, "shared_ffn"},
+    };
+    for (int i = 0; i < 4; i++) {
+        out[i] = k[i];
+        out[i].target = k[i].dtype;
+        if ((d->flags & MOEVK_LAYER_QUANTIZE) && k[i].row)
+            out[i].target = mvk_quantize_fallback(d->quantize_dtype, k[i].row);
+    }
+}
+
+/* The formats of the four kinds of rows: each an expert format, whole
+ * blocks per row; quantising at create reads f32/f16/bf16 host rows. */
+static moevk_status check_formats(moevk_context *ctx, const moevk_layer_desc *in,
+                                  const moevk_layer_desc *d)
+{
+    const moevk_status bad = MOEVK_ERROR_INVALID_ARGUMENT;
+    const bool per = (in->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
+    const bool quant = (d->flags & MOEVK_LAYER_QUANTIZE) != 0;
+    if (quant && !format_ok(d->quantize_dtype, MVK_FORMAT_EXPERT))
+        return mvk_fail(ctx, bad, "quantize_dtype = %d (%s) is not an expert weight format",
+                        (int)d->quantize_dtype, moevk_dtype_name(d->quantize_dtype));
+    mvk_matrix_kind k[4];
+    mvk_layer_matrices(d, k);
+    for (int i = 0; i < 4; i++) {
+        if (!k[i].row)
+            continue;
+        char field[48];
+        snprintf(field, sizeof field, per ? "%s.%s" : "weight_dtype", k[i].set, k[i].field);
+        if (!format_ok(k[i].dtype, MVK_FORMAT_EXPERT))
+            return mvk_fail(ctx, bad, "%s = %d (%s) is not an expert weight format", field,
+                            (int)k[i].dtype, moevk_dtype_name(k[i].dtype));
+        if (quant && moevk_dtype_block_elems(k[i].dtype) != 1)
+            return mvk_fail(ctx, bad,
+                            "%s = %s: quantising at create (MOEVK_LAYER_QUANTIZE) reads f32, "
+                            "f16 or bf16 host weights",
+                            field, moevk_dtype_name(k[i].dtype));
+        const uint32_t be = moevk_dtype_block_elems(k[i].target);
+        if (k[i].row % be)
+            return mvk_fail(ctx, bad,
+                            "%s = %u is not a whole number of %s blocks (%u elements): the rows "
+                            "of the %s expert matrices (%s) must be",
+                            k[i].row_name, k[i].row, moevk_dtype_name(k[i].target), be,
+                            k[i].set, i % 2 ? "down" : "gate and up");
+    }
+    return MOEVK_SUCCESS;
 }
 
 moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_desc *desc_in)
@@ -84,9 +147,6 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     if ((unsigned)d.activation > MOEVK_ACT_GELU)
         return mvk_fail(ctx, bad, "activation = %d is not a moevk_activation value",
                         (int)d.activation);
-    if (!format_ok(d.weight_dtype, MVK_FORMAT_EXPERT))
-        return mvk_fail(ctx, bad, "weight_dtype = %d (%s) is not an expert weight format",
-                        (int)d.weight_dtype, moevk_dtype_name(d.weight_dtype));
     if (!format_ok(d.router_dtype, MVK_FORMAT_ROUTER))
         return mvk_fail(ctx, bad, "router_dtype = %d (%s) is not a router weight format",
                         (int)d.router_dtype, moevk_dtype_name(d.router_dtype));
@@ -117,7 +177,8 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
         return mvk_fail(ctx, bad, "swiglu_alpha / swiglu_limit must be finite and limit > 0");
     if (!d.router_weight)
         return mvk_fail(ctx, bad, "router_weight is NULL");
-    if (d.flags & ~(uint32_t)(MOEVK_LAYER_BATCH_INVARIANT | MOEVK_LAYER_RECORD_NO_STATS))
+    if (d.flags & ~(uint32_t)(MOEVK_LAYER_BATCH_INVARIANT | MOEVK_LAYER_RECORD_NO_STATS |
+                              MOEVK_LAYER_MATRIX_DTYPES | MOEVK_LAYER_QUANTIZE))
         return mvk_fail(ctx, bad, "flags 0x%x has unknown bits", d.flags);
     bool gated = moevk_activation_is_gated(d.activation);
     moevk_status st = check_weights(ctx, &d.experts, "experts", gated);
@@ -132,17 +193,8 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     } else if (d.shared_gate) {
         return mvk_fail(ctx, bad, "shared_gate is set but num_shared is 0");
     }
-    /* Block formats: every row (the K inputs of an output) whole blocks. */
-    const uint32_t be = mvk_format_get(d.weight_dtype)->block_elems;
-    const struct { const char *name; uint32_t v; } rows[] = {
-        {"hidden", d.hidden}, {"ffn", d.ffn}, {"shared_ffn", d.num_shared ? d.shared_ffn : 0},
-    };
-    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
-        if (rows[i].v % be)
-            return mvk_fail(ctx, bad,
-                            "%s = %u is not a whole number of %s blocks (%u elements): the rows "
-                            "of the expert matrices must be",
-                            rows[i].name, rows[i].v, moevk_dtype_name(d.weight_dtype), be);
+    if ((st = check_formats(ctx, desc_in, &d)))
+        return st;
     /* Sizes: a whole matrix stack must be addressable (no 64-bit overflow). */
     uint64_t per_expert = (uint64_t)d.hidden * d.ffn;
     if (per_expert > (UINT64_MAX / 4) / d.num_experts)

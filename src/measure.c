@@ -138,7 +138,7 @@ static moevk_status measure_matmul(moevk_context *ctx, moevk_dtype dtype, uint32
     if (!tflops)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "tflops is NULL");
     const mvk_format *fmt = mvk_format_get(dtype);
-    if (!fmt || !(fmt->uses & MVK_FORMAT_EXPERT) || fmt->block_elems != 1)
+    if (!fmt || !(fmt->uses & MVK_FORMAT_EXPERT))
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "dtype %d is not a weight dtype",
                         (int)dtype);
     if (!n) {
@@ -159,6 +159,10 @@ static moevk_status measure_matmul(moevk_context *ctx, moevk_dtype dtype, uint32
     }
     if (n > 16384)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "n = %u is above 16384", n);
+    if (n % fmt->block_elems)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "n = %u is not a whole number of %s blocks (%u elements)", n, fmt->name,
+                        fmt->block_elems);
     const uint64_t nn = (uint64_t)n * n;
     moevk_buffer *a = NULL, *w = NULL, *out = NULL;
     const uint64_t wbytes = n * mvk_format_row_bytes(dtype, n);

@@ -81,8 +81,8 @@ static moevk_status pass_info(moevk_layer *L, moevk_pass_info *out)
     in.barriers = L->last_barriers;
     const uint32_t force = L->last_force_path;
     const int gated = L->gated;
-    const uint64_t up_bytes = F * mvk_format_row_bytes(d->weight_dtype, H);
-    const uint64_t down_bytes = H * mvk_format_row_bytes(d->weight_dtype, F);
+    const uint64_t up_bytes = F * mvk_format_row_bytes(d->experts.gate_up_dtype, H);
+    const uint64_t down_bytes = H * mvk_format_row_bytes(d->experts.down_dtype, F);
 
     /* router: T x E x H; a fused pass reads the router once per token, the
      * router kernel once per 4 tokens */
@@ -137,8 +137,8 @@ static moevk_status pass_info(moevk_layer *L, moevk_pass_info *out)
     /* shared experts: dense over each chunk's tokens */
     if (d->num_shared) {
         const uint64_t FS = d->shared_ffn;
-        const uint64_t sup = FS * mvk_format_row_bytes(d->weight_dtype, H);
-        const uint64_t sdown = H * mvk_format_row_bytes(d->weight_dtype, FS);
+        const uint64_t sup = FS * mvk_format_row_bytes(d->shared.gate_up_dtype, H);
+        const uint64_t sdown = H * mvk_format_row_bytes(d->shared.down_dtype, FS);
         for (uint32_t t0 = 0; t0 < T; t0 += tc) {
             const uint32_t n = (t0 + tc < T ? t0 + tc : T) - t0;
             const uint32_t path =

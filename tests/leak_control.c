@@ -7,7 +7,7 @@
  *     suppressed),
  *   - leaks_64_bytes leaks one 64-byte block of this file's and must fail,
  *   - leaks_a_layer_case never frees a random layer case of the generator
- *     shared with `moevk check` (src/cli/check_cases.c) and must fail.
+ *     shared with `moevk check` (src/harness/case.c) and must fail.
  * (A moevk context that is never destroyed is not a leak LeakSanitizer can
  * see: the live validation layer still points at it.)
  * Not part of the ordinary suite: a leak is only seen by LeakSanitizer.
@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/cli/check_cases.h"
+#include "../src/harness/harness.h"
 #include "common.h"
 
 static void *volatile sink;

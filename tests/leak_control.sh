@@ -39,7 +39,7 @@ $out"
 echo "$out" | grep -q "Synthesis: Tested: 1 | Passing: 0 | Failing: 1 | Crashing: 0" ||
     fail "leaks_a_layer_case: not counted as one failed test: $out"
 echo "$out" | grep -q "^Direct leak of .* byte(s)" || fail "leaks_a_layer_case: $out"
-echo "$out" | grep -Eq "in mvkc_case_random .*check_cases\.c:[0-9]+" ||
+echo "$out" | grep -Eq "in mvkc_case_random .*harness/case\.c:[0-9]+" ||
     fail "leaks_a_layer_case: the report does not name the generator's allocation: $out"
 echo "control::leaks_a_layer_case: caught (exit $rc):"
 echo "$out" | grep -E "^(Direct|Indirect) leak" | head -3

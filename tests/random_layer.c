@@ -10,12 +10,12 @@
 void rlayer_make(mvkt_rng *r, rlayer *l, const rlayer_spec *s)
 {
     const uint32_t H = s->H, F = s->F, E = s->E, K = s->K;
-    const moevk_dtype dt = s->dtype;
+    const moevk_dtype dt = s->dtype, ddt = s->per_matrix ? s->down_dtype : s->dtype;
     memset(l, 0, sizeof *l);
     l->router = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)E * H, 1.0f);
     l->gate = mvkt_random_weights(r, dt, (size_t)E * F * H, 0.5f);
     l->up = mvkt_random_weights(r, dt, (size_t)E * F * H, 0.5f);
-    l->down = mvkt_random_weights(r, dt, (size_t)E * H * F, 0.5f);
+    l->down = mvkt_random_weights(r, ddt, (size_t)E * H * F, 0.5f);
     moevk_layer_desc *d = &l->d;
     d->hidden = H;
     d->ffn = F;
@@ -24,6 +24,11 @@ void rlayer_make(mvkt_rng *r, rlayer *l, const rlayer_spec *s)
     d->routing = s->routing;
     d->activation = s->activation;
     d->weight_dtype = dt;
+    if (s->per_matrix) {
+        d->flags |= MOEVK_LAYER_MATRIX_DTYPES;
+        d->experts.gate_up_dtype = d->shared.gate_up_dtype = dt;
+        d->experts.down_dtype = d->shared.down_dtype = ddt;
+    }
     d->norm_topk_prob = 1;
     d->capacity_factor = s->cf;
     d->router_weight = l->router;
@@ -46,13 +51,14 @@ void rlayer_make(mvkt_rng *r, rlayer *l, const rlayer_spec *s)
         d->correction_bias = l->corr;
     }
     if (s->shared) {
-        const uint32_t be = moevk_dtype_block_elems(dt);
+        const uint32_t be0 = moevk_dtype_block_elems(dt), be1 = moevk_dtype_block_elems(ddt);
+        const uint32_t be = be0 > be1 ? be0 : be1;
         const uint32_t FS = be > 1 ? F + be : F + 3, ns = s->shared; /* a width of its own */
         d->num_shared = ns;
         d->shared_ffn = FS;
         l->sgate = mvkt_random_weights(r, dt, (size_t)ns * FS * H, 0.5f);
         l->sup = mvkt_random_weights(r, dt, (size_t)ns * FS * H, 0.5f);
-        l->sdown = mvkt_random_weights(r, dt, (size_t)ns * H * FS, 0.5f);
+        l->sdown = mvkt_random_weights(r, ddt, (size_t)ns * H * FS, 0.5f);
         l->sg = mvkt_random_weights(r, MOEVK_DTYPE_F32, (size_t)ns * H, 1.0f);
         d->shared.gate = moevk_activation_is_gated(s->activation) ? l->sgate : NULL;
         d->shared.up = l->sup;

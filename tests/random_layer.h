@@ -15,6 +15,10 @@ typedef struct rlayer_spec {
     uint32_t shared;             /* shared experts (gated), 0 = none */
     moevk_activation activation; /* 0 = swiglu */
     moevk_dtype dtype;           /* of the expert weights; 0 = f32 */
+    /* with per_matrix: the down rows in down_dtype (gate/up in dtype), as
+     * MOEVK_LAYER_MATRIX_DTYPES says, routed and shared alike */
+    int per_matrix;
+    moevk_dtype down_dtype;
     int biases;                  /* expert biases */
 } rlayer_spec;
 

@@ -32,6 +32,34 @@ out=$("$moevk" demo --preset qwen3-30b-a3b --scale 16 --tokens 9 --runs 2 --vali
     fail "demo: $out"
 echo "$out" | grep -q "^OK$" || fail "demo: $out"
 echo "$out" | grep -q "experts_up" || fail "demo prints no stage times: $out"
+# a block format: the rows of qwen3-30b-a3b at 1/16 (H = 128, F = 48) are
+# no whole q4_k blocks: llama.cpp's fallback q5_0 for gate/up, f16 for down
+out=$("$moevk" demo --preset qwen3-30b-a3b --scale 16 --tokens 5 --runs 1 --dtype q4_k --validate) ||
+    fail "demo --dtype q4_k: $out"
+echo "$out" | grep -q "^OK$" || fail "demo --dtype q4_k: $out"
+echo "$out" | grep -q "q5_0 gate/up, f16 down weights" || fail "demo --dtype q4_k formats: $out"
+out=$("$moevk" demo --preset mixtral-8x7b --scale 8 --tokens 3 --runs 1 --dtype mxfp4) ||
+    fail "demo --dtype mxfp4: $out"
+echo "$out" | grep -q "mxfp4 weights" || fail "demo --dtype mxfp4 formats: $out"
+echo "$out" | grep -q "4.25 bits a weight" || fail "demo --dtype mxfp4 packed size: $out"
+echo "$out" | grep -q "same dequantised mxfp4 weights" || fail "demo --dtype mxfp4 check: $out"
+"$moevk" demo --dtype q4_k_m >/dev/null 2>"$tmp/err" && fail "demo accepted --dtype q4_k_m"
+grep -q "unknown dtype 'q4_k_m'" "$tmp/err" || fail "demo --dtype q4_k_m: $(cat "$tmp/err")"
+# the fit check at every format, at the real shapes, running nothing
+out=$("$moevk" bench --fit --preset deepseek-v3 --dtype q4_k --device-memory 24 --tokens 1) ||
+    fail "bench --fit: $out"
+echo "$out" | grep -q "deepseek-v3 .* q4_k 5.94 GiB (4), bf16 21.09 GiB (1)," ||
+    fail "bench --fit figures: $out"
+"$moevk" bench --dtype q4_k,nosuch --fit >/dev/null 2>"$tmp/err" && fail "bench took nosuch"
+grep -q "unknown dtype 'nosuch' (f32|f16|bf16|q8_0|" "$tmp/err" ||
+    fail "bench --dtype nosuch: $(cat "$tmp/err")"
+"$moevk" bench --fit --tokens 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17 >/dev/null 2>"$tmp/err" &&
+    fail "bench took 17 token counts"
+grep -q "more than 16 items" "$tmp/err" || fail "bench list overflow: $(cat "$tmp/err")"
+# `moevk check` draws block formats among its cases
+out=$("$moevk" check --against cpu --cases 6 --seed 128 --verbose) || fail "check formats: $out"
+echo "$out" | grep -Eq " w=(q[0-9]|iq4|mxfp4)[^ ]*/" || fail "check drew no block format: $out"
+
 out=$("$moevk" demo --backend cpu --preset olmoe-1b-7b --scale 32 --tokens 3 --runs 1) ||
     fail "demo --backend cpu: $out"
 echo "$out" | grep -q "^OK$" || fail "demo --backend cpu: $out"

@@ -1072,7 +1072,10 @@ static void e2e_begin(e2e *t, uint64_t salt)
  * independently: top-1 of softmax(x Wr^T + b), at most expert_capacity
  * tokens per expert in each sequence (in token order), y = p * ReLU-FFN(x)
  * for admitted tokens; a dropped token gives 0 (transformers 5) or p * x
- * (transformers 4: `passthrough`). */
+ * (transformers 4: `passthrough`). near[t]: the two best logits of token t
+ * are within 1e-6 relative (the reference's float logits) or 8e-6 of
+ * max_e (|b_e| + sum_h |x_h w_eh|) (twice the bound of an fp32 dot product
+ * of H = 32 terms, on each logit): a backend may choose either. */
 static float *switch_naive(const canon *c, const float *x, uint32_t B, uint32_t S,
                            uint64_t cap, int passthrough, uint8_t *near, uint32_t *dropped)
 {
@@ -1086,12 +1089,15 @@ static float *switch_naive(const canon *c, const float *x, uint32_t B, uint32_t 
         for (uint32_t s = 0; s < S; s++) {
             size_t t = (size_t)b * S + s;
             const float *xt = x + t * H;
-            double mx = -INFINITY, sum = 0, second = -INFINITY;
+            double mx = -INFINITY, sum = 0, second = -INFINITY, bound = 0;
             uint32_t best = 0;
             for (uint32_t e = 0; e < E; e++) {
-                double a = c->rbias ? c->rbias[e] : 0;
-                for (uint32_t i = 0; i < H; i++)
+                double a = c->rbias ? c->rbias[e] : 0, m = fabs(a);
+                for (uint32_t i = 0; i < H; i++) {
                     a += (double)xt[i] * c->router[(size_t)e * H + i];
+                    m += fabs((double)xt[i] * c->router[(size_t)e * H + i]);
+                }
+                bound = fmax(bound, m);
                 l[e] = a;
                 if (a > mx) {
                     second = mx;
@@ -1101,7 +1107,7 @@ static float *switch_naive(const canon *c, const float *x, uint32_t B, uint32_t 
                     second = a;
                 }
             }
-            near[t] = (mx - second) <= 1e-6 * fabs(mx);
+            near[t] = (mx - second) <= fmax(1e-6 * fabs(mx), 8e-6 * bound);
             for (uint32_t e = 0; e < E; e++)
                 sum += exp(l[e] - mx);
             double p = 1.0 / sum;
@@ -1542,6 +1548,38 @@ static void expect_run_fails(const char *const *sel, const char *extra, const ch
     cr_assert(strstr(out, msg), "'%s' does not say '%s'", out, msg);
 }
 
+/* `moevk run --quantize q8_0 --check` on Vulkan: quantised at load (said,
+ * with the formats each matrix got), the same as the CPU reference on the
+ * same quantised weights, and within q8_0's error of the unquantised y. */
+static void run_quantized(const char *dir, const char *const *sel, const char *xpath,
+                          const float *y, uint32_t T, uint32_t H, uint32_t ndim,
+                          const uint64_t *shape)
+{
+    char out[16384], ypath[512];
+    snprintf(ypath, sizeof ypath, "%s/y_q8_0.safetensors", dir);
+    const char *args[48];
+    size_t n = 0;
+    args[n++] = "run";
+    for (const char *const *s = sel; *s; s++)
+        args[n++] = *s;
+    const char *tail[] = {"--input", xpath, "--output", ypath, "--quantize", "q8_0", "--check",
+                          "--validate", NULL};
+    for (const char *const *s = tail; *s; s++)
+        args[n++] = *s;
+    args[n] = NULL;
+    int st = run_cli_env(out, sizeof out, args, 1);
+    if (st != 0 && no_vulkan_device(out))
+        return;
+    cr_assert_eq(st, 0, "moevk run --quantize q8_0 failed (%d):\n%s", st, out);
+    cr_assert(strstr(out, "\nquantise "), "no quantise line:\n%s", out);
+    cr_assert(strstr(out, "\nmemory   weights "), "no memory line:\n%s", out);
+    cr_assert(strstr(out, "\ncheck    relative L2 error "), "no check:\n%s", out);
+    const double e = y_error(ypath, y, NULL, T, H, ndim, shape);
+    cr_assert(e > 0 && e < 0.03, "q8_0 against the unquantised y: relative L2 error %g\n%s", e,
+              out);
+    cr_log_info("q8_0: relative L2 error %.3g against the unquantised layer\n%s", e, out);
+}
+
 ParameterizedTestParameters(model, architecture)
 {
     static size_t rows[N_ARCH_ROWS];
@@ -1595,10 +1633,28 @@ ParameterizedTest(const size_t *index, model, architecture, .timeout = 120)
     float *y;
     uint32_t dropped = 0;
     if (r->capacity) {
-        /* B sequences of S tokens ([B, S, H]), capacity per sequence */
+        /* B sequences of S tokens ([B, S, H]), capacity per sequence. A
+         * near-tie flipped by a backend moves the admissions of the later
+         * tokens of its sequence (of all of them in the one-sequence pass
+         * below): x is redrawn until no token is near-tied, and then every
+         * token is compared. */
         near = malloc(T);
-        y = switch_naive(&c, x, (uint32_t)r->xshape[0], (uint32_t)r->xshape[1], r->capacity,
-                         0, near, &dropped);
+        for (int attempt = 0;; attempt++) {
+            y = switch_naive(&c, x, (uint32_t)r->xshape[0], (uint32_t)r->xshape[1],
+                             r->capacity, 0, near, &dropped);
+            uint32_t n_near = 0;
+            for (uint32_t i = 0; i < T; i++)
+                n_near += near[i];
+            if (!n_near)
+                break;
+            cr_assert_lt(attempt, 10, "%s: x near-tied (%u tokens) in 10 redraws", r->name,
+                         n_near);
+            cr_log_info("x redrawn: %u near-tied tokens", n_near);
+            free(y);
+            free(x);
+            x = write_x(&t.rng, t.x, r->xdt, r->xdims, r->xshape);
+        }
+        /* more tokens per sequence (14) than E x capacity (12): some dropped */
         cr_assert_gt(dropped, 0, "the case should drop tokens");
     } else {
         y = expect_ref(&d, x, T, &near);
@@ -1611,6 +1667,7 @@ ParameterizedTest(const size_t *index, model, architecture, .timeout = 120)
     const char *sel_files[] = {"--config", t.cfg, "--weights", w, "--prefix", prefix_arg, NULL};
     const char *const *sel = r->layer ? sel_model : sel_files;
     run_backends(t.dir, sel, t.x, y, near, T, H, r->xdims, r->xshape, r->tol);
+    run_quantized(t.dir, sel, t.x, y, T, H, r->xdims, r->xshape);
 
     if (r->capacity) {
         /* the same sequences as one [T, H] input: one sequence, more drops;

@@ -249,11 +249,40 @@ Test(stages, many_kept_groups)
     float *ref = malloc(sizeof(float) * T * H);
     cr_assert_eq(moevk_layer_read_routing(L, T, ids, NULL, NULL), 0);
     cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, ref, rids, NULL, near, NULL), 0);
-    for (uint32_t t = 0; t < T; t++)
-        if (!near[t])
-            for (uint32_t j = 0; j < K; j++)
-                cr_assert_eq(ids[t * K + j], rids[t * K + j], "seed %llu token %u slot %u",
-                             (unsigned long long)seed, t, j);
+    /* The reference flags only the k-th vs (k+1)-th gap (and the last kept
+     * group's): for the other tokens the set of 8 ids is exact. Within the
+     * 8, scores of ~0.9 lie ~6e-8 apart in fp32, so the GPU may find two
+     * equal and put the lower index first: the slot order is required only
+     * between scores more than 1e-6 relative apart. Each run of reference
+     * slots whose adjacent scores are closer than that must hold the same
+     * ids on the GPU, in any order. */
+    float *logits = malloc(sizeof(float) * T * E);
+    cr_assert_not_null(logits);
+    moevk_ref_router_logits(x, T, H, s.d.router_weight, s.d.router_dtype, E, NULL, logits);
+    for (uint32_t t = 0; t < T; t++) {
+        if (near[t])
+            continue;
+        const uint32_t *g = ids + t * K, *rf = rids + t * K;
+        for (uint32_t j0 = 0, j1; j0 < K; j0 = j1) {
+            /* the run rf[j0..j1-1]: adjacent scores within 1e-6 relative */
+            double prev = 1.0 / (1.0 + exp(-(double)logits[t * E + rf[j0]]));
+            for (j1 = j0 + 1; j1 < K; j1++) {
+                double sc = 1.0 / (1.0 + exp(-(double)logits[t * E + rf[j1]]));
+                if (prev - sc > 1e-6 * fmax(fabs(prev), fabs(sc)))
+                    break;
+                prev = sc;
+            }
+            for (uint32_t j = j0; j < j1; j++) {
+                int found = 0;
+                for (uint32_t i = j0; i < j1; i++)
+                    found |= g[i] == rf[j];
+                cr_assert(found, "seed %llu token %u: reference slot %u (expert %u) is not in the "
+                          "GPU's slots %u..%u (expert %u at slot %u)", (unsigned long long)seed,
+                          t, j, rf[j], j0, j1 - 1, g[j], j);
+            }
+        }
+    }
+    free(logits);
     moevk_tensor_destroy(&tx);
     moevk_tensor_destroy(&ty);
     moevk_layer_destroy(L);

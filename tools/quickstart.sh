@@ -25,6 +25,9 @@ build=${MOEVK_BUILD_DIR:-build}
 # the test command also builds the cooperative-matrix kernel variant (a
 # glslang from PyPI that knows the extension; left out if PyPI is not there)
 [ "$what" = test ] && sh tools/coopmat_tools.sh
+# and gguf-py (PyPI gguf 0.19.0), the oracle of the format decoders and
+# quantisers (meson test formats-gguf)
+[ "$what" = test ] && sh tools/py_tools.sh
 if [ ! -f "$build/build.ninja" ]; then
     meson setup "$build" -Dwerror=true -Drequire_device=true
 fi
@@ -34,7 +37,12 @@ case "$what" in
 main)
     "$build/src/moevk" info
     echo
-    exec "$build/src/moevk" demo --preset mixtral-8x7b --scale 8 --tokens 64 --dtype bf16 "$@"
+    # a 4-bit Mixtral-8x7B-shaped layer, checked and timed; then, at the real
+    # shapes, what one layer weighs at each format and how many fit the device
+    "$build/src/moevk" demo --preset mixtral-8x7b --scale 8 --tokens 64 --dtype q4_k "$@" ||
+        exit $?
+    exec "$build/src/moevk" bench --fit --preset mixtral-8x7b,qwen3-30b-a3b,deepseek-v3 \
+        --dtype q4_k --tokens 64
     ;;
 test)
     status=0

@@ -4,7 +4,8 @@
 Counts the Criterion test cases inside each test program (from its
 "Synthesis" line; skipped ones from their [SKIP] lines, as the tests run
 with --verbose) as well as the non-Criterion tests, and prints
-`N passed, M failed, K skipped`.
+`N passed, M failed, K skipped` (one failure when there is no log: the
+run never started).
 """
 import json
 import re
@@ -12,7 +13,12 @@ import sys
 
 passed = failed = skipped = 0
 synth = re.compile(r"Synthesis: Tested: (\d+) \| Passing: (\d+) \| Failing: (\d+) \| Crashing: (\d+)")
-with open(sys.argv[1]) as f:
+try:
+    f = open(sys.argv[1])
+except OSError as e:  # the run never started (a failed build): one failure
+    print(f"0 passed, 1 failed, 0 skipped (no test log: {e.strerror})")
+    sys.exit(0)
+with f:
     for line in f:
         t = json.loads(line)
         out = (t.get("stdout") or "") + (t.get("stderr") or "")

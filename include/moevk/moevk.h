@@ -431,6 +431,11 @@ typedef struct moevk_expert_weights {
     const void *gate, *up, *down;
     const void *const *gate_experts, *const *up_experts, *const *down_experts;
     const float *gate_bias, *up_bias, *down_bias;
+    /* Formats of the gate and up rows (one format for both) and of the
+     * down rows, read only when the layer's flags have
+     * MOEVK_LAYER_MATRIX_DTYPES (GGUF's Q4_K_M: gate/up q4_k, down q6_k);
+     * otherwise both are the layer's weight_dtype. */
+    moevk_dtype gate_up_dtype, down_dtype;
 } moevk_expert_weights;
 
 enum moevk_layer_flags {
@@ -443,6 +448,17 @@ enum moevk_layer_flags {
      * out; moevk_layer_read_stats then fails after them. Synchronous
      * passes compute them when moevk_layer_forward's stats is non-NULL. */
     MOEVK_LAYER_RECORD_NO_STATS = 1u << 1,
+    /* The expert sets give their matrices' formats (gate_up_dtype and
+     * down_dtype of experts and shared); weight_dtype is then unused. */
+    MOEVK_LAYER_MATRIX_DTYPES = 1u << 2,
+    /* Quantise at create: the host weights (f32, f16 or bf16) are turned
+     * into quantize_dtype on the host (quantize_threads threads) before
+     * upload. A matrix whose rows are not a whole number of the format's
+     * blocks gets llama.cpp's fallback format (q4_k -> q5_0, q5_k -> q5_1,
+     * q6_k -> q8_0, q2_k / q3_k / iq4_xs -> iq4_nl; f16 when none fits),
+     * said in the log at MOEVK_LOG_WARN; moevk_layer_get_desc then gives
+     * the formats each matrix got. */
+    MOEVK_LAYER_QUANTIZE = 1u << 3,
 };
 
 typedef struct moevk_layer_desc {
@@ -479,6 +495,13 @@ typedef struct moevk_layer_desc {
      * default workspace, shared by all layers created without one. */
     moevk_workspace *workspace;
     uint32_t flags;         /* moevk_layer_flags                           */
+
+    /* MOEVK_LAYER_QUANTIZE: the expert format to quantise to, and the host
+     * threads that do it (0 = one per online CPU, at most 64). Layers of
+     * over 64 MiB of weights report progress through the log callback
+     * (MOEVK_LOG_INFO). */
+    moevk_dtype quantize_dtype;
+    uint32_t quantize_threads;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */
@@ -507,6 +530,10 @@ MOEVK_API moevk_status moevk_layer_desc_check(const moevk_layer_desc *desc, char
 MOEVK_API moevk_status moevk_layer_create(moevk_context *ctx, const moevk_layer_desc *desc,
                                           moevk_layer **out);
 MOEVK_API void moevk_layer_destroy(moevk_layer *layer);
+/* The layer's description with its defaults filled in and its host
+ * pointers cleared; flags always have MOEVK_LAYER_MATRIX_DTYPES and the
+ * expert sets the formats on the device (after quantisation, if asked:
+ * MOEVK_LAYER_QUANTIZE is then cleared). */
 MOEVK_API const moevk_layer_desc *moevk_layer_get_desc(const moevk_layer *layer);
 
 /* moevk_workspace_reserve(the layer's workspace, layer, max_tokens). */

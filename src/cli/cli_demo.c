@@ -24,16 +24,20 @@ static int cmp_double(const void *a, const void *b)
 
 static void usage(FILE *f)
 {
+    char names[512];
     fprintf(f,
-            "usage: moevk demo [--preset NAME] [--scale S] [--tokens T] [--dtype f32|f16|bf16]\n"
+            "usage: moevk demo [--preset NAME] [--scale S] [--tokens T] [--dtype FORMAT]\n"
             "                  [--runs N] [--seed S] [--backend B] [--device D] [--validate]\n"
             "                  [--batch-invariant]\n"
             "  Runs one MoE layer of a preset model (H and F divided by S; E and k kept)\n"
             "  on random inputs, checks it against the CPU reference and times each stage.\n"
+            "  --dtype: the expert weights' format, %s\n"
+            "  (random valid blocks for a block format; rows that are not whole blocks get\n"
+            "  llama.cpp's fallback format, as quantising does)\n"
             "  Defaults: --preset mixtral-8x7b --scale 8 --tokens 64 --dtype bf16 --runs 5\n"
             "  --backend vulkan (%s)\n"
             "presets:",
-            mvk_backend_list(", ").s);
+            mvk_dtype_names(1, names, sizeof names), mvk_backend_list(", ").s);
     for (uint32_t i = 0; mvk_preset_at(i); i++)
         fprintf(f, " %s", mvk_preset_at(i)->name);
     fprintf(f, "\n");
@@ -107,7 +111,7 @@ int cli_demo(int argc, char **argv)
         else if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--backend")) backend = v;
         else if (!strcmp(a, "--dtype")) {
-            if (mvk_dtype_parse(v, &dt)) {
+            if (mvk_dtype_parse(v, 1, &dt)) {
                 fprintf(stderr, "moevk demo: unknown dtype '%s'\n", v);
                 return 2;
             }
@@ -148,9 +152,11 @@ int cli_demo(int argc, char **argv)
     }
     const mvk_backend_info *info = &run.info;
     printf("device   %s\n", info->desc);
+    char fmts[160];
+    mvk_desc_formats(d, fmts, sizeof fmts);
     printf("layer    %s scaled 1/%u: H=%u F=%u E=%u k=%u, %s weights, %u shared expert%s, "
            "T=%u tokens\n",
-           p->name, scale, H, d->ffn, E, K, moevk_dtype_name(dt), d->num_shared,
+           p->name, scale, H, d->ffn, E, K, fmts, d->num_shared,
            d->num_shared == 1 ? "" : "s", T);
 
     int rc = 1;
@@ -187,8 +193,18 @@ int cli_demo(int argc, char **argv)
     }
     mvk_backend_memory mem;
     b->memory(run.layer, T, &mem);
-    printf("memory   weights %.1f MiB, scratch %.1f MiB (upload %.0f ms)\n",
-           mem.weights / 1048576.0, mem.scratch / 1048576.0, run.create_ms);
+    {
+        /* the expert matrices packed, against the same layer in bf16 */
+        moevk_layer_desc bf = *d;
+        bf.flags &= ~(uint32_t)MOEVK_LAYER_MATRIX_DTYPES;
+        bf.weight_dtype = MOEVK_DTYPE_BF16;
+        const double packed = mvk_desc_expert_bytes(d), b16 = mvk_desc_expert_bytes(&bf);
+        const double elems = b16 / 2;
+        printf("memory   weights %.1f MiB (experts %.1f MiB packed, %.2f bits a weight; %.1f "
+               "MiB in bf16), scratch %.1f MiB (upload %.0f ms)\n",
+               mem.weights / 1048576.0, packed / 1048576.0, elems > 0 ? 8 * packed / elems : 0,
+               b16 / 1048576.0, mem.scratch / 1048576.0, run.create_ms);
+    }
     if (work.tokens) {
         const int up = MOEVK_STAGE_EXPERTS_UP, dn = MOEVK_STAGE_EXPERTS_DOWN;
         double useful = work.macs_useful[up] + work.macs_useful[dn];
@@ -247,8 +263,8 @@ int cli_demo(int argc, char **argv)
     }
     double rel = den > 0 ? sqrt(num / den) : sqrt(num);
     double tol = mvkc_y_tolerance(d, b->flags);
-    printf("\ncheck against the CPU reference (double accumulation, same %s weights)\n",
-           moevk_dtype_name(dt));
+    printf("\ncheck against the CPU reference (double accumulation, same %s%s weights)\n",
+           moevk_dtype_block_elems(dt) > 1 ? "dequantised " : "", fmts);
     printf("  output rel. L2 error   %.3e (tolerance %.0e)\n", rel, tol);
     printf("  routing ids differing  %u of %u (near-ties excluded: %u tokens)\n", id_mismatch,
            T * K, near_ties);

@@ -55,7 +55,7 @@ int cli_router(int argc, char **argv)
         else if (!strcmp(a, "--experts")) E = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--dtype")) {
-            if (mvk_dtype_parse(v, &dt)) {
+            if (mvk_dtype_parse(v, 0, &dt)) {
                 fprintf(stderr, "moevk router: unknown dtype '%s'\n", v);
                 return 2;
             }

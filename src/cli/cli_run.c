@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "cli.h"
 #include "harness/harness.h"
+#include "layer.h"
 #include "model/hf_config.h"
 #include "model/model_layer.h"
 #include "model/model_util.h"
@@ -42,6 +43,9 @@ static void usage(FILE *f)
             "             on the other tokens (no matrix units)\n"
             "  --dropped-passthrough  switch_transformers as transformers 4 computed it: a\n"
             "             token over expert_capacity outputs p * x (transformers 5: 0)\n"
+            "  --quantize FORMAT  quantise the experts' f32/f16/bf16 weights at load into\n"
+            "             FORMAT (q8_0, q4_k, mxfp4, ...; rows that are not whole blocks get\n"
+            "             llama.cpp's fallback format, said in the output)\n"
             "  --check    also run the CPU reference and compare: NaN/Inf where it has\n"
             "             them, relative L2 over the finite values, routing\n"
             "  --backend  where it runs (default vulkan; cpu: the double-precision\n"
@@ -52,7 +56,7 @@ static void usage(FILE *f)
 
 typedef struct run_opts {
     const char *model, *config, *prefix, *input, *output, *stats, *backend, *device;
-    const char *cuda_impl;
+    const char *cuda_impl, *quantize;
     const char *weights[64];
     int nweights;
     long layer;
@@ -71,6 +75,7 @@ typedef struct run_out {
     char device[800];
     int uploads; /* the backend copies the weights (its create is timed) */
     double create_ms, forward_ms;
+    double weight_bytes; /* on the backend's device */
 } run_out;
 
 static int run_out_alloc(run_out *o, uint32_t T, uint32_t H, uint32_t K, uint32_t E)
@@ -149,6 +154,11 @@ static int run_backend(const run_opts *opt, const mvk_backend *b, const moevk_la
     if ((st = b->create(dev, d, NULL, &L, err, sizeof err)))
         goto error;
     o->create_ms = mvk_now_ms() - t0;
+    if (b->memory) {
+        mvk_backend_memory mem;
+        b->memory(L, S, &mem);
+        o->weight_bytes = mem.weights;
+    }
     t0 = mvk_now_ms();
     for (uint32_t p = 0; p < passes; p++) {
         size_t xo = (size_t)p * S * H, ko = (size_t)p * S * K;
@@ -394,6 +404,7 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         else if (!strcmp(a, "--backend")) o->backend = v;
         else if (!strcmp(a, "--device")) o->device = v;
         else if (!strcmp(a, "--cuda-impl")) o->cuda_impl = v;
+        else if (!strcmp(a, "--quantize")) o->quantize = v;
         else if (!strcmp(a, "--weights")) {
             if (o->nweights == (int)(sizeof o->weights / sizeof o->weights[0])) {
                 fprintf(stderr, "moevk run: too many --weights\n");
@@ -416,6 +427,7 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         }
     }
     const char *why = NULL;
+    moevk_dtype qdt;
     if (!o->model == !o->config)
         why = "give either --model DIR or --config FILE with --weights";
     else if (o->model && o->nweights)
@@ -432,6 +444,8 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         why = "--layer goes with --model; with --config give --prefix";
     else if (!o->input)
         why = "--input X.safetensors is required";
+    else if (o->quantize && mvk_dtype_parse(o->quantize, 1, &qdt))
+        why = "--quantize must name an expert weight format (moevk_dtype_name: q8_0, q4_k, ...)";
     else if (!run_backend_of(o))
         why = o->cuda_impl ? "--cuda-impl must be ref, cublas or cublas-f32 (with --backend cuda)"
                            : "--backend must name a backend (see moevk help)";
@@ -624,6 +638,12 @@ int cli_run(int argc, char **argv)
         S = (uint32_t)shape[1];
     }
     d->capacity_factor = mvk_model_capacity_factor(&ml, S);
+    if (opt.quantize) {
+        d->flags |= MOEVK_LAYER_QUANTIZE;
+        mvk_dtype_parse(opt.quantize, 1, &d->quantize_dtype);
+        if (moevk_layer_desc_check(d, err, sizeof err))
+            goto fail;
+    }
 
     char sb[160], esc[1024];
     printf("model    %s, %s (%s)\n", mvk_arch_name(ml.arch),
@@ -640,6 +660,31 @@ int cli_run(int argc, char **argv)
     printf("\n");
     printf("input    x %s -> %u tokens%s\n", mvk_shape_str(shape, ndim, sb, sizeof sb), T,
            passes > 1 ? " (one pass per sequence)" : "");
+    moevk_layer_desc dev_desc; /* the formats on the device */
+    {
+        mvk_layer_desc_defaults(d, &dev_desc);
+        mvk_matrix_kind kind[4];
+        mvk_layer_matrices(&dev_desc, kind);
+        dev_desc.experts.gate_up_dtype = kind[0].target;
+        dev_desc.experts.down_dtype = kind[1].target;
+        dev_desc.shared.gate_up_dtype = kind[2].target;
+        dev_desc.shared.down_dtype = kind[3].target;
+        if (opt.quantize) {
+            char fm[200];
+            printf("quantise %s -> %s at load", moevk_dtype_name(d->weight_dtype),
+                   mvk_desc_formats(&dev_desc, fm, sizeof fm));
+            for (int i = 0; i < 4; i++)
+                if (kind[i].row && kind[i].target != d->quantize_dtype)
+                    printf("; %s %s rows: %s = %u is not a whole number of %s blocks, %s "
+                           "instead (%s)",
+                           kind[i].set, i % 2 ? "down" : "gate/up", kind[i].row_name,
+                           kind[i].row, moevk_dtype_name(d->quantize_dtype),
+                           moevk_dtype_name(kind[i].target),
+                           moevk_dtype_block_elems(kind[i].target) > 1 ? "llama.cpp's fallback"
+                                                                       : "no block format fits");
+            printf("\n");
+        }
+    }
 
     if (run_out_alloc(&out, T, H, K, E)) {
         snprintf(err, sizeof err, "out of host memory for %u tokens", T);
@@ -655,6 +700,12 @@ int cli_run(int argc, char **argv)
         goto fail;
     }
     printf("backend  %s: %s\n", opt.backend, out.device);
+    if (out.weight_bytes > 0) {
+        char fm[200];
+        printf("memory   weights %.2f MiB on the device (experts %.2f MiB, %s)\n",
+               out.weight_bytes / 1048576.0, mvk_desc_expert_bytes(&dev_desc) / 1048576.0,
+               mvk_desc_formats(&dev_desc, fm, sizeof fm));
+    }
     if (out.uploads)
         printf("time     layer create (upload) %.1f ms, forward %.2f ms\n", out.create_ms,
                out.forward_ms);

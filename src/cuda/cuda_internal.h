@@ -26,13 +26,20 @@ struct RouteParams {
     const float *corr;   /* [E] correction bias or NULL */
 };
 
-/* One stack of FFN experts on the device, in format `dt`: f32, f16, bf16
+/* The format of one kind of expert matrix on the device: f32, f16, bf16
  * or a block format (packed as uploaded; block_elems elements in
  * block_bytes bytes per block, from the format table; 1 and the element
  * size for the plain types). Rows are whole blocks. */
-struct FfnWeights {
+struct WFormat {
     moevk_dtype dt;
     uint32_t block_elems, block_bytes;
+};
+
+/* One stack of FFN experts on the device: gate and up rows in format gu,
+ * down rows in format dn (MOEVK_LAYER_MATRIX_DTYPES; both the layer's
+ * weight_dtype otherwise). */
+struct FfnWeights {
+    WFormat gu, dn;
     uint32_t H, F;       /* hidden, this stack's ffn */
     int act;             /* moevk_activation */
     float alpha, limit;  /* swiglu_oai */

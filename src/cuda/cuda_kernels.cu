@@ -59,29 +59,29 @@ template <int DT> __device__ __forceinline__ float load(const void *p, size_t i)
 }
 
 /* The template dtype of the expert kernels for weights of any block
- * format: the format itself is w.dt, read at run time. */
+ * format: the format itself (WFormat::dt) is read at run time. */
 constexpr int BLOCKS = -1;
 
-/* Row `row` (of `cols` elements, whole blocks) of a weight stack of w, to
- * read with wload. Rows of all experts are consecutive. */
+/* Row `row` (of `cols` elements, whole blocks) of a weight stack in format
+ * f, to read with wload. Rows of all experts are consecutive. */
 template <int DT>
-__device__ __forceinline__ const void *wrow(const FfnWeights &w, const void *p, size_t row,
+__device__ __forceinline__ const void *wrow(const WFormat &f, const void *p, size_t row,
                                             uint32_t cols)
 {
     if constexpr (DT == BLOCKS)
-        return (const uint8_t *)p + row * (cols / w.block_elems) * w.block_bytes;
+        return (const uint8_t *)p + row * (cols / f.block_elems) * f.block_bytes;
     else
         return (const uint8_t *)p + row * cols * (DT == MOEVK_DTYPE_F32 ? 4u : 2u);
 }
 
-/* Element c of a row of w: f32/f16/bf16 by their template, block formats
- * decoded from their block (src/format_decode.h). */
+/* Element c of a row in format f: f32/f16/bf16 by their template, block
+ * formats decoded from their block (src/format_decode.h). */
 template <int DT>
-__device__ __forceinline__ float wload(const FfnWeights &w, const void *row, uint32_t c)
+__device__ __forceinline__ float wload(const WFormat &f, const void *row, uint32_t c)
 {
     if constexpr (DT == BLOCKS)
-        return mvk_dq_element(w.dt, (const uint8_t *)row + c / w.block_elems * w.block_bytes,
-                              c % w.block_elems);
+        return mvk_dq_element(f.dt, (const uint8_t *)row + c / f.block_elems * f.block_bytes,
+                              c % f.block_elems);
     else
         return load<DT>(row, c);
 }
@@ -411,16 +411,16 @@ template <int DT> __global__ void k_ffn_up(FfnWeights w, Rows rows, const float 
         uint32_t e = rows.row_expert ? rows.row_expert[r] : rows.fixed_expert;
         const float *xr = x + (size_t)tok * w.H;
         const size_t row = (size_t)e * w.F + f;
-        const void *up = wrow<DT>(w, w.up, row, w.H);
+        const void *up = wrow<DT>(w.gu, w.up, row, w.H);
         float u = 0.0f, g = 0.0f;
         for (uint32_t c = 0; c < w.H; c++)
-            u = fmaf(xr[c], wload<DT>(w, up, c), u);
+            u = fmaf(xr[c], wload<DT>(w.gu, up, c), u);
         if (w.bu)
             u += w.bu[(size_t)e * w.F + f];
         if (gated) {
-            const void *gate = wrow<DT>(w, w.gate, row, w.H);
+            const void *gate = wrow<DT>(w.gu, w.gate, row, w.H);
             for (uint32_t c = 0; c < w.H; c++)
-                g = fmaf(xr[c], wload<DT>(w, gate, c), g);
+                g = fmaf(xr[c], wload<DT>(w.gu, gate, c), g);
             if (w.bg)
                 g += w.bg[(size_t)e * w.F + f];
         }
@@ -438,10 +438,10 @@ __global__ void k_ffn_down(FfnWeights w, Rows rows, const float *h, float *out, 
         uint32_t r = (uint32_t)(i / w.H), c = (uint32_t)(i % w.H);
         uint32_t e = rows.row_expert ? rows.row_expert[r] : rows.fixed_expert;
         const float *hr = h + (size_t)r * w.F;
-        const void *down = wrow<DT>(w, w.down, (size_t)e * w.H + c, w.F);
+        const void *down = wrow<DT>(w.dn, w.down, (size_t)e * w.H + c, w.F);
         float o = 0.0f;
         for (uint32_t f = 0; f < w.F; f++)
-            o = fmaf(hr[f], wload<DT>(w, down, f), o);
+            o = fmaf(hr[f], wload<DT>(w.dn, down, f), o);
         if (w.bd)
             o += w.bd[(size_t)e * w.H + c];
         if (mode == 0) {
@@ -645,16 +645,16 @@ __global__ void k_shared_accumulate(const float *o, const float *bd, uint32_t T,
         }                                                                                     \
     } while (0)
 
-/* The same for the weights of an expert stack: f32/f16/bf16 by their
+/* The same for expert weights in format f: f32/f16/bf16 by their
  * template, every block format through KERNEL<BLOCKS>. */
-#define DISPATCH_W(w, KERNEL, ...)                                                            \
+#define DISPATCH_W(f, KERNEL, ...)                                                            \
     do {                                                                                      \
-        switch ((w).dt) {                                                                     \
+        switch ((f).dt) {                                                                     \
         case MOEVK_DTYPE_F32: LAUNCH(KERNEL<MOEVK_DTYPE_F32>, __VA_ARGS__); break;            \
         case MOEVK_DTYPE_F16: LAUNCH(KERNEL<MOEVK_DTYPE_F16>, __VA_ARGS__); break;            \
         case MOEVK_DTYPE_BF16: LAUNCH(KERNEL<MOEVK_DTYPE_BF16>, __VA_ARGS__); break;          \
         default:                                                                              \
-            if ((w).block_elems <= 1 || (w).block_bytes == 0)                                 \
+            if ((f).block_elems <= 1 || (f).block_bytes == 0)                                 \
                 return cudaErrorInvalidValue;                                                 \
             LAUNCH(KERNEL<BLOCKS>, __VA_ARGS__);                                              \
         }                                                                                     \
@@ -694,7 +694,7 @@ cudaError_t ffn_up(cudaStream_t s, const FfnWeights &w, const Rows &rows, const 
                    float *h)
 {
     unsigned g = blocks_for((size_t)rows.max_rows * w.F);
-    DISPATCH_W(w, k_ffn_up, g, BLOCK, s, w, rows, x, h);
+    DISPATCH_W(w.gu, k_ffn_up, g, BLOCK, s, w, rows, x, h);
     return cudaGetLastError();
 }
 
@@ -703,7 +703,7 @@ cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, cons
                      uint32_t gate_index)
 {
     unsigned g = blocks_for((size_t)rows.max_rows * w.H);
-    DISPATCH_W(w, k_ffn_down, g, BLOCK, s, w, rows, h, out, mode, gate_logits, gate_stride,
+    DISPATCH_W(w.dn, k_ffn_down, g, BLOCK, s, w, rows, h, out, mode, gate_logits, gate_stride,
                gate_index);
     return cudaGetLastError();
 }

@@ -11,7 +11,12 @@
  * Q6_K, IQ4_NL, IQ4_XS, MXFP4). Block formats are uploaded packed, as
  * given; they are decoded by the formulas of the C reference
  * (src/format_decode.h), bit for bit the reference's dequantised values.
- * Router and shared-gate weights are f32, f16 or bf16.
+ * Router and shared-gate weights are f32, f16 or bf16. Each kind of
+ * expert matrix has its own format with MOEVK_LAYER_MATRIX_DTYPES (gate/up
+ * and down rows of the routed and of the shared experts; weight_dtype for
+ * all four otherwise). Quantising at create (MOEVK_LAYER_QUANTIZE) is done
+ * by the backend table's entries (cuda_backend.c), on the host as the
+ * reference does; mvk_cuda_layer_create itself refuses it.
  *
  * Backends:
  *  - MVK_CUDA_REF: every stage as simple CUDA kernels in f32 (one thread per
@@ -29,7 +34,7 @@
  *    or 2^-8 (bf16). This is the realistic vendor baseline. Block formats
  *    run their GEMMs in f16, as llama.cpp's cuBLAS path does: each expert
  *    matrix is dequantised to f16, one at a time, into a scratch of one
- *    matrix (max(ffn, shared_ffn) x hidden), right before its GEMM (values
+ *    matrix (ffn or shared_ffn x hidden), right before its GEMM (values
  *    beyond the f16 range become infinite, as there); the activations are
  *    rounded to f16 as for f16 weights.
  *  - MVK_CUDA_CUBLAS_F32: the same cuBLAS pipeline on f32 inputs (16-bit
@@ -78,7 +83,8 @@ const char *mvk_cuda_backend_name(mvk_cuda_backend backend);
 int mvk_cuda_device_available(char *msg, size_t msg_size);
 
 /* Validate desc (moevk_layer_desc_validate: rows of the expert matrices
- * must be whole blocks of the weight format) and the weight blocks (an
+ * must be whole blocks of their formats; MOEVK_LAYER_QUANTIZE is refused
+ * with MOEVK_ERROR_UNSUPPORTED) and the weight blocks (an
  * MXFP4 block with an E8M0 scale of 255 is refused, naming the matrix,
  * expert and block), then check the device (and cuBLAS for the cuBLAS
  * backends), and upload every weight to device memory. The desc's host

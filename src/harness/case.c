@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats.h"
 #include "harness/harness.h"
 #include "ref/ref.h"
 #include "util/rng.h"
@@ -19,33 +20,6 @@ static uint32_t umin(uint32_t a, uint32_t b)
 }
 
 /* ---- generator ------------------------------------------------------------ */
-
-/* v rounded up to a multiple of m (m >= 1) */
-static uint32_t round_up(uint32_t v, uint32_t m)
-{
-    return (v + m - 1) / m * m;
-}
-
-/* Elements per block of a weight format (1 for f32/f16/bf16 and unknown
- * ones). */
-static uint32_t block_of(moevk_dtype dt)
-{
-    uint32_t be = moevk_dtype_block_elems(dt);
-    return be ? be : 1;
-}
-
-/* One of the dtypes of mask (bits 1 << moevk_dtype), uniformly. */
-static moevk_dtype pick_format(mvk_rng *r, uint64_t mask)
-{
-    uint32_t n = 0;
-    for (uint32_t d = 0; d < 64; d++)
-        n += (uint32_t)((mask >> d) & 1u);
-    uint32_t k = mvk_rng_range(r, 0, n - 1);
-    for (uint32_t d = 0; d < 64; d++)
-        if ((mask >> d) & 1u && k-- == 0)
-            return (moevk_dtype)d;
-    return MOEVK_DTYPE_F32;
-}
 
 #define DEFAULT_WORK (12ull << 20)
 #define DEFAULT_WEIGHTS (4ull << 20)
@@ -133,12 +107,10 @@ static int has_near_tie(const mvkc_case *c)
 static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_t ffn, int biases)
 {
     moevk_layer_desc *d = &c->desc;
-    moevk_dtype dt = d->weight_dtype;
     uint32_t H = d->hidden;
     int gated = moevk_activation_is_gated(d->activation);
     int per_expert = (c->scenarios & MVKC_SC_PER_EXPERT) != 0;
     size_t elems = (size_t)ffn * H;
-    size_t mbytes = (size_t)moevk_dtype_row_bytes(dt, elems); /* of one matrix */
     moevk_expert_weights *w = s ? &d->shared : &d->experts;
 
     for (int m = 0; m < 3; m++) {
@@ -147,16 +119,25 @@ static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_
         /* gate/up ~ U(-1,1) * 3/sqrt(H) give O(1) pre-activations; down
          * ~ U(-1,1) * sqrt(3/F) keeps the output O(1) */
         float scale = m < 2 ? 3.0f / sqrtf((float)H) : sqrtf(3.0f / (float)ffn);
-        char *mat = malloc(mbytes * count + 1);
+        const moevk_dtype dt = (d->flags & MOEVK_LAYER_MATRIX_DTYPES)
+                                   ? (m < 2 ? w->gate_up_dtype : w->down_dtype)
+                                   : d->weight_dtype;
+        const size_t mat_bytes = m < 2 ? (size_t)ffn * moevk_dtype_row_bytes(dt, H)
+                                       : (size_t)H * moevk_dtype_row_bytes(dt, ffn);
+        uint8_t *mat = malloc(mat_bytes * count + 1);
         if (!mat)
             return -1;
         c->mat[s][m] = mat;
         /* per-expert pointers: expert e's matrix stored at position
          * count-1-e of the block, so a library that assumed contiguity
          * would read the wrong expert */
+        const size_t es = moevk_dtype_size(dt);
         for (uint32_t e = 0; e < count; e++) {
             size_t pos = per_expert ? count - 1 - e : e;
-            mvk_rng_fill(r, dt, mat + pos * mbytes, elems, scale);
+            if (!es) /* a block format: random valid blocks */
+                mvk_rng_fill(r, dt, mat + pos * mat_bytes, elems, scale);
+            for (size_t i = 0; es && i < elems; i++)
+                mvk_store_dtype(mat, dt, pos * elems + i, mvk_rng_uniform(r, -scale, scale));
         }
         if (per_expert) {
             const void **p = malloc(sizeof(void *) * (count ? count : 1));
@@ -164,7 +145,7 @@ static int make_experts(mvkc_case *c, mvk_rng *r, int s, uint32_t count, uint32_
                 return -1;
             c->ptrs[s][m] = p;
             for (uint32_t e = 0; e < count; e++)
-                p[e] = mat + (count - 1 - e) * mbytes;
+                p[e] = (const char *)mat + (count - 1 - e) * mat_bytes;
         }
         if (biases & (1 << m)) {
             size_t n = (size_t)count * (m < 2 ? ffn : H);
@@ -296,9 +277,8 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         d->swiglu_alpha = mvk_rng_chance(&r, 0.5) ? 0.0f : mvk_rng_uniform(&r, 1.0f, 2.5f);
         d->swiglu_limit = mvk_rng_chance(&r, 0.4) ? 0.0f : mvk_rng_uniform(&r, 0.3f, 10.0f);
     }
-    d->weight_dtype = lim.weight_dtype   ? (moevk_dtype)(lim.weight_dtype - 1)
-                      : lim.weight_formats ? pick_format(&r, lim.weight_formats)
-                                           : (moevk_dtype)mvk_rng_range(&r, 0, 2);
+    d->weight_dtype = lim.weight_dtype ? (moevk_dtype)(lim.weight_dtype - 1)
+                                       : (moevk_dtype)mvk_rng_range(&r, 0, 2);
     d->router_dtype = lim.router_dtype ? (moevk_dtype)(lim.router_dtype - 1)
                                        : (moevk_dtype)mvk_rng_range(&r, 0, 2);
 
@@ -310,19 +290,16 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         uint32_t u = mvk_rng_range(&r, 0, 99);
         ns = u < 50 ? 0 : u < 85 ? 1 : 2;
     }
-    /* sizes are whole blocks of the weight format (be = 1: any) */
-    const uint32_t be = block_of(d->weight_dtype);
-    uint32_t shared_ffn =
-        ns && mvk_rng_chance(&r, 0.5) ? round_up(mvk_rng_range(&r, 1, 300), be) : 0;
+    uint32_t shared_ffn = ns && mvk_rng_chance(&r, 0.5) ? mvk_rng_range(&r, 1, 300) : 0;
     int sgate = ns && mvk_rng_chance(&r, 0.5);
 
     /* sizes, shrunk to the budget */
     uint32_t H = lim.hidden                  ? lim.hidden
-                 : mvk_rng_chance(&r, 0.1) ? round_up(mvk_rng_range(&r, 301, 2048), be)
-                                           : round_up(mvk_rng_range(&r, 1, 300), be);
+                 : mvk_rng_chance(&r, 0.1) ? mvk_rng_range(&r, 301, 2048)
+                                           : mvk_rng_range(&r, 1, 300);
     uint32_t F = lim.ffn                     ? lim.ffn
-                 : mvk_rng_chance(&r, 0.1) ? round_up(mvk_rng_range(&r, 301, 2048), be)
-                                           : round_up(mvk_rng_range(&r, 1, 300), be);
+                 : mvk_rng_chance(&r, 0.1) ? mvk_rng_range(&r, 301, 2048)
+                                           : mvk_rng_range(&r, 1, 300);
     uint32_t mats = moevk_activation_is_gated(d->activation) ? 3 : 2;
     for (int iter = 0; iter < 1000; iter++) {
         uint32_t Fs = shared_ffn ? shared_ffn : F;
@@ -333,20 +310,61 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
                              shared_ffn ? &shared_ffn : NULL};
         uint32_t *big = NULL;
         for (int i = 0; i < 3; i++)
-            if (cand[i] && *cand[i] > 8 && *cand[i] > be && (!big || *cand[i] > *big))
+            if (cand[i] && *cand[i] > 8 && (!big || *cand[i] > *big))
                 big = cand[i];
         if (!big && !lim.tokens && T > 1) {
             T = T * 3 / 4 ? T * 3 / 4 : 1;
             continue;
         }
         for (int i = 0; !big && i < 3; i++)
-            if (cand[i] && *cand[i] > be && (!big || *cand[i] > *big))
+            if (cand[i] && *cand[i] > 1 && (!big || *cand[i] > *big))
                 big = cand[i];
         if (!big)
-            break; /* everything forced (or one block): accept */
-        /* three quarters, in whole blocks, at least one */
-        uint32_t less = *big * 3 / 4 / be * be;
-        *big = less ? less : be;
+            break; /* everything forced: accept */
+        *big = *big * 3 / 4 ? *big * 3 / 4 : 1;
+    }
+
+    /* block formats, from a stream of their own so that every other case
+     * draws what it did before: a quarter of the cases hold the gate/up
+     * rows and the down rows in block formats (the same one or two), and
+     * their rows are made whole blocks */
+    mvk_rng rb = mvk_rng_seed(seed, 5);
+    const bool blocks = lim.blocks > 0 || (lim.blocks == 0 && !lim.weight_dtype &&
+                                          mvk_rng_chance(&rb, 0.25));
+    if (blocks) {
+        moevk_dtype fmts[32];
+        uint32_t nf = 0;
+        for (size_t i = 0; mvk_format_at(i) && nf < 32; i++) {
+            const mvk_format *f = mvk_format_at(i);
+            if (f->block_elems > 1 && (f->uses & MVK_FORMAT_EXPERT))
+                fmts[nf++] = f->dtype;
+        }
+        const moevk_dtype gu = fmts[mvk_rng_range(&rb, 0, nf - 1)];
+        const moevk_dtype dn = mvk_rng_chance(&rb, 0.5) ? gu : fmts[mvk_rng_range(&rb, 0, nf - 1)];
+        const uint32_t bgu = moevk_dtype_block_elems(gu), bdn = moevk_dtype_block_elems(dn);
+        if (!lim.hidden || lim.hidden % bgu == 0)
+            H = H < bgu ? bgu : H / bgu * bgu;
+        if (!lim.ffn || lim.ffn % bdn == 0)
+            F = F < bdn ? bdn : F / bdn * bdn;
+        if (shared_ffn)
+            shared_ffn = shared_ffn < bdn ? bdn : shared_ffn / bdn * bdn;
+        if (H % bgu == 0 && F % bdn == 0) {
+            d->flags |= MOEVK_LAYER_MATRIX_DTYPES;
+            d->experts.gate_up_dtype = d->shared.gate_up_dtype = gu;
+            d->experts.down_dtype = d->shared.down_dtype = dn;
+        }
+    }
+
+    /* a block format forced for every matrix (weight_dtype): the random
+     * sizes made whole blocks of it (a forced size must be one already) */
+    const uint32_t bw = moevk_dtype_block_elems(d->weight_dtype);
+    if (!blocks && bw > 1) {
+        if (!lim.hidden)
+            H = H < bw ? bw : H / bw * bw;
+        if (!lim.ffn)
+            F = F < bw ? bw : F / bw * bw;
+        if (shared_ffn)
+            shared_ffn = shared_ffn < bw ? bw : shared_ffn / bw * bw;
     }
 
     c->T = T;
@@ -546,8 +564,12 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
     app(buf, n, &p, " %s", act_name(d->activation));
     if (d->activation == MOEVK_ACT_SWIGLU_OAI)
         app(buf, n, &p, "(a=%.3g,l=%.3g)", d->swiglu_alpha, d->swiglu_limit);
-    app(buf, n, &p, " w=%s r=%s", moevk_dtype_name(d->weight_dtype),
-        moevk_dtype_name(d->router_dtype));
+    if (d->flags & MOEVK_LAYER_MATRIX_DTYPES)
+        app(buf, n, &p, " w=%s/%s r=%s", moevk_dtype_name(d->experts.gate_up_dtype),
+            moevk_dtype_name(d->experts.down_dtype), moevk_dtype_name(d->router_dtype));
+    else
+        app(buf, n, &p, " w=%s r=%s", moevk_dtype_name(d->weight_dtype),
+            moevk_dtype_name(d->router_dtype));
     if (d->capacity_factor > 0)
         app(buf, n, &p, " cf=%.3g", d->capacity_factor);
     if (d->num_shared)

@@ -15,17 +15,19 @@
  * Comparison policy (mvkc_compare; docs/semantics.md "Tolerances", made
  * precise):
  *  - The reference runs on the very same rounded f16/bf16 weights as the
- *    backend, so differences come only from fp32 (backend) versus double
- *    (reference) accumulation. y must be within a relative L2 error of 1e-5
- *    for f32 weights and 1e-4 for f16/bf16 weights (looser than f32 only to
- *    leave room for GPU paths that round activations to 16 bits, e.g. matrix
- *    units), over the tokens that are neither near-tied nor non-finite.
- *    Block formats (Q4_K, MXFP4, ...) are held to the f16/bf16 bound: their
- *    dequantised values are exact floats, but GPU paths may round
- *    activations. A backend flagged MVK_BACKEND_ROUNDS_ACTIVATIONS (cuBLAS
- *    in the weight dtype) gets 4 units of that dtype's rounding instead
- *    (4 * 2^-11 f16, 4 * 2^-8 bf16; block formats, whose GEMMs such a
- *    backend runs in f16, 4 * 2^-11). Each such token's own error must also stay below 100x
+ *    backend (block formats: the same blocks, dequantised by the same
+ *    decoders, src/format_decode.h), so differences come only from fp32
+ *    (backend) versus double (reference) accumulation. y must be within a
+ *    relative L2 error of 1e-5 when every expert matrix is f32 or a block
+ *    format, and 1e-4 when one is f16/bf16 (looser only to leave room for
+ *    GPU paths that round activations to 16 bits, e.g. matrix units), over
+ *    the tokens that are neither near-tied nor non-finite. The formats are
+ *    those on the device: per matrix (MOEVK_LAYER_MATRIX_DTYPES), after
+ *    quantising at create (MOEVK_LAYER_QUANTIZE). A backend flagged
+ *    MVK_BACKEND_ROUNDS_ACTIVATIONS (cuBLAS in the weight dtype, f16 for
+ *    block formats) gets 4 units of its coarsest rounding instead (4 * 2^-8
+ *    with a bf16 matrix, else 4 * 2^-11 with an f16 or block-format one).
+ *    Each such token's own error must also stay below 100x
  *    the tolerance relative to (its norm + the average token norm), so that
  *    one wrong token cannot hide in the norm of a thousand right ones.
  *  - Tokens whose y holds a NaN or Inf must be exactly the reference's
@@ -91,16 +93,16 @@ typedef struct mvkc_limits {
     uint32_t max_tokens, max_experts;
     /* Forced sizes (0 = random). top_k may be MVKC_K_ALL. */
     uint32_t tokens, hidden, ffn, experts, top_k;
-    /* Forced enums, MVKC_PICK(value) (0 = random). */
+    /* Forced enums, MVKC_PICK(value) (0 = random). A weight_dtype of a
+     * block format makes the random hidden, ffn and shared_ffn whole
+     * blocks of it (forced ones must be). */
     uint32_t routing, activation, weight_dtype, router_dtype;
-    /* The weight formats a random weight_dtype is drawn from, as a mask of
-     * 1 << moevk_dtype (any expert format of src/formats.h, block formats
-     * too); 0 = f32, f16 and bf16 (the draw of every case without it is
-     * unchanged). With a block format, random H, F and shared_ffn are whole
-     * blocks (forced ones must be). */
-    uint64_t weight_formats;
     /* 0 = random; < 0 = dropless; > 0 = this capacity factor. */
     float capacity_factor;
+    /* Expert matrices in block formats (gate/up and down rows each in one,
+     * drawn from the format table): 0 = in a quarter of the cases unless
+     * weight_dtype is forced, < 0 = never, > 0 = always. */
+    int blocks;
     /* MVKC_PICK(number of shared experts) (0 = random 0..2). */
     uint32_t num_shared;
     uint32_t scenarios_on;  /* MVKC_SC_* always applied */
@@ -222,9 +224,13 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
 
 /* Direct agreement of two backends on a case (both already passed the
  * reference): y within the sum of their tolerances over the tokens where
- * both chose the reference's ids (not near-ties; non-finite values
- * identical), counts and drops equal when no token was left out, losses
- * within 2e-4 relative (+2e-5). 1 when they agree; else 0 and `why`. */
+ * both chose the reference's ids and admitted the same slots (not
+ * near-ties; non-finite values identical); counts, drops and the
+ * load-balancing loss only when both chose the same ids everywhere (they
+ * follow from the ids, and each backend's were checked for its own); the
+ * z-loss and entropy (logits only) always; losses within 2e-4 relative
+ * (+2e-5), what passing one reference implies. 1 when they agree; else 0
+ * and `why`. */
 int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
                const mvkc_result *b, double *y_err, char *why, size_t n);
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "presets/presets.h"
+#include "quantize.h"
 #include "util/rng.h"
 #include "util/tool.h"
 
@@ -90,16 +91,20 @@ int mvk_weights_make_ex(const mvk_preset *p, uint32_t scale, moevk_dtype dt, uin
     const bool gated = moevk_activation_is_gated(p->activation);
     const size_t fh = (size_t)F * H;
     const bool rep = repeat_experts;
+    /* a block format: random valid blocks, in llama.cpp's fallback format
+     * where rows are not whole blocks (as quantising at create does) */
+    const moevk_dtype gu = mvk_quantize_fallback(dt, H), dn = mvk_quantize_fallback(dt, F);
+    const moevk_dtype sdn = mvk_quantize_fallback(dt, FS);
     w->router = mvk_rng_array(&r, MOEVK_DTYPE_F32, (size_t)E * H, 2.0f * sh);
-    w->gate = gated ? random_blocks(&r, dt, E, fh, sh, rep) : NULL;
-    w->up = random_blocks(&r, dt, E, fh, sh, rep);
-    w->down = random_blocks(&r, dt, E, fh, sf, rep);
+    w->gate = gated ? random_blocks(&r, gu, E, fh, sh, rep) : NULL;
+    w->up = random_blocks(&r, gu, E, fh, sh, rep);
+    w->down = random_blocks(&r, dn, E, fh, sf, rep);
     bool ok = w->router && w->up && w->down && (!gated || w->gate);
     if (p->num_shared) {
         size_t sfh = (size_t)p->num_shared * FS * H;
-        w->sgate = gated ? mvk_rng_array(&r, dt, sfh, sh) : NULL;
-        w->sup = mvk_rng_array(&r, dt, sfh, sh);
-        w->sdown = mvk_rng_array(&r, dt, sfh, 1.0f / sqrtf((float)FS));
+        w->sgate = gated ? mvk_rng_array(&r, gu, sfh, sh) : NULL;
+        w->sup = mvk_rng_array(&r, gu, sfh, sh);
+        w->sdown = mvk_rng_array(&r, sdn, sfh, 1.0f / sqrtf((float)FS));
         ok = ok && w->sup && w->sdown && (!gated || w->sgate);
         if (p->shared_gate)
             ok = ok && (w->shared_gate = mvk_rng_array(&r, MOEVK_DTYPE_F32,
@@ -128,9 +133,12 @@ int mvk_weights_make_ex(const mvk_preset *p, uint32_t scale, moevk_dtype dt, uin
         .router_weight = w->router, .router_bias = w->router_bias,
         .correction_bias = w->corr_bias,
         .experts = {.gate = w->gate, .up = w->up, .down = w->down, .gate_bias = w->gate_bias,
-                    .up_bias = w->up_bias, .down_bias = w->down_bias},
+                    .up_bias = w->up_bias, .down_bias = w->down_bias,
+                    .gate_up_dtype = gu, .down_dtype = dn},
+        .flags = MOEVK_LAYER_MATRIX_DTYPES,
         .num_shared = p->num_shared, .shared_ffn = FS,
-        .shared = {.gate = w->sgate, .up = w->sup, .down = w->sdown},
+        .shared = {.gate = w->sgate, .up = w->sup, .down = w->sdown, .gate_up_dtype = gu,
+                   .down_dtype = sdn},
         .shared_gate = w->shared_gate,
     };
     return 0;

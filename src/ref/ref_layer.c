@@ -10,6 +10,8 @@
  */
 #include "ref.h"
 #include "formats.h"
+#include "internal.h"
+#include "layer_quantize.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -78,10 +80,12 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
                        double *out)
 {
     uint32_t H = desc->hidden;
-    moevk_dtype dt = desc->weight_dtype;
+    const int per = (desc->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
+    const moevk_dtype dt = per ? w->gate_up_dtype : desc->weight_dtype;
+    const moevk_dtype dt_down = per ? w->down_dtype : desc->weight_dtype;
     moevk_activation act = desc->activation;
     int gated = activation_is_gated(act);
-    uint64_t rb_h = mvk_format_row_bytes(dt, H), rb_f = mvk_format_row_bytes(dt, ffn);
+    uint64_t rb_h = mvk_format_row_bytes(dt, H), rb_f = mvk_format_row_bytes(dt_down, ffn);
     const uint8_t *gate = expert_matrix(w->gate, w->gate_experts, expert, ffn, rb_h);
     const uint8_t *up = expert_matrix(w->up, w->up_experts, expert, ffn, rb_h);
     const uint8_t *down = expert_matrix(w->down, w->down_experts, expert, H, rb_f);
@@ -132,7 +136,7 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
     }
 
     for (uint32_t c = 0; c < H; c++) {
-        const float *d = decode_row(down, dt, c, ffn, row);
+        const float *d = decode_row(down, dt_down, c, ffn, row);
         double acc = 0.0;
         for (uint32_t f = 0; f < ffn; f++)
             acc += h[f] * (double)d[f];
@@ -167,9 +171,30 @@ moevk_status moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expe
     return MOEVK_SUCCESS;
 }
 
+static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
+                                float *y, uint32_t *ids, float *weights, uint8_t *near_tie,
+                                moevk_routing_stats *stats);
+
 moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
                                      float *y, uint32_t *ids, float *weights,
                                      uint8_t *near_tie, moevk_routing_stats *stats)
+{
+    if (!desc || !(desc->flags & MOEVK_LAYER_QUANTIZE))
+        return ref_forward(desc, T, x, y, ids, weights, near_tie, stats);
+    /* quantised at create: the same quantisation of the host weights, then
+     * the packed weights as any other */
+    moevk_layer_desc q;
+    void *storage = NULL;
+    moevk_status st = mvk_layer_desc_quantized(NULL, desc, &q, &storage);
+    if (!st)
+        st = ref_forward(&q, T, x, y, ids, weights, near_tie, stats);
+    mvk_free(NULL, storage);
+    return st;
+}
+
+static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
+                                float *y, uint32_t *ids, float *weights, uint8_t *near_tie,
+                                moevk_routing_stats *stats)
 {
     uint32_t H = desc->hidden, E = desc->num_experts, k = desc->top_k;
     uint32_t shared_ffn = desc->shared_ffn ? desc->shared_ffn : desc->ffn;

@@ -31,13 +31,12 @@ int mvk_rng_chance(mvk_rng *r, double p);
 /* Store v as element i of an array of dtype dt (f32, f16 or bf16; rounded
  * to nearest even). */
 void mvk_store_dtype(void *dst, moevk_dtype dt, size_t i, float v);
-/* n values of dt into dst: f32/f16/bf16 uniform in [-scale, scale),
- * rounded to dt; a block format (n whole blocks), random blocks whose
- * values are about +-scale (random quant bits and sub-scales, block scales
- * drawn to that size; never an invalid block). */
+/* n values uniform in [-scale, scale), rounded to dt, into dst; for a
+ * block format (n a whole number of blocks), random valid blocks whose
+ * values are about +-scale (mvk_format_shape_block). */
 void mvk_rng_fill(mvk_rng *r, moevk_dtype dt, void *dst, size_t n, float scale);
-/* The same in a new array (malloc, at least one element or block); NULL
- * when out of memory, or when n is not a whole number of blocks of dt. */
+/* The same in a new array (malloc, at least one element); NULL when out of
+ * memory, or when n is not a whole number of dt's blocks. */
 void *mvk_rng_array(mvk_rng *r, moevk_dtype dt, size_t n, float scale);
 
 #endif

@@ -1,18 +1,73 @@
 #include "util/tool.h"
 
+#include "formats.h"
+
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-int mvk_dtype_parse(const char *s, moevk_dtype *dt)
+int mvk_dtype_parse(const char *s, int expert, moevk_dtype *dt)
 {
-    static const moevk_dtype known[] = {MOEVK_DTYPE_F32, MOEVK_DTYPE_F16, MOEVK_DTYPE_BF16};
-    for (size_t i = 0; s && i < sizeof known / sizeof known[0]; i++)
-        if (!strcmp(s, moevk_dtype_name(known[i]))) {
-            *dt = known[i];
-            return 0;
-        }
-    return -1;
+    const int v = moevk_dtype_from_name(s);
+    const mvk_format *f = v < 0 ? NULL : mvk_format_get((moevk_dtype)v);
+    if (!f || !(f->uses & (expert ? MVK_FORMAT_EXPERT : MVK_FORMAT_ROUTER)))
+        return -1;
+    *dt = f->dtype;
+    return 0;
+}
+
+const char *mvk_dtype_names(int expert, char *buf, size_t n)
+{
+    size_t p = 0;
+    if (n)
+        buf[0] = '\0';
+    for (size_t i = 0; mvk_format_at(i); i++) {
+        const mvk_format *f = mvk_format_at(i);
+        if (!(f->uses & (expert ? MVK_FORMAT_EXPERT : MVK_FORMAT_ROUTER)))
+            continue;
+        int k = snprintf(buf + p, n - p, "%s%s", p ? "|" : "", f->name);
+        if (k < 0 || (size_t)k >= n - p)
+            break;
+        p += (size_t)k;
+    }
+    return buf;
+}
+
+static void matrix_dtypes(const moevk_layer_desc *d, int shared, moevk_dtype *gu, moevk_dtype *dn)
+{
+    const moevk_expert_weights *w = shared ? &d->shared : &d->experts;
+    const int per = (d->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
+    *gu = per ? w->gate_up_dtype : d->weight_dtype;
+    *dn = per ? w->down_dtype : d->weight_dtype;
+}
+
+const char *mvk_desc_formats(const moevk_layer_desc *d, char *buf, size_t n)
+{
+    moevk_dtype gu, dn, sgu, sdn;
+    matrix_dtypes(d, 0, &gu, &dn);
+    matrix_dtypes(d, 1, &sgu, &sdn);
+    int k = gu == dn ? snprintf(buf, n, "%s", moevk_dtype_name(gu))
+                     : snprintf(buf, n, "%s gate/up, %s down", moevk_dtype_name(gu),
+                                moevk_dtype_name(dn));
+    if (d->num_shared && (sgu != gu || sdn != dn) && k >= 0 && (size_t)k < n)
+        snprintf(buf + k, n - (size_t)k, " (shared: %s gate/up, %s down)", moevk_dtype_name(sgu),
+                 moevk_dtype_name(sdn));
+    return buf;
+}
+
+double mvk_desc_expert_bytes(const moevk_layer_desc *d)
+{
+    const double mats_up = moevk_activation_is_gated(d->activation) ? 2 : 1;
+    double total = 0;
+    for (int s = 0; s < 2; s++) {
+        const double count = s ? d->num_shared : d->num_experts;
+        const uint32_t ffn = s ? (d->shared_ffn ? d->shared_ffn : d->ffn) : d->ffn;
+        moevk_dtype gu, dn;
+        matrix_dtypes(d, s, &gu, &dn);
+        total += count * ((double)mats_up * ffn * (double)moevk_dtype_row_bytes(gu, d->hidden) +
+                          (double)d->hidden * (double)moevk_dtype_row_bytes(dn, ffn));
+    }
+    return total;
 }
 
 double mvk_now_ms(void)

@@ -12,8 +12,19 @@
 
 #define MVK_MAX(a, b) ((a) > (b) ? (a) : (b))
 
-/* "f32", "f16" or "bf16": 0 and *dt set; else -1. */
-int mvk_dtype_parse(const char *s, moevk_dtype *dt);
+/* A weight format's name (moevk_dtype_name: "f32", "bf16", "q4_k", ...)
+ * that may hold expert weights (expert = 1) or router weights (expert =
+ * 0): 0 and *dt set; else -1. */
+int mvk_dtype_parse(const char *s, int expert, moevk_dtype *dt);
+/* The names of the formats for `expert` (as mvk_dtype_parse), joined by
+ * '|' into buf (n bytes). */
+const char *mvk_dtype_names(int expert, char *buf, size_t n);
+/* The formats of a layer's expert matrices in words, into buf (n bytes):
+ * "q4_k", or "q4_k gate/up, q6_k down", with the shared experts' where
+ * they differ. */
+const char *mvk_desc_formats(const moevk_layer_desc *d, char *buf, size_t n);
+/* Bytes of the expert weights of d (routed and shared, packed). */
+double mvk_desc_expert_bytes(const moevk_layer_desc *d);
 /* Milliseconds of CLOCK_MONOTONIC. */
 double mvk_now_ms(void);
 /* moevk_log_fn writing "moevk LEVEL: msg" to stderr. */
