@@ -60,6 +60,14 @@ static void test_log(void *user, moevk_log_level level, const char *msg)
     fprintf(stderr, "[moevk %d] %s\n", (int)level, msg);
 }
 
+/* The tests' GPU-work timeout: 10 minutes, not the library's 60 s default.
+ * A driver that compiles a pipeline at its first dispatch (lavapipe: each
+ * kernel variant on first use, several seconds apiece on Mesa 25 with a cold
+ * shader cache) spends that time inside the fence wait, so one pass of a
+ * layer with new kernel variants can pass 60 s on a busy 2-core machine. A
+ * real hang is still caught, by meson's per-test timeout. */
+#define MVKT_TIMEOUT_MS 600000u
+
 moevk_context *mvkt_context_flags(uint32_t flags, uint32_t timeout_ms)
 {
     char err[512] = "";
@@ -67,7 +75,7 @@ moevk_context *mvkt_context_flags(uint32_t flags, uint32_t timeout_ms)
         .flags = flags,
         .log = test_log,
         .log_level = MOEVK_LOG_WARN,
-        .timeout_ms = timeout_ms,
+        .timeout_ms = timeout_ms ? timeout_ms : MVKT_TIMEOUT_MS,
         .error_message = err,
         .error_message_size = sizeof(err),
     };
@@ -84,7 +92,7 @@ moevk_context *mvkt_context_flags(uint32_t flags, uint32_t timeout_ms)
 
 moevk_context *mvkt_context(void)
 {
-    return mvkt_context_flags(MOEVK_CONTEXT_VALIDATION, 0);
+    return mvkt_context_flags(MOEVK_CONTEXT_VALIDATION, MVKT_TIMEOUT_MS);
 }
 
 void mvkt_context_end(moevk_context *ctx)
