@@ -57,11 +57,13 @@ float unpack_half_word(uint word, uint half_index, uint wfmt)
     }
 
 // ---- block formats --------------------------------------------------------------
-// The ggml layouts bit for bit (docs/semantics.md has the formulas), read
-// through 32-bit words: blocks of 17, 18, 34 or 210 bytes need no 8- or
-// 16-bit storage feature. Every value is computed as the C reference does,
-// products first (precise: no contraction), so the kernels see exactly the
-// reference's dequantised weights.
+// The ggml layouts bit for bit, read through 32-bit words: blocks of 17, 18,
+// 34 or 210 bytes need no 8- or 16-bit storage feature. Each branch below
+// mirrors its function in src/format_decode.h (the formulas the C reference
+// and the CUDA kernels share; GLSL cannot include it): the same bytes, the
+// same operations in the same order, products first (precise: no
+// contraction), so the kernels see exactly the reference's dequantised
+// weights. A change to a formula there is made here too.
 
 float half_bits(uint h) { return unpackHalf2x16(h).x; }
 

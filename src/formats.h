@@ -4,8 +4,10 @@
  * specialization constant of shaders/formats.glsl) and the reference
  * decoder. Sizes, uploads and weight chunking (src/layer.c), validation
  * (src/layer_desc.c), the CPU reference (src/ref/) and the kernels' loader
- * choice all read this table; adding a format is one row here, its decoder
- * in C (src/formats.c), in GLSL (shaders/formats.glsl) and in CUDA.
+ * choice all read this table; adding a format is one row here (src/formats.c,
+ * with its block decoder), its element formula in src/format_decode.h
+ * (shared by the C reference and the CUDA kernels) and its branch in GLSL
+ * (shaders/formats.glsl).
  */
 #ifndef MOEVK_FORMATS_H
 #define MOEVK_FORMATS_H
@@ -15,6 +17,10 @@
 #include <stdint.h>
 
 #include "moevk/moevk.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 enum mvk_format_use {
     MVK_FORMAT_EXPERT = 1u << 0, /* routed and shared expert matrices */
@@ -67,5 +73,9 @@ void mvk_format_shape_block(moevk_dtype dtype, uint8_t *blk, float scale, uint64
  * `first` (a multiple of the block) of `src` into floats. */
 void mvk_format_decode(moevk_dtype dtype, const void *src, uint64_t first, uint64_t elems,
                        float *dst);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -130,6 +130,11 @@ moevk_status mvk_quantize_matrix(moevk_context *ctx, mvk_quant_progress *p,
 
 /* ---- a whole description at once ------------------------------------------ */
 
+void mvk_layer_desc_quantized_free(moevk_context *ctx, void *storage)
+{
+    mvk_free(ctx, storage);
+}
+
 moevk_status mvk_layer_desc_quantized(moevk_context *ctx, const moevk_layer_desc *in,
                                       moevk_layer_desc *out, void **storage)
 {

@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "internal.h"
+#include "moevk/moevk.h"
 
 /* Progress over a layer's matrices (logged in tenths when it is large). */
 typedef struct mvk_quant_progress {
@@ -42,5 +42,8 @@ moevk_status mvk_quantize_matrix(moevk_context *ctx, mvk_quant_progress *p,
  * may be NULL (the CPU reference). */
 moevk_status mvk_layer_desc_quantized(moevk_context *ctx, const moevk_layer_desc *in,
                                       moevk_layer_desc *out, void **storage);
+/* Release the *storage of mvk_layer_desc_quantized (NULL is a no-op), for
+ * callers outside the library's internals (the CUDA backends). */
+void mvk_layer_desc_quantized_free(moevk_context *ctx, void *storage);
 
 #endif

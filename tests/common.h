@@ -58,7 +58,8 @@ void mvkt_poison_tensor(moevk_tensor *t);
 double mvkt_rel_l2(const float *a, const float *ref, size_t n);
 
 /* Random values of a dtype (weights, or f32 inputs): uniform in [-scale,
- * scale), rounded; the allocation is asserted. */
+ * scale), rounded; of a block format, random valid blocks of about +-scale
+ * (mvk_rng_fill; n must be whole blocks). The allocation is asserted. */
 void *mvkt_random_weights(mvkt_rng *r, moevk_dtype dt, size_t n, float scale);
 
 #endif

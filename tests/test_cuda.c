@@ -1,13 +1,19 @@
 /*
  * The CUDA backends of the table (cuda-ref, cuda-cublas, cuda-cublas-f32:
  * src/cuda behind src/backend/backend.h) on the harness's random layers
- * (src/harness: every routing mode, activation and dtype, shared experts
- * (gated or not), capacity, biases, per-expert weight pointers, ties,
- * NaN/Inf inputs), compared with the CPU reference under the harness's
- * policy (harness.h; cuda-cublas, which rounds activations to a 16-bit
- * weight dtype, at 4 units of that rounding). On top, what is the CUDA
- * path's own: finite stage times, a second pass bitwise the same, one layer
- * reused with growing and shrinking T, the bench entry, memory figures.
+ * (src/harness: every routing mode, activation and weight format (f32,
+ * f16, bf16 and, in a quarter of the cases, block formats per matrix),
+ * shared experts (gated or not), capacity, biases, per-expert weight
+ * pointers, ties, NaN/Inf inputs), compared with the CPU reference (on the
+ * very weights given, block formats decoded) under the harness's policy
+ * (harness.h; cuda-cublas, which rounds activations to a 16-bit GEMM
+ * dtype, at 4 units of that rounding). Every weight format runs on every
+ * backend, formats per matrix (MOEVK_LAYER_MATRIX_DTYPES) and quantising
+ * at create (MOEVK_LAYER_QUANTIZE) too, the f32 GEMMs within 1e-5. On
+ * top, what is the CUDA path's own: finite stage times, a second pass
+ * bitwise the same, weights held packed as given, one layer reused with
+ * growing and shrinking T, the bench entry, memory figures, invalid blocks
+ * and rows that are not whole blocks refused.
  *
  * Without a usable CUDA device the device tests skip (never pass) with the
  * reason; MOEVK_REQUIRE_CUDA=1 turns that into a failure (for runs on a GPU
@@ -23,6 +29,7 @@
 
 #include "common.h"
 #include "cuda/moevk_cuda.h"
+#include "formats.h"
 #include "harness/harness.h"
 
 /* The three entries of the table, in mvk_cuda_backend order. */
@@ -128,13 +135,53 @@ static void forward(const mvkc_target *t, void *L, const mvkc_case *c, mvkc_resu
     cr_assert_eq(st, MOEVK_SUCCESS, "%s: forward: %s: %s", what, moevk_status_string(st), err);
 }
 
+/* The host format of kind m (0 gate/up, 1 down) of an expert set. */
+static moevk_dtype host_format(const moevk_layer_desc *d, int shared, int m)
+{
+    const moevk_expert_weights *w = shared ? &d->shared : &d->experts;
+    if (!(d->flags & MOEVK_LAYER_MATRIX_DTYPES))
+        return d->weight_dtype;
+    return m ? w->down_dtype : w->gate_up_dtype;
+}
+
+/* Device bytes of the weights of desc on backend `name`: every array as
+ * given (block formats packed, each kind of matrix in its own format),
+ * except that cuda-cublas-f32 widens f16/bf16 expert matrices to f32. */
+static uint64_t expected_weight_bytes(const moevk_layer_desc *d, const char *name)
+{
+    const uint64_t H = d->hidden, E = d->num_experts, rs = moevk_dtype_size(d->router_dtype);
+    const int gated = moevk_activation_is_gated(d->activation);
+    const int widen = !strcmp(name, "cuda-cublas-f32");
+    uint64_t b = E * H * rs + (d->router_bias ? 4 * E : 0);
+    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED && d->correction_bias)
+        b += 4 * E;
+    for (int s = 0; s < 2; s++) {
+        const moevk_expert_weights *w = s ? &d->shared : &d->experts;
+        const uint64_t n = s ? d->num_shared : E;
+        const uint64_t F = s && d->shared_ffn ? d->shared_ffn : d->ffn;
+        for (int m = 0; m < 2; m++) {
+            const moevk_dtype dt = host_format(d, s, m);
+            const moevk_dtype held =
+                widen && (dt == MOEVK_DTYPE_F16 || dt == MOEVK_DTYPE_BF16) ? MOEVK_DTYPE_F32
+                                                                           : dt;
+            b += (uint64_t)(m ? 1 : gated ? 2 : 1) * n * moevk_dtype_row_bytes(held, F * H);
+        }
+        b += (gated && w->gate_bias ? 4 * n * F : 0) + (w->up_bias ? 4 * n * F : 0) +
+             (w->down_bias ? 4 * n * H : 0);
+    }
+    if (d->num_shared && d->shared_gate)
+        b += d->num_shared * H * rs;
+    return b;
+}
+
 typedef struct tally {
     uint32_t cases, swapped, near, dropped_cases;
     double worst_y;
 } tally;
 
 /* The case of `seed` on t against the reference (the harness's policy),
- * with finite stage times and a second pass bitwise equal to the first. */
+ * with finite stage times, a second pass bitwise equal to the first, and
+ * the weights held as given (block formats packed). */
 static void check_case(const mvkc_target *t, uint64_t seed, const mvkc_limits *lim, tally *tl,
                        mvkc_report *out)
 {
@@ -150,6 +197,11 @@ static void check_case(const mvkc_target *t, uint64_t seed, const mvkc_limits *l
     const uint32_t T = c.T, H = c.desc.hidden, k = c.desc.top_k;
 
     void *L = create_layer(t, &c.desc, what);
+    mvk_backend_memory mem;
+    t->backend->memory(L, T, &mem);
+    cr_assert_eq(mem.weights, (double)expected_weight_bytes(&c.desc, t->backend->name),
+                 "%s: %.0f weight bytes on the device, %llu given", what, mem.weights,
+                 (unsigned long long)expected_weight_bytes(&c.desc, t->backend->name));
     mvkc_result g, g2;
     double stage[MOEVK_STAGE_COUNT], total = -1;
     for (int s = 0; s < MOEVK_STAGE_COUNT; s++)
@@ -200,6 +252,8 @@ static void report(const char *name, const tally *tl)
                 name, tl->cases, tl->swapped, tl->near, tl->dropped_cases, tl->worst_y);
 }
 
+/* n random cases (a quarter in block formats per matrix: the harness's
+ * draw). */
 static void random_cases(int b, uint32_t n, uint64_t salt)
 {
     mvkc_target t = open_backend(b);
@@ -311,6 +365,119 @@ Test(cuda, bad_arguments_are_rejected_before_the_device)
     cr_assert_str_eq(mvk_cuda_backend_name((mvk_cuda_backend)9), "unknown");
 }
 
+/* Block formats: rows that are not whole blocks, a router in a block
+ * format and MXFP4 blocks with a NaN scale are refused with a message that
+ * names them, before any device work (so this runs without a device). */
+Test(cuda, bad_arguments_block_formats)
+{
+    const uint64_t seed = mvkt_base_seed() ^ 0xb10c00u;
+    mvkt_rng r = mvkt_rng_make(seed);
+    enum { H = 64, F = 32, E = 4, NS = 2, FS = 96 };
+    float *router = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)E * H, 1.0f);
+    void *m[3], *sm[3];
+    for (int i = 0; i < 3; i++) {
+        m[i] = mvkt_random_weights(&r, MOEVK_DTYPE_MXFP4, (size_t)E * F * H, 0.5f);
+        sm[i] = mvkt_random_weights(&r, MOEVK_DTYPE_MXFP4, (size_t)NS * FS * H, 0.5f);
+    }
+    moevk_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.hidden = H;
+    d.ffn = F;
+    d.num_experts = E;
+    d.top_k = 2;
+    d.weight_dtype = MOEVK_DTYPE_MXFP4;
+    d.router_weight = router;
+    d.experts.gate = m[0];
+    d.experts.up = m[1];
+    d.experts.down = m[2];
+    d.num_shared = NS;
+    d.shared_ffn = FS;
+    const void *per[3][NS];
+    for (int i = 0; i < 3; i++)
+        for (int e = 0; e < NS; e++)
+            per[i][e] = (const uint8_t *)sm[i] + (size_t)e * moevk_dtype_row_bytes(
+                                                                 MOEVK_DTYPE_MXFP4, FS * H);
+    d.shared.gate_experts = per[0];
+    d.shared.up_experts = per[1];
+    d.shared.down_experts = per[2];
+    cr_assert_eq(moevk_layer_desc_check(&d, NULL, 0), MOEVK_SUCCESS, "seed %llu: the base desc",
+                 (unsigned long long)seed);
+
+    char err[512];
+    for (int b = 0; b < MVK_CUDA_BACKEND_COUNT; b++) {
+        const char *bn = mvk_cuda_backend_name((mvk_cuda_backend)b);
+        mvk_cuda_layer *L = (mvk_cuda_layer *)&d;
+        /* rows that are not whole blocks: each of the three sizes */
+        const struct { const char *field; uint32_t H, F, FS; } rows[] = {
+            {"hidden", 48, F, FS}, {"ffn", H, 40, FS}, {"shared_ffn", H, F, 33}};
+        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+            moevk_layer_desc bad = d;
+            bad.hidden = rows[i].H;
+            bad.ffn = rows[i].F;
+            bad.shared_ffn = rows[i].FS;
+            moevk_status st = mvk_cuda_layer_create(&bad, (mvk_cuda_backend)b, &L, err,
+                                                    sizeof err);
+            cr_assert_eq(st, MOEVK_ERROR_INVALID_ARGUMENT, "%s: %s: %s", bn, rows[i].field,
+                         moevk_status_string(st));
+            cr_assert_null(L);
+            cr_assert(strstr(err, rows[i].field) && strstr(err, "mxfp4") &&
+                          strstr(err, "whole number"),
+                      "%s: the message should name %s and the format: %s", bn, rows[i].field,
+                      err);
+        }
+        /* per matrix: down rows (ffn) that are not whole q4_k blocks, named
+         * by field; quantising at create asked of the CUDA layer itself */
+        moevk_layer_desc pm = d;
+        pm.flags = MOEVK_LAYER_MATRIX_DTYPES;
+        pm.experts.gate_up_dtype = pm.shared.gate_up_dtype = MOEVK_DTYPE_MXFP4;
+        pm.experts.down_dtype = pm.shared.down_dtype = MOEVK_DTYPE_Q4_K;
+        cr_assert_eq(mvk_cuda_layer_create(&pm, (mvk_cuda_backend)b, &L, err, sizeof err),
+                     MOEVK_ERROR_INVALID_ARGUMENT, "%s", bn);
+        cr_assert_null(L);
+        cr_assert(strstr(err, "ffn") && strstr(err, "q4_k"), "%s: %s", bn, err);
+        pm = d;
+        pm.flags = MOEVK_LAYER_QUANTIZE;
+        pm.weight_dtype = MOEVK_DTYPE_F32;
+        pm.quantize_dtype = MOEVK_DTYPE_Q8_0;
+        cr_assert_eq(mvk_cuda_layer_create(&pm, (mvk_cuda_backend)b, &L, err, sizeof err),
+                     MOEVK_ERROR_UNSUPPORTED, "%s", bn);
+        cr_assert_null(L);
+        cr_assert(strstr(err, "MOEVK_LAYER_QUANTIZE") && strstr(err, "q8_0"), "%s: %s", bn, err);
+        /* a router in a block format */
+        moevk_layer_desc bad = d;
+        bad.router_dtype = MOEVK_DTYPE_Q8_0;
+        cr_assert_eq(mvk_cuda_layer_create(&bad, (mvk_cuda_backend)b, &L, err, sizeof err),
+                     MOEVK_ERROR_INVALID_ARGUMENT, "%s", bn);
+        cr_assert(strstr(err, "router_dtype") && strstr(err, "q8_0"), "%s: %s", bn, err);
+        /* an E8M0 scale of 255 (NaN): in a routed matrix, then in a shared
+         * expert given by its own pointer */
+        const struct { uint8_t *mat; int expert; uint32_t block; const char *name; } nan[] = {
+            {(uint8_t *)m[1], 3, 5, "experts.up of expert 3"},
+            {(uint8_t *)sm[2], 1, 0, "shared.down of expert 1"},
+        };
+        for (size_t i = 0; i < sizeof nan / sizeof nan[0]; i++) {
+            const uint64_t mb = moevk_dtype_row_bytes(MOEVK_DTYPE_MXFP4, i ? FS * H : F * H);
+            uint8_t *at = nan[i].mat + nan[i].expert * mb + nan[i].block * 17u;
+            const uint8_t keep = *at;
+            *at = 0xff;
+            moevk_status st = mvk_cuda_layer_create(&d, (mvk_cuda_backend)b, &L, err,
+                                                    sizeof err);
+            *at = keep;
+            char block[32];
+            snprintf(block, sizeof block, "block %u ", nan[i].block);
+            cr_assert_eq(st, MOEVK_ERROR_INVALID_ARGUMENT, "%s: %s: %s (%s)", bn, nan[i].name,
+                         moevk_status_string(st), err);
+            cr_assert_null(L);
+            cr_assert(strstr(err, nan[i].name) && strstr(err, block) && strstr(err, "255"),
+                      "%s: the message should name %s, %s and the scale: %s", bn, nan[i].name,
+                      block, err);
+        }
+    }
+    free(router);
+    for (int i = 0; i < 3; i++)
+        free(m[i]), free(sm[i]);
+}
+
 /* ---- device tests ----------------------------------------------------------------- */
 
 Test(cuda, ref_backend_random_layers, .timeout = 280)
@@ -326,6 +493,45 @@ Test(cuda, cublas_backend_random_layers, .timeout = 280)
 Test(cuda, cublas_f32_backend_random_layers, .timeout = 280)
 {
     random_cases(MVK_CUDA_CUBLAS_F32, 25, 3);
+}
+
+/* Every weight format of the table (plain and block) on every backend,
+ * against the reference on the decoded weights: a gated layer with a shared
+ * expert of its own width, every bias and per-expert pointers, and a
+ * non-gated one. The f32 GEMMs (cuda-ref, cuda-cublas-f32) are within
+ * 1e-5; cuda-cublas, which runs block formats in f16, within the policy's
+ * 4 units of f16 rounding. */
+static int every_format(int b, uint32_t i, mvkc_limits *l, uint64_t *salt)
+{
+    const mvk_format *f = NULL;
+    uint32_t n = 0;
+    for (size_t k = 0; mvk_format_at(k) && !f; k++)
+        if ((mvk_format_at(k)->uses & MVK_FORMAT_EXPERT) && n++ == i / 2)
+            f = mvk_format_at(k);
+    if (!f)
+        return 0;
+    const uint32_t be = f->block_elems;
+    const int gated = i % 2 == 0;
+    l->weight_dtype = MVKC_PICK(f->dtype);
+    l->tokens = 7;
+    l->experts = 6;
+    l->top_k = 2;
+    l->hidden = be == 1 ? 40 : be < 256 ? 2 * be : be;
+    l->ffn = be == 1 ? 24 : be < 256 ? 3 * be : be;
+    l->activation = MVKC_PICK(gated ? MOEVK_ACT_SWIGLU_OAI : MOEVK_ACT_GELU);
+    l->num_shared = MVKC_PICK(gated ? 1 : 0);
+    l->scenarios_on = gated ? MVKC_SC_PER_EXPERT : 0;
+    l->scenarios_off = MVKC_SC_NONFINITE | (gated ? 0 : MVKC_SC_PER_EXPERT);
+    *salt = 0xf0a700u + 64u * (uint64_t)b + i;
+    return 1;
+}
+
+static void format_within(int b, uint32_t i, const mvkc_report *rep)
+{
+    cr_assert_gt(rep->compared, 0, "[%s] case %u: no token compared", cuda_names[b], i);
+    if (b != MVK_CUDA_CUBLAS)
+        cr_assert_leq(rep->y_err, 1e-5, "[%s] case %u: y off by %g (f32 GEMMs: 1e-5)",
+                      cuda_names[b], i, rep->y_err);
 }
 
 /* A directed test: make(b, i, l, salt) sets the limits of its i-th case on
@@ -371,6 +577,85 @@ static int every_mode(int b, uint32_t i, mvkc_limits *l, uint64_t *salt)
 Test(cuda, every_mode_activation_and_dtype, .timeout = 280)
 {
     directed("every mode", every_mode, NULL);
+}
+
+Test(cuda, every_weight_format, .timeout = 280)
+{
+    directed("every weight format", every_format, format_within);
+}
+
+/* Formats per matrix (MOEVK_LAYER_MATRIX_DTYPES): the harness's block
+ * formats for gate/up and for down (often two different ones, the shared
+ * experts in the same), with shared experts half of the time, on every
+ * backend; the f32 GEMMs within 1e-5. */
+static int per_matrix(int b, uint32_t i, mvkc_limits *l, uint64_t *salt)
+{
+    l->blocks = 1;
+    l->tokens = 9;
+    l->max_experts = 8;
+    l->num_shared = MVKC_PICK(i % 2);
+    l->scenarios_off = MVKC_SC_NONFINITE;
+    *salt = 0x9e7a00u + 64u * (uint64_t)b + i;
+    return i < 12;
+}
+
+Test(cuda, formats_per_matrix, .timeout = 280)
+{
+    directed("formats per matrix", per_matrix, format_within);
+}
+
+/* Quantising at create (MOEVK_LAYER_QUANTIZE) through the table: the f32
+ * host weights quantised on the host as the reference does, each kind of
+ * matrix to what it gets (q4_k gate/up rows of 256, llama.cpp's fallback
+ * q5_0 for down rows of 96), packed on the device; the result against the
+ * reference on the same quantisation. */
+Test(cuda, quantize_at_create, .timeout = 280)
+{
+    const uint64_t seed = mvkt_base_seed() ^ 0x9a4700u;
+    for (int b = 0; b < MVK_CUDA_BACKEND_COUNT; b++) {
+        mvkc_target t = open_backend(b);
+        mvkc_limits l = limits();
+        l.weight_dtype = MVKC_PICK(MOEVK_DTYPE_F32);
+        l.tokens = 9;
+        l.hidden = 256;
+        l.ffn = 96;
+        l.experts = 6;
+        l.top_k = 2;
+        l.num_shared = MVKC_PICK(1);
+        l.activation = MVKC_PICK(MOEVK_ACT_SWIGLU);
+        l.scenarios_off = MVKC_SC_NONFINITE;
+        mvkc_case c;
+        cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
+        c.desc.flags |= MOEVK_LAYER_QUANTIZE;
+        c.desc.quantize_dtype = MOEVK_DTYPE_Q4_K;
+        c.desc.quantize_threads = 2;
+        char what[128];
+        snprintf(what, sizeof what, "[%s] seed %llu, quantised to q4_k", cuda_names[b],
+                 (unsigned long long)seed);
+        void *L = create_layer(&t, &c.desc, what);
+        mvk_backend_memory mem;
+        t.backend->memory(L, c.T, &mem);
+        moevk_layer_desc packed = c.desc;
+        packed.flags = MOEVK_LAYER_MATRIX_DTYPES;
+        packed.experts.gate_up_dtype = packed.shared.gate_up_dtype = MOEVK_DTYPE_Q4_K;
+        packed.experts.down_dtype = packed.shared.down_dtype = MOEVK_DTYPE_Q5_0;
+        cr_assert_eq(mem.weights, (double)expected_weight_bytes(&packed, t.backend->name),
+                     "%s: %.0f weight bytes on the device", what, mem.weights);
+        mvkc_result g;
+        forward(&t, L, &c, &g, NULL, NULL, what);
+        mvkc_ref ref;
+        mvkc_report rep;
+        cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
+        cr_assert(mvkc_compare(&c, &ref, &g, &rep), "%s: %s", what, rep.reason);
+        cr_assert_gt(rep.compared, 0, "%s: no token compared", what);
+        if (b != MVK_CUDA_CUBLAS)
+            cr_assert_leq(rep.y_err, 1e-5, "%s: y off by %g", what, rep.y_err);
+        t.backend->destroy(L);
+        mvkc_result_free(&g);
+        mvkc_ref_free(&ref);
+        mvkc_case_free(&c);
+        mvkc_target_close(&t);
+    }
 }
 
 /* Capacity that drops assignments, with shared experts, on every backend:

@@ -26,6 +26,7 @@
 #include <dlfcn.h>
 
 #include "common.h"
+#include "formats.h"
 #include "harness/harness.h"
 #include "host_app.h"
 #include "ref/ref.h"
@@ -1350,4 +1351,113 @@ Test(layer_compare, a_wrong_backend_fails_with_its_reproduction)
     cr_assert_str_eq(cmd, "");
     mvkc_target_close(&bad);
     mvkc_target_close(&cpu);
+}
+
+/* The generator's block formats (limits.blocks > 0: always): gate/up and
+ * down rows each in a block format of the table (per matrix, the same for
+ * the shared experts), rows whole blocks, a valid layer that the reference
+ * runs on the cpu backend of the table; every block format is drawn. Never
+ * with blocks < 0, nor when weight_dtype is forced. The policy's
+ * tolerances per format mix: 1e-5 for f32 and block formats, 1e-4 with an
+ * f16/bf16 matrix; for a backend that rounds activations, 4 units of its
+ * coarsest rounding (f16 for block formats). */
+Test(layer_compare, generator_draws_block_formats_per_matrix, .timeout = 300)
+{
+    const uint64_t base = mvkt_base_seed();
+    uint64_t blocks = 0;
+    for (size_t i = 0; mvk_format_at(i); i++)
+        if (mvk_format_at(i)->block_elems > 1 && (mvk_format_at(i)->uses & MVK_FORMAT_EXPERT))
+            blocks |= 1ull << mvk_format_at(i)->dtype;
+    mvkc_limits l = limits();
+    l.blocks = 1;
+    l.max_work = 1u << 20;
+    l.max_experts = 24;
+    uint64_t seen = 0;
+    mvkc_target cpu;
+    char err[256] = "";
+    cr_assert_eq(mvkc_target_open(&cpu, mvk_backend_reference(), NULL, NULL, err, sizeof err),
+                 MOEVK_SUCCESS, "%s", err);
+    for (uint32_t i = 0; i < 120; i++) {
+        const uint64_t seed = base + i;
+        mvkc_case c;
+        cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
+        const moevk_layer_desc *d = &c.desc;
+        char desc[384], why[512];
+        mvkc_case_describe(&c, desc, sizeof desc);
+        cr_assert(d->flags & MOEVK_LAYER_MATRIX_DTYPES, "seed %llu: %s: no formats per matrix",
+                  (unsigned long long)seed, desc);
+        const moevk_dtype gu = d->experts.gate_up_dtype, dn = d->experts.down_dtype;
+        cr_assert(blocks >> gu & 1 && blocks >> dn & 1, "seed %llu: %s: %s / %s",
+                  (unsigned long long)seed, desc, moevk_dtype_name(gu), moevk_dtype_name(dn));
+        cr_assert(!d->num_shared ||
+                      (d->shared.gate_up_dtype == gu && d->shared.down_dtype == dn),
+                  "seed %llu: %s: shared formats differ", (unsigned long long)seed, desc);
+        seen |= 1ull << gu | 1ull << dn;
+        const uint32_t bgu = moevk_dtype_block_elems(gu), bdn = moevk_dtype_block_elems(dn);
+        cr_assert(d->hidden % bgu == 0 && d->ffn % bdn == 0 && d->shared_ffn % bdn == 0,
+                  "seed %llu: %s: rows are not whole blocks", (unsigned long long)seed, desc);
+        cr_assert_eq(moevk_layer_desc_check(d, why, sizeof why), MOEVK_SUCCESS,
+                     "seed %llu: %s: %s", (unsigned long long)seed, desc, why);
+        cr_assert_eq(mvkc_y_tolerance(d, 0), 1e-5, "seed %llu", (unsigned long long)seed);
+        cr_assert_eq(mvkc_y_tolerance(d, MVK_BACKEND_ROUNDS_ACTIVATIONS), 4.0 / 2048.0,
+                     "seed %llu", (unsigned long long)seed);
+        if (i % 8 == 0) { /* the reference through the table */
+            mvkc_ref ref;
+            mvkc_result g;
+            cr_assert_eq(mvkc_reference(&c, &ref), MOEVK_SUCCESS);
+            result_from_ref(&c, &ref, &g);
+            mvkc_result_free(&g);
+            mvkc_ref_free(&ref);
+        }
+        mvkc_case_free(&c);
+    }
+    cr_assert_eq(seen, blocks, "formats drawn 0x%llx of 0x%llx", (unsigned long long)seen,
+                 (unsigned long long)blocks);
+    mvkc_target_close(&cpu);
+
+    for (int forced = 0; forced < 2; forced++) {
+        mvkc_limits n = limits();
+        n.blocks = forced ? 0 : -1;
+        n.weight_dtype = forced ? MVKC_PICK(MOEVK_DTYPE_BF16) : 0;
+        for (uint32_t i = 0; i < 40; i++) {
+            mvkc_case c;
+            cr_assert_eq(mvkc_case_random(base + i, &n, &c), MOEVK_SUCCESS);
+            cr_assert(!(c.desc.flags & MOEVK_LAYER_MATRIX_DTYPES) &&
+                          c.desc.weight_dtype <= MOEVK_DTYPE_BF16,
+                      "seed %llu", (unsigned long long)(base + i));
+            mvkc_case_free(&c);
+        }
+    }
+
+    /* the policy on format mixes */
+    moevk_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.hidden = 256;
+    d.ffn = 256;
+    d.weight_dtype = MOEVK_DTYPE_Q4_K;
+    const uint32_t R = MVK_BACKEND_ROUNDS_ACTIVATIONS;
+    cr_assert_eq(mvkc_y_tolerance(&d, 0), 1e-5);
+    cr_assert_eq(mvkc_y_tolerance(&d, R), 4.0 / 2048.0);
+    d.weight_dtype = MOEVK_DTYPE_F32;
+    cr_assert_eq(mvkc_y_tolerance(&d, R), 1e-5);
+    d.flags = MOEVK_LAYER_MATRIX_DTYPES;
+    d.experts.gate_up_dtype = MOEVK_DTYPE_Q6_K;
+    d.experts.down_dtype = MOEVK_DTYPE_BF16;
+    cr_assert_eq(mvkc_y_tolerance(&d, 0), 1e-4);
+    cr_assert_eq(mvkc_y_tolerance(&d, R), 4.0 / 256.0);
+    d.experts.down_dtype = MOEVK_DTYPE_F32;
+    d.num_shared = 1;
+    d.shared.gate_up_dtype = d.shared.down_dtype = MOEVK_DTYPE_F16;
+    cr_assert_eq(mvkc_y_tolerance(&d, 0), 1e-4);
+    cr_assert_eq(mvkc_y_tolerance(&d, R), 4.0 / 2048.0);
+    d.num_shared = 0; /* the shared formats are then not read */
+    cr_assert_eq(mvkc_y_tolerance(&d, 0), 1e-5);
+    /* quantised at create: the formats it gives (q4_k; f16 where no block
+     * format divides the rows), not the host f32 */
+    d.flags = MOEVK_LAYER_QUANTIZE;
+    d.quantize_dtype = MOEVK_DTYPE_Q4_K;
+    cr_assert_eq(mvkc_y_tolerance(&d, R), 4.0 / 2048.0);
+    cr_assert_eq(mvkc_y_tolerance(&d, 0), 1e-5);
+    d.hidden = 100;
+    cr_assert_eq(mvkc_y_tolerance(&d, 0), 1e-4);
 }

@@ -10,6 +10,7 @@
 
 #include "backend/backend.h"
 #include "cuda/moevk_cuda.h"
+#include "layer_quantize.h"
 
 typedef struct cuda_dev {
     mvk_cuda_backend impl;
@@ -88,7 +89,27 @@ static moevk_status cuda_create(void *dev, const moevk_layer_desc *desc,
         mvk_backend_err(err, n, "out of host memory");
         return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
     }
-    moevk_status st = mvk_cuda_layer_create(desc, ((cuda_dev *)dev)->impl, &l->L, err, n);
+    /* quantise at create: on the host, as the reference does (the same
+     * packed weights), then the formats per matrix it chose */
+    moevk_layer_desc q;
+    void *storage = NULL;
+    moevk_status st = MOEVK_SUCCESS;
+    if (desc && (desc->flags & MOEVK_LAYER_QUANTIZE)) {
+        char why[512] = "";
+        st = moevk_layer_desc_check(desc, why, sizeof why);
+        if (st)
+            mvk_backend_err(err, n, "invalid layer description: %s: %s",
+                            moevk_status_string(st), why);
+        else if ((st = mvk_layer_desc_quantized(NULL, desc, &q, &storage)) != MOEVK_SUCCESS)
+            mvk_backend_err(err, n,
+                            "quantising the expert weights to quantize_dtype = %s at create "
+                            "failed: %s (a non-finite host weight, or out of host memory)",
+                            moevk_dtype_name(desc->quantize_dtype), moevk_status_string(st));
+        desc = &q;
+    }
+    if (!st)
+        st = mvk_cuda_layer_create(desc, ((cuda_dev *)dev)->impl, &l->L, err, n);
+    mvk_layer_desc_quantized_free(NULL, storage);
     if (st) {
         free(l);
         return st;
@@ -159,7 +180,8 @@ const mvk_backend mvk_backend_cuda_ref =
                  "CUDA: every stage as simple f32 kernels (NVIDIA; cross-check)");
 const mvk_backend mvk_backend_cuda_cublas =
     CUDA_BACKEND("cuda-cublas", NULL, open_cublas, MVK_BACKEND_ROUNDS_ACTIVATIONS,
-                 "CUDA + cuBLAS GEMMs in the weight dtype (the vendor baseline)");
+                 "CUDA + cuBLAS GEMMs in the weight dtype, f16 for block formats (the "
+                 "vendor baseline)");
 const mvk_backend mvk_backend_cuda_cublas_f32 =
     CUDA_BACKEND("cuda-cublas-f32", NULL, open_cublas_f32, 0,
                  "CUDA + cuBLAS GEMMs on f32 inputs (within the contract tolerance)");

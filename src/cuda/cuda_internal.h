@@ -26,9 +26,20 @@ struct RouteParams {
     const float *corr;   /* [E] correction bias or NULL */
 };
 
-/* One stack of FFN experts on the device, in dtype `dt`. */
-struct FfnWeights {
+/* The format of one kind of expert matrix on the device: f32, f16, bf16
+ * or a block format (packed as uploaded; block_elems elements in
+ * block_bytes bytes per block, from the format table; 1 and the element
+ * size for the plain types). Rows are whole blocks. */
+struct WFormat {
     moevk_dtype dt;
+    uint32_t block_elems, block_bytes;
+};
+
+/* One stack of FFN experts on the device: gate and up rows in format gu,
+ * down rows in format dn (MOEVK_LAYER_MATRIX_DTYPES; both the layer's
+ * weight_dtype otherwise). */
+struct FfnWeights {
+    WFormat gu, dn;
     uint32_t H, F;       /* hidden, this stack's ffn */
     int act;             /* moevk_activation */
     float alpha, limit;  /* swiglu_oai */
@@ -90,10 +101,17 @@ cudaError_t stats(cudaStream_t s, const float *logits, const uint32_t *totals, u
 cudaError_t gather_convert(cudaStream_t s, moevk_dtype dt, const Rows &rows, const float *x,
                            uint32_t H, void *xq);
 
-/* hq[r*F + n] = act(G + bg, U + bu) converted to w.dt (G unused when not
- * gated). */
-cudaError_t activate(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *G,
-                     const float *U, void *hq);
+/* hq[r*F + n] = act(G + bg, U + bu) converted to dt (f32/f16/bf16; G
+ * unused when not gated). */
+cudaError_t activate(cudaStream_t s, moevk_dtype dt, const FfnWeights &w, const Rows &rows,
+                     const float *G, const float *U, void *hq);
+
+/* dst[i] (i < n) = element i of the blocks of format fmt at src (elements
+ * and bytes per block from the format table), decoded by
+ * src/format_decode.h and rounded to dt (f32/f16/bf16). */
+cudaError_t dequantize(cudaStream_t s, moevk_dtype fmt, uint32_t block_elems,
+                       uint32_t block_bytes, const void *src, size_t n, moevk_dtype dt,
+                       void *dst);
 
 /* o[r*H + c] += bd[e(r)*H + c] over the rows. */
 cudaError_t add_row_bias(cudaStream_t s, const Rows &rows, const float *bd, uint32_t H, float *o);

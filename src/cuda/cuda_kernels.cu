@@ -2,6 +2,12 @@
  * CUDA kernels of the CUDA backends: every stage of docs/semantics.md in
  * f32, written for evident correctness rather than speed.
  *
+ * Weights of a block format (Q4_K, MXFP4, ...) are read packed, as
+ * uploaded: each element is decoded in registers where it is used, by the
+ * formulas the C reference decodes with (src/format_decode.h); nothing is
+ * dequantised to memory, except by the cuBLAS backends' dequantize(), one
+ * expert matrix at a time.
+ *
  * Rules every kernel follows:
  *  - one thread per output element (or per token / per expert where a stage
  *    is sequential by nature), loops in a fixed order, no floating-point
@@ -18,6 +24,7 @@
 #include <stdint.h>
 
 #include "cuda_internal.h"
+#include "format_decode.h"
 
 namespace mvkcu {
 namespace {
@@ -39,35 +46,44 @@ unsigned blocks_for(size_t n)
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                  \
          i += (size_t)gridDim.x * blockDim.x)
 
-/* ---- number formats (bit conversions, exact like src/ref/ref_numbers.c) -- */
+/* ---- number formats (bit conversions of src/format_decode.h, exact) ---- */
 
-__device__ __forceinline__ float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t mant = h & 0x3ffu;
-    if (exp == 0) { /* zero or subnormal: mant * 2^-24, exact */
-        float mag = (float)mant * 5.9604644775390625e-8f;
-        return sign ? -mag : mag;
-    }
-    if (exp == 31) /* inf or NaN, payload kept */
-        return __uint_as_float(sign | 0x7f800000u | (mant << 13));
-    return __uint_as_float(sign | ((exp - 15u + 127u) << 23) | (mant << 13));
-}
-
-__device__ __forceinline__ float bf16_to_float(uint16_t b)
-{
-    return __uint_as_float((uint32_t)b << 16);
-}
-
-/* Element i of an array of dtype DT (0 f32, 1 f16, 2 bf16), as float. */
+/* Element i of an array of dtype DT (f32, f16 or bf16), as float. */
 template <int DT> __device__ __forceinline__ float load(const void *p, size_t i)
 {
     if (DT == MOEVK_DTYPE_F32)
         return ((const float *)p)[i];
     if (DT == MOEVK_DTYPE_F16)
-        return half_to_float(((const uint16_t *)p)[i]);
-    return bf16_to_float(((const uint16_t *)p)[i]);
+        return mvk_dq_half(((const uint16_t *)p)[i]);
+    return mvk_dq_bfloat(((const uint16_t *)p)[i]);
+}
+
+/* The template dtype of the expert kernels for weights of any block
+ * format: the format itself (WFormat::dt) is read at run time. */
+constexpr int BLOCKS = -1;
+
+/* Row `row` (of `cols` elements, whole blocks) of a weight stack in format
+ * f, to read with wload. Rows of all experts are consecutive. */
+template <int DT>
+__device__ __forceinline__ const void *wrow(const WFormat &f, const void *p, size_t row,
+                                            uint32_t cols)
+{
+    if constexpr (DT == BLOCKS)
+        return (const uint8_t *)p + row * (cols / f.block_elems) * f.block_bytes;
+    else
+        return (const uint8_t *)p + row * cols * (DT == MOEVK_DTYPE_F32 ? 4u : 2u);
+}
+
+/* Element c of a row in format f: f32/f16/bf16 by their template, block
+ * formats decoded from their block (src/format_decode.h). */
+template <int DT>
+__device__ __forceinline__ float wload(const WFormat &f, const void *row, uint32_t c)
+{
+    if constexpr (DT == BLOCKS)
+        return mvk_dq_element(f.dt, (const uint8_t *)row + c / f.block_elems * f.block_bytes,
+                              c % f.block_elems);
+    else
+        return load<DT>(row, c);
 }
 
 /* Store v rounded to nearest even in dtype DT. */
@@ -394,15 +410,17 @@ template <int DT> __global__ void k_ffn_up(FfnWeights w, Rows rows, const float 
         uint32_t tok = rows.row_token ? rows.row_token[r] : r;
         uint32_t e = rows.row_expert ? rows.row_expert[r] : rows.fixed_expert;
         const float *xr = x + (size_t)tok * w.H;
-        size_t wo = ((size_t)e * w.F + f) * w.H;
+        const size_t row = (size_t)e * w.F + f;
+        const void *up = wrow<DT>(w.gu, w.up, row, w.H);
         float u = 0.0f, g = 0.0f;
         for (uint32_t c = 0; c < w.H; c++)
-            u = fmaf(xr[c], load<DT>(w.up, wo + c), u);
+            u = fmaf(xr[c], wload<DT>(w.gu, up, c), u);
         if (w.bu)
             u += w.bu[(size_t)e * w.F + f];
         if (gated) {
+            const void *gate = wrow<DT>(w.gu, w.gate, row, w.H);
             for (uint32_t c = 0; c < w.H; c++)
-                g = fmaf(xr[c], load<DT>(w.gate, wo + c), g);
+                g = fmaf(xr[c], wload<DT>(w.gu, gate, c), g);
             if (w.bg)
                 g += w.bg[(size_t)e * w.F + f];
         }
@@ -420,10 +438,10 @@ __global__ void k_ffn_down(FfnWeights w, Rows rows, const float *h, float *out, 
         uint32_t r = (uint32_t)(i / w.H), c = (uint32_t)(i % w.H);
         uint32_t e = rows.row_expert ? rows.row_expert[r] : rows.fixed_expert;
         const float *hr = h + (size_t)r * w.F;
-        size_t wo = ((size_t)e * w.H + c) * w.F;
+        const void *down = wrow<DT>(w.dn, w.down, (size_t)e * w.H + c, w.F);
         float o = 0.0f;
         for (uint32_t f = 0; f < w.F; f++)
-            o = fmaf(hr[f], load<DT>(w.down, wo + f), o);
+            o = fmaf(hr[f], wload<DT>(w.dn, down, f), o);
         if (w.bd)
             o += w.bd[(size_t)e * w.H + c];
         if (mode == 0) {
@@ -550,6 +568,15 @@ __global__ void k_gather_convert(Rows rows, const float *x, uint32_t H, void *xq
     }
 }
 
+/* dst[i] = element i of the packed blocks at src, rounded to DT. */
+template <int DT>
+__global__ void k_dequantize(moevk_dtype fmt, uint32_t be, uint32_t bb, const void *src, size_t n,
+                             void *dst)
+{
+    GRID_STRIDE(i, n)
+    store<DT>(dst, i, mvk_dq_at(fmt, be, bb, src, i));
+}
+
 template <int DT>
 __global__ void k_activate(FfnWeights w, Rows rows, const float *G, const float *U, void *hq)
 {
@@ -607,7 +634,7 @@ __global__ void k_shared_accumulate(const float *o, const float *bd, uint32_t T,
 #define LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
 #endif
 
-/* LAUNCH(kernel<dt>, ...) for a runtime weight dtype. */
+/* LAUNCH(kernel<dt>, ...) for a runtime dtype of f32, f16 or bf16. */
 #define DISPATCH_DT(dt, KERNEL, ...)                                                          \
     do {                                                                                      \
         switch (dt) {                                                                         \
@@ -615,6 +642,21 @@ __global__ void k_shared_accumulate(const float *o, const float *bd, uint32_t T,
         case MOEVK_DTYPE_F16: LAUNCH(KERNEL<MOEVK_DTYPE_F16>, __VA_ARGS__); break;            \
         case MOEVK_DTYPE_BF16: LAUNCH(KERNEL<MOEVK_DTYPE_BF16>, __VA_ARGS__); break;          \
         default: return cudaErrorInvalidValue;                                                \
+        }                                                                                     \
+    } while (0)
+
+/* The same for expert weights in format f: f32/f16/bf16 by their
+ * template, every block format through KERNEL<BLOCKS>. */
+#define DISPATCH_W(f, KERNEL, ...)                                                            \
+    do {                                                                                      \
+        switch ((f).dt) {                                                                     \
+        case MOEVK_DTYPE_F32: LAUNCH(KERNEL<MOEVK_DTYPE_F32>, __VA_ARGS__); break;            \
+        case MOEVK_DTYPE_F16: LAUNCH(KERNEL<MOEVK_DTYPE_F16>, __VA_ARGS__); break;            \
+        case MOEVK_DTYPE_BF16: LAUNCH(KERNEL<MOEVK_DTYPE_BF16>, __VA_ARGS__); break;          \
+        default:                                                                              \
+            if ((f).block_elems <= 1 || (f).block_bytes == 0)                                 \
+                return cudaErrorInvalidValue;                                                 \
+            LAUNCH(KERNEL<BLOCKS>, __VA_ARGS__);                                              \
         }                                                                                     \
     } while (0)
 
@@ -652,7 +694,7 @@ cudaError_t ffn_up(cudaStream_t s, const FfnWeights &w, const Rows &rows, const 
                    float *h)
 {
     unsigned g = blocks_for((size_t)rows.max_rows * w.F);
-    DISPATCH_DT(w.dt, k_ffn_up, g, BLOCK, s, w, rows, x, h);
+    DISPATCH_W(w.gu, k_ffn_up, g, BLOCK, s, w, rows, x, h);
     return cudaGetLastError();
 }
 
@@ -661,8 +703,8 @@ cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, cons
                      uint32_t gate_index)
 {
     unsigned g = blocks_for((size_t)rows.max_rows * w.H);
-    DISPATCH_DT(w.dt, k_ffn_down, g, BLOCK, s, w, rows, h, out, mode, gate_logits, gate_stride,
-                gate_index);
+    DISPATCH_W(w.dn, k_ffn_down, g, BLOCK, s, w, rows, h, out, mode, gate_logits, gate_stride,
+               gate_index);
     return cudaGetLastError();
 }
 
@@ -691,11 +733,21 @@ cudaError_t gather_convert(cudaStream_t s, moevk_dtype dt, const Rows &rows, con
     return cudaGetLastError();
 }
 
-cudaError_t activate(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *G,
-                     const float *U, void *hq)
+cudaError_t dequantize(cudaStream_t s, moevk_dtype fmt, uint32_t block_elems,
+                       uint32_t block_bytes, const void *src, size_t n, moevk_dtype dt, void *dst)
+{
+    if (block_elems == 0 || block_bytes == 0)
+        return cudaErrorInvalidValue;
+    DISPATCH_DT(dt, k_dequantize, blocks_for(n), BLOCK, s, fmt, block_elems, block_bytes, src, n,
+                dst);
+    return cudaGetLastError();
+}
+
+cudaError_t activate(cudaStream_t s, moevk_dtype dt, const FfnWeights &w, const Rows &rows,
+                     const float *G, const float *U, void *hq)
 {
     unsigned g = blocks_for((size_t)rows.max_rows * w.F);
-    DISPATCH_DT(w.dt, k_activate, g, BLOCK, s, w, rows, G, U, hq);
+    DISPATCH_DT(dt, k_activate, g, BLOCK, s, w, rows, G, U, hq);
     return cudaGetLastError();
 }
 

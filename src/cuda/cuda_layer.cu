@@ -1,7 +1,14 @@
 /*
  * Host side of the CUDA backends (API in moevk_cuda.h): device checks,
- * weight upload, scratch, the stage sequence of one pass with CUDA-event
- * timings, and the cuBLAS expert GEMMs.
+ * weight validation and upload, scratch, the stage sequence of one pass
+ * with CUDA-event timings, and the cuBLAS expert GEMMs.
+ *
+ * Each kind of expert matrix (gate/up and down rows of the routed and of
+ * the shared experts) has its own format (MOEVK_LAYER_MATRIX_DTYPES, else
+ * weight_dtype for all four). Matrices of a block format are uploaded
+ * packed, as given. The reference kernels decode them where they read
+ * them; the cuBLAS backends dequantise one expert matrix at a time into a
+ * scratch of one matrix just before its GEMM, never the whole layer.
  *
  * cuBLAS is not a link-time dependency: cublas_v2.h is included for its
  * types only and the few functions used are looked up with dlsym in a
@@ -22,6 +29,7 @@
 #include <string.h>
 
 #include "cuda_internal.h"
+#include "formats.h"
 #include "moevk_cuda.h"
 
 using namespace mvkcu;
@@ -259,9 +267,14 @@ static moevk_status load_cublas(cublas_api *api, char *err, size_t err_size)
 
 /* ---- the layer -------------------------------------------------------------- */
 
+/* One stack of experts on the device: gate/up and down in their formats
+ * as held (fmt), and the dtype their cuBLAS GEMMs read (gemm: f32, f16 or
+ * bf16; a matrix whose held format differs is dequantised into it first). */
 struct dev_ffn {
     void *gate, *up, *down;
     float *bg, *bu, *bd;
+    WFormat fmt[2];     /* 0 gate/up, 1 down */
+    moevk_dtype gemm[2];
 };
 
 struct mvk_cuda_layer {
@@ -270,8 +283,6 @@ struct mvk_cuda_layer {
     int device;
     int cublas;             /* a cuBLAS backend */
     uint32_t shared_ffn;    /* 0 without shared experts */
-    moevk_dtype store_dt;   /* dtype of the expert weights on the device */
-    cudaDataType cuda_dt;   /* the same, for cuBLAS */
     cudaStream_t stream;
     cudaEvent_t ev[MOEVK_STAGE_COUNT + 1];
     int events;             /* created events */
@@ -293,45 +304,61 @@ struct mvk_cuda_layer {
     double *prob, *loss;
     float *hbuf, *ubuf, *obuf, *sh_o, *sh_acc;
     void *xq, *hq;
+    void *dq;            /* cuBLAS: one expert matrix dequantised for its GEMM */
     uint32_t *h_offsets; /* pinned host, E + 1 */
 
     cublas_api cb;
     cublasHandle_t handle;
 };
 
+/* Bytes of an element of f32, f16 or bf16. */
 static size_t dt_size(moevk_dtype dt)
 {
     return dt == MOEVK_DTYPE_F32 ? 4 : 2;
 }
 
-static float host_half_to_float(uint16_t h)
+/* Bytes of `elems` elements (whole blocks) of any weight format. */
+static size_t fmt_bytes(moevk_dtype dt, size_t elems)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, u;
-    if (exp == 0) {
-        float mag = ldexpf((float)mant, -24);
-        return sign ? -mag : mag;
-    }
-    if (exp == 31)
-        u = sign | 0x7f800000u | (mant << 13);
-    else
-        u = sign | ((exp - 15u + 127u) << 23) | (mant << 13);
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    return (size_t)mvk_format_row_bytes(dt, elems);
 }
 
-static float host_load(const void *p, moevk_dtype dt, size_t i)
+static bool is_block_format(moevk_dtype dt)
 {
-    if (dt == MOEVK_DTYPE_F32)
-        return ((const float *)p)[i];
-    uint16_t b = ((const uint16_t *)p)[i];
-    if (dt == MOEVK_DTYPE_F16)
-        return host_half_to_float(b);
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    const mvk_format *f = mvk_format_get(dt);
+    return f && f->block_elems > 1;
+}
+
+static cudaDataType cuda_type(moevk_dtype dt)
+{
+    return dt == MOEVK_DTYPE_F16 ? CUDA_R_16F : dt == MOEVK_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+/* The host formats of a stack's gate/up (0) and down (1) rows. */
+static moevk_dtype host_format(const moevk_layer_desc *d, const moevk_expert_weights *w, int m)
+{
+    if (!(d->flags & MOEVK_LAYER_MATRIX_DTYPES))
+        return d->weight_dtype;
+    return m == 0 ? w->gate_up_dtype : w->down_dtype;
+}
+
+/* How a matrix of host format `src` is held on the device and what its
+ * GEMMs read. Block formats stay packed. cuda-cublas-f32 widens f16/bf16
+ * once at create and runs every GEMM on f32; cuda-cublas runs f32/f16/bf16
+ * in their own dtype and block formats in f16 (as llama.cpp's cuBLAS path
+ * dequantises to f16). */
+static void plan_format(mvk_cuda_backend backend, moevk_dtype src, WFormat *held,
+                        moevk_dtype *gemm)
+{
+    const bool blocks = is_block_format(src);
+    const moevk_dtype h = backend == MVK_CUDA_CUBLAS_F32 && !blocks ? MOEVK_DTYPE_F32 : src;
+    const mvk_format *f = mvk_format_get(h);
+    held->dt = h;
+    held->block_elems = f->block_elems;
+    held->block_bytes = f->block_bytes;
+    *gemm = backend == MVK_CUDA_CUBLAS_F32 ? MOEVK_DTYPE_F32
+            : blocks                       ? MOEVK_DTYPE_F16
+                                           : src;
 }
 
 static moevk_status dev_alloc(void **p, size_t bytes, uint64_t *counter, const char *what,
@@ -352,13 +379,15 @@ static moevk_status dev_alloc(void **p, size_t bytes, uint64_t *counter, const c
 }
 
 /* Upload `count` matrices of `elems` elements, given contiguously or as
- * per-expert pointers, converting src -> dst dtype (only f16/bf16 -> f32). */
+ * per-expert pointers: as they are (src == dst: any format, block formats
+ * packed) or widened from f16/bf16 to f32 (dst f32) by the reference
+ * decoder. */
 static moevk_status upload_stack(mvk_cuda_layer *L, const void *contig, const void *const *per,
                                  uint32_t count, size_t elems, moevk_dtype src, moevk_dtype dst,
                                  void **out, const char *what, char *err, size_t err_size)
 {
-    size_t ssz = dt_size(src), dsz = dt_size(dst);
-    CKS(dev_alloc(out, (size_t)count * elems * dsz, &L->weight_bytes, what, err, err_size));
+    const size_t sbytes = fmt_bytes(src, elems), dbytes = fmt_bytes(dst, elems);
+    CKS(dev_alloc(out, (size_t)count * dbytes, &L->weight_bytes, what, err, err_size));
     float *tmp = NULL;
     if (src != dst) {
         tmp = (float *)malloc(elems * sizeof(float) + 1);
@@ -369,7 +398,7 @@ static moevk_status upload_stack(mvk_cuda_layer *L, const void *contig, const vo
     }
     moevk_status st = MOEVK_SUCCESS;
     for (uint32_t e = 0; e < count && st == MOEVK_SUCCESS; e++) {
-        const void *sp = contig ? (const void *)((const char *)contig + (size_t)e * elems * ssz)
+        const void *sp = contig ? (const void *)((const char *)contig + (size_t)e * sbytes)
                                 : (per ? per[e] : NULL);
         if (!sp) {
             set_err(err, err_size, "%s of expert %u is NULL", what, e);
@@ -377,11 +406,10 @@ static moevk_status upload_stack(mvk_cuda_layer *L, const void *contig, const vo
             break;
         }
         if (tmp) {
-            for (size_t i = 0; i < elems; i++)
-                tmp[i] = host_load(sp, src, i);
+            mvk_format_decode(src, sp, 0, elems, tmp);
             sp = tmp;
         }
-        cudaError_t ce = cudaMemcpy((char *)*out + (size_t)e * elems * dsz, sp, elems * dsz,
+        cudaError_t ce = cudaMemcpy((char *)*out + (size_t)e * dbytes, sp, dbytes,
                                     cudaMemcpyHostToDevice);
         if (ce != cudaSuccess)
             st = cuda_fail(err, err_size, ce, "cudaMemcpy (weights)");
@@ -401,25 +429,27 @@ static moevk_status upload_raw(mvk_cuda_layer *L, const void *src, size_t bytes,
     return MOEVK_SUCCESS;
 }
 
-static moevk_status upload_ffn(mvk_cuda_layer *L, const moevk_expert_weights *w, uint32_t count,
-                               uint32_t ffn, dev_ffn *out, const char *set, char *err,
-                               size_t err_size)
+static moevk_status upload_ffn(mvk_cuda_layer *L, const moevk_layer_desc *desc,
+                               const moevk_expert_weights *w, uint32_t count, uint32_t ffn,
+                               dev_ffn *out, const char *set, char *err, size_t err_size)
 {
     const uint32_t H = L->d.hidden;
     const size_t elems = (size_t)ffn * H;
-    const moevk_dtype src = L->d.weight_dtype, dst = L->store_dt;
+    const moevk_dtype gu = host_format(desc, w, 0), dn = host_format(desc, w, 1);
+    plan_format(L->backend, gu, &out->fmt[0], &out->gemm[0]);
+    plan_format(L->backend, dn, &out->fmt[1], &out->gemm[1]);
     char what[64];
     if (moevk_activation_is_gated(L->d.activation)) {
         snprintf(what, sizeof what, "%s.gate", set);
-        CKS(upload_stack(L, w->gate, w->gate_experts, count, elems, src, dst, &out->gate, what,
-                         err, err_size));
+        CKS(upload_stack(L, w->gate, w->gate_experts, count, elems, gu, out->fmt[0].dt,
+                         &out->gate, what, err, err_size));
     }
     snprintf(what, sizeof what, "%s.up", set);
-    CKS(upload_stack(L, w->up, w->up_experts, count, elems, src, dst, &out->up, what, err,
-                     err_size));
+    CKS(upload_stack(L, w->up, w->up_experts, count, elems, gu, out->fmt[0].dt, &out->up, what,
+                     err, err_size));
     snprintf(what, sizeof what, "%s.down", set);
-    CKS(upload_stack(L, w->down, w->down_experts, count, elems, src, dst, &out->down, what, err,
-                     err_size));
+    CKS(upload_stack(L, w->down, w->down_experts, count, elems, dn, out->fmt[1].dt, &out->down,
+                     what, err, err_size));
     if (moevk_activation_is_gated(L->d.activation))
         CKS(upload_raw(L, w->gate_bias, sizeof(float) * count * ffn, (void **)&out->bg,
                        "gate bias", err, err_size));
@@ -445,7 +475,7 @@ static void free_ffn(dev_ffn *f)
 #define SCRATCH_LIST(X)                                                                       \
     X(x) X(y) X(logits) X(sg_logits) X(wts) X(score) X(gscore) X(tok) X(elig) X(ids)          \
     X(totals) X(counts) X(offsets) X(row_token) X(row_expert) X(row_of) X(dropped) X(prob)    \
-    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xq) X(hq)
+    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xq) X(hq) X(dq)
 
 static void free_scratch(mvk_cuda_layer *L)
 {
@@ -475,8 +505,21 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
     size_t rowsF = TK * F;
     if (NS && (size_t)T * Fs > rowsF)
         rowsF = (size_t)T * Fs;
-    const size_t gsz = dt_size(L->store_dt);
     const bool cb = L->cublas != 0;
+    /* cuBLAS: gathered rows and hidden activations in the GEMM dtype of the
+     * gate/up (xq) and down (hq) matrices of either stack (the larger), and
+     * one expert matrix dequantised for its GEMM where a held format is not
+     * its GEMM dtype */
+    size_t xsz = 0, hsz = 0, dq = 0;
+    for (int st = 0; cb && st < (NS ? 2 : 1); st++) {
+        const dev_ffn *f = st ? &L->sh : &L->ex;
+        const size_t elems = (st ? Fs : F) * H;
+        xsz = dt_size(f->gemm[0]) > xsz ? dt_size(f->gemm[0]) : xsz;
+        hsz = dt_size(f->gemm[1]) > hsz ? dt_size(f->gemm[1]) : hsz;
+        for (int m = 0; m < 2; m++)
+            if (f->fmt[m].dt != f->gemm[m] && elems * dt_size(f->gemm[m]) > dq)
+                dq = elems * dt_size(f->gemm[m]);
+    }
     struct { void **p; size_t bytes; const char *name; } want[] = {
         {(void **)&L->x, TH * 4, "x"},
         {(void **)&L->y, TH * 4, "y"},
@@ -502,8 +545,9 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
         {(void **)&L->obuf, TK * H * 4, "expert outputs"},
         {(void **)&L->sh_o, cb && NS ? TH * 4 : 0, "shared expert output"},
         {(void **)&L->sh_acc, NS ? TH * 4 : 0, "shared expert sum"},
-        {(void **)&L->xq, cb ? TK * H * gsz : 0, "gathered rows"},
-        {(void **)&L->hq, cb ? rowsF * gsz : 0, "hidden activations (GEMM dtype)"},
+        {(void **)&L->xq, cb ? TK * H * xsz : 0, "gathered rows"},
+        {(void **)&L->hq, cb ? rowsF * hsz : 0, "hidden activations (GEMM dtype)"},
+        {&L->dq, dq, "dequantised expert matrix"},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         moevk_status st = dev_alloc(want[i].p, want[i].bytes, &L->scratch_bytes, want[i].name,
@@ -569,10 +613,7 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
         d->swiglu_limit = 7.0f;
     L->shared_ffn = d->num_shared ? (d->shared_ffn ? d->shared_ffn : d->ffn) : 0;
     d->shared_ffn = L->shared_ffn;
-    L->store_dt = backend == MVK_CUDA_CUBLAS_F32 ? MOEVK_DTYPE_F32 : d->weight_dtype;
-    L->cuda_dt = L->store_dt == MOEVK_DTYPE_F16    ? CUDA_R_16F
-                 : L->store_dt == MOEVK_DTYPE_BF16 ? CUDA_R_16BF
-                                                   : CUDA_R_32F;
+    (void)backend; /* L->backend: each matrix's plan in upload_ffn */
 
     CK(cudaStreamCreateWithFlags(&L->stream, cudaStreamNonBlocking));
     for (; L->events < MOEVK_STAGE_COUNT + 1; L->events++)
@@ -587,11 +628,11 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
     if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED)
         CKS(upload_raw(L, desc->correction_bias, E * 4, (void **)&L->corr_b, "correction_bias",
                        err, err_size));
-    CKS(upload_ffn(L, &desc->experts, d->num_experts, d->ffn, &L->ex, "experts", err,
+    CKS(upload_ffn(L, desc, &desc->experts, d->num_experts, d->ffn, &L->ex, "experts", err,
                    err_size));
     if (d->num_shared) {
-        CKS(upload_ffn(L, &desc->shared, d->num_shared, L->shared_ffn, &L->sh, "shared", err,
-                       err_size));
+        CKS(upload_ffn(L, desc, &desc->shared, d->num_shared, L->shared_ffn, &L->sh, "shared",
+                       err, err_size));
         CKS(upload_raw(L, desc->shared_gate, (size_t)d->num_shared * H *
                        dt_size(d->router_dtype), &L->sgate_w, "shared_gate", err, err_size));
     }
@@ -601,6 +642,15 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
     d->shared_gate = NULL;
     memset(&d->experts, 0, sizeof d->experts);
     memset(&d->shared, 0, sizeof d->shared);
+    /* the formats per matrix as given (f16/bf16 widened by cuda-cublas-f32
+     * are still given as f16/bf16) */
+    d->flags |= MOEVK_LAYER_MATRIX_DTYPES;
+    d->experts.gate_up_dtype = host_format(desc, &desc->experts, 0);
+    d->experts.down_dtype = host_format(desc, &desc->experts, 1);
+    d->shared.gate_up_dtype = d->num_shared ? host_format(desc, &desc->shared, 0)
+                                            : d->experts.gate_up_dtype;
+    d->shared.down_dtype = d->num_shared ? host_format(desc, &desc->shared, 1)
+                                         : d->experts.down_dtype;
 
     if (L->cublas) {
         cublasStatus_t cs = L->cb.create(&L->handle);
@@ -618,6 +668,46 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
         }
     }
     CK(cudaDeviceSynchronize());
+    return MOEVK_SUCCESS;
+}
+
+/* Blocks no kernel may read (mvk_format_validate: MXFP4's E8M0 scale of
+ * 255, NaN), refused before anything is uploaded, naming the matrix, the
+ * expert and the block, as the Vulkan layer does. Missing matrices are left
+ * to the upload, which names them. */
+static moevk_status check_blocks(const moevk_layer_desc *d, char *err, size_t err_size)
+{
+    const bool gated = moevk_activation_is_gated(d->activation) != 0;
+    for (int s = 0; s < 2; s++) {
+        const moevk_expert_weights *w = s ? &d->shared : &d->experts;
+        const uint32_t count = s ? d->num_shared : d->num_experts;
+        const uint32_t F = s ? (d->shared_ffn ? d->shared_ffn : d->ffn) : d->ffn;
+        for (int m = gated ? 0 : 1; m < 3; m++) {
+            const mvk_format *f = mvk_format_get(host_format(d, w, m < 2 ? 0 : 1));
+            if (!f || f->block_elems == 1)
+                continue;
+            const uint64_t nblocks = (uint64_t)F * d->hidden / f->block_elems;
+            const uint64_t bytes = nblocks * f->block_bytes;
+            const void *whole = m == 0 ? w->gate : m == 1 ? w->up : w->down;
+            const void *const *per = m == 0 ? w->gate_experts
+                                     : m == 1 ? w->up_experts
+                                              : w->down_experts;
+            for (uint32_t e = 0; e < count; e++) {
+                const void *p = whole ? (const void *)((const char *)whole + e * bytes)
+                                      : per ? per[e] : NULL;
+                uint64_t bad = 0;
+                if (p && !mvk_format_validate(f->dtype, p, nblocks, &bad)) {
+                    set_err(err, err_size,
+                            "%s.%s of expert %u: %s block %llu is not valid%s", s ? "shared"
+                            : "experts", m == 0 ? "gate" : m == 1 ? "up" : "down", e, f->name,
+                            (unsigned long long)bad,
+                            f->dtype == MOEVK_DTYPE_MXFP4 ? " (an E8M0 scale of 255 is NaN)"
+                                                          : "");
+                    return MOEVK_ERROR_INVALID_ARGUMENT;
+                }
+            }
+        }
+    }
     return MOEVK_SUCCESS;
 }
 
@@ -646,12 +736,21 @@ extern "C" moevk_status mvk_cuda_layer_create(const moevk_layer_desc *desc,
         set_err(err, err_size, "backend = %d is not a mvk_cuda_backend value", (int)backend);
         return MOEVK_ERROR_INVALID_ARGUMENT;
     }
+    if (desc->flags & MOEVK_LAYER_QUANTIZE) {
+        set_err(err, err_size,
+                "flags has MOEVK_LAYER_QUANTIZE (quantize_dtype = %s): the CUDA layer takes "
+                "weights already in their formats (the backend table quantises them first, "
+                "with mvk_layer_desc_quantized)",
+                moevk_dtype_name(desc->quantize_dtype));
+        return MOEVK_ERROR_UNSUPPORTED;
+    }
     const uint32_t sf = desc->num_shared ? (desc->shared_ffn ? desc->shared_ffn : desc->ffn) : 0;
     if (backend != MVK_CUDA_REF &&
         (desc->hidden > INT_MAX || desc->ffn > INT_MAX || sf > INT_MAX)) {
         set_err(err, err_size, "hidden/ffn beyond the int range of cuBLAS");
         return MOEVK_ERROR_LIMIT_EXCEEDED;
     }
+    CKS(check_blocks(desc, err, err_size));
     mvk_cuda_layer *L = (mvk_cuda_layer *)calloc(1, sizeof *L);
     if (!L) {
         set_err(err, err_size, "out of host memory");
@@ -679,18 +778,19 @@ extern "C" void mvk_cuda_layer_memory(const mvk_cuda_layer *L, uint64_t *weight_
 
 /* ---- one pass ------------------------------------------------------------- */
 
-/* C[n, m] (row-major, ldc) = B[n, k] . A[m, k]^T, both row-major in the
- * layer's GEMM dtype with leading dimensions lda, ldb; f32 output and
+/* C[n, m] (row-major, ldc) = B[n, k] . A[m, k]^T, both row-major in dtype
+ * dt (f32, f16 or bf16) with leading dimensions lda, ldb; f32 output and
  * accumulation. In cuBLAS's column-major terms: C^T = op(A)^T B^T, i.e.
  * transa = T (A is k x m column-major), transb = N. */
-static moevk_status gemm(mvk_cuda_layer *L, int m, int n, int k, const void *A, int lda,
-                         const void *B, int ldb, float *C, int ldc, const char *what, char *err,
-                         size_t err_size)
+static moevk_status gemm(mvk_cuda_layer *L, moevk_dtype dt, int m, int n, int k, const void *A,
+                         int lda, const void *B, int ldb, float *C, int ldc, const char *what,
+                         char *err, size_t err_size)
 {
     const float one = 1.0f, zero = 0.0f;
-    cublasStatus_t cs = L->cb.gemm_ex(L->handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A,
-                                      L->cuda_dt, lda, B, L->cuda_dt, ldb, &zero, C, CUDA_R_32F,
-                                      ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    const cudaDataType t = cuda_type(dt);
+    cublasStatus_t cs = L->cb.gemm_ex(L->handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A, t,
+                                      lda, B, t, ldb, &zero, C, CUDA_R_32F, ldc,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (cs != CUBLAS_STATUS_SUCCESS) {
         set_err(err, err_size, "cublasGemmEx (%s, m=%d n=%d k=%d) failed: %s (status %d)",
                 what, m, n, k, L->cb.status_string ? L->cb.status_string(cs) : "?", (int)cs);
@@ -703,7 +803,8 @@ static moevk_status gemm(mvk_cuda_layer *L, int m, int n, int k, const void *A, 
 static FfnWeights ffn_weights(const mvk_cuda_layer *L, const dev_ffn *f, uint32_t F)
 {
     FfnWeights w;
-    w.dt = L->store_dt;
+    w.gu = f->fmt[0];
+    w.dn = f->fmt[1];
     w.H = L->d.hidden;
     w.F = F;
     w.act = (int)L->d.activation;
@@ -731,6 +832,25 @@ static uint32_t capacity(const moevk_layer_desc *d, uint32_t T)
     return (uint32_t)c;
 }
 
+/* Expert e's matrix (`elems` elements) of a stack, of kind m (0 gate/up,
+ * 1 down), as a GEMM operand in f->gemm[m]: in place, or dequantised into
+ * L->dq, which holds it until the next call (stream order keeps the GEMM
+ * that reads it before the dequantisation that overwrites it). */
+static moevk_status gemm_matrix(mvk_cuda_layer *L, const dev_ffn *f, int m, const void *stack,
+                                uint32_t e, size_t elems, const void **out, char *err,
+                                size_t err_size)
+{
+    const WFormat &w = f->fmt[m];
+    const char *p = (const char *)stack + (size_t)e * fmt_bytes(w.dt, elems);
+    if (w.dt == f->gemm[m]) {
+        *out = p;
+        return MOEVK_SUCCESS;
+    }
+    CK(dequantize(L->stream, w.dt, w.block_elems, w.block_bytes, p, elems, f->gemm[m], L->dq));
+    *out = L->dq;
+    return MOEVK_SUCCESS;
+}
+
 /* The cuBLAS expert GEMMs of one stack over per-expert row ranges given on
  * the host (h_off, count+1 entries; NULL = one range 0..dense_rows of
  * expert `dense_expert`). which: 0 = gate/up (B = xq -> hbuf/ubuf),
@@ -741,10 +861,12 @@ static moevk_status expert_gemms(mvk_cuda_layer *L, const dev_ffn *f, uint32_t F
                                  size_t err_size)
 {
     const int H = (int)L->d.hidden;
-    const size_t gsz = dt_size(L->store_dt);
-    const size_t mat = (size_t)F * H * gsz; /* bytes of one expert's matrix */
+    const moevk_dtype gdt = f->gemm[which];
+    const size_t gsz = dt_size(gdt);
+    const size_t elems = (size_t)F * H; /* of one expert's matrix */
     const bool gated = moevk_activation_is_gated(L->d.activation) != 0;
     uint32_t e0 = h_off ? 0 : dense_expert, e1 = h_off ? count : dense_expert + 1;
+    const void *A = NULL;
     for (uint32_t e = e0; e < e1; e++) {
         uint32_t r0 = h_off ? h_off[e] : 0;
         uint32_t n = h_off ? h_off[e + 1] - h_off[e] : dense_rows;
@@ -752,15 +874,19 @@ static moevk_status expert_gemms(mvk_cuda_layer *L, const dev_ffn *f, uint32_t F
             continue;
         if (which == 0) {
             const char *xb = (const char *)L->xq + (size_t)r0 * H * gsz;
-            if (gated)
-                CKS(gemm(L, (int)F, (int)n, H, (const char *)f->gate + e * mat, H, xb, H,
-                         L->hbuf + (size_t)r0 * F, (int)F, "gate", err, err_size));
-            CKS(gemm(L, (int)F, (int)n, H, (const char *)f->up + e * mat, H, xb, H,
-                     L->ubuf + (size_t)r0 * F, (int)F, "up", err, err_size));
+            if (gated) {
+                CKS(gemm_matrix(L, f, 0, f->gate, e, elems, &A, err, err_size));
+                CKS(gemm(L, gdt, (int)F, (int)n, H, A, H, xb, H, L->hbuf + (size_t)r0 * F,
+                         (int)F, "gate", err, err_size));
+            }
+            CKS(gemm_matrix(L, f, 0, f->up, e, elems, &A, err, err_size));
+            CKS(gemm(L, gdt, (int)F, (int)n, H, A, H, xb, H, L->ubuf + (size_t)r0 * F, (int)F,
+                     "up", err, err_size));
         } else {
             const char *hb = (const char *)L->hq + (size_t)r0 * F * gsz;
-            CKS(gemm(L, H, (int)n, (int)F, (const char *)f->down + e * mat, (int)F, hb, (int)F,
-                     out + (size_t)r0 * H, H, "down", err, err_size));
+            CKS(gemm_matrix(L, f, 1, f->down, e, elems, &A, err, err_size));
+            CKS(gemm(L, gdt, H, (int)n, (int)F, A, (int)F, hb, (int)F, out + (size_t)r0 * H, H,
+                     "down", err, err_size));
         }
     }
     return MOEVK_SUCCESS;
@@ -822,9 +948,9 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
         CK(ffn_down(s, exw, routed, L->hbuf, L->obuf, 0, NULL, 0, 0));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_DOWN + 1], s));
     } else {
-        CK(gather_convert(s, L->store_dt, routed, L->x, H, L->xq));
+        CK(gather_convert(s, L->ex.gemm[0], routed, L->x, H, L->xq));
         CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 0, NULL, err, err_size));
-        CK(activate(s, exw, routed, L->hbuf, L->ubuf, L->hq));
+        CK(activate(s, L->ex.gemm[1], exw, routed, L->hbuf, L->ubuf, L->hq));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_UP + 1], s));
         CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 1, L->obuf, err, err_size));
         if (L->ex.bd)
@@ -837,11 +963,11 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
         const float *gl = L->sgate_w ? L->sg_logits : NULL;
         if (L->cublas) {
             Rows dense = {NULL, NULL, NULL, T, 0};
-            CK(gather_convert(s, L->store_dt, dense, L->x, H, L->xq));
+            CK(gather_convert(s, L->sh.gemm[0], dense, L->x, H, L->xq));
             for (uint32_t i = 0; i < NS; i++) {
                 dense.fixed_expert = i;
                 CKS(expert_gemms(L, &L->sh, Fs, NULL, NS, T, i, 0, NULL, err, err_size));
-                CK(activate(s, shw, dense, L->hbuf, L->ubuf, L->hq));
+                CK(activate(s, L->sh.gemm[1], shw, dense, L->hbuf, L->ubuf, L->hq));
                 CKS(expert_gemms(L, &L->sh, Fs, NULL, NS, T, i, 1, L->sh_o, err, err_size));
                 CK(shared_accumulate(s, L->sh_o, L->sh.bd ? L->sh.bd + (size_t)i * H : NULL, T,
                                      H, i == 0, gl, NS, i, L->sh_acc));

@@ -6,10 +6,24 @@
  * (src/backend/backend.h: "cuda-ref", "cuda-cublas", "cuda-cublas-f32"),
  * through which the tool and the tests use them.
  *
+ * Expert weights (routed and shared) may be in any weight format of the
+ * table (src/formats.h): f32, f16, bf16 or a ggml block format (Q8_0 ..
+ * Q6_K, IQ4_NL, IQ4_XS, MXFP4). Block formats are uploaded packed, as
+ * given; they are decoded by the formulas of the C reference
+ * (src/format_decode.h), bit for bit the reference's dequantised values.
+ * Router and shared-gate weights are f32, f16 or bf16. Each kind of
+ * expert matrix has its own format with MOEVK_LAYER_MATRIX_DTYPES (gate/up
+ * and down rows of the routed and of the shared experts; weight_dtype for
+ * all four otherwise). Quantising at create (MOEVK_LAYER_QUANTIZE) is done
+ * by the backend table's entries (cuda_backend.c), on the host as the
+ * reference does; mvk_cuda_layer_create itself refuses it.
+ *
  * Backends:
  *  - MVK_CUDA_REF: every stage as simple CUDA kernels in f32 (one thread per
  *    output element, loops in a fixed order, no atomics): deterministic,
- *    written for evident correctness, not speed.
+ *    written for evident correctness, not speed. Block-format weights are
+ *    decoded in registers where the expert kernels read them: no
+ *    dequantised copy.
  *  - MVK_CUDA_CUBLAS: routing, permutation, combine and statistics as in
  *    MVK_CUDA_REF; the expert (and shared-expert) GEMMs by cuBLAS with
  *    inputs in the weight dtype and f32 accumulation (CUBLAS_COMPUTE_32F).
@@ -17,9 +31,15 @@
  *    activation) are rounded to that dtype, as a bf16/f16 model does, so the
  *    result is NOT within the contract tolerance of docs/semantics.md (which
  *    assumes f32 activations): expect a relative error of a few 2^-11 (f16)
- *    or 2^-8 (bf16). This is the realistic vendor baseline.
+ *    or 2^-8 (bf16). This is the realistic vendor baseline. Block formats
+ *    run their GEMMs in f16, as llama.cpp's cuBLAS path does: each expert
+ *    matrix is dequantised to f16, one at a time, into a scratch of one
+ *    matrix (ffn or shared_ffn x hidden), right before its GEMM (values
+ *    beyond the f16 range become infinite, as there); the activations are
+ *    rounded to f16 as for f16 weights.
  *  - MVK_CUDA_CUBLAS_F32: the same cuBLAS pipeline on f32 inputs (16-bit
- *    weights widened to f32 once at create; no TF32): within the contract
+ *    weights widened to f32 once at create; block formats dequantised to
+ *    f32 one matrix at a time as above; no TF32): within the contract
  *    tolerance; checks the pipeline rather than the rounding.
  * cuBLAS is loaded at run time (dlopen of libcublas.so.13/.12/.so), never
  * linked: without it the cuBLAS backends return MOEVK_ERROR_UNSUPPORTED.
@@ -62,10 +82,13 @@ const char *mvk_cuda_backend_name(mvk_cuda_backend backend);
  * driver 13.0"). 0 otherwise, msg getting the reason. */
 int mvk_cuda_device_available(char *msg, size_t msg_size);
 
-/* Validate desc (moevk_layer_desc_validate), check the device (and cuBLAS
- * for the cuBLAS backends), and upload every weight to device memory. The
- * desc's host arrays are read only during the call. *out is set to NULL on
- * failure. */
+/* Validate desc (moevk_layer_desc_validate: rows of the expert matrices
+ * must be whole blocks of their formats; MOEVK_LAYER_QUANTIZE is refused
+ * with MOEVK_ERROR_UNSUPPORTED) and the weight blocks (an
+ * MXFP4 block with an E8M0 scale of 255 is refused, naming the matrix,
+ * expert and block), then check the device (and cuBLAS for the cuBLAS
+ * backends), and upload every weight to device memory. The desc's host
+ * arrays are read only during the call. *out is set to NULL on failure. */
 moevk_status mvk_cuda_layer_create(const moevk_layer_desc *desc, mvk_cuda_backend backend,
                                    mvk_cuda_layer **out, char *err, size_t err_size);
 /* NULL is a no-op. */

@@ -355,6 +355,18 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         }
     }
 
+    /* a block format forced for every matrix (weight_dtype): the random
+     * sizes made whole blocks of it (a forced size must be one already) */
+    const uint32_t bw = moevk_dtype_block_elems(d->weight_dtype);
+    if (!blocks && bw > 1) {
+        if (!lim.hidden)
+            H = H < bw ? bw : H / bw * bw;
+        if (!lim.ffn)
+            F = F < bw ? bw : F / bw * bw;
+        if (shared_ffn)
+            shared_ffn = shared_ffn < bw ? bw : shared_ffn / bw * bw;
+    }
+
     c->T = T;
     c->scenarios = sc;
     d->hidden = H;

@@ -10,21 +10,48 @@
 #include <string.h>
 
 #include "harness/harness.h"
+#include "quantize.h"
 #include "ref/ref.h"
+
+/* The formats of d's expert matrices on the device: gate/up and down of
+ * the routed experts, then of the shared ones (when there are any);
+ * quantising at create gives quantize_dtype or its fallback per kind of
+ * row. Returns how many were written (2 or 4). */
+static int device_formats(const moevk_layer_desc *d, moevk_dtype out[4])
+{
+    const bool per = (d->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
+    const uint32_t fs = d->shared_ffn ? d->shared_ffn : d->ffn;
+    const int n = d->num_shared ? 4 : 2;
+    for (int i = 0; i < n; i++) {
+        const moevk_expert_weights *w = i < 2 ? &d->experts : &d->shared;
+        out[i] = !per ? d->weight_dtype : i % 2 ? w->down_dtype : w->gate_up_dtype;
+        if (d->flags & MOEVK_LAYER_QUANTIZE)
+            out[i] = mvk_quantize_fallback(d->quantize_dtype,
+                                           i % 2 ? (i < 2 ? d->ffn : fs) : d->hidden);
+    }
+    return n;
+}
 
 double mvkc_y_tolerance(const moevk_layer_desc *d, uint32_t flags)
 {
-    /* block formats: the reference runs on the same dequantised weights,
-     * and the activations stay f32 */
-    const bool blocks = (d->flags & MOEVK_LAYER_MATRIX_DTYPES) &&
-                        (moevk_dtype_block_elems(d->experts.gate_up_dtype) > 1 ||
-                         moevk_dtype_block_elems(d->experts.down_dtype) > 1);
-    if (d->weight_dtype == MOEVK_DTYPE_F32 || (blocks && !(flags & MVK_BACKEND_ROUNDS_ACTIVATIONS)))
+    /* f32 and block formats: the reference runs on the same values (block
+     * formats dequantised by the same decoders), so only fp32 against
+     * double accumulation remains. f16/bf16: room for paths that round
+     * activations to 16 bits. A backend that rounds activations to its
+     * GEMM dtype (bf16, or f16, which it uses for f16 and block formats):
+     * 4 units of the coarsest such rounding. */
+    moevk_dtype f[4];
+    bool bf16 = false, f16 = false, blocks = false;
+    for (int i = 0, n = device_formats(d, f); i < n; i++) {
+        bf16 |= f[i] == MOEVK_DTYPE_BF16;
+        f16 |= f[i] == MOEVK_DTYPE_F16;
+        blocks |= moevk_dtype_block_elems(f[i]) > 1;
+    }
+    if (!bf16 && !f16 && (!blocks || !(flags & MVK_BACKEND_ROUNDS_ACTIVATIONS)))
         return 1e-5;
     if (!(flags & MVK_BACKEND_ROUNDS_ACTIVATIONS))
         return 1e-4;
-    /* activations rounded to the weight dtype: 4 units of its rounding */
-    return d->weight_dtype == MOEVK_DTYPE_F16 ? 4.0 / 2048.0 : 4.0 / 256.0;
+    return bf16 ? 4.0 / 256.0 : 4.0 / 2048.0;
 }
 
 static double sigmoid(double v)

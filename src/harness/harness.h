@@ -15,14 +15,19 @@
  * Comparison policy (mvkc_compare; docs/semantics.md "Tolerances", made
  * precise):
  *  - The reference runs on the very same rounded f16/bf16 weights as the
- *    backend, so differences come only from fp32 (backend) versus double
- *    (reference) accumulation. y must be within a relative L2 error of 1e-5
- *    for f32 weights and 1e-4 for f16/bf16 weights (looser than f32 only to
- *    leave room for GPU paths that round activations to 16 bits, e.g. matrix
- *    units), over the tokens that are neither near-tied nor non-finite.
- *    A backend flagged MVK_BACKEND_ROUNDS_ACTIVATIONS (cuBLAS in the weight
- *    dtype) gets 4 units of that dtype's rounding instead (4 * 2^-11 f16,
- *    4 * 2^-8 bf16). Each such token's own error must also stay below 100x
+ *    backend (block formats: the same blocks, dequantised by the same
+ *    decoders, src/format_decode.h), so differences come only from fp32
+ *    (backend) versus double (reference) accumulation. y must be within a
+ *    relative L2 error of 1e-5 when every expert matrix is f32 or a block
+ *    format, and 1e-4 when one is f16/bf16 (looser only to leave room for
+ *    GPU paths that round activations to 16 bits, e.g. matrix units), over
+ *    the tokens that are neither near-tied nor non-finite. The formats are
+ *    those on the device: per matrix (MOEVK_LAYER_MATRIX_DTYPES), after
+ *    quantising at create (MOEVK_LAYER_QUANTIZE). A backend flagged
+ *    MVK_BACKEND_ROUNDS_ACTIVATIONS (cuBLAS in the weight dtype, f16 for
+ *    block formats) gets 4 units of its coarsest rounding instead (4 * 2^-8
+ *    with a bf16 matrix, else 4 * 2^-11 with an f16 or block-format one).
+ *    Each such token's own error must also stay below 100x
  *    the tolerance relative to (its norm + the average token norm), so that
  *    one wrong token cannot hide in the norm of a thousand right ones.
  *  - Tokens whose y holds a NaN or Inf must be exactly the reference's
@@ -88,7 +93,9 @@ typedef struct mvkc_limits {
     uint32_t max_tokens, max_experts;
     /* Forced sizes (0 = random). top_k may be MVKC_K_ALL. */
     uint32_t tokens, hidden, ffn, experts, top_k;
-    /* Forced enums, MVKC_PICK(value) (0 = random). */
+    /* Forced enums, MVKC_PICK(value) (0 = random). A weight_dtype of a
+     * block format makes the random hidden, ffn and shared_ffn whole
+     * blocks of it (forced ones must be). */
     uint32_t routing, activation, weight_dtype, router_dtype;
     /* 0 = random; < 0 = dropless; > 0 = this capacity factor. */
     float capacity_factor;

@@ -4,9 +4,12 @@
  * load of one element of any weight format (src/formats.h) to double.
  *
  * The conversions work on bit patterns (memcpy for the type pun) so they do
- * not depend on the compiler's _Float16 support or the FPU rounding mode.
+ * not depend on the compiler's _Float16 support or the FPU rounding mode;
+ * the widening ones are those of format_decode.h, which the decoders and
+ * the CUDA kernels share.
  */
 #include "ref.h"
+#include "format_decode.h"
 #include "formats.h"
 
 #include <math.h>
@@ -19,27 +22,9 @@ static uint32_t float_bits(float f)
     return u;
 }
 
-static float bits_float(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 float moevk_half_to_float(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t mant = h & 0x3ffu;
-
-    if (exp == 0) {
-        /* zero or subnormal: mant * 2^-24, exact in float */
-        float mag = ldexpf((float)mant, -24);
-        return sign ? -mag : mag;
-    }
-    if (exp == 31) /* infinity, or NaN with its payload kept */
-        return bits_float(sign | 0x7f800000u | (mant << 13));
-    return bits_float(sign | ((exp - 15 + 127) << 23) | (mant << 13));
+    return mvk_dq_half(h); /* exact: zero, subnormals, inf and NaN payloads too */
 }
 
 /* Shift `m` right by `shift` (1..31) bits, rounding to nearest, ties to even. */
@@ -91,7 +76,7 @@ uint16_t moevk_float_to_half(float f)
 
 float moevk_bf16_to_float(uint16_t b)
 {
-    return bits_float((uint32_t)b << 16);
+    return mvk_dq_bfloat(b);
 }
 
 uint16_t moevk_float_to_bf16(float f)
