@@ -800,7 +800,8 @@ moevk_status mvk_gguf_assemble(mvk_gguf_file *files, uint32_t n, mvk_gguf *m, ch
     for (uint32_t i = 0; i < n; i++)
         for (size_t t = 0; t < files[i].ntensors; t++)
             m->tensors[m->ntensors++] = &files[i].tensors[t];
-    qsort(m->tensors, m->ntensors, sizeof(*m->tensors), cmp_tptr);
+    if (m->ntensors > 1)
+        qsort(m->tensors, m->ntensors, sizeof(*m->tensors), cmp_tptr);
     for (size_t i = 1; i < m->ntensors; i++)
         if (!strcmp(m->tensors[i]->name, m->tensors[i - 1]->name)) {
             mvk_errf(err, errsz, "tensor '%s' is in both %s and %s", m->tensors[i]->name,
