@@ -32,8 +32,8 @@ static const cli_command commands[] = {
      "run the router stage (logits + scores) on random input\n"
      "                       and compare it with the CPU reference",
      cli_router},
-    {"run", "--model DIR --layer N --input X --output Y\n"
-            "                       run one MoE layer of a Hugging Face checkpoint",
+    {"run", "--model DIR|FILE.gguf --layer N --input X --output Y\n"
+            "                       run one MoE layer of a Hugging Face checkpoint or a GGUF file",
      NULL, cli_run},
 };
 
