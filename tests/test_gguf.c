@@ -690,6 +690,43 @@ Test(gguf, run_refuses_bad_use)
     rm_tmp();
 }
 
+/* A block-format weight with an infinite scale is found by the load-time
+ * scan (decoded, not read as f16 elements) and named. */
+Test(gguf, non_finite_block_weights_are_named)
+{
+    make_tmp();
+    char path[512], xpath[512], args[2048], out[16384];
+    snprintf(path, sizeof path, "%s/inf.gguf", tmp);
+    snprintf(xpath, sizeof xpath, "%s/x.safetensors", tmp);
+    write_block(path, "qwen3moe", Q8_0, Q8_0, Q8_0, NULL);
+    /* blk.0.ffn_up_exps.weight, expert 2, row 0, block 0: scale +Inf */
+    mvk_gguf_file f;
+    char err[512];
+    cr_assert_eq(mvk_gguf_open_file(path, &f, err, sizeof err), 0, "%s", err);
+    const mvk_gguf_tensor *up = mvk_gguf_file_find(&f, "blk.0.ffn_up_exps.weight");
+    cr_assert_not_null(up);
+    const long at = (long)(up->data - f.bytes) + 2L * 32 * (256 / 32 * 34);
+    mvk_gguf_close_file(&f);
+    FILE *fp = fopen(path, "r+b");
+    cr_assert_not_null(fp);
+    cr_assert_eq(fseek(fp, at, SEEK_SET), 0);
+    cr_assert_eq(fwrite("\x00\x7c", 1, 2, fp), 2);
+    cr_assert_eq(fclose(fp), 0);
+    float x[2 * 256];
+    for (int i = 0; i < 2 * 256; i++)
+        x[i] = (float)((i % 13) - 6) * 0.05f;
+    mvk_st_out xo = {.name = "x", .dtype = "F32", .ndim = 2, .shape = {2, 256}, .data = x};
+    cr_assert_eq(mvk_st_write(xpath, &xo, 1, err, sizeof err), 0, "%s", err);
+    snprintf(args, sizeof args, "run --model '%s' --layer 0 --input '%s' --backend cpu", path,
+             xpath);
+    int rc = run_tool(out, sizeof out, args);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "the weights hold 32 non-finite values (NaN or Inf), the first in the "
+                          "up matrix of expert 2"),
+              "%s", out);
+    rm_tmp();
+}
+
 Test(gguf, info_lists_the_moe_layers)
 {
     const char *dir = fixtures();
