@@ -4,8 +4,12 @@
 usage: python3 fuzz/make_seeds.py OUTDIR
 writes OUTDIR/safetensors/*.safetensors (tiny MoE blocks in every layout the
 loader reads, shaped for the configs in fuzz_safetensors.c) and
-OUTDIR/config/*.json (a config.json per architecture, an index file).
+OUTDIR/config/*.json (a config.json per architecture, an index file) and
+OUTDIR/gguf/*.gguf (the GGUF fixtures of tests/gguf: a MoE block per
+architecture and block format, each under 64 KiB).
 """
+import glob
+import shutil
 import json
 import os
 import struct
@@ -163,6 +167,10 @@ def main():
     for name, cfg in CONFIGS.items():
         with open(f"{out}/config/{name}.json", "w") as f:
             json.dump(cfg, f)
+    os.makedirs(f"{out}/gguf", exist_ok=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in sorted(glob.glob(os.path.join(here, "..", "tests", "gguf", "*.gguf"))):
+        shutil.copy(path, f"{out}/gguf/")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,84 @@
 /*
- * moevk info: every Vulkan device and the capabilities moevk records.
+ * moevk info: every Vulkan device and the capabilities moevk records; with
+ * --model FILE.gguf, the MoE layers of a GGUF model instead.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "model/gguf.h"
+#include "model/gguf_layer.h"
+#include "model/model_util.h"
 #include "util/tool.h"
+
+/* Device bytes of a layer's weights: experts (per-matrix formats), router,
+ * shared-expert gate, biases. */
+static double layer_weight_bytes(const moevk_layer_desc *d)
+{
+    const double E = d->num_experts, H = d->hidden, F = d->ffn;
+    double b = mvk_desc_expert_bytes(d) + E * H * (double)moevk_dtype_size(d->router_dtype);
+    b += d->shared_gate ? d->num_shared * H * (double)moevk_dtype_size(d->router_dtype) : 0;
+    b += d->router_bias ? 4 * E : 0;
+    b += d->correction_bias ? 4 * E : 0;
+    b += d->experts.gate_bias ? 4 * E * F : 0;
+    b += d->experts.up_bias ? 4 * E * F : 0;
+    b += d->experts.down_bias ? 4 * E * H : 0;
+    return b;
+}
+
+/* The MoE layers of a GGUF model: each layer's block or why it has none. */
+static int info_gguf(const char *path)
+{
+    mvk_gguf m;
+    char err[1024], esc[1024];
+    if (mvk_gguf_open(path, &m, err, sizeof err)) {
+        fprintf(stderr, "moevk info: %s\n", err);
+        return 1;
+    }
+    const mvk_gguf_arch *arch;
+    uint32_t blocks = 0;
+    if (mvk_gguf_model_arch(&m, &arch, &blocks, err, sizeof err)) {
+        fprintf(stderr, "moevk info: %s\n", err);
+        mvk_gguf_free(&m);
+        return 1;
+    }
+    if (!blocks) /* no block_count: the highest blk.N. among the tensors */
+        for (size_t i = 0; i < m.ntensors; i++) {
+            unsigned long n;
+            if (sscanf(m.tensors[i]->name, "blk.%lu.", &n) == 1 && n < UINT32_MAX &&
+                n + 1 > blocks)
+                blocks = (uint32_t)n + 1;
+        }
+    printf("%s: GGUF v%u, %u file%s, %zu tensors, general.architecture %s (%s), %u layers\n",
+           mvk_esc(path, esc, sizeof esc), m.files[0].version, m.nfiles,
+           m.nfiles == 1 ? "" : "s", m.ntensors, arch->name, arch->models, blocks);
+    double total = 0;
+    uint32_t moe = 0;
+    for (uint32_t l = 0; l < blocks; l++) {
+        mvk_model_layer L;
+        mvk_gguf_layer_info gi;
+        if (mvk_gguf_layer_build(&m, l, &L, &gi, err, sizeof err)) {
+            printf("layer %-3u dense or not runnable: %s\n", l, err);
+            continue;
+        }
+        const moevk_layer_desc *d = &L.desc;
+        char fm[200];
+        const double bytes = layer_weight_bytes(d);
+        printf("layer %-3u MoE  H=%u F=%u E=%u k=%u%s, %s, %.2f MiB on the device "
+               "(%.2f MiB in the file)\n",
+               l, d->hidden, d->ffn, d->num_experts, d->top_k,
+               d->num_shared ? ", shared expert" : "", mvk_desc_formats(d, fm, sizeof fm),
+               bytes / 1048576.0, gi.file_bytes / 1048576.0);
+        total += bytes;
+        moe++;
+        mvk_model_layer_free(&L);
+    }
+    printf("total    %u MoE layer%s, %.2f MiB of MoE weights on the device\n", moe,
+           moe == 1 ? "" : "s", total / 1048576.0);
+    mvk_gguf_free(&m);
+    return 0;
+}
 
 static const char *type_name(uint32_t t)
 {
@@ -69,9 +142,13 @@ int cli_info(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help")) {
-            printf("usage: moevk info\n  Lists every Vulkan device with its capabilities.\n");
+            printf("usage: moevk info [--model FILE.gguf]\n  Lists every Vulkan device with its "
+                   "capabilities; with --model, the MoE layers\n  of a GGUF model (formats, "
+                   "device bytes per layer).\n");
             return 0;
         }
+        if (!strcmp(argv[i], "--model") && i + 1 < argc && argc == 3)
+            return info_gguf(argv[i + 1]);
         fprintf(stderr, "moevk info: unknown option '%s'\n", argv[i]);
         return 2;
     }

@@ -1,6 +1,6 @@
 /*
  * moevk run: one MoE layer of a Hugging Face checkpoint (config.json +
- * safetensors) applied to an input tensor from a safetensors file, on any
+ * safetensors) or of a GGUF file (llama.cpp's; model/gguf_layer.h) applied to an input tensor from a safetensors file, on any
  * backend of the table (src/backend/backend.h): the Vulkan device, the CPU
  * reference, CUDA (when built).
  */
@@ -15,6 +15,8 @@
 #include "cli.h"
 #include "harness/harness.h"
 #include "layer.h"
+#include "model/gguf.h"
+#include "model/gguf_layer.h"
 #include "model/hf_config.h"
 #include "model/model_layer.h"
 #include "model/model_util.h"
@@ -24,8 +26,9 @@
 
 static void usage(FILE *f)
 {
+    char archs[256];
     fprintf(f,
-            "usage: moevk run --model DIR --layer N [--decoder]\n"
+            "usage: moevk run --model DIR|FILE.gguf --layer N [--decoder]\n"
             "                 --input X.safetensors [--output Y.safetensors] [--stats S.json]\n"
             "                 [--backend BACKEND] [--device D] [--validate] [--check]\n"
             "       moevk run --config CONFIG.json --weights FILE.safetensors [--weights ...]\n"
@@ -35,6 +38,8 @@ static void usage(FILE *f)
             "  --config/--weights the block's tensors are named P followed by the usual\n"
             "  suffixes (gate.weight, experts.0.w1.weight, ...). model_type: mixtral,\n"
             "  qwen2_moe, qwen3_moe, deepseek_v3, olmoe, gpt_oss, switch_transformers.\n"
+            "  A GGUF file (or the first of its NAME-00001-of-0000K.gguf splits) runs\n"
+            "  its block blk.N as llama.cpp computes it; general.architecture: %s.\n"
             "  --input    tensor 'x', [T, H] or [B, S, H], f32/f16/bf16\n"
             "  --output   tensor 'y', the same shape, f32\n"
             "  --stats    routing statistics as JSON\n"
@@ -51,7 +56,7 @@ static void usage(FILE *f)
             "  --backend  where it runs (default vulkan; cpu: the double-precision\n"
             "             reference; cuda: cuda-ref): %s\n"
             "  --cuda-impl ref|cublas|cublas-f32  with --backend cuda: cuda-IMPL\n",
-            mvk_backend_list(", ").s);
+            mvk_gguf_arch_list(archs, sizeof archs), mvk_backend_list(", ").s);
 }
 
 typedef struct run_opts {
@@ -213,12 +218,19 @@ static void dropped_passthrough(const moevk_layer_desc *d, const float *x, uint3
         }
 }
 
+/* The architecture's name: config.json's model_type or GGUF's
+ * general.architecture. */
+static const char *model_name(const mvk_model_layer *ml)
+{
+    return ml->arch ? mvk_arch_name(ml->arch) : ml->arch_name ? ml->arch_name : "unknown";
+}
+
 static int write_stats(const char *path, const run_opts *opt, const mvk_model_layer *ml,
                        uint32_t T, uint32_t passes, const run_out *o)
 {
     const moevk_layer_desc *d = &ml->desc;
     cJSON *j = cJSON_CreateObject();
-    if (!j || !cJSON_AddStringToObject(j, "model_type", mvk_arch_name(ml->arch)))
+    if (!j || !cJSON_AddStringToObject(j, "model_type", model_name(ml)))
         goto oom;
     cJSON_AddStringToObject(j, "prefix", ml->prefix);
     cJSON_AddStringToObject(j, "backend", opt->backend);
@@ -460,8 +472,14 @@ static int parse_opts(int argc, char **argv, run_opts *o)
 /* Which input of the run the file `id` is, with its path in buf; NULL if
  * none. */
 static const char *input_named(const mvk_file_id *id, const run_opts *o, const char *cfg_path,
-                               const mvk_st_set *set, char *buf, size_t bufsz)
+                               const mvk_st_set *set, const mvk_gguf *gg, char *buf,
+                               size_t bufsz)
 {
+    for (uint32_t i = 0; i < gg->nfiles; i++)
+        if (mvk_file_is(gg->files[i].path, id)) {
+            snprintf(buf, bufsz, "%s", gg->files[i].path);
+            return "the GGUF model's";
+        }
     if (mvk_file_is(o->input, id)) {
         snprintf(buf, bufsz, "%s", o->input);
         return "the input x";
@@ -481,7 +499,7 @@ static const char *input_named(const mvk_file_id *id, const run_opts *o, const c
  * overwritten. Nor may they name one file. Checked before anything is
  * written. */
 static int outputs_are_not_inputs(const run_opts *o, const char *cfg_path, const mvk_st_set *set,
-                                  char *err, size_t errsz)
+                                  const mvk_gguf *gg, char *err, size_t errsz)
 {
     const char *opt[2] = {"--output", "--stats"}, *path[2] = {o->output, o->stats};
     for (int i = 0; i < 2; i++) {
@@ -489,7 +507,7 @@ static int outputs_are_not_inputs(const run_opts *o, const char *cfg_path, const
         char in[1024];
         if (!path[i] || mvk_file_id_of(path[i], &id))
             continue; /* not there yet: a new file */
-        const char *what = input_named(&id, o, cfg_path, set, in, sizeof in);
+        const char *what = input_named(&id, o, cfg_path, set, gg, in, sizeof in);
         if (what)
             return mvk_errf(err, errsz,
                             "%s %s is the same file as %s %s: moevk run does not overwrite "
@@ -568,6 +586,34 @@ int cli_run(int argc, char **argv)
     float *x = NULL;
     run_out out;
     memset(&out, 0, sizeof out);
+    mvk_gguf gg;
+    memset(&gg, 0, sizeof gg);
+    mvk_gguf_layer_info ginfo;
+    memset(&ginfo, 0, sizeof ginfo);
+    const char *act_name = "";
+
+    if (opt.model && mvk_gguf_is_gguf(opt.model)) {
+        /* a GGUF file: blk.N of it */
+        const char *why = opt.prefix    ? "--prefix is not for a GGUF file: give --layer N"
+                          : opt.decoder ? "--decoder is not for a GGUF file"
+                          : opt.layer < 0 ? "a GGUF --model needs --layer N"
+                                          : NULL;
+        if (why) {
+            fprintf(stderr, "moevk run: %s\n", why);
+            return 2;
+        }
+        if (mvk_gguf_open(opt.model, &gg, err, sizeof err))
+            goto fail;
+        if (outputs_are_not_inputs(&opt, NULL, &set, &gg, err, sizeof err)) {
+            fprintf(stderr, "moevk run: %s\n", err);
+            rc = 2;
+            goto done;
+        }
+        if (mvk_gguf_layer_build(&gg, (uint32_t)opt.layer, &ml, &ginfo, err, sizeof err))
+            goto fail;
+        act_name = ginfo.arch->act_name;
+        goto built;
+    }
 
     cfg_path = opt.model ? mvk_strcat2(opt.model, "/config.json") : mvk_strdup(opt.config);
     if (!cfg_path || mvk_read_text(cfg_path, &text, &len, err, sizeof err) ||
@@ -597,7 +643,7 @@ int cli_run(int argc, char **argv)
             if (mvk_st_set_add_file(&set, opt.weights[i], err, sizeof err))
                 goto fail;
     }
-    if (outputs_are_not_inputs(&opt, cfg_path, &set, err, sizeof err)) {
+    if (outputs_are_not_inputs(&opt, cfg_path, &set, &gg, err, sizeof err)) {
         fprintf(stderr, "moevk run: %s\n", err);
         rc = 2;
         goto done;
@@ -605,8 +651,10 @@ int cli_run(int argc, char **argv)
     const char *pp[MVK_MAX_PREFIXES] = {prefixes[0], prefixes[1]};
     if (mvk_model_layer_build_any(&cfg, &set, pp, nprefix, &ml, err, sizeof err))
         goto fail;
+    act_name = cfg.act_name;
+built:
     if (opt.passthrough) {
-        if (!mvk_arch_has_capacity(ml.arch)) {
+        if (!ml.arch || !mvk_arch_has_capacity(ml.arch)) {
             char list[256];
             snprintf(err, sizeof err, "--dropped-passthrough is only for %s",
                      mvk_arch_list(list, sizeof list, mvk_arch_has_capacity));
@@ -646,11 +694,28 @@ int cli_run(int argc, char **argv)
     }
 
     char sb[160], esc[1024];
-    printf("model    %s, %s (%s)\n", mvk_arch_name(ml.arch),
-           mvk_esc(ml.prefix, esc, sizeof esc), ml.layout);
+    printf("model    %s, %s (%s)\n", model_name(&ml), mvk_esc(ml.prefix, esc, sizeof esc),
+           ml.layout);
+    if (gg.nfiles) {
+        printf("gguf     %s: GGUF v%u, %u file%s, layer %u of %u, %.2f MiB of the block's "
+               "tensors in the file\n",
+               mvk_esc(opt.model, esc, sizeof esc), gg.files[0].version, gg.nfiles,
+               gg.nfiles == 1 ? "" : "s", ginfo.layer, ginfo.block_count,
+               ginfo.file_bytes / 1048576.0);
+        for (const char *p = ginfo.tensors; *p;) {
+            const char *nl = strchr(p, '\n');
+            size_t n = nl ? (size_t)(nl - p) : strlen(p);
+            printf("tensor   %.*s\n", (int)n, p);
+            p += n + (nl != NULL);
+        }
+        if (ginfo.notes[0])
+            printf("convert  %s\n", ginfo.notes);
+    }
+    char wfm[200];
     printf("layer    H=%u F=%u E=%u k=%u, %s routing%s, %s, %s weights%s", H, d->ffn, E, K,
-           routing_name(d->routing), d->norm_topk_prob ? " (normalised)" : "",
-           cfg.act_name, moevk_dtype_name(d->weight_dtype),
+           routing_name(d->routing), d->norm_topk_prob ? " (normalised)" : "", act_name,
+           d->flags & MOEVK_LAYER_MATRIX_DTYPES ? mvk_desc_formats(d, wfm, sizeof wfm)
+                                                : moevk_dtype_name(d->weight_dtype),
            ml.converted ? " (mixed in the file: converted)" : "");
     if (d->num_shared)
         printf(", shared expert F=%u%s", d->shared_ffn, d->shared_gate ? " (gated)" : "");
@@ -738,6 +803,7 @@ done:
     run_out_free(&out);
     free(x);
     mvk_model_layer_free(&ml);
+    mvk_gguf_free(&gg);
     mvk_st_set_free(&set);
     mvk_hf_config_free(&cfg);
     free(text);

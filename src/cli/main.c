@@ -25,13 +25,15 @@ static const cli_command commands[] = {
      "run a real-shaped MoE layer, check it against the CPU\n"
      "                       reference and time every stage (the main job)",
      cli_demo},
-    {"info", "", "list every Vulkan device and its capabilities", cli_info},
+    {"info", "[--model FILE.gguf]",
+     "list every Vulkan device and its capabilities, or the MoE layers of a GGUF model",
+     cli_info},
     {"router", "[options]",
      "run the router stage (logits + scores) on random input\n"
      "                       and compare it with the CPU reference",
      cli_router},
-    {"run", "--model DIR --layer N --input X --output Y\n"
-            "                       run one MoE layer of a Hugging Face checkpoint",
+    {"run", "--model DIR|FILE.gguf --layer N --input X --output Y\n"
+            "                       run one MoE layer of a Hugging Face checkpoint or a GGUF file",
      NULL, cli_run},
 };
 

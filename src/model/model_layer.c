@@ -903,21 +903,48 @@ static void nf_count(nf_walk *w, const void *p, int dtype, size_t n, const char 
     w->total += c;
 }
 
-/* count experts of rows x H matrices (gate, up: [F, H]; down: [H, F]) and
- * their f32 biases, contiguous or per-expert. */
-static void nf_experts(nf_walk *w, const moevk_expert_weights *ew, uint32_t count, size_t F,
-                       size_t H, int dt, const char *kind)
+/* NaN and +-Inf among n elements of any weight format (a block format is
+ * decoded, a chunk at a time). */
+static uint64_t count_nonfinite_any(const void *p, int dtype, uint64_t n)
 {
-    const size_t fh = F * H, mb = (size_t)moevk_dtype_row_bytes((moevk_dtype)dt, fh);
+    if (moevk_dtype_block_elems((moevk_dtype)dtype) <= 1)
+        return mvk_model_count_nonfinite(p, dtype, (size_t)n);
+    float buf[4096]; /* a whole number of blocks of every format */
+    uint64_t c = 0;
+    for (uint64_t first = 0; first < n; first += 4096) {
+        const uint64_t m = n - first < 4096 ? n - first : 4096;
+        mvk_format_decode((moevk_dtype)dtype, p, first, m, buf);
+        for (uint64_t i = 0; i < m; i++)
+            c += !isfinite(buf[i]);
+    }
+    return c;
+}
+
+/* count experts of rows x H matrices (gate, up: [F, H]; down: [H, F]) and
+ * their f32 biases, contiguous or per-expert; gate/up in format gu, down in
+ * format dn. */
+static void nf_experts(nf_walk *w, const moevk_expert_weights *ew, uint32_t count, size_t F,
+                       size_t H, int gu, int dn, const char *kind)
+{
+    const size_t fh = F * H;
+    const uint64_t stride[3] = {F * moevk_dtype_row_bytes((moevk_dtype)gu, H),
+                                F * moevk_dtype_row_bytes((moevk_dtype)gu, H),
+                                H * moevk_dtype_row_bytes((moevk_dtype)dn, F)};
+    const int dt[3] = {gu, gu, dn};
     const void *const base[3] = {ew->gate, ew->up, ew->down};
     const void *const *per[3] = {ew->gate_experts, ew->up_experts, ew->down_experts};
     static const char *const names[3] = {"gate matrix", "up matrix", "down matrix"};
     for (uint32_t e = 0; e < count; e++) {
         for (int i = 0; i < 3; i++) {
             const void *m = per[i]  ? per[i][e]
-                            : base[i] ? (const uint8_t *)base[i] + (size_t)e * mb
+                            : base[i] ? (const uint8_t *)base[i] + (size_t)e * stride[i]
                                       : NULL;
-            nf_count(w, m, dt, fh, names[i], kind, e);
+            if (!m || !fh)
+                continue;
+            uint64_t c = count_nonfinite_any(m, dt[i], fh);
+            if (c && !w->total && w->first && w->firstsz)
+                snprintf(w->first, w->firstsz, "the %s of %s %u", names[i], kind, e);
+            w->total += c;
         }
         nf_count(w, ew->gate_bias ? ew->gate_bias + e * F : NULL, MOEVK_DTYPE_F32, F,
                  "gate bias", kind, e);
@@ -938,9 +965,14 @@ uint64_t mvk_model_layer_nonfinite(const mvk_model_layer *L, char *first, size_t
     nf_count(&w, d->router_weight, d->router_dtype, E * H, "router", NULL, -1);
     nf_count(&w, d->router_bias, MOEVK_DTYPE_F32, E, "router bias", NULL, -1);
     nf_count(&w, d->correction_bias, MOEVK_DTYPE_F32, E, "score correction bias", NULL, -1);
-    nf_experts(&w, &d->experts, d->num_experts, d->ffn, H, d->weight_dtype, "expert");
+    /* per-matrix formats (MOEVK_LAYER_MATRIX_DTYPES), else weight_dtype */
+    const int md = (d->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
+    nf_experts(&w, &d->experts, d->num_experts, d->ffn, H,
+               md ? d->experts.gate_up_dtype : d->weight_dtype,
+               md ? d->experts.down_dtype : d->weight_dtype, "expert");
     nf_experts(&w, &d->shared, d->num_shared, d->shared_ffn ? d->shared_ffn : d->ffn, H,
-               d->weight_dtype, "shared expert");
+               md ? d->shared.gate_up_dtype : d->weight_dtype,
+               md ? d->shared.down_dtype : d->weight_dtype, "shared expert");
     nf_count(&w, d->shared_gate, d->router_dtype, (size_t)d->num_shared * H, "shared-expert gate",
              NULL, -1);
     return w.total;

@@ -41,7 +41,8 @@
 
 typedef struct mvk_model_layer {
     moevk_layer_desc desc;      /* capacity_factor is left 0: see below   */
-    const mvk_arch *arch;
+    const mvk_arch *arch;       /* NULL for a GGUF block (gguf_layer.h)  */
+    const char *arch_name;      /* GGUF: general.architecture            */
     char prefix[MVK_PREFIX_LEN];
     const char *layout;         /* a description of the layout found     */
     int converted;              /* expert weights converted to f32       */
