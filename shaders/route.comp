@@ -13,6 +13,7 @@
 // Also writes per-token softmax statistics {max, sum, entropy} over all E
 // logits for the statistics stage.
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #define MVK_KERNEL_ROUTE
 #include "interface.h"
 #include "common.glsl"
@@ -73,7 +74,7 @@ void argmax(uint n, bool group)
     red_v[lid] = bv;
     red_i[lid] = bi;
     barrier();
-    for (uint s = WG / 2; s > 0; s >>= 1) {
+    [[dont_unroll]] for (uint s = WG / 2; s > 0; s >>= 1) {
         if (lid < s) {
             uint oi = red_i[lid + s];
             if (oi != NONE &&
@@ -91,7 +92,7 @@ float wg_reduce(float v, bool is_max)
     const uint lid = gl_LocalInvocationID.x, WG = gl_WorkGroupSize.x;
     red_v[lid] = v;
     barrier();
-    for (uint s = WG / 2; s > 0; s >>= 1) {
+    [[dont_unroll]] for (uint s = WG / 2; s > 0; s >>= 1) {
         if (lid < s)
             red_v[lid] = is_max ? max(red_v[lid], red_v[lid + s]) : red_v[lid] + red_v[lid + s];
         barrier();
@@ -127,7 +128,7 @@ void main()
             for (uint j = 0; j < 8u; j++)
                 gs[j * WG + lid] = acc[j];
             barrier();
-            for (uint s = WG / 2; s > 0; s >>= 1) {
+            [[dont_unroll]] for (uint s = WG / 2; s > 0; s >>= 1) {
                 if (lid < s)
                     for (uint j = 0; j < 8u; j++)
                         gs[j * WG + lid] += gs[j * WG + lid + s];
