@@ -239,11 +239,10 @@ MVK_PUSH_END(mvk_permute_push)
 #define MVK_GEMM_SPEC_BN 2
 #define MVK_GEMM_SPEC_WFMT 3
 #define MVK_GEMM_SPEC_GATED 4
-#define MVK_GEMM_SPEC_ACT 5
-#define MVK_GEMM_SPEC_SCHED 6
-#define MVK_GEMM_SPEC_GATHER 7
-#define MVK_GEMM_SPEC_PERM 8 /* 1: input k of expert e reads A column perm[e * K + k] */
-#define MVK_GEMM_NSPEC 9
+#define MVK_GEMM_SPEC_SCHED 5
+#define MVK_GEMM_SPEC_GATHER 6
+#define MVK_GEMM_SPEC_PERM 7 /* 1: input k of expert e reads A column perm[e * K + k] */
+#define MVK_GEMM_NSPEC 8
 #define MVK_GEMM_BN 64u /* column tile */
 #define MVK_GEMM_TM 4u  /* rows per thread */
 #define MVK_GEMM_TN 4u  /* columns per thread */
@@ -272,11 +271,10 @@ MVK_PUSH_END(mvk_gemm_push)
 #define MVK_GEMV_SPEC_COLS 1
 #define MVK_GEMV_SPEC_WFMT 2
 #define MVK_GEMV_SPEC_GATED 3
-#define MVK_GEMV_SPEC_ACT 4
-#define MVK_GEMV_SPEC_SCHED 5
-#define MVK_GEMV_SPEC_GATHER 6
-#define MVK_GEMV_SPEC_PERM 7
-#define MVK_GEMV_NSPEC 8
+#define MVK_GEMV_SPEC_SCHED 4
+#define MVK_GEMV_SPEC_GATHER 5
+#define MVK_GEMV_SPEC_PERM 6
+#define MVK_GEMV_NSPEC 7
 #define MVK_GEMV_WG 256u
 #define MVK_GEMV_COLS 64u /* output columns per workgroup (default) */
 
