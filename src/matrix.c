@@ -26,8 +26,13 @@ uint32_t mvk_matrix_unit_kernel(const moevk_context *ctx, uint32_t w_fmt)
 {
     if (!ctx->mu_kernel || ctx->mu_state != 1)
         return MVK_K_EXPERT_GEMM;
-    /* the hardware variant multiplies f16; the emulation takes any format */
-    if (ctx->mu_kernel != MVK_K_EXPERT_GEMM_MU_EMU && w_fmt != MVK_WFMT_F16)
+    /* The hardware variant multiplies f16: it takes f16 weights and the
+     * block formats, which every variant stages the same way (decoded in
+     * registers, stored to shared memory as the fragments' type, f16
+     * here), but not f32 or bf16, whose values f16 could not hold. The
+     * emulation (f32 fragments) takes any format. */
+    if (ctx->mu_kernel != MVK_K_EXPERT_GEMM_MU_EMU && w_fmt != MVK_WFMT_F16 &&
+        w_fmt < MVK_WFMT_Q8_0)
         return MVK_K_EXPERT_GEMM;
     return ctx->mu_kernel;
 }

@@ -65,6 +65,8 @@ typedef struct mvk_backend_info {
                                arrays are read at every pass) */
     int timestamps;         /* stage times are measured (else they are 0) */
     int cpu_driver;         /* a CPU implementation of a GPU API: times are no GPU figures */
+    uint32_t flags;         /* MVK_BACKEND_* this open device adds to the backend's own
+                               (vulkan: ROUNDS_ACTIVATIONS where matrix units run f16) */
 } mvk_backend_info;
 
 /* Options of create. */

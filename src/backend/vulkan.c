@@ -70,8 +70,15 @@ static moevk_status vk_open(const mvk_backend_opts *opts, void **dev, mvk_backen
             return st;
         }
     }
+    /* Hardware matrix units multiply f16 activations (in the 64-row tiles of
+     * layers that are not batch invariant): decided by the self-check now,
+     * so that the tolerance of the results is known. */
+    int rounds = 0;
+    if (!(opts && opts->matrix_units_emulated) && !moevk_context_self_check(v->ctx))
+        rounds = moevk_context_device_info(v->ctx)->matrix_units == 1;
     const moevk_device_info *d = moevk_context_device_info(v->ctx);
     memset(info, 0, sizeof *info);
+    info->flags = rounds ? MVK_BACKEND_ROUNDS_ACTIVATIONS : 0;
     snprintf(info->desc, sizeof info->desc, "%s (%s)", d->name, d->driver_name);
     snprintf(info->name, sizeof info->name, "%s", d->name);
     snprintf(info->driver, sizeof info->driver, "%s %s", d->driver_name, d->driver_info);

@@ -195,6 +195,10 @@ int cli_check(int argc, char **argv)
         moevk_status st = mvkc_target_open(&t[w], b, &bo, &info, err, sizeof err);
         if (!st && w == v0)
             printf("device: %s\n", info.desc);
+        if (!st && w == v0 && (t[w].flags & MVK_BACKEND_ROUNDS_ACTIVATIONS) &&
+            !(b->flags & MVK_BACKEND_ROUNDS_ACTIVATIONS))
+            printf("matrix units multiply f16 activations (64-row tiles): y of 16-bit and "
+                   "block-format weights within 4 units of that rounding\n");
         if (!st && w == v0 && vs) {
             const mvk_backend_opts plain = {.device = device, .validate = validate};
             st = mvkc_target_open(&other, vs, &plain, &info, err, sizeof err);

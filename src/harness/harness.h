@@ -184,6 +184,7 @@ void mvkc_result_free(mvkc_result *r);
 typedef struct mvkc_target {
     const mvk_backend *backend;
     void *dev;
+    uint32_t flags; /* MVK_BACKEND_* the open device adds (mvk_backend_info.flags) */
 } mvkc_target;
 
 /* Open b (opts may be NULL; info optional). On failure t->dev is NULL. */

@@ -61,10 +61,14 @@ moevk_status mvkc_result_alloc(const mvkc_case *c, mvkc_result *out)
 moevk_status mvkc_target_open(mvkc_target *t, const mvk_backend *b, const mvk_backend_opts *opts,
                               mvk_backend_info *info, char *err, size_t n)
 {
-    mvk_backend_info scratch;
+    mvk_backend_info scratch, *i = info ? info : &scratch;
     t->backend = b;
     t->dev = NULL;
-    return b->open(opts, &t->dev, info ? info : &scratch, err, n);
+    t->flags = 0;
+    moevk_status st = b->open(opts, &t->dev, i, err, n);
+    if (!st)
+        t->flags = i->flags;
+    return st;
 }
 
 void mvkc_target_close(mvkc_target *t)
@@ -84,7 +88,7 @@ moevk_status mvkc_run(const mvkc_target *t, const mvkc_case *c, mvkc_result *out
     void *layer = NULL;
     moevk_status st = mvkc_result_alloc(c, out);
     if (!st) {
-        out->flags = b->flags;
+        out->flags = b->flags | t->flags;
         step = "create";
         st = b->create(t->dev, &c->desc, NULL, &layer, err, sizeof err);
     }
