@@ -638,7 +638,14 @@ Test(cuda, quantize_at_create, .timeout = 280)
         moevk_layer_desc packed = c.desc;
         packed.flags = MOEVK_LAYER_MATRIX_DTYPES;
         packed.experts.gate_up_dtype = packed.shared.gate_up_dtype = MOEVK_DTYPE_Q4_K;
-        packed.experts.down_dtype = packed.shared.down_dtype = MOEVK_DTYPE_Q5_0;
+        packed.experts.down_dtype = MOEVK_DTYPE_Q5_0;
+        /* the shared experts' width is drawn: their down rows get q4_k when
+         * whole blocks of 256, q5_0 when of 32 (llama.cpp's fallback), else
+         * f16 (no block format fits) */
+        const uint32_t fs = c.desc.shared_ffn ? c.desc.shared_ffn : c.desc.ffn;
+        packed.shared.down_dtype = fs % 256 == 0  ? MOEVK_DTYPE_Q4_K
+                                   : fs % 32 == 0 ? MOEVK_DTYPE_Q5_0
+                                                  : MOEVK_DTYPE_F16;
         cr_assert_eq(mem.weights, (double)expected_weight_bytes(&packed, t.backend->name),
                      "%s: %.0f weight bytes on the device", what, mem.weights);
         mvkc_result g;
