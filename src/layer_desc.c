@@ -126,6 +126,12 @@ static moevk_status check_formats(moevk_context *ctx, const moevk_layer_desc *in
     if (quant && !format_ok(d->quantize_dtype, MVK_FORMAT_EXPERT))
         return mvk_fail(ctx, bad, "quantize_dtype = %d (%s) is not an expert weight format",
                         (int)d->quantize_dtype, moevk_dtype_name(d->quantize_dtype));
+    if (quant && !mvk_quantize_supported(d->quantize_dtype))
+        return mvk_fail(ctx, bad,
+                        "quantize_dtype = %d (%s): moevk has no quantiser for it (a format "
+                        "that quantised checkpoints are repacked into; quantise to a ggml "
+                        "format such as q4_k or q8_0)",
+                        (int)d->quantize_dtype, moevk_dtype_name(d->quantize_dtype));
     mvk_matrix_kind k[4];
     mvk_layer_matrices(d, k);
     for (int i = 0; i < 4; i++) {

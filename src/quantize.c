@@ -803,6 +803,12 @@ static void (*block_quantiser(moevk_dtype dtype))(const float *, uint8_t *)
     }
 }
 
+bool mvk_quantize_supported(moevk_dtype dtype)
+{
+    const mvk_format *f = mvk_format_get(dtype);
+    return f && (f->block_elems == 1 || block_quantiser(dtype) != NULL);
+}
+
 moevk_status mvk_quantize_row(moevk_dtype dtype, const float *src, uint64_t n, void *dst)
 {
     const mvk_format *f = mvk_format_get(dtype);

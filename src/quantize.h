@@ -12,6 +12,7 @@
 #ifndef MOEVK_QUANTIZE_H
 #define MOEVK_QUANTIZE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "moevk/moevk.h"
@@ -31,6 +32,11 @@
  *
  * Pure: no global state, no allocation (a few KiB of stack). */
 moevk_status mvk_quantize_row(moevk_dtype dtype, const float *src, uint64_t n, void *dst);
+
+/* Whether mvk_quantize_row can produce dtype: the plain types and the ggml
+ * blocks; not gptq4, nf4 or fp8_e4m3, which checkpoints quantised by other
+ * libraries are repacked into (src/model/hf_quant.c). */
+bool mvk_quantize_supported(moevk_dtype dtype);
 
 /* The format llama.cpp's quantiser (src/llama-quant.cpp) uses for a row of
  * row_elems elements when dtype was asked for: dtype itself when row_elems

@@ -583,6 +583,15 @@ Test(formats, quantise_at_create_refusals)
     cr_assert_eq(moevk_layer_create(ctx, &d, &L), MOEVK_ERROR_INVALID_ARGUMENT);
     cr_assert(strstr(moevk_context_last_error(ctx), "quantize_dtype = 3 (i32)"), "%s",
               moevk_context_last_error(ctx));
+    /* formats moevk only repacks into: no quantiser, said at once */
+    const moevk_dtype repack_only[] = {MOEVK_DTYPE_GPTQ4, MOEVK_DTYPE_NF4, MOEVK_DTYPE_FP8_E4M3};
+    for (int i = 0; i < 3; i++) {
+        d.quantize_dtype = repack_only[i];
+        cr_assert_eq(moevk_layer_create(ctx, &d, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+        cr_assert(strstr(moevk_context_last_error(ctx), "no quantiser for it") &&
+                      strstr(moevk_context_last_error(ctx), moevk_dtype_name(repack_only[i])),
+                  "%s", moevk_context_last_error(ctx));
+    }
     /* a non-finite weight: expert, matrix and row named */
     d.quantize_dtype = MOEVK_DTYPE_Q8_0;
     ((float *)rl.up)[(size_t)1 * 32 * 64 + 5 * 64 + 3] = INFINITY;

@@ -21,6 +21,7 @@
 #include "model/model_layer.h"
 #include "model/model_util.h"
 #include "model/safetensors.h"
+#include "quantize.h"
 #include "ref/ref.h"
 #include "util/tool.h"
 
@@ -458,6 +459,9 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         why = "--input X.safetensors is required";
     else if (o->quantize && mvk_dtype_parse(o->quantize, 1, &qdt))
         why = "--quantize must name an expert weight format (moevk_dtype_name: q8_0, q4_k, ...)";
+    else if (o->quantize && !mvk_quantize_supported(qdt))
+        why = "--quantize: moevk has no quantiser for that format (gptq4, nf4 and fp8_e4m3 are "
+              "what quantised checkpoints are repacked into); use a ggml format: q8_0, q4_k, ...";
     else if (!run_backend_of(o))
         why = o->cuda_impl ? "--cuda-impl must be ref, cublas or cublas-f32 (with --backend cuda)"
                            : "--backend must name a backend (see moevk help)";
