@@ -70,7 +70,7 @@ float half_bits(uint h) { return unpackHalf2x16(h).x; }
 const int IQ4NL_VALUES[16] = int[16](-127, -104, -83, -65, -49, -35, -22, -10,
                                      1, 13, 25, 38, 53, 69, 89, 113);
 const int E2M1_DOUBLED[16] = int[16](0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
-// bitsandbytes' NF4 values (f32 bits, as src/formats.c has them)
+// bitsandbytes' NF4 values (f32 bits, as src/format_decode.h's mvk_dq_nf4_value has them)
 const uint NF4_BITS[16] = uint[16](0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u,
                                    0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
                                    0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au,

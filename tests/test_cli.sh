@@ -20,6 +20,15 @@ echo "$out" | tail -n 1 | grep -qx "$cases passed, 0 failed" || fail "check summ
 out=$("$moevk" check --backend cpu --against cpu --cases 3 --seed 5) ||
     fail "check --backend cpu: $out"
 echo "$out" | tail -n 1 | grep -qx "3 passed, 0 failed" || fail "check --backend cpu summary: $out"
+# --digest: a case's output bits; a rerun gives the same digests, and
+# another case a different one
+d1=$("$moevk" check --against cpu --cases 3 --seed 41 --digest) || fail "check --digest: $d1"
+d2=$("$moevk" check --against cpu --cases 3 --seed 41 --digest) || fail "check --digest: $d2"
+[ "$(echo "$d1" | grep -c '^digest seed ')" -eq 3 ] || fail "check --digest: not one per case: $d1"
+[ "$(echo "$d1" | grep '^digest')" = "$(echo "$d2" | grep '^digest')" ] ||
+    fail "check --digest differs between two runs: $d1 / $d2"
+[ "$(echo "$d1" | grep '^digest seed ' | awk '{print $4}' | sort -u | wc -l)" -eq 3 ] ||
+    fail "check --digest: cases of other seeds share a digest: $d1"
 "$moevk" check --against cpu --backend nosuch >/dev/null 2>&1 &&
     fail "check accepted an unknown backend"
 "$moevk" help | grep -q "^  cuda-cublas-f32 " || fail "moevk help lists no backends"

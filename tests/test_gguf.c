@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "formats.h"
 #include "model/gguf.h"
 #include "model/gguf_layer.h"
 #include "model/safetensors.h"
@@ -740,4 +741,36 @@ Test(gguf, info_lists_the_moe_layers)
     snprintf(args, sizeof args, "info --model '%s/split_q8_0-00002-of-00002.gguf'", dir);
     cr_assert_eq(run_tool(out, sizeof out, args), 0, "%s", out);
     cr_assert(strstr(out, "2 files"), "%s", out);
+}
+
+/* Every GGUF type that maps to a moevk format has that format's block
+ * geometry and name (the two tables cannot drift apart), and every expert
+ * block format of moevk's table that ggml has is reachable from a GGUF
+ * type id. */
+Test(gguf, type_table_agrees_with_the_format_table)
+{
+    int mapped = 0;
+    for (uint32_t t = 0; t < 64; t++) {
+        const int dt = mvk_gguf_type_dtype(t);
+        if (dt < 0)
+            continue;
+        mapped++;
+        const mvk_format *f = mvk_format_get((moevk_dtype)dt);
+        cr_assert_not_null(f, "ggml type %u maps to dtype %d, not in the format table", t, dt);
+        cr_expect_eq(mvk_gguf_type_block_elems(t), f->block_elems, "%s: block elements",
+                     f->name);
+        cr_expect_eq(mvk_gguf_type_block_bytes(t), f->block_bytes, "%s: block bytes", f->name);
+        cr_expect_str_eq(mvk_gguf_type_name(t), f->name);
+        cr_expect_eq(mvk_gguf_dtype_type((moevk_dtype)dt), (int)t);
+    }
+    static const moevk_dtype ggml_has[] = {
+        MOEVK_DTYPE_F32,  MOEVK_DTYPE_F16,  MOEVK_DTYPE_BF16,  MOEVK_DTYPE_Q8_0,
+        MOEVK_DTYPE_Q4_0, MOEVK_DTYPE_Q4_1, MOEVK_DTYPE_Q5_0,  MOEVK_DTYPE_Q5_1,
+        MOEVK_DTYPE_Q2_K, MOEVK_DTYPE_Q3_K, MOEVK_DTYPE_Q4_K,  MOEVK_DTYPE_Q5_K,
+        MOEVK_DTYPE_Q6_K, MOEVK_DTYPE_IQ4_NL, MOEVK_DTYPE_IQ4_XS, MOEVK_DTYPE_MXFP4,
+    };
+    for (size_t i = 0; i < sizeof ggml_has / sizeof ggml_has[0]; i++)
+        cr_expect_geq(mvk_gguf_dtype_type(ggml_has[i]), 0, "%s has no GGUF type id",
+                      moevk_dtype_name(ggml_has[i]));
+    cr_assert_eq(mapped, 16);
 }
