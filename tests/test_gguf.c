@@ -741,6 +741,23 @@ Test(gguf, info_lists_the_moe_layers)
     snprintf(args, sizeof args, "info --model '%s/split_q8_0-00002-of-00002.gguf'", dir);
     cr_assert_eq(run_tool(out, sizeof out, args), 0, "%s", out);
     cr_assert(strstr(out, "2 files"), "%s", out);
+    /* a block_count of 4e9 with one tensor: the layers without tensors are
+     * one line, not four billion empty layers walked */
+    kvs k = {0};
+    kv_string(&k, "general.architecture", "llama");
+    kv_u32(&k, "llama.block_count", 4000000000u);
+    tinfo t[1] = {{"blk.0.ffn_gate_inp.weight", 2, {64, 4}, F32, UINT64_MAX}};
+    gb b = gguf_file(3, &k, t, 1, 32, UINT64_MAX, UINT64_MAX);
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/moevk-info-%d.gguf", (int)getpid());
+    write_file(path, &b);
+    snprintf(args, sizeof args, "info --model '%s'", path);
+    run_tool(out, sizeof out, args);
+    remove(path);
+    free(b.p);
+    free(k.b.p);
+    cr_assert(strstr(out, "4000000000 layers") && strstr(out, "layer 1..3999999999: no tensors"),
+              "%s", out);
 }
 
 /* Every GGUF type that maps to a moevk format has that format's block

@@ -43,19 +43,23 @@ static int info_gguf(const char *path)
         mvk_gguf_free(&m);
         return 1;
     }
-    if (!blocks) /* no block_count: the highest blk.N. among the tensors */
-        for (size_t i = 0; i < m.ntensors; i++) {
-            unsigned long n;
-            if (sscanf(m.tensors[i]->name, "blk.%lu.", &n) == 1 && n < UINT32_MAX &&
-                n + 1 > blocks)
-                blocks = (uint32_t)n + 1;
-        }
+    /* the layers that have tensors: blk.N. up to the highest N among them
+     * (a block_count beyond it is not walked one empty layer at a time) */
+    uint32_t with_tensors = 0;
+    for (size_t i = 0; i < m.ntensors; i++) {
+        unsigned long n;
+        if (sscanf(m.tensors[i]->name, "blk.%lu.", &n) == 1 && n < UINT32_MAX &&
+            n + 1 > with_tensors)
+            with_tensors = (uint32_t)n + 1;
+    }
+    if (!blocks) /* no block_count */
+        blocks = with_tensors;
     printf("%s: GGUF v%u, %u file%s, %zu tensors, general.architecture %s (%s), %u layers\n",
            mvk_esc(path, esc, sizeof esc), m.files[0].version, m.nfiles,
            m.nfiles == 1 ? "" : "s", m.ntensors, arch->name, arch->models, blocks);
     double total = 0;
     uint32_t moe = 0;
-    for (uint32_t l = 0; l < blocks; l++) {
+    for (uint32_t l = 0; l < blocks && l < with_tensors; l++) {
         mvk_model_layer L;
         mvk_gguf_layer_info gi;
         if (mvk_gguf_layer_build(&m, l, &L, &gi, err, sizeof err)) {
@@ -74,6 +78,8 @@ static int info_gguf(const char *path)
         moe++;
         mvk_model_layer_free(&L);
     }
+    if (blocks > with_tensors)
+        printf("layer %u..%u: no tensors in the file\n", with_tensors, blocks - 1);
     printf("total    %u MoE layer%s, %.2f MiB of MoE weights on the device\n", moe,
            moe == 1 ? "" : "s", total / 1048576.0);
     mvk_gguf_free(&m);
