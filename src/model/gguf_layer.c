@@ -39,19 +39,8 @@ static int bfail(bctx *b, const char *fmt, ...)
 
 static void *own(bctx *b, size_t size)
 {
-    mvk_model_layer *L = b->L;
-    if (L->nowned == L->capowned) {
-        size_t cap = L->capowned ? L->capowned * 2 : 16;
-        void **n = realloc(L->owned, cap * sizeof(*n));
-        if (!n)
-            return NULL;
-        L->owned = n;
-        L->capowned = cap;
-    }
-    void *p = calloc(1, size ? size : 1);
-    if (p)
-        L->owned[L->nowned++] = p;
-    else
+    void *p = mvk_model_layer_own(b->L, size);
+    if (!p)
         mvk_errf(b->err, b->errsz, "out of host memory");
     return p;
 }

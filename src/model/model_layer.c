@@ -121,24 +121,7 @@ typedef struct bctx {
     size_t errsz;
 } bctx;
 
-static void *own(mvk_model_layer *L, size_t size)
-{
-    if (L->nowned == L->capowned) {
-        size_t cap = L->capowned ? L->capowned * 2 : 16;
-        void **n = realloc(L->owned, cap * sizeof(*n));
-        if (!n)
-            return NULL;
-        L->owned = n;
-        L->capowned = cap;
-    }
-    void *p = malloc(size ? size : 1);
-    if (p)
-        L->owned[L->nowned++] = p;
-    return p;
-}
-
-/* The layer takes over p (malloc'd); freed at once when it cannot. */
-static int adopt(mvk_model_layer *L, void *p)
+int mvk_model_layer_adopt(mvk_model_layer *L, void *p)
 {
     if (!p)
         return 0;
@@ -154,6 +137,22 @@ static int adopt(mvk_model_layer *L, void *p)
     }
     L->owned[L->nowned++] = p;
     return 0;
+}
+
+void *mvk_model_layer_own(mvk_model_layer *L, size_t size)
+{
+    void *p = calloc(1, size ? size : 1);
+    return p && mvk_model_layer_adopt(L, p) == 0 ? p : NULL;
+}
+
+static void *own(mvk_model_layer *L, size_t size)
+{
+    return mvk_model_layer_own(L, size);
+}
+
+static int adopt(mvk_model_layer *L, void *p)
+{
+    return mvk_model_layer_adopt(L, p);
 }
 
 static int oom(bctx *b)

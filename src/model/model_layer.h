@@ -74,6 +74,11 @@ int mvk_model_layer_build(const mvk_moe_config *cfg, mvk_st_set *set, const char
 int mvk_model_layer_build_any(const mvk_moe_config *cfg, mvk_st_set *set,
                               const char *const *prefixes, int nprefix, mvk_model_layer *out,
                               char *err, size_t errsz);
+/* Memory the layer owns (freed by mvk_model_layer_free): a zeroed block of
+ * size bytes (NULL when out of memory), or p (malloc'd) taken over (-1, and
+ * p freed, when it cannot be). */
+void *mvk_model_layer_own(mvk_model_layer *L, size_t size);
+int mvk_model_layer_adopt(mvk_model_layer *L, void *p);
 void mvk_model_layer_free(mvk_model_layer *L);
 
 /* The capacity factor that makes moevk's C = ceil(cf * T * k / E) equal
