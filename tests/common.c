@@ -4,7 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "ref/ref.h"
@@ -136,4 +140,58 @@ void *mvkt_random_weights(mvkt_rng *r, moevk_dtype dt, size_t n, float scale)
     void *w = mvk_rng_array(r, dt, n, scale);
     cr_assert_not_null(w);
     return w;
+}
+
+/* the tool, run by the suites that drive `moevk` (see common.h) */
+int mvkt_run_tool(char *out, size_t outsz, const char *const *args, int vulkan,
+                  unsigned limit_s, int stderr_only)
+{
+    const char *exe = getenv("MOEVK_EXE"); /* before fork: asserts only in the test process */
+    cr_assert(exe && *exe, "MOEVK_EXE (the moevk binary) is not set");
+    int fd[2];
+    cr_assert_eq(pipe(fd), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (stderr_only) {
+            int devnull = open("/dev/null", O_WRONLY);
+            dup2(devnull, 1);
+            close(devnull);
+        } else {
+            dup2(fd[1], 1);
+        }
+        dup2(fd[1], 2);
+        close(fd[0]);
+        close(fd[1]);
+        if (vulkan) {
+            const char *a = getenv("ASAN_OPTIONS");
+            char opts[1024];
+            snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", a ? a : "", a && *a ? ":" : "");
+            setenv("ASAN_OPTIONS", opts, 1);
+        }
+        if (limit_s)
+            alarm(limit_s); /* survives exec: SIGALRM ends a hung tool */
+        const char *argv[64];
+        size_t n = 0;
+        argv[n++] = exe;
+        for (; *args && n < 63; args++)
+            argv[n++] = *args;
+        argv[n] = NULL;
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t len = 0;
+    ssize_t r;
+    char sink[4096];
+    while ((r = read(fd[0], len + 1 < outsz ? out + len : sink,
+                     len + 1 < outsz ? outsz - 1 - len : sizeof sink)) > 0)
+        if (len + 1 < outsz)
+            len += (size_t)r;
+    out[len] = 0;
+    close(fd[0]);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

@@ -62,4 +62,13 @@ double mvkt_rel_l2(const float *a, const float *ref, size_t n);
  * (mvk_rng_fill; n must be whole blocks). The allocation is asserted. */
 void *mvkt_random_weights(mvkt_rng *r, moevk_dtype dt, size_t n, float scale);
 
+/* Run `$MOEVK_EXE args...` (args NULL-terminated, at most 62); returns its
+ * exit status (-1 if it did not exit), stdout and stderr together in out
+ * (stderr alone with `stderr_only`). With `vulkan`, LeakSanitizer is off in
+ * the child (the Vulkan loader unloads the driver before exit, so its leaks
+ * cannot be attributed); with `limit_s`, the tool is killed after that many
+ * seconds (status -1): a hang fails the test instead of blocking it. */
+int mvkt_run_tool(char *out, size_t outsz, const char *const *args, int vulkan,
+                  unsigned limit_s, int stderr_only);
+
 #endif

@@ -303,46 +303,7 @@ Test(hfquant, repacked_weights_are_bitwise_the_libraries_dequantised_values)
 /* `moevk args...`, stdout and stderr into out; the exit status. */
 static int run_tool(char *out, size_t outsz, const char *const *args)
 {
-    const char *exe = getenv("MOEVK_EXE");
-    cr_assert(exe && *exe, "MOEVK_EXE is not set");
-    int fd[2];
-    cr_assert_eq(pipe(fd), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        dup2(fd[1], 1);
-        dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
-        /* the Vulkan loader unloads the driver before exit: its leaks are
-         * not moevk's (as in tests/test_model.c) */
-        const char *a = getenv("ASAN_OPTIONS");
-        char opts[1024];
-        snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", a ? a : "", a && *a ? ":" : "");
-        setenv("ASAN_OPTIONS", opts, 1);
-        const char *argv[32];
-        size_t n = 0;
-        argv[n++] = exe;
-        for (; *args && n < 31; args++)
-            argv[n++] = *args;
-        argv[n] = NULL;
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t len = 0;
-    ssize_t r;
-    char sink[4096];
-    while ((r = read(fd[0], len + 1 < outsz ? out + len : sink,
-                     len + 1 < outsz ? outsz - 1 - len : sizeof sink)) > 0)
-        if (len + 1 < outsz)
-            len += (size_t)r;
-    out[len] = 0;
-    close(fd[0]);
-    int st;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return mvkt_run_tool(out, outsz, args, 1, 0, 0);
 }
 
 /* A copy of the layer's desc whose expert weights are the fixture's f32

@@ -340,13 +340,6 @@ static void add_block(tlist *l, const canon *c, const char *P, layout lay, int s
 
 /* ---- running the tool ------------------------------------------------------ */
 
-static const char *moevk_exe(void)
-{
-    const char *e = getenv("MOEVK_EXE");
-    cr_assert(e && *e, "MOEVK_EXE (the moevk binary) is not set");
-    return e;
-}
-
 /* Run `moevk args...`; returns the exit status (-1 if it did not exit),
  * stdout and stderr together in out (stderr alone with `stderr_only`). With
  * `limit_s`, the tool is killed (status -1) after that many seconds: a hang
@@ -371,53 +364,7 @@ static int run_cli(char *out, size_t outsz, const char *const *args)
 static int run_cli_ex(char *out, size_t outsz, const char *const *args, int vulkan,
                       unsigned limit_s, int stderr_only)
 {
-    const char *exe = moevk_exe(); /* before fork: asserts only in the test process */
-    int fd[2];
-    cr_assert_eq(pipe(fd), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        if (stderr_only) {
-            int devnull = open("/dev/null", O_WRONLY);
-            dup2(devnull, 1);
-            close(devnull);
-        } else {
-            dup2(fd[1], 1);
-        }
-        dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
-        if (vulkan) {
-            const char *a = getenv("ASAN_OPTIONS");
-            char opts[1024];
-            snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", a ? a : "", a && *a ? ":" : "");
-            setenv("ASAN_OPTIONS", opts, 1);
-        }
-        if (limit_s)
-            alarm(limit_s); /* survives exec: SIGALRM ends a hung tool */
-        const char *argv[64];
-        size_t n = 0;
-        argv[n++] = exe;
-        for (; *args && n < 63; args++)
-            argv[n++] = *args;
-        argv[n] = NULL;
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t len = 0;
-    ssize_t r;
-    char sink[4096];
-    while ((r = read(fd[0], len + 1 < outsz ? out + len : sink,
-                     len + 1 < outsz ? outsz - 1 - len : sizeof sink)) > 0)
-        if (len + 1 < outsz)
-            len += (size_t)r;
-    out[len] = 0;
-    close(fd[0]);
-    int st;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return mvkt_run_tool(out, outsz, args, vulkan, limit_s, stderr_only);
 }
 
 /* A failed Vulkan run that found no device at all: skipped unless
