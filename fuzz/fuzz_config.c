@@ -11,15 +11,9 @@
 #include "model/hf_config.h"
 #include "model/safetensors.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz_common.h"
 
-/* A message is escaped: no control character reaches the terminal. */
-static void message_is_clean(const char *err)
-{
-    for (const unsigned char *p = (const unsigned char *)err; *p; p++)
-        if (*p < 0x20 || *p == 0x7f)
-            abort();
-}
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

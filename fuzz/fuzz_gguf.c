@@ -15,14 +15,9 @@
 #include "model/gguf_layer.h"
 #include "ref/ref.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz_common.h"
 
-static void message_is_clean(const char *err)
-{
-    for (const unsigned char *p = (const unsigned char *)err; *p; p++)
-        if (*p < 0x20 || *p == 0x7f)
-            abort();
-}
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -15,6 +15,8 @@
 #include "model/safetensors.h"
 #include "ref/ref.h"
 
+#include "fuzz_common.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const configs[] = {
@@ -44,14 +46,6 @@ static const char *const configs[] = {
     " \"num_experts\": 1, \"num_experts_per_tok\": 1, \"quantization_config\":"
     " {\"quant_method\": \"fp8\", \"weight_block_size\": [64, 128]}}",
 };
-
-/* A message is escaped: no control character reaches the terminal. */
-static void message_is_clean(const char *err)
-{
-    for (const unsigned char *p = (const unsigned char *)err; *p; p++)
-        if (*p < 0x20 || *p == 0x7f)
-            abort();
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
