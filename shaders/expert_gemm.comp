@@ -64,6 +64,15 @@ layout(std430, binding = MVK_GEMM_BIND_BIAS0) readonly buffer BB0 { float bias0[
 layout(std430, binding = MVK_GEMM_BIND_BIAS1) readonly buffer BB1 { float bias1[]; };
 layout(std430, binding = MVK_GEMM_BIND_OUT) writeonly buffer O { float outv[]; };
 layout(std430, binding = MVK_GEMM_BIND_PERM) readonly buffer PM { uint perm[]; };
+layout(std430, binding = MVK_GEMM_BIND_SLOTS) readonly buffer SL { uint slot_of[]; };
+
+// Expert e's slot in the bound weights (interface.h), MVK_NO_SLOT if absent.
+uint weight_slot(uint e)
+{
+    if (p.slot_base == MVK_NO_TABLE)
+        return e >= p.e_first && e - p.e_first < p.e_count ? e - p.e_first : MVK_NO_SLOT;
+    return slot_of[p.slot_base + e];
+}
 
 DEFINE_WEIGHT_LOADER(load_w0, w0, WDTYPE)
 DEFINE_WEIGHT_LOADER(load_w1, w1, WDTYPE)
@@ -142,8 +151,6 @@ void main()
     if (SCHED != 0u) {
         uvec2 s = schedule[meta[MVK_META_SCHED_BASE(p.E, p.path)] + gl_WorkGroupID.x];
         e = s.x;
-        if (e < p.e_first || e >= p.e_first + p.e_count)
-            return; // another weight chunk's expert
         uint base = meta[MVK_META_OFFSETS(p.E) + e];
         row0 = base + s.y * BM;
         row_end = base + meta[MVK_META_COUNTS(p.E) + e];
@@ -153,7 +160,10 @@ void main()
         row_end = p.M;
     }
     const uint n0 = gl_WorkGroupID.y * BN;
-    const uint wrow0 = (e - p.e_first) * p.N; // the expert's first row in its chunk
+    const uint slot = weight_slot(e);
+    if (slot == MVK_NO_SLOT)
+        return; // another weight buffer's expert
+    const uint wrow0 = slot * p.N; // the expert's first row in the bound weights
 
     // The portable order (interface.h): a chunk's fma chain in acc*, the
     // chunk partials added in order into sum*, which end as the outputs.

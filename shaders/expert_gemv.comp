@@ -42,6 +42,15 @@ layout(std430, binding = MVK_GEMM_BIND_BIAS0) readonly buffer BB0 { float bias0[
 layout(std430, binding = MVK_GEMM_BIND_BIAS1) readonly buffer BB1 { float bias1[]; };
 layout(std430, binding = MVK_GEMM_BIND_OUT) writeonly buffer O { float outv[]; };
 layout(std430, binding = MVK_GEMM_BIND_PERM) readonly buffer PM { uint perm[]; };
+layout(std430, binding = MVK_GEMM_BIND_SLOTS) readonly buffer SL { uint slot_of[]; };
+
+// Expert e's slot in the bound weights (interface.h), MVK_NO_SLOT if absent.
+uint weight_slot(uint e)
+{
+    if (p.slot_base == MVK_NO_TABLE)
+        return e >= p.e_first && e - p.e_first < p.e_count ? e - p.e_first : MVK_NO_SLOT;
+    return slot_of[p.slot_base + e];
+}
 
 DEFINE_WEIGHT_LOADER(load_w0, w0, WDTYPE)
 DEFINE_WEIGHT_LOADER(load_w1, w1, WDTYPE)
@@ -65,8 +74,6 @@ void main()
     if (SCHED != 0u) {
         uvec2 s = schedule[meta[MVK_META_SCHED_BASE(p.E, p.path)] + gl_WorkGroupID.x];
         e = s.x;
-        if (e < p.e_first || e >= p.e_first + p.e_count)
-            return; // another weight chunk's expert
         row0 = meta[MVK_META_OFFSETS(p.E) + e] + s.y * ROWS;
         nrows = min(ROWS, meta[MVK_META_COUNTS(p.E) + e] - s.y * ROWS);
     } else {
@@ -75,7 +82,10 @@ void main()
         nrows = min(ROWS, p.M - row0);
     }
     const uint n = gl_WorkGroupID.y * COLS + col;
-    const uint wr = (e - p.e_first) * p.N + n; // the row of W[e, n, :] in its chunk
+    const uint slot = weight_slot(e);
+    if (slot == MVK_NO_SLOT)
+        return; // another weight buffer's expert
+    const uint wr = slot * p.N + n; // the row of W[e, n, :] in the bound weights
     const uint wrow = wr * p.K;                // its first element (plain formats)
     const bool vec = WFMT_BLOCK_ELEMS(WDTYPE) == 1u && (p.K % VEC_ELEMS(WDTYPE)) == 0u;
 

@@ -234,7 +234,17 @@ MVK_PUSH_END(mvk_permute_push)
 #define MVK_GEMM_BIND_BIAS1 7
 #define MVK_GEMM_BIND_OUT 8
 #define MVK_GEMM_BIND_PERM 9 /* PERM: [experts, K] u32, A column of input k */
-#define MVK_GEMM_BINDINGS 10
+#define MVK_GEMM_BIND_SLOTS 10 /* slot_base != MVK_NO_TABLE: [.., E] u32 slot tables */
+#define MVK_GEMM_BINDINGS 11
+/* Where expert e's matrices are in the bound weight buffers W0/W1: with
+ * slot_base = MVK_NO_TABLE, slot e - e_first when e_first <= e < e_first +
+ * e_count (a chunk of consecutive experts); else slot slot_of[slot_base +
+ * e] of the SLOTS table, MVK_NO_SLOT when the bound buffers do not hold
+ * expert e (a layer under a device-memory budget: its device cache and its
+ * host copy are separate buffers, each with its table; src/cache.c). A
+ * workgroup whose expert is not in the bound buffers returns at once. */
+#define MVK_NO_TABLE 0xFFFFFFFFu
+#define MVK_NO_SLOT 0xFFFFFFFFu
 #define MVK_GEMM_SPEC_BM 1
 #define MVK_GEMM_SPEC_BN 2
 #define MVK_GEMM_SPEC_WFMT 3
@@ -250,6 +260,7 @@ MVK_PUSH_END(mvk_permute_push)
 MVK_PUSH_BEGIN(mvk_gemm_push)
     MVK_U32 M, N, K, E;
     MVK_U32 e_first, e_count; /* experts in the bound weight chunk */
+    MVK_U32 slot_base;        /* MVK_NO_TABLE, or the SLOTS table's first word */
     MVK_U32 has_bias, dense_expert;
     MVK_F32 alpha, limit;     /* swiglu_oai */
     MVK_U32 out_offset;       /* elements added to every output index */

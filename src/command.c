@@ -485,18 +485,39 @@ void mvk_cmd_barrier(mvk_cmd *c)
     if (c->status)
         return;
     c->barriers++;
+    /* pending transfers stay out of the source scope: work after this
+     * barrier does not wait for them */
+    const bool all = !c->transfers_pending;
     VkMemoryBarrier mb = {
         .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | (all ? VK_ACCESS_TRANSFER_WRITE_BIT : 0),
         .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
-                         VK_ACCESS_INDIRECT_COMMAND_READ_BIT | VK_ACCESS_TRANSFER_READ_BIT |
-                         VK_ACCESS_TRANSFER_WRITE_BIT,
+                         VK_ACCESS_INDIRECT_COMMAND_READ_BIT |
+                         (all ? VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT : 0),
     };
     c->ctx->vk.vkCmdPipelineBarrier(
-        c->cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+        c->cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | (all ? VK_PIPELINE_STAGE_TRANSFER_BIT : 0),
         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_DRAW_INDIRECT_BIT |
-            VK_PIPELINE_STAGE_TRANSFER_BIT,
+            (all ? VK_PIPELINE_STAGE_TRANSFER_BIT : 0),
         0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+void mvk_cmd_barrier_transfers(mvk_cmd *c)
+{
+    if (!c->transfers_pending)
+        return;
+    c->transfers_pending = false;
+    mvk_cmd_barrier(c);
+}
+
+void mvk_cmd_update(mvk_cmd *c, VkBuffer dst, VkDeviceSize offset, const void *data,
+                    VkDeviceSize size)
+{
+    for (VkDeviceSize done = 0; !c->status && done < size;) {
+        const VkDeviceSize n = MVK_MIN(size - done, (VkDeviceSize)65536);
+        c->ctx->vk.vkCmdUpdateBuffer(c->cb, dst, offset + done, n, (const uint8_t *)data + done);
+        done += n;
+    }
 }
 
 moevk_status mvk_cmd_submit_wait(mvk_cmd *c)

@@ -143,7 +143,11 @@ struct moevk_buffer {
     VkBuffer buffer;
     VkDeviceMemory memory;
     uint64_t size;
+    uint64_t alloc_bytes; /* the VkDeviceMemory's size (0 when imported) */
+    void *map;            /* host buffers: their persistent mapping */
     bool imported;
+    bool host;            /* in host-visible memory, not device-local if the
+                           * device has such a type (mvk_host_buffer_create) */
 };
 
 /* ---- errors and logging (error.c) ---- */
@@ -166,6 +170,12 @@ bool mvk_inject_fault(moevk_context *ctx);
 moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFlags usage,
                               VkMemoryPropertyFlags want, VkBuffer *buf, VkDeviceMemory *mem);
 void mvk_buffer_free(moevk_context *ctx, VkBuffer buf, VkDeviceMemory mem);
+/* A buffer (as moevk_buffer_create's) in host-visible, host-coherent
+ * memory that the GPU reads over its bus: a memory type without
+ * DEVICE_LOCAL where the device has one (system RAM on a discrete GPU),
+ * else any host-visible one (integrated GPUs, CPU devices). Mapped for its
+ * lifetime; uploads are memcpy. */
+moevk_status mvk_host_buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer **out);
 void mvk_staging_release(moevk_context *ctx);
 
 /* ---- pipelines and commands (command.c) ---- */
@@ -179,6 +189,10 @@ typedef struct mvk_cmd {
     mvk_desc_cache *cache;
     moevk_status status; /* first error while recording; later calls no-op */
     uint32_t dispatches, barriers; /* recorded so far */
+    /* Transfers recorded that only a later stage needs (the expert cache's
+     * copies): barriers leave them out of their source scope until
+     * mvk_cmd_barrier_transfers. */
+    bool transfers_pending;
 } mvk_cmd;
 
 moevk_status mvk_pipeline_get(moevk_context *ctx, uint32_t kernel, const uint32_t *spec,
@@ -190,6 +204,13 @@ moevk_status mvk_arena_reset(moevk_context *ctx, mvk_arena *a);
 void mvk_desc_cache_clear(moevk_context *ctx, mvk_desc_cache *cache);
 /* Start recording into a caller's command buffer (already recording). */
 void mvk_cmd_external(moevk_context *ctx, VkCommandBuffer cb, mvk_desc_cache *cache, mvk_cmd *c);
+/* vkCmdUpdateBuffer in pieces of at most 65536 bytes (sizes and offsets in
+ * whole words). */
+void mvk_cmd_update(mvk_cmd *c, VkBuffer dst, VkDeviceSize offset, const void *data,
+                    VkDeviceSize size);
+/* With transfers pending: a barrier making them visible to compute (and
+ * transfers), after which barriers cover transfers again. */
+void mvk_cmd_barrier_transfers(mvk_cmd *c);
 
 /* Every operation of moevk on the context's queue goes between these two
  * (the host's queue lock of an imported device). */

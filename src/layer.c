@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "cache.h"
 #include "formats.h"
 #include "interface.h"
 #include "layer.h"
@@ -14,14 +15,26 @@
 
 /* ---- weights ------------------------------------------------------------ */
 
+/* A weight buffer on the device, or in host-visible memory (the host copy
+ * of a budgeted layer's experts), filled from src if given. */
+static moevk_status upload_in(moevk_layer *L, const void *src, uint64_t bytes, bool host,
+                              moevk_buffer **out)
+{
+    moevk_status st = host ? mvk_host_buffer_create(L->ctx, bytes, out)
+                           : moevk_buffer_create(L->ctx, bytes, out);
+    if (st)
+        return st;
+    if (host)
+        L->host_weight_bytes += (*out)->alloc_bytes;
+    else
+        L->weight_bytes += bytes;
+    return src ? moevk_buffer_upload(*out, 0, src, bytes) : MOEVK_SUCCESS;
+}
+
 static moevk_status upload_new(moevk_layer *L, const void *src, uint64_t bytes,
                                moevk_buffer **out)
 {
-    moevk_status st = moevk_buffer_create(L->ctx, bytes, out);
-    if (st)
-        return st;
-    L->weight_bytes += bytes;
-    return src ? moevk_buffer_upload(*out, 0, src, bytes) : MOEVK_SUCCESS;
+    return upload_in(L, src, bytes, false, out);
 }
 
 /* Blocks of a format that no kernel may read (mvk_format_check: MXFP4's
@@ -56,7 +69,7 @@ typedef struct matrix_plan {
  * plan says so. */
 static moevk_status upload_matrix(moevk_layer *L, const moevk_expert_weights *w, int m,
                                   const matrix_plan *pl, uint32_t first, uint32_t count,
-                                  mvk_quant_progress *prog, moevk_buffer **out)
+                                  bool host, mvk_quant_progress *prog, moevk_buffer **out)
 {
     static const char *const names[3] = {"gate", "up", "down"};
     const void *whole = m == 0 ? w->gate : m == 1 ? w->up : w->down;
@@ -74,15 +87,15 @@ static moevk_status upload_matrix(moevk_layer *L, const moevk_expert_weights *w,
                 return st;
         }
         if (whole)
-            return upload_new(L, (const uint8_t *)whole + first * pl->dst_bytes,
-                              count * pl->dst_bytes, out);
-        st = upload_new(L, NULL, count * pl->dst_bytes, out);
+            return upload_in(L, (const uint8_t *)whole + first * pl->dst_bytes,
+                             count * pl->dst_bytes, host, out);
+        st = upload_in(L, NULL, count * pl->dst_bytes, host, out);
         for (uint32_t i = 0; !st && i < count; i++)
             st = moevk_buffer_upload(*out, i * pl->dst_bytes, per[first + i], pl->dst_bytes);
         return st;
     }
     /* quantise at create: one expert's packed matrix on the host at a time */
-    if ((st = upload_new(L, NULL, count * pl->dst_bytes, out)))
+    if ((st = upload_in(L, NULL, count * pl->dst_bytes, host, out)))
         return st;
     uint8_t *staging = mvk_alloc(L->ctx, pl->dst_bytes);
     if (!staging)
@@ -127,7 +140,108 @@ static void set_destroy(moevk_layer *L, mvk_expert_set *s)
     for (int m = 0; m < 3; m++)
         moevk_buffer_destroy(s->bias[m]);
     moevk_buffer_destroy(s->input_perm);
+    moevk_buffer_destroy(s->table);
     memset(s, 0, sizeof(*s));
+}
+
+/* Bytes of the device allocations of chunks [0, n) of a set. */
+static uint64_t chunk_alloc_bytes(const mvk_expert_set *s, uint32_t n)
+{
+    uint64_t b = 0;
+    for (uint32_t c = 0; c < n; c++)
+        for (int m = 0; m < 3; m++)
+            b += s->chunks[c].w[m] ? s->chunks[c].w[m]->alloc_bytes : 0;
+    return b;
+}
+
+/* Fill device slots [first, first + count) (which hold experts of the same
+ * numbers when a layer is created) from the host chunks, on the GPU. */
+static moevk_status fill_slots(moevk_layer *L, const mvk_chunk *dev, uint32_t nhost,
+                               const mvk_chunk *host, const matrix_plan plan[2])
+{
+    mvk_cmd c;
+    moevk_status st = mvk_cmd_begin(L->ctx, &c);
+    if (st)
+        return st;
+    for (uint32_t v = dev->first; v < dev->first + dev->count; v++)
+        for (uint32_t h = 0; h < nhost; h++) {
+            if (v < host[h].first || v - host[h].first >= host[h].count)
+                continue;
+            for (int m = L->gated ? 0 : 1; m < 3; m++) {
+                const uint64_t b = plan[m == 2].dst_bytes;
+                mvk_cmd_copy(&c, host[h].w[m]->buffer, (v - host[h].first) * b,
+                             dev->w[m]->buffer, (v - dev->first) * b, b);
+            }
+        }
+    mvk_cmd_barrier(&c);
+    return mvk_cmd_submit_wait(&c);
+}
+
+/* The routed experts under a budget of `slots` whole experts (< count):
+ * host chunks with every expert, then device chunks of the slots, which
+ * start with experts 0 .. slots - 1; the slot tables and the cache
+ * (src/cache.h). The chunk table lists the device chunks first. */
+static moevk_status budget_chunks(moevk_layer *L, const moevk_expert_weights *w,
+                                  const matrix_plan plan[2], uint32_t per_chunk, uint32_t slots,
+                                  mvk_quant_progress *prog)
+{
+    moevk_context *ctx = L->ctx;
+    mvk_expert_set *s = &L->routed;
+    const uint32_t count = s->count;
+    const uint32_t nhost = (count + per_chunk - 1) / per_chunk;
+    /* at most this many device chunks */
+    const uint32_t ndev_max = (slots + per_chunk - 1) / per_chunk;
+    s->chunks = mvk_alloc(ctx, sizeof(*s->chunks) * (ndev_max + nhost));
+    if (!s->chunks)
+        return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "chunk table");
+    mvk_chunk *host = s->chunks + ndev_max;
+    moevk_status st = MOEVK_SUCCESS;
+    for (uint32_t c = 0; c < nhost && !st; c++) {
+        mvk_chunk *ch = &host[c];
+        ch->first = c * per_chunk;
+        ch->count = MVK_MIN(per_chunk, count - ch->first);
+        ch->host = true;
+        for (int m = L->gated ? 0 : 1; m < 3 && !st; m++)
+            st = upload_matrix(L, w, m, &plan[m == 2], ch->first, ch->count, true, prog,
+                               &ch->w[m]);
+    }
+    s->nchunks = ndev_max + nhost; /* every buffer is in the table: freed on failure */
+    if (st)
+        return st;
+    /* device slots: allocations rounded up by the driver must still fit
+     * the budget, so fewer slots if they do not */
+    uint32_t ndev = 0;
+    for (;;) {
+        ndev = (slots + per_chunk - 1) / per_chunk;
+        for (uint32_t c = 0; c < ndev && !st; c++) {
+            mvk_chunk *ch = &s->chunks[c];
+            ch->first = c * per_chunk;
+            ch->count = MVK_MIN(per_chunk, slots - ch->first);
+            for (int m = L->gated ? 0 : 1; m < 3 && !st; m++)
+                st = moevk_buffer_create(ctx, ch->count * plan[m == 2].dst_bytes, &ch->w[m]);
+        }
+        if (st || chunk_alloc_bytes(s, ndev) <= L->desc.vram_budget || slots == 0)
+            break;
+        for (uint32_t c = 0; c < ndev; c++)
+            for (int m = 0; m < 3; m++) {
+                moevk_buffer_destroy(s->chunks[c].w[m]);
+                s->chunks[c].w[m] = NULL;
+            }
+        slots--;
+    }
+    if (st)
+        return st;
+    /* the chunk table without the unused device entries */
+    if (ndev < ndev_max)
+        memmove(s->chunks + ndev, host, sizeof(*host) * nhost);
+    s->nchunks = ndev + nhost;
+    L->slot_bytes = chunk_alloc_bytes(s, ndev);
+    L->weight_bytes += L->slot_bytes;
+    for (uint32_t c = 0; c < ndev && !st; c++)
+        st = fill_slots(L, &s->chunks[c], nhost, s->chunks + ndev, plan);
+    if (!st)
+        st = mvk_cache_create(L, slots, ndev);
+    return st;
 }
 
 static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, uint32_t count,
@@ -138,6 +252,7 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
     const uint32_t H = L->desc.hidden;
     const char *name = kind[0].set;
     const bool routed = !strcmp(name, "experts");
+    const uint64_t slot_base = L->weight_bytes;
     s->count = count;
     s->ffn = ffn;
     matrix_plan plan[2];
@@ -162,18 +277,43 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
                         routed ? "routed" : "shared", plan[big].rows, plan[big].row_elems,
                         moevk_dtype_name(plan[big].dst), (unsigned long long)bytes,
                         (unsigned long long)range);
-    uint32_t per_chunk = (uint32_t)MVK_MIN((uint64_t)count, range / bytes);
-    s->nchunks = (count + per_chunk - 1) / per_chunk;
-    s->chunks = mvk_alloc(ctx, sizeof(*s->chunks) * s->nchunks);
-    if (!s->chunks)
-        return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "chunk table");
+    const uint32_t per_chunk = (uint32_t)MVK_MIN((uint64_t)count, range / bytes);
+    /* device slots: every expert, or as many as the budget holds */
+    uint32_t slots = count;
+    if (routed && (L->desc.flags & MOEVK_LAYER_VRAM_BUDGET)) {
+        const uint64_t eb = (L->gated ? 2 : 1) * plan[0].dst_bytes + plan[1].dst_bytes;
+        slots = (uint32_t)MVK_MIN((uint64_t)count, L->desc.vram_budget / eb);
+    }
     moevk_status st = MOEVK_SUCCESS;
-    for (uint32_t c = 0; c < s->nchunks && !st; c++) {
-        mvk_chunk *ch = &s->chunks[c];
-        ch->first = c * per_chunk;
-        ch->count = MVK_MIN(per_chunk, count - ch->first);
-        for (int m = L->gated ? 0 : 1; m < 3 && !st; m++)
-            st = upload_matrix(L, w, m, &plan[m == 2], ch->first, ch->count, prog, &ch->w[m]);
+    if (slots == count) {
+        s->nchunks = (count + per_chunk - 1) / per_chunk;
+        s->chunks = mvk_alloc(ctx, sizeof(*s->chunks) * s->nchunks);
+        if (!s->chunks)
+            return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "chunk table");
+        for (uint32_t c = 0; c < s->nchunks && !st; c++) {
+            mvk_chunk *ch = &s->chunks[c];
+            ch->first = c * per_chunk;
+            ch->count = MVK_MIN(per_chunk, count - ch->first);
+            for (int m = L->gated ? 0 : 1; m < 3 && !st; m++)
+                st = upload_matrix(L, w, m, &plan[m == 2], ch->first, ch->count, false, prog,
+                                   &ch->w[m]);
+        }
+        if (!st && routed)
+            L->slot_bytes = L->weight_bytes - slot_base;
+        /* a budget that every expert fits, but not the driver's rounding */
+        if (!st && routed && (L->desc.flags & MOEVK_LAYER_VRAM_BUDGET) &&
+            chunk_alloc_bytes(s, s->nchunks) > L->desc.vram_budget) {
+            for (uint32_t c = 0; c < s->nchunks; c++)
+                for (int m = 0; m < 3; m++)
+                    moevk_buffer_destroy(s->chunks[c].w[m]);
+            mvk_free(ctx, s->chunks);
+            s->chunks = NULL;
+            s->nchunks = 0;
+            L->weight_bytes = slot_base;
+            st = budget_chunks(L, w, plan, per_chunk, count - 1, prog);
+        }
+    } else {
+        st = budget_chunks(L, w, plan, per_chunk, slots, prog);
     }
     if (st)
         return st;
@@ -222,6 +362,7 @@ static void layer_free(moevk_layer *L)
 {
     moevk_context *ctx = L->ctx;
     mvk_wait_before_free(ctx);
+    mvk_cache_destroy(L);
     set_destroy(L, &L->routed);
     set_destroy(L, &L->shared);
     moevk_buffer_destroy(L->router_w);
@@ -405,6 +546,23 @@ static moevk_status check_io(moevk_layer *L, const moevk_tensor *x, const moevk_
     return mvk_tokens_of(ctx, x, "x", T);
 }
 
+/* The expert cache observes the admitted rows per expert of the last
+ * pass (E words at word `at` of b). */
+static moevk_status observe_counts(moevk_layer *L, const moevk_buffer *b, uint32_t at)
+{
+    const uint32_t E = L->desc.num_experts;
+    if (L->cache->observed == L->cache->recorded)
+        return MOEVK_SUCCESS;
+    uint32_t *counts = mvk_alloc(L->ctx, sizeof(uint32_t) * E);
+    if (!counts)
+        return mvk_fail(L->ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "expert counts");
+    moevk_status st = moevk_buffer_download(b, at * 4ull, counts, (uint64_t)E * 4);
+    if (!st)
+        mvk_cache_observe(L, counts);
+    mvk_free(L->ctx, counts);
+    return st;
+}
+
 static mvk_pass_io full_pass(const moevk_tensor *x, const moevk_tensor *y, bool stats)
 {
     return (mvk_pass_io){
@@ -444,8 +602,11 @@ static moevk_status layer_forward(moevk_layer *L, const moevk_tensor *x, moevk_t
     if (!st) {
         L->has_results = stats != NULL;
         mvk_pass_timer_read(ctx, &tm, L->stage_ms);
+        if (L->cache)
+            st = observe_counts(L, L->ws->s[MVK_WS_META], MVK_META_COUNTS(L->desc.num_experts));
     } else {
         L->ws->last_layer = NULL;
+        mvk_cache_pass_failed(L);
     }
     mvk_free(ctx, tm.stage_of_pair);
     if (st)
@@ -481,6 +642,7 @@ static moevk_status layer_record(moevk_layer *L, void *vk_command_buffer, const 
     mvk_pass_record(L, &c, &g, &io, NULL);
     if (c.status) {
         L->ws->last_layer = NULL;
+        mvk_cache_pass_failed(L);
         return c.status;
     }
     L->has_results = stats; /* valid once the caller's submission completed */
@@ -510,6 +672,9 @@ static moevk_status read_stats(moevk_layer *L, moevk_routing_stats *stats)
     if (stats->tokens_per_expert &&
         (st = moevk_buffer_download(L->results, MVK_RESULTS_COUNTS(E) * 4ull,
                                     stats->tokens_per_expert, (uint64_t)E * 4)))
+        return st;
+    /* the expert cache learns from a recorded pass whose statistics are read */
+    if (L->cache && (st = observe_counts(L, L->results, MVK_RESULTS_COUNTS(E))))
         return st;
     float f[3];
     memcpy(f, tail + 1, sizeof(f));

@@ -13,8 +13,9 @@
 /* A run of consecutive experts whose gate/up/down matrices each fit in one
  * storage buffer. */
 typedef struct mvk_chunk {
-    uint32_t first, count;
+    uint32_t first, count; /* experts; a budgeted set's device chunk: slots */
     moevk_buffer *w[3]; /* gate (NULL if not gated), up, down */
+    bool host;          /* a budgeted set's host copy (src/cache.h) */
 } mvk_chunk;
 
 /* A stack of experts of one width: the routed experts or the shared ones. */
@@ -26,7 +27,12 @@ typedef struct mvk_expert_set {
     mvk_chunk *chunks;
     moevk_buffer *bias[3]; /* all NULL, or all set (zeros where absent) */
     moevk_buffer *input_perm; /* [count, H] u32, or NULL (the identity) */
+    /* Under a budget (src/cache.h): the slot tables [nchunks, count] u32;
+     * NULL when chunk i simply holds experts first .. first + count - 1 */
+    moevk_buffer *table;
 } mvk_expert_set;
+
+typedef struct mvk_cache mvk_cache;
 
 struct moevk_layer {
     moevk_context *ctx;
@@ -35,7 +41,10 @@ struct moevk_layer {
     uint32_t r_fmt;        /* MVK_WFMT_* of the router weights */
     moevk_buffer *router_w, *router_b, *corr_b, *shared_gate;
     mvk_expert_set routed, shared;
-    uint64_t weight_bytes;
+    uint64_t weight_bytes;      /* device memory of all weights */
+    uint64_t host_weight_bytes; /* host-visible expert copies (a budget) */
+    uint64_t slot_bytes;        /* of weight_bytes: the routed experts' */
+    mvk_cache *cache;           /* under a budget that not all experts fit */
     moevk_workspace *ws; /* per-pass buffers (a reference held) */
 
     /* Results of the last pass: MVK_RESULTS_* words written on the GPU,

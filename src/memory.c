@@ -12,17 +12,27 @@
 
 #define MVK_STAGING_BYTES (16ull << 20)
 
-static int find_memory_type(const moevk_context *ctx, uint32_t bits, VkMemoryPropertyFlags want)
+static int find_memory_type_avoiding(const moevk_context *ctx, uint32_t bits,
+                                     VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid)
 {
     const VkPhysicalDeviceMemoryProperties *mp = &ctx->memprops;
     for (uint32_t i = 0; i < mp->memoryTypeCount; i++)
-        if ((bits & (1u << i)) && (mp->memoryTypes[i].propertyFlags & want) == want)
+        if ((bits & (1u << i)) && (mp->memoryTypes[i].propertyFlags & want) == want &&
+            !(mp->memoryTypes[i].propertyFlags & avoid))
             return (int)i;
     return -1;
 }
 
-moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFlags usage,
-                              VkMemoryPropertyFlags want, VkBuffer *buf, VkDeviceMemory *mem)
+static int find_memory_type(const moevk_context *ctx, uint32_t bits, VkMemoryPropertyFlags want)
+{
+    return find_memory_type_avoiding(ctx, bits, want, 0);
+}
+
+/* mvk_buffer_alloc, preferring a memory type without `avoid`; the
+ * allocation's size into *bytes. */
+static moevk_status buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFlags usage,
+                                 VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid,
+                                 VkBuffer *buf, VkDeviceMemory *mem, uint64_t *bytes)
 {
     *buf = VK_NULL_HANDLE;
     *mem = VK_NULL_HANDLE;
@@ -41,7 +51,9 @@ moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFl
     }
     VkMemoryRequirements req;
     ctx->vk.vkGetBufferMemoryRequirements(ctx->device, *buf, &req);
-    int type = find_memory_type(ctx, req.memoryTypeBits, want);
+    int type = avoid ? find_memory_type_avoiding(ctx, req.memoryTypeBits, want, avoid) : -1;
+    if (type < 0)
+        type = find_memory_type(ctx, req.memoryTypeBits, want);
     if (type < 0 && (want & VK_MEMORY_PROPERTY_HOST_CACHED_BIT))
         type = find_memory_type(ctx, req.memoryTypeBits, want & ~VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
     if (type < 0 && (want & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT))
@@ -75,7 +87,15 @@ moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFl
         return st;
     }
     ctx->live_objects++;
+    if (bytes)
+        *bytes = req.size;
     return MOEVK_SUCCESS;
+}
+
+moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFlags usage,
+                              VkMemoryPropertyFlags want, VkBuffer *buf, VkDeviceMemory *mem)
+{
+    return buffer_alloc(ctx, size, usage, want, 0, buf, mem, NULL);
 }
 
 /* Frees a buffer made by mvk_buffer_alloc (both handles, or neither). */
@@ -141,7 +161,8 @@ static moevk_status check_buffer_size(moevk_context *ctx, uint64_t size)
     return MOEVK_SUCCESS;
 }
 
-static moevk_status buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer **out)
+static moevk_status buffer_create_in(moevk_context *ctx, uint64_t size, bool host,
+                                     moevk_buffer **out)
 {
     if (!out)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "buffer_create: %s is NULL",
@@ -156,17 +177,43 @@ static moevk_status buffer_create(moevk_context *ctx, uint64_t size, moevk_buffe
     b->ctx = ctx;
     b->size = size;
     /* Storage buffers are accessed as uint words: round up to 4 bytes. */
-    st = mvk_buffer_alloc(ctx, (size + 3) & ~3ull,
-                          VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                              VK_BUFFER_USAGE_TRANSFER_DST_BIT |
-                              VK_BUFFER_USAGE_INDIRECT_BUFFER_BIT,
-                          VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, &b->buffer, &b->memory);
+    const VkBufferUsageFlags usage =
+        VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+        VK_BUFFER_USAGE_TRANSFER_DST_BIT | VK_BUFFER_USAGE_INDIRECT_BUFFER_BIT;
+    if (host)
+        st = buffer_alloc(ctx, (size + 3) & ~3ull, usage,
+                          VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT,
+                          VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, &b->buffer, &b->memory,
+                          &b->alloc_bytes);
+    else
+        st = buffer_alloc(ctx, (size + 3) & ~3ull, usage, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0,
+                          &b->buffer, &b->memory, &b->alloc_bytes);
+    if (!st && host) {
+        b->host = true;
+        VkResult r = MVK_VK(ctx, ctx->vk.vkMapMemory(ctx->device, b->memory, 0, VK_WHOLE_SIZE, 0,
+                                                     &b->map));
+        if (r != VK_SUCCESS) {
+            b->map = NULL;
+            mvk_buffer_free(ctx, b->buffer, b->memory);
+            st = mvk_vk_fail(ctx, r, "vkMapMemory");
+        }
+    }
     if (st) {
         mvk_free(ctx, b);
         return st;
     }
     *out = b;
     return MOEVK_SUCCESS;
+}
+
+static moevk_status buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer **out)
+{
+    return buffer_create_in(ctx, size, false, out);
+}
+
+moevk_status mvk_host_buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer **out)
+{
+    return buffer_create_in(ctx, size, true, out);
 }
 
 static moevk_status buffer_import(moevk_context *ctx, void *vk_buffer, uint64_t size,
@@ -198,6 +245,8 @@ void moevk_buffer_destroy(moevk_buffer *b)
     if (mvk_enter(ctx))
         return; /* another thread is inside a call: a misuse; nothing is touched */
     mvk_wait_before_free(ctx);
+    if (b->map)
+        ctx->vk.vkUnmapMemory(ctx->device, b->memory);
     if (!b->imported)
         mvk_buffer_free(ctx, b->buffer, b->memory);
     mvk_free(ctx, b);
@@ -260,6 +309,12 @@ static moevk_status buffer_upload(moevk_buffer *b, uint64_t offset, const void *
     moevk_status st = check_range(ctx, b, offset, size, "upload");
     if (st || size == 0)
         return st;
+    if (b->map) { /* host memory: written in place once the GPU is idle */
+        if ((st = mvk_wait_idle(ctx)))
+            return st;
+        memcpy((uint8_t *)b->map + offset, src, size);
+        return MOEVK_SUCCESS;
+    }
     if ((st = mvk_wait_idle(ctx)) || (st = staging_ensure(ctx)))
         return st; /* (a timed-out copy may still read the staging memory) */
     const uint8_t *p = src;

@@ -25,6 +25,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "cache.h"
 #include "ops/ops.h"
 #include "pass.h"
 
@@ -181,6 +182,7 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
     const mvk_expert_set *set = &L->routed;
     const uint32_t E = d->num_experts;
     const mvk_binding h = mvk_ws_binding(L->ws, MVK_WS_H);
+    mvk_cmd_barrier_transfers(c); /* the expert cache's copies and tables */
     for (int down = 0; down < 2; down++) {
         timer_begin(c, tm);
         for (uint32_t i = 0; i < set->nchunks; i++) {
@@ -198,6 +200,7 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
                 .permuted = !down && set->input_perm,
                 .N = down ? d->hidden : set->ffn, .K = down ? set->ffn : d->hidden, .E = E,
                 .e_first = ch->first, .e_count = ch->count,
+                .slots = whole(set->table), .slot_base = i * E, .has_table = set->table != NULL,
                 .alpha = d->swiglu_alpha, .limit = d->swiglu_limit,
                 .w_fmt = set->w_fmt[down], .act = down ? MVK_ACT_NONE : (uint32_t)d->activation + 1u,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
@@ -272,6 +275,8 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
     if (tm && tm->pool)
         mvk_cmd_reset_queries(c, tm->pool, tm->cap);
     mvk_cmd_barrier(c); /* the previous pass's use of the workspace */
+    if (io->experts && L->cache)
+        mvk_cache_record(L, c); /* promotions: copies the expert stage waits for */
 
     if (io->route)
         phase_route(L, c, g, io, tm);

@@ -474,6 +474,13 @@ enum moevk_layer_flags {
      * said in the log at MOEVK_LOG_WARN; moevk_layer_get_desc then gives
      * the formats each matrix got. */
     MOEVK_LAYER_QUANTIZE = 1u << 3,
+    /* A device-memory budget for the routed experts (vram_budget bytes):
+     * see "Expert weights under a budget" below. */
+    MOEVK_LAYER_VRAM_BUDGET = 1u << 4,
+    /* With MOEVK_LAYER_VRAM_BUDGET: the experts on the device change only
+     * when the caller pins or prefetches (moevk_layer_cache_pin/_prefetch),
+     * never from the routing counts. */
+    MOEVK_LAYER_CACHE_STATIC = 1u << 5,
 };
 
 typedef struct moevk_layer_desc {
@@ -517,6 +524,12 @@ typedef struct moevk_layer_desc {
      * (MOEVK_LOG_INFO). */
     moevk_dtype quantize_dtype;
     uint32_t quantize_threads;
+
+    /* MOEVK_LAYER_VRAM_BUDGET: the most device memory, in bytes, that the
+     * routed experts' matrices may take (0 is allowed: every expert then
+     * runs from host memory). Without the flag every expert is on the
+     * device. */
+    uint64_t vram_budget;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */
@@ -640,6 +653,66 @@ typedef struct moevk_pass_info {
  * submission completed, a recorded one); fails once another layer has run
  * through the same workspace. */
 MOEVK_API moevk_status moevk_layer_pass_info(moevk_layer *layer, moevk_pass_info *info);
+
+/* ---- Expert weights under a budget --------------------------------------
+ * With MOEVK_LAYER_VRAM_BUDGET the routed experts' matrices take at most
+ * desc.vram_budget bytes of device memory: the layer holds S = as many
+ * whole experts as fit ("device slots") on the device, and a copy of all E
+ * in host-visible memory (system RAM the GPU reads over its bus), from
+ * which the expert kernels read the experts that are not on the device
+ * directly, inside the pass: no host round trip, no stall. The router,
+ * the shared experts and the biases are always on the device (they are
+ * read by every token). Results are bit for bit those of the layer with
+ * every expert on the device, whatever the budget and whichever experts
+ * are resident.
+ *
+ * The device slots are a cache of hot experts. Which experts they hold is
+ * decided between passes from the routing counts the cache observes (those
+ * of every moevk_layer_forward, and of a recorded pass when its statistics
+ * are read with moevk_layer_read_stats): each expert's score decays by
+ * half every MOEVK_CACHE_HALF_LIFE passes and grows by the rows routed to
+ * it; a host expert replaces the lowest-scoring unpinned resident one only
+ * when its score is over MOEVK_CACHE_HYSTERESIS times that one's (plus one
+ * row), at most max(1, S / 4) experts a pass, so the cache does not thrash.
+ * A promotion is a copy recorded at the start of the next pass (forward or
+ * recorded: the copies go into the same command buffer, so a host that
+ * records a layer into its frame needs nothing else); the copies overlap
+ * the routing stages and only the expert stage waits for them. Recorded
+ * passes must be submitted in the order they were recorded (the workspace
+ * rule above), as the slot tables they set follow that order.
+ *
+ * Everything here is per layer; a layer without the flag has no host copy
+ * and these calls report all experts resident. */
+#define MOEVK_CACHE_HALF_LIFE 8
+#define MOEVK_CACHE_HYSTERESIS 1.5
+
+typedef struct moevk_cache_stats {
+    uint64_t device_weight_bytes; /* all of the layer's device weight memory  */
+    uint64_t host_weight_bytes;   /* its host-visible expert copies            */
+    uint64_t expert_device_bytes; /* of device_weight_bytes: the device slots  */
+    uint32_t device_slots;        /* S                                         */
+    uint32_t resident_experts;    /* experts in the device slots now           */
+    uint64_t passes;              /* passes whose routing the cache observed   */
+    uint64_t hits, misses;        /* over those: routed rows whose expert was
+                                   * on the device / in host memory            */
+    uint64_t promotions;          /* experts copied to the device              */
+    uint64_t evictions;           /* experts whose slot another one took       */
+    uint64_t bytes_moved;         /* bytes the promotions copied               */
+} moevk_cache_stats;
+
+MOEVK_API moevk_status moevk_layer_cache_stats(const moevk_layer *layer,
+                                               moevk_cache_stats *stats);
+/* resident[e] = 1 when expert e is in a device slot for the next pass
+ * recorded (num_experts bytes), else 0. */
+MOEVK_API moevk_status moevk_layer_cache_resident(const moevk_layer *layer, uint8_t *resident);
+/* pin = 1: expert stays on the device (copied there at the next pass if it
+ * is not); at most S experts pinned. pin = 0: back under the policy. */
+MOEVK_API moevk_status moevk_layer_cache_pin(moevk_layer *layer, uint32_t expert, int pin);
+/* Copy these experts to the device at the next pass (an engine that knows
+ * its next routing), evicting the lowest-scoring unpinned ones; at most S,
+ * the first ones first. */
+MOEVK_API moevk_status moevk_layer_cache_prefetch(moevk_layer *layer, const uint32_t *experts,
+                                                  uint32_t count);
 
 /* ---- Stages on their own --------------------------------------------------
  * For engines that fuse differently: each call runs one part of the forward

@@ -367,6 +367,25 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
             shared_ffn = shared_ffn < bw ? bw : shared_ffn / bw * bw;
     }
 
+    /* a device-memory budget for the routed experts, from a stream of its
+     * own (the other draws stay as they were): 0 experts, 1, some, all
+     * but one, all; a third of the cases, some with a static cache */
+    mvk_rng rv = mvk_rng_seed(seed, 6);
+    if (!lim.no_budget && mvk_rng_chance(&rv, 0.3)) {
+        const bool per = (d->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
+        const moevk_dtype gu = per ? d->experts.gate_up_dtype : d->weight_dtype;
+        const moevk_dtype dn = per ? d->experts.down_dtype : d->weight_dtype;
+        const uint64_t eb = (mats - 1) * (uint64_t)F * mvk_format_row_bytes(gu, H) +
+                            (uint64_t)H * mvk_format_row_bytes(dn, F);
+        const uint32_t u = mvk_rng_range(&rv, 0, 4);
+        const uint32_t fit = u == 0 ? 0 : u == 1 ? 1 : u == 2 ? mvk_rng_range(&rv, 0, E)
+                             : u == 3 ? E - 1 : E;
+        d->flags |= MOEVK_LAYER_VRAM_BUDGET;
+        d->vram_budget = fit * eb + (u == 2 ? mvk_rng_range(&rv, 0, (eb > (1u << 30) ? (1u << 30) : (uint32_t)eb) - 1) : 0);
+        if (mvk_rng_chance(&rv, 0.3))
+            d->flags |= MOEVK_LAYER_CACHE_STATIC;
+    }
+
     c->T = T;
     c->scenarios = sc;
     d->hidden = H;
@@ -572,6 +591,9 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
             moevk_dtype_name(d->router_dtype));
     if (d->capacity_factor > 0)
         app(buf, n, &p, " cf=%.3g", d->capacity_factor);
+    if (d->flags & MOEVK_LAYER_VRAM_BUDGET)
+        app(buf, n, &p, " vram=%lluB%s", (unsigned long long)d->vram_budget,
+            d->flags & MOEVK_LAYER_CACHE_STATIC ? "(static)" : "");
     if (d->num_shared)
         app(buf, n, &p, " shared=%ux%u%s", d->num_shared, d->shared_ffn ? d->shared_ffn : d->ffn,
             d->shared_gate ? "+gate" : "");

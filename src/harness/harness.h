@@ -103,6 +103,8 @@ typedef struct mvkc_limits {
      * drawn from the format table): 0 = in a quarter of the cases unless
      * weight_dtype is forced, < 0 = never, > 0 = always. */
     int blocks;
+    /* 1: no device-memory budget (MOEVK_LAYER_VRAM_BUDGET) on any case */
+    int no_budget;
     /* MVKC_PICK(number of shared experts) (0 = random 0..2). */
     uint32_t num_shared;
     uint32_t scenarios_on;  /* MVKC_SC_* always applied */

@@ -81,6 +81,7 @@ void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
     mvk_gemm_push p = {
         .M = a->M, .N = a->N, .K = a->K, .E = a->E,
         .e_first = a->e_first, .e_count = a->e_count,
+        .slot_base = a->has_table ? a->slot_base : MVK_NO_TABLE,
         .has_bias = a->has_bias, .dense_expert = a->dense_expert,
         .alpha = a->alpha, .limit = a->limit, .out_offset = a->out_offset,
         .a_row0 = a->a_row0, .act = a->act,
@@ -96,6 +97,7 @@ void mvk_op_expert_gemm(mvk_cmd *c, const mvk_gemm_args *a)
     b[MVK_GEMM_BIND_BIAS1] = a->bias1;
     b[MVK_GEMM_BIND_OUT] = a->out;
     b[MVK_GEMM_BIND_PERM] = a->perm;
+    b[MVK_GEMM_BIND_SLOTS] = a->has_table ? a->slots : (mvk_binding){0};
     const uint32_t force = c->ctx->testing_force_path;
     if (a->scheduled) {
         /* every path's grid is in META; a path without tiles dispatches an

@@ -76,7 +76,10 @@ typedef struct mvk_gemm_args {
     mvk_binding a, row_token, schedule, meta, w0, w1, bias0, bias1, out;
     mvk_binding perm;  /* permuted: [experts, K] u32, the A column of input k */
     uint32_t M, N, K, E;
-    uint32_t e_first, e_count; /* experts held by w0/w1 */
+    uint32_t e_first, e_count; /* experts held by w0/w1 (no slot table) */
+    mvk_binding slots;         /* has_table: the slot tables (MVK_GEMM_BIND_SLOTS) */
+    uint32_t slot_base;        /* has_table: w0/w1's table's first word */
+    bool has_table;
     uint32_t dense_expert;     /* dense only */
     uint32_t a_row0;           /* dense only: first A row */
     uint32_t out_offset;

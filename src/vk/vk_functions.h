@@ -83,6 +83,7 @@
     X(vkCmdPipelineBarrier)                                                              \
     X(vkCmdCopyBuffer)                                                                   \
     X(vkCmdFillBuffer)                                                                   \
+    X(vkCmdUpdateBuffer)                                                                 \
     X(vkCreateQueryPool)                                                                 \
     X(vkDestroyQueryPool)                                                                \
     X(vkCmdResetQueryPool)                                                               \

@@ -1,0 +1,55 @@
+/*
+ * The device cache of a layer's routed experts under a device-memory
+ * budget (MOEVK_LAYER_VRAM_BUDGET; the contract is in moevk.h, the design
+ * in docs/architecture.md "Experts under a budget").
+ *
+ * The routed expert set of such a layer has chunks of two kinds (src/layer.h
+ * mvk_expert_set): device chunks, whose buffers hold S slots in all, and
+ * host chunks, consecutive experts in host-visible memory, all E of them.
+ * A slot table per chunk ([nchunks, E] u32 on the device, mirrored here)
+ * says where each expert is: its slot in the one device chunk that holds
+ * it, and MVK_NO_SLOT in the host chunks; or its place in its host chunk
+ * when no device slot holds it. The expert kernels look the slot up
+ * (shaders/interface.h MVK_GEMM_BIND_SLOTS), so one dispatch per chunk
+ * reads every expert from wherever it is, with the same bits.
+ */
+#ifndef MOEVK_CACHE_H
+#define MOEVK_CACHE_H
+
+#include "layer.h"
+
+struct mvk_cache {
+    uint32_t E, slots;      /* experts, device slots (0 < slots < E) */
+    uint32_t dev_chunks;    /* routed.chunks[0, dev_chunks) hold the slots */
+    uint64_t expert_bytes;  /* one expert's matrices (gate, up, down) */
+    uint32_t *slot_expert;  /* [slots]: its expert, MVK_NO_SLOT when free */
+    uint32_t *expert_slot;  /* [E]: its slot, MVK_NO_SLOT when in host memory */
+    uint8_t *pinned;        /* [E] */
+    uint32_t *requests;     /* [E] prefetch requests, oldest first */
+    uint32_t nrequests;
+    double *score;          /* [E] decayed routed rows */
+    uint32_t *table;        /* [nchunks, E] the slot tables, as on the device */
+    bool table_dirty;       /* the device's tables differ from `table` */
+    bool is_static;         /* MOEVK_LAYER_CACHE_STATIC */
+    /* the promotions of the last recorded pass (undone if it fails) */
+    uint32_t *last_promoted; /* [slots] experts */
+    uint32_t nlast;
+    uint8_t *resident_rec;  /* [E] residency of the last recorded pass */
+    uint64_t recorded, observed; /* passes recorded / the last one observed */
+    moevk_cache_stats stats;
+};
+
+/* The cache of L (whose routed set already has its device and host
+ * chunks): tables, with experts 0 .. S-1 resident, as create uploaded. */
+moevk_status mvk_cache_create(moevk_layer *L, uint32_t slots, uint32_t dev_chunks);
+void mvk_cache_destroy(moevk_layer *L);
+/* At the start of a pass (after its first barrier): decide promotions from
+ * the scores and requests, record their copies and the tables' update. */
+void mvk_cache_record(moevk_layer *L, mvk_cmd *c);
+/* The pass just recorded was not submitted or failed: forget its
+ * promotions (their slots are free again). */
+void mvk_cache_pass_failed(moevk_layer *L);
+/* counts [E]: the admitted rows per expert of the last recorded pass. */
+void mvk_cache_observe(moevk_layer *L, const uint32_t *counts);
+
+#endif
