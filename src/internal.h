@@ -144,6 +144,7 @@ struct moevk_buffer {
     VkDeviceMemory memory;
     uint64_t size;
     uint64_t alloc_bytes; /* the VkDeviceMemory's size (0 when imported) */
+    uint32_t heap;        /* the memory heap it is in */
     void *map;            /* host buffers: their persistent mapping */
     bool imported;
     bool host;            /* in host-visible memory, not device-local if the
@@ -176,6 +177,8 @@ void mvk_buffer_free(moevk_context *ctx, VkBuffer buf, VkDeviceMemory mem);
  * else any host-visible one (integrated GPUs, CPU devices). Mapped for its
  * lifetime; uploads are memcpy. */
 moevk_status mvk_host_buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer **out);
+/* VK_EXT_memory_budget's usage of a memory heap (UNSUPPORTED without). */
+moevk_status mvk_heap_usage(moevk_context *ctx, uint32_t heap, uint64_t *usage);
 void mvk_staging_release(moevk_context *ctx);
 
 /* ---- pipelines and commands (command.c) ---- */

@@ -32,7 +32,8 @@ static int find_memory_type(const moevk_context *ctx, uint32_t bits, VkMemoryPro
  * allocation's size into *bytes. */
 static moevk_status buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFlags usage,
                                  VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid,
-                                 VkBuffer *buf, VkDeviceMemory *mem, uint64_t *bytes)
+                                 VkBuffer *buf, VkDeviceMemory *mem, uint64_t *bytes,
+                                 uint32_t *heap)
 {
     *buf = VK_NULL_HANDLE;
     *mem = VK_NULL_HANDLE;
@@ -89,13 +90,15 @@ static moevk_status buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsag
     ctx->live_objects++;
     if (bytes)
         *bytes = req.size;
+    if (heap)
+        *heap = ctx->memprops.memoryTypes[type].heapIndex;
     return MOEVK_SUCCESS;
 }
 
 moevk_status mvk_buffer_alloc(moevk_context *ctx, uint64_t size, VkBufferUsageFlags usage,
                               VkMemoryPropertyFlags want, VkBuffer *buf, VkDeviceMemory *mem)
 {
-    return buffer_alloc(ctx, size, usage, want, 0, buf, mem, NULL);
+    return buffer_alloc(ctx, size, usage, want, 0, buf, mem, NULL, NULL);
 }
 
 /* Frees a buffer made by mvk_buffer_alloc (both handles, or neither). */
@@ -184,10 +187,10 @@ static moevk_status buffer_create_in(moevk_context *ctx, uint64_t size, bool hos
         st = buffer_alloc(ctx, (size + 3) & ~3ull, usage,
                           VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT,
                           VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, &b->buffer, &b->memory,
-                          &b->alloc_bytes);
+                          &b->alloc_bytes, &b->heap);
     else
         st = buffer_alloc(ctx, (size + 3) & ~3ull, usage, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0,
-                          &b->buffer, &b->memory, &b->alloc_bytes);
+                          &b->buffer, &b->memory, &b->alloc_bytes, &b->heap);
     if (!st && host) {
         b->host = true;
         VkResult r = MVK_VK(ctx, ctx->vk.vkMapMemory(ctx->device, b->memory, 0, VK_WHOLE_SIZE, 0,
@@ -529,3 +532,19 @@ MVK_GUARDED(moevk_tensor_create,
             (moevk_context *ctx, moevk_dtype dtype, uint32_t ndim, const uint64_t *shape,
              moevk_tensor *out),
             ctx, tensor_create(ctx, dtype, ndim, shape, out))
+
+moevk_status mvk_heap_usage(moevk_context *ctx, uint32_t heap, uint64_t *usage)
+{
+    if (!ctx->info.memory_budget)
+        return mvk_fail(ctx, MOEVK_ERROR_UNSUPPORTED, "the device lacks VK_EXT_memory_budget");
+    VkPhysicalDeviceMemoryBudgetPropertiesEXT mb = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
+    VkPhysicalDeviceMemoryProperties2 mp = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2, .pNext = &mb};
+    ctx->vki.vkGetPhysicalDeviceMemoryProperties2(ctx->phys, &mp);
+    if (heap >= mp.memoryProperties.memoryHeapCount)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "heap %u: the device has %u", heap,
+                        mp.memoryProperties.memoryHeapCount);
+    *usage = mb.heapUsage[heap];
+    return MOEVK_SUCCESS;
+}

@@ -5,6 +5,7 @@
 #include "internal.h"
 #include "interface.h"
 #include "kernels.h"
+#include "layer.h"
 
 void moevk_testing_fail_after(moevk_context *ctx, int64_t n)
 {
@@ -84,4 +85,19 @@ moevk_status moevk_testing_matrix_units(moevk_context *ctx, int mode)
     ctx->info.matrix_units = 0;
     ctx->testing_mu_fail = mode == 2;
     return mode ? mvk_matrix_units_prepare(ctx) : MOEVK_SUCCESS;
+}
+
+moevk_status moevk_testing_heap_usage(moevk_context *ctx, uint32_t heap, uint64_t *usage)
+{
+    return mvk_heap_usage(ctx, heap, usage);
+}
+
+void moevk_testing_expert_heaps(const moevk_layer *L, uint32_t *device_heap, uint32_t *host_heap)
+{
+    *device_heap = *host_heap = UINT32_MAX;
+    for (uint32_t c = 0; c < L->routed.nchunks; c++) {
+        const moevk_buffer *b = L->routed.chunks[c].w[1];
+        if (b)
+            *(L->routed.chunks[c].host ? host_heap : device_heap) = b->heap;
+    }
 }

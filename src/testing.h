@@ -45,4 +45,12 @@ moevk_status moevk_testing_force_path(moevk_context *ctx, int path);
  * with a planted self-check failure (the portable kernel stays). */
 moevk_status moevk_testing_matrix_units(moevk_context *ctx, int mode);
 
+/* VK_EXT_memory_budget's heapUsage of memory heap `heap` (UNSUPPORTED on
+ * a device without the extension). */
+moevk_status moevk_testing_heap_usage(moevk_context *ctx, uint32_t heap, uint64_t *usage);
+/* The heaps of a layer's routed-expert memory: its device slots (or all
+ * experts without a budget) and its host copy (UINT32_MAX if none). */
+void moevk_testing_expert_heaps(const moevk_layer *layer, uint32_t *device_heap,
+                                uint32_t *host_heap);
+
 #endif

@@ -154,3 +154,57 @@ void host_barrier(host_app *h, VkCommandBuffer cb, VkPipelineStageFlags src,
                           .dstAccessMask = dst_access};
     h->CmdPipelineBarrier(cb, src, dst, 0, 1, &mb, 0, NULL, 0, NULL);
 }
+
+/* ---- recording ---- */
+
+void recorder_make(host_app *h, recorder *rc)
+{
+    rc->h = h;
+    VkCommandPoolCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                   .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                   .queueFamilyIndex = h->fam};
+    cr_assert_eq(h->CreateCommandPool(h->dev, &pci, NULL, &rc->pool), VK_SUCCESS);
+    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                      .commandPool = rc->pool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                      .commandBufferCount = 2};
+    cr_assert_eq(h->AllocateCommandBuffers(h->dev, &ai, rc->cb), VK_SUCCESS);
+    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(h->CreateFence(h->dev, &fci, NULL, &rc->fence[i]), VK_SUCCESS);
+}
+
+void recorder_free(recorder *rc)
+{
+    for (int i = 0; i < 2; i++)
+        rc->h->DestroyFence(rc->h->dev, rc->fence[i], NULL);
+    rc->h->DestroyCommandPool(rc->h->dev, rc->pool, NULL);
+}
+
+void recorder_begin(recorder *rc, int i)
+{
+    VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    cr_assert_eq(rc->h->BeginCommandBuffer(rc->cb[i], &bi), VK_SUCCESS);
+    host_barrier(rc->h, rc->cb[i], VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
+                 VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+}
+
+void recorder_submit(recorder *rc, int i)
+{
+    host_barrier(rc->h, rc->cb[i], VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                 VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_TRANSFER_BIT,
+                 VK_ACCESS_TRANSFER_READ_BIT);
+    cr_assert_eq(rc->h->EndCommandBuffer(rc->cb[i]), VK_SUCCESS);
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+                       .commandBufferCount = 1,
+                       .pCommandBuffers = &rc->cb[i]};
+    cr_assert_eq(rc->h->QueueSubmit(rc->h->queue, 1, &si, rc->fence[i]), VK_SUCCESS);
+}
+
+void recorder_wait(recorder *rc, int n)
+{
+    cr_assert_eq(rc->h->WaitForFences(rc->h->dev, (uint32_t)n, rc->fence, VK_TRUE, UINT64_MAX),
+                 VK_SUCCESS);
+    rc->h->ResetFences(rc->h->dev, (uint32_t)n, rc->fence);
+}
+

@@ -57,4 +57,20 @@ moevk_vulkan_import host_import(const host_app *h);
 void host_barrier(host_app *h, VkCommandBuffer cb, VkPipelineStageFlags src,
                   VkAccessFlags src_access, VkPipelineStageFlags dst, VkAccessFlags dst_access);
 
+/* Command buffers of the host for recorded passes: begin (with a barrier
+ * from the host's transfers to compute), submit (with a barrier from
+ * compute to transfers) with a fence each, wait for the first n. */
+typedef struct recorder {
+    host_app *h;
+    VkCommandPool pool;
+    VkCommandBuffer cb[2];
+    VkFence fence[2];
+} recorder;
+
+void recorder_make(host_app *h, recorder *rc);
+void recorder_free(recorder *rc);
+void recorder_begin(recorder *rc, int i);
+void recorder_submit(recorder *rc, int i);
+void recorder_wait(recorder *rc, int n);
+
 #endif

@@ -303,64 +303,6 @@ Test(workspace, an_expert_matrix_of_exactly_the_range_is_accepted)
 
 /* ---- recording ------------------------------------------------------------------ */
 
-typedef struct recorder {
-    host_app *h;
-    VkCommandPool pool;
-    VkCommandBuffer cb[2];
-    VkFence fence[2];
-} recorder;
-
-static void recorder_make(host_app *h, recorder *rc)
-{
-    rc->h = h;
-    VkCommandPoolCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
-                                   .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
-                                   .queueFamilyIndex = h->fam};
-    cr_assert_eq(h->CreateCommandPool(h->dev, &pci, NULL, &rc->pool), VK_SUCCESS);
-    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-                                      .commandPool = rc->pool,
-                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-                                      .commandBufferCount = 2};
-    cr_assert_eq(h->AllocateCommandBuffers(h->dev, &ai, rc->cb), VK_SUCCESS);
-    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
-    for (int i = 0; i < 2; i++)
-        cr_assert_eq(h->CreateFence(h->dev, &fci, NULL, &rc->fence[i]), VK_SUCCESS);
-}
-
-static void recorder_free(recorder *rc)
-{
-    for (int i = 0; i < 2; i++)
-        rc->h->DestroyFence(rc->h->dev, rc->fence[i], NULL);
-    rc->h->DestroyCommandPool(rc->h->dev, rc->pool, NULL);
-}
-
-static void begin(recorder *rc, int i)
-{
-    VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
-    cr_assert_eq(rc->h->BeginCommandBuffer(rc->cb[i], &bi), VK_SUCCESS);
-    host_barrier(rc->h, rc->cb[i], VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
-                 VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
-}
-
-static void end_submit(recorder *rc, int i)
-{
-    host_barrier(rc->h, rc->cb[i], VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                 VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_TRANSFER_BIT,
-                 VK_ACCESS_TRANSFER_READ_BIT);
-    cr_assert_eq(rc->h->EndCommandBuffer(rc->cb[i]), VK_SUCCESS);
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
-                       .commandBufferCount = 1,
-                       .pCommandBuffers = &rc->cb[i]};
-    cr_assert_eq(rc->h->QueueSubmit(rc->h->queue, 1, &si, rc->fence[i]), VK_SUCCESS);
-}
-
-static void wait_all(recorder *rc, int n)
-{
-    cr_assert_eq(rc->h->WaitForFences(rc->h->dev, (uint32_t)n, rc->fence, VK_TRUE, UINT64_MAX),
-                 VK_SUCCESS);
-    rc->h->ResetFences(rc->h->dev, (uint32_t)n, rc->fence);
-}
-
 /* Three layers recorded back to back into one command buffer, through one
  * workspace, each reading its own x; then one layer recorded into two
  * command buffers that are pending together. Everything bitwise equal to
@@ -401,12 +343,12 @@ static void record_through_one_workspace(int push_descriptors)
     }
     recorder rc;
     recorder_make(&h, &rc);
-    begin(&rc, 0);
+    recorder_begin(&rc, 0);
     for (int i = 0; i < N; i++)
         cr_assert_eq(moevk_layer_record(L[i], rc.cb[0], &tx[i], &ty[i]), MOEVK_SUCCESS, "%s",
                      moevk_context_last_error(ctx));
-    end_submit(&rc, 0);
-    wait_all(&rc, 1);
+    recorder_submit(&rc, 0);
+    recorder_wait(&rc, 1);
     float *y = malloc(sizeof(float) * T * H);
     for (int i = 0; i < N; i++) {
         cr_assert_eq(moevk_tensor_download(&ty[i], y), 0);
@@ -423,13 +365,13 @@ static void record_through_one_workspace(int push_descriptors)
      * same outputs after the first, in queue order) */
     mvkt_poison_tensor(&ty[1]);
     for (int i = 0; i < 2; i++) {
-        begin(&rc, i);
+        recorder_begin(&rc, i);
         cr_assert_eq(moevk_layer_record(L[1], rc.cb[i], &tx[1], &ty[1]), MOEVK_SUCCESS, "%s",
                      moevk_context_last_error(ctx));
     }
-    end_submit(&rc, 0);
-    end_submit(&rc, 1);
-    wait_all(&rc, 2);
+    recorder_submit(&rc, 0);
+    recorder_submit(&rc, 1);
+    recorder_wait(&rc, 2);
     cr_assert_eq(moevk_tensor_download(&ty[1], y), 0);
     cr_assert(memcmp(y, want[1].y, sizeof(float) * T * H) == 0,
               "seed %llu: two pending recordings of one layer", (unsigned long long)seed);
