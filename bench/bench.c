@@ -55,6 +55,8 @@ typedef struct bench_opts {
     uint32_t scale, runs, warmup;
     const char *device, *json, *csv, *svg;
     int measure, fit_only;
+    const char *budgets[MAX_LIST]; /* --vram-budget items */
+    uint32_t nbudgets;
     double host_gib, device_gib; /* memory assumed by the fit check (0: as reported) */
 } bench_opts;
 
@@ -159,6 +161,18 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                 }
                 o->dists[o->ndists++] = (bench_dist)d;
             }
+        } else if (!strcmp(a, "--vram-budget")) {
+            if ((n = split(v, items, MAX_LIST - (int)o->nbudgets)) < 0)
+                return -1;
+            for (int j = 0; j < n; j++) {
+                uint64_t b;
+                char why[160];
+                if (mvk_parse_budget(items[j], 1e12, &b, why, sizeof why)) {
+                    fprintf(stderr, "moevk bench: --vram-budget %s\n", why);
+                    return -1;
+                }
+                o->budgets[o->nbudgets++] = items[j];
+            }
         } else if (!strcmp(a, "--backend")) {
             if ((n = split(v, items, MAX_LIST - (int)o->nbackends)) < 0)
                 return -1;
@@ -232,6 +246,12 @@ static void usage(FILE *f)
             "  --dtype LIST      weight dtypes: f32,f16,bf16 (default bf16)\n"
             "  --dist LIST       routing: router,uniform,zipf,one (default router)\n"
             "  --backend LIST    %s (default vulkan)\n"
+            "  --vram-budget LIST  device memory for the routed experts, each a size\n"
+            "                    (K/M/G/T) or a percentage of their bytes (e.g.\n"
+            "                    10%%,25%%,50%%,100%%): the rest run from host memory through\n"
+            "                    the cache of hot experts; every run gets fresh inputs of\n"
+            "                    the routing distribution, and --plot draws throughput\n"
+            "                    against budget\n"
             "  --scale S         divide H and F by S (default 1: the real shapes)\n"
             "  --runs N          timed runs per row, median reported (default 20)\n"
             "  --warmup N        untimed runs first (default 3)\n"
@@ -424,6 +444,53 @@ static uint32_t cache_copies(const moevk_layer_desc *d, uint32_t fit)
     return want < 1 ? 1 : want > fit ? fit : want;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A layer under a budget: --warmup then --runs passes, each on fresh
+ * inputs of the distribution (a cache that saw one input would hold just
+ * its experts); the median pass by total time, with its stages. */
+static moevk_status budget_runs(bench_state *s, const mvk_backend *b, void *layer, bench_dist dist,
+                                const moevk_layer_desc *d, uint32_t T, mvk_rng *rng, float *x,
+                                float *y, mvk_backend_times *t, char *err, size_t n)
+{
+    const bench_opts *o = s->o;
+    double *tot = malloc(sizeof(double) * o->runs);
+    double *st = malloc(sizeof(double) * o->runs * MOEVK_STAGE_COUNT);
+    double *sorted = malloc(sizeof(double) * o->runs);
+    moevk_status r = MOEVK_SUCCESS;
+    if (!tot || !st || !sorted) {
+        snprintf(err, n, "out of host memory");
+        r = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+    }
+    for (uint32_t i = 0; !r && i < o->warmup + o->runs; i++) {
+        make_inputs(rng, dist, d, T, x);
+        double ms = 0, stages[MOEVK_STAGE_COUNT] = {0};
+        const mvk_backend_out out = {.y = y, .total_ms = &ms, .stage_ms = stages};
+        r = b->forward(layer, T, x, &out, err, n);
+        if (!r && i >= o->warmup) {
+            tot[i - o->warmup] = ms;
+            memcpy(st + (size_t)(i - o->warmup) * MOEVK_STAGE_COUNT, stages, sizeof stages);
+        }
+    }
+    if (!r) {
+        memcpy(sorted, tot, sizeof(double) * o->runs);
+        qsort(sorted, o->runs, sizeof(double), cmp_double);
+        const double med = sorted[o->runs / 2];
+        for (uint32_t i = 0; i < o->runs; i++)
+            if (tot[i] == med) {
+                t->total_ms = med;
+                memcpy(t->stage_ms, st + (size_t)i * MOEVK_STAGE_COUNT, sizeof t->stage_ms);
+                break;
+            }
+    }
+    free(tot), free(st), free(sorted);
+    return r;
+}
+
 /* The rows of every token count of one (preset, dtype, distribution) on
  * one backend: one layer (with up to `copies` copies), then per token
  * count a forward pass for the routing it produces and the timing. */
@@ -439,6 +506,7 @@ static void run_rows(bench_state *s, const mvk_preset *p, const mvk_layer_weight
                                .copies = b->bench ? cache_copies(d, copies) : 1,
                                .copy_budget = 0.9 * be->mem.device};
     void *layer = NULL;
+    const bool budgeted = (d->flags & MOEVK_LAYER_VRAM_BUDGET) != 0;
     moevk_status st = b->create(be->dev, d, &lo, &layer, err, sizeof err);
     float *x = malloc(sizeof(float) * ((size_t)s->Tmax * H + 1));
     float *y = malloc(sizeof(float) * ((size_t)s->Tmax * H + 1));
@@ -473,7 +541,11 @@ static void run_rows(bench_state *s, const mvk_preset *p, const mvk_layer_weight
         const mvk_backend_out out = {.y = y, .stats = &stats, .total_ms = &pass_ms};
         mvk_backend_times t = {0};
         moevk_status r = b->forward(layer, T, x, &out, err, sizeof err);
-        if (!r && b->bench)
+        mvk_backend_memory m0;
+        b->memory(layer, T, &m0);
+        if (!r && budgeted && b->bench)
+            r = budget_runs(s, b, layer, dist, d, T, &rng, x, y, &t, err, sizeof err);
+        else if (!r && b->bench)
             r = b->bench(layer, T, x, o->warmup, o->runs, &t, err, sizeof err);
         else
             t.total_ms = pass_ms; /* the reference: one pass, wall clock */
@@ -491,6 +563,16 @@ static void run_rows(bench_state *s, const mvk_preset *p, const mvk_layer_weight
         row->ms = t.total_ms;
         memcpy(row->stage_ms, t.stage_ms, sizeof row->stage_ms);
         row->work = t.work;
+        row->host_bytes = m.host_weights;
+        if (m.budgeted) { /* the cache over the timed runs */
+            row->cache = m.cache;
+            row->cache.hits -= m0.cache.hits;
+            row->cache.misses -= m0.cache.misses;
+            row->cache.promotions -= m0.cache.promotions;
+            row->cache.evictions -= m0.cache.evictions;
+            row->cache.bytes_moved -= m0.cache.bytes_moved;
+            row->cache.passes -= m0.cache.passes;
+        }
         row->ok = row->ms > 0;
         if (!row->ok)
             snprintf(row->note, sizeof(row->note), "the device has no timestamps");
@@ -504,6 +586,8 @@ static void run_rows(bench_state *s, const mvk_preset *p, const mvk_layer_weight
  * same size) and the device scratch for Tmax tokens. */
 typedef struct layer_size {
     double weights, scratch;
+    double routed;     /* of weights: the routed experts */
+    double host_extra; /* a budget's host-visible copy of the routed experts */
 } layer_size;
 
 static layer_size layer_bytes(const mvk_preset *p, uint32_t scale, moevk_dtype dt, uint32_t Tmax)
@@ -523,6 +607,8 @@ static layer_size layer_bytes(const mvk_preset *p, uint32_t scale, moevk_dtype d
     ls.weights = E * (mats_up * F * gu + H * dn) + E * H * 4 +
                  p->num_shared * (mats_up * FS * gu + H * sdn);
     ls.scratch = A * (F + H) * 4 + (double)Tmax * E * 4 * 3 + p->num_shared * Tmax * (H + FS) * 4;
+    ls.routed = E * (mats_up * F * gu + H * dn);
+    ls.host_extra = 0;
     return ls;
 }
 
@@ -562,7 +648,7 @@ static bench_memory bench_memory_of(const bench_opts *o, const mvk_backend_info 
  * it does not fit, with the reason in note. */
 static int host_copy_fits(const bench_memory *m, const layer_size *ls, char *note, size_t n)
 {
-    if (m->host <= 0 || ls->weights <= m->host)
+    if (m->host <= 0 || ls->weights + ls->host_extra <= m->host)
         return 1;
     snprintf(note, n,
              "does not fit: needs %.2f GiB of system RAM for the host copy of the weights, "
@@ -628,10 +714,21 @@ static bench_row *add_rows(bench_state *s, const mvk_preset *p, moevk_dtype dt, 
  * not fit in memory, says so before anything is allocated for it. Returns
  * -1 when out of host memory for the rows themselves, 1 when the weights
  * could not be made, else 0. */
-static int bench_shape(bench_state *s, const mvk_preset *p, moevk_dtype dt, bench_dist dist)
+static int bench_shape(bench_state *s, const mvk_preset *p, moevk_dtype dt, bench_dist dist,
+                       const char *budget)
 {
     const bench_opts *o = s->o;
-    const layer_size ls = layer_bytes(p, o->scale, dt, s->Tmax);
+    layer_size ls = layer_bytes(p, o->scale, dt, s->Tmax);
+    double vram = 0;
+    if (budget) { /* the device holds the budget's share of the routed experts */
+        uint64_t bytes = 0;
+        char why[160];
+        mvk_parse_budget(budget, ls.routed, &bytes, why, sizeof why);
+        vram = fmin((double)bytes, ls.routed);
+        ls.weights -= ls.routed - vram;
+        /* the host holds all the weights and the host-visible copy */
+        ls.host_extra = ls.routed + (ls.routed - vram);
+    }
     char notes[MAX_LIST][160];
     uint32_t copies[MAX_LIST];
     int runnable = 0;
@@ -649,12 +746,21 @@ static int bench_shape(bench_state *s, const mvk_preset *p, moevk_dtype dt, benc
         fprintf(stderr, "\nmoevk bench: out of host memory for %s\n", p->name);
         return 1;
     }
+    if (runnable && budget)
+        mvk_desc_set_budget(&w.desc, (uint64_t)vram);
     const int basis = runnable && dist != BENCH_DIST_ROUTER && w.desc.num_experts <= w.desc.hidden;
     if (basis)
         basis_router(w.router, w.desc.num_experts, w.desc.hidden);
     int rc = 0;
     for (uint32_t bi = 0; bi < o->nbackends && !rc; bi++) {
         bench_row *rows = add_rows(s, p, dt, dist, s->be[bi].b);
+        for (uint32_t ti = 0; rows && budget && ti < o->ntokens; ti++) {
+            snprintf(rows[ti].budget, sizeof rows[ti].budget, "%s", budget);
+            rows[ti].vram_budget = vram;
+            rows[ti].budget_frac = ls.routed > 0 ? vram / ls.routed : 1;
+        }
+        if (budget && copies[bi] > 1)
+            copies[bi] = 1; /* the budget is the point: no copies to defeat the cache */
         if (!rows)
             rc = -1;
         else if (!copies[bi])
@@ -806,13 +912,15 @@ int cli_bench(int argc, char **argv)
     bench_ceilings c = {0};
     ceilings(&s, &c);
     uint32_t nshapes = o.npresets + (o.have_custom ? 1 : 0);
-    s.total = nshapes * o.ndtypes * o.ndists * o.nbackends * o.ntokens;
+    const uint32_t nbudgets = o.nbudgets ? o.nbudgets : 1;
+    s.total = nshapes * o.ndtypes * o.ndists * nbudgets * o.nbackends * o.ntokens;
     int rc = 0;
     for (uint32_t pi = 0; pi < nshapes; pi++) {
         const mvk_preset *p = pi < o.npresets ? mvk_preset_find(o.presets[pi]) : &o.custom;
         for (uint32_t di = 0; di < o.ndtypes; di++)
-            for (uint32_t ri = 0; ri < o.ndists; ri++) {
-                int src = bench_shape(&s, p, o.dtypes[di], o.dists[ri]);
+            for (uint32_t ri = 0; ri < o.ndists * nbudgets; ri++) {
+                int src = bench_shape(&s, p, o.dtypes[di], o.dists[ri / nbudgets],
+                                      o.nbudgets ? o.budgets[ri % nbudgets] : NULL);
                 if (src < 0) {
                     fprintf(stderr, "moevk bench: out of host memory\n");
                     close_backends(&s);
@@ -829,7 +937,10 @@ int cli_bench(int argc, char **argv)
         rc = 1;
     if (o.csv && bench_write_csv(o.csv, s.rows, s.nrows, &c))
         rc = 1;
-    if (o.svg && bench_write_svg(o.svg, s.rows, s.nrows, &c))
+    if (o.nbudgets)
+        bench_print_budgets(stdout, s.rows, s.nrows);
+    if (o.svg && (o.nbudgets ? bench_write_budget_svg(o.svg, s.rows, s.nrows, &c)
+                             : bench_write_svg(o.svg, s.rows, s.nrows, &c)))
         rc = 1;
     close_backends(&s);
     return rc;

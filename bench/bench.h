@@ -44,6 +44,13 @@ typedef struct bench_row {
      * dispatches, experts per kernel path, multiply-adds launched vs
      * useful and weight bytes fetched vs needed per stage */
     moevk_pass_info work;
+    /* under --vram-budget: the item asked ("25%", "2G"; "" for none), its
+     * bytes and fraction of the routed experts' bytes, the host copy, and
+     * the cache counters over the timed runs (backends that have a cache:
+     * vulkan) */
+    char budget[24];
+    double vram_budget, budget_frac, host_bytes;
+    moevk_cache_stats cache;
 } bench_row;
 
 /* Launched over useful multiply-adds, and fetched over needed weight bytes,
@@ -73,6 +80,12 @@ void bench_print_table(FILE *f, const bench_row *rows, uint32_t n, const bench_c
 int bench_write_json(const char *path, const bench_row *rows, uint32_t n, const bench_ceilings *c);
 int bench_write_csv(const char *path, const bench_row *rows, uint32_t n, const bench_ceilings *c);
 int bench_write_svg(const char *path, const bench_row *rows, uint32_t n, const bench_ceilings *c);
+/* Rows with a budget: the table of throughput against budget, and its SVG
+ * (a line per preset/dtype/routing/T/backend, throughput relative to its
+ * best against the budget's share of the experts' bytes). */
+void bench_print_budgets(FILE *f, const bench_row *rows, uint32_t n);
+int bench_write_budget_svg(const char *path, const bench_row *rows, uint32_t n,
+                           const bench_ceilings *c);
 
 int cli_bench(int argc, char **argv);
 

@@ -54,15 +54,22 @@ void bench_print_table(FILE *f, const bench_row *rows, uint32_t n, const bench_c
     char tf[1024];
     fprintf(f, "ceilings (measured): read bandwidth %.3g GB/s; matmul %s TFLOP/s\n", c->gb_s,
             bench_tflops_text(c, 0, tf, sizeof tf));
-    fprintf(f, "\n%-18s %-11s %-5s %-7s %6s %10s %11s %9s %8s %8s %7s %7s %7s %9s %9s %6s %6s "
-               "%5s\n",
-            "preset", "backend", "dtype", "routing", "T", "ms", "tokens/s", "MB read",
-            "GB/s", "TFLOP/s", "%bw", "%mm", "%floor", "weights", "peak", "xMAC", "xbytes",
-            "disp");
+    bool budgets = false;
+    for (uint32_t i = 0; i < n; i++)
+        budgets |= rows[i].budget[0] != '\0';
+    fprintf(f, "\n%-18s %-11s %-5s %-7s ", "preset", "backend", "dtype", "routing");
+    if (budgets)
+        fprintf(f, "%-6s ", "vram");
+    fprintf(f, "%6s %10s %11s %9s %8s %8s %7s %7s %7s %9s %9s %6s %6s %5s\n", "T", "ms",
+            "tokens/s", "MB read", "GB/s", "TFLOP/s", "%bw", "%mm", "%floor", "weights", "peak",
+            "xMAC", "xbytes", "disp");
     for (uint32_t i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
-        fprintf(f, "%-18s %-11s %-5s %-7s %6u ", r->preset, bench_backend_name(r->backend),
-                moevk_dtype_name(r->dtype), bench_dist_name(r->dist), r->tokens);
+        fprintf(f, "%-18s %-11s %-5s %-7s ", r->preset, bench_backend_name(r->backend),
+                moevk_dtype_name(r->dtype), bench_dist_name(r->dist));
+        if (budgets)
+            fprintf(f, "%-6s ", r->budget[0] ? r->budget : "-");
+        fprintf(f, "%6u ", r->tokens);
         if (!r->ok) {
             fprintf(f, "%s\n", r->note);
             continue;
@@ -85,7 +92,58 @@ void bench_print_table(FILE *f, const bench_row *rows, uint32_t n, const bench_c
                "FLOPs/matmul) over the time. xMAC: multiply-adds the expert kernels launched "
                "over those the routed rows need; xbytes: expert weight bytes fetched over "
                "those of the experts the pass used; disp: dispatches per pass (from the "
-               "GPU-written schedule, any device).\n");
+               "GPU-written schedule, any device).%s\n",
+            budgets ? " vram: the device-memory budget of the routed experts (weights: the "
+                      "device's share)." : "");
+}
+
+/* Rows of the same curve: all but the budget alike. */
+static bool same_curve(const bench_row *a, const bench_row *b)
+{
+    return !strcmp(a->preset, b->preset) && a->dtype == b->dtype && a->dist == b->dist &&
+           a->tokens == b->tokens && a->backend == b->backend;
+}
+
+/* The best throughput of r's curve (0 if none measured). */
+static double curve_best(const bench_row *rows, uint32_t n, const bench_row *r)
+{
+    double best = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (rows[i].ok && rows[i].budget[0] && same_curve(&rows[i], r))
+            best = fmax(best, rows[i].tokens / (rows[i].ms * 1e-3));
+    return best;
+}
+
+void bench_print_budgets(FILE *f, const bench_row *rows, uint32_t n)
+{
+    fprintf(f, "\nthroughput against the device-memory budget of the routed experts\n");
+    fprintf(f, "%-18s %-11s %-5s %-7s %6s %6s %7s %10s %10s %7s %10s %11s %7s\n", "preset",
+            "backend", "dtype", "routing", "T", "vram", "%exp", "device MB", "host MB", "hit%",
+            "promoted", "tokens/s", "vs best");
+    for (uint32_t i = 0; i < n; i++) {
+        const bench_row *r = &rows[i];
+        if (!r->budget[0])
+            continue;
+        fprintf(f, "%-18s %-11s %-5s %-7s %6u %6s %6.1f%% ", r->preset,
+                bench_backend_name(r->backend), moevk_dtype_name(r->dtype),
+                bench_dist_name(r->dist), r->tokens, r->budget, 100 * r->budget_frac);
+        if (!r->ok) {
+            fprintf(f, "%s\n", r->note);
+            continue;
+        }
+        const double rows_seen = (double)r->cache.hits + (double)r->cache.misses;
+        const double tps = r->tokens / (r->ms * 1e-3), best = curve_best(rows, n, r);
+        fprintf(f, "%10.1f %10.1f ", r->weight_bytes / 1e6, r->host_bytes / 1e6);
+        if (rows_seen > 0)
+            fprintf(f, "%6.1f%% %10llu ", 100 * r->cache.hits / rows_seen,
+                    (unsigned long long)r->cache.promotions);
+        else
+            fprintf(f, "%7s %10s ", r->host_bytes > 0 ? "-" : "100%", "-");
+        fprintf(f, "%11.0f %6.1f%%\n", tps, best > 0 ? 100 * tps / best : 0);
+    }
+    fprintf(f, "%%exp: the budget's share of the routed experts' bytes; hit%%: routed rows whose "
+               "expert was on the device, over the timed runs (fresh inputs each); promoted: "
+               "experts the cache copied to the device during them.\n");
 }
 
 int bench_write_json(const char *path, const bench_row *rows, uint32_t n, const bench_ceilings *c)
@@ -140,6 +198,16 @@ int bench_write_json(const char *path, const bench_row *rows, uint32_t n, const 
         } else {
             fprintf(f, ", \"note\": \"%s\"", r->note);
         }
+        if (r->budget[0])
+            fprintf(f, ", \"vram_budget\": {\"asked\": \"%s\", \"bytes\": %.0f, "
+                       "\"fraction\": %.5f, \"host_weight_bytes\": %.0f, \"device_slots\": %u, "
+                       "\"hits\": %llu, \"misses\": %llu, \"promotions\": %llu, "
+                       "\"bytes_moved\": %llu}",
+                    r->budget, r->vram_budget, r->budget_frac, r->host_bytes,
+                    r->cache.device_slots, (unsigned long long)r->cache.hits,
+                    (unsigned long long)r->cache.misses,
+                    (unsigned long long)r->cache.promotions,
+                    (unsigned long long)r->cache.bytes_moved);
         fprintf(f, "}%s\n", i + 1 < n ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
@@ -340,6 +408,84 @@ int bench_write_svg(const char *path, const bench_row *rows, uint32_t n, const b
             series++;
         }
         i = j;
+    }
+    fprintf(f, "</svg>\n");
+    return fclose(f) ? -1 : 0;
+}
+
+/* Throughput relative to each curve's best against the budget's share of
+ * the routed experts' bytes (0 to 100 %), a line per curve. */
+int bench_write_budget_svg(const char *path, const bench_row *rows, uint32_t n,
+                           const bench_ceilings *c)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "moevk bench: cannot write %s\n", path);
+        return -1;
+    }
+    uint32_t ncurves = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        bool first = rows[i].budget[0] != '\0';
+        for (uint32_t j = 0; first && j < i; j++)
+            first = !(rows[j].budget[0] && same_curve(&rows[j], &rows[i]));
+        ncurves += first;
+    }
+    const double px = 90, py = 80, pw = 560, ph = 340;
+    const double width = px + pw + 380, height = py + ph + 80 + 16.0 * ncurves;
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+               "font-family=\"sans-serif\" font-size=\"12\">\n", width, height);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    fprintf(f, "<text x=\"20\" y=\"24\" font-size=\"16\" font-weight=\"bold\">moevk bench — "
+               "throughput against the experts' device-memory budget — %s</text>\n", c->device);
+    fprintf(f, "<text x=\"20\" y=\"44\">the experts that do not fit are read from host memory "
+               "inside the pass; the hot ones are cached on the device</text>\n");
+    fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
+               "stroke=\"#333\"/>\n", px, py, pw, ph);
+    for (int g = 0; g <= 4; g++) {
+        const double gy = py + ph - ph * g / 4.0, gx = px + pw * g / 4.0;
+        fprintf(f, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#ddd\"/>"
+                   "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.0f%%</text>\n",
+                px, gy, px + pw, gy, px - 6, gy + 4, 25.0 * g);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.0f%%</text>\n", gx,
+                py + ph + 16, 25.0 * g);
+    }
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">device-memory budget (share "
+               "of the routed experts' bytes)</text>\n", px + pw / 2, py + ph + 34);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" transform=\"rotate(-90 %.0f %.0f)\" "
+               "text-anchor=\"middle\">tokens/s relative to the curve's best</text>\n",
+            px - 52, py + ph / 2, px - 52, py + ph / 2);
+    uint32_t curve = 0;
+    double ly = py + ph + 56;
+    for (uint32_t i = 0; i < n; i++) {
+        bool first = rows[i].budget[0] != '\0';
+        for (uint32_t j = 0; first && j < i; j++)
+            first = !(rows[j].budget[0] && same_curve(&rows[j], &rows[i]));
+        if (!first)
+            continue;
+        const double best = curve_best(rows, n, &rows[i]);
+        const char *col = series_colors[curve % 10];
+        fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", col);
+        for (uint32_t k = i; k < n; k++)
+            if (rows[k].ok && rows[k].budget[0] && same_curve(&rows[k], &rows[i]) && best > 0)
+                fprintf(f, "%.1f,%.1f ", px + pw * fmin(rows[k].budget_frac, 1.0),
+                        py + ph - ph * (rows[k].tokens / (rows[k].ms * 1e-3)) / best);
+        fprintf(f, "\"/>\n");
+        for (uint32_t k = i; k < n; k++)
+            if (rows[k].ok && rows[k].budget[0] && same_curve(&rows[k], &rows[i]) && best > 0) {
+                const double tps = rows[k].tokens / (rows[k].ms * 1e-3);
+                fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"><title>%s: "
+                           "%.0f tokens/s</title></circle>\n",
+                        px + pw * fmin(rows[k].budget_frac, 1.0), py + ph - ph * tps / best, col,
+                        rows[k].budget, tps);
+            }
+        fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"%s\" "
+                   "stroke-width=\"3\"/><text x=\"%.0f\" y=\"%.0f\">%s %s %s T=%u %s (best "
+                   "%.0f tokens/s)</text>\n",
+                px, ly, px + 24, ly, col, px + 30, ly + 4, rows[i].preset,
+                moevk_dtype_name(rows[i].dtype), bench_dist_name(rows[i].dist), rows[i].tokens,
+                bench_backend_name(rows[i].backend), best);
+        ly += 16;
+        curve++;
     }
     fprintf(f, "</svg>\n");
     return fclose(f) ? -1 : 0;

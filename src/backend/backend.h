@@ -109,6 +109,12 @@ typedef struct mvk_backend_memory {
     double scratch; /* device bytes of the scratch reserved so far */
     double peak;    /* device bytes at T tokens: every copy, scratch, x and y */
     uint32_t copies;
+    /* under a device-memory budget (MOEVK_LAYER_VRAM_BUDGET; vulkan): the
+     * host-visible expert copy and the cache of the first copy, as
+     * moevk_layer_cache_stats says; all zero elsewhere */
+    double host_weights;
+    moevk_cache_stats cache;
+    int budgeted;
 } mvk_backend_memory;
 
 typedef struct mvk_backend {

@@ -311,6 +311,10 @@ static void vk_memory(void *layer, uint32_t T, mvk_backend_memory *m)
     m->scratch = (double)s;
     m->copies = l->copies;
     m->peak = l->copies * (double)w + (double)s + 2.0 * T * l->H * sizeof(float);
+    if (!moevk_layer_cache_stats(l->L[0], &m->cache)) {
+        m->host_weights = (double)m->cache.host_weight_bytes;
+        m->budgeted = (moevk_layer_get_desc(l->L[0])->flags & MOEVK_LAYER_VRAM_BUDGET) != 0;
+    }
 }
 
 const mvk_backend mvk_backend_vulkan = {

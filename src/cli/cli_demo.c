@@ -28,12 +28,15 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: moevk demo [--preset NAME] [--scale S] [--tokens T] [--dtype FORMAT]\n"
             "                  [--runs N] [--seed S] [--backend B] [--device D] [--validate]\n"
-            "                  [--batch-invariant]\n"
+            "                  [--batch-invariant] [--vram-budget SIZE|P%%]\n"
             "  Runs one MoE layer of a preset model (H and F divided by S; E and k kept)\n"
             "  on random inputs, checks it against the CPU reference and times each stage.\n"
             "  --dtype: the expert weights' format, %s\n"
             "  (random valid blocks for a block format; rows that are not whole blocks get\n"
             "  llama.cpp's fallback format, as quantising does)\n"
+            "  --vram-budget: device memory for the routed experts (bytes, K/M/G/T, or a\n"
+            "  percentage of their bytes); the rest run from host memory, the hot ones\n"
+            "  cached on the device\n"
             "  Defaults: --preset mixtral-8x7b --scale 8 --tokens 64 --dtype bf16 --runs 5\n"
             "  --backend vulkan (%s)\n"
             "presets:",
@@ -83,7 +86,7 @@ static void demo_close(demo_run *r)
 
 int cli_demo(int argc, char **argv)
 {
-    const char *preset = "mixtral-8x7b", *device = NULL, *backend = "vulkan";
+    const char *preset = "mixtral-8x7b", *device = NULL, *backend = "vulkan", *budget = NULL;
     uint32_t scale = 8, T = 64, runs = 5;
     uint64_t seed = 1;
     moevk_dtype dt = MOEVK_DTYPE_BF16;
@@ -110,6 +113,7 @@ int cli_demo(int argc, char **argv)
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--backend")) backend = v;
+        else if (!strcmp(a, "--vram-budget")) budget = v;
         else if (!strcmp(a, "--dtype")) {
             if (mvk_dtype_parse(v, 1, &dt)) {
                 fprintf(stderr, "moevk demo: unknown dtype '%s'\n", v);
@@ -140,6 +144,16 @@ int cli_demo(int argc, char **argv)
     }
     if (batch_invariant)
         w.desc.flags |= MOEVK_LAYER_BATCH_INVARIANT;
+    if (budget) {
+        uint64_t bytes;
+        char why[160];
+        if (mvk_parse_budget(budget, mvk_desc_routed_bytes(&w.desc), &bytes, why, sizeof why)) {
+            fprintf(stderr, "moevk demo: --vram-budget %s\n", why);
+            mvk_weights_free(&w);
+            return 2;
+        }
+        mvk_desc_set_budget(&w.desc, bytes);
+    }
     const moevk_layer_desc *d = &w.desc;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
     const mvk_backend_opts bo = {.device = device, .validate = validate};
@@ -204,6 +218,17 @@ int cli_demo(int argc, char **argv)
                "MiB in bf16), scratch %.1f MiB (upload %.0f ms)\n",
                mem.weights / 1048576.0, packed / 1048576.0, elems > 0 ? 8 * packed / elems : 0,
                b16 / 1048576.0, mem.scratch / 1048576.0, run.create_ms);
+    }
+    if (mem.budgeted) {
+        const moevk_cache_stats *c = &mem.cache;
+        printf("budget   %.1f MiB of device memory for the routed experts (%.1f MiB): %u of %u "
+               "on the device,\n         the rest read from host memory (%.1f MiB); over %u "
+               "runs %llu rows from the device, %llu from host memory,\n         %llu experts "
+               "promoted (%.1f MiB copied)\n",
+               d->vram_budget / 1048576.0, mvk_desc_routed_bytes(d) / 1048576.0,
+               c->resident_experts, E, mem.host_weights / 1048576.0, runs,
+               (unsigned long long)c->hits, (unsigned long long)c->misses,
+               (unsigned long long)c->promotions, c->bytes_moved / 1048576.0);
     }
     if (work.tokens) {
         const int up = MOEVK_STAGE_EXPERTS_UP, dn = MOEVK_STAGE_EXPERTS_DOWN;

@@ -52,6 +52,8 @@ static void usage(FILE *f)
             "  --quantize FORMAT  quantise the experts' f32/f16/bf16 weights at load into\n"
             "             FORMAT (q8_0, q4_k, mxfp4, ...; rows that are not whole blocks get\n"
             "             llama.cpp's fallback format, said in the output)\n"
+            "  --vram-budget SIZE|P%%  device memory for the routed experts (bytes, K/M/G/T,\n"
+            "             or a percentage of their bytes): the rest run from host memory\n"
             "  --check    also run the CPU reference and compare: NaN/Inf where it has\n"
             "             them, relative L2 over the finite values, routing\n"
             "  --backend  where it runs (default vulkan; cpu: the double-precision\n"
@@ -62,7 +64,7 @@ static void usage(FILE *f)
 
 typedef struct run_opts {
     const char *model, *config, *prefix, *input, *output, *stats, *backend, *device;
-    const char *cuda_impl, *quantize;
+    const char *cuda_impl, *quantize, *vram_budget;
     const char *weights[64];
     int nweights;
     long layer;
@@ -82,6 +84,7 @@ typedef struct run_out {
     int uploads; /* the backend copies the weights (its create is timed) */
     double create_ms, forward_ms;
     double weight_bytes; /* on the backend's device */
+    mvk_backend_memory mem;
 } run_out;
 
 static int run_out_alloc(run_out *o, uint32_t T, uint32_t H, uint32_t K, uint32_t E)
@@ -164,6 +167,7 @@ static int run_backend(const run_opts *opt, const mvk_backend *b, const moevk_la
         mvk_backend_memory mem;
         b->memory(L, S, &mem);
         o->weight_bytes = mem.weights;
+        o->mem = mem;
     }
     t0 = mvk_now_ms();
     for (uint32_t p = 0; p < passes; p++) {
@@ -185,6 +189,8 @@ static int run_backend(const run_opts *opt, const mvk_backend *b, const moevk_la
         o->stats.routing_entropy = s.routing_entropy;
     }
     o->forward_ms = mvk_now_ms() - t0;
+    if (b->memory) /* the cache counters after the passes */
+        b->memory(L, S, &o->mem);
     uint32_t msgs = b->problems ? b->problems(dev) : 0;
     if (opt->validate && msgs)
         fprintf(stderr, "moevk run: %u validation messages\n", msgs);
@@ -248,6 +254,26 @@ static int write_stats(const char *path, const run_opts *opt, const mvk_model_la
     cJSON_AddNumberToObject(j, "load_balancing_loss", o->stats.load_balancing_loss);
     cJSON_AddNumberToObject(j, "router_z_loss", o->stats.router_z_loss);
     cJSON_AddNumberToObject(j, "routing_entropy", o->stats.routing_entropy);
+    if (o->weight_bytes > 0) {
+        cJSON_AddNumberToObject(j, "device_weight_bytes", o->weight_bytes);
+        cJSON_AddNumberToObject(j, "host_weight_bytes", o->mem.host_weights);
+    }
+    if (o->mem.budgeted) {
+        const moevk_cache_stats *c = &o->mem.cache;
+        cJSON *cj = cJSON_AddObjectToObject(j, "cache");
+        if (!cj)
+            goto oom;
+        cJSON_AddNumberToObject(cj, "vram_budget", (double)d->vram_budget);
+        cJSON_AddNumberToObject(cj, "expert_device_bytes", (double)c->expert_device_bytes);
+        cJSON_AddNumberToObject(cj, "device_slots", c->device_slots);
+        cJSON_AddNumberToObject(cj, "resident_experts", c->resident_experts);
+        cJSON_AddNumberToObject(cj, "passes", (double)c->passes);
+        cJSON_AddNumberToObject(cj, "hits", (double)c->hits);
+        cJSON_AddNumberToObject(cj, "misses", (double)c->misses);
+        cJSON_AddNumberToObject(cj, "promotions", (double)c->promotions);
+        cJSON_AddNumberToObject(cj, "evictions", (double)c->evictions);
+        cJSON_AddNumberToObject(cj, "bytes_moved", (double)c->bytes_moved);
+    }
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     if (!text)
@@ -418,6 +444,7 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         else if (!strcmp(a, "--device")) o->device = v;
         else if (!strcmp(a, "--cuda-impl")) o->cuda_impl = v;
         else if (!strcmp(a, "--quantize")) o->quantize = v;
+        else if (!strcmp(a, "--vram-budget")) o->vram_budget = v;
         else if (!strcmp(a, "--weights")) {
             if (o->nweights == (int)(sizeof o->weights / sizeof o->weights[0])) {
                 fprintf(stderr, "moevk run: too many --weights\n");
@@ -757,6 +784,15 @@ built:
         }
     }
 
+    if (opt.vram_budget) {
+        uint64_t budget;
+        const double routed = mvk_desc_routed_bytes(&dev_desc);
+        if (mvk_parse_budget(opt.vram_budget, routed, &budget, err, sizeof err))
+            goto fail;
+        mvk_desc_set_budget(d, budget);
+        printf("budget   %.2f MiB of device memory for the routed experts (%.2f MiB in all)\n",
+               budget / 1048576.0, routed / 1048576.0);
+    }
     if (run_out_alloc(&out, T, H, K, E)) {
         snprintf(err, sizeof err, "out of host memory for %u tokens", T);
         goto fail;
@@ -776,6 +812,18 @@ built:
         printf("memory   weights %.2f MiB on the device (experts %.2f MiB, %s)\n",
                out.weight_bytes / 1048576.0, mvk_desc_expert_bytes(&dev_desc) / 1048576.0,
                mvk_desc_formats(&dev_desc, fm, sizeof fm));
+    }
+    if (out.mem.budgeted) {
+        const moevk_cache_stats *c = &out.mem.cache;
+        if (out.mem.host_weights > 0)
+            printf("cache    %u of %u experts on the device (%.2f MiB), all %u in host memory "
+                   "(%.2f MiB); rows from the device %llu, from host memory %llu\n",
+                   c->resident_experts, E, c->expert_device_bytes / 1048576.0, E,
+                   out.mem.host_weights / 1048576.0, (unsigned long long)c->hits,
+                   (unsigned long long)c->misses);
+        else
+            printf("cache    the budget holds every expert: all %u on the device (%.2f MiB)\n",
+                   E, c->expert_device_bytes / 1048576.0);
     }
     if (out.uploads)
         printf("time     layer create (upload) %.1f ms, forward %.2f ms\n", out.create_ms,

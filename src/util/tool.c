@@ -2,7 +2,11 @@
 
 #include "formats.h"
 
+#include <ctype.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -68,6 +72,57 @@ double mvk_desc_expert_bytes(const moevk_layer_desc *d)
                           (double)d->hidden * (double)moevk_dtype_row_bytes(dn, ffn));
     }
     return total;
+}
+
+double mvk_desc_routed_bytes(const moevk_layer_desc *d)
+{
+    moevk_layer_desc r = *d;
+    r.num_shared = 0;
+    return mvk_desc_expert_bytes(&r);
+}
+
+int mvk_parse_budget(const char *s, double of, uint64_t *out, char *why, size_t n)
+{
+    char *end = NULL;
+    const double v = s ? strtod(s, &end) : 0;
+    if (!s || end == s || !(v >= 0) || !isfinite(v)) {
+        snprintf(why, n, "'%s' is not a size (bytes, K/M/G/T, or a percentage like 25%%)",
+                 s ? s : "");
+        return -1;
+    }
+    double bytes = v;
+    if (!strcmp(end, "%")) {
+        if (v > 100) {
+            snprintf(why, n, "'%s': a percentage is at most 100%%", s);
+            return -1;
+        }
+        bytes = floor(v / 100.0 * of);
+    } else if (*end) {
+        static const char units[] = "KMGT";
+        const char *u = strchr(units, toupper((unsigned char)end[0]));
+        const bool ok = u && *u && (!end[1] || ((end[1] == 'i' && (end[2] == 'B' || !end[2])) ||
+                                                (end[1] == 'B' && !end[2])));
+        if (!ok) {
+            snprintf(why, n, "'%s': unknown unit '%s' (K, M, G, T or %%)", s, end);
+            return -1;
+        }
+        bytes = floor(v * pow(1024.0, (double)(u - units + 1)));
+    } else if (v != floor(v)) {
+        snprintf(why, n, "'%s': a byte count is a whole number", s);
+        return -1;
+    }
+    if (bytes > 1.8e19) {
+        snprintf(why, n, "'%s' is too large", s);
+        return -1;
+    }
+    *out = (uint64_t)bytes;
+    return 0;
+}
+
+void mvk_desc_set_budget(moevk_layer_desc *d, uint64_t budget)
+{
+    d->flags |= MOEVK_LAYER_VRAM_BUDGET;
+    d->vram_budget = budget;
 }
 
 double mvk_now_ms(void)

@@ -25,6 +25,14 @@ const char *mvk_dtype_names(int expert, char *buf, size_t n);
 const char *mvk_desc_formats(const moevk_layer_desc *d, char *buf, size_t n);
 /* Bytes of the expert weights of d (routed and shared, packed). */
 double mvk_desc_expert_bytes(const moevk_layer_desc *d);
+/* Bytes of the routed experts of d only (packed, in the formats of d). */
+double mvk_desc_routed_bytes(const moevk_layer_desc *d);
+/* A device-memory budget as the tool takes it (--vram-budget): bytes with
+ * an optional K, M, G or T suffix (powers of 1024), or a percentage of
+ * `of` bytes ("25%"). 0 and *out set; else -1 and why (n bytes). */
+int mvk_parse_budget(const char *s, double of, uint64_t *out, char *why, size_t n);
+/* Turn a parsed --vram-budget into the desc's flags and vram_budget. */
+void mvk_desc_set_budget(moevk_layer_desc *d, uint64_t budget);
 /* Milliseconds of CLOCK_MONOTONIC. */
 double mvk_now_ms(void);
 /* moevk_log_fn writing "moevk LEVEL: msg" to stderr. */
