@@ -54,6 +54,25 @@ echo "$out" | grep -q "4.25 bits a weight" || fail "demo --dtype mxfp4 packed si
 echo "$out" | grep -q "same dequantised mxfp4 weights" || fail "demo --dtype mxfp4 check: $out"
 "$moevk" demo --dtype q4_k_m >/dev/null 2>"$tmp/err" && fail "demo accepted --dtype q4_k_m"
 grep -q "unknown dtype 'q4_k_m'" "$tmp/err" || fail "demo --dtype q4_k_m: $(cat "$tmp/err")"
+# a device-memory budget: half the experts on the device, checked against the
+# reference; the budget curve of bench, its table, JSON and SVG
+out=$("$moevk" demo --preset qwen3-30b-a3b --scale 16 --tokens 9 --runs 3 --dtype q4_k \
+    --vram-budget 25% --validate) || fail "demo --vram-budget: $out"
+echo "$out" | grep -q "^OK$" || fail "demo --vram-budget: $out"
+echo "$out" | grep -Eq "^budget .*: 32 of 128 on the device" || fail "demo budget line: $out"
+"$moevk" demo --vram-budget 120% >/dev/null 2>"$tmp/err" && fail "demo took a budget of 120%"
+grep -q "a percentage is at most 100%" "$tmp/err" || fail "demo --vram-budget 120%: $(cat "$tmp/err")"
+"$moevk" demo --vram-budget 3Q >/dev/null 2>"$tmp/err" && fail "demo took a budget of 3Q"
+grep -q "unknown unit 'Q'" "$tmp/err" || fail "demo --vram-budget 3Q: $(cat "$tmp/err")"
+out=$("$moevk" bench --preset olmoe-1b-7b --scale 32 --tokens 1,8 --dtype q4_0 --dist zipf \
+    --vram-budget 0,25%,100% --runs 2 --warmup 2 --no-ceilings --json "$tmp/b.json" \
+    --plot "$tmp/b.svg" 2>/dev/null) || fail "bench --vram-budget: $out"
+echo "$out" | grep -q "^throughput against the device-memory budget" || fail "bench budget table: $out"
+[ "$(echo "$out" | grep -Ec "^olmoe-1b-7b +vulkan +q4_0 +zipf +[18] +(0|25%|100%) ")" -eq 6 ] ||
+    fail "bench budget rows: $out"
+grep -q '"vram_budget": {"asked": "25%"' "$tmp/b.json" || fail "bench budget JSON: $(cat "$tmp/b.json")"
+grep -q "throughput against the experts' device-memory budget" "$tmp/b.svg" ||
+    fail "bench budget SVG"
 # the fit check at every format, at the real shapes, running nothing
 out=$("$moevk" bench --fit --preset deepseek-v3 --dtype q4_k --device-memory 24 --tokens 1) ||
     fail "bench --fit: $out"
@@ -140,4 +159,5 @@ usage_error bench --tokens 0
 usage_error bench --host-memory 0
 usage_error bench --device-memory 2x
 usage_error check --against gpu
+usage_error bench --vram-budget 5x
 echo "ok"

@@ -628,16 +628,20 @@ ParameterizedTest(const size_t *index, gguf, run_matches_llama_cpp_maths, .timeo
     const fixture *f = &fixtures_list[*index];
     const char *dir = fixtures();
     make_tmp();
-    static const char *const backends[] = {"cpu", "vulkan"};
-    for (int b = 0; b < 2; b++) {
-        char args[2048], out[16384], y[512], want[512];
+    /* the third run: most experts in host memory (--vram-budget) */
+    static const char *const backends[] = {"cpu", "vulkan", "vulkan"};
+    for (int b = 0; b < 3; b++) {
+        char args[2048], out[16384], y[512], want[512], stats[512], extra[700] = "";
         snprintf(y, sizeof y, "%s/y.safetensors", tmp);
         snprintf(want, sizeof want, "%s/%s.y.safetensors", dir, f->name);
+        snprintf(stats, sizeof stats, "%s/s.json", tmp);
+        if (b == 2)
+            snprintf(extra, sizeof extra, " --vram-budget 40%% --stats '%s'", stats);
         snprintf(args, sizeof args,
                  "run --model '%s/%s' --layer %u --input '%s/%s.x.safetensors' --output '%s' "
-                 "--backend %s%s",
+                 "--backend %s%s%s",
                  dir, f->file, f->layer, dir, f->name, y, backends[b],
-                 b ? " --validate --check" : "");
+                 b ? " --validate --check" : "", extra);
         int rc = run_tool(out, sizeof out, args);
         cr_assert_eq(rc, 0, "%s on %s: exit %d\n%s", f->name, backends[b], rc, out);
         cr_assert(strstr(out, f->formats), "%s: the load line lacks '%s':\n%s", f->name,
@@ -648,6 +652,17 @@ ParameterizedTest(const size_t *index, gguf, run_matches_llama_cpp_maths, .timeo
         const double tol = f->plain ? 2e-6 : 1e-5;
         cr_assert_leq(rel, tol, "%s on %s: relative L2 %.3g > %g over %zu values", f->name,
                       backends[b], rel, tol, n);
+        if (b == 2) {
+            cr_assert(strstr(out, "cache    "), "%s: no cache line:\n%s", f->name, out);
+            FILE *sf = fopen(stats, "r");
+            cr_assert_not_null(sf);
+            char js[8192];
+            js[fread(js, 1, sizeof js - 1, sf)] = '\0';
+            fclose(sf);
+            cr_assert(strstr(js, "\"host_weight_bytes\"") && strstr(js, "\"device_slots\""),
+                      "%s: --stats lacks the budget's figures:\n%s", f->name, js);
+            remove(stats);
+        }
         remove(y);
     }
     rm_tmp();
