@@ -176,7 +176,7 @@ static void promote(moevk_layer *L, mvk_cmd *c, uint32_t e, uint32_t v, uint8_t 
     const mvk_chunk *dst = &L->routed.chunks[slot_chunk(L, v, &dl)];
     for (int m = L->gated ? 0 : 1; m < 3; m++) {
         const uint64_t b = matrix_bytes(L, m);
-        mvk_cmd_copy(c, src->w[m]->buffer, hl * b, dst->w[m]->buffer, dl * b, b);
+        mvk_cmd_copy(c, src->w[m]->buffer, src->off[m] + hl * b, dst->w[m]->buffer, dl * b, b);
     }
     k->slot_expert[v] = e;
     k->expert_slot[e] = v;
@@ -322,6 +322,7 @@ static moevk_status cache_stats(const moevk_layer *L, moevk_cache_stats *s)
     }
     s->device_weight_bytes = L->weight_bytes;
     s->host_weight_bytes = L->host_weight_bytes;
+    s->host_imported_bytes = L->host_imported_bytes;
     s->expert_device_bytes = L->slot_bytes;
     return MOEVK_SUCCESS;
 }

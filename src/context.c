@@ -76,6 +76,13 @@ static moevk_status load_device_functions(moevk_context *ctx)
             ctx->info.push_descriptor = 0;
     }
     ctx->push_descriptors = ctx->info.push_descriptor != 0;
+    if (ctx->info.external_memory_host) {
+        ctx->vk.vkGetMemoryHostPointerPropertiesEXT =
+            (PFN_vkGetMemoryHostPointerPropertiesEXT)gdpa(ctx->device,
+                                                          "vkGetMemoryHostPointerPropertiesEXT");
+        if (!ctx->vk.vkGetMemoryHostPointerPropertiesEXT)
+            ctx->info.external_memory_host = 0;
+    }
     return MOEVK_SUCCESS;
 }
 
@@ -315,6 +322,20 @@ static moevk_status query_device(moevk_context *ctx, VkPhysicalDevice pd, moevk_
     info->bf16 = ext_in(exts, next, "VK_KHR_shader_bfloat16");
     info->cooperative_matrix = ext_in(exts, next, "VK_KHR_cooperative_matrix");
     info->memory_budget = ext_in(exts, next, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
+    info->external_memory_host = ext_in(exts, next, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
+    if (info->external_memory_host) {
+        VkPhysicalDeviceExternalMemoryHostPropertiesEXT emh = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT};
+        VkPhysicalDeviceProperties2 p2c = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &emh};
+        ctx->vki.vkGetPhysicalDeviceProperties2(pd, &p2c);
+        info->host_pointer_alignment = emh.minImportedHostPointerAlignment;
+        /* a power of two, as the spec says; anything else is not used */
+        if (!info->host_pointer_alignment ||
+            (info->host_pointer_alignment & (info->host_pointer_alignment - 1)))
+            info->external_memory_host = 0;
+    }
+    ctx->min_storage_offset = base.limits.minStorageBufferOffsetAlignment;
     info->push_descriptor = ext_in(exts, next, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
     info->timestamp_period_ns = base.limits.timestampPeriod;
     info->timestamps = base.limits.timestampComputeAndGraphics != 0;
@@ -531,10 +552,12 @@ static moevk_status create_device(moevk_context *ctx)
         .queueCount = 1,
         .pQueuePriorities = &prio,
     };
-    const char *exts[3];
+    const char *exts[4];
     uint32_t n_ext = 0;
     if (ctx->info.memory_budget)
         exts[n_ext++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
+    if (ctx->info.external_memory_host)
+        exts[n_ext++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
     if (ctx->info.push_descriptor)
         exts[n_ext++] = VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME;
     /* matrix units: the extension and the features its kernel needs */
@@ -612,13 +635,16 @@ static moevk_status import_device(moevk_context *ctx, const moevk_vulkan_import 
         ctx->info.timestamps = 0;
     ctx->info.imported = 1;
     /* Extensions are the host's choice: use only those it says it enabled. */
-    int push = 0;
-    for (uint32_t i = 0; i < im->num_device_extensions; i++)
-        if (im->device_extensions && im->device_extensions[i] &&
-            strcmp(im->device_extensions[i], VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME) == 0)
-            push = 1;
+    int push = 0, budget = 0, host_mem = 0;
+    for (uint32_t i = 0; i < im->num_device_extensions; i++) {
+        const char *e = im->device_extensions ? im->device_extensions[i] : NULL;
+        push |= e && !strcmp(e, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
+        budget |= e && !strcmp(e, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
+        host_mem |= e && !strcmp(e, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
+    }
     ctx->info.push_descriptor = ctx->info.push_descriptor && push;
-    ctx->info.memory_budget = 0; /* not known to be enabled */
+    ctx->info.memory_budget = ctx->info.memory_budget && budget;
+    ctx->info.external_memory_host = ctx->info.external_memory_host && host_mem;
     if (matrix_units_possible(ctx, ctx->phys, &ctx->info) && host_enabled_matrix_units(im))
         ctx->mu_kernel = MVK_K_EXPERT_GEMM_MU;
     return load_device_functions(ctx);

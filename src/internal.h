@@ -133,6 +133,7 @@ struct moevk_context {
     int mu_state;
     bool testing_mu_fail; /* test knob: the self-check reports a mismatch */
 
+    uint64_t min_storage_offset; /* minStorageBufferOffsetAlignment */
     VkBuffer dummy; /* bound for unused kernel inputs */
     VkDeviceMemory dummy_mem;
     moevk_workspace *workspace; /* the layers' default workspace (lazy) */
@@ -149,6 +150,7 @@ struct moevk_buffer {
     bool imported;
     bool host;            /* in host-visible memory, not device-local if the
                            * device has such a type (mvk_host_buffer_create) */
+    uint64_t host_import; /* bytes of the caller's memory imported (0: none) */
 };
 
 /* ---- errors and logging (error.c) ---- */
@@ -177,6 +179,14 @@ void mvk_buffer_free(moevk_context *ctx, VkBuffer buf, VkDeviceMemory mem);
  * else any host-visible one (integrated GPUs, CPU devices). Mapped for its
  * lifetime; uploads are memcpy. */
 moevk_status mvk_host_buffer_create(moevk_context *ctx, uint64_t size, moevk_buffer **out);
+/* A buffer over the caller's memory [ptr, ptr + size), imported with
+ * VK_EXT_external_memory_host (no copy): it spans the whole pages around
+ * it, and the data starts at *offset bytes into it. MOEVK_ERROR_UNSUPPORTED
+ * (nothing recorded as an error) when the device cannot import it: no
+ * extension, an offset that is not a multiple of the storage-buffer offset
+ * alignment, no memory type, or the driver's refusal. */
+moevk_status mvk_host_buffer_import(moevk_context *ctx, const void *ptr, uint64_t size,
+                                    moevk_buffer **out, uint64_t *offset);
 /* VK_EXT_memory_budget's usage of a memory heap (UNSUPPORTED without). */
 moevk_status mvk_heap_usage(moevk_context *ctx, uint32_t heap, uint64_t *usage);
 void mvk_staging_release(moevk_context *ctx);

@@ -69,7 +69,8 @@ typedef struct matrix_plan {
  * plan says so. */
 static moevk_status upload_matrix(moevk_layer *L, const moevk_expert_weights *w, int m,
                                   const matrix_plan *pl, uint32_t first, uint32_t count,
-                                  bool host, mvk_quant_progress *prog, moevk_buffer **out)
+                                  bool host, mvk_quant_progress *prog, moevk_buffer **out,
+                                  uint64_t *off)
 {
     static const char *const names[3] = {"gate", "up", "down"};
     const void *whole = m == 0 ? w->gate : m == 1 ? w->up : w->down;
@@ -85,6 +86,19 @@ static moevk_status upload_matrix(moevk_layer *L, const moevk_expert_weights *w,
                                     : per[first + i];
             if ((st = check_blocks(L, pl->dst, src, pl->dst_bytes, pl->label, m, first + i)))
                 return st;
+        }
+        /* the host copy of a budgeted layer: the caller's own memory where
+         * the device imports it (MOEVK_LAYER_IMPORT_HOST_EXPERTS) */
+        if (whole && host && (L->desc.flags & MOEVK_LAYER_IMPORT_HOST_EXPERTS)) {
+            st = mvk_host_buffer_import(L->ctx, (const uint8_t *)whole + first * pl->dst_bytes,
+                                        count * pl->dst_bytes, out, off);
+            if (st != MOEVK_ERROR_UNSUPPORTED) {
+                if (!st) {
+                    L->host_weight_bytes += (*out)->host_import;
+                    L->host_imported_bytes += (*out)->host_import;
+                }
+                return st;
+            }
         }
         if (whole)
             return upload_in(L, (const uint8_t *)whole + first * pl->dst_bytes,
@@ -169,7 +183,7 @@ static moevk_status fill_slots(moevk_layer *L, const mvk_chunk *dev, uint32_t nh
                 continue;
             for (int m = L->gated ? 0 : 1; m < 3; m++) {
                 const uint64_t b = plan[m == 2].dst_bytes;
-                mvk_cmd_copy(&c, host[h].w[m]->buffer, (v - host[h].first) * b,
+                mvk_cmd_copy(&c, host[h].w[m]->buffer, host[h].off[m] + (v - host[h].first) * b,
                              dev->w[m]->buffer, (v - dev->first) * b, b);
             }
         }
@@ -203,7 +217,7 @@ static moevk_status budget_chunks(moevk_layer *L, const moevk_expert_weights *w,
         ch->host = true;
         for (int m = L->gated ? 0 : 1; m < 3 && !st; m++)
             st = upload_matrix(L, w, m, &plan[m == 2], ch->first, ch->count, true, prog,
-                               &ch->w[m]);
+                               &ch->w[m], &ch->off[m]);
     }
     s->nchunks = ndev_max + nhost; /* every buffer is in the table: freed on failure */
     if (st)
@@ -296,7 +310,7 @@ static moevk_status set_create(moevk_layer *L, const moevk_expert_weights *w, ui
             ch->count = MVK_MIN(per_chunk, count - ch->first);
             for (int m = L->gated ? 0 : 1; m < 3 && !st; m++)
                 st = upload_matrix(L, w, m, &plan[m == 2], ch->first, ch->count, false, prog,
-                                   &ch->w[m]);
+                                   &ch->w[m], &ch->off[m]);
         }
         if (!st && routed)
             L->slot_bytes = L->weight_bytes - slot_base;

@@ -15,6 +15,8 @@
 typedef struct mvk_chunk {
     uint32_t first, count; /* experts; a budgeted set's device chunk: slots */
     moevk_buffer *w[3]; /* gate (NULL if not gated), up, down */
+    uint64_t off[3];    /* where each matrix starts in its buffer (imported
+                         * host memory: the page offset; else 0) */
     bool host;          /* a budgeted set's host copy (src/cache.h) */
 } mvk_chunk;
 
@@ -43,6 +45,7 @@ struct moevk_layer {
     mvk_expert_set routed, shared;
     uint64_t weight_bytes;      /* device memory of all weights */
     uint64_t host_weight_bytes; /* host-visible expert copies (a budget) */
+    uint64_t host_imported_bytes; /* of those: the caller's memory, imported */
     uint64_t slot_bytes;        /* of weight_bytes: the routed experts' */
     mvk_cache *cache;           /* under a budget that not all experts fit */
     moevk_workspace *ws; /* per-pass buffers (a reference held) */

@@ -212,10 +212,14 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
         return mvk_fail(ctx, bad, "router_weight is NULL");
     if (d.flags & ~(uint32_t)(MOEVK_LAYER_BATCH_INVARIANT | MOEVK_LAYER_RECORD_NO_STATS |
                               MOEVK_LAYER_MATRIX_DTYPES | MOEVK_LAYER_QUANTIZE |
-                              MOEVK_LAYER_VRAM_BUDGET | MOEVK_LAYER_CACHE_STATIC))
+                              MOEVK_LAYER_VRAM_BUDGET | MOEVK_LAYER_CACHE_STATIC |
+                              MOEVK_LAYER_IMPORT_HOST_EXPERTS))
         return mvk_fail(ctx, bad, "flags 0x%x has unknown bits", d.flags);
     if ((d.flags & MOEVK_LAYER_CACHE_STATIC) && !(d.flags & MOEVK_LAYER_VRAM_BUDGET))
         return mvk_fail(ctx, bad, "flags: MOEVK_LAYER_CACHE_STATIC needs MOEVK_LAYER_VRAM_BUDGET");
+    if ((d.flags & MOEVK_LAYER_IMPORT_HOST_EXPERTS) && !(d.flags & MOEVK_LAYER_VRAM_BUDGET))
+        return mvk_fail(ctx, bad,
+                        "flags: MOEVK_LAYER_IMPORT_HOST_EXPERTS needs MOEVK_LAYER_VRAM_BUDGET");
     if (d.vram_budget && !(d.flags & MOEVK_LAYER_VRAM_BUDGET))
         return mvk_fail(ctx, bad,
                         "vram_budget = %llu is set but flags lack MOEVK_LAYER_VRAM_BUDGET",

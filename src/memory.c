@@ -548,3 +548,87 @@ moevk_status mvk_heap_usage(moevk_context *ctx, uint32_t heap, uint64_t *usage)
     *usage = mb.heapUsage[heap];
     return MOEVK_SUCCESS;
 }
+
+moevk_status mvk_host_buffer_import(moevk_context *ctx, const void *ptr, uint64_t size,
+                                    moevk_buffer **out, uint64_t *offset)
+{
+    *out = NULL;
+    *offset = 0;
+    const uint64_t a = ctx->info.host_pointer_alignment;
+    if (!ctx->info.external_memory_host || !ptr || !size || !a)
+        return MOEVK_ERROR_UNSUPPORTED;
+    if (ctx->memprops.memoryTypeCount == 0)
+        ctx->vki.vkGetPhysicalDeviceMemoryProperties(ctx->phys, &ctx->memprops);
+    const uintptr_t p = (uintptr_t)ptr, base = p & ~(uintptr_t)(a - 1);
+    const uint64_t off = p - base, len = (off + size + a - 1) & ~(a - 1);
+    const uint64_t salign = ctx->min_storage_offset ? ctx->min_storage_offset : 1;
+    if (off % salign || len > ctx->info.max_storage_buffer_range ||
+        (ctx->info.max_allocation_size && len > ctx->info.max_allocation_size))
+        return MOEVK_ERROR_UNSUPPORTED;
+    const VkExternalMemoryHandleTypeFlagBits ht =
+        VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT;
+    VkMemoryHostPointerPropertiesEXT hp = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT};
+    if (ctx->vk.vkGetMemoryHostPointerPropertiesEXT(ctx->device, ht, (void *)base, &hp) !=
+            VK_SUCCESS ||
+        !hp.memoryTypeBits)
+        return MOEVK_ERROR_UNSUPPORTED;
+    moevk_buffer *b = mvk_alloc(ctx, sizeof(*b));
+    if (!b)
+        return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "buffer handle allocation");
+    b->ctx = ctx;
+    VkExternalMemoryBufferCreateInfo ext = {
+        .sType = VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO, .handleTypes = ht};
+    VkBufferCreateInfo bci = {
+        .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+        .pNext = &ext,
+        .size = len,
+        .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT,
+        .sharingMode = VK_SHARING_MODE_EXCLUSIVE,
+    };
+    VkResult r = MVK_VK(ctx, ctx->vk.vkCreateBuffer(ctx->device, &bci, NULL, &b->buffer));
+    if (r != VK_SUCCESS) {
+        mvk_free(ctx, b);
+        return r == VK_ERROR_OUT_OF_HOST_MEMORY ? mvk_vk_fail(ctx, r, "vkCreateBuffer")
+                                                : MOEVK_ERROR_UNSUPPORTED;
+    }
+    VkMemoryRequirements req;
+    ctx->vk.vkGetBufferMemoryRequirements(ctx->device, b->buffer, &req);
+    int type = -1;
+    for (uint32_t i = 0; i < ctx->memprops.memoryTypeCount && type < 0; i++)
+        if ((req.memoryTypeBits & hp.memoryTypeBits & (1u << i)) && req.size <= len)
+            type = (int)i;
+    VkImportMemoryHostPointerInfoEXT imp = {
+        .sType = VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT,
+        .handleType = ht,
+        .pHostPointer = (void *)base,
+    };
+    VkMemoryAllocateInfo ai = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+        .pNext = &imp,
+        .allocationSize = len,
+        .memoryTypeIndex = type < 0 ? 0 : (uint32_t)type,
+    };
+    r = type < 0 ? VK_ERROR_INVALID_EXTERNAL_HANDLE
+                 : MVK_VK(ctx, ctx->vk.vkAllocateMemory(ctx->device, &ai, NULL, &b->memory));
+    if (r == VK_SUCCESS) {
+        r = MVK_VK(ctx, ctx->vk.vkBindBufferMemory(ctx->device, b->buffer, b->memory, 0));
+        if (r != VK_SUCCESS)
+            ctx->vk.vkFreeMemory(ctx->device, b->memory, NULL);
+    }
+    if (r != VK_SUCCESS) {
+        ctx->vk.vkDestroyBuffer(ctx->device, b->buffer, NULL);
+        mvk_free(ctx, b);
+        mvk_log(ctx, MOEVK_LOG_DEBUG, "importing %llu bytes of host memory: %s; copying instead",
+                (unsigned long long)len, mvk_vk_result_string(r));
+        return MOEVK_ERROR_UNSUPPORTED;
+    }
+    ctx->live_objects++;
+    b->size = len;
+    b->host = true;
+    b->host_import = len;
+    b->heap = ctx->memprops.memoryTypes[type].heapIndex;
+    *out = b;
+    *offset = off;
+    return MOEVK_SUCCESS;
+}

@@ -34,6 +34,13 @@ static mvk_binding whole(const moevk_buffer *b)
     return (mvk_binding){b ? b->buffer : VK_NULL_HANDLE, 0, VK_WHOLE_SIZE};
 }
 
+/* A buffer from an offset on (an imported host chunk's pages start before
+ * its data). */
+static mvk_binding from(const moevk_buffer *b, uint64_t offset)
+{
+    return (mvk_binding){b ? b->buffer : VK_NULL_HANDLE, b ? offset : 0, VK_WHOLE_SIZE};
+}
+
 static mvk_binding or_slot(const moevk_workspace *ws, mvk_binding given, int slot)
 {
     return given.buffer ? given : mvk_ws_binding(ws, slot);
@@ -191,8 +198,9 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
             mvk_gemm_args ga = {
                 .a = down ? h : io->x, .row_token = cr->row_token, .schedule = cr->schedule,
                 .meta = cr->meta,
-                .w0 = whole(down ? ch->w[2] : (gated ? ch->w[0] : ch->w[1])),
-                .w1 = whole(gated ? ch->w[1] : NULL),
+                .w0 = from(down ? ch->w[2] : (gated ? ch->w[0] : ch->w[1]),
+                           ch->off[down ? 2 : gated ? 0 : 1]),
+                .w1 = from(gated ? ch->w[1] : NULL, ch->off[1]),
                 .bias0 = whole(down ? set->bias[2] : (gated ? set->bias[0] : set->bias[1])),
                 .bias1 = whole(gated ? set->bias[1] : NULL),
                 .out = down ? o : h,

@@ -11,6 +11,8 @@
  *  - a static cache moves only on pins and prefetches;
  *  - recorded passes carry their copies: back to back in one command
  *    buffer, clean under synchronization validation;
+ *  - the caller's page-aligned expert arrays are imported as the host copy
+ *    where the device has VK_EXT_external_memory_host, copied elsewhere;
  *  - bad budgets, pins and prefetches are refused by name.
  */
 #include <criterion/criterion.h>
@@ -471,6 +473,109 @@ Test(cache, recorded_passes_carry_their_copies, .timeout = 300)
     host_destroy(&h);
     unsigned msgs = atomic_load(&h.messages);
     cr_assert_eq(msgs, 0u, "%u validation messages on the host's instance", msgs);
+}
+
+/* MOEVK_LAYER_IMPORT_HOST_EXPERTS: page-aligned expert arrays are imported
+ * as the host copy on a device with VK_EXT_external_memory_host (Mesa 25's
+ * lavapipe), copied elsewhere (Mesa 22's) and wherever an array's offset
+ * into its page breaks the storage-buffer offset alignment; the same bits
+ * every time; and copied on a borrowed device whose host did not enable the
+ * extension. */
+Test(cache, host_arrays_are_imported_where_the_device_can, .timeout = 300)
+{
+    enum { H = 256, F = 128, E = 8, K = 2, T = 9 };
+    moevk_context *ctx = mvkt_context();
+    const moevk_device_info *info = moevk_context_device_info(ctx);
+    const uint64_t seed = mvkt_base_seed() ^ 0x1e0;
+    mvkt_rng r = mvkt_rng_make(seed);
+    rlayer rl;
+    rlayer_make(&r, &rl, &(rlayer_spec){H, F, E, K, .dtype = MOEVK_DTYPE_Q8_0});
+    const uint64_t mat = (uint64_t)F * moevk_dtype_row_bytes(MOEVK_DTYPE_Q8_0, H) * E;
+    moevk_layer *ref = NULL;
+    cr_assert_eq(moevk_layer_create(ctx, &rl.d, &ref), MOEVK_SUCCESS);
+    float *x = random_x(&r, T, H);
+    pass_out want;
+    forward(ctx, ref, x, T, &want);
+    const size_t page = 65536; /* a multiple of any host pointer alignment */
+    for (int shift = 0; shift < 2; shift++) {
+        /* shift 1: 4 bytes past a page boundary, below every storage
+         * buffer offset alignment above 4, so never imported there */
+        uint8_t *mem[3];
+        moevk_layer_desc d = rl.d;
+        const void *src[3] = {rl.gate, rl.up, rl.down};
+        for (int m = 0; m < 3; m++) {
+            mem[m] = aligned_alloc(page, ((mat + 4 + page - 1) / page) * page);
+            cr_assert_not_null(mem[m]);
+            memcpy(mem[m] + 4 * shift, src[m], mat);
+        }
+        d.experts.gate = mem[0] + 4 * shift;
+        d.experts.up = mem[1] + 4 * shift;
+        d.experts.down = mem[2] + 4 * shift;
+        moevk_layer *L = budgeted(ctx, &d, 3 * expert_bytes(&d), MOEVK_LAYER_IMPORT_HOST_EXPERTS);
+        moevk_cache_stats cs;
+        cr_assert_eq(moevk_layer_cache_stats(L, &cs), MOEVK_SUCCESS);
+        if (info->external_memory_host && shift == 0)
+            cr_assert(cs.host_imported_bytes >= 3 * mat && cs.host_imported_bytes ==
+                          cs.host_weight_bytes,
+                      "%s: imported %llu of %llu host bytes", info->driver_info,
+                      (unsigned long long)cs.host_imported_bytes,
+                      (unsigned long long)cs.host_weight_bytes);
+        else
+            cr_assert_eq(cs.host_imported_bytes, 0, "shift %d, extension %d: %llu imported",
+                         shift, info->external_memory_host,
+                         (unsigned long long)cs.host_imported_bytes);
+        cr_assert(cs.host_weight_bytes >= 3 * mat);
+        for (int p = 0; p < 4; p++) {
+            if (p == 2)
+                cr_assert_eq(moevk_layer_cache_prefetch(L, (const uint32_t[]){5, 6, 7}, 3), 0);
+            pass_out got;
+            forward(ctx, L, x, T, &got);
+            assert_same(&got, &want, T, &rl.d, shift ? "copied host experts"
+                                                     : "imported host experts", seed);
+            pass_free(&got);
+        }
+        moevk_layer_destroy(L);
+        for (int m = 0; m < 3; m++)
+            free(mem[m]);
+    }
+    /* a borrowed device whose host did not enable the extension: copied */
+    host_app h;
+    host_create(&h);
+    moevk_vulkan_import im = host_import(&h);
+    moevk_context_desc cd = {.import = &im};
+    moevk_context *bare = NULL;
+    cr_assert_eq(moevk_context_create(&cd, &bare), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_context_device_info(bare)->external_memory_host, 0);
+    uint8_t *mem[3];
+    moevk_layer_desc d = rl.d;
+    const void *src[3] = {rl.gate, rl.up, rl.down};
+    for (int m = 0; m < 3; m++) {
+        mem[m] = aligned_alloc(page, ((mat + page - 1) / page) * page);
+        cr_assert_not_null(mem[m]);
+        memcpy(mem[m], src[m], mat);
+    }
+    d.experts.gate = mem[0];
+    d.experts.up = mem[1];
+    d.experts.down = mem[2];
+    moevk_layer *L = budgeted(bare, &d, 3 * expert_bytes(&d), MOEVK_LAYER_IMPORT_HOST_EXPERTS);
+    moevk_cache_stats cs;
+    cr_assert_eq(moevk_layer_cache_stats(L, &cs), MOEVK_SUCCESS);
+    cr_assert_eq(cs.host_imported_bytes, 0);
+    pass_out got;
+    forward(bare, L, x, T, &got);
+    assert_same(&got, &want, T, &rl.d, "host experts without the extension", seed);
+    pass_free(&got);
+    moevk_layer_destroy(L);
+    moevk_context_destroy(bare);
+    host_destroy(&h);
+    cr_assert_eq(atomic_load(&h.messages), 0u);
+    for (int m = 0; m < 3; m++)
+        free(mem[m]);
+    pass_free(&want);
+    free(x);
+    moevk_layer_destroy(ref);
+    rlayer_free(&rl);
+    mvkt_context_end(ctx);
 }
 
 Test(cache, bad_budgets_are_refused_by_name, .timeout = 60)

@@ -206,6 +206,10 @@ typedef struct moevk_device_info {
      * that could use them was created (moevk info creates none and shows
      * the result of a check it runs). */
     int matrix_units;
+    /* VK_EXT_external_memory_host in use (MOEVK_LAYER_IMPORT_HOST_EXPERTS),
+     * and its minImportedHostPointerAlignment */
+    int external_memory_host;
+    uint64_t host_pointer_alignment;
 } moevk_device_info;
 
 MOEVK_API moevk_status moevk_context_create(const moevk_context_desc *desc,
@@ -481,6 +485,17 @@ enum moevk_layer_flags {
      * when the caller pins or prefetches (moevk_layer_cache_pin/_prefetch),
      * never from the routing counts. */
     MOEVK_LAYER_CACHE_STATIC = 1u << 5,
+    /* With MOEVK_LAYER_VRAM_BUDGET: the caller's expert arrays (the
+     * contiguous gate/up/down of `experts`, in their device format: no
+     * MOEVK_LAYER_QUANTIZE) stay valid and unchanged until the layer is
+     * destroyed, so on a device with VK_EXT_external_memory_host moevk
+     * imports them as the host copy instead of copying them (a memory-
+     * mapped checkpoint is read by the GPU where it lies). A matrix whose
+     * address the device cannot import (its page alignment, an offset that
+     * is not a multiple of minStorageBufferOffsetAlignment, a refusal) is
+     * copied as without the flag; moevk_cache_stats says how much was
+     * imported. */
+    MOEVK_LAYER_IMPORT_HOST_EXPERTS = 1u << 6,
 };
 
 typedef struct moevk_layer_desc {
@@ -689,6 +704,7 @@ MOEVK_API moevk_status moevk_layer_pass_info(moevk_layer *layer, moevk_pass_info
 typedef struct moevk_cache_stats {
     uint64_t device_weight_bytes; /* all of the layer's device weight memory  */
     uint64_t host_weight_bytes;   /* its host-visible expert copies            */
+    uint64_t host_imported_bytes; /* of those: the caller's memory, imported   */
     uint64_t expert_device_bytes; /* of device_weight_bytes: the device slots  */
     uint32_t device_slots;        /* S                                         */
     uint32_t resident_experts;    /* experts in the device slots now           */

@@ -137,6 +137,11 @@ static void print_device(uint32_t i, const moevk_device_info *d)
                         : "not used (this build, shape, subgroup size or features)");
     }
     printf("  memory budget ext         %s\n", d->memory_budget ? "yes" : "no");
+    if (d->external_memory_host)
+        printf("  host memory import        yes (VK_EXT_external_memory_host, %llu-byte "
+               "alignment)\n", (unsigned long long)d->host_pointer_alignment);
+    else
+        printf("  host memory import        no\n");
     if (d->timestamps)
         printf("  timestamps                yes (%.3f ns/tick, %u valid bits)\n",
                d->timestamp_period_ns, d->timestamp_valid_bits);

@@ -257,6 +257,7 @@ static int write_stats(const char *path, const run_opts *opt, const mvk_model_la
     if (o->weight_bytes > 0) {
         cJSON_AddNumberToObject(j, "device_weight_bytes", o->weight_bytes);
         cJSON_AddNumberToObject(j, "host_weight_bytes", o->mem.host_weights);
+        cJSON_AddNumberToObject(j, "host_imported_bytes", (double)o->mem.cache.host_imported_bytes);
     }
     if (o->mem.budgeted) {
         const moevk_cache_stats *c = &o->mem.cache;
@@ -790,6 +791,10 @@ built:
         if (mvk_parse_budget(opt.vram_budget, routed, &budget, err, sizeof err))
             goto fail;
         mvk_desc_set_budget(d, budget);
+        /* the checkpoint's arrays outlive the layer: the GPU may read them
+         * where they lie (a GGUF file's mapping) */
+        if (!opt.quantize)
+            d->flags |= MOEVK_LAYER_IMPORT_HOST_EXPERTS;
         printf("budget   %.2f MiB of device memory for the routed experts (%.2f MiB in all)\n",
                budget / 1048576.0, routed / 1048576.0);
     }
@@ -817,10 +822,11 @@ built:
         const moevk_cache_stats *c = &out.mem.cache;
         if (out.mem.host_weights > 0)
             printf("cache    %u of %u experts on the device (%.2f MiB), all %u in host memory "
-                   "(%.2f MiB); rows from the device %llu, from host memory %llu\n",
+                   "(%.2f MiB%s); rows from the device %llu, from host memory %llu\n",
                    c->resident_experts, E, c->expert_device_bytes / 1048576.0, E,
-                   out.mem.host_weights / 1048576.0, (unsigned long long)c->hits,
-                   (unsigned long long)c->misses);
+                   out.mem.host_weights / 1048576.0,
+                   c->host_imported_bytes ? ", the file's own pages, imported" : ", a copy",
+                   (unsigned long long)c->hits, (unsigned long long)c->misses);
         else
             printf("cache    the budget holds every expert: all %u on the device (%.2f MiB)\n",
                    E, c->expert_device_bytes / 1048576.0);
