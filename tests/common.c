@@ -47,6 +47,12 @@ uint64_t mvkt_base_seed(void)
     return (uint64_t)ts.tv_sec * 1000003u ^ (uint64_t)ts.tv_nsec;
 }
 
+uint64_t mvkt_env_u64(const char *name, uint64_t def)
+{
+    const char *s = getenv(name);
+    return s && *s ? strtoull(s, NULL, 0) : def;
+}
+
 int mvkt_scaled(int n, int min)
 {
     const char *s = getenv("MOEVK_TEST_CASES_SCALE");

@@ -42,6 +42,8 @@ static inline float mvkt_uniform(mvkt_rng *r, float lo, float hi)
 /* n scaled by MOEVK_TEST_CASES_SCALE (a factor, default 1; the sanitizer
  * pass sets a fraction to run fewer random cases), rounded, at least min. */
 int mvkt_scaled(int n, int min);
+/* An unsigned environment variable (decimal or 0x...), or def if unset. */
+uint64_t mvkt_env_u64(const char *name, uint64_t def);
 
 /* A validated context on the default device (or NULL after cr_skip when no
  * device exists). */

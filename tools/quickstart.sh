@@ -89,7 +89,7 @@ test)
         # so subgroups of 4 where the first pass has 8. Its LLVM also
         # compiles each kernel variant about 3x faster at that width; with a
         # cold shader cache compiling is most of this pass's time, so a
-        # quarter of the random cases (MOEVK_TEST_CASES_SCALE), other seeds
+        # fifth of the random cases (MOEVK_TEST_CASES_SCALE), other seeds
         # than the first pass
         t=$(date +%s)
         if sh tools/mesa25.sh install; then
@@ -97,7 +97,7 @@ test)
             drv=$(driver env LP_NATIVE_VECTOR_WIDTH="$vw" sh tools/mesa25.sh run)
             echo "quickstart: the GPU suites on $drv, $vw-bit vectors"
             [ $# -gt 0 ] || set -- --suite gpu
-            LP_NATIVE_VECTOR_WIDTH="$vw" MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.25}" \
+            LP_NATIVE_VECTOR_WIDTH="$vw" MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.2}" \
                 sh tools/mesa25.sh run meson test -C "$build" --no-rebuild --print-errorlogs \
                 --logbase testlog-mesa25 "$@" || status=$?
             part "$drv" "$(python3 tools/test_summary.py "$build/meson-logs/testlog-mesa25.json")" \
@@ -122,7 +122,7 @@ test)
         echo "quickstart: bounded libFuzzer run of the checkpoint parsers"
         t=$(date +%s)
         fuzz=0
-        sh fuzz/run.sh "${MOEVK_FUZZ_SECONDS:-40}" >"$build/fuzz.log" 2>&1 || fuzz=$?
+        sh fuzz/run.sh "${MOEVK_FUZZ_SECONDS:-30}" >"$build/fuzz.log" 2>&1 || fuzz=$?
         cat "$build/fuzz.log"
         fp=$(grep -c "^fuzz_[a-z]*: .*no crash$" "$build/fuzz.log" || true)
         ff=$(grep -c "^fuzz_[a-z]*: FAILED$" "$build/fuzz.log" || true)
@@ -131,7 +131,7 @@ test)
             [ "$ff" -gt 0 ] || ff=1
             echo "fuzz: FAILED"
         fi
-        part "fuzz (${MOEVK_FUZZ_SECONDS:-40} s a target)" "$fp passed, $ff failed, 0 skipped" \
+        part "fuzz (${MOEVK_FUZZ_SECONDS:-30} s a target)" "$fp passed, $ff failed, 0 skipped" \
             $(($(date +%s) - t))
     fi
     echo "quickstart: results (whole run $(($(date +%s) - t_start)) s)$results"

@@ -11,8 +11,8 @@
 #     (dlclose does nothing);
 #   - the negative control (leak-control: tests/leak_control.c) plants leaks
 #     and must see them fail, next to the same GPU work passing.
-# Every suite runs, `layer` and `cli` with fewer random cases
-# (MOEVK_TEST_CASES_SCALE, 0.2 unless set). install-consumer is left out: the
+# Every suite runs, with fewer random cases (MOEVK_TEST_CASES_SCALE, 0.2
+# unless set) of at most MOEVK_TEST_MAX_WORK multiply-adds (2 M unless set). install-consumer is left out: the
 # program it builds has no sanitizer runtime.
 # usage: sh tools/sanitize.sh [test names]
 set -eu
@@ -32,6 +32,8 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:verify_asan_link_order=0
 export LSAN_OPTIONS="suppressions=$(pwd)/tools/lsan.supp:print_suppressions=0:exitcode=23"
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.2}"
+# and smaller random cases: the CPU reference runs instrumented here
+export MOEVK_TEST_MAX_WORK="${MOEVK_TEST_MAX_WORK:-2097152}"
 if [ $# -eq 0 ]; then
     set -- $(meson test -C "$build" --list 2>/dev/null | sed 's/.* \/ //' | grep -vx -e install-consumer)
 fi
