@@ -1,9 +1,11 @@
 #!/bin/sh
-# The GPU measurement of docs/benchmarks.md in one script (about 8 minutes on
+# The GPU measurement of docs/benchmarks.md in one script (about 10 minutes on
 # an H100/H200): the device's ceilings, the real shapes of Mixtral-8x7B,
 # Qwen3-30B-A3B and DeepSeek-V3 at T = 1, 16, 128, 512, 4096 in bf16 and in
-# q4_k and q8_0, Vulkan beside cuBLAS, plus a cross-check of every kernel
-# variant (cooperative matrices included) against the CPU reference.
+# q4_k and q8_0, Vulkan beside cuBLAS, a cross-check of every kernel variant
+# (cooperative matrices included) against the CPU reference, and the budget
+# curve of Qwen3-30B-A3B and Mixtral (q4_k, T = 1 and 16, 10-100 % of the
+# experts on the device).
 #
 #   sh tools/gpu_bench.sh prepare   here: the loader packages (.gl/) and a
 #                                   release build in build-gpu/ (git-ignored)
@@ -72,6 +74,13 @@ run)
     # decode with a hot-expert distribution, Vulkan only
     step 60 bench-zipf "$moevk" bench --preset mixtral-8x7b,deepseek-v3 --dtype bf16,q4_k \
         --tokens 1,16 --dist zipf --runs 10 --warmup 2 --json "$out/bench-zipf.json" $extra
+    # layers larger than VRAM: throughput against the experts' device-memory
+    # budget (the rest read from host memory over PCIe, hot ones cached), the
+    # figure of docs/benchmarks.md "Budget curve"
+    step 120 bench-budget "$moevk" bench --preset qwen3-30b-a3b,mixtral-8x7b --dtype q4_k \
+        --tokens 1,16 --dist router,zipf --vram-budget 10%,25%,50%,100% --runs 10 \
+        --warmup 4 --no-ceilings --json "$out/bench-budget.json" \
+        --plot "$out/bench-budget.svg" $extra
     grep -E "^== .*exit" "$log"
     ;;
 *)
