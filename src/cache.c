@@ -203,6 +203,7 @@ void mvk_cache_record(moevk_layer *L, mvk_cmd *c)
         return;
     moevk_context *ctx = L->ctx;
     const uint32_t E = k->E;
+    k->nlast = 0; /* this pass's promotions, from none */
     uint8_t *placed = mvk_alloc(ctx, E);
     uint32_t *order = mvk_alloc(ctx, sizeof(uint32_t) * E);
     if (!placed || !order) {
@@ -211,7 +212,6 @@ void mvk_cache_record(moevk_layer *L, mvk_cmd *c)
         c->status = mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "expert cache plan");
         return;
     }
-    k->nlast = 0;
     /* the caller's requests: pinned experts, then prefetches */
     for (uint32_t e = 0; e < E; e++)
         if (k->pinned[e] && k->expert_slot[e] == MVK_NO_SLOT) {

@@ -13,6 +13,8 @@
  *    buffer, clean under synchronization validation;
  *  - the caller's page-aligned expert arrays are imported as the host copy
  *    where the device has VK_EXT_external_memory_host, copied elsewhere;
+ *  - a failure at every allocation and Vulkan call: an error, nothing leaked,
+ *    and the next pass right;
  *  - bad budgets, pins and prefetches are refused by name.
  */
 #include <criterion/criterion.h>
@@ -571,6 +573,87 @@ Test(cache, host_arrays_are_imported_where_the_device_can, .timeout = 300)
     cr_assert_eq(atomic_load(&h.messages), 0u);
     for (int m = 0; m < 3; m++)
         free(mem[m]);
+    pass_free(&want);
+    free(x);
+    moevk_layer_destroy(ref);
+    rlayer_free(&rl);
+    mvkt_context_end(ctx);
+}
+
+/* A failure at every allocation and Vulkan call of a budgeted layer's life
+ * (create over several chunks, passes with promotions, destroy): an error
+ * each time, nothing leaked; and a failed pass leaves the layer giving the
+ * right bits on the next one (its promotions forgotten). */
+Test(cache, every_failure_point_is_clean, .timeout = 600)
+{
+    enum { H = 32, F = 24, E = 6, K = 2, T = 5 };
+    moevk_context *ctx = mvkt_context();
+    const uint64_t seed = mvkt_base_seed() ^ 0xfa17;
+    mvkt_rng r = mvkt_rng_make(seed);
+    rlayer rl;
+    rlayer_make(&r, &rl, &(rlayer_spec){H, F, E, K});
+    const uint64_t eb = expert_bytes(&rl.d);
+    moevk_layer *ref = NULL;
+    cr_assert_eq(moevk_layer_create(ctx, &rl.d, &ref), MOEVK_SUCCESS);
+    float *x = random_x(&r, T, H);
+    pass_out want;
+    forward(ctx, ref, x, T, &want);
+    moevk_testing_set_max_buffer_range(ctx, eb); /* a few experts a chunk */
+    moevk_layer_desc d = rl.d;
+    d.flags |= MOEVK_LAYER_VRAM_BUDGET;
+    d.vram_budget = 3 * eb;
+    float *y = malloc(sizeof(float) * T * H);
+    moevk_tensor tx = tensor2(ctx, T, H), ty = tensor2(ctx, T, H);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    /* warm: pipelines, staging, the default workspace */
+    moevk_layer *L = budgeted(ctx, &rl.d, 3 * eb, 0);
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS);
+    moevk_layer_destroy(L);
+    int failures = 0;
+    const int64_t baseline = moevk_testing_live_objects(ctx);
+    for (int n = 1; n < 2000; n++) {
+        moevk_testing_fail_after(ctx, n);
+        moevk_status st = moevk_layer_create(ctx, &d, &L);
+        for (int p = 0; !st && p < 3; p++) {
+            if (p)
+                st = moevk_layer_cache_prefetch(L, (const uint32_t[]){(uint32_t)(2 * p),
+                                                                     (uint32_t)(2 * p + 1)}, 2);
+            if (!st)
+                st = moevk_layer_forward(L, &tx, &ty, NULL);
+        }
+        moevk_testing_fail_after(ctx, 0);
+        if (!st) {
+            cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+            cr_assert(memcmp(y, want.y, sizeof(float) * T * H) == 0, "seed %llu",
+                      (unsigned long long)seed);
+            moevk_layer_destroy(L);
+            break; /* n passed the last failure point */
+        }
+        failures++;
+        cr_assert(st == MOEVK_ERROR_OUT_OF_HOST_MEMORY || st == MOEVK_ERROR_OUT_OF_DEVICE_MEMORY,
+                  "failure point %d: %s (%s)", n, moevk_status_string(st),
+                  moevk_context_last_error(ctx));
+        if (L) {
+            /* the pass failed: the next one is right */
+            mvkt_poison_tensor(&ty);
+            cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS,
+                         "after failure point %d: %s", n, moevk_context_last_error(ctx));
+            cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+            cr_assert(memcmp(y, want.y, sizeof(float) * T * H) == 0,
+                      "seed %llu: the pass after failure point %d differs",
+                      (unsigned long long)seed, n);
+            moevk_layer_destroy(L);
+            L = NULL;
+        }
+        cr_assert_eq(moevk_testing_live_objects(ctx), baseline,
+                     "failure point %d leaked %lld objects", n,
+                     (long long)(moevk_testing_live_objects(ctx) - baseline));
+    }
+    cr_assert_gt(failures, 30, "only %d failure points", failures);
+    moevk_testing_set_max_buffer_range(ctx, 0);
+    moevk_tensor_destroy(&tx);
+    moevk_tensor_destroy(&ty);
+    free(y);
     pass_free(&want);
     free(x);
     moevk_layer_destroy(ref);
