@@ -12,6 +12,12 @@
  * at most max(1, S / 4) a pass. A free slot takes any expert with a score.
  * Ties go to the lower expert index, so a given history gives one
  * residency.
+ *
+ * Timeline of a promotion decided at the start of pass N: the victim reads
+ * from host memory from pass N on; the copy into its slot is recorded after
+ * pass N's last expert stage (nothing later in pass N waits for it; pass
+ * N + 1's first barrier does); the newcomer reads from the slot from pass
+ * N + 1 on, whose table update says so.
  */
 #include <math.h>
 #include <string.h>
@@ -89,14 +95,14 @@ moevk_status mvk_cache_create(moevk_layer *L, uint32_t slots, uint32_t dev_chunk
     k->expert_bytes = (L->gated ? matrix_bytes(L, 0) : 0) + matrix_bytes(L, 1) + matrix_bytes(L, 2);
     const size_t tw = (size_t)L->routed.nchunks * E;
     k->slot_expert = mvk_alloc(ctx, sizeof(uint32_t) * (slots ? slots : 1));
-    k->last_promoted = mvk_alloc(ctx, sizeof(uint32_t) * (slots ? slots : 1));
+    k->slot_pending = mvk_alloc(ctx, slots ? slots : 1);
     k->expert_slot = mvk_alloc(ctx, sizeof(uint32_t) * E);
     k->requests = mvk_alloc(ctx, sizeof(uint32_t) * E);
     k->pinned = mvk_alloc(ctx, E);
     k->resident_rec = mvk_alloc(ctx, E);
     k->score = mvk_alloc(ctx, sizeof(double) * E);
     k->table = mvk_alloc(ctx, sizeof(uint32_t) * tw);
-    if (!k->slot_expert || !k->last_promoted || !k->expert_slot || !k->requests || !k->pinned ||
+    if (!k->slot_expert || !k->slot_pending || !k->expert_slot || !k->requests || !k->pinned ||
         !k->resident_rec || !k->score || !k->table)
         return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "expert cache tables");
     for (uint32_t e = 0; e < E; e++)
@@ -123,7 +129,7 @@ void mvk_cache_destroy(moevk_layer *L)
         return;
     moevk_context *ctx = L->ctx;
     mvk_free(ctx, k->slot_expert);
-    mvk_free(ctx, k->last_promoted);
+    mvk_free(ctx, k->slot_pending);
     mvk_free(ctx, k->expert_slot);
     mvk_free(ctx, k->requests);
     mvk_free(ctx, k->pinned);
@@ -160,9 +166,10 @@ static uint32_t victim_slot(const mvk_cache *k, const uint8_t *placed)
     return best;
 }
 
-/* Move expert e into slot v (its occupant back to host memory), recording
- * the copy of its matrices from the host chunk. */
-static void promote(moevk_layer *L, mvk_cmd *c, uint32_t e, uint32_t v, uint8_t *placed)
+/* Give slot v to expert e: its occupant goes back to host memory now; e
+ * serves from the slot once the copy recorded after this pass's expert
+ * stage has run (the next pass). */
+static void promote(moevk_layer *L, uint32_t e, uint32_t v, uint8_t *placed)
 {
     mvk_cache *k = L->cache;
     const uint32_t u = k->slot_expert[v];
@@ -171,21 +178,11 @@ static void promote(moevk_layer *L, mvk_cmd *c, uint32_t e, uint32_t v, uint8_t 
         table_set(L, u);
         k->stats.evictions++;
     }
-    uint32_t hl, dl;
-    const mvk_chunk *src = &L->routed.chunks[host_chunk(L, e, &hl)];
-    const mvk_chunk *dst = &L->routed.chunks[slot_chunk(L, v, &dl)];
-    for (int m = L->gated ? 0 : 1; m < 3; m++) {
-        const uint64_t b = matrix_bytes(L, m);
-        mvk_cmd_copy(c, src->w[m]->buffer, src->off[m] + hl * b, dst->w[m]->buffer, dl * b, b);
-    }
     k->slot_expert[v] = e;
-    k->expert_slot[e] = v;
-    table_set(L, e);
+    k->slot_pending[v] = 1;
     placed[e] = 1;
-    k->last_promoted[k->nlast++] = e;
     k->stats.promotions++;
     k->stats.bytes_moved += k->expert_bytes;
-    c->transfers_pending = true;
 }
 
 /* Host experts by decreasing score (ties: lower index first). */
@@ -203,7 +200,6 @@ void mvk_cache_record(moevk_layer *L, mvk_cmd *c)
         return;
     moevk_context *ctx = L->ctx;
     const uint32_t E = k->E;
-    k->nlast = 0; /* this pass's promotions, from none */
     uint8_t *placed = mvk_alloc(ctx, E);
     uint32_t *order = mvk_alloc(ctx, sizeof(uint32_t) * E);
     if (!placed || !order) {
@@ -212,29 +208,38 @@ void mvk_cache_record(moevk_layer *L, mvk_cmd *c)
         c->status = mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "expert cache plan");
         return;
     }
+    /* the copies of the last pass have run (this pass's first barrier
+     * orders it after them): their experts serve from the slots */
+    for (uint32_t v = 0; v < k->slots; v++)
+        if (k->slot_pending[v]) {
+            k->slot_pending[v] = 0;
+            k->expert_slot[k->slot_expert[v]] = v;
+            table_set(L, k->slot_expert[v]);
+        }
+    k->copies_recorded = false;
     /* the caller's requests: pinned experts, then prefetches */
     for (uint32_t e = 0; e < E; e++)
         if (k->pinned[e] && k->expert_slot[e] == MVK_NO_SLOT) {
             const uint32_t v = victim_slot(k, placed);
             if (v != MVK_NO_SLOT)
-                promote(L, c, e, v, placed);
+                promote(L, e, v, placed);
         }
     for (uint32_t i = 0; i < k->nrequests; i++) {
         const uint32_t e = k->requests[i];
-        if (k->expert_slot[e] != MVK_NO_SLOT) {
-            placed[e] = 1; /* stays for this pass */
+        if (k->expert_slot[e] != MVK_NO_SLOT || placed[e]) {
+            placed[e] = 1; /* stays (or is on its way) */
             continue;
         }
         const uint32_t v = victim_slot(k, placed);
         if (v != MVK_NO_SLOT)
-            promote(L, c, e, v, placed);
+            promote(L, e, v, placed);
     }
     k->nrequests = 0;
     /* the policy */
     if (!k->is_static) {
         uint32_t n = 0;
         for (uint32_t e = 0; e < E; e++)
-            if (k->expert_slot[e] == MVK_NO_SLOT && k->score[e] > 0)
+            if (k->expert_slot[e] == MVK_NO_SLOT && !placed[e] && k->score[e] > 0)
                 order[n++] = e;
         for (uint32_t i = 1; i < n; i++) { /* insertion sort: E <= 1024 */
             const uint32_t x = order[i];
@@ -251,11 +256,13 @@ void mvk_cache_record(moevk_layer *L, mvk_cmd *c)
             const uint32_t u = k->slot_expert[v];
             if (u != MVK_NO_SLOT && !(k->score[e] > k->score[u] * MOEVK_CACHE_HYSTERESIS + 1.0))
                 break; /* later newcomers score less, later victims more */
-            promote(L, c, e, v, placed);
+            promote(L, e, v, placed);
             done++;
         }
     }
     if (k->table_dirty) {
+        /* read by this pass's expert stage, after the one barrier that
+         * waits for transfers (mvk_cmd_barrier_transfers) */
         mvk_cmd_update(c, L->routed.table->buffer, 0, k->table,
                        (VkDeviceSize)L->routed.nchunks * E * 4);
         c->transfers_pending = true;
@@ -272,21 +279,42 @@ void mvk_cache_record(moevk_layer *L, mvk_cmd *c)
     mvk_free(ctx, order);
 }
 
+void mvk_cache_record_copies(moevk_layer *L, mvk_cmd *c)
+{
+    mvk_cache *k = L->cache;
+    if (!k || c->status || k->copies_recorded)
+        return;
+    k->copies_recorded = true;
+    for (uint32_t v = 0; v < k->slots; v++) {
+        if (!k->slot_pending[v])
+            continue;
+        const uint32_t e = k->slot_expert[v];
+        uint32_t hl, dl;
+        const mvk_chunk *src = &L->routed.chunks[host_chunk(L, e, &hl)];
+        const mvk_chunk *dst = &L->routed.chunks[slot_chunk(L, v, &dl)];
+        for (int m = L->gated ? 0 : 1; m < 3; m++) {
+            const uint64_t b = matrix_bytes(L, m);
+            mvk_cmd_copy(c, src->w[m]->buffer, src->off[m] + hl * b, dst->w[m]->buffer,
+                         dl * b, b);
+        }
+        /* the rest of the pass does not wait for them; the next pass's
+         * first barrier does */
+        c->transfers_pending = true;
+    }
+}
+
 void mvk_cache_pass_failed(moevk_layer *L)
 {
     mvk_cache *k = L->cache;
     if (!k)
         return;
-    /* the copies may not have run: their slots hold nothing known */
-    for (uint32_t i = 0; i < k->nlast; i++) {
-        const uint32_t e = k->last_promoted[i], v = k->expert_slot[e];
-        if (v != MVK_NO_SLOT) {
+    /* this pass's copies may not have run: their slots hold nothing known.
+     * (Slots that took effect in it were copied by the pass before.) */
+    for (uint32_t v = 0; v < k->slots; v++)
+        if (k->slot_pending[v]) {
+            k->slot_pending[v] = 0;
             k->slot_expert[v] = MVK_NO_SLOT;
-            k->expert_slot[e] = MVK_NO_SLOT;
-            table_set(L, e);
         }
-    }
-    k->nlast = 0;
     k->table_dirty = true; /* the table update may not have run either */
     k->observed = k->recorded;
 }

@@ -31,9 +31,11 @@ struct mvk_cache {
     uint32_t *table;        /* [nchunks, E] the slot tables, as on the device */
     bool table_dirty;       /* the device's tables differ from `table` */
     bool is_static;         /* MOEVK_LAYER_CACHE_STATIC */
-    /* the promotions of the last recorded pass (undone if it fails) */
-    uint32_t *last_promoted; /* [slots] experts */
-    uint32_t nlast;
+    /* slot_pending[v]: slot_expert[v]'s copy is recorded in the last pass
+     * (after its expert stage); the expert serves from the slot from the
+     * next pass on, when the tables say so */
+    uint8_t *slot_pending;  /* [slots] */
+    bool copies_recorded;   /* this pass's copies are in its command buffer */
     uint8_t *resident_rec;  /* [E] residency of the last recorded pass */
     uint64_t recorded, observed; /* passes recorded / the last one observed */
     moevk_cache_stats stats;
@@ -43,11 +45,16 @@ struct mvk_cache {
  * chunks): tables, with experts 0 .. S-1 resident, as create uploaded. */
 moevk_status mvk_cache_create(moevk_layer *L, uint32_t slots, uint32_t dev_chunks);
 void mvk_cache_destroy(moevk_layer *L);
-/* At the start of a pass (after its first barrier): decide promotions from
- * the scores and requests, record their copies and the tables' update. */
+/* At the start of a pass (after its first barrier): the slots whose copies
+ * the last pass recorded take effect; promotions are decided from the
+ * scores and requests (their victims go back to host memory now, their
+ * slots wait for the copies); the tables' update is recorded. */
 void mvk_cache_record(moevk_layer *L, mvk_cmd *c);
-/* The pass just recorded was not submitted or failed: forget its
- * promotions (their slots are free again). */
+/* After the pass's (last) expert stage: the copies of this pass's
+ * promotions, which nothing in this pass waits for. */
+void mvk_cache_record_copies(moevk_layer *L, mvk_cmd *c);
+/* The pass just recorded was not submitted or failed: its promotions are
+ * forgotten (their slots are free again) and the tables rewritten. */
 void mvk_cache_pass_failed(moevk_layer *L);
 /* counts [E]: the admitted rows per expert of the last recorded pass. */
 void mvk_cache_observe(moevk_layer *L, const uint32_t *counts);

@@ -284,7 +284,7 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
         mvk_cmd_reset_queries(c, tm->pool, tm->cap);
     mvk_cmd_barrier(c); /* the previous pass's use of the workspace */
     if (io->experts && L->cache)
-        mvk_cache_record(L, c); /* promotions: copies the expert stage waits for */
+        mvk_cache_record(L, c); /* tables; this pass's promotions (copied after its experts) */
 
     if (io->route)
         phase_route(L, c, g, io, tm);
@@ -321,6 +321,8 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             const mvk_binding o = or_slot(ws, io->expert_out, MVK_WS_O);
             if (io->experts)
                 experts_chunk(L, c, io, &cr, o, n, tm);
+            if (io->experts && L->cache && t0 + n >= g->T)
+                mvk_cache_record_copies(L, c); /* after the last expert stage */
             if (io->shared && d->num_shared)
                 shared_chunk(L, c, io, t0, n, tm);
             if (io->combine) {

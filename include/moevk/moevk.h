@@ -689,12 +689,14 @@ MOEVK_API moevk_status moevk_layer_pass_info(moevk_layer *layer, moevk_pass_info
  * it; a host expert replaces the lowest-scoring unpinned resident one only
  * when its score is over MOEVK_CACHE_HYSTERESIS times that one's (plus one
  * row), at most max(1, S / 4) experts a pass, so the cache does not thrash.
- * A promotion is a copy recorded at the start of the next pass (forward or
- * recorded: the copies go into the same command buffer, so a host that
- * records a layer into its frame needs nothing else); the copies overlap
- * the routing stages and only the expert stage waits for them. Recorded
- * passes must be submitted in the order they were recorded (the workspace
- * rule above), as the slot tables they set follow that order.
+ * A promotion decided at the start of a pass sends its victim back to host
+ * memory at once and records the copy of the newcomer into the slot after
+ * that pass's expert stage (forward or recorded: the copies go into the
+ * same command buffer, so a host that records a layer into its frame needs
+ * nothing else); nothing in that pass waits for the copy, and the newcomer
+ * reads from its slot from the next pass on. Recorded passes must be
+ * submitted in the order they were recorded (the workspace rule above), as
+ * the slot tables they set follow that order.
  *
  * Everything here is per layer; a layer without the flag has no host copy
  * and these calls report all experts resident. */
