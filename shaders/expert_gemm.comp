@@ -47,8 +47,11 @@ layout(constant_id = MVK_GEMM_SPEC_BM) const uint BM = 64;
 layout(constant_id = MVK_GEMM_SPEC_BN) const uint BN = MVK_GEMM_BN;
 layout(constant_id = MVK_GEMM_SPEC_WFMT) const uint WDTYPE = MVK_WFMT_F32;
 layout(constant_id = MVK_GEMM_SPEC_GATED) const uint GATED = 0;
-layout(constant_id = MVK_GEMM_SPEC_SCHED) const uint SCHED = 1;
-layout(constant_id = MVK_GEMM_SPEC_GATHER) const uint GATHER = 1;
+// scheduled or dense, gathered A rows or not: push constants (uniform
+// branches), not specialization constants, so one pipeline serves the
+// routed experts' up and down projections and the shared experts
+#define SCHED (p.sched)
+#define GATHER (p.gather)
 layout(constant_id = MVK_GEMM_SPEC_PERM) const uint PERM = 0;
 const uint BK = 16;
 const uint TM = MVK_GEMM_TM;

@@ -23,8 +23,11 @@ layout(local_size_x_id = MVK_SPEC_WG) in;
 layout(constant_id = MVK_GEMV_SPEC_COLS) const uint COLS = MVK_GEMV_COLS;
 layout(constant_id = MVK_GEMV_SPEC_WFMT) const uint WDTYPE = MVK_WFMT_F32;
 layout(constant_id = MVK_GEMV_SPEC_GATED) const uint GATED = 0;
-layout(constant_id = MVK_GEMV_SPEC_SCHED) const uint SCHED = 1;
-layout(constant_id = MVK_GEMV_SPEC_GATHER) const uint GATHER = 1;
+// scheduled or dense, gathered A rows or not: push constants (uniform
+// branches), not specialization constants, so one pipeline serves the
+// routed experts' up and down projections and the shared experts
+#define SCHED (p.sched)
+#define GATHER (p.gather)
 layout(constant_id = MVK_GEMV_SPEC_PERM) const uint PERM = 0;
 const uint ROWS = MVK_SKINNY_ROWS;
 const uint LANES = gl_WorkGroupSize.x / COLS;

@@ -249,10 +249,8 @@ MVK_PUSH_END(mvk_permute_push)
 #define MVK_GEMM_SPEC_BN 2
 #define MVK_GEMM_SPEC_WFMT 3
 #define MVK_GEMM_SPEC_GATED 4
-#define MVK_GEMM_SPEC_SCHED 5
-#define MVK_GEMM_SPEC_GATHER 6
-#define MVK_GEMM_SPEC_PERM 7 /* 1: input k of expert e reads A column perm[e * K + k] */
-#define MVK_GEMM_NSPEC 8
+#define MVK_GEMM_SPEC_PERM 5 /* 1: input k of expert e reads A column perm[e * K + k] */
+#define MVK_GEMM_NSPEC 6
 #define MVK_GEMM_BN 64u /* column tile */
 #define MVK_GEMM_TM 4u  /* rows per thread */
 #define MVK_GEMM_TN 4u  /* columns per thread */
@@ -271,6 +269,8 @@ MVK_PUSH_BEGIN(mvk_gemm_push)
                                * activation (a uniform branch in the epilogue;
                                * drivers that compile each variant on first use
                                * compile a sixth as many) */
+    MVK_U32 sched;            /* 1: tiles from the schedule (SCHED); 0: dense */
+    MVK_U32 gather;           /* sched: A rows through row_token (GATHER) */
 MVK_PUSH_END(mvk_gemm_push)
 #endif
 
@@ -282,10 +282,8 @@ MVK_PUSH_END(mvk_gemm_push)
 #define MVK_GEMV_SPEC_COLS 1
 #define MVK_GEMV_SPEC_WFMT 2
 #define MVK_GEMV_SPEC_GATED 3
-#define MVK_GEMV_SPEC_SCHED 4
-#define MVK_GEMV_SPEC_GATHER 5
-#define MVK_GEMV_SPEC_PERM 6
-#define MVK_GEMV_NSPEC 7
+#define MVK_GEMV_SPEC_PERM 4
+#define MVK_GEMV_NSPEC 5
 #define MVK_GEMV_WG 256u
 #define MVK_GEMV_COLS 64u /* output columns per workgroup (default) */
 

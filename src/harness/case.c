@@ -369,9 +369,9 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
 
     /* a device-memory budget for the routed experts, from a stream of its
      * own (the other draws stay as they were): 0 experts, 1, some, all
-     * but one, all; a third of the cases, some with a static cache */
+     * but one, all; a fifth of the cases, some with a static cache */
     mvk_rng rv = mvk_rng_seed(seed, 6);
-    if (!lim.no_budget && mvk_rng_chance(&rv, 0.3)) {
+    if (!lim.no_budget && mvk_rng_chance(&rv, 0.2)) {
         const bool per = (d->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
         const moevk_dtype gu = per ? d->experts.gate_up_dtype : d->weight_dtype;
         const moevk_dtype dn = per ? d->experts.down_dtype : d->weight_dtype;

@@ -3,8 +3,12 @@
  *
  * Keys, names and defaults follow transformers' configuration classes
  * (MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig, DeepseekV3Config,
- * OlmoeConfig, GptOssConfig, SwitchTransformersConfig) and modeling files
- * (the tensor names of each published layout). The types are in arch.h.
+ * Glm4MoeConfig, Dots1Config, OlmoeConfig, FlexOlmoConfig, GptOssConfig,
+ * SwitchTransformersConfig) and modeling files (the tensor names of each
+ * published layout). The types are in arch.h. A block that computes what a
+ * listed one does under another model_type is an alias (flex_olmo) or one
+ * line of a shared macro (DEEPSEEK_V3_BLOCK); tests/fixtures/hf_blocks
+ * holds transformers' own output for each.
  *
  * Adding an architecture (one descriptor here, plus tests):
  *  1. model_types: config.json's model_type, then any alias.
@@ -153,6 +157,29 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
     .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",                  \
     .layouts = {&stacked, &per_expert_w123, &per_expert_proj}
 
+/* DeepseekV3MoE: sigmoid scores plus the correction bias choose groups
+ * and experts, the weights are the sigmoid scores (normalised) times the
+ * scaling factor, shared experts beside; first_k_dense_replace dense
+ * layers first. The class defaults, in the order of the arguments. */
+#define DEEPSEEK_V3_BLOCK(type, hidden, ffn, experts, top_k, n_group, topk_group, scaling, norm, \
+                          n_shared, first_dense, layers)                                       \
+    {                                                                                           \
+        .model_types = {type},                                                                  \
+        .keys = {KEY(HIDDEN, hidden, "hidden_size"), KEY(FFN, ffn, "moe_intermediate_size"),    \
+                 KEY(EXPERTS, experts, "n_routed_experts", "num_local_experts"),                \
+                 KEY(TOP_K, top_k, "num_experts_per_tok"), KEY(N_GROUP, n_group, "n_group"),   \
+                 KEY(TOPK_GROUP, topk_group, "topk_group"),                                     \
+                 KEY(SCALING, scaling, "routed_scaling_factor"),                                \
+                 KEY(NORM_TOPK, norm, "norm_topk_prob"),                                        \
+                 KEY(SHARED_EXPERTS, n_shared, "n_shared_experts"),                             \
+                 KEY(FIRST_K_DENSE, first_dense, "first_k_dense_replace"),                      \
+                 KEY(NUM_LAYERS, layers, "num_hidden_layers")},                                 \
+        .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK,                             \
+        .layer_prefixes = {DECODER_LAYER}, .correction_bias = "gate.e_score_correction_bias",  \
+        .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",          \
+                   "shared_experts.down_proj.weight"},                                          \
+    }
+
 static const mvk_arch archs[] = {
     {
         .model_types = {"mixtral"},
@@ -191,25 +218,14 @@ static const mvk_arch archs[] = {
         HF_DECODER_BLOCK,
         .layer_prefixes = {DECODER_LAYER},
     },
+    DEEPSEEK_V3_BLOCK("deepseek_v3", 7168, 2048, 256, 8, 8, 4, 2.5f, 1, 1, 3, 61),
+    /* Glm4MoeMoE and Dots1MoE are DeepseekV3MoE (router, groups, shared
+     * experts) under their own names and defaults */
+    DEEPSEEK_V3_BLOCK("glm4_moe", 4096, 1408, 128, 8, 1, 1, 1.0f, 1, 1, 1, 46),
+    DEEPSEEK_V3_BLOCK("dots1", 4608, 1408, 0, 0, 1, 1, 1.0f, 0, 0, 0, 62),
     {
-        .model_types = {"deepseek_v3"},
-        .keys = {KEY(HIDDEN, 7168, "hidden_size"), KEY(FFN, 2048, "moe_intermediate_size"),
-                 KEY(EXPERTS, 256, "n_routed_experts", "num_local_experts"),
-                 KEY(TOP_K, 8, "num_experts_per_tok"), KEY(N_GROUP, 8, "n_group"),
-                 KEY(TOPK_GROUP, 4, "topk_group"),
-                 KEY(SCALING, 2.5f, "routed_scaling_factor"), KEY(NORM_TOPK, 1, "norm_topk_prob"),
-                 KEY(SHARED_EXPERTS, 1, "n_shared_experts"),
-                 KEY(FIRST_K_DENSE, 3, "first_k_dense_replace"),
-                 KEY(NUM_LAYERS, 61, "num_hidden_layers")},
-        .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
-        HF_DECODER_BLOCK,
-        .layer_prefixes = {DECODER_LAYER},
-        .correction_bias = "gate.e_score_correction_bias",
-        .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",
-                   "shared_experts.down_proj.weight"},
-    },
-    {
-        .model_types = {"olmoe"},
+        /* FlexOlmoSparseMoeBlock is OlmoeSparseMoeBlock */
+        .model_types = {"olmoe", "flex_olmo"},
         .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 2048, "intermediate_size"),
                  KEY(EXPERTS, 64, "num_experts", "num_local_experts"),
                  KEY(TOP_K, 8, "num_experts_per_tok"), KEY(NORM_TOPK, 0, "norm_topk_prob"),

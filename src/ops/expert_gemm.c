@@ -33,14 +33,14 @@ static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
     mvk_gemm_push p = *push;
     p.path = path;
     const bool scheduled = a->scheduled;
+    p.sched = scheduled;
+    p.gather = scheduled && a->gather;
     if (path == MVK_PATH_SKINNY) {
         uint32_t spec[MVK_GEMV_NSPEC];
         spec[MVK_SPEC_WG] = MVK_GEMV_WG;
         spec[MVK_GEMV_SPEC_COLS] = MVK_GEMV_COLS;
         spec[MVK_GEMV_SPEC_WFMT] = a->w_fmt;
         spec[MVK_GEMV_SPEC_GATED] = a->gated;
-        spec[MVK_GEMV_SPEC_SCHED] = scheduled;
-        spec[MVK_GEMV_SPEC_GATHER] = scheduled && a->gather;
         spec[MVK_GEMV_SPEC_PERM] = a->permuted;
         if (scheduled)
             mvk_cmd_dispatch_indirect(c, MVK_K_EXPERT_GEMV, spec, MVK_GEMV_NSPEC, b,
@@ -64,8 +64,6 @@ static void dispatch_path(mvk_cmd *c, const mvk_gemm_args *a, uint32_t path,
     spec[MVK_GEMM_SPEC_BN] = MVK_GEMM_BN;
     spec[MVK_GEMM_SPEC_WFMT] = a->w_fmt;
     spec[MVK_GEMM_SPEC_GATED] = a->gated;
-    spec[MVK_GEMM_SPEC_SCHED] = scheduled;
-    spec[MVK_GEMM_SPEC_GATHER] = scheduled && a->gather;
     spec[MVK_GEMM_SPEC_PERM] = a->permuted;
     if (scheduled)
         mvk_cmd_dispatch_indirect(c, kernel, spec, MVK_GEMM_NSPEC, b, MVK_GEMM_BINDINGS, &p,
