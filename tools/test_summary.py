@@ -3,7 +3,9 @@
 
 Counts the Criterion test cases inside each test program (from its
 "Synthesis" line; skipped ones from their [SKIP] lines, as the tests run
-with --verbose) as well as the non-Criterion tests, and prints
+with --verbose; the ones --filter leaves to another test program say
+"Test is disabled" and are not counted) as well as the non-Criterion tests,
+and prints
 `N passed, M failed, K skipped` (one failure when there is no log: the
 run never started).
 """
@@ -23,7 +25,8 @@ with f:
         t = json.loads(line)
         out = (t.get("stdout") or "") + (t.get("stderr") or "")
         m = synth.search(out)
-        skips = len(re.findall(r"^\[SKIP\]", out, re.M))
+        # a test another program runs (--filter) shows as "disabled": not a skip
+        skips = len(re.findall(r"^\[SKIP\](?!.*: Test is disabled$)", out, re.M))
         if m:
             tested, passing, failing, crashing = map(int, m.groups())
             passed += passing  # Criterion leaves skipped tests out of "Tested"/"Passing"
