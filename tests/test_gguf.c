@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "expected.h"
 #include "formats.h"
 #include "model/gguf.h"
 #include "model/gguf_layer.h"
@@ -586,33 +587,6 @@ static const fixture fixtures_list[] = {
     {"split_q8_0", "split_q8_0-00001-of-00002.gguf", 0, 0, "2 files"},
 };
 
-/* y [T, H] f32 from the tool against the f64 expectation */
-static double rel_to_expected(const char *got_path, const char *want_path, size_t *n)
-{
-    mvk_st_file g, w;
-    char err[512];
-    cr_assert_eq(mvk_st_open(got_path, &g, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(mvk_st_open(want_path, &w, err, sizeof err), 0, "%s", err);
-    const mvk_st_tensor *gy = mvk_st_find(&g, "y"), *wy = mvk_st_find(&w, "y");
-    cr_assert(gy && wy && !strcmp(gy->dtype_name, "F32") && !strcmp(wy->dtype_name, "F64"));
-    cr_assert_eq(gy->numel, wy->numel);
-    double num = 0, den = 0;
-    for (uint64_t i = 0; i < gy->numel; i++) {
-        float a;
-        double b;
-        memcpy(&a, gy->data + 4 * i, 4);
-        memcpy(&b, wy->data + 8 * i, 8);
-        cr_assert(isfinite(a), "y[%llu] = %g", (unsigned long long)i, a);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    *n = (size_t)gy->numel;
-    mvk_st_close(&g);
-    mvk_st_close(&w);
-    cr_assert_gt(den, 0.0);
-    return sqrt(num / den);
-}
-
 #define N_FIXTURES (sizeof fixtures_list / sizeof fixtures_list[0])
 
 ParameterizedTestParameters(gguf, run_matches_llama_cpp_maths)
@@ -648,7 +622,7 @@ ParameterizedTest(const size_t *index, gguf, run_matches_llama_cpp_maths, .timeo
                   f->formats, out);
         cr_assert(strstr(out, "tensor   blk."), "%s: no tensor lines:\n%s", f->name, out);
         size_t n;
-        double rel = rel_to_expected(y, want, &n);
+        double rel = mvkt_rel_to_expected(y, want, &n);
         const double tol = f->plain ? 2e-6 : 1e-5;
         cr_assert_leq(rel, tol, "%s on %s: relative L2 %.3g > %g over %zu values", f->name,
                       backends[b], rel, tol, n);

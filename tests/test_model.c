@@ -17,9 +17,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <errno.h>
 #include <unistd.h>
 
 #include "common.h"
+#include "expected.h"
 #include "model/arch.h"
 #include "model/hf_config.h"
 #include "model/model_layer.h"
@@ -1717,14 +1719,19 @@ Test(model, descriptors_are_complete)
         else
             cr_expect(!a->shared[0] && !a->shared_gate, "%s: shared names without a size", name);
         /* the defaults make a valid config, and the listed message names it */
-        char json[128], list[256];
-        snprintf(json, sizeof json, "{\"model_type\": \"%s\"}", name);
+        char json[512], list[256];
+        int o = snprintf(json, sizeof json, "{\"model_type\": \"%s\"", name);
+        for (size_t i = 0; i < nkeys; i++) /* keys without a default: given */
+            if (a->keys[i].required)
+                o += snprintf(json + o, sizeof json - (size_t)o, ", \"%s\": 2",
+                              a->keys[i].names[0]);
+        snprintf(json + o, sizeof json - (size_t)o, "}");
         mvk_moe_config c = parse_ok(json);
         cr_expect_eq(c.arch, a);
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 7, "the table has %zu architectures", n);
+    cr_assert_eq(n, 10, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[256];
@@ -2500,4 +2507,57 @@ Test(model, non_finite_values_are_reported_and_compared_by_class)
     free(near);
     canon_free(&c);
     dir_remove(t.dir);
+}
+
+/* ---- transformers as the oracle ------------------------------------------------ */
+
+/* tests/fixtures/hf_blocks (tests/fixtures/make_hf_blocks.py, run by hand
+ * with transformers and torch): a tiny checkpoint per MoE block type,
+ * config.json as save_pretrained wrote it, and transformers' own output of
+ * the block in float64. `moevk run` on the CPU reference and on Vulkan
+ * (validated) must give it within 1e-5 (f32 activations; the reference
+ * within 1e-6). */
+Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
+{
+    const char *root = getenv("MOEVK_FIXTURES");
+    cr_assert(root && *root, "MOEVK_FIXTURES is not set");
+    char list[512], line[512];
+    snprintf(list, sizeof list, "%s/hf_blocks/fixtures.txt", root);
+    FILE *f = fopen(list, "r");
+    cr_assert_not_null(f, "%s: %s", list, strerror(errno));
+    char tmp[] = "/tmp/moevk-hfblocks-XXXXXX";
+    cr_assert_not_null(mkdtemp(tmp));
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        char name[128];
+        unsigned layer;
+        if (sscanf(line, "%127s %u", name, &layer) != 2)
+            continue;
+        char dir[700], xpath[800], want[800], lay[16];
+        snprintf(dir, sizeof dir, "%s/hf_blocks/%s", root, name);
+        snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
+        snprintf(want, sizeof want, "%s/y.safetensors", dir);
+        snprintf(lay, sizeof lay, "%u", layer);
+        static const char *const backends[] = {"cpu", "vulkan"};
+        for (int b = 0; b < 2; b++) {
+            char ypath[600], out[16384];
+            snprintf(ypath, sizeof ypath, "%s/y.safetensors", tmp);
+            const char *args[] = {"run", "--model", dir, "--layer", lay, "--input", xpath,
+                                  "--output", ypath, "--backend", backends[b],
+                                  b ? "--validate" : NULL, NULL};
+            int st = run_cli_env(out, sizeof out, args, b != 0);
+            if (b == 1 && st != 0 && no_vulkan_device(out))
+                continue;
+            cr_assert_eq(st, 0, "%s on %s: exit %d\n%s", name, backends[b], st, out);
+            size_t n;
+            const double rel = mvkt_rel_to_expected(ypath, want, &n), tol = b ? 1e-5 : 1e-6;
+            cr_assert_leq(rel, tol, "%s on %s: relative L2 %.3g against transformers over %zu "
+                          "values", name, backends[b], rel, n);
+            remove(ypath);
+        }
+        rows++;
+    }
+    fclose(f);
+    rmdir(tmp);
+    cr_assert_geq(rows, 10, "%d fixtures listed", rows);
 }

@@ -27,7 +27,7 @@
 
 static void usage(FILE *f)
 {
-    char archs[256];
+    char archs[256], hf[512];
     fprintf(f,
             "usage: moevk run --model DIR|FILE.gguf --layer N [--decoder]\n"
             "                 --input X.safetensors [--output Y.safetensors] [--stats S.json]\n"
@@ -37,8 +37,8 @@ static void usage(FILE *f)
             "  Runs one MoE block of a Hugging Face checkpoint. DIR holds config.json and\n"
             "  model.safetensors, or shards listed in model.safetensors.index.json. With\n"
             "  --config/--weights the block's tensors are named P followed by the usual\n"
-            "  suffixes (gate.weight, experts.0.w1.weight, ...). model_type: mixtral,\n"
-            "  qwen2_moe, qwen3_moe, deepseek_v3, olmoe, gpt_oss, switch_transformers.\n"
+            "  suffixes (gate.weight, experts.0.w1.weight, ...). model_type (or, for a\n"
+            "  multimodal model, its text_config's): %s.\n"
             "  A GGUF file (or the first of its NAME-00001-of-0000K.gguf splits) runs\n"
             "  its block blk.N as llama.cpp computes it; general.architecture: %s.\n"
             "  --input    tensor 'x', [T, H] or [B, S, H], f32/f16/bf16\n"
@@ -59,7 +59,8 @@ static void usage(FILE *f)
             "  --backend  where it runs (default vulkan; cpu: the double-precision\n"
             "             reference; cuda: cuda-ref): %s\n"
             "  --cuda-impl ref|cublas|cublas-f32  with --backend cuda: cuda-IMPL\n",
-            mvk_gguf_arch_list(archs, sizeof archs), mvk_backend_list(", ").s);
+            mvk_arch_list(hf, sizeof hf, NULL), mvk_gguf_arch_list(archs, sizeof archs),
+            mvk_backend_list(", ").s);
 }
 
 typedef struct run_opts {

@@ -160,25 +160,23 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
 /* DeepseekV3MoE: sigmoid scores plus the correction bias choose groups
  * and experts, the weights are the sigmoid scores (normalised) times the
  * scaling factor, shared experts beside; first_k_dense_replace dense
- * layers first. The class defaults, in the order of the arguments. */
-#define DEEPSEEK_V3_BLOCK(type, hidden, ffn, experts, top_k, n_group, topk_group, scaling, norm, \
-                          n_shared, first_dense, layers)                                       \
-    {                                                                                           \
-        .model_types = {type},                                                                  \
-        .keys = {KEY(HIDDEN, hidden, "hidden_size"), KEY(FFN, ffn, "moe_intermediate_size"),    \
-                 KEY(EXPERTS, experts, "n_routed_experts", "num_local_experts"),                \
-                 KEY(TOP_K, top_k, "num_experts_per_tok"), KEY(N_GROUP, n_group, "n_group"),   \
-                 KEY(TOPK_GROUP, topk_group, "topk_group"),                                     \
-                 KEY(SCALING, scaling, "routed_scaling_factor"),                                \
-                 KEY(NORM_TOPK, norm, "norm_topk_prob"),                                        \
-                 KEY(SHARED_EXPERTS, n_shared, "n_shared_experts"),                             \
-                 KEY(FIRST_K_DENSE, first_dense, "first_k_dense_replace"),                      \
-                 KEY(NUM_LAYERS, layers, "num_hidden_layers")},                                 \
-        .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK,                             \
-        .layer_prefixes = {DECODER_LAYER}, .correction_bias = "gate.e_score_correction_bias",  \
-        .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",          \
-                   "shared_experts.down_proj.weight"},                                          \
-    }
+ * layers first. Its keys (the class defaults given) and its parts. */
+#define DEEPSEEK_V3_KEYS(hidden, ffn, experts, top_k, n_group, topk_group, scaling, norm,     \
+                         n_shared, first_dense, layers)                                       \
+    KEY(HIDDEN, hidden, "hidden_size"), KEY(FFN, ffn, "moe_intermediate_size"),                \
+        KEY(EXPERTS, experts, "n_routed_experts", "num_local_experts"),                        \
+        KEY(TOP_K, top_k, "num_experts_per_tok"), KEY(N_GROUP, n_group, "n_group"),           \
+        KEY(TOPK_GROUP, topk_group, "topk_group"), KEY(SCALING, scaling, "routed_scaling_factor"), \
+        KEY(NORM_TOPK, norm, "norm_topk_prob"), KEY(SHARED_EXPERTS, n_shared, "n_shared_experts"), \
+        KEY(FIRST_K_DENSE, first_dense, "first_k_dense_replace"),                              \
+        KEY(NUM_LAYERS, layers, "num_hidden_layers")
+#define DEEPSEEK_V3_PARTS                                                                       \
+    .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER}, \
+    .correction_bias = "gate.e_score_correction_bias",                                         \
+    .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",              \
+               "shared_experts.down_proj.weight"}
+/* a key the class has no default for (None): the config must give it */
+#define REQUIRED(f, ...) {.field = MVK_CFG_##f, .names = {__VA_ARGS__}, .required = 1}
 
 static const mvk_arch archs[] = {
     {
@@ -218,11 +216,37 @@ static const mvk_arch archs[] = {
         HF_DECODER_BLOCK,
         .layer_prefixes = {DECODER_LAYER},
     },
-    DEEPSEEK_V3_BLOCK("deepseek_v3", 7168, 2048, 256, 8, 8, 4, 2.5f, 1, 1, 3, 61),
+    {
+        /* the text model of Qwen3-VL-MoE (config.json's text_config; its
+         * tensors under model.language_model.): Qwen3-MoE experts, the top
+         * k always renormalised */
+        .model_types = {"qwen3_vl_moe_text"},
+        .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 1408, "moe_intermediate_size"),
+                 KEY(EXPERTS, 60, "num_local_experts", "num_experts"),
+                 KEY(TOP_K, 4, "num_experts_per_tok"), FIXED(NORM_TOPK, 1),
+                 KEY(NUM_LAYERS, 24, "num_hidden_layers"),
+                 KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+        HF_DECODER_BLOCK,
+        .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
+    },
+    {.model_types = {"deepseek_v3"},
+     .keys = {DEEPSEEK_V3_KEYS(7168, 2048, 256, 8, 8, 4, 2.5f, 1, 1, 3, 61)},
+     DEEPSEEK_V3_PARTS},
     /* Glm4MoeMoE and Dots1MoE are DeepseekV3MoE (router, groups, shared
      * experts) under their own names and defaults */
-    DEEPSEEK_V3_BLOCK("glm4_moe", 4096, 1408, 128, 8, 1, 1, 1.0f, 1, 1, 1, 46),
-    DEEPSEEK_V3_BLOCK("dots1", 4608, 1408, 0, 0, 1, 1, 1.0f, 0, 0, 0, 62),
+    {.model_types = {"glm4_moe"},
+     .keys = {DEEPSEEK_V3_KEYS(4096, 1408, 128, 8, 1, 1, 1.0f, 1, 1, 1, 46)},
+     DEEPSEEK_V3_PARTS},
+    {.model_types = {"dots1"},
+     .keys = {KEY(HIDDEN, 4608, "hidden_size"), KEY(FFN, 1408, "moe_intermediate_size"),
+              REQUIRED(EXPERTS, "n_routed_experts"), REQUIRED(TOP_K, "num_experts_per_tok"),
+              KEY(N_GROUP, 1, "n_group"), KEY(TOPK_GROUP, 1, "topk_group"),
+              KEY(SCALING, 1.0f, "routed_scaling_factor"), KEY(NORM_TOPK, 0, "norm_topk_prob"),
+              REQUIRED(SHARED_EXPERTS, "n_shared_experts"),
+              KEY(FIRST_K_DENSE, 0, "first_k_dense_replace"),
+              KEY(NUM_LAYERS, 62, "num_hidden_layers")},
+     DEEPSEEK_V3_PARTS},
     {
         /* FlexOlmoSparseMoeBlock is OlmoeSparseMoeBlock */
         .model_types = {"olmoe", "flex_olmo"},

@@ -72,10 +72,11 @@ static const char *key_name(const mvk_arch *a, mvk_cfg_field f)
 /* ---- reading values ---------------------------------------------------------- */
 
 typedef struct cfg_reader {
-    const cJSON *root;
+    const cJSON *root; /* the keys' object: the config, or its text_config */
     const char *what;
     char *err;
     size_t errsz;
+    const cJSON *top;  /* the whole config (quantization_config lives there) */
 } cfg_reader;
 
 /* The first of the names present with a non-null value (its name in
@@ -292,7 +293,7 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
     if (read_act(r, &a->act, c))
         return -1;
     c->shared_gate = a->shared_gate != NULL && c->shared_ffn != 0;
-    if (mvk_hfq_config_read(r->root, r->what, &c->quant, r->err, r->errsz))
+    if (mvk_hfq_config_read(r->top ? r->top : r->root, r->what, &c->quant, r->err, r->errsz))
         return -1;
     return check_values(r, c);
 }
@@ -309,8 +310,9 @@ static int parse(const mvk_arch *arch, const char *text, size_t len, const char 
     cJSON *root;
     if (mvk_json_parse(text, len, what, &root, err, errsz))
         return -1;
-    cfg_reader r = {root, what, err, errsz};
+    cfg_reader r = {root, what, err, errsz, root};
     int rc = 0;
+    char text_what[300];
     if (!cJSON_IsObject(root)) {
         rc = mvk_errf(err, errsz, "%s is not a JSON object", what);
         goto done;
@@ -321,7 +323,17 @@ static int parse(const mvk_arch *arch, const char *text, size_t len, const char 
             rc = mvk_errf(err, errsz, "%s has no \"model_type\" string", what);
             goto done;
         }
-        if (!(arch = mvk_arch_find(mt->valuestring))) {
+        /* a multimodal wrapper whose text model is a supported MoE model:
+         * its keys are in text_config (transformers' base_config_key) */
+        const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+        const cJSON *tmt = cJSON_IsObject(tc) ? cJSON_GetObjectItemCaseSensitive(tc, "model_type")
+                                              : NULL;
+        if (!mvk_arch_find(mt->valuestring) && cJSON_IsString(tmt) && tmt->valuestring &&
+            (arch = mvk_arch_find(tmt->valuestring))) {
+            snprintf(text_what, sizeof text_what, "%s text_config", what);
+            r.root = tc;
+            r.what = text_what;
+        } else if (!(arch = mvk_arch_find(mt->valuestring))) {
             char list[256];
             rc = mvk_errf(err, errsz, "%s: model_type \"%.64s\" is not supported (%s)", what,
                           mt->valuestring, mvk_arch_list(list, sizeof list, NULL));
