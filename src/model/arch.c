@@ -170,8 +170,8 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
         KEY(NORM_TOPK, norm, "norm_topk_prob"), KEY(SHARED_EXPERTS, n_shared, "n_shared_experts"), \
         KEY(FIRST_K_DENSE, first_dense, "first_k_dense_replace"),                              \
         KEY(NUM_LAYERS, layers, "num_hidden_layers")
-#define DEEPSEEK_V3_PARTS                                                                       \
-    .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER}, \
+#define DEEPSEEK_V3_PARTS(prefix)                                                               \
+    .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {prefix},     \
     .correction_bias = "gate.e_score_correction_bias",                                         \
     .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",              \
                "shared_experts.down_proj.weight"}
@@ -180,7 +180,9 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
 
 static const mvk_arch archs[] = {
     {
-        .model_types = {"mixtral"},
+        /* MiniMaxSparseMoeBlock is MixtralSparseMoeBlock (its jitter only
+         * in training), with the same defaults */
+        .model_types = {"mixtral", "minimax"},
         .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 14336, "intermediate_size"),
                  KEY(EXPERTS, 8, "num_local_experts"), KEY(TOP_K, 2, "num_experts_per_tok"),
                  KEY(NUM_LAYERS, 32, "num_hidden_layers"),
@@ -197,6 +199,23 @@ static const mvk_arch archs[] = {
                  KEY(TOP_K, 4, "num_experts_per_tok"), KEY(NORM_TOPK, 0, "norm_topk_prob"),
                  KEY(SHARED_FFN, 5632, "shared_expert_intermediate_size"),
                  KEY(NUM_LAYERS, 24, "num_hidden_layers"),
+                 KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+        HF_DECODER_BLOCK,
+        .layer_prefixes = {DECODER_LAYER},
+        .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
+                   "shared_expert.down_proj.weight"},
+        .shared_gate = "shared_expert_gate.weight",
+    },
+    {
+        /* Qwen3NextSparseMoeBlock is Qwen2MoeSparseMoeBlock (a gated shared
+         * expert), with its own defaults */
+        .model_types = {"qwen3_next"},
+        .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 512, "moe_intermediate_size"),
+                 KEY(EXPERTS, 512, "num_experts", "num_local_experts"),
+                 KEY(TOP_K, 10, "num_experts_per_tok"), KEY(NORM_TOPK, 1, "norm_topk_prob"),
+                 KEY(SHARED_FFN, 512, "shared_expert_intermediate_size"),
+                 KEY(NUM_LAYERS, 48, "num_hidden_layers"),
                  KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
         .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
         HF_DECODER_BLOCK,
@@ -232,12 +251,16 @@ static const mvk_arch archs[] = {
     },
     {.model_types = {"deepseek_v3"},
      .keys = {DEEPSEEK_V3_KEYS(7168, 2048, 256, 8, 8, 4, 2.5f, 1, 1, 3, 61)},
-     DEEPSEEK_V3_PARTS},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
     /* Glm4MoeMoE and Dots1MoE are DeepseekV3MoE (router, groups, shared
      * experts) under their own names and defaults */
     {.model_types = {"glm4_moe"},
      .keys = {DEEPSEEK_V3_KEYS(4096, 1408, 128, 8, 1, 1, 1.0f, 1, 1, 1, 46)},
-     DEEPSEEK_V3_PARTS},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    /* the text model of GLM-4.5V (text_config; under model.language_model.) */
+    {.model_types = {"glm4v_moe_text"},
+     .keys = {DEEPSEEK_V3_KEYS(4096, 1408, 128, 8, 1, 1, 1.0f, 1, 1, 1, 46)},
+     DEEPSEEK_V3_PARTS("model.language_model.layers.{N}.mlp.")},
     {.model_types = {"dots1"},
      .keys = {KEY(HIDDEN, 4608, "hidden_size"), KEY(FFN, 1408, "moe_intermediate_size"),
               REQUIRED(EXPERTS, "n_routed_experts"), REQUIRED(TOP_K, "num_experts_per_tok"),
@@ -246,7 +269,7 @@ static const mvk_arch archs[] = {
               REQUIRED(SHARED_EXPERTS, "n_shared_experts"),
               KEY(FIRST_K_DENSE, 0, "first_k_dense_replace"),
               KEY(NUM_LAYERS, 62, "num_hidden_layers")},
-     DEEPSEEK_V3_PARTS},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
     {
         /* FlexOlmoSparseMoeBlock is OlmoeSparseMoeBlock */
         .model_types = {"olmoe", "flex_olmo"},
