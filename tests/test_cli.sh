@@ -59,7 +59,7 @@ grep -q "unknown dtype 'q4_k_m'" "$tmp/err" || fail "demo --dtype q4_k_m: $(cat 
 out=$("$moevk" demo --preset qwen3-30b-a3b --scale 16 --tokens 9 --runs 3 --dtype q4_k \
     --vram-budget 25% --validate) || fail "demo --vram-budget: $out"
 echo "$out" | grep -q "^OK$" || fail "demo --vram-budget: $out"
-echo "$out" | grep -Eq "^budget .*: 32 of 128 on the device" || fail "demo budget line: $out"
+echo "$out" | grep -Eq "^budget .*: 32 device slots for 128 experts" || fail "demo budget line: $out"
 "$moevk" demo --vram-budget 120% >/dev/null 2>"$tmp/err" && fail "demo took a budget of 120%"
 grep -q "a percentage is at most 100%" "$tmp/err" || fail "demo --vram-budget 120%: $(cat "$tmp/err")"
 "$moevk" demo --vram-budget 3Q >/dev/null 2>"$tmp/err" && fail "demo took a budget of 3Q"

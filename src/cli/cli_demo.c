@@ -221,12 +221,12 @@ int cli_demo(int argc, char **argv)
     }
     if (mem.budgeted) {
         const moevk_cache_stats *c = &mem.cache;
-        printf("budget   %.1f MiB of device memory for the routed experts (%.1f MiB): %u of %u "
-               "on the device,\n         the rest read from host memory (%.1f MiB); over %u "
-               "runs %llu rows from the device, %llu from host memory,\n         %llu experts "
-               "promoted (%.1f MiB copied)\n",
+        printf("budget   %.1f MiB of device memory for the routed experts (%.1f MiB): %u "
+               "device slots for %u experts (%u filled now),\n         all in host memory "
+               "(%.1f MiB); over %u runs %llu rows from the device, %llu from host memory,\n"
+               "         %llu experts promoted (%.1f MiB copied)\n",
                d->vram_budget / 1048576.0, mvk_desc_routed_bytes(d) / 1048576.0,
-               c->resident_experts, E, mem.host_weights / 1048576.0, runs,
+               c->device_slots, E, c->resident_experts, mem.host_weights / 1048576.0, runs,
                (unsigned long long)c->hits, (unsigned long long)c->misses,
                (unsigned long long)c->promotions, c->bytes_moved / 1048576.0);
     }
