@@ -2512,7 +2512,8 @@ Test(model, non_finite_values_are_reported_and_compared_by_class)
 /* ---- transformers as the oracle ------------------------------------------------ */
 
 /* tests/fixtures/hf_blocks (tests/fixtures/make_hf_blocks.py, run by hand
- * with transformers and torch): a tiny checkpoint per MoE block type,
+ * with transformers and torch): `moevk info --model DIR` lists its MoE
+ * layer; a tiny checkpoint per MoE block type,
  * config.json as save_pretrained wrote it, and transformers' own output of
  * the block in float64. `moevk run` on the CPU reference and on Vulkan
  * (validated) must give it within 1e-5 (f32 activations; the reference
@@ -2538,6 +2539,13 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
         snprintf(want, sizeof want, "%s/y.safetensors", dir);
         snprintf(lay, sizeof lay, "%u", layer);
+        /* moevk info --model DIR: the layer, its shape and sizes */
+        char iout[4096];
+        const char *iargs[] = {"info", "--model", dir, NULL};
+        cr_assert_eq(run_cli(iout, sizeof iout, iargs), 0, "%s: moevk info:\n%s", name, iout);
+        cr_assert(strstr(iout, "layer 0   MoE  H=64") && strstr(iout, "q4_k") &&
+                      strstr(iout, "total    1 MoE layer"),
+                  "%s: moevk info --model:\n%s", name, iout);
         static const char *const backends[] = {"cpu", "vulkan"};
         for (int b = 0; b < 2; b++) {
             char ypath[600], out[16384];

@@ -1,6 +1,7 @@
 /*
  * moevk info: every Vulkan device and the capabilities moevk records; with
- * --model FILE.gguf, the MoE layers of a GGUF model instead.
+ * --model FILE.gguf or DIR, the MoE layers of a GGUF model or of a Hugging
+ * Face checkpoint instead.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,11 @@
 #include "cli.h"
 #include "model/gguf.h"
 #include "model/gguf_layer.h"
+#include "model/hf_config.h"
+#include "model/model_layer.h"
 #include "model/model_util.h"
+#include "model/safetensors.h"
+#include "quantize.h"
 #include "util/tool.h"
 
 /* Device bytes of a layer's weights: experts (per-matrix formats), router,
@@ -86,6 +91,82 @@ static int info_gguf(const char *path)
     return 0;
 }
 
+/* The routed and shared experts' device bytes if quantised to dt (rows that
+ * are not whole blocks in llama.cpp's fallback format, as --quantize does). */
+static double bytes_at(const moevk_layer_desc *d, moevk_dtype dt)
+{
+    moevk_layer_desc q = *d;
+    q.flags |= MOEVK_LAYER_MATRIX_DTYPES;
+    const uint32_t fs = d->shared_ffn ? d->shared_ffn : d->ffn;
+    q.experts.gate_up_dtype = mvk_quantize_fallback(dt, d->hidden);
+    q.experts.down_dtype = mvk_quantize_fallback(dt, d->ffn);
+    q.shared.gate_up_dtype = mvk_quantize_fallback(dt, d->hidden);
+    q.shared.down_dtype = mvk_quantize_fallback(dt, fs);
+    return layer_weight_bytes(d) - mvk_desc_expert_bytes(d) + mvk_desc_expert_bytes(&q);
+}
+
+/* The MoE layers of a Hugging Face checkpoint directory: each layer's
+ * block (formats, device bytes as stored and quantised) or why it has none. */
+static int info_hf(const char *dir)
+{
+    char err[1024], esc[1024];
+    char *cfg_path = mvk_strcat2(dir, "/config.json"), *text = NULL;
+    size_t len = 0;
+    mvk_moe_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    mvk_st_set set;
+    mvk_st_set_init(&set);
+    int rc = 1;
+    if (!cfg_path || mvk_read_text(cfg_path, &text, &len, err, sizeof err) ||
+        mvk_hf_config_parse(text, len, cfg_path, &cfg, err, sizeof err) ||
+        mvk_st_set_open_dir(&set, dir, err, sizeof err)) {
+        fprintf(stderr, "moevk info: %s\n", cfg_path ? err : "out of host memory");
+        goto done;
+    }
+    printf("%s: model_type %s, %u layers%s\n", mvk_esc(dir, esc, sizeof esc),
+           mvk_arch_name(cfg.arch), cfg.num_layers,
+           mvk_arch_has_decoder(cfg.arch) ? " (the encoder's; decoder: run --decoder)" : "");
+    double total = 0;
+    uint32_t moe = 0;
+    for (uint32_t l = 0; l < cfg.num_layers; l++) {
+        char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
+        int n = 0;
+        mvk_model_layer L;
+        if (mvk_hf_layer_prefixes(&cfg, l, 0, prefixes, &n, err, sizeof err)) {
+            printf("layer %-3u dense: %s\n", l, err);
+            continue;
+        }
+        const char *pp[MVK_MAX_PREFIXES] = {prefixes[0], prefixes[1]};
+        if (mvk_model_layer_build_any(&cfg, &set, pp, n, &L, err, sizeof err)) {
+            printf("layer %-3u not runnable: %s\n", l, err);
+            continue;
+        }
+        const moevk_layer_desc *d = &L.desc;
+        char fm[200];
+        const double bytes = layer_weight_bytes(d);
+        printf("layer %-3u MoE  H=%u F=%u E=%u k=%u%s, %s, %.2f MiB on the device (q8_0 "
+               "%.2f, q4_k %.2f MiB)\n",
+               l, d->hidden, d->ffn, d->num_experts, d->top_k,
+               d->num_shared ? ", shared expert" : "",
+               d->flags & MOEVK_LAYER_MATRIX_DTYPES ? mvk_desc_formats(d, fm, sizeof fm)
+                                                    : moevk_dtype_name(d->weight_dtype),
+               bytes / 1048576.0, bytes_at(d, MOEVK_DTYPE_Q8_0) / 1048576.0,
+               bytes_at(d, MOEVK_DTYPE_Q4_K) / 1048576.0);
+        total += bytes;
+        moe++;
+        mvk_model_layer_free(&L);
+    }
+    printf("total    %u MoE layer%s, %.2f MiB of MoE weights on the device\n", moe,
+           moe == 1 ? "" : "s", total / 1048576.0);
+    rc = 0;
+done:
+    mvk_st_set_free(&set);
+    mvk_hf_config_free(&cfg);
+    free(text);
+    free(cfg_path);
+    return rc;
+}
+
 static const char *type_name(uint32_t t)
 {
     static const char *const names[] = {"other", "integrated GPU", "discrete GPU",
@@ -153,13 +234,14 @@ int cli_info(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help")) {
-            printf("usage: moevk info [--model FILE.gguf]\n  Lists every Vulkan device with its "
-                   "capabilities; with --model, the MoE layers\n  of a GGUF model (formats, "
-                   "device bytes per layer).\n");
+            printf("usage: moevk info [--model FILE.gguf|DIR]\n  Lists every Vulkan device with "
+                   "its capabilities; with --model, the MoE layers\n  of a GGUF model or a "
+                   "Hugging Face checkpoint directory (formats, device\n  bytes per layer; for "
+                   "a checkpoint also at q8_0 and q4_k).\n");
             return 0;
         }
         if (!strcmp(argv[i], "--model") && i + 1 < argc && argc == 3)
-            return info_gguf(argv[i + 1]);
+            return mvk_gguf_is_gguf(argv[i + 1]) ? info_gguf(argv[i + 1]) : info_hf(argv[i + 1]);
         fprintf(stderr, "moevk info: unknown option '%s'\n", argv[i]);
         return 2;
     }
