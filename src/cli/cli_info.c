@@ -32,6 +32,19 @@ static double layer_weight_bytes(const moevk_layer_desc *d)
     return b;
 }
 
+/* One MoE layer's line: its shape, formats and device bytes, then `tail`. */
+static double print_layer(uint32_t l, const moevk_layer_desc *d, const char *tail)
+{
+    char fm[200];
+    const double bytes = layer_weight_bytes(d);
+    printf("layer %-3u MoE  H=%u F=%u E=%u k=%u%s, %s, %.2f MiB on the device%s\n", l,
+           d->hidden, d->ffn, d->num_experts, d->top_k, d->num_shared ? ", shared expert" : "",
+           d->flags & MOEVK_LAYER_MATRIX_DTYPES ? mvk_desc_formats(d, fm, sizeof fm)
+                                                : moevk_dtype_name(d->weight_dtype),
+           bytes / 1048576.0, tail);
+    return bytes;
+}
+
 /* The MoE layers of a GGUF model: each layer's block or why it has none. */
 static int info_gguf(const char *path)
 {
@@ -71,15 +84,9 @@ static int info_gguf(const char *path)
             printf("layer %-3u dense or not runnable: %s\n", l, err);
             continue;
         }
-        const moevk_layer_desc *d = &L.desc;
-        char fm[200];
-        const double bytes = layer_weight_bytes(d);
-        printf("layer %-3u MoE  H=%u F=%u E=%u k=%u%s, %s, %.2f MiB on the device "
-               "(%.2f MiB in the file)\n",
-               l, d->hidden, d->ffn, d->num_experts, d->top_k,
-               d->num_shared ? ", shared expert" : "", mvk_desc_formats(d, fm, sizeof fm),
-               bytes / 1048576.0, gi.file_bytes / 1048576.0);
-        total += bytes;
+        char tail[64];
+        snprintf(tail, sizeof tail, " (%.2f MiB in the file)", gi.file_bytes / 1048576.0);
+        total += print_layer(l, &L.desc, tail);
         moe++;
         mvk_model_layer_free(&L);
     }
@@ -141,18 +148,11 @@ static int info_hf(const char *dir)
             printf("layer %-3u not runnable: %s\n", l, err);
             continue;
         }
-        const moevk_layer_desc *d = &L.desc;
-        char fm[200];
-        const double bytes = layer_weight_bytes(d);
-        printf("layer %-3u MoE  H=%u F=%u E=%u k=%u%s, %s, %.2f MiB on the device (q8_0 "
-               "%.2f, q4_k %.2f MiB)\n",
-               l, d->hidden, d->ffn, d->num_experts, d->top_k,
-               d->num_shared ? ", shared expert" : "",
-               d->flags & MOEVK_LAYER_MATRIX_DTYPES ? mvk_desc_formats(d, fm, sizeof fm)
-                                                    : moevk_dtype_name(d->weight_dtype),
-               bytes / 1048576.0, bytes_at(d, MOEVK_DTYPE_Q8_0) / 1048576.0,
-               bytes_at(d, MOEVK_DTYPE_Q4_K) / 1048576.0);
-        total += bytes;
+        char tail[80];
+        snprintf(tail, sizeof tail, " (q8_0 %.2f, q4_k %.2f MiB)",
+                 bytes_at(&L.desc, MOEVK_DTYPE_Q8_0) / 1048576.0,
+                 bytes_at(&L.desc, MOEVK_DTYPE_Q4_K) / 1048576.0);
+        total += print_layer(l, &L.desc, tail);
         moe++;
         mvk_model_layer_free(&L);
     }

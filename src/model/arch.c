@@ -157,6 +157,23 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
     .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",                  \
     .layouts = {&stacked, &per_expert_w123, &per_expert_proj}
 
+/* Qwen2MoeSparseMoeBlock: softmax top-k (renormalised if norm_topk_prob)
+ * and a shared expert gated by sigmoid(x . shared_expert_gate); MoE layers
+ * every decoder_sparse_step but mlp_only_layers. Its keys (the class
+ * defaults given) and its parts. */
+#define QWEN2_MOE_KEYS(hidden, ffn, experts, top_k, norm, shared_ffn, layers)                  \
+    KEY(HIDDEN, hidden, "hidden_size"), KEY(FFN, ffn, "moe_intermediate_size"),                \
+        KEY(EXPERTS, experts, "num_experts", "num_local_experts"),                             \
+        KEY(TOP_K, top_k, "num_experts_per_tok"), KEY(NORM_TOPK, norm, "norm_topk_prob"),      \
+        KEY(SHARED_FFN, shared_ffn, "shared_expert_intermediate_size"),                        \
+        KEY(NUM_LAYERS, layers, "num_hidden_layers"), KEY(SPARSE_STEP, 1, "decoder_sparse_step"), \
+        KEY(MLP_ONLY, 0, "mlp_only_layers")
+#define QWEN2_MOE_PARTS                                                                         \
+    .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER}, \
+    .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",                \
+               "shared_expert.down_proj.weight"},                                               \
+    .shared_gate = "shared_expert_gate.weight"
+
 /* DeepseekV3MoE: sigmoid scores plus the correction bias choose groups
  * and experts, the weights are the sigmoid scores (normalised) times the
  * scaling factor, shared experts beside; first_k_dense_replace dense
@@ -192,38 +209,13 @@ static const mvk_arch archs[] = {
         /* published checkpoints (transformers 4), then transformers 5 naming */
         .layer_prefixes = {"model.layers.{N}.block_sparse_moe.", DECODER_LAYER},
     },
-    {
-        .model_types = {"qwen2_moe"},
-        .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 1408, "moe_intermediate_size"),
-                 KEY(EXPERTS, 60, "num_experts", "num_local_experts"),
-                 KEY(TOP_K, 4, "num_experts_per_tok"), KEY(NORM_TOPK, 0, "norm_topk_prob"),
-                 KEY(SHARED_FFN, 5632, "shared_expert_intermediate_size"),
-                 KEY(NUM_LAYERS, 24, "num_hidden_layers"),
-                 KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
-        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
-        HF_DECODER_BLOCK,
-        .layer_prefixes = {DECODER_LAYER},
-        .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
-                   "shared_expert.down_proj.weight"},
-        .shared_gate = "shared_expert_gate.weight",
-    },
-    {
-        /* Qwen3NextSparseMoeBlock is Qwen2MoeSparseMoeBlock (a gated shared
-         * expert), with its own defaults */
-        .model_types = {"qwen3_next"},
-        .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 512, "moe_intermediate_size"),
-                 KEY(EXPERTS, 512, "num_experts", "num_local_experts"),
-                 KEY(TOP_K, 10, "num_experts_per_tok"), KEY(NORM_TOPK, 1, "norm_topk_prob"),
-                 KEY(SHARED_FFN, 512, "shared_expert_intermediate_size"),
-                 KEY(NUM_LAYERS, 48, "num_hidden_layers"),
-                 KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
-        .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
-        HF_DECODER_BLOCK,
-        .layer_prefixes = {DECODER_LAYER},
-        .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
-                   "shared_expert.down_proj.weight"},
-        .shared_gate = "shared_expert_gate.weight",
-    },
+    {.model_types = {"qwen2_moe"},
+     .keys = {QWEN2_MOE_KEYS(2048, 1408, 60, 4, 0, 5632, 24)},
+     QWEN2_MOE_PARTS},
+    /* Qwen3NextSparseMoeBlock is Qwen2MoeSparseMoeBlock, other defaults */
+    {.model_types = {"qwen3_next"},
+     .keys = {QWEN2_MOE_KEYS(2048, 512, 512, 10, 1, 512, 48)},
+     QWEN2_MOE_PARTS},
     {
         .model_types = {"qwen3_moe"},
         .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 768, "moe_intermediate_size"),
