@@ -263,6 +263,21 @@ static const mvk_arch archs[] = {
               KEY(NUM_LAYERS, 62, "num_hidden_layers")},
      DEEPSEEK_V3_PARTS(DECODER_LAYER)},
     {
+        /* GraniteMoeMoE: top-k on the logits, softmax over the k (gpt-oss's
+         * routing), SwiGLU experts; transformers 5's names (it converts the
+         * published input_linear / output_linear / router.layer at load) */
+        .model_types = {"granitemoe"},
+        .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 11008, "intermediate_size"),
+                 KEY(EXPERTS, 8, "num_local_experts"), KEY(TOP_K, 2, "num_experts_per_tok"),
+                 KEY(NUM_LAYERS, 32, "num_hidden_layers")},
+        .routing = MOEVK_ROUTING_TOPK_SOFTMAX,
+        .act = HIDDEN_ACT,
+        .sparse = MVK_SPARSE_DECODER,
+        .layer_prefixes = {"model.layers.{N}.block_sparse_moe."},
+        .router = "router.weight",
+        .layouts = {&stacked},
+    },
+    {
         /* FlexOlmoSparseMoeBlock is OlmoeSparseMoeBlock */
         .model_types = {"olmoe", "flex_olmo"},
         .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 2048, "intermediate_size"),
