@@ -111,7 +111,10 @@ moevk_status mvk_cache_create(moevk_layer *L, uint32_t slots, uint32_t dev_chunk
         k->slot_expert[v] = v;
     for (uint32_t e = 0; e < E; e++)
         table_set(L, e);
-    moevk_status st = moevk_buffer_create(ctx, tw * 4, &L->routed.table);
+    moevk_status st = mvk_host_buffer_create(ctx, (uint64_t)E * 4, &k->counts);
+    if (st)
+        return st;
+    st = moevk_buffer_create(ctx, tw * 4, &L->routed.table);
     if (!st)
         st = moevk_buffer_upload(L->routed.table, 0, k->table, tw * 4);
     if (st)
@@ -128,6 +131,7 @@ void mvk_cache_destroy(moevk_layer *L)
     if (!k)
         return;
     moevk_context *ctx = L->ctx;
+    moevk_buffer_destroy(k->counts);
     mvk_free(ctx, k->slot_expert);
     mvk_free(ctx, k->slot_pending);
     mvk_free(ctx, k->expert_slot);
@@ -301,6 +305,30 @@ void mvk_cache_record_copies(moevk_layer *L, mvk_cmd *c)
          * first barrier does */
         c->transfers_pending = true;
     }
+}
+
+void mvk_cache_record_counts(moevk_layer *L, mvk_cmd *c, VkBuffer meta, VkDeviceSize offset)
+{
+    mvk_cache *k = L->cache;
+    if (c->status)
+        return;
+    const PFN_vkCmdPipelineBarrier barrier = c->ctx->vk.vkCmdPipelineBarrier;
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_TRANSFER_READ_BIT};
+    barrier(c->cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1,
+            &mb, 0, NULL, 0, NULL);
+    mvk_cmd_copy(c, meta, offset, k->counts->buffer, 0, (VkDeviceSize)k->E * 4);
+    mb.srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT;
+    mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+    barrier(c->cb, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL,
+            0, NULL);
+    c->barriers += 2;
+}
+
+const uint32_t *mvk_cache_host_counts(const moevk_layer *L)
+{
+    return L->cache ? (const uint32_t *)L->cache->counts->map : NULL;
 }
 
 void mvk_cache_pass_failed(moevk_layer *L)

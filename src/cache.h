@@ -38,6 +38,7 @@ struct mvk_cache {
     bool copies_recorded;   /* this pass's copies are in its command buffer */
     uint8_t *resident_rec;  /* [E] residency of the last recorded pass */
     uint64_t recorded, observed; /* passes recorded / the last one observed */
+    moevk_buffer *counts;   /* [E] u32, host-visible: a synchronous pass's counts */
     moevk_cache_stats stats;
 };
 
@@ -58,5 +59,10 @@ void mvk_cache_record_copies(moevk_layer *L, mvk_cmd *c);
 void mvk_cache_pass_failed(moevk_layer *L);
 /* counts [E]: the admitted rows per expert of the last recorded pass. */
 void mvk_cache_observe(moevk_layer *L, const uint32_t *counts);
+/* At the end of a synchronous pass: its counts (E words at `offset` of
+ * `meta`) copied into the cache's host buffer, made visible to the host;
+ * read with mvk_cache_host_counts after the pass's fence. */
+void mvk_cache_record_counts(moevk_layer *L, mvk_cmd *c, VkBuffer meta, VkDeviceSize offset);
+const uint32_t *mvk_cache_host_counts(const moevk_layer *L);
 
 #endif

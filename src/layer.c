@@ -608,7 +608,8 @@ static moevk_status layer_forward(moevk_layer *L, const moevk_tensor *x, moevk_t
     }
     mvk_cmd c;
     if (!(st = mvk_cmd_begin(ctx, &c))) {
-        const mvk_pass_io io = full_pass(x, y, stats != NULL);
+        mvk_pass_io io = full_pass(x, y, stats != NULL);
+        io.cache_counts = L->cache != NULL;
         L->has_results = false;
         mvk_pass_record(L, &c, &g, &io, tm.pool ? &tm : NULL);
         st = mvk_cmd_submit_wait(&c);
@@ -616,8 +617,8 @@ static moevk_status layer_forward(moevk_layer *L, const moevk_tensor *x, moevk_t
     if (!st) {
         L->has_results = stats != NULL;
         mvk_pass_timer_read(ctx, &tm, L->stage_ms);
-        if (L->cache)
-            st = observe_counts(L, L->ws->s[MVK_WS_META], MVK_META_COUNTS(L->desc.num_experts));
+        if (L->cache) /* the counts the pass copied into host memory */
+            mvk_cache_observe(L, mvk_cache_host_counts(L));
     } else {
         L->ws->last_layer = NULL;
         mvk_cache_pass_failed(L);

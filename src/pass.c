@@ -356,6 +356,9 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
         mvk_cmd_barrier(c);
         timer_end(c, tm, MOEVK_STAGE_STATS);
     }
+    if (io->cache_counts && L->cache && io->permute)
+        mvk_cache_record_counts(L, c, ws->s[MVK_WS_META]->buffer,
+                                4ull * MVK_META_COUNTS(d->num_experts));
     ws->last_layer = L;
     ws->last_tokens = g->T;
     L->last_route_chunks = io->route ? g->nroute : 0;

@@ -17,6 +17,10 @@ typedef struct mvk_pass_io {
     bool shared;  /* shared experts */
     bool combine; /* y = weighted sum (+ shared) */
     bool stats;   /* routing statistics into the layer's results */
+    /* the admitted rows per expert copied into the expert cache's host
+     * buffer at the end (a synchronous pass of a budgeted layer), for the
+     * cache to read after the fence without another transfer */
+    bool cache_counts;
     /* caller tensors standing in for workspace slots (buffer NULL: the
      * workspace's own): ids, weights, row_of [T, k]; expert_out [T*k, H]
      * (one expert chunk only) */
