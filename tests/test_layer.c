@@ -73,9 +73,10 @@ static void check_seed(moevk_context *ctx, uint64_t seed, const mvkc_limits *lim
 
 /* ---- random configurations ----------------------------------------------------- */
 
-/* 5 blocks of 60 cases; MOEVK_TEST_CASES_SCALE scales the 60 (the sanitizer
- * pass runs fewer) */
-#define RANDOM_PER_TEST 60
+/* 5 blocks of 40 cases; MOEVK_TEST_CASES_SCALE scales the 40 (the sanitizer
+ * and second-driver passes run fewer; `moevk check --cases N` runs any
+ * number) */
+#define RANDOM_PER_TEST 40
 
 static void random_block(int block)
 {

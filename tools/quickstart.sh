@@ -122,7 +122,7 @@ test)
         echo "quickstart: bounded libFuzzer run of the checkpoint parsers"
         t=$(date +%s)
         fuzz=0
-        sh fuzz/run.sh "${MOEVK_FUZZ_SECONDS:-30}" >"$build/fuzz.log" 2>&1 || fuzz=$?
+        sh fuzz/run.sh "${MOEVK_FUZZ_SECONDS:-20}" >"$build/fuzz.log" 2>&1 || fuzz=$?
         cat "$build/fuzz.log"
         fp=$(grep -c "^fuzz_[a-z]*: .*no crash$" "$build/fuzz.log" || true)
         ff=$(grep -c "^fuzz_[a-z]*: FAILED$" "$build/fuzz.log" || true)
@@ -131,7 +131,7 @@ test)
             [ "$ff" -gt 0 ] || ff=1
             echo "fuzz: FAILED"
         fi
-        part "fuzz (${MOEVK_FUZZ_SECONDS:-30} s a target)" "$fp passed, $ff failed, 0 skipped" \
+        part "fuzz (${MOEVK_FUZZ_SECONDS:-20} s a target)" "$fp passed, $ff failed, 0 skipped" \
             $(($(date +%s) - t))
     fi
     echo "quickstart: results (whole run $(($(date +%s) - t_start)) s)$results"
