@@ -138,6 +138,10 @@ MVK_PUSH_BEGIN(mvk_route_push)
     MVK_F32 scale;     /* routed_scaling_factor */
     MVK_U32 logit_tok0; /* logits row of token t is t - logit_tok0 */
     MVK_U32 H, has_router_bias; /* FUSED */
+    MVK_U32 sel_probs;  /* softmax_topk: select on p (+ bias), not on l */
+    MVK_U32 group_max;  /* a group scores its best c, not its best two */
+    MVK_F32 norm_p;     /* 0 or 1: normalise by the sum; else the p-norm */
+    MVK_F32 norm_min;   /* > 0: the denominator is max(norm, norm_min) */
 MVK_PUSH_END(mvk_route_push)
 #endif
 

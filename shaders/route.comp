@@ -2,11 +2,13 @@
 // Scoring, top-k selection and routing weights, one token per workgroup.
 //
 // Selection score per mode (ROUTING specialization constant):
-//   0 softmax_topk   : the logit (softmax is strictly monotonic); w = p[id]
+//   0 softmax_topk   : the logit (softmax is strictly monotonic), or with
+//                      sel_probs p + bias; w = p[id]
 //   1 topk_softmax   : the logit; w = softmax over the k selected logits
-//   2 sigmoid_grouped: c = sigmoid(l) + bias; n_group groups scored by the
-//                      sum of their two best c; keep topk_group groups;
-//                      top-k c among kept experts; w = sigmoid(l[id])
+//   2 sigmoid_grouped: c = sigmoid(l) + bias; w = sigmoid(l[id])
+// Modes 0 and 2 with topk_group < n_group: groups scored by the sum of
+// their two best c (or their best, group_max); topk_group kept; top-k c
+// among the kept experts. Then the optional normalisation and the scale.
 // Ties: the larger score wins, equal scores go to the lower index, NaN ranks
 // below every number (ranks_before in common.glsl). Excluded experts (in a
 // dropped group, or already chosen) are never selected.
@@ -179,8 +181,8 @@ void main()
     for (uint e = lid; e < E; e += WG) {
         float l = lg[e];
         float v = l;
-        if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED) {
-            v = 1.0 / (1.0 + exp(-l));
+        if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED || p.sel_probs != 0u) {
+            v = ROUTING == MVK_ROUTING_SIGMOID_GROUPED ? 1.0 / (1.0 + exp(-l)) : exp(l - m) / s;
             if (p.has_bias != 0u)
                 v += corr_bias[e];
         }
@@ -195,8 +197,9 @@ void main()
         atomicOr(live[e >> 5], 1u << (e & 31u));
     barrier();
 
-    if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED && p.topk_group < p.n_group) {
-        // Score each group by its two best experts, keep topk_group groups.
+    if (ROUTING != MVK_ROUTING_TOPK_SOFTMAX && p.topk_group < p.n_group) {
+        // Score each group by its two best experts (or its best), keep
+        // topk_group groups.
         const uint gsize = E / p.n_group;
         for (uint g = lid; g < p.n_group; g += WG) {
             uint b0 = NONE, b1 = NONE;
@@ -208,7 +211,7 @@ void main()
                     b1 = e;
                 }
             }
-            gs[g] = b1 == NONE ? sc[b0] : sc[b0] + sc[b1];
+            gs[g] = (b1 == NONE || p.group_max != 0u) ? sc[b0] : sc[b0] + sc[b1];
             atomicOr(glive[g >> 5], 1u << (g & 31u));
         }
         barrier();
@@ -270,14 +273,26 @@ void main()
             sel_v[j] = w;
             wsum += w;
         }
+        // norm_topk_prob's denominator: the sum (+ 1e-20 for sigmoid), or
+        // the p-norm; max(., norm_min) when norm_min > 0 (a NaN stays).
+        float den = wsum;
+        if (p.norm_p != 0.0 && p.norm_p != 1.0) {
+            float acc = 0.0;
+            for (uint j = 0; j < K; j++)
+                acc += pow(abs(sel_v[j]), p.norm_p);
+            den = pow(acc, 1.0 / p.norm_p);
+        }
+        if (p.norm_min > 0.0)
+            den = den < p.norm_min ? p.norm_min : den;
+        else if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED)
+            den = den + 1e-20;
         for (uint j = 0; j < K; j++) {
             float w = sel_v[j];
             if (ROUTING == MVK_ROUTING_TOPK_SOFTMAX)
                 w = bad ? (0.0 / 0.0) : w / wsum;
             else if (NORM != 0u)
-                w = ROUTING == MVK_ROUTING_SIGMOID_GROUPED ? w / (wsum + 1e-20) : w / wsum;
-            if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED)
-                w *= p.scale;
+                w = w / den;
+            w *= p.scale;
             ids[t * K + j] = sel_i[j];
             weights[t * K + j] = w;
         }

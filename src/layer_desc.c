@@ -183,7 +183,7 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     if (!format_ok(d.router_dtype, MVK_FORMAT_ROUTER))
         return mvk_fail(ctx, bad, "router_dtype = %d (%s) is not a router weight format",
                         (int)d.router_dtype, moevk_dtype_name(d.router_dtype));
-    if (d.routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+    if (d.routing != MOEVK_ROUTING_TOPK_SOFTMAX) {
         if (d.num_experts % d.n_group)
             return mvk_fail(ctx, bad, "n_group = %u does not divide num_experts = %u", d.n_group,
                             d.num_experts);
@@ -197,10 +197,23 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                             d.top_k, d.topk_group, d.num_experts / d.n_group);
     } else {
         if (desc_in->n_group > 1 || desc_in->topk_group > 1)
-            return mvk_fail(ctx, bad, "n_group/topk_group are only for sigmoid_grouped routing");
+            return mvk_fail(ctx, bad,
+                            "n_group/topk_group are not for topk_softmax routing (it scores "
+                            "no groups)");
         if (d.correction_bias)
-            return mvk_fail(ctx, bad, "correction_bias is only for sigmoid_grouped routing");
+            return mvk_fail(ctx, bad,
+                            "correction_bias is not for topk_softmax routing (it selects on "
+                            "the logits)");
     }
+    if ((unsigned)d.group_score > MOEVK_GROUP_MAX)
+        return mvk_fail(ctx, bad, "group_score = %d is not a moevk_group_score value",
+                        (int)d.group_score);
+    if (!(d.norm_p >= 0.0f) || !isfinite(d.norm_p))
+        return mvk_fail(ctx, bad, "norm_p = %g must be 0 (the sum) or a positive p",
+                        (double)d.norm_p);
+    if (!(d.norm_min >= 0.0f) || !isfinite(d.norm_min))
+        return mvk_fail(ctx, bad, "norm_min = %g must be 0 (none) or positive",
+                        (double)d.norm_min);
     if (!isfinite(d.routed_scaling_factor))
         return mvk_fail(ctx, bad, "routed_scaling_factor is not finite");
     if (!(d.capacity_factor >= 0.0f) || !isfinite(d.capacity_factor))

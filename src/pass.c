@@ -28,6 +28,7 @@
 #include "cache.h"
 #include "ops/ops.h"
 #include "pass.h"
+#include "ref/ref.h"
 
 static mvk_binding whole(const moevk_buffer *b)
 {
@@ -137,6 +138,12 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .routing = (uint32_t)d->routing, .norm = d->norm_topk_prob != 0,
             .n_group = d->n_group, .topk_group = d->topk_group,
             .scale = d->routed_scaling_factor,
+            /* moevk_ref_selects_on_probs (the layer's desc no longer holds
+             * the host bias pointer) */
+            .sel_probs = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK &&
+                         (L->corr_b || moevk_ref_grouped(d)),
+            .group_max = d->group_score == MOEVK_GROUP_MAX, .norm_p = d->norm_p,
+            .norm_min = d->norm_min,
             .fused = fused, .x = io->x, .router_w = whole(L->router_w),
             .router_b = whole(L->router_b), .H = d->hidden, .w_fmt = L->r_fmt,
         };

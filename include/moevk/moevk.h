@@ -360,17 +360,27 @@ MOEVK_API moevk_status moevk_router_scores(moevk_context *ctx,
 /* MoE layers (the maths contract is docs/semantics.md)                      */
 
 typedef enum moevk_routing {
-    /* p = softmax(l) over all E; ids = top-k of p; w = p[ids];
-     * if norm_topk_prob: w /= sum(w). (Mixtral, Qwen-MoE, OLMoE, Switch) */
+    /* p = softmax(l) over all E; c = p (+ correction_bias); optional expert
+     * groups; ids = top-k of c; w = p[ids]; if norm_topk_prob: w /= sum(w).
+     * (Mixtral, Qwen-MoE, OLMoE, Switch; with groups DeepSeek-V2, with the
+     * bias ERNIE-4.5) */
     MOEVK_ROUTING_SOFTMAX_TOPK = 0,
     /* ids = top-k of l; w = softmax(l[ids]) over the k. (gpt-oss) */
     MOEVK_ROUTING_TOPK_SOFTMAX = 1,
     /* s = sigmoid(l); c = s + correction_bias; groups of E/n_group experts
      * scored by the sum of their two largest c; keep topk_group groups; ids =
      * top-k of c within kept groups; w = s[ids]; optional normalisation
-     * (w /= sum(w) + 1e-20); w *= routed_scaling_factor. (DeepSeek-V3) */
+     * (w /= sum(w) + 1e-20). (DeepSeek-V3; one group: MiniMax-M2, Llama 4) */
     MOEVK_ROUTING_SIGMOID_GROUPED = 2,
 } moevk_routing;
+/* Every mode ends with w *= routed_scaling_factor (docs/semantics.md). */
+
+/* How an expert group is scored from its experts' selection scores c
+ * (grouped routing: n_group > 1 and topk_group < n_group). */
+typedef enum moevk_group_score {
+    MOEVK_GROUP_TOP2_SUM = 0, /* the sum of its two largest c (DeepSeek-V3) */
+    MOEVK_GROUP_MAX = 1,      /* its largest c (DeepSeek-V2)                */
+} moevk_group_score;
 
 typedef enum moevk_activation {
     MOEVK_ACT_SWIGLU = 0,     /* silu(g) * u                               */
@@ -506,8 +516,9 @@ typedef struct moevk_layer_desc {
     moevk_routing routing;
     moevk_activation activation;
     int norm_topk_prob;     /* softmax_topk / sigmoid_grouped              */
-    uint32_t n_group;       /* sigmoid_grouped: 0 means 1; must divide E  */
-    uint32_t topk_group;    /* sigmoid_grouped: 0 means n_group            */
+    uint32_t n_group;       /* softmax_topk / sigmoid_grouped: 0 means 1;
+                               must divide E                               */
+    uint32_t topk_group;    /* groups kept: 0 means n_group                */
     float routed_scaling_factor; /* 0 means 1.0                            */
     float capacity_factor;  /* 0 = dropless; else C = ceil(cf * T * k / E) */
     float swiglu_alpha;     /* swiglu_oai: 0 means 1.702                   */
@@ -517,7 +528,8 @@ typedef struct moevk_layer_desc {
     moevk_dtype router_dtype; /* dtype of router_weight                    */
     const void *router_weight;   /* [E, H], required                       */
     const float *router_bias;    /* [E], optional                          */
-    const float *correction_bias; /* [E], sigmoid_grouped only, optional   */
+    const float *correction_bias; /* [E], optional: added to the selection
+                                     score (softmax_topk / sigmoid_grouped) */
     moevk_expert_weights experts; /* E routed experts                      */
 
     uint32_t num_shared;    /* shared experts run on every token; 0 = none */
@@ -545,6 +557,15 @@ typedef struct moevk_layer_desc {
      * runs from host memory). Without the flag every expert is on the
      * device. */
     uint64_t vram_budget;
+
+    /* Routing refinements; zero keeps each mode's rule above. */
+    moevk_group_score group_score; /* grouped routing                       */
+    /* norm_topk_prob's denominator: 0 or 1 is the sum of the k weights;
+     * another p > 0 their p-norm (sum |w|^p)^(1/p) (DBRX). */
+    float norm_p;
+    /* > 0: the denominator is max(norm, norm_min) instead of the mode's
+     * (sum, or sum + 1e-20 for sigmoid_grouped) (ERNIE-4.5's moe_norm_min) */
+    float norm_min;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */

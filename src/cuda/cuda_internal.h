@@ -24,6 +24,10 @@ struct RouteParams {
     uint32_t n_group, topk_group;
     float scale;         /* routed_scaling_factor */
     const float *corr;   /* [E] correction bias or NULL */
+    int grouped;         /* topk_group < n_group (moevk_ref_grouped) */
+    int sel_probs;       /* softmax_topk selects on p + corr (moevk_ref_selects_on_probs) */
+    int group_max;       /* MOEVK_GROUP_MAX */
+    float norm_p, norm_min;
 };
 
 /* The format of one kind of expert matrix on the device: f32, f16, bf16

@@ -209,7 +209,8 @@ __global__ void k_route(RouteParams p, const float *logits, float *score_all, fl
     if (t >= p.T)
         return;
     const uint32_t E = p.E, K = p.K;
-    const bool grouped = p.routing == MOEVK_ROUTING_SIGMOID_GROUPED;
+    const bool grouped = p.grouped != 0;
+    const bool sig = p.routing == MOEVK_ROUTING_SIGMOID_GROUPED;
     const float *l = logits + (size_t)t * E;
     float *score = score_all + (size_t)t * E;
     float *gscore = gscore_all + (size_t)t * E;
@@ -217,16 +218,30 @@ __global__ void k_route(RouteParams p, const float *logits, float *score_all, fl
     uint32_t *tid = ids + (size_t)t * K;
     float *tw = weights + (size_t)t * K;
 
+    /* softmax over all E (max skips NaN; a NaN then poisons the sum) */
+    float m = -INFINITY, s = 0.0f;
     for (uint32_t e = 0; e < E; e++)
-        score[e] = grouped ? sigmoid(l[e]) + (p.corr ? p.corr[e] : 0.0f) : l[e];
+        if (l[e] > m)
+            m = l[e];
+    for (uint32_t e = 0; e < E; e++)
+        s += expf(l[e] - m);
+
+    for (uint32_t e = 0; e < E; e++) {
+        float c = l[e];
+        if (sig || p.sel_probs)
+            c = (sig ? sigmoid(l[e]) : expf(l[e] - m) / s) + (p.corr ? p.corr[e] : 0.0f);
+        score[e] = c;
+    }
 
     if (grouped) {
-        /* groups of `size` contiguous experts, scored by their two best */
+        /* groups of `size` contiguous experts, scored by their two best (or
+         * their best) */
         const uint32_t size = E / p.n_group;
         for (uint32_t g = 0; g < p.n_group; g++) {
             const float *cg = score + (size_t)g * size;
             uint32_t first = next_best(cg, nullptr, size, NONE);
-            uint32_t second = first == NONE ? NONE : next_best(cg, nullptr, size, first);
+            uint32_t second =
+                first == NONE || p.group_max ? NONE : next_best(cg, nullptr, size, first);
             if (first == NONE)
                 gscore[g] = __int_as_float(0x7fc00000);
             else if (second == NONE)
@@ -264,40 +279,38 @@ __global__ void k_route(RouteParams p, const float *logits, float *score_all, fl
 
     if (p.routing == MOEVK_ROUTING_TOPK_SOFTMAX) {
         /* softmax over the k selected logits */
-        float m = -INFINITY, s = 0.0f;
+        float km = -INFINITY, ks = 0.0f;
         for (uint32_t j = 0; j < K; j++)
-            if (l[tid[j]] > m)
-                m = l[tid[j]];
+            if (l[tid[j]] > km)
+                km = l[tid[j]];
         for (uint32_t j = 0; j < K; j++)
-            s += expf(l[tid[j]] - m);
+            ks += expf(l[tid[j]] - km);
         for (uint32_t j = 0; j < K; j++)
-            tw[j] = expf(l[tid[j]] - m) / s;
-    } else if (grouped) {
-        float s = 0.0f;
-        for (uint32_t j = 0; j < K; j++)
-            s += sigmoid(l[tid[j]]);
-        for (uint32_t j = 0; j < K; j++) {
-            float w = sigmoid(l[tid[j]]);
-            if (p.norm)
-                w /= s + 1e-20f;
-            tw[j] = w * p.scale;
-        }
-    } else {
-        /* softmax over all E (max skips NaN; a NaN then poisons the sum),
-         * optionally renormalised over the k */
-        float m = -INFINITY, s = 0.0f, ks = 0.0f;
-        for (uint32_t e = 0; e < E; e++)
-            if (l[e] > m)
-                m = l[e];
-        for (uint32_t e = 0; e < E; e++)
-            s += expf(l[e] - m);
-        for (uint32_t j = 0; j < K; j++)
-            ks += expf(l[tid[j]] - m) / s;
-        for (uint32_t j = 0; j < K; j++) {
-            float pj = expf(l[tid[j]] - m) / s;
-            tw[j] = p.norm ? pj / ks : pj;
-        }
+            tw[j] = expf(l[tid[j]] - km) / ks * p.scale;
+        return;
     }
+    /* w = sigmoid(l) or the probability over all E, optionally normalised
+     * (docs/semantics.md: the sum or p-norm, then max with norm_min, or
+     * + 1e-20 for sigmoid), then scaled */
+    float wsum = 0.0f;
+    for (uint32_t j = 0; j < K; j++) {
+        float w = sig ? sigmoid(l[tid[j]]) : expf(l[tid[j]] - m) / s;
+        tw[j] = w;
+        wsum += w;
+    }
+    float den = wsum;
+    if (p.norm_p != 0.0f && p.norm_p != 1.0f) {
+        float acc = 0.0f;
+        for (uint32_t j = 0; j < K; j++)
+            acc += powf(fabsf(tw[j]), p.norm_p);
+        den = powf(acc, 1.0f / p.norm_p);
+    }
+    if (p.norm_min > 0.0f)
+        den = den < p.norm_min ? p.norm_min : den;
+    else if (sig)
+        den = den + 1e-20f;
+    for (uint32_t j = 0; j < K; j++)
+        tw[j] = (p.norm ? tw[j] / den : tw[j]) * p.scale;
 }
 
 /* ---- permutation ------------------------------------------------------------

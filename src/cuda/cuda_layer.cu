@@ -625,7 +625,7 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
                    "router_weight", err, err_size));
     CKS(upload_raw(L, desc->router_bias, E * 4, (void **)&L->router_b, "router_bias", err,
                    err_size));
-    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED)
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX)
         CKS(upload_raw(L, desc->correction_bias, E * 4, (void **)&L->corr_b, "correction_bias",
                        err, err_size));
     CKS(upload_ffn(L, desc, &desc->experts, d->num_experts, d->ffn, &L->ex, "experts", err,
@@ -927,6 +927,13 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     rp.topk_group = d->topk_group;
     rp.scale = d->routed_scaling_factor;
     rp.corr = L->corr_b;
+    /* the rules of moevk_ref_grouped / moevk_ref_selects_on_probs (ref.h) */
+    rp.grouped = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->n_group > 1 &&
+                 d->topk_group < d->n_group;
+    rp.sel_probs = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK && (L->corr_b || rp.grouped);
+    rp.group_max = d->group_score == MOEVK_GROUP_MAX;
+    rp.norm_p = d->norm_p;
+    rp.norm_min = d->norm_min;
     CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_ROUTE + 1], s));
 

@@ -76,6 +76,25 @@ static void fill_x(mvkc_case *c, mvk_rng *r)
     }
 }
 
+/* Expert groups for a scored routing mode: n_group a divisor of E, and
+ * topk_group kept groups that hold at least k experts (0 for the defaults
+ * now and then). */
+static void draw_groups(mvk_rng *r, uint32_t E, uint32_t k, moevk_layer_desc *d)
+{
+    uint32_t divs[64] = {1}, nd = 0; /* E >= 1: 1 divides it */
+    for (uint32_t g = 1; g <= E && nd < 64; g++)
+        if (E % g == 0)
+            divs[nd++] = g;
+    uint32_t n_group = divs[mvk_rng_range(r, 0, nd - 1)];
+    uint32_t size = E / n_group;
+    uint32_t need = (k + size - 1) / size; /* kept groups must hold k experts */
+    if (need < 1)
+        need = 1;
+    uint32_t topk_group = mvk_rng_range(r, umin(need, n_group), n_group);
+    d->n_group = n_group == 1 && mvk_rng_chance(r, 0.3) ? 0 : n_group;
+    d->topk_group = topk_group == n_group && mvk_rng_chance(r, 0.3) ? 0 : topk_group;
+}
+
 /* 1 when the reference routing of the case has a near-tie (or -1 when out
  * of memory) */
 static int has_near_tie(const mvkc_case *c)
@@ -244,19 +263,33 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
                              : (moevk_routing)mvk_rng_range(&r, 0, 2);
     d->norm_topk_prob = mvk_rng_chance(&r, 0.5);
     if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
-        uint32_t divs[64] = {1}, nd = 0; /* E >= 1: 1 divides it */
-        for (uint32_t g = 1; g <= E && nd < 64; g++)
-            if (E % g == 0)
-                divs[nd++] = g;
-        uint32_t n_group = divs[mvk_rng_range(&r, 0, nd - 1)];
-        uint32_t size = E / n_group;
-        uint32_t need = (k + size - 1) / size; /* kept groups must hold k experts */
-        if (need < 1)
-            need = 1;
-        uint32_t topk_group = mvk_rng_range(&r, umin(need, n_group), n_group);
-        d->n_group = n_group == 1 && mvk_rng_chance(&r, 0.3) ? 0 : n_group;
-        d->topk_group = topk_group == n_group && mvk_rng_chance(&r, 0.3) ? 0 : topk_group;
+        draw_groups(&r, E, k, d);
         d->routed_scaling_factor = mvk_rng_chance(&r, 0.5) ? 0.0f : mvk_rng_uniform(&r, 0.5f, 3.0f);
+    }
+    /* routing refinements, from a stream of their own (the other draws stay
+     * as they were): groups and a correction bias for softmax_topk
+     * (DeepSeek-V2, ERNIE-4.5), the group max, a p-norm, norm_min, a
+     * scaling factor in the softmax modes; in two fifths of the cases */
+    mvk_rng rr = mvk_rng_seed(seed, 7);
+    int softmax_bias = 0;
+    if (mvk_rng_chance(&rr, 0.4)) {
+        const bool sm = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK;
+        const bool scored = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX;
+        if (sm && mvk_rng_chance(&rr, 0.5))
+            draw_groups(&rr, E, k, d);
+        if (scored && mvk_rng_chance(&rr, 0.5))
+            d->group_score = MOEVK_GROUP_MAX;
+        if (scored && mvk_rng_chance(&rr, 0.3)) {
+            static const float ps[] = {2.0f, 0.5f, 3.0f, 1.0f};
+            uint32_t i = mvk_rng_range(&rr, 0, 4);
+            d->norm_p = i < 4 ? ps[i] : mvk_rng_uniform(&rr, 0.5f, 4.0f);
+        }
+        if (scored && mvk_rng_chance(&rr, 0.3))
+            d->norm_min = mvk_rng_chance(&rr, 0.5) ? 1e-12f : mvk_rng_uniform(&rr, 0.1f, 1.2f);
+        if (!scored || sm)
+            if (mvk_rng_chance(&rr, 0.4))
+                d->routed_scaling_factor = mvk_rng_uniform(&rr, 0.5f, 3.0f);
+        softmax_bias = sm && mvk_rng_chance(&rr, 0.4);
     }
     /* capacity */
     if (lim.capacity_factor < 0)
@@ -408,6 +441,10 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         if (!(c->correction_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, E, 0.1f)))
             goto oom;
     }
+    /* softmax probabilities are about 1/E: a bias of that size reorders */
+    if (softmax_bias && !(c->correction_bias = mvk_rng_array(&rr, MOEVK_DTYPE_F32, E,
+                                                              1.0f / (float)E)))
+        goto oom;
 
     /* experts (swiglu_oai always with biases) */
     int biases = d->activation == MOEVK_ACT_SWIGLU_OAI ? 7 : 0;
@@ -474,7 +511,7 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         c->n_ties = n;
     }
     d->router_bias = c->router_bias;
-    d->correction_bias = d->routing == MOEVK_ROUTING_SIGMOID_GROUPED ? c->correction_bias : NULL;
+    d->correction_bias = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX ? c->correction_bias : NULL;
 
     /* input; under capacity, redraw it (seed + 1, ...) while the reference
      * routing has a near-tie, whose flip would cascade through admission */
@@ -570,16 +607,31 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
     buf[0] = 0;
     app(buf, n, &p, "T=%u H=%u F=%u E=%u k=%u %s", c->T, d->hidden, d->ffn, d->num_experts,
         d->top_k, routing_name(d->routing));
-    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
-        app(buf, n, &p, "(g=%u/%u", d->topk_group, d->n_group);
-        if (d->routed_scaling_factor)
-            app(buf, n, &p, ",x%.3g", d->routed_scaling_factor);
-        if (d->correction_bias)
-            app(buf, n, &p, ",cb");
-        app(buf, n, &p, ")");
+    {
+        const char *sep = "(";
+        if (d->n_group > 1 || d->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+            app(buf, n, &p, "%sg=%u/%u%s", sep, d->topk_group, d->n_group,
+                d->group_score == MOEVK_GROUP_MAX ? "max" : "");
+            sep = ",";
+        }
+        if (d->routed_scaling_factor) {
+            app(buf, n, &p, "%sx%.3g", sep, d->routed_scaling_factor);
+            sep = ",";
+        }
+        if (d->correction_bias) {
+            app(buf, n, &p, "%scb", sep);
+            sep = ",";
+        }
+        if (*sep == ',')
+            app(buf, n, &p, ")");
     }
-    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_topk_prob)
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_topk_prob) {
         app(buf, n, &p, "+norm");
+        if (d->norm_p)
+            app(buf, n, &p, "(p=%.3g)", d->norm_p);
+        if (d->norm_min)
+            app(buf, n, &p, "(min=%.3g)", d->norm_min);
+    }
     app(buf, n, &p, " %s", act_name(d->activation));
     if (d->activation == MOEVK_ACT_SWIGLU_OAI)
         app(buf, n, &p, "(a=%.3g,l=%.3g)", d->swiglu_alpha, d->swiglu_limit);

@@ -92,7 +92,9 @@ static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *l
 {
     const moevk_layer_desc *d = &c->desc;
     uint32_t E = d->num_experts, k = d->top_k, H = d->hidden;
-    int grouped = d->routing == MOEVK_ROUTING_SIGMOID_GROUPED;
+    int grouped = moevk_ref_grouped(d);
+    int sig = d->routing == MOEVK_ROUTING_SIGMOID_GROUPED;
+    int probs = moevk_ref_selects_on_probs(d);
     const float *xt = c->x + (size_t)t * H;
 
     uint8_t *chosen = mark, *kept = mark + E;
@@ -111,6 +113,7 @@ static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *l
     for (uint32_t h = 0; h < H; h++)
         finite &= isfinite(xt[h]) != 0;
     double bound = 0.0, maxabs = 0.0;
+    moevk_ref_selection_scores(d, lf, s);
     for (uint32_t e = 0; e < E; e++) {
         if (finite) {
             double a = d->router_bias ? fabs((double)d->router_bias[e]) : 0.0;
@@ -120,13 +123,12 @@ static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *l
             if (a > bound)
                 bound = a;
         }
-        double cb = grouped && d->correction_bias ? (double)d->correction_bias[e] : 0.0;
-        s[e] = grouped ? sigmoid((double)lf[e]) + cb : (double)lf[e];
         if (isfinite(s[e]) && fabs(s[e]) > maxabs)
             maxabs = fabs(s[e]);
     }
-    /* sigmoid' <= 1/4 */
-    double tol = (grouped ? 0.25 : 1.0) * 4e-6 * bound + 2e-6 * maxabs;
+    /* sigmoid' <= 1/4; a softmax probability moves by at most 2 p <= 2
+     * times the largest logit error */
+    double tol = (sig ? 0.25 : probs ? 2.0 : 1.0) * 4e-6 * bound + 2e-6 * maxabs;
 
     memset(kept, 1, E); /* eligible experts (reused below) */
     if (grouped) {
@@ -135,16 +137,8 @@ static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *l
         if (tkg > n_group)
             tkg = n_group;
         uint32_t size = E / n_group;
-        for (uint32_t q = 0; q < n_group; q++) {
-            uint32_t b1 = q * size, b2 = UINT32_MAX;
-            for (uint32_t e = q * size + 1; e < (q + 1) * size; e++)
-                if (ranks_before(s[e], e, s[b1], b1))
-                    b1 = e;
-            for (uint32_t e = q * size; e < (q + 1) * size; e++)
-                if (e != b1 && (b2 == UINT32_MAX || ranks_before(s[e], e, s[b2], b2)))
-                    b2 = e;
-            gs[q] = b2 == UINT32_MAX ? s[b1] : s[b1] + s[b2];
-        }
+        for (uint32_t q = 0; q < n_group; q++)
+            gs[q] = moevk_ref_group_score(d, s + (size_t)q * size, size);
         double gtol = 2 * tol;
         uint8_t *cg = kept + E; /* [n_group], past the E eligible flags */
         memset(cg, 0, n_group);

@@ -39,6 +39,8 @@ typedef struct mvk_route_args {
     uint32_t logit_tok0; /* logits row of token t is t - logit_tok0 */
     uint32_t E, K, routing, norm, n_group, topk_group;
     float scale;
+    bool sel_probs, group_max; /* mvk_route_push */
+    float norm_p, norm_min;
     /* fused: the router logits computed in the same dispatch (written to
      * logits too), from x [T, H] and the router weight/bias */
     bool fused;

@@ -39,17 +39,35 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
 /* ---- routing (scoring + top-k + weights) -------------------------------- */
 /* For each token t: ids[t*k + j] and weights[t*k + j] for slot j = 0..k-1,
  * slots ordered by decreasing selection score (ties: lower expert index;
- * NaN ranks below every number). For softmax_topk the selection score is
- * the logit (softmax is strictly monotonic, so this is the same choice
- * without rounding). near_tie (optional, [T]) is set to 1 for a token whose
- * k-th and (k+1)-th selection scores differ by a nonzero relative gap below
+ * NaN ranks below every number); the selection score of each expert is
+ * moevk_ref_selection_scores'. near_tie (optional, [T]) is set to 1 for a
+ * token whose k-th and (k+1)-th selection scores (or last kept and best
+ * dropped group scores) differ by a nonzero relative gap below
  * MOEVK_REF_NEAR_TIE (a tiebreak that rounding may flip), else 0. Uses from
  * desc: num_experts, top_k, routing, norm_topk_prob, n_group, topk_group,
- * routed_scaling_factor, correction_bias. Returns
- * MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated (the
- * outputs are then unspecified), else MOEVK_SUCCESS. */
+ * group_score, norm_p, norm_min, routed_scaling_factor, correction_bias.
+ * Returns MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated
+ * (the outputs are then unspecified), else MOEVK_SUCCESS. */
 moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
                              uint32_t *ids, float *weights, uint8_t *near_tie);
+
+/* 1 when the desc keeps only some expert groups (n_group > 1, topk_group <
+ * n_group, a mode that scores groups). */
+int moevk_ref_grouped(const moevk_layer_desc *desc);
+/* 1 when softmax_topk selects on the probabilities (plus correction_bias)
+ * rather than on the logits: with a correction bias or kept groups (the
+ * same choice as on the logits otherwise, without rounding). */
+int moevk_ref_selects_on_probs(const moevk_layer_desc *desc);
+/* The selection score c[e] of every expert for one token's logits l[E]:
+ * the logit (topk_softmax; softmax_topk unless it selects on the
+ * probabilities), softmax(l) + correction_bias, or sigmoid(l) +
+ * correction_bias (sigmoid_grouped). */
+void moevk_ref_selection_scores(const moevk_layer_desc *desc, const float *l, double *c);
+/* A group's score from its experts' selection scores cg[0..size-1]: the
+ * sum of its two best (its only one when size is 1), or its best
+ * (MOEVK_GROUP_MAX), in the selection order (a NaN counts only when fewer
+ * numbers are there). */
+double moevk_ref_group_score(const moevk_layer_desc *desc, const double *cg, uint32_t size);
 
 /* ---- counting, capacity, permutation ------------------------------------- */
 /* Capacity per expert for T tokens: UINT32_MAX when capacity_factor is 0,

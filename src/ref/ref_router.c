@@ -123,9 +123,50 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
 
 /* ---- routing ------------------------------------------------------------- */
 
-/* Group selection of sigmoid_grouped for one token: marks eligible[e] = 1
- * for the experts of the kept groups, 0 for the others. Returns 1 when the
- * last kept group and the best dropped one are a near-tie. */
+int moevk_ref_grouped(const moevk_layer_desc *desc)
+{
+    uint32_t n_group = desc->n_group ? desc->n_group : 1;
+    uint32_t topk_group = desc->topk_group ? desc->topk_group : n_group;
+    return desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX && n_group > 1 && topk_group < n_group;
+}
+
+int moevk_ref_selects_on_probs(const moevk_layer_desc *desc)
+{
+    return desc->routing == MOEVK_ROUTING_SOFTMAX_TOPK &&
+           (desc->correction_bias || moevk_ref_grouped(desc));
+}
+
+void moevk_ref_selection_scores(const moevk_layer_desc *desc, const float *l, double *c)
+{
+    uint32_t E = desc->num_experts;
+    const float *cb = desc->correction_bias;
+    if (desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+        for (uint32_t e = 0; e < E; e++)
+            c[e] = sigmoid((double)l[e]) + (cb ? (double)cb[e] : 0.0);
+    } else if (moevk_ref_selects_on_probs(desc)) {
+        double max, sum;
+        softmax_row(l, E, &max, &sum);
+        for (uint32_t e = 0; e < E; e++)
+            c[e] = exp((double)l[e] - max) / sum + (cb ? (double)cb[e] : 0.0);
+    } else {
+        for (uint32_t e = 0; e < E; e++)
+            c[e] = (double)l[e];
+    }
+}
+
+double moevk_ref_group_score(const moevk_layer_desc *desc, const double *cg, uint32_t size)
+{
+    uint32_t first = next_best(cg, NULL, size, NO_INDEX);
+    if (first == NO_INDEX)
+        return NAN; /* empty group (invalid desc): never kept first */
+    uint32_t second = desc->group_score == MOEVK_GROUP_MAX ? NO_INDEX
+                                                           : next_best(cg, NULL, size, first);
+    return second == NO_INDEX ? cg[first] : cg[first] + cg[second];
+}
+
+/* Group selection for one token: marks eligible[e] = 1 for the experts of
+ * the kept groups, 0 for the others. Returns 1 when the last kept group
+ * and the best dropped one are a near-tie. */
 static int keep_groups(const moevk_layer_desc *desc, const double *c, double *gscore,
                        uint8_t *eligible)
 {
@@ -136,19 +177,8 @@ static int keep_groups(const moevk_layer_desc *desc, const double *c, double *gs
         topk_group = n_group;
     uint32_t size = E / n_group; /* contiguous groups of `size` experts */
 
-    for (uint32_t g = 0; g < n_group; g++) {
-        /* the two largest c of the group (in the selection order, so NaN
-         * counts only when the group has fewer than two numbers) */
-        const double *cg = c + (size_t)g * size;
-        uint32_t first = next_best(cg, NULL, size, NO_INDEX);
-        uint32_t second = first == NO_INDEX ? NO_INDEX : next_best(cg, NULL, size, first);
-        if (first == NO_INDEX)
-            gscore[g] = NAN; /* empty group (invalid desc): never kept first */
-        else if (second == NO_INDEX)
-            gscore[g] = cg[first];
-        else
-            gscore[g] = cg[first] + cg[second];
-    }
+    for (uint32_t g = 0; g < n_group; g++)
+        gscore[g] = moevk_ref_group_score(desc, c + (size_t)g * size, size);
 
     for (uint32_t e = 0; e < E; e++)
         eligible[e] = 0;
@@ -162,12 +192,32 @@ static int keep_groups(const moevk_layer_desc *desc, const double *c, double *gs
     return next != NO_INDEX && near_tie_pair(gscore[g], gscore[next]);
 }
 
+/* The denominator of norm_topk_prob for the k weights w (docs/semantics.md):
+ * their sum or p-norm, then max(., norm_min) when norm_min > 0, else
+ * + 1e-20 for sigmoid_grouped. A NaN stays NaN. */
+static double norm_denominator(const moevk_layer_desc *desc, const double *w, uint32_t k)
+{
+    double p = desc->norm_p, den = 0.0;
+    if (p == 0.0 || p == 1.0) {
+        for (uint32_t j = 0; j < k; j++)
+            den += w[j];
+    } else {
+        for (uint32_t j = 0; j < k; j++)
+            den += pow(fabs(w[j]), p);
+        den = pow(den, 1.0 / p);
+    }
+    if (desc->norm_min > 0.0f)
+        return den < (double)desc->norm_min ? (double)desc->norm_min : den;
+    return desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED ? den + 1e-20 : den;
+}
+
 moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
                              uint32_t *ids, float *weights, uint8_t *near_tie)
 {
     uint32_t E = desc->num_experts, k = desc->top_k;
     uint32_t n_group = desc->n_group ? desc->n_group : 1;
-    int grouped = desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED;
+    int grouped = moevk_ref_grouped(desc);
+    double scale = desc->routed_scaling_factor ? (double)desc->routed_scaling_factor : 1.0;
 
     /* score: the selection score of each expert; gscore: group scores;
      * eligible: experts of the kept groups (grouped routing only) */
@@ -187,14 +237,7 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
         float *tw = weights + (size_t)t * k;
         int tie = 0;
 
-        for (uint32_t e = 0; e < E; e++) {
-            if (grouped) {
-                double bias = desc->correction_bias ? (double)desc->correction_bias[e] : 0.0;
-                score[e] = sigmoid((double)l[e]) + bias;
-            } else {
-                score[e] = (double)l[e];
-            }
-        }
+        moevk_ref_selection_scores(desc, l, score);
         if (grouped)
             tie |= keep_groups(desc, score, gscore, eligible);
 
@@ -225,6 +268,7 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
         }
 
         /* weights */
+        double wk[MOEVK_MAX_TOP_K];
         if (desc->routing == MOEVK_ROUTING_TOPK_SOFTMAX) {
             /* softmax over the k selected logits */
             double max = -INFINITY, sum = 0.0;
@@ -234,33 +278,25 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
             for (uint32_t j = 0; j < k; j++)
                 sum += exp((double)l[tid[j]] - max);
             for (uint32_t j = 0; j < k; j++)
-                tw[j] = (float)(exp((double)l[tid[j]] - max) / sum);
-        } else if (grouped) {
-            /* w = s (without the correction bias), optional normalisation,
-             * then the routed scaling factor */
-            double sum = 0.0;
-            double scale = desc->routed_scaling_factor ? (double)desc->routed_scaling_factor
-                                                       : 1.0;
+                wk[j] = exp((double)l[tid[j]] - max) / sum;
+        } else if (desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+            /* w = s (without the correction bias) */
             for (uint32_t j = 0; j < k; j++)
-                sum += sigmoid((double)l[tid[j]]);
-            for (uint32_t j = 0; j < k; j++) {
-                double wj = sigmoid((double)l[tid[j]]);
-                if (desc->norm_topk_prob)
-                    wj /= sum + 1e-20;
-                tw[j] = (float)(wj * scale);
-            }
+                wk[j] = sigmoid((double)l[tid[j]]);
         } else {
-            /* softmax_topk: the probability over all E, optionally
-             * renormalised over the k */
-            double max, sum, ksum = 0.0;
+            /* softmax_topk: the probability over all E */
+            double max, sum;
             softmax_row(l, E, &max, &sum);
             for (uint32_t j = 0; j < k; j++)
-                ksum += exp((double)l[tid[j]] - max) / sum;
-            for (uint32_t j = 0; j < k; j++) {
-                double p = exp((double)l[tid[j]] - max) / sum;
-                tw[j] = (float)(desc->norm_topk_prob ? p / ksum : p);
-            }
+                wk[j] = exp((double)l[tid[j]] - max) / sum;
         }
+        if (desc->norm_topk_prob && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX) {
+            double den = norm_denominator(desc, wk, k);
+            for (uint32_t j = 0; j < k; j++)
+                wk[j] /= den;
+        }
+        for (uint32_t j = 0; j < k; j++)
+            tw[j] = (float)(wk[j] * scale);
     }
     free(score);
     free(gscore);
