@@ -756,7 +756,7 @@ static void parse_bad(const char *json, const char *msg)
 /* The routing fields mvk_moe_config and moevk_layer_desc share. */
 #define ROUTING_FIELDS(X)                                                                       \
     X(routing) X(activation) X(norm_topk_prob) X(n_group) X(topk_group)                         \
-    X(routed_scaling_factor) X(swiglu_alpha) X(swiglu_limit)
+    X(routed_scaling_factor) X(swiglu_alpha) X(swiglu_limit) X(group_score) X(norm_p) X(norm_min)
 
 typedef struct config_row {
     const char *json;
@@ -768,6 +768,24 @@ typedef struct config_row {
 #define SILU .activation = MOEVK_ACT_SWIGLU, .act_name = "silu"
 
 static const config_row config_rows[] = {
+    /* DeepSeek-V2: "greedy" reads no groups; never renormalised */
+    {"{\"model_type\": \"deepseek_v2\", \"num_experts_per_tok\": 6, \"n_group\": 8,"
+     " \"topk_group\": 3, \"norm_topk_prob\": true}",
+     "deepseek_v2",
+     {.hidden = 4096, .ffn = 1407, .num_experts = 64, .top_k = 6, SILU, .n_group = 1,
+      .topk_group = 1, .routed_scaling_factor = 1.0f, .shared_ffn = 2 * 1407, .num_layers = 32,
+      .decoder_sparse_step = 1, .greedy = 1}},
+    {"{\"model_type\": \"deepseek_v2\", \"num_experts_per_tok\": 6, \"n_group\": 8,"
+     " \"topk_group\": 3, \"topk_method\": \"group_limited_greedy\", \"routed_scaling_factor\": 16.0}",
+     "deepseek_v2",
+     {.hidden = 4096, .ffn = 1407, .num_experts = 64, .top_k = 6, SILU, .n_group = 8,
+      .topk_group = 3, .routed_scaling_factor = 16.0f, .group_score = MOEVK_GROUP_MAX,
+      .shared_ffn = 2 * 1407, .num_layers = 32, .decoder_sparse_step = 1}},
+    /* ERNIE-4.5: the clamp, the correction bias, the MoE layer range */
+    {"{\"model_type\": \"ernie4_5_moe\"}", "ernie4_5_moe",
+     {.hidden = 2560, .ffn = 1536, .num_experts = 64, .top_k = 6, .norm_topk_prob = 1, SILU,
+      .norm_min = 1e-12f, .shared_ffn = 2 * 1536, .correction_bias = 1, .num_layers = 28,
+      .first_k_dense_replace = 1, .decoder_sparse_step = 1}},
     {"{\"model_type\": \"mixtral\"}", "mixtral",
      {.hidden = 4096, .ffn = 14336, .num_experts = 8, .top_k = 2, .norm_topk_prob = 1, SILU,
       .num_layers = 32, .decoder_sparse_step = 1}},
@@ -885,6 +903,7 @@ Test(model, config_fields_and_defaults_follow_transformers)
         SAME(num_decoder_layers)
         SAME(encoder_sparse_step)
         SAME(decoder_sparse_step_sw)
+        SAME(greedy)
 #undef SAME
         for (uint32_t k = 0; k < g.n_mlp_only_layers && k < 2; k++)
             cr_expect_eq(g.mlp_only_layers[k], r->want_mlp_only[k], "%s", r->json);
@@ -919,6 +938,16 @@ Test(model, config_errors_name_the_field)
               "n_shared_experts x moe_intermediate_size overflows");
     parse_bad("{\"model_type\": \"mixtral\", \"swiglu_limit\": \"x\", \"num_local_experts\": 0}",
               "0 experts is not in 1..");
+    parse_bad("{\"model_type\": \"deepseek_v2\", \"num_experts_per_tok\": 2, \"topk_method\": "
+              "\"noaux_tc\"}",
+              "\"topk_method\" = \"noaux_tc\" is not supported (greedy, group_limited_greedy)");
+    parse_bad("{\"model_type\": \"deepseek_v32\", \"mlp_layer_types\": [\"sparse\", \"moe\"]}",
+              "\"mlp_layer_types\"[1] is not \"dense\" or \"sparse\"");
+    parse_bad("{\"model_type\": \"ernie4_5_moe\", \"moe_layer_end_index\": -2}",
+              "\"moe_layer_end_index\" is not a layer index or -1");
+    parse_bad("{\"model_type\": \"jamba\", \"expert_layer_period\": 0}",
+              "\"expert_layer_period\" is 0");
+    parse_bad("{\"model_type\": \"deepseek_v2\"}", "\"num_experts_per_tok\" is required");
 }
 
 /* Which layers hold a MoE block, and under which tensor-name prefixes. */
@@ -945,7 +974,28 @@ static const layer_row layer_rows[] = {
     {MIXTRAL4, 4, 0, {NULL}, "layer 4 is out of range: mixtral has num_hidden_layers = 4"},
     {MIXTRAL4, 0, 1, {NULL}, "only for switch"},
     {DEEPSEEK2, 1, 0, {NULL}, "first_k_dense_replace = 2"},
-    {DEEPSEEK2, 2, 0, {"model.layers.2.mlp."}, NULL},
+    {DEEPSEEK2, 2, 0, {"model.layers.2.mlp.", "model.language_model.layers.2.mlp."}, NULL},
+    /* mlp_layer_types, when given, alone decides (first_k_dense_replace is
+     * only its default) */
+    {"{\"model_type\": \"deepseek_v32\", \"first_k_dense_replace\": 3,"
+     " \"mlp_layer_types\": [\"dense\", \"sparse\", \"dense\"]}",
+     1, 0, {"model.layers.1.mlp."}, NULL},
+    {"{\"model_type\": \"deepseek_v32\", \"mlp_layer_types\": [\"dense\", \"sparse\", \"dense\"]}",
+     2, 0, {NULL}, "layer 2 is a dense MLP layer (\"dense\" in mlp_layer_types)"},
+    {"{\"model_type\": \"deepseek_v32\", \"mlp_layer_types\": [\"sparse\"]}", 1, 0, {NULL},
+     "layer 1 is not in mlp_layer_types (1 entries)"},
+    {"{\"model_type\": \"deepseek_v32\"}", 2, 0, {NULL}, "first_k_dense_replace = 3"},
+    /* Jamba: N % expert_layer_period == expert_layer_offset */
+    {"{\"model_type\": \"jamba\"}", 3, 0, {"model.layers.3.feed_forward."}, NULL},
+    {"{\"model_type\": \"jamba\"}", 2, 0, {NULL},
+     "expert_layer_period = 2, expert_layer_offset = 1"},
+    /* ERNIE-4.5: from moe_layer_start_index to moe_layer_end_index */
+    {"{\"model_type\": \"ernie4_5_moe\", \"moe_layer_end_index\": 5}", 5, 0,
+     {"model.layers.5.mlp."}, NULL},
+    {"{\"model_type\": \"ernie4_5_moe\", \"moe_layer_end_index\": 5}", 6, 0, {NULL},
+     "past moe_layer_end_index = 5"},
+    {"{\"model_type\": \"ernie4_5_moe\"}", 0, 0, {NULL}, "moe_layer_start_index = 1"},
+    {"{\"model_type\": \"ernie4_5_moe\"}", 27, 0, {"model.layers.27.mlp."}, NULL},
     {QWEN2STEP, 0, 0, {NULL}, "decoder_sparse_step = 2"},
     {QWEN2STEP, 1, 0, {"model.layers.1.mlp."}, NULL},
     {QWEN2STEP, 3, 0, {NULL}, "mlp_only_layers"},
@@ -1719,7 +1769,7 @@ Test(model, descriptors_are_complete)
         else
             cr_expect(!a->shared[0] && !a->shared_gate, "%s: shared names without a size", name);
         /* the defaults make a valid config, and the listed message names it */
-        char json[512], list[256];
+        char json[512], list[1024];
         int o = snprintf(json, sizeof json, "{\"model_type\": \"%s\"", name);
         for (size_t i = 0; i < nkeys; i++) /* keys without a default: given */
             if (a->keys[i].required)
@@ -1731,10 +1781,10 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 13, "the table has %zu architectures", n);
+    cr_assert_eq(n, 33, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
-    char list[256];
+    char list[1024];
     cr_expect_str_eq(mvk_arch_list(list, sizeof list, mvk_arch_has_decoder),
                      "switch_transformers");
     cr_expect_str_eq(mvk_arch_list(list, sizeof list, mvk_arch_has_capacity),
@@ -2543,7 +2593,9 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         char iout[4096];
         const char *iargs[] = {"info", "--model", dir, NULL};
         cr_assert_eq(run_cli(iout, sizeof iout, iargs), 0, "%s: moevk info:\n%s", name, iout);
-        cr_assert(strstr(iout, "layer 0   MoE  H=64") && strstr(iout, "q4_k") &&
+        char want_layer[40];
+        snprintf(want_layer, sizeof want_layer, "layer %u   MoE  H=64", layer);
+        cr_assert(strstr(iout, want_layer) && strstr(iout, "q4_k") &&
                       strstr(iout, "total    1 MoE layer"),
                   "%s: moevk info --model:\n%s", name, iout);
         static const char *const backends[] = {"cpu", "vulkan"};

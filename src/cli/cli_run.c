@@ -27,7 +27,7 @@
 
 static void usage(FILE *f)
 {
-    char archs[256], hf[512];
+    char archs[256], hf[1024];
     fprintf(f,
             "usage: moevk run --model DIR|FILE.gguf --layer N [--decoder]\n"
             "                 --input X.safetensors [--output Y.safetensors] [--stats S.json]\n"
@@ -688,7 +688,7 @@ int cli_run(int argc, char **argv)
 built:
     if (opt.passthrough) {
         if (!ml.arch || !mvk_arch_has_capacity(ml.arch)) {
-            char list[256];
+            char list[1024];
             snprintf(err, sizeof err, "--dropped-passthrough is only for %s",
                      mvk_arch_list(list, sizeof list, mvk_arch_has_capacity));
             goto fail;

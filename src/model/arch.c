@@ -168,8 +168,9 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
         KEY(SHARED_FFN, shared_ffn, "shared_expert_intermediate_size"),                        \
         KEY(NUM_LAYERS, layers, "num_hidden_layers"), KEY(SPARSE_STEP, 1, "decoder_sparse_step"), \
         KEY(MLP_ONLY, 0, "mlp_only_layers")
-#define QWEN2_MOE_PARTS                                                                         \
-    .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER}, \
+#define QWEN2_MOE_PARTS QWEN2_MOE_PARTS_AT(DECODER_LAYER)
+#define QWEN2_MOE_PARTS_AT(prefix)                                                              \
+    .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {prefix},        \
     .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",                \
                "shared_expert.down_proj.weight"},                                               \
     .shared_gate = "shared_expert_gate.weight"
@@ -180,16 +181,30 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
  * layers first. Its keys (the class defaults given) and its parts. */
 #define DEEPSEEK_V3_KEYS(hidden, ffn, experts, top_k, n_group, topk_group, scaling, norm,     \
                          n_shared, first_dense, layers)                                       \
+    DEEPSEEK_V3_KEYS_AS("n_routed_experts", "n_shared_experts", hidden, ffn, experts, top_k,    \
+                        n_group, topk_group, scaling, norm, n_shared, first_dense, layers)
+/* the same with the names of the expert count and the shared count
+ * (NULL: no shared experts) */
+#define DEEPSEEK_V3_KEYS_AS(experts_key, shared_key, hidden, ffn, experts, top_k, n_group,     \
+                            topk_group, scaling, norm, n_shared, first_dense, layers)          \
     KEY(HIDDEN, hidden, "hidden_size"), KEY(FFN, ffn, "moe_intermediate_size"),                \
-        KEY(EXPERTS, experts, "n_routed_experts", "num_local_experts"),                        \
-        KEY(TOP_K, top_k, "num_experts_per_tok"), KEY(N_GROUP, n_group, "n_group"),           \
-        KEY(TOPK_GROUP, topk_group, "topk_group"), KEY(SCALING, scaling, "routed_scaling_factor"), \
-        KEY(NORM_TOPK, norm, "norm_topk_prob"), KEY(SHARED_EXPERTS, n_shared, "n_shared_experts"), \
+        KEY(EXPERTS, experts, experts_key, "num_local_experts"),                               \
+        KEY(TOP_K, top_k, "num_experts_per_tok", "num_experts_per_token"),                    \
+        KEY(N_GROUP, n_group, "n_group", "num_expert_group"),                                 \
+        KEY(TOPK_GROUP, topk_group, "topk_group"),                                            \
+        KEY(SCALING, scaling, "routed_scaling_factor", "router_scaling_factor"),              \
+        KEY(NORM_TOPK, norm, "norm_topk_prob", "moe_renormalize"),                            \
+        KEY(SHARED_EXPERTS, n_shared, shared_key),                                            \
         KEY(FIRST_K_DENSE, first_dense, "first_k_dense_replace"),                              \
-        KEY(NUM_LAYERS, layers, "num_hidden_layers")
-#define DEEPSEEK_V3_PARTS(prefix)                                                               \
-    .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {prefix},     \
-    .correction_bias = "gate.e_score_correction_bias",                                         \
+        KEY(NUM_LAYERS, layers, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")
+/* the parts, with the correction bias under `bias` (most: in the router) */
+#define DEEPSEEK_V3_PARTS_BIAS(bias, ...)                                                       \
+    .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {__VA_ARGS__}, \
+    .correction_bias = bias,                                                                   \
+    .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",              \
+               "shared_experts.down_proj.weight"}
+#define DEEPSEEK_V3_PARTS(...) DEEPSEEK_V3_PARTS_BIAS("gate.e_score_correction_bias", __VA_ARGS__)
+#define DEEPSEEK_SHARED                                                                         \
     .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",              \
                "shared_experts.down_proj.weight"}
 /* a key the class has no default for (None): the config must give it */
@@ -216,6 +231,14 @@ static const mvk_arch archs[] = {
     {.model_types = {"qwen3_next"},
      .keys = {QWEN2_MOE_KEYS(2048, 512, 512, 10, 1, 512, 48)},
      QWEN2_MOE_PARTS},
+    /* the text models of Qwen3.5-MoE (always renormalised) and Qwen4-Exp:
+     * Qwen2-MoE blocks under model.language_model. */
+    {.model_types = {"qwen3_5_moe_text"},
+     .keys = {QWEN2_MOE_KEYS(2048, 512, 256, 8, 1, 512, 40)},
+     QWEN2_MOE_PARTS_AT("model.language_model.layers.{N}.mlp.")},
+    {.model_types = {"qwen4_exp_text"},
+     .keys = {QWEN2_MOE_KEYS(2048, 512, 512, 10, 1, 512, 40)},
+     QWEN2_MOE_PARTS_AT("model.language_model.layers.{N}.mlp.")},
     {
         .model_types = {"qwen3_moe"},
         .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 768, "moe_intermediate_size"),
@@ -227,6 +250,24 @@ static const mvk_arch archs[] = {
         HF_DECODER_BLOCK,
         .layer_prefixes = {DECODER_LAYER},
     },
+    /* MellumSparseMoeBlock: Qwen3-MoE's, MoE layers by mlp_layer_types */
+    {.model_types = {"mellum"},
+     .keys = {KEY(HIDDEN, 2304, "hidden_size"), KEY(FFN, 896, "moe_intermediate_size"),
+              KEY(EXPERTS, 64, "num_local_experts", "num_experts"),
+              KEY(TOP_K, 8, "num_experts_per_tok"), KEY(NORM_TOPK, 1, "norm_topk_prob"),
+              KEY(NUM_LAYERS, 28, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER}},
+    /* JambaSparseMoeBlock: softmax top-k, not renormalised, in the layers
+     * with N % expert_layer_period == expert_layer_offset */
+    {.model_types = {"jamba"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 14336, "intermediate_size"),
+              KEY(EXPERTS, 16, "num_experts"), KEY(TOP_K, 2, "num_experts_per_tok"),
+              FIXED(NORM_TOPK, 0), KEY(NUM_LAYERS, 32, "num_hidden_layers"),
+              KEY(EXPERT_PERIOD, 2, "expert_layer_period"),
+              KEY(EXPERT_OFFSET, 1, "expert_layer_offset")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {"model.layers.{N}.feed_forward."}, .router = "router.weight",
+     .layouts = {&stacked, &per_expert_proj}},
     {
         /* the text model of Qwen3-VL-MoE (config.json's text_config; its
          * tensors under model.language_model.): Qwen3-MoE experts, the top
@@ -241,12 +282,121 @@ static const mvk_arch archs[] = {
         HF_DECODER_BLOCK,
         .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
     },
+    /* (also the text model of Kimi-K2.5, under model.language_model.) */
     {.model_types = {"deepseek_v3"},
      .keys = {DEEPSEEK_V3_KEYS(7168, 2048, 256, 8, 8, 4, 2.5f, 1, 1, 3, 61)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER, "model.language_model.layers.{N}.mlp.")},
+    /* DeepseekV32MoE, GlmMoeDsaMoE, Glm4MoeLiteMoE, ExaoneMoeSparseMoEBlock,
+     * SolarOpenMoE, KimiLinearMoE, BailingHybridMoE, MiMoV2FlashMoE (no
+     * shared experts), BeamMoE (none either; its scale multiplies the
+     * combined output, which is the weights' scale), AXK2MoE (no groups by
+     * default) and the configuration-only sarvam_mla are DeepseekV3MoE
+     * under their names and defaults; their MoE layers are mlp_layer_types'
+     * "sparse" ones */
+    {.model_types = {"deepseek_v32"},
+     .keys = {DEEPSEEK_V3_KEYS(7168, 2048, 256, 8, 8, 4, 2.5f, 1, 1, 3, 61)},
      DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"glm_moe_dsa"},
+     .keys = {DEEPSEEK_V3_KEYS(6144, 2048, 256, 8, 1, 1, 2.5f, 1, 1, 3, 78)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"glm4_moe_lite"},
+     .keys = {DEEPSEEK_V3_KEYS(2048, 1536, 64, 4, 1, 1, 1.8f, 1, 1, 1, 47)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"exaone_moe"},
+     .keys = {DEEPSEEK_V3_KEYS_AS("num_experts", "num_shared_experts", 4096, 1024, 64, 8, 1, 1,
+                                  2.5f, 1, 1, 1, 32)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"solar_open"},
+     .keys = {DEEPSEEK_V3_KEYS(4096, 1280, 128, 8, 1, 1, 1.0f, 1, 1, 0, 48)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"kimi_linear"},
+     .keys = {DEEPSEEK_V3_KEYS_AS("num_experts", "num_shared_experts", 2304, 1024, 256, 8, 1, 1,
+                                  2.446f, 1, 1, 1, 27)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"bailing_hybrid"},
+     .keys = {DEEPSEEK_V3_KEYS_AS("num_experts", "num_shared_experts", 2560, 768, 512, 8, 8, 4,
+                                  2.5f, 1, 1, 2, 42)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"mimo_v2_flash"},
+     .keys = {DEEPSEEK_V3_KEYS_AS("n_routed_experts", NULL, 4096, 2048, 256, 8, 1, 1, 1.0f, 1, 0,
+                                  1, 48)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"beam"},
+     .keys = {DEEPSEEK_V3_KEYS_AS("num_experts", NULL, 5120, 2560, 256, 8, 8, 4, 2.5f, 1, 0, 3,
+                                  52)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"axk2"},
+     .keys = {DEEPSEEK_V3_KEYS(2048, 512, 128, 8, 1, 1, 2.5f, 1, 1, 1, 48)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    {.model_types = {"sarvam_mla"},
+     .keys = {DEEPSEEK_V3_KEYS(4096, 2048, 128, 8, 1, 1, 2.5f, 1, 1, 1, 32)},
+     DEEPSEEK_V3_PARTS(DECODER_LAYER)},
+    /* HYV3MoE: DeepseekV3MoE without groups, its correction bias in the
+     * block (mlp.e_score_correction_bias), always normalised */
+    {.model_types = {"hy_v3"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 1536, "moe_intermediate_size"),
+              KEY(EXPERTS, 192, "num_experts"), KEY(TOP_K, 8, "num_experts_per_tok"),
+              KEY(SCALING, 2.826f, "router_scaling_factor"), FIXED(NORM_TOPK, 1),
+              KEY(SHARED_EXPERTS, 1, "num_shared_experts"),
+              KEY(NUM_LAYERS, 80, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     DEEPSEEK_V3_PARTS_BIAS("e_score_correction_bias", DECODER_LAYER)},
+    /* MiniMaxM2SparseMoeBlock: sigmoid scores plus the block's correction
+     * bias choose the top k, no groups, always normalised */
+    {.model_types = {"minimax_m2"},
+     .keys = {KEY(HIDDEN, 3072, "hidden_size"), KEY(FFN, 1536, "intermediate_size"),
+              KEY(EXPERTS, 256, "num_local_experts"), KEY(TOP_K, 8, "num_experts_per_tok"),
+              FIXED(NORM_TOPK, 1), KEY(NUM_LAYERS, 62, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK,
+     .layer_prefixes = {"model.layers.{N}.block_sparse_moe.", DECODER_LAYER},
+     .correction_bias = "e_score_correction_bias"},
+    /* DeepseekV2Moe: softmax probabilities, greedy top-k or (topk_method
+     * group_limited_greedy) groups scored by their best expert, times the
+     * scaling factor, never renormalised (the router does not read
+     * norm_topk_prob); shared experts beside */
+    {.model_types = {"deepseek_v2"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 1407, "moe_intermediate_size"),
+              KEY(EXPERTS, 64, "n_routed_experts", "num_experts"),
+              REQUIRED(TOP_K, "num_experts_per_tok"), KEY(N_GROUP, 1, "n_group"),
+              KEY(TOPK_GROUP, 1, "topk_group"), KEY(TOPK_METHOD, 0, "topk_method"),
+              KEY(SCALING, 1.0f, "routed_scaling_factor"), FIXED(NORM_TOPK, 0),
+              KEY(SHARED_EXPERTS, 2, "n_shared_experts"),
+              KEY(FIRST_K_DENSE, 0, "first_k_dense_replace"),
+              KEY(NUM_LAYERS, 32, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
+     DEEPSEEK_SHARED},
+    /* Mistral4MoE: softmax probabilities, DeepSeek-V3's groups (the sum of
+     * the two best), optionally normalised, times the scaling factor */
+    {.model_types = {"mistral4"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 2048, "moe_intermediate_size"),
+              KEY(EXPERTS, 128, "n_routed_experts", "num_local_experts"),
+              KEY(TOP_K, 4, "num_experts_per_tok"), KEY(N_GROUP, 1, "n_group"),
+              KEY(TOPK_GROUP, 1, "topk_group"), KEY(SCALING, 1.0f, "routed_scaling_factor"),
+              KEY(NORM_TOPK, 1, "norm_topk_prob"), KEY(SHARED_EXPERTS, 1, "n_shared_experts"),
+              KEY(FIRST_K_DENSE, 0, "first_k_dense_replace"),
+              KEY(NUM_LAYERS, 36, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
+     DEEPSEEK_SHARED},
+    /* Ernie4_5_MoeSparseMoeBlock: the correction bias is added to the
+     * softmax probabilities to choose, the weights are the probabilities
+     * over max(their sum, moe_norm_min); MoE layers from
+     * moe_layer_start_index to moe_layer_end_index every
+     * moe_layer_interval */
+    {.model_types = {"ernie4_5_moe"},
+     .keys = {KEY(HIDDEN, 2560, "hidden_size"), KEY(FFN, 1536, "moe_intermediate_size"),
+              KEY(EXPERTS, 64, "moe_num_experts", "num_experts"),
+              KEY(TOP_K, 6, "moe_k", "num_experts_per_tok"), FIXED(NORM_TOPK, 1),
+              KEY(NORM_MIN, 1e-12f, "moe_norm_min"),
+              KEY(SHARED_EXPERTS, 2, "moe_num_shared_experts"),
+              KEY(NUM_LAYERS, 28, "num_hidden_layers"),
+              KEY(FIRST_K_DENSE, 1, "moe_layer_start_index"),
+              KEY(LAST_MOE_LAYER, -1, "moe_layer_end_index"),
+              KEY(SPARSE_STEP, 1, "moe_layer_interval")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
+     .correction_bias = "gate.moe_statics.e_score_correction_bias", DEEPSEEK_SHARED},
     /* Glm4MoeMoE and Dots1MoE are DeepseekV3MoE (router, groups, shared
      * experts) under their own names and defaults */
-    {.model_types = {"glm4_moe"},
+    /* (sarvam_moe: a configuration that runs Glm4MoeModel) */
+    {.model_types = {"glm4_moe", "sarvam_moe"},
      .keys = {DEEPSEEK_V3_KEYS(4096, 1408, 128, 8, 1, 1, 1.0f, 1, 1, 1, 46)},
      DEEPSEEK_V3_PARTS(DECODER_LAYER)},
     /* the text model of GLM-4.5V (text_config; under model.language_model.) */

@@ -60,11 +60,27 @@ typedef enum mvk_cfg_field {
     MVK_CFG_SPARSE_DECODER_LAYERS, /* num_sparse_decoder_layers              */
     MVK_CFG_ENCODER_STEP,     /* encoder_sparse_step                         */
     MVK_CFG_DECODER_STEP,     /* decoder_sparse_step of the decoder stack    */
+    MVK_CFG_TOPK_METHOD,      /* DeepSeek-V2's topk_method: "greedy" (no
+                                 groups: n_group and topk_group are then
+                                 ignored) or "group_limited_greedy"
+                                 (MOEVK_GROUP_MAX); def 0 or 1 for them    */
+    MVK_CFG_NORM_P,           /* a p-norm order (DBRX's
+                                 moe_normalize_expert_weights): a number sets
+                                 norm_topk_prob and norm_p, an explicit null
+                                 turns the normalisation off               */
+    MVK_CFG_NORM_MIN,         /* norm_min: the normalisation's clamp         */
+    MVK_CFG_LAYER_TYPES,      /* mlp_layer_types: "dense" / "sparse" per
+                                 layer; when given, it alone says which
+                                 layers are MoE                            */
+    MVK_CFG_LAST_MOE_LAYER,   /* the last MoE layer (ERNIE's
+                                 moe_layer_end_index; -1: the last layer)  */
+    MVK_CFG_EXPERT_PERIOD,    /* layer N is MoE when N % period == offset    */
+    MVK_CFG_EXPERT_OFFSET,    /*   (Jamba's expert_layer_period / _offset)   */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 
 /* One config key: the first of `names` present with a non-null value is
- * read; absent (or null) it takes the default: def_of(config so far) when
+ * read (a name "a.b" is key b of the object a: DBRX's ffn_config); absent (or null) it takes the default: def_of(config so far) when
  * set, else def. No names: the field is always the default (a value the
  * architecture fixes). `required`: absent is an error. Defaults of float
  * fields are written as float literals (1.702f) so that they convert
@@ -119,9 +135,12 @@ typedef struct mvk_arch_layout {
 
 /* Which layers hold a MoE block. */
 typedef enum mvk_sparse_rule {
-    /* layers 0 .. num_layers - 1 of one stack, less the first
-     * first_k_dense_replace, those in mlp_only_layers and those with
-     * (N + 1) % decoder_sparse_step != 0 (each a no-op when not read) */
+    /* layers 0 .. num_layers - 1 of one stack: those mlp_layer_types
+     * says "sparse" when it is given; else all less the first
+     * first_k_dense_replace, those past the last MoE layer, those in
+     * mlp_only_layers, those with (N + 1) % decoder_sparse_step != 0 and
+     * those with N % expert period != offset (each a no-op when not
+     * read) */
     MVK_SPARSE_DECODER,
     /* an encoder (num_layers, encoder_sparse_step) and a decoder stack
      * (num_decoder_layers, decoder step): block N of a stack with step s is

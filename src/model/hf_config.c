@@ -24,6 +24,10 @@ typedef enum value_type {
     V_F32,       /* a finite number into a float                                 */
     V_LIST,      /* a list of layer indices: mlp_only_layers                     */
     V_TIMES_FFN, /* an integer n: the uint32_t field = n x ffn                   */
+    V_TOPK_METHOD, /* "greedy" / "group_limited_greedy" (MVK_CFG_TOPK_METHOD)      */
+    V_NORM_P,    /* a number, or null: off (MVK_CFG_NORM_P)                      */
+    V_LAYER_TYPES, /* a list of "dense" / "sparse" (mlp_layer_types)             */
+    V_LAST_LAYER, /* an integer >= -1 into a uint32_t, -1 as UINT32_MAX          */
 } value_type;
 
 typedef struct field_info {
@@ -60,6 +64,13 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
                                        "num_sparse_decoder_layers"},
     [MVK_CFG_ENCODER_STEP] = {V_U32, AT(encoder_sparse_step), "encoder_sparse_step"},
     [MVK_CFG_DECODER_STEP] = {V_U32, AT(decoder_sparse_step_sw), "decoder_sparse_step"},
+    [MVK_CFG_TOPK_METHOD] = {V_TOPK_METHOD, AT(greedy), "topk_method"},
+    [MVK_CFG_NORM_P] = {V_NORM_P, AT(norm_p), "moe_normalize_expert_weights"},
+    [MVK_CFG_NORM_MIN] = {V_F32, AT(norm_min), "moe_norm_min"},
+    [MVK_CFG_LAYER_TYPES] = {V_LAYER_TYPES, AT(layer_types), "mlp_layer_types"},
+    [MVK_CFG_LAST_MOE_LAYER] = {V_LAST_LAYER, AT(last_moe_layer), "moe_layer_end_index"},
+    [MVK_CFG_EXPERT_PERIOD] = {V_U32, AT(expert_period), "expert_layer_period"},
+    [MVK_CFG_EXPERT_OFFSET] = {V_U32, AT(expert_offset), "expert_layer_offset"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -79,19 +90,47 @@ typedef struct cfg_reader {
     const cJSON *top;  /* the whole config (quantization_config lives there) */
 } cfg_reader;
 
+/* The item a name names: a key of the root, or "a.b": key b of the object
+ * a (NULL when a is absent or not an object). */
+static const cJSON *item(const cfg_reader *r, const char *name)
+{
+    const char *dot = strchr(name, '.');
+    if (!dot)
+        return cJSON_GetObjectItemCaseSensitive(r->root, name);
+    char outer[64];
+    size_t n = (size_t)(dot - name);
+    if (n >= sizeof outer)
+        return NULL;
+    memcpy(outer, name, n);
+    outer[n] = 0;
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(r->root, outer);
+    return cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, dot + 1) : NULL;
+}
+
 /* The first of the names present with a non-null value (its name in
  * *found), or NULL. */
 static const cJSON *lookup(const cfg_reader *r, const char *const *names, size_t n,
                            const char **found)
 {
     for (size_t i = 0; i < n && names[i]; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, names[i]);
+        const cJSON *v = item(r, names[i]);
         if (v && !cJSON_IsNull(v)) {
             *found = names[i];
             return v;
         }
     }
     return NULL;
+}
+
+/* 1 when the first of the names present holds an explicit null. */
+static int explicit_null(const cfg_reader *r, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n && names[i]; i++) {
+        const cJSON *v = item(r, names[i]);
+        if (v)
+            return cJSON_IsNull(v);
+    }
+    return 0;
 }
 
 static int uint_value(const cfg_reader *r, const cJSON *v, const char *name, uint64_t max,
@@ -147,6 +186,27 @@ static int list_value(const cfg_reader *r, const cJSON *v, const char *name, mvk
     return 0;
 }
 
+static int layer_types_value(const cfg_reader *r, const cJSON *v, const char *name,
+                             mvk_moe_config *c)
+{
+    if (!cJSON_IsArray(v))
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a list", r->what, name);
+    int n = cJSON_GetArraySize(v);
+    c->layer_types = calloc(n ? (size_t)n : 1, 1);
+    if (!c->layer_types)
+        return mvk_errf(r->err, r->errsz, "out of host memory");
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(v, i);
+        const char *t = cJSON_IsString(e) ? e->valuestring : NULL;
+        if (!t || (strcmp(t, "dense") && strcmp(t, "sparse")))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not \"dense\" or \"sparse\"",
+                            r->what, name, i);
+        c->layer_types[i] = t[0] == 's';
+    }
+    c->n_layer_types = (uint32_t)n;
+    return 0;
+}
+
 /* One key of the descriptor into its field: the value, or the default. */
 static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *k,
                     mvk_moe_config *c)
@@ -193,6 +253,42 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
         return 0;
     case V_LIST:
         return v ? list_value(r, v, name, c) : 0;
+    case V_LAYER_TYPES:
+        return v ? layer_types_value(r, v, name, c) : 0;
+    case V_TOPK_METHOD: {
+        static const char *const methods[] = {"greedy", "group_limited_greedy"};
+        int m = def != 0;
+        if (v) {
+            const char *t = cJSON_IsString(v) ? v->valuestring : NULL;
+            m = t && !strcmp(t, methods[0]) ? 0 : t && !strcmp(t, methods[1]) ? 1 : -1;
+            if (m < 0)
+                return mvk_errf(r->err, r->errsz,
+                                "%s: \"%s\" = \"%.32s\" is not supported (greedy, "
+                                "group_limited_greedy)",
+                                r->what, name, t ? t : "(not a string)");
+        }
+        c->greedy = m == 0;
+        c->group_score = m == 1 ? MOEVK_GROUP_MAX : MOEVK_GROUP_TOP2_SUM;
+        return 0;
+    }
+    case V_NORM_P:
+        /* a number: normalise by that p-norm; null: do not normalise */
+        if (v && float_value(r, v, name, &f))
+            return -1;
+        if (v && !(f > 0))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %g is not a positive p", r->what,
+                            name, (double)f);
+        c->norm_topk_prob = !explicit_null(r, k->names, MVK_KEY_NAMES);
+        c->norm_p = c->norm_topk_prob ? f : 0.0f;
+        return 0;
+    case V_LAST_LAYER: {
+        double x = v && cJSON_IsNumber(v) ? v->valuedouble : def;
+        if ((v && !cJSON_IsNumber(v)) || !(x >= -1) || x > UINT32_MAX - 1.0 || x != floor(x))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a layer index or -1", r->what,
+                            name);
+        c->last_moe_layer = x < 0 ? UINT32_MAX : (uint32_t)x;
+        return 0;
+    }
     }
     return mvk_errf(r->err, r->errsz, "%s: key \"%s\" has an unknown field type", r->what, name);
 }
@@ -217,7 +313,7 @@ static int read_act(const cfg_reader *r, const mvk_arch_act *act, mvk_moe_config
             c->activation = n->activation;
             return 0;
         }
-    char list[256];
+    char list[1024];
     size_t o = 0;
     list[0] = 0;
     for (const mvk_act_name *n = act->names; n->name && o < sizeof list; n++)
@@ -258,12 +354,15 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
             return mvk_errf(r->err, r->errsz,
                             "%s: \"%s\" = %u exceeds the experts of the %s kept groups", r->what,
                             key_name(a, MVK_CFG_TOP_K), c->top_k, tn);
-        if (c->num_experts / c->n_group < 2)
+        if (c->num_experts / c->n_group < 2 && c->group_score != MOEVK_GROUP_MAX)
             return mvk_errf(r->err, r->errsz,
                             "%s: groups of one expert (%s = %u): transformers scores a group by "
                             "its top-2 experts",
                             r->what, gn, c->n_group);
     }
+    if (c->expert_period == 0)
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is 0", r->what,
+                        key_name(a, MVK_CFG_EXPERT_PERIOD));
     if (c->decoder_sparse_step == 0)
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" is 0", r->what,
                         key_name(a, MVK_CFG_SPARSE_STEP));
@@ -281,6 +380,8 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
     c->arch = a;
     c->routing = a->routing;
     c->decoder_sparse_step = 1;
+    c->last_moe_layer = UINT32_MAX;
+    c->expert_period = 1;
     /* named biases are there unless a key says otherwise */
     c->router_bias = a->router_bias != NULL;
     c->correction_bias = a->correction_bias != NULL;
@@ -292,6 +393,8 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
             return -1;
     if (read_act(r, &a->act, c))
         return -1;
+    if (c->greedy) /* topk_method "greedy" reads no groups */
+        c->n_group = c->topk_group = 1;
     c->shared_gate = a->shared_gate != NULL && c->shared_ffn != 0;
     if (mvk_hfq_config_read(r->top ? r->top : r->root, r->what, &c->quant, r->err, r->errsz))
         return -1;
@@ -334,7 +437,7 @@ static int parse(const mvk_arch *arch, const char *text, size_t len, const char 
             r.root = tc;
             r.what = text_what;
         } else if (!(arch = mvk_arch_find(mt->valuestring))) {
-            char list[256];
+            char list[1024];
             rc = mvk_errf(err, errsz, "%s: model_type \"%.64s\" is not supported (%s)", what,
                           mt->valuestring, mvk_arch_list(list, sizeof list, NULL));
             goto done;
@@ -370,6 +473,8 @@ void mvk_hf_config_free(mvk_moe_config *c)
         return;
     free(c->mlp_only_layers);
     c->mlp_only_layers = NULL;
+    free(c->layer_types);
+    c->layer_types = NULL;
     c->n_mlp_only_layers = 0;
 }
 
@@ -382,7 +487,7 @@ int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
     *count = 0;
     const mvk_arch *a = c->arch;
     const char *arch = mvk_arch_name(a);
-    char list[256];
+    char list[1024];
     if (decoder && !mvk_arch_has_decoder(a))
         return mvk_errf(err, errsz, "--decoder is only for %s",
                         mvk_arch_list(list, sizeof list, mvk_arch_has_decoder));
@@ -408,6 +513,26 @@ int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
         if (layer >= c->num_layers)
             return mvk_errf(err, errsz, "layer %u is out of range: %s has %s = %u", layer, arch,
                             key_name(a, MVK_CFG_NUM_LAYERS), c->num_layers);
+        if (c->layer_types) {
+            if (layer >= c->n_layer_types)
+                return mvk_errf(err, errsz, "layer %u is not in %s (%u entries)", layer,
+                                key_name(a, MVK_CFG_LAYER_TYPES), c->n_layer_types);
+            if (!c->layer_types[layer])
+                return mvk_errf(err, errsz,
+                                "layer %u is a dense MLP layer (\"dense\" in %s), not a MoE layer",
+                                layer, key_name(a, MVK_CFG_LAYER_TYPES));
+            goto sparse;
+        }
+        if (layer > c->last_moe_layer)
+            return mvk_errf(err, errsz, "layer %u is a dense MLP layer (past %s = %u)", layer,
+                            key_name(a, MVK_CFG_LAST_MOE_LAYER), c->last_moe_layer);
+        if (layer % c->expert_period != c->expert_offset)
+            return mvk_errf(err, errsz,
+                            "layer %u is a dense MLP layer (%s = %u, %s = %u: layers with N %% %u "
+                            "== %u are MoE)",
+                            layer, key_name(a, MVK_CFG_EXPERT_PERIOD), c->expert_period,
+                            key_name(a, MVK_CFG_EXPERT_OFFSET), c->expert_offset,
+                            c->expert_period, c->expert_offset);
         for (uint32_t i = 0; i < c->n_mlp_only_layers; i++)
             if (c->mlp_only_layers[i] == layer)
                 return mvk_errf(err, errsz,
@@ -422,6 +547,7 @@ int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
         if (layer < c->first_k_dense_replace)
             return mvk_errf(err, errsz, "layer %u is a dense MLP layer (%s = %u), not a MoE layer",
                             layer, key_name(a, MVK_CFG_FIRST_K_DENSE), c->first_k_dense_replace);
+    sparse:;
     }
     for (int i = 0; i < MVK_MAX_PREFIXES && pattern[i]; i++) {
         if (mvk_arch_expand(prefixes[i], MVK_PREFIX_LEN, "", pattern[i], layer)) {

@@ -35,6 +35,14 @@ typedef struct mvk_moe_config {
     uint32_t *mlp_only_layers;
     uint32_t n_mlp_only_layers;
     uint32_t first_k_dense_replace; /* deepseek_v3                         */
+    uint8_t *layer_types;     /* mlp_layer_types: 1 = sparse (NULL: none)  */
+    uint32_t n_layer_types;
+    uint32_t last_moe_layer;  /* UINT32_MAX: none                          */
+    uint32_t expert_period, expert_offset; /* 1, 0 unless read             */
+    /* routing refinements (moevk_layer_desc's) */
+    moevk_group_score group_score;
+    float norm_p, norm_min;
+    int greedy;               /* topk_method "greedy": groups ignored      */
     /* switch_transformers */
     uint64_t expert_capacity; /* tokens per expert per sequence            */
     uint32_t num_decoder_layers, encoder_sparse_step, decoder_sparse_step_sw;

@@ -326,6 +326,18 @@ static int quantized_f32(bctx *b, const char *pattern, uint64_t rows, uint64_t c
 
 #define SHAPE(...) ((const uint64_t[]){__VA_ARGS__})
 
+/* A per-expert vector: [E], or [1, E] as ERNIE-4.5 stores its correction
+ * bias. */
+static const mvk_st_tensor *need_vector(bctx *b, const char *pattern, uint32_t E)
+{
+    char name[512];
+    tensor_name(b, pattern, 0, name, sizeof name);
+    const mvk_st_tensor *t = mvk_st_set_find(b->set, name, b->err, b->errsz);
+    if (t && t->ndim == 2 && t->shape[0] == 1)
+        return need(b, pattern, 0, 2, SHAPE(1, E), "[1, E]");
+    return t ? need(b, pattern, 0, 1, SHAPE(E), "[E]") : NULL;
+}
+
 /* An f32 copy of a whole (small) tensor: biases. */
 static float *f32_copy(bctx *b, const mvk_st_tensor *t)
 {
@@ -718,6 +730,9 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         .n_group = c->n_group,
         .topk_group = c->topk_group,
         .routed_scaling_factor = c->routed_scaling_factor,
+        .group_score = c->group_score,
+        .norm_p = c->norm_p,
+        .norm_min = c->norm_min,
         .swiglu_alpha = c->swiglu_alpha,
         .swiglu_limit = c->swiglu_limit,
     };
@@ -734,8 +749,7 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     if (c->router_bias && a->router_bias &&
         !(rb = need(b, a->router_bias, 0, 1, SHAPE(E), "[E]")))
         goto fail;
-    if (c->correction_bias && a->correction_bias &&
-        !(cb = need(b, a->correction_bias, 0, 1, SHAPE(E), "[E]")))
+    if (c->correction_bias && a->correction_bias && !(cb = need_vector(b, a->correction_bias, E)))
         goto fail;
 
     /* experts */
