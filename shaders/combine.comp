@@ -32,7 +32,9 @@ void main()
     for (uint j = 0; j < p.K; j++) {
         int r = row_of[t * p.K + j];
         if (r >= 0)
-            acc = fma(weights[(p.tok0 + t) * p.K + j], o_rows[uint(r) * p.H + h], acc);
+            acc = p.unit_weights != 0u ? acc + o_rows[uint(r) * p.H + h]
+                                       : fma(weights[(p.tok0 + t) * p.K + j],
+                                             o_rows[uint(r) * p.H + h], acc);
     }
     for (uint s = 0; s < p.n_shared; s++) {
         float v = shared_out[(s * p.T + t) * p.H + h];

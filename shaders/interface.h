@@ -291,6 +291,24 @@ MVK_PUSH_END(mvk_gemm_push)
 #define MVK_GEMV_WG 256u
 #define MVK_GEMV_COLS 64u /* output columns per workgroup (default) */
 
+/* ---- scale_rows: xs[row(t, j)] = w[t, j] * x[t] (MOEVK_LAYER_WEIGHTS_ON_INPUT)
+ * for the T tokens tok0 .. tok0 + T - 1 of an expert chunk: x and the
+ * weights indexed by token, row_of by token - tok0; one thread per element
+ * of x, dropped assignments skipped. The up projection then reads xs row by
+ * row instead of gathering x. */
+#define MVK_SCALE_WG 256u
+#define MVK_SCALE_BIND_X 0
+#define MVK_SCALE_BIND_ROW_OF 1
+#define MVK_SCALE_BIND_WEIGHTS 2
+#define MVK_SCALE_BIND_XS 3
+#define MVK_SCALE_BINDINGS 4
+#define MVK_SCALE_NSPEC 1
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_SCALE_ROWS)
+MVK_PUSH_BEGIN(mvk_scale_push)
+    MVK_U32 T, H, K, elem0, tok0;
+MVK_PUSH_END(mvk_scale_push)
+#endif
+
 /* ---- combine: y[t] = sum_j w[t, j] o[row(t, j)] + shared outputs ------- */
 #define MVK_COMBINE_WG 256u
 #define MVK_COMBINE_BIND_O 0
@@ -305,6 +323,7 @@ MVK_PUSH_END(mvk_gemm_push)
 MVK_PUSH_BEGIN(mvk_combine_push)
     MVK_U32 T, H, K, n_shared, has_gate, elem0;
     MVK_U32 tok0; /* weights row of local token t is tok0 + t */
+    MVK_U32 unit_weights; /* 1: every weight is 1 (MOEVK_LAYER_WEIGHTS_ON_INPUT) */
 MVK_PUSH_END(mvk_combine_push)
 #endif
 

@@ -226,7 +226,7 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     if (d.flags & ~(uint32_t)(MOEVK_LAYER_BATCH_INVARIANT | MOEVK_LAYER_RECORD_NO_STATS |
                               MOEVK_LAYER_MATRIX_DTYPES | MOEVK_LAYER_QUANTIZE |
                               MOEVK_LAYER_VRAM_BUDGET | MOEVK_LAYER_CACHE_STATIC |
-                              MOEVK_LAYER_IMPORT_HOST_EXPERTS))
+                              MOEVK_LAYER_IMPORT_HOST_EXPERTS | MOEVK_LAYER_WEIGHTS_ON_INPUT))
         return mvk_fail(ctx, bad, "flags 0x%x has unknown bits", d.flags);
     if ((d.flags & MOEVK_LAYER_CACHE_STATIC) && !(d.flags & MOEVK_LAYER_VRAM_BUDGET))
         return mvk_fail(ctx, bad, "flags: MOEVK_LAYER_CACHE_STATIC needs MOEVK_LAYER_VRAM_BUDGET");

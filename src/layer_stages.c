@@ -180,6 +180,11 @@ static moevk_status layer_experts(moevk_layer *L, const moevk_tensor *x, const m
     moevk_context *ctx = L->ctx;
     uint32_t T = 0;
     moevk_status st;
+    if (L->desc.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "the layer has MOEVK_LAYER_WEIGHTS_ON_INPUT: its experts' inputs are "
+                        "scaled by the routing weights, which moevk_layer_experts does not "
+                        "take; run moevk_layer_forward");
     if ((st = tokens_of_x(L, x, &T)) || (st = check_ids(L, ids, T)) ||
         (st = check_shape2(ctx, expert_out, "expert_out", MOEVK_DTYPE_F32,
                            (uint64_t)T * L->desc.top_k, L->desc.hidden)))

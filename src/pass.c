@@ -196,6 +196,10 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
     const mvk_expert_set *set = &L->routed;
     const uint32_t E = d->num_experts;
     const mvk_binding h = mvk_ws_binding(L->ws, MVK_WS_H);
+    /* weights on the input: the up projection reads the scaled rows xs in
+     * row order (scaled just before, from this chunk's rows) */
+    const bool scaled = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
+    const mvk_binding xin = scaled ? mvk_ws_binding(L->ws, MVK_WS_XS) : io->x;
     mvk_cmd_barrier_transfers(c); /* the expert cache's copies and tables */
     for (int down = 0; down < 2; down++) {
         timer_begin(c, tm);
@@ -203,7 +207,7 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
             const mvk_chunk *ch = &set->chunks[i];
             const bool gated = !down && L->gated;
             mvk_gemm_args ga = {
-                .a = down ? h : io->x, .row_token = cr->row_token, .schedule = cr->schedule,
+                .a = down ? h : xin, .row_token = cr->row_token, .schedule = cr->schedule,
                 .meta = cr->meta,
                 .w0 = from(down ? ch->w[2] : (gated ? ch->w[0] : ch->w[1]),
                            ch->off[down ? 2 : gated ? 0 : 1]),
@@ -220,7 +224,7 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
                 .w_fmt = set->w_fmt[down], .act = down ? MVK_ACT_NONE : (uint32_t)d->activation + 1u,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
                 .batch_invariant = (d->flags & MOEVK_LAYER_BATCH_INVARIANT) != 0,
-                .scheduled = true, .gather = !down,
+                .scheduled = true, .gather = !down && !scaled,
                 .max_rows = tokens, /* an expert has at most one row per token */
                 .args = cr->meta_buffer,
                 .args_offset = 4ull * MVK_META_ARGS(E, 0, down ? 1u : 0u),
@@ -326,6 +330,16 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                 timer_end(c, tm, MOEVK_STAGE_PERMUTE);
             }
             const mvk_binding o = or_slot(ws, io->expert_out, MVK_WS_O);
+            if (io->experts && (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)) {
+                mvk_scale_args sa = {
+                    .x = io->x, .row_of = cr.row_of,
+                    .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS),
+                    .xs = mvk_ws_binding(ws, MVK_WS_XS), .tok0 = t0, .T = n, .H = d->hidden,
+                    .K = d->top_k,
+                };
+                mvk_op_scale_rows(c, &sa);
+                mvk_cmd_barrier(c);
+            }
             if (io->experts)
                 experts_chunk(L, c, io, &cr, o, n, tm);
             if (io->experts && L->cache && t0 + n >= g->T)
@@ -342,6 +356,7 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                     .tok0 = t0, .T = n, .H = d->hidden, .K = io->experts ? d->top_k : 0,
                     .n_shared = io->shared ? d->num_shared : 0,
                     .has_gate = io->shared && L->shared_gate != NULL,
+                    .unit_weights = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0,
                 };
                 mvk_op_combine(c, &ca);
                 mvk_cmd_barrier(c);

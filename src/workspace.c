@@ -25,6 +25,7 @@ static const char *const slot_names[MVK_WS_COUNT] = {
     [MVK_WS_H] = "expert hidden activations",
     [MVK_WS_O] = "expert outputs",
     [MVK_WS_HS] = "shared hidden activations",
+    [MVK_WS_XS] = "scaled expert inputs",
     [MVK_WS_OS] = "shared outputs",
     [MVK_WS_SG_LOGITS] = "shared gate logits",
     [MVK_WS_L_ROW_OF] = "chunk rows",
@@ -120,6 +121,7 @@ moevk_status mvk_pass_geometry_of(const moevk_layer *L, const moevk_workspace *w
     sz[MVK_WS_HS] = tc_ * FS * 4;
     sz[MVK_WS_OS] = ns * tc_ * H * 4;
     sz[MVK_WS_SG_LOGITS] = L->shared_gate ? tc_ * ns * 4 : 0;
+    sz[MVK_WS_XS] = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) ? Ac * H * 4 : 0;
     if (g->nexpert > 1) {
         sz[MVK_WS_L_ROW_OF] = Ac * 4;
         sz[MVK_WS_L_ROW_TOKEN] = Ac * 4;

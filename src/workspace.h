@@ -35,6 +35,7 @@ enum mvk_slot {
     MVK_WS_HS,         /* [Tc, shared F] f32 */
     MVK_WS_OS,         /* [n_shared, Tc, H] f32 */
     MVK_WS_SG_LOGITS,  /* [Tc, n_shared] f32 */
+    MVK_WS_XS,         /* [Ac, H] f32: scaled expert inputs (MOEVK_LAYER_WEIGHTS_ON_INPUT) */
     /* local permute of an expert chunk */
     MVK_WS_L_ROW_OF,
     MVK_WS_L_ROW_TOKEN,

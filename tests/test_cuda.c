@@ -153,7 +153,7 @@ static uint64_t expected_weight_bytes(const moevk_layer_desc *d, const char *nam
     const int gated = moevk_activation_is_gated(d->activation);
     const int widen = !strcmp(name, "cuda-cublas-f32");
     uint64_t b = E * H * rs + (d->router_bias ? 4 * E : 0);
-    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED && d->correction_bias)
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->correction_bias)
         b += 4 * E;
     for (int s = 0; s < 2; s++) {
         const moevk_expert_weights *w = s ? &d->shared : &d->experts;

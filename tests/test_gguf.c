@@ -585,6 +585,11 @@ static const fixture fixtures_list[] = {
     {"dbrx_q5_1", "dbrx_q5_1.gguf", 0, 0, "q5_1 weights"},
     {"glm4moe_q4_k", "glm4moe_q4_k.gguf", 0, 0, "q4_k gate/up, q5_0 down"},
     {"split_q8_0", "split_q8_0-00001-of-00002.gguf", 0, 0, "2 files"},
+    {"qwen3moe_q4_k_m", "qwen3moe_q4_k_m.gguf", 0, 0, "q4_k gate/up, q6_k down"},
+    {"olmoe_q5_k", "olmoe_q5_k.gguf", 0, 0, "q5_k weights"},
+    {"llama_q2_k_q3_k", "llama_q2_k_q3_k.gguf", 0, 0, "q2_k gate/up, q3_k down"},
+    {"deepseek2_iq4_xs", "deepseek2_iq4_xs.gguf", 0, 0, "iq4_xs (shared: q8_0 gate/up"},
+    {"dbrx_f32", "dbrx_f32.gguf", 0, 1, "f32 weights"},
 };
 
 #define N_FIXTURES (sizeof fixtures_list / sizeof fixtures_list[0])

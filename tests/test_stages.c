@@ -312,3 +312,71 @@ Test(stages, grid_limits)
     cr_assert_null(L);
     mvkt_context_end(ctx);
 }
+
+/* MOEVK_LAYER_WEIGHTS_ON_INPUT (Llama 4): the forward pass gives the
+ * reference's output, bit for bit the same in expert chunks of 5 tokens as
+ * in one; moevk_layer_experts, which takes no weights, refuses the layer. */
+Test(stages, weights_on_the_input)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed();
+    mvkt_rng r = mvkt_rng_make(seed);
+    const uint32_t T = 23, H = 40, F = 24, E = 6, K = 2, NS = 1;
+    stage_layer s;
+    make_layer(&r, &s, H, F, E, K, NS, 0.0f);
+    s.d.flags = MOEVK_LAYER_WEIGHTS_ON_INPUT;
+    moevk_workspace *ws;
+    moevk_workspace_desc wd = {.chunk_tokens = 5};
+    cr_assert_eq(moevk_workspace_create(ctx, &wd, &ws), MOEVK_SUCCESS);
+    moevk_layer *L, *Lc;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_layer_desc dc = s.d;
+    dc.workspace = ws;
+    cr_assert_eq(moevk_layer_create(ctx, &dc, &Lc), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    float *x = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f);
+    moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    moevk_tensor tyc = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_forward(Lc, &tx, &tyc, NULL), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    float *y = malloc(sizeof(float) * T * H), *yc = malloc(sizeof(float) * T * H);
+    float *want = malloc(sizeof(float) * T * H), *plain = malloc(sizeof(float) * T * H);
+    cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+    cr_assert_eq(moevk_tensor_download(&tyc, yc), 0);
+    cr_assert(memcmp(y, yc, sizeof(float) * T * H) == 0,
+              "seed %llu: chunks of 5 tokens change the bits", (unsigned long long)seed);
+    cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, want, NULL, NULL, NULL, NULL), 0);
+    double err = mvkt_rel_l2(y, want, T * H);
+    cr_assert_leq(err, 1e-5, "seed %llu: against the reference %g", (unsigned long long)seed,
+                  err);
+    /* the flag changes the result (it is not ignored somewhere) */
+    s.d.flags = 0;
+    cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, plain, NULL, NULL, NULL, NULL), 0);
+    cr_assert_gt(mvkt_rel_l2(plain, want, T * H), 1e-3, "seed %llu", (unsigned long long)seed);
+
+    moevk_tensor ids = tensor(ctx, MOEVK_DTYPE_I32, T, K), w = tensor(ctx, MOEVK_DTYPE_F32, T, K);
+    moevk_tensor eo = tensor(ctx, MOEVK_DTYPE_F32, (uint64_t)T * K, H);
+    cr_assert_eq(moevk_layer_route(L, &tx, &ids, &w), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_layer_experts(L, &tx, &ids, &eo), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "MOEVK_LAYER_WEIGHTS_ON_INPUT"), "%s",
+              moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS); /* still usable */
+
+    moevk_tensor *all[] = {&tx, &ty, &tyc, &ids, &w, &eo};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        moevk_tensor_destroy(all[i]);
+    moevk_layer_destroy(L);
+    moevk_layer_destroy(Lc);
+    moevk_workspace_destroy(ws);
+    free(x);
+    free(y);
+    free(yc);
+    free(want);
+    free(plain);
+    free_layer(&s);
+    mvkt_context_end(ctx);
+}

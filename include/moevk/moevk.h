@@ -506,6 +506,12 @@ enum moevk_layer_flags {
      * copied as without the flag; moevk_cache_stats says how much was
      * imported. */
     MOEVK_LAYER_IMPORT_HOST_EXPERTS = 1u << 6,
+    /* The routing weight scales the expert's input instead of its output
+     * (Llama 4): the assignment (t, j) runs expert ids[t, j] on
+     * weights[t, j] * x_t, and y_t is the plain sum of the k outputs (plus
+     * the shared experts). moevk_layer_experts, which takes no weights,
+     * refuses such a layer; moevk_layer_combine then ignores its weights. */
+    MOEVK_LAYER_WEIGHTS_ON_INPUT = 1u << 7,
 };
 
 typedef struct moevk_layer_desc {

@@ -469,8 +469,23 @@ __global__ void k_ffn_down(FfnWeights w, Rows rows, const float *h, float *out, 
 
 /* ---- combine ------------------------------------------------------------------ */
 
+__global__ void k_scale_rows(const int32_t *row_of, const float *weights, const float *x,
+                             uint32_t T, uint32_t H, uint32_t K, float *xs)
+{
+    GRID_STRIDE(i, (size_t)T * H)
+    {
+        uint32_t t = (uint32_t)(i / H), c = (uint32_t)(i % H);
+        for (uint32_t j = 0; j < K; j++) {
+            int32_t r = row_of[(size_t)t * K + j];
+            if (r >= 0)
+                xs[(size_t)r * H + c] = weights[(size_t)t * K + j] * x[i];
+        }
+    }
+}
+
 __global__ void k_combine(const int32_t *row_of, const float *weights, const float *o,
-                          const float *shared, uint32_t T, uint32_t H, uint32_t K, float *y)
+                          const float *shared, uint32_t T, uint32_t H, uint32_t K,
+                          int unit_weights, float *y)
 {
     GRID_STRIDE(i, (size_t)T * H)
     {
@@ -479,7 +494,8 @@ __global__ void k_combine(const int32_t *row_of, const float *weights, const flo
         for (uint32_t j = 0; j < K; j++) {
             int32_t r = row_of[(size_t)t * K + j];
             if (r >= 0)
-                acc = fmaf(weights[(size_t)t * K + j], o[(size_t)r * H + c], acc);
+                acc = unit_weights ? acc + o[(size_t)r * H + c]
+                                   : fmaf(weights[(size_t)t * K + j], o[(size_t)r * H + c], acc);
         }
         if (shared)
             acc += shared[i];
@@ -722,10 +738,18 @@ cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, cons
 }
 
 cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights, const float *o,
-                    const float *shared, uint32_t T, uint32_t H, uint32_t K, float *y)
+                    const float *shared, uint32_t T, uint32_t H, uint32_t K, int unit_weights,
+                    float *y)
 {
     LAUNCH(k_combine, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, o, shared, T, H, K,
-           y);
+           unit_weights, y);
+    return cudaGetLastError();
+}
+
+cudaError_t scale_rows(cudaStream_t s, const int32_t *row_of, const float *weights,
+                       const float *x, uint32_t T, uint32_t H, uint32_t K, float *xs)
+{
+    LAUNCH(k_scale_rows, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, x, T, H, K, xs);
     return cudaGetLastError();
 }
 

@@ -303,6 +303,7 @@ struct mvk_cuda_layer {
     unsigned long long *dropped;
     double *prob, *loss;
     float *hbuf, *ubuf, *obuf, *sh_o, *sh_acc;
+    float *xs;           /* MOEVK_LAYER_WEIGHTS_ON_INPUT: the scaled expert inputs */
     void *xq, *hq;
     void *dq;            /* cuBLAS: one expert matrix dequantised for its GEMM */
     uint32_t *h_offsets; /* pinned host, E + 1 */
@@ -475,7 +476,7 @@ static void free_ffn(dev_ffn *f)
 #define SCRATCH_LIST(X)                                                                       \
     X(x) X(y) X(logits) X(sg_logits) X(wts) X(score) X(gscore) X(tok) X(elig) X(ids)          \
     X(totals) X(counts) X(offsets) X(row_token) X(row_expert) X(row_of) X(dropped) X(prob)    \
-    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xq) X(hq) X(dq)
+    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xs) X(xq) X(hq) X(dq)
 
 static void free_scratch(mvk_cuda_layer *L)
 {
@@ -543,6 +544,8 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
         {(void **)&L->hbuf, rowsF * 4, "hidden activations"},
         {(void **)&L->ubuf, cb ? rowsF * 4 : 0, "up projections"},
         {(void **)&L->obuf, TK * H * 4, "expert outputs"},
+        {(void **)&L->xs, (L->d.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) ? TK * H * 4 : 0,
+         "scaled expert inputs"},
         {(void **)&L->sh_o, cb && NS ? TH * 4 : 0, "shared expert output"},
         {(void **)&L->sh_acc, NS ? TH * 4 : 0, "shared expert sum"},
         {(void **)&L->xq, cb ? TK * H * xsz : 0, "gathered rows"},
@@ -949,13 +952,22 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     }
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_PERMUTE + 1], s));
 
+    /* weights on the input: the experts read the scaled rows in row order */
+    const bool on_input = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
+    const float *xin = L->x;
+    Rows up_rows = routed;
+    if (on_input) {
+        CK(scale_rows(s, L->row_of, L->wts, L->x, T, H, K, L->xs));
+        xin = L->xs;
+        up_rows.row_token = NULL;
+    }
     if (!L->cublas) {
-        CK(ffn_up(s, exw, routed, L->x, L->hbuf));
+        CK(ffn_up(s, exw, up_rows, xin, L->hbuf));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_UP + 1], s));
         CK(ffn_down(s, exw, routed, L->hbuf, L->obuf, 0, NULL, 0, 0));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_DOWN + 1], s));
     } else {
-        CK(gather_convert(s, L->ex.gemm[0], routed, L->x, H, L->xq));
+        CK(gather_convert(s, L->ex.gemm[0], up_rows, xin, H, L->xq));
         CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 0, NULL, err, err_size));
         CK(activate(s, L->ex.gemm[1], exw, routed, L->hbuf, L->ubuf, L->hq));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_UP + 1], s));
@@ -989,7 +1001,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     }
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_SHARED + 1], s));
 
-    CK(combine(s, L->row_of, L->wts, L->obuf, NS ? L->sh_acc : NULL, T, H, K, L->y));
+    CK(combine(s, L->row_of, L->wts, L->obuf, NS ? L->sh_acc : NULL, T, H, K, on_input, L->y));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_COMBINE + 1], s));
 
     CK(stats(s, L->logits, L->totals, T, E, K, L->tok, L->prob, L->loss));

@@ -418,6 +418,11 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         if (mvk_rng_chance(&rv, 0.3))
             d->flags |= MOEVK_LAYER_CACHE_STATIC;
     }
+    /* the routing weights on the experts' inputs (Llama 4), from a stream
+     * of its own, in a sixth of the cases */
+    mvk_rng ri = mvk_rng_seed(seed, 8);
+    if (mvk_rng_chance(&ri, 1.0 / 6.0))
+        d->flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT;
 
     c->T = T;
     c->scenarios = sc;
@@ -643,6 +648,8 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
             moevk_dtype_name(d->router_dtype));
     if (d->capacity_factor > 0)
         app(buf, n, &p, " cf=%.3g", d->capacity_factor);
+    if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
+        app(buf, n, &p, " w-on-input");
     if (d->flags & MOEVK_LAYER_VRAM_BUDGET)
         app(buf, n, &p, " vram=%lluB%s", (unsigned long long)d->vram_budget,
             d->flags & MOEVK_LAYER_CACHE_STATIC ? "(static)" : "");

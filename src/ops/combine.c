@@ -21,10 +21,29 @@ void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a)
         uint64_t cnt = MVK_MIN(per, n - e0);
         mvk_combine_push p = {
             .T = a->T, .H = a->H, .K = a->K, .n_shared = a->n_shared, .has_gate = a->has_gate,
-            .elem0 = (uint32_t)e0, .tok0 = a->tok0,
+            .elem0 = (uint32_t)e0, .tok0 = a->tok0, .unit_weights = a->unit_weights,
         };
         mvk_cmd_dispatch(c, MVK_K_COMBINE, spec, MVK_COMBINE_NSPEC, b, MVK_COMBINE_BINDINGS, &p,
                          sizeof(p), (uint32_t)((cnt + MVK_COMBINE_WG - 1) / MVK_COMBINE_WG), 1,
                          1);
+    }
+}
+
+void mvk_op_scale_rows(mvk_cmd *c, const mvk_scale_args *a)
+{
+    const uint64_t n = (uint64_t)a->T * a->H;
+    const uint32_t spec[MVK_SCALE_NSPEC] = {MVK_SCALE_WG};
+    mvk_binding b[MVK_SCALE_BINDINGS];
+    b[MVK_SCALE_BIND_X] = a->x;
+    b[MVK_SCALE_BIND_ROW_OF] = a->row_of;
+    b[MVK_SCALE_BIND_WEIGHTS] = a->weights;
+    b[MVK_SCALE_BIND_XS] = a->xs;
+    const uint64_t per = (uint64_t)c->ctx->info.max_workgroup_count[0] * MVK_SCALE_WG;
+    for (uint64_t e0 = 0; e0 < n; e0 += per) {
+        uint64_t cnt = MVK_MIN(per, n - e0);
+        mvk_scale_push p = {.T = a->T, .H = a->H, .K = a->K, .elem0 = (uint32_t)e0,
+                            .tok0 = a->tok0};
+        mvk_cmd_dispatch(c, MVK_K_SCALE_ROWS, spec, MVK_SCALE_NSPEC, b, MVK_SCALE_BINDINGS, &p,
+                         sizeof(p), (uint32_t)((cnt + MVK_SCALE_WG - 1) / MVK_SCALE_WG), 1, 1);
     }
 }

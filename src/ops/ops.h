@@ -111,8 +111,17 @@ typedef struct mvk_combine_args {
     uint32_t tok0, T; /* tokens tok0 .. tok0 + T - 1 */
     uint32_t H, K, n_shared;
     bool has_gate;
+    bool unit_weights; /* MOEVK_LAYER_WEIGHTS_ON_INPUT: the weights are not read */
 } mvk_combine_args;
 void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a);
+
+/* ---- scale_rows (src/ops/combine.c): xs[row(t, j)] = w[t, j] x[t] ------- */
+typedef struct mvk_scale_args {
+    mvk_binding x, row_of, weights, xs;
+    uint32_t tok0, T; /* tokens tok0 .. tok0 + T - 1 */
+    uint32_t H, K;
+} mvk_scale_args;
+void mvk_op_scale_rows(mvk_cmd *c, const mvk_scale_args *a);
 
 /* ---- statistics (src/ops/stats.c) --------------------------------------- */
 typedef struct mvk_stats_args {

@@ -229,7 +229,10 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
     double *o = malloc(((size_t)H + 1) * sizeof *o);
     double *acc = malloc(((size_t)H + 1) * sizeof *acc);
     float *wrow = malloc(((size_t)(H > max_ffn ? H : max_ffn) + 1) * sizeof *wrow);
-    if (!logits || !r_ids || !r_w || !counts || !offsets || !row || !h || !o || !acc || !wrow) {
+    float *xs = malloc(((size_t)H + 1) * sizeof *xs);
+    const int on_input = (desc->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
+    if (!logits || !r_ids || !r_w || !counts || !offsets || !row || !h || !o || !acc || !wrow ||
+        !xs) {
         status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
         goto done;
     }
@@ -250,6 +253,16 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
             size_t a = (size_t)t * k + j;
             if (row[a] < 0)
                 continue;
+            if (on_input) {
+                /* the expert runs on w x (rounded to f32, as the layer's
+                 * input is), its output added as it is */
+                for (uint32_t c = 0; c < H; c++)
+                    xs[c] = (float)((double)r_w[a] * xt[c]);
+                expert_row(desc, &desc->experts, desc->ffn, r_ids[a], xs, h, wrow, o);
+                for (uint32_t c = 0; c < H; c++)
+                    acc[c] += o[c];
+                continue;
+            }
             expert_row(desc, &desc->experts, desc->ffn, r_ids[a], xt, h, wrow, o);
             for (uint32_t c = 0; c < H; c++)
                 acc[c] += (double)r_w[a] * o[c];
@@ -292,5 +305,6 @@ done:
     free(o);
     free(acc);
     free(wrow);
+    free(xs);
     return status;
 }

@@ -8,8 +8,9 @@ Per case NAME: NAME.gguf (written by PyPI gguf's GGUFWriter; a split case
 writes NAME-0000i-of-0000K.gguf), NAME.x.safetensors (the input x [T, H],
 f32) and NAME.y.safetensors (the expected y [T, H], f64). Block formats
 are quantised by gguf.quants where it can (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-MXFP4, BF16); Q4_K and IQ4_NL blocks are random bytes with small random
-f16 scales (every bit pattern of the quants is a valid block).
+MXFP4, BF16); Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS blocks are
+random bytes with small random f16 scales (every bit pattern of the quants
+is a valid block), dequantised by gguf.quants.
 
 The maths (llama.cpp's build_moe_ffn and the model builders): logits = x
 R^T (+ router bias); probs = softmax, sigmoid, or the logits themselves
@@ -48,24 +49,35 @@ def write_safetensors(path, name, arr):
         f.write(struct.pack("<Q", len(hdr)) + hdr + data)
 
 
+# Block formats gguf-py cannot quantise: random bytes (every bit pattern of
+# the quants and the packed sub-block scales is a valid block) with each f16
+# super-block scale (byte offset, as in ggml-common.h's block_*) set to
+# U(0.5, 1) * scale / div, div chosen so the values are O(scale).
+RANDOM_BLOCKS = {
+    Q.Q4_K: ((0, 60), (2, 60)),      # d, dmin; sc, m 6-bit, q 0..15
+    Q.IQ4_NL: ((0, 127),),           # d; codes up to 127
+    Q.Q2_K: ((80, 15), (82, 15)),    # sc[16], qs[64], d, dmin; sc, m 4-bit, q 0..3
+    Q.Q3_K: ((108, 32),),            # hmask[32], qs[64], sc[12], d; sc - 32, q -4..3
+    Q.Q5_K: ((0, 360), (2, 24)),     # d, dmin, sc[12], qh[32], qs[128]; q 0..31, the
+                                     # min ~ the mean of d * sc * q (values about 0)
+    Q.Q6_K: ((208, 1024),),          # ql[128], qh[64], sc[16] (int8), d; q - 32
+    Q.IQ4_XS: ((0, 1024),),          # d, sh, sl[4], qs[128]; ls - 32, codes up to 127
+}
+
+
 class Block:
     """One tensor: its bytes for the file and its dequantised values."""
 
     def __init__(self, rng, shape, qtype, scale):
         self.qtype = qtype
-        if qtype in (Q.Q4_K, Q.IQ4_NL):
+        if qtype in RANDOM_BLOCKS:
             elems, nbytes = gguf.GGML_QUANT_SIZES[qtype]
             rows = int(np.prod(shape[:-1]))
             nblk = shape[-1] // elems
             raw = rng.integers(0, 256, size=(rows, nblk, nbytes), dtype=np.uint8)
-            if qtype == Q.Q4_K:  # d, dmin: f16 at bytes 0 and 2
-                d = (rng.uniform(0.5, 1.0, (rows, nblk)) * scale / 60).astype(np.float16)
-                m = (rng.uniform(0.5, 1.0, (rows, nblk)) * scale / 60).astype(np.float16)
-                raw[:, :, 0:2] = d.view(np.uint8).reshape(rows, nblk, 2)
-                raw[:, :, 2:4] = m.view(np.uint8).reshape(rows, nblk, 2)
-            else:  # iq4_nl: d f16 at 0, codes up to 127
-                d = (rng.uniform(0.5, 1.0, (rows, nblk)) * scale / 127).astype(np.float16)
-                raw[:, :, 0:2] = d.view(np.uint8).reshape(rows, nblk, 2)
+            for off, div in RANDOM_BLOCKS[qtype]:  # small f16 scales at their offsets
+                v = (rng.uniform(0.5, 1.0, (rows, nblk)) * scale / div).astype(np.float16)
+                raw[:, :, off:off + 2] = v.view(np.uint8).reshape(rows, nblk, 2)
             self.data = raw.reshape(list(shape[:-1]) + [nblk * nbytes])
             self.values = gguf.quants.dequantize(self.data, qtype).astype(np.float64)
             return
@@ -292,6 +304,20 @@ def main():
          keys={"expert_weights_norm": True, "expert_shared_count": 1})
     # a model in splits of at most 3 tensors (split.count 3)
     make(out, "split_q8_0", "llama", rng, 32, 32, 4, 2, Q.Q8_0, norm=True, split=3)
+    # (the cases below come after the ones above so those keep their bytes)
+    # Qwen3-MoE Q4_K_M mix: gate/up q4_k, down q6_k (rows of 256)
+    make(out, "qwen3moe_q4_k_m", "qwen3moe", rng, 256, 256, 3, 2, Q.Q4_K, down_fmt=Q.Q6_K,
+         norm=True)
+    # OLMoE Q5_K_S: q5_k gate/up and down, not renormalised
+    make(out, "olmoe_q5_k", "olmoe", rng, 256, 256, 3, 2, Q.Q5_K)
+    # Mixtral Q2_K mix: gate/up q2_k, down q3_k
+    make(out, "llama_q2_k_q3_k", "llama", rng, 256, 256, 3, 2, Q.Q2_K, down_fmt=Q.Q3_K,
+         norm=True)
+    # DeepSeek-V2-Lite form, IQ4_XS experts, a q8_0 shared expert
+    make(out, "deepseek2_iq4_xs", "deepseek2", rng, 256, 256, 3, 2, Q.IQ4_XS, scale=1.0,
+         shared_F=32, keys={"expert_gating_func": 1, "expert_weights_norm": False})
+    # DBRX with f32 experts
+    make(out, "dbrx_f32", "dbrx", rng, 32, 16, 4, 2, Q.F32, norm=True)
     with open(os.path.join(out, "VERSION"), "w") as f:
         f.write("gguf %s, numpy %s\n" % (importlib.metadata.version("gguf"), np.__version__))
 
