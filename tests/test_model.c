@@ -985,6 +985,13 @@ static const layer_row layer_rows[] = {
     {"{\"model_type\": \"deepseek_v32\", \"mlp_layer_types\": [\"sparse\"]}", 1, 0, {NULL},
      "layer 1 is not in mlp_layer_types (1 entries)"},
     {"{\"model_type\": \"deepseek_v32\"}", 2, 0, {NULL}, "first_k_dense_replace = 3"},
+    /* Llama 4: moe_layers, else every interleave_moe_layer_step-th layer */
+    {"{\"model_type\": \"llama4_text\", \"moe_layers\": [1, 3]}", 3, 0,
+     {"language_model.model.layers.3.feed_forward.", "model.layers.3.feed_forward."}, NULL},
+    {"{\"model_type\": \"llama4_text\", \"moe_layers\": [1, 3]}", 2, 0, {NULL},
+     "layer 2 is a dense MLP layer (not in moe_layers)"},
+    {"{\"model_type\": \"llama4_text\", \"interleave_moe_layer_step\": 2}", 2, 0, {NULL},
+     "interleave_moe_layer_step = 2"},
     /* Jamba: N % expert_layer_period == expert_layer_offset */
     {"{\"model_type\": \"jamba\"}", 3, 0, {"model.layers.3.feed_forward."}, NULL},
     {"{\"model_type\": \"jamba\"}", 2, 0, {NULL},
@@ -1781,7 +1788,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 33, "the table has %zu architectures", n);
+    cr_assert_eq(n, 34, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

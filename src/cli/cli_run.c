@@ -750,6 +750,20 @@ built:
            d->flags & MOEVK_LAYER_MATRIX_DTYPES ? mvk_desc_formats(d, wfm, sizeof wfm)
                                                 : moevk_dtype_name(d->weight_dtype),
            ml.converted ? " (mixed in the file: converted)" : "");
+    if (d->n_group > 1 && d->topk_group < d->n_group)
+        printf(", %u of %u expert groups (%s)", d->topk_group, d->n_group,
+               d->group_score == MOEVK_GROUP_MAX ? "each scored by its best"
+                                                 : "each scored by its best two");
+    if (d->norm_topk_prob && d->norm_p != 0.0f && d->norm_p != 1.0f)
+        printf(", %g-norm", d->norm_p);
+    if (d->norm_min > 0.0f)
+        printf(", normalised over max(sum, %g)", d->norm_min);
+    if (d->correction_bias)
+        printf(", selection bias");
+    if (d->routed_scaling_factor != 0.0f && d->routed_scaling_factor != 1.0f)
+        printf(", weights x %g", d->routed_scaling_factor);
+    if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
+        printf(", weights on the experts' inputs");
     if (d->num_shared)
         printf(", shared expert F=%u%s", d->shared_ffn, d->shared_gate ? " (gated)" : "");
     if (ml.expert_capacity)

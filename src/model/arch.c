@@ -108,6 +108,14 @@ static const mvk_arch_layout gpt_oss_interleaved = {
     .down_bias = "experts.down_proj_bias",
 };
 
+static const mvk_arch_layout llama4_transposed = {
+    .kind = MVK_LAYOUT_TRANSPOSED,
+    .what = "stacked Llama 4 experts.gate_up_proj [E, H, 2F] (gate, then up) + "
+            "experts.down_proj [E, F, H]",
+    .gate = "experts.gate_up_proj",
+    .down = "experts.down_proj",
+};
+
 static const mvk_arch_layout gpt_oss_mxfp4 = {
     .kind = MVK_LAYOUT_REFUSED,
     .gate = "experts.gate_up_proj_blocks",
@@ -141,6 +149,12 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
 {
     return c->num_sparse_decoder_layers ? c->num_decoder_layers / c->num_sparse_decoder_layers
                                         : 0;
+}
+
+/* Llama 4's shared expert is as wide as a routed one */
+static uint64_t llama4_shared_ffn(const mvk_moe_config *c)
+{
+    return c->ffn;
 }
 
 /* ---- the table ----------------------------------------------------------- */
@@ -340,6 +354,23 @@ static const mvk_arch archs[] = {
               KEY(SHARED_EXPERTS, 1, "num_shared_experts"),
               KEY(NUM_LAYERS, 80, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
      DEEPSEEK_V3_PARTS_BIAS("e_score_correction_bias", DECODER_LAYER)},
+    /* Llama4TextMoe: the top-k logits' sigmoids scale the experts' inputs
+     * (MOEVK_LAYER_WEIGHTS_ON_INPUT), no normalisation; a shared expert of
+     * the same width; MoE layers listed in moe_layers (else every
+     * interleave_moe_layer_step-th) */
+    {.model_types = {"llama4_text"},
+     .keys = {KEY(HIDDEN, 5120, "hidden_size"), KEY(FFN, 8192, "intermediate_size"),
+              KEY(EXPERTS, 16, "num_local_experts"), KEY(TOP_K, 1, "num_experts_per_tok"),
+              FIXED(NORM_TOPK, 0), KEY(NUM_LAYERS, 48, "num_hidden_layers"),
+              KEY(MOE_LAYERS, 0, "moe_layers"), KEY(SPARSE_STEP, 1, "interleave_moe_layer_step"),
+              DERIVED(SHARED_FFN, llama4_shared_ffn)},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .weights_on_input = 1, .act = HIDDEN_ACT,
+     .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {"language_model.model.layers.{N}.feed_forward.",
+                        "model.layers.{N}.feed_forward."},
+     .router = "router.weight", .layouts = {&llama4_transposed},
+     .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
+                "shared_expert.down_proj.weight"}},
     /* MiniMaxM2SparseMoeBlock: sigmoid scores plus the block's correction
      * bias choose the top k, no groups, always normalised */
     {.model_types = {"minimax_m2"},

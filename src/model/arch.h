@@ -76,6 +76,8 @@ typedef enum mvk_cfg_field {
                                  moe_layer_end_index; -1: the last layer)  */
     MVK_CFG_EXPERT_PERIOD,    /* layer N is MoE when N % period == offset    */
     MVK_CFG_EXPERT_OFFSET,    /*   (Jamba's expert_layer_period / _offset)   */
+    MVK_CFG_MOE_LAYERS,       /* moe_layers: the MoE layers' indices; when
+                                 given, it alone says which layers are MoE  */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 
@@ -120,6 +122,9 @@ typedef enum mvk_layout_kind {
      * last axis), down [E, F, H]; transposed into owned copies. With
      * gate_bias ([E, 2F], interleaved) and down_bias ([E, H]). */
     MVK_LAYOUT_INTERLEAVED,
+    /* Llama 4: gate = gate_up [E, H, 2F] (the F gate columns, then the F up
+     * columns), down [E, F, H]; transposed into owned copies. */
+    MVK_LAYOUT_TRANSPOSED,
     /* gate names a tensor that marks a form moevk cannot read: refused
      * with "tensor '<it>' has unsupported dtype <its dtype>: <why>". */
     MVK_LAYOUT_REFUSED,
@@ -136,7 +141,7 @@ typedef struct mvk_arch_layout {
 /* Which layers hold a MoE block. */
 typedef enum mvk_sparse_rule {
     /* layers 0 .. num_layers - 1 of one stack: those mlp_layer_types
-     * says "sparse" when it is given; else all less the first
+     * says "sparse" or moe_layers lists when one is given; else all less the first
      * first_k_dense_replace, those past the last MoE layer, those in
      * mlp_only_layers, those with (N + 1) % decoder_sparse_step != 0 and
      * those with N % expert period != offset (each a no-op when not
@@ -153,6 +158,7 @@ typedef struct mvk_arch {
     /* config.json: read in this order, each into its field */
     mvk_arch_key keys[MVK_ARCH_KEYS];
     moevk_routing routing;
+    int weights_on_input;    /* MOEVK_LAYER_WEIGHTS_ON_INPUT (Llama 4)      */
     mvk_arch_act act;
     /* layers */
     mvk_sparse_rule sparse;

@@ -27,6 +27,7 @@ typedef enum value_type {
     V_TOPK_METHOD, /* "greedy" / "group_limited_greedy" (MVK_CFG_TOPK_METHOD)      */
     V_NORM_P,    /* a number, or null: off (MVK_CFG_NORM_P)                      */
     V_LAYER_TYPES, /* a list of "dense" / "sparse" (mlp_layer_types)             */
+    V_MOE_LAYERS, /* a list of layer indices: moe_layers                           */
     V_LAST_LAYER, /* an integer >= -1 into a uint32_t, -1 as UINT32_MAX          */
 } value_type;
 
@@ -71,6 +72,7 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_LAST_MOE_LAYER] = {V_LAST_LAYER, AT(last_moe_layer), "moe_layer_end_index"},
     [MVK_CFG_EXPERT_PERIOD] = {V_U32, AT(expert_period), "expert_layer_period"},
     [MVK_CFG_EXPERT_OFFSET] = {V_U32, AT(expert_offset), "expert_layer_offset"},
+    [MVK_CFG_MOE_LAYERS] = {V_MOE_LAYERS, AT(moe_layers), "moe_layers"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -166,6 +168,28 @@ static int float_value(const cfg_reader *r, const cJSON *v, const char *name, fl
     return 0;
 }
 
+/* A list of layer indices into *out (allocated) and *n. */
+static int index_list(const cfg_reader *r, const cJSON *v, const char *name, uint32_t **out,
+                      uint32_t *count)
+{
+    if (!cJSON_IsArray(v))
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a list", r->what, name);
+    int n = cJSON_GetArraySize(v);
+    *out = calloc(n ? (size_t)n : 1, sizeof(uint32_t));
+    if (!*out)
+        return mvk_errf(r->err, r->errsz, "out of host memory");
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(v, i);
+        double d = cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (!(d >= 0) || d > UINT32_MAX || d != floor(d))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not a layer index", r->what,
+                            name, i);
+        (*out)[i] = (uint32_t)d;
+    }
+    *count = (uint32_t)n;
+    return 0;
+}
+
 static int list_value(const cfg_reader *r, const cJSON *v, const char *name, mvk_moe_config *c)
 {
     if (!cJSON_IsArray(v))
@@ -255,6 +279,8 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
         return v ? list_value(r, v, name, c) : 0;
     case V_LAYER_TYPES:
         return v ? layer_types_value(r, v, name, c) : 0;
+    case V_MOE_LAYERS:
+        return v ? index_list(r, v, name, &c->moe_layers, &c->n_moe_layers) : 0;
     case V_TOPK_METHOD: {
         static const char *const methods[] = {"greedy", "group_limited_greedy"};
         int m = def != 0;
@@ -475,6 +501,8 @@ void mvk_hf_config_free(mvk_moe_config *c)
     c->mlp_only_layers = NULL;
     free(c->layer_types);
     c->layer_types = NULL;
+    free(c->moe_layers);
+    c->moe_layers = NULL;
     c->n_mlp_only_layers = 0;
 }
 
@@ -522,6 +550,14 @@ int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
                                 "layer %u is a dense MLP layer (\"dense\" in %s), not a MoE layer",
                                 layer, key_name(a, MVK_CFG_LAYER_TYPES));
             goto sparse;
+        }
+        if (c->moe_layers) {
+            for (uint32_t i = 0; i < c->n_moe_layers; i++)
+                if (c->moe_layers[i] == layer)
+                    goto sparse;
+            return mvk_errf(err, errsz,
+                            "layer %u is a dense MLP layer (not in %s), not a MoE layer", layer,
+                            key_name(a, MVK_CFG_MOE_LAYERS));
         }
         if (layer > c->last_moe_layer)
             return mvk_errf(err, errsz, "layer %u is a dense MLP layer (past %s = %u)", layer,

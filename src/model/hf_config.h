@@ -37,6 +37,8 @@ typedef struct mvk_moe_config {
     uint32_t first_k_dense_replace; /* deepseek_v3                         */
     uint8_t *layer_types;     /* mlp_layer_types: 1 = sparse (NULL: none)  */
     uint32_t n_layer_types;
+    uint32_t *moe_layers;     /* moe_layers: MoE layer indices (NULL: none) */
+    uint32_t n_moe_layers;
     uint32_t last_moe_layer;  /* UINT32_MAX: none                          */
     uint32_t expert_period, expert_offset; /* 1, 0 unless read             */
     /* routing refinements (moevk_layer_desc's) */

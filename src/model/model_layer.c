@@ -100,6 +100,8 @@ typedef enum view_kind {
     V_OSS_GATE, /* gpt-oss [E, H, 2F]: out[f][h] = t[e][h][2f]              */
     V_OSS_UP,   /*                      out[f][h] = t[e][h][2f + 1]         */
     V_OSS_DOWN, /* gpt-oss [E, F, H]:   out[h][f] = t[e][f][h]              */
+    V_TCAT_GATE, /* Llama 4 [E, H, 2F]: out[f][h] = t[e][h][f]               */
+    V_TCAT_UP,   /*                     out[f][h] = t[e][h][F + f]           */
 } view_kind;
 
 typedef struct mview {
@@ -425,15 +427,19 @@ static const void *materialize(bctx *b, const mview *v, uint64_t rows, uint64_t 
                         put(dst, h * F + f, dt, src, f * H + h, t->dtype);
         return dst;
     }
-    /* t [E, H, 2F] -> out [F, H]: out[f][h] = t[e][h][2f + parity] */
+    /* t [E, H, 2F] -> out [F, H]: out[f][h] = t[e][h][2f + parity]
+     * (interleaved), t[e][h][half F + f] (concatenated) */
     const uint64_t F = rows, H = cols;
     const size_t parity = v->kind == V_OSS_UP;
+    const int cat = v->kind == V_TCAT_GATE || v->kind == V_TCAT_UP;
+    const size_t half = v->kind == V_TCAT_UP ? F : 0;
     const uint8_t *src = t->data + (size_t)v->expert * H * 2 * F * ses;
     for (size_t h0 = 0; h0 < H; h0 += B)
         for (size_t f0 = 0; f0 < F; f0 += B)
             for (size_t h = h0; h < h0 + B && h < H; h++)
                 for (size_t f = f0; f < f0 + B && f < F; f++)
-                    put(dst, f * H + h, dt, src, h * 2 * F + 2 * f + parity, t->dtype);
+                    put(dst, f * H + h, dt, src,
+                        h * 2 * F + (cat ? half + f : 2 * f + parity), t->dtype);
     return dst;
 }
 
@@ -651,7 +657,8 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
                         mvk_arch_name(a), tensor_name(b, layout_probe(lay), 0, name, sizeof name),
                         mvk_hfq_describe(&c->quant, q, sizeof q));
     }
-    const int interleaved = lay->kind == MVK_LAYOUT_INTERLEAVED;
+    const int transposed = lay->kind == MVK_LAYOUT_TRANSPOSED;
+    const int interleaved = lay->kind == MVK_LAYOUT_INTERLEAVED || transposed;
     switch (lay->kind) {
     case MVK_LAYOUT_REFUSED: {
         char name[512];
@@ -663,7 +670,8 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
     case MVK_LAYOUT_PER_EXPERT:
         return per_expert(b, lay, ev);
     case MVK_LAYOUT_STACKED:
-    case MVK_LAYOUT_INTERLEAVED: {
+    case MVK_LAYOUT_INTERLEAVED:
+    case MVK_LAYOUT_TRANSPOSED: {
         /* stacked [E, 2F, H] + [E, H, F]; gpt-oss [E, H, 2F] + [E, F, H] */
         const mvk_st_tensor *gu =
             interleaved ? need(b, lay->gate, 0, 3, SHAPE(E, H, 2 * F), "[E, H, 2F]")
@@ -683,8 +691,10 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
             return -1;
         for (uint32_t i = 0; i < E; i++) {
             if (interleaved) {
-                ev->gate[i] = (mview){.t = gu, .kind = V_OSS_GATE, .expert = i};
-                ev->up[i] = (mview){.t = gu, .kind = V_OSS_UP, .expert = i};
+                ev->gate[i] = (mview){.t = gu, .kind = transposed ? V_TCAT_GATE : V_OSS_GATE,
+                                      .expert = i};
+                ev->up[i] = (mview){.t = gu, .kind = transposed ? V_TCAT_UP : V_OSS_UP,
+                                    .expert = i};
                 ev->down[i] = (mview){.t = dn, .kind = V_OSS_DOWN, .expert = i};
             } else {
                 ev->gate[i] = (mview){.t = gu, .kind = V_DIRECT, .off = (uint64_t)i * 2 * F * H, .expert = i};
@@ -737,6 +747,8 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         .swiglu_limit = c->swiglu_limit,
     };
     L->expert_capacity = c->expert_capacity;
+    if (a->weights_on_input)
+        d->flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT;
 
     /* router (a quantised one dequantised to f32) */
     float *rq = NULL, *sq = NULL;
