@@ -63,5 +63,14 @@ float activate(uint act, float g, float u, float alpha, float limit)
         return (u > 0.0 || isnan(u)) ? u : 0.0;
     if (act == MVK_ACT_GELU)
         return gelu_erf(u);
+    if (act == MVK_ACT_RELU2) {
+        float r = (u > 0.0 || isnan(u)) ? u : 0.0;
+        return r * r;
+    }
+    if (act == MVK_ACT_SWIGLU_CLAMP) {
+        float gc = isnan(g) ? g : min(g, limit);
+        float uc = isnan(u) ? u : clamp(u, -limit, limit);
+        return gc * sigmoid(gc) * uc;
+    }
     return u;
 }

@@ -68,6 +68,8 @@
 #define MVK_ACT_SWIGLU_OAI 4u
 #define MVK_ACT_RELU 5u
 #define MVK_ACT_GELU 6u
+#define MVK_ACT_RELU2 7u
+#define MVK_ACT_SWIGLU_CLAMP 8u
 
 /* ---- routing modes (the ROUTING constant of route); = moevk_routing ---- */
 #define MVK_ROUTING_SOFTMAX_TOPK 0u

@@ -13,7 +13,7 @@
 int moevk_activation_is_gated(moevk_activation act)
 {
     return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU || act == MOEVK_ACT_GEGLU_TANH ||
-           act == MOEVK_ACT_SWIGLU_OAI;
+           act == MOEVK_ACT_SWIGLU_OAI || act == MOEVK_ACT_SWIGLU_CLAMP;
 }
 
 const char *moevk_stage_name(moevk_stage stage)
@@ -177,7 +177,7 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         d.top_k, d.num_experts, MOEVK_MAX_TOP_K);
     if ((unsigned)d.routing > MOEVK_ROUTING_SIGMOID_GROUPED)
         return mvk_fail(ctx, bad, "routing = %d is not a moevk_routing value", (int)d.routing);
-    if ((unsigned)d.activation > MOEVK_ACT_GELU)
+    if ((unsigned)d.activation > MOEVK_ACT_SWIGLU_CLAMP)
         return mvk_fail(ctx, bad, "activation = %d is not a moevk_activation value",
                         (int)d.activation);
     if (!format_ok(d.router_dtype, MVK_FORMAT_ROUTER))

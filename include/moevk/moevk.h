@@ -389,6 +389,9 @@ typedef enum moevk_activation {
     MOEVK_ACT_SWIGLU_OAI = 3, /* gpt-oss: clamped, (u + 1) * g * sigmoid(a g) */
     MOEVK_ACT_RELU = 4,       /* non-gated: relu(u)                        */
     MOEVK_ACT_GELU = 5,       /* non-gated: gelu_erf(u)                    */
+    MOEVK_ACT_RELU2 = 6,      /* non-gated: relu(u)^2 (Nemotron-H)         */
+    MOEVK_ACT_SWIGLU_CLAMP = 7, /* silu(min(g, limit)) * clamp(u, -limit,
+                                 limit), limit = swiglu_limit (GLM-5-Next) */
 } moevk_activation;
 
 /* 1 for the gated activations (which use gate and up weights), else 0. */

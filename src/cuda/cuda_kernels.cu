@@ -118,7 +118,7 @@ __device__ __forceinline__ float gelu_tanh(float x)
 __device__ __forceinline__ bool is_gated(int act)
 {
     return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU || act == MOEVK_ACT_GEGLU_TANH ||
-           act == MOEVK_ACT_SWIGLU_OAI;
+           act == MOEVK_ACT_SWIGLU_OAI || act == MOEVK_ACT_SWIGLU_CLAMP;
 }
 
 /* h = act(g, u); g unused by the non-gated activations. */
@@ -144,6 +144,17 @@ __device__ float activation(int act, float g, float u, float alpha, float limit)
         return u < 0.0f ? 0.0f : u; /* NaN passes */
     case MOEVK_ACT_GELU:
         return gelu_erf(u);
+    case MOEVK_ACT_RELU2:
+        u = u < 0.0f ? 0.0f : u; /* NaN passes */
+        return u * u;
+    case MOEVK_ACT_SWIGLU_CLAMP:
+        if (g > limit)
+            g = limit;
+        if (u > limit)
+            u = limit;
+        if (u < -limit)
+            u = -limit;
+        return g / (1.0f + expf(-g)) * u;
     default:
         return __int_as_float(0x7fc00000); /* unknown activation: NaN */
     }

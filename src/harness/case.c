@@ -310,6 +310,18 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         d->swiglu_alpha = mvk_rng_chance(&r, 0.5) ? 0.0f : mvk_rng_uniform(&r, 1.0f, 2.5f);
         d->swiglu_limit = mvk_rng_chance(&r, 0.4) ? 0.0f : mvk_rng_uniform(&r, 0.3f, 10.0f);
     }
+    /* the activations added later (relu^2 for a non-gated one, the clamped
+     * SwiGLU for a gated one), from a stream of their own: a sixth of the
+     * cases whose activation is drawn */
+    mvk_rng ra = mvk_rng_seed(seed, 9);
+    if (!lim.activation && d->activation != MOEVK_ACT_SWIGLU_OAI && mvk_rng_chance(&ra, 1.0 / 6.0)) {
+        if (moevk_activation_is_gated(d->activation)) {
+            d->activation = MOEVK_ACT_SWIGLU_CLAMP;
+            d->swiglu_limit = mvk_rng_chance(&ra, 0.3) ? 0.0f : mvk_rng_uniform(&ra, 0.3f, 4.0f);
+        } else {
+            d->activation = MOEVK_ACT_RELU2;
+        }
+    }
     d->weight_dtype = lim.weight_dtype ? (moevk_dtype)(lim.weight_dtype - 1)
                                        : (moevk_dtype)mvk_rng_range(&r, 0, 2);
     d->router_dtype = lim.router_dtype ? (moevk_dtype)(lim.router_dtype - 1)
@@ -586,6 +598,8 @@ static const char *act_name(moevk_activation a)
     case MOEVK_ACT_SWIGLU_OAI: return "swiglu_oai";
     case MOEVK_ACT_RELU: return "relu";
     case MOEVK_ACT_GELU: return "gelu";
+    case MOEVK_ACT_RELU2: return "relu2";
+    case MOEVK_ACT_SWIGLU_CLAMP: return "swiglu_clamp";
     }
     return "act?";
 }
@@ -640,6 +654,8 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
     app(buf, n, &p, " %s", act_name(d->activation));
     if (d->activation == MOEVK_ACT_SWIGLU_OAI)
         app(buf, n, &p, "(a=%.3g,l=%.3g)", d->swiglu_alpha, d->swiglu_limit);
+    if (d->activation == MOEVK_ACT_SWIGLU_CLAMP)
+        app(buf, n, &p, "(l=%.3g)", d->swiglu_limit);
     if (d->flags & MOEVK_LAYER_MATRIX_DTYPES)
         app(buf, n, &p, " w=%s/%s r=%s", moevk_dtype_name(d->experts.gate_up_dtype),
             moevk_dtype_name(d->experts.down_dtype), moevk_dtype_name(d->router_dtype));

@@ -68,6 +68,7 @@ static const mvk_act_name gated_acts[] = {
 static const mvk_act_name ffn_acts[] = {
     {"relu", MOEVK_ACT_RELU},
     {"gelu", MOEVK_ACT_GELU},
+    {"relu2", MOEVK_ACT_RELU2},
     {NULL, MOEVK_ACT_RELU},
 };
 
@@ -116,6 +117,21 @@ static const mvk_arch_layout llama4_transposed = {
     .down = "experts.down_proj",
 };
 
+/* non-gated, transformers 5 */
+static const mvk_arch_layout stacked_up = {
+    .kind = MVK_LAYOUT_STACKED,
+    .what = "stacked experts.up_proj [E, F, H] + experts.down_proj [E, H, F]",
+    .up = "experts.up_proj",
+    .down = "experts.down_proj",
+};
+
+static const mvk_arch_layout per_expert_up_down = {
+    .kind = MVK_LAYOUT_PER_EXPERT,
+    .what = "per-expert experts.{i}.up_proj/down_proj",
+    .up = "experts.{i}.up_proj.weight",
+    .down = "experts.{i}.down_proj.weight",
+};
+
 static const mvk_arch_layout gpt_oss_mxfp4 = {
     .kind = MVK_LAYOUT_REFUSED,
     .gate = "experts.gate_up_proj_blocks",
@@ -149,6 +165,12 @@ static uint64_t switch_decoder_step(const mvk_moe_config *c)
 {
     return c->num_sparse_decoder_layers ? c->num_decoder_layers / c->num_sparse_decoder_layers
                                         : 0;
+}
+
+/* Nemotron-H's layer count is its layers_block_type's */
+static uint64_t nemotron_layers(const mvk_moe_config *c)
+{
+    return c->n_layer_types;
 }
 
 /* Llama 4's shared expert is as wide as a routed one */
@@ -371,6 +393,37 @@ static const mvk_arch archs[] = {
      .router = "router.weight", .layouts = {&llama4_transposed},
      .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
                 "shared_expert.down_proj.weight"}},
+    /* NemotronHMoE (the "moe" blocks of layers_block_type): DeepSeek-V3's
+     * router, non-gated relu^2 experts and shared expert; experts in a
+     * latent space (moe_latent_size) are refused */
+    {.model_types = {"nemotron_h"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 7688, "moe_intermediate_size"),
+              KEY(EXPERTS, 8, "n_routed_experts"), KEY(TOP_K, 2, "num_experts_per_tok"),
+              KEY(N_GROUP, 1, "n_group"), KEY(TOPK_GROUP, 1, "topk_group"),
+              KEY(SCALING, 1.0f, "routed_scaling_factor"), KEY(NORM_TOPK, 1, "norm_topk_prob"),
+              KEY(SHARED_FFN, 7688, "moe_shared_expert_intermediate_size"),
+              KEY(LAYER_TYPES, 0, "layers_block_type"),
+              DERIVED(NUM_LAYERS, nemotron_layers, "num_hidden_layers"),
+              KEY(LATENT, 0, "moe_latent_size")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
+     .act = {.key = "mlp_hidden_act", .def = "relu2", .names = ffn_acts},
+     .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {"model.layers.{N}.mixer.", "backbone.layers.{N}.mixer."},
+     .router = "gate.weight", .correction_bias = "gate.e_score_correction_bias",
+     .layouts = {&stacked_up, &per_expert_up_down},
+     .shared = {NULL, "shared_experts.up_proj.weight", "shared_experts.down_proj.weight"}},
+    /* the text model of GLM-5-Next: DeepseekV3MoE with clamped SwiGLU
+     * experts (silu(min(g, swiglu_limit)) * clamp(u, +-swiglu_limit)),
+     * routed and shared */
+    {.model_types = {"glm5_next_text"},
+     .keys = {DEEPSEEK_V3_KEYS(4096, 2048, 288, 8, 1, 1, 2.5f, 1, 1, 3, 46),
+              KEY(SWIGLU_LIMIT, 10.0f, "swiglu_limit")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
+     .act = {.def = "silu (clamped)", .fixed = MOEVK_ACT_SWIGLU_CLAMP},
+     .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",
+     .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
+     .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
     /* MiniMaxM2SparseMoeBlock: sigmoid scores plus the block's correction
      * bias choose the top k, no groups, always normalised */
     {.model_types = {"minimax_m2"},

@@ -78,6 +78,9 @@ typedef enum mvk_cfg_field {
     MVK_CFG_EXPERT_OFFSET,    /*   (Jamba's expert_layer_period / _offset)   */
     MVK_CFG_MOE_LAYERS,       /* moe_layers: the MoE layers' indices; when
                                  given, it alone says which layers are MoE  */
+    MVK_CFG_LATENT,           /* a latent size the experts would run in
+                                 (Nemotron-H's moe_latent_size): refused
+                                 unless 0 / null                            */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 
@@ -116,7 +119,8 @@ typedef enum mvk_layout_kind {
      * gate NULL for a non-gated FFN. Passed zero-copy. */
     MVK_LAYOUT_PER_EXPERT,
     /* gate = the stacked gate_up [E, 2F, H] (expert i: F gate rows, then
-     * F up rows), down [E, H, F]. Passed zero-copy. */
+     * F up rows), down [E, H, F]; for a non-gated FFN gate NULL and up the
+     * stacked up [E, F, H]. Passed zero-copy. */
     MVK_LAYOUT_STACKED,
     /* gpt-oss: gate = gate_up [E, H, 2F] (gate and up interleaved along the
      * last axis), down [E, F, H]; transposed into owned copies. With

@@ -73,6 +73,7 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_EXPERT_PERIOD] = {V_U32, AT(expert_period), "expert_layer_period"},
     [MVK_CFG_EXPERT_OFFSET] = {V_U32, AT(expert_offset), "expert_layer_offset"},
     [MVK_CFG_MOE_LAYERS] = {V_MOE_LAYERS, AT(moe_layers), "moe_layers"},
+    [MVK_CFG_LATENT] = {V_U32, AT(latent), "moe_latent_size"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -222,10 +223,13 @@ static int layer_types_value(const cfg_reader *r, const cJSON *v, const char *na
     for (int i = 0; i < n; i++) {
         const cJSON *e = cJSON_GetArrayItem(v, i);
         const char *t = cJSON_IsString(e) ? e->valuestring : NULL;
-        if (!t || (strcmp(t, "dense") && strcmp(t, "sparse")))
-            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not \"dense\" or \"sparse\"",
-                            r->what, name, i);
-        c->layer_types[i] = t[0] == 's';
+        if (!t)
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not a string", r->what, name,
+                            i);
+        /* "sparse" (mlp_layer_types) or "moe" (Nemotron-H's
+         * layers_block_type) is a MoE layer; "dense", "mlp", attention or
+         * Mamba blocks are not */
+        c->layer_types[i] = !strcmp(t, "sparse") || !strcmp(t, "moe");
     }
     c->n_layer_types = (uint32_t)n;
     return 0;
@@ -386,6 +390,11 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
                             "its top-2 experts",
                             r->what, gn, c->n_group);
     }
+    if (c->latent)
+        return mvk_errf(r->err, r->errsz,
+                        "%s: \"%s\" = %u: experts in a latent space (projections around them) "
+                        "are not supported",
+                        r->what, key_name(a, MVK_CFG_LATENT), c->latent);
     if (c->expert_period == 0)
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" is 0", r->what,
                         key_name(a, MVK_CFG_EXPERT_PERIOD));
@@ -547,7 +556,7 @@ int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
                                 key_name(a, MVK_CFG_LAYER_TYPES), c->n_layer_types);
             if (!c->layer_types[layer])
                 return mvk_errf(err, errsz,
-                                "layer %u is a dense MLP layer (\"dense\" in %s), not a MoE layer",
+                                "layer %u is not a MoE layer (not \"sparse\" in %s)",
                                 layer, key_name(a, MVK_CFG_LAYER_TYPES));
             goto sparse;
         }

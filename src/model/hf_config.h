@@ -38,6 +38,7 @@ typedef struct mvk_moe_config {
     uint8_t *layer_types;     /* mlp_layer_types: 1 = sparse (NULL: none)  */
     uint32_t n_layer_types;
     uint32_t *moe_layers;     /* moe_layers: MoE layer indices (NULL: none) */
+    uint32_t latent;          /* moe_latent_size: refused when not 0       */
     uint32_t n_moe_layers;
     uint32_t last_moe_layer;  /* UINT32_MAX: none                          */
     uint32_t expert_period, expert_offset; /* 1, 0 unless read             */

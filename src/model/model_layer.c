@@ -551,15 +551,22 @@ static int per_expert(bctx *b, const mvk_arch_layout *lay, expert_views *ev)
 static int shared_expert(bctx *b, const char *const names[3], expert_views *ev)
 {
     const uint64_t H = b->c->hidden, F = b->c->shared_ffn;
+    /* a non-gated FFN (relu^2: Nemotron-H) has no gate */
+    const int gated = moevk_activation_is_gated(b->c->activation);
     ev->count = 1;
     ev->ffn = F;
-    ev->gate = views(b, 1);
+    ev->gate = gated ? views(b, 1) : NULL;
     ev->up = views(b, 1);
     ev->down = views(b, 1);
-    if (!ev->gate || !ev->up || !ev->down)
+    if ((gated && !ev->gate) || !ev->up || !ev->down)
         return -1;
-    if (!names[0] || !names[1] || !names[2])
+    if ((gated && !names[0]) || !names[1] || !names[2])
         return mvk_errf(b->err, b->errsz, "%s has a shared expert but no names for its tensors",
+                        mvk_arch_name(b->c->arch));
+    if (b->c->quant.method && !gated)
+        return mvk_errf(b->err, b->errsz,
+                        "%s: a quantised checkpoint with a non-gated shared expert is not "
+                        "supported",
                         mvk_arch_name(b->c->arch));
     if (b->c->quant.method) {
         uint32_t *perm, *xp;
@@ -575,7 +582,7 @@ static int shared_expert(bctx *b, const char *const names[3], expert_views *ev)
             quant_note(b, "gate/up inputs sorted by group (input_perm)");
         return 0;
     }
-    if (!(ev->gate[0].t = need(b, names[0], 0, 2, SHAPE(F, H), "[shared F, H]")))
+    if (gated && !(ev->gate[0].t = need(b, names[0], 0, 2, SHAPE(F, H), "[shared F, H]")))
         return -1;
     if (!(ev->up[0].t = need(b, names[1], 0, 2, SHAPE(F, H), "[shared F, H]")))
         return -1;
@@ -670,6 +677,26 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
     case MVK_LAYOUT_PER_EXPERT:
         return per_expert(b, lay, ev);
     case MVK_LAYOUT_STACKED:
+        if (!lay->gate) { /* non-gated: up [E, F, H] + down [E, H, F] */
+            const mvk_st_tensor *up = need(b, lay->up, 0, 3, SHAPE(E, F, H), "[E, F, H]");
+            const mvk_st_tensor *dn = up ? need(b, lay->down, 0, 3, SHAPE(E, H, F), "[E, H, F]")
+                                         : NULL;
+            if (!dn)
+                return -1;
+            ev->count = E;
+            ev->ffn = F;
+            ev->gate = NULL;
+            ev->up = views(b, E);
+            ev->down = views(b, E);
+            if (!ev->up || !ev->down)
+                return -1;
+            for (uint32_t i = 0; i < E; i++) {
+                ev->up[i] = (mview){.t = up, .kind = V_DIRECT, .off = (uint64_t)i * F * H, .expert = i};
+                ev->down[i] = (mview){.t = dn, .kind = V_DIRECT, .off = (uint64_t)i * H * F, .expert = i};
+            }
+            return 0;
+        }
+        /* fall through */
     case MVK_LAYOUT_INTERLEAVED:
     case MVK_LAYOUT_TRANSPOSED: {
         /* stacked [E, 2F, H] + [E, H, F]; gpt-oss [E, H, 2F] + [E, F, H] */

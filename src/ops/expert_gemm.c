@@ -12,7 +12,9 @@
 _Static_assert(MOEVK_ACT_SWIGLU + 1u == MVK_ACT_SWIGLU && MOEVK_ACT_GEGLU + 1u == MVK_ACT_GEGLU &&
                    MOEVK_ACT_GEGLU_TANH + 1u == MVK_ACT_GEGLU_TANH &&
                    MOEVK_ACT_SWIGLU_OAI + 1u == MVK_ACT_SWIGLU_OAI &&
-                   MOEVK_ACT_RELU + 1u == MVK_ACT_RELU && MOEVK_ACT_GELU + 1u == MVK_ACT_GELU,
+                   MOEVK_ACT_RELU + 1u == MVK_ACT_RELU && MOEVK_ACT_GELU + 1u == MVK_ACT_GELU &&
+                   MOEVK_ACT_RELU2 + 1u == MVK_ACT_RELU2 &&
+                   MOEVK_ACT_SWIGLU_CLAMP + 1u == MVK_ACT_SWIGLU_CLAMP,
                "interface.h's MVK_ACT_* are moevk_activation + 1");
 _Static_assert(MVK_GEMV_WG % MVK_GEMV_COLS == 0, "the skinny kernel's lanes are whole");
 

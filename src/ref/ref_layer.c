@@ -42,7 +42,8 @@ static double gelu_tanh(double x)
 static int activation_is_gated(moevk_activation act)
 {
     return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU ||
-           act == MOEVK_ACT_GEGLU_TANH || act == MOEVK_ACT_SWIGLU_OAI;
+           act == MOEVK_ACT_GEGLU_TANH || act == MOEVK_ACT_SWIGLU_OAI ||
+           act == MOEVK_ACT_SWIGLU_CLAMP;
 }
 
 /* One expert's matrix (rows of `row_bytes`, `rows` of them): inside the
@@ -100,7 +101,7 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
     const uint8_t *gate = expert_matrix(w->gate, w->gate_experts, expert, ffn, rb_h);
     const uint8_t *up = expert_matrix(w->up, w->up_experts, expert, ffn, rb_h);
     const uint8_t *down = expert_matrix(w->down, w->down_experts, expert, H, rb_f);
-    int known = gated || act == MOEVK_ACT_RELU || act == MOEVK_ACT_GELU;
+    int known = gated || act == MOEVK_ACT_RELU || act == MOEVK_ACT_GELU || act == MOEVK_ACT_RELU2;
 
     if (!known || !up || !down || (gated && !gate) || !rb_h || !rb_f) {
         for (uint32_t c = 0; c < H; c++)
@@ -116,7 +117,12 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
             u += (double)w->up_bias[(size_t)expert * ffn + f];
         if (!gated) {
             /* written so that NaN propagates (unlike fmax) */
-            h[f] = act == MOEVK_ACT_RELU ? (u < 0.0 ? 0.0 : u) : gelu_erf(u);
+            if (act == MOEVK_ACT_GELU) {
+                h[f] = gelu_erf(u);
+            } else {
+                double r = u < 0.0 ? 0.0 : u;
+                h[f] = act == MOEVK_ACT_RELU2 ? r * r : r;
+            }
             continue;
         }
         double g = dot_perm(in, perm, decode_row(gate, dt, f, H, row), H);
@@ -132,6 +138,18 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
         case MOEVK_ACT_GEGLU_TANH:
             h[f] = gelu_tanh(g) * u;
             break;
+        case MOEVK_ACT_SWIGLU_CLAMP: {
+            double limit = desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0;
+            /* clamps written so that NaN propagates */
+            if (g > limit)
+                g = limit;
+            if (u > limit)
+                u = limit;
+            if (u < -limit)
+                u = -limit;
+            h[f] = silu(g) * u;
+            break;
+        }
         default: { /* MOEVK_ACT_SWIGLU_OAI */
             double alpha = desc->swiglu_alpha ? (double)desc->swiglu_alpha : 1.702;
             double limit = desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0;
