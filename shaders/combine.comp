@@ -40,7 +40,7 @@ void main()
         float v = shared_out[(s * p.T + t) * p.H + h];
         if (p.has_gate != 0u)
             v *= sigmoid(shared_gate[t * p.n_shared + s]);
-        acc += v;
+        acc = fma(p.shared_scale, v, acc);
     }
     y[p.tok0 * p.H + i] = acc;
 }

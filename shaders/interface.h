@@ -326,6 +326,7 @@ MVK_PUSH_BEGIN(mvk_combine_push)
     MVK_U32 T, H, K, n_shared, has_gate, elem0;
     MVK_U32 tok0; /* weights row of local token t is tok0 + t */
     MVK_U32 unit_weights; /* 1: every weight is 1 (MOEVK_LAYER_WEIGHTS_ON_INPUT) */
+    MVK_F32 shared_scale; /* the shared outputs' factor (1: none) */
 MVK_PUSH_END(mvk_combine_push)
 #endif
 

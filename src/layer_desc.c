@@ -83,6 +83,8 @@ void mvk_layer_desc_defaults(const moevk_layer_desc *in, moevk_layer_desc *out)
         out->topk_group = out->n_group;
     if (out->routed_scaling_factor == 0.0f)
         out->routed_scaling_factor = 1.0f;
+    if (out->shared_scale == 0.0f)
+        out->shared_scale = 1.0f;
     if (out->swiglu_alpha == 0.0f)
         out->swiglu_alpha = 1.702f;
     if (out->swiglu_limit == 0.0f)
@@ -216,6 +218,8 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         (double)d.norm_min);
     if (!isfinite(d.routed_scaling_factor))
         return mvk_fail(ctx, bad, "routed_scaling_factor is not finite");
+    if (!isfinite(d.shared_scale))
+        return mvk_fail(ctx, bad, "shared_scale = %g is not finite", (double)d.shared_scale);
     if (!(d.capacity_factor >= 0.0f) || !isfinite(d.capacity_factor))
         return mvk_fail(ctx, bad, "capacity_factor = %g must be 0 (dropless) or positive",
                         (double)d.capacity_factor);

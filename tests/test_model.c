@@ -950,6 +950,8 @@ Test(model, config_errors_name_the_field)
     parse_bad("{\"model_type\": \"jamba\", \"expert_layer_period\": 0}",
               "\"expert_layer_period\" is 0");
     parse_bad("{\"model_type\": \"deepseek_v2\"}", "\"num_experts_per_tok\" is required");
+    parse_bad("{\"model_type\": \"cohere2_moe\", \"expert_selection_fn\": \"sparsemixer\"}",
+              "\"expert_selection_fn\" = \"sparsemixer\" is not supported (softmax, sigmoid)");
 }
 
 /* Which layers hold a MoE block, and under which tensor-name prefixes. */
@@ -1794,7 +1796,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 36, "the table has %zu architectures", n);
+    cr_assert_eq(n, 37, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

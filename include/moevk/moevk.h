@@ -575,6 +575,10 @@ typedef struct moevk_layer_desc {
     /* > 0: the denominator is max(norm, norm_min) instead of the mode's
      * (sum, or sum + 1e-20 for sigmoid_grouped) (ERNIE-4.5's moe_norm_min) */
     float norm_min;
+    /* The shared experts' summed output is multiplied by shared_scale (0
+     * means 1) before it is added: with routed_scaling_factor 0.5 it is
+     * Cohere2-MoE's "average" of the routed and shared outputs. */
+    float shared_scale;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */

@@ -496,7 +496,7 @@ __global__ void k_scale_rows(const int32_t *row_of, const float *weights, const 
 
 __global__ void k_combine(const int32_t *row_of, const float *weights, const float *o,
                           const float *shared, uint32_t T, uint32_t H, uint32_t K,
-                          int unit_weights, float *y)
+                          int unit_weights, float shared_scale, float *y)
 {
     GRID_STRIDE(i, (size_t)T * H)
     {
@@ -509,7 +509,7 @@ __global__ void k_combine(const int32_t *row_of, const float *weights, const flo
                                    : fmaf(weights[(size_t)t * K + j], o[(size_t)r * H + c], acc);
         }
         if (shared)
-            acc += shared[i];
+            acc = fmaf(shared_scale, shared[i], acc);
         y[i] = acc;
     }
 }
@@ -750,10 +750,10 @@ cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, cons
 
 cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights, const float *o,
                     const float *shared, uint32_t T, uint32_t H, uint32_t K, int unit_weights,
-                    float *y)
+                    float shared_scale, float *y)
 {
     LAUNCH(k_combine, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, o, shared, T, H, K,
-           unit_weights, y);
+           unit_weights, shared_scale, y);
     return cudaGetLastError();
 }
 

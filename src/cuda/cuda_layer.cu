@@ -610,6 +610,8 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
         d->topk_group = d->n_group;
     if (d->routed_scaling_factor == 0.0f)
         d->routed_scaling_factor = 1.0f;
+    if (d->shared_scale == 0.0f)
+        d->shared_scale = 1.0f;
     if (d->swiglu_alpha == 0.0f)
         d->swiglu_alpha = 1.702f;
     if (d->swiglu_limit == 0.0f)
@@ -1001,7 +1003,8 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     }
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_SHARED + 1], s));
 
-    CK(combine(s, L->row_of, L->wts, L->obuf, NS ? L->sh_acc : NULL, T, H, K, on_input, L->y));
+    CK(combine(s, L->row_of, L->wts, L->obuf, NS ? L->sh_acc : NULL, T, H, K, on_input,
+               d->shared_scale, L->y));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_COMBINE + 1], s));
 
     CK(stats(s, L->logits, L->totals, T, E, K, L->tok, L->prob, L->loss));

@@ -432,6 +432,9 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     }
     /* the routing weights on the experts' inputs (Llama 4), from a stream
      * of its own, in a sixth of the cases */
+    mvk_rng rsh = mvk_rng_seed(seed, 10);
+    if (mvk_rng_chance(&rsh, 0.2)) /* a factor on the shared output: Cohere2-MoE's average */
+        d->shared_scale = mvk_rng_chance(&rsh, 0.5) ? 0.5f : mvk_rng_uniform(&rsh, -2.0f, 2.0f);
     mvk_rng ri = mvk_rng_seed(seed, 8);
     if (mvk_rng_chance(&ri, 1.0 / 6.0))
         d->flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT;
@@ -666,6 +669,8 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         app(buf, n, &p, " cf=%.3g", d->capacity_factor);
     if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
         app(buf, n, &p, " w-on-input");
+    if (d->num_shared && d->shared_scale != 0.0f && d->shared_scale != 1.0f)
+        app(buf, n, &p, " shared-x%.3g", d->shared_scale);
     if (d->flags & MOEVK_LAYER_VRAM_BUDGET)
         app(buf, n, &p, " vram=%lluB%s", (unsigned long long)d->vram_budget,
             d->flags & MOEVK_LAYER_CACHE_STATIC ? "(static)" : "");

@@ -424,6 +424,20 @@ static const mvk_arch archs[] = {
      .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
      .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
      .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* Cohere2MoeSparseMoeBlock: top-k on the logits, then softmax over the
+     * k or (expert_selection_fn "sigmoid") their sigmoids, optionally
+     * normalised; a shared expert of num_shared_experts x intermediate_size,
+     * by default averaged with the routed output */
+    {.model_types = {"cohere2_moe"},
+     .keys = {KEY(HIDDEN, 8192, "hidden_size"), KEY(FFN, 22528, "intermediate_size"),
+              KEY(EXPERTS, 8, "num_experts", "num_local_experts"),
+              KEY(TOP_K, 2, "num_experts_per_tok"), KEY(NORM_TOPK, 1, "norm_topk_prob"),
+              KEY(SELECTION_FN, 0, "expert_selection_fn"),
+              KEY(SHARED_EXPERTS, 0, "num_shared_experts"),
+              KEY(SHARED_COMBINE, 1, "shared_expert_combination_strategy"),
+              KEY(NUM_LAYERS, 32, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_TOPK_SOFTMAX, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
+     DEEPSEEK_SHARED},
     /* MiniMaxM2SparseMoeBlock: sigmoid scores plus the block's correction
      * bias choose the top k, no groups, always normalised */
     {.model_types = {"minimax_m2"},

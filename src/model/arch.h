@@ -78,6 +78,12 @@ typedef enum mvk_cfg_field {
     MVK_CFG_EXPERT_OFFSET,    /*   (Jamba's expert_layer_period / _offset)   */
     MVK_CFG_MOE_LAYERS,       /* moe_layers: the MoE layers' indices; when
                                  given, it alone says which layers are MoE  */
+    MVK_CFG_SELECTION_FN,     /* Cohere2-MoE's expert_selection_fn: "softmax"
+                                 (topk_softmax) or "sigmoid" (sigmoid of the
+                                 top-k logits); def 0 or 1 for them         */
+    MVK_CFG_SHARED_COMBINE,   /* shared_expert_combination_strategy: "sum"
+                                 or "average" (both halved: routed scale and
+                                 shared_scale 0.5); def 0 or 1 for them     */
     MVK_CFG_LATENT,           /* a latent size the experts would run in
                                  (Nemotron-H's moe_latent_size): refused
                                  unless 0 / null                            */

@@ -29,12 +29,14 @@ typedef enum value_type {
     V_LAYER_TYPES, /* a list of "dense" / "sparse" (mlp_layer_types)             */
     V_MOE_LAYERS, /* a list of layer indices: moe_layers                           */
     V_LAST_LAYER, /* an integer >= -1 into a uint32_t, -1 as UINT32_MAX          */
+    V_CHOICE2,   /* one of two strings (the field's choices[]): 0 or 1 into an int */
 } value_type;
 
 typedef struct field_info {
     value_type type;
     size_t offset;     /* in mvk_moe_config */
     const char *label; /* named in messages when the architecture has no key for it */
+    const char *choices[2]; /* V_CHOICE2: the strings read as 0 and 1 */
 } field_info;
 
 #define AT(f) offsetof(mvk_moe_config, f)
@@ -74,6 +76,10 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_EXPERT_OFFSET] = {V_U32, AT(expert_offset), "expert_layer_offset"},
     [MVK_CFG_MOE_LAYERS] = {V_MOE_LAYERS, AT(moe_layers), "moe_layers"},
     [MVK_CFG_LATENT] = {V_U32, AT(latent), "moe_latent_size"},
+    [MVK_CFG_SELECTION_FN] = {V_CHOICE2, AT(selection_sigmoid), "expert_selection_fn",
+                              {"softmax", "sigmoid"}},
+    [MVK_CFG_SHARED_COMBINE] = {V_CHOICE2, AT(shared_average),
+                                "shared_expert_combination_strategy", {"sum", "average"}},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -285,6 +291,19 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
         return v ? layer_types_value(r, v, name, c) : 0;
     case V_MOE_LAYERS:
         return v ? index_list(r, v, name, &c->moe_layers, &c->n_moe_layers) : 0;
+    case V_CHOICE2: {
+        int m = def != 0;
+        if (v) {
+            const char *t = cJSON_IsString(v) ? v->valuestring : NULL;
+            m = t && !strcmp(t, fi->choices[0]) ? 0 : t && !strcmp(t, fi->choices[1]) ? 1 : -1;
+            if (m < 0)
+                return mvk_errf(r->err, r->errsz, "%s: \"%s\" = \"%.32s\" is not supported (%s, %s)",
+                                r->what, name, t ? t : "(not a string)", fi->choices[0],
+                                fi->choices[1]);
+        }
+        memcpy(dst, &m, sizeof m);
+        return 0;
+    }
     case V_TOPK_METHOD: {
         static const char *const methods[] = {"greedy", "group_limited_greedy"};
         int m = def != 0;
@@ -430,6 +449,12 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
         return -1;
     if (c->greedy) /* topk_method "greedy" reads no groups */
         c->n_group = c->topk_group = 1;
+    if (c->selection_sigmoid) /* the sigmoids of the top-k logits */
+        c->routing = MOEVK_ROUTING_SIGMOID_GROUPED;
+    if (c->shared_average && c->shared_ffn) { /* (routed + shared) / 2 */
+        c->routed_scaling_factor = 0.5f;
+        c->shared_scale = 0.5f;
+    }
     c->shared_gate = a->shared_gate != NULL && c->shared_ffn != 0;
     if (mvk_hfq_config_read(r->top ? r->top : r->root, r->what, &c->quant, r->err, r->errsz))
         return -1;

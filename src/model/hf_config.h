@@ -39,6 +39,9 @@ typedef struct mvk_moe_config {
     uint32_t n_layer_types;
     uint32_t *moe_layers;     /* moe_layers: MoE layer indices (NULL: none) */
     uint32_t latent;          /* moe_latent_size: refused when not 0       */
+    int selection_sigmoid;    /* expert_selection_fn "sigmoid"             */
+    int shared_average;       /* shared_expert_combination_strategy "average" */
+    float shared_scale;       /* moevk_layer_desc's (0: 1)                 */
     uint32_t n_moe_layers;
     uint32_t last_moe_layer;  /* UINT32_MAX: none                          */
     uint32_t expert_period, expert_offset; /* 1, 0 unless read             */

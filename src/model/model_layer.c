@@ -770,6 +770,7 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         .group_score = c->group_score,
         .norm_p = c->norm_p,
         .norm_min = c->norm_min,
+        .shared_scale = c->shared_scale,
         .swiglu_alpha = c->swiglu_alpha,
         .swiglu_limit = c->swiglu_limit,
     };

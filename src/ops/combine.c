@@ -22,6 +22,7 @@ void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a)
         mvk_combine_push p = {
             .T = a->T, .H = a->H, .K = a->K, .n_shared = a->n_shared, .has_gate = a->has_gate,
             .elem0 = (uint32_t)e0, .tok0 = a->tok0, .unit_weights = a->unit_weights,
+            .shared_scale = a->shared_scale,
         };
         mvk_cmd_dispatch(c, MVK_K_COMBINE, spec, MVK_COMBINE_NSPEC, b, MVK_COMBINE_BINDINGS, &p,
                          sizeof(p), (uint32_t)((cnt + MVK_COMBINE_WG - 1) / MVK_COMBINE_WG), 1,

@@ -293,8 +293,9 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
                 gate = sigmoid(dot(xt, decode_row(desc->shared_gate, desc->router_dtype, i, H,
                                                   wrow),
                                    H));
+            double scale = desc->shared_scale != 0.0f ? (double)desc->shared_scale : 1.0;
             for (uint32_t c = 0; c < H; c++)
-                acc[c] += gate * o[c];
+                acc[c] += scale * gate * o[c];
         }
         for (uint32_t c = 0; c < H; c++)
             y[(size_t)t * H + c] = (float)acc[c];
