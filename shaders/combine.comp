@@ -20,6 +20,7 @@ layout(std430, binding = MVK_COMBINE_BIND_WEIGHTS) readonly buffer W { float wei
 layout(std430, binding = MVK_COMBINE_BIND_SHARED_OUT) readonly buffer SO { float shared_out[]; };
 layout(std430, binding = MVK_COMBINE_BIND_SHARED_GATE) readonly buffer SG { float shared_gate[]; };
 layout(std430, binding = MVK_COMBINE_BIND_Y) writeonly buffer Y { float y[]; };
+layout(std430, binding = MVK_COMBINE_BIND_OUT_BIAS) readonly buffer OB { float out_bias[]; };
 
 void main()
 {
@@ -42,5 +43,7 @@ void main()
             v *= sigmoid(shared_gate[t * p.n_shared + s]);
         acc = fma(p.shared_scale, v, acc);
     }
+    if (p.has_out_bias != 0u)
+        acc += out_bias[h];
     y[p.tok0 * p.H + i] = acc;
 }

@@ -319,7 +319,8 @@ MVK_PUSH_END(mvk_scale_push)
 #define MVK_COMBINE_BIND_SHARED_OUT 3
 #define MVK_COMBINE_BIND_SHARED_GATE 4
 #define MVK_COMBINE_BIND_Y 5
-#define MVK_COMBINE_BINDINGS 6
+#define MVK_COMBINE_BIND_OUT_BIAS 6 /* [H], when has_out_bias */
+#define MVK_COMBINE_BINDINGS 7
 #define MVK_COMBINE_NSPEC 1
 #if !defined(MVK_GLSL) || defined(MVK_KERNEL_COMBINE)
 MVK_PUSH_BEGIN(mvk_combine_push)
@@ -327,6 +328,7 @@ MVK_PUSH_BEGIN(mvk_combine_push)
     MVK_U32 tok0; /* weights row of local token t is tok0 + t */
     MVK_U32 unit_weights; /* 1: every weight is 1 (MOEVK_LAYER_WEIGHTS_ON_INPUT) */
     MVK_F32 shared_scale; /* the shared outputs' factor (1: none) */
+    MVK_U32 has_out_bias; /* the layer's output bias is added */
 MVK_PUSH_END(mvk_combine_push)
 #endif
 

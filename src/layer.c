@@ -382,6 +382,7 @@ static void layer_free(moevk_layer *L)
     moevk_buffer_destroy(L->router_w);
     moevk_buffer_destroy(L->router_b);
     moevk_buffer_destroy(L->corr_b);
+    moevk_buffer_destroy(L->out_b);
     moevk_buffer_destroy(L->shared_gate);
     moevk_buffer_destroy(L->results);
     if (L->ws) {
@@ -461,6 +462,8 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
         st = upload_new(L, d->router_bias, E * 4, &L->router_b);
     if (!st && d->correction_bias)
         st = upload_new(L, d->correction_bias, E * 4, &L->corr_b);
+    if (!st && d->output_bias)
+        st = upload_new(L, d->output_bias, (uint64_t)d->hidden * 4, &L->out_b);
     if (!st && d->shared_gate)
         st = upload_new(L, d->shared_gate, (uint64_t)d->num_shared * router_row, &L->shared_gate);
     mvk_matrix_kind kind[4];
@@ -491,6 +494,7 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
     L->desc.router_weight = NULL;
     L->desc.router_bias = NULL;
     L->desc.correction_bias = NULL;
+    L->desc.output_bias = NULL;
     L->desc.shared_gate = NULL;
     if (st) {
         layer_free(L);

@@ -42,6 +42,7 @@ struct moevk_layer {
     bool gated;
     uint32_t r_fmt;        /* MVK_WFMT_* of the router weights */
     moevk_buffer *router_w, *router_b, *corr_b, *shared_gate;
+    moevk_buffer *out_b; /* desc.output_bias [H] */
     mvk_expert_set routed, shared;
     uint64_t weight_bytes;      /* device memory of all weights */
     uint64_t host_weight_bytes; /* host-visible expert copies (a budget) */

@@ -171,6 +171,8 @@ static uint64_t expected_weight_bytes(const moevk_layer_desc *d, const char *nam
     }
     if (d->num_shared && d->shared_gate)
         b += d->num_shared * H * rs;
+    if (d->output_bias)
+        b += 4 * H;
     return b;
 }
 

@@ -579,6 +579,9 @@ typedef struct moevk_layer_desc {
      * means 1) before it is added: with routed_scaling_factor 0.5 it is
      * Cohere2-MoE's "average" of the routed and shared outputs. */
     float shared_scale;
+    /* Optional [H]: added once to every token's output (JetMoE's block
+     * bias). Read only during moevk_layer_create. */
+    const float *output_bias;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */

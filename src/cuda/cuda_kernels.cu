@@ -496,7 +496,8 @@ __global__ void k_scale_rows(const int32_t *row_of, const float *weights, const 
 
 __global__ void k_combine(const int32_t *row_of, const float *weights, const float *o,
                           const float *shared, uint32_t T, uint32_t H, uint32_t K,
-                          int unit_weights, float shared_scale, float *y)
+                          int unit_weights, float shared_scale, const float *out_bias,
+                          float *y)
 {
     GRID_STRIDE(i, (size_t)T * H)
     {
@@ -510,6 +511,8 @@ __global__ void k_combine(const int32_t *row_of, const float *weights, const flo
         }
         if (shared)
             acc = fmaf(shared_scale, shared[i], acc);
+        if (out_bias)
+            acc += out_bias[c];
         y[i] = acc;
     }
 }
@@ -750,10 +753,10 @@ cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, cons
 
 cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights, const float *o,
                     const float *shared, uint32_t T, uint32_t H, uint32_t K, int unit_weights,
-                    float shared_scale, float *y)
+                    float shared_scale, const float *out_bias, float *y)
 {
     LAUNCH(k_combine, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, o, shared, T, H, K,
-           unit_weights, shared_scale, y);
+           unit_weights, shared_scale, out_bias, y);
     return cudaGetLastError();
 }
 

@@ -289,7 +289,7 @@ struct mvk_cuda_layer {
 
     /* weights */
     void *router_w, *sgate_w;
-    float *router_b, *corr_b;
+    float *router_b, *corr_b, *out_b;
     dev_ffn ex, sh;
     uint64_t weight_bytes;
 
@@ -580,6 +580,7 @@ extern "C" void mvk_cuda_layer_destroy(mvk_cuda_layer *L)
     cudaFree(L->sgate_w);
     cudaFree(L->router_b);
     cudaFree(L->corr_b);
+    cudaFree(L->out_b);
     if (L->h_offsets)
         cudaFreeHost(L->h_offsets);
     for (int i = 0; i < L->events; i++)
@@ -630,6 +631,8 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
                    "router_weight", err, err_size));
     CKS(upload_raw(L, desc->router_bias, E * 4, (void **)&L->router_b, "router_bias", err,
                    err_size));
+    CKS(upload_raw(L, desc->output_bias, H * 4, (void **)&L->out_b, "output_bias", err,
+                   err_size));
     if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX)
         CKS(upload_raw(L, desc->correction_bias, E * 4, (void **)&L->corr_b, "correction_bias",
                        err, err_size));
@@ -644,6 +647,7 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
     /* the host arrays are not ours to keep */
     d->router_weight = NULL;
     d->router_bias = d->correction_bias = NULL;
+    d->output_bias = NULL;
     d->shared_gate = NULL;
     memset(&d->experts, 0, sizeof d->experts);
     memset(&d->shared, 0, sizeof d->shared);
@@ -1004,7 +1008,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_SHARED + 1], s));
 
     CK(combine(s, L->row_of, L->wts, L->obuf, NS ? L->sh_acc : NULL, T, H, K, on_input,
-               d->shared_scale, L->y));
+               d->shared_scale, L->out_b, L->y));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_COMBINE + 1], s));
 
     CK(stats(s, L->logits, L->totals, T, E, K, L->tok, L->prob, L->loss));

@@ -461,6 +461,13 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         if (!(c->correction_bias = mvk_rng_array(&r, MOEVK_DTYPE_F32, E, 0.1f)))
             goto oom;
     }
+    /* an output bias (JetMoE), from a stream of its own */
+    mvk_rng rob = mvk_rng_seed(seed, 11);
+    if (mvk_rng_chance(&rob, 0.15)) {
+        if (!(c->output_bias = mvk_rng_array(&rob, MOEVK_DTYPE_F32, H, 0.5f)))
+            goto oom;
+        d->output_bias = c->output_bias;
+    }
     /* softmax probabilities are about 1/E: a bias of that size reorders */
     if (softmax_bias && !(c->correction_bias = mvk_rng_array(&rr, MOEVK_DTYPE_F32, E,
                                                               1.0f / (float)E)))
@@ -572,6 +579,7 @@ void mvkc_case_free(mvkc_case *c)
     free(c->shared_gate);
     free(c->router_bias);
     free(c->correction_bias);
+    free(c->output_bias);
     for (int s = 0; s < 2; s++) {
         for (int m = 0; m < 3; m++) {
             free(c->mat[s][m]);
@@ -669,6 +677,8 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         app(buf, n, &p, " cf=%.3g", d->capacity_factor);
     if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
         app(buf, n, &p, " w-on-input");
+    if (d->output_bias)
+        app(buf, n, &p, " out-bias");
     if (d->num_shared && d->shared_scale != 0.0f && d->shared_scale != 1.0f)
         app(buf, n, &p, " shared-x%.3g", d->shared_scale);
     if (d->flags & MOEVK_LAYER_VRAM_BUDGET)

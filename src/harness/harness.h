@@ -125,7 +125,7 @@ typedef struct mvkc_case {
 
     /* storage (owned) */
     void *router, *shared_gate;
-    float *router_bias, *correction_bias;
+    float *router_bias, *correction_bias, *output_bias;
     void *mat[2][3];        /* [routed, shared][gate, up, down] */
     float *bias[2][3];
     const void **ptrs[2][3]; /* per-expert pointer arrays */

@@ -132,6 +132,14 @@ static const mvk_arch_layout per_expert_up_down = {
     .down = "experts.{i}.down_proj.weight",
 };
 
+/* JetMoE: its experts' names (gate then up in input_linear) */
+static const mvk_arch_layout jetmoe_linear = {
+    .kind = MVK_LAYOUT_STACKED,
+    .what = "stacked input_linear.weight [E, 2F, H] + output_linear.weight [E, H, F]",
+    .gate = "input_linear.weight",
+    .down = "output_linear.weight",
+};
+
 static const mvk_arch_layout gpt_oss_mxfp4 = {
     .kind = MVK_LAYOUT_REFUSED,
     .gate = "experts.gate_up_proj_blocks",
@@ -424,6 +432,17 @@ static const mvk_arch archs[] = {
      .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
      .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
      .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* JetMoeMoE: GraniteMoE's routing (top-k on the logits, softmax over
+     * the k), SwiGLU experts, one bias added to the block's output (its
+     * mixture of attention experts is not an FFN block) */
+    {.model_types = {"jetmoe"},
+     .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 5632, "intermediate_size"),
+              KEY(EXPERTS, 8, "num_local_experts"), KEY(TOP_K, 2, "num_experts_per_tok"),
+              KEY(NUM_LAYERS, 12, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_TOPK_SOFTMAX,
+     .act = {.key = "activation_function", .def = "silu", .names = gated_acts},
+     .sparse = MVK_SPARSE_DECODER, .layer_prefixes = {DECODER_LAYER},
+     .router = "router.layer.weight", .output_bias = "bias", .layouts = {&jetmoe_linear}},
     /* Cohere2MoeSparseMoeBlock: top-k on the logits, then softmax over the
      * k or (expert_selection_fn "sigmoid") their sigmoids, optionally
      * normalised; a shared expert of num_shared_experts x intermediate_size,

@@ -179,6 +179,7 @@ typedef struct mvk_arch {
      * correction_bias are required when named (a MVK_CFG_ROUTER_BIAS key
      * may say the router has none). */
     const char *router, *router_bias, *correction_bias;
+    const char *output_bias; /* [H] added once to the block's output (JetMoE) */
     const mvk_arch_layout *layouts[MVK_ARCH_LAYOUTS]; /* probed in order */
     const char *shared[3];   /* the shared expert's gate, up, down          */
     const char *shared_gate; /* its [1, H] sigmoid gate (when shared_ffn > 0) */

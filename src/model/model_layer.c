@@ -791,6 +791,9 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         goto fail;
     if (c->correction_bias && a->correction_bias && !(cb = need_vector(b, a->correction_bias, E)))
         goto fail;
+    const mvk_st_tensor *ob = NULL;
+    if (a->output_bias && !(ob = need(b, a->output_bias, 0, 1, SHAPE(H), "[H]")))
+        goto fail;
 
     /* experts */
     expert_views routed = {0}, shared = {0};
@@ -855,6 +858,8 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     if (rb && !(d->router_bias = f32_copy(b, rb)))
         goto fail;
     if (cb && !(d->correction_bias = f32_copy(b, cb)))
+        goto fail;
+    if (ob && !(d->output_bias = f32_copy(b, ob)))
         goto fail;
 
     if (lay->gate_bias) {

@@ -16,6 +16,7 @@ void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a)
     b[MVK_COMBINE_BIND_SHARED_OUT] = a->shared_out;
     b[MVK_COMBINE_BIND_SHARED_GATE] = a->shared_gate;
     b[MVK_COMBINE_BIND_Y] = a->y;
+    b[MVK_COMBINE_BIND_OUT_BIAS] = a->out_bias;
     const uint64_t per = (uint64_t)c->ctx->info.max_workgroup_count[0] * MVK_COMBINE_WG;
     for (uint64_t e0 = 0; e0 < n; e0 += per) {
         uint64_t cnt = MVK_MIN(per, n - e0);
@@ -23,6 +24,7 @@ void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a)
             .T = a->T, .H = a->H, .K = a->K, .n_shared = a->n_shared, .has_gate = a->has_gate,
             .elem0 = (uint32_t)e0, .tok0 = a->tok0, .unit_weights = a->unit_weights,
             .shared_scale = a->shared_scale,
+            .has_out_bias = a->out_bias.buffer != VK_NULL_HANDLE,
         };
         mvk_cmd_dispatch(c, MVK_K_COMBINE, spec, MVK_COMBINE_NSPEC, b, MVK_COMBINE_BINDINGS, &p,
                          sizeof(p), (uint32_t)((cnt + MVK_COMBINE_WG - 1) / MVK_COMBINE_WG), 1,

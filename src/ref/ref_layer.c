@@ -298,7 +298,8 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
                 acc[c] += scale * gate * o[c];
         }
         for (uint32_t c = 0; c < H; c++)
-            y[(size_t)t * H + c] = (float)acc[c];
+            y[(size_t)t * H + c] =
+                (float)(acc[c] + (desc->output_bias ? (double)desc->output_bias[c] : 0.0));
     }
 
     if (stats) {
