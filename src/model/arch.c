@@ -432,6 +432,67 @@ static const mvk_arch archs[] = {
      .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
      .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
      .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* AfmoeSparseMoeBlock: sigmoid scores plus the block's expert_bias
+     * choose, always normalised, times route_scale; shared experts; the
+     * first num_dense_layers layers dense */
+    {.model_types = {"afmoe"},
+     .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 1408, "moe_intermediate_size"),
+              KEY(EXPERTS, 64, "num_experts"), KEY(TOP_K, 6, "num_experts_per_tok"),
+              FIXED(NORM_TOPK, 1), KEY(SCALING, 1.0f, "route_scale"),
+              KEY(SHARED_EXPERTS, 2, "num_shared_experts"),
+              KEY(FIRST_K_DENSE, 1, "num_dense_layers"), KEY(NUM_LAYERS, 32, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {DECODER_LAYER}, .router = "router.gate.weight",
+     .correction_bias = "expert_bias", .layouts = {&stacked, &per_expert_proj}, DEEPSEEK_SHARED},
+    /* LaraMiniSparseMoeBlock: Qwen3-MoE's routing and an ungated shared
+     * expert */
+    {.model_types = {"lara_mini"},
+     .keys = {KEY(HIDDEN, 1024, "hidden_size"), KEY(FFN, 512, "moe_intermediate_size"),
+              KEY(EXPERTS, 128, "num_experts"), KEY(TOP_K, 4, "num_experts_per_tok"),
+              KEY(NORM_TOPK, 1, "norm_topk_prob"),
+              KEY(SHARED_FFN, 512, "shared_expert_intermediate_size"),
+              KEY(NUM_LAYERS, 34, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
+     .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
+                "shared_expert.down_proj.weight"}},
+    /* FlintSparseMoeBlock: the top-k sigmoids (no bias, no groups),
+     * optionally normalised, an ungated shared expert; MoE layers every
+     * decoder_sparse_step but mlp_only_layers (the class default [0, 1]
+     * is only taken from a config that writes it) */
+    {.model_types = {"flint"},
+     .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 512, "moe_intermediate_size"),
+              KEY(EXPERTS, 256, "num_experts"), KEY(TOP_K, 6, "num_experts_per_tok"),
+              KEY(NORM_TOPK, 1, "norm_topk_prob"),
+              KEY(SHARED_FFN, 1024, "shared_expert_intermediate_size"),
+              KEY(NUM_LAYERS, 49, "num_hidden_layers"), KEY(SPARSE_STEP, 1, "decoder_sparse_step"),
+              KEY(MLP_ONLY, 0, "mlp_only_layers")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
+     .shared = {"shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
+                "shared_expert.down_proj.weight"}},
+    /* the text model of Aria: top-k on the logits, softmax over the k,
+     * experts stored transposed (Llama 4's layout), silu whatever
+     * hidden_act says, shared experts */
+    {.model_types = {"aria_text"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 4096, "intermediate_size"),
+              KEY(EXPERTS, 8, "moe_num_experts"), KEY(TOP_K, 2, "moe_topk"),
+              KEY(SHARED_EXPERTS, 2, "moe_num_shared_experts"),
+              KEY(NUM_LAYERS, 32, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_TOPK_SOFTMAX, .act = {.def = "silu", .fixed = MOEVK_ACT_SWIGLU},
+     .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp.", DECODER_LAYER},
+     .router = "router.weight", .layouts = {&llama4_transposed}, DEEPSEEK_SHARED},
+    /* the text model of Mistral Large 3/4: Mistral 4's block, always
+     * normalised, under model.language_model. */
+    {.model_types = {"mistral_large4_text"},
+     .keys = {KEY(HIDDEN, 6144, "hidden_size"), KEY(FFN, 6144, "moe_intermediate_size"),
+              KEY(EXPERTS, 128, "n_routed_experts", "num_local_experts"),
+              KEY(TOP_K, 4, "num_experts_per_tok"), KEY(N_GROUP, 1, "n_group"),
+              KEY(TOPK_GROUP, 1, "topk_group"), KEY(SCALING, 1.0f, "routed_scaling_factor"),
+              FIXED(NORM_TOPK, 1), KEY(SHARED_EXPERTS, 1, "n_shared_experts"),
+              KEY(FIRST_K_DENSE, 1, "first_k_dense_replace"),
+              KEY(NUM_LAYERS, 72, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK,
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp."}, DEEPSEEK_SHARED},
     /* JetMoeMoE: GraniteMoE's routing (top-k on the logits, softmax over
      * the k), SwiGLU experts, one bias added to the block's output (its
      * mixture of attention experts is not an FFN block) */
