@@ -219,6 +219,8 @@ static moevk_status layer_combine(moevk_layer *L, const moevk_tensor *expert_out
         .o = mvk_tensor_binding(expert_out), .row_of = mvk_tensor_binding(row_of),
         .weights = mvk_tensor_binding(weights), .y = mvk_tensor_binding(y),
         .T = T, .H = H, .K = K,
+        .unit_weights = (L->desc.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0,
+        .out_bias = {L->out_b ? L->out_b->buffer : VK_NULL_HANDLE, 0, VK_WHOLE_SIZE},
     };
     mvk_cmd c;
     if ((st = mvk_cmd_begin(ctx, &c)))

@@ -357,7 +357,10 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                     .n_shared = io->shared ? d->num_shared : 0,
                     .has_gate = io->shared && L->shared_gate != NULL,
                     .unit_weights = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0,
-                    .shared_scale = d->shared_scale, .out_bias = whole(L->out_b),
+                    /* the output bias goes with the routed part (the shared
+                     * experts' stage leaves it to moevk_layer_combine) */
+                    .shared_scale = d->shared_scale,
+                    .out_bias = io->experts ? whole(L->out_b) : (mvk_binding){0},
                 };
                 mvk_op_combine(c, &ca);
                 mvk_cmd_barrier(c);

@@ -732,7 +732,7 @@ Test(layer_bad, descriptions_name_the_field)
         "top_k"); /* one kept group of 1 expert cannot hold k = 2 */
     BAD(d.routing = (moevk_routing)3, INV, "routing");
     BAD(d.routing = (moevk_routing)-1, INV, "routing");
-    BAD(d.activation = (moevk_activation)6, INV, "activation");
+    BAD(d.activation = (moevk_activation)(MOEVK_ACT_SWIGLU_CLAMP + 1), INV, "activation");
     BAD(d.weight_dtype = (moevk_dtype)7, INV, "weight_dtype");
     BAD(d.weight_dtype = MOEVK_DTYPE_I32, INV, "weight_dtype");
     BAD(d.router_dtype = (moevk_dtype)9, INV, "router_dtype");

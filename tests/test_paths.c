@@ -34,7 +34,7 @@ Test(paths, a_token_alone_is_bitwise_the_token_in_a_batch, .timeout = 900)
             .H = 24 + (uint32_t)(mvkt_next(&r) % 40), .F = 8 + (uint32_t)(mvkt_next(&r) % 90),
             .E = 4 + i % 5, .K = 1 + i % 3,
             .routing = (moevk_routing)(i % 3),
-            .activation = (moevk_activation)(i % 6),
+            .activation = (moevk_activation)(i % 8),
             .dtype = (moevk_dtype)((i / 3) % 3),
             .shared = i % 4 == 1 ? 1 : 0,
             .biases = i % 5 == 2,
@@ -82,7 +82,7 @@ Test(paths, every_path_gives_the_same_bits, .timeout = 900)
         rlayer_spec sp = {
             /* K and F off the chunk and tile sizes: remainders everywhere */
             .H = 20 + 67 * (i % 3), .F = 9 + 50 * (i % 4), .E = 3 + i % 4, .K = 1 + i % 2,
-            .routing = (moevk_routing)(i % 3), .activation = (moevk_activation)(i % 6),
+            .routing = (moevk_routing)(i % 3), .activation = (moevk_activation)(i % 8),
             .dtype = (moevk_dtype)(i % 3), .cf = i % 4 == 3 ? 1.0f : 0.0f,
             .shared = i % 2, .biases = i % 3 == 1,
         };
@@ -212,7 +212,7 @@ Test(paths, emulated_matrix_units, .timeout = 600)
         const uint32_t T = 230 + 31 * i;
         rlayer_spec sp = {
             .H = 77 + 16 * i, .F = 70 + 9 * i, .E = 3, .K = 2,
-            .routing = (moevk_routing)(i % 3), .activation = (moevk_activation)(i % 6),
+            .routing = (moevk_routing)(i % 3), .activation = (moevk_activation)(i % 8),
             .dtype = (moevk_dtype)(i % 3), .shared = i % 2, .biases = i == 4,
         };
         rlayer rl;

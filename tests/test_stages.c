@@ -66,6 +66,11 @@ Test(stages, compose_to_the_forward_pass)
     const uint32_t T = 37, H = 40, F = 24, E = 6, K = 2, NS = 1;
     stage_layer s;
     make_layer(&r, &s, H, F, E, K, NS, 0.75f); /* capacity drops some */
+    /* an output bias and a shared-output factor: each counted once in the
+     * stages (the bias with the combine, the factor with the shared ones) */
+    float *ob = mvkt_random_weights(&r, MOEVK_DTYPE_F32, H, 0.5f);
+    s.d.output_bias = ob;
+    s.d.shared_scale = 0.5f;
     moevk_layer *L;
     cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
                  moevk_context_last_error(ctx));
@@ -150,7 +155,7 @@ Test(stages, compose_to_the_forward_pass)
     moevk_layer_destroy(L);
     free_layer(&s);
     free(x), free(y), free(fids), free(frow), free(fw), free(sids), free(srow), free(scnt);
-    free(sw), free(a), free(b);
+    free(sw), free(a), free(b), free(ob);
     mvkt_context_end(ctx);
 }
 

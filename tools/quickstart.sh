@@ -89,7 +89,7 @@ test)
         # so subgroups of 4 where the first pass has 8. Its LLVM also
         # compiles each kernel variant about 3x faster at that width; with a
         # cold shader cache compiling is most of this pass's time, so a
-        # fifth of the random cases (MOEVK_TEST_CASES_SCALE), other seeds
+        # sixth of the random cases (MOEVK_TEST_CASES_SCALE 0.15), other seeds
         # than the first pass
         t=$(date +%s)
         if sh tools/mesa25.sh install; then
@@ -97,7 +97,7 @@ test)
             drv=$(driver env LP_NATIVE_VECTOR_WIDTH="$vw" sh tools/mesa25.sh run)
             echo "quickstart: the GPU suites on $drv, $vw-bit vectors"
             [ $# -gt 0 ] || set -- --suite gpu
-            LP_NATIVE_VECTOR_WIDTH="$vw" MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.2}" \
+            LP_NATIVE_VECTOR_WIDTH="$vw" MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.15}" \
                 sh tools/mesa25.sh run meson test -C "$build" --no-rebuild --print-errorlogs \
                 --logbase testlog-mesa25 "$@" || status=$?
             part "$drv" "$(python3 tools/test_summary.py "$build/meson-logs/testlog-mesa25.json")" \

@@ -11,7 +11,7 @@
 #     (dlclose does nothing);
 #   - the negative control (leak-control: tests/leak_control.c) plants leaks
 #     and must see them fail, next to the same GPU work passing.
-# Every suite runs, with fewer random cases (MOEVK_TEST_CASES_SCALE, 0.15
+# Every suite runs, with fewer random cases (MOEVK_TEST_CASES_SCALE, 0.1
 # unless set) of at most MOEVK_TEST_MAX_WORK multiply-adds (2 M unless set). install-consumer is left out: the
 # program it builds has no sanitizer runtime.
 # usage: sh tools/sanitize.sh [test names]
@@ -31,7 +31,7 @@ export LD_PRELOAD="$keep${LD_PRELOAD:+ $LD_PRELOAD}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:verify_asan_link_order=0
 export LSAN_OPTIONS="suppressions=$(pwd)/tools/lsan.supp:print_suppressions=0:exitcode=23"
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-export MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.15}"
+export MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.1}"
 # and smaller random cases: the CPU reference runs instrumented here
 export MOEVK_TEST_MAX_WORK="${MOEVK_TEST_MAX_WORK:-2097152}"
 if [ $# -eq 0 ]; then

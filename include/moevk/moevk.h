@@ -790,12 +790,13 @@ MOEVK_API moevk_status moevk_layer_permute(moevk_layer *layer, const moevk_tenso
 MOEVK_API moevk_status moevk_layer_experts(moevk_layer *layer, const moevk_tensor *x,
                                            const moevk_tensor *ids, moevk_tensor *expert_out);
 /* y [T, H] = sum_j weights[t, j] * expert_out[row_of[t, j]] in slot order
- * (rows of -1 skipped). Shared experts are not included. */
+ * (rows of -1 skipped; unweighted with MOEVK_LAYER_WEIGHTS_ON_INPUT), plus
+ * the layer's output_bias. Shared experts are not included. */
 MOEVK_API moevk_status moevk_layer_combine(moevk_layer *layer, const moevk_tensor *expert_out,
                                            const moevk_tensor *row_of,
                                            const moevk_tensor *weights, moevk_tensor *y);
 /* y [T, H] = the sum of the shared experts' outputs (gated when the layer
- * has a shared gate); zeros when the layer has none. */
+ * has a shared gate), times shared_scale; zeros when the layer has none. */
 MOEVK_API moevk_status moevk_layer_shared_experts(moevk_layer *layer, const moevk_tensor *x,
                                                   moevk_tensor *y);
 

@@ -24,7 +24,6 @@ typedef enum value_type {
     V_F32,       /* a finite number into a float                                 */
     V_LIST,      /* a list of layer indices: mlp_only_layers                     */
     V_TIMES_FFN, /* an integer n: the uint32_t field = n x ffn                   */
-    V_TOPK_METHOD, /* "greedy" / "group_limited_greedy" (MVK_CFG_TOPK_METHOD)      */
     V_NORM_P,    /* a number, or null: off (MVK_CFG_NORM_P)                      */
     V_LAYER_TYPES, /* a list of "dense" / "sparse" (mlp_layer_types)             */
     V_MOE_LAYERS, /* a list of layer indices: moe_layers                           */
@@ -67,7 +66,8 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
                                        "num_sparse_decoder_layers"},
     [MVK_CFG_ENCODER_STEP] = {V_U32, AT(encoder_sparse_step), "encoder_sparse_step"},
     [MVK_CFG_DECODER_STEP] = {V_U32, AT(decoder_sparse_step_sw), "decoder_sparse_step"},
-    [MVK_CFG_TOPK_METHOD] = {V_TOPK_METHOD, AT(greedy), "topk_method"},
+    [MVK_CFG_TOPK_METHOD] = {V_CHOICE2, AT(group_limited), "topk_method",
+                             {"greedy", "group_limited_greedy"}},
     [MVK_CFG_NORM_P] = {V_NORM_P, AT(norm_p), "moe_normalize_expert_weights"},
     [MVK_CFG_NORM_MIN] = {V_F32, AT(norm_min), "moe_norm_min"},
     [MVK_CFG_LAYER_TYPES] = {V_LAYER_TYPES, AT(layer_types), "mlp_layer_types"},
@@ -199,22 +199,7 @@ static int index_list(const cfg_reader *r, const cJSON *v, const char *name, uin
 
 static int list_value(const cfg_reader *r, const cJSON *v, const char *name, mvk_moe_config *c)
 {
-    if (!cJSON_IsArray(v))
-        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a list", r->what, name);
-    int n = cJSON_GetArraySize(v);
-    c->mlp_only_layers = calloc(n ? (size_t)n : 1, sizeof(uint32_t));
-    if (!c->mlp_only_layers)
-        return mvk_errf(r->err, r->errsz, "out of host memory");
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(v, i);
-        double d = cJSON_IsNumber(e) ? e->valuedouble : -1;
-        if (!(d >= 0) || d > UINT32_MAX || d != floor(d))
-            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not a layer index", r->what,
-                            name, i);
-        c->mlp_only_layers[i] = (uint32_t)d;
-    }
-    c->n_mlp_only_layers = (uint32_t)n;
-    return 0;
+    return index_list(r, v, name, &c->mlp_only_layers, &c->n_mlp_only_layers);
 }
 
 static int layer_types_value(const cfg_reader *r, const cJSON *v, const char *name,
@@ -302,22 +287,6 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
                                 fi->choices[1]);
         }
         memcpy(dst, &m, sizeof m);
-        return 0;
-    }
-    case V_TOPK_METHOD: {
-        static const char *const methods[] = {"greedy", "group_limited_greedy"};
-        int m = def != 0;
-        if (v) {
-            const char *t = cJSON_IsString(v) ? v->valuestring : NULL;
-            m = t && !strcmp(t, methods[0]) ? 0 : t && !strcmp(t, methods[1]) ? 1 : -1;
-            if (m < 0)
-                return mvk_errf(r->err, r->errsz,
-                                "%s: \"%s\" = \"%.32s\" is not supported (greedy, "
-                                "group_limited_greedy)",
-                                r->what, name, t ? t : "(not a string)");
-        }
-        c->greedy = m == 0;
-        c->group_score = m == 1 ? MOEVK_GROUP_MAX : MOEVK_GROUP_TOP2_SUM;
         return 0;
     }
     case V_NORM_P:
@@ -447,8 +416,14 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
             return -1;
     if (read_act(r, &a->act, c))
         return -1;
-    if (c->greedy) /* topk_method "greedy" reads no groups */
-        c->n_group = c->topk_group = 1;
+    if (mvk_arch_key_of(a, MVK_CFG_TOPK_METHOD)) {
+        /* DeepSeek-V2: "greedy" reads no groups; group_limited_greedy scores
+         * a group by its best expert */
+        if (c->group_limited)
+            c->group_score = MOEVK_GROUP_MAX;
+        else
+            c->n_group = c->topk_group = 1;
+    }
     if (c->selection_sigmoid) /* the sigmoids of the top-k logits */
         c->routing = MOEVK_ROUTING_SIGMOID_GROUPED;
     if (c->shared_average && c->shared_ffn) { /* (routed + shared) / 2 */

@@ -48,7 +48,8 @@ typedef struct mvk_moe_config {
     /* routing refinements (moevk_layer_desc's) */
     moevk_group_score group_score;
     float norm_p, norm_min;
-    int greedy;               /* topk_method "greedy": groups ignored      */
+    int group_limited;        /* topk_method "group_limited_greedy" (else
+                                 greedy: groups ignored)                   */
     /* switch_transformers */
     uint64_t expert_capacity; /* tokens per expert per sequence            */
     uint32_t num_decoder_layers, encoder_sparse_step, decoder_sparse_step_sw;

@@ -224,10 +224,12 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
     double *score = malloc((E ? E : 1) * sizeof *score);
     double *gscore = malloc(n_group * sizeof *gscore);
     uint8_t *eligible = malloc(E ? E : 1);
-    if (!score || !gscore || !eligible) {
+    double *wk = malloc((k ? k : 1) * sizeof *wk); /* the k weights */
+    if (!score || !gscore || !eligible || !wk) {
         free(score);
         free(gscore);
         free(eligible);
+        free(wk);
         return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
     }
 
@@ -268,7 +270,6 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
         }
 
         /* weights */
-        double wk[MOEVK_MAX_TOP_K];
         if (desc->routing == MOEVK_ROUTING_TOPK_SOFTMAX) {
             /* softmax over the k selected logits */
             double max = -INFINITY, sum = 0.0;
@@ -301,6 +302,7 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
     free(score);
     free(gscore);
     free(eligible);
+    free(wk);
     return MOEVK_SUCCESS;
 }
 
