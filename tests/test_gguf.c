@@ -527,7 +527,20 @@ Test(gguf, loader_refusals_name_the_problem)
     kvs k = {0};
     kv_f32(&k, "qwen2moe.expert_weights_scale", 16.0f);
     write_block(path, "qwen2moe", Q8_0, Q8_0, Q8_0, &k);
-    layer_expect(path, 0, "qwen2moe.expert_weights_scale = 16 with softmax gating");
+    {
+        /* softmax gating with a weight scale (DeepSeek-V2's 16): built, the
+         * scale in the desc, llama.cpp's renormalisation guard */
+        mvk_gguf m;
+        char err[1024] = "";
+        cr_assert_eq(mvk_gguf_open(path, &m, err, sizeof err), 0, "%s", err);
+        mvk_model_layer L;
+        cr_assert_eq(mvk_gguf_layer_build(&m, 0, &L, NULL, err, sizeof err), 0, "%s", err);
+        cr_expect_eq(L.desc.routing, MOEVK_ROUTING_SOFTMAX_TOPK);
+        cr_expect_eq(L.desc.routed_scaling_factor, 16.0f);
+        cr_expect_eq(L.desc.norm_min, 6.103515625e-5f);
+        mvk_model_layer_free(&L);
+        mvk_gguf_free(&m);
+    }
     free(k.b.p);
     k = (kvs){0};
     kv_u32(&k, "olmoe.expert_count", 8);
@@ -590,6 +603,8 @@ static const fixture fixtures_list[] = {
     {"llama_q2_k_q3_k", "llama_q2_k_q3_k.gguf", 0, 0, "q2_k gate/up, q3_k down"},
     {"deepseek2_iq4_xs", "deepseek2_iq4_xs.gguf", 0, 0, "iq4_xs (shared: q8_0 gate/up"},
     {"dbrx_f32", "dbrx_f32.gguf", 0, 1, "f32 weights"},
+    {"deepseek2_v2_softmax_groups", "deepseek2_v2_softmax_groups.gguf", 0, 0,
+     "2 of 4 expert groups (each scored by its best two), selection bias, weights x 16"},
 };
 
 #define N_FIXTURES (sizeof fixtures_list / sizeof fixtures_list[0])

@@ -756,7 +756,7 @@ built:
                                                  : "each scored by its best two");
     if (d->norm_topk_prob && d->norm_p != 0.0f && d->norm_p != 1.0f)
         printf(", %g-norm", d->norm_p);
-    if (d->norm_min > 0.0f)
+    if (d->norm_topk_prob && d->norm_min > 0.0f)
         printf(", normalised over max(sum, %g)", d->norm_min);
     if (d->correction_bias)
         printf(", selection bias");

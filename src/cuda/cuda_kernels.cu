@@ -122,6 +122,17 @@ __device__ __forceinline__ bool is_gated(int act)
 }
 
 /* h = act(g, u); g unused by the non-gated activations. */
+/* The clamps of the limited SwiGLUs, written so that NaN passes through. */
+__device__ __forceinline__ void clamp_gate_up(float &g, float &u, float limit)
+{
+    if (g > limit)
+        g = limit;
+    if (u > limit)
+        u = limit;
+    if (u < -limit)
+        u = -limit;
+}
+
 __device__ float activation(int act, float g, float u, float alpha, float limit)
 {
     switch (act) {
@@ -132,13 +143,7 @@ __device__ float activation(int act, float g, float u, float alpha, float limit)
     case MOEVK_ACT_GEGLU_TANH:
         return gelu_tanh(g) * u;
     case MOEVK_ACT_SWIGLU_OAI:
-        /* clamps written so that NaN passes through */
-        if (g > limit)
-            g = limit;
-        if (u > limit)
-            u = limit;
-        if (u < -limit)
-            u = -limit;
+        clamp_gate_up(g, u, limit);
         return (u + 1.0f) * g * sigmoid(alpha * g);
     case MOEVK_ACT_RELU:
         return u < 0.0f ? 0.0f : u; /* NaN passes */
@@ -148,12 +153,7 @@ __device__ float activation(int act, float g, float u, float alpha, float limit)
         u = u < 0.0f ? 0.0f : u; /* NaN passes */
         return u * u;
     case MOEVK_ACT_SWIGLU_CLAMP:
-        if (g > limit)
-            g = limit;
-        if (u > limit)
-            u = limit;
-        if (u < -limit)
-            u = -limit;
+        clamp_gate_up(g, u, limit);
         return g / (1.0f + expf(-g)) * u;
     default:
         return __int_as_float(0x7fc00000); /* unknown activation: NaN */

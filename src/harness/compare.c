@@ -54,11 +54,6 @@ double mvkc_y_tolerance(const moevk_layer_desc *d, uint32_t flags)
     return bf16 ? 4.0 / 256.0 : 4.0 / 2048.0;
 }
 
-static double sigmoid(double v)
-{
-    return 1.0 / (1.0 + exp(-v));
-}
-
 /* exact reference ranking: larger first, equal -> lower index, NaN below
  * every number */
 static int ranks_before(double a, uint32_t ia, double b, uint32_t ib)
@@ -233,54 +228,21 @@ static moevk_status conditional_y(const mvkc_case *c, const mvkc_ref *ref, const
                                   const uint8_t *excluded, float *y)
 {
     const moevk_layer_desc *d = &c->desc;
-    uint32_t H = d->hidden, k = d->top_k;
-    uint32_t Fs = d->shared_ffn ? d->shared_ffn : d->ffn;
-    float *o = malloc(sizeof(float) * (H + 1));
-    double *acc = malloc(sizeof(double) * (H + 1));
-    moevk_status st = MOEVK_SUCCESS;
-    if (!o || !acc) {
-        st = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
-        goto done;
-    }
+    const uint32_t H = d->hidden, k = d->top_k;
     for (uint32_t t = 0; t < c->T; t++) {
-        const float *xt = c->x + (size_t)t * H;
+        const size_t a = (size_t)t * k;
         if (excluded[t]) {
             for (uint32_t h = 0; h < H; h++)
                 y[(size_t)t * H + h] = NAN;
             continue;
         }
-        for (uint32_t h = 0; h < H; h++)
-            acc[h] = 0.0;
-        for (uint32_t j = 0; j < k; j++) {
-            size_t a = (size_t)t * k + j;
-            if (rows[a] < 0)
-                continue;
-            if ((st = moevk_ref_expert_ffn(d, &d->experts, d->ffn, ref->out.ids[a], xt, 1, o)))
-                goto done;
-            for (uint32_t h = 0; h < H; h++)
-                acc[h] += (double)ref->out.weights[a] * o[h];
-        }
-        for (uint32_t i = 0; i < d->num_shared; i++) {
-            if ((st = moevk_ref_expert_ffn(d, &d->shared, Fs, i, xt, 1, o)))
-                goto done;
-            double gate = 1.0;
-            if (d->shared_gate) {
-                double z = 0.0;
-                for (uint32_t h = 0; h < H; h++)
-                    z += (double)xt[h] *
-                         moevk_ref_load(d->shared_gate, d->router_dtype, (size_t)i * H + h);
-                gate = sigmoid(z);
-            }
-            for (uint32_t h = 0; h < H; h++)
-                acc[h] += gate * o[h];
-        }
-        for (uint32_t h = 0; h < H; h++)
-            y[(size_t)t * H + h] = (float)acc[h];
+        moevk_status st = moevk_ref_token_output(d, c->x + (size_t)t * H, ref->out.ids + a,
+                                                 ref->out.weights + a, rows + a,
+                                                 y + (size_t)t * H);
+        if (st)
+            return st;
     }
-done:
-    free(o);
-    free(acc);
-    return st;
+    return MOEVK_SUCCESS;
 }
 
 int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res, mvkc_report *rep)

@@ -482,24 +482,16 @@ static int build(bctx *b)
                                               : NULL;
     const int scaled = scale != 0.0 && scale != 1.0;
     d->norm_topk_prob = norm;
+    /* llama.cpp renormalises by max(sum, 2^-14), the smallest normal f16 */
+    d->norm_min = 6.103515625e-5f;
     switch (gating) {
     case MVK_GGUF_GATING_SOFTMAX:
-        if (scaled)
-            return bfail(b, "%s: %s.expert_weights_scale = %g with softmax gating: moevk's "
-                         "softmax routing has no weight scale",
-                         b->meta->path, a->name, scale);
-        if (groups > 1)
-            return bfail(b, "%s: %s.expert_group_count = %llu with softmax gating: moevk's "
-                         "grouped routing is sigmoid's",
-                         b->meta->path, a->name, (unsigned long long)groups);
-        if (pb)
-            return bfail(b, "tensor '%s' (a selection bias) with softmax gating: moevk's "
-                         "softmax routing has none",
-                         pb->name);
-        d->routing = MOEVK_ROUTING_SOFTMAX_TOPK;
-        break;
     case MVK_GGUF_GATING_SIGMOID:
-        d->routing = MOEVK_ROUTING_SIGMOID_GROUPED;
+        /* the probabilities (or sigmoids) plus exp_probs_b select, in groups
+         * scored by their best two, the weights are the probabilities,
+         * scaled (DeepSeek-V2: softmax and scale 16; V3: sigmoid) */
+        d->routing = gating == MVK_GGUF_GATING_SOFTMAX ? MOEVK_ROUTING_SOFTMAX_TOPK
+                                                       : MOEVK_ROUTING_SIGMOID_GROUPED;
         d->n_group = groups > 1 ? (uint32_t)groups : 1;
         d->topk_group = groups > 1 && groups_used ? (uint32_t)groups_used : d->n_group;
         d->routed_scaling_factor = scaled ? (float)scale : 1.0f;

@@ -109,6 +109,13 @@ moevk_status moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const flo
  * near_tie ([T]) and stats are optional outputs. Returns
  * MOEVK_ERROR_OUT_OF_HOST_MEMORY if scratch cannot be allocated, else
  * MOEVK_SUCCESS. The desc must be valid (see moevk_layer_desc_validate). */
+/* One token's output y [H] given its k slots: ids, weights and rows (a row
+ * < 0 is a dropped slot), as moevk_ref_layer_forward computes it after
+ * routing and admission (the harness's y under another admission). */
+moevk_status moevk_ref_token_output(const moevk_layer_desc *desc, const float *xt,
+                                    const uint32_t *ids, const float *weights,
+                                    const int32_t *rows, float *y);
+
 moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
                                      float *y, uint32_t *ids, float *weights,
                                      uint8_t *near_tie, moevk_routing_stats *stats);

@@ -57,6 +57,18 @@ static const uint8_t *expert_matrix(const void *contiguous, const void *const *p
     return per_expert ? per_expert[expert] : NULL;
 }
 
+/* The clamps of the limited SwiGLUs: g <= limit, -limit <= u <= limit,
+ * written so that NaN propagates. */
+static void clamp_gate_up(double *g, double *u, double limit)
+{
+    if (*g > limit)
+        *g = limit;
+    if (*u > limit)
+        *u = limit;
+    if (*u < -limit)
+        *u = -limit;
+}
+
 /* Row r of a matrix of `cols` columns in `dtype`, decoded into row[]. */
 static const float *decode_row(const uint8_t *m, moevk_dtype dtype, size_t r, uint32_t cols,
                                float *row)
@@ -138,28 +150,13 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
         case MOEVK_ACT_GEGLU_TANH:
             h[f] = gelu_tanh(g) * u;
             break;
-        case MOEVK_ACT_SWIGLU_CLAMP: {
-            double limit = desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0;
-            /* clamps written so that NaN propagates */
-            if (g > limit)
-                g = limit;
-            if (u > limit)
-                u = limit;
-            if (u < -limit)
-                u = -limit;
+        case MOEVK_ACT_SWIGLU_CLAMP:
+            clamp_gate_up(&g, &u, desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0);
             h[f] = silu(g) * u;
             break;
-        }
         default: { /* MOEVK_ACT_SWIGLU_OAI */
             double alpha = desc->swiglu_alpha ? (double)desc->swiglu_alpha : 1.702;
-            double limit = desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0;
-            /* clamps written so that NaN propagates */
-            if (g > limit)
-                g = limit;
-            if (u > limit)
-                u = limit;
-            if (u < -limit)
-                u = -limit;
+            clamp_gate_up(&g, &u, desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0);
             h[f] = (u + 1.0) * g * sigmoid(alpha * g);
             break;
         }
@@ -200,6 +197,78 @@ moevk_status moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expe
     free(o);
     free(row);
     return MOEVK_SUCCESS;
+}
+
+/* One token's y [H] (floats) from its k slots (ids, weights, rows: < 0
+ * dropped): the routed experts in slot order (on w x with weights on the
+ * input), the shared experts (gated, times shared_scale), the output bias.
+ * Scratch: h [max F], o [H], acc [H] doubles, wrow [max(H, F)], xs [H]. */
+static void token_output(const moevk_layer_desc *desc, const float *xt, const uint32_t *ids,
+                         const float *w, const int32_t *rows, double *h, double *o, double *acc,
+                         float *wrow, float *xs, float *y)
+{
+    const uint32_t H = desc->hidden, k = desc->top_k;
+    const uint32_t shared_ffn = desc->shared_ffn ? desc->shared_ffn : desc->ffn;
+    const int on_input = (desc->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
+    for (uint32_t c = 0; c < H; c++)
+        acc[c] = 0.0;
+    /* routed experts, in slot order; dropped assignments add nothing */
+    for (uint32_t j = 0; j < k; j++) {
+        if (rows[j] < 0)
+            continue;
+        if (on_input) {
+            /* the expert runs on w x (rounded to f32, as the layer's input
+             * is), its output added as it is */
+            for (uint32_t c = 0; c < H; c++)
+                xs[c] = (float)((double)w[j] * xt[c]);
+            expert_row(desc, &desc->experts, desc->ffn, ids[j], xs, h, wrow, o);
+            for (uint32_t c = 0; c < H; c++)
+                acc[c] += o[c];
+            continue;
+        }
+        expert_row(desc, &desc->experts, desc->ffn, ids[j], xt, h, wrow, o);
+        for (uint32_t c = 0; c < H; c++)
+            acc[c] += (double)w[j] * o[c];
+    }
+    /* shared experts, optionally gated by sigmoid(x . shared_gate[i]) */
+    const double scale = desc->shared_scale != 0.0f ? (double)desc->shared_scale : 1.0;
+    for (uint32_t i = 0; i < desc->num_shared; i++) {
+        expert_row(desc, &desc->shared, shared_ffn, i, xt, h, wrow, o);
+        double gate = 1.0;
+        if (desc->shared_gate)
+            gate = sigmoid(dot(xt, decode_row(desc->shared_gate, desc->router_dtype, i, H, wrow),
+                               H));
+        for (uint32_t c = 0; c < H; c++)
+            acc[c] += scale * gate * o[c];
+    }
+    for (uint32_t c = 0; c < H; c++)
+        y[c] = (float)(acc[c] + (desc->output_bias ? (double)desc->output_bias[c] : 0.0));
+}
+
+moevk_status moevk_ref_token_output(const moevk_layer_desc *desc, const float *xt,
+                                    const uint32_t *ids, const float *weights,
+                                    const int32_t *rows, float *y)
+{
+    const uint32_t H = desc->hidden;
+    uint32_t F = desc->ffn;
+    if (desc->num_shared && desc->shared_ffn > F)
+        F = desc->shared_ffn;
+    double *h = malloc(((size_t)F + 1) * sizeof *h);
+    double *o = malloc(((size_t)H + 1) * sizeof *o);
+    double *acc = malloc(((size_t)H + 1) * sizeof *acc);
+    float *wrow = malloc(((size_t)(H > F ? H : F) + 1) * sizeof *wrow);
+    float *xs = malloc(((size_t)H + 1) * sizeof *xs);
+    moevk_status st = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+    if (h && o && acc && wrow && xs) {
+        token_output(desc, xt, ids, weights, rows, h, o, acc, wrow, xs, y);
+        st = MOEVK_SUCCESS;
+    }
+    free(h);
+    free(o);
+    free(acc);
+    free(wrow);
+    free(xs);
+    return st;
 }
 
 static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
@@ -248,7 +317,6 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
     double *acc = malloc(((size_t)H + 1) * sizeof *acc);
     float *wrow = malloc(((size_t)(H > max_ffn ? H : max_ffn) + 1) * sizeof *wrow);
     float *xs = malloc(((size_t)H + 1) * sizeof *xs);
-    const int on_input = (desc->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
     if (!logits || !r_ids || !r_w || !counts || !offsets || !row || !h || !o || !acc || !wrow ||
         !xs) {
         status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
@@ -263,43 +331,9 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
     dropped = moevk_ref_permute(desc, T, r_ids, counts, offsets, row);
 
     for (uint32_t t = 0; t < T; t++) {
-        const float *xt = x + (size_t)t * H;
-        for (uint32_t c = 0; c < H; c++)
-            acc[c] = 0.0;
-        /* routed experts, in slot order; dropped assignments add nothing */
-        for (uint32_t j = 0; j < k; j++) {
-            size_t a = (size_t)t * k + j;
-            if (row[a] < 0)
-                continue;
-            if (on_input) {
-                /* the expert runs on w x (rounded to f32, as the layer's
-                 * input is), its output added as it is */
-                for (uint32_t c = 0; c < H; c++)
-                    xs[c] = (float)((double)r_w[a] * xt[c]);
-                expert_row(desc, &desc->experts, desc->ffn, r_ids[a], xs, h, wrow, o);
-                for (uint32_t c = 0; c < H; c++)
-                    acc[c] += o[c];
-                continue;
-            }
-            expert_row(desc, &desc->experts, desc->ffn, r_ids[a], xt, h, wrow, o);
-            for (uint32_t c = 0; c < H; c++)
-                acc[c] += (double)r_w[a] * o[c];
-        }
-        /* shared experts, optionally gated by sigmoid(x . shared_gate[i]) */
-        for (uint32_t i = 0; i < desc->num_shared; i++) {
-            expert_row(desc, &desc->shared, shared_ffn, i, xt, h, wrow, o);
-            double gate = 1.0;
-            if (desc->shared_gate)
-                gate = sigmoid(dot(xt, decode_row(desc->shared_gate, desc->router_dtype, i, H,
-                                                  wrow),
-                                   H));
-            double scale = desc->shared_scale != 0.0f ? (double)desc->shared_scale : 1.0;
-            for (uint32_t c = 0; c < H; c++)
-                acc[c] += scale * gate * o[c];
-        }
-        for (uint32_t c = 0; c < H; c++)
-            y[(size_t)t * H + c] =
-                (float)(acc[c] + (desc->output_bias ? (double)desc->output_bias[c] : 0.0));
+        const size_t a = (size_t)t * k;
+        token_output(desc, x + (size_t)t * H, r_ids + a, r_w + a, row + a, h, o, acc, wrow, xs,
+                     y + (size_t)t * H);
     }
 
     if (stats) {

@@ -318,6 +318,12 @@ def main():
          shared_F=32, keys={"expert_gating_func": 1, "expert_weights_norm": False})
     # DBRX with f32 experts
     make(out, "dbrx_f32", "dbrx", rng, 32, 16, 4, 2, Q.F32, norm=True)
+    # DeepSeek-V2 as llama.cpp runs it: softmax, expert groups (the best two),
+    # a selection bias, weights scaled by 16, a shared expert
+    make(out, "deepseek2_v2_softmax_groups", "deepseek2", rng, 64, 32, 8, 3, Q.Q8_0,
+         scale=16.0, groups=4, groups_used=2, probs_bias=True, shared_F=32,
+         keys={"expert_gating_func": 1, "expert_weights_norm": False,
+               "expert_group_count": 4, "expert_group_used_count": 2})
     with open(os.path.join(out, "VERSION"), "w") as f:
         f.write("gguf %s, numpy %s\n" % (importlib.metadata.version("gguf"), np.__version__))
 
