@@ -2,7 +2,9 @@
  * Quantised Hugging Face checkpoints (GPTQ v1 and v2, symmetric and
  * asymmetric, groups 32, 64, 128 and -1, act-order; AWQ GEMM; bitsandbytes
  * NF4 with and without double quantisation; FP8 with [64, 128] and
- * [128, 128] scale tiles, partial edge tiles):
+ * [128, 128] scale tiles, partial edge tiles; compressed-tensors FP8 with
+ * tensor, channel, group and block scales in f32, f16 and bf16, targets by
+ * class and by expression, ignore lists, a mixed-precision config):
  * the fixtures of tests/fixtures/hf_quant (written by make_hf_quant.py,
  * their dequantised weights computed by torch and bitsandbytes, not by
  * moevk) are loaded as `moevk run` loads them, and
@@ -151,6 +153,16 @@ static const fixture fixtures[] = {
     {"bnb_nf4_nodq_qwen3", MOEVK_DTYPE_NF4, "bitsandbytes NF4, repacked", 0, 1, Z_ANY},
     {"fp8_qwen3", MOEVK_DTYPE_FP8_E4M3, "[64, 128] scale tiles", 0, 0, Z_ANY},
     {"fp8_deepseek_v3", MOEVK_DTYPE_FP8_E4M3, "[128, 128] scale tiles", 0, 0, Z_ANY},
+    {"ct_fp8_channel_qwen3", MOEVK_DTYPE_FP8_E4M3,
+     "compressed-tensors FP8 e4m3 (float-quantized), channel scales, repacked into fp8_e4m3; "
+     "dynamic FP8 activations not applied (f32)", 0, 0, Z_ANY},
+    {"ct_fp8_block_deepseek_v3", MOEVK_DTYPE_FP8_E4M3,
+     "compressed-tensors FP8 e4m3 (float-quantized), [128, 128] scale tiles", 0, 0, Z_ANY},
+    {"ct_fp8_tensor_mixtral", MOEVK_DTYPE_FP8_E4M3,
+     "compressed-tensors FP8 e4m3 (naive-quantized), channel scales / one scale per tensor, "
+     "repacked into fp8_e4m3", 0, 1, Z_ANY},
+    {"ct_fp8_group_qwen2moe", MOEVK_DTYPE_FP8_E4M3,
+     "compressed-tensors FP8 e4m3 (mixed-precision), group 128 scales, repacked", 0, 0, Z_ANY},
 };
 
 /* The zeros of a gptq4 matrix [rows, cols]: counts of 0, 8, 16 and all. */
@@ -438,11 +450,13 @@ Test(hfquant, moevk_run_matches_the_reference_on_the_dequantised_weights, .timeo
  * shape and data (tensor NULL: unchanged; data NULL: the tensor is
  * dropped). */
 typedef struct patch {
-    const char *key, *value;
+    const char *key, *value; /* key: "a/b/c" is key c of object b of object a */
+    const char *key2, *value2; /* a second one, or NULL */
     const char *tensor, *dtype;
     uint32_t ndim;
     uint64_t shape[4];
     const void *data;
+    int add; /* the tensor is not in the fixture: appended */
 } patch;
 
 static void make_variant(const char *name, const patch *p, char *dir, size_t dirsz)
@@ -457,14 +471,23 @@ static void make_variant(const char *name, const patch *p, char *dir, size_t dir
     cJSON *j = cJSON_Parse(text);
     free(text);
     cr_assert_not_null(j);
-    if (p->key) {
+    const char *keys[2] = {p->key, p->key2}, *values[2] = {p->value, p->value2};
+    for (int k = 0; k < 2 && keys[k]; k++) {
         cJSON *q = cJSON_GetObjectItem(j, "quantization_config");
-        cJSON *v = cJSON_Parse(p->value);
-        cr_assert(q && v, "bad patch %s = %s", p->key, p->value);
-        if (cJSON_GetObjectItem(q, p->key))
-            cJSON_ReplaceItemInObject(q, p->key, v);
+        char kp[256];
+        snprintf(kp, sizeof kp, "%s", keys[k]);
+        char *leaf = kp, *slash;
+        while (q && (slash = strchr(leaf, '/'))) {
+            *slash = 0;
+            q = cJSON_GetObjectItem(q, leaf);
+            leaf = slash + 1;
+        }
+        cJSON *v = cJSON_Parse(values[k]);
+        cr_assert(q && v, "bad patch %s = %s", keys[k], values[k]);
+        if (cJSON_GetObjectItem(q, leaf))
+            cJSON_ReplaceItemInObject(q, leaf, v);
         else
-            cJSON_AddItemToObject(q, p->key, v);
+            cJSON_AddItemToObject(q, leaf, v);
     }
     char *s = cJSON_Print(j);
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -495,7 +518,16 @@ static void make_variant(const char *name, const patch *p, char *dir, size_t dir
         memcpy(o[n].shape, t->shape, sizeof(uint64_t) * t->ndim);
         n++;
     }
-    cr_assert(!p->tensor || hit == 1, "%s has no tensor %s", name, p->tensor);
+    if (p->add) {
+        cr_assert(!hit, "%s already has a tensor %s", name, p->tensor);
+        o = realloc(o, sizeof(*o) * (f.count + 1));
+        cr_assert_not_null(o);
+        o[n] = (mvk_st_out){.name = p->tensor, .dtype = p->dtype, .ndim = p->ndim,
+                            .data = p->data};
+        memcpy(o[n].shape, p->shape, sizeof p->shape);
+        n++;
+    }
+    cr_assert(!p->tensor || p->add || hit == 1, "%s has no tensor %s", name, p->tensor);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     cr_assert_eq(mvk_st_write(path, o, n, err, sizeof err), 0, "%s", err);
     free(o);
@@ -794,4 +826,247 @@ Test(hfquant, fp8_partial_edge_tiles_are_bitwise_the_dequantised_values)
     cr_assert_null(m.blocks);
     mvk_st_close(&ex);
     mvk_st_set_free(&set);
+}
+
+/* ---- compressed-tensors ------------------------------------------------------------------- */
+
+/* Settings moevk cannot read are refused, when a matrix uses them, naming
+ * the tensor and the key; malformed groups, targets and ignore lists and
+ * expressions with no POSIX spelling at config.json. */
+Test(hfquant, compressed_tensors_bad_settings_are_refused_naming_the_key)
+{
+    static const char *const g0 = "config_groups/group_0/";
+    static const struct {
+        const char *fx, *key, *value, *key2, *value2;
+        const char *msg[3];
+    } rows[] = {
+        {"ct_fp8_channel_qwen3", "weights/type", "\"int\"", NULL, NULL,
+         {"tensor 'model.layers.0.mlp.experts.0.down_proj.weight': config_groups \"group_0\" "
+          "weights \"type\" = \"int\"", "int8 weights are not"}},
+        {"ct_fp8_channel_qwen3", "weights/num_bits", "4", NULL, NULL,
+         {"experts.0.down_proj.weight': config_groups \"group_0\" weights \"num_bits\" = 4"}},
+        {"ct_fp8_channel_qwen3", "weights/symmetric", "false", NULL, NULL,
+         {"weights \"symmetric\" is not true"}},
+        {"ct_fp8_channel_qwen3", "weights/strategy", "\"token\"", NULL, NULL,
+         {"weights \"strategy\" = \"token\" is not supported"}},
+        {"ct_fp8_channel_qwen3", "weights/dynamic", "true", NULL, NULL,
+         {"weights \"dynamic\" is not false"}},
+        {"ct_fp8_channel_qwen3", "input_activations/dynamic", "false", NULL, NULL,
+         {"down_proj.weight': config_groups \"group_0\" input_activations \"dynamic\" = false",
+          "input_scale", "activations in f32"}},
+        {"ct_fp8_channel_qwen3", "output_activations", "{\"num_bits\": 8, \"type\": \"float\"}",
+         NULL, NULL, {"\"output_activations\""}},
+        {"ct_fp8_channel_qwen3", "format", "\"pack-quantized\"", NULL, NULL,
+         {"down_proj.weight': config_groups \"group_0\": format \"pack-quantized\"",
+          "weight_packed"}},
+        {"ct_fp8_group_qwen2moe", "weights/group_size", "64", NULL, NULL,
+         {"weights \"group_size\" = 64 is not a multiple of 128"}},
+        {"ct_fp8_group_qwen2moe", "weights/actorder", "\"group\"", NULL, NULL,
+         {"weights \"actorder\" = group", "weight_g_idx"}},
+        {"ct_fp8_block_deepseek_v3", "weights/block_structure", "[128, 64]", NULL, NULL,
+         {"\"block_structure\" = [128, 64]: its input size 64 is not a multiple of 128"}},
+        {"ct_fp8_block_deepseek_v3", "weights/block_structure", "[128]", NULL, NULL,
+         {"\"block_structure\" is not [rows, columns]"}},
+        /* scales of another tile than the tensors were written with */
+        {"ct_fp8_block_deepseek_v3", "weights/block_structure", "[64, 128]", NULL, NULL,
+         {"experts.0.down_proj.weight_scale' has shape [1, 1], expected [ceil(out / 64), "
+          "ceil(in / 128)] (strategy \"block\" of config_groups \"group_0\") = [2, 1]"}},
+        /* a float module a name target quantises */
+        {"ct_fp8_channel_qwen3", "targets", "[\"re:.*mlp\\\\..*\"]", "ignore", "[\"lm_head\"]",
+         {"tensor 'model.layers.0.mlp.gate.weight' has dtype BF16, expected F8_E4M3",
+          "target \"re:.*mlp\\..*\" quantises 'model.layers.0.mlp.gate'", "\"ignore\""}},
+        /* quantised modules the config leaves out */
+        {"ct_fp8_channel_qwen3", NULL, NULL, "ignore", "[\"re:.*experts\\\\.1\\\\..*\"]",
+         {"tensor 'model.layers.0.mlp.experts.1.down_proj.weight' says "
+          "'model.layers.0.mlp.experts.1.down_proj' is stored quantised, but quantization_config "
+          "\"ignore\" entry \"re:.*experts\\.1\\..*\" leaves it unquantised"}},
+        {"ct_fp8_channel_qwen3", "targets", "[\"re:.*self_attn.*\"]", NULL, NULL,
+         {"experts.0.down_proj.weight' says", "but no config_groups target"}},
+        /* expressions */
+        {"ct_fp8_channel_qwen3", "targets", "[\"re:.*(?!gate)_proj$\"]", NULL, NULL,
+         {"\"targets\" pattern \"re:.*(?!gate)_proj$\"", "a (?...) group other than (?:...)"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "ignore", "[\"re:.*\\\\bgate\"]",
+         {"\"ignore\" pattern \"re:.*\\bgate\"", "an escape with no POSIX spelling"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "ignore", "[\"re:.*gate)\"]",
+         {"\"re:.*gate)\"", "an unbalanced ')'"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "ignore", "[\"re:[a-\"]", {"an unclosed '['"}},
+        /* the config's shape */
+        {"ct_fp8_channel_qwen3", "targets", "[1]", NULL, NULL,
+         {"config_groups \"group_0\" has no \"targets\" list of strings"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "ignore", "\"lm_head\"",
+         {"\"ignore\" is not a list of strings"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "config_groups", "{}",
+         {"\"config_groups\" is not a non-empty JSON object"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "sparsity_config",
+         "{\"format\": \"sparse-24-bitmask\", \"sparsity_structure\": \"2:4\"}",
+         {"\"sparsity_config\" format \"sparse-24-bitmask\" is not supported"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "transform_config",
+         "{\"config_groups\": {\"v\": {\"type\": \"hadamard\"}}}", {"\"transform_config\""}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "format", "\"int-quantized\"",
+         {"format \"int-quantized\" (int8 weights) is not supported"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "format", "\"sparse-bitmask\"",
+         {"format \"sparse-bitmask\" (sparse weights)"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "format", "\"nvfp4-pack-quantized\"",
+         {"(packed FP4 weight_packed)"}},
+        /* presets */
+        {"ct_fp8_channel_qwen3", NULL, NULL, "config_groups", "{\"FP8\": [\"Linear\"]}",
+         {"config_groups \"FP8\" input_activations \"dynamic\" = false"}},
+        {"ct_fp8_channel_qwen3", NULL, NULL, "config_groups", "{\"W4A16\": [\"Linear\"]}",
+         {"the preset scheme \"W4A16\" is not supported"}},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        char k1[128];
+        if (rows[i].key)
+            snprintf(k1, sizeof k1, "%s%s", g0, rows[i].key);
+        patch p = {.key = rows[i].key ? k1 : rows[i].key2,
+                   .value = rows[i].key ? rows[i].value : rows[i].value2,
+                   .key2 = rows[i].key ? rows[i].key2 : NULL, .value2 = rows[i].value2};
+        const char *m[4] = {rows[i].msg[0], rows[i].msg[1], rows[i].msg[2], NULL};
+        expect_refused(rows[i].fx, &p, m);
+    }
+}
+
+/* The variant loads and its weights are bit for bit the fixture's. */
+static void expect_same_weights(const char *fx, const patch *p, const char *quant)
+{
+    char dir[256], err[1024];
+    make_variant(fx, p, dir, sizeof dir);
+    char src[512], path[600];
+    fixture_dir(src, sizeof src, fx);
+    snprintf(path, sizeof path, "%s/expected.safetensors", src);
+    mvk_st_file ex;
+    cr_assert_eq(mvk_st_open(path, &ex, err, sizeof err), 0, "%s", err);
+    loaded l;
+    cr_assert_eq(load(dir, &l, err, sizeof err), 0, "%s variant: %s", fx, err);
+    const moevk_layer_desc *d = &l.L.desc;
+    cr_assert_eq(d->weight_dtype, MOEVK_DTYPE_FP8_E4M3);
+    cr_assert(strstr(l.L.quant, quant), "%s: '%s'", fx, l.L.quant);
+    static const char *const mats[3] = {"gate", "up", "down"};
+    for (uint32_t e = 0; e < d->num_experts; e++)
+        for (int m = 0; m < 3; m++) {
+            char name[64];
+            snprintf(name, sizeof name, "experts.%u.%s", e, mats[m]);
+            const void *const *per[3] = {d->experts.gate_experts, d->experts.up_experts,
+                                         d->experts.down_experts};
+            cr_assert_eq(compare_matrix(name, per[m][e], d->weight_dtype, mvk_st_find(&ex, name),
+                                        m == 2 ? d->hidden : d->ffn, m == 2 ? d->ffn : d->hidden,
+                                        m, NULL, NULL),
+                         0, "%s variant: %s differs", fx, name);
+        }
+    unload(&l);
+    mvk_st_close(&ex);
+    rm_dir(dir);
+}
+
+/* What compressed-tensors writes in other ways reads the same: a preset
+ * scheme name with its targets, an all-zero weight_zero_point (older
+ * versions), a 0-dimensional per-tensor scale, expressions with Python's
+ * \d, (?:...) and lazy quantifiers. */
+Test(hfquant, compressed_tensors_other_spellings_read_the_same)
+{
+    patch p = {.key = "config_groups", .value = "{\"FP8_DYNAMIC\": [\"Linear\"]}"};
+    expect_same_weights("ct_fp8_channel_qwen3", &p, "channel scales");
+    p = (patch){.key = "config_groups/group_0/targets",
+                .value = "[\"re:(?:model)\\\\.layers\\\\.\\\\d+\\\\.mlp\\\\.experts\\\\.[\\\\d]+?\\\\."
+                         "\\\\w+_proj$\"]"};
+    expect_same_weights("ct_fp8_channel_qwen3", &p, "channel scales");
+    /* a zero point of zeros (e4m3 0 and -0) next to channel scales */
+    uint8_t zp[128];
+    memset(zp, 0, sizeof zp);
+    zp[7] = 0x80;
+    p = (patch){.tensor = "model.layers.0.mlp.experts.1.down_proj.weight_zero_point",
+                .dtype = "F8_E4M3", .ndim = 2, .shape = {128, 1}, .data = zp, .add = 1};
+    expect_same_weights("ct_fp8_channel_qwen3", &p, "channel scales");
+    /* one scale per tensor as a 0-dimensional tensor */
+    mvk_st_file f;
+    const char *ts = "model.layers.0.block_sparse_moe.experts.1.w2.weight_scale";
+    const mvk_st_tensor *t = fixture_tensor("ct_fp8_tensor_mixtral", ts, &f);
+    cr_assert(t->ndim == 1 && t->shape[0] == 1 && !strcmp(t->dtype_name, "F16"));
+    uint16_t one;
+    memcpy(&one, t->data, 2);
+    mvk_st_close(&f);
+    p = (patch){.tensor = ts, .dtype = "F16", .ndim = 0, .data = &one};
+    expect_same_weights("ct_fp8_tensor_mixtral", &p, "one scale per tensor");
+}
+
+Test(hfquant, compressed_tensors_bad_tensors_are_refused_naming_the_tensor)
+{
+    mvk_st_file f;
+    /* a zero point that is not zero */
+    uint8_t zp[128];
+    memset(zp, 0, sizeof zp);
+    zp[9] = 0x38; /* e4m3 1.0 */
+    patch p = {.tensor = "model.layers.0.mlp.experts.1.down_proj.weight_zero_point",
+               .dtype = "F8_E4M3", .ndim = 2, .shape = {128, 1}, .data = zp, .add = 1};
+    expect_refused("ct_fp8_channel_qwen3", &p,
+                   MSGS("tensor 'model.layers.0.mlp.experts.1.down_proj.weight_zero_point' "
+                        "element 9 is not 0: asymmetric FP8"));
+    /* activation-ordered groups */
+    int32_t gi[128];
+    for (int k = 0; k < 128; k++)
+        gi[k] = 0;
+    p = (patch){.tensor = "model.layers.0.mlp.experts.0.up_proj.weight_g_idx", .dtype = "I32",
+                .ndim = 1, .shape = {128}, .data = gi, .add = 1};
+    expect_refused("ct_fp8_channel_qwen3", &p,
+                   MSGS("tensor 'model.layers.0.mlp.experts.0.up_proj.weight_g_idx': "
+                        "activation-ordered groups are not supported"));
+    /* channel scales as a vector */
+    const char *sn = "model.layers.0.mlp.experts.1.down_proj.weight_scale";
+    const mvk_st_tensor *t = fixture_tensor("ct_fp8_channel_qwen3", sn, &f);
+    uint16_t sc[128];
+    cr_assert(t->numel == 128 && !strcmp(t->dtype_name, "BF16"));
+    memcpy(sc, t->data, sizeof sc);
+    mvk_st_close(&f);
+    p = (patch){.tensor = sn, .dtype = "BF16", .ndim = 1, .shape = {128}, .data = sc};
+    expect_refused("ct_fp8_channel_qwen3", &p,
+                   MSGS("tensor 'model.layers.0.mlp.experts.1.down_proj.weight_scale' has shape "
+                        "[128], expected [out, 1] (strategy \"channel\" of config_groups "
+                        "\"group_0\") = [128, 1]"));
+    /* scales of a non-float dtype, a non-finite scale */
+    p = (patch){.tensor = sn, .dtype = "I16", .ndim = 2, .shape = {128, 1}, .data = sc};
+    expect_refused("ct_fp8_channel_qwen3", &p,
+                   MSGS("'model.layers.0.mlp.experts.1.down_proj.weight_scale' has dtype I16, "
+                        "expected F32, F16 or BF16"));
+    sc[5] = 0x7f80; /* bf16 +inf */
+    p.dtype = "BF16";
+    expect_refused("ct_fp8_channel_qwen3", &p,
+                   MSGS("tensor 'model.layers.0.mlp.experts.1.down_proj.weight_scale' element "
+                        "[5, 0] is not finite"));
+    /* a NaN code in a weight */
+    const char *wn = "model.layers.0.mlp.experts.1.up_proj.weight";
+    t = fixture_tensor("ct_fp8_channel_qwen3", wn, &f);
+    uint8_t *w8 = malloc(t->numel);
+    cr_assert_not_null(w8);
+    memcpy(w8, t->data, t->numel);
+    mvk_st_close(&f);
+    w8[2 * 128 + 100] = 0x7f;
+    p = (patch){.tensor = wn, .dtype = "F8_E4M3", .ndim = 2, .shape = {128, 128}, .data = w8};
+    expect_refused("ct_fp8_channel_qwen3", &p,
+                   MSGS("tensor 'model.layers.0.mlp.experts.1.up_proj.weight' element [2, 100] is "
+                        "the e4m3fn NaN code 0x7f"));
+    /* a weight of another dtype next to its scale (a class target) */
+    p = (patch){.tensor = "model.layers.0.block_sparse_moe.experts.0.w2.weight", .dtype = "BF16",
+                .ndim = 2, .shape = {128, 64}, .data = w8};
+    expect_refused("ct_fp8_tensor_mixtral", &p,
+                   MSGS("tensor 'model.layers.0.block_sparse_moe.experts.0.w2.weight' has dtype "
+                        "BF16, expected F8_E4M3: config_groups \"group_1\" target \"Linear\""));
+    free(w8);
+    /* one scale per tensor that is two */
+    const uint16_t two[2] = {0x3c00, 0x3c00};
+    p = (patch){.tensor = "model.layers.0.block_sparse_moe.experts.1.w2.weight_scale",
+                .dtype = "F16", .ndim = 1, .shape = {2}, .data = two};
+    expect_refused("ct_fp8_tensor_mixtral", &p,
+                   MSGS("tensor 'model.layers.0.block_sparse_moe.experts.1.w2.weight_scale' has "
+                        "shape [2], expected [1] (strategy \"tensor\" of config_groups "
+                        "\"group_1\": one scale)"));
+    /* a missing scale */
+    p = (patch){.tensor = "model.layers.0.block_sparse_moe.experts.1.w3.weight_scale"};
+    expect_refused("ct_fp8_tensor_mixtral", &p,
+                   MSGS("missing tensor 'model.layers.0.block_sparse_moe.experts.1.w3.weight_scale'"));
+    /* the router under a channel scheme (its scale is one per tensor) */
+    p = (patch){.key = "config_groups/group_0/targets",
+                .value = "[\"re:.*block_sparse_moe\\\\.(gate|experts\\\\.\\\\d+\\\\.w[13])$\"]"};
+    expect_refused("ct_fp8_tensor_mixtral", &p,
+                   MSGS("tensor 'model.layers.0.block_sparse_moe.gate.weight_scale' has shape [1], "
+                        "expected [out, 1]"));
 }

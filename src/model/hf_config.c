@@ -506,6 +506,7 @@ void mvk_hf_config_free(mvk_moe_config *c)
 {
     if (!c)
         return;
+    mvk_hfq_config_free(&c->quant);
     free(c->mlp_only_layers);
     c->mlp_only_layers = NULL;
     free(c->layer_types);

@@ -3,15 +3,20 @@
  * (hf_quant.h has the layouts). The conventions follow the libraries that
  * write and read these files: AutoGPTQ / GPTQModel (GPTQ), AutoAWQ (AWQ
  * GEMM), bitsandbytes (QuantState.as_dict / from_dict, dequantize_4bit,
- * dequantize_blockwise) and transformers' fine-grained FP8 (DeepSeek-V3's
- * weight_scale_inv); docs/semantics.md says what each value is and where
+ * dequantize_blockwise), transformers' fine-grained FP8 (DeepSeek-V3's
+ * weight_scale_inv) and compressed-tensors (quant_config.py, quant_args.py,
+ * lifecycle/apply.py, initialize.py and forward.py: which modules a
+ * scheme quantises, the scale shapes, dequantize); docs/semantics.md says
+ * what each value is and where
  * moevk differs (it keeps the f32 product; the libraries then round to
  * their compute dtype).
  */
 #include "hf_quant.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <math.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -235,6 +240,472 @@ static int read_fp8(const qreader *r, mvk_hfq_config *q)
     return 0;
 }
 
+/* ---- compressed-tensors: config_groups, targets, ignore ------------------------------ */
+
+/* compressed-tensors' preset schemes that hold FP8 weights (quant_scheme.py),
+ * for a config_groups entry written as "PRESET": [targets] */
+static const struct {
+    const char *name, *json;
+} ct_presets[] = {
+    {"FP8", "{\"weights\":{\"num_bits\":8,\"type\":\"float\",\"strategy\":\"tensor\"},"
+            "\"input_activations\":{\"num_bits\":8,\"type\":\"float\",\"strategy\":\"tensor\","
+            "\"dynamic\":false}}"},
+    {"FP8_DYNAMIC", "{\"weights\":{\"num_bits\":8,\"type\":\"float\",\"strategy\":\"channel\"},"
+                    "\"input_activations\":{\"num_bits\":8,\"type\":\"float\",\"strategy\":"
+                    "\"token\",\"dynamic\":true}}"},
+    {"FP8_BLOCK", "{\"weights\":{\"num_bits\":8,\"type\":\"float\",\"strategy\":\"block\","
+                  "\"block_structure\":[128,128]},\"input_activations\":{\"num_bits\":8,"
+                  "\"type\":\"float\",\"strategy\":\"group\",\"group_size\":128,\"dynamic\":true}}"},
+};
+
+static const cJSON *jget(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+static char *dupstr(const char *s)
+{
+    const size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* A whole number in lo..hi, or -1 with *ok 0. */
+static int64_t jint(const cJSON *v, int64_t lo, int64_t hi, int *ok)
+{
+    *ok = cJSON_IsNumber(v) && v->valuedouble >= (double)lo && v->valuedouble <= (double)hi &&
+          v->valuedouble == floor(v->valuedouble);
+    return *ok ? (int64_t)v->valuedouble : -1;
+}
+
+/* block_structure: [rows, cols] of positive integers (or compressed-tensors'
+ * older "RxC" text). */
+static int ct_block(const cJSON *b, uint32_t out[2])
+{
+    if (cJSON_IsString(b) && b->valuestring) {
+        char *e1, *e2;
+        const unsigned long r = strtoul(b->valuestring, &e1, 10);
+        if (e1 == b->valuestring || *e1 != 'x')
+            return -1;
+        const unsigned long c = strtoul(e1 + 1, &e2, 10);
+        if (e2 == e1 + 1 || *e2 || !r || !c || r > (1u << 30) || c > (1u << 30))
+            return -1;
+        out[0] = (uint32_t)r, out[1] = (uint32_t)c;
+        return 0;
+    }
+    if (!cJSON_IsArray(b) || cJSON_GetArraySize(b) != 2)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        int ok;
+        const int64_t v = jint(cJSON_GetArrayItem(b, i), 1, 1 << 30, &ok);
+        if (!ok)
+            return -1;
+        out[i] = (uint32_t)v;
+    }
+    return 0;
+}
+
+static const char *ct_format_hint(const char *f)
+{
+    if (!strcmp(f, "int-quantized"))
+        return " (int8 weights)";
+    if (!strcmp(f, "pack-quantized") || !strcmp(f, "marlin-24"))
+        return " (packed int4 / int8 weight_packed)";
+    if (!strcmp(f, "nvfp4-pack-quantized") || !strcmp(f, "mxfp4-pack-quantized"))
+        return " (packed FP4 weight_packed)";
+    if (!strncmp(f, "sparse-", 7))
+        return " (sparse weights)";
+    if (!strcmp(f, "dense"))
+        return " (weights stored unquantised with fake-quantisation scales)";
+    if (!strcmp(f, "mixed-precision"))
+        return " (mixed-precision: each group names its own format, and this one names none)";
+    return "";
+}
+
+/* What keeps moevk from reading the weights of scheme g (group gname,
+ * the format fmt) into w, or "" when nothing does; the scheme's tile and
+ * strategy into s. */
+static void ct_scheme_check(const cJSON *g, const char *gname, const char *fmt,
+                            mvk_hfq_ct_scheme *s, char *w, size_t wsz)
+{
+    *w = 0;
+    const cJSON *gf = jget(g, "format");
+    if (gf && cJSON_IsString(gf) && gf->valuestring)
+        fmt = gf->valuestring;
+    if (strcmp(fmt, "float-quantized") && strcmp(fmt, "naive-quantized")) {
+        mvk_errf(w, wsz,
+                 "config_groups \"%s\": format \"%s\"%s is not supported (float-quantized or "
+                 "naive-quantized FP8 weights)",
+                 gname, fmt, ct_format_hint(fmt));
+        return;
+    }
+    const cJSON *wa = jget(g, "weights");
+    if (!cJSON_IsObject(wa)) {
+        mvk_errf(w, wsz, "config_groups \"%s\" has no \"weights\" (moevk reads FP8 weights)",
+                 gname);
+        return;
+    }
+    const cJSON *v;
+    int ok = 1;
+    int64_t bits = (v = jget(wa, "num_bits")) ? jint(v, 1, 64, &ok) : 8;
+    if (!ok) {
+        mvk_errf(w, wsz, "config_groups \"%s\" weights \"num_bits\" is not a whole number",
+                 gname);
+        return;
+    }
+    if (bits != 8) {
+        mvk_errf(w, wsz, "config_groups \"%s\" weights \"num_bits\" = %lld: only 8-bit FP8 "
+                 "weights are supported", gname, (long long)bits);
+        return;
+    }
+    v = jget(wa, "type");
+    const char *type = v && cJSON_IsString(v) && v->valuestring ? v->valuestring : v ? "?" : "int";
+    if (strcasecmp(type, "float")) {
+        mvk_errf(w, wsz, "config_groups \"%s\" weights \"type\" = \"%s\": only float (FP8 e4m3) "
+                 "weights are supported%s", gname, type,
+                 !strcasecmp(type, "int") ? " (int8 weights are not)" : "");
+        return;
+    }
+    if ((v = jget(wa, "symmetric")) && !cJSON_IsTrue(v)) {
+        mvk_errf(w, wsz, "config_groups \"%s\" weights \"symmetric\" is not true (zero points "
+                 "are not supported)", gname);
+        return;
+    }
+    if ((v = jget(wa, "dynamic")) && !cJSON_IsFalse(v)) {
+        mvk_errf(w, wsz, "config_groups \"%s\" weights \"dynamic\" is not false (weights need "
+                 "their stored scales)", gname);
+        return;
+    }
+    if ((v = jget(wa, "actorder")) && !cJSON_IsFalse(v) &&
+        !(cJSON_IsString(v) && v->valuestring && (!strcasecmp(v->valuestring, "weight") ||
+                                                  !strcasecmp(v->valuestring, "static")))) {
+        mvk_errf(w, wsz, "config_groups \"%s\" weights \"actorder\" = %s: activation-ordered "
+                 "groups (weight_g_idx) are not supported", gname,
+                 cJSON_IsString(v) && v->valuestring ? v->valuestring : "true");
+        return;
+    }
+    const cJSON *gsv = jget(wa, "group_size");
+    const int64_t gs = gsv ? jint(gsv, -1, INT32_MAX, &ok) : 0;
+    if (gsv && (!ok || gs == 0)) {
+        mvk_errf(w, wsz, "config_groups \"%s\" weights \"group_size\" is not -1 or a positive "
+                 "integer", gname);
+        return;
+    }
+    v = jget(wa, "strategy");
+    const char *st = v && cJSON_IsString(v) && v->valuestring
+                         ? v->valuestring
+                         : v ? "?" : !gsv ? "tensor" : gs > 0 ? "group" : "channel";
+    if (!strcasecmp(st, "tensor")) {
+        s->strategy = "tensor", s->tile[0] = s->tile[1] = 0;
+    } else if (!strcasecmp(st, "channel")) {
+        s->strategy = "channel", s->tile[0] = 1, s->tile[1] = 0;
+    } else if (!strcasecmp(st, "group")) {
+        if (gs <= 0 || gs % 128) {
+            mvk_errf(w, wsz, "config_groups \"%s\" weights \"group_size\" = %lld is not a "
+                     "multiple of 128 (fp8_e4m3 blocks hold 128 inputs of one scale)", gname,
+                     (long long)gs);
+            return;
+        }
+        s->strategy = "group", s->tile[0] = 1, s->tile[1] = (uint32_t)gs;
+    } else if (!strcasecmp(st, "block")) {
+        uint32_t b[2];
+        if (ct_block(jget(wa, "block_structure"), b)) {
+            mvk_errf(w, wsz, "config_groups \"%s\" weights \"block_structure\" is not [rows, "
+                     "columns] of positive integers", gname);
+            return;
+        }
+        if (b[1] % 128) {
+            mvk_errf(w, wsz, "config_groups \"%s\" weights \"block_structure\" = [%u, %u]: its "
+                     "input size %u is not a multiple of 128 (fp8_e4m3 blocks hold 128 inputs "
+                     "of one scale)", gname, b[0], b[1], b[1]);
+            return;
+        }
+        s->strategy = "block", s->tile[0] = b[0], s->tile[1] = b[1];
+    } else {
+        mvk_errf(w, wsz, "config_groups \"%s\" weights \"strategy\" = \"%s\" is not supported "
+                 "(tensor, channel, group, block)", gname, st);
+        return;
+    }
+    const cJSON *ia = jget(g, "input_activations");
+    if (ia) {
+        v = cJSON_IsObject(ia) ? jget(ia, "dynamic") : NULL;
+        if (!cJSON_IsTrue(v)) {
+            mvk_errf(w, wsz, "config_groups \"%s\" input_activations \"dynamic\" = %s: static "
+                     "activation scales (input_scale) are not supported (moevk computes "
+                     "activations in f32 and does not clip them to a calibrated FP8 range)",
+                     gname, cJSON_IsString(v) && v->valuestring ? v->valuestring : "false");
+            return;
+        }
+        s->dynamic_inputs = 1;
+    }
+    if (jget(g, "output_activations")) {
+        mvk_errf(w, wsz, "config_groups \"%s\" \"output_activations\" (quantised outputs) are "
+                 "not supported", gname);
+        return;
+    }
+}
+
+/* Python's re.match(p, name) as a POSIX extended expression: "^(" p ")",
+ * \d \w \s and their complements spelled out, "(?:" as "(", lazy
+ * quantifiers greedy (they match the same names); what has no POSIX
+ * spelling (lookarounds, named groups, backreferences, \b, \A, ...) is
+ * refused. */
+static int ct_regex(const char *pat, void **out, char *err, size_t errsz, const char *what,
+                    const char *list)
+{
+    static const struct {
+        char c;
+        const char *out, *in; /* outside and inside brackets */
+    } cls[] = {{'d', "[0-9]", "0-9"},           {'D', "[^0-9]", NULL},
+               {'w', "[A-Za-z0-9_]", "A-Za-z0-9_"}, {'W', "[^A-Za-z0-9_]", NULL},
+               {'s', "[[:space:]]", "[:space:]"}, {'S', "[^[:space:]]", NULL}};
+    const size_t n = strlen(pat);
+    char *e = malloc(16 * n + 8);
+    if (!e)
+        return mvk_errf(err, errsz, "%s: out of host memory", what);
+    size_t o = 0;
+    int depth = 0, inbr = 0;
+    const char *bad = NULL;
+    e[o++] = '^', e[o++] = '(';
+    for (size_t i = 0; i < n && !bad; i++) {
+        const char c = pat[i];
+        if (c == '\\') {
+            const char d = pat[++i];
+            size_t k = 0;
+            while (k < sizeof cls / sizeof cls[0] && cls[k].c != d)
+                k++;
+            const char *rep = k < sizeof cls / sizeof cls[0] ? (inbr ? cls[k].in : cls[k].out)
+                                                              : NULL;
+            if (rep) {
+                memcpy(e + o, rep, strlen(rep));
+                o += strlen(rep);
+            } else if (!d || isalnum((unsigned char)d) ||
+                       (inbr && (d == ']' || d == '\\' || d == '^' || d == '-' || d == '['))) {
+                bad = "an escape with no POSIX spelling";
+            } else {
+                if (!inbr)
+                    e[o++] = '\\';
+                e[o++] = d;
+            }
+            continue;
+        }
+        if (inbr) {
+            if (c == ']')
+                inbr = 0;
+            e[o++] = c;
+            continue;
+        }
+        if (c == '[') {
+            inbr = 1;
+            e[o++] = c;
+            if (pat[i + 1] == '^')
+                e[o++] = pat[++i];
+            if (pat[i + 1] == ']')
+                e[o++] = pat[++i];
+            continue;
+        }
+        if (c == '(') {
+            depth++;
+            if (pat[i + 1] == '?') {
+                if (pat[i + 2] != ':')
+                    bad = "a (?...) group other than (?:...)";
+                i += 2;
+            }
+            e[o++] = '(';
+            continue;
+        }
+        if (c == ')' && --depth < 0)
+            bad = "an unbalanced ')'";
+        e[o++] = c;
+        if ((c == '*' || c == '+' || c == '?' || c == '}') && pat[i + 1] == '?')
+            i++; /* lazy: the same names match */
+    }
+    if (!bad && (inbr || depth))
+        bad = inbr ? "an unclosed '['" : "an unclosed '('";
+    e[o++] = ')';
+    e[o] = 0;
+    regex_t *re = bad ? NULL : malloc(sizeof(*re));
+    int rc = -1;
+    if (!bad && !re)
+        mvk_errf(err, errsz, "%s: out of host memory", what);
+    else if (bad || regcomp(re, e, REG_EXTENDED | REG_NOSUB))
+        mvk_errf(err, errsz,
+                 "%s: quantization_config \"%s\" pattern \"re:%s\" is not a regular expression "
+                 "moevk can match as Python's re does (%s)",
+                 what, list, pat, bad ? bad : "POSIX regcomp refuses it");
+    else
+        rc = 0;
+    free(e);
+    if (rc) {
+        free(re);
+        return -1;
+    }
+    *out = re;
+    return 0;
+}
+
+static int ct_pattern(const char *text, uint32_t scheme, mvk_hfq_ct_pattern *p, char *err,
+                      size_t errsz, const char *what, const char *list)
+{
+    memset(p, 0, sizeof(*p));
+    if (!(p->text = dupstr(text)))
+        return mvk_errf(err, errsz, "%s: out of host memory", what);
+    p->scheme = scheme;
+    if (!strncmp(text, "re:", 3)) {
+        p->kind = 1;
+        return ct_regex(text + 3, &p->re, err, errsz, what, list);
+    }
+    /* a class name: compressed-tensors matches it against the module's
+     * classes; every matrix moevk reads is an nn.Linear */
+    if (isupper((unsigned char)text[0]) && !strchr(text, '.'))
+        p->kind = strcmp(text, "Linear") ? 3 : 2;
+    return 0;
+}
+
+static void ct_free(mvk_hfq_ct *ct)
+{
+    for (uint32_t i = 0; i < ct->n_schemes; i++) {
+        free(ct->schemes[i].name);
+        free(ct->schemes[i].why);
+    }
+    mvk_hfq_ct_pattern *lists[2] = {ct->targets, ct->ignore};
+    const uint32_t counts[2] = {ct->n_targets, ct->n_ignore};
+    for (int l = 0; l < 2; l++)
+        for (uint32_t i = 0; i < counts[l]; i++) {
+            free(lists[l][i].text);
+            if (lists[l][i].re)
+                regfree(lists[l][i].re);
+            free(lists[l][i].re);
+        }
+    free(ct->schemes);
+    free(ct->targets);
+    free(ct->ignore);
+    memset(ct, 0, sizeof(*ct));
+}
+
+/* An array of strings (NULL: none), its size into *n; else -1. */
+static int ct_strings(const cJSON *a, int *n)
+{
+    *n = 0;
+    if (!a)
+        return 0;
+    if (!cJSON_IsArray(a))
+        return -1;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a)
+    {
+        if (!cJSON_IsString(e) || !e->valuestring)
+            return -1;
+        (*n)++;
+    }
+    return 0;
+}
+
+static int read_ct(const qreader *r, mvk_hfq_config *q)
+{
+    mvk_hfq_ct *ct = &q->ct;
+    char *err = r->err;
+    const size_t errsz = r->errsz;
+    if (qstr(r, "format", NULL, "", ct->format, sizeof ct->format))
+        return -1;
+    const cJSON *sp = jget(r->qc, "sparsity_config"); /* {} when there is none */
+    if (sp && !(cJSON_IsObject(sp) && !sp->child)) {
+        const cJSON *f = cJSON_IsObject(sp) ? jget(sp, "format") : NULL;
+        const char *fs = cJSON_IsString(f) && f->valuestring ? f->valuestring : "?";
+        if (strcmp(fs, "dense"))
+            return mvk_errf(err, errsz,
+                            "%s: quantization_config \"sparsity_config\" format \"%s\" is not "
+                            "supported (sparse weights)",
+                            r->what, fs);
+    }
+    const cJSON *tc = jget(r->qc, "transform_config");
+    if (tc && !(cJSON_IsObject(tc) && !tc->child))
+        return mvk_errf(err, errsz,
+                        "%s: quantization_config \"transform_config\" (rotations of the weights "
+                        "and activations) is not supported",
+                        r->what);
+    const cJSON *groups = jget(r->qc, "config_groups");
+    if (!cJSON_IsObject(groups) || !cJSON_GetArraySize(groups))
+        return mvk_errf(err, errsz,
+                        "%s: quantization_config \"config_groups\" is not a non-empty JSON object",
+                        r->what);
+    int ng = cJSON_GetArraySize(groups), nt = 0, ni = 0;
+    const cJSON *g;
+    cJSON_ArrayForEach(g, groups)
+    {
+        const cJSON *t = cJSON_IsArray(g) ? g : cJSON_IsObject(g) ? jget(g, "targets") : NULL;
+        int k;
+        if (!t || ct_strings(t, &k))
+            return mvk_errf(err, errsz,
+                            "%s: quantization_config config_groups \"%s\" has no \"targets\" list "
+                            "of strings",
+                            r->what, g->string ? g->string : "?");
+        nt += k;
+    }
+    if (ct_strings(jget(r->qc, "ignore"), &ni))
+        return mvk_errf(err, errsz, "%s: quantization_config \"ignore\" is not a list of strings",
+                        r->what);
+    ct->schemes = calloc((size_t)ng, sizeof(*ct->schemes));
+    ct->targets = calloc((size_t)nt + 1, sizeof(*ct->targets));
+    ct->ignore = calloc((size_t)ni + 1, sizeof(*ct->ignore));
+    if (!ct->schemes || !ct->targets || !ct->ignore)
+        return mvk_errf(err, errsz, "%s: out of host memory", r->what);
+    cJSON_ArrayForEach(g, groups)
+    {
+        mvk_hfq_ct_scheme *s = &ct->schemes[ct->n_schemes];
+        const uint32_t si = ct->n_schemes++;
+        const char *gname = g->string ? g->string : "";
+        char why[512];
+        if (!(s->name = dupstr(gname)))
+            return mvk_errf(err, errsz, "%s: out of host memory", r->what);
+        const cJSON *targets = g;
+        if (cJSON_IsArray(g)) { /* a preset scheme's name and its targets */
+            cJSON *pj = NULL;
+            for (size_t k = 0; k < sizeof ct_presets / sizeof ct_presets[0] && !pj; k++)
+                if (!strcasecmp(gname, ct_presets[k].name))
+                    pj = cJSON_Parse(ct_presets[k].json);
+            if (pj)
+                ct_scheme_check(pj, gname, ct->format, s, why, sizeof why);
+            else
+                mvk_errf(why, sizeof why,
+                         "config_groups \"%s\": the preset scheme \"%s\" is not supported (FP8, "
+                         "FP8_DYNAMIC, FP8_BLOCK)",
+                         gname, gname);
+            cJSON_Delete(pj);
+        } else {
+            targets = jget(g, "targets");
+            ct_scheme_check(g, gname, ct->format, s, why, sizeof why);
+        }
+        if (*why && !(s->why = dupstr(why)))
+            return mvk_errf(err, errsz, "%s: out of host memory", r->what);
+        const cJSON *t;
+        cJSON_ArrayForEach(t, targets)
+        {
+            uint32_t k = 0; /* a target named again: the later group's (an ordered dict) */
+            while (k < ct->n_targets && strcmp(ct->targets[k].text, t->valuestring))
+                k++;
+            if (k < ct->n_targets) {
+                ct->targets[k].scheme = si;
+                continue;
+            }
+            if (ct_pattern(t->valuestring, si, &ct->targets[ct->n_targets++], err, errsz,
+                           r->what, "targets"))
+                return -1;
+        }
+    }
+    const cJSON *ig;
+    cJSON_ArrayForEach(ig, jget(r->qc, "ignore"))
+    {
+        if (ct_pattern(ig->valuestring, 0, &ct->ignore[ct->n_ignore++], err, errsz, r->what,
+                       "ignore"))
+            return -1;
+    }
+    return 0;
+}
+
 int mvk_hfq_config_read(const cJSON *root, const char *what, mvk_hfq_config *q, char *err,
                         size_t errsz)
 {
@@ -257,16 +728,26 @@ int mvk_hfq_config_read(const cJSON *root, const char *what, mvk_hfq_config *q, 
         q->method = MVK_HFQ_BNB4, rc = read_bnb(&r, q);
     else if (!strcmp(m, "fp8"))
         q->method = MVK_HFQ_FP8, rc = read_fp8(&r, q);
+    else if (!strcmp(m, "compressed-tensors"))
+        q->method = MVK_HFQ_CT_FP8, rc = read_ct(&r, q);
     else if (!strcmp(m, "mxfp4"))
         return 0; /* gpt-oss: its layouts name the MXFP4 tensors (arch.c) */
     else
         return mvk_errf(err, errsz,
                         "%s: quantization_config \"quant_method\" = \"%s\" is not supported "
-                        "(gptq, awq, bitsandbytes, fp8)",
+                        "(gptq, awq, bitsandbytes, fp8, compressed-tensors)",
                         what, m);
     if (rc)
-        memset(q, 0, sizeof(*q));
+        mvk_hfq_config_free(q);
     return rc;
+}
+
+void mvk_hfq_config_free(mvk_hfq_config *q)
+{
+    if (!q)
+        return;
+    ct_free(&q->ct);
+    memset(q, 0, sizeof(*q));
 }
 
 const char *mvk_hfq_describe(const mvk_hfq_config *q, char *buf, size_t bufsz)
@@ -291,6 +772,32 @@ const char *mvk_hfq_describe(const mvk_hfq_config *q, char *buf, size_t bufsz)
         snprintf(buf, bufsz, "FP8 e4m3 with [%u, %u] scale tiles, repacked into fp8_e4m3",
                  q->fp8_block[0], q->fp8_block[1]);
         break;
+    case MVK_HFQ_CT_FP8: {
+        /* the readable schemes' scales */
+        char sch[160] = "";
+        int dyn = 0, k = 0;
+        for (uint32_t i = 0; i < q->ct.n_schemes; i++) {
+            const mvk_hfq_ct_scheme *s = &q->ct.schemes[i];
+            if (s->why)
+                continue;
+            char one[64];
+            if (!strcmp(s->strategy, "tensor"))
+                snprintf(one, sizeof one, "one scale per tensor");
+            else if (!strcmp(s->strategy, "channel"))
+                snprintf(one, sizeof one, "channel scales");
+            else if (!strcmp(s->strategy, "group"))
+                snprintf(one, sizeof one, "group %u scales", s->tile[1]);
+            else
+                snprintf(one, sizeof one, "[%u, %u] scale tiles", s->tile[0], s->tile[1]);
+            const size_t l = strlen(sch);
+            snprintf(sch + l, sizeof sch - l, "%s%s", k++ ? " / " : "", one);
+            dyn |= s->dynamic_inputs;
+        }
+        snprintf(buf, bufsz, "compressed-tensors FP8 e4m3 (%s), %s, repacked into fp8_e4m3%s",
+                 q->ct.format, k ? sch : "no readable scheme",
+                 dyn ? "; dynamic FP8 activations not applied (f32)" : "");
+        break;
+    }
     default:
         snprintf(buf, bufsz, "not quantised");
     }
@@ -303,7 +810,8 @@ moevk_dtype mvk_hfq_dtype(const mvk_hfq_config *q)
     case MVK_HFQ_GPTQ:
     case MVK_HFQ_AWQ: return MOEVK_DTYPE_GPTQ4;
     case MVK_HFQ_BNB4: return MOEVK_DTYPE_NF4;
-    case MVK_HFQ_FP8: return MOEVK_DTYPE_FP8_E4M3;
+    case MVK_HFQ_FP8:
+    case MVK_HFQ_CT_FP8: return MOEVK_DTYPE_FP8_E4M3;
     default: return MOEVK_DTYPE_F32;
     }
 }
@@ -787,6 +1295,9 @@ static int load_bnb(const qctx *c, uint64_t rows, uint64_t cols, mvk_hfq_matrix 
 
 /* ---- FP8 -------------------------------------------------------------------------- */
 
+static int fp8_repack(const qctx *c, const mvk_st_tensor *w, const mvk_st_tensor *s, uint64_t rows,
+                      uint64_t cols, uint64_t bo, uint64_t bi, uint64_t sc, mvk_hfq_matrix *out);
+
 static int load_fp8(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint64_t cols,
                     mvk_hfq_matrix *out)
 {
@@ -803,6 +1314,16 @@ static int load_fp8(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint6
           : NULL;
     if (!s)
         return -1;
+    return fp8_repack(c, w, s, rows, cols, bo, bi, sc, out);
+}
+
+/* w F8_E4M3 [rows, cols] (cols a multiple of 128) and its scales s, one
+ * per [bo, bi] tile ([ceil(rows / bo), sc]), into fp8_e4m3 blocks (bi a
+ * multiple of 128 or at least cols). */
+static int fp8_repack(const qctx *c, const mvk_st_tensor *w, const mvk_st_tensor *s, uint64_t rows,
+                      uint64_t cols, uint64_t bo, uint64_t bi, uint64_t sc, mvk_hfq_matrix *out)
+{
+    const uint64_t sr = (rows + bo - 1) / bo;
     for (uint64_t i = 0; i < rows * cols; i++)
         if ((w->data[i] & 0x7f) == 0x7f)
             return mvk_errf(c->err, c->errsz,
@@ -829,6 +1350,189 @@ static int load_fp8(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint6
     return 0;
 }
 
+/* ---- compressed-tensors FP8 -> fp8_e4m3 ------------------------------------------------ */
+
+enum { CT_NONE, CT_IGNORED, CT_NAME, CT_CLASS };
+
+static int ct_matches(const mvk_hfq_ct_pattern *p, const char *name)
+{
+    switch (p->kind) {
+    case 0: return !strcmp(p->text, name);
+    case 1: return regexec(p->re, name, 0, NULL, 0) == 0;
+    case 2: return 1;
+    default: return 0;
+    }
+}
+
+/* compressed-tensors' apply_quantization_config for the module `base`: a
+ * target matches it (by name, else by class) and no ignore entry does;
+ * the scheme of the first matching target in the order of match_targets
+ * (exact names, then expressions, each sorted as text, then classes).
+ * *which: the target or the ignore entry. */
+static int ct_resolve(const mvk_hfq_ct *ct, const char *base, const mvk_hfq_ct_pattern **which)
+{
+    const mvk_hfq_ct_pattern *best = NULL;
+    for (uint32_t i = 0; i < ct->n_targets; i++) {
+        const mvk_hfq_ct_pattern *t = &ct->targets[i];
+        if (!ct_matches(t, base))
+            continue;
+        const int rank = t->kind == 0 ? 0 : t->kind == 1 ? 1 : 2;
+        const int brank = !best ? 3 : best->kind == 0 ? 0 : best->kind == 1 ? 1 : 2;
+        if (rank < brank || (rank == brank && strcmp(t->text, best->text) < 0))
+            best = t;
+    }
+    *which = best;
+    if (!best)
+        return CT_NONE;
+    for (uint32_t i = 0; i < ct->n_ignore; i++)
+        if (ct_matches(&ct->ignore[i], base)) {
+            *which = &ct->ignore[i];
+            return CT_IGNORED;
+        }
+    return best->kind < 2 ? CT_NAME : CT_CLASS;
+}
+
+/* The tensor that says base is stored quantised (an F8 weight, a
+ * weight_scale, a weight_packed), or NULL. */
+static const char *ct_stored(const qctx *c, char *buf, size_t n)
+{
+    static const char *const sfx[] = {".weight_packed", ".weight_scale"};
+    tname(buf, n, c->base, ".weight");
+    if (mvk_st_set_has(c->set, buf)) {
+        const mvk_st_tensor *t = mvk_st_set_find(c->set, buf, NULL, 0);
+        if (t && !strncmp(t->dtype_name, "F8_", 3))
+            return buf;
+    }
+    for (size_t i = 0; i < 2; i++) {
+        tname(buf, n, c->base, sfx[i]);
+        if (mvk_st_set_has(c->set, buf))
+            return buf;
+    }
+    return NULL;
+}
+
+static int ct_is_quantized(const mvk_hfq_config *q, mvk_st_set *set, const char *base)
+{
+    const mvk_hfq_ct_pattern *which;
+    char n[600];
+    qctx c = {set, base, NULL, 0};
+    const int how = ct_resolve(&q->ct, base, &which);
+    if (ct_stored(&c, n, sizeof n))
+        return 1;
+    /* a name target quantises the module whatever its tensors (load says
+     * what is wrong); under a class target only what is stored quantised
+     * is, a float weight being a module of another class */
+    tname(n, sizeof n, base, ".weight");
+    return how == CT_NAME && mvk_st_set_has(set, n);
+}
+
+static int load_ct(const mvk_hfq_config *q, const qctx *c, uint64_t rows, uint64_t cols,
+                   mvk_hfq_matrix *out)
+{
+    const mvk_hfq_ct_pattern *which;
+    char n[600];
+    const int how = ct_resolve(&q->ct, c->base, &which);
+    if (how == CT_NONE || how == CT_IGNORED) {
+        const char *st = ct_stored(c, n, sizeof n);
+        if (how == CT_NONE)
+            return mvk_errf(c->err, c->errsz,
+                            "tensor '%s' says '%s' is stored quantised, but no config_groups "
+                            "target of quantization_config matches it",
+                            st ? st : c->base, c->base);
+        return mvk_errf(c->err, c->errsz,
+                        "tensor '%s' says '%s' is stored quantised, but quantization_config "
+                        "\"ignore\" entry \"%s\" leaves it unquantised",
+                        st ? st : c->base, c->base, which->text);
+    }
+    const mvk_hfq_ct_scheme *s = &q->ct.schemes[which->scheme];
+    if (s->why) {
+        tname(n, sizeof n, c->base, ".weight_packed");
+        if (!mvk_st_set_has(c->set, n))
+            tname(n, sizeof n, c->base, ".weight");
+        return mvk_errf(c->err, c->errsz, "tensor '%s': %s", n, s->why);
+    }
+    tname(n, sizeof n, c->base, ".weight");
+    const mvk_st_tensor *w = mvk_st_set_find(c->set, n, c->err, c->errsz);
+    if (!w)
+        return -1;
+    if (strcmp(w->dtype_name, "F8_E4M3"))
+        return mvk_errf(c->err, c->errsz,
+                        "tensor '%s' has dtype %s, expected F8_E4M3: config_groups \"%s\" target "
+                        "\"%s\" quantises '%s' (a module stored unquantised belongs in "
+                        "\"ignore\")",
+                        n, w->dtype_name, s->name, which->text, c->base);
+    if (!(w = get(c, ".weight", "F8_E4M3", 2, SHAPE(rows, cols), "[out, in]")))
+        return -1;
+    if (cols % 128)
+        return mvk_errf(c->err, c->errsz,
+                        "'%s': %llu inputs per row are not a multiple of 128 (fp8_e4m3 blocks)",
+                        c->base, (unsigned long long)cols);
+    if (exists(c, ".weight_g_idx"))
+        return mvk_errf(c->err, c->errsz,
+                        "tensor '%s.weight_g_idx': activation-ordered groups are not supported",
+                        c->base);
+    const uint64_t bo = s->tile[0] ? s->tile[0] : rows, bi = s->tile[1] ? s->tile[1] : cols;
+    const uint64_t sr = (rows + bo - 1) / bo, sc = (cols + bi - 1) / bi;
+    const mvk_st_tensor *sv;
+    char dims[160];
+    if (!strcmp(s->strategy, "tensor")) {
+        if (!(sv = get(c, ".weight_scale", "float", 0, NULL, "[1]")))
+            return -1;
+        if (sv->numel != 1 || sv->ndim > 1) {
+            char got[160];
+            return mvk_errf(c->err, c->errsz,
+                            "tensor '%s' has shape %s, expected [1] (strategy \"tensor\" of "
+                            "config_groups \"%s\": one scale)",
+                            sv->name, mvk_shape_str(sv->shape, sv->ndim, got, sizeof got),
+                            s->name);
+        }
+    } else {
+        if (!strcmp(s->strategy, "channel"))
+            snprintf(dims, sizeof dims, "[out, 1] (strategy \"channel\" of config_groups \"%s\")",
+                     s->name);
+        else if (!strcmp(s->strategy, "group"))
+            snprintf(dims, sizeof dims,
+                     "[out, ceil(in / %u)] (strategy \"group\" of config_groups \"%s\")",
+                     s->tile[1], s->name);
+        else
+            snprintf(dims, sizeof dims,
+                     "[ceil(out / %u), ceil(in / %u)] (strategy \"block\" of config_groups "
+                     "\"%s\")",
+                     s->tile[0], s->tile[1], s->name);
+        if (!(sv = get(c, ".weight_scale", "float", 2, SHAPE(sr, sc), dims)))
+            return -1;
+    }
+    if (exists(c, ".weight_zero_point")) { /* written by older versions: all zero */
+        const mvk_st_tensor *z = get(c, ".weight_zero_point", NULL, 0, NULL, "");
+        if (!z)
+            return -1;
+        if (z->numel != sv->numel)
+            return mvk_errf(c->err, c->errsz, "tensor '%s' has %llu elements, expected %llu (one "
+                            "per scale of '%s')", z->name, (unsigned long long)z->numel,
+                            (unsigned long long)sv->numel, sv->name);
+        for (uint64_t i = 0; i < z->numel; i++) {
+            int zero;
+            if (z->dtype >= 0)
+                zero = fval(z, i) == 0;
+            else if (z->elem_bits == 8 && (!strcmp(z->dtype_name, "F8_E4M3") ||
+                                           !strcmp(z->dtype_name, "I8") ||
+                                           !strcmp(z->dtype_name, "U8")))
+                zero = z->data[i] == 0 || (z->data[i] == 0x80 && z->dtype_name[0] == 'F');
+            else if (!strcmp(z->dtype_name, "I32"))
+                zero = rd32(z, i) == 0;
+            else
+                return mvk_errf(c->err, c->errsz, "tensor '%s' has dtype %s (a zero point)",
+                                z->name, z->dtype_name);
+            if (!zero)
+                return mvk_errf(c->err, c->errsz,
+                                "tensor '%s' element %llu is not 0: asymmetric FP8 (a zero point) "
+                                "is not supported",
+                                z->name, (unsigned long long)i);
+        }
+    }
+    return fp8_repack(c, w, sv, rows, cols, bo, bi, sc, out);
+}
+
 /* ---- entry points -------------------------------------------------------------------- */
 
 int mvk_hfq_is_quantized(const mvk_hfq_config *q, mvk_st_set *set, const char *base)
@@ -853,6 +1557,7 @@ int mvk_hfq_is_quantized(const mvk_hfq_config *q, mvk_st_set *set, const char *b
         const mvk_st_tensor *t = mvk_st_set_has(set, n) ? mvk_st_set_find(set, n, NULL, 0) : NULL;
         return t && !strncmp(t->dtype_name, "F8_", 3);
     }
+    case MVK_HFQ_CT_FP8: return ct_is_quantized(q, set, base);
     default:
         return 0;
     }
@@ -873,6 +1578,7 @@ int mvk_hfq_load(const mvk_hfq_config *q, mvk_st_set *set, const char *base, uin
     case MVK_HFQ_AWQ: return load_int4(q, &c, rows, cols, may_permute, order, out);
     case MVK_HFQ_BNB4: return load_bnb(&c, rows, cols, out);
     case MVK_HFQ_FP8: return load_fp8(q, &c, rows, cols, out);
+    case MVK_HFQ_CT_FP8: return load_ct(q, &c, rows, cols, out);
     default: return mvk_errf(err, errsz, "'%s' is not quantised", base);
     }
 }

@@ -34,6 +34,19 @@
  *    128): base.weight F8_E4M3 [rows, cols], base.weight_scale_inv F32
  *    [ceil(rows/bo), ceil(cols/bi)]; element (r, c) is
  *    fp8 x scale_inv[r/bo][c/bi]. -> fp8_e4m3.
+ *  - compressed-tensors FP8 (quant_method "compressed-tensors", format
+ *    "float-quantized" or "naive-quantized", as llm-compressor writes it):
+ *    the module of base is quantised by the config_groups scheme whose
+ *    targets match it (an exact name, "re:" + a regular expression matched
+ *    at the start of the name, or the class "Linear") unless an "ignore"
+ *    entry matches it; base.weight F8_E4M3 [rows, cols], base.weight_scale
+ *    (F32, F16 or BF16) by the scheme's strategy: "tensor" [1] (or []),
+ *    "channel" [rows, 1], "group" [rows, ceil(cols/G)] (G a multiple of
+ *    128), "block" [ceil(rows/b0), ceil(cols/b1)] (block_structure
+ *    [b0, b1], b1 a multiple of 128); element (r, c) is fp8 x the scale of
+ *    its tile. Activation quantisation is not applied (moevk computes
+ *    activations in f32): dynamic input_activations are accepted, static
+ *    ones (input_scale) refused. -> fp8_e4m3.
  * Every refusal names the tensor and the value.
  */
 #ifndef MOEVK_MODEL_HF_QUANT_H
@@ -51,7 +64,32 @@ typedef enum mvk_hfq_method {
     MVK_HFQ_AWQ,
     MVK_HFQ_BNB4,
     MVK_HFQ_FP8,
+    MVK_HFQ_CT_FP8, /* compressed-tensors float-quantized */
 } mvk_hfq_method;
+
+/* compressed-tensors: one config_groups scheme, as moevk reads it */
+typedef struct mvk_hfq_ct_scheme {
+    char *name;           /* its config_groups key                                    */
+    char *why;            /* NULL, or why its weights cannot be read (names the key) */
+    const char *strategy; /* "tensor", "channel", "group", "block" (static text)      */
+    uint32_t tile[2];     /* the rows and inputs of one scale; 0: the whole axis      */
+    int dynamic_inputs;   /* input_activations dynamic: FP8 activations not applied  */
+} mvk_hfq_ct_scheme;
+
+/* a target or ignore entry of compressed-tensors */
+typedef struct mvk_hfq_ct_pattern {
+    char *text;           /* as written                                               */
+    int kind;             /* 0 an exact module name, 1 "re:" regex, 2 class "Linear", 3 another class */
+    void *re;             /* kind 1: the compiled expression (regex_t, malloc'd)      */
+    uint32_t scheme;      /* targets: index into schemes                              */
+} mvk_hfq_ct_pattern;
+
+typedef struct mvk_hfq_ct {
+    char format[32];      /* the top-level "format"                                    */
+    mvk_hfq_ct_scheme *schemes;
+    mvk_hfq_ct_pattern *targets, *ignore;
+    uint32_t n_schemes, n_targets, n_ignore;
+} mvk_hfq_ct;
 
 typedef struct mvk_hfq_config {
     mvk_hfq_method method;
@@ -61,6 +99,7 @@ typedef struct mvk_hfq_config {
     int gptq_v2;            /* gptq: checkpoint_format "gptq_v2" (zero = stored) */
     uint32_t fp8_block[2];  /* fp8: weight_block_size [rows, cols]              */
     int double_quant;       /* bitsandbytes: bnb_4bit_use_double_quant          */
+    mvk_hfq_ct ct;          /* compressed-tensors (malloc'd: mvk_hfq_config_free) */
 } mvk_hfq_config;
 
 struct cJSON;
@@ -68,9 +107,17 @@ struct cJSON;
  * Refuses what cannot be repacked exactly, naming the key and its value:
  * bits other than 4, a group size that is not -1 or a multiple of 32, an
  * AWQ version other than gemm, 8-bit or FP4 bitsandbytes, an FP8 block
- * whose input size is not a multiple of 128, an unknown method. */
+ * whose input size is not a multiple of 128, an unknown method;
+ * compressed-tensors: malformed config_groups / targets / ignore, a
+ * regular expression moevk cannot match as Python's re does, a sparsity or
+ * transform config. A compressed-tensors scheme moevk cannot read (int8,
+ * int4 pack-quantized, static input scales, ...) is refused by
+ * mvk_hfq_load when a matrix uses it, naming the tensor and the key. */
 int mvk_hfq_config_read(const struct cJSON *root, const char *what, mvk_hfq_config *q, char *err,
                         size_t errsz);
+/* What mvk_hfq_config_read allocated (compressed-tensors' groups); q is
+ * then method NONE. */
+void mvk_hfq_config_free(mvk_hfq_config *q);
 /* "GPTQ 4-bit, group 128, checkpoint format v1" and the like. */
 const char *mvk_hfq_describe(const mvk_hfq_config *q, char *buf, size_t bufsz);
 /* The moevk block format the method's matrices are repacked into (F32 for
