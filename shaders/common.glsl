@@ -44,6 +44,26 @@ float gelu_tanh(float x)
     return x / (1.0 + exp(-2.0 * y));
 }
 
+// tanh(y) to a few ulp everywhere: its Taylor series through y^11 where
+// |y| < 0.3 (the next term is below 3e-9 |y|), else (1 - e) / (1 + e) with
+// e = exp(-2|y|) <= 0.55 (no overflow, no cancellation); NaN stays NaN.
+float tanh_approx(float y)
+{
+    float a = abs(y);
+    if (a < 0.3) {
+        float z = y * y;
+        return y + y * z * (-0.33333333333333333 + z * (0.13333333333333333 +
+                            z * (-0.053968253968253968 + z * (0.021869488536155203 +
+                            z * -0.0088632355299021966))));
+    }
+    float e = exp(-2.0 * a);
+    float t = (1.0 - e) / (1.0 + e);
+    return y < 0.0 ? -t : t;
+}
+
+// c tanh(x / c): x softly capped at +-c
+float softcap(float x, float c) { return c * tanh_approx(x / c); }
+
 // The expert activation h = act(g, u); g is unused by non-gated ones.
 // Clamps let NaN through, as the reference does.
 float activate(uint act, float g, float u, float alpha, float limit)
@@ -71,6 +91,14 @@ float activate(uint act, float g, float u, float alpha, float limit)
         float gc = isnan(g) ? g : min(g, limit);
         float uc = isnan(u) ? u : clamp(u, -limit, limit);
         return gc * sigmoid(gc) * uc;
+    }
+    if (act == MVK_ACT_SWIGLU_SOFTCAP) // alpha, limit: the gate's and up's caps
+        return softcap(g, alpha) * sigmoid(g) * softcap(u, limit);
+    if (act == MVK_ACT_SWIGLU_POSTCLAMP) {
+        float s = g * sigmoid(g);
+        float sc = isnan(s) ? s : min(s, limit);
+        float uc = isnan(u) ? u : clamp(u, -limit, limit);
+        return sc * uc;
     }
     return u;
 }

@@ -70,6 +70,8 @@
 #define MVK_ACT_GELU 6u
 #define MVK_ACT_RELU2 7u
 #define MVK_ACT_SWIGLU_CLAMP 8u
+#define MVK_ACT_SWIGLU_SOFTCAP 9u
+#define MVK_ACT_SWIGLU_POSTCLAMP 10u
 
 /* ---- routing modes (the ROUTING constant of route); = moevk_routing ---- */
 #define MVK_ROUTING_SOFTMAX_TOPK 0u
@@ -266,7 +268,8 @@ MVK_PUSH_BEGIN(mvk_gemm_push)
     MVK_U32 e_first, e_count; /* experts in the bound weight chunk */
     MVK_U32 slot_base;        /* MVK_NO_TABLE, or the SLOTS table's first word */
     MVK_U32 has_bias, dense_expert;
-    MVK_F32 alpha, limit;     /* swiglu_oai */
+    MVK_F32 alpha, limit;     /* swiglu_oai, the clamps' limit; the soft caps
+                                 of swiglu_softcap (gate, up)               */
     MVK_U32 out_offset;       /* elements added to every output index */
     MVK_U32 a_row0;           /* dense: A row of output row r is a_row0 + r */
     MVK_U32 path;             /* scheduled: the MVK_PATH_* whose tiles to run */

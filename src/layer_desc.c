@@ -13,7 +13,8 @@
 int moevk_activation_is_gated(moevk_activation act)
 {
     return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU || act == MOEVK_ACT_GEGLU_TANH ||
-           act == MOEVK_ACT_SWIGLU_OAI || act == MOEVK_ACT_SWIGLU_CLAMP;
+           act == MOEVK_ACT_SWIGLU_OAI || act == MOEVK_ACT_SWIGLU_CLAMP ||
+           act == MOEVK_ACT_SWIGLU_SOFTCAP || act == MOEVK_ACT_SWIGLU_POSTCLAMP;
 }
 
 const char *moevk_stage_name(moevk_stage stage)
@@ -89,6 +90,16 @@ void mvk_layer_desc_defaults(const moevk_layer_desc *in, moevk_layer_desc *out)
         out->swiglu_alpha = 1.702f;
     if (out->swiglu_limit == 0.0f)
         out->swiglu_limit = 7.0f;
+    if (out->softcap_gate == 0.0f)
+        out->softcap_gate = 4.0f;
+    if (out->softcap_up == 0.0f)
+        out->softcap_up = 25.0f;
+    if (!(out->flags & MOEVK_LAYER_SHARED_ACTIVATION)) {
+        out->shared_activation = out->activation;
+        out->shared_swiglu_limit = 0.0f;
+    }
+    if (out->shared_swiglu_limit == 0.0f)
+        out->shared_swiglu_limit = out->swiglu_limit;
     if (out->num_shared && !out->shared_ffn)
         out->shared_ffn = out->ffn;
     if (!(out->flags & MOEVK_LAYER_MATRIX_DTYPES)) {
@@ -179,9 +190,20 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         d.top_k, d.num_experts, MOEVK_MAX_TOP_K);
     if ((unsigned)d.routing > MOEVK_ROUTING_SIGMOID_GROUPED)
         return mvk_fail(ctx, bad, "routing = %d is not a moevk_routing value", (int)d.routing);
-    if ((unsigned)d.activation > MOEVK_ACT_SWIGLU_CLAMP)
+    if ((unsigned)d.activation > MOEVK_ACT_SWIGLU_POSTCLAMP)
         return mvk_fail(ctx, bad, "activation = %d is not a moevk_activation value",
                         (int)d.activation);
+    if ((unsigned)d.shared_activation > MOEVK_ACT_SWIGLU_POSTCLAMP)
+        return mvk_fail(ctx, bad, "shared_activation = %d is not a moevk_activation value",
+                        (int)d.shared_activation);
+    if (moevk_activation_is_gated(d.shared_activation) != moevk_activation_is_gated(d.activation))
+        return mvk_fail(ctx, bad,
+                        "shared_activation = %d is %sgated but activation = %d is %s: the "
+                        "shared experts' activation must be gated like the routed one",
+                        (int)d.shared_activation,
+                        moevk_activation_is_gated(d.shared_activation) ? "" : "not ",
+                        (int)d.activation,
+                        moevk_activation_is_gated(d.activation) ? "gated" : "not");
     if (!format_ok(d.router_dtype, MVK_FORMAT_ROUTER))
         return mvk_fail(ctx, bad, "router_dtype = %d (%s) is not a router weight format",
                         (int)d.router_dtype, moevk_dtype_name(d.router_dtype));
@@ -225,12 +247,22 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         (double)d.capacity_factor);
     if (!isfinite(d.swiglu_alpha) || !(d.swiglu_limit > 0.0f))
         return mvk_fail(ctx, bad, "swiglu_alpha / swiglu_limit must be finite and limit > 0");
+    if (!(d.shared_swiglu_limit > 0.0f))
+        return mvk_fail(ctx, bad, "shared_swiglu_limit = %g must be 0 (swiglu_limit) or > 0",
+                        (double)d.shared_swiglu_limit);
+    if (!(d.softcap_gate > 0.0f) || !isfinite(d.softcap_gate) || !(d.softcap_up > 0.0f) ||
+        !isfinite(d.softcap_up))
+        return mvk_fail(ctx, bad,
+                        "softcap_gate = %g / softcap_up = %g must be 0 (the default) or finite "
+                        "and > 0",
+                        (double)d.softcap_gate, (double)d.softcap_up);
     if (!d.router_weight)
         return mvk_fail(ctx, bad, "router_weight is NULL");
     if (d.flags & ~(uint32_t)(MOEVK_LAYER_BATCH_INVARIANT | MOEVK_LAYER_RECORD_NO_STATS |
                               MOEVK_LAYER_MATRIX_DTYPES | MOEVK_LAYER_QUANTIZE |
                               MOEVK_LAYER_VRAM_BUDGET | MOEVK_LAYER_CACHE_STATIC |
-                              MOEVK_LAYER_IMPORT_HOST_EXPERTS | MOEVK_LAYER_WEIGHTS_ON_INPUT))
+                              MOEVK_LAYER_IMPORT_HOST_EXPERTS | MOEVK_LAYER_WEIGHTS_ON_INPUT |
+                              MOEVK_LAYER_SHARED_ACTIVATION))
         return mvk_fail(ctx, bad, "flags 0x%x has unknown bits", d.flags);
     if ((d.flags & MOEVK_LAYER_CACHE_STATIC) && !(d.flags & MOEVK_LAYER_VRAM_BUDGET))
         return mvk_fail(ctx, bad, "flags: MOEVK_LAYER_CACHE_STATIC needs MOEVK_LAYER_VRAM_BUDGET");

@@ -188,6 +188,23 @@ typedef struct chunk_rows {
     VkBuffer meta_buffer;
 } chunk_rows;
 
+/* The up projection's activation (MVK_ACT_*) and its two parameters for the
+ * routed or the shared experts: swiglu_alpha and the limit, or the soft
+ * caps of swiglu_softcap (the desc's defaults already applied). */
+static void act_push(const moevk_layer_desc *d, bool shared, uint32_t *act, float *alpha,
+                     float *limit)
+{
+    const bool own = shared && (d->flags & MOEVK_LAYER_SHARED_ACTIVATION);
+    const moevk_activation a = own ? d->shared_activation : d->activation;
+    *act = (uint32_t)a + 1u;
+    *alpha = d->swiglu_alpha;
+    *limit = own ? d->shared_swiglu_limit : d->swiglu_limit;
+    if (a == MOEVK_ACT_SWIGLU_SOFTCAP) {
+        *alpha = d->softcap_gate;
+        *limit = d->softcap_up;
+    }
+}
+
 static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
                           const chunk_rows *cr, mvk_binding o, uint32_t tokens,
                           mvk_pass_timer *tm)
@@ -201,6 +218,9 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
     const bool scaled = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
     const mvk_binding xin = scaled ? mvk_ws_binding(L->ws, MVK_WS_XS) : io->x;
     mvk_cmd_barrier_transfers(c); /* the expert cache's copies and tables */
+    uint32_t act;
+    float alpha, limit;
+    act_push(d, false, &act, &alpha, &limit);
     for (int down = 0; down < 2; down++) {
         timer_begin(c, tm);
         for (uint32_t i = 0; i < set->nchunks; i++) {
@@ -220,8 +240,8 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
                 .N = down ? d->hidden : set->ffn, .K = down ? set->ffn : d->hidden, .E = E,
                 .e_first = ch->first, .e_count = ch->count,
                 .slots = whole(set->table), .slot_base = i * E, .has_table = set->table != NULL,
-                .alpha = d->swiglu_alpha, .limit = d->swiglu_limit,
-                .w_fmt = set->w_fmt[down], .act = down ? MVK_ACT_NONE : (uint32_t)d->activation + 1u,
+                .alpha = alpha, .limit = limit,
+                .w_fmt = set->w_fmt[down], .act = down ? MVK_ACT_NONE : act,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
                 .batch_invariant = (d->flags & MOEVK_LAYER_BATCH_INVARIANT) != 0,
                 .scheduled = true, .gather = !down && !scaled,
@@ -245,6 +265,9 @@ static void shared_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io, uint
     const moevk_workspace *ws = L->ws;
     const mvk_expert_set *set = &L->shared;
     timer_begin(c, tm);
+    uint32_t act;
+    float alpha, limit;
+    act_push(d, true, &act, &alpha, &limit);
     if (L->shared_gate) {
         mvk_router_args ra = {
             .x = io->x, .w = whole(L->shared_gate), .logits = mvk_ws_binding(ws, MVK_WS_SG_LOGITS),
@@ -273,8 +296,8 @@ static void shared_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io, uint
                 .E = d->num_shared, .e_first = ch->first, .e_count = ch->count,
                 .dense_expert = s, .a_row0 = down ? 0 : t0,
                 .out_offset = down ? s * n * d->hidden : 0,
-                .alpha = d->swiglu_alpha, .limit = d->swiglu_limit,
-                .w_fmt = set->w_fmt[down], .act = down ? MVK_ACT_NONE : (uint32_t)d->activation + 1u,
+                .alpha = alpha, .limit = limit,
+                .w_fmt = set->w_fmt[down], .act = down ? MVK_ACT_NONE : act,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
                 .batch_invariant = (d->flags & MOEVK_LAYER_BATCH_INVARIANT) != 0,
             };

@@ -732,7 +732,17 @@ Test(layer_bad, descriptions_name_the_field)
         "top_k"); /* one kept group of 1 expert cannot hold k = 2 */
     BAD(d.routing = (moevk_routing)3, INV, "routing");
     BAD(d.routing = (moevk_routing)-1, INV, "routing");
-    BAD(d.activation = (moevk_activation)(MOEVK_ACT_SWIGLU_CLAMP + 1), INV, "activation");
+    BAD(d.activation = (moevk_activation)(MOEVK_ACT_SWIGLU_POSTCLAMP + 1), INV, "activation");
+    BAD((d.flags = MOEVK_LAYER_SHARED_ACTIVATION,
+         d.shared_activation = (moevk_activation)(MOEVK_ACT_SWIGLU_POSTCLAMP + 1)),
+        INV, "shared_activation");
+    BAD((d.flags = MOEVK_LAYER_SHARED_ACTIVATION, d.shared_activation = MOEVK_ACT_RELU), INV,
+        "shared_activation"); /* not gated like the routed swiglu */
+    BAD((d.flags = MOEVK_LAYER_SHARED_ACTIVATION, d.shared_swiglu_limit = -1.0f), INV,
+        "shared_swiglu_limit");
+    BAD((d.activation = MOEVK_ACT_SWIGLU_SOFTCAP, d.softcap_up = -2.0f), INV, "softcap_up");
+    BAD((d.activation = MOEVK_ACT_SWIGLU_SOFTCAP, d.softcap_gate = INFINITY), INV,
+        "softcap_gate");
     BAD(d.weight_dtype = (moevk_dtype)7, INV, "weight_dtype");
     BAD(d.weight_dtype = MOEVK_DTYPE_I32, INV, "weight_dtype");
     BAD(d.router_dtype = (moevk_dtype)9, INV, "router_dtype");

@@ -34,7 +34,7 @@ Test(paths, a_token_alone_is_bitwise_the_token_in_a_batch, .timeout = 900)
             .H = 24 + (uint32_t)(mvkt_next(&r) % 40), .F = 8 + (uint32_t)(mvkt_next(&r) % 90),
             .E = 4 + i % 5, .K = 1 + i % 3,
             .routing = (moevk_routing)(i % 3),
-            .activation = (moevk_activation)(i % 8),
+            .activation = (moevk_activation)(i % 10),
             .dtype = (moevk_dtype)((i / 3) % 3),
             .shared = i % 4 == 1 ? 1 : 0,
             .biases = i % 5 == 2,

@@ -864,6 +864,61 @@ Test(experts, swiglu_oai_clamps)
     cr_assert_float_eq(out[0], 3.0 * 2.0 / (1 + exp(-2.0)), 1e-6);
 }
 
+Test(experts, softcapped_and_postclamped_swiglu)
+{
+    /* H = F = 1, down = 1: out = h. Gate weight 10, up weight 20 on x = 1
+     * and x = -0.1: g = 10 / -1, u = 20 / -2. */
+    moevk_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.hidden = 1;
+    d.ffn = 1;
+    d.num_experts = 1;
+    const float gw = 10, uw = 20, dw = 1;
+    moevk_expert_weights w = {0};
+    w.gate = &gw;
+    w.up = &uw;
+    w.down = &dw;
+    const float x[2] = {1, -0.1f};
+    float out[2];
+    /* soft caps 4 and 25 by default: 4 tanh(g/4) sig(g) 25 tanh(u/25) */
+    d.activation = MOEVK_ACT_SWIGLU_SOFTCAP;
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, 1, 0, x, 2, out), MOEVK_SUCCESS);
+    cr_assert_float_eq(out[0], 4 * tanh(2.5) / (1 + exp(-10.0)) * 25 * tanh(0.8), 1e-5);
+    const double g1 = (double)x[1] * 10, u1 = (double)x[1] * 20;
+    cr_assert_float_eq(out[1], 4 * tanh(g1 / 4) / (1 + exp(-g1)) * 25 * tanh(u1 / 25), 1e-6);
+    d.softcap_gate = 1.0f;
+    d.softcap_up = 2.0f;
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, 1, 0, x, 1, out), MOEVK_SUCCESS);
+    cr_assert_float_eq(out[0], tanh(10.0) / (1 + exp(-10.0)) * 2 * tanh(10.0), 1e-6);
+    /* the clamp after the silu: min(silu(10), 3) = 3, clamp(20) = 3 -> 9;
+     * the plain clamp would give silu(3) * 3 instead */
+    d.activation = MOEVK_ACT_SWIGLU_POSTCLAMP;
+    d.swiglu_limit = 3.0f;
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, 1, 0, x, 2, out), MOEVK_SUCCESS);
+    cr_assert_float_eq(out[0], 9.0, 1e-6);
+    cr_assert_float_eq(out[1], g1 / (1 + exp(-g1)) * u1, 1e-6); /* inside the clamps */
+    d.swiglu_limit = 0.0f; /* 7 */
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, 1, 0, x, 1, out), MOEVK_SUCCESS);
+    cr_assert_float_eq(out[0], 49.0, 1e-5);
+    /* the shared experts' own activation and limit: the routed experts
+     * keep theirs */
+    d.flags = MOEVK_LAYER_SHARED_ACTIVATION;
+    d.shared_activation = MOEVK_ACT_SWIGLU;
+    d.num_shared = 1;
+    d.shared = w;
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &d.shared, 1, 0, x, 1, out), MOEVK_SUCCESS);
+    cr_assert_float_eq(out[0], 10.0 / (1 + exp(-10.0)) * 20.0, 1e-5);
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &w, 1, 0, x, 1, out), MOEVK_SUCCESS);
+    cr_assert_float_eq(out[0], 49.0, 1e-5);
+    d.shared_activation = MOEVK_ACT_SWIGLU_CLAMP;
+    d.shared_swiglu_limit = 2.0f; /* silu(min(10, 2)) * 2 */
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &d.shared, 1, 0, x, 1, out), MOEVK_SUCCESS);
+    cr_assert_float_eq(out[0], 2.0 / (1 + exp(-2.0)) * 2.0, 1e-6);
+    d.shared_swiglu_limit = 0.0f; /* swiglu_limit's 7 */
+    cr_assert_eq(moevk_ref_expert_ffn(&d, &d.shared, 1, 0, x, 1, out), MOEVK_SUCCESS);
+    cr_assert_float_eq(out[0], 7.0 / (1 + exp(-7.0)) * 7.0, 1e-5);
+}
+
 Test(experts, missing_weights_give_nan)
 {
     moevk_layer_desc d;

@@ -392,6 +392,12 @@ typedef enum moevk_activation {
     MOEVK_ACT_RELU2 = 6,      /* non-gated: relu(u)^2 (Nemotron-H)         */
     MOEVK_ACT_SWIGLU_CLAMP = 7, /* silu(min(g, limit)) * clamp(u, -limit,
                                  limit), limit = swiglu_limit (GLM-5-Next) */
+    MOEVK_ACT_SWIGLU_SOFTCAP = 8, /* cg tanh(g / cg) * sigmoid(g) * cu tanh(u /
+                                   cu), cg = softcap_gate, cu = softcap_up
+                                   (Inkling-2) */
+    MOEVK_ACT_SWIGLU_POSTCLAMP = 9, /* min(silu(g), limit) * clamp(u, -limit,
+                                     limit), limit = swiglu_limit: clamped
+                                     after the silu (Step-3.7) */
 } moevk_activation;
 
 /* 1 for the gated activations (which use gate and up weights), else 0. */
@@ -515,6 +521,11 @@ enum moevk_layer_flags {
      * the shared experts). moevk_layer_experts, which takes no weights,
      * refuses such a layer; moevk_layer_combine then ignores its weights. */
     MOEVK_LAYER_WEIGHTS_ON_INPUT = 1u << 7,
+    /* The shared experts use their own activation (shared_activation, with
+     * shared_swiglu_limit) instead of the routed experts' (HY-V4: clamped
+     * routed experts, a plain SwiGLU shared one). It must be gated when
+     * `activation` is, and not gated when it is not. */
+    MOEVK_LAYER_SHARED_ACTIVATION = 1u << 8,
 };
 
 typedef struct moevk_layer_desc {
@@ -531,7 +542,8 @@ typedef struct moevk_layer_desc {
     float routed_scaling_factor; /* 0 means 1.0                            */
     float capacity_factor;  /* 0 = dropless; else C = ceil(cf * T * k / E) */
     float swiglu_alpha;     /* swiglu_oai: 0 means 1.702                   */
-    float swiglu_limit;     /* swiglu_oai: 0 means 7.0                     */
+    float swiglu_limit;     /* swiglu_oai, swiglu_clamp, swiglu_postclamp:
+                               0 means 7.0                                 */
 
     moevk_dtype weight_dtype; /* dtype of expert and shared-expert weights */
     moevk_dtype router_dtype; /* dtype of router_weight                    */
@@ -582,6 +594,15 @@ typedef struct moevk_layer_desc {
     /* Optional [H]: added once to every token's output (JetMoE's block
      * bias). Read only during moevk_layer_create. */
     const float *output_bias;
+    /* MOEVK_ACT_SWIGLU_SOFTCAP's caps of the gate's linear factor and of
+     * up: 0 means 4 and 25 (Inkling-2's mlp_gate_softcap, mlp_up_softcap) */
+    float softcap_gate, softcap_up;
+    /* With MOEVK_LAYER_SHARED_ACTIVATION: the shared experts' activation and
+     * its limit (0 means swiglu_limit); its other parameters are the routed
+     * experts' (swiglu_alpha, the soft caps). Without the flag both are
+     * ignored and the shared experts use `activation`. */
+    moevk_activation shared_activation;
+    float shared_swiglu_limit;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */

@@ -118,7 +118,8 @@ __device__ __forceinline__ float gelu_tanh(float x)
 __device__ __forceinline__ bool is_gated(int act)
 {
     return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU || act == MOEVK_ACT_GEGLU_TANH ||
-           act == MOEVK_ACT_SWIGLU_OAI || act == MOEVK_ACT_SWIGLU_CLAMP;
+           act == MOEVK_ACT_SWIGLU_OAI || act == MOEVK_ACT_SWIGLU_CLAMP ||
+           act == MOEVK_ACT_SWIGLU_SOFTCAP || act == MOEVK_ACT_SWIGLU_POSTCLAMP;
 }
 
 /* h = act(g, u); g unused by the non-gated activations. */
@@ -155,6 +156,13 @@ __device__ float activation(int act, float g, float u, float alpha, float limit)
     case MOEVK_ACT_SWIGLU_CLAMP:
         clamp_gate_up(g, u, limit);
         return g / (1.0f + expf(-g)) * u;
+    case MOEVK_ACT_SWIGLU_SOFTCAP: /* alpha, limit: the gate's and up's soft caps */
+        return alpha * tanhf(g / alpha) * sigmoid(g) * (limit * tanhf(u / limit));
+    case MOEVK_ACT_SWIGLU_POSTCLAMP: {
+        float s = g / (1.0f + expf(-g)); /* the clamp after the silu */
+        clamp_gate_up(s, u, limit);
+        return s * u;
+    }
     default:
         return __int_as_float(0x7fc00000); /* unknown activation: NaN */
     }

@@ -617,6 +617,12 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
         d->swiglu_alpha = 1.702f;
     if (d->swiglu_limit == 0.0f)
         d->swiglu_limit = 7.0f;
+    if (d->softcap_gate == 0.0f)
+        d->softcap_gate = 4.0f;
+    if (d->softcap_up == 0.0f)
+        d->softcap_up = 25.0f;
+    if (d->shared_swiglu_limit == 0.0f)
+        d->shared_swiglu_limit = d->swiglu_limit;
     L->shared_ffn = d->num_shared ? (d->shared_ffn ? d->shared_ffn : d->ffn) : 0;
     d->shared_ffn = L->shared_ffn;
     (void)backend; /* L->backend: each matrix's plan in upload_ffn */
@@ -816,9 +822,15 @@ static FfnWeights ffn_weights(const mvk_cuda_layer *L, const dev_ffn *f, uint32_
     w.dn = f->fmt[1];
     w.H = L->d.hidden;
     w.F = F;
-    w.act = (int)L->d.activation;
-    w.alpha = L->d.swiglu_alpha;
-    w.limit = L->d.swiglu_limit;
+    /* the shared experts' own activation (MOEVK_LAYER_SHARED_ACTIVATION);
+     * swiglu_softcap's caps travel as alpha and limit */
+    const bool own = f == &L->sh && (L->d.flags & MOEVK_LAYER_SHARED_ACTIVATION);
+    const moevk_activation act = own ? L->d.shared_activation : L->d.activation;
+    w.act = (int)act;
+    w.alpha = act == MOEVK_ACT_SWIGLU_SOFTCAP ? L->d.softcap_gate : L->d.swiglu_alpha;
+    w.limit = act == MOEVK_ACT_SWIGLU_SOFTCAP ? L->d.softcap_up
+              : own                           ? L->d.shared_swiglu_limit
+                                              : L->d.swiglu_limit;
     w.gate = f->gate;
     w.up = f->up;
     w.down = f->down;

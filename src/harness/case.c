@@ -322,6 +322,22 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
             d->activation = MOEVK_ACT_RELU2;
         }
     }
+    /* the soft-capped SwiGLU (Inkling-2) and the SwiGLU clamped after its
+     * silu (Step-3.7), from a stream of their own: a sixth of the drawn
+     * gated ones that stayed plain SwiGLU-family */
+    mvk_rng rac = mvk_rng_seed(seed, 13);
+    if (!lim.activation && moevk_activation_is_gated(d->activation) &&
+        d->activation != MOEVK_ACT_SWIGLU_OAI && d->activation != MOEVK_ACT_SWIGLU_CLAMP &&
+        mvk_rng_chance(&rac, 1.0 / 6.0)) {
+        if (mvk_rng_chance(&rac, 0.5)) {
+            d->activation = MOEVK_ACT_SWIGLU_SOFTCAP;
+            d->softcap_gate = mvk_rng_chance(&rac, 0.3) ? 0.0f : mvk_rng_uniform(&rac, 0.3f, 6.0f);
+            d->softcap_up = mvk_rng_chance(&rac, 0.3) ? 0.0f : mvk_rng_uniform(&rac, 0.3f, 30.0f);
+        } else {
+            d->activation = MOEVK_ACT_SWIGLU_POSTCLAMP;
+            d->swiglu_limit = mvk_rng_chance(&rac, 0.3) ? 0.0f : mvk_rng_uniform(&rac, 0.1f, 3.0f);
+        }
+    }
     d->weight_dtype = lim.weight_dtype ? (moevk_dtype)(lim.weight_dtype - 1)
                                        : (moevk_dtype)mvk_rng_range(&r, 0, 2);
     d->router_dtype = lim.router_dtype ? (moevk_dtype)(lim.router_dtype - 1)
@@ -438,6 +454,23 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     mvk_rng ri = mvk_rng_seed(seed, 8);
     if (mvk_rng_chance(&ri, 1.0 / 6.0))
         d->flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT;
+    /* the shared experts' own activation (HY-V4, Step-3.7), gated like the
+     * routed one, from a stream of its own: a quarter of the cases with
+     * shared experts */
+    mvk_rng rsa = mvk_rng_seed(seed, 14);
+    if (ns && mvk_rng_chance(&rsa, 0.25)) {
+        static const moevk_activation gated_acts[] = {
+            MOEVK_ACT_SWIGLU, MOEVK_ACT_GEGLU, MOEVK_ACT_GEGLU_TANH, MOEVK_ACT_SWIGLU_OAI,
+            MOEVK_ACT_SWIGLU_CLAMP, MOEVK_ACT_SWIGLU_SOFTCAP, MOEVK_ACT_SWIGLU_POSTCLAMP};
+        static const moevk_activation plain_acts[] = {MOEVK_ACT_RELU, MOEVK_ACT_GELU,
+                                                      MOEVK_ACT_RELU2};
+        const bool g = moevk_activation_is_gated(d->activation);
+        d->flags |= MOEVK_LAYER_SHARED_ACTIVATION;
+        d->shared_activation = g ? gated_acts[mvk_rng_range(&rsa, 0, 6)]
+                                 : plain_acts[mvk_rng_range(&rsa, 0, 2)];
+        d->shared_swiglu_limit =
+            mvk_rng_chance(&rsa, 0.4) ? 0.0f : mvk_rng_uniform(&rsa, 0.1f, 4.0f);
+    }
 
     c->T = T;
     c->scenarios = sc;
@@ -611,6 +644,8 @@ static const char *act_name(moevk_activation a)
     case MOEVK_ACT_GELU: return "gelu";
     case MOEVK_ACT_RELU2: return "relu2";
     case MOEVK_ACT_SWIGLU_CLAMP: return "swiglu_clamp";
+    case MOEVK_ACT_SWIGLU_SOFTCAP: return "swiglu_softcap";
+    case MOEVK_ACT_SWIGLU_POSTCLAMP: return "swiglu_postclamp";
     }
     return "act?";
 }
@@ -665,8 +700,13 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
     app(buf, n, &p, " %s", act_name(d->activation));
     if (d->activation == MOEVK_ACT_SWIGLU_OAI)
         app(buf, n, &p, "(a=%.3g,l=%.3g)", d->swiglu_alpha, d->swiglu_limit);
-    if (d->activation == MOEVK_ACT_SWIGLU_CLAMP)
+    if (d->activation == MOEVK_ACT_SWIGLU_CLAMP || d->activation == MOEVK_ACT_SWIGLU_POSTCLAMP)
         app(buf, n, &p, "(l=%.3g)", d->swiglu_limit);
+    if (d->activation == MOEVK_ACT_SWIGLU_SOFTCAP)
+        app(buf, n, &p, "(cg=%.3g,cu=%.3g)", d->softcap_gate, d->softcap_up);
+    if (d->flags & MOEVK_LAYER_SHARED_ACTIVATION)
+        app(buf, n, &p, " shared:%s(l=%.3g)", act_name(d->shared_activation),
+            d->shared_swiglu_limit);
     if (d->flags & MOEVK_LAYER_MATRIX_DTYPES)
         app(buf, n, &p, " w=%s/%s r=%s", moevk_dtype_name(d->experts.gate_up_dtype),
             moevk_dtype_name(d->experts.down_dtype), moevk_dtype_name(d->router_dtype));

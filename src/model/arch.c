@@ -34,7 +34,9 @@
  *     "gate.weight", those three layouts, hidden_act) is HF_DECODER_BLOCK
  *     for 3 to 6, less the routing and the layer prefixes.
  *  7. shared and shared_gate when a SHARED_FFN or SHARED_EXPERTS key can
- *     make shared_ffn > 0.
+ *     make shared_ffn > 0 (the same name for gate and up: one [2F, H]
+ *     tensor, gate rows first; a name "../x" is x beside the block, under
+ *     the layer prefix less its last component: Granite's shared_mlp).
  *  8. Tests (tests/test_model.c): a config_rows row (fields and defaults),
  *     layer_rows rows (which layers, which prefixes), an arch_rows row per
  *     layout (the desc and every weight, then `moevk run` on every
@@ -140,6 +142,27 @@ static const mvk_arch_layout jetmoe_linear = {
     .down = "output_linear.weight",
 };
 
+/* DBRX: three [E·F, H] matrices, w2 applied as x · w2 (transposed) */
+static const mvk_arch_layout dbrx_rows = {
+    .kind = MVK_LAYOUT_ROWS,
+    .what = "DBRX experts.mlp.w1/v1/w2 [E·F, H] (w2 transposed)",
+    .gate = "experts.mlp.w1",
+    .up = "experts.mlp.v1",
+    .down = "experts.mlp.w2",
+};
+
+/* OpenAI's privacy filter: Llama 4's transposed layout with gpt-oss's
+ * biases, gate and up concatenated (not interleaved) */
+static const mvk_arch_layout privacy_filter_transposed = {
+    .kind = MVK_LAYOUT_TRANSPOSED,
+    .what = "stacked experts.gate_up_proj [E, H, 2F] (gate, then up) and its bias + "
+            "experts.down_proj [E, F, H]",
+    .gate = "experts.gate_up_proj",
+    .down = "experts.down_proj",
+    .gate_bias = "experts.gate_up_proj_bias",
+    .down_bias = "experts.down_proj_bias",
+};
+
 static const mvk_arch_layout gpt_oss_mxfp4 = {
     .kind = MVK_LAYOUT_REFUSED,
     .gate = "experts.gate_up_proj_blocks",
@@ -181,7 +204,7 @@ static uint64_t nemotron_layers(const mvk_moe_config *c)
     return c->n_layer_types;
 }
 
-/* Llama 4's shared expert is as wide as a routed one */
+/* Llama 4's and Hunyuan's shared expert is as wide as a routed one */
 static uint64_t llama4_shared_ffn(const mvk_moe_config *c)
 {
     return c->ffn;
@@ -191,6 +214,8 @@ static uint64_t llama4_shared_ffn(const mvk_moe_config *c)
 
 #define KEY(f, d, ...) {.field = MVK_CFG_##f, .def = (d), .names = {__VA_ARGS__}}
 #define FIXED(f, d) {.field = MVK_CFG_##f, .def = (d)}
+/* a key that may be a list, one value per layer */
+#define PER_LAYER(f, d, ...) {.field = MVK_CFG_##f, .def = (d), .names = {__VA_ARGS__}, .per_layer = 1}
 #define DERIVED(f, fn, ...) {.field = MVK_CFG_##f, .def_of = (fn), .names = {__VA_ARGS__}}
 
 #define DECODER_LAYER "model.layers.{N}.mlp."
@@ -251,6 +276,19 @@ static uint64_t llama4_shared_ffn(const mvk_moe_config *c)
 #define DEEPSEEK_SHARED                                                                         \
     .shared = {"shared_experts.gate_proj.weight", "shared_experts.up_proj.weight",              \
                "shared_experts.down_proj.weight"}
+/* GraniteMoE's block with the shared MLP of the decoder layer (beside the
+ * block: "../"), the class default of shared_intermediate_size given */
+#define GRANITE_SHARED_KEYS(shared_ffn)                                                        \
+    KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 11008, "intermediate_size"),                    \
+        KEY(EXPERTS, 8, "num_local_experts"), KEY(TOP_K, 2, "num_experts_per_tok"),             \
+        KEY(SHARED_FFN, shared_ffn, "shared_intermediate_size"),                                \
+        KEY(NUM_LAYERS, 32, "num_hidden_layers")
+#define GRANITE_SHARED_PARTS                                                                    \
+    .routing = MOEVK_ROUTING_TOPK_SOFTMAX, .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER,    \
+    .layer_prefixes = {"model.layers.{N}.block_sparse_moe."}, .router = "router.weight",       \
+    .layouts = {&stacked},                                                                      \
+    .shared = {"../shared_mlp.input_linear.weight", "../shared_mlp.input_linear.weight",        \
+               "../shared_mlp.output_linear.weight"}
 /* a key the class has no default for (None): the config must give it */
 #define REQUIRED(f, ...) {.field = MVK_CFG_##f, .names = {__VA_ARGS__}, .required = 1}
 
@@ -651,6 +689,70 @@ static const mvk_arch archs[] = {
         .router_bias = "router.classifier.bias",
         .layouts = {&switch_wi_wo},
     },
+    /* DbrxFFN: softmax probabilities, the top k over their p-norm (p =
+     * moe_normalize_expert_weights; null: not normalised), the experts as
+     * three [E·F, H] matrices; the FFN's keys in ffn_config */
+    {.model_types = {"dbrx"},
+     .keys = {KEY(HIDDEN, 2048, "d_model"), KEY(FFN, 3584, "ffn_config.ffn_hidden_size"),
+              KEY(EXPERTS, 4, "ffn_config.moe_num_experts"),
+              KEY(TOP_K, 1, "ffn_config.moe_top_k"),
+              KEY(NORM_P, 1.0f, "ffn_config.moe_normalize_expert_weights"),
+              KEY(NUM_LAYERS, 24, "n_layers")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+     .act = {.key = "ffn_config.ffn_act_fn.name", .def = "silu", .names = gated_acts},
+     .sparse = MVK_SPARSE_DECODER, .layer_prefixes = {"transformer.blocks.{N}.ffn."},
+     .router = "router.layer.weight", .layouts = {&dbrx_rows}},
+    /* HunYuanMoEV1Moe: softmax top-k, always renormalised (moe_topk may be
+     * one value per layer), an ungated shared MLP as wide as an expert
+     * (intermediate_size both) */
+    {.model_types = {"hunyuan_v1_moe"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 11008, "intermediate_size"),
+              KEY(EXPERTS, 1, "num_experts"), PER_LAYER(TOP_K, 1, "moe_topk"),
+              FIXED(NORM_TOPK, 1), DERIVED(SHARED_FFN, llama4_shared_ffn),
+              KEY(NUM_LAYERS, 32, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {DECODER_LAYER}, .router = "gate.wg.weight",
+     .layouts = {&stacked, &per_expert_proj},
+     .shared = {"shared_mlp.gate_proj.weight", "shared_mlp.up_proj.weight",
+                "shared_mlp.down_proj.weight"}},
+    /* GraniteMoeSharedMoE, GraniteMoeSWAMoE, GraniteMoeHybridMoE:
+     * GraniteMoE's block, and a shared MLP beside it in the decoder layer
+     * (shared_mlp, its gate and up in one input_linear) whose output is
+     * added (none when shared_intermediate_size is 0) */
+    {.model_types = {"granitemoeshared", "granitemoe_swa"},
+     .keys = {GRANITE_SHARED_KEYS(0)}, GRANITE_SHARED_PARTS},
+    {.model_types = {"granitemoehybrid"},
+     .keys = {GRANITE_SHARED_KEYS(1024)}, GRANITE_SHARED_PARTS},
+    /* the text model of MiniMax-M3-VL: MiniMax-M2's routing (sigmoid plus
+     * the correction bias choose, normalised) times routed_scaling_factor,
+     * gpt-oss's clamped SwiGLU with gate and up concatenated (the stacked
+     * layout), on the routed and the shared experts */
+    {.model_types = {"minimax_m3_vl_text"},
+     .keys = {KEY(HIDDEN, 6144, "hidden_size"), KEY(FFN, 3072, "intermediate_size"),
+              KEY(EXPERTS, 128, "num_local_experts"), KEY(TOP_K, 4, "num_experts_per_tok"),
+              FIXED(NORM_TOPK, 1), KEY(SCALING, 2.0f, "routed_scaling_factor"),
+              KEY(SHARED_FFN, 3072, "shared_intermediate_size"),
+              KEY(SWIGLU_LIMIT, 7.0f, "swiglu_limit"), KEY(SWIGLU_ALPHA, 1.702f, "swiglu_alpha"),
+              KEY(NUM_LAYERS, 60, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
+     .act = {.def = "swiglu_oai", .fixed = MOEVK_ACT_SWIGLU_OAI}, .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp.", DECODER_LAYER},
+     .router = "gate.weight", .correction_bias = "gate.e_score_correction_bias",
+     .layouts = {&stacked},
+     .shared = {"shared_experts.gate_up_proj.weight", "shared_experts.gate_up_proj.weight",
+                "shared_experts.down_proj.weight"}},
+    /* OpenAIPrivacyFilterMLP: gpt-oss's routing (its scores over k, the
+     * output times k: the same) and clamped SwiGLU, gate and up
+     * concatenated in the transposed layout, with biases */
+    {.model_types = {"openai_privacy_filter"},
+     .keys = {KEY(HIDDEN, 640, "hidden_size"), KEY(FFN, 640, "intermediate_size"),
+              KEY(EXPERTS, 128, "num_local_experts"), KEY(TOP_K, 4, "num_experts_per_tok"),
+              KEY(SWIGLU_LIMIT, 7.0f, "swiglu_limit"), KEY(SWIGLU_ALPHA, 1.702f, "swiglu_alpha"),
+              KEY(NUM_LAYERS, 8, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_TOPK_SOFTMAX,
+     .act = {.def = "swiglu_oai", .fixed = MOEVK_ACT_SWIGLU_OAI}, .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {DECODER_LAYER}, .router = "router.weight", .router_bias = "router.bias",
+     .layouts = {&privacy_filter_transposed}},
 };
 
 #define N_ARCHS (sizeof archs / sizeof archs[0])

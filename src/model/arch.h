@@ -91,7 +91,8 @@ typedef enum mvk_cfg_field {
 } mvk_cfg_field;
 
 /* One config key: the first of `names` present with a non-null value is
- * read (a name "a.b" is key b of the object a: DBRX's ffn_config); absent (or null) it takes the default: def_of(config so far) when
+ * read (a name "a.b" is key b of the object a: DBRX's ffn_config; "a.b.c"
+ * goes one object deeper); absent (or null) it takes the default: def_of(config so far) when
  * set, else def. No names: the field is always the default (a value the
  * architecture fixes). `required`: absent is an error. Defaults of float
  * fields are written as float literals (1.702f) so that they convert
@@ -102,6 +103,9 @@ typedef struct mvk_arch_key {
     double def;
     uint64_t (*def_of)(const struct mvk_moe_config *c);
     int required;
+    /* a list with one value per layer is read too (Hunyuan's moe_topk): the
+     * chosen layer's entry is the value (mvk_hf_layer_prefixes) */
+    int per_layer;
 } mvk_arch_key;
 
 /* An activation function's name in config.json and moevk's activation. */
@@ -133,8 +137,14 @@ typedef enum mvk_layout_kind {
      * gate_bias ([E, 2F], interleaved) and down_bias ([E, H]). */
     MVK_LAYOUT_INTERLEAVED,
     /* Llama 4: gate = gate_up [E, H, 2F] (the F gate columns, then the F up
-     * columns), down [E, F, H]; transposed into owned copies. */
+     * columns), down [E, F, H]; transposed into owned copies. Optionally
+     * gate_bias ([E, 2F]: F gate biases, then F up biases) and down_bias
+     * ([E, H]): OpenAI's privacy filter. */
     MVK_LAYOUT_TRANSPOSED,
+    /* DBRX: gate, up and down each [E·F, H] (expert i: rows iF .. iF + F - 1),
+     * the gate and up rows passed zero-copy, down (x · W, not x · W^T)
+     * transposed into owned copies. */
+    MVK_LAYOUT_ROWS,
     /* gate names a tensor that marks a form moevk cannot read: refused
      * with "tensor '<it>' has unsupported dtype <its dtype>: <why>". */
     MVK_LAYOUT_REFUSED,
@@ -144,7 +154,7 @@ typedef struct mvk_arch_layout {
     mvk_layout_kind kind;
     const char *what;              /* described in `moevk run`'s output    */
     const char *gate, *up, *down;  /* tensor names (see the kinds)          */
-    const char *gate_bias, *down_bias; /* MVK_LAYOUT_INTERLEAVED            */
+    const char *gate_bias, *down_bias; /* INTERLEAVED, TRANSPOSED            */
     const char *why;               /* MVK_LAYOUT_REFUSED                    */
 } mvk_arch_layout;
 

@@ -100,20 +100,23 @@ typedef struct cfg_reader {
 } cfg_reader;
 
 /* The item a name names: a key of the root, or "a.b": key b of the object
- * a (NULL when a is absent or not an object). */
+ * a, "a.b.c" key c of that one's object b, ... (NULL when one of them is
+ * absent or not an object). */
 static const cJSON *item(const cfg_reader *r, const char *name)
 {
-    const char *dot = strchr(name, '.');
-    if (!dot)
-        return cJSON_GetObjectItemCaseSensitive(r->root, name);
-    char outer[64];
-    size_t n = (size_t)(dot - name);
-    if (n >= sizeof outer)
-        return NULL;
-    memcpy(outer, name, n);
-    outer[n] = 0;
-    const cJSON *o = cJSON_GetObjectItemCaseSensitive(r->root, outer);
-    return cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, dot + 1) : NULL;
+    const cJSON *o = r->root;
+    for (const char *dot; (dot = strchr(name, '.')); name = dot + 1) {
+        char outer[64];
+        size_t n = (size_t)(dot - name);
+        if (n >= sizeof outer)
+            return NULL;
+        memcpy(outer, name, n);
+        outer[n] = 0;
+        o = cJSON_GetObjectItemCaseSensitive(o, outer);
+        if (!cJSON_IsObject(o))
+            return NULL;
+    }
+    return cJSON_GetObjectItemCaseSensitive(o, name);
 }
 
 /* The first of the names present with a non-null value (its name in
@@ -197,6 +200,29 @@ static int index_list(const cfg_reader *r, const cJSON *v, const char *name, uin
     return 0;
 }
 
+/* A per-layer list of integers (at least one) into *out (allocated). */
+static int per_layer_list(const cfg_reader *r, const cJSON *v, const char *name, uint32_t **out,
+                          uint32_t *count)
+{
+    const int n = cJSON_GetArraySize(v);
+    if (n < 1)
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is an empty list", r->what, name);
+    free(*out);
+    *out = calloc((size_t)n, sizeof(uint32_t));
+    if (!*out)
+        return mvk_errf(r->err, r->errsz, "out of host memory");
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(v, i);
+        double d = cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (!(d >= 0) || d > UINT32_MAX || d != floor(d))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not an integer in 0..%u",
+                            r->what, name, i, UINT32_MAX);
+        (*out)[i] = (uint32_t)d;
+    }
+    *count = (uint32_t)n;
+    return 0;
+}
+
 static int list_value(const cfg_reader *r, const cJSON *v, const char *name, mvk_moe_config *c)
 {
     return index_list(r, v, name, &c->mlp_only_layers, &c->n_mlp_only_layers);
@@ -245,6 +271,14 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
     case V_U32:
     case V_U64:
     case V_TIMES_FFN:
+        if (v && k->per_layer && fi->type == V_U32 && cJSON_IsArray(v)) {
+            /* one value per layer: the first until a layer is chosen */
+            uint32_t **list = &c->layer_values[k->field], *n = &c->n_layer_values[k->field];
+            if (per_layer_list(r, v, name, list, n))
+                return -1;
+            memcpy(dst, &(*list)[0], sizeof(uint32_t));
+            return 0;
+        }
         if (v && uint_value(r, v, name, UINT32_MAX, &u))
             return -1;
         if (fi->type == V_TIMES_FFN) {
@@ -356,6 +390,13 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %u is not in 1..min(%u experts, %d)",
                         r->what, key_name(a, MVK_CFG_TOP_K), c->top_k, c->num_experts,
                         MOEVK_MAX_TOP_K);
+    for (uint32_t i = 0; i < c->n_layer_values[MVK_CFG_TOP_K]; i++) {
+        const uint32_t k = c->layer_values[MVK_CFG_TOP_K][i];
+        if (k == 0 || k > c->num_experts || k > MOEVK_MAX_TOP_K)
+            return mvk_errf(r->err, r->errsz,
+                            "%s: \"%s\"[%u] = %u is not in 1..min(%u experts, %d)", r->what,
+                            key_name(a, MVK_CFG_TOP_K), i, k, c->num_experts, MOEVK_MAX_TOP_K);
+    }
     if ((uint64_t)c->hidden * c->ffn > UINT32_MAX ||
         (uint64_t)c->hidden * (c->shared_ffn ? c->shared_ffn : 1) > UINT32_MAX)
         return mvk_errf(r->err, r->errsz, "%s: %s x %s is too large for one expert matrix",
@@ -513,12 +554,17 @@ void mvk_hf_config_free(mvk_moe_config *c)
     c->layer_types = NULL;
     free(c->moe_layers);
     c->moe_layers = NULL;
+    for (int f = 0; f < MVK_CFG_FIELD_COUNT; f++) {
+        free(c->layer_values[f]);
+        c->layer_values[f] = NULL;
+        c->n_layer_values[f] = 0;
+    }
     c->n_mlp_only_layers = 0;
 }
 
 /* ---- which layers hold a MoE block ---------------------------------------------- */
 
-int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
+int mvk_hf_layer_prefixes(mvk_moe_config *c, uint32_t layer, int decoder,
                           char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], int *count,
                           char *err, size_t errsz)
 {
@@ -593,7 +639,15 @@ int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
         if (layer < c->first_k_dense_replace)
             return mvk_errf(err, errsz, "layer %u is a dense MLP layer (%s = %u), not a MoE layer",
                             layer, key_name(a, MVK_CFG_FIRST_K_DENSE), c->first_k_dense_replace);
-    sparse:;
+    sparse:
+        for (int f = 0; f < MVK_CFG_FIELD_COUNT; f++) {
+            if (!c->layer_values[f])
+                continue;
+            if (layer >= c->n_layer_values[f])
+                return mvk_errf(err, errsz, "layer %u is not in %s (%u entries)", layer,
+                                key_name(a, (mvk_cfg_field)f), c->n_layer_values[f]);
+            memcpy((char *)c + fields[f].offset, &c->layer_values[f][layer], sizeof(uint32_t));
+        }
     }
     for (int i = 0; i < MVK_MAX_PREFIXES && pattern[i]; i++) {
         if (mvk_arch_expand(prefixes[i], MVK_PREFIX_LEN, "", pattern[i], layer)) {

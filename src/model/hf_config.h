@@ -54,6 +54,11 @@ typedef struct mvk_moe_config {
     uint64_t expert_capacity; /* tokens per expert per sequence            */
     uint32_t num_decoder_layers, encoder_sparse_step, decoder_sparse_step_sw;
     uint32_t num_sparse_encoder_layers, num_sparse_decoder_layers;
+    /* per-layer values (a per_layer key given as a list): the field's list
+     * (NULL: none), set into the field for the layer mvk_hf_layer_prefixes
+     * chooses */
+    uint32_t *layer_values[MVK_CFG_FIELD_COUNT];
+    uint32_t n_layer_values[MVK_CFG_FIELD_COUNT];
     /* quantization_config (method NONE when absent) */
     mvk_hfq_config quant;
 } mvk_moe_config;
@@ -74,8 +79,9 @@ void mvk_hf_config_free(mvk_moe_config *c);
  * (the architecture's layer_prefixes, in order: Mixtral
  * "model.layers.N.block_sparse_moe." then "model.layers.N.mlp."). `decoder`
  * picks the decoder stack (architectures that have one). Fails with a
- * message when that layer has no MoE block or is out of range. */
-int mvk_hf_layer_prefixes(const mvk_moe_config *c, uint32_t layer, int decoder,
+ * message when that layer has no MoE block or is out of range. The
+ * per-layer values of the config (layer_values) become that layer's. */
+int mvk_hf_layer_prefixes(mvk_moe_config *c, uint32_t layer, int decoder,
                           char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], int *count,
                           char *err, size_t errsz);
 

@@ -99,7 +99,7 @@ typedef enum view_kind {
     V_PACKED,   /* rows of blocks repacked from a quantised matrix (packed) */
     V_OSS_GATE, /* gpt-oss [E, H, 2F]: out[f][h] = t[e][h][2f]              */
     V_OSS_UP,   /*                      out[f][h] = t[e][h][2f + 1]         */
-    V_OSS_DOWN, /* gpt-oss [E, F, H]:   out[h][f] = t[e][f][h]              */
+    V_OSS_DOWN, /* gpt-oss [E, F, H], DBRX [E·F, H]: out[h][f] = t[e][f][h] */
     V_TCAT_GATE, /* Llama 4 [E, H, 2F]: out[f][h] = t[e][h][f]               */
     V_TCAT_UP,   /*                     out[f][h] = t[e][h][F + f]           */
 } view_kind;
@@ -162,12 +162,26 @@ static int oom(bctx *b)
     return mvk_errf(b->err, b->errsz, "out of host memory building the layer");
 }
 
-/* The tensor name prefix + pattern, "{i}" in it replaced by i. */
+/* The tensor name prefix + pattern, "{i}" in it replaced by i. A pattern
+ * "../rest" is rest beside the block: under the prefix less its last
+ * component ("model.layers.3.block_sparse_moe." -> "model.layers.3."). */
 static const char *tensor_name(const bctx *b, const char *pattern, uint32_t i, char *name,
                                size_t namesz)
 {
-    if (mvk_arch_expand(name, namesz, b->prefix, pattern, i))
-        snprintf(name, namesz, "%s%s", b->prefix, pattern ? pattern : ""); /* too long */
+    char up[MVK_PREFIX_LEN + 8];
+    const char *prefix = b->prefix;
+    if (pattern && !strncmp(pattern, "../", 3)) {
+        size_t l = strlen(prefix);
+        if (l && prefix[l - 1] == '.')
+            l--;
+        while (l && prefix[l - 1] != '.')
+            l--;
+        snprintf(up, sizeof up, "%.*s", (int)(l < MVK_PREFIX_LEN ? l : MVK_PREFIX_LEN), prefix);
+        prefix = up;
+        pattern += 3;
+    }
+    if (mvk_arch_expand(name, namesz, prefix, pattern, i))
+        snprintf(name, namesz, "%s%s", prefix, pattern ? pattern : ""); /* too long */
     return name;
 }
 
@@ -568,6 +582,11 @@ static int shared_expert(bctx *b, const char *const names[3], expert_views *ev)
                         "%s: a quantised checkpoint with a non-gated shared expert is not "
                         "supported",
                         mvk_arch_name(b->c->arch));
+    if (b->c->quant.method && gated && names[0] && names[1] && !strcmp(names[0], names[1]))
+        return mvk_errf(b->err, b->errsz,
+                        "%s: a quantised checkpoint with the shared expert's gate and up in one "
+                        "tensor is not supported",
+                        mvk_arch_name(b->c->arch));
     if (b->c->quant.method) {
         uint32_t *perm, *xp;
         if (load_matrix(b, names[2], 0, H, F, "[H, shared F]", NULL, &perm, &ev->down[0]) ||
@@ -581,6 +600,16 @@ static int shared_expert(bctx *b, const char *const names[3], expert_views *ev)
         if (xp)
             quant_note(b, "gate/up inputs sorted by group (input_perm)");
         return 0;
+    }
+    if (gated && names[0] && names[1] && !strcmp(names[0], names[1])) {
+        /* one [2F, H] tensor: the F gate rows, then the F up rows (Granite's
+         * input_linear) */
+        const mvk_st_tensor *gu = need(b, names[0], 0, 2, SHAPE(2 * F, H), "[2 x shared F, H]");
+        if (!gu)
+            return -1;
+        ev->gate[0] = (mview){.t = gu, .kind = V_DIRECT};
+        ev->up[0] = (mview){.t = gu, .kind = V_DIRECT, .off = F * H};
+        return (ev->down[0].t = need(b, names[2], 0, 2, SHAPE(H, F), "[H, shared F]")) ? 0 : -1;
     }
     if (gated && !(ev->gate[0].t = need(b, names[0], 0, 2, SHAPE(F, H), "[shared F, H]")))
         return -1;
@@ -676,6 +705,28 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
     }
     case MVK_LAYOUT_PER_EXPERT:
         return per_expert(b, lay, ev);
+    case MVK_LAYOUT_ROWS: {
+        /* DBRX: w1, v1, w2 each [E·F, H]; down = w2's [F, H] block transposed */
+        const uint64_t EF = (uint64_t)E * F;
+        const mvk_st_tensor *g = need(b, lay->gate, 0, 2, SHAPE(EF, H), "[E·F, H]");
+        const mvk_st_tensor *u = g ? need(b, lay->up, 0, 2, SHAPE(EF, H), "[E·F, H]") : NULL;
+        const mvk_st_tensor *dn = u ? need(b, lay->down, 0, 2, SHAPE(EF, H), "[E·F, H]") : NULL;
+        if (!dn)
+            return -1;
+        ev->count = E;
+        ev->ffn = F;
+        ev->gate = views(b, E);
+        ev->up = views(b, E);
+        ev->down = views(b, E);
+        if (!ev->gate || !ev->up || !ev->down)
+            return -1;
+        for (uint32_t i = 0; i < E; i++) {
+            ev->gate[i] = (mview){.t = g, .kind = V_DIRECT, .off = (uint64_t)i * F * H, .expert = i};
+            ev->up[i] = (mview){.t = u, .kind = V_DIRECT, .off = (uint64_t)i * F * H, .expert = i};
+            ev->down[i] = (mview){.t = dn, .kind = V_OSS_DOWN, .expert = i};
+        }
+        return 0;
+    }
     case MVK_LAYOUT_STACKED:
         if (!lay->gate) { /* non-gated: up [E, F, H] + down [E, H, F] */
             const mvk_st_tensor *up = need(b, lay->up, 0, 3, SHAPE(E, F, H), "[E, F, H]");
@@ -863,7 +914,7 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         goto fail;
 
     if (lay->gate_bias) {
-        /* gpt-oss: gate_up_proj_bias [E, 2F] interleaved, down_proj_bias [E, H] */
+        /* gate_up_proj_bias [E, 2F], down_proj_bias [E, H] */
         const mvk_st_tensor *gub = need(b, lay->gate_bias, 0, 2, SHAPE(E, 2 * F), "[E, 2F]");
         const mvk_st_tensor *dnb =
             gub ? need(b, lay->down_bias, 0, 2, SHAPE(E, H), "[E, H]") : NULL;
@@ -875,9 +926,13 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
             oom(b);
             goto fail;
         }
+        /* interleaved (gpt-oss), or the F gate biases then the F up biases of
+         * each expert (the transposed layout: OpenAI's privacy filter) */
+        const int cat = lay->kind == MVK_LAYOUT_TRANSPOSED;
         for (size_t i = 0; i < (size_t)E * F; i++) {
-            gbias[i] = all[2 * i];
-            ubias[i] = all[2 * i + 1];
+            const size_t e = i / F, f = i % F;
+            gbias[i] = cat ? all[e * 2 * F + f] : all[2 * i];
+            ubias[i] = cat ? all[e * 2 * F + F + f] : all[2 * i + 1];
         }
         d->experts.gate_bias = gbias;
         d->experts.up_bias = ubias;

@@ -14,7 +14,9 @@ _Static_assert(MOEVK_ACT_SWIGLU + 1u == MVK_ACT_SWIGLU && MOEVK_ACT_GEGLU + 1u =
                    MOEVK_ACT_SWIGLU_OAI + 1u == MVK_ACT_SWIGLU_OAI &&
                    MOEVK_ACT_RELU + 1u == MVK_ACT_RELU && MOEVK_ACT_GELU + 1u == MVK_ACT_GELU &&
                    MOEVK_ACT_RELU2 + 1u == MVK_ACT_RELU2 &&
-                   MOEVK_ACT_SWIGLU_CLAMP + 1u == MVK_ACT_SWIGLU_CLAMP,
+                   MOEVK_ACT_SWIGLU_CLAMP + 1u == MVK_ACT_SWIGLU_CLAMP &&
+                   MOEVK_ACT_SWIGLU_SOFTCAP + 1u == MVK_ACT_SWIGLU_SOFTCAP &&
+                   MOEVK_ACT_SWIGLU_POSTCLAMP + 1u == MVK_ACT_SWIGLU_POSTCLAMP,
                "interface.h's MVK_ACT_* are moevk_activation + 1");
 _Static_assert(MVK_GEMV_WG % MVK_GEMV_COLS == 0, "the skinny kernel's lanes are whole");
 

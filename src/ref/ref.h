@@ -87,7 +87,8 @@ uint64_t moevk_ref_permute(const moevk_layer_desc *desc, uint32_t T, const uint3
 /* ---- experts ------------------------------------------------------------- */
 /* out[r*H + :] = FFN of expert `expert` (of the weights in w, count experts of
  * width ffn) applied to in[r*H + :], for r = 0..rows-1; double accumulation,
- * the hidden activation kept in double. Returns
+ * the hidden activation kept in double (w = &desc->shared: the shared
+ * experts' activation, which MOEVK_LAYER_SHARED_ACTIVATION may set). Returns
  * MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated (out is
  * then unspecified), else MOEVK_SUCCESS. */
 moevk_status moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expert_weights *w,

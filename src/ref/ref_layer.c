@@ -43,7 +43,14 @@ static int activation_is_gated(moevk_activation act)
 {
     return act == MOEVK_ACT_SWIGLU || act == MOEVK_ACT_GEGLU ||
            act == MOEVK_ACT_GEGLU_TANH || act == MOEVK_ACT_SWIGLU_OAI ||
-           act == MOEVK_ACT_SWIGLU_CLAMP;
+           act == MOEVK_ACT_SWIGLU_CLAMP || act == MOEVK_ACT_SWIGLU_SOFTCAP ||
+           act == MOEVK_ACT_SWIGLU_POSTCLAMP;
+}
+
+/* c tanh(x / c): x softly capped at +-c */
+static double softcap(double x, double c)
+{
+    return c * tanh(x / c);
 }
 
 /* One expert's matrix (rows of `row_bytes`, `rows` of them): inside the
@@ -98,7 +105,9 @@ static double dot_perm(const float *in, const uint32_t *perm, const float *w, ui
 }
 
 /* out[0..H-1] = FFN of `expert` (experts of width ffn in w) on one input row
- * in[0..H-1]; h is scratch of ffn doubles, row of max(H, ffn) floats. */
+ * in[0..H-1]; h is scratch of ffn doubles, row of max(H, ffn) floats. The
+ * shared experts (w is &desc->shared) use their own activation and limit
+ * with MOEVK_LAYER_SHARED_ACTIVATION. */
 static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights *w,
                        uint32_t ffn, uint32_t expert, const float *in, double *h, float *row,
                        double *out)
@@ -107,7 +116,11 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
     const int per = (desc->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
     const moevk_dtype dt = per ? w->gate_up_dtype : desc->weight_dtype;
     const moevk_dtype dt_down = per ? w->down_dtype : desc->weight_dtype;
-    moevk_activation act = desc->activation;
+    const int own = w == &desc->shared && (desc->flags & MOEVK_LAYER_SHARED_ACTIVATION);
+    moevk_activation act = own ? desc->shared_activation : desc->activation;
+    double limit = desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0;
+    if (own && desc->shared_swiglu_limit)
+        limit = (double)desc->shared_swiglu_limit;
     int gated = activation_is_gated(act);
     uint64_t rb_h = mvk_format_row_bytes(dt, H), rb_f = mvk_format_row_bytes(dt_down, ffn);
     const uint8_t *gate = expert_matrix(w->gate, w->gate_experts, expert, ffn, rb_h);
@@ -151,12 +164,26 @@ static void expert_row(const moevk_layer_desc *desc, const moevk_expert_weights 
             h[f] = gelu_tanh(g) * u;
             break;
         case MOEVK_ACT_SWIGLU_CLAMP:
-            clamp_gate_up(&g, &u, desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0);
+            clamp_gate_up(&g, &u, limit);
             h[f] = silu(g) * u;
             break;
+        case MOEVK_ACT_SWIGLU_SOFTCAP: {
+            /* the sigmoid sees the raw gate */
+            const double cg = desc->softcap_gate ? (double)desc->softcap_gate : 4.0;
+            const double cu = desc->softcap_up ? (double)desc->softcap_up : 25.0;
+            h[f] = softcap(g, cg) * sigmoid(g) * softcap(u, cu);
+            break;
+        }
+        case MOEVK_ACT_SWIGLU_POSTCLAMP: {
+            /* the clamp after the silu */
+            double s = silu(g);
+            clamp_gate_up(&s, &u, limit);
+            h[f] = s * u;
+            break;
+        }
         default: { /* MOEVK_ACT_SWIGLU_OAI */
             double alpha = desc->swiglu_alpha ? (double)desc->swiglu_alpha : 1.702;
-            clamp_gate_up(&g, &u, desc->swiglu_limit ? (double)desc->swiglu_limit : 7.0);
+            clamp_gate_up(&g, &u, limit);
             h[f] = (u + 1.0) * g * sigmoid(alpha * g);
             break;
         }
