@@ -146,6 +146,7 @@ MVK_PUSH_BEGIN(mvk_route_push)
     MVK_U32 group_max;  /* a group scores its best c, not its best two */
     MVK_F32 norm_p;     /* 0 or 1: normalise by the sum; else the p-norm */
     MVK_F32 norm_min;   /* > 0: the denominator is max(norm, norm_min) */
+    MVK_F32 norm_eps;   /* > 0 (norm_min 0): the denominator is norm + norm_eps */
 MVK_PUSH_END(mvk_route_push)
 #endif
 
@@ -179,6 +180,8 @@ MVK_PUSH_BEGIN(mvk_permute_push)
      * the skinny kernel and of the tiled ones */
     MVK_U32 skinny_up, skinny_down, tiled_up, tiled_down;
     MVK_U32 force_path;      /* 0: by row count; 1 + p: every expert to path p */
+    MVK_U32 n_ffn;           /* experts n_ffn .. E - 1 are identity experts: rows
+                              * but no tiles in the schedule */
 MVK_PUSH_END(mvk_permute_push)
 #endif
 
@@ -297,20 +300,26 @@ MVK_PUSH_END(mvk_gemm_push)
 #define MVK_GEMV_COLS 64u /* output columns per workgroup (default) */
 
 /* ---- scale_rows: xs[row(t, j)] = w[t, j] * x[t] (MOEVK_LAYER_WEIGHTS_ON_INPUT)
- * for the T tokens tok0 .. tok0 + T - 1 of an expert chunk: x and the
+ * for the T tokens tok0 .. tok0 + T - 1 of an expert chunk: x, ids and the
  * weights indexed by token, row_of by token - tok0; one thread per element
- * of x, dropped assignments skipped. The up projection then reads xs row by
- * row instead of gathering x. */
+ * of x, dropped assignments
+ * skipped. The up projection then reads xs row by row instead of gathering
+ * x. The same kernel writes the identity experts' outputs: with id_first >
+ * 0 only slots whose expert id is >= id_first are written, and with unit
+ * the row is x itself (w not read). */
 #define MVK_SCALE_WG 256u
 #define MVK_SCALE_BIND_X 0
 #define MVK_SCALE_BIND_ROW_OF 1
 #define MVK_SCALE_BIND_WEIGHTS 2
 #define MVK_SCALE_BIND_XS 3
-#define MVK_SCALE_BINDINGS 4
+#define MVK_SCALE_BIND_IDS 4 /* [.., K] u32, read when id_first > 0 */
+#define MVK_SCALE_BINDINGS 5
 #define MVK_SCALE_NSPEC 1
 #if !defined(MVK_GLSL) || defined(MVK_KERNEL_SCALE_ROWS)
 MVK_PUSH_BEGIN(mvk_scale_push)
     MVK_U32 T, H, K, elem0, tok0;
+    MVK_U32 id_first; /* > 0: only slots of experts id_first .. (identity) */
+    MVK_U32 unit;     /* 1: the row is x (no weight) */
 MVK_PUSH_END(mvk_scale_push)
 #endif
 

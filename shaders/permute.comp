@@ -126,7 +126,8 @@ void pass1()
         meta[MVK_META_COUNTS(E) + e] = admitted;
         sh_total[e] = run;
         uint path = p.force_path != 0u ? p.force_path - 1u : path_of(admitted);
-        sh_path[e] = admitted == 0u ? NONE : path;
+        // identity experts have rows but no tiles: no kernel runs them
+        sh_path[e] = admitted == 0u || e >= p.n_ffn ? NONE : path;
         sh_tiles[e] = (admitted + path_height(path) - 1u) / path_height(path);
         sh_start[e] = admitted; // rows, replaced by the tile start below
     }

@@ -274,7 +274,8 @@ void main()
             wsum += w;
         }
         // norm_topk_prob's denominator: the sum (+ 1e-20 for sigmoid), or
-        // the p-norm; max(., norm_min) when norm_min > 0 (a NaN stays).
+        // the p-norm; max(., norm_min) when norm_min > 0, else + norm_eps
+        // when norm_eps > 0 (a NaN stays).
         float den = wsum;
         if (p.norm_p != 0.0 && p.norm_p != 1.0) {
             float acc = 0.0;
@@ -284,6 +285,8 @@ void main()
         }
         if (p.norm_min > 0.0)
             den = den < p.norm_min ? p.norm_min : den;
+        else if (p.norm_eps > 0.0)
+            den = den + p.norm_eps;
         else if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED)
             den = den + 1e-20;
         for (uint j = 0; j < K; j++) {

@@ -25,6 +25,7 @@
 #include "cache.h"
 #include "formats.h"
 #include "interface.h"
+#include "ref/ref.h"
 
 static uint64_t matrix_bytes(const moevk_layer *L, int m)
 {
@@ -83,7 +84,7 @@ static void table_set(moevk_layer *L, uint32_t e)
 moevk_status mvk_cache_create(moevk_layer *L, uint32_t slots, uint32_t dev_chunks)
 {
     moevk_context *ctx = L->ctx;
-    const uint32_t E = L->desc.num_experts;
+    const uint32_t E = moevk_ref_ffn_experts(&L->desc); /* identity experts have no weights */
     mvk_cache *k = mvk_alloc(ctx, sizeof(*k));
     if (!k)
         return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "expert cache");
@@ -374,7 +375,7 @@ static moevk_status cache_stats(const moevk_layer *L, moevk_cache_stats *s)
         *s = L->cache->stats;
     } else {
         memset(s, 0, sizeof(*s));
-        s->device_slots = s->resident_experts = L->desc.num_experts;
+        s->device_slots = s->resident_experts = moevk_ref_ffn_experts(&L->desc);
     }
     s->device_weight_bytes = L->weight_bytes;
     s->host_weight_bytes = L->host_weight_bytes;
@@ -390,8 +391,9 @@ static moevk_status cache_resident(const moevk_layer *L, uint8_t *resident)
 {
     if (!resident)
         return mvk_fail(L->ctx, MOEVK_ERROR_INVALID_ARGUMENT, "resident is NULL");
+    /* identity experts (no weights) count as resident */
     for (uint32_t e = 0; e < L->desc.num_experts; e++)
-        resident[e] = !L->cache || L->cache->expert_slot[e] != MVK_NO_SLOT;
+        resident[e] = !L->cache || e >= L->cache->E || L->cache->expert_slot[e] != MVK_NO_SLOT;
     return MOEVK_SUCCESS;
 }
 
@@ -401,9 +403,10 @@ MVK_PUBLIC_CTX(moevk_layer_cache_resident, (const moevk_layer *L, uint8_t *resid
 static moevk_status cache_pin(moevk_layer *L, uint32_t expert, int pin)
 {
     moevk_context *ctx = L->ctx;
-    if (expert >= L->desc.num_experts)
-        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "expert = %u is not below E = %u",
-                        expert, L->desc.num_experts);
+    if (expert >= moevk_ref_ffn_experts(&L->desc))
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "expert = %u is not an FFN expert (0..%u)", expert,
+                        moevk_ref_ffn_experts(&L->desc) - 1);
     mvk_cache *k = L->cache;
     if (!k)
         return MOEVK_SUCCESS; /* every expert is on the device */
@@ -429,10 +432,10 @@ static moevk_status cache_prefetch(moevk_layer *L, const uint32_t *experts, uint
     if (count && !experts)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "experts is NULL");
     for (uint32_t i = 0; i < count; i++)
-        if (experts[i] >= L->desc.num_experts)
+        if (experts[i] >= moevk_ref_ffn_experts(&L->desc))
             return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
-                            "experts[%u] = %u is not below E = %u", i, experts[i],
-                            L->desc.num_experts);
+                            "experts[%u] = %u is not an FFN expert (0..%u)", i, experts[i],
+                            moevk_ref_ffn_experts(&L->desc) - 1);
     mvk_cache *k = L->cache;
     if (!k)
         return MOEVK_SUCCESS;

@@ -11,6 +11,7 @@
 #include "layer.h"
 #include "layer_quantize.h"
 #include "pass.h"
+#include "ref/ref.h"
 #include "workspace.h"
 
 /* ---- weights ------------------------------------------------------------ */
@@ -355,7 +356,7 @@ static void quant_begin(moevk_layer *L, const mvk_matrix_kind kind[4], mvk_quant
         if (!kind[i].row)
             continue;
         const bool down = i % 2;
-        const uint64_t count = i < 2 ? d->num_experts : d->num_shared;
+        const uint64_t count = i < 2 ? moevk_ref_ffn_experts(d) : d->num_shared;
         const uint64_t ffn = i < 2 ? d->ffn : d->shared_ffn;
         total += count * (down ? 1 : L->gated ? 2 : 1) * ffn * d->hidden *
                  moevk_dtype_size(kind[i].dtype);
@@ -471,7 +472,8 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
     mvk_quant_progress prog;
     quant_begin(L, kind, &prog);
     if (!st)
-        st = set_create(L, &d->experts, d->num_experts, d->ffn, kind, &prog, &L->routed);
+        st = set_create(L, &d->experts, moevk_ref_ffn_experts(d), d->ffn, kind, &prog,
+                        &L->routed);
     if (!st && d->num_shared)
         st = set_create(L, &d->shared, d->num_shared, d->shared_ffn, kind + 2, &prog,
                         &L->shared);

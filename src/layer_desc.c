@@ -9,6 +9,7 @@
 #include "internal.h"
 #include "layer.h"
 #include "quantize.h"
+#include "ref/ref.h"
 
 int moevk_activation_is_gated(moevk_activation act)
 {
@@ -188,6 +189,12 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     if (d.top_k == 0 || d.top_k > d.num_experts || d.top_k > MOEVK_MAX_TOP_K)
         return mvk_fail(ctx, bad, "top_k (k) = %u is not in 1..min(num_experts = %u, %d)",
                         d.top_k, d.num_experts, MOEVK_MAX_TOP_K);
+    if (d.num_zero_experts >= d.num_experts)
+        return mvk_fail(ctx, bad,
+                        "num_zero_experts = %u leaves no FFN expert (num_experts = %u counts "
+                        "them too)",
+                        d.num_zero_experts, d.num_experts);
+    const uint32_t n_ffn = moevk_ref_ffn_experts(&d);
     if ((unsigned)d.routing > MOEVK_ROUTING_SIGMOID_GROUPED)
         return mvk_fail(ctx, bad, "routing = %d is not a moevk_routing value", (int)d.routing);
     if ((unsigned)d.activation > MOEVK_ACT_SWIGLU_POSTCLAMP)
@@ -238,6 +245,13 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     if (!(d.norm_min >= 0.0f) || !isfinite(d.norm_min))
         return mvk_fail(ctx, bad, "norm_min = %g must be 0 (none) or positive",
                         (double)d.norm_min);
+    if (!(d.norm_eps >= 0.0f) || !isfinite(d.norm_eps))
+        return mvk_fail(ctx, bad, "norm_eps = %g must be 0 (the mode's) or positive",
+                        (double)d.norm_eps);
+    if (d.norm_eps > 0.0f && d.norm_min > 0.0f)
+        return mvk_fail(ctx, bad,
+                        "norm_eps = %g and norm_min = %g: the denominator takes one of them",
+                        (double)d.norm_eps, (double)d.norm_min);
     if (!isfinite(d.routed_scaling_factor))
         return mvk_fail(ctx, bad, "routed_scaling_factor is not finite");
     if (!isfinite(d.shared_scale))
@@ -286,17 +300,17 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     } else if (d.shared_gate) {
         return mvk_fail(ctx, bad, "shared_gate is set but num_shared is 0");
     }
-    if ((st = check_input_perm(ctx, &d.experts, "experts", d.num_experts, d.hidden)) ||
+    if ((st = check_input_perm(ctx, &d.experts, "experts", n_ffn, d.hidden)) ||
         (d.num_shared && (st = check_input_perm(ctx, &d.shared, "shared", d.num_shared, d.hidden))))
         return st;
     if ((st = check_formats(ctx, desc_in, &d)))
         return st;
     /* Sizes: a whole matrix stack must be addressable (no 64-bit overflow). */
     uint64_t per_expert = (uint64_t)d.hidden * d.ffn;
-    if (per_expert > (UINT64_MAX / 4) / d.num_experts)
+    if (per_expert > (UINT64_MAX / 4) / n_ffn)
         return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
-                        "hidden x ffn x num_experts = %u x %u x %u overflows", d.hidden, d.ffn,
-                        d.num_experts);
+                        "hidden x ffn x FFN experts = %u x %u x %u overflows", d.hidden, d.ffn,
+                        n_ffn);
     if (per_expert > UINT32_MAX)
         return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
                         "hidden x ffn = %llu elements per expert matrix exceed 32-bit indexing",

@@ -153,7 +153,7 @@ moevk_status mvk_layer_desc_quantized(moevk_context *ctx, const moevk_layer_desc
     /* one allocation: every packed matrix of both sets */
     uint64_t off[4][3], total = 0, src_total = 0;
     for (int s = 0; s < 2; s++) {
-        const uint64_t count = s ? d.num_shared : d.num_experts;
+        const uint64_t count = s ? d.num_shared : moevk_ref_ffn_experts(&d);
         const uint32_t ffn = s ? d.shared_ffn : d.ffn;
         for (int m = gated ? 0 : 1; count && m < 3; m++) {
             const mvk_matrix_kind *k = &kind[2 * s + (m == 2)];
@@ -171,7 +171,7 @@ moevk_status mvk_layer_desc_quantized(moevk_context *ctx, const moevk_layer_desc
     mvk_quant_progress_begin(&prog, src_total);
     static const char *const names[3] = {"gate", "up", "down"};
     for (int s = 0; s < 2 && !st; s++) {
-        const uint32_t count = s ? d.num_shared : d.num_experts;
+        const uint32_t count = s ? d.num_shared : moevk_ref_ffn_experts(&d);
         const uint32_t ffn = s ? d.shared_ffn : d.ffn;
         const moevk_expert_weights *w = s ? &in->shared : &in->experts;
         moevk_expert_weights *o = s ? &out->shared : &out->experts;

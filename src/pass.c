@@ -143,7 +143,7 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .sel_probs = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK &&
                          (L->corr_b || moevk_ref_grouped(d)),
             .group_max = d->group_score == MOEVK_GROUP_MAX, .norm_p = d->norm_p,
-            .norm_min = d->norm_min,
+            .norm_min = d->norm_min, .norm_eps = d->norm_eps,
             .fused = fused, .x = io->x, .router_w = whole(L->router_w),
             .router_b = whole(L->router_b), .H = d->hidden, .w_fmt = L->r_fmt,
         };
@@ -173,6 +173,7 @@ static void permute_into(moevk_layer *L, mvk_cmd *c, uint32_t T, uint32_t tok0, 
         .row_of = row_of, .row_token = mvk_ws_binding(ws, slot[5]), .mask = mask,
         .T = T, .K = d->top_k, .E = d->num_experts, .tok0 = tok0, .capacity = capacity,
         .ffn = d->ffn, .hidden = d->hidden, .masked = masked,
+        .n_ffn = moevk_ref_ffn_experts(d),
     };
     mvk_op_permute(c, &pa); /* ends with a barrier */
 }
@@ -239,7 +240,9 @@ static void experts_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io,
                 .permuted = !down && set->input_perm,
                 .N = down ? d->hidden : set->ffn, .K = down ? set->ffn : d->hidden, .E = E,
                 .e_first = ch->first, .e_count = ch->count,
-                .slots = whole(set->table), .slot_base = i * E, .has_table = set->table != NULL,
+                /* the cache's tables cover the FFN experts */
+                .slots = whole(set->table), .slot_base = i * moevk_ref_ffn_experts(d),
+                .has_table = set->table != NULL,
                 .alpha = alpha, .limit = limit,
                 .w_fmt = set->w_fmt[down], .act = down ? MVK_ACT_NONE : act,
                 .gated = gated, .has_bias = set->bias[0] != NULL,
@@ -359,6 +362,18 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                     .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS),
                     .xs = mvk_ws_binding(ws, MVK_WS_XS), .tok0 = t0, .T = n, .H = d->hidden,
                     .K = d->top_k,
+                };
+                mvk_op_scale_rows(c, &sa);
+                mvk_cmd_barrier(c);
+            }
+            if (io->experts && d->num_zero_experts) {
+                /* the identity experts' rows of o: x (or w x on the input) */
+                mvk_scale_args sa = {
+                    .x = io->x, .row_of = cr.row_of,
+                    .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS), .xs = o, .ids = ids,
+                    .tok0 = t0, .T = n, .H = d->hidden, .K = d->top_k,
+                    .id_first = moevk_ref_ffn_experts(d),
+                    .unit = !(d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT),
                 };
                 mvk_op_scale_rows(c, &sa);
                 mvk_cmd_barrier(c);

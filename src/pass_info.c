@@ -11,6 +11,7 @@
 #include "interface.h"
 #include "ops/ops.h"
 #include "pass.h"
+#include "ref/ref.h"
 
 static uint64_t ceil_to(uint64_t v, uint64_t m)
 {
@@ -101,7 +102,7 @@ static moevk_status pass_info(moevk_layer *L, moevk_pass_info *out)
         const uint32_t t1 = t0 + tc < T ? t0 + tc : T;
         memset(count, 0, (size_t)E * 4);
         for (uint64_t a = (uint64_t)t0 * K; a < (uint64_t)t1 * K; a++)
-            if (rows[a] >= 0 && ids[a] < E)
+            if (rows[a] >= 0 && ids[a] < moevk_ref_ffn_experts(d)) /* identity: no MACs */
                 count[ids[a]]++;
         for (uint32_t e = 0; e < E; e++) {
             if (!count[e])

@@ -157,7 +157,8 @@ static uint64_t expected_weight_bytes(const moevk_layer_desc *d, const char *nam
         b += 4 * E;
     for (int s = 0; s < 2; s++) {
         const moevk_expert_weights *w = s ? &d->shared : &d->experts;
-        const uint64_t n = s ? d->num_shared : E;
+        /* identity experts have no weights */
+        const uint64_t n = s ? d->num_shared : E - d->num_zero_experts;
         const uint64_t F = s && d->shared_ffn ? d->shared_ffn : d->ffn;
         for (int m = 0; m < 2; m++) {
             const moevk_dtype dt = host_format(d, s, m);
@@ -177,7 +178,7 @@ static uint64_t expected_weight_bytes(const moevk_layer_desc *d, const char *nam
 }
 
 typedef struct tally {
-    uint32_t cases, swapped, near, dropped_cases;
+    uint32_t cases, swapped, near, dropped_cases, nonfinite;
     double worst_y;
 } tally;
 
@@ -234,6 +235,7 @@ static void check_case(const mvkc_target *t, uint64_t seed, const mvkc_limits *l
     tl->swapped += rep.swapped;
     tl->near += rep.near_ties;
     tl->dropped_cases += rep.dropped > 0;
+    tl->nonfinite += rep.nonfinite;
     if (rep.y_err > tl->worst_y)
         tl->worst_y = rep.y_err;
     if (out) {
@@ -261,7 +263,7 @@ static void random_cases(int b, uint32_t n, uint64_t salt)
     mvkc_target t = open_backend(b);
     const uint64_t base = mvkt_base_seed();
     const mvkc_limits l = limits();
-    tally tl = {0, 0, 0, 0, 0.0};
+    tally tl = {0};
     for (uint32_t i = 0; i < n; i++)
         check_case(&t, base ^ (salt * 0x9e3779b97f4a7c15ull + i), &l, &tl, NULL);
     report(cuda_names[b], &tl);
@@ -542,10 +544,10 @@ static void format_within(int b, uint32_t i, const mvkc_report *rep)
 typedef int (*case_fn)(int b, uint32_t i, mvkc_limits *l, uint64_t *salt);
 typedef void (*after_fn)(int b, uint32_t i, const mvkc_report *rep);
 
-static void directed(const char *name, case_fn make, after_fn after)
+static tally directed(const char *name, case_fn make, after_fn after)
 {
     const uint64_t base = mvkt_base_seed();
-    tally tl = {0, 0, 0, 0, 0.0};
+    tally tl = {0};
     for (int b = 0; b < MVK_CUDA_BACKEND_COUNT; b++) {
         mvkc_target t = open_backend(b);
         mvkc_limits l = limits();
@@ -559,6 +561,7 @@ static void directed(const char *name, case_fn make, after_fn after)
         mvkc_target_close(&t);
     }
     report(name, &tl);
+    return tl;
 }
 
 /* Every routing mode x activation x weight dtype, each backend, small. */
@@ -725,14 +728,15 @@ static int nonfinite(int b, uint32_t i, mvkc_limits *l, uint64_t *salt)
     return scenario_case(MVKC_SC_NONFINITE, 0xbad00u, b, i, l, salt);
 }
 
-static void some_nonfinite(int b, uint32_t i, const mvkc_report *rep)
-{
-    cr_assert_gt(rep->nonfinite, 0, "[%s] case %u: no non-finite token", cuda_names[b], i);
-}
-
 Test(cuda, nonfinite_tokens, .timeout = 280)
 {
-    directed("nonfinite tokens", nonfinite, some_nonfinite);
+    /* One case's non-finite inputs may all give finite outputs (an
+     * infinite input element can end as relu(-inf) = 0, capacity may drop
+     * the token's slots):
+     * each case agrees with the reference token by token, and over the
+     * cases some tokens must be non-finite. */
+    tally tl = directed("nonfinite tokens", nonfinite, NULL);
+    cr_assert_gt(tl.nonfinite, 0, "no case had a non-finite token");
 }
 
 /* Extreme shapes: one expert, 1024 experts with k = 32, H = F = 1, one

@@ -755,6 +755,9 @@ Test(layer_bad, descriptions_name_the_field)
     BAD((d.num_shared = 1, d.shared.up = b_up, d.shared.down = b_down), INV, "gate");
     BAD(d.capacity_factor = -1.0f, INV, "capacity_factor");
     BAD(d.capacity_factor = NAN, INV, "capacity_factor");
+    BAD(d.norm_eps = -1e-6f, INV, "norm_eps");
+    BAD(d.norm_eps = NAN, INV, "norm_eps");
+    BAD((d.norm_eps = 1e-6f, d.norm_min = 0.5f), INV, "norm_eps"); /* one of the two */
     /* sizes whose buffers overflow 64 bits or pass the device's limits (the
      * weights are never read: validation comes first) */
     BAD((d.hidden = 1u << 31, d.ffn = 1u << 31, d.num_experts = 1024), MOEVK_ERROR_LIMIT_EXCEEDED,

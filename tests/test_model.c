@@ -791,7 +791,8 @@ static void parse_bad(const char *json, const char *msg)
 /* The routing fields mvk_moe_config and moevk_layer_desc share. */
 #define ROUTING_FIELDS(X)                                                                       \
     X(routing) X(activation) X(norm_topk_prob) X(n_group) X(topk_group)                         \
-    X(routed_scaling_factor) X(swiglu_alpha) X(swiglu_limit) X(group_score) X(norm_p) X(norm_min)
+    X(routed_scaling_factor) X(swiglu_alpha) X(swiglu_limit) X(group_score) X(norm_p) X(norm_min) \
+    X(norm_eps)
 
 typedef struct config_row {
     const char *json;
@@ -825,6 +826,17 @@ static const config_row config_rows[] = {
     {"{\"model_type\": \"mixtral\"}", "mixtral",
      {.hidden = 4096, .ffn = 14336, .num_experts = 8, .top_k = 2, .norm_topk_prob = 1, SILU,
       .num_layers = 32, .decoder_sparse_step = 1}},
+    /* LongCat-Flash: identity experts beside the FFN ones, its own key names */
+    {"{\"model_type\": \"longcat_flash\"}", "longcat_flash",
+     {.hidden = 6144, .ffn = 2048, .num_experts = 512, .zero_experts = 256, .top_k = 12, SILU,
+      .routed_scaling_factor = 6.0f, .correction_bias = 1, .num_layers = 28,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"longcat_flash\", \"n_routed_experts\": 6, \"zero_expert_num\": 2,"
+     " \"moe_topk\": 8, \"expert_ffn_hidden_size\": 16, \"num_layers\": 2}",
+     "longcat_flash",
+     {.hidden = 6144, .ffn = 16, .num_experts = 6, .zero_experts = 2, .top_k = 8, SILU,
+      .routed_scaling_factor = 6.0f, .correction_bias = 1, .num_layers = 2,
+      .decoder_sparse_step = 1}},
     /* MixtralSparseMoeBlock always renormalises: norm_topk_prob is not read */
     {"{\"model_type\": \"mixtral\", \"norm_topk_prob\": false, \"num_local_experts\": 4,"
      " \"num_experts_per_tok\": 1, \"hidden_act\": \"gelu_pytorch_tanh\"}",
@@ -931,6 +943,76 @@ static const config_row config_rows[] = {
       .act_name = "swiglu_oai", .norm_topk_prob = 1, .routed_scaling_factor = 2.0f,
       .swiglu_alpha = 1.702f, .swiglu_limit = 7.0f, .shared_ffn = 3072, .correction_bias = 1,
       .num_layers = 60, .decoder_sparse_step = 1}},
+    /* LFM2-MoE: sum + 1e-6, the expert bias unless use_expert_bias is false */
+    {"{\"model_type\": \"lfm2_moe\"}", "lfm2_moe",
+     {.hidden = 2048, .ffn = 1792, .num_experts = 32, .top_k = 4,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1, .norm_eps = 1e-6f, SILU,
+      .routed_scaling_factor = 1.0f, .correction_bias = 1, .first_k_dense_replace = 2,
+      .num_layers = 32, .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"lfm2_moe\", \"use_expert_bias\": false, \"norm_topk_prob\": false,"
+     " \"hidden_act\": \"gelu\"}",
+     "lfm2_moe",
+     {.hidden = 2048, .ffn = 1792, .num_experts = 32, .top_k = 4,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_eps = 1e-6f, SILU,
+      .routed_scaling_factor = 1.0f, .first_k_dense_replace = 2, .num_layers = 32,
+      .decoder_sparse_step = 1}},
+    /* HY-V4: clamped routed experts, the shared expert's own hidden_act */
+    {"{\"model_type\": \"hy_v4\"}", "hy_v4",
+     {.hidden = 2816, .ffn = 768, .num_experts = 256, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU_CLAMP,
+      .act_name = "silu (clamped)", .norm_topk_prob = 1, .n_group = 1, .topk_group = 1,
+      .routed_scaling_factor = 2.827f, .swiglu_limit = 10.0f, .shared_ffn = 768,
+      .correction_bias = 1, .first_k_dense_replace = 1, .num_layers = 34,
+      .decoder_sparse_step = 1, .shared_act = 1, .shared_activation = MOEVK_ACT_SWIGLU,
+      .shared_act_name = "silu"}},
+    {"{\"model_type\": \"hy_v4_vl\", \"text_config\": {\"model_type\": \"hy_v4_vl_text\","
+     " \"hidden_act\": \"gelu\", \"swiglu_limit\": 3, \"n_shared_experts\": 2,"
+     " \"moe_intermediate_size\": 100}}",
+     "hy_v4_vl_text",
+     {.hidden = 6144, .ffn = 100, .num_experts = 256, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU_CLAMP,
+      .act_name = "silu (clamped)", .norm_topk_prob = 1, .n_group = 1, .topk_group = 1,
+      .routed_scaling_factor = 2.827f, .swiglu_limit = 3.0f, .shared_ffn = 200,
+      .correction_bias = 1, .first_k_dense_replace = 1, .num_layers = 78,
+      .decoder_sparse_step = 1, .shared_act = 1, .shared_activation = MOEVK_ACT_GEGLU,
+      .shared_act_name = "gelu"}},
+    /* Step-3.7's text model: per-layer limits (the first until a layer is
+     * chosen), none by default */
+    {"{\"model_type\": \"step3p7\", \"text_config\": {\"model_type\": \"step3p5\"}}",
+     "step3p5",
+     {.hidden = 4096, .ffn = 1280, .num_experts = 288, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU_POSTCLAMP,
+      .act_name = "silu (clamped after)", .norm_topk_prob = 1, .routed_scaling_factor = 1.0f,
+      .shared_ffn = 1280, .correction_bias = 1, .first_k_dense_replace = 3, .num_layers = 45,
+      .decoder_sparse_step = 1, .shared_act = 1,
+      .shared_activation = MOEVK_ACT_SWIGLU_POSTCLAMP, .shared_act_name = "silu (clamped after)"}},
+    {"{\"model_type\": \"step3p5\", \"moe_num_experts\": 16, \"moe_top_k\": 4,"
+     " \"share_expert_dims\": 64, \"moe_router_scaling_factor\": 3.0, \"hidden_act\": \"gelu\","
+     " \"swiglu_limits\": [7.5, null, 0], \"swiglu_limits_shared\": [16, 0, null]}",
+     "step3p5",
+     {.hidden = 4096, .ffn = 1280, .num_experts = 16, .top_k = 4,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU_POSTCLAMP,
+      .act_name = "silu (clamped after)", .norm_topk_prob = 1, .routed_scaling_factor = 3.0f,
+      .swiglu_limit = 7.5f, .shared_ffn = 64, .correction_bias = 1,
+      .first_k_dense_replace = 3, .num_layers = 45, .decoder_sparse_step = 1, .shared_act = 1,
+      .shared_activation = MOEVK_ACT_SWIGLU_POSTCLAMP, .shared_act_name = "silu (clamped after)",
+      .shared_swiglu_limit = 16.0f}},
+    /* Inkling-2 (and -Loop): the soft caps, route_scale */
+    {"{\"model_type\": \"inkling2\", \"text_config\": {\"model_type\": \"inkling2_text\"}}",
+     "inkling2_text",
+     {.hidden = 4608, .ffn = 2304, .num_experts = 384, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU_SOFTCAP,
+      .act_name = "silu (soft-capped)", .norm_topk_prob = 1, .routed_scaling_factor = 8.0f,
+      .softcap_gate = 4.0f, .softcap_up = 25.0f, .correction_bias = 1, .num_layers = 48,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"inkling2_loop_text\", \"mlp_gate_softcap\": 2.5,"
+     " \"mlp_up_softcap\": 30, \"route_scale\": 1.5, \"scoring_func\": \"sigmoid\"}",
+     "inkling2_loop_text",
+     {.hidden = 2304, .ffn = 1152, .num_experts = 128, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU_SOFTCAP,
+      .act_name = "silu (soft-capped)", .norm_topk_prob = 1, .routed_scaling_factor = 1.5f,
+      .softcap_gate = 2.5f, .softcap_up = 30.0f, .correction_bias = 1, .num_layers = 24,
+      .decoder_sparse_step = 1}},
     {"{\"model_type\": \"openai_privacy_filter\"}", "openai_privacy_filter",
      {.hidden = 640, .ffn = 640, .num_experts = 128, .top_k = 4,
       .routing = MOEVK_ROUTING_TOPK_SOFTMAX, .activation = MOEVK_ACT_SWIGLU_OAI,
@@ -989,7 +1071,14 @@ Test(model, config_fields_and_defaults_follow_transformers)
         SAME(encoder_sparse_step)
         SAME(decoder_sparse_step_sw)
         SAME(group_limited)
+        SAME(softcap_gate)
+        SAME(softcap_up)
+        SAME(shared_act)
+        SAME(shared_activation)
+        SAME(shared_swiglu_limit)
+        SAME(zero_experts)
 #undef SAME
+        cr_expect_str_eq(g.shared_act_name, w->shared_act_name, "%s", r->json);
         for (uint32_t k = 0; k < g.n_mlp_only_layers && k < 2; k++)
             cr_expect_eq(g.mlp_only_layers[k], r->want_mlp_only[k], "%s", r->json);
         mvk_hf_config_free(&g);
@@ -1017,6 +1106,11 @@ Test(model, config_errors_name_the_field)
               "\"decoder_sparse_step\" is 0");
     parse_bad("{\"model_type\": \"gpt_oss\", \"swiglu_limit\": 0}",
               "\"swiglu_limit\" must be positive");
+    parse_bad("{\"model_type\": \"longcat_flash\", \"zero_expert_num\": 1000}",
+              "\"zero_expert_num\" = 1000 identity experts beside 512 FFN experts exceed 1024");
+    parse_bad("{\"model_type\": \"longcat_flash\", \"n_routed_experts\": 4, "
+              "\"zero_expert_num\": 2, \"moe_topk\": 7}",
+              "\"moe_topk\" = 7 is not in 1..min(6 experts, 32)");
     parse_bad("{\"model_type\": \"switch_transformers\", \"expert_capacity\": 0}",
               "\"expert_capacity\" = 0 drops every token");
     parse_bad("{\"model_type\": \"deepseek_v3\", \"n_shared_experts\": 4294967295}",
@@ -1044,6 +1138,22 @@ Test(model, config_errors_name_the_field)
               "\"moe_topk\" is an empty list");
     parse_bad("{\"model_type\": \"hunyuan_v1_moe\", \"moe_topk\": [1, \"x\"]}",
               "\"moe_topk\"[1] is not an integer");
+    /* per-layer limits: numbers >= 0 or null */
+    parse_bad("{\"model_type\": \"step3p5\", \"swiglu_limits\": [1, -2]}",
+              "\"swiglu_limits\"[1] is not a number >= 0 or null");
+    parse_bad("{\"model_type\": \"step3p5\", \"swiglu_limits_shared\": [\"x\"]}",
+              "\"swiglu_limits_shared\"[0] is not a number >= 0 or null");
+    parse_bad("{\"model_type\": \"step3p5\", \"swiglu_limits\": -1}",
+              "\"swiglu_limits\" must not be negative");
+    parse_bad("{\"model_type\": \"step3p5\", \"mlp_bias\": true}",
+              "\"mlp_bias\" = true: biases on the shared expert are not supported");
+    parse_bad("{\"model_type\": \"hy_v4\", \"swiglu_limit\": 0}", "\"swiglu_limit\" must be positive");
+    parse_bad("{\"model_type\": \"hy_v4\", \"hidden_act\": \"tanh\"}",
+              "\"hidden_act\" = \"tanh\" is not supported");
+    parse_bad("{\"model_type\": \"inkling2_text\", \"scoring_func\": \"sqrtsoftplus\"}",
+              "\"scoring_func\" = \"sqrtsoftplus\" is not supported (sigmoid)");
+    parse_bad("{\"model_type\": \"inkling2_text\", \"mlp_up_softcap\": 0}",
+              "\"mlp_up_softcap\" must be positive");
     parse_bad("{\"model_type\": \"dbrx\", \"ffn_config\": {\"moe_normalize_expert_weights\": 0}}",
               "\"ffn_config.moe_normalize_expert_weights\" = 0 is not a positive p");
     parse_bad("{\"model_type\": \"dbrx\", \"ffn_config\": {\"ffn_act_fn\": {\"name\": 3}}}",
@@ -1064,6 +1174,30 @@ Test(model, per_layer_values_follow_the_layer)
     }
     cr_expect_eq(mvk_hf_layer_prefixes(&c, 3, 0, p, &n, err, sizeof err), -1);
     cr_expect(strstr(err, "layer 3 is not in moe_topk (3 entries)"), "%s", err);
+    mvk_hf_config_free(&c);
+}
+
+/* Step-3.7's per-layer limits: the chosen layer's, routed and shared (the
+ * loader runs a layer whose limit is 0 or null unclamped: its fixtures) */
+Test(model, per_layer_limits_follow_the_layer)
+{
+    mvk_moe_config c = parse_ok("{\"model_type\": \"step3p5\", \"num_hidden_layers\": 6,"
+                                " \"swiglu_limits\": [0, 0, 0, 7, null, 2.5],"
+                                " \"swiglu_limits_shared\": [0, 0, 0, 16, 3, null]}");
+    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], err[512] = "";
+    int n;
+    static const float routed[6] = {0, 0, 0, 7, 0, 2.5f}, shared[6] = {0, 0, 0, 16, 3, 0};
+    for (uint32_t layer = 3; layer < 6; layer++) {
+        cr_assert_eq(mvk_hf_layer_prefixes(&c, layer, 0, p, &n, err, sizeof err), 0, "%s", err);
+        cr_expect_eq(c.swiglu_limit, routed[layer], "layer %u: %g", layer, (double)c.swiglu_limit);
+        cr_expect_eq(c.shared_swiglu_limit, shared[layer], "layer %u: %g", layer,
+                     (double)c.shared_swiglu_limit);
+        cr_expect_str_eq(p[0], layer == 3 ? "model.language_model.layers.3.mlp."
+                               : layer == 4 ? "model.language_model.layers.4.mlp."
+                                            : "model.language_model.layers.5.mlp.");
+    }
+    /* the first three layers are dense by default */
+    cr_expect_eq(mvk_hf_layer_prefixes(&c, 2, 0, p, &n, err, sizeof err), -1);
     mvk_hf_config_free(&c);
 }
 
@@ -1947,7 +2081,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 49, "the table has %zu architectures", n);
+    cr_assert_eq(n, 56, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

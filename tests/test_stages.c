@@ -385,3 +385,147 @@ Test(stages, weights_on_the_input)
     free_layer(&s);
     mvkt_context_end(ctx);
 }
+
+/* Identity ("zero") experts (LongCat-Flash): the last Z router experts have
+ * no weights and give their input back. The forward pass gives the
+ * reference's output (in expert chunks of 5 tokens bit for bit as in one,
+ * and with every FFN expert in host memory); a token routed to identity
+ * experts only gets y = sum_j w_j x (computed here, not by the reference);
+ * moevk_layer_experts writes x itself into an identity expert's rows. */
+Test(stages, identity_experts)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed();
+    mvkt_rng r = mvkt_rng_make(seed);
+    const uint32_t T = 23, H = 40, F = 24, E = 8, Z = 3, K = 3, NS = 0;
+    stage_layer s;
+    make_layer(&r, &s, H, F, E, K, NS, 0.0f);
+    s.d.num_zero_experts = Z;
+    /* a router bias, zero at first; later large on the identity experts */
+    float *rb = calloc(E, sizeof(float));
+    s.d.router_bias = rb;
+    moevk_workspace *ws;
+    moevk_workspace_desc wd = {.chunk_tokens = 5};
+    cr_assert_eq(moevk_workspace_create(ctx, &wd, &ws), MOEVK_SUCCESS);
+    moevk_layer *L, *Lc, *Lb;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_layer_desc dc = s.d;
+    dc.workspace = ws;
+    cr_assert_eq(moevk_layer_create(ctx, &dc, &Lc), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_layer_desc db = s.d;
+    db.flags = MOEVK_LAYER_VRAM_BUDGET; /* vram_budget 0: every FFN expert on the host */
+    cr_assert_eq(moevk_layer_create(ctx, &db, &Lb), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    float *x = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f);
+    moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    moevk_tensor tyc = tensor(ctx, MOEVK_DTYPE_F32, T, H), tyb = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    moevk_routing_stats st = {0};
+    uint32_t tpe[8];
+    st.tokens_per_expert = tpe;
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, &st), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_forward(Lc, &tx, &tyc, NULL), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_forward(Lb, &tx, &tyb, NULL), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    float *y = malloc(sizeof(float) * T * H), *yc = malloc(sizeof(float) * T * H);
+    float *yb = malloc(sizeof(float) * T * H), *want = malloc(sizeof(float) * T * H);
+    cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+    cr_assert_eq(moevk_tensor_download(&tyc, yc), 0);
+    cr_assert_eq(moevk_tensor_download(&tyb, yb), 0);
+    cr_assert(memcmp(y, yc, sizeof(float) * T * H) == 0,
+              "seed %llu: chunks of 5 tokens change the bits", (unsigned long long)seed);
+    uint32_t rids[23 * 3];
+    moevk_routing_stats rst = {0};
+    uint32_t rtpe[8];
+    rst.tokens_per_expert = rtpe;
+    cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, want, rids, NULL, NULL, &rst), 0);
+    double err = mvkt_rel_l2(y, want, T * H), errb = mvkt_rel_l2(yb, want, T * H);
+    cr_assert_leq(err, 1e-5, "seed %llu: against the reference %g", (unsigned long long)seed,
+                  err);
+    cr_assert_leq(errb, 1e-5, "seed %llu: FFN experts on the host: %g",
+                  (unsigned long long)seed, errb);
+    /* identity experts are counted as experts */
+    uint32_t zero_slots = 0;
+    for (uint32_t a = 0; a < T * K; a++)
+        zero_slots += rids[a] >= E - Z;
+    cr_assert_gt(zero_slots, 0, "seed %llu: no slot chose an identity expert", (unsigned long long)seed);
+    for (uint32_t e = 0; e < E; e++)
+        cr_assert_eq(tpe[e], rtpe[e], "seed %llu: tokens_per_expert[%u]", (unsigned long long)seed, e);
+    /* the reference is not fooled either: the same layer without identity
+     * experts (expert ids >= E - Z then run FFN weights) differs */
+    moevk_layer_desc plain = s.d;
+    plain.num_zero_experts = 0;
+    float *yp = malloc(sizeof(float) * T * H);
+    cr_assert_eq(moevk_ref_layer_forward(&plain, T, x, yp, NULL, NULL, NULL, NULL), 0);
+    cr_assert_gt(mvkt_rel_l2(yp, want, T * H), 1e-3, "seed %llu", (unsigned long long)seed);
+
+    /* every slot on an identity expert: y = sum_j w_j x exactly as f32 */
+    for (uint32_t e = E - Z; e < E; e++)
+        rb[e] = 100.0f;
+    moevk_layer *Li;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &Li), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_tensor ids = tensor(ctx, MOEVK_DTYPE_I32, T, K), w = tensor(ctx, MOEVK_DTYPE_F32, T, K);
+    cr_assert_eq(moevk_layer_forward(Li, &tx, &ty, NULL), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_layer_route(Li, &tx, &ids, &w), MOEVK_SUCCESS);
+    int32_t hid[23 * 3];
+    float hw[23 * 3];
+    cr_assert_eq(moevk_tensor_download(&ids, hid), 0);
+    cr_assert_eq(moevk_tensor_download(&w, hw), 0);
+    cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+    for (uint32_t t = 0; t < T; t++)
+        for (uint32_t c = 0; c < H; c++) {
+            double acc = 0.0;
+            for (uint32_t j = 0; j < K; j++) {
+                cr_assert_geq((uint32_t)hid[t * K + j], E - Z, "seed %llu", (unsigned long long)seed);
+                acc += (double)hw[t * K + j] * x[t * H + c];
+            }
+            cr_assert_leq(fabs(y[t * H + c] - acc), 1e-6 * (1.0 + fabs(acc)),
+                          "seed %llu: y[%u, %u] = %g, sum_j w_j x = %g", (unsigned long long)seed,
+                          t, c, y[t * H + c], acc);
+        }
+    /* moevk_layer_experts on those ids: each row is x of its token */
+    moevk_tensor eo = tensor(ctx, MOEVK_DTYPE_F32, (uint64_t)T * K, H);
+    moevk_tensor rowt = tensor(ctx, MOEVK_DTYPE_I32, T, K), cnt = tensor(ctx, MOEVK_DTYPE_I32, E, 0);
+    cr_assert_eq(moevk_layer_experts(Li, &tx, &ids, &eo), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_permute(Li, &ids, &rowt, &cnt), MOEVK_SUCCESS);
+    float *o = malloc(sizeof(float) * T * K * H);
+    int32_t row[23 * 3];
+    cr_assert_eq(moevk_tensor_download(&eo, o), 0);
+    cr_assert_eq(moevk_tensor_download(&rowt, row), 0);
+    for (uint32_t a = 0; a < T * K; a++)
+        cr_assert(memcmp(o + (size_t)row[a] * H, x + (size_t)(a / K) * H, sizeof(float) * H) == 0,
+                  "seed %llu: the identity row of slot %u is not x", (unsigned long long)seed, a);
+
+    /* no FFN expert left: refused, naming the field */
+    moevk_layer *bad = NULL;
+    s.d.num_zero_experts = E;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &bad), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "num_zero_experts"), "%s",
+              moevk_context_last_error(ctx));
+    cr_assert_null(bad);
+
+    moevk_tensor *all[] = {&tx, &ty, &tyc, &tyb, &ids, &w, &eo, &rowt, &cnt};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        moevk_tensor_destroy(all[i]);
+    moevk_layer_destroy(L);
+    moevk_layer_destroy(Lc);
+    moevk_layer_destroy(Lb);
+    moevk_layer_destroy(Li);
+    moevk_workspace_destroy(ws);
+    free(x);
+    free(y);
+    free(yc);
+    free(yb);
+    free(yp);
+    free(o);
+    free(want);
+    free(rb);
+    free_layer(&s);
+    mvkt_context_end(ctx);
+}

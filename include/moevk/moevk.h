@@ -594,6 +594,13 @@ typedef struct moevk_layer_desc {
     /* Optional [H]: added once to every token's output (JetMoE's block
      * bias). Read only during moevk_layer_create. */
     const float *output_bias;
+    /* Identity ("zero") experts (LongCat-Flash): the last num_zero_experts
+     * of the num_experts router experts have no weights; such an expert's
+     * output is its input (o = x_t, or w x_t with
+     * MOEVK_LAYER_WEIGHTS_ON_INPUT). Routing, capacity, rows and the
+     * statistics count them as any expert; `experts` then holds the
+     * num_experts - num_zero_experts FFN experts (at least one). */
+    uint32_t num_zero_experts;
     /* MOEVK_ACT_SWIGLU_SOFTCAP's caps of the gate's linear factor and of
      * up: 0 means 4 and 25 (Inkling-2's mlp_gate_softcap, mlp_up_softcap) */
     float softcap_gate, softcap_up;
@@ -603,6 +610,10 @@ typedef struct moevk_layer_desc {
      * ignored and the shared experts use `activation`. */
     moevk_activation shared_activation;
     float shared_swiglu_limit;
+    /* > 0 (with norm_min 0): the denominator is norm + norm_eps instead of
+     * the mode's (sum, or sum + 1e-20 for sigmoid_grouped) (LFM2-MoE's
+     * 1e-6); 0 keeps the mode's */
+    float norm_eps;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */

@@ -22,13 +22,14 @@
 static double layer_weight_bytes(const moevk_layer_desc *d)
 {
     const double E = d->num_experts, H = d->hidden, F = d->ffn;
+    const double EF = d->num_experts - d->num_zero_experts; /* with weights */
     double b = mvk_desc_expert_bytes(d) + E * H * (double)moevk_dtype_size(d->router_dtype);
     b += d->shared_gate ? d->num_shared * H * (double)moevk_dtype_size(d->router_dtype) : 0;
     b += d->router_bias ? 4 * E : 0;
     b += d->correction_bias ? 4 * E : 0;
-    b += d->experts.gate_bias ? 4 * E * F : 0;
-    b += d->experts.up_bias ? 4 * E * F : 0;
-    b += d->experts.down_bias ? 4 * E * H : 0;
+    b += d->experts.gate_bias ? 4 * EF * F : 0;
+    b += d->experts.up_bias ? 4 * EF * F : 0;
+    b += d->experts.down_bias ? 4 * EF * H : 0;
     return b;
 }
 

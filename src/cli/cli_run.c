@@ -598,6 +598,20 @@ static const char *routing_name(moevk_routing r)
                                                 : "softmax_topk";
 }
 
+/* The parameters of a limited or capped activation: " (limit L)", " (caps
+ * G, U)", or "". */
+static const char *act_params(char *buf, size_t n, moevk_activation a, float limit, float cg,
+                              float cu)
+{
+    buf[0] = 0;
+    if (a == MOEVK_ACT_SWIGLU_OAI || a == MOEVK_ACT_SWIGLU_CLAMP ||
+        a == MOEVK_ACT_SWIGLU_POSTCLAMP)
+        snprintf(buf, n, " (limit %g)", limit ? (double)limit : 7.0);
+    else if (a == MOEVK_ACT_SWIGLU_SOFTCAP)
+        snprintf(buf, n, " (caps %g, %g)", cg ? (double)cg : 4.0, cu ? (double)cu : 25.0);
+    return buf;
+}
+
 int cli_run(int argc, char **argv)
 {
     run_opts opt;
@@ -744,12 +758,28 @@ built:
         if (ginfo.notes[0])
             printf("convert  %s\n", ginfo.notes);
     }
-    char wfm[200];
-    printf("layer    H=%u F=%u E=%u k=%u, %s routing%s, %s, %s weights%s", H, d->ffn, E, K,
+    char wfm[200], ap[64];
+    /* a clamp that this layer does without (a per-layer limit of 0) */
+    const char *unclamped = cfg.activation != d->activation &&
+                                    d->activation == MOEVK_ACT_SWIGLU
+                                ? " (not clamped in this layer)"
+                                : act_params(ap, sizeof ap, d->activation, d->swiglu_limit,
+                                             d->softcap_gate, d->softcap_up);
+    printf("layer    H=%u F=%u E=%u k=%u, %s routing%s, %s%s, %s weights%s", H, d->ffn, E, K,
            routing_name(d->routing), d->norm_topk_prob ? " (normalised)" : "", act_name,
+           unclamped,
            d->flags & MOEVK_LAYER_MATRIX_DTYPES ? mvk_desc_formats(d, wfm, sizeof wfm)
                                                 : moevk_dtype_name(d->weight_dtype),
            ml.converted ? " (mixed in the file: converted)" : "");
+    if (d->flags & MOEVK_LAYER_SHARED_ACTIVATION) {
+        const float sl = d->shared_swiglu_limit ? d->shared_swiglu_limit : d->swiglu_limit;
+        printf(", shared experts' activation %s%s",
+               d->shared_activation == cfg.shared_activation ? cfg.shared_act_name : "silu",
+               d->shared_activation == MOEVK_ACT_SWIGLU && cfg.shared_activation != d->shared_activation
+                   ? " (not clamped in this layer)"
+                   : act_params(ap, sizeof ap, d->shared_activation, sl, d->softcap_gate,
+                                d->softcap_up));
+    }
     if (d->n_group > 1 && d->topk_group < d->n_group)
         printf(", %u of %u expert groups (%s)", d->topk_group, d->n_group,
                d->group_score == MOEVK_GROUP_MAX ? "each scored by its best"
@@ -758,8 +788,13 @@ built:
         printf(", %g-norm", d->norm_p);
     if (d->norm_topk_prob && d->norm_min > 0.0f)
         printf(", normalised over max(sum, %g)", d->norm_min);
+    if (d->norm_topk_prob && d->norm_eps > 0.0f)
+        printf(", normalised over sum + %g", d->norm_eps);
     if (d->correction_bias)
         printf(", selection bias");
+    if (d->num_zero_experts)
+        printf(", %u of the %u experts identity (zero) experts", d->num_zero_experts,
+               d->num_experts);
     if (d->routed_scaling_factor != 0.0f && d->routed_scaling_factor != 1.0f)
         printf(", weights x %g", d->routed_scaling_factor);
     if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)

@@ -27,7 +27,7 @@ struct RouteParams {
     int grouped;         /* topk_group < n_group (moevk_ref_grouped) */
     int sel_probs;       /* softmax_topk selects on p + corr (moevk_ref_selects_on_probs) */
     int group_max;       /* MOEVK_GROUP_MAX */
-    float norm_p, norm_min;
+    float norm_p, norm_min, norm_eps;
 };
 
 /* The format of one kind of expert matrix on the device: f32, f16, bf16
@@ -95,9 +95,12 @@ cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights,
                     const float *shared, uint32_t T, uint32_t H, uint32_t K, int unit_weights,
                     float shared_scale, const float *out_bias, float *y);
 /* MOEVK_LAYER_WEIGHTS_ON_INPUT: xs[row_of[t, j]] = weights[t, j] * x[t] for
- * every admitted slot (the up projection then reads xs row by row). */
+ * every admitted slot (the up projection then reads xs row by row). With
+ * id_first > 0 only the slots whose ids[t, j] >= id_first (identity
+ * experts), and with unit the row is x[t] itself. */
 cudaError_t scale_rows(cudaStream_t s, const int32_t *row_of, const float *weights,
-                       const float *x, uint32_t T, uint32_t H, uint32_t K, float *xs);
+                       const float *x, uint32_t T, uint32_t H, uint32_t K, const uint32_t *ids,
+                       uint32_t id_first, int unit, float *xs);
 
 /* Statistics: tok [3T] f32 scratch, prob [E] f64 scratch, out [3] f64 =
  * {load-balancing loss, z-loss, entropy}. */

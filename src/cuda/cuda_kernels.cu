@@ -310,7 +310,7 @@ __global__ void k_route(RouteParams p, const float *logits, float *score_all, fl
     }
     /* w = sigmoid(l) or the probability over all E, optionally normalised
      * (docs/semantics.md: the sum or p-norm, then max with norm_min, or
-     * + 1e-20 for sigmoid), then scaled */
+     * + norm_eps, or + 1e-20 for sigmoid), then scaled */
     float wsum = 0.0f;
     for (uint32_t j = 0; j < K; j++) {
         float w = sig ? sigmoid(l[tid[j]]) : expf(l[tid[j]] - m) / s;
@@ -326,6 +326,8 @@ __global__ void k_route(RouteParams p, const float *logits, float *score_all, fl
     }
     if (p.norm_min > 0.0f)
         den = den < p.norm_min ? p.norm_min : den;
+    else if (p.norm_eps > 0.0f)
+        den = den + p.norm_eps;
     else if (sig)
         den = den + 1e-20f;
     for (uint32_t j = 0; j < K; j++)
@@ -489,15 +491,17 @@ __global__ void k_ffn_down(FfnWeights w, Rows rows, const float *h, float *out, 
 /* ---- combine ------------------------------------------------------------------ */
 
 __global__ void k_scale_rows(const int32_t *row_of, const float *weights, const float *x,
-                             uint32_t T, uint32_t H, uint32_t K, float *xs)
+                             uint32_t T, uint32_t H, uint32_t K, const uint32_t *ids,
+                             uint32_t id_first, int unit, float *xs)
 {
     GRID_STRIDE(i, (size_t)T * H)
     {
         uint32_t t = (uint32_t)(i / H), c = (uint32_t)(i % H);
         for (uint32_t j = 0; j < K; j++) {
             int32_t r = row_of[(size_t)t * K + j];
-            if (r >= 0)
-                xs[(size_t)r * H + c] = weights[(size_t)t * K + j] * x[i];
+            if (r < 0 || (id_first && ids[(size_t)t * K + j] < id_first))
+                continue;
+            xs[(size_t)r * H + c] = unit ? x[i] : weights[(size_t)t * K + j] * x[i];
         }
     }
 }
@@ -769,9 +773,11 @@ cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights,
 }
 
 cudaError_t scale_rows(cudaStream_t s, const int32_t *row_of, const float *weights,
-                       const float *x, uint32_t T, uint32_t H, uint32_t K, float *xs)
+                       const float *x, uint32_t T, uint32_t H, uint32_t K, const uint32_t *ids,
+                       uint32_t id_first, int unit, float *xs)
 {
-    LAUNCH(k_scale_rows, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, x, T, H, K, xs);
+    LAUNCH(k_scale_rows, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, x, T, H, K, ids,
+           id_first, unit, xs);
     return cudaGetLastError();
 }
 

@@ -642,8 +642,8 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
     if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX)
         CKS(upload_raw(L, desc->correction_bias, E * 4, (void **)&L->corr_b, "correction_bias",
                        err, err_size));
-    CKS(upload_ffn(L, desc, &desc->experts, d->num_experts, d->ffn, &L->ex, "experts", err,
-                   err_size));
+    CKS(upload_ffn(L, desc, &desc->experts, d->num_experts - d->num_zero_experts, d->ffn, &L->ex,
+                   "experts", err, err_size));
     if (d->num_shared) {
         CKS(upload_ffn(L, desc, &desc->shared, d->num_shared, L->shared_ffn, &L->sh, "shared",
                        err, err_size));
@@ -695,7 +695,7 @@ static moevk_status check_blocks(const moevk_layer_desc *d, char *err, size_t er
     const bool gated = moevk_activation_is_gated(d->activation) != 0;
     for (int s = 0; s < 2; s++) {
         const moevk_expert_weights *w = s ? &d->shared : &d->experts;
-        const uint32_t count = s ? d->num_shared : d->num_experts;
+        const uint32_t count = s ? d->num_shared : d->num_experts - d->num_zero_experts;
         const uint32_t F = s ? (d->shared_ffn ? d->shared_ffn : d->ffn) : d->ffn;
         for (int m = gated ? 0 : 1; m < 3; m++) {
             const mvk_format *f = mvk_format_get(host_format(d, w, m < 2 ? 0 : 1));
@@ -919,6 +919,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
 {
     const moevk_layer_desc *d = &L->d;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k, NS = d->num_shared;
+    const uint32_t NF = E - d->num_zero_experts; /* FFN experts; the rest are identity */
     const uint32_t Fs = L->shared_ffn;
     cudaStream_t s = L->stream;
     const FfnWeights exw = ffn_weights(L, &L->ex, d->ffn);
@@ -926,7 +927,8 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     Rows routed;
     routed.row_token = L->row_token;
     routed.row_expert = L->row_expert;
-    routed.dev_rows = L->offsets + E;
+    /* the FFN experts' rows (identity experts' rows come after them) */
+    routed.dev_rows = L->offsets + NF;
     routed.max_rows = T * K;
     routed.fixed_expert = 0;
 
@@ -955,6 +957,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     rp.group_max = d->group_score == MOEVK_GROUP_MAX;
     rp.norm_p = d->norm_p;
     rp.norm_min = d->norm_min;
+    rp.norm_eps = d->norm_eps;
     CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_ROUTE + 1], s));
 
@@ -975,7 +978,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     const float *xin = L->x;
     Rows up_rows = routed;
     if (on_input) {
-        CK(scale_rows(s, L->row_of, L->wts, L->x, T, H, K, L->xs));
+        CK(scale_rows(s, L->row_of, L->wts, L->x, T, H, K, NULL, 0, 0, L->xs));
         xin = L->xs;
         up_rows.row_token = NULL;
     }
@@ -986,14 +989,17 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_DOWN + 1], s));
     } else {
         CK(gather_convert(s, L->ex.gemm[0], up_rows, xin, H, L->xq));
-        CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 0, NULL, err, err_size));
+        CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, NF, 0, 0, 0, NULL, err, err_size));
         CK(activate(s, L->ex.gemm[1], exw, routed, L->hbuf, L->ubuf, L->hq));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_UP + 1], s));
-        CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, E, 0, 0, 1, L->obuf, err, err_size));
+        CKS(expert_gemms(L, &L->ex, d->ffn, L->h_offsets, NF, 0, 0, 1, L->obuf, err, err_size));
         if (L->ex.bd)
             CK(add_row_bias(s, routed, L->ex.bd, H, L->obuf));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_DOWN + 1], s));
     }
+    /* identity experts: their rows of o are x (w x with weights on the input) */
+    if (NF < E)
+        CK(scale_rows(s, L->row_of, L->wts, L->x, T, H, K, L->ids, NF, !on_input, L->obuf));
 
     /* shared experts: sh_acc = sum_i gate_i * expert_i(x), in i order */
     if (NS) {

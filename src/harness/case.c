@@ -291,6 +291,13 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
                 d->routed_scaling_factor = mvk_rng_uniform(&rr, 0.5f, 3.0f);
         softmax_bias = sm && mvk_rng_chance(&rr, 0.4);
     }
+    /* an epsilon added to the normalisation's denominator (LFM2-MoE's 1e-6,
+     * or one large enough to show), when there is no norm_min; from a
+     * stream of its own */
+    mvk_rng rne = mvk_rng_seed(seed, 16);
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_min == 0.0f &&
+        mvk_rng_chance(&rne, 0.2))
+        d->norm_eps = mvk_rng_chance(&rne, 0.5) ? 1e-6f : mvk_rng_uniform(&rne, 0.01f, 0.5f);
     /* capacity */
     if (lim.capacity_factor < 0)
         d->capacity_factor = 0;
@@ -471,6 +478,13 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         d->shared_swiglu_limit =
             mvk_rng_chance(&rsa, 0.4) ? 0.0f : mvk_rng_uniform(&rsa, 0.1f, 4.0f);
     }
+    /* identity ("zero") experts (LongCat-Flash): the last nz of the E router
+     * experts, from a stream of their own */
+    mvk_rng rz = mvk_rng_seed(seed, 12);
+    uint32_t nz = 0;
+    if (E >= 2 && mvk_rng_chance(&rz, 0.15))
+        nz = mvk_rng_range(&rz, 1, E - 1);
+    d->num_zero_experts = nz;
 
     c->T = T;
     c->scenarios = sc;
@@ -513,7 +527,7 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
             biases |= 1 << m;
     if (!moevk_activation_is_gated(d->activation))
         biases &= ~1;
-    if (make_experts(c, &r, 0, E, F, biases))
+    if (make_experts(c, &r, 0, E - nz, F, biases))
         goto oom;
     if (ns) {
         if (make_experts(c, &r, 1, ns, shared_ffn ? shared_ffn : F, biases))
@@ -696,6 +710,8 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
             app(buf, n, &p, "(p=%.3g)", d->norm_p);
         if (d->norm_min)
             app(buf, n, &p, "(min=%.3g)", d->norm_min);
+        if (d->norm_eps)
+            app(buf, n, &p, "(eps=%.3g)", d->norm_eps);
     }
     app(buf, n, &p, " %s", act_name(d->activation));
     if (d->activation == MOEVK_ACT_SWIGLU_OAI)
@@ -719,6 +735,8 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         app(buf, n, &p, " w-on-input");
     if (d->output_bias)
         app(buf, n, &p, " out-bias");
+    if (d->num_zero_experts)
+        app(buf, n, &p, " zero=%u", d->num_zero_experts);
     if (d->num_shared && d->shared_scale != 0.0f && d->shared_scale != 1.0f)
         app(buf, n, &p, " shared-x%.3g", d->shared_scale);
     if (d->flags & MOEVK_LAYER_VRAM_BUDGET)

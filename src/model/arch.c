@@ -20,7 +20,9 @@
  *     def_of function (switch_transformers' sparse steps); keys it reads
  *     come before it.
  *  3. routing, and act: the activation key, its default and its names
- *     (gated_acts, ffn_acts, or a new list), or `fixed`.
+ *     (gated_acts, ffn_acts, or a new list), or `fixed`; shared_act when
+ *     the shared experts' activation is another (HY-V4), and
+ *     zero_limit_unclamped when a limit of 0 means no clamp (Step-3.7).
  *  4. sparse, layer_prefixes (and decoder_prefix): which layers are MoE
  *     blocks and where their tensors are ("model.layers.{N}.mlp.").
  *  5. router (and router_bias, correction_bias): names under the prefix.
@@ -109,6 +111,16 @@ static const mvk_arch_layout gpt_oss_interleaved = {
     .down = "experts.down_proj",
     .gate_bias = "experts.gate_up_proj_bias",
     .down_bias = "experts.down_proj_bias",
+};
+
+/* LongCat-Flash: stacked, gate_up_proj [E + zero experts, 2F, H] */
+static const mvk_arch_layout longcat_stacked = {
+    .kind = MVK_LAYOUT_STACKED,
+    .what = "stacked experts.gate_up_proj [E + zero experts, 2F, H] + experts.down_proj "
+            "[E, H, F]",
+    .gate = "experts.gate_up_proj",
+    .down = "experts.down_proj",
+    .gate_up_all = 1,
 };
 
 static const mvk_arch_layout llama4_transposed = {
@@ -470,6 +482,77 @@ static const mvk_arch archs[] = {
      .layouts = {&stacked, &per_expert_w123, &per_expert_proj},
      .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
      .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* HYV4MoE (and the text model of HY-V4-VL, under model.language_model.):
+     * DeepseekV3MoE's router (the correction bias in the router, groups),
+     * routed experts with the clamped SwiGLU (silu(min(g, swiglu_limit)) *
+     * clamp(u, +-swiglu_limit)), a shared expert with the plain hidden_act;
+     * MoE layers by mlp_layer_types (by default all but the first) */
+#define HY_V4(name, hidden, ffn, layers, prefix)                                               \
+    {.model_types = {name},                                                                     \
+     .keys = {KEY(HIDDEN, hidden, "hidden_size"), KEY(FFN, ffn, "moe_intermediate_size"),     \
+              KEY(EXPERTS, 256, "n_routed_experts", "num_local_experts"),                      \
+              KEY(TOP_K, 8, "num_experts_per_tok"), KEY(N_GROUP, 1, "n_group"),               \
+              KEY(TOPK_GROUP, 1, "topk_group"), KEY(SCALING, 2.827f, "routed_scaling_factor"),  \
+              KEY(NORM_TOPK, 1, "norm_topk_prob"), KEY(SHARED_EXPERTS, 1, "n_shared_experts"), \
+              FIXED(FIRST_K_DENSE, 1), KEY(NUM_LAYERS, layers, "num_hidden_layers"),           \
+              KEY(LAYER_TYPES, 0, "mlp_layer_types"), KEY(SWIGLU_LIMIT, 10.0f, "swiglu_limit")}, \
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED,                                                  \
+     .act = {.def = "silu (clamped)", .fixed = MOEVK_ACT_SWIGLU_CLAMP}, .shared_act = HIDDEN_ACT, \
+     .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",                                     \
+     .layouts = {&stacked, &per_expert_w123, &per_expert_proj}, .layer_prefixes = {prefix},     \
+     .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED}
+    HY_V4("hy_v4", 2816, 768, 34, DECODER_LAYER),
+    HY_V4("hy_v4_vl_text", 6144, 2048, 78, "model.language_model.layers.{N}.mlp."),
+#undef HY_V4
+    /* Step3p7SparseMoeBlock (the text model of Step-3.7, model_type step3p5,
+     * under model.language_model.): sigmoid scores plus the correction bias
+     * choose the top k, always normalised, the routed output times
+     * moe_router_scaling_factor; the SwiGLU clamped after its silu
+     * (min(silu(g), l) * clamp(u, +-l)) with a limit per layer for the
+     * routed experts (swiglu_limits) and for the shared one
+     * (swiglu_limits_shared), 0 or null: not clamped; hidden_act is
+     * always silu; MoE layers by mlp_layer_types (by default from the
+     * fourth) */
+    {.model_types = {"step3p5"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 1280, "moe_intermediate_size"),
+              KEY(EXPERTS, 288, "n_routed_experts", "moe_num_experts"),
+              KEY(TOP_K, 8, "num_experts_per_tok", "moe_top_k"), FIXED(NORM_TOPK, 1),
+              KEY(SCALING, 1.0f, "moe_router_scaling_factor"),
+              KEY(SHARED_FFN, 1280, "share_expert_dim", "share_expert_dims"),
+              KEY(MLP_BIAS, 0, "mlp_bias"), FIXED(FIRST_K_DENSE, 3),
+              KEY(NUM_LAYERS, 45, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types"),
+              PER_LAYER(SWIGLU_LIMIT, 0.0f, "swiglu_limits"),
+              PER_LAYER(SHARED_SWIGLU_LIMIT, 0.0f, "swiglu_limits_shared")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
+     .act = {.def = "silu (clamped after)", .fixed = MOEVK_ACT_SWIGLU_POSTCLAMP},
+     .shared_act = {.def = "silu (clamped after)", .fixed = MOEVK_ACT_SWIGLU_POSTCLAMP},
+     .zero_limit_unclamped = 1, .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",
+     .layouts = {&stacked, &per_expert_proj},
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
+     .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* Inkling2SparseMoeBlock (the text models of Inkling-2 and
+     * Inkling-2-Loop; under model.language_model. in the multimodal
+     * models): sigmoid scores (scoring_func) plus the correction bias
+     * choose the top k, always normalised, times route_scale; the
+     * soft-capped SwiGLU mlp_gate_softcap tanh(g / mlp_gate_softcap)
+     * sigmoid(g) * mlp_up_softcap tanh(u / mlp_up_softcap); no shared
+     * expert; every layer MoE */
+#define INKLING2(name, hidden, ffn, experts, layers)                                           \
+    {.model_types = {name},                                                                     \
+     .keys = {KEY(HIDDEN, hidden, "hidden_size"), KEY(FFN, ffn, "moe_intermediate_size"),     \
+              KEY(EXPERTS, experts, "n_routed_experts", "num_local_experts"),                  \
+              KEY(TOP_K, 8, "num_experts_per_tok"), FIXED(NORM_TOPK, 1),                       \
+              KEY(SCALING, 8.0f, "route_scale", "routed_scaling_factor"),                      \
+              KEY(SCORE_FN, 0, "scoring_func"), KEY(SOFTCAP_GATE, 4.0f, "mlp_gate_softcap"),   \
+              KEY(SOFTCAP_UP, 25.0f, "mlp_up_softcap"), KEY(NUM_LAYERS, layers, "num_hidden_layers")}, \
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED,                                                  \
+     .act = {.def = "silu (soft-capped)", .fixed = MOEVK_ACT_SWIGLU_SOFTCAP},                  \
+     .sparse = MVK_SPARSE_DECODER, .router = "gate.weight", .layouts = {&stacked},              \
+     .layer_prefixes = {DECODER_LAYER, "model.language_model.layers.{N}.mlp."},                 \
+     .correction_bias = "gate.e_score_correction_bias"}
+    INKLING2("inkling2_text", 4608, 2304, 384, 48),
+    INKLING2("inkling2_loop_text", 2304, 1152, 128, 24),
+#undef INKLING2
     /* AfmoeSparseMoeBlock: sigmoid scores plus the block's expert_bias
      * choose, always normalised, times route_scale; shared experts; the
      * first num_dense_layers layers dense */
@@ -609,6 +692,24 @@ static const mvk_arch archs[] = {
               KEY(SPARSE_STEP, 1, "moe_layer_interval")},
      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
      .correction_bias = "gate.moe_statics.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* LongcatFlashMoE: softmax over the n_routed_experts FFN experts and
+     * the zero_expert_num identity experts after them, selection on p + the
+     * correction bias, weights p x routed_scaling_factor (no
+     * normalisation); an identity expert's output is its input. The
+     * stacked gate_up_proj holds a (never read) block for each identity
+     * expert too. */
+    {.model_types = {"longcat_flash"},
+     .keys = {KEY(HIDDEN, 6144, "hidden_size"),
+              KEY(FFN, 2048, "expert_ffn_hidden_size", "moe_intermediate_size"),
+              KEY(EXPERTS, 512, "n_routed_experts", "num_local_experts"),
+              KEY(ZERO_EXPERTS, 256, "zero_expert_num"),
+              KEY(TOP_K, 12, "moe_topk", "num_experts_per_tok"),
+              KEY(SCALING, 6.0f, "routed_scaling_factor"), FIXED(NORM_TOPK, 0),
+              KEY(NUM_LAYERS, 28, "num_layers")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {DECODER_LAYER}, .router = "router.classifier.weight",
+     .correction_bias = "router.e_score_correction_bias",
+     .layouts = {&longcat_stacked, &per_expert_proj}},
     /* Glm4MoeMoE and Dots1MoE are DeepseekV3MoE (router, groups, shared
      * experts) under their own names and defaults */
     /* (sarvam_moe: a configuration that runs Glm4MoeModel) */
@@ -741,6 +842,22 @@ static const mvk_arch archs[] = {
      .layouts = {&stacked},
      .shared = {"shared_experts.gate_up_proj.weight", "shared_experts.gate_up_proj.weight",
                 "shared_experts.down_proj.weight"}},
+    /* Lfm2MoeSparseMoeBlock: DeepSeek-V3's routing without groups (sigmoid
+     * plus the block's expert_bias choose, when use_expert_bias), the weights
+     * over their sum + 1e-6, times routed_scaling_factor; silu experts
+     * whatever hidden_act says; the first num_dense_layers layers dense */
+    {.model_types = {"lfm2_moe"},
+     .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 1792, "moe_intermediate_size"),
+              KEY(EXPERTS, 32, "num_experts"), KEY(TOP_K, 4, "num_experts_per_tok"),
+              KEY(NORM_TOPK, 1, "norm_topk_prob"), FIXED(NORM_EPS, 1e-6f),
+              KEY(SCALING, 1.0f, "routed_scaling_factor"),
+              KEY(CORRECTION_BIAS, 1, "use_expert_bias"),
+              KEY(FIRST_K_DENSE, 2, "num_dense_layers"),
+              KEY(NUM_LAYERS, 32, "num_hidden_layers")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .act = {.def = "silu", .fixed = MOEVK_ACT_SWIGLU},
+     .sparse = MVK_SPARSE_DECODER, .layer_prefixes = {"model.layers.{N}.feed_forward."},
+     .router = "gate.weight", .correction_bias = "expert_bias",
+     .layouts = {&stacked, &per_expert_w123, &per_expert_proj}},
     /* OpenAIPrivacyFilterMLP: gpt-oss's routing (its scores over k, the
      * output times k: the same) and clamped SwiGLU, gate and up
      * concatenated in the transposed layout, with biases */

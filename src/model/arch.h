@@ -87,6 +87,22 @@ typedef enum mvk_cfg_field {
     MVK_CFG_LATENT,           /* a latent size the experts would run in
                                  (Nemotron-H's moe_latent_size): refused
                                  unless 0 / null                            */
+    MVK_CFG_NORM_EPS,         /* norm_eps: added to the normalisation's
+                                 denominator (LFM2-MoE's fixed 1e-6)       */
+    MVK_CFG_CORRECTION_BIAS,  /* correction_bias (true/false): the
+                                 correction-bias tensor is there (LFM2-MoE's
+                                 use_expert_bias)                          */
+    MVK_CFG_SOFTCAP_GATE,     /* softcap_gate, softcap_up: swiglu_softcap's  */
+    MVK_CFG_SOFTCAP_UP,       /*   caps (positive numbers; Inkling-2)        */
+    MVK_CFG_SHARED_SWIGLU_LIMIT, /* the shared experts' limit (with
+                                 shared_act; Step-3.7's swiglu_limits_shared) */
+    MVK_CFG_SCORE_FN,         /* the router's score function: only "sigmoid"
+                                 is read (Inkling-2's scoring_func)         */
+    MVK_CFG_MLP_BIAS,         /* mlp_bias (true/false): biases on the shared
+                                 expert, refused when true (Step-3.7)       */
+    MVK_CFG_ZERO_EXPERTS,     /* identity experts beside num_experts FFN
+                                 experts (LongCat-Flash's zero_expert_num):
+                                 the router scores both                     */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 
@@ -104,7 +120,8 @@ typedef struct mvk_arch_key {
     uint64_t (*def_of)(const struct mvk_moe_config *c);
     int required;
     /* a list with one value per layer is read too (Hunyuan's moe_topk): the
-     * chosen layer's entry is the value (mvk_hf_layer_prefixes) */
+     * chosen layer's entry is the value (mvk_hf_layer_prefixes); for a
+     * number field each entry is a number or null (0) */
     int per_layer;
 } mvk_arch_key;
 
@@ -156,6 +173,9 @@ typedef struct mvk_arch_layout {
     const char *gate, *up, *down;  /* tensor names (see the kinds)          */
     const char *gate_bias, *down_bias; /* INTERLEAVED, TRANSPOSED            */
     const char *why;               /* MVK_LAYOUT_REFUSED                    */
+    /* STACKED: gate_up has a (never read) row block for each identity
+     * expert too, after the FFN experts' (LongCat-Flash) */
+    int gate_up_all;
 } mvk_arch_layout;
 
 /* Which layers hold a MoE block. */
@@ -180,6 +200,14 @@ typedef struct mvk_arch {
     moevk_routing routing;
     int weights_on_input;    /* MOEVK_LAYER_WEIGHTS_ON_INPUT (Llama 4)      */
     mvk_arch_act act;
+    /* the shared experts' own activation (MOEVK_LAYER_SHARED_ACTIVATION,
+     * limit MVK_CFG_SHARED_SWIGLU_LIMIT) when its def is set (HY-V4: the
+     * routed experts clamped, the shared one hidden_act); else `act` */
+    mvk_arch_act shared_act;
+    /* a swiglu limit of 0 (absent, null or 0) is no clamp: a layer whose
+     * routed (or shared) limit is 0 runs the plain SwiGLU there (Step-3.7's
+     * per-layer swiglu_limits); otherwise a limit must be positive */
+    int zero_limit_unclamped;
     /* layers */
     mvk_sparse_rule sparse;
     const char *layer_prefixes[MVK_MAX_PREFIXES]; /* tried in order: the first

@@ -76,10 +76,18 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_EXPERT_OFFSET] = {V_U32, AT(expert_offset), "expert_layer_offset"},
     [MVK_CFG_MOE_LAYERS] = {V_MOE_LAYERS, AT(moe_layers), "moe_layers"},
     [MVK_CFG_LATENT] = {V_U32, AT(latent), "moe_latent_size"},
+    [MVK_CFG_ZERO_EXPERTS] = {V_U32, AT(zero_experts), "zero_expert_num"},
     [MVK_CFG_SELECTION_FN] = {V_CHOICE2, AT(selection_sigmoid), "expert_selection_fn",
                               {"softmax", "sigmoid"}},
     [MVK_CFG_SHARED_COMBINE] = {V_CHOICE2, AT(shared_average),
                                 "shared_expert_combination_strategy", {"sum", "average"}},
+    [MVK_CFG_NORM_EPS] = {V_F32, AT(norm_eps), "norm_eps"},
+    [MVK_CFG_CORRECTION_BIAS] = {V_BOOL, AT(correction_bias), "use_expert_bias"},
+    [MVK_CFG_SOFTCAP_GATE] = {V_F32, AT(softcap_gate), "mlp_gate_softcap"},
+    [MVK_CFG_SOFTCAP_UP] = {V_F32, AT(softcap_up), "mlp_up_softcap"},
+    [MVK_CFG_SHARED_SWIGLU_LIMIT] = {V_F32, AT(shared_swiglu_limit), "swiglu_limits_shared"},
+    [MVK_CFG_SCORE_FN] = {V_CHOICE2, AT(score_fn), "scoring_func", {"sigmoid", NULL}},
+    [MVK_CFG_MLP_BIAS] = {V_BOOL, AT(mlp_bias), "mlp_bias"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -223,6 +231,31 @@ static int per_layer_list(const cfg_reader *r, const cJSON *v, const char *name,
     return 0;
 }
 
+/* A per-layer list of numbers >= 0 or nulls (0) into *out (allocated), as
+ * float bits. */
+static int per_layer_floats(const cfg_reader *r, const cJSON *v, const char *name,
+                            uint32_t **out, uint32_t *count)
+{
+    const int n = cJSON_GetArraySize(v);
+    if (n < 1)
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is an empty list", r->what, name);
+    free(*out);
+    *out = calloc((size_t)n, sizeof(uint32_t));
+    if (!*out)
+        return mvk_errf(r->err, r->errsz, "out of host memory");
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(v, i);
+        const double d = cJSON_IsNull(e) ? 0.0 : cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (!(d >= 0) || d > 3e38)
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not a number >= 0 or null",
+                            r->what, name, i);
+        const float f = (float)d;
+        memcpy(&(*out)[i], &f, sizeof f);
+    }
+    *count = (uint32_t)n;
+    return 0;
+}
+
 static int list_value(const cfg_reader *r, const cJSON *v, const char *name, mvk_moe_config *c)
 {
     return index_list(r, v, name, &c->mlp_only_layers, &c->n_mlp_only_layers);
@@ -300,6 +333,15 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
         memcpy(dst, &b, sizeof b);
         return 0;
     case V_F32:
+        if (v && k->per_layer && cJSON_IsArray(v)) {
+            /* one number (or null) per layer: the first until a layer is
+             * chosen */
+            uint32_t **list = &c->layer_values[k->field], *n = &c->n_layer_values[k->field];
+            if (per_layer_floats(r, v, name, list, n))
+                return -1;
+            memcpy(dst, &(*list)[0], sizeof(float));
+            return 0;
+        }
         if (v && float_value(r, v, name, &f))
             return -1;
         memcpy(dst, &f, sizeof f);
@@ -314,11 +356,16 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
         int m = def != 0;
         if (v) {
             const char *t = cJSON_IsString(v) ? v->valuestring : NULL;
-            m = t && !strcmp(t, fi->choices[0]) ? 0 : t && !strcmp(t, fi->choices[1]) ? 1 : -1;
+            /* (a field with one choice reads only choices[0]) */
+            m = t && !strcmp(t, fi->choices[0])                    ? 0
+                : t && fi->choices[1] && !strcmp(t, fi->choices[1]) ? 1
+                                                                    : -1;
             if (m < 0)
-                return mvk_errf(r->err, r->errsz, "%s: \"%s\" = \"%.32s\" is not supported (%s, %s)",
-                                r->what, name, t ? t : "(not a string)", fi->choices[0],
-                                fi->choices[1]);
+                return mvk_errf(r->err, r->errsz,
+                                "%s: \"%s\" = \"%.32s\" is not supported (%s%s%s)", r->what,
+                                name, t ? t : "(not a string)", fi->choices[0],
+                                fi->choices[1] ? ", " : "",
+                                fi->choices[1] ? fi->choices[1] : "");
         }
         memcpy(dst, &m, sizeof m);
         return 0;
@@ -386,9 +433,15 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
     if (c->num_experts == 0 || c->num_experts > MOEVK_MAX_EXPERTS)
         return mvk_errf(r->err, r->errsz, "%s: %u experts is not in 1..%d", r->what,
                         c->num_experts, MOEVK_MAX_EXPERTS);
-    if (c->top_k == 0 || c->top_k > c->num_experts || c->top_k > MOEVK_MAX_TOP_K)
+    if (c->zero_experts > MOEVK_MAX_EXPERTS - c->num_experts)
+        return mvk_errf(r->err, r->errsz,
+                        "%s: \"%s\" = %u identity experts beside %u FFN experts exceed %d",
+                        r->what, key_name(a, MVK_CFG_ZERO_EXPERTS), c->zero_experts,
+                        c->num_experts, MOEVK_MAX_EXPERTS);
+    const uint32_t routable = c->num_experts + c->zero_experts;
+    if (c->top_k == 0 || c->top_k > routable || c->top_k > MOEVK_MAX_TOP_K)
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %u is not in 1..min(%u experts, %d)",
-                        r->what, key_name(a, MVK_CFG_TOP_K), c->top_k, c->num_experts,
+                        r->what, key_name(a, MVK_CFG_TOP_K), c->top_k, routable,
                         MOEVK_MAX_TOP_K);
     for (uint32_t i = 0; i < c->n_layer_values[MVK_CFG_TOP_K]; i++) {
         const uint32_t k = c->layer_values[MVK_CFG_TOP_K][i];
@@ -433,9 +486,26 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
     if (mvk_arch_has_capacity(a) && c->expert_capacity == 0)
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" = 0 drops every token; not supported",
                         r->what, key_name(a, MVK_CFG_CAPACITY));
-    if (mvk_arch_key_of(a, MVK_CFG_SWIGLU_LIMIT) && !(c->swiglu_limit > 0))
+    if (mvk_arch_key_of(a, MVK_CFG_SWIGLU_LIMIT) && !a->zero_limit_unclamped &&
+        !(c->swiglu_limit > 0))
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" must be positive", r->what,
                         key_name(a, MVK_CFG_SWIGLU_LIMIT));
+    /* (0: no clamp with zero_limit_unclamped; per-layer entries are >= 0) */
+    const mvk_cfg_field limits[2] = {MVK_CFG_SWIGLU_LIMIT, MVK_CFG_SHARED_SWIGLU_LIMIT};
+    for (int i = 0; i < 2; i++)
+        if (mvk_arch_key_of(a, limits[i]) &&
+            !((i ? c->shared_swiglu_limit : c->swiglu_limit) >= 0))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" must not be negative", r->what,
+                            key_name(a, limits[i]));
+    const mvk_cfg_field caps[2] = {MVK_CFG_SOFTCAP_GATE, MVK_CFG_SOFTCAP_UP};
+    for (int i = 0; i < 2; i++)
+        if (mvk_arch_key_of(a, caps[i]) && !((i ? c->softcap_up : c->softcap_gate) > 0))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" must be positive", r->what,
+                            key_name(a, caps[i]));
+    if (c->mlp_bias)
+        return mvk_errf(r->err, r->errsz,
+                        "%s: \"%s\" = true: biases on the shared expert are not supported",
+                        r->what, key_name(a, MVK_CFG_MLP_BIAS));
     return 0;
 }
 
@@ -457,6 +527,19 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
             return -1;
     if (read_act(r, &a->act, c))
         return -1;
+    if (a->shared_act.def) {
+        /* the shared experts' own activation, read as the routed one is */
+        const moevk_activation routed = c->activation;
+        char name[sizeof c->act_name];
+        memcpy(name, c->act_name, sizeof name);
+        if (read_act(r, &a->shared_act, c))
+            return -1;
+        c->shared_act = 1;
+        c->shared_activation = c->activation;
+        memcpy(c->shared_act_name, c->act_name, sizeof c->shared_act_name);
+        c->activation = routed;
+        memcpy(c->act_name, name, sizeof name);
+    }
     if (mvk_arch_key_of(a, MVK_CFG_TOPK_METHOD)) {
         /* DeepSeek-V2: "greedy" reads no groups; group_limited_greedy scores
          * a group by its best expert */

@@ -24,6 +24,13 @@ typedef struct mvk_moe_config {
     uint32_t n_group, topk_group;   /* grouped routing (deepseek_v3) */
     float routed_scaling_factor;    /* deepseek_v3 */
     float swiglu_alpha, swiglu_limit; /* gpt_oss */
+    float softcap_gate, softcap_up; /* swiglu_softcap (inkling2)           */
+    int shared_act;           /* the shared experts' own activation:       */
+    moevk_activation shared_activation; /* (arch's shared_act)             */
+    char shared_act_name[32];
+    float shared_swiglu_limit; /* its limit (step3p5)                      */
+    int score_fn;             /* scoring_func: 0 = sigmoid, the only one   */
+    int mlp_bias;             /* mlp_bias: refused when set                */
     uint32_t shared_ffn;      /* width of the one shared expert; 0 = none  */
     int shared_gate;          /* sigmoid gate on the shared expert (qwen2_moe) */
     int router_bias;          /* the router has a bias (gpt_oss; switch with router_bias) */
@@ -39,6 +46,8 @@ typedef struct mvk_moe_config {
     uint32_t n_layer_types;
     uint32_t *moe_layers;     /* moe_layers: MoE layer indices (NULL: none) */
     uint32_t latent;          /* moe_latent_size: refused when not 0       */
+    uint32_t zero_experts;    /* identity experts after the num_experts FFN
+                                 experts (the router has both)              */
     int selection_sigmoid;    /* expert_selection_fn "sigmoid"             */
     int shared_average;       /* shared_expert_combination_strategy "average" */
     float shared_scale;       /* moevk_layer_desc's (0: 1)                 */
@@ -47,7 +56,7 @@ typedef struct mvk_moe_config {
     uint32_t expert_period, expert_offset; /* 1, 0 unless read             */
     /* routing refinements (moevk_layer_desc's) */
     moevk_group_score group_score;
-    float norm_p, norm_min;
+    float norm_p, norm_min, norm_eps;
     int group_limited;        /* topk_method "group_limited_greedy" (else
                                  greedy: groups ignored)                   */
     /* switch_transformers */

@@ -753,7 +753,9 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
         /* stacked [E, 2F, H] + [E, H, F]; gpt-oss [E, H, 2F] + [E, F, H] */
         const mvk_st_tensor *gu =
             interleaved ? need(b, lay->gate, 0, 3, SHAPE(E, H, 2 * F), "[E, H, 2F]")
-                        : need(b, lay->gate, 0, 3, SHAPE(E, 2 * F, H), "[E, 2F, H]");
+            : lay->gate_up_all ? need(b, lay->gate, 0, 3, SHAPE(E + c->zero_experts, 2 * F, H),
+                                      "[E + zero experts, 2F, H]")
+                               : need(b, lay->gate, 0, 3, SHAPE(E, 2 * F, H), "[E, 2F, H]");
         const mvk_st_tensor *dn =
             !gu           ? NULL
             : interleaved ? need(b, lay->down, 0, 3, SHAPE(E, F, H), "[E, F, H]")
@@ -803,13 +805,15 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     bb.prefix = L->prefix;
     L->arch = c->arch;
     const mvk_arch *a = c->arch;
-    const uint32_t E = c->num_experts;
+    /* the router scores the FFN experts and the identity ones after them */
+    const uint32_t E = c->num_experts + c->zero_experts;
     const uint64_t H = c->hidden, F = c->ffn;
     moevk_layer_desc *d = &L->desc;
     *d = (moevk_layer_desc){
         .hidden = c->hidden,
         .ffn = c->ffn,
         .num_experts = E,
+        .num_zero_experts = c->zero_experts,
         .top_k = c->top_k,
         .routing = c->routing,
         .activation = c->activation,
@@ -821,10 +825,27 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         .group_score = c->group_score,
         .norm_p = c->norm_p,
         .norm_min = c->norm_min,
+        .norm_eps = c->norm_eps,
         .shared_scale = c->shared_scale,
         .swiglu_alpha = c->swiglu_alpha,
         .swiglu_limit = c->swiglu_limit,
+        .softcap_gate = c->softcap_gate,
+        .softcap_up = c->softcap_up,
     };
+    if (c->shared_act) {
+        d->flags |= MOEVK_LAYER_SHARED_ACTIVATION;
+        d->shared_activation = c->shared_activation;
+        d->shared_swiglu_limit = c->shared_swiglu_limit;
+    }
+    if (a->zero_limit_unclamped) {
+        /* a limit of 0 in this layer: no clamp, the plain SwiGLU */
+        if (c->swiglu_limit == 0.0f)
+            d->activation = MOEVK_ACT_SWIGLU;
+        if (c->shared_act && c->shared_swiglu_limit == 0.0f) {
+            d->shared_activation = MOEVK_ACT_SWIGLU;
+            d->shared_swiglu_limit = 0.0f;
+        }
+    }
     L->expert_capacity = c->expert_capacity;
     if (a->weights_on_input)
         d->flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT;
@@ -914,14 +935,15 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         goto fail;
 
     if (lay->gate_bias) {
+        const uint32_t EF = c->num_experts; /* the FFN experts */
         /* gate_up_proj_bias [E, 2F], down_proj_bias [E, H] */
-        const mvk_st_tensor *gub = need(b, lay->gate_bias, 0, 2, SHAPE(E, 2 * F), "[E, 2F]");
+        const mvk_st_tensor *gub = need(b, lay->gate_bias, 0, 2, SHAPE(EF, 2 * F), "[E, 2F]");
         const mvk_st_tensor *dnb =
-            gub ? need(b, lay->down_bias, 0, 2, SHAPE(E, H), "[E, H]") : NULL;
+            gub ? need(b, lay->down_bias, 0, 2, SHAPE(EF, H), "[E, H]") : NULL;
         if (!dnb)
             goto fail;
-        float *all = f32_copy(b, gub), *gbias = own(L, (size_t)E * F * 4),
-              *ubias = own(L, (size_t)E * F * 4);
+        float *all = f32_copy(b, gub), *gbias = own(L, (size_t)EF * F * 4),
+              *ubias = own(L, (size_t)EF * F * 4);
         if (!all || !gbias || !ubias) {
             oom(b);
             goto fail;
@@ -929,7 +951,7 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         /* interleaved (gpt-oss), or the F gate biases then the F up biases of
          * each expert (the transposed layout: OpenAI's privacy filter) */
         const int cat = lay->kind == MVK_LAYOUT_TRANSPOSED;
-        for (size_t i = 0; i < (size_t)E * F; i++) {
+        for (size_t i = 0; i < (size_t)EF * F; i++) {
             const size_t e = i / F, f = i % F;
             gbias[i] = cat ? all[e * 2 * F + f] : all[2 * i];
             ubias[i] = cat ? all[e * 2 * F + F + f] : all[2 * i + 1];
@@ -1080,7 +1102,7 @@ uint64_t mvk_model_layer_nonfinite(const mvk_model_layer *L, char *first, size_t
     nf_count(&w, d->correction_bias, MOEVK_DTYPE_F32, E, "score correction bias", NULL, -1);
     /* per-matrix formats (MOEVK_LAYER_MATRIX_DTYPES), else weight_dtype */
     const int md = (d->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
-    nf_experts(&w, &d->experts, d->num_experts, d->ffn, H,
+    nf_experts(&w, &d->experts, d->num_experts - d->num_zero_experts, d->ffn, H,
                md ? d->experts.gate_up_dtype : d->weight_dtype,
                md ? d->experts.down_dtype : d->weight_dtype, "expert");
     nf_experts(&w, &d->shared, d->num_shared, d->shared_ffn ? d->shared_ffn : d->ffn, H,

@@ -41,11 +41,12 @@ void mvk_op_scale_rows(mvk_cmd *c, const mvk_scale_args *a)
     b[MVK_SCALE_BIND_ROW_OF] = a->row_of;
     b[MVK_SCALE_BIND_WEIGHTS] = a->weights;
     b[MVK_SCALE_BIND_XS] = a->xs;
+    b[MVK_SCALE_BIND_IDS] = a->ids;
     const uint64_t per = (uint64_t)c->ctx->info.max_workgroup_count[0] * MVK_SCALE_WG;
     for (uint64_t e0 = 0; e0 < n; e0 += per) {
         uint64_t cnt = MVK_MIN(per, n - e0);
         mvk_scale_push p = {.T = a->T, .H = a->H, .K = a->K, .elem0 = (uint32_t)e0,
-                            .tok0 = a->tok0};
+                            .tok0 = a->tok0, .id_first = a->id_first, .unit = a->unit};
         mvk_cmd_dispatch(c, MVK_K_SCALE_ROWS, spec, MVK_SCALE_NSPEC, b, MVK_SCALE_BINDINGS, &p,
                          sizeof(p), (uint32_t)((cnt + MVK_SCALE_WG - 1) / MVK_SCALE_WG), 1, 1);
     }

@@ -40,7 +40,7 @@ typedef struct mvk_route_args {
     uint32_t E, K, routing, norm, n_group, topk_group;
     float scale;
     bool sel_probs, group_max; /* mvk_route_push */
-    float norm_p, norm_min;
+    float norm_p, norm_min, norm_eps;
     /* fused: the router logits computed in the same dispatch (written to
      * logits too), from x [T, H] and the router weight/bias */
     bool fused;
@@ -62,6 +62,7 @@ typedef struct mvk_permute_args {
     uint32_t tok0;     /* masked only: first token of ids/mask */
     uint32_t capacity; /* UINT32_MAX: no capacity */
     uint32_t ffn, hidden; /* the expert GEMMs' N (column groups per path) */
+    uint32_t n_ffn;    /* experts with weights (0: all E); the others are identity */
     bool masked;
 } mvk_permute_args;
 /* The three passes, each followed by a barrier (one dispatch for at most
@@ -119,9 +120,11 @@ void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a);
 
 /* ---- scale_rows (src/ops/combine.c): xs[row(t, j)] = w[t, j] x[t] ------- */
 typedef struct mvk_scale_args {
-    mvk_binding x, row_of, weights, xs;
+    mvk_binding x, row_of, weights, xs, ids;
     uint32_t tok0, T; /* tokens tok0 .. tok0 + T - 1 */
     uint32_t H, K;
+    uint32_t id_first; /* > 0: only the slots of experts >= id_first (identity) */
+    bool unit;         /* the row is x itself */
 } mvk_scale_args;
 void mvk_op_scale_rows(mvk_cmd *c, const mvk_scale_args *a);
 

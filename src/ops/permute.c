@@ -32,7 +32,7 @@ void mvk_op_permute(mvk_cmd *c, const mvk_permute_args *a)
         .tile_len = tile_len, .masked = a->masked, .tok0 = a->tok0,
         .skinny_up = (a->ffn + sc - 1) / sc, .skinny_down = (a->hidden + sc - 1) / sc,
         .tiled_up = (a->ffn + tc - 1) / tc, .tiled_down = (a->hidden + tc - 1) / tc,
-        .force_path = c->ctx->testing_force_path,
+        .force_path = c->ctx->testing_force_path, .n_ffn = a->n_ffn ? a->n_ffn : a->E,
     };
     mvk_binding b[MVK_PERMUTE_BINDINGS];
     b[MVK_PERMUTE_BIND_IDS] = a->ids;

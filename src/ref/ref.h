@@ -45,7 +45,8 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
  * dropped group scores) differ by a nonzero relative gap below
  * MOEVK_REF_NEAR_TIE (a tiebreak that rounding may flip), else 0. Uses from
  * desc: num_experts, top_k, routing, norm_topk_prob, n_group, topk_group,
- * group_score, norm_p, norm_min, routed_scaling_factor, correction_bias.
+ * group_score, norm_p, norm_min, norm_eps, routed_scaling_factor,
+ * correction_bias.
  * Returns MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated
  * (the outputs are then unspecified), else MOEVK_SUCCESS. */
 moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
@@ -85,6 +86,13 @@ uint64_t moevk_ref_permute(const moevk_layer_desc *desc, uint32_t T, const uint3
                            uint32_t *counts, uint32_t *offsets, int32_t *row);
 
 /* ---- experts ------------------------------------------------------------- */
+/* The router experts that have weights: num_experts - num_zero_experts.
+ * Experts from there to num_experts - 1 are identity ("zero") experts. */
+static inline uint32_t moevk_ref_ffn_experts(const moevk_layer_desc *desc)
+{
+    return desc->num_experts - desc->num_zero_experts;
+}
+
 /* out[r*H + :] = FFN of expert `expert` (of the weights in w, count experts of
  * width ffn) applied to in[r*H + :], for r = 0..rows-1; double accumulation,
  * the hidden activation kept in double (w = &desc->shared: the shared

@@ -243,17 +243,27 @@ static void token_output(const moevk_layer_desc *desc, const float *xt, const ui
     for (uint32_t j = 0; j < k; j++) {
         if (rows[j] < 0)
             continue;
+        /* an identity expert's output is its input */
+        const int identity = ids[j] >= moevk_ref_ffn_experts(desc);
         if (on_input) {
             /* the expert runs on w x (rounded to f32, as the layer's input
              * is), its output added as it is */
             for (uint32_t c = 0; c < H; c++)
                 xs[c] = (float)((double)w[j] * xt[c]);
-            expert_row(desc, &desc->experts, desc->ffn, ids[j], xs, h, wrow, o);
+            if (identity)
+                for (uint32_t c = 0; c < H; c++)
+                    o[c] = xs[c];
+            else
+                expert_row(desc, &desc->experts, desc->ffn, ids[j], xs, h, wrow, o);
             for (uint32_t c = 0; c < H; c++)
                 acc[c] += o[c];
             continue;
         }
-        expert_row(desc, &desc->experts, desc->ffn, ids[j], xt, h, wrow, o);
+        if (identity)
+            for (uint32_t c = 0; c < H; c++)
+                o[c] = xt[c];
+        else
+            expert_row(desc, &desc->experts, desc->ffn, ids[j], xt, h, wrow, o);
         for (uint32_t c = 0; c < H; c++)
             acc[c] += (double)w[j] * o[c];
     }

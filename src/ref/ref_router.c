@@ -194,7 +194,8 @@ static int keep_groups(const moevk_layer_desc *desc, const double *c, double *gs
 
 /* The denominator of norm_topk_prob for the k weights w (docs/semantics.md):
  * their sum or p-norm, then max(., norm_min) when norm_min > 0, else
- * + 1e-20 for sigmoid_grouped. A NaN stays NaN. */
+ * + norm_eps when norm_eps > 0, else + 1e-20 for sigmoid_grouped. A NaN
+ * stays NaN. */
 static double norm_denominator(const moevk_layer_desc *desc, const double *w, uint32_t k)
 {
     double p = desc->norm_p, den = 0.0;
@@ -208,6 +209,8 @@ static double norm_denominator(const moevk_layer_desc *desc, const double *w, ui
     }
     if (desc->norm_min > 0.0f)
         return den < (double)desc->norm_min ? (double)desc->norm_min : den;
+    if (desc->norm_eps > 0.0f)
+        return den + (double)desc->norm_eps;
     return desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED ? den + 1e-20 : den;
 }
 

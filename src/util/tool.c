@@ -64,7 +64,7 @@ double mvk_desc_expert_bytes(const moevk_layer_desc *d)
     const double mats_up = moevk_activation_is_gated(d->activation) ? 2 : 1;
     double total = 0;
     for (int s = 0; s < 2; s++) {
-        const double count = s ? d->num_shared : d->num_experts;
+        const double count = s ? d->num_shared : d->num_experts - d->num_zero_experts;
         const uint32_t ffn = s ? (d->shared_ffn ? d->shared_ffn : d->ffn) : d->ffn;
         moevk_dtype gu, dn;
         matrix_dtypes(d, s, &gu, &dn);
