@@ -826,6 +826,24 @@ static const config_row config_rows[] = {
     {"{\"model_type\": \"mixtral\"}", "mixtral",
      {.hidden = 4096, .ffn = 14336, .num_experts = 8, .top_k = 2, .norm_topk_prob = 1, SILU,
       .num_layers = 32, .decoder_sparse_step = 1}},
+    /* NLLB-MoE: top-2, renormalised over max(sum, float32 eps), the outputs
+     * times 1 - moe_token_dropout */
+    {"{\"model_type\": \"nllb-moe\"}", "nllb-moe",
+     {.hidden = 1024, .ffn = 4096, .num_experts = 128, .top_k = 2, .norm_topk_prob = 1,
+      .norm_min = 1.1920928955078125e-07f, .routed_scaling_factor = 0.8f,
+      .activation = MOEVK_ACT_RELU, .act_name = "relu", .num_layers = 12,
+      .num_decoder_layers = 12, .encoder_sparse_step = 4, .decoder_sparse_step_sw = 4,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"nllb_moe\", \"moe_token_dropout\": 0, \"router_bias\": true,"
+     " \"d_model\": 32, \"encoder_ffn_dim\": 8, \"num_experts\": 4, \"encoder_layers\": 2,"
+     " \"encoder_sparse_step\": 1, \"moe_eval_capacity_token_fraction\": 2.5,"
+     " \"batch_prioritized_routing\": true}",
+     "nllb-moe",
+     {.hidden = 32, .ffn = 8, .num_experts = 4, .top_k = 2, .norm_topk_prob = 1,
+      .norm_min = 1.1920928955078125e-07f, .routed_scaling_factor = 1.0f, .router_bias = 1,
+      .activation = MOEVK_ACT_RELU, .act_name = "relu", .num_layers = 2,
+      .num_decoder_layers = 12, .encoder_sparse_step = 1, .decoder_sparse_step_sw = 4,
+      .decoder_sparse_step = 1}},
     /* LongCat-Flash: identity experts beside the FFN ones, its own key names */
     {"{\"model_type\": \"longcat_flash\"}", "longcat_flash",
      {.hidden = 6144, .ffn = 2048, .num_experts = 512, .zero_experts = 256, .top_k = 12, SILU,
@@ -1013,6 +1031,20 @@ static const config_row config_rows[] = {
       .act_name = "silu (soft-capped)", .norm_topk_prob = 1, .routed_scaling_factor = 1.5f,
       .softcap_gate = 2.5f, .softcap_up = 30.0f, .correction_bias = 1, .num_layers = 24,
       .decoder_sparse_step = 1}},
+    /* dots3-note's text model: n_shared_experts x shared_experts_intermediate_size */
+    {"{\"model_type\": \"dots3_note\", \"text_config\": {\"model_type\": \"dots3_note_text\","
+     " \"n_shared_experts\": 2}}",
+     "dots3_note_text",
+     {.hidden = 5120, .ffn = 1536, .num_experts = 256, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1, SILU, .n_group = 1,
+      .topk_group = 1, .routed_scaling_factor = 1.0f, .shared_ffn = 2 * 1536,
+      .correction_bias = 1, .first_k_dense_replace = 1, .num_layers = 46,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"laguna\", \"moe_router_logit_softcapping\": 0.0}", "laguna",
+     {.hidden = 2048, .ffn = 512, .num_experts = 256, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1, SILU,
+      .routed_scaling_factor = 1.0f, .shared_ffn = 512, .correction_bias = 1,
+      .first_k_dense_replace = 1, .num_layers = 40, .decoder_sparse_step = 1}},
     {"{\"model_type\": \"openai_privacy_filter\"}", "openai_privacy_filter",
      {.hidden = 640, .ffn = 640, .num_experts = 128, .top_k = 4,
       .routing = MOEVK_ROUTING_TOPK_SOFTMAX, .activation = MOEVK_ACT_SWIGLU_OAI,
@@ -1106,6 +1138,17 @@ Test(model, config_errors_name_the_field)
               "\"decoder_sparse_step\" is 0");
     parse_bad("{\"model_type\": \"gpt_oss\", \"swiglu_limit\": 0}",
               "\"swiglu_limit\" must be positive");
+    parse_bad("{\"model_type\": \"nllb-moe\", \"moe_eval_capacity_token_fraction\": 0.5}",
+              "\"moe_eval_capacity_token_fraction\" = 0.5: an expert capacity below the token "
+              "count drops tokens");
+    parse_bad("{\"model_type\": \"nllb-moe\", \"moe_eval_capacity_token_fraction\": 0}",
+              "\"moe_eval_capacity_token_fraction\" = 0");
+    parse_bad("{\"model_type\": \"nllb-moe\", \"second_expert_policy\": \"sampling\"}",
+              "\"second_expert_policy\" = \"sampling\" is not supported (all)");
+    parse_bad("{\"model_type\": \"nllb-moe\", \"router_dtype\": \"bfloat16\"}",
+              "\"router_dtype\" = \"bfloat16\" is not supported (float32)");
+    parse_bad("{\"model_type\": \"nllb-moe\", \"moe_token_dropout\": 1}",
+              "\"moe_token_dropout\" = 1 is not in [0, 1)");
     parse_bad("{\"model_type\": \"longcat_flash\", \"zero_expert_num\": 1000}",
               "\"zero_expert_num\" = 1000 identity experts beside 512 FFN experts exceed 1024");
     parse_bad("{\"model_type\": \"longcat_flash\", \"n_routed_experts\": 4, "
@@ -1131,6 +1174,10 @@ Test(model, config_errors_name_the_field)
     parse_bad("{\"model_type\": \"deepseek_v2\"}", "\"num_experts_per_tok\" is required");
     parse_bad("{\"model_type\": \"cohere2_moe\", \"expert_selection_fn\": \"sparsemixer\"}",
               "\"expert_selection_fn\" = \"sparsemixer\" is not supported (softmax, sigmoid)");
+    parse_bad("{\"model_type\": \"laguna\", \"moe_router_logit_softcapping\": 30.0}",
+              "\"moe_router_logit_softcapping\" = 30: a soft cap on the router logits");
+    parse_bad("{\"model_type\": \"dots3_note_text\", \"n_shared_experts\": 4294967295}",
+              "n_shared_experts x shared_experts_intermediate_size overflows");
     /* a per-layer list: every entry checked */
     parse_bad("{\"model_type\": \"hunyuan_v1_moe\", \"num_experts\": 8, \"moe_topk\": [2, 9]}",
               "\"moe_topk\"[1] = 9 is not in 1..min(8 experts");
@@ -1223,7 +1270,7 @@ static const layer_row layer_rows[] = {
     /* published checkpoints (transformers 4), then transformers 5 naming */
     {MIXTRAL4, 3, 0, {"model.layers.3.block_sparse_moe.", "model.layers.3.mlp."}, NULL},
     {MIXTRAL4, 4, 0, {NULL}, "layer 4 is out of range: mixtral has num_hidden_layers = 4"},
-    {MIXTRAL4, 0, 1, {NULL}, "only for switch"},
+    {MIXTRAL4, 0, 1, {NULL}, "only for nllb-moe, switch_transformers"},
     {DEEPSEEK2, 1, 0, {NULL}, "first_k_dense_replace = 2"},
     {DEEPSEEK2, 2, 0, {"model.layers.2.mlp.", "model.language_model.layers.2.mlp."}, NULL},
     /* mlp_layer_types, when given, alone decides (first_k_dense_replace is
@@ -1243,6 +1290,13 @@ static const layer_row layer_rows[] = {
      "layer 2 is a dense MLP layer (not in moe_layers)"},
     {"{\"model_type\": \"llama4_text\", \"interleave_moe_layer_step\": 2}", 2, 0, {NULL},
      "interleave_moe_layer_step = 2"},
+    /* NLLB-MoE: layer N of a stack is sparse when (N + 1) % step == 0 */
+    {"{\"model_type\": \"nllb-moe\"}", 3, 0, {"model.encoder.layers.3.ffn."}, NULL},
+    {"{\"model_type\": \"nllb-moe\"}", 11, 1, {"model.decoder.layers.11.ffn."}, NULL},
+    {"{\"model_type\": \"nllb-moe\"}", 4, 0, {NULL},
+     "encoder layer 4 is a dense layer, not a MoE layer (sparse step 4: layers 3, 7, ..."},
+    {"{\"model_type\": \"nllb-moe\", \"decoder_sparse_step\": 0}", 3, 1, {NULL},
+     "decoder layer 3 is a dense layer"},
     /* Jamba: N % expert_layer_period == expert_layer_offset */
     {"{\"model_type\": \"jamba\"}", 3, 0, {"model.layers.3.feed_forward."}, NULL},
     {"{\"model_type\": \"jamba\"}", 2, 0, {NULL},
@@ -1262,7 +1316,7 @@ static const layer_row layer_rows[] = {
     {"{\"model_type\": \"qwen3_moe\"}", 24, 0, {NULL}, "qwen3_moe has num_hidden_layers = 24"},
     {"{\"model_type\": \"olmoe\"}", 15, 0, {"model.layers.15.mlp."}, NULL},
     {"{\"model_type\": \"gpt_oss\"}", 35, 0, {"model.layers.35.mlp."}, NULL},
-    {"{\"model_type\": \"gpt_oss\"}", 0, 1, {NULL}, "only for switch"},
+    {"{\"model_type\": \"gpt_oss\"}", 0, 1, {NULL}, "only for nllb-moe, switch_transformers"},
     {SWITCH12, 0, 0, {NULL}, "encoder block 0 is a dense layer"},
     {SWITCH12, 1, 0, {"encoder.block.1.layer.1.mlp."}, NULL},
     {SWITCH12, 3, 0, {"encoder.block.3.layer.1.mlp."}, NULL},
@@ -2081,12 +2135,12 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 56, "the table has %zu architectures", n);
+    cr_assert_eq(n, 59, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];
     cr_expect_str_eq(mvk_arch_list(list, sizeof list, mvk_arch_has_decoder),
-                     "switch_transformers");
+                     "nllb-moe, switch_transformers");
     cr_expect_str_eq(mvk_arch_list(list, sizeof list, mvk_arch_has_capacity),
                      "switch_transformers");
     char small[12];
@@ -2181,7 +2235,7 @@ Test(model, a_new_architecture_is_one_descriptor)
     cr_expect_eq(mvk_hf_layer_prefixes(&c, 4, 0, p, &n, err, sizeof err), -1);
     cr_expect(strstr(err, "layer 4 is out of range: toy_moe has n_layers = 4"), "%s", err);
     cr_expect_eq(mvk_hf_layer_prefixes(&c, 1, 1, p, &n, err, sizeof err), -1);
-    cr_expect(strstr(err, "--decoder is only for switch_transformers"), "%s", err);
+    cr_expect(strstr(err, "--decoder is only for nllb-moe, switch_transformers"), "%s", err);
 
     /* a block under its names, loaded and compared as the table's rows are */
     char dir[256], w[512];

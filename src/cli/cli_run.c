@@ -44,7 +44,7 @@ static void usage(FILE *f)
             "  --input    tensor 'x', [T, H] or [B, S, H], f32/f16/bf16\n"
             "  --output   tensor 'y', the same shape, f32\n"
             "  --stats    routing statistics as JSON\n"
-            "  --decoder  switch_transformers: a decoder block (default: encoder)\n"
+            "  --decoder  switch_transformers, nllb-moe: a decoder block (default: encoder)\n"
             "  --batch-invariant  only kernels whose result for a token does not depend\n"
             "             on the other tokens (no matrix units)\n"
             "  --dropped-passthrough  switch_transformers as transformers 4 computed it: a\n"

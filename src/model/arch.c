@@ -113,6 +113,17 @@ static const mvk_arch_layout gpt_oss_interleaved = {
     .down_bias = "experts.down_proj_bias",
 };
 
+/* NLLB-MoE: non-gated experts.expert_{i}.fc1 (up) and fc2 (down), with
+ * biases */
+static const mvk_arch_layout nllb_fc12 = {
+    .kind = MVK_LAYOUT_PER_EXPERT,
+    .what = "per-expert experts.expert_{i}.fc1/fc2 with biases",
+    .up = "experts.expert_{i}.fc1.weight",
+    .down = "experts.expert_{i}.fc2.weight",
+    .up_bias_i = "experts.expert_{i}.fc1.bias",
+    .down_bias_i = "experts.expert_{i}.fc2.bias",
+};
+
 /* LongCat-Flash: stacked, gate_up_proj [E + zero experts, 2F, H] */
 static const mvk_arch_layout longcat_stacked = {
     .kind = MVK_LAYOUT_STACKED,
@@ -692,6 +703,34 @@ static const mvk_arch archs[] = {
               KEY(SPARSE_STEP, 1, "moe_layer_interval")},
      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
      .correction_bias = "gate.moe_statics.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* NllbMoeSparseMLP at inference: top-2 of the softmax (the second
+     * choice over the logits without the first), the two renormalised over
+     * max(sum, float32 eps), each expert's output times 1 -
+     * moe_token_dropout; non-gated ReLU experts with biases. With
+     * moe_eval_capacity_token_fraction >= 1 no token is dropped (an expert
+     * takes at most one assignment per token); below, refused. transformers
+     * 5.24's NllbMoeExperts.forward runs only experts 0 and 1 (a one-hot of
+     * the router mask): moevk computes the router's dispatch as transformers
+     * 4 and fairseq did (tests/fixtures/make_hf_blocks.py). */
+    {.model_types = {"nllb-moe", "nllb_moe"},
+     .keys = {KEY(HIDDEN, 1024, "d_model"), KEY(FFN, 4096, "encoder_ffn_dim"),
+              KEY(EXPERTS, 128, "num_experts"), FIXED(TOP_K, 2), FIXED(NORM_TOPK, 1),
+              FIXED(NORM_MIN, 1.1920928955078125e-07f), KEY(ROUTER_BIAS, 0, "router_bias"),
+              KEY(TOKEN_DROPOUT, 0.2f, "moe_token_dropout"),
+              KEY(EVAL_CAPACITY, 1.0f, "moe_eval_capacity_token_fraction"),
+              KEY(SECOND_EXPERT, 0, "second_expert_policy"),
+              KEY(ROUTER_DTYPE, 0, "router_dtype"),
+              KEY(NUM_LAYERS, 12, "encoder_layers"),
+              KEY(NUM_DECODER_LAYERS, 12, "decoder_layers"),
+              KEY(ENCODER_STEP, 4, "encoder_sparse_step"),
+              KEY(DECODER_STEP, 4, "decoder_sparse_step")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+     .act = {.key = "activation_function", .def = "relu", .names = ffn_acts},
+     .sparse = MVK_SPARSE_ENCODER_DECODER, .sparse_last_of_step = 1,
+     .layer_prefixes = {"model.encoder.layers.{N}.ffn."},
+     .decoder_prefix = "model.decoder.layers.{N}.ffn.",
+     .router = "router.classifier.weight", .router_bias = "router.classifier.bias",
+     .layouts = {&nllb_fc12}},
     /* LongcatFlashMoE: softmax over the n_routed_experts FFN experts and
      * the zero_expert_num identity experts after them, selection on p + the
      * correction bias, weights p x routed_scaling_factor (no
@@ -858,6 +897,35 @@ static const mvk_arch archs[] = {
      .sparse = MVK_SPARSE_DECODER, .layer_prefixes = {"model.layers.{N}.feed_forward."},
      .router = "gate.weight", .correction_bias = "expert_bias",
      .layouts = {&stacked, &per_expert_w123, &per_expert_proj}},
+    /* the text model of dots3-note: DeepseekV3MoE with n_shared_experts
+     * shared experts of shared_experts_intermediate_size each; MoE layers
+     * by mlp_layer_types (by default all but the first
+     * first_k_dense_replace); its vision encoder's MoE is not read */
+    {.model_types = {"dots3_note_text"},
+     .keys = {KEY(HIDDEN, 5120, "hidden_size"), KEY(FFN, 1536, "moe_intermediate_size"),
+              KEY(EXPERTS, 256, "n_routed_experts", "num_local_experts"),
+              KEY(TOP_K, 8, "num_experts_per_tok"), KEY(N_GROUP, 1, "n_group"),
+              KEY(TOPK_GROUP, 1, "topk_group"), KEY(SCALING, 1.0f, "routed_scaling_factor"),
+              KEY(NORM_TOPK, 1, "norm_topk_prob"),
+              KEY(SHARED_FFN, 1536, "shared_experts_intermediate_size"),
+              KEY(SHARED_COUNT, 1, "n_shared_experts"),
+              KEY(FIRST_K_DENSE, 1, "first_k_dense_replace"),
+              KEY(NUM_LAYERS, 46, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     DEEPSEEK_V3_PARTS("model.language_model.layers.{N}.mlp.", DECODER_LAYER)},
+    /* LagunaSparseMoeBlock: sigmoid plus the correction bias choose (no
+     * groups), always normalised, times moe_routed_scaling_factor, a
+     * shared expert of its own width; MoE layers by mlp_layer_types (by
+     * default all but the first); a soft cap on the router logits is
+     * refused */
+    {.model_types = {"laguna"},
+     .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 512, "moe_intermediate_size"),
+              KEY(EXPERTS, 256, "num_experts"), KEY(TOP_K, 8, "num_experts_per_tok"),
+              FIXED(NORM_TOPK, 1), KEY(SCALING, 1.0f, "moe_routed_scaling_factor"),
+              KEY(SHARED_FFN, 512, "shared_expert_intermediate_size"),
+              KEY(ROUTER_SOFTCAP, 0, "moe_router_logit_softcapping"), FIXED(FIRST_K_DENSE, 1),
+              KEY(NUM_LAYERS, 40, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
+     .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
     /* OpenAIPrivacyFilterMLP: gpt-oss's routing (its scores over k, the
      * output times k: the same) and clamped SwiGLU, gate and up
      * concatenated in the transposed layout, with biases */

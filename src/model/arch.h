@@ -103,6 +103,23 @@ typedef enum mvk_cfg_field {
     MVK_CFG_ZERO_EXPERTS,     /* identity experts beside num_experts FFN
                                  experts (LongCat-Flash's zero_expert_num):
                                  the router scores both                     */
+    MVK_CFG_TOKEN_DROPOUT,    /* NLLB-MoE's moe_token_dropout p: its experts'
+                                 outputs are scaled by 1 - p at inference
+                                 (routed_scaling_factor)                    */
+    MVK_CFG_EVAL_CAPACITY,    /* moe_eval_capacity_token_fraction: below 1
+                                 (or <= 0: expert_capacity) capacity may drop
+                                 tokens and is refused                      */
+    MVK_CFG_SECOND_EXPERT,    /* second_expert_policy: only "all" (the other
+                                 policies draw random numbers)              */
+    MVK_CFG_ROUTER_DTYPE,     /* router_dtype: only "float32" (moevk's router
+                                 computes in f32)                           */
+    MVK_CFG_SHARED_COUNT,     /* an integer n, read after SHARED_FFN:
+                                 shared_ffn = n x shared_ffn (n shared
+                                 experts of their own width as one:
+                                 Dots3-Note)                                */
+    MVK_CFG_ROUTER_SOFTCAP,   /* a soft cap on the router logits (Laguna's
+                                 moe_router_logit_softcapping): refused
+                                 unless 0                                  */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 
@@ -176,6 +193,9 @@ typedef struct mvk_arch_layout {
     /* STACKED: gate_up has a (never read) row block for each identity
      * expert too, after the FFN experts' (LongCat-Flash) */
     int gate_up_all;
+    /* PER_EXPERT: each expert's up and down bias vectors ({i}; NLLB-MoE's
+     * fc1.bias [F] and fc2.bias [H]), or NULL */
+    const char *up_bias_i, *down_bias_i;
 } mvk_arch_layout;
 
 /* Which layers hold a MoE block. */
@@ -213,6 +233,9 @@ typedef struct mvk_arch {
     const char *layer_prefixes[MVK_MAX_PREFIXES]; /* tried in order: the first
                                                      holding `router` is used */
     const char *decoder_prefix;                   /* MVK_SPARSE_ENCODER_DECODER */
+    /* MVK_SPARSE_ENCODER_DECODER: block N of a stack with step s is sparse
+     * when (N + 1) % s == 0 (NLLB-MoE) instead of N % s == 1 */
+    int sparse_last_of_step;
     /* tensors, relative to the layer prefix. router_bias and
      * correction_bias are required when named (a MVK_CFG_ROUTER_BIAS key
      * may say the router has none). */

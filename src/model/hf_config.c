@@ -24,6 +24,7 @@ typedef enum value_type {
     V_F32,       /* a finite number into a float                                 */
     V_LIST,      /* a list of layer indices: mlp_only_layers                     */
     V_TIMES_FFN, /* an integer n: the uint32_t field = n x ffn                   */
+    V_TIMES_SHARED, /* an integer n: shared_ffn = n x shared_ffn                 */
     V_NORM_P,    /* a number, or null: off (MVK_CFG_NORM_P)                      */
     V_LAYER_TYPES, /* a list of "dense" / "sparse" (mlp_layer_types)             */
     V_MOE_LAYERS, /* a list of layer indices: moe_layers                           */
@@ -76,7 +77,13 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_EXPERT_OFFSET] = {V_U32, AT(expert_offset), "expert_layer_offset"},
     [MVK_CFG_MOE_LAYERS] = {V_MOE_LAYERS, AT(moe_layers), "moe_layers"},
     [MVK_CFG_LATENT] = {V_U32, AT(latent), "moe_latent_size"},
+    [MVK_CFG_SHARED_COUNT] = {V_TIMES_SHARED, AT(shared_ffn), "n_shared_experts"},
+    [MVK_CFG_ROUTER_SOFTCAP] = {V_F32, AT(router_softcap), "moe_router_logit_softcapping"},
     [MVK_CFG_ZERO_EXPERTS] = {V_U32, AT(zero_experts), "zero_expert_num"},
+    [MVK_CFG_TOKEN_DROPOUT] = {V_F32, AT(token_dropout), "moe_token_dropout"},
+    [MVK_CFG_EVAL_CAPACITY] = {V_F32, AT(eval_capacity), "moe_eval_capacity_token_fraction"},
+    [MVK_CFG_SECOND_EXPERT] = {V_CHOICE2, AT(second_all), "second_expert_policy", {"all", NULL}},
+    [MVK_CFG_ROUTER_DTYPE] = {V_CHOICE2, AT(router_f32), "router_dtype", {"float32", NULL}},
     [MVK_CFG_SELECTION_FN] = {V_CHOICE2, AT(selection_sigmoid), "expert_selection_fn",
                               {"softmax", "sigmoid"}},
     [MVK_CFG_SHARED_COMBINE] = {V_CHOICE2, AT(shared_average),
@@ -327,6 +334,15 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
             memcpy(dst, &u32, sizeof u32);
         }
         return 0;
+    case V_TIMES_SHARED:
+        if (v && uint_value(r, v, name, UINT32_MAX, &u))
+            return -1;
+        u *= c->shared_ffn;
+        if (u > UINT32_MAX)
+            return mvk_errf(r->err, r->errsz, "%s: %s x %s overflows", r->what, name,
+                            key_name(a, MVK_CFG_SHARED_FFN));
+        c->shared_ffn = (uint32_t)u;
+        return 0;
     case V_BOOL:
         if (v && bool_value(r, v, name, &b))
             return -1;
@@ -477,6 +493,10 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
                         "%s: \"%s\" = %u: experts in a latent space (projections around them) "
                         "are not supported",
                         r->what, key_name(a, MVK_CFG_LATENT), c->latent);
+    if (c->router_softcap != 0.0f)
+        return mvk_errf(r->err, r->errsz,
+                        "%s: \"%s\" = %g: a soft cap on the router logits is not supported",
+                        r->what, key_name(a, MVK_CFG_ROUTER_SOFTCAP), (double)c->router_softcap);
     if (c->expert_period == 0)
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" is 0", r->what,
                         key_name(a, MVK_CFG_EXPERT_PERIOD));
@@ -555,6 +575,19 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
         c->shared_scale = 0.5f;
     }
     c->shared_gate = a->shared_gate != NULL && c->shared_ffn != 0;
+    if (mvk_arch_key_of(a, MVK_CFG_TOKEN_DROPOUT)) {
+        /* NLLB-MoE at inference: each expert output times 1 - p */
+        if (!(c->token_dropout >= 0.0f && c->token_dropout < 1.0f))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %g is not in [0, 1)", r->what,
+                            key_name(a, MVK_CFG_TOKEN_DROPOUT), (double)c->token_dropout);
+        c->routed_scaling_factor = 1.0f - c->token_dropout;
+    }
+    if (mvk_arch_key_of(a, MVK_CFG_EVAL_CAPACITY) && !(c->eval_capacity >= 1.0f))
+        return mvk_errf(r->err, r->errsz,
+                        "%s: \"%s\" = %g: an expert capacity below the token count drops "
+                        "tokens and renormalises the weights after dropping; not supported "
+                        "(1 or more: no token is dropped)",
+                        r->what, key_name(a, MVK_CFG_EVAL_CAPACITY), (double)c->eval_capacity);
     if (mvk_hfq_config_read(r->top ? r->top : r->root, r->what, &c->quant, r->err, r->errsz))
         return -1;
     return check_values(r, c);
@@ -666,7 +699,13 @@ int mvk_hf_layer_prefixes(mvk_moe_config *c, uint32_t layer, int decoder,
         if (layer >= n)
             return mvk_errf(err, errsz, "%s layer %u is out of range: the %s has %u blocks",
                             stack, layer, stack, n);
-        int sparse = step > 0 && (layer % step == 1 || step == 1);
+        int sparse = step > 0 && (a->sparse_last_of_step ? (layer + 1) % step == 0
+                                                         : (layer % step == 1 || step == 1));
+        if (!sparse && a->sparse_last_of_step)
+            return mvk_errf(err, errsz,
+                            "%s layer %u is a dense layer, not a MoE layer (sparse step %u: "
+                            "layers %u, %u, ... are sparse)",
+                            stack, layer, step, step - 1, 2 * step - 1);
         if (!sparse)
             return mvk_errf(err, errsz,
                             "%s block %u is a dense layer, not a MoE layer (sparse step %u: "

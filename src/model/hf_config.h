@@ -46,8 +46,12 @@ typedef struct mvk_moe_config {
     uint32_t n_layer_types;
     uint32_t *moe_layers;     /* moe_layers: MoE layer indices (NULL: none) */
     uint32_t latent;          /* moe_latent_size: refused when not 0       */
+    float router_softcap;     /* refused when not 0                        */
     uint32_t zero_experts;    /* identity experts after the num_experts FFN
                                  experts (the router has both)              */
+    float token_dropout;      /* NLLB-MoE: outputs x (1 - p) at inference   */
+    float eval_capacity;      /* moe_eval_capacity_token_fraction            */
+    int second_all, router_f32; /* (one-choice keys: "all", "float32")       */
     int selection_sigmoid;    /* expert_selection_fn "sigmoid"             */
     int shared_average;       /* shared_expert_combination_strategy "average" */
     float shared_scale;       /* moevk_layer_desc's (0: 1)                 */

@@ -962,6 +962,32 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
             goto fail;
     }
 
+    if (lay->kind == MVK_LAYOUT_PER_EXPERT && (lay->up_bias_i || lay->down_bias_i)) {
+        /* per-expert bias vectors (NLLB-MoE's fc1.bias [F], fc2.bias [H]) */
+        const uint32_t EF = c->num_experts;
+        for (int w = 0; w < 2; w++) {
+            const char *pat = w ? lay->down_bias_i : lay->up_bias_i;
+            if (!pat)
+                continue;
+            const uint64_t n = w ? H : F;
+            float *all = own(L, (size_t)EF * n * 4);
+            if (!all) {
+                oom(b);
+                goto fail;
+            }
+            for (uint32_t i = 0; i < EF; i++) {
+                const mvk_st_tensor *t = need(b, pat, i, 1, SHAPE(n), w ? "[H]" : "[F]");
+                if (!t)
+                    goto fail;
+                mvk_model_to_f32(t->data, t->dtype, (size_t)n, all + (size_t)i * n);
+            }
+            if (w)
+                d->experts.down_bias = all;
+            else
+                d->experts.up_bias = all;
+        }
+    }
+
     char why[384];
     moevk_status st = moevk_layer_desc_check(d, why, sizeof why);
     if (st) {
