@@ -1045,6 +1045,18 @@ static const config_row config_rows[] = {
       .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1, SILU,
       .routed_scaling_factor = 1.0f, .shared_ffn = 512, .correction_bias = 1,
       .first_k_dense_replace = 1, .num_layers = 40, .decoder_sparse_step = 1}},
+    /* DeepSeek-OCR-2's text model: mlp_layer_types and the top k required */
+    {"{\"model_type\": \"deepseek_ocr2\", \"text_config\": {\"model_type\":"
+     " \"deepseek_ocr2_text\", \"num_experts_per_tok\": 6, \"n_group\": null,"
+     " \"topk_method\": null, \"mlp_layer_types\": [\"dense\", \"sparse\"]}}",
+     "deepseek_ocr2_text",
+     {.hidden = 4096, .ffn = 1407, .num_experts = 64, .top_k = 6, SILU, .n_group = 1,
+      .topk_group = 1, .routed_scaling_factor = 1.0f, .shared_ffn = 2 * 1407, .num_layers = 32,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"unlimited_ocr_text\"}", "unlimited_ocr_text",
+     {.hidden = 1280, .ffn = 896, .num_experts = 64, .top_k = 6, SILU, .n_group = 1,
+      .topk_group = 1, .routed_scaling_factor = 1.0f, .shared_ffn = 2 * 896, .num_layers = 12,
+      .first_k_dense_replace = 1, .decoder_sparse_step = 1}},
     {"{\"model_type\": \"openai_privacy_filter\"}", "openai_privacy_filter",
      {.hidden = 640, .ffn = 640, .num_experts = 128, .top_k = 4,
       .routing = MOEVK_ROUTING_TOPK_SOFTMAX, .activation = MOEVK_ACT_SWIGLU_OAI,
@@ -1178,6 +1190,8 @@ Test(model, config_errors_name_the_field)
               "\"moe_router_logit_softcapping\" = 30: a soft cap on the router logits");
     parse_bad("{\"model_type\": \"dots3_note_text\", \"n_shared_experts\": 4294967295}",
               "n_shared_experts x shared_experts_intermediate_size overflows");
+    parse_bad("{\"model_type\": \"deepseek_ocr2_text\", \"num_experts_per_tok\": 2}",
+              "\"mlp_layer_types\" is required");
     /* a per-layer list: every entry checked */
     parse_bad("{\"model_type\": \"hunyuan_v1_moe\", \"num_experts\": 8, \"moe_topk\": [2, 9]}",
               "\"moe_topk\"[1] = 9 is not in 1..min(8 experts");
@@ -2127,15 +2141,16 @@ Test(model, descriptors_are_complete)
         int o = snprintf(json, sizeof json, "{\"model_type\": \"%s\"", name);
         for (size_t i = 0; i < nkeys; i++) /* keys without a default: given */
             if (a->keys[i].required)
-                o += snprintf(json + o, sizeof json - (size_t)o, ", \"%s\": 2",
-                              a->keys[i].names[0]);
+                o += snprintf(json + o, sizeof json - (size_t)o, ", \"%s\": %s",
+                              a->keys[i].names[0],
+                              a->keys[i].field == MVK_CFG_LAYER_TYPES ? "[\"sparse\"]" : "2");
         snprintf(json + o, sizeof json - (size_t)o, "}");
         mvk_moe_config c = parse_ok(json);
         cr_expect_eq(c.arch, a);
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 59, "the table has %zu architectures", n);
+    cr_assert_eq(n, 61, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

@@ -926,6 +926,31 @@ static const mvk_arch archs[] = {
               KEY(NUM_LAYERS, 40, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
      .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* the text models of DeepSeek-OCR-2 (mlp_layer_types required: the
+     * class has no default) and Unlimited-OCR (by default all but the
+     * first first_k_dense_replace): DeepseekV2Moe under
+     * model.language_model. */
+    {.model_types = {"deepseek_ocr2_text"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 1407, "moe_intermediate_size"),
+              KEY(EXPERTS, 64, "n_routed_experts", "num_experts"),
+              REQUIRED(TOP_K, "num_experts_per_tok"), KEY(N_GROUP, 1, "n_group"),
+              KEY(TOPK_GROUP, 1, "topk_group"), KEY(TOPK_METHOD, 0, "topk_method"),
+              KEY(SCALING, 1.0f, "routed_scaling_factor"), FIXED(NORM_TOPK, 0),
+              KEY(SHARED_EXPERTS, 2, "n_shared_experts"), KEY(NUM_LAYERS, 32, "num_hidden_layers"),
+              REQUIRED(LAYER_TYPES, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK,
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp."}, DEEPSEEK_SHARED},
+    {.model_types = {"unlimited_ocr_text"},
+     .keys = {KEY(HIDDEN, 1280, "hidden_size"), KEY(FFN, 896, "moe_intermediate_size"),
+              KEY(EXPERTS, 64, "n_routed_experts", "num_experts"),
+              KEY(TOP_K, 6, "num_experts_per_tok"), KEY(N_GROUP, 1, "n_group"),
+              KEY(TOPK_GROUP, 1, "topk_group"), KEY(TOPK_METHOD, 0, "topk_method"),
+              KEY(SCALING, 1.0f, "routed_scaling_factor"), FIXED(NORM_TOPK, 0),
+              KEY(SHARED_EXPERTS, 2, "n_shared_experts"),
+              KEY(FIRST_K_DENSE, 1, "first_k_dense_replace"),
+              KEY(NUM_LAYERS, 12, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK,
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp."}, DEEPSEEK_SHARED},
     /* OpenAIPrivacyFilterMLP: gpt-oss's routing (its scores over k, the
      * output times k: the same) and clamped SwiGLU, gate and up
      * concatenated in the transposed layout, with biases */
