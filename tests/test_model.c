@@ -1057,6 +1057,12 @@ static const config_row config_rows[] = {
      {.hidden = 1280, .ffn = 896, .num_experts = 64, .top_k = 6, SILU, .n_group = 1,
       .topk_group = 1, .routed_scaling_factor = 1.0f, .shared_ffn = 2 * 896, .num_layers = 12,
       .first_k_dense_replace = 1, .decoder_sparse_step = 1}},
+    /* Qwen3-Omni-MoE: the thinker's text model, two levels down */
+    {"{\"model_type\": \"qwen3_omni_moe\", \"thinker_config\": {\"text_config\":"
+     " {\"model_type\": \"qwen3_omni_moe_text\", \"num_experts\": 16}}}",
+     "qwen3_omni_moe_text",
+     {.hidden = 2048, .ffn = 768, .num_experts = 16, .top_k = 8, .norm_topk_prob = 1, SILU,
+      .num_layers = 28, .decoder_sparse_step = 1}},
     {"{\"model_type\": \"openai_privacy_filter\"}", "openai_privacy_filter",
      {.hidden = 640, .ffn = 640, .num_experts = 128, .top_k = 4,
       .routing = MOEVK_ROUTING_TOPK_SOFTMAX, .activation = MOEVK_ACT_SWIGLU_OAI,
@@ -1190,6 +1196,9 @@ Test(model, config_errors_name_the_field)
               "\"moe_router_logit_softcapping\" = 30: a soft cap on the router logits");
     parse_bad("{\"model_type\": \"dots3_note_text\", \"n_shared_experts\": 4294967295}",
               "n_shared_experts x shared_experts_intermediate_size overflows");
+    parse_bad("{\"model_type\": \"qwen3_omni_moe\", \"thinker_config\": {\"text_config\":"
+              " {\"model_type\": \"qwen3_omni_moe_text\", \"num_experts\": 0.5}}}",
+              "config.json thinker_config.text_config: \"num_experts\"");
     parse_bad("{\"model_type\": \"deepseek_ocr2_text\", \"num_experts_per_tok\": 2}",
               "\"mlp_layer_types\" is required");
     /* a per-layer list: every entry checked */
@@ -2150,7 +2159,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 61, "the table has %zu architectures", n);
+    cr_assert_eq(n, 62, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

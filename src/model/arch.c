@@ -951,6 +951,16 @@ static const mvk_arch archs[] = {
               KEY(NUM_LAYERS, 12, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK,
      .layer_prefixes = {"model.language_model.layers.{N}.mlp."}, DEEPSEEK_SHARED},
+    /* the text model of Qwen3-Omni-MoE's thinker (thinker_config's
+     * text_config): Qwen3-MoE's block under thinker.model.language_model. */
+    {.model_types = {"qwen3_omni_moe_text"},
+     .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 768, "moe_intermediate_size"),
+              KEY(EXPERTS, 128, "num_experts", "num_local_experts"),
+              KEY(TOP_K, 8, "num_experts_per_tok"), KEY(NORM_TOPK, 1, "norm_topk_prob"),
+              KEY(NUM_LAYERS, 28, "num_hidden_layers"),
+              KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK,
+     .layer_prefixes = {"thinker.model.language_model.layers.{N}.mlp."}},
     /* OpenAIPrivacyFilterMLP: gpt-oss's routing (its scores over k, the
      * output times k: the same) and clamped SwiGLU, gate and up
      * concatenated in the transposed layout, with biases */

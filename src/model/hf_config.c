@@ -619,13 +619,20 @@ static int parse(const mvk_arch *arch, const char *text, size_t len, const char 
             goto done;
         }
         /* a multimodal wrapper whose text model is a supported MoE model:
-         * its keys are in text_config (transformers' base_config_key) */
+         * its keys are in text_config (transformers' base_config_key), or
+         * in thinker_config's text_config (Qwen3-Omni-MoE's thinker) */
         const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+        const char *tc_name = "text_config";
+        if (!cJSON_IsObject(tc)) {
+            const cJSON *th = cJSON_GetObjectItemCaseSensitive(root, "thinker_config");
+            tc = cJSON_IsObject(th) ? cJSON_GetObjectItemCaseSensitive(th, "text_config") : NULL;
+            tc_name = "thinker_config.text_config";
+        }
         const cJSON *tmt = cJSON_IsObject(tc) ? cJSON_GetObjectItemCaseSensitive(tc, "model_type")
                                               : NULL;
         if (!mvk_arch_find(mt->valuestring) && cJSON_IsString(tmt) && tmt->valuestring &&
             (arch = mvk_arch_find(tmt->valuestring))) {
-            snprintf(text_what, sizeof text_what, "%s text_config", what);
+            snprintf(text_what, sizeof text_what, "%s %s", what, tc_name);
             r.root = tc;
             r.what = text_what;
         } else if (!(arch = mvk_arch_find(mt->valuestring))) {
