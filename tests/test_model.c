@@ -2945,7 +2945,9 @@ Test(model, non_finite_values_are_reported_and_compared_by_class)
  * config.json as save_pretrained wrote it, and transformers' own output of
  * the block in float64. `moevk run` on the CPU reference and on Vulkan
  * (validated) must give it within 1e-5 (f32 activations; the reference
- * within 1e-6). */
+ * within 1e-6). A block in a decoder stack (a "decoder" part in the prefix,
+ * fixtures.txt's fourth column: switch_transformers) runs with --decoder;
+ * `moevk info` lists the encoder's layers and says so. */
 Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
 {
     const char *root = getenv("MOEVK_FIXTURES");
@@ -2962,10 +2964,11 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
      * after a first pass ran them all) every 1/scale-th */
     const int stride = 100 / mvkt_scaled(100, 1);
     while (fgets(line, sizeof line, f)) {
-        char name[128];
+        char name[128], prefix[256] = "";
         unsigned layer;
-        if (sscanf(line, "%127s %u", name, &layer) != 2)
+        if (sscanf(line, "%127s %u %*s %255s", name, &layer, prefix) < 2)
             continue;
+        const int decoder = !strncmp(prefix, "decoder.", 8) || strstr(prefix, ".decoder.");
         char dir[700], xpath[800], want[800], lay[16];
         snprintf(dir, sizeof dir, "%s/hf_blocks/%s", root, name);
         snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
@@ -2977,16 +2980,24 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         cr_assert_eq(run_cli(iout, sizeof iout, iargs), 0, "%s: moevk info:\n%s", name, iout);
         char want_layer[40];
         snprintf(want_layer, sizeof want_layer, "layer %u   MoE  H=64", layer);
-        cr_assert(strstr(iout, want_layer) && strstr(iout, "q4_k") &&
-                      strstr(iout, "total    1 MoE layer"),
-                  "%s: moevk info --model:\n%s", name, iout);
+        if (decoder)
+            cr_assert(strstr(iout, "(the encoder's; decoder: run --decoder)"),
+                      "%s: moevk info --model:\n%s", name, iout);
+        else
+            cr_assert(strstr(iout, want_layer) && strstr(iout, "q4_k") &&
+                          strstr(iout, "total    1 MoE layer"),
+                      "%s: moevk info --model:\n%s", name, iout);
         static const char *const backends[] = {"cpu", "vulkan"};
         for (int b = 0; b < (rows % stride == 0 ? 2 : 1); b++) {
             char ypath[600], out[16384];
             snprintf(ypath, sizeof ypath, "%s/y.safetensors", tmp);
-            const char *args[] = {"run", "--model", dir, "--layer", lay, "--input", xpath,
-                                  "--output", ypath, "--backend", backends[b],
-                                  b ? "--validate" : NULL, NULL};
+            const char *args[14] = {"run", "--model", dir, "--layer", lay, "--input", xpath,
+                                    "--output", ypath, "--backend", backends[b]};
+            int na = 11;
+            if (decoder)
+                args[na++] = "--decoder";
+            if (b)
+                args[na++] = "--validate";
             int st = run_cli_env(out, sizeof out, args, b != 0);
             if (b == 1 && st != 0 && no_vulkan_device(out))
                 continue;
