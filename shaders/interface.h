@@ -147,6 +147,9 @@ MVK_PUSH_BEGIN(mvk_route_push)
     MVK_F32 norm_p;     /* 0 or 1: normalise by the sum; else the p-norm */
     MVK_F32 norm_min;   /* > 0: the denominator is max(norm, norm_min) */
     MVK_F32 norm_eps;   /* > 0 (norm_min 0): the denominator is norm + norm_eps */
+    MVK_F32 router_softcap; /* c > 0: l = c tanh(l / c), written back to
+                             * logits (for the statistics) */
+    MVK_U32 sel_logits; /* modes 0 and 2: select on l + bias (select_on_logits) */
 MVK_PUSH_END(mvk_route_push)
 #endif
 

@@ -6,6 +6,9 @@
 //                      sel_probs p + bias; w = p[id]
 //   1 topk_softmax   : the logit; w = softmax over the k selected logits
 //   2 sigmoid_grouped: c = sigmoid(l) + bias; w = sigmoid(l[id])
+// With sel_logits (modes 0 and 2) the selection score is l + bias.
+// With router_softcap c > 0 the logits are first soft-capped, l = c tanh(l /
+// c), and the capped ones written back for the statistics.
 // Modes 0 and 2 with topk_group < n_group: groups scored by the sum of
 // their two best c (or their best, group_max); topk_group kept; top-k c
 // among the kept experts. Then the optional normalisation and the scale.
@@ -140,14 +143,22 @@ void main()
                 float v = gs[lid * WG];
                 if (p.has_router_bias != 0u)
                     v += rbias[e0 + lid];
+                if (p.router_softcap > 0.0)
+                    v = softcap(v, p.router_softcap);
                 lg[e0 + lid] = v;
                 logits[row + e0 + lid] = v; // for the statistics
             }
             barrier();
         }
     } else {
-        for (uint e = lid; e < E; e += WG)
-            lg[e] = logits[row + e];
+        for (uint e = lid; e < E; e += WG) {
+            float v = logits[row + e];
+            if (p.router_softcap > 0.0) {
+                v = softcap(v, p.router_softcap);
+                logits[row + e] = v; // for the statistics
+            }
+            lg[e] = v;
+        }
         barrier();
     }
 
@@ -181,7 +192,10 @@ void main()
     for (uint e = lid; e < E; e += WG) {
         float l = lg[e];
         float v = l;
-        if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED || p.sel_probs != 0u) {
+        if (p.sel_logits != 0u) {
+            if (p.has_bias != 0u)
+                v += corr_bias[e];
+        } else if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED || p.sel_probs != 0u) {
             v = ROUTING == MVK_ROUTING_SIGMOID_GROUPED ? 1.0 / (1.0 + exp(-l)) : exp(l - m) / s;
             if (p.has_bias != 0u)
                 v += corr_bias[e];

@@ -235,7 +235,15 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
             return mvk_fail(ctx, bad,
                             "correction_bias is not for topk_softmax routing (it selects on "
                             "the logits)");
+        if (d.select_on_logits)
+            return mvk_fail(ctx, bad,
+                            "select_on_logits = %d is not for topk_softmax routing (it always "
+                            "selects on the logits, with no correction bias)",
+                            d.select_on_logits);
     }
+    if (!(d.router_softcap >= 0.0f) || !isfinite(d.router_softcap))
+        return mvk_fail(ctx, bad, "router_softcap = %g must be 0 (no cap) or finite and > 0",
+                        (double)d.router_softcap);
     if ((unsigned)d.group_score > MOEVK_GROUP_MAX)
         return mvk_fail(ctx, bad, "group_score = %d is not a moevk_group_score value",
                         (int)d.group_score);

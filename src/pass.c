@@ -140,10 +140,11 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .scale = d->routed_scaling_factor,
             /* moevk_ref_selects_on_probs (the layer's desc no longer holds
              * the host bias pointer) */
-            .sel_probs = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK &&
+            .sel_probs = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK && !d->select_on_logits &&
                          (L->corr_b || moevk_ref_grouped(d)),
             .group_max = d->group_score == MOEVK_GROUP_MAX, .norm_p = d->norm_p,
             .norm_min = d->norm_min, .norm_eps = d->norm_eps,
+            .softcap = d->router_softcap, .sel_logits = d->select_on_logits != 0,
             .fused = fused, .x = io->x, .router_w = whole(L->router_w),
             .router_b = whole(L->router_b), .H = d->hidden, .w_fmt = L->r_fmt,
         };

@@ -758,6 +758,11 @@ Test(layer_bad, descriptions_name_the_field)
     BAD(d.norm_eps = -1e-6f, INV, "norm_eps");
     BAD(d.norm_eps = NAN, INV, "norm_eps");
     BAD((d.norm_eps = 1e-6f, d.norm_min = 0.5f), INV, "norm_eps"); /* one of the two */
+    BAD(d.router_softcap = -1.0f, INV, "router_softcap");
+    BAD(d.router_softcap = INFINITY, INV, "router_softcap");
+    BAD(d.router_softcap = NAN, INV, "router_softcap");
+    BAD((d.routing = MOEVK_ROUTING_TOPK_SOFTMAX, d.select_on_logits = 1), INV,
+        "select_on_logits");
     /* sizes whose buffers overflow 64 bits or pass the device's limits (the
      * weights are never read: validation comes first) */
     BAD((d.hidden = 1u << 31, d.ffn = 1u << 31, d.num_experts = 1024), MOEVK_ERROR_LIMIT_EXCEEDED,

@@ -465,6 +465,103 @@ Test(route, sigmoid_grouped_hand_example)
     cr_assert_float_eq(w[0], 0.5f, 1e-7); /* normalised: equal halves */
 }
 
+/* select_on_logits: c = l + bias instead of sigmoid(l) + bias or p + bias.
+ *
+ *   expert   0      1      2      3
+ *   logit    1    -0.5    -3     0.5
+ *   bias     0     0.9     0      0
+ *   s + b  .7311  1.2775 .0474  .6225   -> ids 1, 0
+ *   l + b    1     0.4    -3     0.5    -> ids 0, 3
+ *
+ * The weights stay the mode's: sigmoid(l[ids]) or the softmax over all E. */
+Test(route, select_on_logits_hand_example)
+{
+    const float l[4] = {1.0f, -0.5f, -3.0f, 0.5f};
+    const float bias[4] = {0, 0.9f, 0, 0};
+    uint32_t ids[2];
+    float w[2];
+    moevk_layer_desc d = route_desc(MOEVK_ROUTING_SIGMOID_GROUPED, 4, 2);
+    d.correction_bias = bias;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    const uint32_t on_s[] = {1, 0};
+    cr_assert_arr_eq(ids, on_s, sizeof on_s);
+
+    d.select_on_logits = 1;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    const uint32_t on_l[] = {0, 3};
+    cr_assert_arr_eq(ids, on_l, sizeof on_l);
+    cr_assert_float_eq(w[0], 1 / (1 + exp(-1.0)), 1e-7);
+    cr_assert_float_eq(w[1], 1 / (1 + exp(-0.5)), 1e-7);
+    d.norm_topk_prob = 1;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    double s0 = 1 / (1 + exp(-1.0)), s3 = 1 / (1 + exp(-0.5));
+    cr_assert_float_eq(w[0], s0 / (s0 + s3), 1e-7);
+    cr_assert_float_eq(w[1], s3 / (s0 + s3), 1e-7);
+
+    /* softmax_topk: p + b picks 1 first (p_1 + 0.9 beats every p); on the
+     * logits 0 and 3, weighted by their probabilities over all four */
+    d = route_desc(MOEVK_ROUTING_SOFTMAX_TOPK, 4, 2);
+    d.correction_bias = bias;
+    cr_assert(moevk_ref_selects_on_probs(&d));
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    cr_assert_eq(ids[0], 1);
+    d.select_on_logits = 1;
+    cr_assert(!moevk_ref_selects_on_probs(&d));
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    cr_assert_arr_eq(ids, on_l, sizeof on_l);
+    double z = exp(1.0) + exp(-0.5) + exp(-3.0) + exp(0.5);
+    cr_assert_float_eq(w[0], exp(1.0) / z, 1e-7);
+    cr_assert_float_eq(w[1], exp(0.5) / z, 1e-7);
+
+    /* groups of two scored on l + b (top-2 sums 1.4 and -2.5): the first
+     * group is kept, so 0 and 1 */
+    d = route_desc(MOEVK_ROUTING_SIGMOID_GROUPED, 4, 2);
+    d.correction_bias = bias;
+    d.select_on_logits = 1;
+    d.n_group = 2;
+    d.topk_group = 1;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    const uint32_t grouped[] = {0, 1};
+    cr_assert_arr_eq(ids, grouped, sizeof grouped);
+}
+
+/* router_softcap c: every use of the logits sees c tanh(l / c) */
+Test(route, router_softcap)
+{
+    const float l[3] = {3.0f, 2.0f, -1.0f};
+    const double c[3] = {tanh(3.0), tanh(2.0), tanh(-1.0)}; /* cap 1 */
+    uint32_t ids[2];
+    float w[2];
+    moevk_layer_desc d = route_desc(MOEVK_ROUTING_SOFTMAX_TOPK, 3, 2);
+    d.router_softcap = 1.0f;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    const uint32_t expect[] = {0, 1};
+    cr_assert_arr_eq(ids, expect, sizeof expect);
+    double z = exp(c[0]) + exp(c[1]) + exp(c[2]);
+    cr_assert_float_eq(w[0], exp(c[0]) / z, 1e-7);
+    cr_assert_float_eq(w[1], exp(c[1]) / z, 1e-7);
+
+    d.routing = MOEVK_ROUTING_TOPK_SOFTMAX;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    cr_assert_float_eq(w[0], exp(c[0]) / (exp(c[0]) + exp(c[1])), 1e-7);
+
+    d.routing = MOEVK_ROUTING_SIGMOID_GROUPED;
+    d.router_softcap = 2.0f;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    cr_assert_float_eq(w[0], 1 / (1 + exp(-2 * tanh(1.5))), 1e-7);
+    cr_assert_float_eq(w[1], 1 / (1 + exp(-2 * tanh(1.0))), 1e-7);
+
+    /* +inf is capped to c: the softmax stays finite (NaN without the cap) */
+    const float inf[2] = {INFINITY, 0.0f};
+    d = route_desc(MOEVK_ROUTING_SOFTMAX_TOPK, 2, 1);
+    cr_assert_eq(moevk_ref_route(&d, 1, inf, ids, w, NULL), MOEVK_SUCCESS);
+    cr_assert(isnan(w[0]));
+    d.router_softcap = 2.0f;
+    cr_assert_eq(moevk_ref_route(&d, 1, inf, ids, w, NULL), MOEVK_SUCCESS);
+    cr_assert_eq(ids[0], 0);
+    cr_assert_float_eq(w[0], exp(2.0) / (exp(2.0) + 1), 1e-7);
+}
+
 Test(route, sigmoid_grouped_group_near_tie)
 {
     /* E = 4, groups {0,1} and {2,3}, keep 1, k = 1. Group 0 = {0, 0} scores
@@ -956,6 +1053,23 @@ Test(stats, uniform_balanced)
     cr_assert_float_eq(s.router_z_loss, pow(2 + log(4.0), 2), 1e-12);
     cr_assert_eq(s.dropped, 3);
     cr_assert_arr_eq(tpe, counts, sizeof counts);
+}
+
+/* The statistics read the soft-capped logits: T = 1, E = 2, logits [10, 0]
+ * with cap 1 are [tanh 10, 0]; the token chose expert 0. */
+Test(stats, router_softcap)
+{
+    moevk_layer_desc d = route_desc(MOEVK_ROUTING_SOFTMAX_TOPK, 2, 1);
+    d.router_softcap = 1.0f;
+    const float l[2] = {10.0f, 0.0f};
+    const uint32_t ids[] = {0};
+    const uint32_t counts[] = {1, 0};
+    moevk_routing_stats s = {0};
+    cr_assert_eq(moevk_ref_stats(&d, 1, l, ids, counts, 0, &s), MOEVK_SUCCESS);
+    double a = (double)(float)tanh(10.0), lse = log(exp(a) + 1.0), q = exp(a) / (exp(a) + 1.0);
+    cr_assert_float_eq(s.router_z_loss, lse * lse, 1e-12);
+    cr_assert_float_eq(s.load_balancing_loss, 2 * q, 1e-12);
+    cr_assert_float_eq(s.routing_entropy, -(q * log(q) + (1 - q) * log(1 - q)), 1e-12);
 }
 
 Test(stats, skewed)

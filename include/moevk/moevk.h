@@ -614,6 +614,17 @@ typedef struct moevk_layer_desc {
      * the mode's (sum, or sum + 1e-20 for sigmoid_grouped) (LFM2-MoE's
      * 1e-6); 0 keeps the mode's */
     float norm_eps;
+    /* > 0: the router logits (after router_bias) are soft-capped, l =
+     * router_softcap * tanh(l / router_softcap), before everything that
+     * reads them: selection, weights and the routing statistics (Laguna's
+     * moe_router_logit_softcapping); 0 = no cap */
+    float router_softcap;
+    /* Nonzero (softmax_topk / sigmoid_grouped): the selection score is the
+     * logit plus correction_bias, c = l + correction_bias, instead of the
+     * mode's probability (plus the bias); groups are scored on these c and
+     * the weights stay the mode's (Kolibri-1: top-k of l + bias, w =
+     * sigmoid(l[ids])). 0 = the mode's selection score */
+    int select_on_logits;
 } moevk_layer_desc;
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */

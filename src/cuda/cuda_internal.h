@@ -28,6 +28,8 @@ struct RouteParams {
     int sel_probs;       /* softmax_topk selects on p + corr (moevk_ref_selects_on_probs) */
     int group_max;       /* MOEVK_GROUP_MAX */
     float norm_p, norm_min, norm_eps;
+    float softcap;       /* router_softcap: > 0 caps the logits in place */
+    int sel_logits;      /* select_on_logits: c = l + corr (modes 0 and 2) */
 };
 
 /* The format of one kind of expert matrix on the device: f32, f16, bf16
@@ -56,8 +58,9 @@ cudaError_t router_logits(cudaStream_t s, moevk_dtype wdt, const float *x, const
                           const float *bias, uint32_t T, uint32_t H, uint32_t E, float *logits);
 
 /* One thread per token: selection, ids [T*K], weights [T*K]. score/gscore
- * are f32 scratch [T*E], elig u8 scratch [T*E]. */
-cudaError_t route(cudaStream_t s, const RouteParams &p, const float *logits, float *score,
+ * are f32 scratch [T*E], elig u8 scratch [T*E]. With p.softcap > 0 the
+ * logits are soft-capped in place first (the statistics read them). */
+cudaError_t route(cudaStream_t s, const RouteParams &p, float *logits, float *score,
                   float *gscore, uint8_t *elig, uint32_t *ids, float *weights);
 
 /* Counting, capacity (cap = UINT32_MAX: dropless) and rows in priority

@@ -221,7 +221,7 @@ __device__ uint32_t next_best(const float *score, const uint8_t *elig, uint32_t 
     return best;
 }
 
-__global__ void k_route(RouteParams p, const float *logits, float *score_all, float *gscore_all,
+__global__ void k_route(RouteParams p, float *logits, float *score_all, float *gscore_all,
                         uint8_t *elig_all, uint32_t *ids, float *weights)
 {
     const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
@@ -230,7 +230,12 @@ __global__ void k_route(RouteParams p, const float *logits, float *score_all, fl
     const uint32_t E = p.E, K = p.K;
     const bool grouped = p.grouped != 0;
     const bool sig = p.routing == MOEVK_ROUTING_SIGMOID_GROUPED;
-    const float *l = logits + (size_t)t * E;
+    float *lw = logits + (size_t)t * E;
+    /* router_softcap: l = c tanh(l / c), in place (the statistics read it) */
+    if (p.softcap > 0.0f)
+        for (uint32_t e = 0; e < E; e++)
+            lw[e] = p.softcap * tanhf(lw[e] / p.softcap);
+    const float *l = lw;
     float *score = score_all + (size_t)t * E;
     float *gscore = gscore_all + (size_t)t * E;
     uint8_t *elig = elig_all + (size_t)t * E;
@@ -247,7 +252,9 @@ __global__ void k_route(RouteParams p, const float *logits, float *score_all, fl
 
     for (uint32_t e = 0; e < E; e++) {
         float c = l[e];
-        if (sig || p.sel_probs)
+        if (p.sel_logits)
+            c = l[e] + (p.corr ? p.corr[e] : 0.0f);
+        else if (sig || p.sel_probs)
             c = (sig ? sigmoid(l[e]) : expf(l[e] - m) / s) + (p.corr ? p.corr[e] : 0.0f);
         score[e] = c;
     }
@@ -723,7 +730,7 @@ cudaError_t router_logits(cudaStream_t s, moevk_dtype wdt, const float *x, const
     return cudaGetLastError();
 }
 
-cudaError_t route(cudaStream_t s, const RouteParams &p, const float *logits, float *score,
+cudaError_t route(cudaStream_t s, const RouteParams &p, float *logits, float *score,
                   float *gscore, uint8_t *elig, uint32_t *ids, float *weights)
 {
     const unsigned tb = 64; /* one thread per token, each doing O(k E) work */

@@ -953,11 +953,14 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     /* the rules of moevk_ref_grouped / moevk_ref_selects_on_probs (ref.h) */
     rp.grouped = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->n_group > 1 &&
                  d->topk_group < d->n_group;
-    rp.sel_probs = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK && (L->corr_b || rp.grouped);
+    rp.sel_logits = d->select_on_logits && d->routing != MOEVK_ROUTING_TOPK_SOFTMAX;
+    rp.sel_probs = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK && !rp.sel_logits &&
+                   (L->corr_b || rp.grouped);
     rp.group_max = d->group_score == MOEVK_GROUP_MAX;
     rp.norm_p = d->norm_p;
     rp.norm_min = d->norm_min;
     rp.norm_eps = d->norm_eps;
+    rp.softcap = d->router_softcap;
     CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_ROUTE + 1], s));
 

@@ -298,6 +298,18 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_min == 0.0f &&
         mvk_rng_chance(&rne, 0.2))
         d->norm_eps = mvk_rng_chance(&rne, 0.5) ? 1e-6f : mvk_rng_uniform(&rne, 0.01f, 0.5f);
+    /* a soft cap on the router logits (Laguna), from a stream of its own:
+     * small caps that bend most logits, or larger ones that bend the
+     * largest; not with one dominant expert, whose lead a cap takes away */
+    mvk_rng rsc = mvk_rng_seed(seed, 17);
+    if (!(sc & MVKC_SC_ONE_EXPERT) && mvk_rng_chance(&rsc, 0.2))
+        d->router_softcap = mvk_rng_chance(&rsc, 0.5) ? mvk_rng_uniform(&rsc, 0.05f, 1.0f)
+                                                      : mvk_rng_uniform(&rsc, 1.0f, 30.0f);
+    /* selection on the logits plus the correction bias (Kolibri-1), in the
+     * modes that score, from a stream of its own */
+    mvk_rng rsl = mvk_rng_seed(seed, 18);
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && mvk_rng_chance(&rsl, 0.25))
+        d->select_on_logits = 1;
     /* capacity */
     if (lim.capacity_factor < 0)
         d->capacity_factor = 0;
@@ -699,6 +711,14 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         }
         if (d->correction_bias) {
             app(buf, n, &p, "%scb", sep);
+            sep = ",";
+        }
+        if (d->select_on_logits) {
+            app(buf, n, &p, "%son-logits", sep);
+            sep = ",";
+        }
+        if (d->router_softcap) {
+            app(buf, n, &p, "%scap=%.3g", sep, d->router_softcap);
             sep = ",";
         }
         if (*sep == ',')

@@ -123,7 +123,8 @@ static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *l
     }
     /* sigmoid' <= 1/4; a softmax probability moves by at most 2 p <= 2
      * times the largest logit error */
-    double tol = (sig ? 0.25 : probs ? 2.0 : 1.0) * 4e-6 * bound + 2e-6 * maxabs;
+    double tol = (sig && !d->select_on_logits ? 0.25 : probs ? 2.0 : 1.0) * 4e-6 * bound +
+                 2e-6 * maxabs;
 
     memset(kept, 1, E); /* eligible experts (reused below) */
     if (grouped) {

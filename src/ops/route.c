@@ -35,7 +35,8 @@ void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
             .logit_tok0 = a->logit_tok0, .H = a->H,
             .has_router_bias = a->fused && a->router_b.buffer != VK_NULL_HANDLE,
             .sel_probs = a->sel_probs, .group_max = a->group_max, .norm_p = a->norm_p,
-            .norm_min = a->norm_min, .norm_eps = a->norm_eps,
+            .norm_min = a->norm_min, .norm_eps = a->norm_eps, .router_softcap = a->softcap,
+            .sel_logits = a->sel_logits && a->routing != MVK_ROUTING_TOPK_SOFTMAX,
         };
         mvk_cmd_dispatch(c, MVK_K_ROUTE, spec, MVK_ROUTE_NSPEC, b, MVK_ROUTE_BINDINGS, &p,
                          sizeof(p), MVK_MIN(per, a->T - t0), 1, 1);

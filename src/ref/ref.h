@@ -46,7 +46,9 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
  * MOEVK_REF_NEAR_TIE (a tiebreak that rounding may flip), else 0. Uses from
  * desc: num_experts, top_k, routing, norm_topk_prob, n_group, topk_group,
  * group_score, norm_p, norm_min, norm_eps, routed_scaling_factor,
- * correction_bias.
+ * correction_bias, router_softcap, select_on_logits. logits are the router
+ * logits before the soft cap (router_softcap applies it here, and in
+ * moevk_ref_selection_scores and moevk_ref_stats).
  * Returns MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated
  * (the outputs are then unspecified), else MOEVK_SUCCESS. */
 moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
@@ -56,13 +58,15 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
  * n_group, a mode that scores groups). */
 int moevk_ref_grouped(const moevk_layer_desc *desc);
 /* 1 when softmax_topk selects on the probabilities (plus correction_bias)
- * rather than on the logits: with a correction bias or kept groups (the
- * same choice as on the logits otherwise, without rounding). */
+ * rather than on the logits: with a correction bias or kept groups, unless
+ * select_on_logits (the same choice as on the logits otherwise, without
+ * rounding). */
 int moevk_ref_selects_on_probs(const moevk_layer_desc *desc);
-/* The selection score c[e] of every expert for one token's logits l[E]:
- * the logit (topk_softmax; softmax_topk unless it selects on the
- * probabilities), softmax(l) + correction_bias, or sigmoid(l) +
- * correction_bias (sigmoid_grouped). */
+/* The selection score c[e] of every expert for one token's logits l[E]
+ * (soft-capped here with router_softcap): the logit (topk_softmax;
+ * softmax_topk unless it selects on the probabilities), l +
+ * correction_bias (select_on_logits), softmax(l) + correction_bias, or
+ * sigmoid(l) + correction_bias (sigmoid_grouped). */
 void moevk_ref_selection_scores(const moevk_layer_desc *desc, const float *l, double *c);
 /* A group's score from its experts' selection scores cg[0..size-1]: the
  * sum of its two best (its only one when size is 1), or its best

@@ -26,18 +26,27 @@ static double sigmoid(double x)
     return 1.0 / (1.0 + exp(-x));
 }
 
-/* Max and sum of exp(l - max) of a row, for a max-subtracted softmax:
- * p[i] = exp(l[i] - *max) / *sum. NaN logits are skipped by the max but
- * poison the sum, so a row with a NaN gives NaN everywhere. */
-static void softmax_row(const float *l, uint32_t n, double *max, double *sum)
+/* The routing logit of a router logit x: with router_softcap c > 0 the
+ * soft-capped c tanh(x / c), stored as a float as the logits are (+-inf
+ * become +-c, NaN stays); x itself otherwise. */
+static double logit_of(double cap, float x)
+{
+    return cap > 0.0 ? (double)(float)(cap * tanh((double)x / cap)) : (double)x;
+}
+
+/* Max and sum of exp(l - max) of a row of routing logits (logit_of with
+ * cap), for a max-subtracted softmax: p[i] = exp(l[i] - *max) / *sum. NaN
+ * logits are skipped by the max but poison the sum, so a row with a NaN
+ * gives NaN everywhere. */
+static void softmax_row(const float *l, uint32_t n, double cap, double *max, double *sum)
 {
     double m = -INFINITY;
     for (uint32_t i = 0; i < n; i++)
-        if ((double)l[i] > m)
-            m = (double)l[i];
+        if (logit_of(cap, l[i]) > m)
+            m = logit_of(cap, l[i]);
     double s = 0.0;
     for (uint32_t i = 0; i < n; i++)
-        s += exp((double)l[i] - m);
+        s += exp(logit_of(cap, l[i]) - m);
     *max = m;
     *sum = s;
 }
@@ -114,7 +123,7 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
                 s[e] = (float)sigmoid((double)l[e]);
         } else {
             double max, sum;
-            softmax_row(l, E, &max, &sum);
+            softmax_row(l, E, 0.0, &max, &sum);
             for (uint32_t e = 0; e < E; e++)
                 s[e] = (float)(exp((double)l[e] - max) / sum);
         }
@@ -132,7 +141,7 @@ int moevk_ref_grouped(const moevk_layer_desc *desc)
 
 int moevk_ref_selects_on_probs(const moevk_layer_desc *desc)
 {
-    return desc->routing == MOEVK_ROUTING_SOFTMAX_TOPK &&
+    return desc->routing == MOEVK_ROUTING_SOFTMAX_TOPK && !desc->select_on_logits &&
            (desc->correction_bias || moevk_ref_grouped(desc));
 }
 
@@ -140,17 +149,21 @@ void moevk_ref_selection_scores(const moevk_layer_desc *desc, const float *l, do
 {
     uint32_t E = desc->num_experts;
     const float *cb = desc->correction_bias;
-    if (desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+    double cap = desc->router_softcap;
+    if (desc->select_on_logits && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX) {
         for (uint32_t e = 0; e < E; e++)
-            c[e] = sigmoid((double)l[e]) + (cb ? (double)cb[e] : 0.0);
+            c[e] = logit_of(cap, l[e]) + (cb ? (double)cb[e] : 0.0);
+    } else if (desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
+        for (uint32_t e = 0; e < E; e++)
+            c[e] = sigmoid(logit_of(cap, l[e])) + (cb ? (double)cb[e] : 0.0);
     } else if (moevk_ref_selects_on_probs(desc)) {
         double max, sum;
-        softmax_row(l, E, &max, &sum);
+        softmax_row(l, E, cap, &max, &sum);
         for (uint32_t e = 0; e < E; e++)
-            c[e] = exp((double)l[e] - max) / sum + (cb ? (double)cb[e] : 0.0);
+            c[e] = exp(logit_of(cap, l[e]) - max) / sum + (cb ? (double)cb[e] : 0.0);
     } else {
         for (uint32_t e = 0; e < E; e++)
-            c[e] = (double)l[e];
+            c[e] = logit_of(cap, l[e]);
     }
 }
 
@@ -221,6 +234,7 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
     uint32_t n_group = desc->n_group ? desc->n_group : 1;
     int grouped = moevk_ref_grouped(desc);
     double scale = desc->routed_scaling_factor ? (double)desc->routed_scaling_factor : 1.0;
+    double cap = desc->router_softcap; /* the logits below are logit_of(cap, .) */
 
     /* score: the selection score of each expert; gscore: group scores;
      * eligible: experts of the kept groups (grouped routing only) */
@@ -277,22 +291,22 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
             /* softmax over the k selected logits */
             double max = -INFINITY, sum = 0.0;
             for (uint32_t j = 0; j < k; j++)
-                if ((double)l[tid[j]] > max)
-                    max = (double)l[tid[j]];
+                if (logit_of(cap, l[tid[j]]) > max)
+                    max = logit_of(cap, l[tid[j]]);
             for (uint32_t j = 0; j < k; j++)
-                sum += exp((double)l[tid[j]] - max);
+                sum += exp(logit_of(cap, l[tid[j]]) - max);
             for (uint32_t j = 0; j < k; j++)
-                wk[j] = exp((double)l[tid[j]] - max) / sum;
+                wk[j] = exp(logit_of(cap, l[tid[j]]) - max) / sum;
         } else if (desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
             /* w = s (without the correction bias) */
             for (uint32_t j = 0; j < k; j++)
-                wk[j] = sigmoid((double)l[tid[j]]);
+                wk[j] = sigmoid(logit_of(cap, l[tid[j]]));
         } else {
             /* softmax_topk: the probability over all E */
             double max, sum;
-            softmax_row(l, E, &max, &sum);
+            softmax_row(l, E, cap, &max, &sum);
             for (uint32_t j = 0; j < k; j++)
-                wk[j] = exp((double)l[tid[j]] - max) / sum;
+                wk[j] = exp(logit_of(cap, l[tid[j]]) - max) / sum;
         }
         if (desc->norm_topk_prob && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX) {
             double den = norm_denominator(desc, wk, k);
@@ -403,13 +417,14 @@ moevk_status moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const flo
         if (ids[a] < E)
             chosen[ids[a]] += 1.0;
 
-    double z = 0.0, entropy = 0.0;
+    /* on the routing logits: soft-capped with router_softcap */
+    double cap = desc->router_softcap, z = 0.0, entropy = 0.0;
     for (uint32_t t = 0; t < T; t++) {
         const float *l = logits + (size_t)t * E;
         double max, sum, h = 0.0;
-        softmax_row(l, E, &max, &sum);
+        softmax_row(l, E, cap, &max, &sum);
         for (uint32_t e = 0; e < E; e++) {
-            double p = exp((double)l[e] - max) / sum;
+            double p = exp(logit_of(cap, l[e]) - max) / sum;
             prob[e] += p;
             if (p != 0.0) /* 0 log 0 = 0; NaN stays */
                 h -= p * log(p);
