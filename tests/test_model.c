@@ -792,7 +792,7 @@ static void parse_bad(const char *json, const char *msg)
 #define ROUTING_FIELDS(X)                                                                       \
     X(routing) X(activation) X(norm_topk_prob) X(n_group) X(topk_group)                         \
     X(routed_scaling_factor) X(swiglu_alpha) X(swiglu_limit) X(group_score) X(norm_p) X(norm_min) \
-    X(norm_eps)
+    X(norm_eps) X(router_softcap) X(select_on_logits)
 
 typedef struct config_row {
     const char *json;
@@ -1045,6 +1045,26 @@ static const config_row config_rows[] = {
       .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1, SILU,
       .routed_scaling_factor = 1.0f, .shared_ffn = 512, .correction_bias = 1,
       .first_k_dense_replace = 1, .num_layers = 40, .decoder_sparse_step = 1}},
+    /* Laguna's soft cap on the router logits */
+    {"{\"model_type\": \"laguna\", \"moe_router_logit_softcapping\": 30.0}", "laguna",
+     {.hidden = 2048, .ffn = 512, .num_experts = 256, .top_k = 8,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1, SILU,
+      .routed_scaling_factor = 1.0f, .router_softcap = 30.0f, .shared_ffn = 512,
+      .correction_bias = 1, .first_k_dense_replace = 1, .num_layers = 40,
+      .decoder_sparse_step = 1}},
+    /* Kolibri-1: the logits plus the bias choose, every layer MoE */
+    {"{\"model_type\": \"kolibri1\"}", "kolibri1",
+     {.hidden = 2560, .ffn = 512, .num_experts = 384, .top_k = 6,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, SILU, .select_on_logits = 1, .shared_ffn = 512,
+      .correction_bias = 1, .num_layers = 50, .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"kolibri1\", \"norm_topk_prob\": true, \"num_experts\": 16,"
+     " \"num_experts_per_tok\": 2, \"moe_intermediate_size\": 64,"
+     " \"shared_expert_intermediate_size\": 96, \"hidden_act\": \"gelu\"}",
+     "kolibri1",
+     {.hidden = 2560, .ffn = 64, .num_experts = 16, .top_k = 2,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1,
+      .activation = MOEVK_ACT_GEGLU, .act_name = "gelu", .select_on_logits = 1,
+      .shared_ffn = 96, .correction_bias = 1, .num_layers = 50, .decoder_sparse_step = 1}},
     /* DeepSeek-OCR-2's text model: mlp_layer_types and the top k required */
     {"{\"model_type\": \"deepseek_ocr2\", \"text_config\": {\"model_type\":"
      " \"deepseek_ocr2_text\", \"num_experts_per_tok\": 6, \"n_group\": null,"
@@ -1192,8 +1212,6 @@ Test(model, config_errors_name_the_field)
     parse_bad("{\"model_type\": \"deepseek_v2\"}", "\"num_experts_per_tok\" is required");
     parse_bad("{\"model_type\": \"cohere2_moe\", \"expert_selection_fn\": \"sparsemixer\"}",
               "\"expert_selection_fn\" = \"sparsemixer\" is not supported (softmax, sigmoid)");
-    parse_bad("{\"model_type\": \"laguna\", \"moe_router_logit_softcapping\": 30.0}",
-              "\"moe_router_logit_softcapping\" = 30: a soft cap on the router logits");
     parse_bad("{\"model_type\": \"dots3_note_text\", \"n_shared_experts\": 4294967295}",
               "n_shared_experts x shared_experts_intermediate_size overflows");
     parse_bad("{\"model_type\": \"qwen3_omni_moe\", \"thinker_config\": {\"text_config\":"
@@ -2159,7 +2177,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 62, "the table has %zu architectures", n);
+    cr_assert_eq(n, 63, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

@@ -915,8 +915,8 @@ static const mvk_arch archs[] = {
     /* LagunaSparseMoeBlock: sigmoid plus the correction bias choose (no
      * groups), always normalised, times moe_routed_scaling_factor, a
      * shared expert of its own width; MoE layers by mlp_layer_types (by
-     * default all but the first); a soft cap on the router logits is
-     * refused */
+     * default all but the first); the router logits soft-capped when
+     * moe_router_logit_softcapping > 0 */
     {.model_types = {"laguna"},
      .keys = {KEY(HIDDEN, 2048, "hidden_size"), KEY(FFN, 512, "moe_intermediate_size"),
               KEY(EXPERTS, 256, "num_experts"), KEY(TOP_K, 8, "num_experts_per_tok"),
@@ -924,6 +924,18 @@ static const mvk_arch archs[] = {
               KEY(SHARED_FFN, 512, "shared_expert_intermediate_size"),
               KEY(ROUTER_SOFTCAP, 0, "moe_router_logit_softcapping"), FIXED(FIRST_K_DENSE, 1),
               KEY(NUM_LAYERS, 40, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
+     .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* Kolibri1SparseMoeBlock: the logits plus the correction bias choose
+     * (top-k, no groups), the weights are sigmoid(l[ids]), normalised when
+     * norm_topk_prob; a shared expert of its own width on every layer */
+    {.model_types = {"kolibri1"},
+     .keys = {KEY(HIDDEN, 2560, "hidden_size"), KEY(FFN, 512, "moe_intermediate_size"),
+              KEY(TOP_K, 6, "num_experts_per_tok"),
+              KEY(EXPERTS, 384, "num_local_experts", "num_experts"),
+              KEY(NORM_TOPK, 0, "norm_topk_prob"),
+              KEY(SHARED_FFN, 512, "shared_expert_intermediate_size"),
+              FIXED(SELECT_ON_LOGITS, 1), KEY(NUM_LAYERS, 50, "num_hidden_layers")},
      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
      .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
     /* the text models of DeepSeek-OCR-2 (mlp_layer_types required: the

@@ -117,9 +117,13 @@ typedef enum mvk_cfg_field {
                                  shared_ffn = n x shared_ffn (n shared
                                  experts of their own width as one:
                                  Dots3-Note)                                */
-    MVK_CFG_ROUTER_SOFTCAP,   /* a soft cap on the router logits (Laguna's
-                                 moe_router_logit_softcapping): refused
-                                 unless 0                                  */
+    MVK_CFG_ROUTER_SOFTCAP,   /* a soft cap c on the router logits, l = c
+                                 tanh(l / c) (Laguna's
+                                 moe_router_logit_softcapping; none unless
+                                 > 0, as in transformers)                   */
+    MVK_CFG_SELECT_ON_LOGITS, /* 1: choose on the logits plus the correction
+                                 bias, not on the scores (Kolibri-1; an
+                                 architecture fixes it)                     */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 

@@ -95,6 +95,7 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_SHARED_SWIGLU_LIMIT] = {V_F32, AT(shared_swiglu_limit), "swiglu_limits_shared"},
     [MVK_CFG_SCORE_FN] = {V_CHOICE2, AT(score_fn), "scoring_func", {"sigmoid", NULL}},
     [MVK_CFG_MLP_BIAS] = {V_BOOL, AT(mlp_bias), "mlp_bias"},
+    [MVK_CFG_SELECT_ON_LOGITS] = {V_BOOL, AT(select_on_logits), "select_on_logits"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -493,10 +494,6 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
                         "%s: \"%s\" = %u: experts in a latent space (projections around them) "
                         "are not supported",
                         r->what, key_name(a, MVK_CFG_LATENT), c->latent);
-    if (c->router_softcap != 0.0f)
-        return mvk_errf(r->err, r->errsz,
-                        "%s: \"%s\" = %g: a soft cap on the router logits is not supported",
-                        r->what, key_name(a, MVK_CFG_ROUTER_SOFTCAP), (double)c->router_softcap);
     if (c->expert_period == 0)
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" is 0", r->what,
                         key_name(a, MVK_CFG_EXPERT_PERIOD));

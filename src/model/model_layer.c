@@ -826,6 +826,9 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         .norm_p = c->norm_p,
         .norm_min = c->norm_min,
         .norm_eps = c->norm_eps,
+        /* transformers caps only when the value is > 0 */
+        .router_softcap = c->router_softcap > 0.0f ? c->router_softcap : 0.0f,
+        .select_on_logits = c->select_on_logits,
         .shared_scale = c->shared_scale,
         .swiglu_alpha = c->swiglu_alpha,
         .swiglu_limit = c->swiglu_limit,
