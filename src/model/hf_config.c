@@ -216,32 +216,9 @@ static int index_list(const cfg_reader *r, const cJSON *v, const char *name, uin
     return 0;
 }
 
-/* A per-layer list of integers (at least one) into *out (allocated). */
-static int per_layer_list(const cfg_reader *r, const cJSON *v, const char *name, uint32_t **out,
-                          uint32_t *count)
-{
-    const int n = cJSON_GetArraySize(v);
-    if (n < 1)
-        return mvk_errf(r->err, r->errsz, "%s: \"%s\" is an empty list", r->what, name);
-    free(*out);
-    *out = calloc((size_t)n, sizeof(uint32_t));
-    if (!*out)
-        return mvk_errf(r->err, r->errsz, "out of host memory");
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(v, i);
-        double d = cJSON_IsNumber(e) ? e->valuedouble : -1;
-        if (!(d >= 0) || d > UINT32_MAX || d != floor(d))
-            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not an integer in 0..%u",
-                            r->what, name, i, UINT32_MAX);
-        (*out)[i] = (uint32_t)d;
-    }
-    *count = (uint32_t)n;
-    return 0;
-}
-
-/* A per-layer list of numbers >= 0 or nulls (0) into *out (allocated), as
- * float bits. */
-static int per_layer_floats(const cfg_reader *r, const cJSON *v, const char *name,
+/* A per-layer list (at least one entry) into *out (allocated): integers in
+ * 0..UINT32_MAX, or with `floats` numbers >= 0 or nulls (0) as float bits. */
+static int per_layer_values(const cfg_reader *r, const cJSON *v, const char *name, int floats,
                             uint32_t **out, uint32_t *count)
 {
     const int n = cJSON_GetArraySize(v);
@@ -253,12 +230,21 @@ static int per_layer_floats(const cfg_reader *r, const cJSON *v, const char *nam
         return mvk_errf(r->err, r->errsz, "out of host memory");
     for (int i = 0; i < n; i++) {
         const cJSON *e = cJSON_GetArrayItem(v, i);
-        const double d = cJSON_IsNull(e) ? 0.0 : cJSON_IsNumber(e) ? e->valuedouble : -1;
-        if (!(d >= 0) || d > 3e38)
+        const double d = floats && cJSON_IsNull(e) ? 0.0
+                         : cJSON_IsNumber(e)        ? e->valuedouble
+                                                    : -1;
+        if (!floats && (!(d >= 0) || d > UINT32_MAX || d != floor(d)))
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not an integer in 0..%u",
+                            r->what, name, i, UINT32_MAX);
+        if (floats && (!(d >= 0) || d > 3e38))
             return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not a number >= 0 or null",
                             r->what, name, i);
-        const float f = (float)d;
-        memcpy(&(*out)[i], &f, sizeof f);
+        if (floats) {
+            const float f = (float)d;
+            memcpy(&(*out)[i], &f, sizeof f);
+        } else {
+            (*out)[i] = (uint32_t)d;
+        }
     }
     *count = (uint32_t)n;
     return 0;
@@ -315,7 +301,7 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
         if (v && k->per_layer && fi->type == V_U32 && cJSON_IsArray(v)) {
             /* one value per layer: the first until a layer is chosen */
             uint32_t **list = &c->layer_values[k->field], *n = &c->n_layer_values[k->field];
-            if (per_layer_list(r, v, name, list, n))
+            if (per_layer_values(r, v, name, 0, list, n))
                 return -1;
             memcpy(dst, &(*list)[0], sizeof(uint32_t));
             return 0;
@@ -354,7 +340,7 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
             /* one number (or null) per layer: the first until a layer is
              * chosen */
             uint32_t **list = &c->layer_values[k->field], *n = &c->n_layer_values[k->field];
-            if (per_layer_floats(r, v, name, list, n))
+            if (per_layer_values(r, v, name, 1, list, n))
                 return -1;
             memcpy(dst, &(*list)[0], sizeof(float));
             return 0;

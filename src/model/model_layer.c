@@ -504,18 +504,24 @@ static mview *views(bctx *b, uint32_t n)
     return v;
 }
 
+/* E experts of width F: their up and down views, and gate views when gated. */
+static int set_views(bctx *b, expert_views *ev, uint32_t E, uint64_t F, int gated)
+{
+    ev->count = E;
+    ev->ffn = F;
+    ev->gate = gated ? views(b, E) : NULL;
+    ev->up = views(b, E);
+    ev->down = views(b, E);
+    return !ev->up || !ev->down || (gated && !ev->gate) ? -1 : 0;
+}
+
 /* Per-expert tensors: the layout's gate, up and down patterns (gate NULL:
  * non-gated). */
 static int per_expert(bctx *b, const mvk_arch_layout *lay, expert_views *ev)
 {
     const uint32_t E = b->c->num_experts;
     const uint64_t H = b->c->hidden, F = b->c->ffn;
-    ev->count = E;
-    ev->ffn = F;
-    ev->up = views(b, E);
-    ev->down = views(b, E);
-    ev->gate = lay->gate ? views(b, E) : NULL;
-    if (!ev->up || !ev->down || (lay->gate && !ev->gate))
+    if (set_views(b, ev, E, F, lay->gate != NULL))
         return -1;
     if (b->c->quant.method) {
         /* down first: an act-order down projection reorders the gate/up rows */
@@ -711,14 +717,7 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
         const mvk_st_tensor *g = need(b, lay->gate, 0, 2, SHAPE(EF, H), "[E·F, H]");
         const mvk_st_tensor *u = g ? need(b, lay->up, 0, 2, SHAPE(EF, H), "[E·F, H]") : NULL;
         const mvk_st_tensor *dn = u ? need(b, lay->down, 0, 2, SHAPE(EF, H), "[E·F, H]") : NULL;
-        if (!dn)
-            return -1;
-        ev->count = E;
-        ev->ffn = F;
-        ev->gate = views(b, E);
-        ev->up = views(b, E);
-        ev->down = views(b, E);
-        if (!ev->gate || !ev->up || !ev->down)
+        if (!dn || set_views(b, ev, E, F, 1))
             return -1;
         for (uint32_t i = 0; i < E; i++) {
             ev->gate[i] = (mview){.t = g, .kind = V_DIRECT, .off = (uint64_t)i * F * H, .expert = i};
@@ -732,14 +731,7 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
             const mvk_st_tensor *up = need(b, lay->up, 0, 3, SHAPE(E, F, H), "[E, F, H]");
             const mvk_st_tensor *dn = up ? need(b, lay->down, 0, 3, SHAPE(E, H, F), "[E, H, F]")
                                          : NULL;
-            if (!dn)
-                return -1;
-            ev->count = E;
-            ev->ffn = F;
-            ev->gate = NULL;
-            ev->up = views(b, E);
-            ev->down = views(b, E);
-            if (!ev->up || !ev->down)
+            if (!dn || set_views(b, ev, E, F, 0))
                 return -1;
             for (uint32_t i = 0; i < E; i++) {
                 ev->up[i] = (mview){.t = up, .kind = V_DIRECT, .off = (uint64_t)i * F * H, .expert = i};
@@ -760,14 +752,7 @@ static int routed_experts(bctx *b, expert_views *ev, const mvk_arch_layout **use
             !gu           ? NULL
             : interleaved ? need(b, lay->down, 0, 3, SHAPE(E, F, H), "[E, F, H]")
                           : need(b, lay->down, 0, 3, SHAPE(E, H, F), "[E, H, F]");
-        if (!dn)
-            return -1;
-        ev->count = E;
-        ev->ffn = F;
-        ev->gate = views(b, E);
-        ev->up = views(b, E);
-        ev->down = views(b, E);
-        if (!ev->gate || !ev->up || !ev->down)
+        if (!dn || set_views(b, ev, E, F, 1))
             return -1;
         for (uint32_t i = 0; i < E; i++) {
             if (interleaved) {
