@@ -418,7 +418,7 @@ Test(layer, bitwise_deterministic, .timeout = 600)
     l.scenarios_off = MVKC_SC_NONFINITE;
     mvkc_case c;
     cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
-    uint32_t T = c.T, H = c.desc.hidden, E = c.desc.num_experts, k = c.desc.top_k;
+    uint32_t T = c.T, H = c.desc.hidden, E = c.desc.num_experts, k = moevk_routing_slots(&c.desc);
     moevk_layer *L;
     cr_assert_eq(moevk_layer_create(ctx, &c.desc, &L), MOEVK_SUCCESS, "%s",
                  moevk_context_last_error(ctx));
@@ -499,7 +499,7 @@ static void record_case(host_app *h, moevk_context *ctx, uint64_t seed, const mv
     memset(&r, 0, sizeof r);
     cr_assert_eq(mvkc_case_random(seed, l, &r.c), MOEVK_SUCCESS);
     mvkc_case_describe(&r.c, r.desc, sizeof r.desc);
-    uint32_t T = r.c.T, H = r.c.desc.hidden, E = r.c.desc.num_experts, k = r.c.desc.top_k;
+    uint32_t T = r.c.T, H = r.c.desc.hidden, E = r.c.desc.num_experts, k = moevk_routing_slots(&r.c.desc);
     size_t TH = (size_t)T * H, TK = (size_t)T * k;
 
     moevk_layer *L;
@@ -730,7 +730,7 @@ Test(layer_bad, descriptions_name_the_field)
         "topk_group");
     BAD((d.routing = MOEVK_ROUTING_SIGMOID_GROUPED, d.n_group = 4, d.topk_group = 1), INV,
         "top_k"); /* one kept group of 1 expert cannot hold k = 2 */
-    BAD(d.routing = (moevk_routing)3, INV, "routing");
+    BAD(d.routing = (moevk_routing)17, INV, "routing");
     BAD(d.routing = (moevk_routing)-1, INV, "routing");
     BAD(d.activation = (moevk_activation)(MOEVK_ACT_SWIGLU_POSTCLAMP + 1), INV, "activation");
     BAD((d.flags = MOEVK_LAYER_SHARED_ACTIVATION,

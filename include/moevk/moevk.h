@@ -372,6 +372,16 @@ typedef enum moevk_routing {
      * top-k of c within kept groups; w = s[ids]; optional normalisation
      * (w /= sum(w) + 1e-20). (DeepSeek-V3; one group: MiniMax-M2, Llama 4) */
     MOEVK_ROUTING_SIGMOID_GROUPED = 2,
+    /* Expert choice: p = softmax(l) over all E; each expert takes the C
+     * tokens of the pass with the largest p[t, e] (ties: the lower token),
+     * C = min(T, ceil(cf * T * k / E)), cf = capacity_factor (0 means 1),
+     * k = top_k (the average experts per token); w[t, e] = p[t, e]. A token
+     * gets 0..E experts: ids and weights have E slots per token, slot e
+     * holding expert e (-1 and weight 0 when e did not take the token).
+     * A token's experts depend on the other tokens of its pass, so the mode
+     * refuses MOEVK_LAYER_BATCH_INVARIANT; no groups, correction bias,
+     * normalisation or select_on_logits. (Zhou et al. 2022) */
+    MOEVK_ROUTING_EXPERT_CHOICE = 3,
 } moevk_routing;
 /* Every mode ends with w *= routed_scaling_factor (docs/semantics.md). */
 
@@ -626,6 +636,14 @@ typedef struct moevk_layer_desc {
      * sigmoid(l[ids])). 0 = the mode's selection score */
     int select_on_logits;
 } moevk_layer_desc;
+
+/* Routing slots per token: the width of the ids, weights and row arrays of
+ * a pass ([T, slots]): num_experts for MOEVK_ROUTING_EXPERT_CHOICE, else
+ * top_k. */
+static inline uint32_t moevk_routing_slots(const moevk_layer_desc *desc)
+{
+    return desc->routing == MOEVK_ROUTING_EXPERT_CHOICE ? desc->num_experts : desc->top_k;
+}
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */
 typedef struct moevk_routing_stats {

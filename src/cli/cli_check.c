@@ -62,7 +62,7 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
 /* The digest of a case's result: every output bit the backend produced. */
 static uint64_t result_digest(const mvkc_case *c, const mvkc_result *r)
 {
-    const size_t T = c->T, H = c->desc.hidden, K = c->desc.top_k, E = c->desc.num_experts;
+    const size_t T = c->T, H = c->desc.hidden, K = moevk_routing_slots(&c->desc), E = c->desc.num_experts;
     uint64_t h = 0xcbf29ce484222325ull;
     h = fnv1a(h, r->y, sizeof(float) * T * H);
     h = fnv1a(h, r->ids, sizeof(uint32_t) * T * K);
