@@ -97,7 +97,9 @@ _default_context: Optional[Context] = None
 
 
 def _default() -> Context:
-    """The context layers get when none is given (made at first use)."""
+    """The context vulkan layers get when none is given (made at first use,
+    shared by them all: give each thread its own Context to run them
+    concurrently)."""
     global _default_context
     with _default_lock:
         if _default_context is None:
@@ -323,8 +325,8 @@ class Layer:
             raise _moevk.InvalidArgumentError(
                 f"x has shape {tuple(arr.shape)}: [..., H] with H = hidden = {self.hidden}"
             )
-        if arr.dtype not in (np.float32, np.float16):
-            raise TypeError(f"x is {arr.dtype}: float32 or float16")
+        if arr.dtype.kind != "f":
+            raise TypeError(f"x is {arr.dtype}: float32 or float16 (float64 is rounded)")
         lead = arr.shape[:-1]
         tokens = int(np.prod(lead)) if lead else 1
         if tokens == 0:
