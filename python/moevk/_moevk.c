@@ -701,8 +701,10 @@ static LayerObject *layer_start(LayerObject *l)
     return l;
 }
 
-/* Bytes a weight must have, its name's shape in words into shape. */
-static uint64_t weight_bytes(const moevk_layer_desc *d, int w, char *shape, size_t n)
+/* Bytes a weight must have (its elements in *elems), its shape in words into
+ * shape. */
+static uint64_t weight_bytes(const moevk_layer_desc *d, int w, char *shape, size_t n,
+                             uint64_t *elems)
 {
     const uint64_t H = d->hidden, F = d->ffn, E = d->num_experts;
     const uint64_t Er = E >= d->num_zero_experts ? E - d->num_zero_experts : 0;
@@ -738,6 +740,7 @@ static uint64_t weight_bytes(const moevk_layer_desc *d, int w, char *shape, size
                  (unsigned long long)cols, moevk_dtype_name(dt));
     else
         snprintf(shape, n, "[%llu] of %s", (unsigned long long)cols, moevk_dtype_name(dt));
+    *elems = count * rows * cols;
     return count * rows * moevk_dtype_row_bytes(dt, cols);
 }
 
@@ -798,8 +801,14 @@ static PyObject *py_create_layer(PyObject *self, PyObject *args, PyObject *kw)
             goto fail;
         l->have_view[w] = 1;
         char shape[160];
-        const uint64_t want = weight_bytes(d, w, shape, sizeof shape);
-        if ((uint64_t)l->views[w].len != want) {
+        uint64_t elems = 0;
+        const uint64_t want = weight_bytes(d, w, shape, sizeof shape, &elems);
+        if (elems == 0 && (w >= W_S_GATE && w <= W_SHARED_GATE) && d->num_shared == 0) {
+            invalid("weights['%s'] is given, but num_shared = 0", k);
+            goto fail;
+        }
+        /* a zero dimension: the library's check names the field */
+        if (elems != 0 && (uint64_t)l->views[w].len != want) {
             if (want == 0)
                 invalid("weights['%s']: %s is not a whole number of the format's blocks", k,
                         shape);
@@ -1160,7 +1169,8 @@ PyMODINIT_FUNC PyInit__moevk(void)
     char qual[96];
     snprintf(qual, sizeof qual, "moevk.%s", exc_names[0].name);
     exc_status[0] = PyErr_NewExceptionWithDoc(qual, exc_names[0].doc, PyExc_RuntimeError, NULL);
-    if (!exc_status[0] || PyModule_AddObjectRef(m, exc_names[0].name, exc_status[0]) < 0)
+    if (!exc_status[0] || PyModule_AddObjectRef(m, exc_names[0].name, exc_status[0]) < 0 ||
+        PyObject_SetAttrString(exc_status[0], "status", Py_None) < 0)
         goto fail;
     for (int i = 1; i < N_STATUS; i++) {
         /* a second base where Python has the same kind of error */
@@ -1176,6 +1186,12 @@ PyMODINIT_FUNC PyInit__moevk(void)
         exc_status[i] = PyErr_NewExceptionWithDoc(qual, exc_names[i].doc, bases, NULL);
         Py_DECREF(bases);
         if (!exc_status[i] || PyModule_AddObjectRef(m, exc_names[i].name, exc_status[i]) < 0)
+            goto fail;
+        /* the class's status (raise_status sets it on each instance too) */
+        PyObject *code = PyLong_FromLong(-i);
+        int bad = !code || PyObject_SetAttrString(exc_status[i], "status", code) < 0;
+        Py_XDECREF(code);
+        if (bad)
             goto fail;
     }
     {

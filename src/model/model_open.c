@@ -69,7 +69,9 @@ static int open_hf(mvk_model_block *b, const char *dir, long layer, const char *
                  pl && prefix[pl - 1] != '.' ? "." : "");
         nprefix = 1;
     } else {
-        if (layer < 0 || layer > (long)UINT32_MAX)
+        if (layer < 0)
+            return mvk_errf(err, errsz, "a layer number (or a prefix) is needed");
+        if (layer > (long)UINT32_MAX)
             return mvk_errf(err, errsz, "layer %ld is out of range", layer);
         if (mvk_hf_layer_prefixes(&b->cfg, (uint32_t)layer, decoder, prefixes, &nprefix, err,
                                   errsz))
