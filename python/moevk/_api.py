@@ -344,33 +344,55 @@ class Layer:
                 return a
         return a
 
+    def _passes(self, flat: np.ndarray, lead: tuple):
+        """Row ranges of the passes: one, or one per sequence of a [B, S, H]
+        input when the layer has an expert_capacity per sequence
+        (switch_transformers), as `moevk run` does."""
+        T = flat.shape[0]
+        if self.config["expert_capacity"] and len(lead) == 2 and lead[0] > 1:
+            S = lead[1]
+            return [(b * S, (b + 1) * S) for b in range(lead[0])]
+        return [(0, T)]
+
     def __call__(self, x: Any):
         """y = the layer applied to x [..., H] (float32, x's shape)."""
         flat, lead, T, mod = self._input(x)
-        y = np.empty((T, self.hidden), np.float32)
         k, E = self.top_k, self.num_experts
+        y = np.empty((T, self.hidden), np.float32)
         ids = np.empty((T, k), np.uint32)
         w = np.empty((T, k), np.float32)
         tpe = np.zeros(E, np.uint32)
-        dropped, lbl, z, ent = self._impl.forward(flat, T, y, ids, w, None, tpe)
-        self._stats = RoutingStats(tpe, int(dropped), lbl, z, ent)
-        self._last_routing = (ids, w)
+        passes = self._passes(flat, lead)
+        dropped, losses = 0, np.zeros(3)
+        for a, b in passes:
+            part = np.zeros(E, np.uint32)
+            s = self._impl.forward(flat[a:b], b - a, y[a:b], ids[a:b], w[a:b], None, part)
+            tpe += part
+            dropped += int(s[0])
+            losses += s[1:]
+        # over several passes: the counts add up; the losses are the mean of
+        # the passes' (exact for the z-loss and the entropy, means over tokens)
+        losses /= len(passes)
+        self._stats = RoutingStats(tpe, dropped, *map(float, losses))
         return self._output(y.reshape(*lead, self.hidden), mod)
-
-    forward = __call__
 
     def route(self, x: Any):
         """(ids, weights) of x [..., H]: the expert of each of the k slots
-        (uint32 [..., k], in score order) and its routing weight (float32)."""
+        (uint32 [..., k], in score order) and its routing weight (float32).
+        It runs a pass (without statistics: ``stats`` stays the last
+        forward's)."""
         flat, lead, T, mod = self._input(x)
         k = self.top_k
         ids = np.empty((T, k), np.uint32)
         w = np.empty((T, k), np.float32)
-        self._impl.forward(flat, T, None, ids, w, None, None)
+        for a, b in self._passes(flat, lead):
+            self._impl.forward(flat[a:b], b - a, None, ids[a:b], w[a:b], None, None)
         return (
             self._output(ids.reshape(*lead, k), mod),
             self._output(w.reshape(*lead, k), mod),
         )
+
+    forward = __call__
 
     @property
     def stats(self) -> Optional[RoutingStats]:

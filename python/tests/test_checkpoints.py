@@ -124,3 +124,16 @@ def test_expert_capacity_per_pass(ctx):
     assert L.config["expert_capacity"] > 0
     compare(L(x[:, :3]), cpu(x[:, :3]), 1e-5, "3 tokens")
     compare(L(x), cpu(x), 1e-5, "7 tokens")
+    # [B, S, H]: one pass per sequence (the capacity counts per sequence)
+    xb = np.concatenate([x, x[:, ::-1]], axis=0)
+    y = L(xb)
+    s = L.stats
+    parts = [L(xb[b:b + 1]) for b in range(2)]
+    counts = [L.stats.tokens_per_expert]
+    L(xb[:1])
+    counts.append(L.stats.tokens_per_expert)
+    np.testing.assert_array_equal(y, np.concatenate(parts))
+    np.testing.assert_array_equal(s.tokens_per_expert, counts[0] + counts[1])
+    np.testing.assert_array_equal(cpu(xb), np.concatenate([cpu(xb[b:b + 1]) for b in range(2)]))
+    ids, _ = L.route(xb)
+    assert ids.shape == (2, 7, L.top_k)
