@@ -12,8 +12,7 @@ SEEDS = [11, 12, 13]
 
 
 def not_near_tie(cfg, w, x, gap=1e-5):
-    """Tokens whose k-th and (k+1)-th probabilities are not nearly tied."""
-    _, _, _ = numpy_layer(cfg, w, x[:1])
+    """Tokens whose k-th and (k+1)-th router logits are not nearly tied."""
     x = np.asarray(x, np.float64).reshape(-1, cfg["hidden"])
     logits = x @ np.asarray(w["router_weight"], np.float64).T
     p = np.sort(logits, axis=1)[:, ::-1]

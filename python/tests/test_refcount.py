@@ -4,20 +4,20 @@ marshalling is the same for every backend) and 1,000 on Vulkan, over failing
 calls, and over layers made and dropped."""
 
 import gc
+import os
 import sys
 import tracemalloc
 
 import numpy as np
 
 import moevk
-from conftest import random_layer
+from conftest import FIXTURES, random_layer
 
 
 def rss_bytes():
+    """Resident memory (Linux: /proc/self/statm counts pages)."""
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
-    import resource  # noqa: F401 (Linux: statm in pages of the page size)
-    import os
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -87,9 +87,8 @@ def test_layers_made_and_dropped(ctx):
 
     def make():
         moevk.Layer(cfg, w, backend="cpu")
-        moevk.Layer.from_pretrained(
-            __import__("os").path.join(__import__("conftest").FIXTURES, "hf_blocks", "mixtral"),
-            0, backend="cpu")
+        moevk.Layer.from_pretrained(os.path.join(FIXTURES, "hf_blocks", "mixtral"), 0,
+                                    backend="cpu")
 
     check_calls(make, 2_000, arrays)
     check_calls(lambda: moevk.Layer(cfg, w, context=ctx), 200, arrays + [ctx._impl],

@@ -10,7 +10,6 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (optional comparison)")
 
-import numpy as np  # noqa: E402
 
 import moevk  # noqa: E402
 from conftest import rel_l2  # noqa: E402
