@@ -90,15 +90,9 @@ static PyObject *invalid(const char *fmt, ...)
 
 /* ---- locks ----------------------------------------------------------------- */
 
-/* Take l, waiting with the GIL released. */
-static void lock_take(PyThread_type_lock l)
-{
-    if (PyThread_acquire_lock(l, NOWAIT_LOCK))
-        return;
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(l, WAIT_LOCK);
-    Py_END_ALLOW_THREADS
-}
+/* Every wait for a lock happens with the GIL released, and the work under
+ * the lock too: a thread holding a lock never waits for the GIL, so a
+ * thread holding the GIL may wait for a lock (layer_dealloc). */
 
 /* ---- device info ----------------------------------------------------------- */
 
@@ -259,9 +253,12 @@ static PyObject *context_validation_messages(ContextObject *self, void *closure)
     (void)closure;
     if (!context_ready(self))
         return NULL;
-    lock_take(self->lock);
-    uint32_t n = moevk_context_validation_messages(self->ctx);
+    uint32_t n;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    n = moevk_context_validation_messages(self->ctx);
     PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
     return PyLong_FromUnsignedLong(n);
 }
 
@@ -603,8 +600,12 @@ static void layer_dealloc(LayerObject *self)
 {
     if (self->b) {
         PyThread_type_lock lk = layer_lock(self);
-        if (lk)
-            PyThread_acquire_lock(lk, WAIT_LOCK); /* no holder waits for the GIL */
+        if (lk && !PyThread_acquire_lock(lk, NOWAIT_LOCK)) {
+            /* another thread's pass on the context: wait without the GIL */
+            Py_BEGIN_ALLOW_THREADS
+            PyThread_acquire_lock(lk, WAIT_LOCK);
+            Py_END_ALLOW_THREADS
+        }
         if (self->L)
             self->b->destroy(self->L);
         if (self->dev)
@@ -805,6 +806,14 @@ static PyObject *py_create_layer(PyObject *self, PyObject *args, PyObject *kw)
         const uint64_t want = weight_bytes(d, w, shape, sizeof shape, &elems);
         if (elems == 0 && (w >= W_S_GATE && w <= W_SHARED_GATE) && d->num_shared == 0) {
             invalid("weights['%s'] is given, but num_shared = 0", k);
+            goto fail;
+        }
+        const char *f = l->views[w].format ? l->views[w].format : "B";
+        if (*f == '<' || *f == '=' || *f == '@')
+            f++;
+        const char *need = strstr(shape, "of f32") ? "f" : strstr(shape, "of f16") ? "e" : NULL;
+        if (need && strcmp(f, need)) {
+            invalid("weights['%s'] has items of format '%s': %s wants '%s'", k, f, shape, need);
             goto fail;
         }
         /* a zero dimension: the library's check names the field */
@@ -1061,9 +1070,11 @@ static PyObject *layer_memory(LayerObject *self, PyObject *noargs)
     memset(&m, 0, sizeof m);
     if (self->b->memory && self->L) {
         PyThread_type_lock lk = layer_lock(self);
-        lock_take(lk);
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(lk, WAIT_LOCK);
         self->b->memory(self->L, self->last_T, &m);
         PyThread_release_lock(lk);
+        Py_END_ALLOW_THREADS
     }
     const moevk_cache_stats *c = &m.cache;
     return Py_BuildValue(

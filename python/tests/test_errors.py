@@ -71,6 +71,7 @@ def without(name):
     (dict(W, gate=W["gate"][:4]), r"weights\['gate'\] has 49152 bytes; \[8, 48, 64\] of f32 is 98304"),
     (dict(W, router_bias=np.zeros(7, np.float32)), r"weights\['router_bias'\] has 28 bytes; \[8\] of f32"),
     (dict(W, junk=W["gate"]), r"weights\['junk'\]: no such weight"),
+    (dict(W, router_bias=np.zeros(8, np.int32)), r"weights\['router_bias'\] has items of format 'i': \[8\] of f32 wants 'f'"),
     (dict(W, shared_experts_gate=W["gate"][:1]), r"weights\['shared_experts_gate'\] is given, but num_shared = 0"),
     (dict(W, gate=W["gate"].astype(np.float16)), r"weight_dtype: the weights \['down', 'gate', 'up'\] have different dtypes"),
 ])

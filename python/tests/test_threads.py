@@ -99,3 +99,34 @@ def test_gil_released_during_a_pass():
     assert alone > 0.05, f"the pass took {alone:.3f} s: too short to tell"
     assert len(gaps) > 5, f"{len(gaps)} iterations while a {alone:.3f} s pass ran"
     assert max(gaps) < alone / 2, f"the main thread stalled {max(gaps):.3f} s of {alone:.3f} s"
+
+
+def test_layers_dropped_while_another_thread_runs(ctx):
+    # a layer freed on one thread waits (without the GIL) for the other
+    # thread's pass on the same context
+    cfg, w = random_layer(56)
+    x = np.random.default_rng(56).standard_normal((64, 64)).astype(np.float32)
+    busy = moevk.Layer(cfg, w, context=ctx)
+    want = busy(x)
+    out = []
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            out.append(busy(x))
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        for _ in range(20):
+            layer = moevk.Layer(cfg, w, context=ctx)
+            layer(x[:2])
+            layer.memory
+            ctx.validation_messages
+            del layer
+    finally:
+        stop.set()
+        t.join(60)
+    assert not t.is_alive() and out
+    for y in out:
+        np.testing.assert_array_equal(y, want)
