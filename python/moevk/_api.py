@@ -187,6 +187,8 @@ def _weight_array(name: str, w: Any, fmt: Optional[str]) -> np.ndarray:
     if name in _F32_WEIGHTS:
         if a.dtype != np.float32 and a.dtype.kind == "f":
             a = a.astype(np.float32)
+    elif fmt is None and a.dtype == np.float64:
+        a = a.astype(np.float32)  # no float64 format: rounded to f32
     elif fmt is None and a.dtype.kind not in "f":
         raise TypeError(
             f"weights[{name!r}] is {a.dtype}: float32/float16 arrays, or say the format in "

@@ -117,6 +117,15 @@ def test_f16_weights_against_reference(ctx):
     assert rel_l2(vk(x), want) < 1e-5
 
 
+def test_f64_weights_are_rounded_to_f32():
+    cfg, w = random_layer(26)
+    w64 = {n: a.astype(np.float64) for n, a in w.items()}
+    x = np.random.default_rng(26).standard_normal((3, cfg["hidden"])).astype(np.float32)
+    a = moevk.Layer(cfg, w64, backend="cpu")
+    assert a.config["weight_dtype"] == "f32"
+    np.testing.assert_array_equal(a(x), moevk.Layer(cfg, w, backend="cpu")(x))
+
+
 def test_bf16_weights_as_uint16(ctx):
     cfg, w = random_layer(27)
     bf = {n: (a.view(np.uint32) >> 16).astype(np.uint16) for n, a in w.items()}
