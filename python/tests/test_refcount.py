@@ -93,3 +93,16 @@ def test_layers_made_and_dropped(ctx):
     check_calls(make, 2_000, arrays)
     check_calls(lambda: moevk.Layer(cfg, w, context=ctx), 200, arrays + [ctx._impl],
                 slack_rss=8 << 20)
+
+
+def test_the_checks_see_planted_leaks():
+    import pytest
+
+    x = np.zeros(4, np.float32)
+    kept = []
+    with pytest.raises(AssertionError, match="references left"):
+        check_calls(lambda: kept.append(x), 1_000, [x])
+    kept.clear()
+    with pytest.raises(AssertionError, match="bytes of Python memory kept"):
+        check_calls(lambda: kept.append(np.zeros(1)), 2_000, [])
+    kept.clear()
