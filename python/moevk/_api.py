@@ -221,7 +221,11 @@ class Layer:
     activation "swiglu", ...), weights are ``router_weight`` [E, H], ``gate``
     and ``up`` [E, F, H], ``down`` [E, H, F], and optionally router_bias,
     correction_bias, gate_bias, up_bias, down_bias, shared_experts_gate/up/down
-    (and their _bias), shared_gate and output_bias. ``Layer.from_pretrained``
+    (and their _bias), shared_gate and output_bias; float32 or float16 (bf16
+    or block formats as uint16 / uint8 arrays with config["weight_dtype"]).
+    quantize: a format the experts are quantised into at create ("q8_0",
+    "q4_k", ...); vram_budget: bytes, or "50%" of the routed experts' bytes
+    on the device (the rest read from host memory). ``Layer.from_pretrained``
     loads one block of a Hugging Face checkpoint or a GGUF file.
 
     ``layer(x)`` runs x [..., H] and returns y of x's shape (float32);
@@ -236,8 +240,11 @@ class Layer:
         context: Optional[Context] = None,
         backend: str = "vulkan",
         vram_budget: Union[None, int, str] = None,
+        quantize: Optional[str] = None,
     ):
         cfg = dict(config)
+        if quantize is not None:  # as from_pretrained: quantised at create
+            cfg["quantize_dtype"] = quantize
         arrays = {}
         for name, w in weights.items():
             if w is None:

@@ -140,6 +140,8 @@ def test_quantised_at_create(ctx):
     cfg, w = random_layer(29, H=256, F=256, E=4)
     q = moevk.Layer(dict(cfg, quantize_dtype="q8_0"), w, context=ctx)
     assert q.config["formats"] == "q8_0"
+    q4 = moevk.Layer(cfg, w, context=ctx, quantize="q4_k")
+    assert q4.config["formats"] == "q4_k"
     x = np.random.default_rng(30).standard_normal((4, 256)).astype(np.float32)
     want, _, _ = numpy_layer(cfg, w, x)
     assert rel_l2(q(x), want) < 2e-2  # q8_0 rounding
