@@ -43,7 +43,8 @@ def new_context():
 
 
 def read_safetensors(path):
-    """{name: array} of a safetensors file (F32, F64, F16, BF16 -> float)."""
+    """{name: array} of a safetensors file (F32, F64, F16, BF16 -> float32;
+    I32, U8)."""
     with open(path, "rb") as f:
         b = f.read()
     (n,) = struct.unpack("<Q", b[:8])
@@ -58,7 +59,8 @@ def read_safetensors(path):
         if dt == "BF16":
             a = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
         else:
-            a = np.frombuffer(raw, {"F32": np.float32, "F64": np.float64, "F16": np.float16}[dt])
+            a = np.frombuffer(raw, {"F32": np.float32, "F64": np.float64, "F16": np.float16,
+                                    "I32": np.int32, "U8": np.uint8}[dt])
         out[name] = a.reshape(t["shape"])
     return out
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import moevk
-from conftest import FIXTURES, GGUF_FIXTURES, read_safetensors
+from conftest import FIXTURES, GGUF_FIXTURES, numpy_layer, read_safetensors
 
 
 def hf_fixtures():
@@ -137,3 +137,34 @@ def test_expert_capacity_per_pass(ctx):
     np.testing.assert_array_equal(cpu(xb), np.concatenate([cpu(xb[b:b + 1]) for b in range(2)]))
     ids, _ = L.route(xb)
     assert ids.shape == (2, 7, L.top_k)
+
+
+def test_quantised_checkpoint_against_its_dequantised_weights(ctx):
+    # GPTQ 4-bit experts are repacked into gptq4 blocks at load, with the
+    # dequantised values tests/fixtures/make_hf_quant.py got from the GPTQ
+    # reader: the NumPy oracle on those values is the expected output
+    d = os.path.join(FIXTURES, "hf_quant", "gptq_v1_mixtral")
+    want_w = read_safetensors(os.path.join(d, "expected.safetensors"))
+    model = read_safetensors(os.path.join(d, "model.safetensors"))
+    E, H = 2, 32
+    w = {"router_weight": model["model.layers.0.block_sparse_moe.gate.weight"]}
+    for p in ("gate", "up", "down"):
+        w[p] = np.stack([want_w[f"experts.{e}.{p}"] for e in range(E)])
+    cfg = {"hidden": H, "ffn": 64, "num_experts": E, "top_k": 2, "norm_topk_prob": True}
+    x = np.random.default_rng(71).standard_normal((6, H)).astype(np.float32)
+    want, _, _ = numpy_layer(cfg, w, x)
+    for backend, context, tol in (("cpu", None, 1e-6), ("vulkan", ctx, 1e-5)):
+        L = moevk.Layer.from_pretrained(d, 0, backend=backend, context=context)
+        assert L.config["formats"] == "gptq4" and "gptq" in L.config["quant"].lower()
+        compare(L(x), want, tol, f"gptq_v1_mixtral on {backend}")
+
+
+@pytest.mark.parametrize("name,fmt", [("bnb_nf4_mixtral", "nf4"), ("fp8_qwen3", "fp8_e4m3"),
+                                      ("awq_mixtral", "gptq4")])
+def test_quantised_checkpoint_formats(ctx, name, fmt):
+    d = os.path.join(FIXTURES, "hf_quant", name)
+    vk = moevk.Layer.from_pretrained(d, 0, context=ctx)
+    cpu = moevk.Layer.from_pretrained(d, 0, backend="cpu")
+    assert vk.config["formats"] == fmt, vk.config["formats"]
+    x = np.random.default_rng(72).standard_normal((5, vk.hidden)).astype(np.float32)
+    compare(vk(x), cpu(x), 1e-5, name)
