@@ -126,6 +126,7 @@ def test_bad_input():
     ((MIXTRAL, 5), {}, r"layer 5 is out of range: mixtral has num_hidden_layers = 1"),
     ((MIXTRAL,), {}, r"a layer number \(or a prefix\) is needed"),
     ((MIXTRAL,), {"prefix": "model.layers.9.mlp"}, r"model\.layers\.9\.mlp\."),
+    ((MIXTRAL, 0), {"prefix": "model.layers.0.mlp"}, r"give a layer number or a prefix, not both"),
     ((GGUF,), {}, r"a GGUF model needs a layer number"),
     ((GGUF, 0), {"prefix": "x"}, r"a prefix is not for a GGUF file"),
     ((GGUF, 0), {"decoder": True}, r"the decoder stack is not for a GGUF file"),

@@ -60,6 +60,8 @@ static int open_hf(mvk_model_block *b, const char *dir, long layer, const char *
         return -1;
     char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
     int nprefix = 0;
+    if (prefix && layer >= 0)
+        return mvk_errf(err, errsz, "give a layer number or a prefix, not both");
     if (prefix) {
         size_t pl = strlen(prefix);
         if (pl + 2 > MVK_PREFIX_LEN)

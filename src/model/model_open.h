@@ -6,7 +6,8 @@
  * single file or sharded with model.safetensors.index.json) or a GGUF file
  * (any of a split model's files). For a directory the block is layer
  * `layer` of the architecture's layer prefixes (the decoder stack when
- * `decoder`), or the tensors under `prefix` when that is not NULL; a GGUF
+ * `decoder`), or the tensors under `prefix` when that is not NULL (layer
+ * then -1); a GGUF
  * file's block is blk.<layer>. (`prefix` and `decoder` are refused for a
  * GGUF file.) The block's desc points into the memory-mapped files, which
  * stay open until mvk_model_block_close.
