@@ -325,6 +325,8 @@ class Layer:
         self.config = self._impl.info()
         self.hidden = self.config["hidden"]
         self.top_k = self.config["top_k"]
+        # routing slots per token: top_k, or num_experts under expert choice
+        self.slots = self.config["slots"]
         self.num_experts = self.config["num_experts"]
         self._stats: Optional[RoutingStats] = None
 
@@ -366,7 +368,7 @@ class Layer:
     def __call__(self, x: Any):
         """y = the layer applied to x [..., H] (float32, x's shape)."""
         flat, lead, T, mod = self._input(x)
-        k, E = self.top_k, self.num_experts
+        k, E = self.slots, self.num_experts
         y = np.empty((T, self.hidden), np.float32)
         ids = np.empty((T, k), np.uint32)
         w = np.empty((T, k), np.float32)
@@ -387,11 +389,13 @@ class Layer:
 
     def route(self, x: Any):
         """(ids, weights) of x [..., H]: the expert of each of the k slots
-        (uint32 [..., k], in score order) and its routing weight (float32).
+        (uint32 [..., k], in score order) and its routing weight (float32);
+        under expert choice one slot per expert (slot e: e, or 2**32 - 1 and
+        weight 0 when expert e did not take the token).
         It runs a pass (without statistics: ``stats`` stays the last
         forward's)."""
         flat, lead, T, mod = self._input(x)
-        k = self.top_k
+        k = self.slots
         ids = np.empty((T, k), np.uint32)
         w = np.empty((T, k), np.float32)
         for a, b in self._passes(flat, lead):

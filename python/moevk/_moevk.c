@@ -328,7 +328,8 @@ static const field_def fields[] = {
 };
 #undef FD
 
-static const char *const routing_names[] = {"softmax_topk", "topk_softmax", "sigmoid_grouped"};
+static const char *const routing_names[] = {"softmax_topk", "topk_softmax", "sigmoid_grouped",
+                                            "expert_choice"};
 static const char *const act_names[] = {"swiglu",       "geglu",          "geglu_tanh",
                                         "swiglu_oai",   "relu",           "gelu",
                                         "relu2",        "swiglu_clamp",   "swiglu_softcap",
@@ -983,7 +984,7 @@ static PyObject *layer_forward(LayerObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OkOOOOO:forward", &xo, &T, &yo, &io, &wo, &ro, &to))
         return NULL;
     const moevk_layer_desc *d = &self->desc;
-    const uint64_t H = d->hidden, K = d->top_k, E = d->num_experts;
+    const uint64_t H = d->hidden, K = moevk_routing_slots(d), E = d->num_experts;
     if (T == 0 || T > UINT32_MAX)
         return invalid("x has %lu tokens: 1 .. %u", T, UINT32_MAX);
     Py_buffer bx, by, bi, bw, br, bt;
@@ -1101,9 +1102,10 @@ static PyObject *layer_info(LayerObject *self, PyObject *noargs)
     mvk_desc_formats(&dev, formats, sizeof formats);
     const mvk_model_layer *ml = self->block ? &self->block->layer : NULL;
     return Py_BuildValue(
-        "{s:s,s:s,s:I,s:I,s:I,s:I,s:s,s:s,s:O,s:I,s:I,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:K,s:f}",
+        "{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:s,s:s,s:O,s:I,s:I,s:I,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:K,s:f}",
         "backend", self->b->name, "device", self->info.desc, "hidden", d->hidden, "ffn",
-        d->ffn, "num_experts", d->num_experts, "top_k", d->top_k, "routing",
+        d->ffn, "num_experts", d->num_experts, "top_k", d->top_k, "slots",
+        moevk_routing_slots(d), "routing",
         routing_name((int)d->routing), "activation", act_name((int)d->activation),
         "norm_topk_prob", d->norm_topk_prob ? Py_True : Py_False, "num_shared", d->num_shared,
         "shared_ffn", d->num_shared ? (d->shared_ffn ? d->shared_ffn : d->ffn) : 0, "n_group",

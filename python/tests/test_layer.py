@@ -190,3 +190,52 @@ def test_devices_and_backends(ctx):
     assert ctx.device.name in [d.name for d in devs]
     b = moevk.backends()
     assert b["vulkan"][0] and b["cpu"][0]
+
+
+def test_expert_choice_matches_numpy(ctx):
+    """Expert choice: each expert takes the C tokens with the largest p[t, e]
+    (C = ceil(cf T k / E)); slot e of a token holds e or 2**32 - 1."""
+    cfg, w = random_layer(31, norm=False)
+    cfg.update(routing="expert_choice", capacity_factor=1.5)
+    T, E, k, H = 29, cfg["num_experts"], cfg["top_k"], cfg["hidden"]
+    C = int(np.ceil(1.5 * T * k / E))
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    logits = x64 @ np.asarray(w["router_weight"], np.float64).T
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    taken = np.zeros((T, E), bool)
+    clear = True
+    for e in range(E):
+        order = np.argsort(-p[:, e], kind="stable")
+        taken[order[:C], e] = True
+        gap = p[order[C - 1], e] - p[order[C], e]
+        clear &= gap > 1e-5 * p[order[C - 1], e]
+    assert clear, "seed 31/32: a near-tie at an expert's boundary"
+
+    def silu(v):
+        return v / (1.0 + np.exp(-v))
+
+    want = np.zeros((T, H))
+    for t in range(T):
+        for e in np.nonzero(taken[t])[0]:
+            g = np.asarray(w["gate"][e], np.float64) @ x64[t]
+            u = np.asarray(w["up"][e], np.float64) @ x64[t]
+            want[t] += p[t, e] * (np.asarray(w["down"][e], np.float64) @ (silu(g) * u))
+    for layer in (moevk.Layer(cfg, w, context=ctx), moevk.Layer(cfg, w, backend="cpu")):
+        y = layer(x)
+        assert rel_l2(y, want) < 1e-5
+        s = layer.stats
+        np.testing.assert_array_equal(s.tokens_per_expert, np.full(E, C))
+        assert s.dropped == 0
+        ids, wts = layer.route(x)
+        assert ids.shape == (T, E) and wts.shape == (T, E)
+        expect = np.where(taken, np.arange(E, dtype=np.uint32), np.uint32(0xFFFFFFFF))
+        np.testing.assert_array_equal(ids, expect)
+        np.testing.assert_allclose(wts, np.where(taken, p, 0.0), rtol=1e-5, atol=1e-7)
+    # tokens no expert took, and tokens several took: the choice is uneven
+    n = taken.sum(axis=1)
+    assert (n == 0).any() or (n > k).any()
+    with pytest.raises(moevk.InvalidArgumentError, match="BATCH_INVARIANT"):
+        moevk.Layer(dict(cfg, batch_invariant=True), w, context=ctx)
