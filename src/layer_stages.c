@@ -56,10 +56,19 @@ static moevk_status check_ids(moevk_layer *L, const moevk_tensor *ids, uint32_t 
     if (!h)
         return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "ids check");
     st = moevk_tensor_download(ids, h);
+    const bool ec = L->desc.routing == MOEVK_ROUTING_EXPERT_CHOICE;
     for (uint32_t t = 0; !st && t < T; t++)
         for (uint32_t j = 0; !st && j < K; j++) {
             int32_t v = h[t * K + j];
-            if (v < 0 || (uint32_t)v >= E)
+            /* expert choice: slot j holds expert j or nothing (-1) */
+            if (ec && v != (int32_t)j && v != -1)
+                st = mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                              "ids[%u, %u] = %d: under expert choice slot %u holds expert %u "
+                              "or -1",
+                              t, j, v, j, j);
+            else if (ec)
+                continue;
+            else if (v < 0 || (uint32_t)v >= E)
                 st = mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
                               "ids[%u, %u] = %d is not an expert index in 0..%u", t, j, v, E - 1);
             for (uint32_t i = 0; !st && i < j; i++)

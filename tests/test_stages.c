@@ -590,8 +590,27 @@ Test(stages, expert_choice)
         cr_assert(y[0] != 0.0f || y[1] != 0.0f);
         cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, want, NULL, NULL, NULL, NULL), 0);
         cr_assert_leq(mvkt_rel_l2(y, want, T * H), 1e-5, "seed %llu", (unsigned long long)seed);
-        moevk_tensor *all[] = {&tx, &ty, &ids, &w};
-        for (size_t i = 0; i < 4; i++)
+        /* the standalone permute takes those ids: empty slots get no row */
+        moevk_tensor rowt = tensor(ctx, MOEVK_DTYPE_I32, T, E), cnt = tensor(ctx, MOEVK_DTYPE_I32, E, 0);
+        cr_assert_eq(moevk_layer_permute(L, &ids, &rowt, &cnt), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        int32_t hrow[8], hcnt[2];
+        cr_assert_eq(moevk_tensor_download(&rowt, hrow), 0);
+        cr_assert_eq(moevk_tensor_download(&cnt, hcnt), 0);
+        cr_assert(hcnt[0] == 2 && hcnt[1] == 2, "counts %d %d", hcnt[0], hcnt[1]);
+        /* expert 0's rows 0, 1 (tokens 0, 1), expert 1's rows 2, 3 (1, 3) */
+        const int32_t want_rows[8] = {0, -1, 1, 2, -1, -1, -1, 3};
+        for (int a = 0; a < 8; a++)
+            cr_assert_eq(hrow[a], want_rows[a], "token %d slot %d: row %d, expected %d", a / 2,
+                         a % 2, hrow[a], want_rows[a]);
+        /* a slot holding another expert than its own is refused */
+        int32_t bad_ids[8] = {0, -1, 1, 1, -1, -1, -1, 1};
+        cr_assert_eq(moevk_tensor_upload(&ids, bad_ids), 0);
+        cr_assert_eq(moevk_layer_permute(L, &ids, &rowt, &cnt), MOEVK_ERROR_INVALID_ARGUMENT);
+        cr_assert(strstr(moevk_context_last_error(ctx), "ids[1, 0] = 1"), "%s",
+                  moevk_context_last_error(ctx));
+        moevk_tensor *all[] = {&tx, &ty, &ids, &w, &rowt, &cnt};
+        for (size_t i = 0; i < 6; i++)
             moevk_tensor_destroy(all[i]);
         moevk_layer_destroy(L);
         free_layer(&s);
