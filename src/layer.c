@@ -471,7 +471,8 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
     mvk_layer_matrices(d, kind);
     mvk_quant_progress prog;
     quant_begin(L, kind, &prog);
-    if (!st)
+    /* the token side of an expert-parallel layer holds no routed experts */
+    if (!st && !(d->flags & MOEVK_LAYER_NO_ROUTED_EXPERTS))
         st = set_create(L, &d->experts, moevk_ref_ffn_experts(d), d->ffn, kind, &prog,
                         &L->routed);
     if (!st && d->num_shared)
@@ -548,6 +549,11 @@ static moevk_status check_io(moevk_layer *L, const moevk_tensor *x, const moevk_
 {
     moevk_context *ctx = L->ctx;
     moevk_status st;
+    if (L->desc.flags & MOEVK_LAYER_NO_ROUTED_EXPERTS)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "the layer has MOEVK_LAYER_NO_ROUTED_EXPERTS: it holds no routed experts "
+                        "to run a whole pass with (it is the token side of an expert-parallel "
+                        "layer: route, then combine)");
     if ((st = mvk_check_tensor(ctx, x, "x", 1u << MOEVK_DTYPE_F32, 2)) ||
         (st = mvk_check_tensor(ctx, y, "y", 1u << MOEVK_DTYPE_F32, 2)))
         return st;

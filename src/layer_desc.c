@@ -308,8 +308,13 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                               MOEVK_LAYER_MATRIX_DTYPES | MOEVK_LAYER_QUANTIZE |
                               MOEVK_LAYER_VRAM_BUDGET | MOEVK_LAYER_CACHE_STATIC |
                               MOEVK_LAYER_IMPORT_HOST_EXPERTS | MOEVK_LAYER_WEIGHTS_ON_INPUT |
-                              MOEVK_LAYER_SHARED_ACTIVATION))
+                              MOEVK_LAYER_SHARED_ACTIVATION | MOEVK_LAYER_NO_ROUTED_EXPERTS))
         return mvk_fail(ctx, bad, "flags 0x%x has unknown bits", d.flags);
+    const bool no_routed = (d.flags & MOEVK_LAYER_NO_ROUTED_EXPERTS) != 0;
+    if (no_routed && (d.flags & MOEVK_LAYER_VRAM_BUDGET))
+        return mvk_fail(ctx, bad,
+                        "flags: MOEVK_LAYER_NO_ROUTED_EXPERTS with MOEVK_LAYER_VRAM_BUDGET (a "
+                        "budget of routed experts the layer does not hold)");
     if ((d.flags & MOEVK_LAYER_CACHE_STATIC) && !(d.flags & MOEVK_LAYER_VRAM_BUDGET))
         return mvk_fail(ctx, bad, "flags: MOEVK_LAYER_CACHE_STATIC needs MOEVK_LAYER_VRAM_BUDGET");
     if ((d.flags & MOEVK_LAYER_IMPORT_HOST_EXPERTS) && !(d.flags & MOEVK_LAYER_VRAM_BUDGET))
@@ -320,7 +325,7 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         "vram_budget = %llu is set but flags lack MOEVK_LAYER_VRAM_BUDGET",
                         (unsigned long long)d.vram_budget);
     bool gated = moevk_activation_is_gated(d.activation);
-    moevk_status st = check_weights(ctx, &d.experts, "experts", gated);
+    moevk_status st = no_routed ? MOEVK_SUCCESS : check_weights(ctx, &d.experts, "experts", gated);
     if (st)
         return st;
     if (d.num_shared) {
@@ -332,7 +337,7 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     } else if (d.shared_gate) {
         return mvk_fail(ctx, bad, "shared_gate is set but num_shared is 0");
     }
-    if ((st = check_input_perm(ctx, &d.experts, "experts", n_ffn, d.hidden)) ||
+    if ((!no_routed && (st = check_input_perm(ctx, &d.experts, "experts", n_ffn, d.hidden))) ||
         (d.num_shared && (st = check_input_perm(ctx, &d.shared, "shared", d.num_shared, d.hidden))))
         return st;
     if ((st = check_formats(ctx, desc_in, &d)))

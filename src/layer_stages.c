@@ -112,9 +112,9 @@ static moevk_status run_parts(moevk_layer *L, uint32_t T, const mvk_pass_io *io,
         return st;
     if (one_chunk && g.nexpert > 1)
         return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
-                        "moevk_layer_experts writes all %u tokens' expert rows at once, but "
-                        "their activations exceed the device's buffers: call it with at most "
-                        "%u tokens",
+                        "%s takes all %u tokens' expert rows at once, but their activations "
+                        "exceed the device's buffers: call it with at most %u tokens",
+                        io->routed_given ? "moevk_layer_combine_shared" : "moevk_layer_experts",
                         T, g.expert_chunk);
     if ((st = mvk_workspace_fit(L->ws, &g)))
         return st;
@@ -189,6 +189,10 @@ static moevk_status layer_experts(moevk_layer *L, const moevk_tensor *x, const m
     moevk_context *ctx = L->ctx;
     uint32_t T = 0;
     moevk_status st;
+    if (L->desc.flags & MOEVK_LAYER_NO_ROUTED_EXPERTS)
+        return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                        "the layer has MOEVK_LAYER_NO_ROUTED_EXPERTS: it holds no routed "
+                        "experts to run");
     if (L->desc.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
                         "the layer has MOEVK_LAYER_WEIGHTS_ON_INPUT: its experts' inputs are "
@@ -244,6 +248,33 @@ MVK_PUBLIC_CTX(moevk_layer_combine,
                (moevk_layer *L, const moevk_tensor *expert_out, const moevk_tensor *row_of,
                 const moevk_tensor *weights, moevk_tensor *y),
                L ? L->ctx : NULL, layer_combine(L, expert_out, row_of, weights, y))
+
+static moevk_status layer_combine_shared(moevk_layer *L, const moevk_tensor *x,
+                                         const moevk_tensor *expert_out,
+                                         const moevk_tensor *row_of, const moevk_tensor *weights,
+                                         moevk_tensor *y)
+{
+    moevk_context *ctx = L->ctx;
+    const uint32_t K = moevk_routing_slots(&L->desc), H = L->desc.hidden;
+    uint32_t T = 0;
+    moevk_status st;
+    if ((st = tokens_of_x(L, x, &T)) || (st = check_shape2(ctx, y, "y", MOEVK_DTYPE_F32, T, H)) ||
+        (st = check_shape2(ctx, expert_out, "expert_out", MOEVK_DTYPE_F32, (uint64_t)T * K, H)) ||
+        (st = check_shape2(ctx, weights, "weights", MOEVK_DTYPE_F32, T, K)) ||
+        (st = check_rows(L, row_of, T)))
+        return st;
+    mvk_pass_io io = {
+        .x = mvk_tensor_binding(x), .y = mvk_tensor_binding(y), .shared = true, .combine = true,
+        .routed_given = true, .row_of = mvk_tensor_binding(row_of),
+        .weights = mvk_tensor_binding(weights), .expert_out = mvk_tensor_binding(expert_out),
+    };
+    return run_parts(L, T, &io, true);
+}
+
+MVK_PUBLIC_CTX(moevk_layer_combine_shared,
+               (moevk_layer *L, const moevk_tensor *x, const moevk_tensor *expert_out,
+                const moevk_tensor *row_of, const moevk_tensor *weights, moevk_tensor *y),
+               L ? L->ctx : NULL, layer_combine_shared(L, x, expert_out, row_of, weights, y))
 
 static moevk_status layer_shared(moevk_layer *L, const moevk_tensor *x, moevk_tensor *y)
 {

@@ -408,14 +408,15 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                     .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS),
                     .shared_out = mvk_ws_binding(ws, MVK_WS_OS),
                     .shared_gate = mvk_ws_binding(ws, MVK_WS_SG_LOGITS), .y = io->y,
-                    .tok0 = t0, .T = n, .H = d->hidden, .K = io->experts ? moevk_routing_slots(d) : 0,
+                    .tok0 = t0, .T = n, .H = d->hidden, .K = io->experts || io->routed_given ? moevk_routing_slots(d) : 0,
                     .n_shared = io->shared ? d->num_shared : 0,
                     .has_gate = io->shared && L->shared_gate != NULL,
                     .unit_weights = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0,
                     /* the output bias goes with the routed part (the shared
                      * experts' stage leaves it to moevk_layer_combine) */
                     .shared_scale = d->shared_scale,
-                    .out_bias = io->experts ? whole(L->out_b) : (mvk_binding){0},
+                    .out_bias = io->experts || io->routed_given ? whole(L->out_b)
+                                                               : (mvk_binding){0},
                 };
                 mvk_op_combine(c, &ca);
                 mvk_cmd_barrier(c);

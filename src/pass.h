@@ -21,6 +21,9 @@ typedef struct mvk_pass_io {
      * buffer at the end (a synchronous pass of a budgeted layer), for the
      * cache to read after the fence without another transfer */
     bool cache_counts;
+    /* the routed slots' expert rows are the caller's expert_out (combine
+     * without the expert stage: moevk_layer_combine_shared) */
+    bool routed_given;
     /* caller tensors standing in for workspace slots (buffer NULL: the
      * workspace's own): ids, weights, row_of [T, k]; expert_out [T*k, H]
      * (one expert chunk only) */

@@ -536,6 +536,14 @@ enum moevk_layer_flags {
      * routed experts, a plain SwiGLU shared one). It must be gated when
      * `activation` is, and not gated when it is not. */
     MOEVK_LAYER_SHARED_ACTIVATION = 1u << 8,
+    /* The layer holds no routed expert weights (`experts` is not read):
+     * only the router, the shared experts (and their gate) and the output
+     * bias. The token side of an expert-parallel layer (moevk_ep_layer),
+     * whose routed experts live on the ranks that own them. Such a layer
+     * runs moevk_layer_route, _permute, _combine, _combine_shared and
+     * _shared_experts; moevk_layer_forward, _record and _experts refuse
+     * it. Not with MOEVK_LAYER_VRAM_BUDGET (a budget of routed experts). */
+    MOEVK_LAYER_NO_ROUTED_EXPERTS = 1u << 9,
 };
 
 typedef struct moevk_layer_desc {
@@ -856,10 +864,123 @@ MOEVK_API moevk_status moevk_layer_experts(moevk_layer *layer, const moevk_tenso
 MOEVK_API moevk_status moevk_layer_combine(moevk_layer *layer, const moevk_tensor *expert_out,
                                            const moevk_tensor *row_of,
                                            const moevk_tensor *weights, moevk_tensor *y);
+/* moevk_layer_combine with the shared experts on x [T, H] in the same sum,
+ * in forward's order: y_t = (the routed slots in slot order) + the (gated)
+ * shared outputs times shared_scale + output_bias. Given the expert rows
+ * that forward computes (under MOEVK_LAYER_BATCH_INVARIANT, rows computed
+ * by any layer holding the same experts), y is bitwise forward's y.
+ * expert_out [T*k, H] f32 is indexed by row_of as in moevk_layer_combine.
+ * One expert chunk of tokens at most (MOEVK_ERROR_LIMIT_EXCEEDED beyond:
+ * call it on fewer tokens; every token's result is its own). */
+MOEVK_API moevk_status moevk_layer_combine_shared(moevk_layer *layer, const moevk_tensor *x,
+                                                  const moevk_tensor *expert_out,
+                                                  const moevk_tensor *row_of,
+                                                  const moevk_tensor *weights, moevk_tensor *y);
 /* y [T, H] = the sum of the shared experts' outputs (gated when the layer
  * has a shared gate), times shared_scale; zeros when the layer has none. */
 MOEVK_API moevk_status moevk_layer_shared_experts(moevk_layer *layer, const moevk_tensor *x,
                                                   moevk_tensor *y);
+
+/* ---- Expert parallelism ---------------------------------------------------
+ * R ranks (processes, or threads of one process), each with its own context
+ * and its own tokens, each holding a subset of the routed experts; together
+ * they compute, on every rank's tokens, bitwise the y that one layer over
+ * all ranks' tokens (concatenated in rank order) computes under
+ * MOEVK_LAYER_BATCH_INVARIANT. Design: docs/architecture.md, "Expert
+ * parallelism".
+ *
+ * The ranks talk through a transport: a table of collective exchanges that
+ * every rank calls in the same order. Each returns a status (and writes a
+ * message to err, n bytes, naming what failed); a transport waits a bounded
+ * time and returns MOEVK_ERROR_TIMEOUT rather than hang when a peer does not
+ * arrive. The library brings a thread transport (moevk_thread_group); the
+ * optional libmoevk-mpi brings one over MPI (moevk/moevk_mpi.h). */
+typedef struct moevk_transport {
+    uint32_t rank, size; /* this rank, of size ranks (rank < size)            */
+    void *user;          /* passed to every function                          */
+    /* Every rank sends send[d] to rank d and receives recv[s] from rank s
+     * (size values each): the row counts of an exchange. */
+    moevk_status (*alltoall_counts)(void *user, const uint64_t *send, uint64_t *recv, char *err,
+                                    size_t n);
+    /* Every rank sends send_bytes[d] bytes to rank d, the blocks for ranks
+     * 0, 1, ... back to back in send, and receives recv_bytes[s] bytes from
+     * each rank s, back to back in recv in rank order. */
+    moevk_status (*alltoallv)(void *user, const void *send, const uint64_t *send_bytes,
+                              void *recv, const uint64_t *recv_bytes, char *err, size_t n);
+    /* recv [size * bytes] = every rank's `bytes` bytes of send, in rank
+     * order (small arrays: per-expert counts, statistics' partial sums). */
+    moevk_status (*allgather)(void *user, const void *send, uint64_t bytes, void *recv, char *err,
+                              size_t n);
+    /* Error agreement: every rank gives its own status; on return
+     * *failed_rank is the lowest rank whose status is an error (size when
+     * none failed) and *failed_status its status, the same on every rank. */
+    moevk_status (*agree)(void *user, moevk_status mine, uint32_t *failed_rank,
+                          moevk_status *failed_status, char *err, size_t n);
+} moevk_transport;
+
+/* R threads of one process, one rank each: create the group once, give
+ * each thread the transport of its rank. A collective waits at most
+ * timeout_ms (0 = 60000) for the other ranks; after a timeout the group is
+ * broken and every later call on it fails at once (MOEVK_ERROR_TIMEOUT).
+ * The group must outlive every use of its transports. */
+typedef struct moevk_thread_group moevk_thread_group;
+MOEVK_API moevk_status moevk_thread_group_create(uint32_t size, uint32_t timeout_ms,
+                                                 moevk_thread_group **out);
+MOEVK_API void moevk_thread_group_destroy(moevk_thread_group *group);
+MOEVK_API moevk_status moevk_thread_group_transport(moevk_thread_group *group, uint32_t rank,
+                                                    moevk_transport *out);
+
+typedef struct moevk_ep_layer moevk_ep_layer;
+
+typedef struct moevk_ep_desc {
+    /* The whole layer, as for moevk_layer_create. Of the routed experts'
+     * host arrays only this rank's experts are read (per-expert pointers
+     * of other ranks' experts may be NULL). MOEVK_LAYER_BATCH_INVARIANT is
+     * implied. Not (yet) for expert-choice routing (a global selection),
+     * MOEVK_LAYER_WEIGHTS_ON_INPUT or identity experts. */
+    const moevk_layer_desc *layer;
+    const moevk_transport *transport; /* copied; its user must outlive the layer */
+    /* Optional [num_experts]: the rank that holds each routed expert (each
+     * rank's experts must be consecutive, in rank order). NULL: the
+     * contiguous split, rank r holding experts floor(r E / R) ..
+     * floor((r + 1) E / R) - 1 (uneven when R does not divide E). The
+     * router and the shared experts are on every rank (replicated: each
+     * rank runs them on its own tokens). Every rank must give the same. */
+    const uint32_t *expert_rank;
+} moevk_ep_desc;
+
+/* Collective: every rank of the transport calls it (with the same layer
+ * description); an error on any rank makes it fail on every rank. */
+MOEVK_API moevk_status moevk_ep_layer_create(moevk_context *ctx, const moevk_ep_desc *desc,
+                                             moevk_ep_layer **out);
+MOEVK_API void moevk_ep_layer_destroy(moevk_ep_layer *layer);
+/* The experts this rank holds: first .. first + count - 1. */
+MOEVK_API void moevk_ep_layer_experts(const moevk_ep_layer *layer, uint32_t *first,
+                                      uint32_t *count);
+
+/* Collective. y [T, H] = the layer on this rank's x [T, H] (host f32; T may
+ * be 0 and differ between ranks): bitwise rows T0 .. T0 + T - 1 of the
+ * batch-invariant layer's y over every rank's tokens in rank order (T0 the
+ * tokens of the lower ranks). Capacity is that of the whole pass (C =
+ * ceil(cf * T_all * k / E)). stats (optional) are those of the whole pass,
+ * the same on every rank: counts and drops exact, the losses over every
+ * token in double precision from the f32 router logits. An error on any
+ * rank (a bad x, a device failure, a transport timeout) makes every rank
+ * return an error, naming the rank that failed. */
+MOEVK_API moevk_status moevk_ep_layer_forward(moevk_ep_layer *layer, uint32_t T, const float *x,
+                                              float *y, moevk_routing_stats *stats);
+
+/* What this rank's last forward spent: wall-clock milliseconds of local
+ * device work (route, experts, combine, with the host staging) and of the
+ * exchanges (the transport's calls), the rows and bytes it sent to and
+ * received from the other ranks (its own rows excluded), and the rows its
+ * experts ran. */
+typedef struct moevk_ep_times {
+    double compute_ms, exchange_ms;
+    uint64_t bytes_sent, bytes_received;
+    uint64_t rows_sent, rows_received, expert_rows;
+} moevk_ep_times;
+MOEVK_API moevk_status moevk_ep_layer_times(const moevk_ep_layer *layer, moevk_ep_times *times);
 
 /* ---- Device ceilings -------------------------------------------------------
  * Measured, not looked up: what moevk's own kernels reach on this device. */
