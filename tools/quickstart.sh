@@ -19,7 +19,7 @@ what=${1:-main}
 t_start=$(date +%s)
 sh tools/ensure_packages.sh quickstart build-essential pkg-config meson ninja-build python3 glslang-tools spirv-tools \
     libvulkan-dev libvulkan-volk-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools \
-    libcriterion-dev libcjson-dev python3-dev python3-numpy python3-pytest
+    libcriterion-dev libcjson-dev python3-dev python3-numpy python3-pytest libopenmpi-dev openmpi-bin
 
 build=${MOEVK_BUILD_DIR:-build}
 # the test command also builds the cooperative-matrix kernel variant (a
