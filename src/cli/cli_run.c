@@ -59,7 +59,11 @@ static void usage(FILE *f)
             "             them, relative L2 over the finite values, routing\n"
             "  --backend  where it runs (default vulkan; cpu: the double-precision\n"
             "             reference; cuda: cuda-ref): %s\n"
-            "  --cuda-impl ref|cublas|cublas-f32  with --backend cuda: cuda-IMPL\n",
+            "  --cuda-impl ref|cublas|cublas-f32  with --backend cuda: cuda-IMPL\n"
+            "  --expert-parallel  under mpirun -np R: the experts and the tokens split over\n"
+            "             the R ranks (each its own device context), batch invariant; rank 0\n"
+            "             writes the output, the same file as one process with\n"
+            "             --batch-invariant\n",
             mvk_arch_list(hf, sizeof hf, NULL), mvk_gguf_arch_list(archs, sizeof archs),
             mvk_backend_list(", ").s);
 }
@@ -70,7 +74,7 @@ typedef struct run_opts {
     const char *weights[64];
     int nweights;
     long layer;
-    int decoder, validate, check, passthrough, batch_invariant;
+    int decoder, validate, check, passthrough, batch_invariant, expert_parallel;
 } run_opts;
 
 /* Everything one forward pass set produces, for T tokens in `passes`
@@ -427,6 +431,7 @@ static int parse_opts(int argc, char **argv, run_opts *o)
                     : !strcmp(a, "--check")               ? &o->check
                     : !strcmp(a, "--dropped-passthrough") ? &o->passthrough
                     : !strcmp(a, "--batch-invariant")     ? &o->batch_invariant
+                    : !strcmp(a, "--expert-parallel")     ? &o->expert_parallel
                                                           : NULL;
         if (flag) {
             *flag = 1;
@@ -492,6 +497,11 @@ static int parse_opts(int argc, char **argv, run_opts *o)
     else if (o->quantize && !mvk_quantize_supported(qdt))
         why = "--quantize: moevk has no quantiser for that format (gptq4, nf4 and fp8_e4m3 are "
               "what quantised checkpoints are repacked into); use a ggml format: q8_0, q4_k, ...";
+    else if (o->expert_parallel && strcmp(o->backend, "vulkan"))
+        why = "--expert-parallel runs on the vulkan backend (the library's moevk_ep_layer)";
+    else if (o->expert_parallel && (o->check || o->passthrough))
+        why = "--expert-parallel does not take --check or --dropped-passthrough (rank 0 has no "
+              "routing of the other ranks' tokens)";
     else if (!run_backend_of(o))
         why = o->cuda_impl ? "--cuda-impl must be ref, cublas or cublas-f32 (with --backend cuda)"
                            : "--backend must name a backend (see moevk help)";
@@ -638,6 +648,14 @@ int cli_run(int argc, char **argv)
     }
     mvk_st_set_init(&blk->set);
     mvk_model_layer *ml = &blk->layer;
+    int ep_rank = 0, ep_size = 1;
+    if (opt.expert_parallel && cli_ep_begin(&argc, &argv, &ep_rank, &ep_size)) {
+        fprintf(stderr, "moevk run: --expert-parallel: %s\n",
+                MOEVK_HAVE_MPI ? "MPI could not be initialised"
+                               : "this moevk was built without MPI (libopenmpi-dev)");
+        free(blk);
+        return 1;
+    }
     mvk_moe_config *cfg = &blk->cfg;
     mvk_gguf *gg = &blk->gguf;
     const mvk_gguf_layer_info *ginfo = &blk->gguf_info;
@@ -704,7 +722,7 @@ built:
         ml->dropped_passthrough = 1;
     }
     moevk_layer_desc *d = &ml->desc;
-    if (opt.batch_invariant)
+    if (opt.batch_invariant || opt.expert_parallel)
         d->flags |= MOEVK_LAYER_BATCH_INVARIANT;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
     char where[160];
@@ -846,8 +864,29 @@ built:
         snprintf(err, sizeof err, "out of host memory for %u tokens", T);
         goto fail;
     }
-    if (run_backend(&opt, be, d, x, passes, S, &out, NULL))
+    if (opt.expert_parallel) {
+        if (passes > 1) {
+            snprintf(err, sizeof err, "--expert-parallel: this block's capacity counts per "
+                                      "sequence (one pass each), which is not expert parallel yet");
+            goto fail;
+        }
+        moevk_routing_stats es = {.tokens_per_expert = out.tpe};
+        char dev[256] = "";
+        if (cli_ep_run(d, opt.device, opt.validate, x, T, out.y, &es, dev, sizeof dev,
+                       &out.create_ms, &out.forward_ms, err, sizeof err))
+            goto fail;
+        out.stats = es;
+        out.stats.tokens_per_expert = NULL;
+        out.uploads = 1;
+        snprintf(out.device, sizeof out.device, "%s, expert parallel over %d MPI ranks", dev,
+                 ep_size);
+        if (ep_rank != 0) { /* rank 0 reports and writes */
+            rc = 0;
+            goto done;
+        }
+    } else if (run_backend(&opt, be, d, x, passes, S, &out, NULL)) {
         goto done;
+    }
     if (ml->dropped_passthrough)
         dropped_passthrough(d, x, T, &out);
     warn_nonfinite("y", out.y, T, H);
@@ -906,5 +945,7 @@ done:
     free(x);
     mvk_model_block_close(blk);
     free(blk);
+    if (opt.expert_parallel)
+        cli_ep_end();
     return rc;
 }

@@ -68,6 +68,11 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    /* the bench of an expert-parallel layer over MPI ranks (cli_ep.c) */
+    if (!strcmp(cmd, "bench"))
+        for (int i = 2; i < argc; i++)
+            if (!strcmp(argv[i], "--expert-parallel"))
+                return cli_ep_bench(argc - 1, argv + 1);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))
             return commands[i].run(argc - 1, argv + 1);

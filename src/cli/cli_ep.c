@@ -1,0 +1,366 @@
+/*
+ * Expert parallelism in the tool: `mpirun -np R moevk run ... --expert-parallel`
+ * (cli_run.c calls cli_ep_run for the pass) and `moevk bench
+ * --expert-parallel` (cli_ep_bench). Each MPI rank opens its own context,
+ * holds a contiguous share of the tokens and of the experts
+ * (moevk_ep_layer over libmoevk-mpi's transport); rank 0 gathers y and
+ * prints and writes everything, the other ranks' stdout is discarded.
+ * Without MPI in the build both refuse with the reason.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "presets/presets.h"
+#include "util/rng.h"
+#include "util/tool.h"
+
+#if MOEVK_HAVE_MPI
+#include "moevk/moevk_mpi.h"
+#endif
+
+static int ep_errf(char *err, size_t n, const char *fmt, const char *a)
+{
+    snprintf(err, n, fmt, a);
+    return -1;
+}
+
+#if MOEVK_HAVE_MPI
+
+static int ep_rank, ep_size;
+
+int cli_ep_begin(int *argc, char ***argv, int *rank, int *size)
+{
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited && MPI_Init(argc, argv) != MPI_SUCCESS)
+        return -1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &ep_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &ep_size);
+    *rank = ep_rank;
+    *size = ep_size;
+    /* rank 0 speaks for all */
+    if (ep_rank != 0 && !freopen("/dev/null", "w", stdout))
+        return -1;
+    return 0;
+}
+
+void cli_ep_end(void)
+{
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin)
+        MPI_Finalize();
+}
+
+/* Every rank's ok (nonzero: failed): 1 when any failed. */
+static int any_failed(int failed)
+{
+    int any = 0;
+    MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    return any;
+}
+
+typedef struct ep_rank_state {
+    moevk_context *ctx;
+    moevk_mpi_transport *mt;
+    moevk_transport tr;
+    moevk_ep_layer *L;
+} ep_rank_state;
+
+static void ep_state_free(ep_rank_state *s)
+{
+    moevk_ep_layer_destroy(s->L);
+    moevk_mpi_transport_destroy(s->mt);
+    moevk_context_destroy(s->ctx);
+    memset(s, 0, sizeof *s);
+}
+
+/* Context, transport and layer on every rank (create is collective). */
+static int ep_state_make(const moevk_layer_desc *d, const char *device, int validate,
+                         ep_rank_state *s, char *devdesc, size_t dn, double *create_ms, char *err,
+                         size_t n)
+{
+    memset(s, 0, sizeof *s);
+    char cerr[512] = "";
+    moevk_context_desc cd = {.device = device, .flags = validate ? MOEVK_CONTEXT_VALIDATION : 0,
+                             .error_message = cerr, .error_message_size = sizeof cerr};
+    int failed = 0;
+    if (moevk_context_create(&cd, &s->ctx)) {
+        snprintf(err, n, "rank %d: no Vulkan context: %s", ep_rank, cerr);
+        failed = 1;
+    } else if (moevk_mpi_transport_create(MPI_COMM_WORLD, 0, &s->mt, &s->tr)) {
+        snprintf(err, n, "rank %d: the MPI transport could not be created", ep_rank);
+        failed = 1;
+    }
+    if (any_failed(failed)) {
+        if (!failed)
+            snprintf(err, n, "another rank could not open its device or transport");
+        ep_state_free(s);
+        return -1;
+    }
+    if (devdesc)
+        snprintf(devdesc, dn, "%s", moevk_context_device_info(s->ctx)->name);
+    double t0 = mvk_now_ms();
+    moevk_ep_desc ed = {.layer = d, .transport = &s->tr};
+    if (moevk_ep_layer_create(s->ctx, &ed, &s->L)) {
+        snprintf(err, n, "rank %d: moevk_ep_layer_create: %s", ep_rank,
+                 moevk_context_last_error(s->ctx));
+        ep_state_free(s);
+        return -1;
+    }
+    if (create_ms)
+        *create_ms = mvk_now_ms() - t0;
+    return 0;
+}
+
+int cli_ep_run(const moevk_layer_desc *d, const char *device, int validate, const float *x,
+               uint32_t T, float *y, moevk_routing_stats *stats, char *devdesc, size_t dn,
+               double *create_ms, double *forward_ms, char *err, size_t n)
+{
+    const uint32_t H = d->hidden, R = (uint32_t)ep_size, me = (uint32_t)ep_rank;
+    if ((uint64_t)T * H > 0x7fffffff)
+        return ep_errf(err, n, "%s", "x has more than 2^31 values: beyond one MPI gather");
+    ep_rank_state s;
+    if (ep_state_make(d, device, validate, &s, devdesc, dn, create_ms, err, n))
+        return -1;
+    const uint32_t t0 = (uint32_t)((uint64_t)T * me / R), t1 = (uint32_t)((uint64_t)T * (me + 1) / R);
+    float *mine = malloc(sizeof(float) * ((size_t)(t1 - t0) * H + 1));
+    int *cnt = malloc(sizeof(int) * R), *dsp = malloc(sizeof(int) * R);
+    int rc = -1;
+    moevk_status st = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+    double ts = mvk_now_ms();
+    /* a local allocation failure still enters the collective pass (which
+     * then fails on every rank) */
+    st = moevk_ep_layer_forward(s.L, t1 - t0, mine && cnt && dsp ? x + (size_t)t0 * H : NULL,
+                                mine, stats);
+    if (forward_ms)
+        *forward_ms = mvk_now_ms() - ts;
+    if (st) {
+        snprintf(err, n, "rank %d: moevk_ep_layer_forward: %s", ep_rank,
+                 moevk_context_last_error(s.ctx));
+        goto done;
+    }
+    for (uint32_t r = 0; r < R; r++) {
+        const uint64_t a = (uint64_t)T * r / R, b = (uint64_t)T * (r + 1) / R;
+        cnt[r] = (int)((b - a) * H);
+        dsp[r] = (int)(a * H);
+    }
+    if (MPI_Gatherv(mine, cnt[me], MPI_FLOAT, y, cnt, dsp, MPI_FLOAT, 0, MPI_COMM_WORLD) !=
+        MPI_SUCCESS) {
+        snprintf(err, n, "rank %d: MPI_Gatherv of y failed", ep_rank);
+        goto done;
+    }
+    rc = 0;
+done:
+    free(mine), free(cnt), free(dsp);
+    ep_state_free(&s);
+    return rc;
+}
+
+static void bench_usage(FILE *f)
+{
+    fprintf(f, "usage: mpirun -np R moevk bench --expert-parallel [--preset P] [--scale S]\n"
+               "                 [--tokens T] [--dtype FORMAT] [--iters N] [--device D]\n"
+               "                 [--validate]\n"
+               "  One layer of preset P (H and F divided by S), its experts split over the R\n"
+               "  ranks, T tokens on each rank; per rank: local compute and exchange time\n"
+               "  (wall clock, the median pass of N), bytes and rows sent and received.\n"
+               "  Defaults: --preset mixtral-8x7b --scale 8 --tokens 64 --dtype bf16 --iters 5\n");
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int cli_ep_bench(int argc, char **argv)
+{
+    const char *preset = "mixtral-8x7b", *dtype = "bf16", *device = NULL;
+    uint32_t scale = 8, tokens = 64, iters = 5;
+    int validate = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--expert-parallel"))
+            continue;
+        if (!strcmp(a, "--validate")) {
+            validate = 1;
+            continue;
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            bench_usage(stdout);
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "moevk bench --expert-parallel: %s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        char *end = NULL;
+        if (!strcmp(a, "--preset"))
+            preset = v;
+        else if (!strcmp(a, "--dtype"))
+            dtype = v;
+        else if (!strcmp(a, "--device"))
+            device = v;
+        else if (!strcmp(a, "--scale") || !strcmp(a, "--tokens") || !strcmp(a, "--iters")) {
+            unsigned long u = strtoul(v, &end, 10);
+            if (!*v || *end || u == 0 || u > 1000000) {
+                fprintf(stderr, "moevk bench --expert-parallel: %s '%s' is not a count in "
+                                "1..1000000\n", a, v);
+                return 2;
+            }
+            *(!strcmp(a, "--scale") ? &scale : !strcmp(a, "--tokens") ? &tokens : &iters) =
+                (uint32_t)u;
+        } else {
+            fprintf(stderr, "moevk bench --expert-parallel: unknown option %s\n", a);
+            bench_usage(stderr);
+            return 2;
+        }
+    }
+    const mvk_preset *p = mvk_preset_find(preset);
+    moevk_dtype dt;
+    if (!p) {
+        fprintf(stderr, "moevk bench --expert-parallel: no preset '%s'\n", preset);
+        return 2;
+    }
+    if (mvk_dtype_parse(dtype, 1, &dt)) {
+        fprintf(stderr, "moevk bench --expert-parallel: --dtype '%s' is not a weight format\n",
+                dtype);
+        return 2;
+    }
+    int rank, size;
+    if (cli_ep_begin(&argc, &argv, &rank, &size)) {
+        fprintf(stderr, "moevk bench: MPI could not be initialised\n");
+        return 1;
+    }
+    mvk_layer_weights w;
+    char err[1024] = "";
+    int rc = 1, made = 0;
+    /* every expert the same values: fast to make, and timing does not
+     * depend on them; the seed is the same on every rank */
+    if (mvk_weights_make_ex(p, scale, dt, 1234, true, &w)) {
+        snprintf(err, sizeof err, "rank %d: the preset's weights could not be made", rank);
+    } else {
+        made = 1;
+        w.desc.flags |= MOEVK_LAYER_BATCH_INVARIANT;
+    }
+    if (any_failed(!made)) {
+        fprintf(stderr, "moevk bench: %s\n", err[0] ? err : "another rank failed");
+        if (made)
+            mvk_weights_free(&w);
+        cli_ep_end();
+        return 1;
+    }
+    const moevk_layer_desc *d = &w.desc;
+    const uint32_t H = d->hidden;
+    float *x = malloc(sizeof(float) * (size_t)tokens * H);
+    double *comp = calloc(iters, sizeof(double)), *exch = calloc(iters, sizeof(double)),
+           *wall = calloc(iters, sizeof(double));
+    ep_rank_state s;
+    char devdesc[256] = "";
+    double create_ms = 0;
+    if (ep_state_make(d, device, validate, &s, devdesc, sizeof devdesc, &create_ms, err,
+                      sizeof err)) {
+        fprintf(stderr, "moevk bench: %s\n", err);
+        goto out;
+    }
+    mvk_rng r = mvk_rng_seed(99, (uint64_t)rank + 1); /* each rank its own tokens */
+    for (size_t i = 0; x && i < (size_t)tokens * H; i++)
+        x[i] = mvk_rng_uniform(&r, -1, 1);
+    float *y = malloc(sizeof(float) * (size_t)tokens * H);
+    moevk_ep_times t = {0};
+    moevk_status st = MOEVK_SUCCESS;
+    /* one warm-up pass (pipelines), then the timed ones */
+    for (uint32_t it = 0; it <= iters && !st; it++) {
+        const double t0 = mvk_now_ms();
+        st = moevk_ep_layer_forward(s.L, tokens, x && y && comp && exch && wall ? x : NULL, y,
+                                    NULL);
+        const double ms = mvk_now_ms() - t0;
+        moevk_ep_layer_times(s.L, &t);
+        if (it) {
+            comp[it - 1] = t.compute_ms;
+            exch[it - 1] = t.exchange_ms;
+            wall[it - 1] = ms;
+        }
+    }
+    if (st) {
+        fprintf(stderr, "moevk bench: rank %d: %s\n", rank, moevk_context_last_error(s.ctx));
+        free(y);
+        ep_state_free(&s);
+        goto out;
+    }
+    qsort(comp, iters, sizeof(double), cmp_double);
+    qsort(exch, iters, sizeof(double), cmp_double);
+    qsort(wall, iters, sizeof(double), cmp_double);
+    uint32_t first, count;
+    moevk_ep_layer_experts(s.L, &first, &count);
+    double mine[10] = {comp[iters / 2], exch[iters / 2], wall[iters / 2],
+                       (double)t.bytes_sent, (double)t.bytes_received, (double)t.rows_sent,
+                       (double)t.rows_received, (double)t.expert_rows, first, count};
+    double *all = malloc(sizeof mine * (size_t)size);
+    if (MPI_Gather(mine, 10, MPI_DOUBLE, all, 10, MPI_DOUBLE, 0, MPI_COMM_WORLD) ==
+            MPI_SUCCESS &&
+        rank == 0 && all) {
+        printf("layer    %s / %u: H=%u F=%u E=%u k=%u, %s experts, %u ranks (%s), %u tokens "
+               "per rank, median of %u passes\n",
+               p->name, scale, H, d->ffn, d->num_experts, d->top_k, moevk_dtype_name(dt), size,
+               devdesc, tokens, iters);
+        printf("%4s %9s %10s %11s %11s %12s %12s %9s %9s %8s\n", "rank", "experts",
+               "compute_ms", "exchange_ms", "pass_ms", "bytes_sent", "bytes_recv", "rows_out",
+               "rows_in", "ran_rows");
+        for (int q = 0; q < size; q++) {
+            const double *a = all + 10 * q;
+            char ex[32];
+            snprintf(ex, sizeof ex, "%.0f..%.0f", a[8], a[8] + a[9] - 1);
+            printf("%4d %9s %10.3f %11.3f %11.3f %12.0f %12.0f %9.0f %9.0f %8.0f\n", q,
+                   a[9] ? ex : "none", a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
+        }
+        printf("note     exchange_ms includes waiting for the slowest rank; rows are staged "
+               "through host memory\n");
+    }
+    free(all);
+    free(y);
+    ep_state_free(&s);
+    rc = 0;
+out:
+    free(x), free(comp), free(exch), free(wall);
+    mvk_weights_free(&w);
+    cli_ep_end();
+    return rc;
+}
+
+#else /* no MPI */
+
+int cli_ep_begin(int *argc, char ***argv, int *rank, int *size)
+{
+    (void)argc, (void)argv;
+    *rank = 0;
+    *size = 1;
+    return -1;
+}
+
+void cli_ep_end(void)
+{
+}
+
+int cli_ep_run(const moevk_layer_desc *d, const char *device, int validate, const float *x,
+               uint32_t T, float *y, moevk_routing_stats *stats, char *devdesc, size_t dn,
+               double *create_ms, double *forward_ms, char *err, size_t n)
+{
+    (void)d, (void)device, (void)validate, (void)x, (void)T, (void)y, (void)stats;
+    (void)devdesc, (void)dn, (void)create_ms, (void)forward_ms;
+    return ep_errf(err, n, "%s", "this moevk was built without MPI (libopenmpi-dev)");
+}
+
+int cli_ep_bench(int argc, char **argv)
+{
+    (void)argc, (void)argv;
+    fprintf(stderr, "moevk bench: --expert-parallel needs MPI, and this moevk was built "
+                    "without it (install libopenmpi-dev and rebuild)\n");
+    return 1;
+}
+
+#endif
