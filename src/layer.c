@@ -148,7 +148,8 @@ static moevk_status upload_bias(moevk_layer *L, const float *src, uint64_t n, mo
 
 static void set_destroy(moevk_layer *L, mvk_expert_set *s)
 {
-    for (uint32_t c = 0; c < s->nchunks; c++)
+    /* chunks may be NULL with nchunks set: its allocation failed */
+    for (uint32_t c = 0; s->chunks && c < s->nchunks; c++)
         for (int m = 0; m < 3; m++)
             moevk_buffer_destroy(s->chunks[c].w[m]);
     mvk_free(L->ctx, s->chunks);

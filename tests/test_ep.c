@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "random_layer.h"
+#include "testing.h"
 
 #define MAX_R 4
 
@@ -33,6 +34,8 @@ typedef struct rank_job {
     int passes;       /* forward passes to run (0: create only) */
     int skip_forward; /* never calls forward: the others must time out */
     int null_x;       /* a bad input: x NULL with T tokens */
+    int no_stats;     /* forward without statistics */
+    int64_t fail_after; /* the n-th fallible operation of this rank's context fails */
     moevk_status st_create, st_fwd;
     char msg[512];
     moevk_ep_times times;
@@ -45,19 +48,23 @@ static void *rank_main(void *arg)
     moevk_transport tr;
     j->st_create = moevk_thread_group_transport(j->g, j->rank, &tr);
     moevk_ep_layer *L = NULL;
+    if (j->fail_after)
+        moevk_testing_fail_after(j->ctx, j->fail_after);
     if (!j->st_create) {
         moevk_ep_desc ed = {.layer = j->d, .transport = &tr, .expert_rank = j->expert_rank};
         j->st_create = moevk_ep_layer_create(j->ctx, &ed, &L);
     }
     if (j->st_create) {
         snprintf(j->msg, sizeof j->msg, "%s", moevk_context_last_error(j->ctx));
+        moevk_testing_fail_after(j->ctx, 0);
         return NULL;
     }
     moevk_ep_layer_experts(L, &j->first, &j->count);
     for (int p = 0; p < j->passes && !j->skip_forward; p++) {
         memset(&j->stats, 0, sizeof j->stats);
         j->stats.tokens_per_expert = j->tpe;
-        j->st_fwd = moevk_ep_layer_forward(L, j->T, j->null_x ? NULL : j->x, j->y, &j->stats);
+        j->st_fwd = moevk_ep_layer_forward(L, j->T, j->null_x ? NULL : j->x, j->y,
+                                           j->no_stats ? NULL : &j->stats);
         if (j->st_fwd) {
             snprintf(j->msg, sizeof j->msg, "%s", moevk_context_last_error(j->ctx));
             break;
@@ -65,6 +72,7 @@ static void *rank_main(void *arg)
     }
     moevk_ep_layer_times(L, &j->times);
     moevk_ep_layer_destroy(L);
+    moevk_testing_fail_after(j->ctx, 0);
     return NULL;
 }
 
@@ -92,9 +100,10 @@ static void world_end(ep_world *w)
 
 /* Run R ranks on the layer, rank r holding tokens Ts[r] of x (in rank
  * order); timeout_ms for the group. Returns the wall time in seconds. */
-static double run_ranks(ep_world *w, const moevk_layer_desc *d, uint32_t R, const uint32_t *Ts,
-                        const float *x, float *y, const uint32_t *expert_rank,
-                        uint32_t timeout_ms, int bad_rank, int absent_rank)
+static double run_ranks_ex(ep_world *w, const moevk_layer_desc *d, uint32_t R, const uint32_t *Ts,
+                           const float *x, float *y, const uint32_t *expert_rank,
+                           uint32_t timeout_ms, int bad_rank, int absent_rank, int fault_rank,
+                           int64_t fail_after, int stats_rank)
 {
     moevk_thread_group *g;
     cr_assert_eq(moevk_thread_group_create(R, timeout_ms, &g), MOEVK_SUCCESS);
@@ -110,6 +119,8 @@ static double run_ranks(ep_world *w, const moevk_layer_desc *d, uint32_t R, cons
             .d = d, .expert_rank = expert_rank, .ctx = w->ctx[r], .g = g, .rank = r, .T = Ts[r],
             .x = x + at * d->hidden, .y = y + at * d->hidden, .passes = 1,
             .skip_forward = (int)r == absent_rank, .null_x = (int)r == bad_rank,
+            .fail_after = (int)r == fault_rank ? fail_after : 0,
+            .no_stats = stats_rank >= 0 && (int)r != stats_rank,
         };
         at += Ts[r];
         cr_assert_eq(pthread_create(&th[r], NULL, rank_main, j), 0);
@@ -119,6 +130,14 @@ static double run_ranks(ep_world *w, const moevk_layer_desc *d, uint32_t R, cons
     clock_gettime(CLOCK_MONOTONIC, &t1);
     moevk_thread_group_destroy(g);
     return (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+}
+
+static double run_ranks(ep_world *w, const moevk_layer_desc *d, uint32_t R, const uint32_t *Ts,
+                        const float *x, float *y, const uint32_t *expert_rank,
+                        uint32_t timeout_ms, int bad_rank, int absent_rank)
+{
+    return run_ranks_ex(w, d, R, Ts, x, y, expert_rank, timeout_ms, bad_rank, absent_rank, -1, 0,
+                        -1);
 }
 
 /* The single-device layer's y and statistics over all tokens. */
@@ -378,4 +397,73 @@ Test(ep, bad_arguments)
     moevk_thread_group_destroy(g);
     rlayer_free(&l);
     mvkt_context_end(ctx);
+}
+
+Test(ep, every_failure_point_fails_every_rank_and_leaks_nothing)
+{
+    ep_world w;
+    world_begin(&w);
+    const uint64_t seed = seed_of(60);
+    mvkt_rng rng = mvkt_rng_make(seed);
+    const rlayer_spec s = {.H = 32, .F = 32, .E = 6, .K = 2, .shared = 1, .cf = 1.0f};
+    rlayer l;
+    rlayer_make(&rng, &l, &s);
+    const uint32_t Ts[3] = {4, 6, 5};
+    float *x = random_x(&rng, 15, 32), *y = malloc(sizeof(float) * 15 * 32);
+    float *yr = malloc(sizeof(float) * 15 * 32);
+    cr_assert(y && yr);
+    uint32_t tpe[64];
+    moevk_routing_stats rs;
+    reference(&w, &l.d, 15, x, yr, tpe, &rs);
+    /* a warm run (pipelines, workspaces), then the baselines; only rank 1
+     * asks for statistics (the others pass NULL: the same exchanges) */
+    run_ranks_ex(&w, &l.d, 3, Ts, x, y, NULL, 0, -1, -1, -1, 0, 1);
+    for (uint32_t r = 0; r < 3; r++)
+        cr_assert_eq(w.job[r].st_fwd, MOEVK_SUCCESS, "rank %u: %s", r, w.job[r].msg);
+    cr_assert_eq(w.job[1].tpe[0], tpe[0]);
+    int64_t base[3];
+    for (uint32_t r = 0; r < 3; r++)
+        base[r] = moevk_testing_live_objects(w.ctx[r]);
+    /* the n-th fallible operation of rank f fails, for growing n, until a
+     * run gets through: every rank fails alike, nothing is left behind */
+    uint32_t failures = 0;
+    for (int f = 0; f < 3; f += 2) {
+        int64_t n = 1;
+        for (;; n = n < 8 ? n + 1 : n * 3 / 2) {
+            mvkt_poison(y, 15 * 32);
+            run_ranks_ex(&w, &l.d, 3, Ts, x, y, NULL, 0, -1, -1, f, n, -1);
+            const moevk_status c0 = w.job[0].st_create, f0 = w.job[0].st_fwd;
+            for (uint32_t r = 0; r < 3; r++) {
+                cr_assert_eq(!!w.job[r].st_create, !!c0,
+                             "fault %lld on rank %d: rank %u create %s, rank 0 %s",
+                             (long long)n, f, r, moevk_status_string(w.job[r].st_create),
+                             moevk_status_string(c0));
+                cr_assert_eq(!!w.job[r].st_fwd, !!f0,
+                             "fault %lld on rank %d: rank %u forward %s (%s), rank 0 %s",
+                             (long long)n, f, r, moevk_status_string(w.job[r].st_fwd),
+                             w.job[r].msg, moevk_status_string(f0));
+                cr_assert(w.job[r].st_create != MOEVK_ERROR_TIMEOUT &&
+                              w.job[r].st_fwd != MOEVK_ERROR_TIMEOUT,
+                          "fault %lld on rank %d: rank %u waited out its peers: %s",
+                          (long long)n, f, r, w.job[r].msg);
+                cr_assert_eq(moevk_testing_live_objects(w.ctx[r]), base[r],
+                             "fault %lld on rank %d: rank %u has %lld live objects, %lld before",
+                             (long long)n, f, r,
+                             (long long)moevk_testing_live_objects(w.ctx[r]),
+                             (long long)base[r]);
+            }
+            if (!c0 && !f0)
+                break;
+            failures++;
+        }
+        for (size_t i = 0; i < 15 * 32; i++)
+            cr_assert(!memcmp(&y[i], &yr[i], 4), "after the faults: y[%zu] = %g, not %g", i,
+                      (double)y[i], (double)yr[i]);
+    }
+    cr_assert_gt(failures, 10, "only %u failure points were hit", failures);
+    free(x);
+    free(y);
+    free(yr);
+    rlayer_free(&l);
+    world_end(&w);
 }

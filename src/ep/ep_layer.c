@@ -308,8 +308,15 @@ static moevk_status ep_create(moevk_context *ctx, const moevk_ep_desc *desc,
                         "transport rank %u is not in 0..size - 1 (size %u)", tr->rank,
                         tr->size);
     moevk_ep_layer *L = mvk_alloc(ctx, sizeof(*L));
-    if (!L)
-        return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "expert-parallel layer");
+    if (!L) {
+        /* still at the agreement the other ranks wait in */
+        moevk_status st = mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "expert-parallel layer");
+        uint32_t who;
+        moevk_status theirs;
+        char msg[8];
+        tr->agree(tr->user, st, &who, &theirs, msg, sizeof msg);
+        return st;
+    }
     L->ctx = ctx;
     L->tr = *tr;
     L->R = tr->size;
@@ -796,10 +803,12 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
     if ((st = ep_sync(L, st)))
         goto free_totals;
 
-    /* 6: the losses over every token, summed in rank order */
+    /* 6: the losses over every token, summed in rank order (exchanged
+     * whether this rank asked for statistics or not: every rank makes the
+     * same calls) */
+    if ((st = ep_allgather(L, p.part, (uint64_t)(E + 2) * 8, p.parts)))
+        goto free_totals;
     if (stats) {
-        if ((st = ep_allgather(L, p.part, (uint64_t)(E + 2) * 8, p.parts)))
-            goto free_totals;
         double P[MOEVK_MAX_EXPERTS + 2] = {0};
         for (uint32_t r = 0; r < R; r++)
             for (uint32_t i = 0; i < E + 2; i++)
