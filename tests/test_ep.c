@@ -467,3 +467,19 @@ Test(ep, every_failure_point_fails_every_rank_and_leaks_nothing)
     rlayer_free(&l);
     world_end(&w);
 }
+
+Test(ep, passes_beyond_one_chunk)
+{
+    ep_world w;
+    world_begin(&w);
+    /* small per-pass buffers: the token side routes and combines, and the
+     * expert side runs its rows, in several device batches per pass */
+    for (uint32_t r = 0; r < MAX_R; r++)
+        moevk_testing_set_scratch_range(w.ctx[r], 16384);
+    const rlayer_spec s = {.H = 64, .F = 32, .E = 8, .K = 2, .shared = 1, .cf = 1.25f};
+    const uint32_t Ts[3] = {150, 37, 201};
+    ep_case(&w, &s, 3, Ts, NULL, seed_of(70), "small buffers");
+    cr_assert_gt(w.job[0].times.expert_rows, 64, "rank 0 ran %llu rows",
+                 (unsigned long long)w.job[0].times.expert_rows);
+    world_end(&w);
+}
