@@ -28,6 +28,9 @@ int cli_ep_run(const moevk_layer_desc *d, const char *device, int validate, cons
                uint32_t T, float *y, moevk_routing_stats *stats, char *devdesc, size_t dn,
                double *create_ms, double *forward_ms, char *err, size_t n);
 int cli_ep_bench(int argc, char **argv);
+/* moevk simulate-ep (cli_simulate.c): the cost model of expert parallelism
+ * on the host. */
+int cli_simulate_ep(int argc, char **argv);
 
 /* A Vulkan context on the device named by --device (or MOEVK_DEVICE), with
  * validation when `validate`, for the Vulkan-only commands (info, router);

@@ -35,6 +35,10 @@ static const cli_command commands[] = {
     {"run", "--model DIR|FILE.gguf --layer N --input X --output Y\n"
             "                       run one MoE layer of a Hugging Face checkpoint or a GGUF file",
      NULL, cli_run},
+    {"simulate-ep", "[options]",
+     "predict expert parallelism's exchange bytes and time and\n"
+     "                       load imbalance for preset layers (no device)",
+     cli_simulate_ep},
 };
 
 static void usage(FILE *f)
