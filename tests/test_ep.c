@@ -168,25 +168,25 @@ static void check_close(double got, double want, const char *what, uint32_t r, u
               want, (unsigned long long)seed);
 }
 
-/* R ranks against the single-device layer: y bitwise, the statistics. */
-static void ep_case(ep_world *w, const rlayer_spec *spec, uint32_t R, const uint32_t *Ts,
-                    const uint32_t *expert_rank, uint64_t seed, const char *what)
+/* R ranks on layer d against the single-device layer: y bitwise, the
+ * statistics. */
+static void ep_case_d(ep_world *w, const moevk_layer_desc *d, mvkt_rng *rng, uint32_t R,
+                      const uint32_t *Ts, const uint32_t *expert_rank, uint64_t seed,
+                      const char *what)
 {
-    mvkt_rng rng = mvkt_rng_make(seed);
-    rlayer l;
-    rlayer_make(&rng, &l, spec);
+    const uint32_t H = d->hidden, E = d->num_experts;
     uint32_t T = 0;
     for (uint32_t r = 0; r < R; r++)
         T += Ts[r];
-    float *x = random_x(&rng, T ? T : 1, spec->H);
-    float *y = malloc(sizeof(float) * (T ? T : 1) * spec->H);
-    float *yr = malloc(sizeof(float) * (T ? T : 1) * spec->H);
+    float *x = random_x(rng, T ? T : 1, H);
+    float *y = malloc(sizeof(float) * (T ? T : 1) * H);
+    float *yr = malloc(sizeof(float) * (T ? T : 1) * H);
     cr_assert(y && yr);
-    mvkt_poison(y, (size_t)T * spec->H);
+    mvkt_poison(y, (size_t)T * H);
     uint32_t tpe[64];
     moevk_routing_stats rs;
-    reference(w, &l.d, T, x, yr, tpe, &rs);
-    run_ranks(w, &l.d, R, Ts, x, y, expert_rank, 0, -1, -1);
+    reference(w, d, T, x, yr, tpe, &rs);
+    run_ranks(w, d, R, Ts, x, y, expert_rank, 0, -1, -1);
     for (uint32_t r = 0; r < R; r++) {
         const rank_job *j = &w->job[r];
         cr_assert_eq(j->st_create, MOEVK_SUCCESS, "%s: rank %u create: %s (seed %llu)", what, r,
@@ -196,7 +196,7 @@ static void ep_case(ep_world *w, const rlayer_spec *spec, uint32_t R, const uint
         cr_assert_eq(j->stats.dropped, rs.dropped, "%s: rank %u dropped %llu, single %llu",
                      what, r, (unsigned long long)j->stats.dropped,
                      (unsigned long long)rs.dropped);
-        for (uint32_t e = 0; e < spec->E; e++)
+        for (uint32_t e = 0; e < E; e++)
             cr_assert_eq(j->tpe[e], tpe[e],
                          "%s: rank %u: tokens_per_expert[%u] = %u, single device %u (seed %llu)",
                          what, r, e, j->tpe[e], tpe[e], (unsigned long long)seed);
@@ -205,14 +205,23 @@ static void ep_case(ep_world *w, const rlayer_spec *spec, uint32_t R, const uint
         check_close(j->stats.router_z_loss, rs.router_z_loss, "router_z_loss", r, seed);
         check_close(j->stats.routing_entropy, rs.routing_entropy, "routing_entropy", r, seed);
     }
-    for (size_t i = 0; i < (size_t)T * spec->H; i++)
+    for (size_t i = 0; i < (size_t)T * H; i++)
         cr_assert(!memcmp(&y[i], &yr[i], 4),
                   "%s: R = %u: y[%zu, %zu] = %.9g, the single-device layer's %.9g (seed %llu)",
-                  what, R, i / spec->H, i % spec->H, (double)y[i], (double)yr[i],
+                  what, R, i / H, i % H, (double)y[i], (double)yr[i],
                   (unsigned long long)seed);
     free(x);
     free(y);
     free(yr);
+}
+
+static void ep_case(ep_world *w, const rlayer_spec *spec, uint32_t R, const uint32_t *Ts,
+                    const uint32_t *expert_rank, uint64_t seed, const char *what)
+{
+    mvkt_rng rng = mvkt_rng_make(seed);
+    rlayer l;
+    rlayer_make(&rng, &l, spec);
+    ep_case_d(w, &l.d, &rng, R, Ts, expert_rank, seed, what);
     rlayer_free(&l);
 }
 
@@ -481,5 +490,45 @@ Test(ep, passes_beyond_one_chunk)
     ep_case(&w, &s, 3, Ts, NULL, seed_of(70), "small buffers");
     cr_assert_gt(w.job[0].times.expert_rows, 64, "rank 0 ran %llu rows",
                  (unsigned long long)w.job[0].times.expert_rows);
+    world_end(&w);
+}
+
+Test(ep, weights_on_input_and_identity_experts)
+{
+    ep_world w;
+    world_begin(&w);
+    /* Llama 4: the routing weight scales the expert's input (sigmoid, top-1,
+     * a shared expert) */
+    uint64_t seed = seed_of(80);
+    mvkt_rng rng = mvkt_rng_make(seed);
+    const rlayer_spec s4 = {.H = 64, .F = 32, .E = 8, .K = 1, .shared = 1,
+                            .routing = MOEVK_ROUTING_SIGMOID_GROUPED};
+    rlayer l;
+    rlayer_make(&rng, &l, &s4);
+    l.d.flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT;
+    l.d.norm_topk_prob = 0;
+    const uint32_t T3[3] = {6, 9, 4};
+    ep_case_d(&w, &l.d, &rng, 3, T3, NULL, seed, "weights on the input");
+    rlayer_free(&l);
+    /* LongCat-Flash: 3 of 10 experts identity ones (computed where their
+     * tokens are), the 7 FFN experts over 4 ranks; and with weights on the
+     * input too */
+    for (int woi = 0; woi < 2; woi++) {
+        seed = seed_of(81 + (uint64_t)woi);
+        rng = mvkt_rng_make(seed);
+        const rlayer_spec sz = {.H = 32, .F = 32, .E = 10, .K = 3, .cf = woi ? 0 : 1.0f};
+        rlayer_make(&rng, &l, &sz);
+        l.d.num_zero_experts = 3;
+        if (woi)
+            l.d.flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT;
+        const uint32_t T4[4] = {5, 7, 0, 8};
+        ep_case_d(&w, &l.d, &rng, 4, T4, NULL, seed,
+                  woi ? "identity experts, weights on the input" : "identity experts");
+        uint32_t held = 0;
+        for (uint32_t r = 0; r < 4; r++)
+            held += w.job[r].count;
+        cr_assert_eq(held, 7, "the ranks hold %u experts, not the 7 FFN ones", held);
+        rlayer_free(&l);
+    }
     world_end(&w);
 }

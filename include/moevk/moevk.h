@@ -936,14 +936,18 @@ typedef struct moevk_ep_desc {
     /* The whole layer, as for moevk_layer_create. Of the routed experts'
      * host arrays only this rank's experts are read (per-expert pointers
      * of other ranks' experts may be NULL). MOEVK_LAYER_BATCH_INVARIANT is
-     * implied. Not (yet) for expert-choice routing (a global selection),
-     * MOEVK_LAYER_WEIGHTS_ON_INPUT or identity experts. */
+     * implied. Identity experts (num_zero_experts) have no weights and run
+     * on every rank for its own tokens; with MOEVK_LAYER_WEIGHTS_ON_INPUT
+     * the rows are scaled on the host before they are sent (the f32
+     * product the device computes). Not (yet) for expert-choice routing (a
+     * selection over every rank's tokens). */
     const moevk_layer_desc *layer;
     const moevk_transport *transport; /* copied; its user must outlive the layer */
-    /* Optional [num_experts]: the rank that holds each routed expert (each
-     * rank's experts must be consecutive, in rank order). NULL: the
-     * contiguous split, rank r holding experts floor(r E / R) ..
-     * floor((r + 1) E / R) - 1 (uneven when R does not divide E). The
+    /* Optional [num_experts - num_zero_experts]: the rank that holds each
+     * FFN expert (each rank's experts must be consecutive, in rank order).
+     * NULL: the contiguous split of the N = num_experts - num_zero_experts
+     * FFN experts, rank r holding floor(r N / R) .. floor((r + 1) N / R) -
+     * 1 (uneven when R does not divide N). The
      * router and the shared experts are on every rank (replicated: each
      * rank runs them on its own tokens). Every rank must give the same. */
     const uint32_t *expert_rank;

@@ -51,6 +51,7 @@ struct moevk_ep_layer {
     moevk_layer_desc d; /* the token side's desc (defaults applied) */
     moevk_layer *tok, *exp;
     uint32_t R, rank, E, K, H;
+    uint32_t nffn;   /* the FFN experts, 0 .. nffn - 1 (then the identity ones) */
     uint32_t *first; /* [R + 1]: rank r holds experts first[r] .. first[r + 1] - 1 */
     /* device staging, grown on demand: tokens of one batch */
     uint32_t cap_tok, cap_rows;
@@ -226,26 +227,21 @@ static moevk_status ep_create_local(moevk_ep_layer *L, const moevk_ep_desc *desc
         return mvk_fail(ctx, bad,
                         "expert-choice routing is not expert parallel yet (each expert's "
                         "choice is over every rank's tokens)");
-    if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
-        return mvk_fail(ctx, bad,
-                        "MOEVK_LAYER_WEIGHTS_ON_INPUT is not expert parallel yet (the expert "
-                        "side runs unscaled rows)");
     if (d->flags & MOEVK_LAYER_NO_ROUTED_EXPERTS)
         return mvk_fail(ctx, bad,
                         "MOEVK_LAYER_NO_ROUTED_EXPERTS: an expert-parallel layer needs its "
                         "routed experts");
-    if (d->num_zero_experts)
-        return mvk_fail(ctx, bad,
-                        "num_zero_experts = %u: identity experts are not expert parallel yet",
-                        d->num_zero_experts);
     L->E = d->num_experts;
+    /* identity experts have no weights: every rank computes them for its
+     * own tokens; the FFN experts are split */
+    L->nffn = d->num_experts - d->num_zero_experts;
     L->K = d->top_k;
     L->H = d->hidden;
     L->first = mvk_alloc(ctx, sizeof(uint32_t) * (L->R + 1));
     if (!L->first)
         return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "expert placement");
     if (desc->expert_rank) {
-        for (uint32_t e = 0; e < L->E; e++) {
+        for (uint32_t e = 0; e < L->nffn; e++) {
             const uint32_t r = desc->expert_rank[e];
             if (r >= L->R)
                 return mvk_fail(ctx, bad, "expert_rank[%u] = %u is not a rank in 0..%u", e, r,
@@ -257,13 +253,13 @@ static moevk_status ep_create_local(moevk_ep_layer *L, const moevk_ep_desc *desc
                                 e, r, e - 1, desc->expert_rank[e - 1]);
         }
         for (uint32_t r = 0, e = 0; r <= L->R; r++) {
-            while (e < L->E && desc->expert_rank[e] < r)
+            while (e < L->nffn && desc->expert_rank[e] < r)
                 e++;
-            L->first[r] = e;
+            L->first[r] = r == L->R ? L->nffn : e;
         }
     } else {
         for (uint32_t r = 0; r <= L->R; r++)
-            L->first[r] = (uint32_t)((uint64_t)r * L->E / L->R);
+            L->first[r] = (uint32_t)((uint64_t)r * L->nffn / L->R);
     }
 
     moevk_layer_desc td = *din;
@@ -484,6 +480,20 @@ static moevk_status batch_of(moevk_ep_layer *L, uint32_t T, uint32_t *B)
     return MOEVK_SUCCESS;
 }
 
+/* An expert's input row for token row x and routing weight w: x, or
+ * w * x with MOEVK_LAYER_WEIGHTS_ON_INPUT (the f32 product scale_rows.comp
+ * computes, rounded once; bitwise unless a device flushes denormal
+ * products). An identity expert's output is the same row. */
+static void expert_input(const moevk_ep_layer *L, const float *x, float w, float *out)
+{
+    if (!(L->d.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)) {
+        memcpy(out, x, (size_t)L->H * sizeof(float));
+        return;
+    }
+    for (uint32_t h = 0; h < L->H; h++)
+        out[h] = w * x[h];
+}
+
 /* Step 1: route, and the statistics' partial sums (over the local tokens,
  * in double: sum_t p_e, sum_t lse^2, sum_t entropy). */
 static moevk_status ep_route(moevk_ep_layer *L, uint32_t T, const float *x, uint32_t B,
@@ -625,7 +635,7 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
             uint64_t base;
             BASE(me, j, e, base);
             const uint64_t c = CNT(me, j, e);
-            adm[e] += base >= C ? 0 : MVK_MIN(c, (uint64_t)C - base);
+            adm[e] += base >= C || e >= L->nffn ? 0 : MVK_MIN(c, (uint64_t)C - base);
         }
     for (uint32_t e = 0; e < E; e++)
         local_off[e + 1] = local_off[e] + adm[e];
@@ -640,8 +650,10 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
                 uint64_t base;
                 BASE(me, j, e, base);
                 const uint64_t rank_e = base + seen[j * E + e]++;
-                p.pos[(size_t)t * K + j] =
-                    rank_e < C ? (int64_t)(local_off[e] + fill[e]++) : -1;
+                /* -1 dropped, -2 an identity expert (computed here) */
+                p.pos[(size_t)t * K + j] = rank_e >= C        ? -1
+                                           : e >= L->nffn ? -2
+                                                          : (int64_t)(local_off[e] + fill[e]++);
             }
         mvk_free(ctx, seen);
     }
@@ -688,8 +700,8 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
     for (uint32_t t = 0; !st && t < T; t++)
         for (uint32_t j = 0; j < K; j++)
             if (p.pos[(size_t)t * K + j] >= 0)
-                memcpy(p.send + (size_t)p.pos[(size_t)t * K + j] * H, x + (size_t)t * H,
-                       row_bytes);
+                expert_input(L, x + (size_t)t * H, p.w[(size_t)t * K + j],
+                             p.send + (size_t)p.pos[(size_t)t * K + j] * H);
     if ((st = ep_sync(L, st)))
         goto free_totals;
     if ((st = ep_alltoall(L, p.srows, p.rrows)))
@@ -787,9 +799,12 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
                      ev = rows_of(&L->eo, (uint64_t)b * K), yv = rows_of(&L->y, b);
         for (uint32_t i = 0; i < b * K; i++) {
             const int64_t q = p.pos[(size_t)t0 * K + i];
-            p.tmp[i] = q >= 0 ? (int32_t)i : -1;
+            p.tmp[i] = q != -1 ? (int32_t)i : -1;
             if (q >= 0)
                 memcpy(p.eo + (size_t)i * H, p.send + (size_t)q * H, row_bytes);
+            else if (q == -2) /* an identity expert's output is its input */
+                expert_input(L, x + ((size_t)t0 + i / K) * H, p.w[(size_t)t0 * K + i],
+                             p.eo + (size_t)i * H);
         }
         if ((st = moevk_buffer_upload(ev.buffer, 0, p.eo, (uint64_t)b * K * row_bytes)) ||
             (st = moevk_buffer_upload(xv.buffer, 0, x + (size_t)t0 * H, (uint64_t)b * row_bytes)) ||
