@@ -532,3 +532,26 @@ Test(ep, weights_on_input_and_identity_experts)
     }
     world_end(&w);
 }
+
+Test(ep, output_bias_scales_and_softcap)
+{
+    ep_world w;
+    world_begin(&w);
+    /* JetMoE's output bias, Cohere2's halved routed and shared outputs,
+     * Laguna's soft-capped router logits (the statistics read them too) */
+    const uint64_t seed = seed_of(90);
+    mvkt_rng rng = mvkt_rng_make(seed);
+    const rlayer_spec s = {.H = 64, .F = 32, .E = 6, .K = 2, .shared = 2, .biases = 1};
+    rlayer l;
+    rlayer_make(&rng, &l, &s);
+    float *ob = random_x(&rng, 1, 64);
+    l.d.output_bias = ob;
+    l.d.routed_scaling_factor = 0.5f;
+    l.d.shared_scale = 0.5f;
+    l.d.router_softcap = 1.5f;
+    const uint32_t T2[2] = {11, 6};
+    ep_case_d(&w, &l.d, &rng, 2, T2, NULL, seed, "bias, scales, softcap");
+    free(ob);
+    rlayer_free(&l);
+    world_end(&w);
+}

@@ -24,18 +24,18 @@ done
 [ -n "$moevk" ] || exit 0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for arch in mixtral qwen2_moe deepseek_v3; do
+for arch in mixtral deepseek_v3; do
     m=$fixtures/$arch
     "$moevk" run --model "$m" --layer 0 --input "$m/x.safetensors" --output "$tmp/y1.st" \
         --batch-invariant >"$tmp/log" 2>&1 || { cat "$tmp/log"; echo "test_ep_mpi: $arch: single run failed"; exit 1; }
-    for R in 2 3 4; do
+    for R in 2 4; do
         timeout 120 mpirun --oversubscribe --allow-run-as-root -np "$R" "$moevk" run --model "$m" \
             --layer 0 --input "$m/x.safetensors" --output "$tmp/y$R.st" --expert-parallel \
             >"$tmp/log" 2>&1 || { cat "$tmp/log"; echo "test_ep_mpi: $arch: $R ranks failed"; exit 1; }
         grep -q "expert parallel over $R MPI ranks" "$tmp/log" || { cat "$tmp/log"; exit 1; }
         cmp "$tmp/y1.st" "$tmp/y$R.st" || { echo "test_ep_mpi: $arch: $R ranks wrote another y"; exit 1; }
     done
-    echo "moevk run --expert-parallel $arch: 2, 3, 4 ranks write the single process's y"
+    echo "moevk run --expert-parallel $arch: 2 and 4 ranks write the single process's y"
 done
 timeout 120 mpirun --oversubscribe --allow-run-as-root -np 3 "$moevk" bench --expert-parallel \
     --preset mixtral-8x7b --scale 64 --tokens 8 --iters 2 >"$tmp/log" 2>&1 || { cat "$tmp/log"; exit 1; }

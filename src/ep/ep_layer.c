@@ -572,11 +572,15 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
 
     /* 2: agree, allgather the counts */
     int64_t *mine = p.counts ? p.counts + (size_t)me * (2 + K * E) : NULL;
-    if (!st) {
-        for (uint64_t i = 0; i < (uint64_t)T * K; i++)
+    for (uint64_t i = 0; !st && i < (uint64_t)T * K; i++) {
+        if ((uint32_t)p.ids[i] >= E)
+            st = mvk_fail(ctx, MOEVK_ERROR_INTERNAL, "route gave ids[%llu, %llu] = %d",
+                          (unsigned long long)(i / K), (unsigned long long)(i % K), p.ids[i]);
+        else
             mine[2 + (i % K) * E + (uint32_t)p.ids[i]]++;
-        mine[1] = T;
     }
+    if (!st)
+        mine[1] = T;
     L->times.compute_ms += now_ms() - t_start;
     if ((st = ep_sync(L, st)))
         goto done;
