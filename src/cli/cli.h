@@ -28,6 +28,13 @@ int cli_ep_run(const moevk_layer_desc *d, const char *device, int validate, cons
                uint32_t T, float *y, moevk_routing_stats *stats, char *devdesc, size_t dn,
                double *create_ms, double *forward_ms, char *err, size_t n);
 int cli_ep_bench(int argc, char **argv);
+/* cli_ep_run with R ranks as threads of this process (the library's thread
+ * transport; no MPI), rank r on entry r (modulo) of the comma-separated
+ * device list (NULL: the default device); y written by every rank. */
+int cli_ep_run_threads(const moevk_layer_desc *d, const char *devices, int validate, uint32_t R,
+                       const float *x, uint32_t T, float *y, moevk_routing_stats *stats,
+                       char *devdesc, size_t dn, double *create_ms, double *forward_ms,
+                       char *err, size_t n);
 /* moevk simulate-ep (cli_simulate.c): the cost model of expert parallelism
  * on the host. */
 int cli_simulate_ep(int argc, char **argv);

@@ -63,7 +63,9 @@ static void usage(FILE *f)
             "  --expert-parallel  under mpirun -np R: the experts and the tokens split over\n"
             "             the R ranks (each its own device context), batch invariant; rank 0\n"
             "             writes the output, the same file as one process with\n"
-            "             --batch-invariant\n",
+            "             --batch-invariant\n"
+            "  --ranks N  with --expert-parallel: N ranks as threads of this process instead\n"
+            "             of MPI processes (rank r on device r of --device D0,D1,..)\n",
             mvk_arch_list(hf, sizeof hf, NULL), mvk_gguf_arch_list(archs, sizeof archs),
             mvk_backend_list(", ").s);
 }
@@ -71,6 +73,7 @@ static void usage(FILE *f)
 typedef struct run_opts {
     const char *model, *config, *prefix, *input, *output, *stats, *backend, *device;
     const char *cuda_impl, *quantize, *vram_budget;
+    uint32_t ranks; /* --ranks N: expert parallel over N threads (no MPI) */
     const char *weights[64];
     int nweights;
     long layer;
@@ -453,6 +456,15 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         else if (!strcmp(a, "--cuda-impl")) o->cuda_impl = v;
         else if (!strcmp(a, "--quantize")) o->quantize = v;
         else if (!strcmp(a, "--vram-budget")) o->vram_budget = v;
+        else if (!strcmp(a, "--ranks")) {
+            char *end = NULL;
+            unsigned long r = strtoul(v, &end, 10);
+            if (!*v || *end || r == 0 || r > 64) {
+                fprintf(stderr, "moevk run: --ranks '%s' is not a count in 1..64\n", v);
+                return 2;
+            }
+            o->ranks = (uint32_t)r;
+        }
         else if (!strcmp(a, "--weights")) {
             if (o->nweights == (int)(sizeof o->weights / sizeof o->weights[0])) {
                 fprintf(stderr, "moevk run: too many --weights\n");
@@ -497,6 +509,8 @@ static int parse_opts(int argc, char **argv, run_opts *o)
     else if (o->quantize && !mvk_quantize_supported(qdt))
         why = "--quantize: moevk has no quantiser for that format (gptq4, nf4 and fp8_e4m3 are "
               "what quantised checkpoints are repacked into); use a ggml format: q8_0, q4_k, ...";
+    else if (o->ranks && !o->expert_parallel)
+        why = "--ranks goes with --expert-parallel";
     else if (o->expert_parallel && strcmp(o->backend, "vulkan"))
         why = "--expert-parallel runs on the vulkan backend (the library's moevk_ep_layer)";
     else if (o->expert_parallel && (o->check || o->passthrough))
@@ -649,7 +663,9 @@ int cli_run(int argc, char **argv)
     mvk_st_set_init(&blk->set);
     mvk_model_layer *ml = &blk->layer;
     int ep_rank = 0, ep_size = 1;
-    if (opt.expert_parallel && cli_ep_begin(&argc, &argv, &ep_rank, &ep_size)) {
+    if (opt.ranks)
+        ep_size = (int)opt.ranks;
+    else if (opt.expert_parallel && cli_ep_begin(&argc, &argv, &ep_rank, &ep_size)) {
         fprintf(stderr, "moevk run: --expert-parallel: %s\n",
                 MOEVK_HAVE_MPI ? "MPI could not be initialised"
                                : "this moevk was built without MPI (libopenmpi-dev)");
@@ -872,14 +888,17 @@ built:
         }
         moevk_routing_stats es = {.tokens_per_expert = out.tpe};
         char dev[256] = "";
-        if (cli_ep_run(d, opt.device, opt.validate, x, T, out.y, &es, dev, sizeof dev,
-                       &out.create_ms, &out.forward_ms, err, sizeof err))
+        if (opt.ranks ? cli_ep_run_threads(d, opt.device, opt.validate, opt.ranks, x, T, out.y,
+                                           &es, dev, sizeof dev, &out.create_ms,
+                                           &out.forward_ms, err, sizeof err)
+                      : cli_ep_run(d, opt.device, opt.validate, x, T, out.y, &es, dev,
+                                   sizeof dev, &out.create_ms, &out.forward_ms, err, sizeof err))
             goto fail;
         out.stats = es;
         out.stats.tokens_per_expert = NULL;
         out.uploads = 1;
-        snprintf(out.device, sizeof out.device, "%s, expert parallel over %d MPI ranks", dev,
-                 ep_size);
+        snprintf(out.device, sizeof out.device, "%s, expert parallel over %d %s", dev, ep_size,
+                 opt.ranks ? "threads" : "MPI ranks");
         if (ep_rank != 0) { /* rank 0 reports and writes */
             rc = 0;
             goto done;
@@ -945,7 +964,7 @@ done:
     free(x);
     mvk_model_block_close(blk);
     free(blk);
-    if (opt.expert_parallel)
+    if (opt.expert_parallel && !opt.ranks)
         cli_ep_end();
     return rc;
 }
