@@ -316,6 +316,20 @@ static int ep_state_make(const moevk_layer_desc *d, const char *device, int vali
 {
     memset(s, 0, sizeof *s);
     char cerr[512] = "";
+    /* --device D0,D1,..: rank r opens entry r modulo the list (the GPUs of a
+     * node, one a rank) */
+    char mine[64] = "";
+    if (device && strchr(device, ',')) {
+        uint32_t nd = 1;
+        for (const char *q = device; *q; q++)
+            nd += *q == ',';
+        const char *q = device;
+        for (uint32_t i = 0; i < (uint32_t)ep_rank % nd; i++)
+            q = strchr(q, ',') + 1;
+        const size_t len = strcspn(q, ",");
+        snprintf(mine, sizeof mine, "%.*s", (int)(len < 63 ? len : 63), q);
+        device = mine;
+    }
     moevk_context_desc cd = {.device = device, .flags = validate ? MOEVK_CONTEXT_VALIDATION : 0,
                              .error_message = cerr, .error_message_size = sizeof cerr};
     int failed = 0;

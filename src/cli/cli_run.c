@@ -65,7 +65,8 @@ static void usage(FILE *f)
             "             writes the output, the same file as one process with\n"
             "             --batch-invariant\n"
             "  --ranks N  with --expert-parallel: N ranks as threads of this process instead\n"
-            "             of MPI processes (rank r on device r of --device D0,D1,..)\n",
+            "             of MPI processes; with either, --device D0,D1,.. puts rank r on\n"
+            "             device r (modulo the list)\n",
             mvk_arch_list(hf, sizeof hf, NULL), mvk_gguf_arch_list(archs, sizeof archs),
             mvk_backend_list(", ").s);
 }
