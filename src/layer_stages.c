@@ -146,6 +146,24 @@ static moevk_status layer_route(moevk_layer *L, const moevk_tensor *x, moevk_ten
     return run_parts(L, T, &io, false);
 }
 
+moevk_status mvk_layer_route_scores(moevk_layer *L, const moevk_tensor *x, moevk_tensor *ids,
+                                    moevk_tensor *weights)
+{
+    moevk_context *ctx = L->ctx;
+    const uint32_t S = moevk_routing_slots(&L->desc);
+    uint32_t T = 0;
+    moevk_status st;
+    if ((st = tokens_of_x(L, x, &T)) ||
+        (st = check_shape2(ctx, ids, "ids", MOEVK_DTYPE_I32, T, S)) ||
+        (st = check_shape2(ctx, weights, "weights", MOEVK_DTYPE_F32, T, S)))
+        return st;
+    mvk_pass_io io = {
+        .x = mvk_tensor_binding(x), .route = true, .no_choice = true,
+        .ids = mvk_tensor_binding(ids), .weights = mvk_tensor_binding(weights),
+    };
+    return run_parts(L, T, &io, false);
+}
+
 MVK_PUBLIC_CTX(moevk_layer_route,
                (moevk_layer *L, const moevk_tensor *x, moevk_tensor *ids, moevk_tensor *weights),
                L ? L->ctx : NULL, layer_route(L, x, ids, weights))

@@ -160,7 +160,7 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             timer_end(c, tm, MOEVK_STAGE_STATS);
         }
     }
-    if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE) {
+    if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE && !io->no_choice) {
         /* every token's p is there: each expert takes its tokens */
         timer_begin(c, tm);
         mvk_ec_args ea = {

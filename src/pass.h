@@ -24,6 +24,9 @@ typedef struct mvk_pass_io {
     /* the routed slots' expert rows are the caller's expert_out (combine
      * without the expert stage: moevk_layer_combine_shared) */
     bool routed_given;
+    /* expert choice: stop after route, p [T, E] in weights (the choice over
+     * every rank's tokens is the caller's: moevk_ep_layer) */
+    bool no_choice;
     /* caller tensors standing in for workspace slots (buffer NULL: the
      * workspace's own): ids, weights, row_of [T, k]; expert_out [T*k, H]
      * (one expert chunk only) */
@@ -36,6 +39,13 @@ typedef struct mvk_pass_timer {
     uint32_t next, cap;     /* queries used / available */
     uint8_t *stage_of_pair; /* [cap / 2] */
 } mvk_pass_timer;
+
+/* Route x [T, H] into weights [T, slots] (f32) without the expert-choice
+ * phase: under MOEVK_ROUTING_EXPERT_CHOICE every token's p over all E (the
+ * choice is the caller's), else ids [T, k] too (as moevk_layer_route). For
+ * moevk_ep_layer (src/layer_stages.c). */
+moevk_status mvk_layer_route_scores(moevk_layer *L, const moevk_tensor *x, moevk_tensor *ids,
+                                    moevk_tensor *weights);
 
 /* Queries a timed pass of geometry g needs. */
 uint32_t mvk_pass_queries(const mvk_pass_geometry *g);

@@ -145,7 +145,9 @@ static void reference(ep_world *w, const moevk_layer_desc *d, uint32_t T, const 
                       float *y, uint32_t *tpe, moevk_routing_stats *stats)
 {
     moevk_layer_desc dd = *d;
-    dd.flags |= MOEVK_LAYER_BATCH_INVARIANT;
+    /* (expert choice refuses it: a token's experts depend on the others) */
+    if (d->routing != MOEVK_ROUTING_EXPERT_CHOICE)
+        dd.flags |= MOEVK_LAYER_BATCH_INVARIANT;
     moevk_layer *L;
     cr_assert_eq(moevk_layer_create(w->ref, &dd, &L), MOEVK_SUCCESS, "%s",
                  moevk_context_last_error(w->ref));
@@ -370,13 +372,12 @@ Test(ep, bad_arguments)
     rlayer_make(&rng, &l, &s);
     moevk_ep_layer *L = (moevk_ep_layer *)&l;
     moevk_ep_desc ed = {.layer = &l.d, .transport = &tr};
-    moevk_layer_desc ec = l.d;
-    ec.routing = MOEVK_ROUTING_EXPERT_CHOICE;
-    ec.norm_topk_prob = 0;
-    ed.layer = &ec;
+    moevk_layer_desc nr0 = l.d;
+    nr0.flags |= MOEVK_LAYER_NO_ROUTED_EXPERTS;
+    ed.layer = &nr0;
     cr_assert_eq(moevk_ep_layer_create(ctx, &ed, &L), MOEVK_ERROR_INVALID_ARGUMENT);
     cr_assert_null(L);
-    cr_assert(strstr(moevk_context_last_error(ctx), "expert-choice"), "%s",
+    cr_assert(strstr(moevk_context_last_error(ctx), "needs its routed experts"), "%s",
               moevk_context_last_error(ctx));
     const uint32_t place[4] = {0, 0, 1, 0};
     ed.layer = &l.d;
@@ -552,6 +553,42 @@ Test(ep, output_bias_scales_and_softcap)
     const uint32_t T2[2] = {11, 6};
     ep_case_d(&w, &l.d, &rng, 2, T2, NULL, seed, "bias, scales, softcap");
     free(ob);
+    rlayer_free(&l);
+    world_end(&w);
+}
+
+Test(ep, expert_choice_over_every_ranks_tokens)
+{
+    ep_world w;
+    world_begin(&w);
+    /* each expert takes the C = min(T, ceil(cf T k / E)) tokens of all
+     * ranks with the largest p (ties: the lower token in rank order) */
+    const float cfs[3] = {0, 0.5f, 2.0f};
+    for (int i = 0; i < 3; i++) {
+        const uint64_t seed = seed_of(100 + (uint64_t)i);
+        mvkt_rng rng = mvkt_rng_make(seed);
+        const rlayer_spec s = {.H = 32, .F = 32, .E = 6, .K = 2, .shared = i == 1,
+                               .routing = MOEVK_ROUTING_EXPERT_CHOICE, .cf = cfs[i]};
+        rlayer l;
+        rlayer_make(&rng, &l, &s);
+        l.d.norm_topk_prob = 0;
+        l.d.routed_scaling_factor = i == 2 ? 1.5f : 0.0f;
+        const uint32_t Ts[3][3] = {{7, 0, 9}, {13, 4, 6}, {3, 5, 2}};
+        ep_case_d(&w, &l.d, &rng, 3, Ts[i], NULL, seed, "expert choice");
+        rlayer_free(&l);
+    }
+    /* equal probabilities everywhere (a zero router): every expert's choice
+     * is decided by the tie rule alone, across the ranks */
+    const uint64_t seed = seed_of(110);
+    mvkt_rng rng = mvkt_rng_make(seed);
+    const rlayer_spec s = {.H = 32, .F = 32, .E = 4, .K = 1,
+                           .routing = MOEVK_ROUTING_EXPERT_CHOICE};
+    rlayer l;
+    rlayer_make(&rng, &l, &s);
+    l.d.norm_topk_prob = 0;
+    memset(l.router, 0, sizeof(float) * 4 * 32);
+    const uint32_t T4[4] = {2, 3, 0, 5};
+    ep_case_d(&w, &l.d, &rng, 4, T4, NULL, seed, "expert choice, all tied");
     rlayer_free(&l);
     world_end(&w);
 }

@@ -939,8 +939,11 @@ typedef struct moevk_ep_desc {
      * implied. Identity experts (num_zero_experts) have no weights and run
      * on every rank for its own tokens; with MOEVK_LAYER_WEIGHTS_ON_INPUT
      * the rows are scaled on the host before they are sent (the f32
-     * product the device computes). Not (yet) for expert-choice routing (a
-     * selection over every rank's tokens). */
+     * product the device computes). Expert-choice routing chooses over
+     * every rank's tokens (every rank's probabilities go to every rank);
+     * such a layer cannot be batch invariant, so its y is the single
+     * device's bit for bit where that one runs the portable kernels (no
+     * matrix units: cooperative matrices change the expert rows' rounding). */
     const moevk_layer_desc *layer;
     const moevk_transport *transport; /* copied; its user must outlive the layer */
     /* Optional [num_experts - num_zero_experts]: the rank that holds each

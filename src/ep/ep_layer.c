@@ -38,10 +38,12 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "layer.h"
+#include "pass.h"
 #include "ref/ref.h"
 #include "workspace.h"
 
@@ -51,6 +53,7 @@ struct moevk_ep_layer {
     moevk_layer_desc d; /* the token side's desc (defaults applied) */
     moevk_layer *tok, *exp;
     uint32_t R, rank, E, K, H;
+    bool ec;         /* expert choice: the choice over every rank's tokens (ep_choose) */
     uint32_t nffn;   /* the FFN experts, 0 .. nffn - 1 (then the identity ones) */
     uint32_t *first; /* [R + 1]: rank r holds experts first[r] .. first[r + 1] - 1 */
     /* device staging, grown on demand: tokens of one batch */
@@ -223,10 +226,6 @@ static moevk_status ep_create_local(moevk_ep_layer *L, const moevk_ep_desc *desc
     mvk_layer_desc_defaults(din, &L->d);
     const moevk_layer_desc *d = &L->d;
     const moevk_status bad = MOEVK_ERROR_INVALID_ARGUMENT;
-    if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE)
-        return mvk_fail(ctx, bad,
-                        "expert-choice routing is not expert parallel yet (each expert's "
-                        "choice is over every rank's tokens)");
     if (d->flags & MOEVK_LAYER_NO_ROUTED_EXPERTS)
         return mvk_fail(ctx, bad,
                         "MOEVK_LAYER_NO_ROUTED_EXPERTS: an expert-parallel layer needs its "
@@ -235,7 +234,8 @@ static moevk_status ep_create_local(moevk_ep_layer *L, const moevk_ep_desc *desc
     /* identity experts have no weights: every rank computes them for its
      * own tokens; the FFN experts are split */
     L->nffn = d->num_experts - d->num_zero_experts;
-    L->K = d->top_k;
+    L->K = moevk_routing_slots(d); /* E slots under expert choice */
+    L->ec = d->routing == MOEVK_ROUTING_EXPERT_CHOICE;
     L->H = d->hidden;
     L->first = mvk_alloc(ctx, sizeof(uint32_t) * (L->R + 1));
     if (!L->first)
@@ -265,7 +265,8 @@ static moevk_status ep_create_local(moevk_ep_layer *L, const moevk_ep_desc *desc
     moevk_layer_desc td = *din;
     td.flags = (din->flags & ~(uint32_t)(MOEVK_LAYER_VRAM_BUDGET | MOEVK_LAYER_CACHE_STATIC |
                                          MOEVK_LAYER_IMPORT_HOST_EXPERTS)) |
-               MOEVK_LAYER_BATCH_INVARIANT | MOEVK_LAYER_NO_ROUTED_EXPERTS;
+               (L->ec ? 0u : (uint32_t)MOEVK_LAYER_BATCH_INVARIANT) |
+               MOEVK_LAYER_NO_ROUTED_EXPERTS;
     td.vram_budget = 0;
     if ((st = moevk_layer_create(ctx, &td, &L->tok)))
         return st;
@@ -505,7 +506,7 @@ static moevk_status ep_route(moevk_ep_layer *L, uint32_t T, const float *x, uint
         const uint32_t b = MVK_MIN(B, T - t0);
         moevk_tensor xv = rows_of(&L->x, b), iv = rows_of(&L->ids, b), wv = rows_of(&L->w, b);
         if ((st = moevk_buffer_upload(xv.buffer, 0, x + (size_t)t0 * H, (uint64_t)b * H * 4)) ||
-            (st = moevk_layer_route(L->tok, &xv, &iv, &wv)) ||
+            (st = mvk_layer_route_scores(L->tok, &xv, &iv, &wv)) ||
             (st = moevk_buffer_download(iv.buffer, 0, p->ids + (size_t)t0 * K,
                                         (uint64_t)b * K * 4)) ||
             (st = moevk_buffer_download(wv.buffer, 0, p->w + (size_t)t0 * K,
@@ -532,6 +533,92 @@ static moevk_status ep_route(moevk_ep_layer *L, uint32_t T, const float *x, uint
             p->part[E + 1] += ent;
         }
     }
+    return st;
+}
+
+/* The ranking key of expert_choice.comp: larger scores larger keys, -0 as
+ * +0, NaN the smallest (0). */
+static uint32_t ec_key(float v)
+{
+    if (isnan(v))
+        return 0u;
+    if (v == 0.0f)
+        v = 0.0f;
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return b > 1u ? b : 1u;
+}
+
+static int ec_key_desc(const void *a, const void *b)
+{
+    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x > y ? -1 : x < y;
+}
+
+/* Expert choice over every rank's tokens: every rank's p [T_r, E] to every
+ * rank (all-to-all-v), then on each rank, for each expert, the choice
+ * expert_choice.comp makes over the concatenation in rank order (its C
+ * largest keys, those at the C-th key by token), kept for the local
+ * tokens: ids[t, e] = e or -1, weights[t, e] = p * routed_scaling_factor or
+ * 0. Collective (every rank makes the same calls). */
+static moevk_status ep_choose(moevk_ep_layer *L, uint32_t T, ep_pass *p)
+{
+    moevk_context *ctx = L->ctx;
+    const uint32_t R = L->R, E = L->E, me = L->rank;
+    moevk_status st = MOEVK_SUCCESS;
+    uint64_t mine = T;
+    uint64_t *Ts = alloc_n(ctx, R, 8, &st), *sb = alloc_n(ctx, R, 8, &st),
+             *rb = alloc_n(ctx, R, 8, &st);
+    float *send = alloc_n(ctx, (uint64_t)R * T * E, 4, &st), *all = NULL;
+    uint32_t *keys = NULL;
+    if ((st = ep_sync(L, st)) || (st = ep_allgather(L, &mine, 8, Ts)))
+        goto out;
+    uint64_t T_all = 0, T0 = 0;
+    for (uint32_t r = 0; r < R; r++) {
+        if (r == me)
+            T0 = T_all;
+        T_all += Ts[r];
+        sb[r] = (uint64_t)T * E * 4;
+        rb[r] = Ts[r] * E * 4;
+        memcpy(send + (size_t)r * T * E, p->w, (size_t)T * E * 4);
+    }
+    if (T_all > UINT32_MAX)
+        st = mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
+                      "the ranks' tokens total %llu, beyond a pass's 32-bit token count",
+                      (unsigned long long)T_all);
+    all = alloc_n(ctx, T_all * E, 4, &st);
+    keys = alloc_n(ctx, T_all, 4, &st);
+    if ((st = ep_sync(L, st)) || (st = ep_alltoallv(L, send, sb, all, rb)))
+        goto out;
+    const uint32_t C = moevk_ref_expert_choice_capacity(&L->d, (uint32_t)T_all);
+    const float scale = L->d.routed_scaling_factor;
+    for (uint32_t e = 0; e < E; e++) {
+        for (uint64_t g = 0; g < T_all; g++)
+            keys[g] = ec_key(all[g * E + e]);
+        qsort(keys, T_all, 4, ec_key_desc);
+        const uint32_t kstar = C ? keys[C - 1] : 0;
+        uint64_t above = 0;
+        while (above < C && keys[above] > kstar)
+            above++;
+        const uint64_t want = C - above; /* of the tokens at K*, the first want */
+        uint64_t at = 0;
+        for (uint64_t g = 0; g < T0 + T; g++) {
+            const float v = all[g * E + e];
+            const uint32_t k = ec_key(v);
+            const bool is_at = k == kstar;
+            const bool take = C > 0 && (k > kstar || (is_at && at < want));
+            at += is_at;
+            if (g >= T0) {
+                const size_t i = (size_t)(g - T0) * E + e;
+                p->ids[i] = take ? (int32_t)e : -1;
+                p->w[i] = take ? v * scale : 0.0f;
+            }
+        }
+    }
+out:
+    mvk_free(ctx, Ts), mvk_free(ctx, sb), mvk_free(ctx, rb);
+    mvk_free(ctx, send), mvk_free(ctx, all), mvk_free(ctx, keys);
     return st;
 }
 
@@ -572,7 +659,8 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
 
     /* 2: agree, allgather the counts */
     int64_t *mine = p.counts ? p.counts + (size_t)me * (2 + K * E) : NULL;
-    for (uint64_t i = 0; !st && i < (uint64_t)T * K; i++) {
+    /* (under expert choice the ids come from ep_choose, below) */
+    for (uint64_t i = 0; !st && !L->ec && i < (uint64_t)T * K; i++) {
         if ((uint32_t)p.ids[i] >= E)
             st = mvk_fail(ctx, MOEVK_ERROR_INTERNAL, "route gave ids[%llu, %llu] = %d",
                           (unsigned long long)(i / K), (unsigned long long)(i % K), p.ids[i]);
@@ -584,6 +672,14 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
     L->times.compute_ms += now_ms() - t_start;
     if ((st = ep_sync(L, st)))
         goto done;
+    if (L->ec) {
+        /* the experts choose over every rank's tokens; then the counts */
+        if ((st = ep_choose(L, T, &p)))
+            goto done;
+        for (uint64_t i = 0; i < (uint64_t)T * K; i++)
+            if (p.ids[i] != -1)
+                mine[2 + (i % K) * E + (uint32_t)p.ids[i]]++;
+    }
     int64_t *hdr = mvk_alloc(ctx, (2 + (size_t)K * E) * 8);
     if (!hdr) {
         st = mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "count exchange");
@@ -650,6 +746,10 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
         uint64_t *seen = alloc_n(ctx, (uint64_t)E * K, 8, &st);
         for (uint32_t j = 0; !st && j < K; j++)
             for (uint32_t t = 0; t < T; t++) {
+                if (p.ids[(size_t)t * K + j] == -1) { /* expert choice: not taken */
+                    p.pos[(size_t)t * K + j] = -1;
+                    continue;
+                }
                 const uint32_t e = (uint32_t)p.ids[(size_t)t * K + j];
                 uint64_t base;
                 BASE(me, j, e, base);
