@@ -592,3 +592,55 @@ Test(ep, expert_choice_over_every_ranks_tokens)
     rlayer_free(&l);
     world_end(&w);
 }
+
+Test(ep, per_expert_arrays_of_other_ranks_unread)
+{
+    ep_world w;
+    world_begin(&w);
+    /* per-expert pointers, NULL for the experts a rank does not hold */
+    const uint64_t seed = seed_of(120);
+    mvkt_rng rng = mvkt_rng_make(seed);
+    const rlayer_spec s = {.H = 32, .F = 32, .E = 6, .K = 2};
+    rlayer l;
+    rlayer_make(&rng, &l, &s);
+    const uint32_t Ts[2] = {5, 6};
+    float *x = random_x(&rng, 11, 32), *y = malloc(sizeof(float) * 11 * 32),
+          *yr = malloc(sizeof(float) * 11 * 32);
+    cr_assert(y && yr);
+    uint32_t tpe[64];
+    moevk_routing_stats rs;
+    reference(&w, &l.d, 11, x, yr, tpe, &rs);
+    const size_t m = (size_t)32 * 32 * 4; /* one f32 expert matrix */
+    const void *per[2][3][6] = {{{0}}};
+    moevk_layer_desc d[2] = {l.d, l.d};
+    for (uint32_t r = 0; r < 2; r++) {
+        for (uint32_t e = 3 * r; e < 3 * r + 3; e++) {
+            per[r][0][e] = (const uint8_t *)l.gate + e * m;
+            per[r][1][e] = (const uint8_t *)l.up + e * m;
+            per[r][2][e] = (const uint8_t *)l.down + e * m;
+        }
+        d[r].experts.gate = d[r].experts.up = d[r].experts.down = NULL;
+        d[r].experts.gate_experts = per[r][0];
+        d[r].experts.up_experts = per[r][1];
+        d[r].experts.down_experts = per[r][2];
+    }
+    moevk_thread_group *g;
+    cr_assert_eq(moevk_thread_group_create(2, 0, &g), MOEVK_SUCCESS);
+    pthread_t th[2];
+    for (uint32_t r = 0; r < 2; r++) {
+        w.job[r] = (rank_job){.d = &d[r], .ctx = w.ctx[r], .g = g, .rank = r, .T = Ts[r],
+                              .x = x + (r ? Ts[0] * 32 : 0), .y = y + (r ? Ts[0] * 32 : 0),
+                              .passes = 1};
+        cr_assert_eq(pthread_create(&th[r], NULL, rank_main, &w.job[r]), 0);
+    }
+    for (uint32_t r = 0; r < 2; r++)
+        pthread_join(th[r], NULL);
+    moevk_thread_group_destroy(g);
+    for (uint32_t r = 0; r < 2; r++)
+        cr_assert_eq(w.job[r].st_fwd | w.job[r].st_create, 0, "rank %u: %s", r, w.job[r].msg);
+    cr_assert(!memcmp(y, yr, sizeof(float) * 11 * 32), "y differs from one device (seed %llu)",
+              (unsigned long long)seed);
+    free(x), free(y), free(yr);
+    rlayer_free(&l);
+    world_end(&w);
+}

@@ -935,8 +935,9 @@ typedef struct moevk_ep_layer moevk_ep_layer;
 typedef struct moevk_ep_desc {
     /* The whole layer, as for moevk_layer_create. Of the routed experts'
      * host arrays only this rank's experts are read (per-expert pointers
-     * of other ranks' experts may be NULL). MOEVK_LAYER_BATCH_INVARIANT is
-     * implied. Identity experts (num_zero_experts) have no weights and run
+     * of other ranks' experts may be NULL; an input_perm covers every
+     * expert, as validation reads it). MOEVK_LAYER_BATCH_INVARIANT is
+     * implied (but for expert choice, below). Identity experts (num_zero_experts) have no weights and run
      * on every rank for its own tokens; with MOEVK_LAYER_WEIGHTS_ON_INPUT
      * the rows are scaled on the host before they are sent (the f32
      * product the device computes). Expert-choice routing chooses over
