@@ -13,7 +13,9 @@
  *        output does not depend on the other rows).
  * A forward pass:
  *   1 route the local tokens (tok; per routing chunk, whose logits also give
- *     the statistics' partial sums on the host);
+ *     the statistics' partial sums on the host); under expert choice the
+ *     route leaves every token's p, and ep_choose makes each expert's
+ *     choice over every rank's p (all-to-all-v) for the local tokens;
  *   2 agree; allgather every rank's token count and per-slot per-expert
  *     counts; admission on the host: an assignment's rank among those to
  *     its expert is what one device computes over the concatenation of all
@@ -439,6 +441,7 @@ typedef struct ep_pass {
     float *logits;     /* [batch E] */
     int64_t *pos;      /* [T K]: the assignment's row in the send buffer, -1 dropped */
     int64_t *counts;   /* [R (2 + K E)]: status, T, then counts[j][e] of each rank */
+    int64_t *hdr;      /* [2 + K E]: this rank's, sent */
     uint64_t *sb, *rb; /* [R] bytes sent to / received from each rank */
     uint64_t *srows, *rrows; /* [R] rows */
     uint64_t *rexp;    /* [R * n]: rows from rank s for each local expert */
@@ -451,7 +454,7 @@ typedef struct ep_pass {
 
 static void pass_free(moevk_context *ctx, ep_pass *p)
 {
-    void *v[] = {p->ids, p->w, p->logits, p->pos, p->counts, p->sb, p->rb, p->srows, p->rrows,
+    void *v[] = {p->ids, p->w, p->logits, p->pos, p->counts, p->hdr, p->sb, p->rb, p->srows, p->rrows,
                  p->rexp, p->send, p->recv, p->xs, p->xo, p->eo, p->tmp, p->part, p->parts};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
         mvk_free(ctx, v[i]);
@@ -643,6 +646,7 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
     p.logits = alloc_n(ctx, (uint64_t)B * E, 4, &st);
     p.pos = alloc_n(ctx, (uint64_t)T * K, 8, &st);
     p.counts = alloc_n(ctx, (uint64_t)R * (2 + K * E), 8, &st);
+    p.hdr = alloc_n(ctx, 2 + (uint64_t)K * E, 8, &st);
     p.sb = alloc_n(ctx, R, 8, &st);
     p.rb = alloc_n(ctx, R, 8, &st);
     p.srows = alloc_n(ctx, R, 8, &st);
@@ -680,19 +684,9 @@ static moevk_status ep_forward(moevk_ep_layer *L, uint32_t T, const float *x, fl
             if (p.ids[i] != -1)
                 mine[2 + (i % K) * E + (uint32_t)p.ids[i]]++;
     }
-    int64_t *hdr = mvk_alloc(ctx, (2 + (size_t)K * E) * 8);
-    if (!hdr) {
-        st = mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "count exchange");
-    } else {
-        memcpy(hdr, mine, (2 + (size_t)K * E) * 8);
-    }
-    if ((st = ep_sync(L, st))) {
-        mvk_free(ctx, hdr);
-        goto done;
-    }
-    st = ep_allgather(L, hdr, (2 + (uint64_t)K * E) * 8, p.counts);
-    mvk_free(ctx, hdr);
-    if (st)
+    /* (sent from a copy: the receive buffer holds this rank's block too) */
+    memcpy(p.hdr, mine, (2 + (size_t)K * E) * 8);
+    if ((st = ep_allgather(L, p.hdr, (2 + (uint64_t)K * E) * 8, p.counts)))
         goto done;
     const size_t stride = 2 + (size_t)K * E;
     uint64_t T_all = 0;
