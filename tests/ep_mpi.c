@@ -4,7 +4,8 @@
  * tokens of one input and a share of the experts, and checks its rows of y
  * bitwise against a single-device batch-invariant layer over all tokens
  * (which it runs itself on its own context), with the pass's counts and
- * drops exactly; then a bad x on the last rank must fail every rank.
+ * drops exactly (dropless, with drops, and expert choice over every rank's
+ * tokens); then a bad x on the last rank must fail every rank.
  * Exit 0 when every rank passed; no Criterion (one process per rank).
  */
 #include <math.h>
@@ -34,7 +35,7 @@ typedef struct weights {
     void *router, *g, *u, *d, *sg, *su, *sd, *sgate;
 } weights;
 
-static int make_layer(mvk_rng *r, weights *w, moevk_layer_desc *d, float cf)
+static int make_layer(mvk_rng *r, weights *w, moevk_layer_desc *d, float cf, int ec)
 {
     const float s = 0.5f;
     w->router = mvk_rng_array(r, MOEVK_DTYPE_F32, (size_t)E * H, 1.0f);
@@ -55,6 +56,11 @@ static int make_layer(mvk_rng *r, weights *w, moevk_layer_desc *d, float cf)
         .num_shared = 1, .shared = {.gate = w->sg, .up = w->su, .down = w->sd},
         .shared_gate = w->sgate, .flags = MOEVK_LAYER_BATCH_INVARIANT,
     };
+    if (ec) { /* expert choice: no normalisation, not batch invariant */
+        d->routing = MOEVK_ROUTING_EXPERT_CHOICE;
+        d->norm_topk_prob = 0;
+        d->flags = 0;
+    }
     return 0;
 }
 
@@ -83,12 +89,13 @@ static int reference(moevk_context *ctx, const moevk_layer_desc *d, uint32_t T, 
     return 0;
 }
 
-static int run_case(moevk_context *ctx, const moevk_transport *tr, float cf, uint64_t seed)
+static int run_case(moevk_context *ctx, const moevk_transport *tr, float cf, int ec,
+                    uint64_t seed)
 {
     mvk_rng r = mvk_rng_seed(seed, 0);
     weights w = {0};
     moevk_layer_desc d;
-    if (make_layer(&r, &w, &d, cf))
+    if (make_layer(&r, &w, &d, cf, ec))
         FAIL("out of memory");
     uint32_t T = 0, T0 = 0, Tm = 0;
     for (int q = 0; q < size_; q++) {
@@ -128,7 +135,7 @@ static int run_case(moevk_context *ctx, const moevk_transport *tr, float cf, uin
         1e-5 * fabs(rs.load_balancing_loss))
         FAIL("load_balancing_loss %.9g, single device %.9g", es.load_balancing_loss,
              rs.load_balancing_loss);
-    if (cf > 0 && rs.dropped == 0)
+    if (cf > 0 && !ec && rs.dropped == 0)
         FAIL("cf %g dropped nothing: the case tests no capacity", (double)cf);
     /* a bad x on the last rank: every rank fails, none hangs */
     const int bad = rank_ == size_ - 1;
@@ -184,8 +191,9 @@ int main(int argc, char **argv)
     int any = 0;
     MPI_Allreduce(&fail, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (!any) {
-        fail |= run_case(ctx, &tr, 0.0f, seed);
-        fail |= run_case(ctx, &tr, 0.75f, seed + 1);
+        fail |= run_case(ctx, &tr, 0.0f, 0, seed);
+        fail |= run_case(ctx, &tr, 0.75f, 0, seed + 1);
+        fail |= run_case(ctx, &tr, 0.5f, 1, seed + 2); /* expert choice */
         if (moevk_context_validation_messages(ctx)) {
             fprintf(stderr, "ep_mpi rank %d: %u validation messages\n", rank_,
                     moevk_context_validation_messages(ctx));
