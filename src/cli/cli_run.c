@@ -595,6 +595,7 @@ static const char *routing_name(moevk_routing r)
 {
     return r == MOEVK_ROUTING_TOPK_SOFTMAX     ? "topk_softmax"
            : r == MOEVK_ROUTING_SIGMOID_GROUPED ? "sigmoid_grouped"
+           : r == MOEVK_ROUTING_SPARSEMIXER     ? "sparsemixer"
                                                 : "softmax_topk";
 }
 

@@ -274,7 +274,8 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     int softmax_bias = 0;
     if (mvk_rng_chance(&rr, 0.4)) {
         const bool sm = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK;
-        const bool scored = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX;
+        const bool scored = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
+                            d->routing != MOEVK_ROUTING_SPARSEMIXER;
         if (sm && mvk_rng_chance(&rr, 0.5))
             draw_groups(&rr, E, k, d);
         if (scored && mvk_rng_chance(&rr, 0.5))
@@ -295,8 +296,8 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
      * or one large enough to show), when there is no norm_min; from a
      * stream of its own */
     mvk_rng rne = mvk_rng_seed(seed, 16);
-    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_min == 0.0f &&
-        mvk_rng_chance(&rne, 0.2))
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER &&
+        d->norm_min == 0.0f && mvk_rng_chance(&rne, 0.2))
         d->norm_eps = mvk_rng_chance(&rne, 0.5) ? 1e-6f : mvk_rng_uniform(&rne, 0.01f, 0.5f);
     /* a soft cap on the router logits (Laguna), from a stream of its own:
      * small caps that bend most logits, or larger ones that bend the
@@ -308,8 +309,25 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     /* selection on the logits plus the correction bias (Kolibri-1), in the
      * modes that score, from a stream of its own */
     mvk_rng rsl = mvk_rng_seed(seed, 18);
-    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && mvk_rng_chance(&rsl, 0.25))
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER &&
+        mvk_rng_chance(&rsl, 0.25))
         d->select_on_logits = 1;
+    /* SparseMixer (PhiMoE), from a stream of its own: half of the drawn
+     * topk_softmax cases (the mode that, like it, selects on the plain
+     * logits with no groups or bias) become sparsemixer, with PhiMoE's
+     * jitter_eps, a threshold that keeps a few experts, none (0: only
+     * ties), or a large one that keeps nearly every expert */
+    mvk_rng rsm = mvk_rng_seed(seed, 20);
+    if (!lim.routing && d->routing == MOEVK_ROUTING_TOPK_SOFTMAX && mvk_rng_chance(&rsm, 0.5))
+        d->routing = MOEVK_ROUTING_SPARSEMIXER;
+    if (d->routing == MOEVK_ROUTING_SPARSEMIXER) {
+        d->norm_topk_prob = 0;
+        uint32_t u = mvk_rng_range(&rsm, 0, 9);
+        d->jitter_eps = u < 4   ? 0.01f
+                        : u < 8 ? mvk_rng_uniform(&rsm, 0.0f, 0.3f)
+                        : u < 9 ? 0.0f
+                                : mvk_rng_uniform(&rsm, 0.5f, 5.0f);
+    }
     /* capacity */
     if (lim.capacity_factor < 0)
         d->capacity_factor = 0;
@@ -597,7 +615,10 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         c->n_ties = n;
     }
     d->router_bias = c->router_bias;
-    d->correction_bias = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX ? c->correction_bias : NULL;
+    d->correction_bias = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
+                                 d->routing != MOEVK_ROUTING_SPARSEMIXER
+                             ? c->correction_bias
+                             : NULL;
 
     /* input; under capacity, redraw it (seed + 1, ...) while the reference
      * routing has a near-tie, whose flip would cascade through admission */
@@ -655,6 +676,7 @@ static const char *routing_name(moevk_routing r)
     case MOEVK_ROUTING_SOFTMAX_TOPK: return "softmax_topk";
     case MOEVK_ROUTING_TOPK_SOFTMAX: return "topk_softmax";
     case MOEVK_ROUTING_SIGMOID_GROUPED: return "sigmoid_grouped";
+    case MOEVK_ROUTING_SPARSEMIXER: return "sparsemixer";
     }
     return "routing?";
 }
@@ -721,10 +743,15 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
             app(buf, n, &p, "%scap=%.3g", sep, d->router_softcap);
             sep = ",";
         }
+        if (d->routing == MOEVK_ROUTING_SPARSEMIXER) {
+            app(buf, n, &p, "%seps=%.3g", sep, d->jitter_eps);
+            sep = ",";
+        }
         if (*sep == ',')
             app(buf, n, &p, ")");
     }
-    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_topk_prob) {
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER &&
+        d->norm_topk_prob) {
         app(buf, n, &p, "+norm");
         if (d->norm_p)
             app(buf, n, &p, "(p=%.3g)", d->norm_p);

@@ -985,6 +985,18 @@ static const mvk_arch archs[] = {
      .act = {.def = "swiglu_oai", .fixed = MOEVK_ACT_SWIGLU_OAI}, .sparse = MVK_SPARSE_DECODER,
      .layer_prefixes = {DECODER_LAYER}, .router = "router.weight", .router_bias = "router.bias",
      .layouts = {&privacy_filter_transposed}},
+    /* PhimoeSparseMoeBlock: SparseMixer's inference routing (the top two
+     * logits, each weighted by a softmax over the experts within
+     * 2 router_jitter_noise of it, relatively; the first one left out of
+     * the second's), always two experts whatever num_experts_per_tok says;
+     * the router "router", the experts stacked (transformers 5 names) */
+    {.model_types = {"phimoe"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 6400, "intermediate_size"),
+              KEY(NUM_LAYERS, 32, "num_hidden_layers"), FIXED(TOP_K, 2),
+              KEY(EXPERTS, 16, "num_local_experts"),
+              KEY(JITTER_EPS, 0.01f, "router_jitter_noise")},
+     .routing = MOEVK_ROUTING_SPARSEMIXER, .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {DECODER_LAYER}, .router = "router.weight", .layouts = {&stacked}},
 };
 
 #define N_ARCHS (sizeof archs / sizeof archs[0])

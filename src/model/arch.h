@@ -124,6 +124,8 @@ typedef enum mvk_cfg_field {
     MVK_CFG_SELECT_ON_LOGITS, /* 1: choose on the logits plus the correction
                                  bias, not on the scores (Kolibri-1; an
                                  architecture fixes it)                     */
+    MVK_CFG_JITTER_EPS,       /* sparsemixer's jitter_eps (PhiMoE's
+                                 router_jitter_noise: a number >= 0)        */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 
