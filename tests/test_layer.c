@@ -763,6 +763,17 @@ Test(layer_bad, descriptions_name_the_field)
     BAD(d.router_softcap = NAN, INV, "router_softcap");
     BAD((d.routing = MOEVK_ROUTING_TOPK_SOFTMAX, d.select_on_logits = 1), INV,
         "select_on_logits");
+    BAD(d.routing = (moevk_routing)5, INV, "routing");
+#define SPARSEMIXER(...) (d.routing = MOEVK_ROUTING_SPARSEMIXER, d.norm_topk_prob = 0, __VA_ARGS__)
+    BAD(SPARSEMIXER(d.jitter_eps = -0.01f), INV, "jitter_eps");
+    BAD(SPARSEMIXER(d.jitter_eps = NAN), INV, "jitter_eps");
+    BAD(SPARSEMIXER(d.jitter_eps = INFINITY), INV, "jitter_eps");
+    BAD(SPARSEMIXER(d.norm_topk_prob = 1), INV, "norm_topk_prob");
+    BAD(SPARSEMIXER(d.n_group = 2), INV, "n_group");
+    BAD(SPARSEMIXER(d.select_on_logits = 1), INV, "select_on_logits");
+    BAD(SPARSEMIXER(d.correction_bias = b_router), INV, "correction_bias");
+#undef SPARSEMIXER
+    BAD(d.jitter_eps = 0.01f, INV, "jitter_eps"); /* only for sparsemixer */
     /* sizes whose buffers overflow 64 bits or pass the device's limits (the
      * weights are never read: validation comes first) */
     BAD((d.hidden = 1u << 31, d.ffn = 1u << 31, d.num_experts = 1024), MOEVK_ERROR_LIMIT_EXCEEDED,
