@@ -1738,6 +1738,20 @@ static const arch_row arch_rows[] = {
      .want = {.routing = MOEVK_ROUTING_SPARSEMIXER, .jitter_eps = 0.2f, .weight_dtype = BF16,
               .router_dtype = BF16},
      .want_layout = WANT_STACKED, .want_mapped = 1},
+    /* the published checkpoints' names (Phi-3.5-MoE): block_sparse_moe.gate
+     * and per-expert w1/w3/w2; router_jitter_noise absent: 0.01 */
+    {.name = "phimoe, published block_sparse_moe.gate and per-expert w1/w3/w2, two layers",
+     .model_type = "phimoe",
+     .config = "{\"model_type\": \"phimoe\", \"hidden_size\": 32, \"intermediate_size\": 24,"
+               " \"num_local_experts\": 8, \"num_hidden_layers\": 2,"
+               " \"torch_dtype\": \"bfloat16\"}",
+     .H = 32, .F = 24, .E = 8, .K = 2, .wdt = BF16, .sdt = BF16, .rdt = BF16,
+     .lay = LAY_W123, .prefix = "model.layers.1.block_sparse_moe.", .layer = "1",
+     .other_prefix = "model.layers.0.block_sparse_moe.", .other_layer = "0", .xdt = F32,
+     .xdims = 2, .xshape = {21, 32}, .tol = 1e-4,
+     .want = {.routing = MOEVK_ROUTING_SPARSEMIXER, .jitter_eps = 0.01f, .weight_dtype = BF16,
+              .router_dtype = BF16},
+     .want_layout = WANT_W123, .want_mapped = 1},
 };
 
 #define N_ARCH_ROWS (sizeof arch_rows / sizeof arch_rows[0])

@@ -670,7 +670,7 @@ void mvkc_case_free(mvkc_case *c)
     memset(c, 0, sizeof *c);
 }
 
-static const char *routing_name(moevk_routing r)
+const char *mvkc_routing_name(moevk_routing r)
 {
     switch (r) {
     case MOEVK_ROUTING_SOFTMAX_TOPK: return "softmax_topk";
@@ -719,7 +719,7 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         return;
     buf[0] = 0;
     app(buf, n, &p, "T=%u H=%u F=%u E=%u k=%u %s", c->T, d->hidden, d->ffn, d->num_experts,
-        d->top_k, routing_name(d->routing));
+        d->top_k, mvkc_routing_name(d->routing));
     {
         const char *sep = "(";
         if (d->n_group > 1 || d->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {

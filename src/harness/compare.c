@@ -184,8 +184,9 @@ static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *l
  * reference's): an expert's gap r = (m - l) / max(|l|, m) to a slot's top
  * logit m within what the router's fp32 error (as in tolerated) can move
  * it from the threshold 2 jitter_eps. The backend's weight of such a slot
- * may then differ from the reference's by far more than rounding: the
- * token is left out of the comparison, as a near-tie. Scratch: lf [E]. */
+ * may then differ from the reference's by far more than rounding: a token
+ * whose weights differ so is left out of the comparison, as a near-tie.
+ * Scratch: lf [E]. */
 static int sparsemixer_unsure(const mvkc_case *c, uint32_t t, const uint32_t *ids, float *lf)
 {
     const moevk_layer_desc *d = &c->desc;
@@ -226,6 +227,22 @@ static int sparsemixer_unsure(const mvkc_case *c, uint32_t t, const uint32_t *id
             const double dr = (2.0 * tol + fabs(r) * tol) / (f - tol) + 1e-6 * fabs(r) + 1e-7;
             if (fabs(r - thr) <= dr)
                 return 1;
+        }
+    }
+    return 0;
+}
+
+/* Whether one token's k weights g differ from r beyond the comparison's
+ * tolerance (or in being finite, or NaN). */
+static int weights_differ(const float *g, const float *r, uint32_t k, double scale)
+{
+    for (uint32_t j = 0; j < k; j++) {
+        const double a = g[j], b = r[j];
+        if (!isfinite(a) || !isfinite(b)) {
+            if (isfinite(a) != isfinite(b) || isnan(a) != isnan(b))
+                return 1;
+        } else if (fabs(a - b) > 1e-4 * fabs(b) + 1e-7 * scale) {
+            return 1;
         }
     }
     return 0;
@@ -329,11 +346,8 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
         const uint32_t *g = res->ids + (size_t)t * k, *r = ref->out.ids + (size_t)t * k;
         if (ref->near_tie[t])
             excluded[t] = 1;
-        if (!memcmp(g, r, sizeof(uint32_t) * k)) {
-            if (sparsemixer_unsure(c, t, r, lf))
-                excluded[t] = 1;
+        if (!memcmp(g, r, sizeof(uint32_t) * k))
             continue;
-        }
         mismatched++;
         if (ref->near_tie[t] || tolerated(c, t, g, lf, s, gs, mark)) {
             excluded[t] = 1;
@@ -354,11 +368,20 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
     for (uint32_t t = 0; t < T; t++)
         rep->near_ties += excluded[t];
 
-    /* 2. routing weights */
+    /* 2. routing weights (sparsemixer: a token whose weights differ where
+     * rounding may have moved a threshold is left out, as a near-tie) */
     double wnum = 0, wden = 0;
+    const double wscale = d->routed_scaling_factor ? fabs((double)d->routed_scaling_factor) : 1.0;
     for (uint32_t t = 0; t < T; t++) {
         if (excluded[t])
             continue;
+        if (weights_differ(res->weights + (size_t)t * k, ref->out.weights + (size_t)t * k, k,
+                           wscale) &&
+            sparsemixer_unsure(c, t, ref->out.ids + (size_t)t * k, lf)) {
+            excluded[t] = 1;
+            rep->near_ties++;
+            continue;
+        }
         for (uint32_t j = 0; j < k; j++) {
             size_t a = (size_t)t * k + j;
             double g = res->weights[a], r = ref->out.weights[a];
@@ -367,8 +390,7 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
                     fail(rep, "route: weight of token %u slot %u: %g, reference %g", t, j, g, r);
                 continue;
             }
-            double scale = d->routed_scaling_factor ? fabs((double)d->routed_scaling_factor) : 1.0;
-            if (fabs(g - r) > 1e-4 * fabs(r) + 1e-7 * scale)
+            if (fabs(g - r) > 1e-4 * fabs(r) + 1e-7 * wscale)
                 fail(rep, "route: weight of token %u slot %u (expert %u): %.9g, reference %.9g", t,
                      j, res->ids[a], g, r);
             wnum += (g - r) * (g - r);
@@ -566,9 +588,14 @@ int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
             skip = a->ids[t * K + j] != ref->out.ids[t * K + j] ||
                    b->ids[t * K + j] != ref->out.ids[t * K + j] ||
                    (a->rows[t * K + j] < 0) != (b->rows[t * K + j] < 0);
-        /* sparsemixer: a threshold either backend may have judged either
-         * way (compared with the reference under the same rule) */
-        if (!skip && lf && sparsemixer_unsure(c, t, ref->out.ids + (size_t)t * K, lf))
+        /* sparsemixer: weights that differ where either backend may have
+         * judged a threshold either way (each was compared with the
+         * reference under the same rule) */
+        if (!skip && lf &&
+            weights_differ(a->weights + (size_t)t * K, b->weights + (size_t)t * K, K,
+                           d->routed_scaling_factor ? fabs((double)d->routed_scaling_factor)
+                                                    : 1.0) &&
+            sparsemixer_unsure(c, t, ref->out.ids + (size_t)t * K, lf))
             skip = true;
         if (skip)
             continue;
