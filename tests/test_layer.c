@@ -1393,6 +1393,10 @@ Test(layer_compare, a_wrong_backend_fails_with_its_reproduction)
     cr_assert(mvkc_repro(&cpu, &bad, 7, &w, cmd, sizeof cmd));
     cr_assert_str_eq(cmd, "moevk check --backend cpu --against wrong --seed 7 --cases 1 "
                           "--max-work 1000");
+    w.routing = MVKC_PICK(MOEVK_ROUTING_SPARSEMIXER);
+    cr_assert(mvkc_repro(&cpu, NULL, 7, &w, cmd, sizeof cmd));
+    cr_assert_str_eq(cmd, "moevk check --backend cpu --against cpu --seed 7 --cases 1 "
+                          "--max-work 1000 --routing sparsemixer");
     cr_assert(!mvkc_repro(&bad, NULL, 42, &l, cmd, sizeof cmd));
     cr_assert_str_eq(cmd, "");
     mvkc_target_close(&bad);
