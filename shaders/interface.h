@@ -77,7 +77,7 @@
 #define MVK_ROUTING_SOFTMAX_TOPK 0u
 #define MVK_ROUTING_TOPK_SOFTMAX 1u
 #define MVK_ROUTING_SIGMOID_GROUPED 2u
-/* (3u is reserved) */
+#define MVK_ROUTING_EXPERT_CHOICE 3u /* route writes p [T, E] into weights */
 #define MVK_ROUTING_SPARSEMIXER 4u
 
 /* ---- scoring (router_scores); = moevk_scoring --------------------------- */
@@ -154,6 +154,28 @@ MVK_PUSH_BEGIN(mvk_route_push)
     MVK_U32 sel_logits; /* modes 0 and 2: select on l + bias (select_on_logits) */
     MVK_F32 jitter_eps; /* sparsemixer: the threshold is 2 jitter_eps */
 MVK_PUSH_END(mvk_route_push)
+#endif
+
+/* ---- expert_choice: each expert takes its C best tokens -----------------
+ * One workgroup per expert e, over all T tokens of the pass: route (mode
+ * MVK_ROUTING_EXPERT_CHOICE) left p[t, e] in weights[t * E + e]; the
+ * kernel finds the C-th largest p of column e (ties: the lower token; NaN
+ * below every number) by a radix select on order-preserving keys, then
+ * writes ids[t * E + e] = e and weights[t * E + e] = p * scale for the
+ * tokens it takes, and NONE (0xffffffff) and 0 for the others. Integer
+ * counts only: deterministic. */
+#define MVK_EC_WG 256u
+#define MVK_EC_BIND_IDS 0
+#define MVK_EC_BIND_WEIGHTS 1
+#define MVK_EC_BINDINGS 2
+#define MVK_EC_NSPEC 1
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_EXPERT_CHOICE)
+MVK_PUSH_BEGIN(mvk_ec_push)
+    MVK_U32 T, E;
+    MVK_U32 C;     /* tokens per expert, <= T */
+    MVK_F32 scale; /* routed_scaling_factor */
+    MVK_U32 e0;    /* expert of workgroup 0 (grids of more than the limit) */
+MVK_PUSH_END(mvk_ec_push)
 #endif
 
 /* ---- permute: counting, capacity, prefix sums, the tile schedule --------
@@ -367,7 +389,8 @@ MVK_PUSH_END(mvk_combine_push)
 #define MVK_STATS_NSPEC 2
 #if !defined(MVK_GLSL) || defined(MVK_KERNEL_STATS)
 MVK_PUSH_BEGIN(mvk_stats_push)
-    MVK_U32 T, E, K;
+    MVK_U32 T, E;
+    MVK_U32 assignments; /* the load-balancing loss's: T k, or C E (expert choice) */
     MVK_U32 tok0;       /* PASS 0: first token of block 0 of this dispatch */
     MVK_U32 logit_tok0; /* logits row of token t is t - logit_tok0 */
 MVK_PUSH_END(mvk_stats_push)

@@ -6,6 +6,8 @@
 //                      sel_probs p + bias; w = p[id]
 //   1 topk_softmax   : the logit; w = softmax over the k selected logits
 //   2 sigmoid_grouped: c = sigmoid(l) + bias; w = sigmoid(l[id])
+//   3 expert_choice  : no selection here: p = softmax(l) into weights [T, E]
+//                      for the expert_choice kernel
 //   4 sparsemixer    : the logit; slot j's w = softmax at id_j over the
 //                      experts not chosen before it whose gap (m - l) /
 //                      max(|l|, m) to its logit m = l[id_j] is not above 2
@@ -190,6 +192,14 @@ void main()
         tokstats[3u * t + 0u] = m;
         tokstats[3u * t + 1u] = s;
         tokstats[3u * t + 2u] = ent;
+    }
+
+    // Expert choice: p over all E for the expert_choice kernel, which
+    // chooses (and writes ids) once every token's p is there.
+    if (ROUTING == MVK_ROUTING_EXPERT_CHOICE) {
+        for (uint e = lid; e < E; e += WG)
+            weights[t * E + e] = exp(lg[e] - m) / s;
+        return;
     }
 
     // Selection scores; everything selectable.

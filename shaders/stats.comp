@@ -81,7 +81,7 @@ void main()
         float T = float(p.T);
         results[MVK_RESULTS_DROPPED(E)] = meta[MVK_META_DROPPED(E)];
         results[MVK_RESULTS_LOSSES(E) + 0u] =
-            floatBitsToUint(float(E) * lb / (T * float(p.K) * T));
+            floatBitsToUint(float(E) * lb / (float(p.assignments) * T));
         results[MVK_RESULTS_LOSSES(E) + 1u] = floatBitsToUint(z / T);
         results[MVK_RESULTS_LOSSES(E) + 2u] = floatBitsToUint(ent / T);
     }

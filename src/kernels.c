@@ -12,6 +12,7 @@
     K(MVK_K_ROUTER_LOGITS, router_logits, MVK_ROUTER_BINDINGS, mvk_router_push, MVK_ROUTER_NSPEC) \
     K(MVK_K_ROUTER_SCORES, router_scores, MVK_SCORES_BINDINGS, mvk_scores_push, MVK_SCORES_NSPEC) \
     K(MVK_K_ROUTE, route, MVK_ROUTE_BINDINGS, mvk_route_push, MVK_ROUTE_NSPEC)                  \
+    K(MVK_K_EXPERT_CHOICE, expert_choice, MVK_EC_BINDINGS, mvk_ec_push, MVK_EC_NSPEC)           \
     K(MVK_K_PERMUTE, permute, MVK_PERMUTE_BINDINGS, mvk_permute_push, MVK_PERMUTE_NSPEC)        \
     K(MVK_K_EXPERT_GEMM, expert_gemm, MVK_GEMM_BINDINGS, mvk_gemm_push, MVK_GEMM_NSPEC)         \
     K(MVK_K_EXPERT_GEMV, expert_gemv, MVK_GEMM_BINDINGS, mvk_gemm_push, MVK_GEMV_NSPEC)         \

@@ -721,7 +721,7 @@ static moevk_status read_routing(moevk_layer *L, uint32_t T, uint32_t *ids, floa
     if (T == 0 || T != ws->last_tokens)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
                         "T = %u differs from the last pass's %u tokens", T, ws->last_tokens);
-    uint64_t bytes = (uint64_t)T * L->desc.top_k * 4;
+    uint64_t bytes = (uint64_t)T * moevk_routing_slots(&L->desc) * 4;
     moevk_status st = MOEVK_SUCCESS;
     if (ids)
         st = moevk_buffer_download(ws->s[MVK_WS_IDS], 0, ids, bytes);

@@ -195,8 +195,7 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         "them too)",
                         d.num_zero_experts, d.num_experts);
     const uint32_t n_ffn = moevk_ref_ffn_experts(&d);
-    if ((unsigned)d.routing > MOEVK_ROUTING_SIGMOID_GROUPED &&
-        d.routing != MOEVK_ROUTING_SPARSEMIXER)
+    if ((unsigned)d.routing > MOEVK_ROUTING_SPARSEMIXER)
         return mvk_fail(ctx, bad, "routing = %d is not a moevk_routing value", (int)d.routing);
     if ((unsigned)d.activation > MOEVK_ACT_SWIGLU_POSTCLAMP)
         return mvk_fail(ctx, bad, "activation = %d is not a moevk_activation value",
@@ -219,7 +218,31 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
         d.routing == MOEVK_ROUTING_TOPK_SOFTMAX || d.routing == MOEVK_ROUTING_SPARSEMIXER;
     const char *mode_name =
         d.routing == MOEVK_ROUTING_SPARSEMIXER ? "sparsemixer" : "topk_softmax";
-    if (!logit_mode) {
+    if (d.routing == MOEVK_ROUTING_EXPERT_CHOICE) {
+        /* each expert takes its tokens: nothing of the per-token top-k */
+        if (desc_in->n_group > 1 || desc_in->topk_group > 1)
+            return mvk_fail(ctx, bad,
+                            "n_group/topk_group are not for expert_choice routing (each "
+                            "expert chooses its tokens; no expert groups)");
+        if (d.correction_bias)
+            return mvk_fail(ctx, bad,
+                            "correction_bias is not for expert_choice routing (experts choose "
+                            "on the probabilities)");
+        if (d.select_on_logits)
+            return mvk_fail(ctx, bad,
+                            "select_on_logits = %d is not for expert_choice routing (experts "
+                            "choose on the probabilities)",
+                            d.select_on_logits);
+        if (d.norm_topk_prob)
+            return mvk_fail(ctx, bad,
+                            "norm_topk_prob = %d is not for expert_choice routing (a token's "
+                            "weights are its probabilities)",
+                            d.norm_topk_prob);
+        if (d.flags & MOEVK_LAYER_BATCH_INVARIANT)
+            return mvk_fail(ctx, bad,
+                            "MOEVK_LAYER_BATCH_INVARIANT with expert_choice routing: a "
+                            "token's experts depend on the other tokens of its pass");
+    } else if (!logit_mode) {
         if (d.num_experts % d.n_group)
             return mvk_fail(ctx, bad, "n_group = %u does not divide num_experts = %u", d.n_group,
                             d.num_experts);

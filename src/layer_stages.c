@@ -48,7 +48,7 @@ static moevk_status tokens_of_x(moevk_layer *L, const moevk_tensor *x, uint32_t 
 static moevk_status check_ids(moevk_layer *L, const moevk_tensor *ids, uint32_t T)
 {
     moevk_context *ctx = L->ctx;
-    const uint32_t K = L->desc.top_k, E = L->desc.num_experts;
+    const uint32_t K = moevk_routing_slots(&L->desc), E = L->desc.num_experts;
     moevk_status st = check_shape2(ctx, ids, "ids", MOEVK_DTYPE_I32, T, K);
     if (st)
         return st;
@@ -56,10 +56,19 @@ static moevk_status check_ids(moevk_layer *L, const moevk_tensor *ids, uint32_t 
     if (!h)
         return mvk_fail(ctx, MOEVK_ERROR_OUT_OF_HOST_MEMORY, "ids check");
     st = moevk_tensor_download(ids, h);
+    const bool ec = L->desc.routing == MOEVK_ROUTING_EXPERT_CHOICE;
     for (uint32_t t = 0; !st && t < T; t++)
         for (uint32_t j = 0; !st && j < K; j++) {
             int32_t v = h[t * K + j];
-            if (v < 0 || (uint32_t)v >= E)
+            /* expert choice: slot j holds expert j or nothing (-1) */
+            if (ec && v != (int32_t)j && v != -1)
+                st = mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
+                              "ids[%u, %u] = %d: under expert choice slot %u holds expert %u "
+                              "or -1",
+                              t, j, v, j, j);
+            else if (ec)
+                continue;
+            else if (v < 0 || (uint32_t)v >= E)
                 st = mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT,
                               "ids[%u, %u] = %d is not an expert index in 0..%u", t, j, v, E - 1);
             for (uint32_t i = 0; !st && i < j; i++)
@@ -74,7 +83,7 @@ static moevk_status check_ids(moevk_layer *L, const moevk_tensor *ids, uint32_t 
 static moevk_status check_rows(moevk_layer *L, const moevk_tensor *row_of, uint32_t T)
 {
     moevk_context *ctx = L->ctx;
-    const uint32_t K = L->desc.top_k;
+    const uint32_t K = moevk_routing_slots(&L->desc);
     moevk_status st = check_shape2(ctx, row_of, "row_of", MOEVK_DTYPE_I32, T, K);
     if (st)
         return st;
@@ -127,8 +136,8 @@ static moevk_status layer_route(moevk_layer *L, const moevk_tensor *x, moevk_ten
     uint32_t T = 0;
     moevk_status st;
     if ((st = tokens_of_x(L, x, &T)) ||
-        (st = check_shape2(ctx, ids, "ids", MOEVK_DTYPE_I32, T, L->desc.top_k)) ||
-        (st = check_shape2(ctx, weights, "weights", MOEVK_DTYPE_F32, T, L->desc.top_k)))
+        (st = check_shape2(ctx, ids, "ids", MOEVK_DTYPE_I32, T, moevk_routing_slots(&L->desc))) ||
+        (st = check_shape2(ctx, weights, "weights", MOEVK_DTYPE_F32, T, moevk_routing_slots(&L->desc))))
         return st;
     mvk_pass_io io = {
         .x = mvk_tensor_binding(x), .route = true,
@@ -150,7 +159,7 @@ static moevk_status layer_permute(moevk_layer *L, const moevk_tensor *ids, moevk
     mvk_pass_geometry g;
     moevk_status st;
     if ((st = tokens_of(L, ids, "ids", DT(I32), &T)) || (st = check_ids(L, ids, T)) ||
-        (st = check_shape2(ctx, row_of, "row_of", MOEVK_DTYPE_I32, T, L->desc.top_k)) ||
+        (st = check_shape2(ctx, row_of, "row_of", MOEVK_DTYPE_I32, T, moevk_routing_slots(&L->desc))) ||
         (st = check_shape2(ctx, counts, "counts", MOEVK_DTYPE_I32, E, 0)) ||
         (st = mvk_pass_geometry_of(L, L->ws, T, &g)) || (st = mvk_workspace_fit(L->ws, &g)))
         return st;
@@ -187,7 +196,7 @@ static moevk_status layer_experts(moevk_layer *L, const moevk_tensor *x, const m
                         "take; run moevk_layer_forward");
     if ((st = tokens_of_x(L, x, &T)) || (st = check_ids(L, ids, T)) ||
         (st = check_shape2(ctx, expert_out, "expert_out", MOEVK_DTYPE_F32,
-                           (uint64_t)T * L->desc.top_k, L->desc.hidden)))
+                           (uint64_t)T * moevk_routing_slots(&L->desc), L->desc.hidden)))
         return st;
     mvk_pass_io io = {
         .x = mvk_tensor_binding(x), .permute = true, .experts = true,
@@ -206,7 +215,7 @@ static moevk_status layer_combine(moevk_layer *L, const moevk_tensor *expert_out
                                   moevk_tensor *y)
 {
     moevk_context *ctx = L->ctx;
-    const uint32_t K = L->desc.top_k, H = L->desc.hidden;
+    const uint32_t K = moevk_routing_slots(&L->desc), H = L->desc.hidden;
     uint32_t T = 0;
     moevk_status st;
     if ((st = tokens_of(L, y, "y", DT(F32), &T)) ||

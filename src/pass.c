@@ -5,6 +5,7 @@
  *       router   logits = x Wr^T (+ b)
  *       route    per token: scores, top-k ids, weights; softmax statistics
  *       stats    per-block expert probability mass
+ *     then, for expert choice, per expert over all T tokens: its C tokens
  *   2 permute over all T tokens: admission in priority order (capacity),
  *       rows, per-expert counts, the tile schedule and indirect arguments
  *   3 per expert chunk (one unless the activations exceed a buffer or the
@@ -51,9 +52,9 @@ static mvk_binding or_slot(const moevk_workspace *ws, mvk_binding given, int slo
 
 uint32_t mvk_pass_queries(const mvk_pass_geometry *g)
 {
-    /* per routing chunk: router, route, stats; permute; per expert chunk:
-     * permute, up, down, shared, combine; stats */
-    return 2u * (3u * g->nroute + 1u + 5u * g->nexpert + 1u);
+    /* per routing chunk: router, route, stats; expert choice; permute; per
+     * expert chunk: permute, up, down, shared, combine; stats */
+    return 2u * (3u * g->nroute + 2u + 5u * g->nexpert + 1u);
 }
 
 static void timer_begin(mvk_cmd *c, mvk_pass_timer *tm)
@@ -94,12 +95,11 @@ void mvk_pass_timer_read(moevk_context *ctx, const mvk_pass_timer *tm,
 
 /* ---- phases ---------------------------------------------------------------------- */
 
+/* The permutation's capacity: moevk_ref_capacity (none for expert choice,
+ * whose experts took at most C tokens each) */
 static uint32_t capacity_of(const moevk_layer_desc *d, uint32_t T)
 {
-    if (d->capacity_factor <= 0.0f)
-        return UINT32_MAX;
-    double c = ceil((double)d->capacity_factor * T * d->top_k / d->num_experts);
-    return c >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)c;
+    return moevk_ref_capacity(d, T);
 }
 
 static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
@@ -111,7 +111,8 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
     const mvk_stats_args sa = {
         .logits = logits, .tokstats = mvk_ws_binding(ws, MVK_WS_TOKSTATS),
         .meta = mvk_ws_binding(ws, MVK_WS_META), .part = mvk_ws_binding(ws, MVK_WS_STATS_PART),
-        .results = whole(L->results), .T = g->T, .E = d->num_experts, .K = d->top_k,
+        .results = whole(L->results), .T = g->T, .E = d->num_experts,
+        .assignments = (uint32_t)moevk_ref_assignments(d, g->T),
     };
     /* a small pass computes its logits in the route dispatch (same bits) */
     const bool fused = g->T <= MVK_ROUTE_FUSED_MAX_TOKENS;
@@ -134,7 +135,8 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .ids = or_slot(ws, io->ids, MVK_WS_IDS),
             .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS),
             .tokstats = mvk_ws_binding(ws, MVK_WS_TOKSTATS),
-            .tok0 = t0, .T = t1, .logit_tok0 = t0, .E = d->num_experts, .K = d->top_k,
+            .tok0 = t0, .T = t1, .logit_tok0 = t0, .E = d->num_experts,
+            .K = moevk_routing_slots(d),
             .routing = (uint32_t)d->routing, .norm = d->norm_topk_prob != 0,
             .n_group = d->n_group, .topk_group = d->topk_group,
             .scale = d->routed_scaling_factor,
@@ -159,6 +161,19 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             timer_end(c, tm, MOEVK_STAGE_STATS);
         }
     }
+    if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE) {
+        /* every token's p is there: each expert takes its tokens */
+        timer_begin(c, tm);
+        mvk_ec_args ea = {
+            .ids = or_slot(ws, io->ids, MVK_WS_IDS),
+            .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS), .T = g->T,
+            .E = d->num_experts, .C = moevk_ref_expert_choice_capacity(d, g->T),
+            .scale = d->routed_scaling_factor,
+        };
+        mvk_op_expert_choice(c, &ea);
+        mvk_cmd_barrier(c);
+        timer_end(c, tm, MOEVK_STAGE_ROUTE);
+    }
 }
 
 /* The permute of the given assignments into the given slots. */
@@ -173,7 +188,8 @@ static void permute_into(moevk_layer *L, mvk_cmd *c, uint32_t T, uint32_t tok0, 
         .tile_count = mvk_ws_binding(ws, slot[1]), .tile_off = mvk_ws_binding(ws, slot[2]),
         .meta = mvk_ws_binding(ws, slot[3]), .schedule = mvk_ws_binding(ws, slot[4]),
         .row_of = row_of, .row_token = mvk_ws_binding(ws, slot[5]), .mask = mask,
-        .T = T, .K = d->top_k, .E = d->num_experts, .tok0 = tok0, .capacity = capacity,
+        .T = T, .K = moevk_routing_slots(d), .E = d->num_experts, .tok0 = tok0,
+        .capacity = capacity,
         .ffn = d->ffn, .hidden = d->hidden, .masked = masked,
         .n_ffn = moevk_ref_ffn_experts(d),
     };
@@ -363,7 +379,7 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                     .x = io->x, .row_of = cr.row_of,
                     .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS),
                     .xs = mvk_ws_binding(ws, MVK_WS_XS), .tok0 = t0, .T = n, .H = d->hidden,
-                    .K = d->top_k,
+                    .K = moevk_routing_slots(d),
                 };
                 mvk_op_scale_rows(c, &sa);
                 mvk_cmd_barrier(c);
@@ -373,7 +389,7 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                 mvk_scale_args sa = {
                     .x = io->x, .row_of = cr.row_of,
                     .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS), .xs = o, .ids = ids,
-                    .tok0 = t0, .T = n, .H = d->hidden, .K = d->top_k,
+                    .tok0 = t0, .T = n, .H = d->hidden, .K = moevk_routing_slots(d),
                     .id_first = moevk_ref_ffn_experts(d),
                     .unit = !(d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT),
                 };
@@ -393,7 +409,7 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                     .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS),
                     .shared_out = mvk_ws_binding(ws, MVK_WS_OS),
                     .shared_gate = mvk_ws_binding(ws, MVK_WS_SG_LOGITS), .y = io->y,
-                    .tok0 = t0, .T = n, .H = d->hidden, .K = io->experts ? d->top_k : 0,
+                    .tok0 = t0, .T = n, .H = d->hidden, .K = io->experts ? moevk_routing_slots(d) : 0,
                     .n_shared = io->shared ? d->num_shared : 0,
                     .has_gate = io->shared && L->shared_gate != NULL,
                     .unit_weights = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0,
@@ -416,7 +432,8 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .tokstats = mvk_ws_binding(ws, MVK_WS_TOKSTATS),
             .meta = mvk_ws_binding(ws, MVK_WS_META),
             .part = mvk_ws_binding(ws, MVK_WS_STATS_PART), .results = whole(L->results),
-            .T = g->T, .E = d->num_experts, .K = d->top_k,
+            .T = g->T, .E = d->num_experts,
+            .assignments = (uint32_t)moevk_ref_assignments(d, g->T),
         };
         mvk_op_stats_final(c, &sa);
         mvk_cmd_barrier(c);

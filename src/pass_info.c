@@ -57,7 +57,7 @@ static moevk_status pass_info(moevk_layer *L, moevk_pass_info *out)
                         "the layer's workspace holds no pass of this layer: it has not run, or "
                         "another layer ran through the same workspace since");
     const moevk_layer_desc *d = &L->desc;
-    const uint32_t T = ws->last_tokens, K = d->top_k, E = d->num_experts;
+    const uint32_t T = ws->last_tokens, K = moevk_routing_slots(d), E = d->num_experts;
     const uint64_t H = d->hidden, F = d->ffn, TK = (uint64_t)T * K;
     uint32_t *ids = mvk_alloc(ctx, TK * 4);
     int32_t *rows = mvk_alloc(ctx, TK * 4);

@@ -7,6 +7,7 @@
 #include "interface.h"
 #include "layer.h"
 #include "ops/ops.h"
+#include "ref/ref.h"
 #include "workspace.h"
 
 static const char *const slot_names[MVK_WS_COUNT] = {
@@ -50,13 +51,24 @@ static void permute_sizes(const moevk_context *ctx, uint64_t A, uint32_t E, uint
     *schedule = ((uint64_t)MVK_SCHEDULE_ENTRIES(A, E) + 1) * 8;
 }
 
-/* Largest expert chunk whose buffers and grids fit; 0 when not one token. */
-static uint64_t max_expert_chunk(const moevk_layer *L, uint64_t range)
+/* The most expert rows a pass of T tokens has: T k, or the C E of expert
+ * choice (its E slots per token hold C E assignments in all). */
+static uint64_t rows_of_pass(const moevk_layer_desc *d, uint32_t T)
+{
+    return moevk_ref_assignments(d, T);
+}
+
+/* Largest expert chunk whose buffers and grids fit; 0 when not one token.
+ * A chunk of tc tokens has at most min(tc K, rows_of_pass) expert rows. */
+static uint64_t max_expert_chunk(const moevk_layer *L, uint64_t range, uint32_t T)
 {
     const moevk_layer_desc *d = &L->desc;
     const moevk_context *ctx = L->ctx;
-    const uint64_t K = d->top_k, ns = d->num_shared, FS = ns ? d->shared_ffn : 0;
-    uint64_t per = MVK_MAX(K * d->ffn, K * d->hidden);
+    const uint64_t K = moevk_routing_slots(d), ns = d->num_shared, FS = ns ? d->shared_ffn : 0;
+    const uint64_t row_bytes = MVK_MAX((uint64_t)d->ffn, (uint64_t)d->hidden) * 4;
+    /* the activations of all the pass's rows fit: they bound no chunk */
+    const bool rows_fit = rows_of_pass(d, T) * row_bytes <= range;
+    uint64_t per = rows_fit ? 0 : K * row_bytes / 4;
     per = MVK_MAX(per, MVK_MAX(FS, ns * d->hidden));
     per = MVK_MAX(per, MVK_MAX(ns, K)) * 4;
     uint64_t tc = range / per;
@@ -73,7 +85,7 @@ moevk_status mvk_pass_geometry_of(const moevk_layer *L, const moevk_workspace *w
 {
     moevk_context *ctx = L->ctx;
     const moevk_layer_desc *d = &L->desc;
-    const uint64_t E = d->num_experts, K = d->top_k, H = d->hidden, F = d->ffn;
+    const uint64_t E = d->num_experts, K = moevk_routing_slots(d), H = d->hidden, F = d->ffn;
     const uint64_t ns = d->num_shared, FS = ns ? d->shared_ffn : 0;
     const uint64_t range = mvk_max_range(ctx);
     const uint64_t A = (uint64_t)T * K;
@@ -92,20 +104,21 @@ moevk_status mvk_pass_geometry_of(const moevk_layer *L, const moevk_workspace *w
     }
     g->route_chunk = (uint32_t)MVK_MIN(tr, (uint64_t)T);
 
-    uint64_t tc = max_expert_chunk(L, range);
+    uint64_t tc = max_expert_chunk(L, range, T);
     if (ws->chunk_tokens)
         tc = MVK_MIN(tc, ws->chunk_tokens);
     if (tc == 0)
         return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED,
                         "one token's expert activations (k = %u x max(ffn = %u, hidden = %u) "
                         "floats) exceed the device's storage buffer range of %llu bytes",
-                        d->top_k, d->ffn, d->hidden, (unsigned long long)range);
+                        (unsigned)K, d->ffn, d->hidden, (unsigned long long)range);
     g->expert_chunk = (uint32_t)MVK_MIN(tc, (uint64_t)T);
     g->nroute = (T + g->route_chunk - 1) / g->route_chunk;
     g->nexpert = (T + g->expert_chunk - 1) / g->expert_chunk;
 
     uint64_t *sz = g->size;
     const uint64_t tr_ = g->route_chunk, tc_ = g->expert_chunk, Ac = tc_ * K;
+    const uint64_t rows = MVK_MIN(Ac, rows_of_pass(d, T)); /* a chunk's expert rows */
     sz[MVK_WS_IDS] = A * 4;
     sz[MVK_WS_WEIGHTS] = A * 4;
     sz[MVK_WS_TOKSTATS] = (uint64_t)T * 12;
@@ -116,12 +129,12 @@ moevk_status mvk_pass_geometry_of(const moevk_layer *L, const moevk_workspace *w
     sz[MVK_WS_ROW_TOKEN] = A * 4;
     sz[MVK_WS_STATS_PART] = ((uint64_t)T + MVK_STATS_BLOCK - 1) / MVK_STATS_BLOCK * E * 4;
     sz[MVK_WS_LOGITS] = tr_ * E * 4;
-    sz[MVK_WS_H] = Ac * F * 4;
-    sz[MVK_WS_O] = Ac * H * 4;
+    sz[MVK_WS_H] = rows * F * 4;
+    sz[MVK_WS_O] = rows * H * 4;
     sz[MVK_WS_HS] = tc_ * FS * 4;
     sz[MVK_WS_OS] = ns * tc_ * H * 4;
     sz[MVK_WS_SG_LOGITS] = L->shared_gate ? tc_ * ns * 4 : 0;
-    sz[MVK_WS_XS] = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) ? Ac * H * 4 : 0;
+    sz[MVK_WS_XS] = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) ? rows * H * 4 : 0;
     if (g->nexpert > 1) {
         sz[MVK_WS_L_ROW_OF] = Ac * 4;
         sz[MVK_WS_L_ROW_TOKEN] = Ac * 4;
@@ -284,7 +297,7 @@ static moevk_status workspace_reserve(moevk_workspace *ws, const moevk_layer *L,
                         "the layer belongs to another context than the workspace");
     if (T == 0)
         return mvk_fail(ctx, MOEVK_ERROR_INVALID_ARGUMENT, "max_tokens is 0");
-    if (T > UINT32_MAX / MOEVK_MAX_TOP_K)
+    if ((uint64_t)T * MVK_MAX(moevk_routing_slots(&L->desc), MOEVK_MAX_TOP_K) > UINT32_MAX)
         return mvk_fail(ctx, MOEVK_ERROR_LIMIT_EXCEEDED, "max_tokens = %u is too many", T);
     mvk_pass_geometry g;
     moevk_status st = mvk_pass_geometry_of(L, ws, T, &g);

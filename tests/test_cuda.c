@@ -197,7 +197,7 @@ static void check_case(const mvkc_target *t, uint64_t seed, const mvkc_limits *l
         snprintf(repro, sizeof repro, "limits of this test: MOEVK_TEST_SEED replays it");
     snprintf(what, sizeof what, "[%s] seed %llu (%s) %s", t->backend->name,
              (unsigned long long)seed, repro, desc);
-    const uint32_t T = c.T, H = c.desc.hidden, k = c.desc.top_k;
+    const uint32_t T = c.T, H = c.desc.hidden, k = moevk_routing_slots(&c.desc);
 
     void *L = create_layer(t, &c.desc, what);
     mvk_backend_memory mem;
@@ -675,6 +675,7 @@ Test(cuda, quantize_at_create, .timeout = 280)
 static int capacity(int b, uint32_t i, mvkc_limits *l, uint64_t *salt)
 {
     l->capacity_factor = 0.5f;
+    l->routing = MVKC_PICK(i % 3); /* a top-k mode: expert choice drops nothing */
     l->num_shared = MVKC_PICK(1 + i % 2);
     l->tokens = 40;
     l->experts = 6;
@@ -802,7 +803,7 @@ Test(cuda, reuse_and_bench, .timeout = 280)
         char desc[512];
         mvkc_case_describe(&c, desc, sizeof desc);
         void *L = create_layer(&t, &c.desc, desc);
-        const uint32_t H = c.desc.hidden, k = c.desc.top_k;
+        const uint32_t H = c.desc.hidden, k = moevk_routing_slots(&c.desc);
         mvk_backend_memory m;
         be->memory(L, c.T, &m);
         cr_assert_gt(m.weights, 0);

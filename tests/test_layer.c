@@ -228,11 +228,13 @@ Test(layer, capacity_drops)
             l.top_k = 1 + (uint32_t)i % 2;
             l.experts = 16 + 7 * (uint32_t)i;
         } else if (i < 5) {
+            l.routing = MVKC_PICK(i % 3); /* top-k modes: expert choice drops nothing */
             l.top_k = 1;
             l.capacity_factor = 1.25f;
             l.experts = i == 3 ? 8 : 61;
             l.tokens = 1000;
         } else {
+            l.routing = MVKC_PICK(i % 3);
             l.top_k = 2;
             l.capacity_factor = 0.5f;
             l.experts = 5 + 11 * (uint32_t)i;
@@ -311,10 +313,10 @@ Test(layer, exact_ties_lower_index_wins)
         mvkc_check r;
         memset(&r, 0, sizeof r);
         cr_assert_eq(mvkc_case_random(seed + i, &l, &r.c), MOEVK_SUCCESS);
-        if (r.c.desc.routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
-            r.c.desc.n_group = 0; /* one group: the pair competes directly */
-            r.c.desc.topk_group = 0;
-        }
+        /* one group: the pair competes directly (kept groups, which
+         * softmax_topk draws too, can drop one twin's group) */
+        r.c.desc.n_group = 0;
+        r.c.desc.topk_group = 0;
         /* the dominant expert and a twin: both at the top of every token */
         uint32_t E = r.c.desc.num_experts, dom = r.c.dominant;
         uint32_t twin = (dom + E / 2) % E;
@@ -335,8 +337,8 @@ Test(layer, exact_ties_lower_index_wins)
         uint32_t k = r.c.desc.top_k;
         for (uint32_t t = 0; t < r.c.T; t++) {
             const uint32_t *g = r.res.ids + (size_t)t * k, *rf = r.ref.out.ids + (size_t)t * k;
-            cr_assert_eq(rf[0], lo, "seed %llu token %u: reference slot 0 is %u, the lower twin "
-                         "is %u", (unsigned long long)r.c.seed, t, rf[0], lo);
+            cr_assert_eq(rf[0], lo, "seed %llu [%s] token %u: reference slot 0 is %u, the lower "
+                         "twin is %u", (unsigned long long)r.c.seed, r.desc, t, rf[0], lo);
             cr_assert_eq(g[0], lo, "seed %llu token %u: slot 0 is %u, the lower twin is %u",
                          (unsigned long long)r.c.seed, t, g[0], lo);
             if (k > 1) {
@@ -418,7 +420,7 @@ Test(layer, bitwise_deterministic, .timeout = 600)
     l.scenarios_off = MVKC_SC_NONFINITE;
     mvkc_case c;
     cr_assert_eq(mvkc_case_random(seed, &l, &c), MOEVK_SUCCESS);
-    uint32_t T = c.T, H = c.desc.hidden, E = c.desc.num_experts, k = c.desc.top_k;
+    uint32_t T = c.T, H = c.desc.hidden, E = c.desc.num_experts, k = moevk_routing_slots(&c.desc);
     moevk_layer *L;
     cr_assert_eq(moevk_layer_create(ctx, &c.desc, &L), MOEVK_SUCCESS, "%s",
                  moevk_context_last_error(ctx));
@@ -499,7 +501,7 @@ static void record_case(host_app *h, moevk_context *ctx, uint64_t seed, const mv
     memset(&r, 0, sizeof r);
     cr_assert_eq(mvkc_case_random(seed, l, &r.c), MOEVK_SUCCESS);
     mvkc_case_describe(&r.c, r.desc, sizeof r.desc);
-    uint32_t T = r.c.T, H = r.c.desc.hidden, E = r.c.desc.num_experts, k = r.c.desc.top_k;
+    uint32_t T = r.c.T, H = r.c.desc.hidden, E = r.c.desc.num_experts, k = moevk_routing_slots(&r.c.desc);
     size_t TH = (size_t)T * H, TK = (size_t)T * k;
 
     moevk_layer *L;
@@ -730,7 +732,7 @@ Test(layer_bad, descriptions_name_the_field)
         "topk_group");
     BAD((d.routing = MOEVK_ROUTING_SIGMOID_GROUPED, d.n_group = 4, d.topk_group = 1), INV,
         "top_k"); /* one kept group of 1 expert cannot hold k = 2 */
-    BAD(d.routing = (moevk_routing)3, INV, "routing");
+    BAD(d.routing = (moevk_routing)17, INV, "routing");
     BAD(d.routing = (moevk_routing)-1, INV, "routing");
     BAD(d.activation = (moevk_activation)(MOEVK_ACT_SWIGLU_POSTCLAMP + 1), INV, "activation");
     BAD((d.flags = MOEVK_LAYER_SHARED_ACTIVATION,

@@ -1239,3 +1239,50 @@ Test(layer, forward_by_hand)
         }
     }
 }
+
+/* Expert choice on hand-built logits: E = 2, T = 5, k = 1, cf 0 (means 1):
+ * C = ceil(5 / 2) = 3. p(t, 0) = sigmoid(l0 - l1): l0 - l1 is 2, 0, 0, -3,
+ * 1 for t0..t4, so expert 0 ranks t0, t4, t1 = t2 (t1 wins the exact
+ * tie): takes t0, t4, t1; expert 1 ranks t3, then t1 = t2, then t4:
+ * takes t3, t1, t2. The boundary pairs (t1 | t2 for expert 0: an exact tie,
+ * no near-tie; t2 | t4 for expert 1: far apart) set no near-tie flag; a
+ * second case moves t2 within 1e-7 of t1 for expert 0 and flags both. */
+Test(ref, expert_choice)
+{
+    moevk_layer_desc d = {.num_experts = 2, .top_k = 1, .capacity_factor = 0.0f,
+                          .routing = MOEVK_ROUTING_EXPERT_CHOICE, .routed_scaling_factor = 2.0f};
+    cr_assert_eq(moevk_ref_expert_choice_capacity(&d, 5), 3u);
+    cr_assert_eq(moevk_ref_capacity(&d, 5), UINT32_MAX, "admission drops nothing");
+    cr_assert_eq(moevk_ref_assignments(&d, 5), 6u);
+    float l[10] = {2, 0, 0, 0, 0, 0, -3, 0, 1, 0};
+    uint32_t ids[10];
+    float w[10];
+    uint8_t tie[5];
+    cr_assert_eq(moevk_ref_route(&d, 5, l, ids, w, tie), MOEVK_SUCCESS);
+    const uint32_t N = UINT32_MAX;
+    const uint32_t want[10] = {0, N, 0, 1, N, 1, N, 1, 0, N};
+    for (int a = 0; a < 10; a++) {
+        cr_assert_eq(ids[a], want[a], "token %d slot %d: %u", a / 2, a % 2, ids[a]);
+        double p0 = 1.0 / (1.0 + exp(-(double)(l[a / 2 * 2] - l[a / 2 * 2 + 1])));
+        double pe = a % 2 ? 1.0 - p0 : p0;
+        cr_assert_float_eq(w[a], want[a] == N ? 0.0 : 2.0 * pe, 1e-6, "token %d slot %d: %g",
+                           a / 2, a % 2, w[a]);
+    }
+    for (int t = 0; t < 5; t++)
+        cr_assert_eq(tie[t], 0, "token %d", t);
+    uint32_t counts[2], offsets[3];
+    int32_t rows[10];
+    cr_assert_eq(moevk_ref_permute(&d, 5, ids, counts, offsets, rows), 0, "nothing dropped");
+    cr_assert(counts[0] == 3 && counts[1] == 3);
+    for (int a = 0; a < 10; a++)
+        cr_assert_eq(rows[a] < 0, want[a] == N, "token %d slot %d", a / 2, a % 2);
+    moevk_routing_stats st = {0};
+    cr_assert_eq(moevk_ref_stats(&d, 5, l, ids, counts, 0, &st), MOEVK_SUCCESS);
+    cr_assert_float_eq(st.load_balancing_loss, 1.0, 1e-12, "f_e = 3 / 6: %g",
+                       st.load_balancing_loss);
+    /* t2 a hair below t1 for expert 0 (it is not taken; a near-tie) */
+    l[4] = -1e-7f;
+    cr_assert_eq(moevk_ref_route(&d, 5, l, ids, w, tie), MOEVK_SUCCESS);
+    cr_assert(tie[1] && tie[2], "the boundary pair is a near-tie: %d %d", tie[1], tie[2]);
+    cr_assert(!tie[0] && !tie[3] && !tie[4]);
+}

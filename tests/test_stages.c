@@ -629,3 +629,203 @@ Test(stages, identity_experts)
     free_layer(&s);
     mvkt_context_end(ctx);
 }
+
+/* Expert choice (docs/semantics.md): each expert takes the C tokens with
+ * the largest p[t, e]; a token gets any number of experts, ids and weights
+ * have one slot per expert. */
+Test(stages, expert_choice)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed();
+    mvkt_rng r = mvkt_rng_make(seed);
+
+    /* By hand: E = 2, router = identity (the logits are x), T = 4, k = 1,
+     * cf 0 (means 1): C = ceil(4 / 2) = 2. p(t0) = softmax(2, 0), p(t1) =
+     * p(t2) = (1/2, 1/2), p(t3) = softmax(0, 3). Expert 0 ranks t0, then
+     * t1 = t2 (the lower token wins), t3: takes t0, t1. Expert 1 ranks t3,
+     * t1 = t2, t0: takes t3, t1. So t2 gets no expert, t1 both. */
+    {
+        const uint32_t T = 4, H = 2, F = 8, E = 2;
+        stage_layer s;
+        make_layer(&r, &s, H, F, E, 1, 0, 0.0f);
+        s.d.routing = MOEVK_ROUTING_EXPERT_CHOICE;
+        s.d.norm_topk_prob = 0;
+        float id[4] = {1, 0, 0, 1};
+        memcpy(s.router, id, sizeof id);
+        float x[8] = {2, 0, 0, 0, 0, 0, 0, 3};
+        moevk_layer *L;
+        cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+        moevk_tensor ids = tensor(ctx, MOEVK_DTYPE_I32, T, E), w = tensor(ctx, MOEVK_DTYPE_F32, T, E);
+        cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+        moevk_routing_stats st = {0};
+        uint32_t tpe[2];
+        st.tokens_per_expert = tpe;
+        cr_assert_eq(moevk_layer_forward(L, &tx, &ty, &st), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_layer_route(L, &tx, &ids, &w), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        int32_t hid[8];
+        float hw[8], y[8], want[8];
+        cr_assert_eq(moevk_tensor_download(&ids, hid), 0);
+        cr_assert_eq(moevk_tensor_download(&w, hw), 0);
+        cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+        const int32_t want_ids[8] = {0, -1, 0, 1, -1, -1, -1, 1};
+        const double s2 = 1.0 / (1.0 + exp(-2.0)), s3 = 1.0 / (1.0 + exp(-3.0));
+        const double want_w[8] = {s2, 0, 0.5, 0.5, 0, 0, 0, s3};
+        for (int a = 0; a < 8; a++) {
+            cr_assert_eq(hid[a], want_ids[a], "token %d slot %d: expert %d, expected %d", a / 2,
+                         a % 2, hid[a], want_ids[a]);
+            cr_assert_float_eq(hw[a], want_w[a], 1e-6, "token %d slot %d: weight %g, expected %g",
+                               a / 2, a % 2, hw[a], want_w[a]);
+        }
+        cr_assert_eq(tpe[0], 2);
+        cr_assert_eq(tpe[1], 2);
+        cr_assert_eq(st.dropped, 0);
+        /* f_e = 2 / (C E) = 1/2 each: E sum_e f_e P_e = sum_e P_e = 1 */
+        cr_assert_float_eq(st.load_balancing_loss, 1.0, 1e-5, "%g", st.load_balancing_loss);
+        /* no expert took token 2: it gets nothing (no shared experts) */
+        cr_assert(y[4] == 0.0f && y[5] == 0.0f, "token 2: %g %g", y[4], y[5]);
+        cr_assert(y[0] != 0.0f || y[1] != 0.0f);
+        cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, want, NULL, NULL, NULL, NULL), 0);
+        cr_assert_leq(mvkt_rel_l2(y, want, T * H), 1e-5, "seed %llu", (unsigned long long)seed);
+        /* the standalone permute takes those ids: empty slots get no row */
+        moevk_tensor rowt = tensor(ctx, MOEVK_DTYPE_I32, T, E), cnt = tensor(ctx, MOEVK_DTYPE_I32, E, 0);
+        cr_assert_eq(moevk_layer_permute(L, &ids, &rowt, &cnt), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        int32_t hrow[8], hcnt[2];
+        cr_assert_eq(moevk_tensor_download(&rowt, hrow), 0);
+        cr_assert_eq(moevk_tensor_download(&cnt, hcnt), 0);
+        cr_assert(hcnt[0] == 2 && hcnt[1] == 2, "counts %d %d", hcnt[0], hcnt[1]);
+        /* expert 0's rows 0, 1 (tokens 0, 1), expert 1's rows 2, 3 (1, 3) */
+        const int32_t want_rows[8] = {0, -1, 1, 2, -1, -1, -1, 3};
+        for (int a = 0; a < 8; a++)
+            cr_assert_eq(hrow[a], want_rows[a], "token %d slot %d: row %d, expected %d", a / 2,
+                         a % 2, hrow[a], want_rows[a]);
+        /* a slot holding another expert than its own is refused */
+        int32_t bad_ids[8] = {0, -1, 1, 1, -1, -1, -1, 1};
+        cr_assert_eq(moevk_tensor_upload(&ids, bad_ids), 0);
+        cr_assert_eq(moevk_layer_permute(L, &ids, &rowt, &cnt), MOEVK_ERROR_INVALID_ARGUMENT);
+        cr_assert(strstr(moevk_context_last_error(ctx), "ids[1, 0] = 1"), "%s",
+                  moevk_context_last_error(ctx));
+        moevk_tensor *all[] = {&tx, &ty, &ids, &w, &rowt, &cnt};
+        for (size_t i = 0; i < 6; i++)
+            moevk_tensor_destroy(all[i]);
+        moevk_layer_destroy(L);
+        free_layer(&s);
+    }
+
+    /* Random: C = ceil(1.5 * 37 * 2 / 8) = 14 tokens per expert; the same
+     * bits in chunks of 5 tokens (the choice is made over all 37 first). */
+    {
+        const uint32_t T = 37, H = 40, F = 24, E = 8, K = 2, C = 14;
+        stage_layer s;
+        make_layer(&r, &s, H, F, E, K, 1, 1.5f);
+        s.d.routing = MOEVK_ROUTING_EXPERT_CHOICE;
+        s.d.norm_topk_prob = 0;
+        s.d.routed_scaling_factor = 2.5f;
+        moevk_workspace *ws;
+        moevk_workspace_desc wd = {.chunk_tokens = 5};
+        cr_assert_eq(moevk_workspace_create(ctx, &wd, &ws), MOEVK_SUCCESS);
+        moevk_layer_desc dc = s.d;
+        dc.workspace = ws;
+        moevk_layer *L, *Lc;
+        cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_layer_create(ctx, &dc, &Lc), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        float *x = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f);
+        moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+        moevk_tensor tyc = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+        moevk_tensor ids = tensor(ctx, MOEVK_DTYPE_I32, T, E), w = tensor(ctx, MOEVK_DTYPE_F32, T, E);
+        cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+        moevk_routing_stats st = {0};
+        uint32_t tpe[8];
+        st.tokens_per_expert = tpe;
+        cr_assert_eq(moevk_layer_forward(L, &tx, &ty, &st), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_layer_forward(Lc, &tx, &tyc, NULL), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_layer_route(L, &tx, &ids, &w), MOEVK_SUCCESS);
+        float *y = malloc(sizeof(float) * T * H), *yc = malloc(sizeof(float) * T * H);
+        float *want = malloc(sizeof(float) * T * H), *rw = malloc(sizeof(float) * T * E);
+        int32_t *hid = malloc(sizeof(int32_t) * T * E);
+        uint32_t *rids = malloc(sizeof(uint32_t) * T * E);
+        uint8_t tie[37];
+        cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+        cr_assert_eq(moevk_tensor_download(&tyc, yc), 0);
+        cr_assert_eq(moevk_tensor_download(&ids, hid), 0);
+        cr_assert(memcmp(y, yc, sizeof(float) * T * H) == 0,
+                  "seed %llu: chunks of 5 tokens change the bits", (unsigned long long)seed);
+        cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, want, rids, rw, tie, NULL), 0);
+        uint32_t none = 0, several = 0;
+        for (uint32_t e = 0; e < E; e++)
+            cr_assert_eq(tpe[e], C, "seed %llu: expert %u took %u tokens",
+                         (unsigned long long)seed, e, tpe[e]);
+        for (uint32_t t = 0; t < T; t++) {
+            uint32_t n = 0;
+            for (uint32_t e = 0; e < E; e++) {
+                int32_t g = hid[t * E + e];
+                cr_assert(g == (int32_t)e || g == -1, "seed %llu: token %u slot %u: %d",
+                          (unsigned long long)seed, t, e, g);
+                n += g >= 0;
+                if (!tie[t])
+                    cr_assert_eq((uint32_t)g, rids[t * E + e], "seed %llu: token %u slot %u",
+                                 (unsigned long long)seed, t, e);
+            }
+            none += n == 0;
+            several += n > 2;
+            if (!tie[t]) {
+                double e2 = 0, r2 = 0;
+                for (uint32_t h = 0; h < H; h++) {
+                    double dlt = (double)y[t * H + h] - want[t * H + h];
+                    e2 += dlt * dlt;
+                    r2 += (double)want[t * H + h] * want[t * H + h];
+                }
+                cr_assert_leq(sqrt(e2), 1e-5 * sqrt(r2) + 1e-7, "seed %llu: token %u",
+                              (unsigned long long)seed, t);
+            }
+        }
+        /* 112 assignments over 37 tokens: the choice is uneven */
+        cr_assert_gt(none + several, 0, "seed %llu: every token got exactly 2 or 1 experts",
+                     (unsigned long long)seed);
+        cr_assert_eq(st.dropped, 0);
+
+        /* refused: a batch-invariant layer, normalisation, groups */
+        moevk_layer *bad = NULL;
+        moevk_layer_desc db = s.d;
+        db.flags = MOEVK_LAYER_BATCH_INVARIANT;
+        cr_assert_eq(moevk_layer_create(ctx, &db, &bad), MOEVK_ERROR_INVALID_ARGUMENT);
+        cr_assert(strstr(moevk_context_last_error(ctx), "MOEVK_LAYER_BATCH_INVARIANT"), "%s",
+                  moevk_context_last_error(ctx));
+        db = s.d;
+        db.norm_topk_prob = 1;
+        cr_assert_eq(moevk_layer_create(ctx, &db, &bad), MOEVK_ERROR_INVALID_ARGUMENT);
+        cr_assert(strstr(moevk_context_last_error(ctx), "norm_topk_prob"), "%s",
+                  moevk_context_last_error(ctx));
+        db = s.d;
+        db.n_group = 2;
+        db.topk_group = 1;
+        cr_assert_eq(moevk_layer_create(ctx, &db, &bad), MOEVK_ERROR_INVALID_ARGUMENT);
+        cr_assert(strstr(moevk_context_last_error(ctx), "n_group"), "%s",
+                  moevk_context_last_error(ctx));
+        cr_assert_null(bad);
+
+        moevk_tensor *all[] = {&tx, &ty, &tyc, &ids, &w};
+        for (size_t i = 0; i < 5; i++)
+            moevk_tensor_destroy(all[i]);
+        moevk_layer_destroy(L);
+        moevk_layer_destroy(Lc);
+        moevk_workspace_destroy(ws);
+        free(x);
+        free(y);
+        free(yc);
+        free(want);
+        free(rw);
+        free(hid);
+        free(rids);
+        free_layer(&s);
+    }
+    mvkt_context_end(ctx);
+}

@@ -19,7 +19,7 @@ what=${1:-main}
 t_start=$(date +%s)
 sh tools/ensure_packages.sh quickstart build-essential pkg-config meson ninja-build python3 glslang-tools spirv-tools \
     libvulkan-dev libvulkan-volk-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools \
-    libcriterion-dev libcjson-dev
+    libcriterion-dev libcjson-dev python3-dev python3-numpy python3-pytest
 
 build=${MOEVK_BUILD_DIR:-build}
 # the test command also builds the cooperative-matrix kernel variant (a
@@ -90,13 +90,15 @@ test)
         # compiles each kernel variant about 3x faster at that width; with a
         # cold shader cache compiling is most of this pass's time, so a
         # sixth of the random cases (MOEVK_TEST_CASES_SCALE 0.15), other seeds
-        # than the first pass
+        # than the first pass; not the suites of file readers, the tool and
+        # the Python package (suite checkpoints), whose layers run the
+        # kernels the other suites cover
         t=$(date +%s)
         if sh tools/mesa25.sh install; then
             vw=${MOEVK_MESA25_VECTOR_WIDTH:-128}
             drv=$(driver env LP_NATIVE_VECTOR_WIDTH="$vw" sh tools/mesa25.sh run)
             echo "quickstart: the GPU suites on $drv, $vw-bit vectors"
-            [ $# -gt 0 ] || set -- --suite gpu
+            [ $# -gt 0 ] || set -- --suite gpu --no-suite checkpoints
             LP_NATIVE_VECTOR_WIDTH="$vw" MOEVK_TEST_CASES_SCALE="${MOEVK_TEST_CASES_SCALE:-0.15}" \
                 sh tools/mesa25.sh run meson test -C "$build" --no-rebuild --print-errorlogs \
                 --logbase testlog-mesa25 "$@" || status=$?

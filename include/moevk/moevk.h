@@ -372,9 +372,18 @@ typedef enum moevk_routing {
      * top-k of c within kept groups; w = s[ids]; optional normalisation
      * (w /= sum(w) + 1e-20). (DeepSeek-V3; one group: MiniMax-M2, Llama 4) */
     MOEVK_ROUTING_SIGMOID_GROUPED = 2,
-    /* (3 is reserved.) SparseMixer's inference routing (PhiMoE): slot j
-     * takes the best remaining logit m = l[id_j] (ids = top-k of l) and
-     * w_j = softmax over the remaining experts e with (m - l_e) /
+    /* Expert choice: p = softmax(l) over all E; each expert takes the C
+     * tokens of the pass with the largest p[t, e] (ties: the lower token),
+     * C = min(T, ceil(cf * T * k / E)), cf = capacity_factor (0 means 1),
+     * k = top_k (the average experts per token); w[t, e] = p[t, e]. A token
+     * gets 0..E experts: ids and weights have E slots per token, slot e
+     * holding expert e (-1 and weight 0 when e did not take the token).
+     * A token's experts depend on the other tokens of its pass, so the mode
+     * refuses MOEVK_LAYER_BATCH_INVARIANT; no groups, correction bias,
+     * normalisation or select_on_logits. (Zhou et al. 2022) */
+    MOEVK_ROUTING_EXPERT_CHOICE = 3,
+    /* SparseMixer's inference routing (PhiMoE): slot j takes the best
+     * remaining logit m = l[id_j] (ids = top-k of l) and w_j = softmax over the remaining experts e with (m - l_e) /
      * max(|l_e|, m) <= 2 jitter_eps, at id_j; the earlier slots' experts are
      * excluded. No groups, bias or normalisation. (transformers' phimoe
      * always routes to k = 2.) */
@@ -639,6 +648,14 @@ typedef struct moevk_layer_desc {
      * top one, so each weight is 1 without ties); other modes: must be 0 */
     float jitter_eps;
 } moevk_layer_desc;
+
+/* Routing slots per token: the width of the ids, weights and row arrays of
+ * a pass ([T, slots]): num_experts for MOEVK_ROUTING_EXPERT_CHOICE, else
+ * top_k. */
+static inline uint32_t moevk_routing_slots(const moevk_layer_desc *desc)
+{
+    return desc->routing == MOEVK_ROUTING_EXPERT_CHOICE ? desc->num_experts : desc->top_k;
+}
 
 /* Routing statistics of one forward pass (contract in docs/semantics.md). */
 typedef struct moevk_routing_stats {

@@ -82,7 +82,7 @@ static moevk_status cpu_forward(void *layer, uint32_t T, const float *x,
         return MOEVK_ERROR_INVALID_ARGUMENT;
     }
     const moevk_layer_desc *d = &l->desc;
-    const size_t TK = (size_t)T * d->top_k, E = d->num_experts;
+    const size_t TK = (size_t)T * moevk_routing_slots(d), E = d->num_experts;
     /* the reference always computes y; ids are needed for rows */
     float *y = o->y ? o->y : malloc(sizeof(float) * ((size_t)T * d->hidden + 1));
     uint32_t *ids = o->ids || !o->rows ? o->ids : malloc(sizeof(uint32_t) * (TK + 1));

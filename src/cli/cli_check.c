@@ -35,8 +35,9 @@ static void check_usage(FILE *f)
             "                  a validation message fails\n"
             "  --max-work M    size budget of a case in multiply-adds (default 12M)\n"
             "  --routing MODE  every case in one routing mode: softmax_topk,\n"
-            "                  topk_softmax, sigmoid_grouped or sparsemixer (a seed then\n"
-            "                  draws another case than without the option)\n"
+            "                  topk_softmax, sigmoid_grouped, expert_choice or\n"
+            "                  sparsemixer (a seed then draws another case than\n"
+            "                  without the option)\n"
             "  --path P        vulkan: the expert kernel path of every expert: auto (by\n"
             "                  row count, default), skinny, small (16-row tiles), large\n"
             "                  (64-row tiles), matrix (64-row tiles on emulated matrix\n"
@@ -66,7 +67,7 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
 /* The digest of a case's result: every output bit the backend produced. */
 static uint64_t result_digest(const mvkc_case *c, const mvkc_result *r)
 {
-    const size_t T = c->T, H = c->desc.hidden, K = c->desc.top_k, E = c->desc.num_experts;
+    const size_t T = c->T, H = c->desc.hidden, K = moevk_routing_slots(&c->desc), E = c->desc.num_experts;
     uint64_t h = 0xcbf29ce484222325ull;
     h = fnv1a(h, r->y, sizeof(float) * T * H);
     h = fnv1a(h, r->ids, sizeof(uint32_t) * T * K);
@@ -136,13 +137,14 @@ int cli_check(int argc, char **argv)
         } else if (!strcmp(a, "--routing")) {
             static const moevk_routing modes[] = {
                 MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ROUTING_TOPK_SOFTMAX,
-                MOEVK_ROUTING_SIGMOID_GROUPED, MOEVK_ROUTING_SPARSEMIXER};
+                MOEVK_ROUTING_SIGMOID_GROUPED, MOEVK_ROUTING_EXPERT_CHOICE,
+                MOEVK_ROUTING_SPARSEMIXER};
             for (size_t m = 0; !routing && m < sizeof modes / sizeof modes[0]; m++)
                 if (!strcmp(v, mvkc_routing_name(modes[m])))
                     routing = MVKC_PICK(modes[m]);
             if (!routing) {
                 fprintf(stderr, "moevk check: --routing %s: softmax_topk, topk_softmax, "
-                                "sigmoid_grouped or sparsemixer\n", v);
+                                "sigmoid_grouped, expert_choice or sparsemixer\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--seed") || !strcmp(a, "--cases") || !strcmp(a, "--max-work")) {

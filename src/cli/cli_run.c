@@ -19,6 +19,7 @@
 #include "model/gguf_layer.h"
 #include "model/hf_config.h"
 #include "model/model_layer.h"
+#include "model/model_open.h"
 #include "model/model_util.h"
 #include "model/safetensors.h"
 #include "quantize.h"
@@ -595,6 +596,7 @@ static const char *routing_name(moevk_routing r)
 {
     return r == MOEVK_ROUTING_TOPK_SOFTMAX     ? "topk_softmax"
            : r == MOEVK_ROUTING_SIGMOID_GROUPED ? "sigmoid_grouped"
+           : r == MOEVK_ROUTING_EXPERT_CHOICE   ? "expert_choice"
            : r == MOEVK_ROUTING_SPARSEMIXER     ? "sparsemixer"
                                                 : "softmax_topk";
 }
@@ -623,99 +625,91 @@ int cli_run(int argc, char **argv)
 
     char err[1024];
     int rc = 1;
-    char *cfg_path = NULL, *text = NULL;
     size_t len;
-    mvk_moe_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    mvk_st_set set;
-    mvk_st_set_init(&set);
-    mvk_model_layer ml;
-    memset(&ml, 0, sizeof ml);
     float *x = NULL;
     run_out out;
     memset(&out, 0, sizeof out);
-    mvk_gguf gg;
-    memset(&gg, 0, sizeof gg);
-    mvk_gguf_layer_info ginfo;
-    memset(&ginfo, 0, sizeof ginfo);
     const char *act_name = "";
+    /* the block and the files it lies in (model/model_open.h; it is not
+     * moved once open: the desc points into it) */
+    mvk_model_block *blk = calloc(1, sizeof *blk);
+    if (!blk) {
+        fprintf(stderr, "moevk run: out of host memory\n");
+        return 1;
+    }
+    mvk_st_set_init(&blk->set);
+    mvk_model_layer *ml = &blk->layer;
+    mvk_moe_config *cfg = &blk->cfg;
+    mvk_gguf *gg = &blk->gguf;
+    const mvk_gguf_layer_info *ginfo = &blk->gguf_info;
 
-    if (opt.model && mvk_gguf_is_gguf(opt.model)) {
-        /* a GGUF file: blk.N of it */
-        const char *why = opt.prefix    ? "--prefix is not for a GGUF file: give --layer N"
+    if (opt.model) {
+        /* a GGUF file's blk.N, or a Hugging Face directory's layer or prefix */
+        const char *why = !mvk_gguf_is_gguf(opt.model) ? NULL
+                          : opt.prefix  ? "--prefix is not for a GGUF file: give --layer N"
                           : opt.decoder ? "--decoder is not for a GGUF file"
                           : opt.layer < 0 ? "a GGUF --model needs --layer N"
                                           : NULL;
         if (why) {
             fprintf(stderr, "moevk run: %s\n", why);
-            return 2;
+            rc = 2;
+            goto done;
         }
-        if (mvk_gguf_open(opt.model, &gg, err, sizeof err))
+        if (mvk_model_block_open(blk, opt.model, opt.layer, opt.prefix, opt.decoder, err,
+                                 sizeof err))
             goto fail;
-        if (outputs_are_not_inputs(&opt, NULL, &set, &gg, err, sizeof err)) {
+        if (outputs_are_not_inputs(&opt, blk->cfg_path, &blk->set, gg, err, sizeof err)) {
             fprintf(stderr, "moevk run: %s\n", err);
             rc = 2;
             goto done;
         }
-        if (mvk_gguf_layer_build(&gg, (uint32_t)opt.layer, &ml, &ginfo, err, sizeof err))
-            goto fail;
-        act_name = ginfo.arch->act_name;
+        act_name = blk->act_name;
         goto built;
     }
 
-    cfg_path = opt.model ? mvk_strcat2(opt.model, "/config.json") : mvk_strdup(opt.config);
-    if (!cfg_path || mvk_read_text(cfg_path, &text, &len, err, sizeof err) ||
-        mvk_hf_config_parse(text, len, cfg_path, &cfg, err, sizeof err))
+    /* --config and --weights: the block's tensors under --prefix */
+    blk->cfg_path = mvk_strdup(opt.config);
+    if (!blk->cfg_path ||
+        mvk_read_text(blk->cfg_path, &blk->cfg_text, &len, err, sizeof err) ||
+        mvk_hf_config_parse(blk->cfg_text, len, blk->cfg_path, cfg, err, sizeof err))
         goto fail;
 
     char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
-    int nprefix = 0;
-    if (opt.prefix) {
-        size_t pl = strlen(opt.prefix);
-        if (pl + 2 > MVK_PREFIX_LEN) {
-            snprintf(err, sizeof err, "--prefix is longer than %d characters", MVK_PREFIX_LEN - 2);
-            goto fail;
-        }
-        snprintf(prefixes[0], MVK_PREFIX_LEN, "%s%s", opt.prefix,
-                 pl && opt.prefix[pl - 1] != '.' ? "." : "");
-        nprefix = 1;
-    } else if (mvk_hf_layer_prefixes(&cfg, (uint32_t)opt.layer, opt.decoder, prefixes, &nprefix,
-                                     err, sizeof err)) {
+    size_t pl = strlen(opt.prefix);
+    if (pl + 2 > MVK_PREFIX_LEN) {
+        snprintf(err, sizeof err, "--prefix is longer than %d characters", MVK_PREFIX_LEN - 2);
         goto fail;
     }
-    if (opt.model) {
-        if (mvk_st_set_open_dir(&set, opt.model, err, sizeof err))
+    snprintf(prefixes[0], MVK_PREFIX_LEN, "%s%s", opt.prefix,
+             pl && opt.prefix[pl - 1] != '.' ? "." : "");
+    for (int i = 0; i < opt.nweights; i++)
+        if (mvk_st_set_add_file(&blk->set, opt.weights[i], err, sizeof err))
             goto fail;
-    } else {
-        for (int i = 0; i < opt.nweights; i++)
-            if (mvk_st_set_add_file(&set, opt.weights[i], err, sizeof err))
-                goto fail;
-    }
-    if (outputs_are_not_inputs(&opt, cfg_path, &set, &gg, err, sizeof err)) {
+    if (outputs_are_not_inputs(&opt, blk->cfg_path, &blk->set, gg, err, sizeof err)) {
         fprintf(stderr, "moevk run: %s\n", err);
         rc = 2;
         goto done;
     }
-    const char *pp[MVK_MAX_PREFIXES] = {prefixes[0], prefixes[1]};
-    if (mvk_model_layer_build_any(&cfg, &set, pp, nprefix, &ml, err, sizeof err))
+    const char *pp[1] = {prefixes[0]};
+    if (mvk_model_layer_build_any(cfg, &blk->set, pp, 1, ml, err, sizeof err))
         goto fail;
-    act_name = cfg.act_name;
+    act_name = cfg->act_name;
 built:
     if (opt.passthrough) {
-        if (!ml.arch || !mvk_arch_has_capacity(ml.arch)) {
+        if (!ml->arch || !mvk_arch_has_capacity(ml->arch)) {
             char list[1024];
             snprintf(err, sizeof err, "--dropped-passthrough is only for %s",
                      mvk_arch_list(list, sizeof list, mvk_arch_has_capacity));
             goto fail;
         }
-        ml.dropped_passthrough = 1;
+        ml->dropped_passthrough = 1;
     }
-    moevk_layer_desc *d = &ml.desc;
+    moevk_layer_desc *d = &ml->desc;
     if (opt.batch_invariant)
         d->flags |= MOEVK_LAYER_BATCH_INVARIANT;
     const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k;
     char where[160];
-    uint64_t bad_weights = mvk_model_layer_nonfinite(&ml, where, sizeof where);
+    uint64_t bad_weights = mvk_model_layer_nonfinite(ml, where, sizeof where);
     if (bad_weights)
         fprintf(stderr,
                 "moevk run: warning: the weights hold %llu non-finite value%s (NaN or Inf), the "
@@ -729,11 +723,11 @@ built:
     warn_nonfinite("x", x, T, H);
     /* switch_transformers' capacity counts per sequence: one pass each */
     uint32_t passes = 1, S = T;
-    if (ml.expert_capacity && ndim == 3 && shape[0] > 1) {
+    if (ml->expert_capacity && ndim == 3 && shape[0] > 1) {
         passes = (uint32_t)shape[0];
         S = (uint32_t)shape[1];
     }
-    d->capacity_factor = mvk_model_capacity_factor(&ml, S);
+    d->capacity_factor = mvk_model_capacity_factor(ml, S);
     if (opt.quantize) {
         d->flags |= MOEVK_LAYER_QUANTIZE;
         mvk_dtype_parse(opt.quantize, 1, &d->quantize_dtype);
@@ -742,26 +736,26 @@ built:
     }
 
     char sb[160], esc[1024];
-    printf("model    %s, %s (%s)\n", model_name(&ml), mvk_esc(ml.prefix, esc, sizeof esc),
-           ml.layout);
-    if (gg.nfiles) {
+    printf("model    %s, %s (%s)\n", model_name(ml), mvk_esc(ml->prefix, esc, sizeof esc),
+           ml->layout);
+    if (gg->nfiles) {
         printf("gguf     %s: GGUF v%u, %u file%s, layer %u of %u, %.2f MiB of the block's "
                "tensors in the file\n",
-               mvk_esc(opt.model, esc, sizeof esc), gg.files[0].version, gg.nfiles,
-               gg.nfiles == 1 ? "" : "s", ginfo.layer, ginfo.block_count,
-               ginfo.file_bytes / 1048576.0);
-        for (const char *p = ginfo.tensors; *p;) {
+               mvk_esc(opt.model, esc, sizeof esc), gg->files[0].version, gg->nfiles,
+               gg->nfiles == 1 ? "" : "s", ginfo->layer, ginfo->block_count,
+               ginfo->file_bytes / 1048576.0);
+        for (const char *p = ginfo->tensors; *p;) {
             const char *nl = strchr(p, '\n');
             size_t n = nl ? (size_t)(nl - p) : strlen(p);
             printf("tensor   %.*s\n", (int)n, p);
             p += n + (nl != NULL);
         }
-        if (ginfo.notes[0])
-            printf("convert  %s\n", ginfo.notes);
+        if (ginfo->notes[0])
+            printf("convert  %s\n", ginfo->notes);
     }
     char wfm[200], ap[64];
     /* a clamp that this layer does without (a per-layer limit of 0) */
-    const char *unclamped = cfg.activation != d->activation &&
+    const char *unclamped = cfg->activation != d->activation &&
                                     d->activation == MOEVK_ACT_SWIGLU
                                 ? " (not clamped in this layer)"
                                 : act_params(ap, sizeof ap, d->activation, d->swiglu_limit,
@@ -776,12 +770,12 @@ built:
            unclamped,
            d->flags & MOEVK_LAYER_MATRIX_DTYPES ? mvk_desc_formats(d, wfm, sizeof wfm)
                                                 : moevk_dtype_name(d->weight_dtype),
-           ml.converted ? " (mixed in the file: converted)" : "");
+           ml->converted ? " (mixed in the file: converted)" : "");
     if (d->flags & MOEVK_LAYER_SHARED_ACTIVATION) {
         const float sl = d->shared_swiglu_limit ? d->shared_swiglu_limit : d->swiglu_limit;
         printf(", shared experts' activation %s%s",
-               d->shared_activation == cfg.shared_activation ? cfg.shared_act_name : "silu",
-               d->shared_activation == MOEVK_ACT_SWIGLU && cfg.shared_activation != d->shared_activation
+               d->shared_activation == cfg->shared_activation ? cfg->shared_act_name : "silu",
+               d->shared_activation == MOEVK_ACT_SWIGLU && cfg->shared_activation != d->shared_activation
                    ? " (not clamped in this layer)"
                    : act_params(ap, sizeof ap, d->shared_activation, sl, d->softcap_gate,
                                 d->softcap_up));
@@ -807,12 +801,12 @@ built:
         printf(", weights on the experts' inputs");
     if (d->num_shared)
         printf(", shared expert F=%u%s", d->shared_ffn, d->shared_gate ? " (gated)" : "");
-    if (ml.expert_capacity)
-        printf(", expert_capacity %llu per sequence%s", (unsigned long long)ml.expert_capacity,
-               ml.dropped_passthrough ? " (dropped: p * x)" : "");
+    if (ml->expert_capacity)
+        printf(", expert_capacity %llu per sequence%s", (unsigned long long)ml->expert_capacity,
+               ml->dropped_passthrough ? " (dropped: p * x)" : "");
     printf("\n");
-    if (ml.quant[0])
-        printf("quant    %s\n", ml.quant);
+    if (ml->quant[0])
+        printf("quant    %s\n", ml->quant);
     printf("input    x %s -> %u tokens%s\n", mvk_shape_str(shape, ndim, sb, sizeof sb), T,
            passes > 1 ? " (one pass per sequence)" : "");
     moevk_layer_desc dev_desc; /* the formats on the device */
@@ -860,7 +854,7 @@ built:
     }
     if (run_backend(&opt, be, d, x, passes, S, &out, NULL))
         goto done;
-    if (ml.dropped_passthrough)
+    if (ml->dropped_passthrough)
         dropped_passthrough(d, x, T, &out);
     warn_nonfinite("y", out.y, T, H);
     if (merge_stats(d, x, T, passes, &out)) {
@@ -904,10 +898,10 @@ built:
         printf("output   %s: y %s f32\n", mvk_esc(opt.output, esc, sizeof esc),
                mvk_shape_str(shape, ndim, sb, sizeof sb));
     }
-    if (opt.stats && write_stats(opt.stats, &opt, &ml, T, passes, &out))
+    if (opt.stats && write_stats(opt.stats, &opt, ml, T, passes, &out))
         goto done;
     if (opt.check && !(be->flags & MVK_BACKEND_REFERENCE) &&
-        check_against_cpu(&opt, be->flags, &ml, x, T, passes, S, &out))
+        check_against_cpu(&opt, be->flags, ml, x, T, passes, S, &out))
         goto done;
     rc = 0;
     goto done;
@@ -916,11 +910,7 @@ fail:
 done:
     run_out_free(&out);
     free(x);
-    mvk_model_layer_free(&ml);
-    mvk_gguf_free(&gg);
-    mvk_st_set_free(&set);
-    mvk_hf_config_free(&cfg);
-    free(text);
-    free(cfg_path);
+    mvk_model_block_close(blk);
+    free(blk);
     return rc;
 }

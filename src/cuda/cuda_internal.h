@@ -63,6 +63,11 @@ cudaError_t router_logits(cudaStream_t s, moevk_dtype wdt, const float *x, const
  * logits are soft-capped in place first (the statistics read them). */
 cudaError_t route(cudaStream_t s, const RouteParams &p, float *logits, float *score,
                   float *gscore, uint8_t *elig, uint32_t *ids, float *weights);
+/* Expert choice after route in that mode (which leaves p [T*E] in score):
+ * expert e takes the C tokens ranking first on p[., e]; ids and weights
+ * [T*E], slot e holding e and p * scale, or NONE and 0. */
+cudaError_t expert_choice(cudaStream_t s, const float *p, uint32_t T, uint32_t E, uint32_t C,
+                          float scale, uint32_t *ids, float *weights);
 
 /* Counting, capacity (cap = UINT32_MAX: dropless) and rows in priority
  * order: totals[E] (assignments before dropping), counts[E] (admitted),
@@ -107,9 +112,9 @@ cudaError_t scale_rows(cudaStream_t s, const int32_t *row_of, const float *weigh
                        uint32_t id_first, int unit, float *xs);
 
 /* Statistics: tok [3T] f32 scratch, prob [E] f64 scratch, out [3] f64 =
- * {load-balancing loss, z-loss, entropy}. */
+ * {load-balancing loss, z-loss, entropy}; assignments: moevk_ref_assignments. */
 cudaError_t stats(cudaStream_t s, const float *logits, const uint32_t *totals, uint32_t T,
-                  uint32_t E, uint32_t K, float *tok, double *prob, double *out);
+                  uint32_t E, double assignments, float *tok, double *prob, double *out);
 
 /* ---- cuBLAS pipeline helpers ------------------------------------------- */
 

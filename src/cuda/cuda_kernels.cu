@@ -250,6 +250,13 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
     for (uint32_t e = 0; e < E; e++)
         s += expf(l[e] - m);
 
+    if (p.routing == MOEVK_ROUTING_EXPERT_CHOICE) {
+        /* p for k_expert_choice, which chooses once every token's is there */
+        for (uint32_t e = 0; e < E; e++)
+            score[e] = expf(l[e] - m) / s;
+        return;
+    }
+
     for (uint32_t e = 0; e < E; e++) {
         float c = l[e];
         if (p.sel_logits)
@@ -366,6 +373,26 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
         tw[j] = (p.norm ? tw[j] / den : tw[j]) * p.scale;
 }
 
+/* Expert choice, one thread per (token, expert): the token's rank in the
+ * expert's column of p (the number of tokens ranking before it; ties: the
+ * lower token) decides; slot e of token t gets e and p * scale, or NONE and
+ * 0. O(T) per thread: plain, as a cross-check should be. */
+__global__ void k_expert_choice(const float *p, uint32_t T, uint32_t E, uint32_t C, float scale,
+                                uint32_t *ids, float *weights)
+{
+    GRID_STRIDE(i, (size_t)T * E)
+    {
+        const uint32_t t = (uint32_t)(i / E), e = (uint32_t)(i % E);
+        const float v = p[i];
+        uint32_t rank = 0;
+        for (uint32_t u = 0; u < T && rank < C; u++)
+            rank += u != t && ranks_before(p[(size_t)u * E + e], u, v, t) ? 1u : 0u;
+        const bool take = rank < C;
+        ids[i] = take ? e : NONE;
+        weights[i] = take ? v * scale : 0.0f;
+    }
+}
+
 /* ---- permutation ------------------------------------------------------------
  * Priority order: index q = j*T + t is assignment a = t*K + j (all slot-0
  * choices by token, then slot 1, ...). One block per expert. */
@@ -392,17 +419,19 @@ __global__ void k_count(const uint32_t *ids, uint32_t T, uint32_t K, uint32_t ca
     }
 }
 
-__global__ void k_offsets(const uint32_t *counts, uint32_t E, uint64_t A, uint32_t *offsets,
-                          unsigned long long *dropped)
+__global__ void k_offsets(const uint32_t *totals, const uint32_t *counts, uint32_t E,
+                          uint32_t *offsets, unsigned long long *dropped)
 {
     uint32_t run = 0;
+    unsigned long long over = 0;
     for (uint32_t e = 0; e < E; e++) {
         offsets[e] = run;
         run += counts[e];
+        over += totals[e] - counts[e];
     }
     offsets[E] = run;
-    /* over capacity, or an id out of range (never admitted) */
-    *dropped = (unsigned long long)(A - run);
+    /* over capacity (an empty slot, NONE, is no assignment) */
+    *dropped = over;
 }
 
 /* Rank of each assignment of expert e among its earlier ones (priority
@@ -613,10 +642,10 @@ __global__ void k_expert_prob(const float *logits, const float *tok, uint32_t T,
 }
 
 __global__ void k_stats_final(const float *tok, const double *prob, const uint32_t *totals,
-                              uint32_t T, uint32_t E, uint32_t K, double *out)
+                              uint32_t T, uint32_t E, double assignments, double *out)
 {
     __shared__ double part[BLOCK];
-    const double TK = (double)T * K;
+    const double TK = assignments;
     double lb = 0.0, z = 0.0, ent = 0.0;
     for (uint32_t e = threadIdx.x; e < E; e += BLOCK)
         lb += ((double)totals[e] / TK) * (prob[e] / T);
@@ -763,6 +792,14 @@ cudaError_t route(cudaStream_t s, const RouteParams &p, float *logits, float *sc
     return cudaGetLastError();
 }
 
+cudaError_t expert_choice(cudaStream_t s, const float *p, uint32_t T, uint32_t E, uint32_t C,
+                          float scale, uint32_t *ids, float *weights)
+{
+    LAUNCH(k_expert_choice, blocks_for((size_t)T * E), BLOCK, s, p, T, E, C, scale, ids,
+           weights);
+    return cudaGetLastError();
+}
+
 cudaError_t permute(cudaStream_t s, const uint32_t *ids, uint32_t T, uint32_t K, uint32_t E,
                     uint32_t cap, uint32_t *totals, uint32_t *counts, uint32_t *offsets,
                     unsigned long long *dropped, int32_t *row_of, uint32_t *row_token,
@@ -772,7 +809,7 @@ cudaError_t permute(cudaStream_t s, const uint32_t *ids, uint32_t T, uint32_t K,
     if (err != cudaSuccess)
         return err;
     LAUNCH(k_count, E, BLOCK, s, ids, T, K, cap, totals, counts);
-    LAUNCH(k_offsets, 1, 1, s, counts, E, (uint64_t)T * K, offsets, dropped);
+    LAUNCH(k_offsets, 1, 1, s, totals, counts, E, offsets, dropped);
     LAUNCH(k_assign, E, BLOCK, s, ids, T, K, cap, offsets, row_of, row_token, row_expert);
     return cudaGetLastError();
 }
@@ -814,11 +851,11 @@ cudaError_t scale_rows(cudaStream_t s, const int32_t *row_of, const float *weigh
 }
 
 cudaError_t stats(cudaStream_t s, const float *logits, const uint32_t *totals, uint32_t T,
-                  uint32_t E, uint32_t K, float *tok, double *prob, double *out)
+                  uint32_t E, double assignments, float *tok, double *prob, double *out)
 {
     LAUNCH(k_token_stats, (T + 127) / 128, 128, s, logits, T, E, tok);
     LAUNCH(k_expert_prob, E, BLOCK, s, logits, tok, T, E, prob);
-    LAUNCH(k_stats_final, 1, BLOCK, s, tok, prob, totals, T, E, K, out);
+    LAUNCH(k_stats_final, 1, BLOCK, s, tok, prob, totals, T, E, assignments, out);
     return cudaGetLastError();
 }
 

@@ -30,6 +30,7 @@
 
 #include "cuda_internal.h"
 #include "formats.h"
+#include "ref/ref.h"
 #include "moevk_cuda.h"
 
 using namespace mvkcu;
@@ -494,16 +495,19 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
     if (T <= L->cap_T)
         return MOEVK_SUCCESS;
     const moevk_layer_desc *d = &L->d;
-    const size_t H = d->hidden, E = d->num_experts, K = d->top_k, F = d->ffn;
+    const size_t H = d->hidden, E = d->num_experts, K = moevk_routing_slots(d), F = d->ffn;
     const size_t NS = d->num_shared, Fs = L->shared_ffn;
     if ((uint64_t)T * K > (L->cublas ? (uint64_t)INT_MAX : (uint64_t)UINT32_MAX)) {
-        set_err(err, err_size, "T x top_k = %u x %zu assignments exceed the %s", T, K,
+        set_err(err, err_size, "T x routing slots = %u x %zu assignments exceed the %s", T, K,
                 L->cublas ? "int range of cuBLAS" : "32-bit row indexing");
         return MOEVK_ERROR_LIMIT_EXCEEDED;
     }
     free_scratch(L);
     const size_t TH = (size_t)T * H, TE = (size_t)T * E, TK = (size_t)T * K;
-    size_t rowsF = TK * F;
+    /* expert rows: at most T k (C E under expert choice, whose E slots per
+     * token are mostly empty) */
+    const size_t R = (size_t)moevk_ref_assignments(d, T);
+    size_t rowsF = R * F;
     if (NS && (size_t)T * Fs > rowsF)
         rowsF = (size_t)T * Fs;
     const bool cb = L->cublas != 0;
@@ -535,20 +539,20 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
         {(void **)&L->totals, E * 4, "totals"},
         {(void **)&L->counts, E * 4, "counts"},
         {(void **)&L->offsets, (E + 1) * 4, "offsets"},
-        {(void **)&L->row_token, TK * 4, "row tokens"},
-        {(void **)&L->row_expert, TK * 4, "row experts"},
+        {(void **)&L->row_token, R * 4, "row tokens"},
+        {(void **)&L->row_expert, R * 4, "row experts"},
         {(void **)&L->row_of, TK * 4, "rows"},
         {(void **)&L->dropped, 8, "dropped"},
         {(void **)&L->prob, E * 8, "expert probabilities"},
         {(void **)&L->loss, 3 * 8, "losses"},
         {(void **)&L->hbuf, rowsF * 4, "hidden activations"},
         {(void **)&L->ubuf, cb ? rowsF * 4 : 0, "up projections"},
-        {(void **)&L->obuf, TK * H * 4, "expert outputs"},
-        {(void **)&L->xs, (L->d.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) ? TK * H * 4 : 0,
+        {(void **)&L->obuf, R * H * 4, "expert outputs"},
+        {(void **)&L->xs, (L->d.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) ? R * H * 4 : 0,
          "scaled expert inputs"},
         {(void **)&L->sh_o, cb && NS ? TH * 4 : 0, "shared expert output"},
         {(void **)&L->sh_acc, NS ? TH * 4 : 0, "shared expert sum"},
-        {(void **)&L->xq, cb ? TK * H * xsz : 0, "gathered rows"},
+        {(void **)&L->xq, cb ? R * H * xsz : 0, "gathered rows"},
         {(void **)&L->hq, cb ? rowsF * hsz : 0, "hidden activations (GEMM dtype)"},
         {&L->dq, dq, "dequantised expert matrix"},
     };
@@ -842,15 +846,7 @@ static FfnWeights ffn_weights(const mvk_cuda_layer *L, const dev_ffn *f, uint32_
 
 static uint32_t capacity(const moevk_layer_desc *d, uint32_t T)
 {
-    /* as moevk_ref_capacity */
-    if (d->capacity_factor == 0.0f)
-        return UINT32_MAX;
-    double c = ceil((double)d->capacity_factor * T * d->top_k / d->num_experts);
-    if (!(c < (double)UINT32_MAX))
-        return UINT32_MAX;
-    if (c < 0.0)
-        return 0;
-    return (uint32_t)c;
+    return moevk_ref_capacity(d, T);
 }
 
 /* Expert e's matrix (`elems` elements) of a stack, of kind m (0 gate/up,
@@ -918,7 +914,8 @@ static moevk_status expert_gemms(mvk_cuda_layer *L, const dev_ffn *f, uint32_t F
 static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t err_size)
 {
     const moevk_layer_desc *d = &L->d;
-    const uint32_t H = d->hidden, E = d->num_experts, K = d->top_k, NS = d->num_shared;
+    const uint32_t H = d->hidden, E = d->num_experts, K = moevk_routing_slots(d);
+    const uint32_t NS = d->num_shared;
     const uint32_t NF = E - d->num_zero_experts; /* FFN experts; the rest are identity */
     const uint32_t Fs = L->shared_ffn;
     cudaStream_t s = L->stream;
@@ -929,7 +926,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     routed.row_expert = L->row_expert;
     /* the FFN experts' rows (identity experts' rows come after them) */
     routed.dev_rows = L->offsets + NF;
-    routed.max_rows = T * K;
+    routed.max_rows = (uint32_t)moevk_ref_assignments(d, T);
     routed.fixed_expert = 0;
 
     CK(cudaEventRecord(L->ev[0], s));
@@ -964,6 +961,9 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     rp.softcap = d->router_softcap;
     rp.jitter_eps = d->jitter_eps;
     CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
+    if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE)
+        CK(expert_choice(s, L->score, T, E, moevk_ref_expert_choice_capacity(d, T),
+                         d->routed_scaling_factor, L->ids, L->wts));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_ROUTE + 1], s));
 
     CK(permute(s, L->ids, T, K, E, capacity(d, T), L->totals, L->counts, L->offsets,
@@ -1034,7 +1034,8 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
                d->shared_scale, L->out_b, L->y));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_COMBINE + 1], s));
 
-    CK(stats(s, L->logits, L->totals, T, E, K, L->tok, L->prob, L->loss));
+    CK(stats(s, L->logits, L->totals, T, E, (double)moevk_ref_assignments(d, T), L->tok,
+             L->prob, L->loss));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_STATS + 1], s));
     return MOEVK_SUCCESS;
 }
@@ -1087,7 +1088,7 @@ extern "C" moevk_status mvk_cuda_layer_forward(mvk_cuda_layer *L, uint32_t T, co
     CKS(begin_call(L, T, x, err, err_size));
     CKS(run_pass(L, T, err, err_size));
     cudaStream_t s = L->stream;
-    const size_t TK = (size_t)T * L->d.top_k;
+    const size_t TK = (size_t)T * moevk_routing_slots(&L->d);
     const uint32_t E = L->d.num_experts;
     unsigned long long dropped = 0;
     double loss[3] = {0, 0, 0};

@@ -100,7 +100,7 @@ static void draw_groups(mvk_rng *r, uint32_t E, uint32_t k, moevk_layer_desc *d)
 static int has_near_tie(const mvkc_case *c)
 {
     const moevk_layer_desc *d = &c->desc;
-    size_t TE = (size_t)c->T * d->num_experts, TK = (size_t)c->T * d->top_k;
+    size_t TE = (size_t)c->T * d->num_experts, TK = (size_t)c->T * moevk_routing_slots(d);
     float *l = malloc(sizeof(float) * (TE + 1));
     uint32_t *ids = malloc(sizeof(uint32_t) * (TK + 1));
     float *w = malloc(sizeof(float) * (TK + 1));
@@ -312,6 +312,19 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER &&
         mvk_rng_chance(&rsl, 0.25))
         d->select_on_logits = 1;
+    /* expert choice, from a stream of its own: an eighth of the cases whose
+     * routing is drawn; it has none of the per-token refinements */
+    mvk_rng rec = mvk_rng_seed(seed, 19);
+    if (!lim.routing && mvk_rng_chance(&rec, 0.125))
+        d->routing = MOEVK_ROUTING_EXPERT_CHOICE;
+    if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE) {
+        d->norm_topk_prob = 0;
+        d->n_group = d->topk_group = 0;
+        d->group_score = MOEVK_GROUP_TOP2_SUM;
+        d->norm_p = d->norm_min = d->norm_eps = 0.0f;
+        d->select_on_logits = 0;
+        softmax_bias = 0;
+    }
     /* SparseMixer (PhiMoE), from a stream of its own: half of the drawn
      * topk_softmax cases (the mode that, like it, selects on the plain
      * logits with no groups or bias) become sparsemixer, with PhiMoE's
@@ -616,18 +629,21 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     }
     d->router_bias = c->router_bias;
     d->correction_bias = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
-                                 d->routing != MOEVK_ROUTING_SPARSEMIXER
+                                 d->routing != MOEVK_ROUTING_SPARSEMIXER &&
+                                 d->routing != MOEVK_ROUTING_EXPERT_CHOICE
                              ? c->correction_bias
                              : NULL;
 
     /* input; under capacity, redraw it (seed + 1, ...) while the reference
-     * routing has a near-tie, whose flip would cascade through admission */
+     * routing has a near-tie, whose flip would cascade through admission
+     * (not under expert choice, whose capacity is in the choice: a flip
+     * there changes the two tokens' outputs only) */
     c->x = malloc(sizeof(float) * ((size_t)T * H + 1));
     if (!c->x)
         goto oom;
     mvk_rng rx = mvk_rng_seed(seed, 2);
     fill_x(c, &rx);
-    if (d->capacity_factor > 0) {
+    if (d->capacity_factor > 0 && d->routing != MOEVK_ROUTING_EXPERT_CHOICE) {
         for (uint32_t attempt = 1;; attempt++) {
             int tie = has_near_tie(c);
             if (tie < 0)
@@ -676,6 +692,7 @@ const char *mvkc_routing_name(moevk_routing r)
     case MOEVK_ROUTING_SOFTMAX_TOPK: return "softmax_topk";
     case MOEVK_ROUTING_TOPK_SOFTMAX: return "topk_softmax";
     case MOEVK_ROUTING_SIGMOID_GROUPED: return "sigmoid_grouped";
+    case MOEVK_ROUTING_EXPERT_CHOICE: return "expert_choice";
     case MOEVK_ROUTING_SPARSEMIXER: return "sparsemixer";
     }
     return "routing?";

@@ -76,29 +76,16 @@ static int may_precede(double a, uint32_t ia, double b, uint32_t ib, double tol)
     return ranks_before(a, ia, b, ib);
 }
 
-/* Whether the backend's ids g[0..k-1] of token t are a valid top-k of the
- * reference's selection scores within the router's fp32 error: distinct, in
- * range, in non-increasing order, nothing eligible left out that ranks
- * clearly above a chosen one, and (grouped routing) chosen groups that may
- * be among the topk_group best. Scratch: lf [E] floats, s [E] and gs
- * [n_group] doubles, mark [2 E + n_group] bytes. */
-static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *lf, double *s,
-                     double *gs, uint8_t *mark)
+/* The reference's selection scores s [E] of token t (scratch: lf [E]
+ * floats) and the absolute error within which a backend's fp32 router
+ * knows them. */
+static double selection_tolerance(const mvkc_case *c, uint32_t t, float *lf, double *s)
 {
     const moevk_layer_desc *d = &c->desc;
-    uint32_t E = d->num_experts, k = d->top_k, H = d->hidden;
-    int grouped = moevk_ref_grouped(d);
+    uint32_t E = d->num_experts, H = d->hidden;
     int sig = d->routing == MOEVK_ROUTING_SIGMOID_GROUPED;
     int probs = moevk_ref_selects_on_probs(d);
     const float *xt = c->x + (size_t)t * H;
-
-    uint8_t *chosen = mark, *kept = mark + E;
-    memset(chosen, 0, E);
-    for (uint32_t j = 0; j < k; j++) {
-        if (g[j] >= E || chosen[g[j]])
-            return 0;
-        chosen[g[j]] = 1;
-    }
 
     /* the reference's logits of this token, and the bound of the fp32
      * accumulation error: sum_h |x_h w_eh| + |b_e| (0 when x is not
@@ -123,8 +110,31 @@ static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *l
     }
     /* sigmoid' <= 1/4; a softmax probability moves by at most 2 p <= 2
      * times the largest logit error */
-    double tol = (sig && !d->select_on_logits ? 0.25 : probs ? 2.0 : 1.0) * 4e-6 * bound +
-                 2e-6 * maxabs;
+    return (sig && !d->select_on_logits ? 0.25 : probs ? 2.0 : 1.0) * 4e-6 * bound +
+           2e-6 * maxabs;
+}
+
+/* Whether the backend's ids g[0..k-1] of token t are a valid top-k of the
+ * reference's selection scores within the router's fp32 error: distinct, in
+ * range, in non-increasing order, nothing eligible left out that ranks
+ * clearly above a chosen one, and (grouped routing) chosen groups that may
+ * be among the topk_group best. Scratch: lf [E] floats, s [E] and gs
+ * [n_group] doubles, mark [2 E + n_group] bytes. */
+static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *lf, double *s,
+                     double *gs, uint8_t *mark)
+{
+    const moevk_layer_desc *d = &c->desc;
+    uint32_t E = d->num_experts, k = d->top_k;
+    int grouped = moevk_ref_grouped(d);
+
+    uint8_t *chosen = mark, *kept = mark + E;
+    memset(chosen, 0, E);
+    for (uint32_t j = 0; j < k; j++) {
+        if (g[j] >= E || chosen[g[j]])
+            return 0;
+        chosen[g[j]] = 1;
+    }
+    const double tol = selection_tolerance(c, t, lf, s);
 
     memset(kept, 1, E); /* eligible experts (reused below) */
     if (grouped) {
@@ -248,6 +258,84 @@ static int weights_differ(const float *g, const float *r, uint32_t k, double sca
     return 0;
 }
 
+static int fail(mvkc_report *rep, const char *fmt, ...);
+
+/* Expert choice: the backend's ids g [T, E] against the reference's r.
+ * Where an expert's set of tokens differs, the backend's set is tolerated
+ * when every entry is e or empty, it holds C tokens, and each token in it
+ * may rank before each token outside it within the two tokens' router
+ * error (selection_tolerance). The tokens of a tolerated difference are
+ * marked in `excluded` and counted in *swapped; returns 0 (and a reason
+ * in rep) at the first difference that is not tolerated. */
+static int expert_choice_ids(const mvkc_case *c, const uint32_t *g, const uint32_t *r,
+                             uint8_t *excluded, uint32_t *swapped, mvkc_report *rep)
+{
+    const moevk_layer_desc *d = &c->desc;
+    const uint32_t T = c->T, E = d->num_experts;
+    const uint32_t C = moevk_ref_expert_choice_capacity(d, T);
+    const size_t TE = (size_t)T * E;
+    double *p = malloc(sizeof(double) * (TE + 1)), *tol = malloc(sizeof(double) * (T + 1));
+    float *lf = malloc(sizeof(float) * (E + 1));
+    uint8_t *in = malloc((size_t)T + 1);
+    int ok = 1;
+    if (!p || !tol || !lf || !in) {
+        fail(rep, "out of host memory (comparison)");
+        ok = 0;
+        goto done;
+    }
+    for (uint32_t t = 0; t < T; t++)
+        tol[t] = selection_tolerance(c, t, lf, p + (size_t)t * E);
+    for (uint32_t e = 0; e < E && ok; e++) {
+        uint32_t n = 0, differ = 0;
+        for (uint32_t t = 0; t < T; t++) {
+            const uint32_t gv = g[(size_t)t * E + e], rv = r[(size_t)t * E + e];
+            if (gv != e && gv != UINT32_MAX) {
+                fail(rep, "route: token %u slot %u holds expert %u (expert choice: slot e "
+                           "holds e or nothing)", t, e, gv);
+                ok = 0;
+                break;
+            }
+            in[t] = gv == e;
+            n += in[t];
+            differ += gv != rv;
+        }
+        if (!ok || !differ)
+            continue;
+        if (n != C) {
+            fail(rep, "route: expert %u took %u tokens, expected C = %u", e, n, C);
+            ok = 0;
+            break;
+        }
+        for (uint32_t t = 0; t < T && ok; t++) {
+            if (!in[t])
+                continue;
+            for (uint32_t u = 0; u < T; u++) {
+                if (in[u])
+                    continue;
+                const double pt = p[(size_t)t * E + e], pu = p[(size_t)u * E + e];
+                if (!may_precede(pt, t, pu, u, tol[t] + tol[u])) {
+                    fail(rep, "route: expert %u took token %u (p %.9g) over token %u (p %.9g), "
+                               "not a near-tie", e, t, pt, u, pu);
+                    ok = 0;
+                    break;
+                }
+            }
+        }
+        for (uint32_t t = 0; t < T && ok; t++) {
+            if (g[(size_t)t * E + e] != r[(size_t)t * E + e] && !excluded[t]) {
+                excluded[t] = 1;
+                (*swapped)++;
+            }
+        }
+    }
+done:
+    free(p);
+    free(tol);
+    free(lf);
+    free(in);
+    return ok;
+}
+
 /* Squared L2 norms of one token's error g - r and of r. */
 static void token_norms(const float *g, const float *r, uint32_t H, double *err2, double *ref2)
 {
@@ -298,7 +386,7 @@ static moevk_status conditional_y(const mvkc_case *c, const mvkc_ref *ref, const
                                   const uint8_t *excluded, float *y)
 {
     const moevk_layer_desc *d = &c->desc;
-    const uint32_t H = d->hidden, k = d->top_k;
+    const uint32_t H = d->hidden, k = moevk_routing_slots(d);
     for (uint32_t t = 0; t < c->T; t++) {
         const size_t a = (size_t)t * k;
         if (excluded[t]) {
@@ -318,7 +406,7 @@ static moevk_status conditional_y(const mvkc_case *c, const mvkc_ref *ref, const
 int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res, mvkc_report *rep)
 {
     const moevk_layer_desc *d = &c->desc;
-    uint32_t T = c->T, H = d->hidden, E = d->num_experts, k = d->top_k;
+    uint32_t T = c->T, H = d->hidden, E = d->num_experts, k = moevk_routing_slots(d);
     size_t TK = (size_t)T * k;
 
     memset(rep, 0, sizeof *rep);
@@ -342,7 +430,13 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
 
     /* 1. routing ids */
     uint32_t mismatched = 0, bad = 0, bad_t = 0, bad_j = 0;
-    for (uint32_t t = 0; t < T; t++) {
+    const bool ec = d->routing == MOEVK_ROUTING_EXPERT_CHOICE;
+    if (ec) {
+        for (uint32_t t = 0; t < T; t++)
+            excluded[t] = ref->near_tie[t];
+        expert_choice_ids(c, res->ids, ref->out.ids, excluded, &rep->swapped, rep);
+    }
+    for (uint32_t t = 0; t < T && !ec; t++) {
         const uint32_t *g = res->ids + (size_t)t * k, *r = ref->out.ids + (size_t)t * k;
         if (ref->near_tie[t])
             excluded[t] = 1;
@@ -431,7 +525,7 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
 
     /* 4. y */
     const float *yref = ref->out.y;
-    if (d->capacity_factor > 0 && rep->swapped) {
+    if (d->capacity_factor > 0 && rep->swapped && !ec) {
         ycond = malloc(sizeof(float) * ((size_t)T * H + 1));
         if (!ycond || conditional_y(c, ref, rows, excluded, ycond)) {
             fail(rep, "out of host memory (comparison)");
@@ -566,7 +660,7 @@ int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
                const mvkc_result *b, double *y_err, char *why, size_t n)
 {
     const moevk_layer_desc *d = &c->desc;
-    const uint32_t T = c->T, H = d->hidden, K = d->top_k;
+    const uint32_t T = c->T, H = d->hidden, K = moevk_routing_slots(d);
     /* Admission (rows, counts, drops) and the load-balancing loss follow
      * from the ids alone; each backend's were checked against the
      * reference for its own ids. They must agree only when the ids do. */

@@ -28,7 +28,7 @@ void mvkc_result_free(mvkc_result *r)
 moevk_status mvkc_result_alloc(const mvkc_case *c, mvkc_result *out)
 {
     const moevk_layer_desc *d = &c->desc;
-    size_t TH = (size_t)c->T * d->hidden, TK = (size_t)c->T * d->top_k;
+    size_t TH = (size_t)c->T * d->hidden, TK = (size_t)c->T * moevk_routing_slots(d);
     uint32_t E = d->num_experts;
     memset(out, 0, sizeof *out);
     out->y = malloc(sizeof(float) * (TH + 1));

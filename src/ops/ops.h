@@ -52,6 +52,16 @@ typedef struct mvk_route_args {
 } mvk_route_args;
 void mvk_op_route(mvk_cmd *c, const mvk_route_args *a);
 
+/* Expert choice over all T tokens of a pass (after mvk_op_route in mode
+ * MVK_ROUTING_EXPERT_CHOICE over all of them, and a barrier): ids and
+ * weights [T, E] (interface.h). */
+typedef struct mvk_ec_args {
+    mvk_binding ids, weights;
+    uint32_t T, E, C;
+    float scale;
+} mvk_ec_args;
+void mvk_op_expert_choice(mvk_cmd *c, const mvk_ec_args *a);
+
 /* ---- permute (src/ops/permute.c) ---------------------------------------- */
 /* Counting-tile geometry for A assignments over E experts: the tile length
  * (a multiple of MVK_PERMUTE_WG) is the smallest for which the per-tile
@@ -134,7 +144,8 @@ void mvk_op_scale_rows(mvk_cmd *c, const mvk_scale_args *a);
 /* ---- statistics (src/ops/stats.c) --------------------------------------- */
 typedef struct mvk_stats_args {
     mvk_binding logits, tokstats, meta, part, results;
-    uint32_t T, E, K;
+    uint32_t T, E;
+    uint32_t assignments; /* moevk_ref_assignments */
 } mvk_stats_args;
 /* Pass 0 over tokens tok0 .. tok1-1 (tok0 a multiple of MVK_STATS_BLOCK),
  * logits row of token t being t - logit_tok0. */

@@ -1,6 +1,7 @@
 /*
  * Route op: per token, scoring, top-k ids and routing weights, and the
- * softmax statistics {max, sum, entropy} of its logits.
+ * softmax statistics {max, sum, entropy} of its logits; the expert-choice
+ * op, per expert, after the route op has left every token's p.
  */
 #include "ops.h"
 #include "kernels.h"
@@ -9,6 +10,7 @@
 _Static_assert(MOEVK_ROUTING_SOFTMAX_TOPK == MVK_ROUTING_SOFTMAX_TOPK &&
                    MOEVK_ROUTING_TOPK_SOFTMAX == MVK_ROUTING_TOPK_SOFTMAX &&
                    MOEVK_ROUTING_SIGMOID_GROUPED == MVK_ROUTING_SIGMOID_GROUPED &&
+                   MOEVK_ROUTING_EXPERT_CHOICE == MVK_ROUTING_EXPERT_CHOICE &&
                    MOEVK_ROUTING_SPARSEMIXER == MVK_ROUTING_SPARSEMIXER,
                "moevk_routing mirrors interface.h");
 _Static_assert(MOEVK_MAX_EXPERTS <= MVK_ROUTE_MAX_EXPERTS, "route.comp holds every expert");
@@ -43,5 +45,19 @@ void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
         };
         mvk_cmd_dispatch(c, MVK_K_ROUTE, spec, MVK_ROUTE_NSPEC, b, MVK_ROUTE_BINDINGS, &p,
                          sizeof(p), MVK_MIN(per, a->T - t0), 1, 1);
+    }
+}
+
+void mvk_op_expert_choice(mvk_cmd *c, const mvk_ec_args *a)
+{
+    const uint32_t spec[MVK_EC_NSPEC] = {MVK_EC_WG};
+    const uint32_t per = c->ctx->info.max_workgroup_count[0];
+    mvk_binding b[MVK_EC_BINDINGS];
+    b[MVK_EC_BIND_IDS] = a->ids;
+    b[MVK_EC_BIND_WEIGHTS] = a->weights;
+    for (uint32_t e0 = 0; e0 < a->E; e0 += per) {
+        mvk_ec_push p = {.T = a->T, .E = a->E, .C = a->C, .scale = a->scale, .e0 = e0};
+        mvk_cmd_dispatch(c, MVK_K_EXPERT_CHOICE, spec, MVK_EC_NSPEC, b, MVK_EC_BINDINGS, &p,
+                         sizeof(p), MVK_MIN(per, a->E - e0), 1, 1);
     }
 }

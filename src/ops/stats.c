@@ -26,7 +26,7 @@ void mvk_op_stats_partial(mvk_cmd *c, const mvk_stats_args *a, uint32_t tok0, ui
     const uint32_t blocks = (tok1 - tok0 + MVK_STATS_BLOCK - 1) / MVK_STATS_BLOCK;
     for (uint32_t b0 = 0; b0 < blocks; b0 += per) {
         mvk_stats_push p = {
-            .T = tok1, .E = a->E, .K = a->K, .tok0 = tok0 + b0 * MVK_STATS_BLOCK,
+            .T = tok1, .E = a->E, .assignments = a->assignments, .tok0 = tok0 + b0 * MVK_STATS_BLOCK,
             .logit_tok0 = logit_tok0,
         };
         mvk_cmd_dispatch(c, MVK_K_STATS, spec, MVK_STATS_NSPEC, b, MVK_STATS_BINDINGS, &p,
@@ -39,7 +39,7 @@ void mvk_op_stats_final(mvk_cmd *c, const mvk_stats_args *a)
     mvk_binding b[MVK_STATS_BINDINGS];
     fill(b, a);
     const uint32_t spec[MVK_STATS_NSPEC] = {MVK_STATS_WG, 1};
-    mvk_stats_push p = {.T = a->T, .E = a->E, .K = a->K};
+    mvk_stats_push p = {.T = a->T, .E = a->E, .assignments = a->assignments};
     mvk_cmd_dispatch(c, MVK_K_STATS, spec, MVK_STATS_NSPEC, b, MVK_STATS_BINDINGS, &p, sizeof(p),
                      1, 1, 1);
 }

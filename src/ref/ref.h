@@ -15,6 +15,10 @@
 
 #include "moevk/moevk.h"
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA backends call the capacity rules */
+#endif
+
 /* Relative gap below which two routing scores count as a near-tie. */
 #define MOEVK_REF_NEAR_TIE 1e-6
 
@@ -37,7 +41,10 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
                       float *scores);
 
 /* ---- routing (scoring + top-k + weights) -------------------------------- */
-/* For each token t: ids[t*k + j] and weights[t*k + j] for slot j = 0..k-1,
+/* For each token t: ids[t*k + j] and weights[t*k + j] for slot j = 0..k-1
+ * (k = moevk_routing_slots: under expert choice slot e holds e and p[t, e]
+ * when expert e took t, else UINT32_MAX and 0; near_tie marks the tokens
+ * of an expert's near-tied last taken and best untaken pair),
  * slots ordered by decreasing selection score (ties: lower expert index;
  * NaN ranks below every number); the selection score of each expert is
  * moevk_ref_selection_scores'. near_tie (optional, [T]) is set to 1 for a
@@ -62,7 +69,7 @@ int moevk_ref_grouped(const moevk_layer_desc *desc);
 /* 1 when softmax_topk selects on the probabilities (plus correction_bias)
  * rather than on the logits: with a correction bias or kept groups, unless
  * select_on_logits (the same choice as on the logits otherwise, without
- * rounding). */
+ * rounding); always for expert choice (experts compare tokens' p). */
 int moevk_ref_selects_on_probs(const moevk_layer_desc *desc);
 /* The selection score c[e] of every expert for one token's logits l[E]
  * (soft-capped here with router_softcap): the logit (topk_softmax,
@@ -78,9 +85,16 @@ void moevk_ref_selection_scores(const moevk_layer_desc *desc, const float *l, do
 double moevk_ref_group_score(const moevk_layer_desc *desc, const double *cg, uint32_t size);
 
 /* ---- counting, capacity, permutation ------------------------------------- */
-/* Capacity per expert for T tokens: UINT32_MAX when capacity_factor is 0,
- * else ceil(capacity_factor * T * k / E). */
+/* Capacity per expert for T tokens in the permutation: UINT32_MAX when
+ * capacity_factor is 0 or the routing is expert choice (whose capacity is
+ * in the choice), else ceil(capacity_factor * T * k / E). */
 uint32_t moevk_ref_capacity(const moevk_layer_desc *desc, uint32_t T);
+/* The tokens each expert takes under expert choice: min(T, ceil(cf * T * k
+ * / E)), cf = capacity_factor (0 means 1). */
+uint32_t moevk_ref_expert_choice_capacity(const moevk_layer_desc *desc, uint32_t T);
+/* The assignments of a pass of T tokens, the load-balancing loss's
+ * denominator: T k, or C E under expert choice. */
+uint64_t moevk_ref_assignments(const moevk_layer_desc *desc, uint32_t T);
 /* Admission in priority order (all slot-0 assignments in token order, then
  * slot 1 in token order, ...). counts[e] = admitted assignments of expert e;
  * offsets[e] = exclusive prefix sum of counts (offsets has E+1 entries).
@@ -135,5 +149,9 @@ moevk_status moevk_ref_token_output(const moevk_layer_desc *desc, const float *x
 moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
                                      float *y, uint32_t *ids, float *weights,
                                      uint8_t *near_tie, moevk_routing_stats *stats);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

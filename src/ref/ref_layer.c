@@ -234,7 +234,7 @@ static void token_output(const moevk_layer_desc *desc, const float *xt, const ui
                          const float *w, const int32_t *rows, double *h, double *o, double *acc,
                          float *wrow, float *xs, float *y)
 {
-    const uint32_t H = desc->hidden, k = desc->top_k;
+    const uint32_t H = desc->hidden, k = moevk_routing_slots(desc);
     const uint32_t shared_ffn = desc->shared_ffn ? desc->shared_ffn : desc->ffn;
     const int on_input = (desc->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
     for (uint32_t c = 0; c < H; c++)
@@ -333,7 +333,7 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
                                 float *y, uint32_t *ids, float *weights, uint8_t *near_tie,
                                 moevk_routing_stats *stats)
 {
-    uint32_t H = desc->hidden, E = desc->num_experts, k = desc->top_k;
+    uint32_t H = desc->hidden, E = desc->num_experts, k = moevk_routing_slots(desc);
     uint32_t shared_ffn = desc->shared_ffn ? desc->shared_ffn : desc->ffn;
     uint32_t max_ffn = desc->ffn;
     if (desc->num_shared && shared_ffn > max_ffn)

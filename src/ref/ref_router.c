@@ -142,6 +142,8 @@ int moevk_ref_grouped(const moevk_layer_desc *desc)
 
 int moevk_ref_selects_on_probs(const moevk_layer_desc *desc)
 {
+    if (desc->routing == MOEVK_ROUTING_EXPERT_CHOICE)
+        return 1;
     return desc->routing == MOEVK_ROUTING_SOFTMAX_TOPK && !desc->select_on_logits &&
            (desc->correction_bias || moevk_ref_grouped(desc));
 }
@@ -263,9 +265,66 @@ static double norm_denominator(const moevk_layer_desc *desc, const double *w, ui
     return desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED ? den + 1e-20 : den;
 }
 
+/* Expert choice (docs/semantics.md): p = softmax(l) per token; expert e
+ * takes the C tokens that rank first on p[., e] (ranks_before over token
+ * indices); slot e of token t holds e and p[t, e] * scale when e took t,
+ * else NO_INDEX and 0. A near-tie between an expert's last taken token and
+ * its best untaken one marks both. */
+static moevk_status route_expert_choice(const moevk_layer_desc *desc, uint32_t T,
+                                        const float *logits, uint32_t *ids, float *weights,
+                                        uint8_t *near_tie)
+{
+    const uint32_t E = desc->num_experts;
+    const uint32_t C = moevk_ref_expert_choice_capacity(desc, T);
+    const double scale = desc->routed_scaling_factor ? (double)desc->routed_scaling_factor : 1.0;
+    const size_t TE = (size_t)T * E;
+    double *p = malloc((TE + 1) * sizeof *p);     /* [T, E] */
+    double *col = malloc(((size_t)T + 1) * sizeof *col); /* one expert's column */
+    if (!p || !col) {
+        free(p);
+        free(col);
+        return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+    }
+    for (uint32_t t = 0; t < T; t++) {
+        /* the selection scores: the probabilities (no correction bias) */
+        moevk_ref_selection_scores(desc, logits + (size_t)t * E, p + (size_t)t * E);
+        for (uint32_t e = 0; e < E; e++) {
+            ids[(size_t)t * E + e] = NO_INDEX;
+            weights[(size_t)t * E + e] = 0.0f;
+        }
+        if (near_tie)
+            near_tie[t] = 0;
+    }
+    for (uint32_t e = 0; e < E; e++) {
+        for (uint32_t t = 0; t < T; t++)
+            col[t] = p[(size_t)t * E + e];
+        /* the C best tokens in ranking order (a selection sort: the
+         * reference is plain, not fast) */
+        uint32_t prev = NO_INDEX;
+        for (uint32_t i = 0; i < C; i++) {
+            uint32_t t = next_best(col, NULL, T, prev);
+            if (t == NO_INDEX)
+                break;
+            ids[(size_t)t * E + e] = e;
+            weights[(size_t)t * E + e] = (float)(col[t] * scale);
+            prev = t;
+        }
+        if (near_tie && prev != NO_INDEX) {
+            uint32_t next = next_best(col, NULL, T, prev);
+            if (next != NO_INDEX && near_tie_pair(col[prev], col[next]))
+                near_tie[prev] = near_tie[next] = 1;
+        }
+    }
+    free(p);
+    free(col);
+    return MOEVK_SUCCESS;
+}
+
 moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
                              uint32_t *ids, float *weights, uint8_t *near_tie)
 {
+    if (desc->routing == MOEVK_ROUTING_EXPERT_CHOICE)
+        return route_expert_choice(desc, T, logits, ids, weights, near_tie);
     uint32_t E = desc->num_experts, k = desc->top_k;
     uint32_t n_group = desc->n_group ? desc->n_group : 1;
     int grouped = moevk_ref_grouped(desc);
@@ -365,9 +424,25 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
 
 /* ---- capacity and permutation ------------------------------------------- */
 
+uint64_t moevk_ref_assignments(const moevk_layer_desc *desc, uint32_t T)
+{
+    if (desc->routing == MOEVK_ROUTING_EXPERT_CHOICE)
+        return (uint64_t)moevk_ref_expert_choice_capacity(desc, T) * desc->num_experts;
+    return (uint64_t)T * desc->top_k;
+}
+
+uint32_t moevk_ref_expert_choice_capacity(const moevk_layer_desc *desc, uint32_t T)
+{
+    const double cf = desc->capacity_factor > 0.0f ? (double)desc->capacity_factor : 1.0;
+    const double c = ceil(cf * T * desc->top_k / desc->num_experts);
+    return !(c < (double)T) ? T : c < 0.0 ? 0 : (uint32_t)c; /* NaN: T */
+}
+
 uint32_t moevk_ref_capacity(const moevk_layer_desc *desc, uint32_t T)
 {
-    if (desc->capacity_factor == 0.0f)
+    /* expert choice admits what the experts chose (their capacity is in
+     * the choice) */
+    if (desc->capacity_factor == 0.0f || desc->routing == MOEVK_ROUTING_EXPERT_CHOICE)
         return UINT32_MAX;
     double c = ceil((double)desc->capacity_factor * T * desc->top_k / desc->num_experts);
     if (!(c < (double)UINT32_MAX)) /* huge, or NaN from an invalid factor */
@@ -380,20 +455,24 @@ uint32_t moevk_ref_capacity(const moevk_layer_desc *desc, uint32_t T)
 uint64_t moevk_ref_permute(const moevk_layer_desc *desc, uint32_t T, const uint32_t *ids,
                            uint32_t *counts, uint32_t *offsets, int32_t *row)
 {
-    uint32_t E = desc->num_experts, k = desc->top_k;
+    uint32_t E = desc->num_experts, k = moevk_routing_slots(desc);
     uint32_t capacity = moevk_ref_capacity(desc, T);
     uint64_t dropped = 0;
 
     /* Admission in priority order: slot 0 of every token, then slot 1, ...
-     * row[] temporarily holds 0 for admitted, -1 for dropped. An id out of
-     * range (only from a broken stage under test) counts as dropped. */
+     * row[] temporarily holds 0 for admitted, -1 for dropped. An empty
+     * slot (id UINT32_MAX: an expert that did not choose the token) is no
+     * assignment; another id out of range (only from a broken stage under
+     * test) counts as dropped. */
     for (uint32_t e = 0; e < E; e++)
         counts[e] = 0;
     for (uint32_t j = 0; j < k; j++) {
         for (uint32_t t = 0; t < T; t++) {
             size_t a = (size_t)t * k + j;
             uint32_t e = ids[a];
-            if (e < E && counts[e] < capacity) {
+            if (e == NO_INDEX) {
+                row[a] = -1;
+            } else if (e < E && counts[e] < capacity) {
                 counts[e]++;
                 row[a] = 0;
             } else {
@@ -431,7 +510,7 @@ moevk_status moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const flo
                              const uint32_t *ids, const uint32_t *counts, uint64_t dropped,
                              moevk_routing_stats *stats)
 {
-    uint32_t E = desc->num_experts, k = desc->top_k;
+    uint32_t E = desc->num_experts, k = moevk_routing_slots(desc);
 
     if (stats->tokens_per_expert)
         for (uint32_t e = 0; e < E; e++)
@@ -474,9 +553,11 @@ moevk_status moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const flo
         entropy += h;
     }
 
+    /* f_e's denominator: the assignments, T k (C E for expert choice) */
+    const double assignments = moevk_ref_assignments(desc, T);
     double lb = 0.0;
     for (uint32_t e = 0; e < E; e++) {
-        double f = chosen[e] / ((double)T * k);
+        double f = chosen[e] / assignments;
         double P = prob[e] / T;
         lb += f * P;
     }
