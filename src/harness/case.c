@@ -303,7 +303,7 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
      * small caps that bend most logits, or larger ones that bend the
      * largest; not with one dominant expert, whose lead a cap takes away */
     mvk_rng rsc = mvk_rng_seed(seed, 17);
-    if (!(sc & MVKC_SC_ONE_EXPERT) && mvk_rng_chance(&rsc, 0.2))
+    if (!(sc & MVKC_SC_ONE_EXPERT) && lim.router_softcap >= 0 && mvk_rng_chance(&rsc, 0.2))
         d->router_softcap = mvk_rng_chance(&rsc, 0.5) ? mvk_rng_uniform(&rsc, 0.05f, 1.0f)
                                                       : mvk_rng_uniform(&rsc, 1.0f, 30.0f);
     /* selection on the logits plus the correction bias (Kolibri-1), in the

@@ -99,6 +99,8 @@ typedef struct mvkc_limits {
     uint32_t routing, activation, weight_dtype, router_dtype;
     /* 0 = random; < 0 = dropless; > 0 = this capacity factor. */
     float capacity_factor;
+    /* 0 = random (a fifth of the cases); < 0 = no router soft cap. */
+    float router_softcap;
     /* Expert matrices in block formats (gate/up and down rows each in one,
      * drawn from the format table): 0 = in a quarter of the cases unless
      * weight_dtype is forced, < 0 = never, > 0 = always. */
