@@ -78,6 +78,7 @@
 #define MVK_ROUTING_TOPK_SOFTMAX 1u
 #define MVK_ROUTING_SIGMOID_GROUPED 2u
 #define MVK_ROUTING_EXPERT_CHOICE 3u /* route writes p [T, E] into weights */
+#define MVK_ROUTING_SPARSEMIXER 4u
 
 /* ---- scoring (router_scores); = moevk_scoring --------------------------- */
 #define MVK_SCORING_SOFTMAX 0u
@@ -151,6 +152,7 @@ MVK_PUSH_BEGIN(mvk_route_push)
     MVK_F32 router_softcap; /* c > 0: l = c tanh(l / c), written back to
                              * logits (for the statistics) */
     MVK_U32 sel_logits; /* modes 0 and 2: select on l + bias (select_on_logits) */
+    MVK_F32 jitter_eps; /* sparsemixer: the threshold is 2 jitter_eps */
 MVK_PUSH_END(mvk_route_push)
 #endif
 

@@ -8,6 +8,10 @@
 //   2 sigmoid_grouped: c = sigmoid(l) + bias; w = sigmoid(l[id])
 //   3 expert_choice  : no selection here: p = softmax(l) into weights [T, E]
 //                      for the expert_choice kernel
+//   4 sparsemixer    : the logit; slot j's w = softmax at id_j over the
+//                      experts not chosen before it whose gap (m - l) /
+//                      max(|l|, m) to its logit m = l[id_j] is not above 2
+//                      jitter_eps (a NaN gap keeps the expert)
 // With sel_logits (modes 0 and 2) the selection score is l + bias.
 // With router_softcap c > 0 the logits are first soft-capped, l = c tanh(l /
 // c), and the capped ones written back for the statistics.
@@ -274,6 +278,32 @@ void main()
         barrier();
     }
 
+    // sparsemixer: each slot's softmax denominator over its thresholded
+    // set, summed by the workgroup; sel_v[j] = its weight (NaN when the
+    // slot's logit m is infinite, exp(m - m) in the reference).
+    if (ROUTING == MVK_ROUTING_SPARSEMIXER) {
+        const float thr = 2.0 * p.jitter_eps;
+        for (uint j = 0; j < K; j++) {
+            const float mj = lg[sel_i[j]];
+            float acc = 0.0;
+            for (uint e = lid; e < E; e += WG) {
+                bool earlier = false;
+                for (uint i = 0; i < j; i++)
+                    earlier = earlier || sel_i[i] == e;
+                if (earlier)
+                    continue;
+                const float l = lg[e];
+                const float gap = (mj - l) / max(abs(l), mj);
+                if (!isnan(gap) && gap > thr)
+                    continue;
+                acc += isnan(l) ? l : exp(l - mj);
+            }
+            const float sj = wg_reduce(acc, false);
+            if (lid == 0)
+                sel_v[j] = (isinf(mj) || isnan(mj)) ? (0.0 / 0.0) : 1.0 / sj;
+        }
+    }
+
     if (lid == 0) {
         // Weights, summed in slot order.
         float wsum = 0.0;
@@ -288,7 +318,9 @@ void main()
             uint e = sel_i[j];
             float l = lg[e];
             float w;
-            if (ROUTING == MVK_ROUTING_SOFTMAX_TOPK)
+            if (ROUTING == MVK_ROUTING_SPARSEMIXER)
+                w = sel_v[j];
+            else if (ROUTING == MVK_ROUTING_SOFTMAX_TOPK)
                 w = exp(l - m) / s;
             else if (ROUTING == MVK_ROUTING_TOPK_SOFTMAX)
                 w = exp(l - lg[sel_i[0]]);
@@ -317,7 +349,7 @@ void main()
             float w = sel_v[j];
             if (ROUTING == MVK_ROUTING_TOPK_SOFTMAX)
                 w = bad ? (0.0 / 0.0) : w / wsum;
-            else if (NORM != 0u)
+            else if (NORM != 0u && ROUTING != MVK_ROUTING_SPARSEMIXER)
                 w = w / den;
             w *= p.scale;
             ids[t * K + j] = sel_i[j];

@@ -195,7 +195,7 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         "them too)",
                         d.num_zero_experts, d.num_experts);
     const uint32_t n_ffn = moevk_ref_ffn_experts(&d);
-    if ((unsigned)d.routing > MOEVK_ROUTING_EXPERT_CHOICE)
+    if ((unsigned)d.routing > MOEVK_ROUTING_SPARSEMIXER)
         return mvk_fail(ctx, bad, "routing = %d is not a moevk_routing value", (int)d.routing);
     if ((unsigned)d.activation > MOEVK_ACT_SWIGLU_POSTCLAMP)
         return mvk_fail(ctx, bad, "activation = %d is not a moevk_activation value",
@@ -214,6 +214,10 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     if (!format_ok(d.router_dtype, MVK_FORMAT_ROUTER))
         return mvk_fail(ctx, bad, "router_dtype = %d (%s) is not a router weight format",
                         (int)d.router_dtype, moevk_dtype_name(d.router_dtype));
+    const bool logit_mode =
+        d.routing == MOEVK_ROUTING_TOPK_SOFTMAX || d.routing == MOEVK_ROUTING_SPARSEMIXER;
+    const char *mode_name =
+        d.routing == MOEVK_ROUTING_SPARSEMIXER ? "sparsemixer" : "topk_softmax";
     if (d.routing == MOEVK_ROUTING_EXPERT_CHOICE) {
         /* each expert takes its tokens: nothing of the per-token top-k */
         if (desc_in->n_group > 1 || desc_in->topk_group > 1)
@@ -238,7 +242,7 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
             return mvk_fail(ctx, bad,
                             "MOEVK_LAYER_BATCH_INVARIANT with expert_choice routing: a "
                             "token's experts depend on the other tokens of its pass");
-    } else if (d.routing != MOEVK_ROUTING_TOPK_SOFTMAX) {
+    } else if (!logit_mode) {
         if (d.num_experts % d.n_group)
             return mvk_fail(ctx, bad, "n_group = %u does not divide num_experts = %u", d.n_group,
                             d.num_experts);
@@ -253,17 +257,33 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     } else {
         if (desc_in->n_group > 1 || desc_in->topk_group > 1)
             return mvk_fail(ctx, bad,
-                            "n_group/topk_group are not for topk_softmax routing (it scores "
-                            "no groups)");
+                            "n_group = %u / topk_group = %u are not for %s routing (it scores "
+                            "no groups)",
+                            desc_in->n_group, desc_in->topk_group, mode_name);
         if (d.correction_bias)
             return mvk_fail(ctx, bad,
-                            "correction_bias is not for topk_softmax routing (it selects on "
-                            "the logits)");
+                            "correction_bias is not for %s routing (it selects on the logits)",
+                            mode_name);
         if (d.select_on_logits)
             return mvk_fail(ctx, bad,
-                            "select_on_logits = %d is not for topk_softmax routing (it always "
-                            "selects on the logits, with no correction bias)",
-                            d.select_on_logits);
+                            "select_on_logits = %d is not for %s routing (it always selects "
+                            "on the logits, with no correction bias)",
+                            d.select_on_logits, mode_name);
+    }
+    if (d.routing == MOEVK_ROUTING_SPARSEMIXER) {
+        if (d.norm_topk_prob)
+            return mvk_fail(ctx, bad,
+                            "norm_topk_prob = %d is not for sparsemixer routing (its weights "
+                            "are not normalised)",
+                            d.norm_topk_prob);
+        if (!(d.jitter_eps >= 0.0f) || !isfinite(d.jitter_eps))
+            return mvk_fail(ctx, bad, "jitter_eps = %g must be finite and >= 0",
+                            (double)d.jitter_eps);
+    } else if (d.jitter_eps != 0.0f) {
+        return mvk_fail(ctx, bad,
+                        "jitter_eps = %g is only for sparsemixer routing (routing = %d): it "
+                        "must be 0",
+                        (double)d.jitter_eps, (int)d.routing);
     }
     if (!(d.router_softcap >= 0.0f) || !isfinite(d.router_softcap))
         return mvk_fail(ctx, bad, "router_softcap = %g must be 0 (no cap) or finite and > 0",

@@ -147,6 +147,7 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .group_max = d->group_score == MOEVK_GROUP_MAX, .norm_p = d->norm_p,
             .norm_min = d->norm_min, .norm_eps = d->norm_eps,
             .softcap = d->router_softcap, .sel_logits = d->select_on_logits != 0,
+            .jitter_eps = d->jitter_eps,
             .fused = fused, .x = io->x, .router_w = whole(L->router_w),
             .router_b = whole(L->router_b), .H = d->hidden, .w_fmt = L->r_fmt,
         };

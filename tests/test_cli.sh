@@ -31,6 +31,14 @@ d2=$("$moevk" check --against cpu --cases 3 --seed 41 --digest) || fail "check -
     fail "check --digest: cases of other seeds share a digest: $d1"
 "$moevk" check --against cpu --backend nosuch >/dev/null 2>&1 &&
     fail "check accepted an unknown backend"
+# --routing: every case in that mode (the verbose rows say it); a name that
+# is not a mode refused
+out=$("$moevk" check --against cpu --routing sparsemixer --cases 3 --seed 11 --verbose) ||
+    fail "check --routing sparsemixer: $out"
+[ "$(echo "$out" | grep -c '^ok .* sparsemixer(')" -eq 3 ] ||
+    fail "check --routing sparsemixer: not every case in the mode: $out"
+"$moevk" check --against cpu --routing topk >/dev/null 2>&1 &&
+    fail "check accepted an unknown routing mode"
 "$moevk" help | grep -q "^  cuda-cublas-f32 " || fail "moevk help lists no backends"
 
 out=$("$moevk" check --against cuda --cases 2) || fail "check --against cuda: $out"

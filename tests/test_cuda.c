@@ -766,6 +766,26 @@ Test(cuda, edge_shapes, .timeout = 280)
     directed("edge shapes", edge_shape, NULL);
 }
 
+/* sparsemixer (PhiMoE): 6 cases per backend, k = 2 and k = 5 over 16 and
+ * 64 experts, with exact ties, non-finite tokens or neither (its jitter_eps
+ * drawn by the generator: PhiMoE's 0.01, 0, small or large thresholds). */
+static int sparsemixer_cases(int b, uint32_t i, mvkc_limits *l, uint64_t *salt)
+{
+    static const uint32_t sc[3] = {0, MVKC_SC_TIES, MVKC_SC_NONFINITE};
+    l->routing = MVKC_PICK(MOEVK_ROUTING_SPARSEMIXER);
+    l->tokens = 40;
+    l->experts = i % 2 ? 64 : 16;
+    l->top_k = i < 3 ? 2 : 5;
+    l->scenarios_on = sc[i % 3];
+    *salt = 0x5ba2e00u + 16u * (uint64_t)b + i;
+    return i < 6;
+}
+
+Test(cuda, sparsemixer, .timeout = 280)
+{
+    directed("sparsemixer", sparsemixer_cases, NULL);
+}
+
 /* One layer used with growing and shrinking T, its memory figures, and the
  * bench entry, through the backend interface. */
 Test(cuda, reuse_and_bench, .timeout = 280)

@@ -228,11 +228,13 @@ Test(layer, capacity_drops)
             l.top_k = 1 + (uint32_t)i % 2;
             l.experts = 16 + 7 * (uint32_t)i;
         } else if (i < 5) {
+            l.routing = MVKC_PICK(i % 3); /* top-k modes: expert choice drops nothing */
             l.top_k = 1;
             l.capacity_factor = 1.25f;
             l.experts = i == 3 ? 8 : 61;
             l.tokens = 1000;
         } else {
+            l.routing = MVKC_PICK(i % 3);
             l.top_k = 2;
             l.capacity_factor = 0.5f;
             l.experts = 5 + 11 * (uint32_t)i;
@@ -241,6 +243,9 @@ Test(layer, capacity_drops)
          * every redraw of x, so the generator gave up the capacity and the
          * drops went unchecked */
         l.scenarios_off |= MVKC_SC_NONFINITE | MVKC_SC_TINY;
+        /* no soft cap: a small one squeezes 1000 tokens' logits into near-ties
+         * in every redraw of x (seed 1796226985440668: cap 0.264) */
+        l.router_softcap = -1;
         if (!l.tokens)
             l.tokens = 129 + (uint32_t)i;
         mvkc_check r;
@@ -311,10 +316,10 @@ Test(layer, exact_ties_lower_index_wins)
         mvkc_check r;
         memset(&r, 0, sizeof r);
         cr_assert_eq(mvkc_case_random(seed + i, &l, &r.c), MOEVK_SUCCESS);
-        if (r.c.desc.routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
-            r.c.desc.n_group = 0; /* one group: the pair competes directly */
-            r.c.desc.topk_group = 0;
-        }
+        /* one group: the pair competes directly (kept groups, which
+         * softmax_topk draws too, can drop one twin's group) */
+        r.c.desc.n_group = 0;
+        r.c.desc.topk_group = 0;
         /* the dominant expert and a twin: both at the top of every token */
         uint32_t E = r.c.desc.num_experts, dom = r.c.dominant;
         uint32_t twin = (dom + E / 2) % E;
@@ -335,8 +340,8 @@ Test(layer, exact_ties_lower_index_wins)
         uint32_t k = r.c.desc.top_k;
         for (uint32_t t = 0; t < r.c.T; t++) {
             const uint32_t *g = r.res.ids + (size_t)t * k, *rf = r.ref.out.ids + (size_t)t * k;
-            cr_assert_eq(rf[0], lo, "seed %llu token %u: reference slot 0 is %u, the lower twin "
-                         "is %u", (unsigned long long)r.c.seed, t, rf[0], lo);
+            cr_assert_eq(rf[0], lo, "seed %llu [%s] token %u: reference slot 0 is %u, the lower "
+                         "twin is %u", (unsigned long long)r.c.seed, r.desc, t, rf[0], lo);
             cr_assert_eq(g[0], lo, "seed %llu token %u: slot 0 is %u, the lower twin is %u",
                          (unsigned long long)r.c.seed, t, g[0], lo);
             if (k > 1) {
@@ -763,6 +768,17 @@ Test(layer_bad, descriptions_name_the_field)
     BAD(d.router_softcap = NAN, INV, "router_softcap");
     BAD((d.routing = MOEVK_ROUTING_TOPK_SOFTMAX, d.select_on_logits = 1), INV,
         "select_on_logits");
+    BAD(d.routing = (moevk_routing)5, INV, "routing");
+#define SPARSEMIXER(...) (d.routing = MOEVK_ROUTING_SPARSEMIXER, d.norm_topk_prob = 0, __VA_ARGS__)
+    BAD(SPARSEMIXER(d.jitter_eps = -0.01f), INV, "jitter_eps");
+    BAD(SPARSEMIXER(d.jitter_eps = NAN), INV, "jitter_eps");
+    BAD(SPARSEMIXER(d.jitter_eps = INFINITY), INV, "jitter_eps");
+    BAD(SPARSEMIXER(d.norm_topk_prob = 1), INV, "norm_topk_prob");
+    BAD(SPARSEMIXER(d.n_group = 2), INV, "n_group");
+    BAD(SPARSEMIXER(d.select_on_logits = 1), INV, "select_on_logits");
+    BAD(SPARSEMIXER(d.correction_bias = b_router), INV, "correction_bias");
+#undef SPARSEMIXER
+    BAD(d.jitter_eps = 0.01f, INV, "jitter_eps"); /* only for sparsemixer */
     /* sizes whose buffers overflow 64 bits or pass the device's limits (the
      * weights are never read: validation comes first) */
     BAD((d.hidden = 1u << 31, d.ffn = 1u << 31, d.num_experts = 1024), MOEVK_ERROR_LIMIT_EXCEEDED,
@@ -1382,6 +1398,10 @@ Test(layer_compare, a_wrong_backend_fails_with_its_reproduction)
     cr_assert(mvkc_repro(&cpu, &bad, 7, &w, cmd, sizeof cmd));
     cr_assert_str_eq(cmd, "moevk check --backend cpu --against wrong --seed 7 --cases 1 "
                           "--max-work 1000");
+    w.routing = MVKC_PICK(MOEVK_ROUTING_SPARSEMIXER);
+    cr_assert(mvkc_repro(&cpu, NULL, 7, &w, cmd, sizeof cmd));
+    cr_assert_str_eq(cmd, "moevk check --backend cpu --against cpu --seed 7 --cases 1 "
+                          "--max-work 1000 --routing sparsemixer");
     cr_assert(!mvkc_repro(&bad, NULL, 42, &l, cmd, sizeof cmd));
     cr_assert_str_eq(cmd, "");
     mvkc_target_close(&bad);

@@ -256,6 +256,7 @@ typedef enum layout {
     LAY_OSS,     /* gpt-oss [E, H, 2F] interleaved, [E, F, H], biases      */
     LAY_SWITCH,  /* experts.expert_{i}.wi/wo.weight                        */
     LAY_DBRX,    /* DBRX: router.layer, experts.mlp.w1/v1/w2 [E·F, H]      */
+    LAY_STACKED_ROUTER, /* LAY_STACKED with the router as router.weight (PhiMoE) */
 } layout;
 
 /* SHARED_GRANITE: the decoder layer's shared_mlp beside the block (gate and
@@ -272,7 +273,7 @@ static void add_block(tlist *l, const canon *c, const char *P, layout lay, int s
         tl_add(l, c->bdt, 1, SH(E), c->rbias, "%srouter.bias", P);
     } else if (lay == LAY_DBRX) {
         tl_add(l, c->rdt, 2, SH(E, H), c->router, "%srouter.layer.weight", P);
-    } else if (shared == SHARED_GRANITE) {
+    } else if (shared == SHARED_GRANITE || lay == LAY_STACKED_ROUTER) {
         tl_add(l, c->rdt, 2, SH(E, H), c->router, "%srouter.weight", P);
     } else if (lay == LAY_SWITCH) {
         tl_add(l, c->rdt, 2, SH(E, H), c->router, "%srouter.classifier.weight", P);
@@ -295,7 +296,8 @@ static void add_block(tlist *l, const canon *c, const char *P, layout lay, int s
             tl_add(l, c->wdt, 2, SH(H, F), c->down + i * fh, "%sexperts.%u.%s.weight", P, i, d);
         }
         break;
-    case LAY_STACKED: {
+    case LAY_STACKED:
+    case LAY_STACKED_ROUTER: {
         float *gu = malloc(sizeof(float) * E * 2 * fh);
         for (uint32_t i = 0; i < E; i++) {
             memcpy(gu + (size_t)i * 2 * fh, c->gate + i * fh, sizeof(float) * fh);
@@ -792,7 +794,7 @@ static void parse_bad(const char *json, const char *msg)
 #define ROUTING_FIELDS(X)                                                                       \
     X(routing) X(activation) X(norm_topk_prob) X(n_group) X(topk_group)                         \
     X(routed_scaling_factor) X(swiglu_alpha) X(swiglu_limit) X(group_score) X(norm_p) X(norm_min) \
-    X(norm_eps) X(router_softcap) X(select_on_logits)
+    X(norm_eps) X(router_softcap) X(select_on_logits) X(jitter_eps)
 
 typedef struct config_row {
     const char *json;
@@ -1065,6 +1067,22 @@ static const config_row config_rows[] = {
       .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_topk_prob = 1,
       .activation = MOEVK_ACT_GEGLU, .act_name = "gelu", .select_on_logits = 1,
       .shared_ffn = 96, .correction_bias = 1, .num_layers = 50, .decoder_sparse_step = 1}},
+    /* PhiMoE: SparseMixer with router_jitter_noise, always two experts
+     * (num_experts_per_tok is not read: transformers' sparsemixer ignores it) */
+    {"{\"model_type\": \"phimoe\"}", "phimoe",
+     {.hidden = 4096, .ffn = 6400, .num_experts = 16, .top_k = 2,
+      .routing = MOEVK_ROUTING_SPARSEMIXER, SILU, .jitter_eps = 0.01f, .num_layers = 32,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"phimoe\", \"num_experts_per_tok\": 4, \"num_local_experts\": 6,"
+     " \"router_jitter_noise\": 0.25, \"input_jitter_noise\": 0.5, \"intermediate_size\": 64,"
+     " \"hidden_act\": \"gelu\", \"num_hidden_layers\": 3}",
+     "phimoe",
+     {.hidden = 4096, .ffn = 64, .num_experts = 6, .top_k = 2,
+      .routing = MOEVK_ROUTING_SPARSEMIXER, .activation = MOEVK_ACT_GEGLU, .act_name = "gelu",
+      .jitter_eps = 0.25f, .num_layers = 3, .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"phimoe\", \"router_jitter_noise\": 0}", "phimoe",
+     {.hidden = 4096, .ffn = 6400, .num_experts = 16, .top_k = 2,
+      .routing = MOEVK_ROUTING_SPARSEMIXER, SILU, .num_layers = 32, .decoder_sparse_step = 1}},
     /* DeepSeek-OCR-2's text model: mlp_layer_types and the top k required */
     {"{\"model_type\": \"deepseek_ocr2\", \"text_config\": {\"model_type\":"
      " \"deepseek_ocr2_text\", \"num_experts_per_tok\": 6, \"n_group\": null,"
@@ -1246,6 +1264,10 @@ Test(model, config_errors_name_the_field)
               "\"ffn_config.moe_normalize_expert_weights\" = 0 is not a positive p");
     parse_bad("{\"model_type\": \"dbrx\", \"ffn_config\": {\"ffn_act_fn\": {\"name\": 3}}}",
               "\"ffn_config.ffn_act_fn.name\" is not a string");
+    parse_bad("{\"model_type\": \"phimoe\", \"router_jitter_noise\": -0.5}",
+              "\"router_jitter_noise\" = -0.5 must be a number >= 0");
+    parse_bad("{\"model_type\": \"phimoe\", \"num_local_experts\": 1}",
+              "\"num_experts_per_tok\" = 2 is not in 1..min(1 experts, 32)");
 }
 
 /* Hunyuan's moe_topk, one value per layer: the chosen layer's */
@@ -1703,6 +1725,33 @@ static const arch_row arch_rows[] = {
      .want = {.routing = MOEVK_ROUTING_TOPK_SOFTMAX, .weight_dtype = F16, .router_dtype = F16,
               .num_shared = 1, .shared_ffn = 20},
      .want_layout = WANT_STACKED, .want_mapped = 1},
+    /* PhiMoE: sparsemixer with the config's router_jitter_noise, two experts
+     * whatever num_experts_per_tok says */
+    {.name = "phimoe, stacked, router.weight, sparsemixer, bf16",
+     .model_type = "phimoe",
+     .config = "{\"model_type\": \"phimoe\", \"hidden_size\": 24, \"intermediate_size\": 16,"
+               " \"num_local_experts\": 6, \"num_experts_per_tok\": 3,"
+               " \"router_jitter_noise\": 0.2, \"num_hidden_layers\": 1}",
+     .H = 24, .F = 16, .E = 6, .K = 2, .wdt = BF16, .sdt = BF16, .rdt = BF16,
+     .lay = LAY_STACKED_ROUTER, .prefix = "model.layers.0.mlp.", .layer = "0", .xdt = F32,
+     .xdims = 2, .xshape = {19, 24}, .tol = 1e-4,
+     .want = {.routing = MOEVK_ROUTING_SPARSEMIXER, .jitter_eps = 0.2f, .weight_dtype = BF16,
+              .router_dtype = BF16},
+     .want_layout = WANT_STACKED, .want_mapped = 1},
+    /* the published checkpoints' names (Phi-3.5-MoE): block_sparse_moe.gate
+     * and per-expert w1/w3/w2; router_jitter_noise absent: 0.01 */
+    {.name = "phimoe, published block_sparse_moe.gate and per-expert w1/w3/w2, two layers",
+     .model_type = "phimoe",
+     .config = "{\"model_type\": \"phimoe\", \"hidden_size\": 32, \"intermediate_size\": 24,"
+               " \"num_local_experts\": 8, \"num_hidden_layers\": 2,"
+               " \"torch_dtype\": \"bfloat16\"}",
+     .H = 32, .F = 24, .E = 8, .K = 2, .wdt = BF16, .sdt = BF16, .rdt = BF16,
+     .lay = LAY_W123, .prefix = "model.layers.1.block_sparse_moe.", .layer = "1",
+     .other_prefix = "model.layers.0.block_sparse_moe.", .other_layer = "0", .xdt = F32,
+     .xdims = 2, .xshape = {21, 32}, .tol = 1e-4,
+     .want = {.routing = MOEVK_ROUTING_SPARSEMIXER, .jitter_eps = 0.01f, .weight_dtype = BF16,
+              .router_dtype = BF16},
+     .want_layout = WANT_W123, .want_mapped = 1},
 };
 
 #define N_ARCH_ROWS (sizeof arch_rows / sizeof arch_rows[0])
@@ -2015,6 +2064,7 @@ ParameterizedTest(const size_t *index, model, architecture, .timeout = 120)
     d.swiglu_alpha = r->want.swiglu_alpha;
     d.swiglu_limit = r->want.swiglu_limit;
     d.norm_p = r->want.norm_p;
+    d.jitter_eps = r->want.jitter_eps;
     uint8_t *near = NULL;
     float *y;
     uint32_t dropped = 0;
@@ -2177,7 +2227,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 63, "the table has %zu architectures", n);
+    cr_assert_eq(n, 64, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

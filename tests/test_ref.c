@@ -330,6 +330,56 @@ Test(route, nan_ranks_last)
     cr_assert(isnan(w[6]) && isnan(w[7]));
 }
 
+/* sparsemixer's non-finite rules (docs/semantics.md), its near-ties at the
+ * threshold, and k > 2 (the same iteration continued), on the reference.
+ * jitter_eps 0.05: threshold 0.1. */
+Test(route, sparsemixer_non_finite_near_ties_and_k3)
+{
+    moevk_layer_desc d = route_desc(MOEVK_ROUTING_SPARSEMIXER, 4, 2);
+    d.jitter_eps = 0.05f;
+    /* t0: a NaN (ranked last, kept in both sets): both weights NaN.
+     * t1: +inf picked first: its weight NaN (inf - inf); slot 1 no longer
+     *     sees it: m = 1 keeps 0.99 (gap 0.01), not -5.
+     * t2: one finite logit: slot 0 keeps the -inf ones at weight 0 (their
+     *     gap inf / inf is NaN), w = 1; slot 1's logits are all -inf: NaN.
+     * t3: 0.9f's gap (1 - 0.9f) / 1 is 2.2e-8 above 0.1 (2 x 0.05f): out,
+     *     and a near-tie. */
+    const float l[] = {NAN, 1,     0.5f, 0,          INFINITY, 1,          0.99f,      -5,
+                       1,   -INFINITY, -INFINITY, -INFINITY, 1, 0.9f, -3, -4};
+    uint32_t ids[8];
+    float w[8];
+    uint8_t tie[4];
+    cr_assert_eq(moevk_ref_route(&d, 4, l, ids, w, tie), MOEVK_SUCCESS);
+    const uint32_t expect[] = {1, 2, 0, 1, 0, 1, 0, 1};
+    cr_assert_arr_eq(ids, expect, sizeof expect);
+    cr_assert(isnan(w[0]) && isnan(w[1]));
+    cr_assert(isnan(w[2]));
+    cr_assert_float_eq(w[3], 1.0 / (1.0 + exp(0.99f - 1.0)), 1e-7);
+    cr_assert_eq(w[4], 1.0f);
+    cr_assert(isnan(w[5]));
+    cr_assert_eq(w[6], 1.0f); /* 0.9f left out, by 2.2e-8 */
+    cr_assert_eq(w[7], 1.0f);
+    cr_assert_eq(tie[0], 0);
+    cr_assert_eq(tie[1], 0);
+    cr_assert_eq(tie[2], 0);
+    cr_assert_eq(tie[3], 1);
+
+    /* k = 3 continues the iteration: slot 2 of [1, 0.95, 0.9, 0.5] takes
+     * 0.9 with 0.5 left (gap 0.44: out); slot 1 (m = 0.95) keeps 0.9 (gap
+     * 0.053); slot 0 keeps 0.95 (gap 0.05), not 0.9 (as in t3) */
+    d = route_desc(MOEVK_ROUTING_SPARSEMIXER, 4, 3);
+    d.jitter_eps = 0.05f;
+    d.routed_scaling_factor = 2.0f;
+    const float l3[] = {1, 0.95f, 0.9f, 0.5f};
+    cr_assert_eq(moevk_ref_route(&d, 1, l3, ids, w, NULL), MOEVK_SUCCESS);
+    cr_assert_eq(ids[0], 0);
+    cr_assert_eq(ids[1], 1);
+    cr_assert_eq(ids[2], 2);
+    cr_assert_float_eq(w[0], 2.0 / (1.0 + exp(0.95f - 1.0)), 1e-6);
+    cr_assert_float_eq(w[1], 2.0 / (1.0 + exp((double)0.9f - 0.95f)), 1e-6);
+    cr_assert_float_eq(w[2], 2.0f, 1e-6);
+}
+
 Test(route, k_equals_e_gives_every_expert)
 {
     moevk_layer_desc d = route_desc(MOEVK_ROUTING_SOFTMAX_TOPK, 5, 5);

@@ -296,6 +296,106 @@ Test(stages, many_kept_groups)
     mvkt_context_end(ctx);
 }
 
+/* SparseMixer (PhiMoE) on hand-built logits, on the GPU's route (fused, for
+ * T <= 16, and unfused) and the reference, against closed forms. The router
+ * is the identity (H = E), so the logits are x exactly; jitter_eps = 0.05:
+ * an expert stays in slot j's softmax when (m - l) / max(|l|, m) <= 0.1.
+ *   t0 [2, 1.85, 1, 0.5]: slot 0 keeps {0, 1}, leaves 2 and 3 out; slot 1
+ *      (m = 1.85) keeps only itself.
+ *   t1 [1, 0.98, 0.95, 0.92]: slot 0 keeps every expert; slot 1 (m = 0.98)
+ *      keeps 1, 2, 3.
+ *   t2 [-1, -1.05, -1.2, -3]: negative m (the gap over |l|): slot 0 keeps
+ *      {0, 1}; slot 1 keeps only itself.
+ *   t3 [4, 1, 0.95, 0.5]: slot 0 keeps only itself; slot 1, with expert 0
+ *      left out, keeps {1, 2}.
+ * With jitter_eps = 0 every weight is 1 (no ties); with 10 every set keeps
+ * all the experts left. */
+static void sparsemixer_case(moevk_context *ctx, float eps, uint32_t reps)
+{
+    enum { E = 4, K = 2, F = 8 };
+    static const float l[4][E] = {
+        {2.0f, 1.85f, 1.0f, 0.5f},
+        {1.0f, 0.98f, 0.95f, 0.92f},
+        {-1.0f, -1.05f, -1.2f, -3.0f},
+        {4.0f, 1.0f, 0.95f, 0.5f},
+    };
+    static const uint32_t want_ids[4][K] = {{0, 1}, {0, 1}, {0, 1}, {0, 1}};
+    /* the kept sets per (token, slot) at eps 0.05, as bit masks of experts */
+    static const unsigned kept[4][K] = {{0x3, 0x2}, {0xf, 0xe}, {0x3, 0x2}, {0x1, 0x6}};
+    const uint32_t T = 4 * reps;
+    mvkt_rng r = mvkt_rng_make(7);
+    stage_layer s;
+    make_layer(&r, &s, E, F, E, K, 0, 0.0f);
+    for (uint32_t i = 0; i < E * E; i++)
+        s.router[i] = i % (E + 1) == 0 ? 1.0f : 0.0f;
+    s.d.routing = MOEVK_ROUTING_SPARSEMIXER;
+    s.d.norm_topk_prob = 0;
+    s.d.jitter_eps = eps;
+    float *x = malloc(sizeof(float) * T * E);
+    for (uint32_t t = 0; t < T; t++)
+        memcpy(x + t * E, l[t % 4], sizeof l[0]);
+    double want[4][K];
+    for (uint32_t t = 0; t < 4; t++)
+        for (uint32_t j = 0; j < K; j++) {
+            /* a softmax over the kept set, at the slot's own expert */
+            const uint32_t id = want_ids[t][j];
+            unsigned set = eps == 0.0f ? 1u << id : eps > 1.0f ? 0xfu & ~((1u << j) - 1u)
+                                                               : kept[t][j];
+            double sum = 0.0;
+            for (uint32_t e = 0; e < E; e++)
+                if (set >> e & 1u)
+                    sum += exp((double)l[t][e] - (double)l[t][id]);
+            want[t][j] = 1.0 / sum;
+        }
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, E), ty = tensor(ctx, MOEVK_DTYPE_F32, T, E);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    uint32_t *ids = malloc(sizeof(uint32_t) * T * K), *rids = malloc(sizeof(uint32_t) * T * K);
+    float *w = malloc(sizeof(float) * T * K), *rw = malloc(sizeof(float) * T * K);
+    uint8_t *near = malloc(T);
+    cr_assert_eq(moevk_layer_read_routing(L, T, ids, w, NULL), MOEVK_SUCCESS);
+    float *logits = malloc(sizeof(float) * T * E);
+    moevk_ref_router_logits(x, T, E, s.router, MOEVK_DTYPE_F32, E, NULL, logits);
+    cr_assert_eq(moevk_ref_route(&s.d, T, logits, rids, rw, near), MOEVK_SUCCESS);
+    for (uint32_t t = 0; t < T; t++)
+        for (uint32_t j = 0; j < K; j++) {
+            const uint32_t a = t * K + j;
+            const double wt = want[t % 4][j];
+            cr_assert_eq(near[t], 0, "eps %g token %u flagged near the threshold", eps, t);
+            cr_assert_eq(rids[a], want_ids[t % 4][j], "eps %g token %u slot %u", eps, t, j);
+            cr_assert_eq(ids[a], want_ids[t % 4][j], "eps %g T %u token %u slot %u: GPU id",
+                         eps, T, t, j);
+            cr_assert(fabs(rw[a] - wt) <= 1e-7 * wt, "eps %g token %u slot %u: reference %.9g, "
+                      "expected %.9g", eps, t, j, rw[a], wt);
+            cr_assert(fabs(w[a] - wt) <= 2e-6 * wt, "eps %g T %u token %u slot %u: GPU %.9g, "
+                      "expected %.9g", eps, T, t, j, w[a], wt);
+        }
+    /* the threshold matters: at eps 0.05, t0's first weight is below 1 and
+     * t3's is 1; t1's sets are the widest */
+    if (eps == 0.05f)
+        cr_assert(want[0][0] < 0.6 && want[3][0] == 1.0 && want[1][0] < 0.3);
+    free(logits), free(ids), free(rids), free(w), free(rw), free(near), free(x);
+    moevk_tensor_destroy(&tx);
+    moevk_tensor_destroy(&ty);
+    moevk_layer_destroy(L);
+    free_layer(&s);
+}
+
+Test(stages, sparsemixer_threshold)
+{
+    moevk_context *ctx = mvkt_context();
+    static const float eps[] = {0.05f, 0.0f, 10.0f};
+    for (size_t i = 0; i < sizeof eps / sizeof eps[0]; i++) {
+        sparsemixer_case(ctx, eps[i], 1); /* T = 4: the fused route */
+        sparsemixer_case(ctx, eps[i], 5); /* T = 20: logits, then route */
+    }
+    mvkt_context_end(ctx);
+}
+
 /* Grids that would pass the device's workgroup-count limit are refused
  * before any weight is read. */
 Test(stages, grid_limits)

@@ -382,6 +382,12 @@ typedef enum moevk_routing {
      * refuses MOEVK_LAYER_BATCH_INVARIANT; no groups, correction bias,
      * normalisation or select_on_logits. (Zhou et al. 2022) */
     MOEVK_ROUTING_EXPERT_CHOICE = 3,
+    /* SparseMixer's inference routing (PhiMoE): slot j takes the best
+     * remaining logit m = l[id_j] (ids = top-k of l) and w_j = softmax over the remaining experts e with (m - l_e) /
+     * max(|l_e|, m) <= 2 jitter_eps, at id_j; the earlier slots' experts are
+     * excluded. No groups, bias or normalisation. (transformers' phimoe
+     * always routes to k = 2.) */
+    MOEVK_ROUTING_SPARSEMIXER = 4,
 } moevk_routing;
 /* Every mode ends with w *= routed_scaling_factor (docs/semantics.md). */
 
@@ -643,6 +649,12 @@ typedef struct moevk_layer_desc {
      * the weights stay the mode's (Kolibri-1: top-k of l + bias, w =
      * sigmoid(l[ids])). 0 = the mode's selection score */
     int select_on_logits;
+    /* sparsemixer: the jitter epsilon of its threshold (PhiMoE's
+     * router_jitter_noise, 0.01 in its checkpoints): slot j keeps the
+     * experts whose relative gap to its top logit is at most 2 jitter_eps.
+     * Used as given, >= 0 and finite (0 keeps only logits tied with the
+     * top one, so each weight is 1 without ties); other modes: must be 0 */
+    float jitter_eps;
 } moevk_layer_desc;
 
 /* Routing slots per token: the width of the ids, weights and row arrays of

@@ -323,13 +323,14 @@ static const field_def fields[] = {
     FD(norm_eps, F_F32),
     FD(router_softcap, F_F32),
     FD(select_on_logits, F_BOOL),
+    FD(jitter_eps, F_F32),
     {"batch_invariant", F_FLAG, MOEVK_LAYER_BATCH_INVARIANT},
     {"weights_on_input", F_FLAG, MOEVK_LAYER_WEIGHTS_ON_INPUT},
 };
 #undef FD
 
 static const char *const routing_names[] = {"softmax_topk", "topk_softmax", "sigmoid_grouped",
-                                            "expert_choice"};
+                                            "expert_choice", "sparsemixer"};
 static const char *const act_names[] = {"swiglu",       "geglu",          "geglu_tanh",
                                         "swiglu_oai",   "relu",           "gelu",
                                         "relu2",        "swiglu_clamp",   "swiglu_softcap",

@@ -239,3 +239,53 @@ def test_expert_choice_matches_numpy(ctx):
     assert (n == 0).any() or (n > k).any()
     with pytest.raises(moevk.InvalidArgumentError, match="BATCH_INVARIANT"):
         moevk.Layer(dict(cfg, batch_invariant=True), w, context=ctx)
+
+
+def test_sparsemixer_matches_numpy(ctx):
+    """SparseMixer (PhiMoE at inference): slot j takes the best logit m left
+    after the earlier slots' experts, its weight the softmax at it over the
+    experts left whose gap (m - l) / max(|l|, m) is at most 2 jitter_eps."""
+    cfg, w = random_layer(41, norm=False)
+    eps = 0.15
+    cfg.update(routing="sparsemixer", jitter_eps=eps)
+    T, E, k, H = 31, cfg["num_experts"], cfg["top_k"], cfg["hidden"]
+    rng = np.random.default_rng(42)
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    logits = x64 @ np.asarray(w["router_weight"], np.float64).T
+    ids = np.zeros((T, k), np.uint32)
+    wts = np.zeros((T, k))
+    wide = clear = 0
+    for t in range(T):
+        left = list(range(E))
+        for j in range(k):
+            top = max(left, key=lambda e: (logits[t, e], -e))
+            m = logits[t, top]
+            gap = np.array([(m - logits[t, e]) / max(abs(logits[t, e]), m) for e in left])
+            kept = [e for e, g in zip(left, gap) if g <= 2 * eps]
+            ids[t, j] = top
+            wts[t, j] = 1.0 / np.exp(logits[t, kept] - m).sum()
+            wide += len(kept) > 1
+            others = np.abs(gap[np.array(left) != top] - 2 * eps)
+            clear += others.size == 0 or others.min() > 1e-4
+            left.remove(top)
+    assert clear == T * k, "seed 41/42: a gap near the threshold"
+    assert 0 < wide < T * k, "the threshold keeps other experts in some sets, not in all"
+
+    def silu(v):
+        return v / (1.0 + np.exp(-v))
+
+    want = np.zeros((T, H))
+    for t in range(T):
+        for j in range(k):
+            e = ids[t, j]
+            g = np.asarray(w["gate"][e], np.float64) @ x64[t]
+            u = np.asarray(w["up"][e], np.float64) @ x64[t]
+            want[t] += wts[t, j] * (np.asarray(w["down"][e], np.float64) @ (silu(g) * u))
+    for layer in (moevk.Layer(cfg, w, context=ctx), moevk.Layer(cfg, w, backend="cpu")):
+        assert rel_l2(layer(x), want) < 1e-5
+        got_ids, got_w = layer.route(x)
+        np.testing.assert_array_equal(got_ids, ids)
+        np.testing.assert_allclose(got_w, wts, rtol=1e-5, atol=1e-7)
+    with pytest.raises(moevk.InvalidArgumentError, match="jitter_eps"):
+        moevk.Layer(dict(cfg, jitter_eps=-1.0), w, context=ctx)

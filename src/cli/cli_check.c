@@ -21,6 +21,7 @@ static void check_usage(FILE *f)
             "usage: moevk check --against cpu|BACKEND [--backend BACKEND]\n"
             "                   [--cases N] [--seed S] [--device D] [--validate]\n"
             "                   [--verbose] [--max-work M] [--path P] [--digest]\n"
+            "                   [--routing MODE]\n"
             "\n"
             "Runs N random MoE layer cases (seeds S .. S+N-1, default N=100, S=1) on the\n"
             "backend (default vulkan) and compares each with the CPU reference: routing\n"
@@ -33,6 +34,10 @@ static void check_usage(FILE *f)
             "  --validate      enable the Vulkan validation layer; a case that triggers\n"
             "                  a validation message fails\n"
             "  --max-work M    size budget of a case in multiply-adds (default 12M)\n"
+            "  --routing MODE  every case in one routing mode: softmax_topk,\n"
+            "                  topk_softmax, sigmoid_grouped, expert_choice or\n"
+            "                  sparsemixer (a seed then draws another case than\n"
+            "                  without the option)\n"
             "  --path P        vulkan: the expert kernel path of every expert: auto (by\n"
             "                  row count, default), skinny, small (16-row tiles), large\n"
             "                  (64-row tiles), matrix (64-row tiles on emulated matrix\n"
@@ -97,6 +102,7 @@ static const struct {
 int cli_check(int argc, char **argv)
 {
     const char *device = NULL, *against = NULL, *backend = "vulkan", *path = "auto";
+    uint32_t routing = 0; /* MVKC_PICK(mode), 0: drawn */
     uint64_t seed = 1, cases = 100, max_work = 0;
     int validate = 0, verbose = 0, digest = 0;
     uint64_t all_digest = 0xcbf29ce484222325ull;
@@ -128,6 +134,19 @@ int cli_check(int argc, char **argv)
             against = v;
         } else if (!strcmp(a, "--backend")) {
             backend = v;
+        } else if (!strcmp(a, "--routing")) {
+            static const moevk_routing modes[] = {
+                MOEVK_ROUTING_SOFTMAX_TOPK, MOEVK_ROUTING_TOPK_SOFTMAX,
+                MOEVK_ROUTING_SIGMOID_GROUPED, MOEVK_ROUTING_EXPERT_CHOICE,
+                MOEVK_ROUTING_SPARSEMIXER};
+            for (size_t m = 0; !routing && m < sizeof modes / sizeof modes[0]; m++)
+                if (!strcmp(v, mvkc_routing_name(modes[m])))
+                    routing = MVKC_PICK(modes[m]);
+            if (!routing) {
+                fprintf(stderr, "moevk check: --routing %s: softmax_topk, topk_softmax, "
+                                "sigmoid_grouped, expert_choice or sparsemixer\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--seed") || !strcmp(a, "--cases") || !strcmp(a, "--max-work")) {
             if (parse_number(a, v, !strcmp(a, "--seed")    ? &seed
                                    : !strcmp(a, "--cases") ? &cases
@@ -233,6 +252,7 @@ int cli_check(int argc, char **argv)
     mvkc_limits lim;
     memset(&lim, 0, sizeof lim);
     lim.max_work = max_work;
+    lim.routing = routing;
     uint64_t passed = 0, failed = 0, experts[3] = {0};
     const mvkc_target *vt = vs ? &other : NULL;
     const uint64_t nv = v1 - v0 + 1;

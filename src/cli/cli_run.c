@@ -622,6 +622,7 @@ static const char *routing_name(moevk_routing r)
     return r == MOEVK_ROUTING_TOPK_SOFTMAX     ? "topk_softmax"
            : r == MOEVK_ROUTING_SIGMOID_GROUPED ? "sigmoid_grouped"
            : r == MOEVK_ROUTING_EXPERT_CHOICE   ? "expert_choice"
+           : r == MOEVK_ROUTING_SPARSEMIXER     ? "sparsemixer"
                                                 : "softmax_topk";
 }
 
@@ -794,8 +795,13 @@ built:
                                 ? " (not clamped in this layer)"
                                 : act_params(ap, sizeof ap, d->activation, d->swiglu_limit,
                                              d->softcap_gate, d->softcap_up);
+    char rp[48] = "";
+    if (d->norm_topk_prob)
+        snprintf(rp, sizeof rp, " (normalised)");
+    else if (d->routing == MOEVK_ROUTING_SPARSEMIXER)
+        snprintf(rp, sizeof rp, " (jitter_eps %g)", (double)d->jitter_eps);
     printf("layer    H=%u F=%u E=%u k=%u, %s routing%s, %s%s, %s weights%s", H, d->ffn, E, K,
-           routing_name(d->routing), d->norm_topk_prob ? " (normalised)" : "", act_name,
+           routing_name(d->routing), rp, act_name,
            unclamped,
            d->flags & MOEVK_LAYER_MATRIX_DTYPES ? mvk_desc_formats(d, wfm, sizeof wfm)
                                                 : moevk_dtype_name(d->weight_dtype),

@@ -30,6 +30,7 @@ struct RouteParams {
     float norm_p, norm_min, norm_eps;
     float softcap;       /* router_softcap: > 0 caps the logits in place */
     int sel_logits;      /* select_on_logits: c = l + corr (modes 0 and 2) */
+    float jitter_eps;    /* sparsemixer: the threshold is 2 jitter_eps */
 };
 
 /* The format of one kind of expert matrix on the device: f32, f16, bf16

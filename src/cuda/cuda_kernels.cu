@@ -310,6 +310,31 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
         return;
     }
 
+    if (p.routing == MOEVK_ROUTING_SPARSEMIXER) {
+        /* slot j: the softmax at tid[j] over the experts not chosen before
+         * it whose gap (mj - l) / max(|l|, mj) is not above 2 jitter_eps (a
+         * NaN gap keeps the expert); NaN when mj is infinite */
+        const float thr = 2.0f * p.jitter_eps;
+        for (uint32_t j = 0; j < K; j++) {
+            const float mj = l[tid[j]];
+            float js = 0.0f;
+            for (uint32_t e = 0; e < E; e++) {
+                bool earlier = false;
+                for (uint32_t i = 0; i < j; i++)
+                    earlier = earlier || tid[i] == e;
+                if (earlier)
+                    continue;
+                const float le = l[e];
+                const float f = fabsf(le) > mj ? fabsf(le) : mj;
+                const float gap = (mj - le) / f;
+                if (!isnan(gap) && gap > thr)
+                    continue;
+                js += isnan(le) ? le : expf(le - mj);
+            }
+            tw[j] = (isinf(mj) || isnan(mj) ? __int_as_float(0x7fc00000) : 1.0f / js) * p.scale;
+        }
+        return;
+    }
     if (p.routing == MOEVK_ROUTING_TOPK_SOFTMAX) {
         /* softmax over the k selected logits */
         float km = -INFINITY, ks = 0.0f;

@@ -643,7 +643,7 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
                    err_size));
     CKS(upload_raw(L, desc->output_bias, H * 4, (void **)&L->out_b, "output_bias", err,
                    err_size));
-    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX)
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER)
         CKS(upload_raw(L, desc->correction_bias, E * 4, (void **)&L->corr_b, "correction_bias",
                        err, err_size));
     CKS(upload_ffn(L, desc, &desc->experts, d->num_experts - d->num_zero_experts, d->ffn, &L->ex,
@@ -948,9 +948,10 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     rp.scale = d->routed_scaling_factor;
     rp.corr = L->corr_b;
     /* the rules of moevk_ref_grouped / moevk_ref_selects_on_probs (ref.h) */
-    rp.grouped = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->n_group > 1 &&
-                 d->topk_group < d->n_group;
-    rp.sel_logits = d->select_on_logits && d->routing != MOEVK_ROUTING_TOPK_SOFTMAX;
+    const bool logit_mode =
+        d->routing == MOEVK_ROUTING_TOPK_SOFTMAX || d->routing == MOEVK_ROUTING_SPARSEMIXER;
+    rp.grouped = !logit_mode && d->n_group > 1 && d->topk_group < d->n_group;
+    rp.sel_logits = d->select_on_logits && !logit_mode;
     rp.sel_probs = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK && !rp.sel_logits &&
                    (L->corr_b || rp.grouped);
     rp.group_max = d->group_score == MOEVK_GROUP_MAX;
@@ -958,6 +959,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     rp.norm_min = d->norm_min;
     rp.norm_eps = d->norm_eps;
     rp.softcap = d->router_softcap;
+    rp.jitter_eps = d->jitter_eps;
     CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
     if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE)
         CK(expert_choice(s, L->score, T, E, moevk_ref_expert_choice_capacity(d, T),

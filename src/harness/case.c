@@ -274,7 +274,8 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     int softmax_bias = 0;
     if (mvk_rng_chance(&rr, 0.4)) {
         const bool sm = d->routing == MOEVK_ROUTING_SOFTMAX_TOPK;
-        const bool scored = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX;
+        const bool scored = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
+                            d->routing != MOEVK_ROUTING_SPARSEMIXER;
         if (sm && mvk_rng_chance(&rr, 0.5))
             draw_groups(&rr, E, k, d);
         if (scored && mvk_rng_chance(&rr, 0.5))
@@ -295,20 +296,21 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
      * or one large enough to show), when there is no norm_min; from a
      * stream of its own */
     mvk_rng rne = mvk_rng_seed(seed, 16);
-    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_min == 0.0f &&
-        mvk_rng_chance(&rne, 0.2))
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER &&
+        d->norm_min == 0.0f && mvk_rng_chance(&rne, 0.2))
         d->norm_eps = mvk_rng_chance(&rne, 0.5) ? 1e-6f : mvk_rng_uniform(&rne, 0.01f, 0.5f);
     /* a soft cap on the router logits (Laguna), from a stream of its own:
      * small caps that bend most logits, or larger ones that bend the
      * largest; not with one dominant expert, whose lead a cap takes away */
     mvk_rng rsc = mvk_rng_seed(seed, 17);
-    if (!(sc & MVKC_SC_ONE_EXPERT) && mvk_rng_chance(&rsc, 0.2))
+    if (!(sc & MVKC_SC_ONE_EXPERT) && lim.router_softcap >= 0 && mvk_rng_chance(&rsc, 0.2))
         d->router_softcap = mvk_rng_chance(&rsc, 0.5) ? mvk_rng_uniform(&rsc, 0.05f, 1.0f)
                                                       : mvk_rng_uniform(&rsc, 1.0f, 30.0f);
     /* selection on the logits plus the correction bias (Kolibri-1), in the
      * modes that score, from a stream of its own */
     mvk_rng rsl = mvk_rng_seed(seed, 18);
-    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && mvk_rng_chance(&rsl, 0.25))
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER &&
+        mvk_rng_chance(&rsl, 0.25))
         d->select_on_logits = 1;
     /* expert choice, from a stream of its own: an eighth of the cases whose
      * routing is drawn; it has none of the per-token refinements */
@@ -322,6 +324,22 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         d->norm_p = d->norm_min = d->norm_eps = 0.0f;
         d->select_on_logits = 0;
         softmax_bias = 0;
+    }
+    /* SparseMixer (PhiMoE), from a stream of its own: half of the drawn
+     * topk_softmax cases (the mode that, like it, selects on the plain
+     * logits with no groups or bias) become sparsemixer, with PhiMoE's
+     * jitter_eps, a threshold that keeps a few experts, none (0: only
+     * ties), or a large one that keeps nearly every expert */
+    mvk_rng rsm = mvk_rng_seed(seed, 20);
+    if (!lim.routing && d->routing == MOEVK_ROUTING_TOPK_SOFTMAX && mvk_rng_chance(&rsm, 0.5))
+        d->routing = MOEVK_ROUTING_SPARSEMIXER;
+    if (d->routing == MOEVK_ROUTING_SPARSEMIXER) {
+        d->norm_topk_prob = 0;
+        uint32_t u = mvk_rng_range(&rsm, 0, 9);
+        d->jitter_eps = u < 4   ? 0.01f
+                        : u < 8 ? mvk_rng_uniform(&rsm, 0.0f, 0.3f)
+                        : u < 9 ? 0.0f
+                                : mvk_rng_uniform(&rsm, 0.5f, 5.0f);
     }
     /* capacity */
     if (lim.capacity_factor < 0)
@@ -611,6 +629,7 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     }
     d->router_bias = c->router_bias;
     d->correction_bias = d->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
+                                 d->routing != MOEVK_ROUTING_SPARSEMIXER &&
                                  d->routing != MOEVK_ROUTING_EXPERT_CHOICE
                              ? c->correction_bias
                              : NULL;
@@ -667,13 +686,14 @@ void mvkc_case_free(mvkc_case *c)
     memset(c, 0, sizeof *c);
 }
 
-static const char *routing_name(moevk_routing r)
+const char *mvkc_routing_name(moevk_routing r)
 {
     switch (r) {
     case MOEVK_ROUTING_SOFTMAX_TOPK: return "softmax_topk";
     case MOEVK_ROUTING_TOPK_SOFTMAX: return "topk_softmax";
     case MOEVK_ROUTING_SIGMOID_GROUPED: return "sigmoid_grouped";
     case MOEVK_ROUTING_EXPERT_CHOICE: return "expert_choice";
+    case MOEVK_ROUTING_SPARSEMIXER: return "sparsemixer";
     }
     return "routing?";
 }
@@ -716,7 +736,7 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         return;
     buf[0] = 0;
     app(buf, n, &p, "T=%u H=%u F=%u E=%u k=%u %s", c->T, d->hidden, d->ffn, d->num_experts,
-        d->top_k, routing_name(d->routing));
+        d->top_k, mvkc_routing_name(d->routing));
     {
         const char *sep = "(";
         if (d->n_group > 1 || d->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
@@ -740,10 +760,15 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
             app(buf, n, &p, "%scap=%.3g", sep, d->router_softcap);
             sep = ",";
         }
+        if (d->routing == MOEVK_ROUTING_SPARSEMIXER) {
+            app(buf, n, &p, "%seps=%.3g", sep, d->jitter_eps);
+            sep = ",";
+        }
         if (*sep == ',')
             app(buf, n, &p, ")");
     }
-    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->norm_topk_prob) {
+    if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER &&
+        d->norm_topk_prob) {
         app(buf, n, &p, "+norm");
         if (d->norm_p)
             app(buf, n, &p, "(p=%.3g)", d->norm_p);

@@ -189,6 +189,75 @@ static int tolerated(const mvkc_case *c, uint32_t t, const uint32_t *g, float *l
     return 1;
 }
 
+/* sparsemixer: whether rounding may move an expert into or out of one of
+ * token t's thresholded softmax sets, for the slots ids[0..k-1] (the
+ * reference's): an expert's gap r = (m - l) / max(|l|, m) to a slot's top
+ * logit m within what the router's fp32 error (as in tolerated) can move
+ * it from the threshold 2 jitter_eps. The backend's weight of such a slot
+ * may then differ from the reference's by far more than rounding: a token
+ * whose weights differ so is left out of the comparison, as a near-tie.
+ * Scratch: lf [E]. */
+static int sparsemixer_unsure(const mvkc_case *c, uint32_t t, const uint32_t *ids, float *lf)
+{
+    const moevk_layer_desc *d = &c->desc;
+    const uint32_t E = d->num_experts, k = d->top_k, H = d->hidden;
+    if (d->routing != MOEVK_ROUTING_SPARSEMIXER)
+        return 0;
+    const float *xt = c->x + (size_t)t * H;
+    moevk_ref_router_logits(xt, 1, H, d->router_weight, d->router_dtype, E, d->router_bias, lf);
+    double bound = 0.0, maxabs = 0.0, cap = d->router_softcap;
+    for (uint32_t h = 0; h < H; h++)
+        if (!isfinite(xt[h]))
+            return 0; /* the logits are exactly +-inf or NaN on both sides */
+    for (uint32_t e = 0; e < E; e++) {
+        double a = d->router_bias ? fabs((double)d->router_bias[e]) : 0.0;
+        for (uint32_t h = 0; h < H; h++)
+            a += fabs((double)xt[h] *
+                      moevk_ref_load(d->router_weight, d->router_dtype, (size_t)e * H + h));
+        bound = fmax(bound, a);
+        if (cap > 0.0) /* the cap's slope is at most 1: the same error bound */
+            lf[e] = (float)(cap * tanh((double)lf[e] / cap));
+        maxabs = fmax(maxabs, fabs((double)lf[e]));
+    }
+    const double tol = 4e-6 * bound + 2e-6 * maxabs, thr = 2.0 * (double)d->jitter_eps;
+    for (uint32_t j = 0; j < k; j++) {
+        const double m = lf[ids[j]];
+        for (uint32_t e = 0; e < E; e++) {
+            int earlier = 0;
+            for (uint32_t i = 0; i < j; i++)
+                earlier |= ids[i] == e;
+            const double l = lf[e];
+            /* the slot's own expert has the gap 0 exactly on both sides */
+            if (earlier || e == ids[j] || !isfinite(l) || !isfinite(m))
+                continue;
+            const double f = fmax(fabs(l), m);
+            if (f <= 2.0 * tol)
+                return 1; /* the gap of two near-zero logits: anything */
+            const double r = (m - l) / f;
+            const double dr = (2.0 * tol + fabs(r) * tol) / (f - tol) + 1e-6 * fabs(r) + 1e-7;
+            if (fabs(r - thr) <= dr)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* Whether one token's k weights g differ from r beyond the comparison's
+ * tolerance (or in being finite, or NaN). */
+static int weights_differ(const float *g, const float *r, uint32_t k, double scale)
+{
+    for (uint32_t j = 0; j < k; j++) {
+        const double a = g[j], b = r[j];
+        if (!isfinite(a) || !isfinite(b)) {
+            if (isfinite(a) != isfinite(b) || isnan(a) != isnan(b))
+                return 1;
+        } else if (fabs(a - b) > 1e-4 * fabs(b) + 1e-7 * scale) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int fail(mvkc_report *rep, const char *fmt, ...);
 
 /* Expert choice: the backend's ids g [T, E] against the reference's r.
@@ -393,11 +462,20 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
     for (uint32_t t = 0; t < T; t++)
         rep->near_ties += excluded[t];
 
-    /* 2. routing weights */
+    /* 2. routing weights (sparsemixer: a token whose weights differ where
+     * rounding may have moved a threshold is left out, as a near-tie) */
     double wnum = 0, wden = 0;
+    const double wscale = d->routed_scaling_factor ? fabs((double)d->routed_scaling_factor) : 1.0;
     for (uint32_t t = 0; t < T; t++) {
         if (excluded[t])
             continue;
+        if (weights_differ(res->weights + (size_t)t * k, ref->out.weights + (size_t)t * k, k,
+                           wscale) &&
+            sparsemixer_unsure(c, t, ref->out.ids + (size_t)t * k, lf)) {
+            excluded[t] = 1;
+            rep->near_ties++;
+            continue;
+        }
         for (uint32_t j = 0; j < k; j++) {
             size_t a = (size_t)t * k + j;
             double g = res->weights[a], r = ref->out.weights[a];
@@ -406,8 +484,7 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
                     fail(rep, "route: weight of token %u slot %u: %g, reference %g", t, j, g, r);
                 continue;
             }
-            double scale = d->routed_scaling_factor ? fabs((double)d->routed_scaling_factor) : 1.0;
-            if (fabs(g - r) > 1e-4 * fabs(r) + 1e-7 * scale)
+            if (fabs(g - r) > 1e-4 * fabs(r) + 1e-7 * wscale)
                 fail(rep, "route: weight of token %u slot %u (expert %u): %.9g, reference %.9g", t,
                      j, res->ids[a], g, r);
             wnum += (g - r) * (g - r);
@@ -588,6 +665,13 @@ int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
      * from the ids alone; each backend's were checked against the
      * reference for its own ids. They must agree only when the ids do. */
     const bool same_ids = memcmp(a->ids, b->ids, sizeof(uint32_t) * T * K) == 0;
+    float *lf = NULL;
+    int ok = 0;
+    if (d->routing == MOEVK_ROUTING_SPARSEMIXER &&
+        !(lf = malloc(sizeof(float) * ((size_t)d->num_experts + 1)))) {
+        snprintf(why, n, "out of host memory (comparison)");
+        return 0;
+    }
     double num = 0, den = 0;
     for (uint32_t t = 0; t < T; t++) {
         /* y only where both chose the reference's ids and admitted the same
@@ -598,6 +682,15 @@ int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
             skip = a->ids[t * K + j] != ref->out.ids[t * K + j] ||
                    b->ids[t * K + j] != ref->out.ids[t * K + j] ||
                    (a->rows[t * K + j] < 0) != (b->rows[t * K + j] < 0);
+        /* sparsemixer: weights that differ where either backend may have
+         * judged a threshold either way (each was compared with the
+         * reference under the same rule) */
+        if (!skip && lf &&
+            weights_differ(a->weights + (size_t)t * K, b->weights + (size_t)t * K, K,
+                           d->routed_scaling_factor ? fabs((double)d->routed_scaling_factor)
+                                                    : 1.0) &&
+            sparsemixer_unsure(c, t, ref->out.ids + (size_t)t * K, lf))
+            skip = true;
         if (skip)
             continue;
         for (uint32_t h = 0; h < H; h++) {
@@ -605,7 +698,7 @@ int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
             if (!isfinite(ya) || !isfinite(yb)) {
                 if (isnan(ya) != isnan(yb) || (!isnan(ya) && ya != yb)) {
                     snprintf(why, n, "token %u: non-finite y differs (%g vs %g)", t, ya, yb);
-                    return 0;
+                    goto out;
                 }
                 continue;
             }
@@ -617,18 +710,18 @@ int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
     double tol = mvkc_y_tolerance(d, a->flags) + mvkc_y_tolerance(d, b->flags);
     if (!(*y_err <= tol)) {
         snprintf(why, n, "y differs between the backends: rel. L2 %.3e > %.1e", *y_err, tol);
-        return 0;
+        goto out;
     }
     if (same_ids) {
         for (uint32_t e = 0; e < d->num_experts; e++)
             if (a->tpe[e] != b->tpe[e]) {
                 snprintf(why, n, "tokens_per_expert[%u]: %u vs %u", e, a->tpe[e], b->tpe[e]);
-                return 0;
+                goto out;
             }
         if (a->stats.dropped != b->stats.dropped) {
             snprintf(why, n, "dropped: %llu vs %llu", (unsigned long long)a->stats.dropped,
                      (unsigned long long)b->stats.dropped);
-            return 0;
+            goto out;
         }
     }
     /* the z-loss and the entropy depend on the logits only */
@@ -640,8 +733,11 @@ int mvkc_agree(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *a,
     for (int i = same_ids ? 0 : 1; i < 3; i++) {
         if (!losses_agree(la[i], lb[i])) {
             snprintf(why, n, "%s: %.7g vs %.7g", names[i], la[i], lb[i]);
-            return 0;
+            goto out;
         }
     }
-    return 1;
+    ok = 1;
+out:
+    free(lf);
+    return ok;
 }

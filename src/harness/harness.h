@@ -99,6 +99,8 @@ typedef struct mvkc_limits {
     uint32_t routing, activation, weight_dtype, router_dtype;
     /* 0 = random; < 0 = dropless; > 0 = this capacity factor. */
     float capacity_factor;
+    /* 0 = random (a fifth of the cases); < 0 = no router soft cap. */
+    float router_softcap;
     /* Expert matrices in block formats (gate/up and down rows each in one,
      * drawn from the format table): 0 = in a quarter of the cases unless
      * weight_dtype is forced, < 0 = never, > 0 = always. */
@@ -139,6 +141,9 @@ void mvkc_case_free(mvkc_case *c);
 /* One-line summary, e.g. "T=129 H=37 F=200 E=96 k=4 softmax_topk+norm
  * swiglu w=bf16 r=f16 cf=1.25 shared=1x64+gate bias=rgud [ties,nan]". */
 void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n);
+/* A routing mode's name as the descriptions (and moevk check --routing)
+ * write it ("routing?" for a value that is not one). */
+const char *mvkc_routing_name(moevk_routing r);
 /* Multiply-adds of one forward pass of the case. */
 uint64_t mvkc_case_work(const mvkc_case *c);
 

@@ -180,13 +180,15 @@ void mvkc_check_free(mvkc_check *k)
     mvkc_case_free(&k->c);
 }
 
-/* Whether lim forces nothing but max_work (what moevk check can say). */
+/* Whether lim forces nothing but max_work and the routing mode (what moevk
+ * check can say). */
 static int only_max_work(const mvkc_limits *l)
 {
     return !l || (!l->max_weights && !l->max_tokens && !l->max_experts && !l->tokens &&
-                  !l->hidden && !l->ffn && !l->experts && !l->top_k && !l->routing &&
+                  !l->hidden && !l->ffn && !l->experts && !l->top_k &&
                   !l->activation && !l->weight_dtype && !l->router_dtype &&
-                  l->capacity_factor == 0 && !l->num_shared && !l->scenarios_on &&
+                  l->capacity_factor == 0 && l->router_softcap == 0 && !l->num_shared &&
+                  !l->scenarios_on &&
                   !l->scenarios_off);
 }
 
@@ -198,10 +200,13 @@ int mvkc_repro(const mvkc_target *t, const mvkc_target *against, uint64_t seed,
             buf[0] = 0;
         return 0;
     }
-    char work[48] = "";
+    char work[48] = "", routing[48] = "";
     if (lim && lim->max_work)
         snprintf(work, sizeof work, " --max-work %" PRIu64, lim->max_work);
-    snprintf(buf, n, "moevk check --backend %s --against %s --seed %" PRIu64 " --cases 1%s",
-             t->backend->name, against ? against->backend->name : "cpu", seed, work);
+    if (lim && lim->routing)
+        snprintf(routing, sizeof routing, " --routing %s",
+                 mvkc_routing_name((moevk_routing)(lim->routing - 1)));
+    snprintf(buf, n, "moevk check --backend %s --against %s --seed %" PRIu64 " --cases 1%s%s",
+             t->backend->name, against ? against->backend->name : "cpu", seed, work, routing);
     return 1;
 }

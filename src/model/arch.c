@@ -25,7 +25,8 @@
  *     zero_limit_unclamped when a limit of 0 means no clamp (Step-3.7).
  *  4. sparse, layer_prefixes (and decoder_prefix): which layers are MoE
  *     blocks and where their tensors are ("model.layers.{N}.mlp.").
- *  5. router (and router_bias, correction_bias): names under the prefix.
+ *  5. router (and router_bias, correction_bias): names under the prefix;
+ *     router_alt when another published layout names the router otherwise.
  *  6. layouts, in the order they are probed (a layout is chosen by its
  *     first tensor: expert 0's gate, or up when not gated; none there: the
  *     only readable one, else an error naming each): reuse
@@ -985,6 +986,21 @@ static const mvk_arch archs[] = {
      .act = {.def = "swiglu_oai", .fixed = MOEVK_ACT_SWIGLU_OAI}, .sparse = MVK_SPARSE_DECODER,
      .layer_prefixes = {DECODER_LAYER}, .router = "router.weight", .router_bias = "router.bias",
      .layouts = {&privacy_filter_transposed}},
+    /* PhimoeSparseMoeBlock: SparseMixer's inference routing (the top two
+     * logits, each weighted by a softmax over the experts within
+     * 2 router_jitter_noise of it, relatively; the first one left out of
+     * the second's), always two experts whatever num_experts_per_tok says;
+     * transformers 5's names (mlp.router, stacked experts) or the published
+     * checkpoints' (block_sparse_moe.gate, per-expert w1/w3/w2) */
+    {.model_types = {"phimoe"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 6400, "intermediate_size"),
+              KEY(NUM_LAYERS, 32, "num_hidden_layers"), FIXED(TOP_K, 2),
+              KEY(EXPERTS, 16, "num_local_experts"),
+              KEY(JITTER_EPS, 0.01f, "router_jitter_noise")},
+     .routing = MOEVK_ROUTING_SPARSEMIXER, .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {DECODER_LAYER, "model.layers.{N}.block_sparse_moe."},
+     .router = "router.weight", .router_alt = "gate.weight",
+     .layouts = {&stacked, &per_expert_w123}},
 };
 
 #define N_ARCHS (sizeof archs / sizeof archs[0])

@@ -124,6 +124,8 @@ typedef enum mvk_cfg_field {
     MVK_CFG_SELECT_ON_LOGITS, /* 1: choose on the logits plus the correction
                                  bias, not on the scores (Kolibri-1; an
                                  architecture fixes it)                     */
+    MVK_CFG_JITTER_EPS,       /* sparsemixer's jitter_eps (PhiMoE's
+                                 router_jitter_noise: a number >= 0)        */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 
@@ -244,6 +246,10 @@ typedef struct mvk_arch {
      * correction_bias are required when named (a MVK_CFG_ROUTER_BIAS key
      * may say the router has none). */
     const char *router, *router_bias, *correction_bias;
+    /* the router's name where a prefix does not hold `router` (PhiMoE's
+     * published block_sparse_moe.gate.weight beside transformers 5's
+     * mlp.router.weight), or NULL */
+    const char *router_alt;
     const char *output_bias; /* [H] added once to the block's output (JetMoE) */
     const mvk_arch_layout *layouts[MVK_ARCH_LAYOUTS]; /* probed in order */
     const char *shared[3];   /* the shared expert's gate, up, down          */

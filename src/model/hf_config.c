@@ -96,6 +96,7 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_SCORE_FN] = {V_CHOICE2, AT(score_fn), "scoring_func", {"sigmoid", NULL}},
     [MVK_CFG_MLP_BIAS] = {V_BOOL, AT(mlp_bias), "mlp_bias"},
     [MVK_CFG_SELECT_ON_LOGITS] = {V_BOOL, AT(select_on_logits), "select_on_logits"},
+    [MVK_CFG_JITTER_EPS] = {V_F32, AT(jitter_eps), "router_jitter_noise"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -509,6 +510,10 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
         return mvk_errf(r->err, r->errsz,
                         "%s: \"%s\" = true: biases on the shared expert are not supported",
                         r->what, key_name(a, MVK_CFG_MLP_BIAS));
+    if (mvk_arch_key_of(a, MVK_CFG_JITTER_EPS) &&
+        !(c->jitter_eps >= 0.0f && isfinite(c->jitter_eps)))
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %g must be a number >= 0", r->what,
+                        key_name(a, MVK_CFG_JITTER_EPS), (double)c->jitter_eps);
     return 0;
 }
 

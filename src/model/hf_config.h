@@ -48,6 +48,7 @@ typedef struct mvk_moe_config {
     uint32_t latent;          /* moe_latent_size: refused when not 0       */
     float router_softcap;     /* > 0: the router logits' soft cap           */
     int select_on_logits;     /* choose on l + correction bias (Kolibri-1)  */
+    float jitter_eps;         /* sparsemixer's threshold epsilon (PhiMoE)   */
     uint32_t zero_experts;    /* identity experts after the num_experts FFN
                                  experts (the router has both)              */
     float token_dropout;      /* NLLB-MoE: outputs x (1 - p) at inference   */

@@ -814,6 +814,7 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         /* transformers caps only when the value is > 0 */
         .router_softcap = c->router_softcap > 0.0f ? c->router_softcap : 0.0f,
         .select_on_logits = c->select_on_logits,
+        .jitter_eps = c->routing == MOEVK_ROUTING_SPARSEMIXER ? c->jitter_eps : 0.0f,
         .shared_scale = c->shared_scale,
         .swiglu_alpha = c->swiglu_alpha,
         .swiglu_limit = c->swiglu_limit,
@@ -838,11 +839,15 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     if (a->weights_on_input)
         d->flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT;
 
-    /* router (a quantised one dequantised to f32) */
+    /* router (a quantised one dequantised to f32), under its other name
+     * where the prefix holds that one only */
     float *rq = NULL, *sq = NULL;
-    if (quantized_f32(b, a->router, E, H, &rq))
+    const char *router = a->router;
+    if (a->router_alt && !has(b, a->router, 0) && has(b, a->router_alt, 0))
+        router = a->router_alt;
+    if (quantized_f32(b, router, E, H, &rq))
         goto fail;
-    const mvk_st_tensor *rt = rq ? NULL : need(b, a->router, 0, 2, SHAPE(E, H), "[E, H]");
+    const mvk_st_tensor *rt = rq ? NULL : need(b, router, 0, 2, SHAPE(E, H), "[E, H]");
     if (!rq && !rt)
         goto fail;
     const mvk_st_tensor *rb = NULL, *cb = NULL, *sg = NULL;
@@ -993,11 +998,12 @@ int mvk_model_layer_build_any(const mvk_moe_config *cfg, mvk_st_set *set,
                               const char *const *prefixes, int nprefix, mvk_model_layer *out,
                               char *err, size_t errsz)
 {
-    const char *rname = cfg->arch->router;
+    const char *rname = cfg->arch->router, *alt = cfg->arch->router_alt;
     for (int i = 0; i < nprefix; i++) {
-        char name[512];
+        char name[512], name2[512];
         snprintf(name, sizeof name, "%s%s", prefixes[i], rname);
-        if (mvk_st_set_has(set, name))
+        snprintf(name2, sizeof name2, "%s%s", prefixes[i], alt ? alt : rname);
+        if (mvk_st_set_has(set, name) || mvk_st_set_has(set, name2))
             return mvk_model_layer_build(cfg, set, prefixes[i], out, err, errsz);
     }
     if (nprefix > 1) {

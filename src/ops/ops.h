@@ -43,6 +43,7 @@ typedef struct mvk_route_args {
     float norm_p, norm_min, norm_eps;
     float softcap;   /* router_softcap (mvk_route_push) */
     bool sel_logits; /* select_on_logits, in modes 0 and 2 */
+    float jitter_eps; /* sparsemixer (mvk_route_push) */
     /* fused: the router logits computed in the same dispatch (written to
      * logits too), from x [T, H] and the router weight/bias */
     bool fused;

@@ -10,7 +10,8 @@
 _Static_assert(MOEVK_ROUTING_SOFTMAX_TOPK == MVK_ROUTING_SOFTMAX_TOPK &&
                    MOEVK_ROUTING_TOPK_SOFTMAX == MVK_ROUTING_TOPK_SOFTMAX &&
                    MOEVK_ROUTING_SIGMOID_GROUPED == MVK_ROUTING_SIGMOID_GROUPED &&
-                   MOEVK_ROUTING_EXPERT_CHOICE == MVK_ROUTING_EXPERT_CHOICE,
+                   MOEVK_ROUTING_EXPERT_CHOICE == MVK_ROUTING_EXPERT_CHOICE &&
+                   MOEVK_ROUTING_SPARSEMIXER == MVK_ROUTING_SPARSEMIXER,
                "moevk_routing mirrors interface.h");
 _Static_assert(MOEVK_MAX_EXPERTS <= MVK_ROUTE_MAX_EXPERTS, "route.comp holds every expert");
 _Static_assert(MVK_ROUTE_WG == MVK_ROUTER_WG, "a fused route computes logits as the router does");
@@ -38,7 +39,9 @@ void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
             .has_router_bias = a->fused && a->router_b.buffer != VK_NULL_HANDLE,
             .sel_probs = a->sel_probs, .group_max = a->group_max, .norm_p = a->norm_p,
             .norm_min = a->norm_min, .norm_eps = a->norm_eps, .router_softcap = a->softcap,
-            .sel_logits = a->sel_logits && a->routing != MVK_ROUTING_TOPK_SOFTMAX,
+            .sel_logits = a->sel_logits && a->routing != MVK_ROUTING_TOPK_SOFTMAX &&
+                          a->routing != MVK_ROUTING_SPARSEMIXER,
+            .jitter_eps = a->routing == MVK_ROUTING_SPARSEMIXER ? a->jitter_eps : 0.0f,
         };
         mvk_cmd_dispatch(c, MVK_K_ROUTE, spec, MVK_ROUTE_NSPEC, b, MVK_ROUTE_BINDINGS, &p,
                          sizeof(p), MVK_MIN(per, a->T - t0), 1, 1);

@@ -50,10 +50,12 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
  * moevk_ref_selection_scores'. near_tie (optional, [T]) is set to 1 for a
  * token whose k-th and (k+1)-th selection scores (or last kept and best
  * dropped group scores) differ by a nonzero relative gap below
- * MOEVK_REF_NEAR_TIE (a tiebreak that rounding may flip), else 0. Uses from
+ * MOEVK_REF_NEAR_TIE (a tiebreak that rounding may flip; sparsemixer also:
+ * an expert's gap to a slot's top logit within that of the threshold 2
+ * jitter_eps), else 0. Uses from
  * desc: num_experts, top_k, routing, norm_topk_prob, n_group, topk_group,
  * group_score, norm_p, norm_min, norm_eps, routed_scaling_factor,
- * correction_bias, router_softcap, select_on_logits. logits are the router
+ * correction_bias, router_softcap, select_on_logits, jitter_eps. logits are the router
  * logits before the soft cap (router_softcap applies it here, and in
  * moevk_ref_selection_scores and moevk_ref_stats).
  * Returns MOEVK_ERROR_OUT_OF_HOST_MEMORY if its scratch cannot be allocated
@@ -70,7 +72,8 @@ int moevk_ref_grouped(const moevk_layer_desc *desc);
  * rounding); always for expert choice (experts compare tokens' p). */
 int moevk_ref_selects_on_probs(const moevk_layer_desc *desc);
 /* The selection score c[e] of every expert for one token's logits l[E]
- * (soft-capped here with router_softcap): the logit (topk_softmax;
+ * (soft-capped here with router_softcap): the logit (topk_softmax,
+ * sparsemixer;
  * softmax_topk unless it selects on the probabilities), l +
  * correction_bias (select_on_logits), softmax(l) + correction_bias, or
  * sigmoid(l) + correction_bias (sigmoid_grouped). */

@@ -1,6 +1,6 @@
 /*
  * CPU reference, router side: logits, scores, routing (selection and
- * weights, all three modes), capacity, permutation and routing statistics.
+ * weights, every mode), capacity, permutation and routing statistics.
  * Double arithmetic throughout; floats only where ref.h stores results.
  *
  * Non-finite values (what torch does, and what the GPU must do too):
@@ -136,7 +136,8 @@ int moevk_ref_grouped(const moevk_layer_desc *desc)
 {
     uint32_t n_group = desc->n_group ? desc->n_group : 1;
     uint32_t topk_group = desc->topk_group ? desc->topk_group : n_group;
-    return desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX && n_group > 1 && topk_group < n_group;
+    return desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
+           desc->routing != MOEVK_ROUTING_SPARSEMIXER && n_group > 1 && topk_group < n_group;
 }
 
 int moevk_ref_selects_on_probs(const moevk_layer_desc *desc)
@@ -152,7 +153,8 @@ void moevk_ref_selection_scores(const moevk_layer_desc *desc, const float *l, do
     uint32_t E = desc->num_experts;
     const float *cb = desc->correction_bias;
     double cap = desc->router_softcap;
-    if (desc->select_on_logits && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX) {
+    if (desc->select_on_logits && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
+        desc->routing != MOEVK_ROUTING_SPARSEMIXER) {
         for (uint32_t e = 0; e < E; e++)
             c[e] = logit_of(cap, l[e]) + (cb ? (double)cb[e] : 0.0);
     } else if (desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
@@ -205,6 +207,40 @@ static int keep_groups(const moevk_layer_desc *desc, const double *c, double *gs
     }
     uint32_t next = g == NO_INDEX ? NO_INDEX : next_best(gscore, NULL, n_group, g);
     return next != NO_INDEX && near_tie_pair(gscore[g], gscore[next]);
+}
+
+/* sparsemixer's weights (docs/semantics.md) for one token's slots ids[0..k-1]
+ * (the k best logits in ranking order): slot j's top logit m = l[ids[j]],
+ * and a softmax over the experts not chosen by slots 0..j-1 whose gap
+ * (m - l_e) / max(|l_e|, m) is not above 2 jitter_eps (a NaN gap keeps the
+ * expert), taken at ids[j]. Returns 1 when some gap is a near-tie with the
+ * threshold (rounding may move that expert in or out of the set). */
+static int sparsemixer_weights(const moevk_layer_desc *desc, const float *l, const uint32_t *ids,
+                               double *w)
+{
+    const uint32_t E = desc->num_experts, k = desc->top_k;
+    const double cap = desc->router_softcap, thr = 2.0 * (double)desc->jitter_eps;
+    int tie = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        const double m = logit_of(cap, l[ids[j]]);
+        double sum = 0.0;
+        for (uint32_t e = 0; e < E; e++) {
+            int earlier = 0;
+            for (uint32_t i = 0; i < j; i++)
+                earlier |= ids[i] == e;
+            if (earlier)
+                continue;
+            const double le = logit_of(cap, l[e]);
+            const double f = fabs(le) > m ? fabs(le) : m; /* max(|l_e|, m) */
+            const double gap = (m - le) / f;
+            tie |= near_tie_pair(gap, thr);
+            if (gap > thr) /* false for a NaN gap: kept */
+                continue;
+            sum += exp(le - m);
+        }
+        w[j] = exp(m - m) / sum; /* NaN when m is infinite, as in torch */
+    }
+    return tie;
 }
 
 /* The denominator of norm_topk_prob for the k weights w (docs/semantics.md):
@@ -346,7 +382,10 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
         }
 
         /* weights */
-        if (desc->routing == MOEVK_ROUTING_TOPK_SOFTMAX) {
+        if (desc->routing == MOEVK_ROUTING_SPARSEMIXER) {
+            if (sparsemixer_weights(desc, l, tid, wk) && near_tie)
+                near_tie[t] = 1;
+        } else if (desc->routing == MOEVK_ROUTING_TOPK_SOFTMAX) {
             /* softmax over the k selected logits */
             double max = -INFINITY, sum = 0.0;
             for (uint32_t j = 0; j < k; j++)
@@ -367,7 +406,8 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
             for (uint32_t j = 0; j < k; j++)
                 wk[j] = exp(logit_of(cap, l[tid[j]]) - max) / sum;
         }
-        if (desc->norm_topk_prob && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX) {
+        if (desc->norm_topk_prob && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
+            desc->routing != MOEVK_ROUTING_SPARSEMIXER) {
             double den = norm_denominator(desc, wk, k);
             for (uint32_t j = 0; j < k; j++)
                 wk[j] /= den;
