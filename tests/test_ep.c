@@ -534,7 +534,7 @@ Test(ep, weights_on_input_and_identity_experts)
     world_end(&w);
 }
 
-Test(ep, output_bias_scales_and_softcap)
+Test(ep, output_bias_scales_softcap_and_sparsemixer)
 {
     ep_world w;
     world_begin(&w);
@@ -553,6 +553,17 @@ Test(ep, output_bias_scales_and_softcap)
     const uint32_t T2[2] = {11, 6};
     ep_case_d(&w, &l.d, &rng, 2, T2, NULL, seed, "bias, scales, softcap");
     free(ob);
+    rlayer_free(&l);
+    /* PhiMoE's SparseMixer (a per-token rule like the other top-k modes) */
+    const uint64_t seed2 = seed_of(91);
+    rng = mvkt_rng_make(seed2);
+    const rlayer_spec sm = {.H = 32, .F = 32, .E = 8, .K = 2,
+                            .routing = MOEVK_ROUTING_SPARSEMIXER};
+    rlayer_make(&rng, &l, &sm);
+    l.d.norm_topk_prob = 0;
+    l.d.jitter_eps = 0.01f;
+    const uint32_t T3[3] = {4, 9, 3};
+    ep_case_d(&w, &l.d, &rng, 3, T3, NULL, seed2, "sparsemixer");
     rlayer_free(&l);
     world_end(&w);
 }
