@@ -82,7 +82,6 @@ static mvkc_target open_backend(int b)
     memset(&l, 0, sizeof l);
     l.tokens = l.hidden = l.ffn = 4;
     l.experts = 2;
-    l.no_input_norms = 1;
     mvkc_case c;
     cr_assert_eq(mvkc_case_random(1, &l, &c), MOEVK_SUCCESS);
     void *L = NULL;
@@ -103,9 +102,8 @@ static mvkc_target open_backend(int b)
 
 static mvkc_limits limits(void)
 {
-    /* the CUDA backends do not run Gemma 4's input norms yet */
     return (mvkc_limits){.max_work = CASE_WORK, .max_tokens = CASE_TOKENS,
-                         .max_experts = CASE_EXPERTS, .no_input_norms = 1};
+                         .max_experts = CASE_EXPERTS};
 }
 
 static void *create_layer(const mvkc_target *t, const moevk_layer_desc *d, const char *what)
@@ -176,6 +174,9 @@ static uint64_t expected_weight_bytes(const moevk_layer_desc *d, const char *nam
         b += d->num_shared * H * rs;
     if (d->output_bias)
         b += 4 * H;
+    /* the input norms' vectors and the per-expert scale */
+    b += (d->router_input_scale ? 4 * H : 0) + (d->expert_norm_weight ? 4 * H : 0) +
+         (d->expert_weight_scale ? 4 * E : 0);
     return b;
 }
 

@@ -11,7 +11,6 @@
 #include "backend/backend.h"
 #include "cuda/moevk_cuda.h"
 #include "layer_quantize.h"
-#include "ref/ref.h"
 
 typedef struct cuda_dev {
     mvk_cuda_backend impl;
@@ -83,13 +82,6 @@ static moevk_status cuda_create(void *dev, const moevk_layer_desc *desc,
     *layer = NULL;
     if (desc->experts.input_perm || desc->shared.input_perm) {
         mvk_backend_err(err, n, "the CUDA backends do not read input_perm (act-order experts)");
-        return MOEVK_ERROR_UNSUPPORTED;
-    }
-    if (moevk_ref_has_router_input(desc) || moevk_ref_has_expert_input(desc) ||
-        desc->expert_weight_scale) {
-        mvk_backend_err(err, n,
-                        "the CUDA backends do not run the input norms or expert_weight_scale "
-                        "(Gemma 4's block) yet");
         return MOEVK_ERROR_UNSUPPORTED;
     }
     cuda_layer *l = calloc(1, sizeof *l);

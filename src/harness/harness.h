@@ -107,9 +107,6 @@ typedef struct mvkc_limits {
     int no_budget;
     /* MVKC_PICK(number of shared experts) (0 = random 0..2). */
     uint32_t num_shared;
-    /* 1: no input norms and no per-expert weight scale (Gemma 4's parts),
-     * for backends that do not run them */
-    int no_input_norms;
     uint32_t scenarios_on;  /* MVKC_SC_* always applied */
     uint32_t scenarios_off; /* MVKC_SC_* never applied */
 } mvkc_limits;
