@@ -985,6 +985,26 @@ static const mvk_arch archs[] = {
      .act = {.def = "swiglu_oai", .fixed = MOEVK_ACT_SWIGLU_OAI}, .sparse = MVK_SPARSE_DECODER,
      .layer_prefixes = {DECODER_LAYER}, .router = "router.weight", .router_bias = "router.bias",
      .layouts = {&privacy_filter_transposed}},
+    /* Gemma 4's text model (Gemma4TextDecoderLayer with enable_moe_block;
+     * config.json's text_config of gemma4, tensors under
+     * model.language_model.): the MoE branch beside the dense MLP, both on
+     * the residual. Gemma4TextRouter norms the residual (no weight), times
+     * router.scale and hidden^-1/2, softmax, top-k renormalised, times
+     * per_expert_scale; the experts read pre_feedforward_layernorm_2 of the
+     * residual. The block ends at the experts' sum: the caller applies
+     * post_feedforward_layernorm_2 (docs/semantics.md). */
+    {.model_types = {"gemma4_text"},
+     .keys = {KEY(HIDDEN, 2304, "hidden_size"), KEY(NUM_LAYERS, 30, "num_hidden_layers"),
+              KEY(RMS_EPS, 1e-6f, "rms_norm_eps"), KEY(MOE_BLOCK, 0, "enable_moe_block"),
+              REQUIRED(EXPERTS, "num_experts"), REQUIRED(TOP_K, "top_k_experts"),
+              REQUIRED(FFN, "moe_intermediate_size"), FIXED(NORM_TOPK, 1)},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+     .act = {.key = "hidden_activation", .def = "gelu_pytorch_tanh", .names = gated_acts},
+     .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {"model.language_model.layers.{N}.", "model.layers.{N}."},
+     .router = "router.proj.weight", .router_norm = 1, .router_input_scale = "router.scale",
+     .expert_norm = "pre_feedforward_layernorm_2.weight",
+     .expert_weight_scale = "router.per_expert_scale", .layouts = {&stacked}},
 };
 
 #define N_ARCHS (sizeof archs / sizeof archs[0])
