@@ -824,6 +824,14 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         app(buf, n, &p, " out-bias");
     if (d->num_zero_experts)
         app(buf, n, &p, " zero=%u", d->num_zero_experts);
+    if (moevk_ref_has_router_input(d))
+        app(buf, n, &p, " r-in(eps=%.3g%s,x%.3g)", d->router_norm_eps,
+            d->router_input_scale ? ",scale" : "", d->router_input_factor);
+    if (moevk_ref_has_expert_input(d))
+        app(buf, n, &p, " e-in(eps=%.3g%s)", d->expert_norm_eps,
+            d->expert_norm_weight ? ",weight" : "");
+    if (d->expert_weight_scale)
+        app(buf, n, &p, " e-scale");
     if (d->num_shared && d->shared_scale != 0.0f && d->shared_scale != 1.0f)
         app(buf, n, &p, " shared-x%.3g", d->shared_scale);
     if (d->flags & MOEVK_LAYER_VRAM_BUDGET)
