@@ -1069,6 +1069,15 @@ static const config_row config_rows[] = {
       .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .norm_topk_prob = 1,
       .activation = MOEVK_ACT_GEGLU, .act_name = "gelu", .num_layers = 30,
       .decoder_sparse_step = 1, .rms_norm_eps = 1e-5f, .moe_block = 1}},
+    /* DiffusionGemma's text model: the same branch, always there */
+    {"{\"model_type\": \"diffusion_gemma\", \"text_config\": {\"model_type\":"
+     " \"diffusion_gemma_text\", \"num_experts\": 16, \"top_k_experts\": 4,"
+     " \"moe_intermediate_size\": 64}}",
+     "diffusion_gemma_text",
+     {.hidden = 2304, .ffn = 64, .num_experts = 16, .top_k = 4,
+      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .norm_topk_prob = 1,
+      .activation = MOEVK_ACT_GEGLU_TANH, .act_name = "gelu_pytorch_tanh", .num_layers = 30,
+      .decoder_sparse_step = 1, .rms_norm_eps = 1e-6f}},
     /* Kolibri-1: the logits plus the bias choose, every layer MoE */
     {"{\"model_type\": \"kolibri1\"}", "kolibri1",
      {.hidden = 2560, .ffn = 512, .num_experts = 384, .top_k = 6,
@@ -2213,7 +2222,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 64, "the table has %zu architectures", n);
+    cr_assert_eq(n, 65, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];
@@ -2993,6 +3002,26 @@ Test(model, non_finite_values_are_reported_and_compared_by_class)
 
 /* ---- transformers as the oracle ------------------------------------------------ */
 
+/* Whether the architecture of DIR/config.json has an encoder and a decoder
+ * stack (`--decoder`). */
+static int has_decoder_stack(const char *dir)
+{
+    char path[800], err[256];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    char *buf = malloc(1 << 16);
+    cr_assert_not_null(buf);
+    size_t n = fread(buf, 1, 1 << 16, f);
+    fclose(f);
+    mvk_moe_config c;
+    cr_assert_eq(mvk_hf_config_parse(buf, n, path, &c, err, sizeof err), 0, "%s", err);
+    const int d = mvk_arch_has_decoder(c.arch);
+    mvk_hf_config_free(&c);
+    free(buf);
+    return d;
+}
+
 /* tests/fixtures/hf_blocks (tests/fixtures/make_hf_blocks.py, run by hand
  * with transformers and torch): `moevk info --model DIR` lists its MoE
  * layer; a tiny checkpoint per MoE block type,
@@ -3022,9 +3051,12 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         unsigned layer;
         if (sscanf(line, "%127s %u %*s %255s", name, &layer, prefix) < 2)
             continue;
-        const int decoder = !strncmp(prefix, "decoder.", 8) || strstr(prefix, ".decoder.");
         char dir[700], xpath[800], want[800], lay[16];
         snprintf(dir, sizeof dir, "%s/hf_blocks/%s", root, name);
+        /* a decoder stack's block of an encoder-decoder (not DiffusionGemma's
+         * decoder, whose layers are its only MoE stack in moevk) */
+        const int decoder = (!strncmp(prefix, "decoder.", 8) || strstr(prefix, ".decoder.")) &&
+                            has_decoder_stack(dir);
         snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
         snprintf(want, sizeof want, "%s/y.safetensors", dir);
         snprintf(lay, sizeof lay, "%u", layer);
