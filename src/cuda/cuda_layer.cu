@@ -480,7 +480,7 @@ static void free_ffn(dev_ffn *f)
 #define SCRATCH_LIST(X)                                                                       \
     X(x) X(y) X(logits) X(sg_logits) X(wts) X(score) X(gscore) X(tok) X(elig) X(ids)          \
     X(totals) X(counts) X(offsets) X(row_token) X(row_expert) X(row_of) X(dropped) X(prob)    \
-    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xs) X(xq) X(hq) X(dq)
+    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xs) X(xr) X(xe) X(xq) X(hq) X(dq)
 
 static void free_scratch(mvk_cuda_layer *L)
 {
