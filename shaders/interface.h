@@ -129,7 +129,8 @@ MVK_PUSH_END(mvk_scores_push)
 #define MVK_ROUTE_BIND_X 5        /* FUSED: x, router weight and bias */
 #define MVK_ROUTE_BIND_ROUTER_W 6
 #define MVK_ROUTE_BIND_ROUTER_B 7
-#define MVK_ROUTE_BINDINGS 8
+#define MVK_ROUTE_BIND_EXPERT_SCALE 8 /* [E]: per-expert weight scale, when has_expert_scale */
+#define MVK_ROUTE_BINDINGS 9
 #define MVK_ROUTE_SPEC_ROUTING 1
 #define MVK_ROUTE_SPEC_NORM 2
 #define MVK_ROUTE_SPEC_FUSED 3
@@ -153,6 +154,7 @@ MVK_PUSH_BEGIN(mvk_route_push)
                              * logits (for the statistics) */
     MVK_U32 sel_logits; /* modes 0 and 2: select on l + bias (select_on_logits) */
     MVK_F32 jitter_eps; /* sparsemixer: the threshold is 2 jitter_eps */
+    MVK_U32 has_expert_scale; /* w *= expert_scale[id] after the normalisation */
 MVK_PUSH_END(mvk_route_push)
 #endif
 
@@ -349,6 +351,31 @@ MVK_PUSH_BEGIN(mvk_scale_push)
     MVK_U32 id_first; /* > 0: only slots of experts id_first .. (identity) */
     MVK_U32 unit;     /* 1: the row is x (no weight) */
 MVK_PUSH_END(mvk_scale_push)
+#endif
+
+/* ---- input_norm: the rows the router and the experts read (Gemma 4) -----
+ * One workgroup per token t (tok0 + workgroup): the sum of x[t]^2 in a fixed
+ * order (each thread its strided elements in order, then a tree), then
+ *   xr[t, h] = x[t, h] * n_r * rscale[h] * r_factor   (when do_router;
+ *              n_r = 1 / sqrt(sum / H + r_eps), or 1 when r_eps is 0)
+ *   xe[t, h] = x[t, h] * n_e * eweight[h]            (when do_expert)
+ * rscale / eweight read only when has_rscale / has_eweight. */
+#define MVK_NORM_WG 128u
+#define MVK_NORM_BIND_X 0
+#define MVK_NORM_BIND_RSCALE 1  /* [H] */
+#define MVK_NORM_BIND_EWEIGHT 2 /* [H] */
+#define MVK_NORM_BIND_XR 3      /* [T, H] */
+#define MVK_NORM_BIND_XE 4      /* [T, H] */
+#define MVK_NORM_BINDINGS 5
+#define MVK_NORM_NSPEC 1
+#if !defined(MVK_GLSL) || defined(MVK_KERNEL_INPUT_NORM)
+MVK_PUSH_BEGIN(mvk_norm_push)
+    MVK_U32 T, H, tok0;
+    MVK_U32 do_router, has_rscale;
+    MVK_F32 r_eps, r_factor;
+    MVK_U32 do_expert, has_eweight;
+    MVK_F32 e_eps;
+MVK_PUSH_END(mvk_norm_push)
 #endif
 
 /* ---- combine: y[t] = sum_j w[t, j] o[row(t, j)] + shared outputs ------- */

@@ -44,6 +44,7 @@ layout(std430, binding = MVK_ROUTE_BIND_TOKSTATS) writeonly buffer S { float tok
 layout(std430, binding = MVK_ROUTE_BIND_X) readonly buffer X { float x[]; };
 layout(std430, binding = MVK_ROUTE_BIND_ROUTER_W) readonly buffer RW { uint rw[]; };
 layout(std430, binding = MVK_ROUTE_BIND_ROUTER_B) readonly buffer RB { float rbias[]; };
+layout(std430, binding = MVK_ROUTE_BIND_EXPERT_SCALE) readonly buffer ES { float expert_scale[]; };
 
 DEFINE_LOADER(load_rw, rw, WDTYPE)
 
@@ -351,6 +352,8 @@ void main()
                 w = bad ? (0.0 / 0.0) : w / wsum;
             else if (NORM != 0u && ROUTING != MVK_ROUTING_SPARSEMIXER)
                 w = w / den;
+            if (p.has_expert_scale != 0u)
+                w *= expert_scale[sel_i[j]];
             w *= p.scale;
             ids[t * K + j] = sel_i[j];
             weights[t * K + j] = w;

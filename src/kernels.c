@@ -20,6 +20,7 @@
       MVK_GEMM_NSPEC)                                                                           \
     K(MVK_K_COMBINE, combine, MVK_COMBINE_BINDINGS, mvk_combine_push, MVK_COMBINE_NSPEC)        \
     K(MVK_K_SCALE_ROWS, scale_rows, MVK_SCALE_BINDINGS, mvk_scale_push, MVK_SCALE_NSPEC)        \
+    K(MVK_K_INPUT_NORM, input_norm, MVK_NORM_BINDINGS, mvk_norm_push, MVK_NORM_NSPEC)          \
     K(MVK_K_STATS, stats, MVK_STATS_BINDINGS, mvk_stats_push, MVK_STATS_NSPEC)                  \
     K(MVK_K_BANDWIDTH, bandwidth, MVK_BANDWIDTH_BINDINGS, mvk_bandwidth_push, MVK_BANDWIDTH_NSPEC)
 

@@ -25,6 +25,7 @@ enum mvk_kernel_id {
     MVK_K_EXPERT_GEMM_MU,     /* expert_gemm on cooperative matrices (when built) */
     MVK_K_COMBINE,
     MVK_K_SCALE_ROWS,
+    MVK_K_INPUT_NORM,
     MVK_K_STATS,
     MVK_K_BANDWIDTH,
     MVK_K_COUNT

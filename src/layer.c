@@ -385,6 +385,9 @@ static void layer_free(moevk_layer *L)
     moevk_buffer_destroy(L->router_b);
     moevk_buffer_destroy(L->corr_b);
     moevk_buffer_destroy(L->out_b);
+    moevk_buffer_destroy(L->rin_s);
+    moevk_buffer_destroy(L->ein_w);
+    moevk_buffer_destroy(L->ew_s);
     moevk_buffer_destroy(L->shared_gate);
     moevk_buffer_destroy(L->results);
     if (L->ws) {
@@ -466,6 +469,12 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
         st = upload_new(L, d->correction_bias, E * 4, &L->corr_b);
     if (!st && d->output_bias)
         st = upload_new(L, d->output_bias, (uint64_t)d->hidden * 4, &L->out_b);
+    if (!st && d->router_input_scale)
+        st = upload_new(L, d->router_input_scale, (uint64_t)d->hidden * 4, &L->rin_s);
+    if (!st && d->expert_norm_weight)
+        st = upload_new(L, d->expert_norm_weight, (uint64_t)d->hidden * 4, &L->ein_w);
+    if (!st && d->expert_weight_scale)
+        st = upload_new(L, d->expert_weight_scale, E * 4, &L->ew_s);
     if (!st && d->shared_gate)
         st = upload_new(L, d->shared_gate, (uint64_t)d->num_shared * router_row, &L->shared_gate);
     mvk_matrix_kind kind[4];
@@ -499,6 +508,9 @@ static moevk_status layer_create(moevk_context *ctx, const moevk_layer_desc *des
     L->desc.router_bias = NULL;
     L->desc.correction_bias = NULL;
     L->desc.output_bias = NULL;
+    L->desc.router_input_scale = NULL;
+    L->desc.expert_norm_weight = NULL;
+    L->desc.expert_weight_scale = NULL;
     L->desc.shared_gate = NULL;
     if (st) {
         layer_free(L);

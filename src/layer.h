@@ -9,6 +9,7 @@
 #define MOEVK_LAYER_H
 
 #include "internal.h"
+#include "ref/ref.h"
 
 /* A run of consecutive experts whose gate/up/down matrices each fit in one
  * storage buffer. */
@@ -43,6 +44,8 @@ struct moevk_layer {
     uint32_t r_fmt;        /* MVK_WFMT_* of the router weights */
     moevk_buffer *router_w, *router_b, *corr_b, *shared_gate;
     moevk_buffer *out_b; /* desc.output_bias [H] */
+    /* desc.router_input_scale, expert_norm_weight [H], expert_weight_scale [E] */
+    moevk_buffer *rin_s, *ein_w, *ew_s;
     mvk_expert_set routed, shared;
     uint64_t weight_bytes;      /* device memory of all weights */
     uint64_t host_weight_bytes; /* host-visible expert copies (a budget) */
@@ -81,5 +84,16 @@ void mvk_layer_matrices(const moevk_layer_desc *d, mvk_matrix_kind out[4]);
 /* Tokens of a [T, ...] tensor's first dimension, range-checked. */
 moevk_status mvk_tokens_of(moevk_context *ctx, const moevk_tensor *t, const char *name,
                            uint32_t *T);
+
+/* The layer's router / experts read normed rows (desc's input norms; the
+ * desc's host pointers are gone after create, the device copies stay). */
+static inline bool mvk_layer_router_input(const moevk_layer *L)
+{
+    return moevk_ref_has_router_input(&L->desc) || L->rin_s != NULL;
+}
+static inline bool mvk_layer_expert_input(const moevk_layer *L)
+{
+    return moevk_ref_has_expert_input(&L->desc);
+}
 
 #endif

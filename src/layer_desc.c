@@ -288,6 +288,25 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
     if (!(d.router_softcap >= 0.0f) || !isfinite(d.router_softcap))
         return mvk_fail(ctx, bad, "router_softcap = %g must be 0 (no cap) or finite and > 0",
                         (double)d.router_softcap);
+    if (!(d.router_norm_eps >= 0.0f) || !isfinite(d.router_norm_eps))
+        return mvk_fail(ctx, bad, "router_norm_eps = %g must be 0 (no norm) or finite and > 0",
+                        (double)d.router_norm_eps);
+    if (!isfinite(d.router_input_factor))
+        return mvk_fail(ctx, bad, "router_input_factor = %g is not finite",
+                        (double)d.router_input_factor);
+    if (!(d.expert_norm_eps >= 0.0f) || !isfinite(d.expert_norm_eps))
+        return mvk_fail(ctx, bad, "expert_norm_eps = %g must be 0 (no norm) or finite and > 0",
+                        (double)d.expert_norm_eps);
+    if (d.expert_norm_weight && !(d.expert_norm_eps > 0.0f))
+        return mvk_fail(ctx, bad,
+                        "expert_norm_weight is given but expert_norm_eps = %g: the weight "
+                        "scales the expert input norm, which needs expert_norm_eps > 0",
+                        (double)d.expert_norm_eps);
+    if (d.expert_weight_scale && d.routing == MOEVK_ROUTING_EXPERT_CHOICE)
+        return mvk_fail(ctx, bad,
+                        "expert_weight_scale is for the top-k routing modes, not "
+                        "expert_choice (routing = %d)",
+                        (int)d.routing);
     if ((unsigned)d.group_score > MOEVK_GROUP_MAX)
         return mvk_fail(ctx, bad, "group_score = %d is not a moevk_group_score value",
                         (int)d.group_score);

@@ -52,9 +52,9 @@ static mvk_binding or_slot(const moevk_workspace *ws, mvk_binding given, int slo
 
 uint32_t mvk_pass_queries(const mvk_pass_geometry *g)
 {
-    /* per routing chunk: router, route, stats; expert choice; permute; per
-     * expert chunk: permute, up, down, shared, combine; stats */
-    return 2u * (3u * g->nroute + 2u + 5u * g->nexpert + 1u);
+    /* input norms; per routing chunk: router, route, stats; expert choice;
+     * permute; per expert chunk: permute, up, down, shared, combine; stats */
+    return 2u * (1u + 3u * g->nroute + 2u + 5u * g->nexpert + 1u);
 }
 
 static void timer_begin(mvk_cmd *c, mvk_pass_timer *tm)
@@ -150,6 +150,7 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .jitter_eps = d->jitter_eps,
             .fused = fused, .x = io->x, .router_w = whole(L->router_w),
             .router_b = whole(L->router_b), .H = d->hidden, .w_fmt = L->r_fmt,
+            .expert_scale = whole(L->ew_s),
         };
         mvk_op_route(c, &ro);
         mvk_cmd_barrier(c);
@@ -341,8 +342,31 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
     if (io->experts && L->cache)
         mvk_cache_record(L, c); /* tables; this pass's promotions (copied after its experts) */
 
-    if (io->route)
-        phase_route(L, c, g, io, tm);
+    /* the input norms: the router and the experts read their own rows */
+    mvk_pass_io rio = *io, eio = *io;
+    const bool rn = io->route && mvk_layer_router_input(L);
+    const bool en = (io->experts || io->shared) && mvk_layer_expert_input(L);
+    if (rn || en) {
+        timer_begin(c, tm);
+        mvk_norm_args na = {
+            .x = io->x, .rscale = whole(L->rin_s), .eweight = whole(L->ein_w),
+            .xr = rn ? mvk_ws_binding(ws, MVK_WS_XR) : (mvk_binding){0},
+            .xe = en ? mvk_ws_binding(ws, MVK_WS_XE) : (mvk_binding){0}, .T = g->T,
+            .H = d->hidden, .r_eps = d->router_norm_eps, .r_factor = d->router_input_factor,
+            .e_eps = d->expert_norm_eps,
+        };
+        mvk_op_input_norm(c, &na);
+        mvk_cmd_barrier(c);
+        timer_end(c, tm, rn ? MOEVK_STAGE_ROUTER : MOEVK_STAGE_EXPERTS_UP);
+        if (rn)
+            rio.x = na.xr;
+        if (en)
+            eio.x = na.xe;
+    }
+    io = &eio; /* the experts' side from here */
+
+    if (rio.route)
+        phase_route(L, c, g, &rio, tm);
 
     const mvk_binding ids = or_slot(ws, io->ids, MVK_WS_IDS);
     const mvk_binding row_of = or_slot(ws, io->row_of, MVK_WS_ROW_OF);

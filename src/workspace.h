@@ -44,6 +44,8 @@ enum mvk_slot {
     MVK_WS_L_TILE_OFF,
     MVK_WS_L_META,
     MVK_WS_L_SCHEDULE,
+    MVK_WS_XR, /* [T, H] f32: the router's input rows (input norm) */
+    MVK_WS_XE, /* [T, H] f32: the experts' input rows (input norm) */
     MVK_WS_COUNT
 };
 

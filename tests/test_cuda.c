@@ -174,6 +174,9 @@ static uint64_t expected_weight_bytes(const moevk_layer_desc *d, const char *nam
         b += d->num_shared * H * rs;
     if (d->output_bias)
         b += 4 * H;
+    /* the input norms' vectors and the per-expert scale */
+    b += (d->router_input_scale ? 4 * H : 0) + (d->expert_norm_weight ? 4 * H : 0) +
+         (d->expert_weight_scale ? 4 * E : 0);
     return b;
 }
 

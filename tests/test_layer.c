@@ -779,6 +779,15 @@ Test(layer_bad, descriptions_name_the_field)
     BAD(SPARSEMIXER(d.correction_bias = b_router), INV, "correction_bias");
 #undef SPARSEMIXER
     BAD(d.jitter_eps = 0.01f, INV, "jitter_eps"); /* only for sparsemixer */
+    BAD(d.router_norm_eps = -1e-6f, INV, "router_norm_eps");
+    BAD(d.router_norm_eps = NAN, INV, "router_norm_eps");
+    BAD(d.router_input_factor = INFINITY, INV, "router_input_factor");
+    BAD(d.expert_norm_eps = -1.0f, INV, "expert_norm_eps");
+    BAD(d.expert_norm_eps = INFINITY, INV, "expert_norm_eps");
+    BAD(d.expert_norm_weight = b_up, INV, "expert_norm_weight"); /* without its norm */
+    BAD((d.routing = MOEVK_ROUTING_EXPERT_CHOICE, d.norm_topk_prob = 0,
+         d.expert_weight_scale = b_up),
+        INV, "expert_weight_scale");
     /* sizes whose buffers overflow 64 bits or pass the device's limits (the
      * weights are never read: validation comes first) */
     BAD((d.hidden = 1u << 31, d.ffn = 1u << 31, d.num_experts = 1024), MOEVK_ERROR_LIMIT_EXCEEDED,

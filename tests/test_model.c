@@ -1054,6 +1054,32 @@ static const config_row config_rows[] = {
       .routed_scaling_factor = 1.0f, .router_softcap = 30.0f, .shared_ffn = 512,
       .correction_bias = 1, .first_k_dense_replace = 1, .num_layers = 40,
       .decoder_sparse_step = 1}},
+    /* Gemma 4's text model: its routed branch on every layer */
+    {"{\"model_type\": \"gemma4\", \"text_config\": {\"model_type\": \"gemma4_text\","
+     " \"enable_moe_block\": true, \"num_experts\": 128, \"top_k_experts\": 8,"
+     " \"moe_intermediate_size\": 704, \"hidden_size\": 2816, \"num_hidden_layers\": 30}}",
+     "gemma4_text",
+     {.hidden = 2816, .ffn = 704, .num_experts = 128, .top_k = 8,
+      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .norm_topk_prob = 1,
+      .activation = MOEVK_ACT_GEGLU_TANH, .act_name = "gelu_pytorch_tanh", .num_layers = 30,
+      .decoder_sparse_step = 1, .rms_norm_eps = 1e-6f, .moe_block = 1}},
+    {"{\"model_type\": \"gemma4_text\", \"enable_moe_block\": true, \"num_experts\": 4,"
+     " \"top_k_experts\": 2, \"moe_intermediate_size\": 8, \"rms_norm_eps\": 1e-5,"
+     " \"hidden_activation\": \"gelu\"}",
+     "gemma4_text",
+     {.hidden = 2304, .ffn = 8, .num_experts = 4, .top_k = 2,
+      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .norm_topk_prob = 1,
+      .activation = MOEVK_ACT_GEGLU, .act_name = "gelu", .num_layers = 30,
+      .decoder_sparse_step = 1, .rms_norm_eps = 1e-5f, .moe_block = 1}},
+    /* DiffusionGemma's text model: the same branch, always there */
+    {"{\"model_type\": \"diffusion_gemma\", \"text_config\": {\"model_type\":"
+     " \"diffusion_gemma_text\", \"num_experts\": 16, \"top_k_experts\": 4,"
+     " \"moe_intermediate_size\": 64}}",
+     "diffusion_gemma_text",
+     {.hidden = 2304, .ffn = 64, .num_experts = 16, .top_k = 4,
+      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .norm_topk_prob = 1,
+      .activation = MOEVK_ACT_GEGLU_TANH, .act_name = "gelu_pytorch_tanh", .num_layers = 30,
+      .decoder_sparse_step = 1, .rms_norm_eps = 1e-6f}},
     /* Kolibri-1: the logits plus the bias choose, every layer MoE */
     {"{\"model_type\": \"kolibri1\"}", "kolibri1",
      {.hidden = 2560, .ffn = 512, .num_experts = 384, .top_k = 6,
@@ -1165,6 +1191,8 @@ Test(model, config_fields_and_defaults_follow_transformers)
         SAME(shared_activation)
         SAME(shared_swiglu_limit)
         SAME(zero_experts)
+        SAME(rms_norm_eps)
+        SAME(moe_block)
 #undef SAME
         cr_expect_str_eq(g.shared_act_name, w->shared_act_name, "%s", r->json);
         for (uint32_t k = 0; k < g.n_mlp_only_layers && k < 2; k++)
@@ -1210,6 +1238,13 @@ Test(model, config_errors_name_the_field)
     parse_bad("{\"model_type\": \"longcat_flash\", \"n_routed_experts\": 4, "
               "\"zero_expert_num\": 2, \"moe_topk\": 7}",
               "\"moe_topk\" = 7 is not in 1..min(6 experts, 32)");
+    parse_bad("{\"model_type\": \"gemma4_text\", \"num_experts\": 4, \"top_k_experts\": 2, "
+              "\"moe_intermediate_size\": 8}",
+              "\"enable_moe_block\" is false: the model has no MoE block");
+    parse_bad("{\"model_type\": \"gemma4_text\", \"enable_moe_block\": true, "
+              "\"num_experts\": 4, \"top_k_experts\": 2, \"moe_intermediate_size\": 8, "
+              "\"rms_norm_eps\": 0}",
+              "\"rms_norm_eps\" = 0 must be positive");
     parse_bad("{\"model_type\": \"switch_transformers\", \"expert_capacity\": 0}",
               "\"expert_capacity\" = 0 drops every token");
     parse_bad("{\"model_type\": \"deepseek_v3\", \"n_shared_experts\": 4294967295}",
@@ -1329,12 +1364,19 @@ typedef struct layer_row {
     " \"num_sparse_encoder_layers\": 6, \"num_decoder_layers\": 4,"                            \
     " \"num_sparse_decoder_layers\": 4}"
 
+#define GEMMA4                                                                                  \
+    "{\"model_type\": \"gemma4_text\", \"enable_moe_block\": true, \"num_experts\": 4,"       \
+    " \"top_k_experts\": 2, \"moe_intermediate_size\": 8, \"num_hidden_layers\": 3}"
+
 static const layer_row layer_rows[] = {
     /* published checkpoints (transformers 4), then transformers 5 naming */
     {MIXTRAL4, 3, 0, {"model.layers.3.block_sparse_moe.", "model.layers.3.mlp."}, NULL},
     {MIXTRAL4, 4, 0, {NULL}, "layer 4 is out of range: mixtral has num_hidden_layers = 4"},
     {MIXTRAL4, 0, 1, {NULL}, "only for nllb-moe, switch_transformers"},
     {DEEPSEEK2, 1, 0, {NULL}, "first_k_dense_replace = 2"},
+    /* Gemma 4: every layer's decoder layer holds the routed branch */
+    {GEMMA4, 2, 0, {"model.language_model.layers.2.", "model.layers.2."}, NULL},
+    {GEMMA4, 3, 0, {NULL}, "layer 3 is out of range: gemma4_text has num_hidden_layers = 3"},
     {DEEPSEEK2, 2, 0, {"model.layers.2.mlp.", "model.language_model.layers.2.mlp."}, NULL},
     /* mlp_layer_types, when given, alone decides (first_k_dense_replace is
      * only its default) */
@@ -2221,13 +2263,16 @@ Test(model, descriptors_are_complete)
                 o += snprintf(json + o, sizeof json - (size_t)o, ", \"%s\": %s",
                               a->keys[i].names[0],
                               a->keys[i].field == MVK_CFG_LAYER_TYPES ? "[\"sparse\"]" : "2");
+        if (mvk_arch_key_of(a, MVK_CFG_MOE_BLOCK)) /* its default: no MoE block */
+            o += snprintf(json + o, sizeof json - (size_t)o, ", \"%s\": true",
+                          mvk_arch_key_of(a, MVK_CFG_MOE_BLOCK)->names[0]);
         snprintf(json + o, sizeof json - (size_t)o, "}");
         mvk_moe_config c = parse_ok(json);
         cr_expect_eq(c.arch, a);
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 64, "the table has %zu architectures", n);
+    cr_assert_eq(n, 66, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];
@@ -3007,6 +3052,26 @@ Test(model, non_finite_values_are_reported_and_compared_by_class)
 
 /* ---- transformers as the oracle ------------------------------------------------ */
 
+/* Whether the architecture of DIR/config.json has an encoder and a decoder
+ * stack (`--decoder`). */
+static int has_decoder_stack(const char *dir)
+{
+    char path[800], err[256];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    char *buf = malloc(1 << 16);
+    cr_assert_not_null(buf);
+    size_t n = fread(buf, 1, 1 << 16, f);
+    fclose(f);
+    mvk_moe_config c;
+    cr_assert_eq(mvk_hf_config_parse(buf, n, path, &c, err, sizeof err), 0, "%s", err);
+    const int d = mvk_arch_has_decoder(c.arch);
+    mvk_hf_config_free(&c);
+    free(buf);
+    return d;
+}
+
 /* tests/fixtures/hf_blocks (tests/fixtures/make_hf_blocks.py, run by hand
  * with transformers and torch): `moevk info --model DIR` lists its MoE
  * layer; a tiny checkpoint per MoE block type,
@@ -3036,9 +3101,12 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         unsigned layer;
         if (sscanf(line, "%127s %u %*s %255s", name, &layer, prefix) < 2)
             continue;
-        const int decoder = !strncmp(prefix, "decoder.", 8) || strstr(prefix, ".decoder.");
         char dir[700], xpath[800], want[800], lay[16];
         snprintf(dir, sizeof dir, "%s/hf_blocks/%s", root, name);
+        /* a decoder stack's block of an encoder-decoder (not DiffusionGemma's
+         * decoder, whose layers are its only MoE stack in moevk) */
+        const int decoder = (!strncmp(prefix, "decoder.", 8) || strstr(prefix, ".decoder.")) &&
+                            has_decoder_stack(dir);
         snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
         snprintf(want, sizeof want, "%s/y.safetensors", dir);
         snprintf(lay, sizeof lay, "%u", layer);

@@ -829,3 +829,199 @@ Test(stages, expert_choice)
     }
     mvkt_context_end(ctx);
 }
+
+/* The input norms and the per-expert weight scale (Gemma 4), on hand-built
+ * inputs: the router reads x / rms(x) * scale * factor, each choice's
+ * renormalised weight is times expert_weight_scale[id], and the experts read
+ * x / rms(x) * weight; the identity expert (the last) shows that input. The
+ * expected values are computed here; the device and the reference both give
+ * them. Then a random layer with every part: the forward pass is the
+ * reference's (fused and unfused routing; chunks of 5 tokens bit for bit),
+ * and each part changes the result. */
+Test(stages, input_norms_and_expert_scales)
+{
+    moevk_context *ctx = mvkt_context();
+    enum { T = 2, H = 4, E = 3, K = 2, F = 2 };
+    const float x[T * H] = {1, 2, 4, 1, -2, 0.5f, 0.25f, 1};
+    const float rw[E * H] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0};
+    const float rscale[H] = {0.5f, 1, 1, 1}, ew[H] = {1, -1, 2, 0.5f};
+    const float pes[E] = {0.5f, 2, 3};
+    float g[2 * F * H], u[2 * F * H], dn[2 * H * F];
+    for (int i = 0; i < 2 * F * H; i++)
+        g[i] = u[i] = 0.25f * (float)(i % 5) - 0.5f;
+    memset(dn, 0, sizeof dn); /* expert 1 gives 0: y is the identity expert's part */
+    for (int i = 0; i < H * F; i++)
+        dn[i] = 0.125f * (float)(i % 3);
+    const float eps = 1e-6f;
+    moevk_layer_desc d = {
+        .hidden = H, .ffn = F, .num_experts = E, .top_k = K,
+        .routing = MOEVK_ROUTING_SOFTMAX_TOPK, .activation = MOEVK_ACT_GEGLU_TANH,
+        .norm_topk_prob = 1, .weight_dtype = MOEVK_DTYPE_F32, .router_dtype = MOEVK_DTYPE_F32,
+        .router_weight = rw, .experts = {.gate = g, .up = u, .down = dn},
+        .num_zero_experts = 1, .router_norm_eps = eps, .router_input_scale = rscale,
+        .router_input_factor = 0.5f, .expert_norm_eps = eps, .expert_norm_weight = ew,
+        .expert_weight_scale = pes,
+    };
+    /* by hand: ids and weights of each token, and y = w(identity) e_t */
+    uint32_t want_ids[T * K];
+    float want_w[T * K], want_y[T * H];
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + t * H;
+        double ss = 0;
+        for (int h = 0; h < H; h++)
+            ss += (double)xt[h] * xt[h];
+        const double inv = 1.0 / sqrt(ss / H + eps);
+        double l[E], p[E], sum = 0;
+        for (int e = 0; e < E; e++) /* rw picks element e */
+            l[e] = xt[e] * inv * rscale[e] * 0.5;
+        for (int e = 0; e < E; e++)
+            sum += p[e] = exp(l[e]);
+        for (int e = 0; e < E; e++)
+            p[e] /= sum;
+        /* the two largest of three, by hand */
+        int lo = 0;
+        for (int e = 1; e < E; e++)
+            if (p[e] < p[lo])
+                lo = e;
+        int a = lo == 0 ? 1 : 0, b = lo == 2 ? 1 : 2;
+        if (p[b] > p[a]) {
+            int tmp = a;
+            a = b;
+            b = tmp;
+        }
+        want_ids[t * K] = (uint32_t)a;
+        want_ids[t * K + 1] = (uint32_t)b;
+        want_w[t * K] = (float)(p[a] / (p[a] + p[b]) * pes[a]);
+        want_w[t * K + 1] = (float)(p[b] / (p[a] + p[b]) * pes[b]);
+        cr_assert(a == 2 || b == 2, "the hand-built routing takes the identity expert");
+        cr_assert(a != 0 && b != 0, "and expert 1, whose output is 0");
+        const double wid = a == 2 ? want_w[t * K] : want_w[t * K + 1];
+        for (int h = 0; h < H; h++)
+            want_y[t * H + h] = (float)(wid * xt[h] * inv * ew[h]);
+    }
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    moevk_tensor ids = tensor(ctx, MOEVK_DTYPE_I32, T, K), w = tensor(ctx, MOEVK_DTYPE_F32, T, K);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    cr_assert_eq(moevk_layer_route(L, &tx, &ids, &w), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    uint32_t gi[T * K];
+    float gw[T * K], gy[T * H], ry[T * H], rwt[T * K];
+    uint32_t rid[T * K];
+    cr_assert_eq(moevk_tensor_download(&ids, gi), 0);
+    cr_assert_eq(moevk_tensor_download(&w, gw), 0);
+    cr_assert_eq(moevk_tensor_download(&ty, gy), 0);
+    cr_assert_eq(moevk_ref_layer_forward(&d, T, x, ry, rid, rwt, NULL, NULL), 0);
+    for (int i = 0; i < T * K; i++) {
+        cr_assert_eq(gi[i], want_ids[i], "slot %d: device id %u, by hand %u", i, gi[i],
+                     want_ids[i]);
+        cr_assert_eq(rid[i], want_ids[i], "slot %d: reference id %u, by hand %u", i, rid[i],
+                     want_ids[i]);
+        cr_assert_float_eq(gw[i], want_w[i], 1e-6f * 4, "slot %d: device weight %.9g, by hand %.9g",
+                           i, gw[i], want_w[i]);
+        cr_assert_float_eq(rwt[i], want_w[i], 1e-7f * 4, "slot %d: reference %.9g, by hand %.9g",
+                           i, rwt[i], want_w[i]);
+    }
+    for (int i = 0; i < T * H; i++) {
+        cr_assert_float_eq(gy[i], want_y[i], 1e-5f, "y[%d]: device %.9g, by hand %.9g", i, gy[i],
+                           want_y[i]);
+        cr_assert_float_eq(ry[i], want_y[i], 1e-6f, "y[%d]: reference %.9g, by hand %.9g", i,
+                           ry[i], want_y[i]);
+    }
+    moevk_tensor *all[] = {&tx, &ty, &ids, &w};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        moevk_tensor_destroy(all[i]);
+    moevk_layer_destroy(L);
+
+    /* a random layer with every part */
+    uint64_t seed = mvkt_base_seed();
+    mvkt_rng r = mvkt_rng_make(seed);
+    const uint32_t T2 = 37, H2 = 40, F2 = 24, E2 = 6, K2 = 2, NS = 1;
+    stage_layer s;
+    make_layer(&r, &s, H2, F2, E2, K2, NS, 0.0f);
+    float *rs = mvkt_random_weights(&r, MOEVK_DTYPE_F32, H2, 1.0f);
+    float *nw = mvkt_random_weights(&r, MOEVK_DTYPE_F32, H2, 1.0f);
+    float *es = mvkt_random_weights(&r, MOEVK_DTYPE_F32, E2, 1.0f);
+    s.d.router_norm_eps = 1e-6f;
+    s.d.router_input_scale = rs;
+    s.d.router_input_factor = 1.0f / sqrtf((float)H2);
+    s.d.expert_norm_eps = 1e-6f;
+    s.d.expert_norm_weight = nw;
+    s.d.expert_weight_scale = es;
+    float *x2 = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T2 * H2, 3.0f);
+    float *y2 = malloc(sizeof(float) * T2 * H2), *yc = malloc(sizeof(float) * T2 * H2);
+    float *want = malloc(sizeof(float) * T2 * H2), *other = malloc(sizeof(float) * T2 * H2);
+    moevk_workspace *ws;
+    moevk_workspace_desc wd = {.chunk_tokens = 5};
+    cr_assert_eq(moevk_workspace_create(ctx, &wd, &ws), MOEVK_SUCCESS);
+    moevk_layer *Lc;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_layer_desc dc = s.d;
+    dc.workspace = ws;
+    cr_assert_eq(moevk_layer_create(ctx, &dc, &Lc), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    const uint32_t Ts[2] = {T2, 9}; /* unfused and fused routing */
+    for (int i = 0; i < 2; i++) {
+        const uint32_t n = Ts[i];
+        moevk_tensor ax = tensor(ctx, MOEVK_DTYPE_F32, n, H2);
+        moevk_tensor ay = tensor(ctx, MOEVK_DTYPE_F32, n, H2);
+        moevk_tensor ac = tensor(ctx, MOEVK_DTYPE_F32, n, H2);
+        cr_assert_eq(moevk_tensor_upload(&ax, x2), 0);
+        cr_assert_eq(moevk_layer_forward(L, &ax, &ay, NULL), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_layer_forward(Lc, &ax, &ac, NULL), MOEVK_SUCCESS, "%s",
+                     moevk_context_last_error(ctx));
+        cr_assert_eq(moevk_tensor_download(&ay, y2), 0);
+        cr_assert_eq(moevk_tensor_download(&ac, yc), 0);
+        cr_assert(memcmp(y2, yc, sizeof(float) * n * H2) == 0,
+                  "seed %llu, T = %u: chunks of 5 tokens change the bits",
+                  (unsigned long long)seed, n);
+        cr_assert_eq(moevk_ref_layer_forward(&s.d, n, x2, want, NULL, NULL, NULL, NULL), 0);
+        double err = mvkt_rel_l2(y2, want, (size_t)n * H2);
+        cr_assert_leq(err, 1e-5, "seed %llu, T = %u: against the reference %g",
+                      (unsigned long long)seed, n, err);
+        moevk_tensor_destroy(&ax);
+        moevk_tensor_destroy(&ay);
+        moevk_tensor_destroy(&ac);
+    }
+    /* each part counts */
+    for (int part = 0; part < 4; part++) {
+        moevk_layer_desc o = s.d;
+        if (part == 0)
+            o.router_norm_eps = 0.0f;
+        else if (part == 1)
+            o.router_input_scale = NULL;
+        else if (part == 2)
+            o.expert_norm_eps = 0.0f, o.expert_norm_weight = NULL;
+        else
+            o.expert_weight_scale = NULL;
+        cr_assert_eq(moevk_ref_layer_forward(&o, T2, x2, other, NULL, NULL, NULL, NULL), 0);
+        cr_assert_gt(mvkt_rel_l2(other, want, (size_t)T2 * H2), 1e-3, "seed %llu: part %d",
+                     (unsigned long long)seed, part);
+    }
+    /* a weight without its norm is refused, naming the field */
+    moevk_layer_desc bad = s.d;
+    bad.expert_norm_eps = 0.0f;
+    moevk_layer *Lb = NULL;
+    cr_assert_eq(moevk_layer_create(ctx, &bad, &Lb), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "expert_norm_weight"), "%s",
+              moevk_context_last_error(ctx));
+    moevk_layer_destroy(L);
+    moevk_layer_destroy(Lc);
+    moevk_workspace_destroy(ws);
+    free(rs);
+    free(nw);
+    free(es);
+    free(x2);
+    free(y2);
+    free(yc);
+    free(want);
+    free(other);
+    free_layer(&s);
+    mvkt_context_end(ctx);
+}

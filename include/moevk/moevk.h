@@ -655,6 +655,25 @@ typedef struct moevk_layer_desc {
      * Used as given, >= 0 and finite (0 keeps only logits tied with the
      * top one, so each weight is 1 without ties); other modes: must be 0 */
     float jitter_eps;
+    /* Input norms (Gemma 4). With router_norm_eps > 0 the router reads
+     * r_t = x_t * (mean_h x_t[h]^2 + router_norm_eps)^-1/2, else r_t = x_t;
+     * then r_t[h] *= router_input_scale[h] (optional [H]) and
+     * r_t *= router_input_factor (0 means 1). With expert_norm_eps > 0 the
+     * routed, shared and identity experts (and the shared gate) read
+     * e_t = x_t * (mean_h x_t[h]^2 + expert_norm_eps)^-1/2, times
+     * expert_norm_weight[h] (optional [H], needs expert_norm_eps > 0)
+     * instead of x_t. r_t and e_t are rounded to f32. All zero / NULL: both
+     * read x_t. Host arrays are read only during moevk_layer_create. */
+    float router_norm_eps;
+    const float *router_input_scale;
+    float router_input_factor;
+    float expert_norm_eps;
+    const float *expert_norm_weight;
+    /* Optional [E] (top-k modes): the routing weight of a slot that chose
+     * expert e is multiplied by expert_weight_scale[e] after the
+     * normalisation and before routed_scaling_factor (Gemma 4's
+     * per_expert_scale). NULL = no scale. */
+    const float *expert_weight_scale;
 } moevk_layer_desc;
 
 /* Routing slots per token: the width of the ids, weights and row arrays of

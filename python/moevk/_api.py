@@ -152,6 +152,9 @@ _F32_WEIGHTS = {
     "shared_experts_up_bias",
     "shared_experts_down_bias",
     "output_bias",
+    "router_input_scale",
+    "expert_norm_weight",
+    "expert_weight_scale",
 }
 _EXPERT_WEIGHTS = {
     "gate",
@@ -221,7 +224,10 @@ class Layer:
     activation "swiglu", ...), weights are ``router_weight`` [E, H], ``gate``
     and ``up`` [E, F, H], ``down`` [E, H, F], and optionally router_bias,
     correction_bias, gate_bias, up_bias, down_bias, shared_experts_gate/up/down
-    (and their _bias), shared_gate and output_bias; float32 or float16 (bf16
+    (and their _bias), shared_gate, output_bias, and Gemma 4's
+    router_input_scale [H], expert_norm_weight [H] and expert_weight_scale [E]
+    (with config router_norm_eps, router_input_factor, expert_norm_eps);
+    float32 or float16 (bf16
     or block formats as uint16 / uint8 arrays with config["weight_dtype"]).
     quantize: a format the experts are quantised into at create ("q8_0",
     "q4_k", ...); vram_budget: bytes, or "50%" of the routed experts' bytes

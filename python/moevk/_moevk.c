@@ -324,6 +324,9 @@ static const field_def fields[] = {
     FD(router_softcap, F_F32),
     FD(select_on_logits, F_BOOL),
     FD(jitter_eps, F_F32),
+    FD(router_norm_eps, F_F32),
+    FD(router_input_factor, F_F32),
+    FD(expert_norm_eps, F_F32),
     {"batch_invariant", F_FLAG, MOEVK_LAYER_BATCH_INVARIANT},
     {"weights_on_input", F_FLAG, MOEVK_LAYER_WEIGHTS_ON_INPUT},
 };
@@ -564,6 +567,9 @@ enum {
     W_S_DOWN_BIAS,
     W_SHARED_GATE,
     W_OUTPUT_BIAS,
+    W_ROUTER_INPUT_SCALE,
+    W_EXPERT_NORM_WEIGHT,
+    W_EXPERT_WEIGHT_SCALE,
     W_COUNT
 };
 static const char *const weight_names[W_COUNT] = {
@@ -573,6 +579,7 @@ static const char *const weight_names[W_COUNT] = {
     "shared_experts_gate", "shared_experts_up",   "shared_experts_down",
     "shared_experts_gate_bias", "shared_experts_up_bias", "shared_experts_down_bias",
     "shared_gate",       "output_bias",
+    "router_input_scale", "expert_norm_weight",   "expert_weight_scale",
 };
 
 typedef struct {
@@ -732,7 +739,10 @@ static uint64_t weight_bytes(const moevk_layer_desc *d, int w, char *shape, size
     case W_S_UP_BIAS: count = S, rows = 1, cols = Fs; break;
     case W_S_DOWN_BIAS: count = S, rows = 1, cols = H; break;
     case W_SHARED_GATE: rows = S, cols = H, dt = rd; break;
-    case W_OUTPUT_BIAS: rows = 1, cols = H; break;
+    case W_OUTPUT_BIAS:
+    case W_ROUTER_INPUT_SCALE:
+    case W_EXPERT_NORM_WEIGHT: rows = 1, cols = H; break;
+    case W_EXPERT_WEIGHT_SCALE: rows = 1, cols = E; break;
     }
     if (count > 1 || w == W_GATE || w == W_UP || w == W_DOWN || w == W_S_GATE || w == W_S_UP ||
         w == W_S_DOWN)
@@ -849,6 +859,9 @@ static PyObject *py_create_layer(PyObject *self, PyObject *args, PyObject *kw)
     d->shared.down_bias = p[W_S_DOWN_BIAS];
     d->shared_gate = p[W_SHARED_GATE];
     d->output_bias = p[W_OUTPUT_BIAS];
+    d->router_input_scale = p[W_ROUTER_INPUT_SCALE];
+    d->expert_norm_weight = p[W_EXPERT_NORM_WEIGHT];
+    d->expert_weight_scale = p[W_EXPERT_WEIGHT_SCALE];
     if (apply_budget(d, budget, 0))
         goto fail;
     return (PyObject *)layer_start(l);

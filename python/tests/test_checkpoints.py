@@ -4,6 +4,7 @@ output beside each) on the CPU reference and on Vulkan, some GGUF blocks of
 tests/gguf (llama.cpp's maths, written by gguf-py), quantisation and a
 device-memory budget at load."""
 
+import json
 import os
 
 import numpy as np
@@ -11,6 +12,10 @@ import pytest
 
 import moevk
 from conftest import FIXTURES, GGUF_FIXTURES, numpy_layer, read_safetensors
+
+
+# the model types moevk reads with an encoder and a decoder stack
+ENCODER_DECODER = ("switch_transformers", "nllb-moe", "nllb_moe")
 
 
 def hf_fixtures():
@@ -21,7 +26,11 @@ def hf_fixtures():
             parts = line.split()
             if len(parts) >= 4:
                 name, layer, prefix = parts[0], int(parts[1]), parts[3]
-                decoder = prefix.startswith("decoder.") or ".decoder." in prefix
+                # a decoder stack's block of an encoder-decoder (--decoder);
+                # DiffusionGemma's decoder layers are its one MoE stack
+                with open(os.path.join(FIXTURES, "hf_blocks", name, "config.json")) as c:
+                    enc_dec = json.load(c).get("model_type") in ENCODER_DECODER
+                decoder = enc_dec and (prefix.startswith("decoder.") or ".decoder." in prefix)
                 rows.append((name, layer, decoder, prefix))
     assert len(rows) >= 70, f"{len(rows)} fixtures in {path}"
     return rows

@@ -289,3 +289,48 @@ def test_sparsemixer_matches_numpy(ctx):
         np.testing.assert_allclose(got_w, wts, rtol=1e-5, atol=1e-7)
     with pytest.raises(moevk.InvalidArgumentError, match="jitter_eps"):
         moevk.Layer(dict(cfg, jitter_eps=-1.0), w, context=ctx)
+
+
+def test_input_norms_match_numpy(ctx):
+    """Gemma 4's block: the router reads x / rms(x) * router_input_scale *
+    router_input_factor, the experts x / rms(x) * expert_norm_weight, and
+    each renormalised top-k weight is times expert_weight_scale[id]."""
+    cfg, w = random_layer(41)
+    T, E, k, H = 23, cfg["num_experts"], cfg["top_k"], cfg["hidden"]
+    rng = np.random.default_rng(42)
+    w["router_input_scale"] = (1.0 + 0.3 * rng.standard_normal(H)).astype(np.float32)
+    w["expert_norm_weight"] = (1.0 + 0.3 * rng.standard_normal(H)).astype(np.float32)
+    w["expert_weight_scale"] = (1.0 + 0.3 * rng.standard_normal(E)).astype(np.float32)
+    eps = 1e-6
+    cfg.update(router_norm_eps=eps, router_input_factor=float(H) ** -0.5, expert_norm_eps=eps)
+    x = (3.0 * rng.standard_normal((T, H))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    inv = 1.0 / np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + eps)
+    xr = (x64 * inv * w["router_input_scale"] * H ** -0.5).astype(np.float32).astype(np.float64)
+    xe = (x64 * inv * w["expert_norm_weight"]).astype(np.float32).astype(np.float64)
+    logits = xr @ np.asarray(w["router_weight"], np.float64).T
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    ids = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    srt = np.sort(p, axis=1)[:, ::-1]
+    assert ((srt[:, k - 1] - srt[:, k]) > 1e-5 * srt[:, k - 1]).all(), "seed 41/42: a near-tie"
+    pk = np.take_along_axis(p, ids, axis=1)
+    wk = pk / pk.sum(axis=1, keepdims=True) * w["expert_weight_scale"][ids]
+
+    def silu(v):
+        return v / (1.0 + np.exp(-v))
+
+    want = np.zeros((T, H))
+    for t in range(T):
+        for j in range(k):
+            e = ids[t, j]
+            g = np.asarray(w["gate"][e], np.float64) @ xe[t]
+            u = np.asarray(w["up"][e], np.float64) @ xe[t]
+            want[t] += wk[t, j] * (np.asarray(w["down"][e], np.float64) @ (silu(g) * u))
+    for layer in (moevk.Layer(cfg, w, context=ctx), moevk.Layer(cfg, w, backend="cpu")):
+        assert rel_l2(layer(x), want) < 1e-5
+        gi, gw = layer.route(x)
+        np.testing.assert_array_equal(gi, ids.astype(np.uint32))
+        np.testing.assert_allclose(gw, wk, rtol=1e-5, atol=1e-7)
+    with pytest.raises(moevk.InvalidArgumentError, match="expert_norm_weight"):
+        moevk.Layer(dict(cfg, expert_norm_eps=0.0), w, context=ctx)

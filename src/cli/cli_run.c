@@ -830,6 +830,13 @@ built:
     if (d->num_zero_experts)
         printf(", %u of the %u experts identity (zero) experts", d->num_zero_experts,
                d->num_experts);
+    if (d->router_norm_eps > 0.0f)
+        printf(", router input normed (eps %g)%s", d->router_norm_eps,
+               d->router_input_scale ? " and scaled" : "");
+    if (d->expert_norm_eps > 0.0f)
+        printf(", expert input normed (eps %g)", d->expert_norm_eps);
+    if (d->expert_weight_scale)
+        printf(", per-expert weight scales");
     if (d->routed_scaling_factor != 0.0f && d->routed_scaling_factor != 1.0f)
         printf(", weights x %g", d->routed_scaling_factor);
     if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)

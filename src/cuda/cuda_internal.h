@@ -31,6 +31,8 @@ struct RouteParams {
     float softcap;       /* router_softcap: > 0 caps the logits in place */
     int sel_logits;      /* select_on_logits: c = l + corr (modes 0 and 2) */
     float jitter_eps;    /* sparsemixer: the threshold is 2 jitter_eps */
+    const float *escale; /* [E] expert_weight_scale or NULL: w *= escale[id] after
+                            the normalisation, before scale */
 };
 
 /* The format of one kind of expert matrix on the device: f32, f16, bf16
@@ -110,6 +112,11 @@ cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights,
 cudaError_t scale_rows(cudaStream_t s, const int32_t *row_of, const float *weights,
                        const float *x, uint32_t T, uint32_t H, uint32_t K, const uint32_t *ids,
                        uint32_t id_first, int unit, float *xs);
+/* The input norms (Gemma 4), one thread per token: out[t, h] = x[t, h] * n *
+ * w[h] * factor with n = 1 / sqrt(mean_h x[t, h]^2 + eps) (1 when eps is
+ * 0) and w optional. */
+cudaError_t input_norm(cudaStream_t s, const float *x, uint32_t T, uint32_t H, float eps,
+                       const float *w, float factor, float *out);
 
 /* Statistics: tok [3T] f32 scratch, prob [E] f64 scratch, out [3] f64 =
  * {load-balancing loss, z-loss, entropy}; assignments: moevk_ref_assignments. */

@@ -344,7 +344,7 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
         for (uint32_t j = 0; j < K; j++)
             ks += expf(l[tid[j]] - km);
         for (uint32_t j = 0; j < K; j++)
-            tw[j] = expf(l[tid[j]] - km) / ks * p.scale;
+            tw[j] = expf(l[tid[j]] - km) / ks * (p.escale ? p.escale[tid[j]] : 1.0f) * p.scale;
         return;
     }
     /* w = sigmoid(l) or the probability over all E, optionally normalised
@@ -370,7 +370,26 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
     else if (sig)
         den = den + 1e-20f;
     for (uint32_t j = 0; j < K; j++)
-        tw[j] = (p.norm ? tw[j] / den : tw[j]) * p.scale;
+        tw[j] = (p.norm ? tw[j] / den : tw[j]) * (p.escale ? p.escale[tid[j]] : 1.0f) * p.scale;
+}
+
+__global__ void k_input_norm(const float *x, uint32_t T, uint32_t H, float eps, const float *w,
+                             float factor, float *out)
+{
+    const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T)
+        return;
+    const float *xt = x + (size_t)t * H;
+    float ss = 0.0f;
+    for (uint32_t h = 0; h < H; h++)
+        ss += xt[h] * xt[h];
+    const float n = eps > 0.0f ? 1.0f / sqrtf(ss / (float)H + eps) : 1.0f;
+    for (uint32_t h = 0; h < H; h++) {
+        float v = xt[h] * n;
+        if (w)
+            v = v * w[h];
+        out[(size_t)t * H + h] = v * factor;
+    }
 }
 
 /* Expert choice, one thread per (token, expert): the token's rank in the
@@ -838,6 +857,13 @@ cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights,
 {
     LAUNCH(k_combine, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, o, shared, T, H, K,
            unit_weights, shared_scale, out_bias, y);
+    return cudaGetLastError();
+}
+
+cudaError_t input_norm(cudaStream_t s, const float *x, uint32_t T, uint32_t H, float eps,
+                       const float *w, float factor, float *out)
+{
+    LAUNCH(k_input_norm, blocks_for(T), BLOCK, s, x, T, H, eps, w, factor, out);
     return cudaGetLastError();
 }
 

@@ -291,6 +291,8 @@ struct mvk_cuda_layer {
     /* weights */
     void *router_w, *sgate_w;
     float *router_b, *corr_b, *out_b;
+    float *rin_s, *ein_w, *ew_s; /* router_input_scale, expert_norm_weight [H]; [E] */
+    int rin, ein;                /* the router's / the experts' rows are normed */
     dev_ffn ex, sh;
     uint64_t weight_bytes;
 
@@ -305,6 +307,7 @@ struct mvk_cuda_layer {
     double *prob, *loss;
     float *hbuf, *ubuf, *obuf, *sh_o, *sh_acc;
     float *xs;           /* MOEVK_LAYER_WEIGHTS_ON_INPUT: the scaled expert inputs */
+    float *xr, *xe;      /* the router's and the experts' rows (input norms) */
     void *xq, *hq;
     void *dq;            /* cuBLAS: one expert matrix dequantised for its GEMM */
     uint32_t *h_offsets; /* pinned host, E + 1 */
@@ -477,7 +480,7 @@ static void free_ffn(dev_ffn *f)
 #define SCRATCH_LIST(X)                                                                       \
     X(x) X(y) X(logits) X(sg_logits) X(wts) X(score) X(gscore) X(tok) X(elig) X(ids)          \
     X(totals) X(counts) X(offsets) X(row_token) X(row_expert) X(row_of) X(dropped) X(prob)    \
-    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xs) X(xq) X(hq) X(dq)
+    X(loss) X(hbuf) X(ubuf) X(obuf) X(sh_o) X(sh_acc) X(xs) X(xr) X(xe) X(xq) X(hq) X(dq)
 
 static void free_scratch(mvk_cuda_layer *L)
 {
@@ -550,6 +553,8 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
         {(void **)&L->obuf, R * H * 4, "expert outputs"},
         {(void **)&L->xs, (L->d.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) ? R * H * 4 : 0,
          "scaled expert inputs"},
+        {(void **)&L->xr, L->rin ? TH * 4 : 0, "router input rows"},
+        {(void **)&L->xe, L->ein ? TH * 4 : 0, "expert input rows"},
         {(void **)&L->sh_o, cb && NS ? TH * 4 : 0, "shared expert output"},
         {(void **)&L->sh_acc, NS ? TH * 4 : 0, "shared expert sum"},
         {(void **)&L->xq, cb ? R * H * xsz : 0, "gathered rows"},
@@ -585,6 +590,9 @@ extern "C" void mvk_cuda_layer_destroy(mvk_cuda_layer *L)
     cudaFree(L->router_b);
     cudaFree(L->corr_b);
     cudaFree(L->out_b);
+    cudaFree(L->rin_s);
+    cudaFree(L->ein_w);
+    cudaFree(L->ew_s);
     if (L->h_offsets)
         cudaFreeHost(L->h_offsets);
     for (int i = 0; i < L->events; i++)
@@ -646,6 +654,14 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
     if (d->routing != MOEVK_ROUTING_TOPK_SOFTMAX && d->routing != MOEVK_ROUTING_SPARSEMIXER)
         CKS(upload_raw(L, desc->correction_bias, E * 4, (void **)&L->corr_b, "correction_bias",
                        err, err_size));
+    CKS(upload_raw(L, desc->router_input_scale, H * 4, (void **)&L->rin_s, "router_input_scale",
+                   err, err_size));
+    CKS(upload_raw(L, desc->expert_norm_weight, H * 4, (void **)&L->ein_w, "expert_norm_weight",
+                   err, err_size));
+    CKS(upload_raw(L, desc->expert_weight_scale, E * 4, (void **)&L->ew_s, "expert_weight_scale",
+                   err, err_size));
+    L->rin = moevk_ref_has_router_input(desc);
+    L->ein = moevk_ref_has_expert_input(desc);
     CKS(upload_ffn(L, desc, &desc->experts, d->num_experts - d->num_zero_experts, d->ffn, &L->ex,
                    "experts", err, err_size));
     if (d->num_shared) {
@@ -659,6 +675,7 @@ static moevk_status create(const moevk_layer_desc *desc, mvk_cuda_backend backen
     d->router_bias = d->correction_bias = NULL;
     d->output_bias = NULL;
     d->shared_gate = NULL;
+    d->router_input_scale = d->expert_norm_weight = d->expert_weight_scale = NULL;
     memset(&d->experts, 0, sizeof d->experts);
     memset(&d->shared, 0, sizeof d->shared);
     /* the formats per matrix as given (f16/bf16 widened by cuda-cublas-f32
@@ -931,10 +948,22 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
 
     CK(cudaEventRecord(L->ev[0], s));
 
+    /* the input norms: the router and the experts read their own rows */
+    const float *xr = L->x, *xe = L->x;
+    if (L->rin) {
+        CK(input_norm(s, L->x, T, H, d->router_norm_eps, L->rin_s,
+                      d->router_input_factor != 0.0f ? d->router_input_factor : 1.0f, L->xr));
+        xr = L->xr;
+    }
+    if (L->ein) {
+        CK(input_norm(s, L->x, T, H, d->expert_norm_eps, L->ein_w, 1.0f, L->xe));
+        xe = L->xe;
+    }
+
     /* router logits, and the shared-expert gate's */
-    CK(router_logits(s, d->router_dtype, L->x, L->router_w, L->router_b, T, H, E, L->logits));
+    CK(router_logits(s, d->router_dtype, xr, L->router_w, L->router_b, T, H, E, L->logits));
     if (NS && L->sgate_w)
-        CK(router_logits(s, d->router_dtype, L->x, L->sgate_w, NULL, T, H, NS, L->sg_logits));
+        CK(router_logits(s, d->router_dtype, xe, L->sgate_w, NULL, T, H, NS, L->sg_logits));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_ROUTER + 1], s));
 
     RouteParams rp;
@@ -960,6 +989,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     rp.norm_eps = d->norm_eps;
     rp.softcap = d->router_softcap;
     rp.jitter_eps = d->jitter_eps;
+    rp.escale = L->ew_s;
     CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
     if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE)
         CK(expert_choice(s, L->score, T, E, moevk_ref_expert_choice_capacity(d, T),
@@ -980,10 +1010,10 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
 
     /* weights on the input: the experts read the scaled rows in row order */
     const bool on_input = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
-    const float *xin = L->x;
+    const float *xin = xe;
     Rows up_rows = routed;
     if (on_input) {
-        CK(scale_rows(s, L->row_of, L->wts, L->x, T, H, K, NULL, 0, 0, L->xs));
+        CK(scale_rows(s, L->row_of, L->wts, xe, T, H, K, NULL, 0, 0, L->xs));
         xin = L->xs;
         up_rows.row_token = NULL;
     }
@@ -1004,14 +1034,14 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     }
     /* identity experts: their rows of o are x (w x with weights on the input) */
     if (NF < E)
-        CK(scale_rows(s, L->row_of, L->wts, L->x, T, H, K, L->ids, NF, !on_input, L->obuf));
+        CK(scale_rows(s, L->row_of, L->wts, xe, T, H, K, L->ids, NF, !on_input, L->obuf));
 
     /* shared experts: sh_acc = sum_i gate_i * expert_i(x), in i order */
     if (NS) {
         const float *gl = L->sgate_w ? L->sg_logits : NULL;
         if (L->cublas) {
             Rows dense = {NULL, NULL, NULL, T, 0};
-            CK(gather_convert(s, L->sh.gemm[0], dense, L->x, H, L->xq));
+            CK(gather_convert(s, L->sh.gemm[0], dense, xe, H, L->xq));
             for (uint32_t i = 0; i < NS; i++) {
                 dense.fixed_expert = i;
                 CKS(expert_gemms(L, &L->sh, Fs, NULL, NS, T, i, 0, NULL, err, err_size));
@@ -1023,7 +1053,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
         } else {
             for (uint32_t i = 0; i < NS; i++) {
                 Rows dense = {NULL, NULL, NULL, T, i};
-                CK(ffn_up(s, shw, dense, L->x, L->hbuf));
+                CK(ffn_up(s, shw, dense, xe, L->hbuf));
                 CK(ffn_down(s, shw, dense, L->hbuf, L->sh_acc, i == 0 ? 1 : 2, gl, NS, i));
             }
         }

@@ -95,6 +95,23 @@ static void draw_groups(mvk_rng *r, uint32_t E, uint32_t k, moevk_layer_desc *d)
     d->topk_group = topk_group == n_group && mvk_rng_chance(r, 0.3) ? 0 : topk_group;
 }
 
+/* The router's and the experts' rows of the case's x (the reference's
+ * input norms), or x itself */
+static void input_rows(mvkc_case *c)
+{
+    const moevk_layer_desc *d = &c->desc;
+    const size_t n = (size_t)c->T * d->hidden;
+    c->xr = c->xe = c->x;
+    if (moevk_ref_has_router_input(d)) {
+        moevk_ref_router_input(d, c->T, c->x, c->rows_own);
+        c->xr = c->rows_own;
+    }
+    if (moevk_ref_has_expert_input(d)) {
+        moevk_ref_expert_input(d, c->T, c->x, c->rows_own + n);
+        c->xe = c->rows_own + n;
+    }
+}
+
 /* 1 when the reference routing of the case has a near-tie (or -1 when out
  * of memory) */
 static int has_near_tie(const mvkc_case *c)
@@ -107,7 +124,7 @@ static int has_near_tie(const mvkc_case *c)
     uint8_t *tie = malloc(c->T + 1);
     int any = -1;
     if (l && ids && w && tie) {
-        moevk_ref_router_logits(c->x, c->T, d->hidden, d->router_weight, d->router_dtype,
+        moevk_ref_router_logits(c->xr, c->T, d->hidden, d->router_weight, d->router_dtype,
                                 d->num_experts, d->router_bias, l);
         if (moevk_ref_route(d, c->T, l, ids, w, tie) == MOEVK_SUCCESS) {
             any = 0;
@@ -558,6 +575,33 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
             goto oom;
         d->output_bias = c->output_bias;
     }
+    /* Gemma 4's input norms and per-expert weight scale, from a stream of
+     * their own: the router's norm with its scale and factor, the experts'
+     * norm with its weight, each part in most such cases */
+    mvk_rng rgn = mvk_rng_seed(seed, 21);
+    if (mvk_rng_chance(&rgn, 0.15)) {
+        if (!(c->norm_arrays = mvk_rng_array(&rgn, MOEVK_DTYPE_F32, 2 * (size_t)H + E, 1.0f)))
+            goto oom;
+        for (size_t i = 2 * (size_t)H; i < 2 * (size_t)H + E; i++)
+            c->norm_arrays[i] += 1.5f; /* per-expert scales in 0.5 .. 2.5 */
+        if (mvk_rng_chance(&rgn, 0.8))
+            d->router_norm_eps = mvk_rng_chance(&rgn, 0.5) ? 1e-6f : 0.1f;
+        if (mvk_rng_chance(&rgn, 0.7))
+            d->router_input_scale = c->norm_arrays;
+        if (mvk_rng_chance(&rgn, 0.7))
+            d->router_input_factor = 3.0f / sqrtf((float)H);
+        if (mvk_rng_chance(&rgn, 0.8)) {
+            d->expert_norm_eps = mvk_rng_chance(&rgn, 0.5) ? 1e-6f : 0.1f;
+            if (mvk_rng_chance(&rgn, 0.7))
+                d->expert_norm_weight = c->norm_arrays + H;
+        }
+        if (d->routing != MOEVK_ROUTING_EXPERT_CHOICE && mvk_rng_chance(&rgn, 0.7))
+            d->expert_weight_scale = c->norm_arrays + 2 * (size_t)H;
+    }
+    if (moevk_ref_has_router_input(d) || moevk_ref_has_expert_input(d)) {
+        if (!(c->rows_own = malloc(sizeof(float) * (2 * (size_t)T * H + 1))))
+            goto oom;
+    }
     /* softmax probabilities are about 1/E: a bias of that size reorders */
     if (softmax_bias && !(c->correction_bias = mvk_rng_array(&rr, MOEVK_DTYPE_F32, E,
                                                               1.0f / (float)E)))
@@ -643,6 +687,7 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
         goto oom;
     mvk_rng rx = mvk_rng_seed(seed, 2);
     fill_x(c, &rx);
+    input_rows(c);
     if (d->capacity_factor > 0 && d->routing != MOEVK_ROUTING_EXPERT_CHOICE) {
         for (uint32_t attempt = 1;; attempt++) {
             int tie = has_near_tie(c);
@@ -657,6 +702,7 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
             }
             rx = mvk_rng_seed(seed + attempt, 2);
             fill_x(c, &rx);
+            input_rows(c);
             c->x_resamples = attempt;
         }
     }
@@ -676,6 +722,8 @@ void mvkc_case_free(mvkc_case *c)
     free(c->router_bias);
     free(c->correction_bias);
     free(c->output_bias);
+    free(c->norm_arrays);
+    free(c->rows_own);
     for (int s = 0; s < 2; s++) {
         for (int m = 0; m < 3; m++) {
             free(c->mat[s][m]);
@@ -801,6 +849,14 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         app(buf, n, &p, " out-bias");
     if (d->num_zero_experts)
         app(buf, n, &p, " zero=%u", d->num_zero_experts);
+    if (moevk_ref_has_router_input(d))
+        app(buf, n, &p, " r-in(eps=%.3g%s,x%.3g)", d->router_norm_eps,
+            d->router_input_scale ? ",scale" : "", d->router_input_factor);
+    if (moevk_ref_has_expert_input(d))
+        app(buf, n, &p, " e-in(eps=%.3g%s)", d->expert_norm_eps,
+            d->expert_norm_weight ? ",weight" : "");
+    if (d->expert_weight_scale)
+        app(buf, n, &p, " e-scale");
     if (d->num_shared && d->shared_scale != 0.0f && d->shared_scale != 1.0f)
         app(buf, n, &p, " shared-x%.3g", d->shared_scale);
     if (d->flags & MOEVK_LAYER_VRAM_BUDGET)

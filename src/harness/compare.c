@@ -85,7 +85,7 @@ static double selection_tolerance(const mvkc_case *c, uint32_t t, float *lf, dou
     uint32_t E = d->num_experts, H = d->hidden;
     int sig = d->routing == MOEVK_ROUTING_SIGMOID_GROUPED;
     int probs = moevk_ref_selects_on_probs(d);
-    const float *xt = c->x + (size_t)t * H;
+    const float *xt = c->xr + (size_t)t * H; /* the router's rows */
 
     /* the reference's logits of this token, and the bound of the fp32
      * accumulation error: sum_h |x_h w_eh| + |b_e| (0 when x is not
@@ -394,7 +394,7 @@ static moevk_status conditional_y(const mvkc_case *c, const mvkc_ref *ref, const
                 y[(size_t)t * H + h] = NAN;
             continue;
         }
-        moevk_status st = moevk_ref_token_output(d, c->x + (size_t)t * H, ref->out.ids + a,
+        moevk_status st = moevk_ref_token_output(d, c->xe + (size_t)t * H, ref->out.ids + a,
                                                  ref->out.weights + a, rows + a,
                                                  y + (size_t)t * H);
         if (st)
@@ -612,7 +612,7 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
             fail(rep, "out of host memory (comparison)");
             goto done;
         }
-        moevk_ref_router_logits(c->x, T, H, d->router_weight, d->router_dtype, E, d->router_bias,
+        moevk_ref_router_logits(c->xr, T, H, d->router_weight, d->router_dtype, E, d->router_bias,
                                 logits);
         want.tokens_per_expert = NULL;
         if (moevk_ref_stats(d, T, logits, res->ids, counts, dropped, &want)) {

@@ -118,6 +118,9 @@ typedef struct mvkc_case {
     uint32_t T;
     moevk_layer_desc desc; /* its pointers point into this case's arrays */
     float *x;              /* [T * H] */
+    /* the rows the router and the experts read ([T * H]; x itself without
+     * the layer's input norms) */
+    const float *xr, *xe;
     uint32_t scenarios;    /* MVKC_SC_* applied */
     uint32_t dominant;     /* MVKC_SC_ONE_EXPERT: the dominant expert */
     uint32_t n_ties;       /* MVKC_SC_TIES: pairs with identical router rows */
@@ -128,6 +131,8 @@ typedef struct mvkc_case {
     /* storage (owned) */
     void *router, *shared_gate;
     float *router_bias, *correction_bias, *output_bias;
+    float *norm_arrays; /* router_input_scale [H], expert_norm_weight [H], scale [E] */
+    float *rows_own;    /* xr, xe when normed [2, T * H] */
     void *mat[2][3];        /* [routed, shared][gate, up, down] */
     float *bias[2][3];
     const void **ptrs[2][3]; /* per-expert pointer arrays */

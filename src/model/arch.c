@@ -1001,6 +1001,41 @@ static const mvk_arch archs[] = {
      .layer_prefixes = {DECODER_LAYER, "model.layers.{N}.block_sparse_moe."},
      .router = "router.weight", .router_alt = "gate.weight",
      .layouts = {&stacked, &per_expert_w123}},
+    /* Gemma 4's text model (Gemma4TextDecoderLayer with enable_moe_block;
+     * config.json's text_config of gemma4, tensors under
+     * model.language_model.): the MoE branch beside the dense MLP, both on
+     * the residual. Gemma4TextRouter norms the residual (no weight), times
+     * router.scale and hidden^-1/2, softmax, top-k renormalised, times
+     * per_expert_scale; the experts read pre_feedforward_layernorm_2 of the
+     * residual. The block ends at the experts' sum: the caller applies
+     * post_feedforward_layernorm_2 (docs/semantics.md). */
+    {.model_types = {"gemma4_text"},
+     .keys = {KEY(HIDDEN, 2304, "hidden_size"), KEY(NUM_LAYERS, 30, "num_hidden_layers"),
+              KEY(RMS_EPS, 1e-6f, "rms_norm_eps"), KEY(MOE_BLOCK, 0, "enable_moe_block"),
+              REQUIRED(EXPERTS, "num_experts"), REQUIRED(TOP_K, "top_k_experts"),
+              REQUIRED(FFN, "moe_intermediate_size"), FIXED(NORM_TOPK, 1)},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+     .act = {.key = "hidden_activation", .def = "gelu_pytorch_tanh", .names = gated_acts},
+     .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {"model.language_model.layers.{N}.", "model.layers.{N}."},
+     .router = "router.proj.weight", .router_norm = 1, .router_input_scale = "router.scale",
+     .expert_norm = "pre_feedforward_layernorm_2.weight",
+     .expert_weight_scale = "router.per_expert_scale", .layouts = {&stacked}},
+    /* DiffusionGemma's text model: Gemma 4's routed branch in every layer of
+     * its encoder and its diffusion decoder, which share the block's weights
+     * (saved under model.decoder.layers.; the encoder's names tried next) */
+    {.model_types = {"diffusion_gemma_text"},
+     .keys = {KEY(HIDDEN, 2304, "hidden_size"), KEY(NUM_LAYERS, 30, "num_hidden_layers"),
+              KEY(RMS_EPS, 1e-6f, "rms_norm_eps"), REQUIRED(EXPERTS, "num_experts"),
+              REQUIRED(TOP_K, "top_k_experts"), REQUIRED(FFN, "moe_intermediate_size"),
+              FIXED(NORM_TOPK, 1)},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK,
+     .act = {.key = "hidden_activation", .def = "gelu_pytorch_tanh", .names = gated_acts},
+     .sparse = MVK_SPARSE_DECODER,
+     .layer_prefixes = {"model.decoder.layers.{N}.", "model.encoder.language_model.layers.{N}."},
+     .router = "router.proj.weight", .router_norm = 1, .router_input_scale = "router.scale",
+     .expert_norm = "pre_feedforward_layernorm_2.weight",
+     .expert_weight_scale = "router.per_expert_scale", .layouts = {&stacked}},
 };
 
 #define N_ARCHS (sizeof archs / sizeof archs[0])

@@ -126,6 +126,10 @@ typedef enum mvk_cfg_field {
                                  architecture fixes it)                     */
     MVK_CFG_JITTER_EPS,       /* sparsemixer's jitter_eps (PhiMoE's
                                  router_jitter_noise: a number >= 0)        */
+    MVK_CFG_RMS_EPS,          /* rms_norm_eps: the epsilon of the block's
+                                 input norms (Gemma 4; a positive number)   */
+    MVK_CFG_MOE_BLOCK,        /* enable_moe_block (true/false): false, the
+                                 model has no MoE block and is refused      */
     MVK_CFG_FIELD_COUNT
 } mvk_cfg_field;
 
@@ -251,6 +255,13 @@ typedef struct mvk_arch {
      * mlp.router.weight), or NULL */
     const char *router_alt;
     const char *output_bias; /* [H] added once to the block's output (JetMoE) */
+    /* Gemma 4's input norms (moevk_layer_desc's, eps MVK_CFG_RMS_EPS): with
+     * router_norm the router norms its input, times the [H] tensor
+     * router_input_scale (when named) and hidden^-1/2; expert_norm names the
+     * [H] weight of the experts' input norm; expert_weight_scale the [E]
+     * per-expert scale of the routing weights. NULL / 0: none. */
+    int router_norm;
+    const char *router_input_scale, *expert_norm, *expert_weight_scale;
     const mvk_arch_layout *layouts[MVK_ARCH_LAYOUTS]; /* probed in order */
     const char *shared[3];   /* the shared expert's gate, up, down          */
     const char *shared_gate; /* its [1, H] sigmoid gate (when shared_ffn > 0) */

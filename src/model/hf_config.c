@@ -97,6 +97,8 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_MLP_BIAS] = {V_BOOL, AT(mlp_bias), "mlp_bias"},
     [MVK_CFG_SELECT_ON_LOGITS] = {V_BOOL, AT(select_on_logits), "select_on_logits"},
     [MVK_CFG_JITTER_EPS] = {V_F32, AT(jitter_eps), "router_jitter_noise"},
+    [MVK_CFG_RMS_EPS] = {V_F32, AT(rms_norm_eps), "rms_norm_eps"},
+    [MVK_CFG_MOE_BLOCK] = {V_BOOL, AT(moe_block), "enable_moe_block"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -506,6 +508,14 @@ static int check_values(const cfg_reader *r, const mvk_moe_config *c)
         if (mvk_arch_key_of(a, caps[i]) && !((i ? c->softcap_up : c->softcap_gate) > 0))
             return mvk_errf(r->err, r->errsz, "%s: \"%s\" must be positive", r->what,
                             key_name(a, caps[i]));
+    if (mvk_arch_key_of(a, MVK_CFG_MOE_BLOCK) && !c->moe_block)
+        return mvk_errf(r->err, r->errsz,
+                        "%s: \"%s\" is false: the model has no MoE block (its layers are "
+                        "dense)",
+                        r->what, key_name(a, MVK_CFG_MOE_BLOCK));
+    if (mvk_arch_key_of(a, MVK_CFG_RMS_EPS) && !(c->rms_norm_eps > 0))
+        return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %g must be positive", r->what,
+                        key_name(a, MVK_CFG_RMS_EPS), (double)c->rms_norm_eps);
     if (c->mlp_bias)
         return mvk_errf(r->err, r->errsz,
                         "%s: \"%s\" = true: biases on the shared expert are not supported",

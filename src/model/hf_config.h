@@ -47,6 +47,8 @@ typedef struct mvk_moe_config {
     uint32_t *moe_layers;     /* moe_layers: MoE layer indices (NULL: none) */
     uint32_t latent;          /* moe_latent_size: refused when not 0       */
     float router_softcap;     /* > 0: the router logits' soft cap           */
+    float rms_norm_eps;       /* the input norms' epsilon (Gemma 4)         */
+    int moe_block;            /* enable_moe_block (refused when false)      */
     int select_on_logits;     /* choose on l + correction bias (Kolibri-1)  */
     float jitter_eps;         /* sparsemixer's threshold epsilon (PhiMoE)   */
     uint32_t zero_experts;    /* identity experts after the num_experts FFN

@@ -859,6 +859,15 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     const mvk_st_tensor *ob = NULL;
     if (a->output_bias && !(ob = need(b, a->output_bias, 0, 1, SHAPE(H), "[H]")))
         goto fail;
+    /* Gemma 4's input norms and per-expert scale */
+    const mvk_st_tensor *ris = NULL, *enw = NULL, *ews = NULL;
+    if (a->router_input_scale && !(ris = need(b, a->router_input_scale, 0, 1, SHAPE(H), "[H]")))
+        goto fail;
+    if (a->expert_norm && !(enw = need(b, a->expert_norm, 0, 1, SHAPE(H), "[H]")))
+        goto fail;
+    if (a->expert_weight_scale &&
+        !(ews = need(b, a->expert_weight_scale, 0, 1, SHAPE(E), "[E]")))
+        goto fail;
 
     /* experts */
     expert_views routed = {0}, shared = {0};
@@ -925,6 +934,19 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     if (cb && !(d->correction_bias = f32_copy(b, cb)))
         goto fail;
     if (ob && !(d->output_bias = f32_copy(b, ob)))
+        goto fail;
+    if (a->router_norm) {
+        d->router_norm_eps = c->rms_norm_eps;
+        d->router_input_factor = (float)(1.0 / sqrt((double)H));
+    }
+    if (ris && !(d->router_input_scale = f32_copy(b, ris)))
+        goto fail;
+    if (enw) {
+        d->expert_norm_eps = c->rms_norm_eps;
+        if (!(d->expert_norm_weight = f32_copy(b, enw)))
+            goto fail;
+    }
+    if (ews && !(d->expert_weight_scale = f32_copy(b, ews)))
         goto fail;
 
     if (lay->gate_bias) {
@@ -1120,6 +1142,10 @@ uint64_t mvk_model_layer_nonfinite(const mvk_model_layer *L, char *first, size_t
     nf_count(&w, d->router_weight, d->router_dtype, E * H, "router", NULL, -1);
     nf_count(&w, d->router_bias, MOEVK_DTYPE_F32, E, "router bias", NULL, -1);
     nf_count(&w, d->correction_bias, MOEVK_DTYPE_F32, E, "score correction bias", NULL, -1);
+    nf_count(&w, d->router_input_scale, MOEVK_DTYPE_F32, H, "router input scale", NULL, -1);
+    nf_count(&w, d->expert_norm_weight, MOEVK_DTYPE_F32, H, "expert input norm weight", NULL,
+             -1);
+    nf_count(&w, d->expert_weight_scale, MOEVK_DTYPE_F32, E, "per-expert scale", NULL, -1);
     /* per-matrix formats (MOEVK_LAYER_MATRIX_DTYPES), else weight_dtype */
     const int md = (d->flags & MOEVK_LAYER_MATRIX_DTYPES) != 0;
     nf_experts(&w, &d->experts, d->num_experts - d->num_zero_experts, d->ffn, H,

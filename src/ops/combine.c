@@ -51,3 +51,27 @@ void mvk_op_scale_rows(mvk_cmd *c, const mvk_scale_args *a)
                          sizeof(p), (uint32_t)((cnt + MVK_SCALE_WG - 1) / MVK_SCALE_WG), 1, 1);
     }
 }
+
+void mvk_op_input_norm(mvk_cmd *c, const mvk_norm_args *a)
+{
+    const uint32_t spec[MVK_NORM_NSPEC] = {MVK_NORM_WG};
+    mvk_binding b[MVK_NORM_BINDINGS];
+    b[MVK_NORM_BIND_X] = a->x;
+    b[MVK_NORM_BIND_RSCALE] = a->rscale;
+    b[MVK_NORM_BIND_EWEIGHT] = a->eweight;
+    b[MVK_NORM_BIND_XR] = a->xr;
+    b[MVK_NORM_BIND_XE] = a->xe;
+    const uint32_t per = c->ctx->info.max_workgroup_count[0];
+    for (uint32_t t0 = 0; t0 < a->T; t0 += per) {
+        mvk_norm_push p = {
+            .T = a->T, .H = a->H, .tok0 = t0,
+            .do_router = a->xr.buffer != VK_NULL_HANDLE,
+            .has_rscale = a->rscale.buffer != VK_NULL_HANDLE, .r_eps = a->r_eps,
+            .r_factor = a->r_factor != 0.0f ? a->r_factor : 1.0f,
+            .do_expert = a->xe.buffer != VK_NULL_HANDLE,
+            .has_eweight = a->eweight.buffer != VK_NULL_HANDLE, .e_eps = a->e_eps,
+        };
+        mvk_cmd_dispatch(c, MVK_K_INPUT_NORM, spec, MVK_NORM_NSPEC, b, MVK_NORM_BINDINGS, &p,
+                         sizeof(p), MVK_MIN(per, a->T - t0), 1, 1);
+    }
+}

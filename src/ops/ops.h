@@ -44,6 +44,7 @@ typedef struct mvk_route_args {
     float softcap;   /* router_softcap (mvk_route_push) */
     bool sel_logits; /* select_on_logits, in modes 0 and 2 */
     float jitter_eps; /* sparsemixer (mvk_route_push) */
+    mvk_binding expert_scale; /* [E] per-expert weight scale, or none */
     /* fused: the router logits computed in the same dispatch (written to
      * logits too), from x [T, H] and the router weight/bias */
     bool fused;
@@ -140,6 +141,14 @@ typedef struct mvk_scale_args {
     bool unit;         /* the row is x itself */
 } mvk_scale_args;
 void mvk_op_scale_rows(mvk_cmd *c, const mvk_scale_args *a);
+
+/* ---- input_norm (src/ops/combine.c): the router's and experts' rows ----- */
+typedef struct mvk_norm_args {
+    mvk_binding x, rscale, eweight, xr, xe; /* xr / xe: none = not written */
+    uint32_t T, H;
+    float r_eps, r_factor, e_eps;
+} mvk_norm_args;
+void mvk_op_input_norm(mvk_cmd *c, const mvk_norm_args *a);
 
 /* ---- statistics (src/ops/stats.c) --------------------------------------- */
 typedef struct mvk_stats_args {

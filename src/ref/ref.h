@@ -36,6 +36,17 @@ double moevk_ref_load(const void *data, moevk_dtype dtype, size_t i);
 void moevk_ref_router_logits(const float *x, uint32_t T, uint32_t H, const void *w,
                              moevk_dtype w_dtype, uint32_t E, const float *bias,
                              float *logits);
+/* The input norms (docs/semantics.md, "Input norms"): the rows [T, H] the
+ * router reads (router_norm_eps, router_input_scale, router_input_factor)
+ * and those the experts read (expert_norm_eps, expert_norm_weight), in
+ * double, each rounded to float. Without the layer's transform the row is
+ * x itself. moevk_ref_has_*_input: 1 when the layer transforms it. */
+int moevk_ref_has_router_input(const moevk_layer_desc *desc);
+int moevk_ref_has_expert_input(const moevk_layer_desc *desc);
+void moevk_ref_router_input(const moevk_layer_desc *desc, uint32_t T, const float *x,
+                            float *out);
+void moevk_ref_expert_input(const moevk_layer_desc *desc, uint32_t T, const float *x,
+                            float *out);
 /* Row-wise softmax (max-subtracted) or sigmoid, in double, stored as float. */
 void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring scoring,
                       float *scores);
@@ -141,7 +152,8 @@ moevk_status moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const flo
  * MOEVK_SUCCESS. The desc must be valid (see moevk_layer_desc_validate). */
 /* One token's output y [H] given its k slots: ids, weights and rows (a row
  * < 0 is a dropped slot), as moevk_ref_layer_forward computes it after
- * routing and admission (the harness's y under another admission). */
+ * routing and admission (the harness's y under another admission). xt is
+ * the experts' input row (moevk_ref_expert_input of the token). */
 moevk_status moevk_ref_token_output(const moevk_layer_desc *desc, const float *xt,
                                     const uint32_t *ids, const float *weights,
                                     const int32_t *rows, float *y);

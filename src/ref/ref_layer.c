@@ -354,13 +354,31 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
     double *acc = malloc(((size_t)H + 1) * sizeof *acc);
     float *wrow = malloc(((size_t)(H > max_ffn ? H : max_ffn) + 1) * sizeof *wrow);
     float *xs = malloc(((size_t)H + 1) * sizeof *xs);
+    float *xn = NULL; /* the normed inputs [2, T, H] */
     if (!logits || !r_ids || !r_w || !counts || !offsets || !row || !h || !o || !acc || !wrow ||
         !xs) {
         status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
         goto done;
     }
 
-    moevk_ref_router_logits(x, T, H, desc->router_weight, desc->router_dtype, E,
+    /* the input norms: the router and the experts each read their rows */
+    const float *xr = x, *xe = x;
+    if (moevk_ref_has_router_input(desc) || moevk_ref_has_expert_input(desc)) {
+        xn = malloc((2 * (size_t)T * H + 1) * sizeof *xn);
+        if (!xn) {
+            status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+            goto done;
+        }
+        if (moevk_ref_has_router_input(desc)) {
+            moevk_ref_router_input(desc, T, x, xn);
+            xr = xn;
+        }
+        if (moevk_ref_has_expert_input(desc)) {
+            moevk_ref_expert_input(desc, T, x, xn + (size_t)T * H);
+            xe = xn + (size_t)T * H;
+        }
+    }
+    moevk_ref_router_logits(xr, T, H, desc->router_weight, desc->router_dtype, E,
                             desc->router_bias, logits);
     status = moevk_ref_route(desc, T, logits, r_ids, r_w, near_tie);
     if (status)
@@ -369,8 +387,8 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
 
     for (uint32_t t = 0; t < T; t++) {
         const size_t a = (size_t)t * k;
-        token_output(desc, x + (size_t)t * H, r_ids + a, r_w + a, row + a, h, o, acc, wrow, xs,
-                     y + (size_t)t * H);
+        token_output(desc, xe + (size_t)t * H, r_ids + a, r_w + a, row + a, h, o, acc, wrow,
+                     xs, y + (size_t)t * H);
     }
 
     if (stats) {
@@ -397,5 +415,6 @@ done:
     free(acc);
     free(wrow);
     free(xs);
+    free(xn);
     return status;
 }

@@ -412,6 +412,10 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
             for (uint32_t j = 0; j < k; j++)
                 wk[j] /= den;
         }
+        /* Gemma 4's per_expert_scale, after the normalisation */
+        if (desc->expert_weight_scale)
+            for (uint32_t j = 0; j < k; j++)
+                wk[j] *= (double)desc->expert_weight_scale[tid[j]];
         for (uint32_t j = 0; j < k; j++)
             tw[j] = (float)(wk[j] * scale);
     }
