@@ -390,6 +390,14 @@ Test(ep, bad_arguments)
     ed.expert_rank = NULL;
     ed.transport = &half;
     cr_assert_eq(moevk_ep_layer_create(ctx, &ed, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+    ed.transport = &tr;
+    /* the experts' input norm (Gemma 4) is not carried to the experts' ranks */
+    moevk_layer_desc normed = l.d;
+    normed.expert_norm_eps = 1e-6f;
+    ed.layer = &normed;
+    cr_assert_eq(moevk_ep_layer_create(ctx, &ed, &L), MOEVK_ERROR_INVALID_ARGUMENT);
+    cr_assert(strstr(moevk_context_last_error(ctx), "expert_norm_eps"), "%s",
+              moevk_context_last_error(ctx));
     /* the token side alone refuses a whole pass */
     moevk_layer_desc nr = l.d;
     nr.flags |= MOEVK_LAYER_NO_ROUTED_EXPERTS;

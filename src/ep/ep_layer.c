@@ -232,6 +232,11 @@ static moevk_status ep_create_local(moevk_ep_layer *L, const moevk_ep_desc *desc
         return mvk_fail(ctx, bad,
                         "MOEVK_LAYER_NO_ROUTED_EXPERTS: an expert-parallel layer needs its "
                         "routed experts");
+    if (d->expert_norm_eps > 0.0f)
+        return mvk_fail(ctx, bad,
+                        "expert_norm_eps = %g: an expert-parallel layer sends x's rows to the "
+                        "experts' ranks, not the experts' normed input (not supported yet)",
+                        (double)d->expert_norm_eps);
     L->E = d->num_experts;
     /* identity experts have no weights: every rank computes them for its
      * own tokens; the FFN experts are split */
