@@ -331,7 +331,8 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
                     continue;
                 js += isnan(le) ? le : expf(le - mj);
             }
-            tw[j] = (isinf(mj) || isnan(mj) ? __int_as_float(0x7fc00000) : 1.0f / js) * p.scale;
+            tw[j] = (isinf(mj) || isnan(mj) ? __int_as_float(0x7fc00000) : 1.0f / js) *
+                    (p.escale ? p.escale[tid[j]] : 1.0f) * p.scale;
         }
         return;
     }

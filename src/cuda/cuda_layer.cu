@@ -557,7 +557,9 @@ static moevk_status reserve(mvk_cuda_layer *L, uint32_t T, char *err, size_t err
         {(void **)&L->xe, L->ein ? TH * 4 : 0, "expert input rows"},
         {(void **)&L->sh_o, cb && NS ? TH * 4 : 0, "shared expert output"},
         {(void **)&L->sh_acc, NS ? TH * 4 : 0, "shared expert sum"},
-        {(void **)&L->xq, cb ? R * H * xsz : 0, "gathered rows"},
+        /* the routed rows, or the shared experts' T dense rows (more when
+         * expert choice's C E assignments are fewer than the tokens) */
+        {(void **)&L->xq, cb ? (R > T ? R : T) * H * xsz : 0, "gathered rows"},
         {(void **)&L->hq, cb ? rowsF * hsz : 0, "hidden activations (GEMM dtype)"},
         {&L->dq, dq, "dequantised expert matrix"},
     };
