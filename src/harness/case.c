@@ -579,7 +579,7 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
      * their own: the router's norm with its scale and factor, the experts'
      * norm with its weight, each part in most such cases */
     mvk_rng rgn = mvk_rng_seed(seed, 21);
-    if (mvk_rng_chance(&rgn, 0.15)) {
+    if (!lim.no_input_norms && mvk_rng_chance(&rgn, 0.15)) {
         if (!(c->norm_arrays = mvk_rng_array(&rgn, MOEVK_DTYPE_F32, 2 * (size_t)H + E, 1.0f)))
             goto oom;
         for (size_t i = 2 * (size_t)H; i < 2 * (size_t)H + E; i++)

@@ -101,6 +101,8 @@ typedef struct mvkc_limits {
     float capacity_factor;
     /* 0 = random (a fifth of the cases); < 0 = no router soft cap. */
     float router_softcap;
+    /* 1: no input norms or per-expert weight scale (Gemma 4's parts) */
+    int no_input_norms;
     /* Expert matrices in block formats (gate/up and down rows each in one,
      * drawn from the format table): 0 = in a quarter of the cases unless
      * weight_dtype is forced, < 0 = never, > 0 = always. */

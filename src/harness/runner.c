@@ -187,7 +187,8 @@ static int only_max_work(const mvkc_limits *l)
     return !l || (!l->max_weights && !l->max_tokens && !l->max_experts && !l->tokens &&
                   !l->hidden && !l->ffn && !l->experts && !l->top_k &&
                   !l->activation && !l->weight_dtype && !l->router_dtype &&
-                  l->capacity_factor == 0 && l->router_softcap == 0 && !l->num_shared &&
+                  l->capacity_factor == 0 && l->router_softcap == 0 && !l->no_input_norms &&
+                  !l->num_shared &&
                   !l->scenarios_on &&
                   !l->scenarios_off);
 }
