@@ -80,6 +80,10 @@
 #define MVK_ROUTING_EXPERT_CHOICE 3u /* route writes p [T, E] into weights */
 #define MVK_ROUTING_SPARSEMIXER 4u
 
+/* ---- sigmoid_grouped's score function (route's score_fn); = moevk_score_fn */
+#define MVK_SCORE_SIGMOID 0u
+#define MVK_SCORE_SQRTSOFTPLUS 1u
+
 /* ---- scoring (router_scores); = moevk_scoring --------------------------- */
 #define MVK_SCORING_SOFTMAX 0u
 #define MVK_SCORING_SIGMOID 1u
@@ -155,6 +159,7 @@ MVK_PUSH_BEGIN(mvk_route_push)
     MVK_U32 sel_logits; /* modes 0 and 2: select on l + bias (select_on_logits) */
     MVK_F32 jitter_eps; /* sparsemixer: the threshold is 2 jitter_eps */
     MVK_U32 has_expert_scale; /* w *= expert_scale[id] after the normalisation */
+    MVK_U32 score_fn;   /* sigmoid_grouped: MVK_SCORE_SIGMOID or _SQRTSOFTPLUS */
 MVK_PUSH_END(mvk_route_push)
 #endif
 

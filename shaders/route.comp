@@ -5,7 +5,8 @@
 //   0 softmax_topk   : the logit (softmax is strictly monotonic), or with
 //                      sel_probs p + bias; w = p[id]
 //   1 topk_softmax   : the logit; w = softmax over the k selected logits
-//   2 sigmoid_grouped: c = sigmoid(l) + bias; w = sigmoid(l[id])
+//   2 sigmoid_grouped: c = s(l) + bias; w = s(l[id]), s = sigmoid or
+//                      sqrt_softplus (score_fn)
 //   3 expert_choice  : no selection here: p = softmax(l) into weights [T, E]
 //                      for the expert_choice kernel
 //   4 sparsemixer    : the logit; slot j's w = softmax at id_j over the
@@ -47,6 +48,12 @@ layout(std430, binding = MVK_ROUTE_BIND_ROUTER_B) readonly buffer RB { float rbi
 layout(std430, binding = MVK_ROUTE_BIND_EXPERT_SCALE) readonly buffer ES { float expert_scale[]; };
 
 DEFINE_LOADER(load_rw, rw, WDTYPE)
+
+// sigmoid_grouped's score function (score_fn)
+float group_score_fn(float l)
+{
+    return p.score_fn == MVK_SCORE_SQRTSOFTPLUS ? sqrt_softplus(l) : 1.0 / (1.0 + exp(-l));
+}
 
 const uint MAXE = MVK_ROUTE_MAX_EXPERTS;
 const uint NONE = 0xffffffffu;
@@ -211,7 +218,7 @@ void main()
             if (p.has_bias != 0u)
                 v += corr_bias[e];
         } else if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED || p.sel_probs != 0u) {
-            v = ROUTING == MVK_ROUTING_SIGMOID_GROUPED ? 1.0 / (1.0 + exp(-l)) : exp(l - m) / s;
+            v = ROUTING == MVK_ROUTING_SIGMOID_GROUPED ? group_score_fn(l) : exp(l - m) / s;
             if (p.has_bias != 0u)
                 v += corr_bias[e];
         }
@@ -326,7 +333,7 @@ void main()
             else if (ROUTING == MVK_ROUTING_TOPK_SOFTMAX)
                 w = exp(l - lg[sel_i[0]]);
             else
-                w = 1.0 / (1.0 + exp(-l));
+                w = group_score_fn(l);
             sel_v[j] = w;
             wsum += w;
         }

@@ -285,6 +285,17 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                         "must be 0",
                         (double)d.jitter_eps, (int)d.routing);
     }
+    if (d.score_fn != MOEVK_SCORE_SIGMOID) {
+        if (d.score_fn != MOEVK_SCORE_SQRTSOFTPLUS)
+            return mvk_fail(ctx, bad,
+                            "score_fn = %d is not a score function (0 sigmoid, 1 sqrtsoftplus)",
+                            (int)d.score_fn);
+        if (d.routing != MOEVK_ROUTING_SIGMOID_GROUPED)
+            return mvk_fail(ctx, bad,
+                            "score_fn = %d is only for sigmoid_grouped routing (routing = %d): "
+                            "it must be 0",
+                            (int)d.score_fn, (int)d.routing);
+    }
     if (!(d.router_softcap >= 0.0f) || !isfinite(d.router_softcap))
         return mvk_fail(ctx, bad, "router_softcap = %g must be 0 (no cap) or finite and > 0",
                         (double)d.router_softcap);

@@ -976,6 +976,23 @@ static const config_row config_rows[] = {
       .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .norm_eps = 1e-6f, SILU,
       .routed_scaling_factor = 1.0f, .first_k_dense_replace = 2, .num_layers = 32,
       .decoder_sparse_step = 1}},
+    /* DeepSeek-V4: sqrt(softplus) scores, always normalised, one shared
+     * expert whatever n_shared_experts says, clamped SwiGLU everywhere */
+    {"{\"model_type\": \"deepseek_v4\", \"n_shared_experts\": 3, \"norm_topk_prob\": false}",
+     "deepseek_v4",
+     {.hidden = 4096, .ffn = 2048, .num_experts = 256, .top_k = 6,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU_CLAMP,
+      .act_name = "silu", .norm_topk_prob = 1, .routed_scaling_factor = 1.5f,
+      .swiglu_limit = 10.0f, .shared_ffn = 2048, .correction_bias = 1, .num_layers = 43,
+      .decoder_sparse_step = 1, .sqrtsoftplus = 1, .hash_layers = 3}},
+    {"{\"model_type\": \"deepseek_v4\", \"scoring_func\": \"sigmoid\", \"num_hash_layers\": 0,"
+     " \"swiglu_limit\": 7, \"moe_intermediate_size\": 64, \"routed_scaling_factor\": 2.5}",
+     "deepseek_v4",
+     {.hidden = 4096, .ffn = 64, .num_experts = 256, .top_k = 6,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .activation = MOEVK_ACT_SWIGLU_CLAMP,
+      .act_name = "silu", .norm_topk_prob = 1, .routed_scaling_factor = 2.5f,
+      .swiglu_limit = 7.0f, .shared_ffn = 64, .correction_bias = 1, .num_layers = 43,
+      .decoder_sparse_step = 1}},
     /* HY-V4: clamped routed experts, the shared expert's own hidden_act */
     {"{\"model_type\": \"hy_v4\"}", "hy_v4",
      {.hidden = 2816, .ffn = 768, .num_experts = 256, .top_k = 8,
@@ -1193,6 +1210,8 @@ Test(model, config_fields_and_defaults_follow_transformers)
         SAME(zero_experts)
         SAME(rms_norm_eps)
         SAME(moe_block)
+        SAME(sqrtsoftplus)
+        SAME(hash_layers)
 #undef SAME
         cr_expect_str_eq(g.shared_act_name, w->shared_act_name, "%s", r->json);
         for (uint32_t k = 0; k < g.n_mlp_only_layers && k < 2; k++)
@@ -1293,6 +1312,10 @@ Test(model, config_errors_name_the_field)
               "\"hidden_act\" = \"tanh\" is not supported");
     parse_bad("{\"model_type\": \"inkling2_text\", \"scoring_func\": \"sqrtsoftplus\"}",
               "\"scoring_func\" = \"sqrtsoftplus\" is not supported (sigmoid)");
+    parse_bad("{\"model_type\": \"deepseek_v4\", \"scoring_func\": \"softmax\"}",
+              "\"scoring_func\" = \"softmax\" is not supported (sigmoid, sqrtsoftplus)");
+    parse_bad("{\"model_type\": \"deepseek_v4\", \"hidden_act\": \"gelu\"}",
+              "\"hidden_act\" = \"gelu\" is not supported");
     parse_bad("{\"model_type\": \"inkling2_text\", \"mlp_up_softcap\": 0}",
               "\"mlp_up_softcap\" must be positive");
     parse_bad("{\"model_type\": \"dbrx\", \"ffn_config\": {\"moe_normalize_expert_weights\": 0}}",
@@ -1431,6 +1454,19 @@ static const layer_row layer_rows[] = {
     {"{\"model_type\": \"dbrx\", \"n_layers\": 4}", 3, 0, {"transformer.blocks.3.ffn."}, NULL},
     {"{\"model_type\": \"granitemoehybrid\"}", 5, 0, {"model.layers.5.block_sparse_moe."},
      NULL},
+    /* DeepSeek-V4: hash-routed layers ("hash_moe", or below num_hash_layers
+     * without mlp_layer_types) are refused, "moe" layers run */
+    {"{\"model_type\": \"deepseek_v4\", \"num_hidden_layers\": 3,"
+     " \"mlp_layer_types\": [\"hash_moe\", \"moe\", \"moe\"]}",
+     0, 0, {NULL}, "layer 0 is a hash-routed MoE layer (\"hash_moe\" in mlp_layer_types)"},
+    {"{\"model_type\": \"deepseek_v4\", \"num_hidden_layers\": 3,"
+     " \"mlp_layer_types\": [\"hash_moe\", \"moe\", \"moe\"]}",
+     1, 0, {"model.layers.1.mlp."}, NULL},
+    {"{\"model_type\": \"deepseek_v4\"}", 2, 0, {NULL},
+     "layer 2 is a hash-routed MoE layer (below num_hash_layers)"},
+    {"{\"model_type\": \"deepseek_v4\"}", 3, 0, {"model.layers.3.mlp."}, NULL},
+    {"{\"model_type\": \"deepseek_v4\", \"num_hash_layers\": 1}", 1, 0,
+     {"model.layers.1.mlp."}, NULL},
     {"{\"model_type\": \"minimax_m3_vl_text\", \"mlp_layer_types\": [\"dense\", \"sparse\"],"
      " \"num_hidden_layers\": 2}",
      1, 0, {"model.language_model.layers.1.mlp.", "model.layers.1.mlp."}, NULL},
@@ -2272,7 +2308,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 66, "the table has %zu architectures", n);
+    cr_assert_eq(n, 67, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

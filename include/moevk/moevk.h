@@ -391,6 +391,12 @@ typedef enum moevk_routing {
 } moevk_routing;
 /* Every mode ends with w *= routed_scaling_factor (docs/semantics.md). */
 
+/* sigmoid_grouped's score function s(l) (desc.score_fn); 0 is the mode's. */
+typedef enum moevk_score_fn {
+    MOEVK_SCORE_SIGMOID = 0,      /* s = sigmoid(l)                       */
+    MOEVK_SCORE_SQRTSOFTPLUS = 1, /* s = sqrt(log(1 + e^l)) (DeepSeek-V4)  */
+} moevk_score_fn;
+
 /* How an expert group is scored from its experts' selection scores c
  * (grouped routing: n_group > 1 and topk_group < n_group). */
 typedef enum moevk_group_score {
@@ -674,6 +680,10 @@ typedef struct moevk_layer_desc {
      * normalisation and before routed_scaling_factor (Gemma 4's
      * per_expert_scale). NULL = no scale. */
     const float *expert_weight_scale;
+    /* sigmoid_grouped: the score function whose values s choose (s +
+     * correction_bias) and weigh (w = s[ids]); 0 = sigmoid. Other modes:
+     * must be 0. */
+    moevk_score_fn score_fn;
 } moevk_layer_desc;
 
 /* Routing slots per token: the width of the ids, weights and row arrays of

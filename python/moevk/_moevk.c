@@ -282,7 +282,7 @@ static PyTypeObject ContextType = {
 
 /* ---- layer descriptions from dicts --------------------------------------- */
 
-typedef enum { F_U32, F_BOOL, F_F32, F_ROUTING, F_ACT, F_GROUP, F_DTYPE, F_FLAG } field_kind;
+typedef enum { F_U32, F_BOOL, F_F32, F_ROUTING, F_ACT, F_GROUP, F_SCORE, F_DTYPE, F_FLAG } field_kind;
 
 typedef struct {
     const char *name;
@@ -312,6 +312,7 @@ static const field_def fields[] = {
     FD(quantize_dtype, F_DTYPE),
     FD(quantize_threads, F_U32),
     FD(group_score, F_GROUP),
+    FD(score_fn, F_SCORE),
     FD(norm_p, F_F32),
     FD(norm_min, F_F32),
     FD(shared_scale, F_F32),
@@ -339,6 +340,7 @@ static const char *const act_names[] = {"swiglu",       "geglu",          "geglu
                                         "relu2",        "swiglu_clamp",   "swiglu_softcap",
                                         "swiglu_postclamp"};
 static const char *const group_names[] = {"top2_sum", "max"};
+static const char *const score_names[] = {"sigmoid", "sqrtsoftplus"};
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* An enum value by name (or as an int in range) into *out. */
@@ -456,14 +458,17 @@ static int set_field(moevk_layer_desc *d, const field_def *f, PyObject *v)
     }
     case F_ROUTING:
     case F_ACT:
-    case F_GROUP: {
+    case F_GROUP:
+    case F_SCORE: {
         uint32_t e;
         const char *const *names = f->kind == F_ROUTING ? routing_names
                                    : f->kind == F_ACT   ? act_names
-                                                        : group_names;
+                                   : f->kind == F_GROUP ? group_names
+                                                        : score_names;
         size_t n = f->kind == F_ROUTING ? COUNT(routing_names)
                    : f->kind == F_ACT   ? COUNT(act_names)
-                                        : COUNT(group_names);
+                   : f->kind == F_GROUP ? COUNT(group_names)
+                                        : COUNT(score_names);
         if (enum_value(v, f->name, names, n, &e))
             return -1;
         int ev = (int)e; /* the enums are int-sized */

@@ -31,6 +31,7 @@ struct RouteParams {
     float softcap;       /* router_softcap: > 0 caps the logits in place */
     int sel_logits;      /* select_on_logits: c = l + corr (modes 0 and 2) */
     float jitter_eps;    /* sparsemixer: the threshold is 2 jitter_eps */
+    int score_fn;        /* sigmoid_grouped: moevk_score_fn */
     const float *escale; /* [E] expert_weight_scale or NULL: w *= escale[id] after
                             the normalisation, before scale */
 };

@@ -104,6 +104,15 @@ __device__ __forceinline__ float sigmoid(float x)
     return 1.0f / (1.0f + expf(-x));
 }
 
+/* sigmoid_grouped's score: sigmoid, or sqrt(softplus) as docs/semantics.md
+ * writes it, max(x, 0) + log1p(e^-|x|) */
+__device__ __forceinline__ float group_score(int score_fn, float x)
+{
+    if (score_fn == MOEVK_SCORE_SQRTSOFTPLUS)
+        return sqrtf(fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))));
+    return sigmoid(x);
+}
+
 __device__ __forceinline__ float gelu_erf(float x)
 {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
@@ -262,7 +271,8 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
         if (p.sel_logits)
             c = l[e] + (p.corr ? p.corr[e] : 0.0f);
         else if (sig || p.sel_probs)
-            c = (sig ? sigmoid(l[e]) : expf(l[e] - m) / s) + (p.corr ? p.corr[e] : 0.0f);
+            c = (sig ? group_score(p.score_fn, l[e]) : expf(l[e] - m) / s) +
+                (p.corr ? p.corr[e] : 0.0f);
         score[e] = c;
     }
 
@@ -353,7 +363,7 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
      * + norm_eps, or + 1e-20 for sigmoid), then scaled */
     float wsum = 0.0f;
     for (uint32_t j = 0; j < K; j++) {
-        float w = sig ? sigmoid(l[tid[j]]) : expf(l[tid[j]] - m) / s;
+        float w = sig ? group_score(p.score_fn, l[tid[j]]) : expf(l[tid[j]] - m) / s;
         tw[j] = w;
         wsum += w;
     }

@@ -991,6 +991,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     rp.norm_eps = d->norm_eps;
     rp.softcap = d->router_softcap;
     rp.jitter_eps = d->jitter_eps;
+    rp.score_fn = (int)d->score_fn;
     rp.escale = L->ew_s;
     CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
     if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE)

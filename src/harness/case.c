@@ -358,6 +358,11 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
                         : u < 9 ? 0.0f
                                 : mvk_rng_uniform(&rsm, 0.5f, 5.0f);
     }
+    /* sqrt(softplus) scores (DeepSeek-V4) in a third of the sigmoid_grouped
+     * cases, from a stream of its own */
+    mvk_rng rsf = mvk_rng_seed(seed, 22);
+    if (d->routing == MOEVK_ROUTING_SIGMOID_GROUPED && mvk_rng_chance(&rsf, 0.33))
+        d->score_fn = MOEVK_SCORE_SQRTSOFTPLUS;
     /* capacity */
     if (lim.capacity_factor < 0)
         d->capacity_factor = 0;
@@ -802,6 +807,10 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         }
         if (d->select_on_logits) {
             app(buf, n, &p, "%son-logits", sep);
+            sep = ",";
+        }
+        if (d->score_fn == MOEVK_SCORE_SQRTSOFTPLUS) {
+            app(buf, n, &p, "%ssqrtsoftplus", sep);
             sep = ",";
         }
         if (d->router_softcap) {

@@ -108,9 +108,10 @@ static double selection_tolerance(const mvkc_case *c, uint32_t t, float *lf, dou
         if (isfinite(s[e]) && fabs(s[e]) > maxabs)
             maxabs = fabs(s[e]);
     }
-    /* sigmoid' <= 1/4; a softmax probability moves by at most 2 p <= 2
-     * times the largest logit error */
-    return (sig && !d->select_on_logits ? 0.25 : probs ? 2.0 : 1.0) * 4e-6 * bound +
+    /* sigmoid' <= 1/4, sqrt(softplus)' < 0.33; a softmax probability moves
+     * by at most 2 p <= 2 times the largest logit error */
+    double slope = d->score_fn == MOEVK_SCORE_SQRTSOFTPLUS ? 0.33 : 0.25;
+    return (sig && !d->select_on_logits ? slope : probs ? 2.0 : 1.0) * 4e-6 * bound +
            2e-6 * maxabs;
 }
 

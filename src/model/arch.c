@@ -79,6 +79,14 @@ static const mvk_act_name ffn_acts[] = {
 
 #define HIDDEN_ACT {.key = "hidden_act", .def = "silu", .names = gated_acts}
 
+/* hidden_act of experts whose SwiGLU is clamped (silu(min(g, limit)) *
+ * clamp(u, +-limit)): only silu (DeepSeek-V4) */
+static const mvk_act_name clamped_acts[] = {
+    {"silu", MOEVK_ACT_SWIGLU_CLAMP},
+    {"swish", MOEVK_ACT_SWIGLU_CLAMP},
+    {NULL, MOEVK_ACT_SWIGLU_CLAMP},
+};
+
 /* ---- expert layouts --------------------------------------------------------- */
 
 static const mvk_arch_layout per_expert_w123 = {
@@ -513,6 +521,27 @@ static const mvk_arch archs[] = {
      .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",                                     \
      .layouts = {&stacked, &per_expert_w123, &per_expert_proj}, .layer_prefixes = {prefix},     \
      .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED}
+    /* DeepseekV4SparseMoeBlock: scoring_func's scores (sqrt(softplus(l)) by
+     * default, or sigmoid) plus the correction bias choose the top k (no
+     * groups); the weights are the scores, always normalised (+ 1e-20),
+     * times routed_scaling_factor; routed experts and one shared expert of
+     * the same width (n_shared_experts is not read), both with the SwiGLU
+     * clamped at swiglu_limit. Layers "hash_moe" in mlp_layer_types (or
+     * below num_hash_layers without it) choose experts by token id and
+     * are refused. */
+    {.model_types = {"deepseek_v4"},
+     .keys = {KEY(HIDDEN, 4096, "hidden_size"), KEY(FFN, 2048, "moe_intermediate_size"),
+              KEY(EXPERTS, 256, "n_routed_experts", "num_local_experts"),
+              KEY(TOP_K, 6, "num_experts_per_tok"), FIXED(NORM_TOPK, 1),
+              KEY(SCORING, 1, "scoring_func"), KEY(SCALING, 1.5f, "routed_scaling_factor"),
+              FIXED(SHARED_EXPERTS, 1), KEY(MLP_BIAS, 0, "mlp_bias"),
+              KEY(NUM_LAYERS, 43, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types"),
+              KEY(HASH_LAYERS, 3, "num_hash_layers"), KEY(SWIGLU_LIMIT, 10.0f, "swiglu_limit")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
+     .act = {.key = "hidden_act", .def = "silu", .names = clamped_acts},
+     .sparse = MVK_SPARSE_DECODER, .router = "gate.weight",
+     .layouts = {&stacked, &per_expert_w123, &per_expert_proj}, .layer_prefixes = {DECODER_LAYER},
+     .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
     HY_V4("hy_v4", 2816, 768, 34, DECODER_LAYER),
     HY_V4("hy_v4_vl_text", 6144, 2048, 78, "model.language_model.layers.{N}.mlp."),
 #undef HY_V4

@@ -128,6 +128,11 @@ typedef enum mvk_cfg_field {
                                  router_jitter_noise: a number >= 0)        */
     MVK_CFG_RMS_EPS,          /* rms_norm_eps: the epsilon of the block's
                                  input norms (Gemma 4; a positive number)   */
+    MVK_CFG_SCORING,          /* scoring_func "sigmoid" or "sqrtsoftplus"
+                                 (DeepSeek-V4; moevk_layer_desc.score_fn)   */
+    MVK_CFG_HASH_LAYERS,      /* num_hash_layers: without mlp_layer_types
+                                 the first N layers are hash-routed and
+                                 refused (DeepSeek-V4)                      */
     MVK_CFG_MOE_BLOCK,        /* enable_moe_block (true/false): false, the
                                  model has no MoE block and is refused      */
     MVK_CFG_FIELD_COUNT

@@ -99,6 +99,8 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_JITTER_EPS] = {V_F32, AT(jitter_eps), "router_jitter_noise"},
     [MVK_CFG_RMS_EPS] = {V_F32, AT(rms_norm_eps), "rms_norm_eps"},
     [MVK_CFG_MOE_BLOCK] = {V_BOOL, AT(moe_block), "enable_moe_block"},
+    [MVK_CFG_SCORING] = {V_CHOICE2, AT(sqrtsoftplus), "scoring_func", {"sigmoid", "sqrtsoftplus"}},
+    [MVK_CFG_HASH_LAYERS] = {V_U32, AT(hash_layers), "num_hash_layers"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -274,9 +276,12 @@ static int layer_types_value(const cfg_reader *r, const cJSON *v, const char *na
             return mvk_errf(r->err, r->errsz, "%s: \"%s\"[%d] is not a string", r->what, name,
                             i);
         /* "sparse" (mlp_layer_types) or "moe" (Nemotron-H's
-         * layers_block_type) is a MoE layer; "dense", "mlp", attention or
-         * Mamba blocks are not */
-        c->layer_types[i] = !strcmp(t, "sparse") || !strcmp(t, "moe");
+         * layers_block_type, DeepSeek-V4's mlp_layer_types) is a MoE layer;
+         * "hash_moe" (DeepSeek-V4) a hash-routed one; "dense", "mlp",
+         * attention or Mamba blocks are not */
+        c->layer_types[i] = !strcmp(t, "sparse") || !strcmp(t, "moe") ? 1
+                            : !strcmp(t, "hash_moe")                   ? 2
+                                                                       : 0;
     }
     c->n_layer_types = (uint32_t)n;
     return 0;
@@ -685,6 +690,12 @@ void mvk_hf_config_free(mvk_moe_config *c)
 
 /* ---- which layers hold a MoE block ---------------------------------------------- */
 
+/* A DeepSeek-V4 hash-routed layer: its experts come from a table by token
+ * id, which a block given hidden states cannot look up. */
+#define HASH_ROUTED                                                                            \
+    "layer %u is a hash-routed MoE layer (%s): its experts are chosen by token id "          \
+    "(tid2eid), which moevk does not do; the layers after the hash-routed ones run"
+
 int mvk_hf_layer_prefixes(mvk_moe_config *c, uint32_t layer, int decoder,
                           char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN], int *count,
                           char *err, size_t errsz)
@@ -728,12 +739,17 @@ int mvk_hf_layer_prefixes(mvk_moe_config *c, uint32_t layer, int decoder,
             if (layer >= c->n_layer_types)
                 return mvk_errf(err, errsz, "layer %u is not in %s (%u entries)", layer,
                                 key_name(a, MVK_CFG_LAYER_TYPES), c->n_layer_types);
+            if (c->layer_types[layer] == 2)
+                return mvk_errf(err, errsz, HASH_ROUTED, layer,
+                                "\"hash_moe\" in mlp_layer_types");
             if (!c->layer_types[layer])
                 return mvk_errf(err, errsz,
                                 "layer %u is not a MoE layer (not \"sparse\" in %s)",
                                 layer, key_name(a, MVK_CFG_LAYER_TYPES));
             goto sparse;
         }
+        if (layer < c->hash_layers)
+            return mvk_errf(err, errsz, HASH_ROUTED, layer, "below num_hash_layers");
         if (c->moe_layers) {
             for (uint32_t i = 0; i < c->n_moe_layers; i++)
                 if (c->moe_layers[i] == layer)

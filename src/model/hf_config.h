@@ -31,6 +31,8 @@ typedef struct mvk_moe_config {
     float shared_swiglu_limit; /* its limit (step3p5)                      */
     int score_fn;             /* scoring_func: 0 = sigmoid, the only one   */
     int mlp_bias;             /* mlp_bias: refused when set                */
+    int sqrtsoftplus;         /* scoring_func "sqrtsoftplus" (DeepSeek-V4)  */
+    uint32_t hash_layers;     /* num_hash_layers (without mlp_layer_types)  */
     uint32_t shared_ffn;      /* width of the one shared expert; 0 = none  */
     int shared_gate;          /* sigmoid gate on the shared expert (qwen2_moe) */
     int router_bias;          /* the router has a bias (gpt_oss; switch with router_bias) */
@@ -42,7 +44,8 @@ typedef struct mvk_moe_config {
     uint32_t *mlp_only_layers;
     uint32_t n_mlp_only_layers;
     uint32_t first_k_dense_replace; /* deepseek_v3                         */
-    uint8_t *layer_types;     /* mlp_layer_types: 1 = sparse (NULL: none)  */
+    uint8_t *layer_types;     /* mlp_layer_types: 1 = sparse, 2 = hash-routed
+                                 ("hash_moe", refused) (NULL: none)         */
     uint32_t n_layer_types;
     uint32_t *moe_layers;     /* moe_layers: MoE layer indices (NULL: none) */
     uint32_t latent;          /* moe_latent_size: refused when not 0       */

@@ -44,6 +44,7 @@ typedef struct mvk_route_args {
     float softcap;   /* router_softcap (mvk_route_push) */
     bool sel_logits; /* select_on_logits, in modes 0 and 2 */
     float jitter_eps; /* sparsemixer (mvk_route_push) */
+    uint32_t score_fn; /* sigmoid_grouped's score function (mvk_route_push) */
     mvk_binding expert_scale; /* [E] per-expert weight scale, or none */
     /* fused: the router logits computed in the same dispatch (written to
      * logits too), from x [T, H] and the router weight/bias */

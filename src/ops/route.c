@@ -13,6 +13,9 @@ _Static_assert(MOEVK_ROUTING_SOFTMAX_TOPK == MVK_ROUTING_SOFTMAX_TOPK &&
                    MOEVK_ROUTING_EXPERT_CHOICE == MVK_ROUTING_EXPERT_CHOICE &&
                    MOEVK_ROUTING_SPARSEMIXER == MVK_ROUTING_SPARSEMIXER,
                "moevk_routing mirrors interface.h");
+_Static_assert(MOEVK_SCORE_SIGMOID == MVK_SCORE_SIGMOID &&
+                   MOEVK_SCORE_SQRTSOFTPLUS == MVK_SCORE_SQRTSOFTPLUS,
+               "moevk_score_fn mirrors interface.h");
 _Static_assert(MOEVK_MAX_EXPERTS <= MVK_ROUTE_MAX_EXPERTS, "route.comp holds every expert");
 _Static_assert(MVK_ROUTE_WG == MVK_ROUTER_WG, "a fused route computes logits as the router does");
 _Static_assert(8u * MVK_ROUTE_WG <= MVK_ROUTE_MAX_EXPERTS, "route.comp reduces 8 logits in gs");
@@ -44,6 +47,7 @@ void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
                           a->routing != MVK_ROUTING_SPARSEMIXER,
             .jitter_eps = a->routing == MVK_ROUTING_SPARSEMIXER ? a->jitter_eps : 0.0f,
             .has_expert_scale = a->expert_scale.buffer != VK_NULL_HANDLE,
+            .score_fn = a->routing == MVK_ROUTING_SIGMOID_GROUPED ? a->score_fn : 0u,
         };
         mvk_cmd_dispatch(c, MVK_K_ROUTE, spec, MVK_ROUTE_NSPEC, b, MVK_ROUTE_BINDINGS, &p,
                          sizeof(p), MVK_MIN(per, a->T - t0), 1, 1);

@@ -89,6 +89,8 @@ int moevk_ref_selects_on_probs(const moevk_layer_desc *desc);
  * correction_bias (select_on_logits), softmax(l) + correction_bias, or
  * sigmoid(l) + correction_bias (sigmoid_grouped). */
 void moevk_ref_selection_scores(const moevk_layer_desc *desc, const float *l, double *c);
+/* sigmoid_grouped's score function (desc->score_fn) of a routing logit. */
+double moevk_ref_score_fn(const moevk_layer_desc *desc, double x);
 /* A group's score from its experts' selection scores cg[0..size-1]: the
  * sum of its two best (its only one when size is 1), or its best
  * (MOEVK_GROUP_MAX), in the selection order (a NaN counts only when fewer

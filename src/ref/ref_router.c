@@ -26,6 +26,16 @@ static double sigmoid(double x)
     return 1.0 / (1.0 + exp(-x));
 }
 
+/* sigmoid_grouped's score of a routing logit: sigmoid, or sqrt(softplus)
+ * with softplus(x) = max(x, 0) + log1p(e^-|x|) (torch's threshold-20
+ * shortcut, x itself above 20, differs from it by under 1e-9 relative). */
+double moevk_ref_score_fn(const moevk_layer_desc *desc, double x)
+{
+    if (desc->score_fn == MOEVK_SCORE_SQRTSOFTPLUS)
+        return sqrt((x > 0.0 ? x : 0.0) + log1p(exp(-fabs(x))));
+    return sigmoid(x);
+}
+
 /* The routing logit of a router logit x: with router_softcap c > 0 the
  * soft-capped c tanh(x / c), stored as a float as the logits are (+-inf
  * become +-c, NaN stays); x itself otherwise. */
@@ -159,7 +169,7 @@ void moevk_ref_selection_scores(const moevk_layer_desc *desc, const float *l, do
             c[e] = logit_of(cap, l[e]) + (cb ? (double)cb[e] : 0.0);
     } else if (desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
         for (uint32_t e = 0; e < E; e++)
-            c[e] = sigmoid(logit_of(cap, l[e])) + (cb ? (double)cb[e] : 0.0);
+            c[e] = moevk_ref_score_fn(desc, logit_of(cap, l[e])) + (cb ? (double)cb[e] : 0.0);
     } else if (moevk_ref_selects_on_probs(desc)) {
         double max, sum;
         softmax_row(l, E, cap, &max, &sum);
@@ -398,7 +408,7 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
         } else if (desc->routing == MOEVK_ROUTING_SIGMOID_GROUPED) {
             /* w = s (without the correction bias) */
             for (uint32_t j = 0; j < k; j++)
-                wk[j] = sigmoid(logit_of(cap, l[tid[j]]));
+                wk[j] = moevk_ref_score_fn(desc, logit_of(cap, l[tid[j]]));
         } else {
             /* softmax_topk: the probability over all E */
             double max, sum;
