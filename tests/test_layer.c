@@ -784,6 +784,9 @@ Test(layer_bad, descriptions_name_the_field)
     BAD(SPARSEMIXER(d.correction_bias = b_router), INV, "correction_bias");
 #undef SPARSEMIXER
     BAD(d.jitter_eps = 0.01f, INV, "jitter_eps"); /* only for sparsemixer */
+    BAD(d.score_fn = MOEVK_SCORE_SQRTSOFTPLUS, INV, "score_fn = 1 is only for sigmoid_grouped");
+    BAD((d.routing = MOEVK_ROUTING_SIGMOID_GROUPED, d.score_fn = (moevk_score_fn)2), INV,
+        "score_fn = 2 is not a score function");
     BAD(d.router_norm_eps = -1e-6f, INV, "router_norm_eps");
     BAD(d.router_norm_eps = NAN, INV, "router_norm_eps");
     BAD(d.router_input_factor = INFINITY, INV, "router_input_factor");

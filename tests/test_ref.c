@@ -575,6 +575,46 @@ Test(route, select_on_logits_hand_example)
     cr_assert_arr_eq(ids, grouped, sizeof grouped);
 }
 
+/* score_fn sqrtsoftplus (DeepSeek-V4): s = sqrt(softplus(l)) grows with l
+ * where the sigmoid saturates.
+ *
+ *   expert          0       1      2       3
+ *   logit           6       2     -30      0
+ *   bias            0      0.5     0       0
+ *   sigmoid + b   .9975  1.3808  ~0      .5      -> ids 1, 0
+ *   sqrtsp + b   2.4503  1.9584  3.1e-7  .8326   -> ids 0, 1 */
+Test(route, sqrtsoftplus_hand_example)
+{
+    const float l[4] = {6.0f, 2.0f, -30.0f, 0.0f};
+    const float bias[4] = {0, 0.5f, 0, 0};
+    uint32_t ids[2];
+    float w[2];
+    moevk_layer_desc d = route_desc(MOEVK_ROUTING_SIGMOID_GROUPED, 4, 2);
+    d.correction_bias = bias;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    const uint32_t on_sigmoid[] = {1, 0};
+    cr_assert_arr_eq(ids, on_sigmoid, sizeof on_sigmoid);
+
+    d.score_fn = MOEVK_SCORE_SQRTSOFTPLUS;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    const uint32_t on_sqrtsp[] = {0, 1};
+    cr_assert_arr_eq(ids, on_sqrtsp, sizeof on_sqrtsp);
+    const double s0 = sqrt(log1p(exp(6.0))), s1 = sqrt(log1p(exp(2.0)));
+    cr_assert_float_eq(w[0], s0, 1e-6);
+    cr_assert_float_eq(w[1], s1, 1e-6);
+    d.norm_topk_prob = 1;
+    cr_assert_eq(moevk_ref_route(&d, 1, l, ids, w, NULL), MOEVK_SUCCESS);
+    cr_assert_float_eq(w[0], s0 / (s0 + s1), 1e-7);
+    cr_assert_float_eq(w[1], s1 / (s0 + s1), 1e-7);
+
+    /* the tails: e^(l/2) far below 0, sqrt(l) far above, and the limits */
+    cr_assert_float_eq(moevk_ref_score_fn(&d, -30.0) / exp(-15.0), 1.0, 1e-9);
+    cr_assert_float_eq(moevk_ref_score_fn(&d, 40.0) / sqrt(40.0), 1.0, 1e-12);
+    cr_assert_eq(moevk_ref_score_fn(&d, -INFINITY), 0.0);
+    cr_assert(isinf(moevk_ref_score_fn(&d, INFINITY)));
+    cr_assert(isnan(moevk_ref_score_fn(&d, NAN)));
+}
+
 /* router_softcap c: every use of the logits sees c tanh(l / c) */
 Test(route, router_softcap)
 {

@@ -334,3 +334,46 @@ def test_input_norms_match_numpy(ctx):
         np.testing.assert_allclose(gw, wk, rtol=1e-5, atol=1e-7)
     with pytest.raises(moevk.InvalidArgumentError, match="expert_norm_weight"):
         moevk.Layer(dict(cfg, expert_norm_eps=0.0), w, context=ctx)
+
+
+def test_sqrtsoftplus_scores_match_numpy(ctx):
+    """DeepSeek-V4's scores: s = sqrt(softplus(l)) plus the correction bias
+    choose the top k, w = s[ids] normalised, times routed_scaling_factor."""
+    cfg, w = random_layer(51)
+    T, E, k, H = 29, cfg["num_experts"], cfg["top_k"], cfg["hidden"]
+    rng = np.random.default_rng(52)
+    bias = (0.3 * rng.standard_normal(E)).astype(np.float32)
+    cfg.update(routing="sigmoid_grouped", score_fn="sqrtsoftplus", norm_topk_prob=True,
+               routed_scaling_factor=1.5)
+    w = dict(w, correction_bias=bias)
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    logits = x64 @ np.asarray(w["router_weight"], np.float64).T
+    s = np.sqrt(np.logaddexp(0.0, logits))
+    c = s + bias
+    order = np.argsort(-c, axis=1, kind="stable")
+    ids = order[:, :k]
+    srt = np.take_along_axis(c, order, axis=1)
+    assert (srt[:, k - 1] - srt[:, k]).min() > 1e-4, "seed 51/52: a near-tie"
+    sk = np.take_along_axis(s, ids, axis=1)
+    wts = sk / (sk.sum(axis=1, keepdims=True) + 1e-20) * 1.5
+
+    def silu(v):
+        return v / (1.0 + np.exp(-v))
+
+    want = np.zeros((T, H))
+    for t in range(T):
+        for j in range(k):
+            e = ids[t, j]
+            g = np.asarray(w["gate"][e], np.float64) @ x64[t]
+            u = np.asarray(w["up"][e], np.float64) @ x64[t]
+            want[t] += wts[t, j] * (np.asarray(w["down"][e], np.float64) @ (silu(g) * u))
+    for layer in (moevk.Layer(cfg, w, context=ctx), moevk.Layer(cfg, w, backend="cpu")):
+        assert rel_l2(layer(x), want) < 1e-5
+        got_ids, got_w = layer.route(x)
+        np.testing.assert_array_equal(got_ids, ids)
+        np.testing.assert_allclose(got_w, wts, rtol=1e-5, atol=1e-7)
+    with pytest.raises(moevk.InvalidArgumentError, match="score_fn"):
+        moevk.Layer(dict(cfg, routing="softmax_topk"), w, context=ctx)
+    with pytest.raises(ValueError, match="score_fn"):
+        moevk.Layer(dict(cfg, score_fn="tanh"), w, context=ctx)
