@@ -6,7 +6,9 @@
 // token, row_of, the shared outputs and their gate logits by token - tok0.
 //           + sum_i gate_i(t) * shared_out[i, t, h]        (shared experts)
 // with gate_i(t) = sigmoid(shared_gate_logit[t, i]) when the layer has a
-// shared-expert gate, else 1. No atomics: deterministic.
+// shared-expert gate (gate_mode LOGITS), the gate itself at the token's
+// global row (FINAL: shared_sink, from route), else 1. No atomics:
+// deterministic.
 #extension GL_GOOGLE_include_directive : require
 #define MVK_KERNEL_COMBINE
 #include "interface.h"
@@ -39,8 +41,10 @@ void main()
     }
     for (uint s = 0; s < p.n_shared; s++) {
         float v = shared_out[(s * p.T + t) * p.H + h];
-        if (p.has_gate != 0u)
+        if (p.gate_mode == MVK_GATE_LOGITS)
             v *= sigmoid(shared_gate[t * p.n_shared + s]);
+        else if (p.gate_mode == MVK_GATE_FINAL)
+            v *= shared_gate[(p.tok0 + t) * p.n_shared + s];
         acc = fma(p.shared_scale, v, acc);
     }
     if (p.has_out_bias != 0u)

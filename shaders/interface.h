@@ -134,7 +134,10 @@ MVK_PUSH_END(mvk_scores_push)
 #define MVK_ROUTE_BIND_ROUTER_W 6
 #define MVK_ROUTE_BIND_ROUTER_B 7
 #define MVK_ROUTE_BIND_EXPERT_SCALE 8 /* [E]: per-expert weight scale, when has_expert_scale */
-#define MVK_ROUTE_BINDINGS 9
+/* [T, n_sink] (global token rows), when n_sink > 0: the shared gates' logits
+ * in, their final gates g_i / D * scale out (shared_sink) */
+#define MVK_ROUTE_BIND_SINK 9
+#define MVK_ROUTE_BINDINGS 10
 #define MVK_ROUTE_SPEC_ROUTING 1
 #define MVK_ROUTE_SPEC_NORM 2
 #define MVK_ROUTE_SPEC_FUSED 3
@@ -160,6 +163,7 @@ MVK_PUSH_BEGIN(mvk_route_push)
     MVK_F32 jitter_eps; /* sparsemixer: the threshold is 2 jitter_eps */
     MVK_U32 has_expert_scale; /* w *= expert_scale[id] after the normalisation */
     MVK_U32 score_fn;   /* sigmoid_grouped: MVK_SCORE_SIGMOID or _SQRTSOFTPLUS */
+    MVK_U32 n_sink;     /* shared_sink: the shared experts whose gates join D */
 MVK_PUSH_END(mvk_route_push)
 #endif
 
@@ -384,6 +388,9 @@ MVK_PUSH_END(mvk_norm_push)
 #endif
 
 /* ---- combine: y[t] = sum_j w[t, j] o[row(t, j)] + shared outputs ------- */
+#define MVK_GATE_NONE 0u
+#define MVK_GATE_LOGITS 1u
+#define MVK_GATE_FINAL 2u
 #define MVK_COMBINE_WG 256u
 #define MVK_COMBINE_BIND_O 0
 #define MVK_COMBINE_BIND_ROW_OF 1
@@ -396,7 +403,11 @@ MVK_PUSH_END(mvk_norm_push)
 #define MVK_COMBINE_NSPEC 1
 #if !defined(MVK_GLSL) || defined(MVK_KERNEL_COMBINE)
 MVK_PUSH_BEGIN(mvk_combine_push)
-    MVK_U32 T, H, K, n_shared, has_gate, elem0;
+    MVK_U32 T, H, K, n_shared, elem0;
+    /* the shared outputs' gates: MVK_GATE_NONE, MVK_GATE_LOGITS (sigmoid
+     * of shared_gate[t * n_shared + s], local rows) or MVK_GATE_FINAL (the
+     * gate itself at global row tok0 + t: shared_sink) */
+    MVK_U32 gate_mode;
     MVK_U32 tok0; /* weights row of local token t is tok0 + t */
     MVK_U32 unit_weights; /* 1: every weight is 1 (MOEVK_LAYER_WEIGHTS_ON_INPUT) */
     MVK_F32 shared_scale; /* the shared outputs' factor (1: none) */

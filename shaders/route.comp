@@ -22,6 +22,9 @@
 // Ties: the larger score wins, equal scores go to the lower index, NaN ranks
 // below every number (ranks_before in common.glsl). Excluded experts (in a
 // dropped group, or already chosen) are never selected.
+// With shared_sink (n_sink > 0) the shared gates sigmoid(sink logit) join
+// the normalisation's sum, and their final gates g / D * scale replace the
+// logits in sink.
 // Also writes per-token softmax statistics {max, sum, entropy} over all E
 // logits for the statistics stage.
 #extension GL_GOOGLE_include_directive : require
@@ -46,6 +49,7 @@ layout(std430, binding = MVK_ROUTE_BIND_X) readonly buffer X { float x[]; };
 layout(std430, binding = MVK_ROUTE_BIND_ROUTER_W) readonly buffer RW { uint rw[]; };
 layout(std430, binding = MVK_ROUTE_BIND_ROUTER_B) readonly buffer RB { float rbias[]; };
 layout(std430, binding = MVK_ROUTE_BIND_EXPERT_SCALE) readonly buffer ES { float expert_scale[]; };
+layout(std430, binding = MVK_ROUTE_BIND_SINK) buffer SK { float sink[]; };
 
 DEFINE_LOADER(load_rw, rw, WDTYPE)
 
@@ -347,12 +351,18 @@ void main()
                 acc += pow(abs(sel_v[j]), p.norm_p);
             den = pow(acc, 1.0 / p.norm_p);
         }
-        if (p.norm_min > 0.0)
+        if (p.n_sink > 0u) {
+            // shared_sink: the shared gates join the sum, in order (no 1e-20)
+            for (uint i = 0; i < p.n_sink; i++)
+                den += sigmoid(sink[t * p.n_sink + i]);
+        } else if (p.norm_min > 0.0)
             den = den < p.norm_min ? p.norm_min : den;
         else if (p.norm_eps > 0.0)
             den = den + p.norm_eps;
         else if (ROUTING == MVK_ROUTING_SIGMOID_GROUPED)
             den = den + 1e-20;
+        for (uint i = 0; i < p.n_sink; i++)
+            sink[t * p.n_sink + i] = sigmoid(sink[t * p.n_sink + i]) / den * p.scale;
         for (uint j = 0; j < K; j++) {
             float w = sel_v[j];
             if (ROUTING == MVK_ROUTING_TOPK_SOFTMAX)

@@ -296,6 +296,25 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                             "it must be 0",
                             (int)d.score_fn, (int)d.routing);
     }
+    if (d.shared_sink) {
+        if (d.routing != MOEVK_ROUTING_SIGMOID_GROUPED || !d.norm_topk_prob)
+            return mvk_fail(ctx, bad,
+                            "shared_sink = %d needs sigmoid_grouped routing with norm_topk_prob "
+                            "(routing = %d, norm_topk_prob = %d): the shared gates join that "
+                            "normalisation",
+                            d.shared_sink, (int)d.routing, d.norm_topk_prob);
+        if (!d.num_shared || !desc_in->shared_gate)
+            return mvk_fail(ctx, bad,
+                            "shared_sink = %d needs shared experts with a shared_gate "
+                            "(num_shared = %u, shared_gate %s)",
+                            d.shared_sink, d.num_shared, desc_in->shared_gate ? "set" : "NULL");
+        if ((d.norm_p != 0.0f && d.norm_p != 1.0f) || d.norm_min != 0.0f || d.norm_eps != 0.0f)
+            return mvk_fail(ctx, bad,
+                            "shared_sink = %d normalises by the plain sum: norm_p = %g, norm_min "
+                            "= %g and norm_eps = %g must be 0",
+                            d.shared_sink, (double)d.norm_p, (double)d.norm_min,
+                            (double)d.norm_eps);
+    }
     if (!(d.router_softcap >= 0.0f) || !isfinite(d.router_softcap))
         return mvk_fail(ctx, bad, "router_softcap = %g must be 0 (no cap) or finite and > 0",
                         (double)d.router_softcap);

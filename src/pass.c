@@ -130,6 +130,18 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             timer_end(c, tm, MOEVK_STAGE_ROUTER);
         }
         timer_begin(c, tm);
+        const bool sink = d->shared_sink != 0;
+        if (sink) {
+            /* shared_sink: the shared gates' logits, from the router's
+             * input, at the tokens' global rows */
+            mvk_router_args ra = {
+                .x = io->x, .w = whole(L->shared_gate), .logits = mvk_ws_binding(ws, MVK_WS_SINK),
+                .tok0 = t0, .T = t1, .out_tok0 = 0, .H = d->hidden, .E = d->num_shared,
+                .w_fmt = L->r_fmt,
+            };
+            mvk_op_router_logits(c, &ra);
+            mvk_cmd_barrier(c);
+        }
         mvk_route_args ro = {
             .logits = logits, .corr_bias = whole(L->corr_b),
             .ids = or_slot(ws, io->ids, MVK_WS_IDS),
@@ -151,6 +163,8 @@ static void phase_route(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
             .fused = fused, .x = io->x, .router_w = whole(L->router_w),
             .router_b = whole(L->router_b), .H = d->hidden, .w_fmt = L->r_fmt,
             .expert_scale = whole(L->ew_s),
+            .sink = sink ? mvk_ws_binding(ws, MVK_WS_SINK) : (mvk_binding){0},
+            .n_sink = sink ? d->num_shared : 0,
         };
         mvk_op_route(c, &ro);
         mvk_cmd_barrier(c);
@@ -290,7 +304,7 @@ static void shared_chunk(moevk_layer *L, mvk_cmd *c, const mvk_pass_io *io, uint
     uint32_t act;
     float alpha, limit;
     act_push(d, true, &act, &alpha, &limit);
-    if (L->shared_gate) {
+    if (L->shared_gate && !d->shared_sink) { /* (a sink's gates come from route) */
         mvk_router_args ra = {
             .x = io->x, .w = whole(L->shared_gate), .logits = mvk_ws_binding(ws, MVK_WS_SG_LOGITS),
             .tok0 = t0, .T = t0 + n, .out_tok0 = t0, .H = d->hidden, .E = d->num_shared,
@@ -365,8 +379,20 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
     }
     io = &eio; /* the experts' side from here */
 
-    if (rio.route)
+    if (rio.route) {
         phase_route(L, c, g, &rio, tm);
+    } else if (io->shared && d->shared_sink) {
+        /* shared_sink without the routing stage (the shared experts on
+         * their own, moevk_layer_combine_shared): the shared gates need the
+         * token's routing, computed again into the workspace's slots (the
+         * caller's ids and weights untouched) */
+        mvk_pass_io sio = rio;
+        sio.route = true;
+        sio.stats = false;
+        sio.no_choice = false;
+        sio.ids = sio.weights = (mvk_binding){0};
+        phase_route(L, c, g, &sio, tm);
+    }
 
     const mvk_binding ids = or_slot(ws, io->ids, MVK_WS_IDS);
     const mvk_binding row_of = or_slot(ws, io->row_of, MVK_WS_ROW_OF);
@@ -432,10 +458,14 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                     .o = o, .row_of = cr.row_of,
                     .weights = or_slot(ws, io->weights, MVK_WS_WEIGHTS),
                     .shared_out = mvk_ws_binding(ws, MVK_WS_OS),
-                    .shared_gate = mvk_ws_binding(ws, MVK_WS_SG_LOGITS), .y = io->y,
+                    .shared_gate = mvk_ws_binding(ws, d->shared_sink ? MVK_WS_SINK
+                                                                     : MVK_WS_SG_LOGITS),
+                    .y = io->y,
                     .tok0 = t0, .T = n, .H = d->hidden, .K = io->experts || io->routed_given ? moevk_routing_slots(d) : 0,
                     .n_shared = io->shared ? d->num_shared : 0,
-                    .has_gate = io->shared && L->shared_gate != NULL,
+                    .gate_mode = !io->shared || !L->shared_gate ? MVK_GATE_NONE
+                                 : d->shared_sink                 ? MVK_GATE_FINAL
+                                                                  : MVK_GATE_LOGITS,
                     .unit_weights = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0,
                     /* the output bias goes with the routed part (the shared
                      * experts' stage leaves it to moevk_layer_combine) */

@@ -38,6 +38,7 @@ static const char *const slot_names[MVK_WS_COUNT] = {
     [MVK_WS_L_SCHEDULE] = "chunk tile schedule",
     [MVK_WS_XR] = "router input rows [T, H]",
     [MVK_WS_XE] = "expert input rows [T, H]",
+    [MVK_WS_SINK] = "shared gates [T, n_shared]",
 };
 
 /* Bytes of the permute stage's buffers for A assignments of E experts. */
@@ -139,6 +140,7 @@ moevk_status mvk_pass_geometry_of(const moevk_layer *L, const moevk_workspace *w
     sz[MVK_WS_XS] = (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) ? rows * H * 4 : 0;
     sz[MVK_WS_XR] = mvk_layer_router_input(L) ? (uint64_t)T * H * 4 : 0;
     sz[MVK_WS_XE] = mvk_layer_expert_input(L) ? (uint64_t)T * H * 4 : 0;
+    sz[MVK_WS_SINK] = d->shared_sink ? (uint64_t)T * ns * 4 : 0;
     if (g->nexpert > 1) {
         sz[MVK_WS_L_ROW_OF] = Ac * 4;
         sz[MVK_WS_L_ROW_TOKEN] = Ac * 4;

@@ -46,6 +46,7 @@ enum mvk_slot {
     MVK_WS_L_SCHEDULE,
     MVK_WS_XR, /* [T, H] f32: the router's input rows (input norm) */
     MVK_WS_XE, /* [T, H] f32: the experts' input rows (input norm) */
+    MVK_WS_SINK, /* [T, n_shared] f32: the shared gates (shared_sink), from route */
     MVK_WS_COUNT
 };
 

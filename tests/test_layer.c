@@ -1135,8 +1135,12 @@ static uint32_t as_backend_with_ids(const mvkc_case *c, const mvkc_ref *ref, mvk
         moved += !swapped[t];
         /* the token's y as the reference computes it from these slots */
         const size_t a = (size_t)t * k;
+        float gam[MOEVK_MAX_SHARED];
+        if (d->shared_sink)
+            cr_assert_eq(moevk_ref_shared_gammas(d, c->x + (size_t)t * H, g->ids + a, gam), 0);
         cr_assert_eq(moevk_ref_token_output(d, c->x + (size_t)t * H, g->ids + a, g->weights + a,
-                                            g->rows + a, g->y + (size_t)t * H),
+                                            g->rows + a, d->shared_sink ? gam : NULL,
+                                            g->y + (size_t)t * H),
                      0);
     }
     free(offsets);

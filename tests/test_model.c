@@ -993,6 +993,21 @@ static const config_row config_rows[] = {
       .act_name = "silu", .norm_topk_prob = 1, .routed_scaling_factor = 2.5f,
       .swiglu_limit = 7.0f, .shared_ffn = 64, .correction_bias = 1, .num_layers = 43,
       .decoder_sparse_step = 1}},
+    /* Inkling (through its multimodal wrapper): the shared experts' count,
+     * each as wide as a routed one, route_scale; always normalised */
+    {"{\"model_type\": \"inkling_mm_model\", \"text_config\": {\"model_type\": \"inkling_text\","
+     " \"n_shared_experts\": 3, \"moe_intermediate_size\": 40, \"route_scale\": 2.5,"
+     " \"shared_expert_sink\": false}}",
+     "inkling_text",
+     {.hidden = 6144, .ffn = 40, .num_experts = 256, .top_k = 6,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, SILU, .norm_topk_prob = 1,
+      .routed_scaling_factor = 2.5f, .shared_ffn = 40, .correction_bias = 1, .num_layers = 48,
+      .decoder_sparse_step = 1, .sink_shared = 3}},
+    {"{\"model_type\": \"inkling_text\"}", "inkling_text",
+     {.hidden = 6144, .ffn = 3072, .num_experts = 256, .top_k = 6,
+      .routing = MOEVK_ROUTING_SIGMOID_GROUPED, SILU, .norm_topk_prob = 1,
+      .routed_scaling_factor = 8.0f, .shared_ffn = 3072, .correction_bias = 1, .num_layers = 48,
+      .decoder_sparse_step = 1, .sink_shared = 2}},
     /* HY-V4: clamped routed experts, the shared expert's own hidden_act */
     {"{\"model_type\": \"hy_v4\"}", "hy_v4",
      {.hidden = 2816, .ffn = 768, .num_experts = 256, .top_k = 8,
@@ -1212,6 +1227,7 @@ Test(model, config_fields_and_defaults_follow_transformers)
         SAME(moe_block)
         SAME(sqrtsoftplus)
         SAME(hash_layers)
+        SAME(sink_shared)
 #undef SAME
         cr_expect_str_eq(g.shared_act_name, w->shared_act_name, "%s", r->json);
         for (uint32_t k = 0; k < g.n_mlp_only_layers && k < 2; k++)
@@ -1312,6 +1328,8 @@ Test(model, config_errors_name_the_field)
               "\"hidden_act\" = \"tanh\" is not supported");
     parse_bad("{\"model_type\": \"inkling2_text\", \"scoring_func\": \"sqrtsoftplus\"}",
               "\"scoring_func\" = \"sqrtsoftplus\" is not supported (sigmoid)");
+    parse_bad("{\"model_type\": \"inkling_text\", \"n_shared_experts\": 0}",
+              "\"n_shared_experts\" = 0 is not in 1..16");
     parse_bad("{\"model_type\": \"deepseek_v4\", \"scoring_func\": \"softmax\"}",
               "\"scoring_func\" = \"softmax\" is not supported (sigmoid, sqrtsoftplus)");
     parse_bad("{\"model_type\": \"deepseek_v4\", \"hidden_act\": \"gelu\"}",
@@ -2285,7 +2303,13 @@ Test(model, descriptors_are_complete)
             cr_expect_eq(!l->gate_bias, !l->down_bias, "%s: layout %s biases", name, l->what);
         }
         cr_expect_gt(readable, 0, "%s: no readable layout", name);
-        if (mvk_arch_key_of(a, MVK_CFG_SHARED_FFN) || mvk_arch_key_of(a, MVK_CFG_SHARED_EXPERTS))
+        if (a->shared_sink)
+            cr_expect(mvk_arch_key_of(a, MVK_CFG_SINK_SHARED) && a->shared[0] && a->shared[1] &&
+                          a->shared[2] && !a->shared_gate,
+                      "%s: sink shared experts: their count key, names, no separate gate",
+                      name);
+        else if (mvk_arch_key_of(a, MVK_CFG_SHARED_FFN) ||
+                 mvk_arch_key_of(a, MVK_CFG_SHARED_EXPERTS))
             cr_expect((a->shared[0] || !moevk_activation_is_gated(a->act.fixed) || a->act.key) &&
                           a->shared[1] && a->shared[2],
                       "%s: shared names", name);
@@ -2308,7 +2332,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 67, "the table has %zu architectures", n);
+    cr_assert_eq(n, 68, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

@@ -684,6 +684,16 @@ typedef struct moevk_layer_desc {
      * correction_bias) and weigh (w = s[ids]); 0 = sigmoid. Other modes:
      * must be 0. */
     moevk_score_fn score_fn;
+    /* Nonzero: the shared experts' gates join the routed weights'
+     * normalisation as a sink (Inkling): with g_i = sigmoid(r_t ·
+     * shared_gate[i]) (r_t the router's input row: the gate rows are extra
+     * router rows) and D = sum_j s[ids_j] + sum_i g_i, w_j = s[ids_j] / D
+     * and shared expert i's output is scaled by g_i / D, both times
+     * routed_scaling_factor (the routed w_j times expert_weight_scale
+     * first). Needs sigmoid_grouped routing with norm_topk_prob, num_shared
+     * > 0 and shared_gate; no norm_p (other than 1), norm_min or norm_eps.
+     * D has no 1e-20. */
+    int shared_sink;
 } moevk_layer_desc;
 
 /* Routing slots per token: the width of the ids, weights and row arrays of

@@ -313,6 +313,7 @@ static const field_def fields[] = {
     FD(quantize_threads, F_U32),
     FD(group_score, F_GROUP),
     FD(score_fn, F_SCORE),
+    FD(shared_sink, F_BOOL),
     FD(norm_p, F_F32),
     FD(norm_min, F_F32),
     FD(shared_scale, F_F32),

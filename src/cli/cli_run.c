@@ -841,8 +841,16 @@ built:
         printf(", weights x %g", d->routed_scaling_factor);
     if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
         printf(", weights on the experts' inputs");
+    if (d->num_shared > 1)
+        printf(", %u shared experts F=%u", d->num_shared, d->shared_ffn);
+    else if (d->num_shared)
+        printf(", shared expert F=%u", d->shared_ffn);
     if (d->num_shared)
-        printf(", shared expert F=%u%s", d->shared_ffn, d->shared_gate ? " (gated)" : "");
+        printf("%s", d->shared_sink  ? " (gates in the normalisation)"
+                     : d->shared_gate ? " (gated)"
+                                      : "");
+    if (d->score_fn == MOEVK_SCORE_SQRTSOFTPLUS)
+        printf(", sqrt(softplus) scores");
     if (ml->expert_capacity)
         printf(", expert_capacity %llu per sequence%s", (unsigned long long)ml->expert_capacity,
                ml->dropped_passthrough ? " (dropped: p * x)" : "");

@@ -32,6 +32,10 @@ struct RouteParams {
     int sel_logits;      /* select_on_logits: c = l + corr (modes 0 and 2) */
     float jitter_eps;    /* sparsemixer: the threshold is 2 jitter_eps */
     int score_fn;        /* sigmoid_grouped: moevk_score_fn */
+    /* shared_sink: [T, n_sink] shared gate logits, replaced by the final
+     * gates g_i / D * scale; n_sink 0 = none */
+    float *sink;
+    uint32_t n_sink;
     const float *escale; /* [E] expert_weight_scale or NULL: w *= escale[id] after
                             the normalisation, before scale */
 };
@@ -96,10 +100,11 @@ cudaError_t ffn_up(cudaStream_t s, const FfnWeights &w, const Rows &rows, const 
 
 /* o = h[r] . down[e, c] (+bd). mode 0: out[r*H + c] = o;
  * mode 1: out = g * o; mode 2: out += g * o, with g = sigmoid(gate_logits[r *
- * gate_stride + gate_index]) if gate_logits, else 1. */
+ * gate_stride + gate_index]) if gate_logits (that value itself with
+ * gate_final: shared_sink's gates), else 1. */
 cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *h,
                      float *out, int mode, const float *gate_logits, uint32_t gate_stride,
-                     uint32_t gate_index);
+                     uint32_t gate_index, int gate_final);
 
 /* y[t*H + c] = sum_j w[t, j] * o[row_of[t, j], c] (slot order, fma, rows of
  * -1 skipped) (+ shared[t*H + c] if shared). */
@@ -149,7 +154,8 @@ cudaError_t add_row_bias(cudaStream_t s, const Rows &rows, const float *bd, uint
  * ffn_down. */
 cudaError_t shared_accumulate(cudaStream_t s, const float *o, const float *bd, uint32_t T,
                               uint32_t H, int first, const float *gate_logits,
-                              uint32_t gate_stride, uint32_t gate_index, float *acc);
+                              uint32_t gate_stride, uint32_t gate_index, int gate_final,
+                              float *acc);
 
 } /* namespace mvkcu */
 

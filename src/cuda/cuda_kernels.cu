@@ -378,8 +378,17 @@ __global__ void k_route(RouteParams p, float *logits, float *score_all, float *g
         den = den < p.norm_min ? p.norm_min : den;
     else if (p.norm_eps > 0.0f)
         den = den + p.norm_eps;
-    else if (sig)
+    else if (sig && !p.n_sink)
         den = den + 1e-20f;
+    /* shared_sink: the shared gates join the sum, in order; their final
+     * gates replace their logits */
+    if (p.n_sink) {
+        float *sk = p.sink + (size_t)t * p.n_sink;
+        for (uint32_t i = 0; i < p.n_sink; i++)
+            den += sigmoid(sk[i]);
+        for (uint32_t i = 0; i < p.n_sink; i++)
+            sk[i] = sigmoid(sk[i]) / den * p.scale;
+    }
     for (uint32_t j = 0; j < K; j++)
         tw[j] = (p.norm ? tw[j] / den : tw[j]) * (p.escale ? p.escale[tid[j]] : 1.0f) * p.scale;
 }
@@ -555,7 +564,8 @@ template <int DT> __global__ void k_ffn_up(FfnWeights w, Rows rows, const float 
 
 template <int DT>
 __global__ void k_ffn_down(FfnWeights w, Rows rows, const float *h, float *out, int mode,
-                           const float *gate_logits, uint32_t gate_stride, uint32_t gate_index)
+                           const float *gate_logits, uint32_t gate_stride, uint32_t gate_index,
+                           int gate_final)
 {
     const uint32_t nrows = rows_of(rows);
     GRID_STRIDE(i, (size_t)nrows * w.H)
@@ -572,8 +582,9 @@ __global__ void k_ffn_down(FfnWeights w, Rows rows, const float *h, float *out, 
         if (mode == 0) {
             out[i] = o;
         } else {
-            float g = gate_logits ? sigmoid(gate_logits[(size_t)r * gate_stride + gate_index])
-                                  : 1.0f;
+            const float gl = gate_logits ? gate_logits[(size_t)r * gate_stride + gate_index]
+                                         : 0.0f;
+            float g = gate_logits ? (gate_final ? gl : sigmoid(gl)) : 1.0f;
             out[i] = mode == 1 ? g * o : out[i] + g * o;
         }
     }
@@ -757,7 +768,7 @@ __global__ void k_add_row_bias(Rows rows, const float *bd, uint32_t H, float *o)
 
 __global__ void k_shared_accumulate(const float *o, const float *bd, uint32_t T, uint32_t H,
                                     int first, const float *gate_logits, uint32_t gate_stride,
-                                    uint32_t gate_index, float *acc)
+                                    uint32_t gate_index, int gate_final, float *acc)
 {
     GRID_STRIDE(i, (size_t)T * H)
     {
@@ -765,7 +776,8 @@ __global__ void k_shared_accumulate(const float *o, const float *bd, uint32_t T,
         float v = o[i];
         if (bd)
             v += bd[c];
-        float g = gate_logits ? sigmoid(gate_logits[(size_t)t * gate_stride + gate_index]) : 1.0f;
+        const float gl = gate_logits ? gate_logits[(size_t)t * gate_stride + gate_index] : 0.0f;
+        float g = gate_logits ? (gate_final ? gl : sigmoid(gl)) : 1.0f;
         acc[i] = first ? g * v : acc[i] + g * v;
     }
 }
@@ -854,11 +866,11 @@ cudaError_t ffn_up(cudaStream_t s, const FfnWeights &w, const Rows &rows, const 
 
 cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, const float *h,
                      float *out, int mode, const float *gate_logits, uint32_t gate_stride,
-                     uint32_t gate_index)
+                     uint32_t gate_index, int gate_final)
 {
     unsigned g = blocks_for((size_t)rows.max_rows * w.H);
     DISPATCH_W(w.dn, k_ffn_down, g, BLOCK, s, w, rows, h, out, mode, gate_logits, gate_stride,
-               gate_index);
+               gate_index, gate_final);
     return cudaGetLastError();
 }
 
@@ -930,10 +942,11 @@ cudaError_t add_row_bias(cudaStream_t s, const Rows &rows, const float *bd, uint
 
 cudaError_t shared_accumulate(cudaStream_t s, const float *o, const float *bd, uint32_t T,
                               uint32_t H, int first, const float *gate_logits,
-                              uint32_t gate_stride, uint32_t gate_index, float *acc)
+                              uint32_t gate_stride, uint32_t gate_index, int gate_final,
+                              float *acc)
 {
     LAUNCH(k_shared_accumulate, blocks_for((size_t)T * H), BLOCK, s, o, bd, T, H, first,
-           gate_logits, gate_stride, gate_index, acc);
+           gate_logits, gate_stride, gate_index, gate_final, acc);
     return cudaGetLastError();
 }
 

@@ -964,8 +964,10 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
 
     /* router logits, and the shared-expert gate's */
     CK(router_logits(s, d->router_dtype, xr, L->router_w, L->router_b, T, H, E, L->logits));
+    /* (shared_sink's gates are router rows: from the router's input) */
     if (NS && L->sgate_w)
-        CK(router_logits(s, d->router_dtype, xe, L->sgate_w, NULL, T, H, NS, L->sg_logits));
+        CK(router_logits(s, d->router_dtype, d->shared_sink ? xr : xe, L->sgate_w, NULL, T, H,
+                         NS, L->sg_logits));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_ROUTER + 1], s));
 
     RouteParams rp;
@@ -992,6 +994,8 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     rp.softcap = d->router_softcap;
     rp.jitter_eps = d->jitter_eps;
     rp.score_fn = (int)d->score_fn;
+    rp.sink = d->shared_sink ? L->sg_logits : NULL;
+    rp.n_sink = d->shared_sink ? NS : 0;
     rp.escale = L->ew_s;
     CK(route(s, rp, L->logits, L->score, L->gscore, L->elig, L->ids, L->wts));
     if (d->routing == MOEVK_ROUTING_EXPERT_CHOICE)
@@ -1023,7 +1027,7 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     if (!L->cublas) {
         CK(ffn_up(s, exw, up_rows, xin, L->hbuf));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_UP + 1], s));
-        CK(ffn_down(s, exw, routed, L->hbuf, L->obuf, 0, NULL, 0, 0));
+        CK(ffn_down(s, exw, routed, L->hbuf, L->obuf, 0, NULL, 0, 0, 0));
         CK(cudaEventRecord(L->ev[MOEVK_STAGE_EXPERTS_DOWN + 1], s));
     } else {
         CK(gather_convert(s, L->ex.gemm[0], up_rows, xin, H, L->xq));
@@ -1051,13 +1055,14 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
                 CK(activate(s, L->sh.gemm[1], shw, dense, L->hbuf, L->ubuf, L->hq));
                 CKS(expert_gemms(L, &L->sh, Fs, NULL, NS, T, i, 1, L->sh_o, err, err_size));
                 CK(shared_accumulate(s, L->sh_o, L->sh.bd ? L->sh.bd + (size_t)i * H : NULL, T,
-                                     H, i == 0, gl, NS, i, L->sh_acc));
+                                     H, i == 0, gl, NS, i, d->shared_sink, L->sh_acc));
             }
         } else {
             for (uint32_t i = 0; i < NS; i++) {
                 Rows dense = {NULL, NULL, NULL, T, i};
                 CK(ffn_up(s, shw, dense, xe, L->hbuf));
-                CK(ffn_down(s, shw, dense, L->hbuf, L->sh_acc, i == 0 ? 1 : 2, gl, NS, i));
+                CK(ffn_down(s, shw, dense, L->hbuf, L->sh_acc, i == 0 ? 1 : 2, gl, NS, i,
+                            d->shared_sink));
             }
         }
     }

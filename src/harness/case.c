@@ -632,6 +632,13 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
             d->shared_gate = c->shared_gate;
         }
     }
+    /* the shared gates as a sink of the normalisation (Inkling), from a
+     * stream of its own: half the cases that can have it */
+    mvk_rng rsk = mvk_rng_seed(seed, 23);
+    if (d->shared_gate && d->routing == MOEVK_ROUTING_SIGMOID_GROUPED && d->norm_topk_prob &&
+        (d->norm_p == 0.0f || d->norm_p == 1.0f) && d->norm_min == 0.0f && d->norm_eps == 0.0f &&
+        mvk_rng_chance(&rsk, 0.5))
+        d->shared_sink = 1;
 
     /* one dominant expert: +20 on its logit (and +10 on its corrected
      * score, so that its group is always kept) */
@@ -811,6 +818,10 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
         }
         if (d->score_fn == MOEVK_SCORE_SQRTSOFTPLUS) {
             app(buf, n, &p, "%ssqrtsoftplus", sep);
+            sep = ",";
+        }
+        if (d->shared_sink) {
+            app(buf, n, &p, "%ssink", sep);
             sep = ",";
         }
         if (d->router_softcap) {

@@ -395,9 +395,14 @@ static moevk_status conditional_y(const mvkc_case *c, const mvkc_ref *ref, const
                 y[(size_t)t * H + h] = NAN;
             continue;
         }
-        moevk_status st = moevk_ref_token_output(d, c->xe + (size_t)t * H, ref->out.ids + a,
-                                                 ref->out.weights + a, rows + a,
-                                                 y + (size_t)t * H);
+        float gam[MOEVK_MAX_SHARED];
+        moevk_status st = d->shared_sink ? moevk_ref_shared_gammas(d, c->xr + (size_t)t * H,
+                                                                   ref->out.ids + a, gam)
+                                         : MOEVK_SUCCESS;
+        if (!st)
+            st = moevk_ref_token_output(d, c->xe + (size_t)t * H, ref->out.ids + a,
+                                        ref->out.weights + a, rows + a,
+                                        d->shared_sink ? gam : NULL, y + (size_t)t * H);
         if (st)
             return st;
     }

@@ -571,6 +571,28 @@ static const mvk_arch archs[] = {
      .layouts = {&stacked, &per_expert_proj},
      .layer_prefixes = {"model.language_model.layers.{N}.mlp."},
      .correction_bias = "gate.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* InklingMoE (the text model of Inkling, under model.language_model. in
+     * the multimodal model): sigmoid scores plus the correction bias choose
+     * the top k of the router's first n_routed_experts rows; its last
+     * n_shared_experts rows gate as many shared experts of the routed
+     * width, and their sigmoids join the normalisation as a sink (a softmax
+     * over the log-sigmoids of the k routed and the shared logits); the
+     * weights and gates times route_scale times gate.global_scale.
+     * shared_expert_sink is not read (transformers always sinks);
+     * MoE layers by mlp_layer_types */
+    {.model_types = {"inkling_text"},
+     .keys = {KEY(HIDDEN, 6144, "hidden_size"), KEY(FFN, 3072, "moe_intermediate_size"),
+              KEY(EXPERTS, 256, "n_routed_experts", "num_local_experts"),
+              KEY(TOP_K, 6, "num_experts_per_tok"), FIXED(NORM_TOPK, 1),
+              KEY(SINK_SHARED, 2, "n_shared_experts"), KEY(SCALING, 8.0f, "route_scale"),
+              KEY(NUM_LAYERS, 48, "num_hidden_layers"),
+              KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, .act = HIDDEN_ACT, .sparse = MVK_SPARSE_DECODER,
+     .router = "gate.weight", .correction_bias = "gate.e_score_correction_bias",
+     .router_scale = "gate.global_scale", .layouts = {&stacked},
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp.", "model.layers.{N}.mlp."},
+     .shared = {"shared_experts.gate_proj", "shared_experts.up_proj", "shared_experts.down_proj"},
+     .shared_sink = 1},
     /* Inkling2SparseMoeBlock (the text models of Inkling-2 and
      * Inkling-2-Loop; under model.language_model. in the multimodal
      * models): sigmoid scores (scoring_func) plus the correction bias

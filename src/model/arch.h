@@ -133,6 +133,11 @@ typedef enum mvk_cfg_field {
     MVK_CFG_HASH_LAYERS,      /* num_hash_layers: without mlp_layer_types
                                  the first N layers are hash-routed and
                                  refused (DeepSeek-V4)                      */
+    MVK_CFG_SINK_SHARED,      /* the number of shared experts, each of the
+                                 routed width and with its own gate from
+                                 the router's extra rows (the arch's
+                                 shared_sink: Inkling's n_shared_experts);
+                                 at least 1                                 */
     MVK_CFG_MOE_BLOCK,        /* enable_moe_block (true/false): false, the
                                  model has no MoE block and is refused      */
     MVK_CFG_FIELD_COUNT
@@ -269,6 +274,14 @@ typedef struct mvk_arch {
     const char *router_input_scale, *expert_norm, *expert_weight_scale;
     const mvk_arch_layout *layouts[MVK_ARCH_LAYOUTS]; /* probed in order */
     const char *shared[3];   /* the shared expert's gate, up, down          */
+    /* Inkling: the MVK_CFG_SINK_SHARED shared experts are stacked in
+     * `shared` ([S, F, H] gate and up, [S, H, F] down; F the routed width),
+     * the router has num_experts + S rows, its last S the shared experts'
+     * gates, which join the normalisation (moevk_layer_desc.shared_sink);
+     * router_scale names a [1] tensor multiplied into routed_scaling_factor
+     * (its gate.global_scale), or NULL */
+    int shared_sink;
+    const char *router_scale;
     const char *shared_gate; /* its [1, H] sigmoid gate (when shared_ffn > 0) */
 } mvk_arch;
 

@@ -101,6 +101,7 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_MOE_BLOCK] = {V_BOOL, AT(moe_block), "enable_moe_block"},
     [MVK_CFG_SCORING] = {V_CHOICE2, AT(sqrtsoftplus), "scoring_func", {"sigmoid", "sqrtsoftplus"}},
     [MVK_CFG_HASH_LAYERS] = {V_U32, AT(hash_layers), "num_hash_layers"},
+    [MVK_CFG_SINK_SHARED] = {V_U32, AT(sink_shared), "n_shared_experts"},
 };
 
 /* The name messages give a field: its key's, else the field's label. */
@@ -578,6 +579,15 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
         c->shared_scale = 0.5f;
     }
     c->shared_gate = a->shared_gate != NULL && c->shared_ffn != 0;
+    if (a->shared_sink) {
+        /* Inkling: S shared experts of the routed width, gated by the
+         * router's last S rows (transformers cannot build S = 0) */
+        if (c->sink_shared < 1 || c->sink_shared > MOEVK_MAX_SHARED)
+            return mvk_errf(r->err, r->errsz, "%s: \"%s\" = %u is not in 1..%u", r->what,
+                            key_name(a, MVK_CFG_SINK_SHARED), c->sink_shared,
+                            (unsigned)MOEVK_MAX_SHARED);
+        c->shared_ffn = c->ffn;
+    }
     if (mvk_arch_key_of(a, MVK_CFG_TOKEN_DROPOUT)) {
         /* NLLB-MoE at inference: each expert output times 1 - p */
         if (!(c->token_dropout >= 0.0f && c->token_dropout < 1.0f))

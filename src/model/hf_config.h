@@ -33,6 +33,7 @@ typedef struct mvk_moe_config {
     int mlp_bias;             /* mlp_bias: refused when set                */
     int sqrtsoftplus;         /* scoring_func "sqrtsoftplus" (DeepSeek-V4)  */
     uint32_t hash_layers;     /* num_hash_layers (without mlp_layer_types)  */
+    uint32_t sink_shared;     /* shared experts with sink gates (Inkling)   */
     uint32_t shared_ffn;      /* width of the one shared expert; 0 = none  */
     int shared_gate;          /* sigmoid gate on the shared expert (qwen2_moe) */
     int router_bias;          /* the router has a bias (gpt_oss; switch with router_bias) */

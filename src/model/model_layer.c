@@ -567,6 +567,39 @@ static int per_expert(bctx *b, const mvk_arch_layout *lay, expert_views *ev)
     return 0;
 }
 
+/* Inkling's S shared experts, stacked: gate and up [S, F, H], down [S, H,
+ * F] (F the routed width), passed zero-copy. */
+static int sink_shared_experts(bctx *b, const char *const names[3], uint32_t S,
+                               expert_views *ev)
+{
+    const uint64_t H = b->c->hidden, F = b->c->shared_ffn;
+    if (b->c->quant.method)
+        return mvk_errf(b->err, b->errsz,
+                        "%s: a quantised checkpoint with stacked shared experts is not "
+                        "supported",
+                        mvk_arch_name(b->c->arch));
+    ev->count = S;
+    ev->ffn = F;
+    ev->gate = views(b, S);
+    ev->up = views(b, S);
+    ev->down = views(b, S);
+    if (!ev->gate || !ev->up || !ev->down)
+        return -1;
+    const mvk_st_tensor *g = need(b, names[0], 0, 3, SHAPE(S, F, H), "[n_shared, F, H]");
+    const mvk_st_tensor *u = g ? need(b, names[1], 0, 3, SHAPE(S, F, H), "[n_shared, F, H]")
+                               : NULL;
+    const mvk_st_tensor *d = u ? need(b, names[2], 0, 3, SHAPE(S, H, F), "[n_shared, H, F]")
+                               : NULL;
+    if (!d)
+        return -1;
+    for (uint32_t i = 0; i < S; i++) {
+        ev->gate[i] = (mview){.t = g, .kind = V_DIRECT, .off = i * F * H};
+        ev->up[i] = (mview){.t = u, .kind = V_DIRECT, .off = i * F * H};
+        ev->down[i] = (mview){.t = d, .kind = V_DIRECT, .off = i * H * F};
+    }
+    return 0;
+}
+
 /* One shared expert: the architecture's shared gate, up and down names. */
 static int shared_expert(bctx *b, const char *const names[3], expert_views *ev)
 {
@@ -846,10 +879,22 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     const char *router = a->router;
     if (a->router_alt && !has(b, a->router, 0) && has(b, a->router_alt, 0))
         router = a->router_alt;
-    if (quantized_f32(b, router, E, H, &rq))
+    /* Inkling: S more router rows, the shared experts' gates */
+    const uint32_t S = a->shared_sink ? c->sink_shared : 0;
+    if (S && b->c->quant.method) {
+        mvk_errf(b->err, b->errsz, "%s: a quantised checkpoint is not supported",
+                 mvk_arch_name(a));
         goto fail;
-    const mvk_st_tensor *rt = rq ? NULL : need(b, router, 0, 2, SHAPE(E, H), "[E, H]");
+    }
+    if (!S && quantized_f32(b, router, E, H, &rq))
+        goto fail;
+    const mvk_st_tensor *rt =
+        rq ? NULL
+           : need(b, router, 0, 2, SHAPE(E + S, H), S ? "[E + n_shared, H]" : "[E, H]");
     if (!rq && !rt)
+        goto fail;
+    const mvk_st_tensor *rsc = NULL;
+    if (a->router_scale && !(rsc = need(b, a->router_scale, 0, 1, SHAPE(1), "[1]")))
         goto fail;
     const mvk_st_tensor *rb = NULL, *cb = NULL, *sg = NULL;
     if (c->router_bias && a->router_bias &&
@@ -875,7 +920,10 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     const mvk_arch_layout *lay = NULL;
     if (routed_experts(b, &routed, &lay))
         goto fail;
-    if (c->shared_ffn) {
+    if (S) {
+        if (sink_shared_experts(b, a->shared, S, &shared))
+            goto fail;
+    } else if (c->shared_ffn) {
         if (shared_expert(b, a->shared, &shared))
             goto fail;
         if (c->shared_gate && a->shared_gate &&
@@ -907,7 +955,7 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     if (emit(b, &routed, dt, &d->experts))
         goto fail;
     if (c->shared_ffn) {
-        d->num_shared = 1;
+        d->num_shared = S ? S : 1;
         d->shared_ffn = c->shared_ffn;
         if (emit(b, &shared, dt, &d->shared))
             goto fail;
@@ -923,7 +971,13 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         d->router_weight = rq;
     else if (!(d->router_weight = materialize(b, &rv, E, H, rdt)))
         goto fail;
-    if (sq) {
+    if (S) {
+        /* the router's last S rows gate the shared experts, as a sink */
+        mview gv = {.t = rt, .kind = V_DIRECT, .off = (uint64_t)E * H};
+        if (!(d->shared_gate = materialize(b, &gv, S, H, rdt)))
+            goto fail;
+        d->shared_sink = 1;
+    } else if (sq) {
         d->shared_gate = sq;
     } else if (sg) {
         mview gv = {.t = sg, .kind = V_DIRECT};
@@ -932,6 +986,20 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
     }
     if (rb && !(d->router_bias = f32_copy(b, rb)))
         goto fail;
+    if (rsc) {
+        /* gate.global_scale times the configured scale, as the router
+         * multiplies them (in f32 with an f32 checkpoint) */
+        const float *gs = f32_copy(b, rsc);
+        if (!gs)
+            goto fail;
+        if (!(isfinite(gs[0]) && gs[0] != 0.0f)) {
+            mvk_errf(b->err, b->errsz, "tensor '%s%s' = %g: the routing scale must be finite "
+                     "and nonzero", b->prefix, a->router_scale, (double)gs[0]);
+            goto fail;
+        }
+        d->routed_scaling_factor =
+            (d->routed_scaling_factor ? d->routed_scaling_factor : 1.0f) * gs[0];
+    }
     if (cb && !(d->correction_bias = f32_copy(b, cb)))
         goto fail;
     if (ob && !(d->output_bias = f32_copy(b, ob)))

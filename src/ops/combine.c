@@ -21,7 +21,7 @@ void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a)
     for (uint64_t e0 = 0; e0 < n; e0 += per) {
         uint64_t cnt = MVK_MIN(per, n - e0);
         mvk_combine_push p = {
-            .T = a->T, .H = a->H, .K = a->K, .n_shared = a->n_shared, .has_gate = a->has_gate,
+            .T = a->T, .H = a->H, .K = a->K, .n_shared = a->n_shared, .gate_mode = a->gate_mode,
             .elem0 = (uint32_t)e0, .tok0 = a->tok0, .unit_weights = a->unit_weights,
             .shared_scale = a->shared_scale,
             .has_out_bias = a->out_bias.buffer != VK_NULL_HANDLE,

@@ -45,7 +45,11 @@ typedef struct mvk_route_args {
     bool sel_logits; /* select_on_logits, in modes 0 and 2 */
     float jitter_eps; /* sparsemixer (mvk_route_push) */
     uint32_t score_fn; /* sigmoid_grouped's score function (mvk_route_push) */
-    mvk_binding expert_scale; /* [E] per-expert weight scale, or none */
+    mvk_binding expert_scale;
+    /* shared_sink: [T, n_sink] gate logits in, final gates out (global
+     * token rows); n_sink 0 = none */
+    mvk_binding sink;
+    uint32_t n_sink; /* [E] per-expert weight scale, or none */
     /* fused: the router logits computed in the same dispatch (written to
      * logits too), from x [T, H] and the router weight/bias */
     bool fused;
@@ -126,7 +130,7 @@ typedef struct mvk_combine_args {
     mvk_binding o, row_of, weights, shared_out, shared_gate, y;
     uint32_t tok0, T; /* tokens tok0 .. tok0 + T - 1 */
     uint32_t H, K, n_shared;
-    bool has_gate;
+    uint32_t gate_mode; /* MVK_GATE_* (mvk_combine_push) */
     bool unit_weights; /* MOEVK_LAYER_WEIGHTS_ON_INPUT: the weights are not read */
     float shared_scale; /* the shared outputs' factor */
     mvk_binding out_bias; /* [H] or none */

@@ -35,6 +35,9 @@ void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
     b[MVK_ROUTE_BIND_ROUTER_W] = a->fused ? a->router_w : (mvk_binding){0};
     b[MVK_ROUTE_BIND_ROUTER_B] = a->fused ? a->router_b : (mvk_binding){0};
     b[MVK_ROUTE_BIND_EXPERT_SCALE] = a->expert_scale;
+    /* (no sink: the token statistics, which the kernel writes anyway, so
+     * that the writable binding adds no access to the shared empty buffer) */
+    b[MVK_ROUTE_BIND_SINK] = a->n_sink ? a->sink : a->tokstats;
     for (uint32_t t0 = a->tok0; t0 < a->T; t0 += per) {
         mvk_route_push p = {
             .T = a->T, .E = a->E, .K = a->K, .n_group = a->n_group, .topk_group = a->topk_group,
@@ -48,6 +51,7 @@ void mvk_op_route(mvk_cmd *c, const mvk_route_args *a)
             .jitter_eps = a->routing == MVK_ROUTING_SPARSEMIXER ? a->jitter_eps : 0.0f,
             .has_expert_scale = a->expert_scale.buffer != VK_NULL_HANDLE,
             .score_fn = a->routing == MVK_ROUTING_SIGMOID_GROUPED ? a->score_fn : 0u,
+            .n_sink = a->n_sink,
         };
         mvk_cmd_dispatch(c, MVK_K_ROUTE, spec, MVK_ROUTE_NSPEC, b, MVK_ROUTE_BINDINGS, &p,
                          sizeof(p), MVK_MIN(per, a->T - t0), 1, 1);

@@ -73,6 +73,19 @@ void moevk_ref_scores(const float *logits, uint32_t T, uint32_t E, moevk_scoring
  * (the outputs are then unspecified), else MOEVK_SUCCESS. */
 moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
                              uint32_t *ids, float *weights, uint8_t *near_tie);
+/* moevk_ref_route with shared_sink's gates: gate_logits [T, num_shared] (f32,
+ * from the router's input rows; NULL: the weights of a shared_sink layer
+ * are NaN, its ids as ever) join each token's normalisation, and gammas
+ * [T, num_shared] (optional) receive the shared experts' final gates g_i /
+ * D * routed_scaling_factor. Without shared_sink both are unused. */
+moevk_status moevk_ref_route_sink(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                                  const float *gate_logits, uint32_t *ids, float *weights,
+                                  float *gammas, uint8_t *near_tie);
+/* shared_sink: one token's shared gates gammas [num_shared] from its router
+ * input row xr [H] and its top_k ids, as moevk_ref_route_sink gives them
+ * (the router and gate logits computed again, the same f32 values). */
+moevk_status moevk_ref_shared_gammas(const moevk_layer_desc *desc, const float *xr,
+                                     const uint32_t *ids, float *gammas);
 
 /* 1 when the desc keeps only some expert groups (n_group > 1, topk_group <
  * n_group, a mode that scores groups). */
@@ -155,10 +168,13 @@ moevk_status moevk_ref_stats(const moevk_layer_desc *desc, uint32_t T, const flo
 /* One token's output y [H] given its k slots: ids, weights and rows (a row
  * < 0 is a dropped slot), as moevk_ref_layer_forward computes it after
  * routing and admission (the harness's y under another admission). xt is
- * the experts' input row (moevk_ref_expert_input of the token). */
+ * the experts' input row (moevk_ref_expert_input of the token). gammas
+ * [num_shared]: the shared experts' gates (shared_sink's, from
+ * moevk_ref_shared_gammas); NULL: sigmoid(xt . shared_gate[i]), or 1 without
+ * a shared gate. */
 moevk_status moevk_ref_token_output(const moevk_layer_desc *desc, const float *xt,
                                     const uint32_t *ids, const float *weights,
-                                    const int32_t *rows, float *y);
+                                    const int32_t *rows, const float *gammas, float *y);
 
 moevk_status moevk_ref_layer_forward(const moevk_layer_desc *desc, uint32_t T, const float *x,
                                      float *y, uint32_t *ids, float *weights,

@@ -231,8 +231,8 @@ moevk_status moevk_ref_expert_ffn(const moevk_layer_desc *desc, const moevk_expe
  * input), the shared experts (gated, times shared_scale), the output bias.
  * Scratch: h [max F], o [H], acc [H] doubles, wrow [max(H, F)], xs [H]. */
 static void token_output(const moevk_layer_desc *desc, const float *xt, const uint32_t *ids,
-                         const float *w, const int32_t *rows, double *h, double *o, double *acc,
-                         float *wrow, float *xs, float *y)
+                         const float *w, const int32_t *rows, const float *gammas, double *h,
+                         double *o, double *acc, float *wrow, float *xs, float *y)
 {
     const uint32_t H = desc->hidden, k = moevk_routing_slots(desc);
     const uint32_t shared_ffn = desc->shared_ffn ? desc->shared_ffn : desc->ffn;
@@ -272,7 +272,9 @@ static void token_output(const moevk_layer_desc *desc, const float *xt, const ui
     for (uint32_t i = 0; i < desc->num_shared; i++) {
         expert_row(desc, &desc->shared, shared_ffn, i, xt, h, wrow, o);
         double gate = 1.0;
-        if (desc->shared_gate)
+        if (gammas)
+            gate = (double)gammas[i];
+        else if (desc->shared_gate)
             gate = sigmoid(dot(xt, decode_row(desc->shared_gate, desc->router_dtype, i, H, wrow),
                                H));
         for (uint32_t c = 0; c < H; c++)
@@ -284,7 +286,7 @@ static void token_output(const moevk_layer_desc *desc, const float *xt, const ui
 
 moevk_status moevk_ref_token_output(const moevk_layer_desc *desc, const float *xt,
                                     const uint32_t *ids, const float *weights,
-                                    const int32_t *rows, float *y)
+                                    const int32_t *rows, const float *gammas, float *y)
 {
     const uint32_t H = desc->hidden;
     uint32_t F = desc->ffn;
@@ -297,7 +299,7 @@ moevk_status moevk_ref_token_output(const moevk_layer_desc *desc, const float *x
     float *xs = malloc(((size_t)H + 1) * sizeof *xs);
     moevk_status st = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
     if (h && o && acc && wrow && xs) {
-        token_output(desc, xt, ids, weights, rows, h, o, acc, wrow, xs, y);
+        token_output(desc, xt, ids, weights, rows, gammas, h, o, acc, wrow, xs, y);
         st = MOEVK_SUCCESS;
     }
     free(h);
@@ -355,6 +357,7 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
     float *wrow = malloc(((size_t)(H > max_ffn ? H : max_ffn) + 1) * sizeof *wrow);
     float *xs = malloc(((size_t)H + 1) * sizeof *xs);
     float *xn = NULL; /* the normed inputs [2, T, H] */
+    float *gate_logits = NULL, *gammas = NULL; /* shared_sink: [T, num_shared] each */
     if (!logits || !r_ids || !r_w || !counts || !offsets || !row || !h || !o || !acc || !wrow ||
         !xs) {
         status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
@@ -380,15 +383,29 @@ static moevk_status ref_forward(const moevk_layer_desc *desc, uint32_t T, const 
     }
     moevk_ref_router_logits(xr, T, H, desc->router_weight, desc->router_dtype, E,
                             desc->router_bias, logits);
-    status = moevk_ref_route(desc, T, logits, r_ids, r_w, near_tie);
+    if (desc->shared_sink) {
+        /* the shared gates' logits from the router's input, and their
+         * final gates from the routing */
+        const size_t TS = (size_t)T * desc->num_shared;
+        gate_logits = malloc((2 * TS + 1) * sizeof *gate_logits);
+        if (!gate_logits) {
+            status = MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+            goto done;
+        }
+        gammas = gate_logits + TS;
+        moevk_ref_router_logits(xr, T, H, desc->shared_gate, desc->router_dtype,
+                                desc->num_shared, NULL, gate_logits);
+    }
+    status = moevk_ref_route_sink(desc, T, logits, gate_logits, r_ids, r_w, gammas, near_tie);
     if (status)
         goto done;
     dropped = moevk_ref_permute(desc, T, r_ids, counts, offsets, row);
 
     for (uint32_t t = 0; t < T; t++) {
         const size_t a = (size_t)t * k;
-        token_output(desc, xe + (size_t)t * H, r_ids + a, r_w + a, row + a, h, o, acc, wrow,
-                     xs, y + (size_t)t * H);
+        token_output(desc, xe + (size_t)t * H, r_ids + a, r_w + a, row + a,
+                     gammas ? gammas + (size_t)t * desc->num_shared : NULL, h, o, acc, wrow, xs,
+                     y + (size_t)t * H);
     }
 
     if (stats) {
@@ -416,5 +433,6 @@ done:
     free(wrow);
     free(xs);
     free(xn);
+    free(gate_logits);
     return status;
 }

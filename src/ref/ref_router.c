@@ -330,8 +330,55 @@ static moevk_status route_expert_choice(const moevk_layer_desc *desc, uint32_t T
     return MOEVK_SUCCESS;
 }
 
+/* shared_sink's denominator for one token: the k scores of its chosen
+ * experts (w, in slot order) plus the n shared gates sigmoid(gl[i]), in
+ * order (no 1e-20). */
+static double sink_denominator(const double *w, uint32_t k, const float *gl, uint32_t n)
+{
+    double den = 0.0;
+    for (uint32_t j = 0; j < k; j++)
+        den += w[j];
+    for (uint32_t i = 0; i < n; i++)
+        den += sigmoid((double)gl[i]);
+    return den;
+}
+
 moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const float *logits,
                              uint32_t *ids, float *weights, uint8_t *near_tie)
+{
+    return moevk_ref_route_sink(desc, T, logits, NULL, ids, weights, NULL, near_tie);
+}
+
+moevk_status moevk_ref_shared_gammas(const moevk_layer_desc *desc, const float *xr,
+                                     const uint32_t *ids, float *gammas)
+{
+    const uint32_t E = desc->num_experts, k = desc->top_k, S = desc->num_shared, H = desc->hidden;
+    float *l = malloc(((size_t)E + S + 1) * sizeof *l);
+    double *w = malloc(((size_t)k + 1) * sizeof *w);
+    if (!l || !w) {
+        free(l);
+        free(w);
+        return MOEVK_ERROR_OUT_OF_HOST_MEMORY;
+    }
+    float *gl = l + E;
+    moevk_ref_router_logits(xr, 1, H, desc->router_weight, desc->router_dtype, E,
+                            desc->router_bias, l);
+    moevk_ref_router_logits(xr, 1, H, desc->shared_gate, desc->router_dtype, S, NULL, gl);
+    const double cap = desc->router_softcap;
+    const double scale = desc->routed_scaling_factor ? (double)desc->routed_scaling_factor : 1.0;
+    for (uint32_t j = 0; j < k; j++)
+        w[j] = ids[j] < E ? moevk_ref_score_fn(desc, logit_of(cap, l[ids[j]])) : NAN;
+    const double den = sink_denominator(w, k, gl, S);
+    for (uint32_t i = 0; i < S; i++)
+        gammas[i] = (float)(sigmoid((double)gl[i]) / den * scale);
+    free(l);
+    free(w);
+    return MOEVK_SUCCESS;
+}
+
+moevk_status moevk_ref_route_sink(const moevk_layer_desc *desc, uint32_t T, const float *logits,
+                                  const float *gate_logits, uint32_t *ids, float *weights,
+                                  float *gammas, uint8_t *near_tie)
 {
     if (desc->routing == MOEVK_ROUTING_EXPERT_CHOICE)
         return route_expert_choice(desc, T, logits, ids, weights, near_tie);
@@ -416,8 +463,19 @@ moevk_status moevk_ref_route(const moevk_layer_desc *desc, uint32_t T, const flo
             for (uint32_t j = 0; j < k; j++)
                 wk[j] = exp(logit_of(cap, l[tid[j]]) - max) / sum;
         }
-        if (desc->norm_topk_prob && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
-            desc->routing != MOEVK_ROUTING_SPARSEMIXER) {
+        if (desc->shared_sink) {
+            /* the shared gates join the sum; without their logits the
+             * weights are not known (NaN) */
+            const uint32_t S = desc->num_shared;
+            const float *gl = gate_logits ? gate_logits + (size_t)t * S : NULL;
+            const double den = gl ? sink_denominator(wk, k, gl, S) : NAN;
+            for (uint32_t j = 0; j < k; j++)
+                wk[j] /= den;
+            for (uint32_t i = 0; gammas && i < S; i++)
+                gammas[(size_t)t * S + i] =
+                    (float)(gl ? sigmoid((double)gl[i]) / den * scale : NAN);
+        } else if (desc->norm_topk_prob && desc->routing != MOEVK_ROUTING_TOPK_SOFTMAX &&
+                   desc->routing != MOEVK_ROUTING_SPARSEMIXER) {
             double den = norm_denominator(desc, wk, k);
             for (uint32_t j = 0; j < k; j++)
                 wk[j] /= den;
