@@ -635,10 +635,18 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
     /* the shared gates as a sink of the normalisation (Inkling), from a
      * stream of its own: half the cases that can have it */
     mvk_rng rsk = mvk_rng_seed(seed, 23);
-    if (d->shared_gate && d->routing == MOEVK_ROUTING_SIGMOID_GROUPED && d->norm_topk_prob &&
-        (d->norm_p == 0.0f || d->norm_p == 1.0f) && d->norm_min == 0.0f && d->norm_eps == 0.0f &&
-        mvk_rng_chance(&rsk, 0.5))
+    if (ns && d->routing == MOEVK_ROUTING_SIGMOID_GROUPED && (d->norm_p == 0.0f || d->norm_p == 1.0f) &&
+        d->norm_min == 0.0f && d->norm_eps == 0.0f && mvk_rng_chance(&rsk, 0.5)) {
         d->shared_sink = 1;
+        d->norm_topk_prob = 1;
+        if (!d->shared_gate) {
+            c->shared_gate = mvk_rng_array(&rsk, d->router_dtype, (size_t)ns * H,
+                                           3.0f / sqrtf((float)H));
+            if (!c->shared_gate)
+                goto oom;
+            d->shared_gate = c->shared_gate;
+        }
+    }
 
     /* one dominant expert: +20 on its logit (and +10 on its corrected
      * score, so that its group is always kept) */
