@@ -144,7 +144,9 @@ static int info_hf(const char *dir)
             printf("layer %-3u dense: %s\n", l, err);
             continue;
         }
-        const char *pp[MVK_MAX_PREFIXES] = {prefixes[0], prefixes[1]};
+        const char *pp[MVK_MAX_PREFIXES];
+        for (int i = 0; i < MVK_MAX_PREFIXES; i++)
+            pp[i] = prefixes[i];
         if (mvk_model_layer_build_any(&cfg, &set, pp, n, &L, err, sizeof err)) {
             printf("layer %-3u not runnable: %s\n", l, err);
             continue;

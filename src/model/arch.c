@@ -486,7 +486,9 @@ static const mvk_arch archs[] = {
      .routing = MOEVK_ROUTING_SIGMOID_GROUPED,
      .act = {.key = "mlp_hidden_act", .def = "relu2", .names = ffn_acts},
      .sparse = MVK_SPARSE_DECODER,
-     .layer_prefixes = {"model.layers.{N}.mixer.", "backbone.layers.{N}.mixer."},
+     /* the third: Nemotron-H-Omni's language model */
+     .layer_prefixes = {"model.layers.{N}.mixer.", "backbone.layers.{N}.mixer.",
+                        "language_model.model.layers.{N}.mixer."},
      .router = "gate.weight", .correction_bias = "gate.e_score_correction_bias",
      .layouts = {&stacked_up, &per_expert_up_down},
      .shared = {NULL, "shared_experts.up_proj.weight", "shared_experts.down_proj.weight"}},

@@ -20,7 +20,7 @@
 
 #include "moevk/moevk.h"
 
-#define MVK_MAX_PREFIXES 2  /* layer prefixes tried in turn               */
+#define MVK_MAX_PREFIXES 3  /* layer prefixes tried in turn               */
 #define MVK_PREFIX_LEN 160
 #define MVK_ARCH_NAMES 4    /* model_type and its aliases                  */
 #define MVK_ARCH_KEYS 16    /* config keys of one architecture             */

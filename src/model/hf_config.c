@@ -632,14 +632,20 @@ static int parse(const mvk_arch *arch, const char *text, size_t len, const char 
             goto done;
         }
         /* a multimodal wrapper whose text model is a supported MoE model:
-         * its keys are in text_config (transformers' base_config_key), or
-         * in thinker_config's text_config (Qwen3-Omni-MoE's thinker) */
+         * its keys are in text_config (transformers' base_config_key), in
+         * thinker_config's text_config (Qwen3-Omni-MoE's thinker), or in
+         * llm_config (the legacy name Nemotron-H-Omni's released configs
+         * use, which transformers reads as text_config) */
         const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
         const char *tc_name = "text_config";
         if (!cJSON_IsObject(tc)) {
             const cJSON *th = cJSON_GetObjectItemCaseSensitive(root, "thinker_config");
             tc = cJSON_IsObject(th) ? cJSON_GetObjectItemCaseSensitive(th, "text_config") : NULL;
             tc_name = "thinker_config.text_config";
+        }
+        if (!cJSON_IsObject(tc)) {
+            tc = cJSON_GetObjectItemCaseSensitive(root, "llm_config");
+            tc_name = "llm_config";
         }
         const cJSON *tmt = cJSON_IsObject(tc) ? cJSON_GetObjectItemCaseSensitive(tc, "model_type")
                                               : NULL;
@@ -717,7 +723,9 @@ int mvk_hf_layer_prefixes(mvk_moe_config *c, uint32_t layer, int decoder,
     if (decoder && !mvk_arch_has_decoder(a))
         return mvk_errf(err, errsz, "--decoder is only for %s",
                         mvk_arch_list(list, sizeof list, mvk_arch_has_decoder));
-    const char *pattern[MVK_MAX_PREFIXES] = {a->layer_prefixes[0], a->layer_prefixes[1]};
+    const char *pattern[MVK_MAX_PREFIXES];
+    for (int i = 0; i < MVK_MAX_PREFIXES; i++)
+        pattern[i] = a->layer_prefixes[i];
     if (a->sparse == MVK_SPARSE_ENCODER_DECODER) {
         uint32_t n = decoder ? c->num_decoder_layers : c->num_layers;
         uint32_t step = decoder ? c->decoder_sparse_step_sw : c->encoder_sparse_step;

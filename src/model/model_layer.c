@@ -1099,8 +1099,12 @@ int mvk_model_layer_build_any(const mvk_moe_config *cfg, mvk_st_set *set,
     }
     if (nprefix > 1) {
         memset(out, 0, sizeof(*out));
-        return mvk_errf(err, errsz, "missing tensor '%s%s' (nor '%s%s')", prefixes[0], rname,
-                        prefixes[1], rname);
+        char nor[3 * 520] = "";
+        size_t o = 0;
+        for (int i = 1; i < nprefix && o < sizeof nor; i++)
+            o += (size_t)snprintf(nor + o, sizeof nor - o, "%s'%s%s'", i > 1 ? ", " : "",
+                                  prefixes[i], rname);
+        return mvk_errf(err, errsz, "missing tensor '%s%s' (nor %s)", prefixes[0], rname, nor);
     }
     return mvk_model_layer_build(cfg, set, nprefix ? prefixes[0] : "", out, err, errsz);
 }

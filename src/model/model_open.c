@@ -81,7 +81,9 @@ static int open_hf(mvk_model_block *b, const char *dir, long layer, const char *
     }
     if (mvk_st_set_open_dir(&b->set, dir, err, errsz))
         return -1;
-    const char *pp[MVK_MAX_PREFIXES] = {prefixes[0], prefixes[1]};
+    const char *pp[MVK_MAX_PREFIXES];
+    for (int i = 0; i < MVK_MAX_PREFIXES; i++)
+        pp[i] = prefixes[i];
     if (mvk_model_layer_build_any(&b->cfg, &b->set, pp, nprefix, &b->layer, err, errsz))
         return -1;
     b->act_name = b->cfg.act_name;
