@@ -993,6 +993,20 @@ static const config_row config_rows[] = {
       .act_name = "silu", .norm_topk_prob = 1, .routed_scaling_factor = 2.5f,
       .swiglu_limit = 7.0f, .shared_ffn = 64, .correction_bias = 1, .num_layers = 43,
       .decoder_sparse_step = 1}},
+    /* ERNIE-4.5-VL on text tokens: the text expert set's width is
+     * moe_intermediate_size[0], the shared experts' n times it */
+    {"{\"model_type\": \"ernie4_5_vl_moe\", \"text_config\": {\"model_type\": "
+     "\"ernie4_5_vl_moe_text\", \"moe_intermediate_size\": [96, 40], \"moe_k\": 4}}",
+     "ernie4_5_vl_moe_text",
+     {.hidden = 2560, .ffn = 96, .num_experts = 64, .top_k = 4,
+      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, SILU, .norm_topk_prob = 1, .norm_min = 1e-12f,
+      .shared_ffn = 192, .correction_bias = 1, .num_layers = 28, .first_k_dense_replace = 1,
+      .decoder_sparse_step = 1}},
+    {"{\"model_type\": \"ernie4_5_vl_moe_text\"}", "ernie4_5_vl_moe_text",
+     {.hidden = 2560, .ffn = 1536, .num_experts = 64, .top_k = 6,
+      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, SILU, .norm_topk_prob = 1, .norm_min = 1e-12f,
+      .shared_ffn = 3072, .correction_bias = 1, .num_layers = 28, .first_k_dense_replace = 1,
+      .decoder_sparse_step = 1}},
     /* Nemotron-H-Omni's released configs name the text model llm_config */
     {"{\"model_type\": \"nemotron_h_omni\", \"llm_config\": {\"model_type\": \"nemotron_h\","
      " \"layers_block_type\": [\"mamba\", \"moe\"], \"n_routed_experts\": 16}}",
@@ -1337,6 +1351,11 @@ Test(model, config_errors_name_the_field)
               "\"hidden_act\" = \"tanh\" is not supported");
     parse_bad("{\"model_type\": \"inkling2_text\", \"scoring_func\": \"sqrtsoftplus\"}",
               "\"scoring_func\" = \"sqrtsoftplus\" is not supported (sigmoid)");
+    parse_bad("{\"model_type\": \"ernie4_5_vl_moe_text\", \"use_bias\": true}", "\"use_bias\"");
+    parse_bad("{\"model_type\": \"ernie4_5_vl_moe_text\", \"moe_intermediate_size\": [\"x\"]}",
+              "\"moe_intermediate_size[0]\"");
+    parse_bad("{\"model_type\": \"ernie4_5_vl_moe_text\", \"moe_intermediate_size\": \"wide\"}",
+              "\"moe_intermediate_size[0]\"");
     parse_bad("{\"model_type\": \"inkling_text\", \"n_shared_experts\": 0}",
               "\"n_shared_experts\" = 0 is not in 1..16");
     parse_bad("{\"model_type\": \"deepseek_v4\", \"scoring_func\": \"softmax\"}",
@@ -2352,7 +2371,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 68, "the table has %zu architectures", n);
+    cr_assert_eq(n, 69, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];

@@ -757,6 +757,29 @@ static const mvk_arch archs[] = {
               KEY(SPARSE_STEP, 1, "moe_layer_interval")},
      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK, .layer_prefixes = {DECODER_LAYER},
      .correction_bias = "gate.moe_statics.e_score_correction_bias", DEEPSEEK_SHARED},
+    /* Ernie4_5_VLMoeMoeBlock on text tokens (the text model of ERNIE-4.5-VL,
+     * under model.language_model.): its text expert set (text_moe, width
+     * moe_intermediate_size[0]) routed as ERNIE-4.5's block, plus the shared
+     * experts beside it (moe_num_shared_experts x that width). Its vision
+     * expert set (vision_moe) runs only on image and video tokens, chosen
+     * by moe_mm_token_type_ids, which a block given hidden states does not
+     * have: moevk runs the block as transformers does for text (no token
+     * types). MoE layers by mlp_layer_types (by default all but the
+     * first) */
+    {.model_types = {"ernie4_5_vl_moe_text"},
+     .keys = {KEY(HIDDEN, 2560, "hidden_size"), KEY(FFN, 1536, "moe_intermediate_size[0]"),
+              KEY(EXPERTS, 64, "moe_num_experts", "num_experts"),
+              KEY(TOP_K, 6, "moe_k", "num_experts_per_tok"), FIXED(NORM_TOPK, 1),
+              KEY(NORM_MIN, 1e-12f, "moe_norm_min"),
+              KEY(SHARED_EXPERTS, 2, "moe_num_shared_experts"), KEY(MLP_BIAS, 0, "use_bias"),
+              KEY(NUM_LAYERS, 28, "num_hidden_layers"), FIXED(FIRST_K_DENSE, 1),
+              KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK,
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp.text_moe.",
+                        "model.layers.{N}.mlp.text_moe."},
+     .correction_bias = "gate.moe_statics.e_score_correction_bias",
+     .shared = {"../shared_experts.gate_proj.weight", "../shared_experts.up_proj.weight",
+                "../shared_experts.down_proj.weight"}},
     /* NllbMoeSparseMLP at inference: top-2 of the softmax (the second
      * choice over the logits without the first), the two renormalised over
      * max(sum, float32 eps), each expert's output times 1 -

@@ -122,10 +122,27 @@ typedef struct cfg_reader {
 } cfg_reader;
 
 /* The item a name names: a key of the root, or "a.b": key b of the object
- * a, "a.b.c" key c of that one's object b, ... (NULL when one of them is
- * absent or not an object). */
+ * a, "a.b.c" key c of that one's object b, ...; a last component "b[i]" is
+ * entry i of the list b (ERNIE-4.5-VL's moe_intermediate_size, one width
+ * per expert set; a value that is not a list stands for itself). NULL when
+ * one of them is absent or not an object (or the list is too short). */
 static const cJSON *item(const cfg_reader *r, const char *name)
 {
+    const char *br = strchr(name, '[');
+    if (br && !strchr(br, '.')) {
+        char key[64];
+        size_t n = (size_t)(br - name);
+        char *end;
+        const long i = strtol(br + 1, &end, 10);
+        if (n >= sizeof key || i < 0 || *end != ']' || end[1])
+            return NULL;
+        memcpy(key, name, n);
+        key[n] = 0;
+        const cJSON *list = item(r, key);
+        /* not a list: the value itself (a number is then the width of
+         * every set; anything else fails the field's type check) */
+        return cJSON_IsArray(list) ? cJSON_GetArrayItem(list, (int)i) : list;
+    }
     const cJSON *o = r->root;
     for (const char *dot; (dot = strchr(name, '.')); name = dot + 1) {
         char outer[64];
