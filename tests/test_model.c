@@ -1259,6 +1259,50 @@ Test(model, config_fields_and_defaults_follow_transformers)
     }
 }
 
+/* A second model of the checkpoint: "<part>_config" (its text_config) */
+Test(model, config_parts_read_their_own_config)
+{
+    static const char json[] =
+        "{\"model_type\": \"qwen3_omni_moe\", \"thinker_config\": {\"text_config\": "
+        "{\"model_type\": \"qwen3_omni_moe_text\", \"num_experts\": 16}}, \"talker_config\": "
+        "{\"text_config\": {\"model_type\": \"qwen3_omni_moe_talker_text\", \"hidden_size\": 96,"
+        " \"num_experts\": 12, \"shared_expert_intermediate_size\": 40}}, \"vision_config\": 3}";
+    mvk_moe_config c;
+    char err[512] = "";
+    cr_assert_eq(mvk_hf_config_parse_part(json, strlen(json), "config.json", NULL, &c, err,
+                                          sizeof err),
+                 0, "%s", err);
+    cr_expect_str_eq(mvk_arch_name(c.arch), "qwen3_omni_moe_text");
+    cr_expect_eq(c.num_experts, 16);
+    mvk_hf_config_free(&c);
+    cr_assert_eq(mvk_hf_config_parse_part(json, strlen(json), "config.json", "talker", &c, err,
+                                          sizeof err),
+                 0, "%s", err);
+    cr_expect_str_eq(mvk_arch_name(c.arch), "qwen3_omni_moe_talker_text");
+    cr_expect_eq(c.hidden, 96);
+    cr_expect_eq(c.num_experts, 12);
+    cr_expect_eq(c.shared_ffn, 40);
+    cr_expect_eq(c.shared_gate, 1);
+    cr_expect_eq(c.norm_topk_prob, 0);
+    mvk_hf_config_free(&c);
+    static const struct {
+        const char *part, *msg;
+    } bad[] = {
+        {"vision", "has no \"vision_config\" object: no part \"vision\""},
+        {"code2wav", "has no \"code2wav_config\" object"},
+        {"", "the part name \"\" is empty"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_expect_eq(mvk_hf_config_parse_part(json, strlen(json), "config.json", bad[i].part, &c,
+                                              err, sizeof err),
+                     -1, "%s accepted", bad[i].part);
+        cr_expect(strstr(err, bad[i].msg), "'%s' does not say '%s'", err, bad[i].msg);
+        mvk_hf_config_free(&c);
+    }
+    parse_bad("{\"model_type\": \"qwen3_omni_moe_talker_text\"}",
+              "shared_expert_intermediate_size");
+}
+
 Test(model, config_errors_name_the_field)
 {
     parse_bad("{\"model_type\": \"llama\"}", "model_type \"llama\" is not supported");
@@ -2371,7 +2415,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 69, "the table has %zu architectures", n);
+    cr_assert_eq(n, 70, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];
@@ -3209,9 +3253,11 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
         snprintf(want, sizeof want, "%s/y.safetensors", dir);
         snprintf(lay, sizeof lay, "%u", layer);
+        /* a second model of the checkpoint (Qwen3-Omni-MoE's talker): --part */
+        const char *part = !strncmp(prefix, "talker.", 7) ? "talker" : NULL;
         /* moevk info --model DIR: the layer, its shape and sizes */
         char iout[4096];
-        const char *iargs[] = {"info", "--model", dir, NULL};
+        const char *iargs[] = {"info", "--model", dir, part ? "--part" : NULL, part, NULL};
         cr_assert_eq(run_cli(iout, sizeof iout, iargs), 0, "%s: moevk info:\n%s", name, iout);
         char want_layer[40];
         snprintf(want_layer, sizeof want_layer, "layer %u   MoE  H=64", layer);
@@ -3226,11 +3272,15 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         for (int b = 0; b < (rows % stride == 0 ? 2 : 1); b++) {
             char ypath[600], out[16384];
             snprintf(ypath, sizeof ypath, "%s/y.safetensors", tmp);
-            const char *args[14] = {"run", "--model", dir, "--layer", lay, "--input", xpath,
+            const char *args[16] = {"run", "--model", dir, "--layer", lay, "--input", xpath,
                                     "--output", ypath, "--backend", backends[b]};
             int na = 11;
             if (decoder)
                 args[na++] = "--decoder";
+            if (part) {
+                args[na++] = "--part";
+                args[na++] = part;
+            }
             if (b)
                 args[na++] = "--validate";
             int st = run_cli_env(out, sizeof out, args, b != 0);

@@ -290,6 +290,7 @@ class Layer:
         prefix: Optional[str] = None,
         decoder: bool = False,
         batch_invariant: bool = False,
+        part: Optional[str] = None,
     ) -> "Layer":
         """One MoE block of a checkpoint, as `moevk run --model` loads it: a
         Hugging Face directory (config.json + safetensors, sharded or not)
@@ -298,7 +299,9 @@ class Layer:
         vram_budget: bytes, or "50%" of the routed experts' bytes (the rest
         run from host memory). prefix: the block's tensor-name prefix
         instead of a layer number; decoder: the decoder stack
-        (switch_transformers, nllb-moe)."""
+        (switch_transformers, nllb-moe); part: a second model of the
+        checkpoint, configured in "<part>_config" (qwen3_omni_moe's
+        "talker")."""
         self = cls.__new__(cls)
         ctx = cls._context_for(backend, context)
         self._impl = _moevk.load_layer(
@@ -311,6 +314,7 @@ class Layer:
             quantize,
             vram_budget,
             bool(batch_invariant),
+            part,
         )
         self._arrays = None
         self._setup(ctx)

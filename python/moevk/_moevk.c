@@ -880,14 +880,14 @@ static PyObject *py_load_layer(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
     static char *kwlist[] = {"context", "backend", "path", "layer", "prefix", "decoder",
-                             "quantize", "vram_budget", "batch_invariant", NULL};
+                             "quantize", "vram_budget", "batch_invariant", "part", NULL};
     PyObject *context, *path_obj, *budget = Py_None;
-    const char *backend, *prefix = NULL, *quantize = NULL;
+    const char *backend, *prefix = NULL, *quantize = NULL, *part = NULL;
     long layer = -1;
     int decoder = 0, batch_invariant = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsO&|lzpzOp:load_layer", kwlist, &context,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsO&|lzpzOpz:load_layer", kwlist, &context,
                                      &backend, PyUnicode_FSConverter, &path_obj, &layer, &prefix,
-                                     &decoder, &quantize, &budget, &batch_invariant))
+                                     &decoder, &quantize, &budget, &batch_invariant, &part))
         return NULL;
     LayerObject *l = layer_new(context, backend);
     if (!l) {
@@ -903,7 +903,7 @@ static PyObject *py_load_layer(PyObject *self, PyObject *args, PyObject *kw)
         return PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS
-    rc = mvk_model_block_open(l->block, path, layer, prefix, decoder, err, sizeof err);
+    rc = mvk_model_block_open(l->block, path, layer, prefix, decoder, part, err, sizeof err);
     Py_END_ALLOW_THREADS
     Py_DECREF(path_obj);
     if (rc) {
@@ -1178,7 +1178,7 @@ static PyMethodDef module_methods[] = {
      "create_layer(context, backend, config, weights, vram_budget=None)"},
     {"load_layer", (PyCFunction)(void (*)(void))py_load_layer, METH_VARARGS | METH_KEYWORDS,
      "load_layer(context, backend, path, layer=-1, prefix=None, decoder=False, quantize=None, "
-     "vram_budget=None, batch_invariant=False)"},
+     "vram_budget=None, batch_invariant=False, part=None)"},
     {NULL, NULL, 0, NULL},
 };
 

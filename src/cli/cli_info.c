@@ -115,7 +115,7 @@ static double bytes_at(const moevk_layer_desc *d, moevk_dtype dt)
 
 /* The MoE layers of a Hugging Face checkpoint directory: each layer's
  * block (formats, device bytes as stored and quantised) or why it has none. */
-static int info_hf(const char *dir)
+static int info_hf(const char *dir, const char *part)
 {
     char err[1024], esc[1024];
     char *cfg_path = mvk_strcat2(dir, "/config.json"), *text = NULL;
@@ -126,7 +126,7 @@ static int info_hf(const char *dir)
     mvk_st_set_init(&set);
     int rc = 1;
     if (!cfg_path || mvk_read_text(cfg_path, &text, &len, err, sizeof err) ||
-        mvk_hf_config_parse(text, len, cfg_path, &cfg, err, sizeof err) ||
+        mvk_hf_config_parse_part(text, len, cfg_path, part, &cfg, err, sizeof err) ||
         mvk_st_set_open_dir(&set, dir, err, sizeof err)) {
         fprintf(stderr, "moevk info: %s\n", cfg_path ? err : "out of host memory");
         goto done;
@@ -237,14 +237,38 @@ int cli_info(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help")) {
-            printf("usage: moevk info [--model FILE.gguf|DIR]\n  Lists every Vulkan device with "
-                   "its capabilities; with --model, the MoE layers\n  of a GGUF model or a "
-                   "Hugging Face checkpoint directory (formats, device\n  bytes per layer; for "
-                   "a checkpoint also at q8_0 and q4_k).\n");
+            printf("usage: moevk info [--model FILE.gguf|DIR [--part NAME]]\n  Lists every Vulkan "
+                   "device with its capabilities; with --model, the MoE layers\n  of a GGUF model "
+                   "or a Hugging Face checkpoint directory (formats, device\n  bytes per layer; "
+                   "for a checkpoint also at q8_0 and q4_k); --part: a second\n  model of the "
+                   "checkpoint, configured in NAME_config (qwen3_omni_moe's talker).\n");
             return 0;
         }
-        if (!strcmp(argv[i], "--model") && i + 1 < argc && argc == 3)
-            return mvk_gguf_is_gguf(argv[i + 1]) ? info_gguf(argv[i + 1]) : info_hf(argv[i + 1]);
+        if (!strcmp(argv[i], "--model") || !strcmp(argv[i], "--part")) {
+            /* --model PATH, with --part NAME in either order */
+            const char *model = NULL, *part = NULL;
+            for (int j = 1; j < argc; j += 2) {
+                const char **slot = !strcmp(argv[j], "--model")  ? &model
+                                    : !strcmp(argv[j], "--part") ? &part
+                                                                 : NULL;
+                if (!slot || j + 1 >= argc || *slot) {
+                    fprintf(stderr, "moevk info: unexpected '%s' (usage: moevk info --model "
+                                    "PATH [--part NAME])\n",
+                            argv[j]);
+                    return 2;
+                }
+                *slot = argv[j + 1];
+            }
+            if (!model) {
+                fprintf(stderr, "moevk info: --part goes with --model DIR\n");
+                return 2;
+            }
+            if (part && mvk_gguf_is_gguf(model)) {
+                fprintf(stderr, "moevk info: --part is not for a GGUF file\n");
+                return 2;
+            }
+            return mvk_gguf_is_gguf(model) ? info_gguf(model) : info_hf(model, part);
+        }
         fprintf(stderr, "moevk info: unknown option '%s'\n", argv[i]);
         return 2;
     }

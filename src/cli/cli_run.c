@@ -30,7 +30,7 @@ static void usage(FILE *f)
 {
     char archs[256], hf[1024];
     fprintf(f,
-            "usage: moevk run --model DIR|FILE.gguf --layer N [--decoder]\n"
+            "usage: moevk run --model DIR|FILE.gguf --layer N [--decoder] [--part NAME]\n"
             "                 --input X.safetensors [--output Y.safetensors] [--stats S.json]\n"
             "                 [--backend BACKEND] [--device D] [--validate] [--check]\n"
             "       moevk run --config CONFIG.json --weights FILE.safetensors [--weights ...]\n"
@@ -46,6 +46,8 @@ static void usage(FILE *f)
             "  --output   tensor 'y', the same shape, f32\n"
             "  --stats    routing statistics as JSON\n"
             "  --decoder  switch_transformers, nllb-moe: a decoder block (default: encoder)\n"
+            "  --part NAME  a second model of the checkpoint, configured in NAME_config\n"
+            "             (its text_config): qwen3_omni_moe's talker\n"
             "  --batch-invariant  only kernels whose result for a token does not depend\n"
             "             on the other tokens (no matrix units)\n"
             "  --dropped-passthrough  switch_transformers as transformers 4 computed it: a\n"
@@ -79,6 +81,7 @@ typedef struct run_opts {
     int nweights;
     long layer;
     int decoder, validate, check, passthrough, batch_invariant, expert_parallel;
+    const char *part; /* --part: a second model of the checkpoint */
 } run_opts;
 
 /* Everything one forward pass set produces, for T tokens in `passes`
@@ -447,6 +450,7 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         }
         i++;
         if (!strcmp(a, "--model")) o->model = v;
+        else if (!strcmp(a, "--part")) o->part = v;
         else if (!strcmp(a, "--config")) o->config = v;
         else if (!strcmp(a, "--prefix")) o->prefix = v;
         else if (!strcmp(a, "--input")) o->input = v;
@@ -690,7 +694,7 @@ int cli_run(int argc, char **argv)
             rc = 2;
             goto done;
         }
-        if (mvk_model_block_open(blk, opt.model, opt.layer, opt.prefix, opt.decoder, err,
+        if (mvk_model_block_open(blk, opt.model, opt.layer, opt.prefix, opt.decoder, opt.part, err,
                                  sizeof err))
             goto fail;
         if (outputs_are_not_inputs(&opt, blk->cfg_path, &blk->set, gg, err, sizeof err)) {
@@ -706,7 +710,8 @@ int cli_run(int argc, char **argv)
     blk->cfg_path = mvk_strdup(opt.config);
     if (!blk->cfg_path ||
         mvk_read_text(blk->cfg_path, &blk->cfg_text, &len, err, sizeof err) ||
-        mvk_hf_config_parse(blk->cfg_text, len, blk->cfg_path, cfg, err, sizeof err))
+        mvk_hf_config_parse_part(blk->cfg_text, len, blk->cfg_path, opt.part, cfg, err,
+                                 sizeof err))
         goto fail;
 
     char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];

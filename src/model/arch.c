@@ -1050,6 +1050,20 @@ static const mvk_arch archs[] = {
               KEY(SPARSE_STEP, 1, "decoder_sparse_step"), KEY(MLP_ONLY, 0, "mlp_only_layers")},
      .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK,
      .layer_prefixes = {"thinker.model.language_model.layers.{N}.mlp."}},
+    /* the text model of Qwen3-Omni-MoE's talker (talker_config's
+     * text_config; `--part talker`): Qwen2-MoE's block (softmax top-k,
+     * renormalised if norm_topk_prob, a shared expert gated by
+     * sigmoid(x . shared_expert_gate)) under talker.model.; every layer is
+     * one (its decoder layer replaces the MLP it builds whatever
+     * decoder_sparse_step and mlp_only_layers say) */
+    {.model_types = {"qwen3_omni_moe_talker_text"},
+     .keys = {KEY(HIDDEN, 1024, "hidden_size"), KEY(FFN, 384, "moe_intermediate_size"),
+              KEY(EXPERTS, 128, "num_experts", "num_local_experts"),
+              KEY(TOP_K, 8, "num_experts_per_tok"), KEY(NORM_TOPK, 0, "norm_topk_prob"),
+              /* (no class default: the released config gives it) */
+              REQUIRED(SHARED_FFN, "shared_expert_intermediate_size"),
+              KEY(NUM_LAYERS, 20, "num_hidden_layers")},
+     QWEN2_MOE_PARTS_AT("talker.model.layers.{N}.mlp.")},
     /* OpenAIPrivacyFilterMLP: gpt-oss's routing (its scores over k, the
      * output times k: the same) and clamped SwiGLU, gate and up
      * concatenated in the transposed layout, with biases */

@@ -625,9 +625,11 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
 
 /* ---- entry points ----------------------------------------------------------- */
 
-/* arch NULL: the one config.json's model_type names. */
-static int parse(const mvk_arch *arch, const char *text, size_t len, const char *what,
-                 mvk_moe_config *out, char *err, size_t errsz)
+/* arch NULL: the one config.json's model_type names. part: a second model
+ * of the checkpoint (NULL: the main one), its config under "<part>_config"
+ * (its text_config when that has one): Qwen3-Omni-MoE's talker. */
+static int parse(const mvk_arch *arch, const char *part, const char *text, size_t len,
+                 const char *what, mvk_moe_config *out, char *err, size_t errsz)
 {
     memset(out, 0, sizeof(*out));
     if (!what)
@@ -641,6 +643,39 @@ static int parse(const mvk_arch *arch, const char *text, size_t len, const char 
     if (!cJSON_IsObject(root)) {
         rc = mvk_errf(err, errsz, "%s is not a JSON object", what);
         goto done;
+    }
+    char part_what[300];
+    if (part) {
+        char key[64];
+        if (!*part || strlen(part) + sizeof "_config" > sizeof key) {
+            rc = mvk_errf(err, errsz, "the part name \"%.64s\" is empty or too long", part);
+            goto done;
+        }
+        snprintf(key, sizeof key, "%s_config", part);
+        const cJSON *sub = cJSON_GetObjectItemCaseSensitive(root, key);
+        if (!cJSON_IsObject(sub)) {
+            rc = mvk_errf(err, errsz, "%s has no \"%s\" object: no part \"%s\"", what, key,
+                          part);
+            goto done;
+        }
+        const cJSON *stc = cJSON_GetObjectItemCaseSensitive(sub, "text_config");
+        snprintf(part_what, sizeof part_what, "%s %s%s", what, key,
+                 cJSON_IsObject(stc) ? ".text_config" : "");
+        r.root = cJSON_IsObject(stc) ? stc : sub;
+        r.what = part_what;
+        if (!arch) {
+            const cJSON *pmt = cJSON_GetObjectItemCaseSensitive(r.root, "model_type");
+            if (!cJSON_IsString(pmt) || !pmt->valuestring) {
+                rc = mvk_errf(err, errsz, "%s has no \"model_type\" string", part_what);
+                goto done;
+            }
+            if (!(arch = mvk_arch_find(pmt->valuestring))) {
+                char list[1024];
+                rc = mvk_errf(err, errsz, "%s: model_type \"%.64s\" is not supported (%s)",
+                              part_what, pmt->valuestring, mvk_arch_list(list, sizeof list, NULL));
+                goto done;
+            }
+        }
     }
     if (!arch) {
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
@@ -689,7 +724,13 @@ done:
 int mvk_hf_config_parse(const char *text, size_t len, const char *what, mvk_moe_config *out,
                         char *err, size_t errsz)
 {
-    return parse(NULL, text, len, what, out, err, errsz);
+    return parse(NULL, NULL, text, len, what, out, err, errsz);
+}
+
+int mvk_hf_config_parse_part(const char *text, size_t len, const char *what, const char *part,
+                             mvk_moe_config *out, char *err, size_t errsz)
+{
+    return parse(NULL, part, text, len, what, out, err, errsz);
 }
 
 int mvk_hf_config_parse_as(const mvk_arch *arch, const char *text, size_t len, const char *what,
@@ -699,7 +740,7 @@ int mvk_hf_config_parse_as(const mvk_arch *arch, const char *text, size_t len, c
         memset(out, 0, sizeof(*out));
         return mvk_errf(err, errsz, "no architecture to read %s as", what ? what : "config.json");
     }
-    return parse(arch, text, len, what, out, err, errsz);
+    return parse(arch, NULL, text, len, what, out, err, errsz);
 }
 
 void mvk_hf_config_free(mvk_moe_config *c)

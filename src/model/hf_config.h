@@ -89,6 +89,13 @@ typedef struct mvk_moe_config {
  * names. `what` names it in messages. */
 int mvk_hf_config_parse(const char *text, size_t len, const char *what, mvk_moe_config *out,
                         char *err, size_t errsz);
+/* The same for a second model of the checkpoint, `part` (NULL: the main
+ * one, as mvk_hf_config_parse): its config is "<part>_config", or that
+ * object's text_config when it has one (Qwen3-Omni-MoE's "talker":
+ * talker_config.text_config), read as the architecture its model_type
+ * names. */
+int mvk_hf_config_parse_part(const char *text, size_t len, const char *what, const char *part,
+                             mvk_moe_config *out, char *err, size_t errsz);
 /* The same as architecture `arch`, whatever the model_type (which may be
  * absent): a descriptor that is not in the table (tests) reads the same
  * way. */

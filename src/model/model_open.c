@@ -30,8 +30,10 @@ void mvk_model_block_close(mvk_model_block *b)
 }
 
 static int open_gguf(mvk_model_block *b, const char *path, long layer, const char *prefix,
-                     int decoder, char *err, size_t errsz)
+                     int decoder, const char *part, char *err, size_t errsz)
 {
+    if (part)
+        return mvk_errf(err, errsz, "a part (\"%.64s\") is not for a GGUF file", part);
     if (prefix)
         return mvk_errf(err, errsz, "a prefix is not for a GGUF file: give the layer number");
     if (decoder)
@@ -49,14 +51,14 @@ static int open_gguf(mvk_model_block *b, const char *path, long layer, const cha
 }
 
 static int open_hf(mvk_model_block *b, const char *dir, long layer, const char *prefix,
-                   int decoder, char *err, size_t errsz)
+                   int decoder, const char *part, char *err, size_t errsz)
 {
     size_t len;
     b->cfg_path = mvk_strcat2(dir, "/config.json");
     if (!b->cfg_path)
         return mvk_errf(err, errsz, "out of host memory");
     if (mvk_read_text(b->cfg_path, &b->cfg_text, &len, err, errsz) ||
-        mvk_hf_config_parse(b->cfg_text, len, b->cfg_path, &b->cfg, err, errsz))
+        mvk_hf_config_parse_part(b->cfg_text, len, b->cfg_path, part, &b->cfg, err, errsz))
         return -1;
     char prefixes[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
     int nprefix = 0;
@@ -91,14 +93,15 @@ static int open_hf(mvk_model_block *b, const char *dir, long layer, const char *
 }
 
 int mvk_model_block_open(mvk_model_block *b, const char *path, long layer, const char *prefix,
-                         int decoder, char *err, size_t errsz)
+                         int decoder, const char *part, char *err, size_t errsz)
 {
     memset(b, 0, sizeof *b);
     mvk_st_set_init(&b->set);
     if (!path || !*path)
         return mvk_errf(err, errsz, "no model path given");
-    int rc = mvk_gguf_is_gguf(path) ? open_gguf(b, path, layer, prefix, decoder, err, errsz)
-                                    : open_hf(b, path, layer, prefix, decoder, err, errsz);
+    int rc = mvk_gguf_is_gguf(path)
+                 ? open_gguf(b, path, layer, prefix, decoder, part, err, errsz)
+                 : open_hf(b, path, layer, prefix, decoder, part, err, errsz);
     if (rc) {
         mvk_model_block_close(b);
         return -1;

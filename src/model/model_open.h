@@ -7,9 +7,10 @@
  * (any of a split model's files). For a directory the block is layer
  * `layer` of the architecture's layer prefixes (the decoder stack when
  * `decoder`), or the tensors under `prefix` when that is not NULL (layer
- * then -1); a GGUF
- * file's block is blk.<layer>. (`prefix` and `decoder` are refused for a
- * GGUF file.) The block's desc points into the memory-mapped files, which
+ * then -1), of the checkpoint's model `part` (NULL: the main one; else
+ * the second model whose config is "<part>_config": Qwen3-Omni-MoE's
+ * "talker"); a GGUF file's block is blk.<layer>. (`prefix`, `decoder` and
+ * `part` are refused for a GGUF file.) The block's desc points into the memory-mapped files, which
  * stay open until mvk_model_block_close.
  */
 #ifndef MOEVK_MODEL_OPEN_H
@@ -40,7 +41,7 @@ typedef struct mvk_model_block {
  * be passed to mvk_model_block_close). A block must not be moved once open:
  * allocate it where it stays. Returns 0 or -1. */
 int mvk_model_block_open(mvk_model_block *b, const char *path, long layer, const char *prefix,
-                         int decoder, char *err, size_t errsz);
+                         int decoder, const char *part, char *err, size_t errsz);
 /* The architecture's name: config.json's model_type or GGUF's
  * general.architecture. */
 const char *mvk_model_block_arch(const mvk_model_block *b);
