@@ -1301,6 +1301,38 @@ Test(model, config_parts_read_their_own_config)
     }
     parse_bad("{\"model_type\": \"qwen3_omni_moe_talker_text\"}",
               "shared_expert_intermediate_size");
+
+    /* dots3-note's vision encoder: each layer's per_layer_config entry, else
+     * the config's own values */
+    static const char vis[] =
+        "{\"model_type\": \"dots3_note\", \"vision_config\": {\"model_type\": "
+        "\"dots3_note_vision_encoder\", \"num_hidden_layers\": 4, \"hidden_size\": 48,"
+        " \"num_local_experts\": 16, \"num_experts_per_tok\": 3, \"moe_intermediate_size\": 24,"
+        " \"mlp_layer_types\": [\"dense\", \"sparse\", \"sparse\", \"sparse\"],"
+        " \"per_layer_config\": {\"1\": {\"num_local_experts\": 4, \"num_experts_per_tok\": 2},"
+        " \"3\": {\"moe_intermediate_size\": 40, \"router_scaling_factor\": 2.5}}}}";
+    cr_assert_eq(mvk_hf_config_parse_part(vis, strlen(vis), "config.json", "vision", &c, err,
+                                          sizeof err),
+                 0, "%s", err);
+    cr_expect_str_eq(mvk_arch_name(c.arch), "dots3_note_vision_encoder");
+    static const struct {
+        uint32_t layer, E, k, F;
+        float scale;
+    } want[] = {{1, 4, 2, 24, 1.0f}, {2, 16, 3, 24, 1.0f}, {3, 16, 3, 40, 2.5f}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
+        int n = 0;
+        cr_assert_eq(mvk_hf_layer_prefixes(&c, want[i].layer, 0, p, &n, err, sizeof err), 0, "%s",
+                     err);
+        cr_expect_eq(c.num_experts, want[i].E, "layer %u", want[i].layer);
+        cr_expect_eq(c.top_k, want[i].k, "layer %u", want[i].layer);
+        cr_expect_eq(c.ffn, want[i].F, "layer %u", want[i].layer);
+        cr_expect_eq(c.routed_scaling_factor, want[i].scale, "layer %u", want[i].layer);
+        cr_expect_str_eq(p[0], want[i].layer == 1   ? "model.vision_tower.blocks.1.mlp."
+                               : want[i].layer == 2 ? "model.vision_tower.blocks.2.mlp."
+                                                    : "model.vision_tower.blocks.3.mlp.");
+    }
+    mvk_hf_config_free(&c);
 }
 
 Test(model, config_errors_name_the_field)
@@ -2415,7 +2447,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 70, "the table has %zu architectures", n);
+    cr_assert_eq(n, 71, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];
@@ -3253,14 +3285,18 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
         snprintf(want, sizeof want, "%s/y.safetensors", dir);
         snprintf(lay, sizeof lay, "%u", layer);
-        /* a second model of the checkpoint (Qwen3-Omni-MoE's talker): --part */
-        const char *part = !strncmp(prefix, "talker.", 7) ? "talker" : NULL;
+        /* a second model of the checkpoint (Qwen3-Omni-MoE's talker,
+         * dots3-note's vision encoder): --part */
+        const char *part = !strncmp(prefix, "talker.", 7)               ? "talker"
+                           : !strncmp(prefix, "model.vision_tower.", 19) ? "vision"
+                                                                         : NULL;
         /* moevk info --model DIR: the layer, its shape and sizes */
         char iout[4096];
         const char *iargs[] = {"info", "--model", dir, part ? "--part" : NULL, part, NULL};
         cr_assert_eq(run_cli(iout, sizeof iout, iargs), 0, "%s: moevk info:\n%s", name, iout);
         char want_layer[40];
-        snprintf(want_layer, sizeof want_layer, "layer %u   MoE  H=64", layer);
+        snprintf(want_layer, sizeof want_layer, "layer %u   MoE  H=%s", layer,
+                 part && !strcmp(part, "vision") ? "32" : "64");
         if (decoder)
             cr_assert(strstr(iout, "(the encoder's; decoder: run --decoder)"),
                       "%s: moevk info --model:\n%s", name, iout);

@@ -66,7 +66,8 @@ def run_fixture(name, layer, decoder, backend, context, part=None):
 @pytest.mark.parametrize("name,layer,decoder,prefix", HF, ids=[r[0] for r in HF])
 def test_hf_block_on_reference_and_vulkan(ctx, name, layer, decoder, prefix):
     # a second model of the checkpoint (Qwen3-Omni-MoE's talker)
-    part = "talker" if prefix.startswith("talker.") else None
+    part = "talker" if prefix.startswith("talker.") else \
+        "vision" if prefix.startswith("model.vision_tower.") else None
     L, y, want = run_fixture(name, layer, decoder, "cpu", None, part)
     # the block's module, or (ERNIE-4.5-VL's text experts) a set inside it
     assert L.config["prefix"].startswith(prefix), L.config

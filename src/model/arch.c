@@ -977,7 +977,7 @@ static const mvk_arch archs[] = {
     /* the text model of dots3-note: DeepseekV3MoE with n_shared_experts
      * shared experts of shared_experts_intermediate_size each; MoE layers
      * by mlp_layer_types (by default all but the first
-     * first_k_dense_replace); its vision encoder's MoE is not read */
+     * first_k_dense_replace); its vision encoder's MoE is the next one */
     {.model_types = {"dots3_note_text"},
      .keys = {KEY(HIDDEN, 5120, "hidden_size"), KEY(FFN, 1536, "moe_intermediate_size"),
               KEY(EXPERTS, 256, "n_routed_experts", "num_local_experts"),
@@ -989,6 +989,25 @@ static const mvk_arch archs[] = {
               KEY(FIRST_K_DENSE, 1, "first_k_dense_replace"),
               KEY(NUM_LAYERS, 46, "num_hidden_layers"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
      DEEPSEEK_V3_PARTS("model.language_model.layers.{N}.mlp.", DECODER_LAYER)},
+    /* Dots3NoteVisionMoE (dots3-note's vision encoder, vision_config: `--part
+     * vision`): sigmoid scores plus the block's correction bias choose the
+     * top k, always normalised (+ 1e-20), times router_scaling_factor; no
+     * shared expert. Its "pyramid": each sparse layer's expert count, k and
+     * width from per_layer_config.{N} (else the config's own) */
+    {.model_types = {"dots3_note_vision_encoder"},
+     .keys = {KEY(HIDDEN, 1536, "hidden_size"), KEY(NUM_LAYERS, 42, "num_hidden_layers"),
+              PER_LAYER(FFN, 2112, "per_layer_config.{N}.moe_intermediate_size",
+                        "moe_intermediate_size"),
+              PER_LAYER(EXPERTS, 64, "per_layer_config.{N}.num_local_experts", "num_local_experts"),
+              PER_LAYER(TOP_K, 2, "per_layer_config.{N}.num_experts_per_tok",
+                        "num_experts_per_tok"),
+              FIXED(NORM_TOPK, 1),
+              PER_LAYER(SCALING, 1.0f, "per_layer_config.{N}.router_scaling_factor",
+                        "router_scaling_factor"),
+              KEY(MLP_BIAS, 0, "mlp_bias"), KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SIGMOID_GROUPED, HF_DECODER_BLOCK,
+     .layer_prefixes = {"model.vision_tower.blocks.{N}.mlp."},
+     .correction_bias = "e_score_correction_bias"},
     /* LagunaSparseMoeBlock: sigmoid plus the correction bias choose (no
      * groups), always normalised, times moe_routed_scaling_factor, a
      * shared expert of its own width; MoE layers by mlp_layer_types (by

@@ -158,7 +158,10 @@ typedef struct mvk_arch_key {
     int required;
     /* a list with one value per layer is read too (Hunyuan's moe_topk): the
      * chosen layer's entry is the value (mvk_hf_layer_prefixes); for a
-     * number field each entry is a number or null (0) */
+     * number field each entry is a number or null (0). A first name with
+     * "{N}" is read for each layer N < num_layers (read before it), the
+     * other names standing in where it is absent (dots3-note's vision
+     * per_layer_config.{N}.num_local_experts, else num_local_experts) */
     int per_layer;
 } mvk_arch_key;
 

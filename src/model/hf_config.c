@@ -305,10 +305,52 @@ static int layer_types_value(const cfg_reader *r, const cJSON *v, const char *na
     return 0;
 }
 
+static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *k,
+                    mvk_moe_config *c);
+
+/* A per-layer key whose first name holds "{N}": each layer's value (its
+ * entry, else the key's other names, else the default) into the field's
+ * per-layer list, layer 0's in the field until a layer is chosen. */
+static int layer_keyed(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *k,
+                       mvk_moe_config *c)
+{
+    const field_info *fi = &fields[k->field];
+    if (fi->type != V_U32 && fi->type != V_F32)
+        return mvk_errf(r->err, r->errsz, "%s: a per-layer key \"%s\" of a field that is not a "
+                        "number", r->what, k->names[0]);
+    const uint32_t n = c->num_layers ? c->num_layers : 1;
+    uint32_t *vals = calloc(n, sizeof *vals);
+    if (!vals)
+        return mvk_errf(r->err, r->errsz, "out of host memory");
+    for (uint32_t layer = 0; layer < n; layer++) {
+        char name[128];
+        if (mvk_arch_expand(name, sizeof name, "", k->names[0], layer)) {
+            free(vals);
+            return mvk_errf(r->err, r->errsz, "%s: the key \"%s\" is too long", r->what,
+                            k->names[0]);
+        }
+        mvk_arch_key one = *k;
+        one.per_layer = 0;
+        one.names[0] = name;
+        if (read_key(r, a, &one, c)) {
+            free(vals);
+            return -1;
+        }
+        memcpy(&vals[layer], (char *)c + fi->offset, sizeof(uint32_t));
+    }
+    memcpy((char *)c + fi->offset, &vals[0], sizeof(uint32_t));
+    free(c->layer_values[k->field]);
+    c->layer_values[k->field] = vals;
+    c->n_layer_values[k->field] = n;
+    return 0;
+}
+
 /* One key of the descriptor into its field: the value, or the default. */
 static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *k,
                     mvk_moe_config *c)
 {
+    if (k->per_layer && k->names[0] && strstr(k->names[0], "{N}"))
+        return layer_keyed(r, a, k, c);
     const field_info *fi = &fields[k->field];
     void *dst = (char *)c + fi->offset;
     const char *name = k->names[0] ? k->names[0] : fi->label;
