@@ -1025,3 +1025,97 @@ Test(stages, input_norms_and_expert_scales)
     free_layer(&s);
     mvkt_context_end(ctx);
 }
+
+/* The shared gates as a sink of the normalisation (Inkling): forward
+ * against the reference; the weights plus the gates sum to the scale; the
+ * stage calls (route, permute, experts, combine_shared) give forward's y
+ * bit for bit, though combine_shared has to route again for the gates. */
+Test(stages, shared_sink)
+{
+    moevk_context *ctx = mvkt_context();
+    uint64_t seed = mvkt_base_seed();
+    mvkt_rng r = mvkt_rng_make(seed);
+    const uint32_t T = 23, H = 40, F = 24, E = 8, K = 3, NS = 2;
+    stage_layer s;
+    make_layer(&r, &s, H, F, E, K, NS, 0.0f);
+    s.d.routing = MOEVK_ROUTING_SIGMOID_GROUPED;
+    s.d.routed_scaling_factor = 2.5f;
+    s.d.shared_sink = 1;
+    float *x = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f);
+    float *y = malloc(4 * T * H), *ref = malloc(4 * T * H), *yc = malloc(4 * T * H);
+    uint32_t *rids = malloc(4 * T * K), *fids = malloc(4 * T * K);
+    float *rw = malloc(4 * T * K), *fw = malloc(4 * T * K), *gam = malloc(4 * T * NS);
+    int32_t *frow = malloc(4 * T * K);
+    uint8_t near[64];
+    cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, ref, rids, rw, near, NULL), 0);
+    /* the reference's own sum: the k weights and the gates make the scale */
+    for (uint32_t t = 0; t < T; t++) {
+        cr_assert_eq(moevk_ref_shared_gammas(&s.d, x + (size_t)t * H, rids + (size_t)t * K,
+                                             gam + (size_t)t * NS),
+                     0);
+        double sum = 0.0;
+        for (uint32_t j = 0; j < K; j++)
+            sum += rw[t * K + j];
+        for (uint32_t i = 0; i < NS; i++) {
+            cr_assert_gt(gam[t * NS + i], 0.0f);
+            sum += gam[t * NS + i];
+        }
+        cr_assert_float_eq(sum, 2.5, 1e-5, "seed %llu token %u: weights and gates sum to %g",
+                           (unsigned long long)seed, t, sum);
+    }
+    moevk_layer *L;
+    cr_assert_eq(moevk_layer_create(ctx, &s.d, &L), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_tensor tx = tensor(ctx, MOEVK_DTYPE_F32, T, H), ty = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_tensor_upload(&tx, x), 0);
+    cr_assert_eq(moevk_layer_forward(L, &tx, &ty, NULL), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    cr_assert_eq(moevk_tensor_download(&ty, y), 0);
+    cr_assert_eq(moevk_layer_read_routing(L, T, fids, fw, frow), 0);
+    float *yr = malloc(4 * T * H);
+    memcpy(yr, y, 4 * T * H);
+    for (uint32_t t = 0; t < T; t++) {
+        if (near[t]) { /* near-tied tokens are not compared */
+            memcpy(yr + (size_t)t * H, ref + (size_t)t * H, 4 * H);
+            continue;
+        }
+        for (uint32_t j = 0; j < K; j++) {
+            cr_assert_eq(fids[t * K + j], rids[t * K + j], "seed %llu: ids", (unsigned long long)seed);
+            cr_assert_float_eq(fw[t * K + j], rw[t * K + j], 2e-6, "seed %llu: weights",
+                               (unsigned long long)seed);
+        }
+    }
+    double err = mvkt_rel_l2(yr, ref, T * H);
+    cr_assert_leq(err, 1e-5, "seed %llu: forward vs reference %g", (unsigned long long)seed, err);
+
+    moevk_tensor ids = tensor(ctx, MOEVK_DTYPE_I32, T, K), w = tensor(ctx, MOEVK_DTYPE_F32, T, K);
+    moevk_tensor rows = tensor(ctx, MOEVK_DTYPE_I32, T, K), cnt = tensor(ctx, MOEVK_DTYPE_I32, E, 0);
+    moevk_tensor eo = tensor(ctx, MOEVK_DTYPE_F32, (uint64_t)T * K, H);
+    moevk_tensor y3 = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_layer_route(L, &tx, &ids, &w), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_layer_permute(L, &ids, &rows, &cnt), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_layer_experts(L, &tx, &ids, &eo), MOEVK_SUCCESS);
+    /* a pass on other tokens through the workspace first: combine_shared
+     * must not rely on the routing a previous call left there */
+    float *x2 = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f);
+    moevk_tensor tx2 = tensor(ctx, MOEVK_DTYPE_F32, T, H);
+    cr_assert_eq(moevk_tensor_upload(&tx2, x2), 0);
+    cr_assert_eq(moevk_layer_forward(L, &tx2, &ty, NULL), MOEVK_SUCCESS);
+    cr_assert_eq(moevk_layer_combine_shared(L, &tx, &eo, &rows, &w, &y3), MOEVK_SUCCESS, "%s",
+                 moevk_context_last_error(ctx));
+    moevk_tensor_destroy(&tx2);
+    free(x2);
+    cr_assert_eq(moevk_tensor_download(&y3, yc), 0);
+    cr_assert(memcmp(yc, y, 4 * T * H) == 0,
+              "seed %llu: route + permute + experts + combine_shared is not forward's y",
+              (unsigned long long)seed);
+
+    moevk_tensor *all[] = {&tx, &ty, &ids, &w, &rows, &cnt, &eo, &y3};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        moevk_tensor_destroy(all[i]);
+    moevk_layer_destroy(L);
+    free_layer(&s);
+    free(x), free(y), free(ref), free(yc), free(yr), free(rids), free(fids), free(rw), free(fw);
+    free(gam), free(frow);
+    mvkt_context_end(ctx);
+}
