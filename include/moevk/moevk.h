@@ -928,7 +928,9 @@ MOEVK_API moevk_status moevk_layer_combine_shared(moevk_layer *layer, const moev
                                                   const moevk_tensor *row_of,
                                                   const moevk_tensor *weights, moevk_tensor *y);
 /* y [T, H] = the sum of the shared experts' outputs (gated when the layer
- * has a shared gate), times shared_scale; zeros when the layer has none. */
+ * has a shared gate; with shared_sink by the gates of the tokens' routing,
+ * which this call computes again), times shared_scale; zeros when the
+ * layer has none. */
 MOEVK_API moevk_status moevk_layer_shared_experts(moevk_layer *layer, const moevk_tensor *x,
                                                   moevk_tensor *y);
 
