@@ -1,7 +1,8 @@
 #version 450
 // Gather and weighted combine, one thread per output element:
 //   y[t, h] = sum_{j = 0..k-1} w[t, j] * o[row(t, j), h]   (slot order,
-//             dropped assignments skipped)
+//             dropped assignments skipped; with renorm_eps > 0 each w over
+//             max(sum of the token's admitted w / renorm_scale, renorm_eps))
 // for the T tokens tok0 .. tok0 + T - 1: y and the weights are indexed by
 // token, row_of, the shared outputs and their gate logits by token - tok0.
 //           + sum_i gate_i(t) * shared_out[i, t, h]        (shared experts)
@@ -31,12 +32,23 @@ void main()
     if (i >= p.T * p.H)
         return;
     const uint t = i / p.H, h = i - t * p.H;
+    // drop_renorm_eps: the admitted weights over their sum (unscaled), at
+    // least renorm_eps, in slot order (a NaN stays)
+    float den = 1.0;
+    if (p.renorm_eps > 0.0) {
+        float sum = 0.0;
+        for (uint j = 0; j < p.K; j++)
+            if (row_of[t * p.K + j] >= 0)
+                sum += weights[(p.tok0 + t) * p.K + j];
+        sum = sum / p.renorm_scale;
+        den = sum < p.renorm_eps ? p.renorm_eps : sum;
+    }
     float acc = 0.0;
     for (uint j = 0; j < p.K; j++) {
         int r = row_of[t * p.K + j];
         if (r >= 0)
             acc = p.unit_weights != 0u ? acc + o_rows[uint(r) * p.H + h]
-                                       : fma(weights[(p.tok0 + t) * p.K + j],
+                                       : fma(weights[(p.tok0 + t) * p.K + j] / den,
                                              o_rows[uint(r) * p.H + h], acc);
     }
     for (uint s = 0; s < p.n_shared; s++) {

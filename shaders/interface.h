@@ -412,6 +412,9 @@ MVK_PUSH_BEGIN(mvk_combine_push)
     MVK_U32 unit_weights; /* 1: every weight is 1 (MOEVK_LAYER_WEIGHTS_ON_INPUT) */
     MVK_F32 shared_scale; /* the shared outputs' factor (1: none) */
     MVK_U32 has_out_bias; /* the layer's output bias is added */
+    /* > 0 (drop_renorm_eps): w_j / max(sum of the admitted w / renorm_scale,
+     * renorm_eps) */
+    MVK_F32 renorm_eps, renorm_scale;
 MVK_PUSH_END(mvk_combine_push)
 #endif
 

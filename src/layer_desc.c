@@ -296,6 +296,26 @@ moevk_status moevk_layer_desc_validate(moevk_context *ctx, const moevk_layer_des
                             "it must be 0",
                             (int)d.score_fn, (int)d.routing);
     }
+    if (!(d.capacity_fraction >= 0.0) || !isfinite(d.capacity_fraction))
+        return mvk_fail(ctx, bad, "capacity_fraction = %g must be 0 (none) or finite and > 0",
+                        d.capacity_fraction);
+    if (d.capacity_fraction > 0.0 && d.capacity_factor != 0.0f)
+        return mvk_fail(ctx, bad,
+                        "capacity_fraction = %g and capacity_factor = %g: give one capacity",
+                        d.capacity_fraction, (double)d.capacity_factor);
+    if (!(d.drop_renorm_eps >= 0.0f) || !isfinite(d.drop_renorm_eps))
+        return mvk_fail(ctx, bad, "drop_renorm_eps = %g must be 0 (none) or finite and > 0",
+                        (double)d.drop_renorm_eps);
+    if (d.drop_renorm_eps > 0.0f && (d.flags & MOEVK_LAYER_WEIGHTS_ON_INPUT))
+        return mvk_fail(ctx, bad,
+                        "drop_renorm_eps = %g with MOEVK_LAYER_WEIGHTS_ON_INPUT: the experts "
+                        "read the weights before the renormalisation",
+                        (double)d.drop_renorm_eps);
+    if (d.routing == MOEVK_ROUTING_EXPERT_CHOICE &&
+        (d.capacity_fraction > 0.0 || d.drop_renorm_eps > 0.0f))
+        return mvk_fail(ctx, bad,
+                        "capacity_fraction / drop_renorm_eps are not for expert_choice routing "
+                        "(its experts take C tokens each and drop nothing)");
     if (d.shared_sink) {
         if (d.routing != MOEVK_ROUTING_SIGMOID_GROUPED || !d.norm_topk_prob)
             return mvk_fail(ctx, bad,

@@ -472,6 +472,9 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
                     .shared_scale = d->shared_scale,
                     .out_bias = io->experts || io->routed_given ? whole(L->out_b)
                                                                : (mvk_binding){0},
+                    .renorm_eps = d->drop_renorm_eps,
+                    .renorm_scale = d->routed_scaling_factor != 0.0f ? d->routed_scaling_factor
+                                                                     : 1.0f,
                 };
                 mvk_op_combine(c, &ca);
                 mvk_cmd_barrier(c);

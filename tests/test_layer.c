@@ -152,7 +152,7 @@ Test(layer, k_one_and_k_equal_to_e)
             run_case(ctx, seed + 2 * i + all, &l, &r);
             cr_assert_eq(r.c.desc.top_k, all ? Es[i] : 1u);
             /* k = E: every token uses every expert, in score order */
-            if (all && !r.c.desc.capacity_factor)
+            if (all && !r.c.desc.capacity_factor && !r.c.desc.capacity_fraction)
                 for (uint32_t e = 0; e < Es[i]; e++)
                     cr_assert_eq(r.res.tpe[e], r.c.T, "seed %llu: expert %u",
                                  (unsigned long long)r.c.seed, e);
@@ -785,6 +785,14 @@ Test(layer_bad, descriptions_name_the_field)
 #undef SPARSEMIXER
     BAD(d.jitter_eps = 0.01f, INV, "jitter_eps"); /* only for sparsemixer */
     BAD(d.score_fn = MOEVK_SCORE_SQRTSOFTPLUS, INV, "score_fn = 1 is only for sigmoid_grouped");
+    BAD(d.capacity_fraction = -0.5, INV, "capacity_fraction = -0.5");
+    BAD(d.capacity_fraction = INFINITY, INV, "capacity_fraction");
+    BAD((d.capacity_fraction = 0.5, d.capacity_factor = 1.0f), INV, "give one capacity");
+    BAD(d.drop_renorm_eps = NAN, INV, "drop_renorm_eps");
+    BAD((d.drop_renorm_eps = 1e-7f, d.flags |= MOEVK_LAYER_WEIGHTS_ON_INPUT), INV,
+        "drop_renorm_eps");
+    BAD((d.routing = MOEVK_ROUTING_EXPERT_CHOICE, d.norm_topk_prob = 0, d.capacity_fraction = 0.5),
+        INV, "capacity_fraction");
     BAD((d.routing = MOEVK_ROUTING_SIGMOID_GROUPED, d.score_fn = (moevk_score_fn)2), INV,
         "score_fn = 2 is not a score function");
     BAD(d.router_norm_eps = -1e-6f, INV, "router_norm_eps");

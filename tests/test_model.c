@@ -835,7 +835,7 @@ static const config_row config_rows[] = {
       .norm_min = 1.1920928955078125e-07f, .routed_scaling_factor = 0.8f,
       .activation = MOEVK_ACT_RELU, .act_name = "relu", .num_layers = 12,
       .num_decoder_layers = 12, .encoder_sparse_step = 4, .decoder_sparse_step_sw = 4,
-      .decoder_sparse_step = 1}},
+      .decoder_sparse_step = 1, .eval_capacity = 1.0}},
     {"{\"model_type\": \"nllb_moe\", \"moe_token_dropout\": 0, \"router_bias\": true,"
      " \"d_model\": 32, \"encoder_ffn_dim\": 8, \"num_experts\": 4, \"encoder_layers\": 2,"
      " \"encoder_sparse_step\": 1, \"moe_eval_capacity_token_fraction\": 2.5,"
@@ -845,7 +845,25 @@ static const config_row config_rows[] = {
       .norm_min = 1.1920928955078125e-07f, .routed_scaling_factor = 1.0f, .router_bias = 1,
       .activation = MOEVK_ACT_RELU, .act_name = "relu", .num_layers = 2,
       .num_decoder_layers = 12, .encoder_sparse_step = 1, .decoder_sparse_step_sw = 4,
-      .decoder_sparse_step = 1}},
+      .decoder_sparse_step = 1, .eval_capacity = 2.5, .batch_priority = 1}},
+    /* an eval capacity below the tokens: C = ceil(f T) with f exactly as
+     * written (0.3 is not a float), renormalised after dropping */
+    {"{\"model_type\": \"nllb-moe\", \"moe_eval_capacity_token_fraction\": 0.3}", "nllb-moe",
+     {.hidden = 1024, .ffn = 4096, .num_experts = 128, .top_k = 2, .norm_topk_prob = 0,
+      .routed_scaling_factor = 0.8f, .activation = MOEVK_ACT_RELU, .act_name = "relu",
+      .num_layers = 12, .num_decoder_layers = 12, .encoder_sparse_step = 4,
+      .decoder_sparse_step_sw = 4, .decoder_sparse_step = 1, .eval_capacity = 0.3,
+      .capacity_fraction = 0.3, .drop_renorm_eps = 1.1920928955078125e-07f}},
+    /* normalised before dropping: the admitted weights stay as they were */
+    {"{\"model_type\": \"nllb-moe\", \"moe_eval_capacity_token_fraction\": 0.75,"
+     " \"normalize_router_prob_before_dropping\": true}",
+     "nllb-moe",
+     {.hidden = 1024, .ffn = 4096, .num_experts = 128, .top_k = 2, .norm_topk_prob = 1,
+      .norm_min = 1.1920928955078125e-07f, .routed_scaling_factor = 0.8f,
+      .activation = MOEVK_ACT_RELU, .act_name = "relu", .num_layers = 12,
+      .num_decoder_layers = 12, .encoder_sparse_step = 4, .decoder_sparse_step_sw = 4,
+      .decoder_sparse_step = 1, .eval_capacity = 0.75, .norm_before_drop = 1,
+      .capacity_fraction = 0.75}},
     /* LongCat-Flash: identity experts beside the FFN ones, its own key names */
     {"{\"model_type\": \"longcat_flash\"}", "longcat_flash",
      {.hidden = 6144, .ffn = 2048, .num_experts = 512, .zero_experts = 256, .top_k = 12, SILU,
@@ -1251,6 +1269,11 @@ Test(model, config_fields_and_defaults_follow_transformers)
         SAME(sqrtsoftplus)
         SAME(hash_layers)
         SAME(sink_shared)
+        SAME(eval_capacity)
+        SAME(norm_before_drop)
+        SAME(batch_priority)
+        SAME(capacity_fraction)
+        SAME(drop_renorm_eps)
 #undef SAME
         cr_expect_str_eq(g.shared_act_name, w->shared_act_name, "%s", r->json);
         for (uint32_t k = 0; k < g.n_mlp_only_layers && k < 2; k++)
@@ -1356,11 +1379,14 @@ Test(model, config_errors_name_the_field)
               "\"decoder_sparse_step\" is 0");
     parse_bad("{\"model_type\": \"gpt_oss\", \"swiglu_limit\": 0}",
               "\"swiglu_limit\" must be positive");
-    parse_bad("{\"model_type\": \"nllb-moe\", \"moe_eval_capacity_token_fraction\": 0.5}",
-              "\"moe_eval_capacity_token_fraction\" = 0.5: an expert capacity below the token "
-              "count drops tokens");
+    parse_bad("{\"model_type\": \"nllb-moe\", \"moe_eval_capacity_token_fraction\": 0.5,"
+              " \"batch_prioritized_routing\": true}",
+              "\"batch_prioritized_routing\" = true with \"moe_eval_capacity_token_fraction\" = "
+              "0.5: tokens admitted in the order of their router confidence");
     parse_bad("{\"model_type\": \"nllb-moe\", \"moe_eval_capacity_token_fraction\": 0}",
-              "\"moe_eval_capacity_token_fraction\" = 0");
+              "\"moe_eval_capacity_token_fraction\" = 0: the training capacity");
+    parse_bad("{\"model_type\": \"nllb-moe\", \"moe_eval_capacity_token_fraction\": \"x\"}",
+              "\"moe_eval_capacity_token_fraction\" is not a finite number");
     parse_bad("{\"model_type\": \"nllb-moe\", \"second_expert_policy\": \"sampling\"}",
               "\"second_expert_policy\" = \"sampling\" is not supported (all)");
     parse_bad("{\"model_type\": \"nllb-moe\", \"router_dtype\": \"bfloat16\"}",

@@ -570,7 +570,8 @@ typedef struct moevk_layer_desc {
                                must divide E                               */
     uint32_t topk_group;    /* groups kept: 0 means n_group                */
     float routed_scaling_factor; /* 0 means 1.0                            */
-    float capacity_factor;  /* 0 = dropless; else C = ceil(cf * T * k / E) */
+    float capacity_factor;  /* 0 = dropless; else C = ceil(cf * T * k / E)
+                               (or capacity_fraction, below)            */
     float swiglu_alpha;     /* swiglu_oai: 0 means 1.702                   */
     float swiglu_limit;     /* swiglu_oai, swiglu_clamp, swiglu_postclamp:
                                0 means 7.0                                 */
@@ -694,6 +695,19 @@ typedef struct moevk_layer_desc {
      * > 0 and shared_gate; no norm_p (other than 1), norm_min or norm_eps.
      * D has no 1e-20. */
     int shared_sink;
+    /* > 0 (instead of capacity_factor): expert capacity C = ceil(
+     * capacity_fraction * T), T the pass's tokens, computed in double
+     * (NLLB-MoE's moe_eval_capacity_token_fraction: a fraction of the
+     * tokens, not a factor of T k / E). Not with capacity_factor or expert
+     * choice. */
+    double capacity_fraction;
+    /* > 0: after admission each token's admitted slots are renormalised,
+     * w'_j = w_j / max(sum of its admitted w_i / s, drop_renorm_eps), s =
+     * routed_scaling_factor (0 means 1): the weights a drop leaves are
+     * scaled up to the token's whole (NLLB-MoE's normalisation after
+     * dropping, with float32's eps). Not with MOEVK_LAYER_WEIGHTS_ON_INPUT
+     * or expert choice. */
+    float drop_renorm_eps;
 } moevk_layer_desc;
 
 /* Routing slots per token: the width of the ids, weights and row arrays of

@@ -282,7 +282,7 @@ static PyTypeObject ContextType = {
 
 /* ---- layer descriptions from dicts --------------------------------------- */
 
-typedef enum { F_U32, F_BOOL, F_F32, F_ROUTING, F_ACT, F_GROUP, F_SCORE, F_DTYPE, F_FLAG } field_kind;
+typedef enum { F_U32, F_BOOL, F_F32, F_F64, F_ROUTING, F_ACT, F_GROUP, F_SCORE, F_DTYPE, F_FLAG } field_kind;
 
 typedef struct {
     const char *name;
@@ -314,6 +314,8 @@ static const field_def fields[] = {
     FD(group_score, F_GROUP),
     FD(score_fn, F_SCORE),
     FD(shared_sink, F_BOOL),
+    FD(capacity_fraction, F_F64),
+    FD(drop_renorm_eps, F_F32),
     FD(norm_p, F_F32),
     FD(norm_min, F_F32),
     FD(shared_scale, F_F32),
@@ -455,6 +457,13 @@ static int set_field(moevk_layer_desc *d, const field_def *f, PyObject *v)
             return -1;
         float fl = (float)x;
         memcpy(base + f->offset, &fl, sizeof fl);
+        return 0;
+    }
+    case F_F64: {
+        double x = PyFloat_AsDouble(v);
+        if (x == -1.0 && PyErr_Occurred())
+            return -1;
+        memcpy(base + f->offset, &x, sizeof x);
         return 0;
     }
     case F_ROUTING:

@@ -110,7 +110,8 @@ cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, cons
  * -1 skipped) (+ shared[t*H + c] if shared). */
 cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights, const float *o,
                     const float *shared, uint32_t T, uint32_t H, uint32_t K, int unit_weights,
-                    float shared_scale, const float *out_bias, float *y);
+                    float shared_scale, const float *out_bias, float renorm_eps,
+                    float renorm_scale, float *y);
 /* MOEVK_LAYER_WEIGHTS_ON_INPUT: xs[row_of[t, j]] = weights[t, j] * x[t] for
  * every admitted slot (the up projection then reads xs row by row). With
  * id_first > 0 only the slots whose ids[t, j] >= id_first (identity

@@ -611,17 +611,28 @@ __global__ void k_scale_rows(const int32_t *row_of, const float *weights, const 
 __global__ void k_combine(const int32_t *row_of, const float *weights, const float *o,
                           const float *shared, uint32_t T, uint32_t H, uint32_t K,
                           int unit_weights, float shared_scale, const float *out_bias,
-                          float *y)
+                          float renorm_eps, float renorm_scale, float *y)
 {
     GRID_STRIDE(i, (size_t)T * H)
     {
         uint32_t t = (uint32_t)(i / H), c = (uint32_t)(i % H);
+        /* drop_renorm_eps: over the admitted weights' sum (unscaled) */
+        float den = 1.0f;
+        if (renorm_eps > 0.0f) {
+            float sum = 0.0f;
+            for (uint32_t j = 0; j < K; j++)
+                if (row_of[(size_t)t * K + j] >= 0)
+                    sum += weights[(size_t)t * K + j];
+            sum = sum / renorm_scale;
+            den = sum < renorm_eps ? renorm_eps : sum;
+        }
         float acc = 0.0f;
         for (uint32_t j = 0; j < K; j++) {
             int32_t r = row_of[(size_t)t * K + j];
             if (r >= 0)
                 acc = unit_weights ? acc + o[(size_t)r * H + c]
-                                   : fmaf(weights[(size_t)t * K + j], o[(size_t)r * H + c], acc);
+                                   : fmaf(weights[(size_t)t * K + j] / den, o[(size_t)r * H + c],
+                                          acc);
         }
         if (shared)
             acc = fmaf(shared_scale, shared[i], acc);
@@ -876,10 +887,11 @@ cudaError_t ffn_down(cudaStream_t s, const FfnWeights &w, const Rows &rows, cons
 
 cudaError_t combine(cudaStream_t s, const int32_t *row_of, const float *weights, const float *o,
                     const float *shared, uint32_t T, uint32_t H, uint32_t K, int unit_weights,
-                    float shared_scale, const float *out_bias, float *y)
+                    float shared_scale, const float *out_bias, float renorm_eps,
+                    float renorm_scale, float *y)
 {
     LAUNCH(k_combine, blocks_for((size_t)T * H), BLOCK, s, row_of, weights, o, shared, T, H, K,
-           unit_weights, shared_scale, out_bias, y);
+           unit_weights, shared_scale, out_bias, renorm_eps, renorm_scale, y);
     return cudaGetLastError();
 }
 

@@ -1069,7 +1069,8 @@ static moevk_status run_pass(mvk_cuda_layer *L, uint32_t T, char *err, size_t er
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_SHARED + 1], s));
 
     CK(combine(s, L->row_of, L->wts, L->obuf, NS ? L->sh_acc : NULL, T, H, K, on_input,
-               d->shared_scale, L->out_b, L->y));
+               d->shared_scale, L->out_b, d->drop_renorm_eps,
+               d->routed_scaling_factor != 0.0f ? d->routed_scaling_factor : 1.0f, L->y));
     CK(cudaEventRecord(L->ev[MOEVK_STAGE_COMBINE + 1], s));
 
     CK(stats(s, L->logits, L->totals, T, E, (double)moevk_ref_assignments(d, T), L->tok,

@@ -702,13 +702,27 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
      * routing has a near-tie, whose flip would cascade through admission
      * (not under expert choice, whose capacity is in the choice: a flip
      * there changes the two tokens' outputs only) */
+    /* NLLB-MoE's capacity (a fraction of the tokens, in a third of the
+     * cases with a capacity) and its renormalisation after dropping (in
+     * half of those with a capacity), from a stream of its own */
+    mvk_rng rnl = mvk_rng_seed(seed, 24);
+    if (d->capacity_factor > 0 && d->routing != MOEVK_ROUTING_EXPERT_CHOICE) {
+        if (mvk_rng_chance(&rnl, 0.33)) {
+            d->capacity_fraction = 0.125 + 0.875 * mvk_rng_uniform(&rnl, 0.0f, 1.0f);
+            d->capacity_factor = 0;
+        }
+        if (!(d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) && mvk_rng_chance(&rnl, 0.5))
+            d->drop_renorm_eps = mvk_rng_chance(&rnl, 0.7) ? 1.1920929e-7f
+                                                           : mvk_rng_uniform(&rnl, 0.05f, 0.5f);
+    }
     c->x = malloc(sizeof(float) * ((size_t)T * H + 1));
     if (!c->x)
         goto oom;
     mvk_rng rx = mvk_rng_seed(seed, 2);
     fill_x(c, &rx);
     input_rows(c);
-    if (d->capacity_factor > 0 && d->routing != MOEVK_ROUTING_EXPERT_CHOICE) {
+    if ((d->capacity_factor > 0 || d->capacity_fraction > 0) &&
+        d->routing != MOEVK_ROUTING_EXPERT_CHOICE) {
         for (uint32_t attempt = 1;; attempt++) {
             int tie = has_near_tie(c);
             if (tie < 0)
@@ -717,6 +731,7 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
                 break;
             if (attempt > 10) {
                 d->capacity_factor = 0;
+                d->capacity_fraction = 0;
                 c->capacity_removed = 1;
                 break;
             }
@@ -871,6 +886,10 @@ void mvkc_case_describe(const mvkc_case *c, char *buf, size_t n)
             moevk_dtype_name(d->router_dtype));
     if (d->capacity_factor > 0)
         app(buf, n, &p, " cf=%.3g", d->capacity_factor);
+    if (d->capacity_fraction > 0)
+        app(buf, n, &p, " cfrac=%.3g", d->capacity_fraction);
+    if (d->drop_renorm_eps > 0)
+        app(buf, n, &p, " renorm=%.3g", (double)d->drop_renorm_eps);
     if (d->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT)
         app(buf, n, &p, " w-on-input");
     if (d->output_bias)

@@ -531,7 +531,7 @@ int mvkc_compare(const mvkc_case *c, const mvkc_ref *ref, const mvkc_result *res
 
     /* 4. y */
     const float *yref = ref->out.y;
-    if (d->capacity_factor > 0 && rep->swapped && !ec) {
+    if ((d->capacity_factor > 0 || d->capacity_fraction > 0) && rep->swapped && !ec) {
         ycond = malloc(sizeof(float) * ((size_t)T * H + 1));
         if (!ycond || conditional_y(c, ref, rows, excluded, ycond)) {
             fail(rep, "out of host memory (comparison)");

@@ -785,7 +785,10 @@ static const mvk_arch archs[] = {
      * max(sum, float32 eps), each expert's output times 1 -
      * moe_token_dropout; non-gated ReLU experts with biases. With
      * moe_eval_capacity_token_fraction >= 1 no token is dropped (an expert
-     * takes at most one assignment per token); below, refused. transformers
+     * takes at most one assignment per token); below, capacity ceil(f T)
+     * (capacity_fraction), the top-1 choices admitted first, the weights
+     * renormalised over what dropping leaves (drop_renorm_eps; before
+     * dropping with normalize_router_prob_before_dropping). transformers
      * 5.24's NllbMoeExperts.forward runs only experts 0 and 1 (a one-hot of
      * the router mask): moevk computes the router's dispatch as transformers
      * 4 and fairseq did (tests/fixtures/make_hf_blocks.py). */
@@ -795,6 +798,8 @@ static const mvk_arch archs[] = {
               FIXED(NORM_MIN, 1.1920928955078125e-07f), KEY(ROUTER_BIAS, 0, "router_bias"),
               KEY(TOKEN_DROPOUT, 0.2f, "moe_token_dropout"),
               KEY(EVAL_CAPACITY, 1.0f, "moe_eval_capacity_token_fraction"),
+              KEY(NORM_BEFORE_DROP, 0, "normalize_router_prob_before_dropping"),
+              KEY(BATCH_PRIORITY, 0, "batch_prioritized_routing"),
               KEY(SECOND_EXPERT, 0, "second_expert_policy"),
               KEY(ROUTER_DTYPE, 0, "router_dtype"),
               KEY(NUM_LAYERS, 12, "encoder_layers"),

@@ -23,7 +23,7 @@
 #define MVK_MAX_PREFIXES 3  /* layer prefixes tried in turn               */
 #define MVK_PREFIX_LEN 160
 #define MVK_ARCH_NAMES 4    /* model_type and its aliases                  */
-#define MVK_ARCH_KEYS 16    /* config keys of one architecture             */
+#define MVK_ARCH_KEYS 18    /* config keys of one architecture             */
 #define MVK_ARCH_LAYOUTS 4  /* tensor layouts of one architecture          */
 #define MVK_KEY_NAMES 3     /* a key and its aliases, NULL-terminated       */
 
@@ -107,8 +107,14 @@ typedef enum mvk_cfg_field {
                                  outputs are scaled by 1 - p at inference
                                  (routed_scaling_factor)                    */
     MVK_CFG_EVAL_CAPACITY,    /* moe_eval_capacity_token_fraction: below 1
-                                 (or <= 0: expert_capacity) capacity may drop
-                                 tokens and is refused                      */
+                                 capacity ceil(f T) drops tokens (a double:
+                                 moevk_layer_desc.capacity_fraction); <= 0
+                                 (expert_capacity) is refused               */
+    MVK_CFG_NORM_BEFORE_DROP, /* normalize_router_prob_before_dropping: false
+                                 renormalises over what dropping leaves
+                                 (drop_renorm_eps)                          */
+    MVK_CFG_BATCH_PRIORITY,   /* batch_prioritized_routing: refused with
+                                 drops (confidence order, not token order)  */
     MVK_CFG_SECOND_EXPERT,    /* second_expert_policy: only "all" (the other
                                  policies draw random numbers)              */
     MVK_CFG_ROUTER_DTYPE,     /* router_dtype: only "float32" (moevk's router

@@ -30,6 +30,7 @@ typedef enum value_type {
     V_MOE_LAYERS, /* a list of layer indices: moe_layers                           */
     V_LAST_LAYER, /* an integer >= -1 into a uint32_t, -1 as UINT32_MAX          */
     V_CHOICE2,   /* one of two strings (the field's choices[]): 0 or 1 into an int */
+    V_F64,       /* a finite number into a double (read as JSON wrote it)        */
 } value_type;
 
 typedef struct field_info {
@@ -81,7 +82,10 @@ static const field_info fields[MVK_CFG_FIELD_COUNT] = {
     [MVK_CFG_ROUTER_SOFTCAP] = {V_F32, AT(router_softcap), "moe_router_logit_softcapping"},
     [MVK_CFG_ZERO_EXPERTS] = {V_U32, AT(zero_experts), "zero_expert_num"},
     [MVK_CFG_TOKEN_DROPOUT] = {V_F32, AT(token_dropout), "moe_token_dropout"},
-    [MVK_CFG_EVAL_CAPACITY] = {V_F32, AT(eval_capacity), "moe_eval_capacity_token_fraction"},
+    [MVK_CFG_EVAL_CAPACITY] = {V_F64, AT(eval_capacity), "moe_eval_capacity_token_fraction"},
+    [MVK_CFG_NORM_BEFORE_DROP] = {V_BOOL, AT(norm_before_drop),
+                                  "normalize_router_prob_before_dropping"},
+    [MVK_CFG_BATCH_PRIORITY] = {V_BOOL, AT(batch_priority), "batch_prioritized_routing"},
     [MVK_CFG_SECOND_EXPERT] = {V_CHOICE2, AT(second_all), "second_expert_policy", {"all", NULL}},
     [MVK_CFG_ROUTER_DTYPE] = {V_CHOICE2, AT(router_f32), "router_dtype", {"float32", NULL}},
     [MVK_CFG_SELECTION_FN] = {V_CHOICE2, AT(selection_sigmoid), "expert_selection_fn",
@@ -441,6 +445,17 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
         memcpy(dst, &m, sizeof m);
         return 0;
     }
+    case V_F64: {
+        double x = def;
+        if (v) {
+            if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+                return mvk_errf(r->err, r->errsz, "%s: \"%s\" is not a finite number", r->what,
+                                name);
+            x = v->valuedouble;
+        }
+        memcpy(dst, &x, sizeof x);
+        return 0;
+    }
     case V_NORM_P:
         /* a number: normalise by that p-norm; null: do not normalise */
         if (v && float_value(r, v, name, &f))
@@ -654,12 +669,30 @@ static int read_config(const cfg_reader *r, const mvk_arch *a, mvk_moe_config *c
                             key_name(a, MVK_CFG_TOKEN_DROPOUT), (double)c->token_dropout);
         c->routed_scaling_factor = 1.0f - c->token_dropout;
     }
-    if (mvk_arch_key_of(a, MVK_CFG_EVAL_CAPACITY) && !(c->eval_capacity >= 1.0f))
-        return mvk_errf(r->err, r->errsz,
-                        "%s: \"%s\" = %g: an expert capacity below the token count drops "
-                        "tokens and renormalises the weights after dropping; not supported "
-                        "(1 or more: no token is dropped)",
-                        r->what, key_name(a, MVK_CFG_EVAL_CAPACITY), (double)c->eval_capacity);
+    if (mvk_arch_key_of(a, MVK_CFG_EVAL_CAPACITY) && c->eval_capacity < 1.0) {
+        /* NLLB-MoE at inference: capacity ceil(f T) (f <= 0: the training
+         * capacity, expert_capacity, is refused); admission in token order,
+         * top-1 choices first (batch_prioritized_routing orders by the
+         * router's confidence: refused); the weights normalised before
+         * dropping or, by default, over what dropping leaves */
+        if (!(c->eval_capacity > 0.0))
+            return mvk_errf(r->err, r->errsz,
+                            "%s: \"%s\" = %g: the training capacity (expert_capacity) at "
+                            "inference is not supported (give a fraction > 0)",
+                            r->what, key_name(a, MVK_CFG_EVAL_CAPACITY), c->eval_capacity);
+        if (c->batch_priority)
+            return mvk_errf(r->err, r->errsz,
+                            "%s: \"%s\" = true with \"%s\" = %g: tokens admitted in the order of "
+                            "their router confidence, not token order; not supported",
+                            r->what, key_name(a, MVK_CFG_BATCH_PRIORITY),
+                            key_name(a, MVK_CFG_EVAL_CAPACITY), c->eval_capacity);
+        c->capacity_fraction = c->eval_capacity;
+        if (!c->norm_before_drop) {
+            c->norm_topk_prob = 0;
+            c->norm_min = 0.0f;
+            c->drop_renorm_eps = 1.1920928955078125e-07f; /* torch.finfo(float32).eps */
+        }
+    }
     if (mvk_hfq_config_read(r->top ? r->top : r->root, r->what, &c->quant, r->err, r->errsz))
         return -1;
     return check_values(r, c);

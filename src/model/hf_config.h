@@ -58,7 +58,11 @@ typedef struct mvk_moe_config {
     uint32_t zero_experts;    /* identity experts after the num_experts FFN
                                  experts (the router has both)              */
     float token_dropout;      /* NLLB-MoE: outputs x (1 - p) at inference   */
-    float eval_capacity;      /* moe_eval_capacity_token_fraction            */
+    double eval_capacity;     /* moe_eval_capacity_token_fraction            */
+    int norm_before_drop;     /* normalize_router_prob_before_dropping       */
+    int batch_priority;       /* batch_prioritized_routing (refused with drops) */
+    double capacity_fraction; /* NLLB-MoE below 1: C = ceil(f T)             */
+    float drop_renorm_eps;    /* > 0: renormalised after dropping            */
     int second_all, router_f32; /* (one-choice keys: "all", "float32")       */
     int selection_sigmoid;    /* expert_selection_fn "sigmoid"             */
     int shared_average;       /* shared_expert_combination_strategy "average" */

@@ -848,6 +848,8 @@ int mvk_model_layer_build(const mvk_moe_config *c, mvk_st_set *set, const char *
         .router_softcap = c->router_softcap > 0.0f ? c->router_softcap : 0.0f,
         .select_on_logits = c->select_on_logits,
         .score_fn = c->sqrtsoftplus ? MOEVK_SCORE_SQRTSOFTPLUS : MOEVK_SCORE_SIGMOID,
+        .capacity_fraction = c->capacity_fraction,
+        .drop_renorm_eps = c->drop_renorm_eps,
         .jitter_eps = c->routing == MOEVK_ROUTING_SPARSEMIXER ? c->jitter_eps : 0.0f,
         .shared_scale = c->shared_scale,
         .swiglu_alpha = c->swiglu_alpha,

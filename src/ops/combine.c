@@ -25,6 +25,7 @@ void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a)
             .elem0 = (uint32_t)e0, .tok0 = a->tok0, .unit_weights = a->unit_weights,
             .shared_scale = a->shared_scale,
             .has_out_bias = a->out_bias.buffer != VK_NULL_HANDLE,
+            .renorm_eps = a->renorm_eps, .renorm_scale = a->renorm_scale,
         };
         mvk_cmd_dispatch(c, MVK_K_COMBINE, spec, MVK_COMBINE_NSPEC, b, MVK_COMBINE_BINDINGS, &p,
                          sizeof(p), (uint32_t)((cnt + MVK_COMBINE_WG - 1) / MVK_COMBINE_WG), 1,

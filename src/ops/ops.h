@@ -134,6 +134,7 @@ typedef struct mvk_combine_args {
     bool unit_weights; /* MOEVK_LAYER_WEIGHTS_ON_INPUT: the weights are not read */
     float shared_scale; /* the shared outputs' factor */
     mvk_binding out_bias; /* [H] or none */
+    float renorm_eps, renorm_scale; /* drop_renorm_eps (mvk_combine_push) */
 } mvk_combine_args;
 void mvk_op_combine(mvk_cmd *c, const mvk_combine_args *a);
 

@@ -239,6 +239,18 @@ static void token_output(const moevk_layer_desc *desc, const float *xt, const ui
     const int on_input = (desc->flags & MOEVK_LAYER_WEIGHTS_ON_INPUT) != 0;
     for (uint32_t c = 0; c < H; c++)
         acc[c] = 0.0;
+    /* drop_renorm_eps: the admitted weights renormalised to the token's
+     * whole, max(sum of admitted w / s, eps) */
+    double renorm = 1.0;
+    if (desc->drop_renorm_eps > 0.0f) {
+        const double s = desc->routed_scaling_factor ? (double)desc->routed_scaling_factor : 1.0;
+        double sum = 0.0;
+        for (uint32_t j = 0; j < k; j++)
+            if (rows[j] >= 0)
+                sum += (double)w[j];
+        sum /= s;
+        renorm = sum < (double)desc->drop_renorm_eps ? (double)desc->drop_renorm_eps : sum;
+    }
     /* routed experts, in slot order; dropped assignments add nothing */
     for (uint32_t j = 0; j < k; j++) {
         if (rows[j] < 0)
@@ -265,7 +277,7 @@ static void token_output(const moevk_layer_desc *desc, const float *xt, const ui
         else
             expert_row(desc, &desc->experts, desc->ffn, ids[j], xt, h, wrow, o);
         for (uint32_t c = 0; c < H; c++)
-            acc[c] += (double)w[j] * o[c];
+            acc[c] += (double)w[j] / renorm * o[c];
     }
     /* shared experts, optionally gated by sigmoid(x . shared_gate[i]) */
     const double scale = desc->shared_scale != 0.0f ? (double)desc->shared_scale : 1.0;

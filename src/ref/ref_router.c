@@ -514,9 +514,15 @@ uint32_t moevk_ref_capacity(const moevk_layer_desc *desc, uint32_t T)
 {
     /* expert choice admits what the experts chose (their capacity is in
      * the choice) */
-    if (desc->capacity_factor == 0.0f || desc->routing == MOEVK_ROUTING_EXPERT_CHOICE)
+    if (desc->routing == MOEVK_ROUTING_EXPERT_CHOICE)
         return UINT32_MAX;
-    double c = ceil((double)desc->capacity_factor * T * desc->top_k / desc->num_experts);
+    double c;
+    if (desc->capacity_fraction > 0.0) /* NLLB-MoE: a fraction of the tokens */
+        c = ceil(desc->capacity_fraction * T);
+    else if (desc->capacity_factor == 0.0f)
+        return UINT32_MAX;
+    else
+        c = ceil((double)desc->capacity_factor * T * desc->top_k / desc->num_experts);
     if (!(c < (double)UINT32_MAX)) /* huge, or NaN from an invalid factor */
         return UINT32_MAX;
     if (c < 0.0)
