@@ -703,10 +703,11 @@ moevk_status mvkc_case_random(uint64_t seed, const mvkc_limits *lim_in, mvkc_cas
      * (not under expert choice, whose capacity is in the choice: a flip
      * there changes the two tokens' outputs only) */
     /* NLLB-MoE's capacity (a fraction of the tokens, in a third of the
-     * cases with a capacity) and its renormalisation after dropping (in
-     * half of those with a capacity), from a stream of its own */
+     * cases with a drawn capacity) and its renormalisation after dropping
+     * (in half of those), from a stream of its own */
     mvk_rng rnl = mvk_rng_seed(seed, 24);
-    if (d->capacity_factor > 0 && d->routing != MOEVK_ROUTING_EXPERT_CHOICE) {
+    if (d->capacity_factor > 0 && lim.capacity_factor == 0 &&
+        d->routing != MOEVK_ROUTING_EXPERT_CHOICE) { /* (a capacity the limits fix stays) */
         if (mvk_rng_chance(&rnl, 0.33)) {
             d->capacity_fraction = 0.125 + 0.875 * mvk_rng_uniform(&rnl, 0.0f, 1.0f);
             d->capacity_factor = 0;
