@@ -377,3 +377,25 @@ def test_sqrtsoftplus_scores_match_numpy(ctx):
         moevk.Layer(dict(cfg, routing="softmax_topk"), w, context=ctx)
     with pytest.raises(ValueError, match="score_fn"):
         moevk.Layer(dict(cfg, score_fn="tanh"), w, context=ctx)
+
+
+def test_capacity_fraction_and_renormalisation(ctx):
+    """NLLB-MoE's eval capacity (ceil(f T) per expert) and its renormalisation
+    of what dropping leaves: the fields reach the library (drops counted,
+    Vulkan as the CPU reference), and without drops the renormalisation
+    gives the normalised top-k."""
+    cfg, w = random_layer(61, norm=False, E=4)
+    T = 40
+    x = np.random.default_rng(62).standard_normal((T, cfg["hidden"])).astype(np.float32)
+    c = dict(cfg, capacity_fraction=0.3, drop_renorm_eps=1.1920929e-07)
+    vk, cpu = moevk.Layer(c, w, context=ctx), moevk.Layer(c, w, backend="cpu")
+    y_vk, y_cpu = vk(x), cpu(x)
+    assert vk.stats.dropped > 0 and vk.stats.dropped == cpu.stats.dropped
+    assert int(vk.stats.tokens_per_expert.max()) <= 12  # ceil(0.3 * 40)
+    assert rel_l2(y_vk, y_cpu) < 1e-5
+    # no capacity: the renormalised weights are the normalised ones
+    want = moevk.Layer(dict(cfg, norm_topk_prob=True), w, backend="cpu")(x)
+    got = moevk.Layer(dict(cfg, drop_renorm_eps=1.1920929e-07), w, context=ctx)(x)
+    assert rel_l2(got, want) < 1e-5
+    with pytest.raises(moevk.InvalidArgumentError, match="give one capacity"):
+        moevk.Layer(dict(c, capacity_factor=1.0), w, context=ctx)
