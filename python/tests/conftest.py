@@ -115,6 +115,20 @@ def numpy_layer(cfg, w, x):
     return y, ids, wts
 
 
+def routed_sum(w, x, ids, wts):
+    """float64 sum_j wts[t, j] down_e(silu(gate_e x_t) * up_e x_t) over each
+    token's slots (e = ids[t, j]): the routed part of a SwiGLU layer."""
+    x = np.asarray(x, np.float64)
+    y = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            e = ids[t, j]
+            g = np.asarray(w["gate"][e], np.float64) @ x[t]
+            u = np.asarray(w["up"][e], np.float64) @ x[t]
+            y[t] += wts[t, j] * (np.asarray(w["down"][e], np.float64) @ (g / (1.0 + np.exp(-g)) * u))
+    return y
+
+
 def rel_l2(a, b):
     a = np.asarray(a, np.float64).ravel()
     b = np.asarray(b, np.float64).ravel()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import moevk
-from conftest import numpy_layer, random_layer, rel_l2
+from conftest import numpy_layer, random_layer, rel_l2, routed_sum
 
 SEEDS = [11, 12, 13]
 
@@ -272,16 +272,7 @@ def test_sparsemixer_matches_numpy(ctx):
     assert clear == T * k, "seed 41/42: a gap near the threshold"
     assert 0 < wide < T * k, "the threshold keeps other experts in some sets, not in all"
 
-    def silu(v):
-        return v / (1.0 + np.exp(-v))
-
-    want = np.zeros((T, H))
-    for t in range(T):
-        for j in range(k):
-            e = ids[t, j]
-            g = np.asarray(w["gate"][e], np.float64) @ x64[t]
-            u = np.asarray(w["up"][e], np.float64) @ x64[t]
-            want[t] += wts[t, j] * (np.asarray(w["down"][e], np.float64) @ (silu(g) * u))
+    want = routed_sum(w, x64, ids, wts)
     for layer in (moevk.Layer(cfg, w, context=ctx), moevk.Layer(cfg, w, backend="cpu")):
         assert rel_l2(layer(x), want) < 1e-5
         got_ids, got_w = layer.route(x)
@@ -358,16 +349,7 @@ def test_sqrtsoftplus_scores_match_numpy(ctx):
     sk = np.take_along_axis(s, ids, axis=1)
     wts = sk / (sk.sum(axis=1, keepdims=True) + 1e-20) * 1.5
 
-    def silu(v):
-        return v / (1.0 + np.exp(-v))
-
-    want = np.zeros((T, H))
-    for t in range(T):
-        for j in range(k):
-            e = ids[t, j]
-            g = np.asarray(w["gate"][e], np.float64) @ x64[t]
-            u = np.asarray(w["up"][e], np.float64) @ x64[t]
-            want[t] += wts[t, j] * (np.asarray(w["down"][e], np.float64) @ (silu(g) * u))
+    want = routed_sum(w, x64, ids, wts)
     for layer in (moevk.Layer(cfg, w, context=ctx), moevk.Layer(cfg, w, backend="cpu")):
         assert rel_l2(layer(x), want) < 1e-5
         got_ids, got_w = layer.route(x)
