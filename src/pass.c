@@ -358,7 +358,12 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
 
     /* the input norms: the router and the experts read their own rows */
     mvk_pass_io rio = *io, eio = *io;
-    const bool rn = io->route && mvk_layer_router_input(L);
+    /* shared_sink without the routing stage (the shared experts on their
+     * own, moevk_layer_combine_shared): the shared gates need the token's
+     * routing, computed again into the workspace's slots (the caller's ids
+     * and weights untouched), from the router's own input rows */
+    const bool sink_route = !io->route && io->shared && d->shared_sink;
+    const bool rn = (io->route || sink_route) && mvk_layer_router_input(L);
     const bool en = (io->experts || io->shared) && mvk_layer_expert_input(L);
     if (rn || en) {
         timer_begin(c, tm);
@@ -381,11 +386,7 @@ void mvk_pass_record(moevk_layer *L, mvk_cmd *c, const mvk_pass_geometry *g,
 
     if (rio.route) {
         phase_route(L, c, g, &rio, tm);
-    } else if (io->shared && d->shared_sink) {
-        /* shared_sink without the routing stage (the shared experts on
-         * their own, moevk_layer_combine_shared): the shared gates need the
-         * token's routing, computed again into the workspace's slots (the
-         * caller's ids and weights untouched) */
+    } else if (sink_route) {
         mvk_pass_io sio = rio;
         sio.route = true;
         sio.stats = false;

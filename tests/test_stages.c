@@ -1029,8 +1029,9 @@ Test(stages, input_norms_and_expert_scales)
 /* The shared gates as a sink of the normalisation (Inkling): forward
  * against the reference; the weights plus the gates sum to the scale; the
  * stage calls (route, permute, experts, combine_shared) give forward's y
- * bit for bit, though combine_shared has to route again for the gates. */
-Test(stages, shared_sink)
+ * bit for bit, though combine_shared has to route again for the gates
+ * (from the router's own input rows when it norms them: router_norm_eps). */
+static void shared_sink_case(float router_norm_eps)
 {
     moevk_context *ctx = mvkt_context();
     uint64_t seed = mvkt_base_seed();
@@ -1041,8 +1042,11 @@ Test(stages, shared_sink)
     s.d.routing = MOEVK_ROUTING_SIGMOID_GROUPED;
     s.d.routed_scaling_factor = 2.5f;
     s.d.shared_sink = 1;
+    s.d.router_norm_eps = router_norm_eps;
     float *x = mvkt_random_weights(&r, MOEVK_DTYPE_F32, (size_t)T * H, 1.0f);
     float *y = malloc(4 * T * H), *ref = malloc(4 * T * H), *yc = malloc(4 * T * H);
+    float *xr = malloc(4 * T * H); /* the router's rows */
+    moevk_ref_router_input(&s.d, T, x, xr);
     uint32_t *rids = malloc(4 * T * K), *fids = malloc(4 * T * K);
     float *rw = malloc(4 * T * K), *fw = malloc(4 * T * K), *gam = malloc(4 * T * NS);
     int32_t *frow = malloc(4 * T * K);
@@ -1050,7 +1054,7 @@ Test(stages, shared_sink)
     cr_assert_eq(moevk_ref_layer_forward(&s.d, T, x, ref, rids, rw, near, NULL), 0);
     /* the reference's own sum: the k weights and the gates make the scale */
     for (uint32_t t = 0; t < T; t++) {
-        cr_assert_eq(moevk_ref_shared_gammas(&s.d, x + (size_t)t * H, rids + (size_t)t * K,
+        cr_assert_eq(moevk_ref_shared_gammas(&s.d, xr + (size_t)t * H, rids + (size_t)t * K,
                                              gam + (size_t)t * NS),
                      0);
         double sum = 0.0;
@@ -1116,6 +1120,16 @@ Test(stages, shared_sink)
     moevk_layer_destroy(L);
     free_layer(&s);
     free(x), free(y), free(ref), free(yc), free(yr), free(rids), free(fids), free(rw), free(fw);
-    free(gam), free(frow);
+    free(gam), free(frow), free(xr);
     mvkt_context_end(ctx);
+}
+
+Test(stages, shared_sink)
+{
+    shared_sink_case(0.0f);
+}
+
+Test(stages, shared_sink_with_a_router_norm)
+{
+    shared_sink_case(1e-6f);
 }
