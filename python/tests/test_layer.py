@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import moevk
-from conftest import numpy_layer, random_layer, rel_l2, routed_sum
+from conftest import check_layers_against, numpy_layer, random_layer, rel_l2, routed_sum
 
 SEEDS = [11, 12, 13]
 
@@ -272,12 +272,7 @@ def test_sparsemixer_matches_numpy(ctx):
     assert clear == T * k, "seed 41/42: a gap near the threshold"
     assert 0 < wide < T * k, "the threshold keeps other experts in some sets, not in all"
 
-    want = routed_sum(w, x64, ids, wts)
-    for layer in (moevk.Layer(cfg, w, context=ctx), moevk.Layer(cfg, w, backend="cpu")):
-        assert rel_l2(layer(x), want) < 1e-5
-        got_ids, got_w = layer.route(x)
-        np.testing.assert_array_equal(got_ids, ids)
-        np.testing.assert_allclose(got_w, wts, rtol=1e-5, atol=1e-7)
+    check_layers_against(cfg, w, x, ctx, routed_sum(w, x64, ids, wts), ids, wts)
     with pytest.raises(moevk.InvalidArgumentError, match="jitter_eps"):
         moevk.Layer(dict(cfg, jitter_eps=-1.0), w, context=ctx)
 
@@ -349,12 +344,7 @@ def test_sqrtsoftplus_scores_match_numpy(ctx):
     sk = np.take_along_axis(s, ids, axis=1)
     wts = sk / (sk.sum(axis=1, keepdims=True) + 1e-20) * 1.5
 
-    want = routed_sum(w, x64, ids, wts)
-    for layer in (moevk.Layer(cfg, w, context=ctx), moevk.Layer(cfg, w, backend="cpu")):
-        assert rel_l2(layer(x), want) < 1e-5
-        got_ids, got_w = layer.route(x)
-        np.testing.assert_array_equal(got_ids, ids)
-        np.testing.assert_allclose(got_w, wts, rtol=1e-5, atol=1e-7)
+    check_layers_against(cfg, w, x, ctx, routed_sum(w, x64, ids, wts), ids, wts)
     with pytest.raises(moevk.InvalidArgumentError, match="score_fn"):
         moevk.Layer(dict(cfg, routing="softmax_topk"), w, context=ctx)
     with pytest.raises(ValueError, match="score_fn"):

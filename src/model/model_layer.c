@@ -573,12 +573,7 @@ static int sink_shared_experts(bctx *b, const char *const names[3], uint32_t S,
                                expert_views *ev)
 {
     const uint64_t H = b->c->hidden, F = b->c->shared_ffn;
-    if (b->c->quant.method)
-        return mvk_errf(b->err, b->errsz,
-                        "%s: a quantised checkpoint with stacked shared experts is not "
-                        "supported",
-                        mvk_arch_name(b->c->arch));
-    ev->count = S;
+    ev->count = S; /* (a quantised checkpoint was refused with the router) */
     ev->ffn = F;
     ev->gate = views(b, S);
     ev->up = views(b, S);
