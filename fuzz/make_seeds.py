@@ -171,6 +171,11 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     for path in sorted(glob.glob(os.path.join(here, "..", "tests", "gguf", "*.gguf"))):
         shutil.copy(path, f"{out}/gguf/")
+    # inputs that once crashed a target, kept as seeds (fuzz/regress/TARGET/)
+    for path in sorted(glob.glob(os.path.join(here, "regress", "*", "*"))):
+        target = os.path.basename(os.path.dirname(path))
+        os.makedirs(f"{out}/{target}", exist_ok=True)
+        shutil.copy(path, f"{out}/{target}/")
 
 
 if __name__ == "__main__":

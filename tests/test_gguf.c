@@ -357,6 +357,21 @@ Test(gguf, tensor_rules)
     b.n -= 1;
     expect(&b, MOEVK_ERROR_INVALID_ARGUMENT, "lies beyond the data section");
     free(b.p);
+    /* a file of one tensor of no bytes, cut at the end of its header (no padding, so the
+     * data section would start past the end): read, and the tensor points inside the file */
+    const tinfo empty = {"e", 2, {8, 0}, F32, 0};
+    b = gguf_file(3, NULL, &empty, 1, 32, UINT64_MAX, UINT64_MAX);
+    b.n = 24 + 8 + 1 + 4 + 2 * 8 + 4 + 8;
+    mvk_gguf_file f;
+    char err[512];
+    cr_assert_eq(mvk_gguf_parse(b.p, b.n, "t.gguf", &f, err, sizeof err), 0, "%s", err);
+    cr_assert_gt(f.data_offset, b.n);
+    const mvk_gguf_tensor *e = mvk_gguf_file_find(&f, "e");
+    cr_assert_not_null(e);
+    cr_assert_eq(e->nbytes, 0);
+    cr_assert(e->data >= b.p && e->data <= b.p + b.n, "the empty tensor points outside the file");
+    mvk_gguf_close_file(&f);
+    free(b.p);
 }
 
 /* ---- files on disk ---------------------------------------------------------- */

@@ -478,7 +478,9 @@ static moevk_status parse_body(rd *r, mvk_gguf_file *f)
                         r->what, t->name, (unsigned long long)t->offset,
                         (unsigned long long)t->nbytes, (unsigned long long)avail,
                         (unsigned long long)data);
-        t->data = r->p + data + t->offset;
+        /* a tensor of no bytes may name a data section that starts past the end of the file
+         * (no padding written after the header): it points at the end instead */
+        t->data = t->nbytes ? r->p + data + t->offset : r->p + r->size;
     }
     if (f->ntensors > 1) {
         qsort(f->tensors, f->ntensors, sizeof(*f->tensors), cmp_tensor);
