@@ -363,7 +363,8 @@ static int read_key(const cfg_reader *r, const mvk_arch *a, const mvk_arch_key *
         return mvk_errf(r->err, r->errsz, "%s: \"%s\" is required (%s has no default for it)",
                         r->what, name, mvk_arch_name(a));
     const double def = k->def_of ? (double)k->def_of(c) : k->def;
-    uint64_t u = (uint64_t)def;
+    /* (a negative default, -1 for "the last layer", is no unsigned value) */
+    uint64_t u = def > 0 ? (uint64_t)def : 0;
     int b = def != 0;
     float f = (float)def;
     switch (fi->type) {
