@@ -1356,6 +1356,46 @@ Test(model, config_parts_read_their_own_config)
                                                     : "model.vision_tower.blocks.3.mlp.");
     }
     mvk_hf_config_free(&c);
+
+    /* ERNIE-4.5-VL's vision tokens: named by vision_config's model_type, the
+     * keys from text_config (the vision set's width moe_intermediate_size[1],
+     * the shared experts' [0] times their count), the text model's layers */
+    static const char ernie[] =
+        "{\"model_type\": \"ernie4_5_vl_moe\", \"vision_config\": {\"model_type\": "
+        "\"ernie4_5_vl_moe_vision\", \"hidden_size\": 32}, \"text_config\": {\"model_type\": "
+        "\"ernie4_5_vl_moe_text\", \"hidden_size\": 64, \"moe_intermediate_size\": [40, 24],"
+        " \"moe_num_experts\": 8, \"moe_k\": 3, \"moe_num_shared_experts\": 2,"
+        " \"num_hidden_layers\": 3}}";
+    cr_assert_eq(mvk_hf_config_parse_part(ernie, strlen(ernie), "config.json", "vision", &c, err,
+                                          sizeof err),
+                 0, "%s", err);
+    cr_expect_str_eq(mvk_arch_name(c.arch), "ernie4_5_vl_moe_vision");
+    cr_expect_eq(c.hidden, 64);
+    cr_expect_eq(c.ffn, 24);
+    cr_expect_eq(c.shared_ffn, 80);
+    cr_expect_eq(c.num_experts, 8);
+    cr_expect_eq(c.top_k, 3);
+    char p[MVK_MAX_PREFIXES][MVK_PREFIX_LEN];
+    int n = 0;
+    cr_assert_eq(mvk_hf_layer_prefixes(&c, 2, 0, p, &n, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(p[0], "model.language_model.layers.2.mlp.vision_moe.");
+    mvk_hf_config_free(&c);
+    /* the text model's own part is the text expert set */
+    cr_assert_eq(mvk_hf_config_parse_part(ernie, strlen(ernie), "config.json", NULL, &c, err,
+                                          sizeof err),
+                 0, "%s", err);
+    cr_expect_str_eq(mvk_arch_name(c.arch), "ernie4_5_vl_moe_text");
+    cr_expect_eq(c.ffn, 40);
+    mvk_hf_config_free(&c);
+    static const char no_text[] =
+        "{\"model_type\": \"ernie4_5_vl_moe\", \"vision_config\": {\"model_type\": "
+        "\"ernie4_5_vl_moe_vision\"}}";
+    cr_expect_eq(mvk_hf_config_parse_part(no_text, strlen(no_text), "config.json", "vision", &c,
+                                          err, sizeof err),
+                 -1);
+    cr_expect(strstr(err, "reads its keys from \"text_config\", which is not an object there"),
+              "%s", err);
+    mvk_hf_config_free(&c);
 }
 
 Test(model, config_errors_name_the_field)
@@ -2473,7 +2513,7 @@ Test(model, descriptors_are_complete)
         mvk_hf_config_free(&c);
         cr_expect(strstr(mvk_arch_list(list, sizeof list, NULL), name), "%s", list);
     }
-    cr_assert_eq(n, 71, "the table has %zu architectures", n);
+    cr_assert_eq(n, 72, "the table has %zu architectures", n);
     cr_expect_null(mvk_arch_find("llama"));
     cr_expect_null(mvk_arch_find(NULL));
     char list[1024];
@@ -3281,7 +3321,9 @@ static int has_decoder_stack(const char *dir)
  * (validated) must give it within 1e-5 (f32 activations; the reference
  * within 1e-6). A block in a decoder stack (a "decoder" part in the prefix,
  * fixtures.txt's fourth column: switch_transformers) runs with --decoder;
- * `moevk info` lists the encoder's layers and says so. */
+ * `moevk info` lists the encoder's layers and says so. A fifth column names
+ * the part of the checkpoint the block is in (--part: Qwen3-Omni-MoE's
+ * talker, dots3-note's vision encoder, ERNIE-4.5-VL's vision tokens). */
 Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
 {
     const char *root = getenv("MOEVK_FIXTURES");
@@ -3298,9 +3340,9 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
      * after a first pass ran them all) every 1/scale-th */
     const int stride = 100 / mvkt_scaled(100, 1);
     while (fgets(line, sizeof line, f)) {
-        char name[128], prefix[256] = "";
+        char name[128], prefix[256] = "", part_col[64] = "";
         unsigned layer;
-        if (sscanf(line, "%127s %u %*s %255s", name, &layer, prefix) < 2)
+        if (sscanf(line, "%127s %u %*s %255s %63s", name, &layer, prefix, part_col) < 2)
             continue;
         char dir[700], xpath[800], want[800], lay[16];
         snprintf(dir, sizeof dir, "%s/hf_blocks/%s", root, name);
@@ -3311,18 +3353,14 @@ Test(model, transformers_blocks_give_their_own_output, .timeout = 300)
         snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
         snprintf(want, sizeof want, "%s/y.safetensors", dir);
         snprintf(lay, sizeof lay, "%u", layer);
-        /* a second model of the checkpoint (Qwen3-Omni-MoE's talker,
-         * dots3-note's vision encoder): --part */
-        const char *part = !strncmp(prefix, "talker.", 7)               ? "talker"
-                           : !strncmp(prefix, "model.vision_tower.", 19) ? "vision"
-                                                                         : NULL;
+        const char *part = *part_col ? part_col : NULL; /* --part */
         /* moevk info --model DIR: the layer, its shape and sizes */
         char iout[4096];
         const char *iargs[] = {"info", "--model", dir, part ? "--part" : NULL, part, NULL};
         cr_assert_eq(run_cli(iout, sizeof iout, iargs), 0, "%s: moevk info:\n%s", name, iout);
         char want_layer[40];
         snprintf(want_layer, sizeof want_layer, "layer %u   MoE  H=%s", layer,
-                 part && !strcmp(part, "vision") ? "32" : "64");
+                 !strncmp(prefix, "model.vision_tower.", 19) ? "32" : "64");
         if (decoder)
             cr_assert(strstr(iout, "(the encoder's; decoder: run --decoder)"),
                       "%s: moevk info --model:\n%s", name, iout);

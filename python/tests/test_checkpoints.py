@@ -31,7 +31,9 @@ def hf_fixtures():
                 with open(os.path.join(FIXTURES, "hf_blocks", name, "config.json")) as c:
                     enc_dec = json.load(c).get("model_type") in ENCODER_DECODER
                 decoder = enc_dec and (prefix.startswith("decoder.") or ".decoder." in prefix)
-                rows.append((name, layer, decoder, prefix))
+                # a fifth column: the part of the checkpoint (--part)
+                part = parts[4] if len(parts) >= 5 else None
+                rows.append((name, layer, decoder, prefix, part))
     assert len(rows) >= 70, f"{len(rows)} fixtures in {path}"
     return rows
 
@@ -63,11 +65,8 @@ def run_fixture(name, layer, decoder, backend, context, part=None):
     return L, y, want
 
 
-@pytest.mark.parametrize("name,layer,decoder,prefix", HF, ids=[r[0] for r in HF])
-def test_hf_block_on_reference_and_vulkan(ctx, name, layer, decoder, prefix):
-    # a second model of the checkpoint (Qwen3-Omni-MoE's talker)
-    part = "talker" if prefix.startswith("talker.") else \
-        "vision" if prefix.startswith("model.vision_tower.") else None
+@pytest.mark.parametrize("name,layer,decoder,prefix,part", HF, ids=[r[0] for r in HF])
+def test_hf_block_on_reference_and_vulkan(ctx, name, layer, decoder, prefix, part):
     L, y, want = run_fixture(name, layer, decoder, "cpu", None, part)
     # the block's module, or (ERNIE-4.5-VL's text experts) a set inside it
     assert L.config["prefix"].startswith(prefix), L.config

@@ -780,6 +780,29 @@ static const mvk_arch archs[] = {
      .correction_bias = "gate.moe_statics.e_score_correction_bias",
      .shared = {"../shared_experts.gate_proj.weight", "../shared_experts.up_proj.weight",
                 "../shared_experts.down_proj.weight"}},
+    /* Ernie4_5_VLMoeMoeBlock on image and video tokens (`--part vision`,
+     * named by vision_config's model_type; its keys are text_config's): the
+     * vision expert set (vision_moe, width moe_intermediate_size[1]) routed
+     * as the text set is, plus the same shared experts (moe_num_shared_experts
+     * x moe_intermediate_size[0]). The block runs a token through one set or
+     * the other by its moe_mm_token_type_ids, and each token alone: the
+     * vision tokens' block is this one */
+    {.model_types = {"ernie4_5_vl_moe_vision"},
+     .keys = {KEY(HIDDEN, 2560, "hidden_size"), KEY(FFN, 512, "moe_intermediate_size[1]"),
+              KEY(EXPERTS, 64, "moe_num_experts", "num_experts"),
+              KEY(TOP_K, 6, "moe_k", "num_experts_per_tok"), FIXED(NORM_TOPK, 1),
+              KEY(NORM_MIN, 1e-12f, "moe_norm_min"),
+              KEY(SHARED_FFN, 1536, "moe_intermediate_size[0]"),
+              KEY(SHARED_COUNT, 2, "moe_num_shared_experts"), KEY(MLP_BIAS, 0, "use_bias"),
+              KEY(NUM_LAYERS, 28, "num_hidden_layers"), FIXED(FIRST_K_DENSE, 1),
+              KEY(LAYER_TYPES, 0, "mlp_layer_types")},
+     .routing = MOEVK_ROUTING_SOFTMAX_TOPK, HF_DECODER_BLOCK,
+     .layer_prefixes = {"model.language_model.layers.{N}.mlp.vision_moe.",
+                        "model.layers.{N}.mlp.vision_moe."},
+     .correction_bias = "gate.moe_statics.e_score_correction_bias",
+     .shared = {"../shared_experts.gate_proj.weight", "../shared_experts.up_proj.weight",
+                "../shared_experts.down_proj.weight"},
+     .config_from = "text_config"},
     /* NllbMoeSparseMLP at inference: top-2 of the softmax (the second
      * choice over the logits without the first), the two renormalised over
      * max(sum, float32 eps), each expert's output times 1 -

@@ -292,6 +292,11 @@ typedef struct mvk_arch {
     int shared_sink;
     const char *router_scale;
     const char *shared_gate; /* its [1, H] sigmoid gate (when shared_ffn > 0) */
+    /* a part (`--part`) whose keys are another object of the checkpoint's
+     * config.json: ERNIE-4.5-VL's vision expert set, named by vision_config's
+     * model_type, sits in the text model's layers and reads text_config.
+     * NULL: the part's own config */
+    const char *config_from;
 } mvk_arch;
 
 /* The architecture whose model_type (or alias) is `model_type`, or NULL. */

@@ -752,6 +752,17 @@ static int parse(const mvk_arch *arch, const char *part, const char *text, size_
                 goto done;
             }
         }
+        if (arch->config_from) { /* the part's keys are in another object */
+            const cJSON *from = cJSON_GetObjectItemCaseSensitive(root, arch->config_from);
+            if (!cJSON_IsObject(from)) {
+                rc = mvk_errf(err, errsz, "%s: part \"%s\" (%s) reads its keys from \"%s\", "
+                              "which is not an object there", what, part, mvk_arch_name(arch),
+                              arch->config_from);
+                goto done;
+            }
+            snprintf(part_what, sizeof part_what, "%s %s", what, arch->config_from);
+            r.root = from;
+        }
     }
     if (!arch) {
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
